@@ -1,0 +1,43 @@
+# help-exchange — two commands matter: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+NODE_DIR := tests/contract/asyncapi
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
+
+.PHONY: demo test lint unit bench venv clean help
+
+help:
+	@echo "make demo   run the main job end to end on the embedded broker + SQLite"
+	@echo "make test   every test: lint, typing, contract, unit, integration (real broker)"
+	@echo "make bench  the benchmarks in bench/, printing their figures"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/help-exchange demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) $(NODE_STAMP) lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var $(NODE_DIR)/node_modules

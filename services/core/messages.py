@@ -1,0 +1,255 @@
+"""The wire contract as pydantic models: one class per JSON Schema in ``schemas/``.
+
+All models are frozen, strict (no coercion: ``"1"`` is not ``1``) and refuse unknown
+fields, so that they accept and refuse exactly what the published JSON Schemas do; the
+contract tests run the same examples through both. Parse wire bytes with
+:func:`parse` (``model_validate_json``), never with ``json.loads`` plus ``model_validate``:
+strict mode only reads dates and timestamps from JSON text.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.core.types import (
+    Actor,
+    Code,
+    ConsentRef,
+    Date,
+    Departement,
+    Emitter,
+    EventId,
+    Fund,
+    KeyId,
+    Outcome,
+    Priority,
+    PseudonymValue,
+    Purpose,
+    SealedValue,
+    SignalId,
+    SignatureValue,
+    Timestamp,
+    TopicName,
+)
+from services.core.reasons import Reason
+
+SCHEMA_VERSION = "1.0"
+SchemaVersion = Literal["1.0"]
+
+
+class Frozen(BaseModel):
+    """Base of every contract model."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Pseudonym(Frozen):
+    """A person, as the exchange knows them: HMAC-SHA256 of the NIR under exchange key ``key_id``."""
+
+    key_id: KeyId
+    value: PseudonymValue
+
+
+class SealedRef(Frozen):
+    """The fund's own file reference, sealed with a key only that fund holds."""
+
+    key_id: KeyId
+    value: SealedValue
+
+
+class Signature(Frozen):
+    """Ed25519 signature by the emitting fund over the RFC 8785 form of the message."""
+
+    key_id: KeyId
+    alg: Literal["Ed25519"]
+    value: SignatureValue
+
+
+class LegalBasisLaw(Frozen):
+    """Article L115-2-1 CSS; ``conditions`` lists the policy conditions the fund attests."""
+
+    code: Literal["L115-2-1"]
+    conditions: Annotated[list[Code], Field(max_length=8)] = Field(default_factory=list)
+
+
+class LegalBasisConsent(Frozen):
+    """The person's consent (the HELP questionnaire route), recorded under ``consent_ref``."""
+
+    code: Literal["consentement"]
+    consent_ref: ConsentRef
+
+
+LegalBasis = Annotated[LegalBasisLaw | LegalBasisConsent, Field(discriminator="code")]
+
+
+def _emitter_matches_fund(fund: Fund, emitter: str) -> None:
+    if not emitter.startswith(f"{fund.value}-"):
+        raise ValueError(f"emitter must be a body of fund {fund.value!r}")
+
+
+class Signal(Frozen):
+    """A pseudonymised fragility signal, published by a fund on ``help.signals.<fund>.v1``."""
+
+    signal_id: SignalId
+    schema_version: SchemaVersion
+    fund: Fund
+    emitter: Emitter
+    category: Code
+    observed_on: Date
+    emitted_at: Timestamp
+    territory: Departement
+    pseudonym: Pseudonym
+    sealed_ref: SealedRef
+    legal_basis: LegalBasis
+    purpose: Purpose
+    signature: Signature
+
+    @model_validator(mode="after")
+    def _emitter_of_fund(self) -> Self:
+        _emitter_matches_fund(self.fund, self.emitter)
+        return self
+
+
+class SourcePosition(Frozen):
+    """Where a consumed message was read."""
+
+    topic: TopicName
+    partition: Annotated[int, Field(ge=0, le=100_000)]
+    offset: Annotated[int, Field(ge=0)]
+
+
+class Receipt(Frozen):
+    """The correlator's answer to a fund about one message, on ``help.receipts.<fund>.v1``."""
+
+    schema_version: SchemaVersion
+    receipt_id: EventId
+    fund: Fund
+    signal_id: SignalId | None
+    status: Literal["accepte", "rejete"]
+    reason: Reason | None
+    source: SourcePosition
+    processed_at: Timestamp
+
+    @model_validator(mode="after")
+    def _reason_iff_rejected(self) -> Self:
+        if (self.status == "rejete") != (self.reason is not None):
+            raise ValueError("a rejected receipt needs a reason, an accepted one has none")
+        return self
+
+
+class SharedCategory(Frozen):
+    """One category of a situation, and who may see it (need to know)."""
+
+    code: Code
+    fund: Fund
+    purposes: Annotated[list[Purpose], Field(min_length=1, max_length=2)]
+    visible_to: Annotated[list[Fund], Field(min_length=1, max_length=5)]
+
+
+class FundRef(Frozen):
+    """One involved fund's sealed reference: only that fund can open it."""
+
+    fund: Fund
+    sealed_ref: SealedRef
+
+
+SituationKind = Literal["ouverte", "mise_a_jour", "fermee", "rouverte"]
+
+
+class SituationEvent(Frozen):
+    """A shared situation changed, on ``help.situations.v1`` (key: situation id)."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    situation_id: EventId
+    version: Annotated[int, Field(ge=1)]
+    kind: SituationKind
+    occurred_at: Timestamp
+    territory: Departement
+    pseudonym: Pseudonym
+    funds: Annotated[list[Fund], Field(min_length=1, max_length=5)]
+    categories: Annotated[list[SharedCategory], Field(min_length=1, max_length=64)]
+    purposes: Annotated[list[Purpose], Field(min_length=1, max_length=2)]
+    priority: Priority
+    rules: Annotated[list[Code], Field(max_length=16)]
+    first_signal_on: Date
+    last_signal_on: Date
+    refs: Annotated[list[FundRef], Field(max_length=64)]
+
+
+class FollowupEvent(Frozen):
+    """A fund's follow-up ("suite donnée") to a situation, on ``help.followups.v1``."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    situation_id: EventId
+    territory: Departement
+    fund: Fund
+    action: Code
+    outcome: Outcome
+    recorded_at: Timestamp
+    recorded_by: Actor
+
+
+ConsentKind = Literal["consentement_donne", "consentement_retire", "opposition"]
+
+
+class ConsentEvent(Frozen):
+    """A person's consent, its withdrawal, or an objection, on ``help.consents.v1``."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    kind: ConsentKind
+    fund: Fund
+    emitter: Emitter
+    pseudonym: Pseudonym
+    purposes: Annotated[list[Purpose], Field(min_length=1, max_length=2)]
+    consent_ref: ConsentRef
+    effective_at: Timestamp
+    signature: Signature
+
+    @model_validator(mode="after")
+    def _emitter_of_fund(self) -> Self:
+        _emitter_matches_fund(self.fund, self.emitter)
+        return self
+
+
+class DeadLetter(Frozen):
+    """A message the correlator could not accept, kept whole on ``help.deadletter.v1``."""
+
+    schema_version: SchemaVersion
+    deadletter_id: EventId
+    source: SourcePosition
+    fund: Fund | None
+    signal_id: SignalId | None
+    reason: Reason
+    # Machine-made: a JSON pointer and an error kind, never a value copied from the input.
+    detail: Annotated[str, Field(max_length=300, pattern=r"^[\x20-\x7e]*$")]
+    raw: Annotated[str, Field(max_length=1_400_000, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+    received_at: Timestamp
+
+
+M = TypeVar("M", bound=Frozen)
+
+
+def parse(model: type[M], data: bytes | str) -> M:
+    """Validate wire bytes against ``model`` (raises pydantic.ValidationError)."""
+    return model.model_validate_json(data)
+
+
+def to_wire(message: Frozen) -> bytes:
+    """The JSON bytes that go on a topic."""
+    return message.model_dump_json(exclude_none=False).encode()
+
+
+#: Every contract model, by the name of its JSON Schema file (``schemas/<name>.schema.json``).
+MODELS: dict[str, type[Frozen]] = {
+    "signal": Signal,
+    "receipt": Receipt,
+    "situation": SituationEvent,
+    "followup": FollowupEvent,
+    "consent": ConsentEvent,
+    "deadletter": DeadLetter,
+}

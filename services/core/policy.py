@@ -1,0 +1,159 @@
+"""Article L115-2-1 as data (``schemas/policy.yaml``) and the pure checks that apply it.
+
+The checks return a :class:`~services.core.reasons.Reason` or ``None``; they never raise for
+a refused signal, because a refusal is an expected outcome with a receipt, not an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.core.messages import LegalBasisConsent, LegalBasisLaw
+from services.core.reasons import Reason
+from services.core.taxonomy import Category, SignalClass, Taxonomy
+from services.core.types import Code, Fund, Purpose
+from services.errors import ConfigurationError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassRule(_Model):
+    libelle: str
+    echangeable: bool
+
+
+class PurposeRule(_Model):
+    libelle: str
+    organismes: tuple[Fund, ...]
+
+
+class Condition(_Model):
+    libelle: str
+    etablie_par: Literal["organisme_emetteur"]
+    age_minimum: Annotated[int, Field(ge=0, le=120)] | None = None
+
+
+class BasisPurpose(_Model):
+    conditions: tuple[Code, ...] = ()
+    reference: str | None = None
+
+
+class LegalBasisRule(_Model):
+    libelle: str
+    exige_consentement_enregistre: bool = False
+    finalites: dict[Purpose, BasisPurpose]
+
+
+class ObjectionRule(_Model):
+    arrete_correlation: bool
+    efface_donnees: bool
+
+
+class Policy(_Model):
+    version: int
+    texte: str
+    classes: dict[SignalClass, ClassRule]
+    finalites: dict[Purpose, PurposeRule]
+    conditions: dict[Code, Condition]
+    bases_legales: dict[Literal["L115-2-1", "consentement"], LegalBasisRule]
+    opposition: ObjectionRule
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if set(self.classes) != set(SignalClass):
+            raise ValueError("every class NM, SENS, MED must be listed")
+        if self.classes[SignalClass.MED].echangeable or self.classes[SignalClass.SENS].echangeable:
+            raise ValueError("MED and SENS can never be exchangeable (article L115-2-1)")
+        for basis, rule in self.bases_legales.items():
+            for purpose, bp in rule.finalites.items():
+                unknown = set(bp.conditions) - set(self.conditions)
+                if unknown:
+                    raise ValueError(f"{basis}/{purpose}: unknown conditions {sorted(unknown)}")
+        return self
+
+    def check_against(self, taxonomy: Taxonomy) -> None:
+        """Refuse a taxonomy that names purposes this policy does not define."""
+        for cat in taxonomy.categories:
+            missing = set(cat.finalites) - set(self.finalites)
+            if missing:
+                raise ConfigurationError(
+                    f"taxonomy category {cat.code} uses purposes {sorted(missing)} "
+                    "that policy.yaml does not define",
+                    "add them under 'finalites' in policy.yaml or fix the taxonomy",
+                )
+
+
+def check_signal(
+    policy: Policy,
+    taxonomy: Taxonomy,
+    *,
+    fund: Fund,
+    category: str,
+    purpose: Purpose,
+    legal_basis: LegalBasisLaw | LegalBasisConsent,
+    consent_on_record: bool,
+) -> Reason | None:
+    """Whether a signal may be exchanged; ``None`` if yes, else the first reason why not."""
+    cat = taxonomy.category(category)
+    if cat is None:
+        return Reason.CATEGORIE_INCONNUE
+    if cat.organisme is not fund:
+        return Reason.CATEGORIE_AUTRE_ORGANISME
+    if not policy.classes[cat.classe].echangeable:
+        return Reason.CATEGORIE_MEDICALE
+    if purpose not in cat.finalites or purpose not in policy.finalites:
+        return Reason.FINALITE_NON_AUTORISEE
+    rule = policy.bases_legales.get(legal_basis.code)
+    if rule is None or purpose not in rule.finalites:
+        return Reason.BASE_LEGALE_INVALIDE
+    attested = set(legal_basis.conditions) if isinstance(legal_basis, LegalBasisLaw) else set()
+    if rule.exige_consentement_enregistre:
+        if not consent_on_record:
+            return Reason.CONSENTEMENT_ABSENT
+    elif not set(rule.finalites[purpose].conditions) <= attested:
+        return Reason.CONDITION_NON_REMPLIE
+    return None
+
+
+def recipients(policy: Policy, cat: Category, purposes: tuple[Purpose, ...] | list[Purpose]) -> tuple[Fund, ...]:
+    """The funds that need to know ``cat`` for ``purposes``: the category's recipients that
+    serve at least one of those purposes, plus the emitting fund itself (it holds the data)."""
+    serving = {f for p in purposes if p in policy.finalites for f in policy.finalites[p].organismes}
+    allowed = {f for f in cat.destinataires if f in serving} | {cat.organisme}
+    return tuple(sorted(allowed, key=lambda f: list(Fund).index(f)))
+
+
+def conditions_met(policy: Policy, purpose: Purpose, *, age: int | None) -> tuple[str, ...]:
+    """The L115-2-1 conditions a producer can attest for ``purpose``, from what it knows locally."""
+    basis = policy.bases_legales["L115-2-1"].finalites.get(purpose)
+    if basis is None:
+        return ()
+    met = []
+    for code in basis.conditions:
+        cond = policy.conditions[code]
+        if cond.age_minimum is not None and age is not None and age >= cond.age_minimum:
+            met.append(code)
+    return tuple(met)
+
+
+def parse_policy(data: dict[str, Any], source: str = "policy.yaml") -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"{source}: {where}: {first['msg']}", "fix the policy file") from exc
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read policy {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
+    return parse_policy(data, str(path))

@@ -1,0 +1,124 @@
+"""The category taxonomy (``schemas/taxonomy.yaml``) as frozen models.
+
+Loaded once; lookups are dictionary reads. Validation here is what makes a typo in the
+YAML fail at start-up with the file, the entry and the field named, not at the first signal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.core.types import Code, Fund, Outcome, Purpose
+from services.errors import ConfigurationError
+
+
+class SignalClass(StrEnum):
+    """NM may be exchanged; SENS is health-adjacent and treated as MED; MED never leaves."""
+
+    NM = "NM"
+    SENS = "SENS"
+    MED = "MED"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Category(_Model):
+    code: Code
+    libelle: Annotated[str, Field(min_length=3, max_length=120)]
+    organisme: Fund
+    classe: SignalClass
+    finalites: tuple[Purpose, ...]
+    destinataires: tuple[Fund, ...]
+    poids: Annotated[int, Field(ge=0, le=10)]
+
+    @model_validator(mode="after")
+    def _medical_goes_nowhere(self) -> Category:
+        if self.classe is not SignalClass.NM and (self.finalites or self.destinataires):
+            raise ValueError(f"{self.code}: a {self.classe} category can have no purpose nor recipient")
+        if self.classe is SignalClass.NM and not (self.finalites and self.destinataires):
+            raise ValueError(f"{self.code}: an NM category needs purposes and recipients")
+        if self.organisme in self.destinataires:
+            raise ValueError(f"{self.code}: the emitting fund cannot be its own recipient")
+        return self
+
+    @property
+    def exchangeable(self) -> bool:
+        return self.classe is SignalClass.NM
+
+
+class FollowUpAction(_Model):
+    code: Code
+    libelle: Annotated[str, Field(min_length=3, max_length=120)]
+
+
+class FundInfo(_Model):
+    libelle: str
+    libelle_long: str
+
+
+class OutcomeInfo(_Model):
+    code: Outcome
+    libelle: str
+
+
+class Taxonomy(_Model):
+    version: int
+    organismes: dict[Fund, FundInfo]
+    categories: tuple[Category, ...]
+    suites: dict[Fund, tuple[FollowUpAction, ...]]
+    issues: tuple[OutcomeInfo, ...]
+
+    @model_validator(mode="after")
+    def _unique_codes(self) -> Taxonomy:
+        codes = [c.code for c in self.categories]
+        dupes = {c for c in codes if codes.count(c) > 1}
+        if dupes:
+            raise ValueError(f"duplicate category codes: {sorted(dupes)}")
+        return self
+
+    def category(self, code: str) -> Category | None:
+        return self._by_code().get(code)
+
+    def _by_code(self) -> dict[str, Category]:
+        cache: dict[str, Category] | None = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {c.code: c for c in self.categories}
+            object.__setattr__(self, "_cache", cache)  # frozen model: memoise lookups once
+        return cache
+
+    def categories_of(self, fund: Fund) -> tuple[Category, ...]:
+        return tuple(c for c in self.categories if c.organisme is fund)
+
+    def actions_of(self, fund: Fund) -> tuple[FollowUpAction, ...]:
+        return self.suites.get(fund, ())
+
+    def label(self, code: str) -> str:
+        cat = self.category(code)
+        return cat.libelle if cat else code
+
+
+def parse_taxonomy(data: dict[str, Any], source: str = "taxonomy.yaml") -> Taxonomy:
+    try:
+        return Taxonomy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(
+            f"{source}: {where}: {first['msg']}",
+            "fix the entry in the taxonomy file (see the comments at its top)",
+        ) from exc
+
+
+def load_taxonomy(path: Path) -> Taxonomy:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read taxonomy {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
+    return parse_taxonomy(data, str(path))

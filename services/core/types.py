@@ -1,0 +1,109 @@
+"""Constrained value types shared by every message of the contract.
+
+Each type mirrors one ``$defs`` entry of ``schemas/common.schema.json``; the contract tests
+check that both accept and refuse the same values. Patterns are tight on purpose: there is
+no field where free text could slip through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BeforeValidator, PlainSerializer
+from pydantic import StringConstraints as S
+
+
+class Fund(StrEnum):
+    """The mandatory-scheme bodies that take part in the exchange."""
+
+    URSSAF = "urssaf"
+    CPAM = "cpam"
+    CAF = "caf"
+    CARSAT = "carsat"
+    MSA = "msa"
+
+
+class Purpose(StrEnum):
+    """Purposes that article L115-2-1 allows."""
+
+    ACCES_AUX_DROITS = "acces_aux_droits"
+    PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
+
+
+class Priority(StrEnum):
+    ROUGE = "rouge"
+    ORANGE = "orange"
+    VERT = "vert"
+
+
+class Outcome(StrEnum):
+    """How a follow-up ends (shared/DOMAIN.md §4)."""
+
+    PROPOSE = "propose"
+    ACCEPTE = "accepte"
+    REFUSE = "refuse"
+    ACCORDE = "accorde"
+    NON_ELIGIBLE = "non_eligible"
+    SANS_SUITE = "sans_suite"
+
+
+DEPARTEMENT_PATTERN = r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])$"
+EMITTER_PATTERN = r"^(urssaf|cpam|caf|carsat|msa)-[a-z0-9]{2,16}$"
+CODE_PATTERN = r"^[a-z][a-z0-9_]{2,47}$"
+KEY_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{2,39}$"
+SIGNAL_ID_PATTERN = r"^[0-9a-f]{32}$"
+EVENT_ID_PATTERN = r"^[0-9a-f]{32}$"
+CONSENT_REF_PATTERN = r"^[A-Z0-9][A-Z0-9-]{5,39}$"
+TOPIC_PATTERN = r"^help\.[a-z0-9.-]{3,120}$"
+ACTOR_PATTERN = r"^[a-z][a-z0-9._-]{2,63}$"
+# RFC 3339 in UTC only ("Z"); pydantic alone would also take "2026-11-05 10:00" and the like.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+
+# base64url without padding, sized to what each value really is.
+PSEUDONYM_VALUE_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # HMAC-SHA256: 32 bytes
+SIGNATURE_VALUE_PATTERN = r"^[A-Za-z0-9_-]{86}$"  # Ed25519: 64 bytes
+SEALED_VALUE_PATTERN = r"^[A-Za-z0-9_-]{40,160}$"  # nonce 12 + ref 1..64 + tag 16 bytes
+
+Departement = Annotated[str, S(pattern=DEPARTEMENT_PATTERN)]
+Emitter = Annotated[str, S(pattern=EMITTER_PATTERN)]
+Code = Annotated[str, S(pattern=CODE_PATTERN)]
+KeyId = Annotated[str, S(pattern=KEY_ID_PATTERN)]
+SignalId = Annotated[str, S(pattern=SIGNAL_ID_PATTERN)]
+EventId = Annotated[str, S(pattern=EVENT_ID_PATTERN)]
+ConsentRef = Annotated[str, S(pattern=CONSENT_REF_PATTERN)]
+TopicName = Annotated[str, S(pattern=TOPIC_PATTERN)]
+Actor = Annotated[str, S(pattern=ACTOR_PATTERN)]
+PseudonymValue = Annotated[str, S(pattern=PSEUDONYM_VALUE_PATTERN)]
+SignatureValue = Annotated[str, S(pattern=SIGNATURE_VALUE_PATTERN)]
+SealedValue = Annotated[str, S(pattern=SEALED_VALUE_PATTERN)]
+
+_TS = re.compile(TIMESTAMP_PATTERN)
+
+
+def _check_timestamp(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _TS.match(value):
+            raise ValueError("timestamp must be RFC 3339 in UTC, e.g. 2026-11-05T10:00:00Z")
+        return value
+    if isinstance(value, dt.datetime) and value.utcoffset() != dt.timedelta(0):
+        raise ValueError("timestamp must be in UTC")
+    return value
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z')."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_check_timestamp),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+]
+
+
+# pydantic's strict date takes exactly YYYY-MM-DD from JSON, as JSON Schema's "date" format.
+Date = dt.date

@@ -1,0 +1,1 @@
+"""Platform glue: the one settings object, the embedded broker, topics, Kafka clients, the CLI."""

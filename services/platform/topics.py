@@ -1,0 +1,85 @@
+"""Every topic and its configuration, declared once: the Kafka bindings of ``schemas/asyncapi.yaml``.
+
+``topics apply`` creates what is missing (and adds partitions where the declaration grew),
+against the embedded broker or any Kafka. Replication is capped at the number of brokers
+the cluster has, so the same declaration serves a one-node test broker and production.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.core.types import Fund
+from services.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    channel: str
+    partitions: int
+    replicas: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def load_topic_specs(asyncapi_path: Path) -> list[TopicSpec]:
+    """Expand every channel of the AsyncAPI document into concrete topics."""
+    try:
+        doc: dict[str, Any] = yaml.safe_load(asyncapi_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read {asyncapi_path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
+    specs: list[TopicSpec] = []
+    for channel_id, channel in doc.get("channels", {}).items():
+        address: str = channel["address"]
+        kafka = channel.get("bindings", {}).get("kafka", {})
+        if "partitions" not in kafka:
+            raise ConfigurationError(
+                f"channel {channel_id} of {asyncapi_path} declares no kafka partitions",
+                "add bindings.kafka.partitions to the channel",
+            )
+        config = {
+            key: ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            for key, value in kafka.get("topicConfiguration", {}).items()
+        }
+        names = _PARAM.findall(address)
+        choices = [channel["parameters"][n]["enum"] for n in names]
+        for combo in itertools.product(*choices):
+            topic = address
+            for name, value in zip(names, combo, strict=True):
+                topic = topic.replace("{" + name + "}", value)
+            specs.append(TopicSpec(topic, channel_id, int(kafka["partitions"]), int(kafka.get("replicas", 1)), config))
+    return specs
+
+
+def signal_topic(fund: Fund | str) -> str:
+    return f"help.signals.{Fund(fund).value}.v1"
+
+
+def receipt_topic(fund: Fund | str) -> str:
+    return f"help.receipts.{Fund(fund).value}.v1"
+
+
+def fund_of_signal_topic(topic: str) -> Fund | None:
+    """The fund owning a signal topic, or None if ``topic`` is not one."""
+    match = re.fullmatch(r"help\.signals\.([a-z]+)\.v1", topic)
+    if not match:
+        return None
+    try:
+        return Fund(match.group(1))
+    except ValueError:
+        return None
+
+
+SITUATIONS_TOPIC = "help.situations.v1"
+FOLLOWUPS_TOPIC = "help.followups.v1"
+CONSENTS_TOPIC = "help.consents.v1"
+DEADLETTER_TOPIC = "help.deadletter.v1"
