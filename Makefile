@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 NODE_DIR := tests/contract/asyncapi
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
-.PHONY: demo test lint unit bench venv clean help
+.PHONY: demo test lint bench venv clean help system-packages
 
 help:
 	@echo "make demo   run the main job end to end on the embedded broker + SQLite"
@@ -26,6 +26,13 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Real parts for the tests, from Debian's packages (CI starts on a fresh machine).
+system-packages:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/help-exchange demo
 
@@ -33,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) $(NODE_STAMP) lint
+test: $(STAMP) $(NODE_STAMP) system-packages lint
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -1,0 +1,107 @@
+"""Shared fixtures. Integration fixtures start real parts and *fail* (never skip) when a part
+is missing: a test that cannot reach its broker is a broken install, not an optional test."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.platform.broker import EmbeddedBroker
+from services.platform.kafka import apply_topics
+from services.platform.settings import Settings, load_settings
+from services.platform.topics import load_topic_specs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def broker_var(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("broker-var")
+
+
+@pytest.fixture(scope="session")
+def bootstrap(broker_var: Path) -> Iterator[str]:
+    """A real embedded broker (Tansu) on a free loopback port, with every topic applied."""
+    settings = load_settings(var_dir=broker_var, broker_port=free_port())
+    embedded = EmbeddedBroker(settings)
+    state, proc = embedded.start(detach=False)
+    try:
+        specs = load_topic_specs(settings.schemas_dir / "asyncapi.yaml")
+        asyncio.run(apply_topics(settings, state.bootstrap, specs))
+        yield state.bootstrap
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, bootstrap: str) -> Settings:
+    """Settings pointing at the session broker, with a fresh var/ (keys, outbox, SQLite)."""
+    return load_settings(
+        bootstrap_servers=bootstrap,
+        var_dir=tmp_path / "var",
+        key_dir=tmp_path / "var" / "keys",
+        database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
+        session_timeout_ms=6000,
+    )
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path) -> Settings:
+    """Settings for tests that need no broker."""
+    return load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+
+
+def _pg_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not candidates:
+        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
+    return candidates[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real, throw-away PostgreSQL cluster on a free loopback port (Debian's binaries).
+
+    PostgreSQL refuses to run as root, so the cluster runs as the ``postgres`` system user."""
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    bindir = _pg_bin()
+    # Not under pytest's tmp dir: its parents are 0700 root, which the postgres user cannot cross.
+    base = Path(tempfile.mkdtemp(prefix="help-pg-"))
+    data = base / "data"
+    port = free_port()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*as_postgres, *cmd], capture_output=True, text=True)
+        if done.returncode:
+            pytest.fail(f"PostgreSQL: {' '.join(cmd[:1])} failed: {done.stderr or done.stdout}")
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "help", "--no-sync", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://help@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
