@@ -28,6 +28,7 @@ _SERVICE_CLIS = (
     "services.correlator.cli",
     "services.casebook.cli",
     "services.ledger.cli",
+    "services.simulator.cli",
     "services.platform.demo",
 )
 

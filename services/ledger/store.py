@@ -1,0 +1,424 @@
+"""The ledger stored in SQL: append-only, idempotent by entry id, with signed tree heads.
+
+This is the API the other services call (SQLAlchemy 2 Core; SQLite and PostgreSQL)::
+
+    from services.ledger.store import Ledger
+    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+
+    ledger = Ledger.open(settings)                      # engine from HELP_DATABASE_URL
+    ledger.append([entry, ...])                         # one transaction, idempotent
+    ledger.record(action=Action.SIGNALEMENT_ACCEPTE, actor="correlator",
+                  purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+                  time=now, natural_key=(signal_id,), subject=pseudonym, ref=signal_id)
+    ledger.sign_head()                                  # a new signed tree head
+
+or, inside a transaction the caller already holds (the casebook writing its own rows and
+the ledger entry atomically): ``ledger.append(entries, connection=conn)``.
+
+Hooks for the other services (what each should append; ids from
+:func:`~services.ledger.entries.entry_id_for` so a redelivery appends nothing twice):
+
+* correlator — ``signalement_accepte`` / ``signalement_rejete`` (natural key: signal_id or
+  receipt_id; ``reason`` on a rejection; ``ref`` = signal_id), ``situation_ouverte`` /
+  ``_mise_a_jour`` / ``_fermee`` / ``_rouverte`` (natural key: event_id; ``case_id`` =
+  situation_id), and on ``help.consents.v1``: ``consentement_donne`` /
+  ``consentement_retire`` / ``opposition`` (natural key: the consent event_id; legal basis
+  ``consentement`` or ``rgpd_21``), then ``effacement`` with ``count`` once the person's
+  state is erased;
+* casebook — ``liste_generee`` / ``liste_consultee`` / ``liste_exportee`` (``ref`` = the
+  worklist or export id, ``actor`` = the user), ``reference_revelee``,
+  ``suite_enregistree``, ``effacement``, and ``purge_conservation`` with ``count`` per
+  purge run; written with ``connection=`` in the casebook's own transaction;
+* key management — ``rotation_cle`` after :meth:`LedgerSigner.rotate`.
+
+Appending an entry whose id is already in the ledger is a no-op if the content is the same
+(a redelivered message) and an :class:`~services.errors.InputError` if it differs (two facts
+under one id is a bug upstream, never silently resolved). Appends are serialised by a lock
+on the one ``ledger_state`` row, so sequence numbers have no gap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from services.errors import InputError, TransientError
+from services.ledger import tables as t
+from services.ledger.entries import LedgerEntry, canonical_bytes, new_entry
+from services.ledger.heads import LedgerSigner, SignedHead
+from services.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, root_of
+
+if TYPE_CHECKING:
+    from services.platform.settings import Settings
+
+GENESIS_CHAIN = bytes(32)
+_IN_CHUNK = 500
+
+
+def chain_next(previous: bytes, leaf: bytes) -> bytes:
+    """SHA-256(previous chain hash || leaf hash)."""
+    return hashlib.sha256(previous + leaf).digest()
+
+
+def engine_for(database_url: str) -> Engine:
+    """An engine for ``database_url``; for SQLite, the file's folder is created."""
+    if database_url.startswith("sqlite") and ":///" in database_url:
+        path = database_url.split(":///", 1)[1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(database_url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(database_url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL (readers never block the appender), fsync at checkpoints only (a crash loses at
+    most the last transactions, never the file's consistency), and a page cache big enough
+    for the entry-id and pseudonym indexes of a few million entries."""
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-131072"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append did: ``indexes[i]`` is the leaf index of the i-th entry given."""
+
+    appended: int
+    already_present: int
+    tree_size: int
+    indexes: tuple[int, ...]
+    head: SignedHead | None = None
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    index: int
+    entry_id: str
+    data: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class _State:
+    tree_size: int
+    compact: CompactRange
+    last_chain: bytes
+
+
+class Ledger:
+    """The append-only log. ``signer`` is needed only to sign heads."""
+
+    def __init__(self, engine: Engine, signer: LedgerSigner | None = None) -> None:
+        self.engine = engine
+        self.signer = signer
+
+    @classmethod
+    def open(cls, settings: Settings, *, sign: bool = True, create_tables: bool = True) -> Ledger:
+        """The ledger of ``settings.database_url``, signing with the key of ``settings.key_dir``
+        (created on first use). ``create_tables`` creates missing ``ledger_*`` tables, for
+        the embedded default; with Alembic migrations in charge, pass False."""
+        engine = engine_for(settings.database_url)
+        if create_tables:
+            t.metadata.create_all(engine, checkfirst=True)
+        signer = LedgerSigner.load(settings.key_dir, create=True) if sign else None
+        return cls(engine, signer)
+
+    # ------------------------------------------------------------------------ appending
+    def append(
+        self,
+        entries: Iterable[LedgerEntry],
+        *,
+        sign: bool = False,
+        connection: Connection | None = None,
+        now: dt.datetime | None = None,
+    ) -> AppendResult:
+        """Append ``entries`` in order, in one transaction (the caller's, if given)."""
+        batch: list[tuple[LedgerEntry, bytes]] = []
+        by_id: dict[str, bytes] = {}
+        order: list[str] = []
+        for entry in entries:
+            data = canonical_bytes(entry)
+            order.append(entry.entry_id)
+            known = by_id.get(entry.entry_id)
+            if known is None:
+                by_id[entry.entry_id] = data
+                batch.append((entry, data))
+            elif known != data:
+                raise _conflict(entry.entry_id)
+        if connection is not None:
+            return self._append(connection, batch, order, sign, now)
+        try:
+            with self.engine.begin() as conn:
+                return self._append(conn, batch, order, sign, now)
+        except IntegrityError as exc:  # two first appends racing to create the state row
+            raise TransientError("the ledger was being initialised concurrently",
+                                 "retry the append") from exc
+        except OperationalError as exc:
+            raise TransientError(f"the ledger database is unavailable: {exc.orig}",
+                                 "retry once the database answers") from exc
+
+    def record(self, *, sign: bool = False, **fields: Any) -> LedgerEntry:
+        """Build one entry with :func:`~services.ledger.entries.new_entry` and append it."""
+        entry = new_entry(**fields)
+        self.append([entry], sign=sign)
+        return entry
+
+    def _append(
+        self,
+        conn: Connection,
+        batch: list[tuple[LedgerEntry, bytes]],
+        order: list[str],
+        sign: bool,
+        now: dt.datetime | None,
+    ) -> AppendResult:
+        state = _lock_state(conn)
+        present = _existing(conn, [entry.entry_id for entry, _ in batch])
+        index_of = {entry_id: seq for entry_id, (seq, _) in present.items()}
+        size, compact, chain = state.tree_size, state.compact, state.last_chain
+        rows: list[tuple[Any, ...]] = []
+        sha = hashlib.sha256
+        for entry, data in batch:
+            stored = present.get(entry.entry_id)
+            if stored is not None:
+                if stored[1] != data:
+                    raise _conflict(entry.entry_id)
+                continue
+            leaf = sha(b"\x00" + data).digest()
+            chain = sha(chain + leaf).digest()
+            compact.append(leaf)
+            subject = entry.subject
+            rows.append((
+                size, entry.entry_id, entry.time_text, entry.actor, entry.action.value,
+                entry.case_id, subject.key_id if subject else None,
+                subject.value if subject else None, data, leaf, chain,
+            ))
+            index_of[entry.entry_id] = size
+            size += 1
+        if rows:
+            _insert_entries(conn, rows)
+            conn.execute(update(t.state).where(t.state.c.id == 1).values(
+                tree_size=size, compact_range=compact.to_bytes(), last_chain=chain))
+        head = None
+        if sign:
+            head = self._store_head(conn, size, compact.root(), now)
+        return AppendResult(appended=len(rows), already_present=len(order) - len(rows),
+                            tree_size=size, indexes=tuple(index_of[i] for i in order), head=head)
+
+    # ------------------------------------------------------------------------ heads
+    def sign_head(self, now: dt.datetime | None = None) -> SignedHead:
+        """Sign and store the head of the current tree."""
+        with self.engine.begin() as conn:
+            state = _lock_state(conn)
+            return self._store_head(conn, state.tree_size, state.compact.root(), now)
+
+    def _store_head(self, conn: Connection, size: int, root: bytes,
+                    now: dt.datetime | None) -> SignedHead:
+        if self.signer is None:
+            raise InputError("this ledger has no signing key loaded",
+                             "open it with Ledger.open(settings) on the ledger host")
+        head = self.signer.sign_head(size, root, now or dt.datetime.now(dt.UTC))
+        conn.execute(insert(t.heads).values(
+            tree_size=size, root_hash=root, timestamp=head.timestamp,
+            key_id=head.signature.key_id, signature=_sig_bytes(head)))
+        return head
+
+    def heads(self, connection: Connection | None = None) -> list[SignedHead]:
+        """Every stored head, oldest first."""
+        query = select(t.heads).order_by(t.heads.c.head_id)
+        with _conn(self.engine, connection) as conn:
+            return [head_from_row(row._mapping) for row in conn.execute(query)]
+
+    def latest_head(self) -> SignedHead | None:
+        heads = self.heads()
+        return heads[-1] if heads else None
+
+    # ------------------------------------------------------------------------ reading
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.state.c.tree_size).where(t.state.c.id == 1)).first()
+        return int(row[0]) if row else 0
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root of the current tree (from the saved compact range), or of its first
+        ``size`` entries (recomputed from the stored leaf hashes)."""
+        if size is None:
+            with self.engine.connect() as conn:
+                return _read_state(conn).compact.root()
+        return root_of(self.leaf_hashes(size))
+
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        query = select(t.entries.c.leaf_hash).order_by(t.entries.c.seq)
+        if size is not None:
+            query = query.where(t.entries.c.seq < size)
+        with self.engine.connect() as conn:
+            hashes = [bytes(row[0]) for row in conn.execute(query)]
+        if size is not None and len(hashes) < size:
+            raise InputError(f"the ledger holds {len(hashes)} entries, not {size}",
+                             "ask for a size no larger than the current tree")
+        return hashes
+
+    def entry(self, entry_id: str) -> StoredEntry:
+        c = t.entries.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c.seq, c.entry_id, c.entry, c.leaf_hash)
+                               .where(c.entry_id == entry_id)).first()
+        if row is None:
+            raise InputError(f"no entry {entry_id!r} in the ledger",
+                             "give an entry id as `audit query` prints it (32 hex digits)")
+        return StoredEntry(int(row.seq), row.entry_id, bytes(row.entry), bytes(row.leaf_hash))
+
+    def inclusion(self, entry_id: str, tree_size: int | None = None
+                  ) -> tuple[StoredEntry, int, list[bytes]]:
+        """The entry, the tree size and the audit path proving it in that tree."""
+        stored = self.entry(entry_id)
+        leaves = self.leaf_hashes(tree_size)
+        size = len(leaves)
+        if stored.index >= size:
+            raise InputError(f"entry {entry_id} (n° {stored.index}) is not in a tree of {size}",
+                             "prove it against a later head")
+        return stored, size, inclusion_proof(stored.index, leaves)
+
+    def consistency(self, first: int, second: int) -> tuple[bytes, bytes, list[bytes]]:
+        """Roots of the trees of ``first`` and ``second`` entries and the proof between them."""
+        if not 0 <= first <= second:
+            raise InputError(f"no consistency proof from size {first} to size {second}",
+                             "give --from no larger than --to")
+        leaves = self.leaf_hashes(second)
+        return root_of(leaves, 0, first), root_of(leaves), consistency_proof(first, leaves)
+
+    def query(
+        self,
+        *,
+        case_id: str | None = None,
+        pseudonym: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        period: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        """Stored entries matching every filter given, as (index, canonical bytes).
+
+        ``period`` is a half-open range of timestamps' text, e.g. ("2026-11", "2026-12")."""
+        c = t.entries.c
+        query = select(c.seq, c.entry).order_by(c.seq)
+        if case_id is not None:
+            query = query.where(c.case_id == case_id)
+        if pseudonym is not None:
+            query = query.where(c.subject_value == pseudonym)
+        if actor is not None:
+            query = query.where(c.actor == actor)
+        if action is not None:
+            query = query.where(c.action == action)
+        if period is not None:
+            query = query.where(c.time >= period[0], c.time < period[1])
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=5000).execute(query)
+            for row in result:
+                yield int(row.seq), bytes(row.entry)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.entries)).scalar_one())
+
+
+# ---------------------------------------------------------------------------- helpers
+class _conn:
+    """Use the caller's connection, or open (and close) one."""
+
+    def __init__(self, engine: Engine, connection: Connection | None) -> None:
+        self._engine, self._given = engine, connection
+        self._own: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        if self._given is not None:
+            return self._given
+        own = self._engine.connect()
+        self._own = own
+        return own
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own is not None:
+            self._own.close()
+
+
+def _conflict(entry_id: str) -> InputError:
+    return InputError(
+        f"ledger entry {entry_id} already exists with a different content",
+        "an entry id names one fact: derive it from what makes the fact unique "
+        "(services.ledger.entries.entry_id_for)",
+    )
+
+
+def _sig_bytes(head: SignedHead) -> bytes:
+    from services.core.signing import b64u_decode
+
+    return b64u_decode(head.signature.value)
+
+
+def head_from_row(row: Any) -> SignedHead:
+    from services.core.signing import b64u
+
+    return SignedHead.model_validate({
+        "tree_size": int(row["tree_size"]), "root_hash": b64u(bytes(row["root_hash"])),
+        "timestamp": row["timestamp"],
+        "signature": {"key_id": row["key_id"], "alg": "Ed25519",
+                      "value": b64u(bytes(row["signature"]))},
+    })
+
+
+def _read_state(conn: Connection) -> _State:
+    row = conn.execute(select(t.state).where(t.state.c.id == 1)).first()
+    if row is None:
+        return _State(0, CompactRange(), GENESIS_CHAIN)
+    size = int(row.tree_size)
+    return _State(size, CompactRange.from_bytes(size, bytes(row.compact_range)),
+                  bytes(row.last_chain))
+
+
+def _lock_state(conn: Connection) -> _State:
+    """Take the appenders' lock (an UPDATE of the state row) and read the state."""
+    done = conn.execute(update(t.state).where(t.state.c.id == 1)
+                        .values(version=t.state.c.version + 1))
+    if done.rowcount == 0:
+        conn.execute(insert(t.state).values(id=1, tree_size=0, compact_range=b"",
+                                            last_chain=GENESIS_CHAIN, version=1))
+    return _read_state(conn)
+
+
+_ENTRY_COLUMNS = ("seq", "entry_id", "time", "actor", "action", "case_id", "subject_key_id",
+                  "subject_value", "entry", "leaf_hash", "chain_hash")
+
+
+def _insert_entries(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """One driver-level executemany: SQLAlchemy's per-value bind processing costs more than
+    the hashing itself at tens of thousands of rows a second."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    if mark is None:  # pragma: no cover - neither SQLite nor psycopg
+        conn.execute(insert(t.entries), [dict(zip(_ENTRY_COLUMNS, row, strict=True))
+                                         for row in rows])
+        return
+    statement = (f"INSERT INTO {t.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join([mark] * len(_ENTRY_COLUMNS))})")
+    conn.exec_driver_sql(statement, rows)
+
+
+def _existing(conn: Connection, entry_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+    c = t.entries.c
+    found: dict[str, tuple[int, bytes]] = {}
+    for start in range(0, len(entry_ids), _IN_CHUNK):
+        chunk = entry_ids[start : start + _IN_CHUNK]
+        for row in conn.execute(select(c.entry_id, c.seq, c.entry).where(c.entry_id.in_(chunk))):
+            found[row.entry_id] = (int(row.seq), bytes(row.entry))
+    return found
