@@ -1,0 +1,1 @@
+"""Alembic migrations of the casebook (run by :func:`services.casebook.db.migrate`)."""

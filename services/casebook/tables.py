@@ -1,0 +1,118 @@
+"""The casebook's SQL tables (SQLAlchemy Core), one ``MetaData`` for Alembic.
+
+Everything the monthly review needs, and nothing more: no NIR, no name, no clear file
+reference ever reaches these tables (the pseudonym and the sealed references come as they
+travel on the topics). Lists (funds, categories, rules, refs) are JSON columns: they are
+always read whole with their situation, never queried inside.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+TZ = sa.DateTime(timezone=True)
+
+situations = sa.Table(
+    "casebook_situations",
+    metadata,
+    sa.Column("situation_id", sa.String(32), primary_key=True),
+    # Short and stable: territory-year-month of opening-sequence, assigned once.
+    sa.Column("case_number", sa.String(32), nullable=False, unique=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("territory", sa.String(3), nullable=False),
+    sa.Column("pseudonym_key_id", sa.String(40), nullable=False),
+    sa.Column("pseudonym", sa.String(43), nullable=False, index=True),
+    sa.Column("priority", sa.String(8), nullable=False),
+    # funds, categories, purposes, rules and sealed refs, always read together: one JSON
+    # document per row is decoded once (five columns cost five decodes per row).
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("first_signal_on", sa.Date, nullable=False),
+    sa.Column("last_signal_on", sa.Date, nullable=False),
+    # occurred_at of the earliest event seen (the opening) and of the latest version.
+    sa.Column("opened_at", TZ, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False),
+    # occurred_at of the latest "rouverte" event: earlier follow-ups do not close it again.
+    sa.Column("reopened_at", TZ, nullable=True),
+    sa.Index("ix_casebook_situations_territory_opened", "territory", "opened_at"),
+)
+
+case_sequences = sa.Table(
+    "casebook_case_sequences",
+    metadata,
+    sa.Column("territory", sa.String(3), primary_key=True),
+    sa.Column("year_month", sa.String(7), primary_key=True),
+    sa.Column("last_value", sa.Integer, nullable=False),
+)
+
+followups = sa.Table(
+    "casebook_followups",
+    metadata,
+    sa.Column("event_id", sa.String(32), primary_key=True),
+    sa.Column("situation_id", sa.String(32), nullable=False, index=True),
+    sa.Column("territory", sa.String(3), nullable=False),
+    sa.Column("fund", sa.String(8), nullable=False),
+    sa.Column("action", sa.String(48), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("recorded_at", TZ, nullable=False),
+    sa.Column("recorded_by", sa.String(64), nullable=False),
+    sa.Index("ix_casebook_followups_territory_recorded", "territory", "recorded_at"),
+)
+
+# An objection (or a withdrawn consent) erases what was stored and stops later replays of
+# older events from bringing it back: situation events that occurred before
+# ``effective_at`` for this pseudonym are ignored.
+objections = sa.Table(
+    "casebook_objections",
+    metadata,
+    sa.Column("pseudonym", sa.String(43), primary_key=True),
+    sa.Column("effective_at", TZ, nullable=False),
+)
+
+erased_situations = sa.Table(
+    "casebook_erased_situations",
+    metadata,
+    sa.Column("situation_id", sa.String(32), primary_key=True),
+    sa.Column("erased_at", TZ, nullable=False),
+)
+
+# Tracking records: the last offset applied, per consumer, topic and partition, written in
+# the same transaction as the effect. On restart the sink seeks to offset + 1.
+offsets = sa.Table(
+    "casebook_offsets",
+    metadata,
+    sa.Column("consumer", sa.String(64), primary_key=True),
+    sa.Column("topic", sa.String(128), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+)
+
+# Follow-ups recorded here, waiting to be published on help.followups.v1.
+outbox = sa.Table(
+    "casebook_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("topic", sa.String(128), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("published_at", TZ, nullable=True),
+)
+
+# The default audit sink (see audit.py): who looked at or did what, for which purpose.
+access_log = sa.Table(
+    "casebook_access_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TZ, nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(24), nullable=False),
+    sa.Column("fund", sa.String(8), nullable=True),
+    sa.Column("action", sa.String(24), nullable=False),
+    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("case_number", sa.String(32), nullable=True),
+    sa.Column("detail", sa.String(200), nullable=False, default=""),
+)

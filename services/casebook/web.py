@@ -1,0 +1,290 @@
+"""The web view of the monthly review (``help-exchange serve``): FastAPI, server-rendered
+French HTML in the look of the state design system (DSFR).
+
+Pages: login, the month's worklist (and its exports), a case page, the follow-up form.
+What a user sees comes from :mod:`services.casebook.worklist`, filtered by the user's fund
+(agents) and territory (everyone: another territory's case is a 404, as is a case the
+agent's fund is not involved in). Auditors read only: recording is a 403.
+Every view, export and follow-up goes to the audit sink (user, purpose, case).
+
+Session: a cookie signed with itsdangerous (HttpOnly, SameSite=Strict, Secure behind
+HTTPS) holding the user id and a CSRF token that every form carries back. Bad input is a
+4xx with a French reason, never a 5xx. The OpenAPI description stays at /openapi.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import logging
+import secrets
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import BackgroundTasks, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.casebook import store
+from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
+from services.casebook.auth import Authenticator, FileAuthenticator, User
+from services.casebook.config import CasebookSettings, load_casebook_settings
+from services.casebook.db import open_store_engine
+from services.casebook.followups import flush_outbox, record_followup
+from services.casebook.model import CASE_NUMBER, Month, Situation
+from services.casebook.render import MEDIA_TYPES, environment, render, render_html
+from services.casebook.worklist import Labels, case_view, load_worklist
+from services.errors import HelpExchangeError, InputError
+from services.platform.settings import Settings
+
+log = logging.getLogger("help_exchange.casebook.web")
+COOKIE = "help_session"
+
+
+class HTTPError(StarletteHTTPException):
+    """An HTTP error with a French reason for people."""
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    html = environment().get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code)
+
+
+TITLES = {400: "Demande invalide", 401: "Connexion requise", 403: "Action non autorisée",
+          404: "Page introuvable", 405: "Méthode non autorisée", 422: "Demande invalide",
+          500: "Erreur interne"}
+
+
+def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None = None,
+               engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
+               audit: AuditSink | None = None, publish: bool = True) -> FastAPI:
+    cb = casebook_settings or load_casebook_settings()
+    engine = engine or open_store_engine(settings.database_url)
+    auth: Authenticator = authenticator or FileAuthenticator(cb.users_path(settings))
+    sink = audit or default_audit_sink(settings, engine)
+    signer = URLSafeTimedSerializer(cb.secret(settings), salt="help-casebook-session")
+    taxonomy = settings.taxonomy
+    labels = Labels(taxonomy)
+
+    app = FastAPI(title="HELP — revue de dossiers mensuelle",
+                  description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
+                  version="1.0")
+    app.state.authenticator = auth
+    app.state.engine = engine
+
+    # ------------------------------------------------------------------ session helpers
+    def session(request: Request) -> dict[str, Any]:
+        raw = request.cookies.get(COOKIE)
+        if not raw:
+            return {}
+        try:
+            data = signer.loads(raw, max_age=cb.session_max_age_s)
+        except BadSignature:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def set_session(response: Response, data: dict[str, Any]) -> None:
+        response.set_cookie(COOKIE, signer.dumps(data), max_age=cb.session_max_age_s, httponly=True,
+                            samesite="strict", secure=cb.secure_cookies, path="/")
+
+    def current(request: Request) -> tuple[User, str]:
+        data = session(request)
+        user = auth.user(str(data.get("u"))) if data.get("u") else None
+        if user is None:
+            raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
+        return user, str(data.get("c", ""))
+
+    def check_csrf(expected: str, given: str) -> None:
+        if not expected or not hmac.compare_digest(expected.encode(), (given or "").encode()):
+            raise HTTPError(403, "Jeton de sécurité du formulaire invalide ou expiré : rechargez la page.")
+
+    def ctx(user: User | None, csrf: str, **extra: Any) -> dict[str, Any]:
+        return {"user": user, "csrf_token": csrf, **extra}
+
+    def audit_event(user: User, action: str, **kw: Any) -> None:
+        sink.record(AccessEvent(user_id=user.user_id, role=user.role, fund=user.fund,
+                                action=action, **kw))  # type: ignore[arg-type]
+
+    def visible_case(user: User, case_number: str) -> Situation:
+        if not CASE_NUMBER.match(case_number):
+            raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} ».")
+        with engine.connect() as conn:
+            sit = store.situation_by_case(conn, case_number)
+        if sit is None or sit.territory != user.territory or (
+                user.view_fund is not None and user.view_fund not in sit.funds):
+            raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} » dans votre périmètre.")
+        return sit
+
+    def month_of(text: str | None) -> Month:
+        if not text:
+            now = dt.datetime.now(dt.UTC)
+            return Month(now.year, now.month)
+        try:
+            return Month.parse(text)
+        except InputError as exc:
+            raise HTTPError(400, "Mois invalide : utilisez le format AAAA-MM, par exemple 2026-11.") from exc
+
+    # ------------------------------------------------------------------ error pages
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 401 and request.method == "GET":
+            return RedirectResponse("/login", status_code=303)
+        reason = exc.detail if isinstance(exc, HTTPError) else TITLES.get(exc.status_code, "Erreur")
+        if exc.status_code == 404 and not isinstance(exc, HTTPError):
+            reason = "Cette page n'existe pas."
+        if exc.status_code == 405:
+            reason = "Cette méthode n'est pas acceptée pour cette adresse."
+        return _page("error.html", exc.status_code, user=None, csrf_token="", status=exc.status_code,
+                     title=TITLES.get(exc.status_code, "Erreur"), reason=reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        fields = sorted({str(e.get("loc", ["", "?"])[-1]) for e in exc.errors()})
+        return _page("error.html", 400, user=None, csrf_token="", status=400, title=TITLES[400],
+                     reason="Champ manquant ou invalide : " + ", ".join(fields) + ".")
+
+    @app.exception_handler(HelpExchangeError)
+    async def domain_error(request: Request, exc: HelpExchangeError) -> Response:
+        return _page("error.html", 400, user=None, csrf_token="", status=400, title=TITLES[400],
+                     reason=exc.one_line())
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path not in ("/docs", "/redoc"):
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+                "frame-ancestors 'none'; base-uri 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return RedirectResponse("/worklist", status_code=303)
+
+    @app.get("/login", response_class=HTMLResponse, summary="Page de connexion")
+    async def login_form(request: Request) -> Response:
+        csrf = str(session(request).get("c") or secrets.token_urlsafe(24))
+        response = _page("login.html", **ctx(None, csrf))
+        set_session(response, {"c": csrf})
+        return response
+
+    @app.post("/login", response_class=HTMLResponse, summary="Connexion")
+    async def login(request: Request, user_id: Annotated[str, Form(max_length=64)],
+                    password: Annotated[str, Form(max_length=256)],
+                    csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        check_csrf(str(session(request).get("c", "")), csrf_token)
+        user = await asyncio.to_thread(auth.authenticate, user_id, password)
+        if user is None:
+            csrf = secrets.token_urlsafe(24)
+            page = _page("login.html", 401, **ctx(None, csrf, error="Identifiant ou mot de passe incorrect.",
+                                                  user_id=user_id))
+            set_session(page, {"c": csrf})
+            return page
+        redirect = RedirectResponse("/worklist", status_code=303)
+        set_session(redirect, {"u": user.user_id, "c": secrets.token_urlsafe(24)})
+        return redirect
+
+    @app.post("/logout", summary="Déconnexion")
+    async def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        _, csrf = current(request)
+        check_csrf(csrf, csrf_token)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @app.get("/worklist", response_class=HTMLResponse, summary="Liste du mois")
+    def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None) -> Response:
+        user, csrf = current(request)
+        m = month_of(month)
+        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
+                           close_after_months=cb.close_after_months)
+        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers")
+        return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
+
+    @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
+    def export(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
+               format: Annotated[str, Query(pattern="^(html|csv|pdf|json)$")] = "csv") -> Response:
+        user, _ = current(request)
+        m = month_of(month)
+        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
+                           close_after_months=cb.close_after_months)
+        data = render(wl, format)
+        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers")
+        name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
+        return Response(data, media_type=MEDIA_TYPES[format],
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/cases/{case_number}", response_class=HTMLResponse, summary="Page d'un dossier")
+    def case_page(request: Request, case_number: str, ok: int = 0) -> Response:
+        user, csrf = current(request)
+        sit = visible_case(user, case_number)
+        with engine.connect() as conn:
+            fus = store.followups_of(conn, sit.situation_id)
+        view = case_view(labels, sit, fus, reason=None, fund=user.view_fund,
+                         as_of=dt.datetime.now(dt.UTC), close_after_months=cb.close_after_months)
+        audit_event(user, "consultation_dossier", case_number=sit.case_number, situation_id=sit.situation_id,
+                    pseudonym=sit.pseudonym)
+        return _page("case.html", **ctx(user, csrf, c=view, territory=sit.territory, can_record=user.can_record,
+                                        message="Suite enregistrée." if ok else None))
+
+    def form_funds(user: User, sit: Situation) -> list[dict[str, Any]]:
+        codes = [f for f in sit.funds if user.role != "agent" or f == user.fund]
+        return [{"code": f, "label": labels.fund(f).label, "offers": labels.offers.get(f, ())} for f in codes]
+
+    def outcomes() -> list[dict[str, str]]:
+        return [{"code": o.code.value, "label": o.libelle} for o in taxonomy.issues]
+
+    @app.get("/cases/{case_number}/followup", response_class=HTMLResponse, summary="Formulaire de suite")
+    def followup_form(request: Request, case_number: str) -> Response:
+        user, csrf = current(request)
+        sit = visible_case(user, case_number)
+        if not user.can_record:
+            raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
+        view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
+                         close_after_months=cb.close_after_months)
+        return _page("followup.html", **ctx(user, csrf, c=view, funds=form_funds(user, sit), outcomes=outcomes(),
+                                            selected_fund=user.fund))
+
+    @app.post("/cases/{case_number}/followup", summary="Enregistrer une suite")
+    def followup_post(request: Request, background: BackgroundTasks, case_number: str,
+                      fund: Annotated[str, Form(max_length=16)], action: Annotated[str, Form(max_length=64)],
+                      outcome: Annotated[str, Form(max_length=32)],
+                      csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        user, csrf = current(request)
+        check_csrf(csrf, csrf_token)
+        sit = visible_case(user, case_number)
+        if not user.can_record:
+            raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
+        if user.role == "agent" and fund != user.fund:
+            raise HTTPError(403, "Un agent n'enregistre que les suites de son propre organisme.")
+        try:
+            event = record_followup(engine, taxonomy, case_number=case_number, fund=fund, action=action,
+                                    outcome=outcome, user=user.user_id, territory=user.territory)
+        except InputError as exc:
+            view = case_view(labels, sit, [], reason=None, fund=user.view_fund,
+                             as_of=dt.datetime.now(dt.UTC), close_after_months=cb.close_after_months)
+            return _page("followup.html", 400, **ctx(user, csrf, c=view, funds=form_funds(user, sit),
+                                                     outcomes=outcomes(), selected_fund=fund,
+                                                     error=exc.one_line()))
+        audit_event(user, "suite_enregistree", case_number=case_number, situation_id=event.situation_id,
+                    pseudonym=sit.pseudonym, detail=f"{fund} {action} {outcome}")
+        if publish and settings.bootstrap_servers:
+            background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
+        return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
+
+    return app
+
+
+async def _publish_quietly(settings: Settings, engine: sa.Engine, bootstrap: str) -> None:
+    """Publish the outbox after the response; on failure the running sink publishes it later."""
+    try:
+        await asyncio.wait_for(flush_outbox(settings, engine, bootstrap), timeout=10)
+    except (HelpExchangeError, TimeoutError, OSError) as exc:
+        log.warning("follow-up kept in the outbox: %s", exc)

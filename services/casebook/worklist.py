@@ -1,0 +1,211 @@
+"""The monthly worklist: which situations the joint review studies, and what it shows.
+
+:func:`build_worklist` is pure (situations, follow-ups, taxonomy in; a view model out);
+:func:`load_worklist` reads the store. What a reader may see is decided here, once, for
+every output format and the web view alike:
+
+- only non-medical categories (class NM in the taxonomy; an unknown code is dropped too);
+- with a fund (``--fund`` or an agent's login): only situations that fund is involved in,
+  only categories whose ``visible_to`` names it, and only its own sealed reference;
+- sealed references as opaque tokens ``scelle:<key_id>:<value>`` that only the owning
+  fund's ``reveal`` command can open; never the pseudonym.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from services.casebook import store
+from services.casebook.model import (
+    PRIORITY_LABEL,
+    PRIORITY_RANK,
+    REVIEW_LABEL,
+    Followup,
+    Month,
+    ReviewReason,
+    Situation,
+    closed_at,
+    group_followups,
+    paused_gc,
+    review_reason,
+)
+from services.core.taxonomy import SignalClass, Taxonomy
+
+CLOSURE_LABEL = {
+    "fermee_par_correlateur": "Clôturé (plus de signal actif)",
+    "suites_enregistrees": "Clôturé (suites de tous les organismes)",
+    "sans_nouveau_signal": "Clôturé (sans nouveau signal)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    code: str
+    label: str
+
+
+_OPEN = Labelled("ouvert", "Ouvert")
+_STATUS = {code: Labelled(code, label) for code, label in CLOSURE_LABEL.items()}
+_REASON = {r: Labelled(r.value, label) for r, label in REVIEW_LABEL.items()}
+_NO_REASON = Labelled("", "")
+_PRIORITY = {code: Labelled(code, label) for code, label in PRIORITY_LABEL.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FollowupView:
+    case_number: str
+    fund: Labelled
+    action: Labelled
+    outcome: Labelled
+    recorded_on: str
+    recorded_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class FundView:
+    fund: Labelled
+    sealed_token: str | None
+    offers: tuple[Labelled, ...]
+    recorded: tuple[FollowupView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    case_number: str
+    reason: Labelled
+    priority: Labelled
+    rules: tuple[str, ...]
+    funds: tuple[FundView, ...]
+    categories: tuple[Labelled, ...]
+    first_signal_on: str
+    last_signal_on: str
+    opened_on: str
+    updated_on: str
+    status: Labelled
+    version: int
+
+
+@dataclass(frozen=True)
+class Worklist:
+    month: Month
+    territory: str
+    fund: str | None
+    generated_at: dt.datetime
+    cases: tuple[CaseView, ...]
+    reported: tuple[FollowupView, ...]
+
+    def counts(self) -> dict[str, int]:
+        out = {"rouge": 0, "orange": 0, "vert": 0}
+        for c in self.cases:
+            out[c.priority.code] = out.get(c.priority.code, 0) + 1
+        return out
+
+
+class Labels:
+    """French labels from the taxonomy, looked up once."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.organismes.items()}
+        self.exchangeable = {c.code: Labelled(c.code, c.libelle) for c in taxonomy.categories
+                             if c.classe is SignalClass.NM}
+        self.actions = {(f.value, a.code): Labelled(a.code, a.libelle)
+                        for f, actions in taxonomy.suites.items() for a in actions}
+        self.offers = {f.value: tuple(Labelled(a.code, a.libelle) for a in actions)
+                       for f, actions in taxonomy.suites.items()}
+        self.outcomes = {o.code.value: Labelled(o.code.value, o.libelle) for o in taxonomy.issues}
+
+    def fund(self, code: str) -> Labelled:
+        return self.funds.get(code) or Labelled(code, code)
+
+    def action(self, fund: str, code: str) -> Labelled:
+        return self.actions.get((fund, code)) or Labelled(code, code)
+
+    def outcome(self, code: str) -> Labelled:
+        return self.outcomes.get(code) or Labelled(code, code)
+
+
+_DATE_TEXT: dict[dt.date, str] = {}
+
+
+def _date(value: dt.date | dt.datetime) -> str:
+    """dd/mm/yyyy, memoised: a worklist repeats the same few hundred dates."""
+    day = value.date() if isinstance(value, dt.datetime) else value
+    text = _DATE_TEXT.get(day)
+    if text is None:
+        text = _DATE_TEXT[day] = f"{day.day:02d}/{day.month:02d}/{day.year:04d}"
+    return text
+
+
+def followup_view(labels: Labels, case_number: str, f: Followup) -> FollowupView:
+    return FollowupView(case_number, labels.fund(f.fund), labels.action(f.fund, f.action),
+                        labels.outcome(f.outcome), _date(f.recorded_at), f.recorded_by)
+
+
+def case_view(labels: Labels, sit: Situation, followups: Sequence[Followup], *, reason: ReviewReason | None,
+              fund: str | None, as_of: dt.datetime, close_after_months: int) -> CaseView:
+    """What a reader (``fund``, or everyone's view when None) may see of one situation."""
+    categories = []
+    for c in sit.categories:
+        label = labels.exchangeable.get(c["code"])
+        if label is None:  # medical, health-adjacent or unknown: never shown
+            continue
+        if fund is not None and fund not in c["visible_to"]:
+            continue
+        categories.append(label)
+    refs: dict[str, str] = {}
+    for r in sit.refs:
+        if fund is None or r["fund"] == fund:
+            sealed = r["sealed_ref"]
+            refs.setdefault(r["fund"], f"scelle:{sealed['key_id']}:{sealed['value']}")
+    by_fund: dict[str, list[FollowupView]] = {}
+    for f in followups:
+        by_fund.setdefault(f.fund, []).append(followup_view(labels, sit.case_number, f))
+    funds = tuple(FundView(labels.fund(code), refs.get(code), labels.offers.get(code, ()),
+                           tuple(by_fund.get(code, ()))) for code in sit.funds)
+    closed = closed_at(sit, followups, close_after_months=close_after_months, as_of=as_of)
+    status = _OPEN if closed is None else _STATUS[closed[1]]
+    reason_l = _REASON[reason] if reason else _NO_REASON
+    priority = _PRIORITY.get(sit.priority) or Labelled(sit.priority, sit.priority)
+    return CaseView(sit.case_number, reason_l, priority,
+                    sit.rules, funds, tuple(categories), _date(sit.first_signal_on), _date(sit.last_signal_on),
+                    _date(sit.opened_at), _date(sit.updated_at), status, sit.version)
+
+
+def build_worklist(taxonomy: Taxonomy, situations: Sequence[Situation], followups: Sequence[Followup], *,
+                   month: Month, territory: str, fund: str | None, close_after_months: int,
+                   generated_at: dt.datetime | None = None, labels: Labels | None = None) -> Worklist:
+    labels = labels or Labels(taxonomy)
+    grouped = group_followups(followups)
+    selected: list[tuple[int, str, CaseView]] = []
+    reported: list[FollowupView] = []
+    start, end = month.start, month.end
+    for sit in situations:
+        if sit.territory != territory or (fund is not None and fund not in sit.funds):
+            continue
+        fus = [f for f in grouped.get(sit.situation_id, ()) if f.recorded_at < end]
+        reason = review_reason(sit, fus, month, close_after_months=close_after_months)
+        if reason is None:
+            continue
+        view = case_view(labels, sit, fus, reason=reason, fund=fund, as_of=end,
+                         close_after_months=close_after_months)
+        selected.append((PRIORITY_RANK.get(sit.priority, 9), sit.case_number, view))
+        reported.extend(followup_view(labels, sit.case_number, f) for f in fus if start <= f.recorded_at < end)
+    selected.sort(key=lambda item: (item[0], item[1]))
+    reported.sort(key=lambda f: (f.case_number, f.fund.code))
+    return Worklist(month, territory, fund, generated_at or dt.datetime.now(dt.UTC),
+                    tuple(v for _, _, v in selected), tuple(reported))
+
+
+def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territory: str, fund: str | None,
+                  close_after_months: int, generated_at: dt.datetime | None = None) -> Worklist:
+    with paused_gc():
+        with engine.connect() as conn:
+            situations = store.situations_opened_before(conn, territory, month.end)
+            followups = store.followups_before(conn, territory, month.end)
+        return build_worklist(taxonomy, situations, followups, month=month, territory=territory, fund=fund,
+                              close_after_months=close_after_months, generated_at=generated_at)

@@ -1,0 +1,117 @@
+"""Recording follow-ups: the checks, the outbox, closing a case."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from services.casebook import store
+from services.casebook import tables as t
+from services.casebook.followups import record_followup
+from services.casebook.model import Month, closed_at
+from services.casebook.worklist import load_worklist
+from services.core.messages import FollowupEvent, parse
+from services.core.taxonomy import Taxonomy
+from services.errors import InputError
+from tests.casebook import factory as F
+from tests.casebook.test_worklist import run_cli
+
+UTC = dt.UTC
+
+
+@pytest.fixture
+def one_case(engine: sa.Engine) -> str:
+    with engine.begin() as conn:
+        store.apply_situations(conn, [F.situation(1, funds=("caf", "urssaf"))])
+    return "35-2026-11-0001"
+
+
+@pytest.mark.integration
+def test_record_writes_the_row_and_the_outbox_together(engine: sa.Engine, taxonomy: Taxonomy,
+                                                       one_case: str) -> None:
+    event = record_followup(engine, taxonomy, case_number=one_case, fund="caf", action="fsl",
+                            outcome="accorde", user="agent.caf35",
+                            now=dt.datetime(2026, 11, 20, tzinfo=UTC))
+    with engine.connect() as conn:
+        fus = store.followups_of(conn, event.situation_id)
+        pending = store.pending_outbox(conn)
+    assert [(f.fund, f.action, f.outcome) for f in fus] == [("caf", "fsl", "accorde")]
+    assert len(pending) == 1
+    wire = parse(FollowupEvent, pending[0][3])
+    assert wire == event and pending[0][1] == "help.followups.v1"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"case_number": "35-2026-11-0099"}, "dossier inconnu"),
+    ({"case_number": "35-2026-11"}, "numéro de dossier invalide"),
+    ({"fund": "cpam", "action": "ouverture_c2s_puma"}, "pas concerné"),
+    ({"action": "echeancier_paiement"}, "relève de urssaf"),
+    ({"action": "pas_une_suite"}, "suite inconnue"),
+    ({"outcome": "peut_etre"}, "issue inconnue"),
+    ({"fund": "pole_emploi"}, "organisme inconnu"),
+])
+def test_bad_followups_are_refused_and_write_nothing(engine: sa.Engine, taxonomy: Taxonomy, one_case: str,
+                                                     kwargs: dict[str, str], message: str) -> None:
+    args = {"case_number": one_case, "fund": "caf", "action": "fsl", "outcome": "accorde", "user": "agent.caf35"}
+    args.update(kwargs)
+    with pytest.raises(InputError, match=message):
+        record_followup(engine, taxonomy, **args)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        assert store.count_rows(conn, t.followups) == 0
+        assert store.count_rows(conn, t.outbox) == 0
+
+
+def test_a_case_closes_when_every_fund_answered(sqlite_engine: sa.Engine, taxonomy: Taxonomy) -> None:
+    with sqlite_engine.begin() as conn:
+        store.apply_situations(conn, [F.situation(1, funds=("caf", "urssaf"),
+                                                  occurred_at=dt.datetime(2026, 10, 3, tzinfo=UTC))])
+    record_followup(sqlite_engine, taxonomy, case_number="35-2026-10-0001", fund="caf", action="fsl",
+                    outcome="accorde", user="agent.caf35", now=dt.datetime(2026, 10, 20, tzinfo=UTC))
+    nov = Month(2026, 11)
+    wl = load_worklist(sqlite_engine, taxonomy, month=nov, territory="35", fund=None, close_after_months=6)
+    assert [(c.case_number, c.reason.code) for c in wl.cases] == [("35-2026-10-0001", "en_attente")]
+    record_followup(sqlite_engine, taxonomy, case_number="35-2026-10-0001", fund="urssaf",
+                    action="echeancier_paiement", outcome="accepte", user="agent.urssaf35",
+                    now=dt.datetime(2026, 10, 28, tzinfo=UTC))
+    assert load_worklist(sqlite_engine, taxonomy, month=nov, territory="35", fund=None,
+                         close_after_months=6).cases == ()
+    with sqlite_engine.connect() as conn:
+        sit = store.situation_by_case(conn, "35-2026-10-0001")
+        fus = store.followups_of(conn, sit.situation_id)  # type: ignore[union-attr]
+    assert sit is not None
+    assert closed_at(sit, fus, close_after_months=6, as_of=nov.start) == (
+        dt.datetime(2026, 10, 28, tzinfo=UTC), "suites_enregistrees")
+
+
+def test_a_case_closes_after_months_without_signal(sqlite_engine: sa.Engine, taxonomy: Taxonomy) -> None:
+    with sqlite_engine.begin() as conn:
+        store.apply_situations(conn, [F.situation(1, occurred_at=dt.datetime(2026, 6, 3, tzinfo=UTC))])
+    for months, expected in ((3, 0), (6, 1)):
+        wl = load_worklist(sqlite_engine, taxonomy, month=Month(2026, 11), territory="35", fund=None,
+                           close_after_months=months)
+        assert len(wl.cases) == expected
+
+
+def test_cli_records_and_keeps_it_when_the_broker_is_down(tmp_path: Path) -> None:
+    from services.casebook.db import open_store_engine
+
+    engine = open_store_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
+    with engine.begin() as conn:
+        store.apply_situations(conn, [F.situation(1)])
+    code, output = run_cli(tmp_path, "followup", "record", "--case", "35-2026-11-0001", "--fund", "caf",
+                           "--action", "fsl", "--outcome", "propose", "--user", "agent.caf35")
+    assert code == 0, output
+    assert "kept in the outbox" in output
+    code, output = run_cli(tmp_path, "followup", "record", "--case", "35-2026-11-0001", "--fund", "caf",
+                           "--action", "echeancier_paiement", "--outcome", "propose", "--user", "agent.caf35")
+    assert code == 2 and "relève de urssaf" in output and "Traceback" not in output
+    with engine.connect() as conn:
+        assert store.count_rows(conn, t.followups) == 1
+        assert len(store.pending_outbox(conn)) == 1
+        log = list(conn.execute(sa.select(t.access_log.c.action, t.access_log.c.case_number)))
+    engine.dispose()
+    assert log == [("suite_enregistree", "35-2026-11-0001")]
