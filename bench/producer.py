@@ -1,0 +1,98 @@
+"""Producer benchmark: a 100,000-line extract published end to end.
+
+``python -m bench.producer [--lines N]`` starts a fresh embedded broker on a free loopback
+port, creates the topics and the keys in a temporary folder, writes a valid CSV extract
+(synthetic NIRs: random, valid in form, drawn from no register), runs
+``help-exchange publish`` on it as a separate process, and prints lines/s and the
+publishing process's peak memory (ru_maxrss, from wait4). Exit 0 when every line was
+published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CAF_CATEGORIES = ("separation", "deces_conjoint", "impaye_loyer", "perte_logement", "parent_isole",
+                  "ouverture_rsa", "naissance_premier_ou_multiple", "logement_non_decent")
+DEPARTEMENTS = ("35", "61", "51", "2A", "2B", "75", "971")
+
+
+def synthetic_nir(rng: random.Random) -> str:
+    """A NIR valid in form (key included), random: not anyone's."""
+    dept = rng.choice(("35", "61", "51", "2A", "2B", "75", "13"))
+    body = (f"{rng.choice('12')}{rng.randint(40, 99):02d}{rng.randint(1, 12):02d}"
+            f"{dept}{rng.randint(1, 999):03d}{rng.randint(1, 999):03d}")
+    numeric = body.replace("2A", "19").replace("2B", "18")
+    return f"{body}{97 - int(numeric) % 97:02d}"
+
+
+def write_extract(path: Path, lines: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    today = dt.date.today()
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        f.write("nir;categorie;date_observation;departement;reference_dossier\r\n")
+        for i in range(lines):
+            day = today - dt.timedelta(days=rng.randint(0, 600))
+            f.write(f"{synthetic_nir(rng)};{rng.choice(CAF_CATEGORIES)};{day.isoformat()};"
+                    f"{rng.choice(DEPARTEMENTS)};DOS-{i:08d}\r\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=100_000)
+    args = parser.parse_args()
+
+    from services.platform.broker import EmbeddedBroker
+    from services.platform.kafka import apply_topics
+    from services.platform.settings import load_settings
+    from services.platform.topics import load_topic_specs
+
+    with tempfile.TemporaryDirectory(prefix="bench-producer-") as tmp:
+        base = Path(tmp)
+        settings = load_settings(var_dir=base / "broker", broker_port=free_port())
+        broker, proc = EmbeddedBroker(settings).start(detach=False)
+        try:
+            asyncio.run(apply_topics(settings, broker.bootstrap,
+                                     load_topic_specs(settings.schemas_dir / "asyncapi.yaml")))
+            extract = base / "extrait.csv"
+            write_extract(extract, args.lines)
+            env = {**os.environ, "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(base / "var"),
+                   "HELP_KEY_DIR": str(base / "var" / "keys")}
+            exe = [sys.executable, "-m", "services.platform.cli"]
+            for cmd in (["keys", "init", "--fund", "caf"], ["keys", "init-exchange"]):
+                subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)
+            t0 = time.monotonic()
+            child = subprocess.Popen([*exe, "publish", "--fund", "caf", "--input", str(extract)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(child.pid, 0)
+            elapsed = time.monotonic() - t0
+            output = child.stdout.read().decode() if child.stdout else ""
+            code = os.waitstatus_to_exitcode(status)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    print(output.rstrip())
+    print(f"bench.producer: {args.lines} lines in {elapsed:.2f} s (process start included) = "
+          f"{args.lines / elapsed:,.0f} lines/s; peak memory of the publishing process "
+          f"{usage.ru_maxrss / 1024:.1f} MiB; exit status {code}")
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

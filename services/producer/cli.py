@@ -1,0 +1,249 @@
+"""The producer's commands: ``keys``, ``publish``, ``outbox``, ``receipts``, ``reveal``.
+
+Registered on the ``help-exchange`` group by :func:`register`. Summaries for the funds'
+operators are in French; errors go through the shared error tree (one line + a hint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from services.core.types import Fund
+from services.errors import BrokerError
+from services.platform.settings import Settings
+
+FUND = click.option("--fund", required=True, type=click.Choice([f.value for f in Fund]),
+                    help="The emitting fund (organisme): urssaf, cpam, caf, carsat or msa.")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    from services.platform.cli import settings_from
+
+    return settings_from(ctx)
+
+
+def _keys_group(cli: click.Group) -> click.Group:
+    existing = cli.commands.get("keys")
+    if isinstance(existing, click.Group):
+        return existing
+
+    @cli.group("keys")
+    def keys() -> None:
+        """Signing, sealing and exchange (pseudonymisation) keys, under HELP_KEY_DIR.
+
+        Private files are created 0600; public keys and exchange key ids go to
+        HELP_KEY_DIR/registry.json, the file the correlator trusts.
+        """
+
+    return keys
+
+
+def register(cli: click.Group) -> None:
+    keys = _keys_group(cli)
+
+    @keys.command("init")
+    @FUND
+    @click.option("--rotate", "--force", "rotate", is_flag=True,
+                  help="The fund already has keys: add a new generation and use it from now on. "
+                       "Old keys are never deleted (references they sealed stay openable, "
+                       "signatures stay verifiable until you retire them in the registry).")
+    @click.pass_context
+    def keys_init(ctx: click.Context, fund: str, rotate: bool) -> None:
+        """Create a fund's Ed25519 signing key and its sealing key.
+
+        Writes HELP_KEY_DIR/funds/<fund>/<fund>-sig-….pem and <fund>-seal-….key (0600) and
+        publishes the public key in registry.json. Refuses if the fund already has keys,
+        unless --rotate.
+        """
+        from services.producer.keys import init_fund_keys
+
+        settings = _settings(ctx)
+        ids = init_fund_keys(settings.key_dir, Fund(fund), rotate=rotate)
+        click.echo(f"clés de {fund} créées : signature {ids.signing}, scellement {ids.sealing} "
+                   f"(dans {settings.key_dir / 'funds' / fund}, clé publique ajoutée au registre)")
+
+    @keys.command("init-exchange")
+    @click.pass_context
+    def keys_init_exchange(ctx: click.Context) -> None:
+        """Create a new exchange (pseudonymisation) key and record it active.
+
+        Each call adds a key (rotation): producers pseudonymise under the newest active key;
+        the correlator accepts every active one. Distribute the file
+        HELP_KEY_DIR/exchange/<key_id>.key to every producer, by a secure channel.
+        """
+        from services.producer.keys import init_exchange_key
+
+        settings = _settings(ctx)
+        key_id = init_exchange_key(settings.key_dir)
+        click.echo(f"clé d'échange {key_id} créée et active (les producteurs l'utilisent désormais)")
+
+    @keys.command("retire-exchange")
+    @click.option("--key-id", required=True, help="The exchange key id to retire (see `keys list`).")
+    @click.pass_context
+    def keys_retire_exchange(ctx: click.Context, key_id: str) -> None:
+        """Mark an exchange key retired: no longer used, no longer accepted by the correlator."""
+        from services.producer.keys import retire_exchange_key
+
+        retire_exchange_key(_settings(ctx).key_dir, key_id)
+        click.echo(f"clé d'échange {key_id} retirée")
+
+    @keys.command("list")
+    @click.pass_context
+    def keys_list(ctx: click.Context) -> None:
+        """List the keys of the registry (public keys and exchange key ids; no secret)."""
+        from services.core.registry import load_registry
+        from services.producer.keys import registry_path
+
+        registry = load_registry(registry_path(_settings(ctx).key_dir))
+        current = registry.current_exchange_key_id()
+        click.echo("clés d'échange (pseudonymisation) :")
+        for k in registry.exchange_keys:
+            mark = "  ← utilisée par les producteurs" if k.key_id == current else ""
+            click.echo(f"  {k.key_id:<28} {k.status:<8} créée {k.created_at}{mark}")
+        for fund, fk in registry.funds.items():
+            click.echo(f"{fund.value} — clés de signature :")
+            for e in fk.signing_keys:
+                click.echo(f"  {e.key_id:<28} {e.status:<8} {e.public_key}")
+
+    @cli.command("publish")
+    @FUND
+    @click.option("--input", "input_path", required=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Extract file: CSV (';', UTF-8 with or without BOM) or JSONL.")
+    @click.option("--reject-report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Where to write the rejected lines (CSV ';', UTF-8 BOM). "
+                       "Default: <input>.rejets.csv next to the input.")
+    @click.option("--workers", type=click.IntRange(0, 16), default=None,
+                  help="Processes that build and sign the signals beside the sending one. "
+                       "Default: 2 for files over 2 MB, else 0 (all in one process).")
+    @click.pass_context
+    def publish(ctx: click.Context, fund: str, input_path: Path, reject_report: Path | None,
+                workers: int | None) -> None:
+        """Publish an extract file of signals for a fund.
+
+        \b
+        CSV header: nir;categorie;date_observation;departement;reference_dossier
+                    [;consentement][;finalite]   (other columns are ignored, never sent)
+        Dates: AAAA-MM-JJ or JJ/MM/AAAA, not in the future, at most 2 years old.
+
+        Each valid line is pseudonymised, its file reference sealed, signed, kept in the
+        outbox (HELP_VAR_DIR/outbox/<fund>.db) and sent to help.signals.<fund>.v1; the
+        invalid ones go to the reject report (NIR masked). Re-running the same file
+        publishes nothing twice.
+
+        \b
+        Exit status: 0 every line published; 2 some lines rejected;
+                     1 failure (file unusable, or signals left waiting in the outbox
+                       because the broker did not answer: `outbox flush` sends them).
+        """
+        from services.producer.publish import publish_file
+
+        settings = _settings(ctx)
+        report = reject_report or input_path.with_name(input_path.name + ".rejets.csv")
+        summary = asyncio.run(publish_file(settings, Fund(fund), input_path, report,
+                                           progress=sys.stderr.isatty(), workers=workers))
+        for line in summary.lines():
+            click.echo(line)
+        ctx.exit(summary.exit_code)
+
+    @cli.group("outbox")
+    def outbox() -> None:
+        """The durable outbox of a fund: signals built but not yet acknowledged by Kafka."""
+
+    @outbox.command("status")
+    @FUND
+    @click.pass_context
+    def outbox_status(ctx: click.Context, fund: str) -> None:
+        """How many signals wait in the outbox (exit 1 if some do)."""
+        from services.producer.outbox import Outbox
+
+        settings = _settings(ctx)
+        with Outbox.for_fund(settings.var_dir, Fund(fund)) as box:
+            st = box.status()
+        click.echo(f"boîte d'envoi {fund} : {st.pending} en attente, {st.sent} déjà publiés"
+                   + (f" (plus ancien en attente : {st.oldest_pending})" if st.oldest_pending else ""))
+        ctx.exit(1 if st.pending else 0)
+
+    @outbox.command("flush")
+    @FUND
+    @click.pass_context
+    def outbox_flush(ctx: click.Context, fund: str) -> None:
+        """Send every signal waiting in the outbox (exit 1 if some could not be sent)."""
+        from services.producer.sdk import Publisher
+
+        settings = _settings(ctx)
+
+        async def run() -> tuple[int, int, str | None]:
+            pub = Publisher(settings, Fund(fund))
+            try:
+                if not await pub.connect():
+                    return 0, pub.outbox.status().pending, pub.offline_reason
+                try:
+                    await pub.flush()
+                except BrokerError as exc:
+                    return pub.sent_total, pub.outbox.status().pending, exc.what
+                return pub.sent_total, pub.outbox.status().pending, None
+            finally:
+                await pub.close()
+
+        sent, left, error = asyncio.run(run())
+        click.echo(f"boîte d'envoi {fund} : {sent} signalements publiés, {left} restant en attente")
+        if error:
+            click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)
+        ctx.exit(1 if left else 0)
+
+    @cli.command("receipts")
+    @FUND
+    @click.option("--follow", is_flag=True, help="Keep waiting for new receipts (Ctrl-C stops).")
+    @click.pass_context
+    def receipts(ctx: click.Context, fund: str, follow: bool) -> None:
+        """Show the correlator's receipts for a fund: accepted, or rejected with the reason."""
+        from services.core.messages import Receipt
+        from services.platform.broker import resolve_bootstrap
+        from services.producer.receipts import read_receipts
+
+        settings = _settings(ctx)
+        bootstrap = resolve_bootstrap(settings)
+
+        def show(r: Receipt | None, raw: bytes) -> None:
+            if r is None:
+                click.echo(f"accusé illisible ({len(raw)} octets) : ignoré")
+            elif r.status == "accepte":
+                click.echo(f"{r.signal_id or '-':<32}  accepté")
+            else:
+                reason = r.reason
+                label = f"{reason.label} ({reason.value})" if reason else "?"
+                click.echo(f"{r.signal_id or '-':<32}  rejeté : {label}")
+
+        try:
+            counts = asyncio.run(read_receipts(settings, bootstrap, Fund(fund), show, follow=follow))
+        except KeyboardInterrupt:
+            return
+        click.echo(f"{counts.accepted} acceptés, {counts.rejected} rejetés"
+                   + (f", {counts.unreadable} illisibles" if counts.unreadable else ""))
+
+    @cli.command("reveal")
+    @FUND
+    @click.option("--input", "input_path", required=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="A worklist export (CSV, HTML, text) with tokens scelle:<key_id>:<value>.")
+    @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Where to write the revealed copy (created 0600: it holds clear references).")
+    @click.pass_context
+    def reveal(ctx: click.Context, fund: str, input_path: Path, out_path: Path) -> None:
+        """Open this fund's own sealed file references in a worklist export.
+
+        Only tokens sealed with this fund's keys and that verify are replaced by the clear
+        reference; the other funds' tokens stay opaque, untouched.
+        """
+        from services.producer.reveal import reveal_file
+
+        counts = reveal_file(_settings(ctx).key_dir, Fund(fund), input_path, out_path)
+        click.echo(f"{counts.opened} références ouvertes, {counts.foreign} d'autres organismes laissées "
+                   f"scellées" + (f", {counts.unverified} non vérifiées laissées telles quelles"
+                                  if counts.unverified else "") + f" → {out_path}")
+

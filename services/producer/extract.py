@@ -1,0 +1,268 @@
+"""Reading a back-office extract file (CSV or JSONL) line by line, and the reject report.
+
+CSV as French back-offices export it: ``;`` separator, UTF-8 with or without BOM, a header
+naming at least ``nir;categorie;date_observation;departement;reference_dossier``, and
+optionally ``consentement`` and ``finalite``. Other columns are ignored (never read, so
+never sent). JSONL: one object per line with the same names.
+
+The file is streamed in binary with a bounded line length, so memory stays constant
+whatever the file (a multi-gigabyte line with no newline included). Each line is decoded
+on its own: a line that is not UTF-8 is rejected (``encodage_invalide``) and the rest goes
+on. Whole-file problems (missing column, empty file, unreadable header) raise
+:class:`ExtractFileError`; everything else is a per-line :class:`Rejection`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from services.core.reasons import Reason
+from services.errors import InputError
+from services.producer.nir import mask
+from services.producer.sdk import (
+    F_CATEGORY,
+    F_CONSENT,
+    F_DATE,
+    F_DEPT,
+    F_NIR,
+    F_PURPOSE,
+    F_REF,
+    SignalInput,
+)
+
+REQUIRED = (F_NIR, F_CATEGORY, F_DATE, F_DEPT, F_REF)
+OPTIONAL = (F_CONSENT, F_PURPOSE)
+MAX_LINE_BYTES = 4096
+BOM = b"\xef\xbb\xbf"
+Format = Literal["csv", "jsonl"]
+
+
+class ExtractFileError(InputError):
+    """The whole file is unusable (missing column, empty, unreadable): nothing is published."""
+
+    exit_code = 1
+
+    def __init__(self, reason: Reason, what: str, hint: str) -> None:
+        super().__init__(what, hint)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    field: str
+    reason: Reason
+    nir_masked: str
+
+
+@dataclass(frozen=True)
+class Line:
+    line: int
+    record: SignalInput
+
+
+def detect_format(path: Path, first: bytes) -> Format:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if first.lstrip(BOM).lstrip().startswith(b"{") else "csv"
+
+
+def _raw_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the line end), or None for a line over the limit."""
+    number = 0
+    while True:
+        chunk = f.readline(MAX_LINE_BYTES + 1)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while True:  # skip the rest of the line without holding it
+                more = f.readline(1 << 16)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield number, None
+            continue
+        yield number, chunk.rstrip(b"\r\n")
+
+
+class Extract:
+    """Iterate over a file's lines as :class:`Line` (to build) or :class:`Rejection`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.format: Format = "csv"
+        self.ignored_columns: tuple[str, ...] = ()
+        self.bytes_read = 0
+        try:
+            self.size = path.stat().st_size
+        except OSError as exc:
+            raise ExtractFileError(Reason.FICHIER_VIDE, f"cannot read {path}: {exc.strerror}",
+                                   "check the path given to --input") from exc
+
+    def __iter__(self) -> Iterator[Line | Rejection]:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below, generator-scoped
+        except OSError as exc:
+            raise ExtractFileError(Reason.FICHIER_VIDE, f"cannot read {self.path}: {exc.strerror}",
+                                   "check the path given to --input") from exc
+        with f:
+            lines = _raw_lines(f)
+            header: tuple[int, bytes | None] | None = None
+            for number, raw in lines:
+                self.bytes_read = f.tell()
+                if raw is None or raw.lstrip(BOM).strip():
+                    header = (number, raw.lstrip(BOM) if raw is not None and number == 1 else raw)
+                    break
+            if header is None:
+                raise ExtractFileError(Reason.FICHIER_VIDE, f"{self.path.name}: {Reason.FICHIER_VIDE.label}",
+                                       "check the back-office export: the file has no line at all")
+            self.format = detect_format(self.path, header[1] or b"")
+            if self.format == "csv":
+                yield from self._csv(header, lines, f)
+            else:
+                yield from self._jsonl(header, lines, f)
+
+    # -- CSV
+    def _csv(self, header: tuple[int, bytes | None], lines: Iterator[tuple[int, bytes | None]],
+             f: IO[bytes]) -> Iterator[Line | Rejection]:
+        number, raw = header
+        if raw is None:
+            raise ExtractFileError(Reason.LIGNE_TROP_LONGUE, f"{self.path.name}: the header line is too long",
+                                   "the first line must be the column names")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ExtractFileError(Reason.ENCODAGE_INVALIDE,
+                                   f"{self.path.name}: the header line is not UTF-8",
+                                   "export the file in UTF-8 (with or without BOM)") from exc
+        names = [n.strip().lower() for n in next(csv.reader([text], delimiter=";"))]
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            hint = "the first line must name the columns, separated by ';': " + ";".join(REQUIRED)
+            if "," in text and ";" not in text:
+                hint = "the separator must be ';' (this file seems to use ','); " + hint
+            raise ExtractFileError(
+                Reason.COLONNE_MANQUANTE,
+                f"{self.path.name}: {Reason.COLONNE_MANQUANTE.label} : {', '.join(missing)}",
+                hint,
+            )
+        index = {n: i for i, n in enumerate(names) if n in REQUIRED + OPTIONAL}
+        self.ignored_columns = tuple(n for n in names if n not in index and n)
+        width = len(names)
+        nir_at = index[F_NIR]
+        reader_input: list[str] = [""]
+        for number, raw in lines:
+            self.bytes_read = f.tell()
+            if raw is None:
+                yield Rejection(number, "ligne", Reason.LIGNE_TROP_LONGUE, "")
+                continue
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                loose = raw.decode("utf-8", "replace").split(";")
+                masked = mask(loose[nir_at]) if nir_at < len(loose) else ""
+                yield Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE, masked)
+                continue
+            reader_input[0] = text
+            try:
+                fields = next(csv.reader(reader_input, delimiter=";", strict=True))
+            except csv.Error:
+                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+                continue
+            if len(fields) != width and not (len(fields) > width and not "".join(fields[width:]).strip()):
+                masked = mask(fields[nir_at]) if nir_at < len(fields) else ""
+                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, masked)
+                continue
+            yield Line(number, self._record({n: fields[i] for n, i in index.items()}))
+
+    @staticmethod
+    def _record(v: dict[str, str]) -> SignalInput:
+        return SignalInput(nir=v[F_NIR], category=v[F_CATEGORY], observed_on=v[F_DATE],
+                           departement=v[F_DEPT], reference=v[F_REF],
+                           consent_ref=v.get(F_CONSENT) or None, purpose=v.get(F_PURPOSE) or None)
+
+    # -- JSONL
+    def _jsonl(self, header: tuple[int, bytes | None], lines: Iterator[tuple[int, bytes | None]],
+               f: IO[bytes]) -> Iterator[Line | Rejection]:
+        first = True
+        for number, raw in _chain(header, lines):
+            self.bytes_read = f.tell()
+            if raw is None:
+                yield Rejection(number, "ligne", Reason.LIGNE_TROP_LONGUE, "")
+                continue
+            if first:
+                raw, first = raw.lstrip(BOM), False
+            if not raw.strip():
+                continue
+            try:
+                obj: Any = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE, "")
+                continue
+            except ValueError:
+                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+                continue
+            if not isinstance(obj, dict):
+                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+                continue
+            values: dict[str, str] = {}
+            bad: tuple[str, Reason] | None = None
+            for name in REQUIRED + OPTIONAL:
+                value = obj.get(name)
+                if value is None:
+                    if name in REQUIRED:
+                        bad = bad or (name, Reason.COLONNE_MANQUANTE)
+                    continue
+                if isinstance(value, bool) or not isinstance(value, str | int):
+                    bad = bad or (name, Reason.LIGNE_MAL_FORMEE)
+                    continue
+                values[name] = str(value)
+            if bad is not None:
+                nir = obj.get(F_NIR)
+                yield Rejection(number, bad[0], bad[1], mask(nir) if isinstance(nir, str) else "")
+                continue
+            yield Line(number, self._record(values))
+
+
+def _chain(head: tuple[int, bytes | None],
+           rest: Iterator[tuple[int, bytes | None]]) -> Iterator[tuple[int, bytes | None]]:
+    yield head
+    yield from rest
+
+
+class RejectReport:
+    """The reject report: CSV, ``;``, UTF-8 with BOM (opens cleanly in a spreadsheet)."""
+
+    COLUMNS = ("ligne", "champ", "motif", "libelle", "nir_masque")
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.writer(self._file, delimiter=";", lineterminator="\r\n")
+        self._writer.writerow(self.COLUMNS)
+        self.counts: Counter[Reason] = Counter()
+
+    def write(self, r: Rejection) -> None:
+        self.counts[r.reason] += 1
+        self._writer.writerow((r.line, r.field, r.reason.value, r.reason.label, r.nir_masked))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RejectReport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

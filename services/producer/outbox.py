@@ -1,0 +1,196 @@
+"""The durable outbox: one SQLite file per fund, ``<var_dir>/outbox/<fund>.db`` (WAL).
+
+A signal is written here, signed and final, *before* anything is sent; it is marked sent
+only once the broker has acknowledged it (acks=all). So a crash, a stopped broker or a
+lost network loses nothing: the next ``publish`` or ``outbox flush`` sends what waits.
+
+Rows are unique by ``signal_id`` (deterministic, see :mod:`services.producer.seal`), and
+sent rows are kept (without their payload) so that a re-run of the same file inserts
+nothing and therefore sends nothing again. Sent ids older than the 2-year acceptance
+window (plus a margin) are purged: a line that old would be refused anyway.
+
+The one remaining duplicate window — killed after the broker acked a batch but before
+the "sent" mark was committed — is closed by :meth:`Outbox.partition_marks`: the highest
+acknowledged offset per partition is committed with every batch, and before sending again
+the publisher reads the topic from those marks and marks as sent what is already there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.types import Fund
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    signal_id   TEXT NOT NULL UNIQUE,
+    observed_on TEXT NOT NULL,
+    msg_key     BLOB NOT NULL,
+    msg_value   BLOB,
+    created_at  TEXT NOT NULL,
+    sent_at     TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS partition_marks (
+    topic     TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset    INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+#: sent ids are kept this long past their observation date (acceptance window + margin)
+KEEP_SENT_DAYS = 2 * 366 + 31
+
+
+@dataclass(frozen=True)
+class Row:
+    signal_id: str
+    observed_on: str
+    key: bytes
+    value: bytes
+    #: the partition, when computed ahead (not stored: the outbox lets the producer compute it)
+    partition: int | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    signal_id: str
+    key: bytes
+    value: bytes
+    partition: int | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    pending: int
+    sent: int
+    oldest_pending: str | None
+
+
+def outbox_path(var_dir: Path, fund: Fund) -> Path:
+    return var_dir / "outbox" / f"{fund.value}.db"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Outbox:
+    """One fund's outbox. Not thread-safe; one per process is enough (SQLite locks between
+    processes, so two publishers of the same fund may share the file)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed (kill -9, OOM), not
+        # a power cut. Enough here: what a power cut could lose is either rebuilt from the
+        # extract file by the next run (same deterministic ids) or a "sent" mark, whose
+        # resend the correlator drops as a duplicate. FULL costs an fsync per batch.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def for_fund(cls, var_dir: Path, fund: Fund) -> Outbox:
+        return cls(outbox_path(var_dir, fund))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing
+    def add(self, rows: Sequence[Row]) -> int:
+        """Insert a batch in one transaction; returns how many were new (others: same id)."""
+        if not rows:
+            return 0
+        now = _now()
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(r.signal_id, r.observed_on, r.key, r.value, now) for r in rows],
+            )
+            return db.total_changes - before
+
+    def known(self, signal_ids: Iterable[str]) -> set[str]:
+        """Which of ``signal_ids`` are already in the outbox (pending or sent)."""
+        ids = list(signal_ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._db.execute(
+                f"SELECT signal_id FROM outbox WHERE signal_id IN ({marks})", chunk))
+        return found
+
+    # -- sending
+    def pending(self, limit: int, after_seq: int = 0) -> list[Pending]:
+        cur = self._db.execute(
+            "SELECT seq, signal_id, msg_key, msg_value FROM outbox "
+            "WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [Pending(seq, sid, bytes(k), bytes(v)) for seq, sid, k, v in cur]
+
+    def mark_sent(self, signal_ids: Sequence[str], topic: str, offsets: dict[int, int]) -> None:
+        """The broker acknowledged these: mark them sent and move the partition marks, atomically."""
+        now = _now()
+        with self._transaction() as db:
+            db.executemany("UPDATE outbox SET sent_at = ?, msg_value = NULL WHERE signal_id = ?",
+                           [(now, s) for s in signal_ids])
+            db.executemany(
+                "INSERT INTO partition_marks(topic, partition, offset) VALUES (?, ?, ?) "
+                "ON CONFLICT(topic, partition) DO UPDATE SET offset = max(offset, excluded.offset)",
+                [(topic, p, o) for p, o in offsets.items()])
+
+    def partition_marks(self, topic: str) -> dict[int, int]:
+        """The highest acknowledged offset per partition (or the baseline set before sending)."""
+        return dict(self._db.execute("SELECT partition, offset FROM partition_marks WHERE topic = ?", (topic,)))
+
+    def set_baseline(self, topic: str, next_offsets: dict[int, int]) -> None:
+        """Before the first send: remember where the topic ended (for partitions with no mark)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO partition_marks(topic, partition, offset) VALUES (?, ?, ?)",
+                           [(topic, p, o - 1) for p, o in next_offsets.items()])
+
+    # -- housekeeping
+    def status(self) -> Status:
+        pending, oldest = self._db.execute(
+            "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()
+        (sent,) = self._db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
+        return Status(int(pending), int(sent), oldest)
+
+    def purge_sent(self, today: dt.date) -> int:
+        limit = (today - dt.timedelta(days=KEEP_SENT_DAYS)).isoformat()
+        with self._transaction() as db:
+            cur = db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND observed_on < ?", (limit,))
+            return int(cur.rowcount)
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE … COMMIT (or ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,275 @@
+"""``publish``: an extract file, end to end — read, validate, build, outbox, send, report.
+
+The loop works in batches (:data:`BATCH` lines): build the batch's signals (CPU), write
+them to the outbox in one transaction, then send everything pending and wait for the
+acknowledgements of the whole batch at once. A broker that stops answering does not stop
+the run: the remaining lines are still validated and kept in the outbox, the summary says
+how many wait there, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.core.reasons import Reason
+from services.core.types import Fund
+from services.errors import BrokerError
+from services.platform.settings import Settings
+from services.producer.extract import Extract, Line, Rejection, RejectReport
+from services.producer.nir import mask
+from services.producer.outbox import Row
+from services.producer.sdk import Publisher, RecordRejected, SignalBuilder, today_paris
+
+BATCH = 4000
+#: lines per build job (one pickle round trip to a worker process)
+CHUNK = 1000
+#: below this size, building in-process beats starting worker processes
+LARGE_FILE_BYTES = 2_000_000
+
+
+@dataclass
+class Summary:
+    input: Path
+    format: str = "csv"
+    read: int = 0
+    new: int = 0                # written to the outbox by this run
+    already: int = 0            # already in the outbox (published or waiting) — a re-run
+    sent: int = 0               # acknowledged by the broker during this run
+    rejected: Counter[Reason] = field(default_factory=Counter)
+    left: int = 0               # still waiting in the outbox at the end
+    broker_error: str | None = None
+    ignored_columns: tuple[str, ...] = ()
+    seconds: float = 0.0
+    report: Path | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def exit_code(self) -> int:
+        if self.broker_error or self.left:
+            return 1
+        return 2 if self.rejected_total else 0
+
+    def lines(self) -> list[str]:
+        """The French summary for the operator."""
+        rate = self.read / self.seconds if self.seconds > 0 else 0.0
+        out = [
+            f"Fichier {self.input.name} ({self.format.upper()}) — {self.seconds:.1f} s, "
+            f"{rate:,.0f} lignes/s".replace(",", "\u202f", 1 if rate < 1000 else 2).replace("\u202f ", ", "),
+            f"  lignes lues                    : {self.read}",
+            f"  signalements publiés           : {self.sent}",
+        ]
+        if self.already:
+            out.append(f"  déjà connus (relance, ignorés) : {self.already}")
+        out.append(f"  lignes rejetées                : {self.rejected_total}")
+        for reason, n in self.rejected.most_common():
+            out.append(f"    - {reason.label} ({reason.value}) : {n}")
+        out.append(f"  restant dans la boîte d'envoi  : {self.left}")
+        if self.ignored_columns:
+            out.append(f"  colonnes ignorées (jamais transmises) : {', '.join(self.ignored_columns)}")
+        if self.report is not None and self.rejected_total:
+            out.append(f"Rapport des rejets : {self.report}")
+        if self.broker_error:
+            out.append(f"Le courtier Kafka ne répond pas : {self.broker_error}")
+        if self.left:
+            out.append("Les signalements en attente partiront au prochain envoi : "
+                       "help-exchange outbox flush --fund <organisme>")
+        return out
+
+
+class _Progress:
+    """A rich progress bar with the rate, or nothing when stderr is not a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]publication"), BarColumn(), TaskProgressColumn(),
+                                 TextColumn("{task.fields[lines]} lignes · {task.fields[rate]} l/s"),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._task = self._bar.add_task("publish", total=max(total, 1), lines=0, rate=0)
+            self._bar.start()
+        self._t0 = time.monotonic()
+
+    def update(self, done_bytes: int, lines: int) -> None:
+        if self._bar is not None:
+            elapsed = max(time.monotonic() - self._t0, 1e-6)
+            self._bar.update(self._task, completed=done_bytes, lines=lines, rate=f"{lines / elapsed:,.0f}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: Path,
+                       *, progress: bool = False, connect: bool = True, workers: int | None = None) -> Summary:
+    """Publish ``path`` for ``fund``; rejected lines go to ``report_path``.
+
+    ``workers``: processes that build and sign signals (Ed25519 and validation are most of
+    the CPU); None = one per CPU beyond the first when the file is large, 0 = in-process."""
+    t0 = time.monotonic()
+    summary = Summary(input=path, report=report_path)
+    extract = Extract(path)
+    publisher = Publisher(settings, fund)
+    if workers is None:
+        workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > LARGE_FILE_BYTES else 0
+    # Forked before any Kafka client or thread exists in this process.
+    pool = _pool(settings, fund, workers) if workers > 0 else None
+    try:
+        if connect and not await publisher.connect():
+            summary.broker_error = publisher.offline_reason
+        bar = _Progress(extract.size, progress)
+        today = today_paris()
+        loop = asyncio.get_running_loop()
+        # Each chunk in order, with the lines its parsing rejected: the report stays in line order.
+        in_flight: collections.deque[tuple[asyncio.Future[_Built], list[Rejection]]] = collections.deque()
+        rows: list[Row] = []
+
+        async def take_one(report: RejectReport) -> None:
+            nonlocal rows
+            future, early = in_flight.popleft()
+            built, rejected = await future
+            for r in sorted(early + rejected, key=lambda r: r.line):
+                report.write(r)
+            rows.extend(built)
+            if len(rows) >= BATCH:
+                await _stage_and_send(publisher, rows, summary)
+                rows = []
+            bar.update(extract.bytes_read, summary.read)
+
+        try:
+            with RejectReport(report_path) as report:
+                for chunk in _chunks(extract, CHUNK):
+                    lines: list[Line] = []
+                    early: list[Rejection] = []
+                    for item in chunk:
+                        if isinstance(item, Rejection):
+                            early.append(item)
+                        else:
+                            lines.append(item)
+                    summary.read += len(chunk)
+                    now = dt.datetime.now(dt.UTC)
+                    if pool is not None:
+                        in_flight.append((loop.run_in_executor(pool, _build_in_worker, lines, today, now,
+                                                               publisher.partitions), early))
+                        while len(in_flight) > 2 * workers:
+                            await take_one(report)
+                    else:
+                        fut: asyncio.Future[_Built] = loop.create_future()
+                        fut.set_result(_build_chunk(publisher.builder, lines, today, now, publisher.partitions))
+                        in_flight.append((fut, early))
+                        await take_one(report)
+                        await asyncio.sleep(0)  # let the batch in flight be sent meanwhile
+                while in_flight:
+                    await take_one(report)
+                await _stage_and_send(publisher, rows, summary)
+                await _drain(publisher, summary)
+                bar.update(extract.bytes_read, summary.read)
+                summary.rejected = report.counts
+        finally:
+            bar.stop()
+        summary.format = extract.format
+        summary.ignored_columns = extract.ignored_columns
+        if publisher.online and summary.broker_error is None:
+            # nothing new but a previous run left rows waiting: send them too
+            await _send(publisher, summary)
+        summary.left = publisher.outbox.status().pending
+        publisher.outbox.purge_sent(today)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        await publisher.close()
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+_Built = tuple[list[Row], list[Rejection]]
+_worker_builder: SignalBuilder | None = None
+
+
+def _chunks(items: Iterable[Line | Rejection], size: int) -> Iterator[list[Line | Rejection]]:
+    chunk: list[Line | Rejection] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now: dt.datetime,
+                 partitions: int | None) -> _Built:
+    rows: list[Row] = []
+    rejected: list[Rejection] = []
+    for item in lines:
+        try:
+            rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
+        except RecordRejected as exc:
+            rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+    return rows, rejected
+
+
+def _init_worker(settings: Settings, fund: Fund) -> None:
+    global _worker_builder
+    _worker_builder = SignalBuilder(settings, fund)
+
+
+def _build_in_worker(lines: list[Line], today: dt.date, now: dt.datetime, partitions: int | None) -> _Built:
+    assert _worker_builder is not None
+    return _build_chunk(_worker_builder, lines, today, now, partitions)
+
+
+def _pool(settings: Settings, fund: Fund, workers: int) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    SignalBuilder(settings, fund)  # fail here, clearly, if a key is missing
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(settings, fund))
+    pool.submit(int).result()  # fork the workers now, while this process has no other thread
+    return pool
+
+
+async def _stage_and_send(publisher: Publisher, rows: list[Row], summary: Summary) -> None:
+    if summary.broker_error is not None:  # the broker failed during this run: only keep
+        new = publisher.stage(rows)
+    else:
+        try:
+            new = await publisher.submit(rows)
+        except BrokerError as exc:
+            summary.broker_error = exc.what
+            new = publisher.stage(rows)
+        summary.sent = publisher.sent_total
+    summary.new += new
+    summary.already += len(rows) - new
+
+
+async def _drain(publisher: Publisher, summary: Summary) -> None:
+    try:
+        await publisher.drain()
+    except BrokerError as exc:
+        summary.broker_error = exc.what
+    summary.sent = publisher.sent_total
+
+
+async def _send(publisher: Publisher, summary: Summary) -> None:
+    try:
+        await publisher.flush()
+    except BrokerError as exc:
+        summary.broker_error = exc.what
+    finally:
+        summary.sent = publisher.sent_total
