@@ -1,0 +1,160 @@
+"""Correlator benchmark, in one run on one embedded broker (``python -m bench.correlator``).
+
+1. Publishes N signed signals (pairs of funds per person) on the signal topics.
+2. Raw aiokafka consumption rate of those topics (no work at all).
+3. The correlator worker (a real ``help-exchange correlator`` process, every check on)
+   on the same records: full-work rate from its first to its last receipt.
+4. Latency: with the worker caught up, publish at a steady 2,000 signals/s and measure
+   publish -> situation event (p50, p99), from the second signal of each person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.core.types import Fund
+from services.correlator.engine import partition_for
+from services.platform.broker import EmbeddedBroker
+from services.platform.kafka import apply_topics
+from services.platform.settings import load_settings
+from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
+from tests.conftest import free_port
+from tests.correlator.factory import Funds, wire
+from tests.correlator.harness import publish, start_worker, stop
+
+N = int(os.environ.get("BENCH_SIGNALS", "30000"))
+RATE = 2000
+LAT_SECONDS = 10
+
+
+def items_for(funds: Funds, prefix: str, people: int) -> list[tuple[str, bytes, bytes, int]]:
+    out = []
+    for i in range(people):
+        for fund, cat in ((Fund.CAF, "impaye_loyer"), (Fund.URSSAF, "impaye_cotisations")):
+            m = funds.signal(f"{prefix}{i}", fund, cat)
+            v = m["pseudonym"]["value"]
+            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, 8)))
+    return out
+
+
+async def raw_rate(bootstrap: str, total: int) -> float:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await c.start()
+    tps = [TopicPartition(signal_topic(f), p) for f in Fund for p in range(8)]
+    c.assign(tps)
+    await c.seek_to_beginning(*tps)
+    n, t0 = 0, time.perf_counter()
+    while n < total:
+        for recs in (await c.getmany(timeout_ms=500, max_records=10000)).values():
+            n += len(recs)
+    dt_ = time.perf_counter() - t0
+    await c.stop()
+    return n / dt_
+
+
+async def outputs(bootstrap: str) -> AIOKafkaConsumer:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
+    await c.start()
+    tps = [TopicPartition(receipt_topic(f), p) for f in Fund for p in range(4)]
+    tps += [TopicPartition(SITUATIONS_TOPIC, p) for p in range(4)]
+    c.assign(tps)
+    await c.seek_to_end(*tps)
+    for tp in tps:
+        await c.position(tp)
+    return c
+
+
+async def main() -> None:
+    var = Path(tempfile.mkdtemp(prefix="help-bench-"))
+    settings = load_settings(var_dir=var, broker_port=free_port(), key_dir=var / "keys",
+                             session_timeout_ms=6000)
+    broker = EmbeddedBroker(settings)
+    _, proc = broker.start(detach=False)
+    worker = None
+    try:
+        bootstrap = f"{settings.broker_host}:{settings.broker_port}"
+        await apply_topics(settings, bootstrap, load_topic_specs(settings.schemas_dir / "asyncapi.yaml"))
+        settings = load_settings(var_dir=var, key_dir=var / "keys", bootstrap_servers=bootstrap,
+                                 session_timeout_ms=6000)
+        funds = Funds()
+        funds.write_registry(settings.key_dir)
+        items = items_for(funds, "b", N // 2)
+        for i in range(0, len(items), 5000):
+            await publish(bootstrap, items[i:i + 5000])
+        raw = await raw_rate(bootstrap, len(items))
+        out = await outputs(bootstrap)
+        worker = start_worker(settings, "bench-correlator", var / "worker.log")
+        seen, first, last = 0, None, 0.0
+        while seen < len(items):
+            for tp, recs in (await out.getmany(timeout_ms=500, max_records=10000)).items():
+                if tp.topic.startswith("help.receipts"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    seen += len(recs)
+        full = seen / (last - first) if first and last > first else float("nan")
+        # Latency at a steady 2,000 signals/s.
+        lat_items = items_for(funds, "lat", RATE * LAT_SECONDS // 2)
+        sent: dict[str, float] = {}
+        lat: list[float] = []
+
+        async def pace() -> None:
+            step = RATE // 20
+            t0 = time.perf_counter()
+            for k, i in enumerate(range(0, len(lat_items), step)):
+                chunk = lat_items[i:i + step]
+                now = time.perf_counter()
+                for _, key, _, _ in chunk:
+                    sent[key.decode()] = now
+                await publish_fast(chunk)
+                await asyncio.sleep(max(0.0, t0 + (k + 1) / 20 - time.perf_counter()))
+
+        from aiokafka import AIOKafkaProducer
+        prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
+        await prod.start()
+
+        async def publish_fast(chunk: list[tuple[str, bytes, bytes, int]]) -> None:
+            for t, k, v, p in chunk:
+                await prod.send(t, v, key=k, partition=p)
+
+        pacer = asyncio.create_task(pace())
+        wanted = len(lat_items) // 2
+        deadline = time.monotonic() + LAT_SECONDS + 30
+        while len(lat) < wanted and time.monotonic() < deadline:
+            for tp, recs in (await out.getmany(timeout_ms=100, max_records=10000)).items():
+                if tp.topic == SITUATIONS_TOPIC:
+                    now = time.perf_counter()
+                    for r in recs:
+                        pv = json.loads(r.value)["pseudonym"]["value"]
+                        if pv in sent:
+                            lat.append(now - sent[pv])
+        await pacer
+        await prod.stop()
+        await out.stop()
+        lat.sort()
+        p50 = statistics.median(lat) * 1000 if lat else float("nan")
+        p99 = lat[int(len(lat) * 0.99) - 1] * 1000 if lat else float("nan")
+        print(f"signals: {len(items)}")
+        print(f"raw aiokafka consumption: {raw:,.0f} signals/s")
+        print(f"correlator full work:     {full:,.0f} signals/s (every check on)")
+        print(f"ratio correlator/raw:     {full / raw:.3f}")
+        print(f"latency publish->situation at {RATE}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+              f"({len(lat)} situations)")
+    finally:
+        if worker is not None:
+            stop(worker)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

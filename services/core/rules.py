@@ -1,0 +1,306 @@
+"""Correlation rules as data (``schemas/rules.yaml``) and the pure functions that apply them.
+
+:func:`on_signal` is the whole decision for one accepted signal: close the person's
+situation if it has been idle too long, add the signal to the window, evaluate the rules,
+and return the new state with the situation events to publish (opened, updated, closed,
+reopened). :func:`close_idle` is the same closure on its own, for a periodic sweep.
+
+Everything that appears in an event is derived from the state and the inputs only
+(deterministic ids, versions and timestamps), so a replay after a crash produces
+byte-identical events that consumers drop by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.core.messages import (
+    FundRef,
+    SharedCategory,
+    SituationEvent,
+)
+from services.core.person import (
+    PersonState,
+    SignalEntry,
+    SituationState,
+    add_signal,
+    event_id_for,
+    situation_id_for,
+)
+from services.core.policy import Policy, recipients
+from services.core.taxonomy import Taxonomy
+from services.core.types import Code, Fund, Priority, Purpose
+from services.errors import ConfigurationError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DistinctFundsRule(_Model):
+    libelle: str
+    type: Literal["organismes_distincts"]
+    minimum: Annotated[int, Field(ge=2, le=5)]
+
+
+class RepeatRule(_Model):
+    libelle: str
+    type: Literal["recidive"]
+    delai_jours: Annotated[int, Field(ge=1, le=3650)]
+
+
+class CategoryPlusOtherRule(_Model):
+    libelle: str
+    type: Literal["categorie_et_autre_organisme"]
+    organisme: Fund
+    categories: Annotated[tuple[Code, ...], Field(min_length=1)]
+    finalite: Purpose | None = None
+
+
+Rule = Annotated[DistinctFundsRule | RepeatRule | CategoryPlusOtherRule, Field(discriminator="type")]
+
+
+class Thresholds(_Model):
+    rouge: Annotated[int, Field(ge=1)]
+    orange: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.orange > self.rouge:
+            raise ValueError("the orange threshold cannot be above the red one")
+        return self
+
+
+class Rules(_Model):
+    version: int
+    fenetre_correlation_jours: Annotated[int, Field(ge=1, le=3650)]
+    signalements_max_par_personne: Annotated[int, Field(ge=2, le=64)]
+    fermeture_sans_signal_jours: Annotated[int, Field(ge=1, le=3650)]
+    priorite: Thresholds
+    regles: dict[Code, Rule]
+
+    @model_validator(mode="after")
+    def _at_most_one_repeat(self) -> Rules:
+        repeats = [c for c, r in self.regles.items() if isinstance(r, RepeatRule)]
+        if len(repeats) > 1:
+            raise ValueError(f"only one 'recidive' rule may exist, found {repeats}")
+        return self
+
+    @property
+    def repeat(self) -> tuple[str, RepeatRule] | None:
+        for code, rule in self.regles.items():
+            if isinstance(rule, RepeatRule):
+                return code, rule
+        return None
+
+    def check_against(self, taxonomy: Taxonomy) -> None:
+        """Refuse rules naming categories the taxonomy does not have, or of another fund."""
+        for code, rule in self.regles.items():
+            if isinstance(rule, CategoryPlusOtherRule):
+                for cat_code in rule.categories:
+                    cat = taxonomy.category(cat_code)
+                    if cat is None or cat.organisme is not rule.organisme or not cat.exchangeable:
+                        raise ConfigurationError(
+                            f"rules.yaml: rule {code}: category {cat_code} is not an exchangeable "
+                            f"category of {rule.organisme.value} in taxonomy.yaml",
+                            "fix the category code in rules.yaml",
+                        )
+
+
+def parse_rules(data: dict[str, Any], source: str = "rules.yaml") -> Rules:
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"{source}: {where}: {first['msg']}", "fix the rules file") from exc
+
+
+def load_rules(path: Path, taxonomy: Taxonomy | None = None) -> Rules:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read rules {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
+    rules = parse_rules(data, str(path))
+    if taxonomy is not None:
+        rules.check_against(taxonomy)
+    return rules
+
+
+@dataclass(frozen=True)
+class Context:
+    """The data files the decision depends on."""
+
+    rules: Rules
+    taxonomy: Taxonomy
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Step:
+    state: PersonState
+    events: tuple[SituationEvent, ...]
+
+
+# ------------------------------------------------------------------------- evaluation
+def fired_rules(ctx: Context, signals: tuple[SignalEntry, ...]) -> tuple[str, ...]:
+    """The window rules (all but the repeat rule) that ``signals`` satisfy, in file order."""
+    funds = {s.fund for s in signals}
+    fired: list[str] = []
+    for code, rule in ctx.rules.regles.items():
+        if isinstance(rule, DistinctFundsRule):
+            if len(funds) >= rule.minimum:
+                fired.append(code)
+        elif isinstance(rule, CategoryPlusOtherRule):
+            anchor = any(s.fund is rule.organisme and s.category in rule.categories
+                         and (rule.finalite is None or s.purpose is rule.finalite) for s in signals)
+            if anchor and funds - {rule.organisme}:
+                fired.append(code)
+    return tuple(fired)
+
+
+def priority_of(ctx: Context, signals: tuple[SignalEntry, ...]) -> Priority:
+    """Sum of the weights of the distinct categories present, against the thresholds."""
+    codes = {s.category for s in signals}
+    total = 0
+    for code in codes:
+        cat = ctx.taxonomy.category(code)
+        total += cat.poids if cat is not None else 0
+    if total >= ctx.rules.priorite.rouge:
+        return Priority.ROUGE
+    if total >= ctx.rules.priorite.orange:
+        return Priority.ORANGE
+    return Priority.VERT
+
+
+def _fund_order(f: Fund) -> int:
+    return list(Fund).index(f)
+
+
+def _purpose_order(p: Purpose) -> int:
+    return list(Purpose).index(p)
+
+
+def _categories(ctx: Context, signals: tuple[SignalEntry, ...]) -> list[SharedCategory]:
+    grouped: dict[tuple[Fund, str], set[Purpose]] = {}
+    for s in signals:
+        grouped.setdefault((s.fund, s.category), set()).add(s.purpose)
+    out = []
+    for (fund, code), purposes in sorted(grouped.items(), key=lambda kv: (_fund_order(kv[0][0]), kv[0][1])):
+        cat = ctx.taxonomy.category(code)
+        ordered = sorted(purposes, key=_purpose_order)
+        visible = recipients(ctx.policy, cat, ordered) if cat is not None else (fund,)
+        out.append(SharedCategory(code=code, fund=fund, purposes=ordered, visible_to=list(visible)))
+    return out
+
+
+def _snapshot(ctx: Context, state: PersonState, *, situation_id: str, version: int,
+              kind: Literal["ouverte", "mise_a_jour", "fermee", "rouverte"],
+              rules: tuple[str, ...], occurred_at: dt.datetime) -> SituationEvent:
+    signals = state.signals
+    latest = max(signals, key=lambda s: (s.observed_on, s.signal_id))
+    refs = sorted({(s.fund, s.sealed_ref.key_id, s.sealed_ref.value): s.sealed_ref for s in signals}.items(),
+                  key=lambda kv: (_fund_order(kv[0][0]), kv[0][1], kv[0][2]))
+    return SituationEvent(
+        schema_version="1.0",
+        event_id=event_id_for(situation_id, version),
+        situation_id=situation_id,
+        version=version,
+        kind=kind,
+        occurred_at=occurred_at,
+        territory=latest.territory,
+        pseudonym=state.pseudonym,
+        funds=sorted({s.fund for s in signals}, key=_fund_order),
+        categories=_categories(ctx, signals),
+        purposes=sorted({s.purpose for s in signals}, key=_purpose_order),
+        priority=priority_of(ctx, signals),
+        rules=list(rules),
+        first_signal_on=min(s.observed_on for s in signals),
+        last_signal_on=latest.observed_on,
+        refs=[FundRef(fund=key[0], sealed_ref=ref) for key, ref in refs][:64],
+    )
+
+
+_CONTENT_EXCLUDE = {"event_id", "version", "kind", "occurred_at"}
+
+
+def _same_content(a: SituationEvent, b: SituationEvent) -> bool:
+    return a.model_dump(exclude=_CONTENT_EXCLUDE) == b.model_dump(exclude=_CONTENT_EXCLUDE)
+
+
+def closure_date(ctx: Context, last_signal_on: dt.date) -> dt.date:
+    return last_signal_on + dt.timedelta(days=ctx.rules.fermeture_sans_signal_jours)
+
+
+def close_idle(ctx: Context, state: PersonState, today: dt.date) -> Step:
+    """Close the person's open situation if no signal came for the closure period.
+
+    The closure's time is computed (last signal + period, at midnight UTC), not read from a
+    clock, so the same closure found by a sweep or by the next signal is the same event."""
+    sit = state.situation
+    if sit is None or sit.status != "ouverte":
+        return Step(state, ())
+    closes_on = closure_date(ctx, sit.last_event.last_signal_on)
+    if today <= closes_on:
+        return Step(state, ())
+    version = sit.version + 1
+    event = sit.last_event.model_copy(update={
+        "event_id": event_id_for(sit.situation_id, version),
+        "version": version,
+        "kind": "fermee",
+        "occurred_at": dt.datetime.combine(closes_on, dt.time(), tzinfo=dt.UTC),
+    })
+    closed = SituationState(situation_id=sit.situation_id, version=version, status="fermee",
+                            closed_on=closes_on, last_event=event)
+    return Step(state.model_copy(update={"situation": closed}), (event,))
+
+
+def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt.date,
+              occurred_at: dt.datetime) -> Step:
+    """Add an accepted signal to the person's state and say which situation events follow.
+
+    ``today`` anchors the window and the closure; ``occurred_at`` stamps the events (the
+    worker passes the message's broker timestamp, identical on a replay)."""
+    closing = close_idle(ctx, state, today)
+    events = list(closing.events)
+    state = add_signal(closing.state, entry, today=today,
+                       window_days=ctx.rules.fenetre_correlation_jours,
+                       max_signals=ctx.rules.signalements_max_par_personne)
+    if not any(s.signal_id == entry.signal_id for s in state.signals):
+        return Step(state, tuple(events))  # observed before the window: kept for dedup only
+    fired = fired_rules(ctx, state.signals)
+    sit = state.situation
+    situation_id = sit.situation_id if sit else situation_id_for(state.pseudonym)
+    if sit is None or sit.status == "fermee":
+        repeat = ctx.rules.repeat
+        if sit is not None and sit.closed_on is not None and repeat is not None \
+                and (today - sit.closed_on).days <= repeat[1].delai_jours:
+            fired = (*fired, repeat[0])
+        if not fired:
+            return Step(state, tuple(events))
+        previous = max(sit.version if sit else 0, state.version_floor)
+        version = previous + 1
+        kind: Literal["ouverte", "rouverte"] = "rouverte" if sit is not None else "ouverte"
+        event = _snapshot(ctx, state, situation_id=situation_id, version=version, kind=kind,
+                          rules=fired, occurred_at=occurred_at)
+        new_sit = SituationState(situation_id=situation_id, version=version, status="ouverte",
+                                 last_event=event)
+        events.append(event)
+        return Step(state.model_copy(update={"situation": new_sit}), tuple(events))
+    # An open situation: publish an update only if what the funds see has changed.
+    repeat_code = ctx.rules.repeat[0] if ctx.rules.repeat else None
+    keep_repeat = tuple(r for r in sit.last_event.rules if r == repeat_code and r not in fired)
+    candidate = _snapshot(ctx, state, situation_id=situation_id, version=sit.version + 1,
+                          kind="mise_a_jour", rules=(*fired, *keep_repeat), occurred_at=occurred_at)
+    if _same_content(candidate, sit.last_event):
+        return Step(state, tuple(events))
+    new_sit = SituationState(situation_id=situation_id, version=candidate.version, status="ouverte",
+                             last_event=candidate)
+    events.append(candidate)
+    return Step(state.model_copy(update={"situation": new_sit}), tuple(events))

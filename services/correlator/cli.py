@@ -1,0 +1,28 @@
+"""``help-exchange correlator``: run a correlator worker (Faust) until stopped."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("correlator")
+    @click.option("--app-id", default="help-correlator", show_default=True,
+                  help="Consumer group and table prefix: workers with the same id share the partitions.")
+    @click.option("--batch-max", default=1000, show_default=True, help="Records per batch at most.")
+    @click.option("--batch-wait-ms", default=20, show_default=True, help="Wait this long to fill a batch.")
+    @click.option("--fetch-wait-ms", default=20, show_default=True,
+                  help="Consumer fetch wait (faust-streaming's own is 1500 ms).")
+    @click.pass_context
+    def correlator(ctx: click.Context, app_id: str, batch_max: int, batch_wait_ms: int,
+                   fetch_wait_ms: int) -> None:
+        """Verify, apply the L115-2-1 policy and correlate signals into shared situations.
+
+        Reads help.signals.<fund>.v1 and help.consents.v1; writes receipts, dead letters
+        and situation events. Ctrl-C (SIGTERM) stops it after committing what is done.
+        """
+        from services.correlator.worker import run_worker
+        from services.platform.cli import settings_from
+
+        run_worker(settings_from(ctx), app_id=app_id, batch_max=batch_max,
+                   batch_wait_s=batch_wait_ms / 1000, fetch_wait_ms=fetch_wait_ms)

@@ -1,0 +1,384 @@
+"""The correlator's work on a batch of consumed records, without Kafka or Faust.
+
+:class:`Engine` turns records (raw bytes and their source position) into outputs (receipts,
+dead letters, situation events, forwards to the repartition topic) and person-state
+writes, reading states through a callable. The Faust agent in :mod:`services.correlator.app`
+only feeds it batches and sends what it returns; tests drive it directly.
+
+Per signal, in this order (the first failure decides the reason code):
+size → JSON → schema version → fund known → fund owns the topic → signing key → signature
+over the *received* JSON object → schema → pseudonym key accepted → partition (repartition
+if needed) → L115-2-1 policy (with the consent on record) → duplicate → objection → state
+update and rules.
+
+Redelivery versus replay: a signal id already accepted *at the same source position* is a
+redelivery after a crash that happened between the state write and the offset commit; the
+engine answers exactly as the first time (accepted receipt with the same id, the situation's
+latest event re-sent byte for byte). The same signal id at another position is a replay:
+rejected as ``doublon``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from services.core import signing
+from services.core.messages import (
+    SCHEMA_VERSION,
+    ConsentEvent,
+    DeadLetter,
+    Pseudonym,
+    Receipt,
+    Signal,
+    SourcePosition,
+    parse,
+    to_wire,
+)
+from services.core.person import (
+    PersonState,
+    SignalEntry,
+    apply_consent,
+    consent_on_record,
+    new_person,
+    seen_source,
+    situation_id_for,
+)
+from services.core.policy import check_signal
+from services.core.reasons import Reason
+from services.core.registry import Registry
+from services.core.rules import Context, on_signal
+from services.core.types import SIGNAL_ID_PATTERN, Fund
+from services.platform.topics import (
+    CONSENTS_TOPIC,
+    DEADLETTER_TOPIC,
+    SITUATIONS_TOPIC,
+    fund_of_signal_topic,
+    receipt_topic,
+)
+
+#: A signal is about 800 bytes; anything far above is refused before parsing.
+MAX_MESSAGE_BYTES = 16 * 1024
+#: Internal topic where a record read from the wrong partition is re-keyed (see Engine).
+REPARTITION_TOPIC = "help-correlator-repartition"
+H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
+
+_SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+
+    def source(self) -> tuple[str, int, int]:
+        """The original position (a repartitioned record carries it in its headers)."""
+        if self.topic == REPARTITION_TOPIC and H_TOPIC in self.headers:
+            return (self.headers[H_TOPIC].decode(), int(self.headers[H_PARTITION]),
+                    int(self.headers[H_OFFSET]))
+        return self.topic, self.partition, self.offset
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+
+
+@dataclass
+class Batch:
+    outputs: list[Output] = field(default_factory=list)
+    #: person key -> (changelog partition, state JSON); written once per batch.
+    writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    accepted: int = 0
+    rejected: int = 0
+
+
+class Rejected(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+def person_key(p: Pseudonym) -> bytes:
+    return f"{p.key_id}/{p.value}".encode()
+
+
+def partition_for(pseudonym_value: str, partitions: int) -> int:
+    """Kafka's default (murmur2) partitioner on the pseudonym value, as producers key."""
+    return int(murmur2(pseudonym_value.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _hex32(*parts: object) -> str:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+# Field names of the contract: the only words a dead letter's detail may echo.
+_KNOWN_FIELDS = frozenset(
+    name for model in (Signal, ConsentEvent) for name in model.model_fields
+) | {"key_id", "value", "alg", "code", "conditions", "consent_ref"}
+
+
+def _pointer(loc: Iterable[object]) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(str(p))
+        elif isinstance(p, str) and p in _KNOWN_FIELDS:
+            parts.append(p)
+        else:
+            parts.append("*")  # never echo a name the sender chose
+    return "/" + "/".join(parts)
+
+
+def _schema_detail(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    kind = "".join(c for c in str(first["type"]) if c.isalnum() or c == "_")[:60]
+    return f"{_pointer(first['loc'])}:{kind}"[:300]
+
+
+class Engine:
+    """Applies every check and the rules to batches of records (no I/O of its own).
+
+    Partitioning: a person's state lives in the changelog partition of the signal topics'
+    partition ``murmur2(pseudonym) % partitions``. A record read from another partition
+    (a producer that used another partitioner, or another key) is *not* processed there,
+    which would silently split the person's state in two: once verified, it is forwarded
+    unchanged to the internal repartition topic, to the right partition, with its original
+    position in headers, and processed when read from there (same worker owning that
+    partition, co-partitioned). Its receipt and any dead letter name the original position.
+    """
+
+    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.partitions = partitions
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._key_cache: dict[tuple[Fund, str], Ed25519PublicKey | None] = {}
+
+    # ----------------------------------------------------------------------- helpers
+    def _signing_key(self, fund: Fund, key_id: str) -> Ed25519PublicKey | None:
+        k = (fund, key_id)
+        if k not in self._key_cache:
+            self._key_cache[k] = self.registry.signing_key(fund, key_id)
+        return self._key_cache[k]
+
+    def _receipt(self, batch: Batch, rec: Record, fund: Fund, signal_id: str | None,
+                 reason: Reason | None) -> None:
+        topic, partition, offset = rec.source()
+        receipt = Receipt(
+            schema_version="1.0",
+            receipt_id=_hex32("receipt", topic, partition, offset),
+            fund=fund, signal_id=signal_id,
+            status="accepte" if reason is None else "rejete", reason=reason,
+            source=SourcePosition(topic=topic, partition=partition, offset=offset),
+            processed_at=self.clock(),
+        )
+        key = (signal_id or f"{topic}:{partition}:{offset}").encode()
+        batch.outputs.append(Output(receipt_topic(fund), key, to_wire(receipt)))
+
+    def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
+                reason: Reason, detail: str) -> None:
+        topic, partition, offset = rec.source()
+        dl = DeadLetter(
+            schema_version="1.0",
+            deadletter_id=_hex32("deadletter", topic, partition, offset),
+            source=SourcePosition(topic=topic, partition=partition, offset=offset),
+            fund=fund, signal_id=signal_id, reason=reason, detail=detail,
+            raw=base64.b64encode(rec.value or b"").decode("ascii"),
+            received_at=self.clock(),
+        )
+        batch.outputs.append(Output(DEADLETTER_TOPIC, f"{topic}:{partition}:{offset}".encode(),
+                                    to_wire(dl)))
+        if fund is not None:
+            self._receipt(batch, rec, fund, signal_id, reason)
+        batch.rejected += 1
+
+    # ----------------------------------------------------------------------- batch
+    def process(self, records: Iterable[Record],
+                load: Callable[[bytes], bytes | None]) -> Batch:
+        """Process records in order; read each touched person once, write each once."""
+        batch = Batch()
+        states: dict[bytes, PersonState | None] = {}
+        dirty: dict[bytes, int] = {}
+
+        def get(key: bytes) -> PersonState | None:
+            if key not in states:
+                raw = load(key)
+                # Re-validated on read: a table value is only trusted once it parses.
+                states[key] = PersonState.model_validate_json(raw) if raw else None
+            return states[key]
+
+        def put(key: bytes, partition: int, state: PersonState) -> None:
+            states[key] = state
+            dirty[key] = partition
+
+        for rec in records:
+            self._one(batch, rec, get, put)
+        for key, partition in dirty.items():
+            st = states[key]
+            assert st is not None
+            batch.writes[key] = (partition, st.model_dump_json().encode())
+        return batch
+
+    def _one(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
+             put: Callable[[bytes, int, PersonState], None]) -> None:
+        src_topic = rec.source()[0]
+        is_consent = src_topic == CONSENTS_TOPIC
+        owner = fund_of_signal_topic(src_topic)
+        # Receipts for a signal go to the owner of the topic it was read from (the sender).
+        receipt_fund: Fund | None = owner
+        signal_id: str | None = None
+        try:
+            raw = rec.value or b""
+            if len(raw) > MAX_MESSAGE_BYTES:
+                raise Rejected(Reason.MESSAGE_TROP_VOLUMINEUX, f"/:size_over_{MAX_MESSAGE_BYTES}")
+            try:
+                obj: Any = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise Rejected(Reason.JSON_INVALIDE, "/:json_syntax") from None
+            if not isinstance(obj, dict):
+                raise Rejected(Reason.SCHEMA_INVALIDE, "/:not_an_object")
+            sid = obj.get("signal_id")
+            if isinstance(sid, str) and _SIGNAL_ID.match(sid):
+                signal_id = sid
+            if "schema_version" not in obj:
+                raise Rejected(Reason.SCHEMA_INVALIDE, "/schema_version:missing")
+            if obj["schema_version"] != SCHEMA_VERSION:
+                raise Rejected(Reason.VERSION_SCHEMA_INCONNUE, "/schema_version:unsupported")
+            try:
+                fund = Fund(str(obj.get("fund")))
+            except ValueError:
+                raise Rejected(Reason.ORGANISME_INCONNU, "/fund:unknown") from None
+            if is_consent:
+                receipt_fund = fund
+            elif owner is not fund:
+                raise Rejected(Reason.TOPIC_INCORRECT, "/fund:not_topic_owner")
+            sig = obj.get("signature")
+            key_id = sig.get("key_id") if isinstance(sig, dict) else None
+            key = self._signing_key(fund, key_id) if isinstance(key_id, str) else None
+            if key is None:
+                raise Rejected(Reason.CLE_SIGNATURE_INCONNUE, "/signature/key_id:unknown_for_fund")
+            if not signing.verify(obj, key):
+                raise Rejected(Reason.SIGNATURE_INVALIDE, "/signature/value:verify_failed")
+            if is_consent:
+                self._consent(batch, rec, raw, get, put)
+            else:
+                self._signal(batch, rec, raw, get, put)
+        except Rejected as r:
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
+
+    def _route(self, batch: Batch, rec: Record, pseudonym: Pseudonym) -> int | None:
+        """The person's partition, or None after forwarding a misrouted record."""
+        expected = partition_for(pseudonym.value, self.partitions)
+        if rec.partition == expected:
+            return expected
+        topic, partition, offset = rec.source()
+        batch.outputs.append(Output(
+            REPARTITION_TOPIC, pseudonym.value.encode(), rec.value, expected,
+            ((H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
+             (H_OFFSET, str(offset).encode())),
+            rec.timestamp_ms,
+        ))
+        return None
+
+    def _signal(self, batch: Batch, rec: Record, raw: bytes,
+                get: Callable[[bytes], PersonState | None],
+                put: Callable[[bytes, int, PersonState], None]) -> None:
+        try:
+            signal = parse(Signal, raw)
+        except ValidationError as exc:
+            raise Rejected(Reason.SCHEMA_INVALIDE, _schema_detail(exc)) from None
+        if not self.registry.exchange_key_accepted(signal.pseudonym.key_id):
+            raise Rejected(Reason.CLE_PSEUDONYME_REFUSEE, "/pseudonym/key_id:not_accepted")
+        partition = self._route(batch, rec, signal.pseudonym)
+        if partition is None:
+            return
+        pkey = person_key(signal.pseudonym)
+        state = get(pkey)
+        reason = check_signal(self.ctx.policy, self.ctx.taxonomy, fund=signal.fund,
+                              category=signal.category, purpose=signal.purpose,
+                              legal_basis=signal.legal_basis,
+                              consent_on_record=consent_on_record(state, signal.purpose))
+        if reason is not None:
+            raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
+                           else f"/legal_basis:{reason.value}")
+        topic, part, offset = rec.source()
+        position = f"{topic}:{part}:{offset}"
+        if state is not None:
+            first = seen_source(state, signal.signal_id)
+            if first == position:
+                # A redelivery after a crash: answer as the first time did.
+                self._receipt(batch, rec, signal.fund, signal.signal_id, None)
+                if state.situation is not None:
+                    self._situation(batch, state.situation.last_event)
+                batch.accepted += 1
+                return
+            if first is not None:
+                raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
+            if state.opposed:
+                raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
+        entry = SignalEntry(signal_id=signal.signal_id, fund=signal.fund, category=signal.category,
+                            purpose=signal.purpose, observed_on=signal.observed_on,
+                            territory=signal.territory, sealed_ref=signal.sealed_ref, source=position)
+        occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
+        step = on_signal(self.ctx, state or new_person(signal.pseudonym), entry,
+                         today=occurred.date(), occurred_at=occurred)
+        put(pkey, partition, step.state)
+        for event in step.events:
+            self._situation(batch, event)
+        self._receipt(batch, rec, signal.fund, signal.signal_id, None)
+        batch.accepted += 1
+
+    def _situation(self, batch: Batch, event: Any) -> None:
+        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))
+
+    def _consent(self, batch: Batch, rec: Record, raw: bytes,
+                 get: Callable[[bytes], PersonState | None],
+                 put: Callable[[bytes, int, PersonState], None]) -> None:
+        try:
+            event = parse(ConsentEvent, raw)
+        except ValidationError as exc:
+            raise Rejected(Reason.SCHEMA_INVALIDE, _schema_detail(exc)) from None
+        if not self.registry.exchange_key_accepted(event.pseudonym.key_id):
+            raise Rejected(Reason.CLE_PSEUDONYME_REFUSEE, "/pseudonym/key_id:not_accepted")
+        partition = self._route(batch, rec, event.pseudonym)
+        if partition is None:
+            return
+        pkey = person_key(event.pseudonym)
+        before = get(pkey)
+        state, erased = apply_consent(before, event)
+        put(pkey, partition, state)
+        replayed_erasure = (before is not None and before.opposed_at == event.effective_at
+                            and before.version_floor > 0)
+        if erased and before is not None and (before.situation is not None or replayed_erasure):
+            # Compacted topic: the tombstone makes every consumer forget the situation.
+            batch.outputs.append(Output(SITUATIONS_TOPIC,
+                                        situation_id_for(event.pseudonym).encode(), None))
+        self._receipt(batch, rec, event.fund, None, None)
+        batch.accepted += 1
+
+
+def _wire(event: Any) -> bytes:
+    return bytes(to_wire(event))

@@ -1,0 +1,33 @@
+"""Start a correlator worker process: topics it needs, then Faust's worker loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.correlator.app import PARTITIONS, Tuning, make_app
+from services.correlator.engine import REPARTITION_TOPIC
+from services.platform.broker import resolve_bootstrap
+from services.platform.kafka import apply_topics
+from services.platform.settings import Settings
+from services.platform.topics import TopicSpec
+
+
+def ensure_internal_topics(settings: Settings, bootstrap: str) -> None:
+    """The repartition topic is the correlator's own: created here, co-partitioned (8)."""
+    spec = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
+    asyncio.run(apply_topics(settings, bootstrap, [spec]))
+
+
+def run_worker(settings: Settings, *, app_id: str = "help-correlator", batch_max: int = 1000,
+               batch_wait_s: float = 0.02, fetch_wait_ms: int = 20) -> None:
+    import faust
+
+    bootstrap = resolve_bootstrap(settings)
+    ensure_internal_topics(settings, bootstrap)
+    tuning = Tuning(app_id=app_id, batch_max=batch_max, batch_wait_s=batch_wait_s,
+                    fetch_wait_ms=fetch_wait_ms)
+    app = make_app(settings, bootstrap, tuning)
+    # No per-message log records: WARNING and above only.
+    worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True)
+    worker.execute_from_commandline()
