@@ -49,9 +49,20 @@ def keyed(settings: Settings, fund: Fund = Fund.CAF) -> str:
 
 
 def mine(bootstrap: str, fund: Fund, signing_key_id: str) -> list[tuple[bytes, bytes]]:
-    """The messages of the fund's topic signed by this test's key (the broker is shared)."""
-    return [(k, v) for k, v in read_topic(bootstrap, signal_topic(fund))
-            if json.loads(v)["signature"]["key_id"] == signing_key_id]
+    """The messages of the fund's topic signed by this test's key.
+
+    The broker is shared by the whole session: other tests put deliberately malformed or
+    forged messages on the same topic, which are not ours to parse."""
+    out = []
+    for k, v in read_topic(bootstrap, signal_topic(fund)):
+        try:
+            doc = json.loads(v)
+        except ValueError:
+            continue
+        signature = doc.get("signature") if isinstance(doc, dict) else None
+        if isinstance(signature, dict) and signature.get("key_id") == signing_key_id:
+            out.append((k, v))
+    return out
 
 
 def run_cli(settings: Settings, *args: str) -> tuple[int, str]:
