@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core.datafile import parse_data, read_yaml
 from services.core.messages import LegalBasisConsent, LegalBasisLaw
 from services.core.reasons import Reason
 from services.core.taxonomy import Category, SignalClass, Taxonomy
@@ -143,17 +143,8 @@ def conditions_met(policy: Policy, purpose: Purpose, *, age: int | None) -> tupl
 
 
 def parse_policy(data: dict[str, Any], source: str = "policy.yaml") -> Policy:
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(f"{source}: {where}: {first['msg']}", "fix the policy file") from exc
+    return parse_data(Policy, data, source, "fix the policy file")
 
 
 def load_policy(path: Path) -> Policy:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"cannot read policy {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
-    return parse_policy(data, str(path))
+    return parse_policy(read_yaml(path, "policy"), str(path))

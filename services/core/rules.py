@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core.datafile import parse_data, read_yaml
 from services.core.messages import (
     FundRef,
     SharedCategory,
@@ -114,20 +114,11 @@ class Rules(_Model):
 
 
 def parse_rules(data: dict[str, Any], source: str = "rules.yaml") -> Rules:
-    try:
-        return Rules.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(f"{source}: {where}: {first['msg']}", "fix the rules file") from exc
+    return parse_data(Rules, data, source, "fix the rules file")
 
 
 def load_rules(path: Path, taxonomy: Taxonomy | None = None) -> Rules:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"cannot read rules {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
-    rules = parse_rules(data, str(path))
+    rules = parse_rules(read_yaml(path, "rules"), str(path))
     if taxonomy is not None:
         rules.check_against(taxonomy)
     return rules

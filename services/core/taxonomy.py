@@ -10,11 +10,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core.datafile import parse_data, read_yaml
 from services.core.types import Code, Fund, Outcome, Purpose
-from services.errors import ConfigurationError
 
 
 class SignalClass(StrEnum):
@@ -105,20 +104,8 @@ class Taxonomy(_Model):
 
 
 def parse_taxonomy(data: dict[str, Any], source: str = "taxonomy.yaml") -> Taxonomy:
-    try:
-        return Taxonomy.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(
-            f"{source}: {where}: {first['msg']}",
-            "fix the entry in the taxonomy file (see the comments at its top)",
-        ) from exc
+    return parse_data(Taxonomy, data, source, "fix the entry in the taxonomy file (see the comments at its top)")
 
 
 def load_taxonomy(path: Path) -> Taxonomy:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"cannot read taxonomy {path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
-    return parse_taxonomy(data, str(path))
+    return parse_taxonomy(read_yaml(path, "taxonomy"), str(path))
