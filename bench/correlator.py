@@ -6,6 +6,10 @@
    on the same records: full-work rate from its first to its last receipt.
 4. Latency: with the worker caught up, publish at a steady 2,000 signals/s and measure
    publish -> situation event (p50, p99), from the second signal of each person.
+
+The machine is shared: the load average is printed, and the worker's own CPU time per
+signal (user + system, from /proc) gives a rate that the other processes affect far less
+than the wall-clock one ("per CPU-second").
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ from tests.correlator.harness import publish, start_worker, stop
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
 RATE = 2000
 LAT_SECONDS = 10
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def items_for(funds: Funds, prefix: str, people: int) -> list[tuple[str, bytes, bytes, int]]:
@@ -94,14 +107,20 @@ async def main() -> None:
         out = await outputs(bootstrap)
         worker = start_worker(settings, "bench-correlator", var / "worker.log")
         seen, first, last = 0, None, 0.0
+        cpu0 = cpu1 = float("nan")
+        load0 = os.getloadavg()
         while seen < len(items):
             for tp, recs in (await out.getmany(timeout_ms=500, max_records=10000)).items():
                 if tp.topic.startswith("help.receipts"):
                     now = time.perf_counter()
-                    first = first or now
+                    if first is None:
+                        first, cpu0 = now, cpu_seconds(worker.pid)
                     last = now
                     seen += len(recs)
+        cpu1 = cpu_seconds(worker.pid)
+        load1 = os.getloadavg()
         full = seen / (last - first) if first and last > first else float("nan")
+        per_cpu = seen / (cpu1 - cpu0) if cpu1 > cpu0 else float("nan")
         # Latency at a steady 2,000 signals/s.
         lat_items = items_for(funds, "lat", RATE * LAT_SECONDS // 2)
         sent: dict[str, float] = {}
@@ -147,6 +166,8 @@ async def main() -> None:
         print(f"raw aiokafka consumption: {raw:,.0f} signals/s")
         print(f"correlator full work:     {full:,.0f} signals/s (every check on)")
         print(f"ratio correlator/raw:     {full / raw:.3f}")
+        print(f"correlator per CPU-second: {per_cpu:,.0f} signals (worker CPU {cpu1 - cpu0:.1f} s; "
+              f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs)")
         print(f"latency publish->situation at {RATE}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
               f"({len(lat)} situations)")
     finally:
