@@ -1,29 +1,48 @@
 """The correlator as a Faust application: a thin adapter around :class:`~.engine.Engine`.
 
-One agent (``concurrency=1``: it writes the person table) reads every signal topic, the
+One agent (``concurrency=1``: it owns the person state) reads every signal topic, the
 consents topic and the internal repartition topic, all with 8 partitions and keyed by
 pseudonym, so Faust's assignor gives a worker the same partition number of each and a
 person's signals and consents meet in one state. Scale out by running more workers.
 
-Choices, measured on the embedded broker (see ``bench/correlator.py``):
+Faust does the group membership, the rebalances, the fetching and the batching
+(``stream.take_events``). Two things it did are done here instead, because they lost data
+under ``kill -9`` on the embedded broker (see ``tests/correlator/test_crash.py``):
 
-- ``stream.take_events`` batches (up to ``batch_max`` records or ``batch_wait_s``): the
-  engine reads each touched person once and writes it once per batch, so the changelog
-  gets one write per person per batch instead of one per signal.
-- Table values are raw JSON bytes (``value_serializer="raw"``), re-validated on read by
-  pydantic; writes go to ``table.data`` plus one explicit changelog record to the person's
-  partition (the partition the engine routed the signal to), and the batch's changelog
-  records are acknowledged *before* its situation events are sent (see the agent).
-- ``at_least_once``: Faust flushes the producer (receipts, dead letters, situation events,
-  changelog) before it commits offsets, so a committed offset means every effect is on the
-  broker. After a crash the uncommitted records come again: the engine recognises them
-  (same signal id at the same position) and answers identically. ``exactly_once`` is not
-  used.
-- Faust acks a batch whose handler raised. Bad input never raises (the engine turns it
-  into a receipt and a dead letter); anything else that escapes is a bug or a broker
-  failure, and the process exits at once (``os._exit``) so that nothing is committed.
-- faust-streaming fixes the consumer's fetch wait at 1.5 s, which sets the latency at low
-  rates; it is lowered to ``fetch_wait_ms`` on the worker consumer.
+- **Person state** is a :class:`~.state.PersonStore`, not a Faust ``Table``: Faust's table
+  recovery stops at the reported end offset, which Tansu reports short (the base offset of
+  the last record batch + 1), so a restarted worker lost the last state writes before the
+  crash and a redelivered signal rebuilt a situation without an earlier category. The store
+  rebuilds a partition from the changelog up to a fence record it writes itself: exact on
+  any broker. The changelog topic keeps Faust's name (``<app id>-persons-changelog``).
+- **Offsets** are committed by the agent, not by Faust's acks (the source topic has
+  ``acks=False``). Faust's own bookkeeping guesses: it remembers the last offset read per
+  partition and silently drops any record below it, treats any jump in offsets as a
+  compacted gap and commits over it, and accepts a commit one past a missing offset
+  (``min(acked) - committed > 1``). A worker restarted within the session timeout goes
+  through two rebalances (the dead member expires in between), with records fetched before
+  the second seek still in flight: the setting in which a few early offsets were committed
+  without ever getting a receipt. Here the agent knows, per source partition, the next
+  offset it must process (the group's committed offset when the partition is assigned); it
+  skips what it already did, never jumps a hole (it seeks back instead), and commits only
+  what it processed, after every effect of it is acknowledged.
+
+Per batch, in this order: load the state of partitions seen for the first time; run the
+engine; write the touched states to the changelog and wait for the acks; send receipts, dead
+letters, forwards and situation events and wait for the acks; commit the next offsets. A
+crash anywhere before the commit means the records come again, and the engine recognises
+them (same signal id at the same position) and answers identically; a situation event is
+only ever sent for a state already on the changelog. Rebalances take the same lock as a
+batch, so a partition is revoked between batches, never during one. ``exactly_once`` is
+not used (see shared/ARCHITECTURE.md).
+
+Other choices, measured on the embedded broker (see ``bench/correlator.py``): the engine
+reads and writes each touched person once per batch (one changelog record per person per
+batch); table values are the engine's JSON bytes, re-validated on read; bad input never
+raises (it becomes a receipt and a dead letter), so anything that escapes is a bug or a
+broker failure and the process exits at once (``os._exit``) without committing;
+faust-streaming fixes the consumer's fetch wait at 1.5 s, which sets the latency at low
+rates: it is lowered to ``fetch_wait_ms`` on the worker consumer.
 """
 
 from __future__ import annotations
@@ -31,16 +50,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from services.core.registry import load_registry
 from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Record
+from services.correlator.state import PersonStore
+from services.platform.kafka import consumer as plain_consumer
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
@@ -49,6 +74,17 @@ log = logging.getLogger("help.correlator")
 PARTITIONS = 8
 TABLE = "persons"
 EXIT_FATAL = 75
+#: A hole (a record the consumer skipped) is sought back at most this often per partition.
+RESEEK_AFTER_S = 1.0
+
+
+def changelog_topic(app_id: str) -> str:
+    """The person-state changelog (compacted, co-partitioned): Faust's own name for it."""
+    return f"{app_id}-{TABLE}-changelog"
+
+
+def source_topics() -> list[str]:
+    return [signal_topic(f) for f in Fund] + [CONSENTS_TOPIC, REPARTITION_TOPIC]
 
 
 @dataclass(frozen=True)
@@ -58,7 +94,6 @@ class Tuning:
     batch_wait_s: float = 0.02
     fetch_wait_ms: int = 20
     linger_ms: int = 5
-    commit_interval_s: float = 1.0
 
 
 _FETCH_WAIT_MS: list[int] = [1500]
@@ -87,16 +122,92 @@ def build_engine(settings: Settings) -> Engine:
     return Engine(ctx, registry, partitions=PARTITIONS)
 
 
+class Positions:
+    """Per source partition, the next offset the agent must process.
+
+    Set from the group's committed offset (or the partition's first offset) when a
+    partition is first seen after an assignment, advanced record by record, forgotten on
+    revocation. Faust only delivers; this decides what is new, what is a re-read and what
+    is a hole."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self.assigned: set[TP] = set()
+        self.next: dict[TP, int] = {}
+        self._sought: dict[TP, tuple[int, float]] = {}
+
+    async def start_of(self, tps: set[TP]) -> None:
+        """Fetch where processing resumes for newly seen partitions (the committed offset)."""
+        # Faust's consumer runs aiokafka in its own service thread: ask it there.
+        thread: Any = self.app.consumer._thread  # type: ignore[attr-defined]
+        aio = thread._ensure_consumer()
+        found: dict[TP, int] = {}
+        for tp in tps:
+            offset = await thread.call_thread(aio.committed, TopicPartition(tp.topic, tp.partition))
+            if offset is not None and offset >= 0:
+                found[tp] = int(offset)
+        missing = [TopicPartition(tp.topic, tp.partition) for tp in tps if tp not in found]
+        if missing:  # nothing committed yet: auto_offset_reset is "earliest"
+            first = await thread.call_thread(aio.beginning_offsets, missing)
+            for atp, offset in first.items():
+                found[TP(atp.topic, atp.partition)] = int(offset)
+        self.next.update(found)
+
+    async def select(self, events: Sequence[Any]) -> list[Any]:
+        """The messages of ``events`` to process now, in order; seeks back over holes."""
+        fresh = {e.message.tp for e in events} & self.assigned
+        fresh -= self.next.keys()
+        if fresh:
+            await self.start_of(fresh)
+        chosen = []
+        holes: dict[TP, int] = {}
+        for event in events:
+            message = event.message
+            tp = message.tp
+            if tp not in self.assigned or tp in holes:
+                continue  # not ours any more, or after a hole in this batch
+            expected = self.next[tp]
+            if message.offset < expected:
+                continue  # read again (a seek, a rebalance): already processed
+            if message.offset > expected:
+                holes[tp] = expected  # the consumer skipped records: never jump over them
+                continue
+            self.next[tp] = expected + 1
+            self._sought.pop(tp, None)
+            chosen.append(message)
+        now = time.monotonic()
+        for tp, offset in holes.items():
+            last = self._sought.get(tp)
+            if last is None or last[0] != offset or now - last[1] > RESEEK_AFTER_S:
+                log.warning("correlator: %s:%d skipped to a later offset, reading again from %d",
+                            tp.topic, tp.partition, offset)
+                self._sought[tp] = (offset, now)
+                await self.app.consumer.seek(tp, offset)
+        return chosen
+
+    def assign(self, tps: set[TP]) -> None:
+        self.assigned = set(tps)
+
+    def revoke(self, tps: set[TP]) -> None:
+        self.assigned -= tps
+        for tp in tps:
+            self.next.pop(tp, None)
+            self._sought.pop(tp, None)
+
+
 def make_app(settings: Settings, bootstrap: str, tuning: Tuning = Tuning()) -> faust.App:
     """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
     engine = build_engine(settings)
     _FETCH_WAIT_MS[0] = tuning.fetch_wait_ms
     _patch_fetch_wait()
     session_s = settings.session_timeout_ms / 1000
+    datadir = settings.var_dir / "correlator" / tuning.app_id  # not the current directory
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         tuning.app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=str(datadir),
         processing_guarantee="at_least_once",
         web_enabled=False,
         web_tables_enabled=False,
@@ -106,7 +217,6 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = Tuning()) -> f
         producer_linger_ms=tuning.linger_ms,
         producer_acks=-1,
         producer_max_batch_size=256 * 1024,
-        broker_commit_interval=tuning.commit_interval_s,
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(0.3, session_s / 4),
         broker_request_timeout=max(settings.request_timeout_ms / 1000, session_s + 5),
@@ -114,46 +224,79 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = Tuning()) -> f
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=2000,
         stream_buffer_maxsize=max(4096, tuning.batch_max * 2),
+        # Revocation waits on our own lock (below), not on Faust's count of unacked messages.
         stream_wait_empty=False,
         key_serializer="raw",
         value_serializer="raw",
     )
-    # Table values are raw JSON bytes (the app-wide serializers are "raw"): Faust has no
-    # pydantic support, so the engine validates every value it reads.
-    table = app.Table(TABLE, default=None, partitions=PARTITIONS, key_type=bytes, value_type=bytes)
-    names = [signal_topic(f) for f in Fund] + [CONSENTS_TOPIC, REPARTITION_TOPIC]
-    source = app.topic(*names, key_type=bytes, value_type=bytes,
+    names = source_topics()
+    # acks=False: Faust never commits these topics; the agent commits what it processed.
+    source = app.topic(*names, key_type=bytes, value_type=bytes, acks=False,
                        key_serializer="raw", value_serializer="raw")
-    store: Any = None
-    changelog = table.changelog_topic.get_topic_name()
+    changelog = changelog_topic(tuning.app_id)
+    store = PersonStore(changelog)
+    positions = Positions(app)
+    lock = asyncio.Lock()
 
-    def load(key: bytes) -> bytes | None:
-        value = store.get(key) if store is not None else None
-        return value if isinstance(value, bytes) else None
+    async def send_acked(topic: str, key: bytes, value: bytes | None, partition: int) -> int:
+        future = await app.producer.send(topic, key, value, partition, None, None)
+        return int((await future).offset)
+
+    def loader() -> AIOKafkaConsumer:
+        return plain_consumer(settings, bootstrap, client_id=f"{tuning.app_id}-state-loader")
+
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0]
+        async with lock:  # after the batch in progress, before the next one
+            ours = {tp for tp in revoked if tp.topic in names}
+            positions.revoke(ours)
+            still = {tp.partition for tp in positions.assigned}
+            store.drop({tp.partition for tp in ours} - still)
+
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned: set[TP] = args[0]
+        async with lock:
+            positions.assign({tp for tp in assigned if tp.topic in names})
+
+    # (mode's signal stubs do not accept a coroutine function with *args: cast.)
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
+
+    async def handle(events: Sequence[Any]) -> None:
+        messages = await positions.select(events)
+        if not messages:
+            return
+        await store.load({m.partition for m in messages}, send_acked, loader)
+        records = [_record(m) for m in messages]
+        batch = engine.process(records, store.get)
+        send = app.producer.send
+        # State first, and durably: a situation event is only ever published for a state
+        # already on the changelog, so version N of a situation means one content forever.
+        pending = []
+        for key, (partition, value) in batch.writes.items():
+            store.put(key, partition, value)
+            pending.append(await send(changelog, key, value, partition, None, None))
+        if pending:
+            await asyncio.gather(*pending)
+        pending = [await send(out.topic, out.key, out.value, out.partition,
+                              out.timestamp_ms / 1000 if out.timestamp_ms else None,
+                              list(out.headers) or None)
+                   for out in batch.outputs]
+        if pending:
+            await asyncio.gather(*pending)
+        # Every effect is on the broker: commit exactly what was processed (not revoked:
+        # the rebalance waits for this lock, and Faust drops offsets of unassigned partitions).
+        done = {m.tp for m in messages}
+        consumer: Any = app.consumer  # Faust's own commit follows acks: give it the offsets
+        await consumer._commit({tp: positions.next[tp] for tp in done if tp in positions.next})
 
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:
-        nonlocal store
         async for events in stream.take_events(tuning.batch_max, within=tuning.batch_wait_s):
             try:
-                store = table.data
-                records = [_record(e.message) for e in events]
-                batch = engine.process(records, load)
-                send = app.producer.send
-                # State first, and durably: a situation event is only ever published for a
-                # state already on the changelog, so version N of a situation means one
-                # content forever, even if a crash reorders the records read after it.
-                written = []
-                for key, (partition, value) in batch.writes.items():
-                    table.data[key] = value
-                    written.append(await send(changelog, key, value, partition, None, None))
-                if written:
-                    await asyncio.gather(*written)
-                for out in batch.outputs:
-                    await send(out.topic, out.key, out.value, out.partition,
-                               out.timestamp_ms / 1000 if out.timestamp_ms else None,
-                               list(out.headers) or None)
-            except Exception:  # a bug or a broker failure: stop, commit nothing
+                async with lock:
+                    await handle(events)
+            except Exception:  # a bug or a broker failure: stop, commit nothing more
                 log.critical("correlator: unexpected failure, stopping without commit", exc_info=True)
                 logging.shutdown()
                 os._exit(EXIT_FATAL)

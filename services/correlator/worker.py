@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.correlator.app import PARTITIONS, Tuning, make_app
+from services.correlator.app import PARTITIONS, Tuning, changelog_topic, make_app
 from services.correlator.engine import REPARTITION_TOPIC
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
@@ -13,10 +13,13 @@ from services.platform.settings import Settings
 from services.platform.topics import TopicSpec
 
 
-def ensure_internal_topics(settings: Settings, bootstrap: str) -> None:
-    """The repartition topic is the correlator's own: created here, co-partitioned (8)."""
-    spec = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
-    asyncio.run(apply_topics(settings, bootstrap, [spec]))
+def ensure_internal_topics(settings: Settings, bootstrap: str, app_id: str) -> None:
+    """The correlator's own topics, co-partitioned (8): the repartition topic and the
+    person-state changelog (compacted: the latest state per person is all that counts)."""
+    specs = [TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"}),
+             TopicSpec(changelog_topic(app_id), "correlator", PARTITIONS, 1,
+                       {"cleanup.policy": "compact"})]
+    asyncio.run(apply_topics(settings, bootstrap, specs))
 
 
 def run_worker(settings: Settings, *, app_id: str = "help-correlator", batch_max: int = 1000,
@@ -24,7 +27,7 @@ def run_worker(settings: Settings, *, app_id: str = "help-correlator", batch_max
     import faust
 
     bootstrap = resolve_bootstrap(settings)
-    ensure_internal_topics(settings, bootstrap)
+    ensure_internal_topics(settings, bootstrap, app_id)
     tuning = Tuning(app_id=app_id, batch_max=batch_max, batch_wait_s=batch_wait_s,
                     fetch_wait_ms=fetch_wait_ms)
     app = make_app(settings, bootstrap, tuning)

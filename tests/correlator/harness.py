@@ -1,15 +1,18 @@
-"""Helpers for the correlator's integration tests: a worker subprocess, a publisher, a collector."""
+"""Helpers for the correlator's integration tests: worker subprocesses, a publisher, a collector,
+and scenarios (kill -9, rebalance) checked against an independent ground truth."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.types import Fund
+from services.correlator.engine import partition_for
 from services.platform.settings import Settings
-from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic
+from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
+from tests.correlator.factory import Funds, wire
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
@@ -68,6 +73,8 @@ class Collector:
     bootstrap: str
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by receipt_id
     receipt_count: int = 0
+    #: (topic, partition, offset) of every source record that got a receipt.
+    receipted: set[tuple[str, int, int]] = field(default_factory=set)
     deadletters: dict[str, dict[str, Any]] = field(default_factory=dict)
     situations: list[dict[str, Any]] = field(default_factory=list)
     tombstones: list[str] = field(default_factory=list)
@@ -110,10 +117,16 @@ class Collector:
                     d = json.loads(r.value)
                     self.receipt_count += 1
                     self.receipts[d["receipt_id"]] = d
+                    s = d["source"]
+                    self.receipted.add((s["topic"], s["partition"], s["offset"]))
 
-    async def until(self, cond: Callable[[Collector], bool], timeout: float = 60.0) -> None:
+    async def until(self, cond: Callable[[Collector], bool], timeout: float = 60.0,
+                    alive: Callable[[], bool] = lambda: True) -> None:
+        """Poll until ``cond``; fail after ``timeout`` or as soon as ``alive()`` turns false."""
         deadline = time.monotonic() + timeout
         while not cond(self):
+            if not alive():
+                raise AssertionError("a worker died while waiting")
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out: {len(self.receipts)} receipts, "
                                      f"{len(self.deadletters)} dead letters, "
@@ -136,3 +149,218 @@ class Collector:
         for sid in self.tombstones:
             latest.pop(sid, None)
         return latest
+
+
+# ----------------------------------------------------------------------------- scenarios
+# A run of signals against one or more workers that a script kills, stops and restarts,
+# checked at the end against a ground truth computed here, independently of the core.
+
+ANCHORS = {"difficulte_economique_declaree", "impaye_cotisations", "demande_action_sociale_urssaf",
+           "cessation_activite"}
+CATEGORIES = {
+    Fund.URSSAF: ["difficulte_economique_declaree", "impaye_cotisations", "taxations_office_repetees"],
+    Fund.CAF: ["impaye_loyer", "separation", "parent_isole"],
+    Fund.CPAM: ["non_recours_c2s_puma", "demande_aide_individuelle"],
+    Fund.CARSAT: ["passage_retraite_rupture_ressources", "exoneration_csg"],
+}
+
+
+def plan(seed: int, people: int, prefix: str) -> list[tuple[str, Fund, str, int]]:
+    """(person, fund, category, n): 1 to 4 signals a person, from random funds, shuffled."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(people):
+        for n in range(rnd.choice([1, 1, 2, 2, 3, 4])):
+            fund = rnd.choice(list(CATEGORIES))
+            out.append((f"{prefix}{i}", fund, rnd.choice(CATEGORIES[fund]), n))
+    rnd.shuffle(out)
+    return out
+
+
+def ground_truth(signals: list[tuple[str, Fund, str, int]], funds: Funds) -> dict[str, dict[str, Any]]:
+    """Expected final situation per pseudonym, from the rules as a reader of rules.yaml states them."""
+    by_person: dict[str, set[tuple[Fund, str]]] = defaultdict(set)
+    for person, fund, category, _ in signals:
+        by_person[person].add((fund, category))
+    truth = {}
+    for person, cats in by_person.items():
+        involved = {f for f, _ in cats}
+        if len(involved) < 2:
+            continue
+        rules = {"situation_partagee"}
+        if any(f is Fund.URSSAF and c in ANCHORS for f, c in cats):
+            rules.add("help_travailleur_independant")
+        truth[funds.pseudonym(person)] = {"funds": {f.value for f in involved},
+                                          "categories": {(f.value, c) for f, c in cats},
+                                          "rules": rules}
+    return truth
+
+
+@dataclass
+class Workers:
+    """Named correlator worker processes of one consumer group, each with its own log."""
+
+    settings: Settings
+    app_id: str
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+    def start(self, name: str) -> None:
+        self.procs[name] = start_worker(self.settings, self.app_id, self.log_dir / f"worker-{name}.log")
+        self.events.append(f"start {name}")
+
+    def kill(self, name: str) -> None:
+        stop(self.procs.pop(name), kill=True)  # kill -9: no commit, no flush
+        self.events.append(f"kill -9 {name}")
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        stop(proc)  # SIGTERM: Faust leaves the group, the others rebalance
+        self.events.append(f"stop {name} (exit {proc.returncode})")
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def logs(self, limit: int = 3000) -> str:
+        text = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-limit:]}"
+                         for p in sorted(self.log_dir.glob("worker-*.log")))
+        return text.replace("\x1b[?25l", "").replace("\x1b[?25h", "").replace("\x08", "")
+
+
+async def poll_for(collector: Collector, seconds: float) -> None:
+    """Keep reading outputs for ``seconds`` (the collector must not fall behind)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await collector.poll()
+
+
+Script = Callable[[Workers, Collector, random.Random], Awaitable[None]]
+
+
+@dataclass
+class ScenarioResult:
+    signals: int
+    replays: int
+    seconds: float
+    events: list[str]
+
+
+async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, people: int, rate: float,
+                       seed: int, app_id: str, wait_s: float = 150.0) -> ScenarioResult:
+    """Publish ``people``'s signals at ``rate``/s (then ~20 genuine replays) while ``script``
+    starts, kills and stops workers; then check, against the ground truth: every record got
+    a receipt, every original accepted and every replay refused as ``doublon``; the latest
+    version of each situation is exactly the expected one, none missing, none extra; one
+    situation per person; an event id always means the same bytes; no signal accepted twice."""
+    started = time.monotonic()
+    funds = Funds()
+    funds.write_registry(settings.key_dir)
+    signals = plan(seed, people, f"{app_id}-")
+    messages = [funds.signal(p, f, c, n=n) for p, f, c, n in signals]
+    replays = [messages[i] for i in range(0, len(messages), max(1, len(messages) // 20))]
+
+    def item(m: dict[str, Any]) -> tuple[str, bytes, bytes, int]:
+        value = m["pseudonym"]["value"]
+        return signal_topic(Fund(m["fund"])), value.encode(), wire(m), partition_for(value, 8)
+
+    items = [item(m) for m in messages]
+    bootstrap = settings.bootstrap_servers or ""
+    positions: list[tuple[str, int, int]] = []
+    replay_positions: list[tuple[str, int, int]] = []
+
+    async def producer() -> None:
+        chunk = max(1, int(rate / 10))
+        for i in range(0, len(items), chunk):
+            positions.extend(await publish(bootstrap, items[i:i + chunk]))
+            await asyncio.sleep(0.1)
+        replay_positions.extend(await publish(bootstrap, [item(m) for m in replays]))
+
+    collector = Collector(bootstrap)
+    await collector.start()
+    workers = Workers(settings, app_id, tmp_path)
+    publishing = asyncio.create_task(producer())
+    try:
+        await script(workers, collector, random.Random(seed))
+        await publishing
+        wanted = set(positions) | set(replay_positions)
+        try:
+            await collector.until(lambda c: wanted <= c.receipted, timeout=wait_s, alive=workers.alive)
+        except AssertionError as exc:
+            missing = sorted(wanted - collector.receipted)
+            raise AssertionError(f"{exc}: {len(missing)} receipts missing, e.g. {missing[:10]}; "
+                                 f"{workers.events}\n{workers.logs()}") from None
+        assert workers.alive(), workers.logs()
+        await poll_for(collector, 1.0)  # anything sent late would show up as a difference below
+    finally:
+        workers.stop_all()
+        publishing.cancel()
+        await collector.stop()
+
+    wanted_replays = set(replay_positions)
+    receipts = {(r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]): r
+                for r in collector.receipts.values()}
+    receipts = {pos: r for pos, r in receipts.items() if pos in wanted}
+    # Every original signal accepted (a redelivery after a kill is not a duplicate)...
+    bad = [r for pos, r in receipts.items() if pos not in wanted_replays and r["status"] != "accepte"]
+    assert bad == [], bad[:3]
+    # ...every genuine replay refused as a duplicate, and no signal accepted at two positions.
+    assert {receipts[p]["reason"] for p in wanted_replays} == {"doublon"}
+    accepted_at: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
+    for pos, r in receipts.items():
+        if r["status"] == "accepte":
+            accepted_at[r["signal_id"]].add(pos)
+    assert len(accepted_at) == len(messages)
+    assert all(len(where) == 1 for where in accepted_at.values())
+    # Situations: the latest version of each equals the ground truth; none missing, none extra.
+    truth = ground_truth(signals, funds)
+    mine = {funds.pseudonym(p) for p, *_ in signals}
+    ours = {v["pseudonym"]["value"]: v for v in collector.latest_situations().values()
+            if v["pseudonym"]["value"] in mine}
+    assert set(ours) == set(truth), (len(set(truth) - set(ours)), len(set(ours) - set(truth)))
+    wrong = []
+    for pseudo, want in truth.items():
+        got = ours[pseudo]
+        if (set(got["funds"]) != want["funds"]
+                or {(c["fund"], c["code"]) for c in got["categories"]} != want["categories"]
+                or set(got["rules"]) != want["rules"] or got["kind"] not in ("ouverte", "mise_a_jour")):
+            wrong.append((pseudo, want, got))
+    assert wrong == [], f"{len(wrong)} situations differ from the ground truth, e.g. {wrong[:1]}"
+    # None doubled: one situation per person, and an event id always means the same bytes.
+    by_id: dict[str, str] = {}
+    for ev in collector.situations:
+        text = json.dumps(ev, sort_keys=True)
+        assert by_id.setdefault(ev["event_id"], text) == text, ev["event_id"]
+    per_person = defaultdict(set)
+    for ev in collector.situations:
+        per_person[ev["pseudonym"]["value"]].add(ev["situation_id"])
+    assert all(len(ids) == 1 for ids in per_person.values())
+    return ScenarioResult(len(messages), len(replays), time.monotonic() - started, workers.events)
+
+
+def kill_9_script(kills: int, low: float = 4.0, high: float = 9.0) -> Script:
+    """One worker, killed with SIGKILL at random moments and restarted at once, ``kills`` times."""
+    async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
+        workers.start("a")
+        for _ in range(kills):
+            await poll_for(collector, rnd.uniform(low, high))
+            workers.kill("a")
+            workers.start("a")
+    return script
+
+
+def rebalance_script(stop_after: float, restart_after: float) -> Script:
+    """Two workers share the partitions; one is stopped mid-run (its partitions move to the
+    other), then started again (they are shared again)."""
+    async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
+        workers.start("a")
+        workers.start("b")
+        await poll_for(collector, stop_after)
+        workers.stop("b")
+        await poll_for(collector, restart_after)
+        workers.start("b")
+    return script

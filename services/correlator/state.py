@@ -1,0 +1,118 @@
+"""Person state for the correlator worker: in memory, one changelog topic, rebuilt exactly.
+
+Why not a Faust ``Table``: Faust's table recovery reads a changelog partition up to the
+*reported* end offset minus one and then declares the table ready. The embedded broker
+(Tansu 0.6) reports as end offset the base offset of the last record batch + 1, not the true
+end (probe: ten records acknowledged at offsets 0-9 in one batch, end offset reported: 1),
+so a restarted worker recovered the state without the tail of the changelog — the last
+state writes before the crash. A signal read again after the restart then met a state that
+had forgotten an earlier signal of the same person: a category went missing from the
+situation. Waiting for an empty fetch (what ``producer.sdk.read_to_end`` does) is only a
+heuristic; this store does not depend on end offsets at all:
+
+- to load a partition, write a *fence* record (a tombstone under a reserved key) to the
+  changelog partition, wait for its acknowledgement, which gives its offset ``F``, and read
+  the partition from the beginning until the position is past ``F``. Every state write
+  acknowledged before the fence (every write of the previous owner of the partition: it
+  acknowledges them before it commits or gives the partition up) is at an offset below
+  ``F``, on Tansu as on Apache Kafka, whatever either reports as end offset;
+- a partition is loaded by the agent itself, before it processes the first record of that
+  partition, and dropped when the partition is revoked, so a state is never read stale.
+
+Values are the engine's JSON bytes, re-validated by the engine on every read. Fence records
+(key starting with NUL, value null) never collide with a person key (``key_id/value``, text)
+and are compacted away like any tombstone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger("help.correlator.state")
+
+FENCE_KEY = b"\x00fence"
+
+#: Sends (topic, key, value, partition) and returns the offset the broker gave the record.
+SendAcked = Callable[[str, bytes, bytes | None, int], Awaitable[int]]
+
+
+class StoreLoadError(RuntimeError):
+    """The changelog could not be read to the fence in time: the worker must stop."""
+
+
+class PersonStore:
+    """Person key -> state JSON, for the changelog partitions this worker has loaded."""
+
+    def __init__(self, changelog: str) -> None:
+        self.changelog = changelog
+        self._values: dict[bytes, bytes] = {}
+        self._partition_of: dict[bytes, int] = {}
+        self.loaded: set[int] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._values.get(key)
+
+    def put(self, key: bytes, partition: int, value: bytes | None) -> None:
+        if value is None:
+            self._values.pop(key, None)
+            self._partition_of.pop(key, None)
+        else:
+            self._values[key] = value
+            self._partition_of[key] = partition
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions (revoked): reloaded from the changelog if they come back."""
+        gone = set(partitions) & self.loaded
+        if not gone:
+            return
+        for key in [k for k, p in self._partition_of.items() if p in gone]:
+            del self._values[key]
+            del self._partition_of[key]
+        self.loaded -= gone
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    async def load(self, partitions: Iterable[int], send_acked: SendAcked,
+                   make_consumer: Callable[[], AIOKafkaConsumer], *, limit_s: float = 300.0) -> int:
+        """Rebuild ``partitions`` from the changelog, exactly (see the module docstring).
+
+        Returns the number of changelog records read."""
+        wanted = sorted(set(partitions) - self.loaded)
+        if not wanted:
+            return 0
+        fences = {p: await send_acked(self.changelog, FENCE_KEY, None, p) for p in wanted}
+        tps = {TopicPartition(self.changelog, p): f for p, f in fences.items()}
+        consumer = make_consumer()
+        await consumer.start()
+        read = 0
+        try:
+            consumer.assign(list(tps))
+            await consumer.seek_to_beginning(*tps)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit_s
+            pending = dict(tps)
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=200, max_records=10_000)
+                for tp, records in batch.items():
+                    for r in records:
+                        read += 1
+                        if r.key is None or r.key.startswith(b"\x00"):
+                            continue
+                        self.put(r.key, tp.partition, r.value)
+                for tp, fence in list(pending.items()):
+                    if await consumer.position(tp) > fence:
+                        del pending[tp]
+                if pending and loop.time() > deadline:
+                    raise StoreLoadError(f"changelog {self.changelog} not read to its fence within "
+                                         f"{limit_s:.0f} s: {sorted(tp.partition for tp in pending)}")
+        finally:
+            await consumer.stop()
+        self.loaded.update(wanted)
+        log.info("state: loaded changelog partitions %s (%d records, %d persons held)",
+                 wanted, read, len(self))
+        return read
