@@ -1,32 +1,118 @@
-"""`make bench`: run every benchmark of bench/ in turn, each in its own process, and print its figures.
+"""``make bench``: run every benchmark in turn, each in its own process on this machine, and
+write ``bench/report.json`` and ``bench/report.md`` from what they measured in this run.
 
-Each benchmark is a module runnable as ``python -m bench.<name>``; they measure, they do not
-assert: targets are printed beside the figures so a reader sees at once where we stand.
+Benchmarks measure, they do not assert: each target is printed beside its figure so that a
+reader sees at once where we stand. A benchmark that fails or prints no figures is reported
+as such, never filled in.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ORDER = ("producer", "correlator", "worklist", "ledger")
+from bench import MARKER
+
+ORDER = ("producer", "correlator", "scaling", "worklist", "ledger")
+HERE = Path(__file__).parent
+
+# (bench, figure key, label, unit, target, "min" if the figure must reach the target, "max" if stay under)
+ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
+    ("correlator", "raw_rate", "Consommation aiokafka brute des topics de signalements", "signaux/s", None, ""),
+    ("correlator", "full_rate", "Correlator, tous contrôles actifs", "signaux/s", 6000, "min"),
+    ("correlator", "ratio", "Rapport correlator / consommation brute", "", None, ""),
+    ("correlator", "latency_p50_ms", "Latence publication → situation à 2 000 signaux/s, p50", "ms", None, ""),
+    ("correlator", "latency_p99_ms", "Latence publication → situation à 2 000 signaux/s, p99", "ms", 500, "max"),
+    ("producer", "lines_per_s", "Producteur, fichier de 100 000 lignes de bout en bout", "lignes/s", 5000, "min"),
+    ("producer", "peak_rss_mib", "Producteur, mémoire maximale", "Mio", None, ""),
+    ("worklist", "total_s_10000", "Liste de travail, 10 000 situations (HTML + CSV)", "s", None, ""),
+    ("worklist", "total_s_100000", "Liste de travail, 100 000 situations (HTML + CSV)", "s", 10, "max"),
+    ("ledger", "append_per_s", "Journal d'audit, ajout", "entrées/s", 20000, "min"),
+    ("ledger", "verify_s", "Journal d'audit, vérification complète de 1 000 000 d'entrées", "s", 60, "max"),
+    ("scaling", "bytes_per_person", "Correlator, mémoire par personne active", "octets", None, ""),
+)
+
+
+def run(name: str) -> tuple[dict[str, Any] | None, int, float]:
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    figures = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(MARKER):
+            figures = json.loads(line[len(MARKER):])
+        else:
+            print(line, end="", flush=True)
+    return figures, proc.wait(), time.monotonic() - started
+
+
+def verdict(value: float, target: float | None, sense: str) -> str:
+    if target is None:
+        return ""
+    ok = value >= target if sense == "min" else value <= target
+    return ("atteint" if ok else "NON ATTEINT") + f" (cible {'≥' if sense == 'min' else '<'} {target:,.0f})"
+
+
+def write_report(results: dict[str, Any], path_md: Path, path_json: Path) -> None:
+    path_json.write_text(json.dumps(results, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    lines = [
+        "# help-exchange — rapport de performances",
+        "",
+        f"Mesuré le {results['measured_at']} sur {results['machine']}, en une seule exécution de `make bench` ;",
+        "chaque chiffre vient d'une mesure de cette exécution (aucun n'est recopié).",
+        "",
+        "| mesure | valeur | unité | objectif |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for bench, key, label, unit, target, sense in ROWS:
+        figures = results["benches"].get(bench, {}).get("figures") or {}
+        if key not in figures:
+            lines.append(f"| {label} | non mesuré | {unit} | |")
+            continue
+        value = figures[key]
+        shown = f"{value:,.3f}" if isinstance(value, float) and value < 10 else f"{value:,.0f}"
+        lines.append(f"| {label} | {shown} | {unit} | {verdict(float(value), target, sense)} |")
+    scaling = results["benches"].get("scaling", {}).get("figures") or {}
+    if scaling.get("runs"):
+        lines += ["", "## Croissance du correlator de 10 000 à 1 000 000 de signaux", "",
+                  "| signaux | personnes | durée (s) | débit (signaux/s) | mémoire max du worker (Mio) |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        for r in scaling["runs"]:
+            lines.append(f"| {r['signals']:,} | {r['persons']:,} | {r['seconds']:.1f} | {r['rate']:,.0f} | "
+                         f"{r['peak_rss_mib']:.0f} |")
+    lines += ["", "## Exécutions", "", "| benchmark | statut | durée |", "| --- | --- | ---: |"]
+    for name, info in results["benches"].items():
+        lines.append(f"| {name} | {'ok' if info['exit'] == 0 else 'échec, code ' + str(info['exit'])} | "
+                     f"{info['seconds']:.0f} s |")
+    path_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> int:
-    here = Path(__file__).parent
-    failures = 0
-    for name in ORDER:
-        if not (here / f"{name}.py").exists():
-            print(f"== bench.{name}: not written yet", flush=True)
+    only = sys.argv[1:] or list(ORDER)
+    results: dict[str, Any] = {
+        "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cœurs, Python {platform.python_version()}",
+        "benches": {},
+    }
+    for name in only:
+        if not (HERE / f"{name}.py").exists():
+            print(f"== bench.{name}: absent", flush=True)
             continue
         print(f"== bench.{name}", flush=True)
-        started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False)
-        print(f"== bench.{name}: exit {done.returncode} in {time.monotonic() - started:.0f} s", flush=True)
-        failures += done.returncode != 0
-    return 1 if failures else 0
+        figures, code, seconds = run(name)
+        print(f"== bench.{name}: exit {code} in {seconds:.0f} s", flush=True)
+        results["benches"][name] = {"exit": code, "seconds": seconds, "figures": figures}
+    write_report(results, HERE / "report.md", HERE / "report.json")
+    print(f"report: {HERE / 'report.md'}, {HERE / 'report.json'}")
+    return 0 if all(b["exit"] == 0 and b["figures"] for b in results["benches"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 The casebook records these through one small interface, :class:`AuditSink`. The default,
 :class:`SqlAuditSink`, writes ``casebook_access_log`` in the casebook database. The ledger
-service (its own issue) plugs in by providing ``services/ledger/casebook.py`` with a
-function ``audit_sink(settings, engine) -> AuditSink``; :func:`default_audit_sink` then
-sends every event to both (the ledger's tamper-evident log and the local table).
+service plugs in by providing ``services/ledger/casebook.py`` with a function
+``audit_sink(settings, engine) -> AuditSink``; :func:`default_audit_sink` then sends every
+event to both (the ledger's tamper-evident log and the local table) in ONE transaction:
+sinks whose ``record`` takes a ``connection`` keyword write in it, so the local row and
+the ledger entry commit together or not at all.
 An event carries no personal payload: the user, role, fund, purpose, case number and the
 situation's pseudonym (what the ledger keys entries on), never a category or a reference.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -54,21 +57,41 @@ class SqlAuditSink:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    def record(self, event: AccessEvent) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sa.insert(t.access_log).values(
-                at=event.at, user_id=event.user_id, role=event.role, fund=event.fund,
-                action=event.action, purpose=event.purpose, case_number=event.case_number,
-                detail=event.detail[:200]))
+    def record(self, event: AccessEvent, connection: sa.Connection | None = None) -> None:
+        if connection is None:
+            with self.engine.begin() as conn:
+                self.record(event, conn)
+            return
+        connection.execute(sa.insert(t.access_log).values(
+            at=event.at, user_id=event.user_id, role=event.role, fund=event.fund,
+            action=event.action, purpose=event.purpose, case_number=event.case_number,
+            detail=event.detail[:200]))
+
+
+def _takes_connection(sink: AuditSink) -> bool:
+    try:
+        return "connection" in inspect.signature(sink.record).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class FanOutAuditSink:
-    def __init__(self, sinks: Sequence[AuditSink]) -> None:
+    """Every sink gets the event; with ``engine``, those that take a connection share one
+    transaction (the others record on their own, after it commits)."""
+
+    def __init__(self, sinks: Sequence[AuditSink], engine: sa.Engine | None = None) -> None:
         self.sinks = tuple(sinks)
+        self.engine = engine
 
     def record(self, event: AccessEvent) -> None:
+        shared = [s for s in self.sinks if self.engine is not None and _takes_connection(s)]
+        if shared and self.engine is not None:
+            with self.engine.begin() as conn:
+                for sink in shared:
+                    sink.record(event, connection=conn)  # type: ignore[call-arg]
         for sink in self.sinks:
-            sink.record(event)
+            if sink not in shared:
+                sink.record(event)
 
 
 LEDGER_HOOK = "services.ledger.casebook"
@@ -83,7 +106,7 @@ def default_audit_sink(settings: Settings, engine: sa.Engine) -> AuditSink:
     if hook is None:
         return local
     ledger: AuditSink = hook(settings, engine)
-    return FanOutAuditSink([local, ledger])
+    return FanOutAuditSink([local, ledger], engine)
 
 
 def access_log(engine: sa.Engine) -> list[dict[str, object]]:

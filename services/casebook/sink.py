@@ -45,7 +45,9 @@ class Record:
     topic: str
     partition: int
     offset: int
-    value: bytes
+    #: None: a tombstone (compacted ``help.situations.v1``: forget the situation of ``key``)
+    value: bytes | None
+    key: bytes | None = None
 
 
 @dataclass
@@ -60,11 +62,23 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
     situations: list[SituationEvent] = []
     followups: list[FollowupEvent] = []
     consents: list[ConsentEvent] = []
+    # In topic order per partition: a tombstone after an event of its key deletes it, an
+    # event after a tombstone brings it back; applied in that order below.
+    steps: list[tuple[str, list[SituationEvent] | list[str]]] = []
     positions: dict[tuple[str, int], int] = {}
     skipped = 0
     for r in records:
         key = (r.topic, r.partition)
         positions[key] = max(positions.get(key, -1), r.offset)
+        if r.value is None:
+            if r.topic == SITUATIONS_TOPIC and r.key:
+                if situations:
+                    steps.append(("situations", situations))
+                    situations = []
+                steps.append(("tombstones", [r.key.decode("ascii", "replace")]))
+            else:
+                skipped += 1
+            continue
         try:
             if r.topic == SITUATIONS_TOPIC:
                 situations.append(parse(SituationEvent, r.value))
@@ -78,10 +92,16 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
                         exc.errors()[0].get("type", "invalid"))
     applied = store.Applied()
     try:
+        if situations:
+            steps.append(("situations", situations))
         with engine.begin() as conn:
-            applied.situations = store.apply_situations(conn, situations)
+            for kind, items in steps:
+                if kind == "situations":
+                    applied.situations += store.apply_situations(conn, items)  # type: ignore[arg-type]
+                else:
+                    applied.erased += store.apply_tombstones(conn, items)  # type: ignore[arg-type]
             applied.followups = store.apply_followups(conn, followups)
-            applied.erased = store.apply_consents(conn, consents)
+            applied.erased += store.apply_consents(conn, consents)
             store.store_offsets(conn, consumer_name, positions)
     except DBAPIError as exc:
         raise TransientError(f"the casebook database refused a batch: {exc.orig}",
@@ -138,7 +158,7 @@ class CasebookSink:
         try:
             while stop is None or not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=300, max_records=self.batch_max)
-                records = [Record(tp.topic, tp.partition, m.offset, m.value or b"")
+                records = [Record(tp.topic, tp.partition, m.offset, m.value, m.key)
                            for tp, messages in batches.items() for m in messages]
                 if records:
                     result = await asyncio.to_thread(apply_records, self.engine, self.consumer_name,

@@ -9,7 +9,12 @@ so the sink writes effects *and* offsets atomically. Effects are idempotent:
   assigned once, at first sight, and never changes;
 - a follow-up is inserted by ``event_id`` once;
 - an objection or a withdrawn consent erases the person's situations (found by pseudonym)
-  and their follow-ups, and remembers the erased ids so that a replay cannot bring them back.
+  and their follow-ups, and remembers the erased ids so that a replay cannot bring them back;
+  the objection itself is remembered under a one-way digest of the pseudonym
+  (:func:`objection_key`), so that after an erasure no casebook table holds the pseudonym
+  (only the ledger does, as shared/DOMAIN.md §2 asks);
+- a tombstone (a null value on the compacted ``help.situations.v1``, from the correlator's
+  erasure or a retention purge) deletes the situation and its follow-ups.
 
 The same code runs on SQLite and PostgreSQL (plain selects then inserts/updates, no
 dialect-specific upsert); a situation always comes on the same partition (its key is the
@@ -20,20 +25,30 @@ sequence, shared across partitions, is read ``FOR UPDATE`` on PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic_core import from_json
 
 from services.casebook import tables as t
 from services.casebook.model import Followup, Situation, aware, format_case_number
 from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, to_wire
+from services.core.signing import b64u
 
 CHUNK = 900  # SQLite's bound parameters per statement, with margin
 T = TypeVar("T")
 
 ERASING_KINDS = frozenset({"opposition", "consentement_retire"})
+
+
+def objection_key(pseudonym: str) -> str:
+    """What ``casebook_objections`` stores instead of the pseudonym: SHA-256 of it under a
+    fixed label, base64url (43 characters, the column's width). Enough to recognise the
+    person's later events; not the pseudonym the ledger and the correlator key on."""
+    return b64u(hashlib.sha256(b"help-exchange/casebook-objection/v1\x00" + pseudonym.encode()).digest())
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -83,12 +98,12 @@ def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> i
                           t.situations.c.opened_at, t.situations.c.reopened_at)
                 .where(t.situations.c.situation_id.in_(chunk))):
             existing[sid] = (version, aware(opened), aware(reopen) if reopen else None)
-    pseudonyms = sorted({e.pseudonym.value for e in best.values()})
+    keys = {objection_key(e.pseudonym.value): e.pseudonym.value for e in best.values()}
     objected: dict[str, dt.datetime] = {}
-    for chunk in _chunks(pseudonyms):
-        for p, at in conn.execute(sa.select(t.objections.c.pseudonym, t.objections.c.effective_at)
+    for chunk in _chunks(sorted(keys)):
+        for k, at in conn.execute(sa.select(t.objections.c.pseudonym, t.objections.c.effective_at)
                                   .where(t.objections.c.pseudonym.in_(chunk))):
-            objected[p] = aware(at)
+            objected[keys[k]] = aware(at)
 
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -247,14 +262,29 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
             conn.execute(sa.insert(t.erased_situations),
                          [{"situation_id": sid, "erased_at": e.effective_at} for sid in chunk])
         erased_count += len(ids)
+        k = objection_key(p)
         current = conn.execute(sa.select(t.objections.c.effective_at)
-                               .where(t.objections.c.pseudonym == p)).scalar_one_or_none()
+                               .where(t.objections.c.pseudonym == k)).scalar_one_or_none()
         if current is None:
-            conn.execute(sa.insert(t.objections).values(pseudonym=p, effective_at=e.effective_at))
+            conn.execute(sa.insert(t.objections).values(pseudonym=k, effective_at=e.effective_at))
         elif aware(current) < e.effective_at:
-            conn.execute(sa.update(t.objections).where(t.objections.c.pseudonym == p)
+            conn.execute(sa.update(t.objections).where(t.objections.c.pseudonym == k)
                          .values(effective_at=e.effective_at))
     return erased_count
+
+
+def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
+    """Delete the situations (and their follow-ups) a tombstone names; returns how many were
+    there. Not remembered as erased: a later event of the same id (the correlator's next
+    version, after a purge) starts the situation again, and a replay of the topic meets the
+    tombstone again after the events it follows (same key, same partition)."""
+    ids = sorted(set(situation_ids))
+    deleted = 0
+    for chunk in _chunks(ids):
+        conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
+        deleted += conn.execute(sa.delete(t.situations)
+                                .where(t.situations.c.situation_id.in_(chunk))).rowcount or 0
+    return deleted
 
 
 # ------------------------------------------------------------------------------- offsets
@@ -308,11 +338,12 @@ _F = t.followups
 
 def _cols(conn: sa.Connection, *cols: sa.Column[Any]) -> list[Any]:
     """On SQLite, read dates and timestamps as text and parse them with the C-speed
-    ``fromisoformat`` (SQLAlchemy's regex-based SQLite processor is 5x slower on 100,000 rows)."""
+    ``fromisoformat`` (SQLAlchemy's regex-based SQLite processor is 5x slower on 100,000 rows),
+    and JSON as text for :func:`_json` (PostgreSQL's driver decodes JSON itself)."""
     if conn.dialect.name != "sqlite":
         return list(cols)
-    return [sa.type_coerce(c, sa.String).label(c.name) if isinstance(c.type, (sa.DateTime, sa.Date)) else c
-            for c in cols]
+    return [sa.type_coerce(c, sa.String).label(c.name) if isinstance(c.type, (sa.DateTime, sa.Date, sa.JSON))
+            else c for c in cols]
 
 
 def _sit_cols(conn: sa.Connection) -> list[Any]:
@@ -341,12 +372,24 @@ def _date(v: Any) -> dt.date:
 
 def _time(v: Any) -> dt.datetime:
     if isinstance(v, str):
-        return aware(dt.datetime.fromisoformat(v))
+        # SQLite gives back the UTC wall time without an offset: a "Z" makes the parse itself
+        # return an aware datetime (``.replace(tzinfo=...)`` afterwards costs 5x the parse).
+        try:
+            return dt.datetime.fromisoformat(v + "Z")
+        except ValueError:  # already carries an offset
+            return aware(dt.datetime.fromisoformat(v))
     return aware(v)
 
 
+def _json(v: Any) -> Any:
+    """A JSON document as SQLite gives it (text), parsed by pydantic-core's Rust parser (a
+    dependency already), which also shares the repeated keys: 3x the speed of ``json.loads``
+    on the worklist's 100,000 details. PostgreSQL's driver hands over Python objects."""
+    return from_json(v, cache_strings="keys") if isinstance(v, str) else v
+
+
 def _situation(r: Sequence[Any]) -> Situation:
-    d = r[6]
+    d = _json(r[6])
     return Situation(r[0], r[1], r[2], r[3], r[4], r[5], tuple(d["funds"]), tuple(d["categories"]),
                      tuple(d["purposes"]), r[7], tuple(d["rules"]), tuple(d["refs"]), _date(r[8]), _date(r[9]),
                      _time(r[10]), _time(r[11]), _time(r[12]) if r[12] is not None else None)
@@ -357,8 +400,15 @@ def _followup(r: Sequence[Any]) -> Followup:
 
 
 def situations_opened_before(conn: sa.Connection, territory: str, end: dt.datetime) -> list[Situation]:
+    return list(iter_situations_opened_before(conn, territory, end))
+
+
+def iter_situations_opened_before(conn: sa.Connection, territory: str, end: dt.datetime) -> Iterator[Situation]:
+    """The same, one at a time: the worklist keeps only what it shows, not 100,000 situations.
+    Rows come from the driver a thousand at a time (``fetchmany``), not one call per row."""
     rows = conn.execute(sa.select(*_sit_cols(conn)).where(_S.c.territory == territory, _S.c.opened_at < end))
-    return [_situation(r) for r in rows]
+    for part in rows.partitions(1000):
+        yield from map(_situation, part)
 
 
 def followups_before(conn: sa.Connection, territory: str, end: dt.datetime) -> list[Followup]:
@@ -380,6 +430,15 @@ def followups_of(conn: sa.Connection, situation_id: str) -> list[Followup]:
     rows = conn.execute(sa.select(*_fu_cols(conn)).where(_F.c.situation_id == situation_id)
                         .order_by(_F.c.recorded_at, _F.c.event_id))
     return [_followup(r) for r in rows]
+
+
+def all_situations(conn: sa.Connection) -> list[Situation]:
+    """Every stored situation (the retention purge reads them all)."""
+    return [_situation(r) for r in conn.execute(sa.select(*_sit_cols(conn)))]
+
+
+def all_followups(conn: sa.Connection) -> list[Followup]:
+    return [_followup(r) for r in conn.execute(sa.select(*_fu_cols(conn)))]
 
 
 def count_rows(conn: sa.Connection, table: sa.Table) -> int:

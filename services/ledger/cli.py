@@ -49,6 +49,7 @@ def _write_json(document: dict[str, Any], out: Path | None) -> None:
 
 def register(cli: click.Group) -> None:
     cli.add_command(audit)
+    cli.add_command(purge)
 
 
 @click.group()
@@ -224,3 +225,90 @@ def audit_export(ctx: click.Context, period: str, fmt: str, out: Path) -> None:
     rows = (flat_row(i, data) for i, data in ledger.query(period=period_range(period)))
     count = export(rows, out, fmt)
     click.echo(f"{count} entries of {period} written to {out}")
+
+
+@audit.command("sink")
+@click.option("--until-idle", type=click.FloatRange(min=0.5), default=None,
+              help="Stop once no record came for this many seconds (caught up); default: run "
+                   "until Ctrl-C.")
+@click.option("--batch-max", type=click.IntRange(100, 100_000), default=5000, show_default=True,
+              help="Records per transaction at most.")
+@click.pass_context
+def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> None:
+    """Enter what happens on the topics in the ledger: receipts (signals accepted or rejected),
+    situation events and tombstones, follow-ups, consents and objections.
+
+    Idempotent (entry ids from the messages' ids; offsets stored with the entries): a
+    restart or a replay appends nothing twice. Signs a tree head each time it catches up.
+    """
+    import asyncio
+
+    from services.ledger.sink import AuditSink
+    from services.platform.broker import resolve_bootstrap
+
+    settings = _settings(ctx)
+    sink = AuditSink(settings, _ledger(ctx, sign=True), resolve_bootstrap(settings),
+                     batch_max=batch_max)
+    try:
+        totals = asyncio.run(sink.run(until_idle=until_idle))
+    except KeyboardInterrupt:
+        totals = sink.totals
+    click.echo(f"audit sink: {totals.records} records read, {totals.appended} entries appended, "
+               f"{totals.already_present} already present, {totals.skipped} unreadable; "
+               f"ledger size {sink.ledger.size()}")
+
+
+@click.command("purge")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--as-of", "as_of", default=None,
+              help="Apply the periods as on this day (AAAA-MM-JJ, UTC midnight); default now.")
+@click.pass_context
+def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
+    """Apply the retention periods (HELP_RETENTION_*: 6 months for signals never correlated,
+    12 after the last activity for situations, 18 after closing for closed cases).
+
+    Publishes a tombstone per removed situation on help.situations.v1 (every consumer
+    forgets it), deletes it and its follow-ups from the casebook and enters the run, with
+    its counts, in the ledger.
+    """
+    import asyncio
+    import datetime as dt
+
+    from services.casebook.config import load_casebook_settings
+    from services.casebook.db import open_store_engine
+    from services.ledger.purge import (
+        apply_purge,
+        correlation_window_days,
+        load_retention,
+        plan_purge,
+        publish_tombstones,
+    )
+
+    settings = _settings(ctx)
+    if as_of is None:
+        moment = dt.datetime.now(dt.UTC)
+    else:
+        try:
+            moment = dt.datetime.combine(dt.date.fromisoformat(as_of), dt.time(), dt.UTC)
+        except ValueError:
+            raise InputError(f"--as-of {as_of!r} is not a date", "give AAAA-MM-JJ") from None
+    engine = open_store_engine(settings.database_url)
+    try:
+        plan = plan_purge(engine, load_retention(), as_of=moment,
+                          close_after_months=load_casebook_settings().close_after_months,
+                          rules_window_days=correlation_window_days(settings))
+        if not dry_run and plan.situation_ids:
+            from services.platform.broker import resolve_bootstrap
+
+            asyncio.run(publish_tombstones(settings, resolve_bootstrap(settings),
+                                           plan.situation_ids))
+        if not dry_run:
+            ledger = Ledger(engine)
+            from services.ledger.tables import metadata
+
+            metadata.create_all(engine, checkfirst=True)
+            apply_purge(engine, ledger, plan)
+    finally:
+        engine.dispose()
+    for line in plan.lines(dry_run=dry_run):
+        click.echo(line)

@@ -61,6 +61,7 @@ class Action(StrEnum):
     LISTE_GENEREE = "liste_generee"
     LISTE_CONSULTEE = "liste_consultee"
     LISTE_EXPORTEE = "liste_exportee"
+    DOSSIER_CONSULTE = "dossier_consulte"
     REFERENCE_REVELEE = "reference_revelee"
     SUITE_ENREGISTREE = "suite_enregistree"
     CONSENTEMENT_DONNE = "consentement_donne"
@@ -85,6 +86,7 @@ _ACTION_LABELS: dict[Action, str] = {
     Action.LISTE_GENEREE: "Liste de travail générée",
     Action.LISTE_CONSULTEE: "Liste de travail consultée",
     Action.LISTE_EXPORTEE: "Liste de travail exportée",
+    Action.DOSSIER_CONSULTE: "Dossier consulté",
     Action.REFERENCE_REVELEE: "Référence de dossier révélée",
     Action.SUITE_ENREGISTREE: "Suite donnée enregistrée",
     Action.CONSENTEMENT_DONNE: "Consentement recueilli",

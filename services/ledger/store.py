@@ -62,6 +62,31 @@ GENESIS_CHAIN = bytes(32)
 _IN_CHUNK = 500
 
 
+def key64(text: str) -> int:
+    """The 64-bit signed integer digest under which a random text key is indexed (see
+    :mod:`services.ledger.tables`): BLAKE2b-64 of the text. Collisions only cost a second
+    comparison, on the text itself, which every lookup makes."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def lookup_key(kind: str, value: str) -> int:
+    """The auditor's index key of a case (``c``), pseudonym (``s``), actor (``a``) or action
+    (``x``)."""
+    return key64(f"{kind}\x00{value}")
+
+
+def lookup_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int]]:
+    """(key, seq) of the auditor's index for rows (seq, case_id, subject_value, actor, action)."""
+    for seq, case_id, subject, actor, action in rows:
+        seq = int(seq)
+        if case_id is not None:
+            yield lookup_key("c", case_id), seq
+        if subject is not None:
+            yield lookup_key("s", subject), seq
+        yield lookup_key("a", actor), seq
+        yield lookup_key("x", action), seq
+
+
 def chain_next(previous: bytes, leaf: bytes) -> bytes:
     """SHA-256(previous chain hash || leaf hash)."""
     return hashlib.sha256(previous + leaf).digest()
@@ -182,7 +207,8 @@ class Ledger:
         now: dt.datetime | None,
     ) -> AppendResult:
         state = _lock_state(conn)
-        present = _existing(conn, [entry.entry_id for entry, _ in batch])
+        id_keys = {entry.entry_id: key64(entry.entry_id) for entry, _ in batch}
+        present = _existing(conn, id_keys)
         index_of = {entry_id: seq for entry_id, (seq, _) in present.items()}
         size, compact, chain = state.tree_size, state.compact, state.last_chain
         rows: list[tuple[Any, ...]] = []
@@ -198,8 +224,8 @@ class Ledger:
             compact.append(leaf)
             subject = entry.subject
             rows.append((
-                size, entry.entry_id, entry.time_text, entry.actor, entry.action.value,
-                entry.case_id, subject.key_id if subject else None,
+                size, entry.entry_id, id_keys[entry.entry_id], entry.time_text, entry.actor,
+                entry.action.value, entry.case_id, subject.key_id if subject else None,
                 subject.value if subject else None, data, leaf, chain,
             ))
             index_of[entry.entry_id] = size
@@ -271,7 +297,7 @@ class Ledger:
         c = t.entries.c
         with self.engine.connect() as conn:
             row = conn.execute(select(c.seq, c.entry_id, c.entry, c.leaf_hash)
-                               .where(c.entry_id == entry_id)).first()
+                               .where(c.id_key == key64(entry_id), c.entry_id == entry_id)).first()
         if row is None:
             raise InputError(f"no entry {entry_id!r} in the ledger",
                              "give an entry id as `audit query` prints it (32 hex digits)")
@@ -308,9 +334,19 @@ class Ledger:
     ) -> Iterator[tuple[int, bytes]]:
         """Stored entries matching every filter given, as (index, canonical bytes).
 
-        ``period`` is a half-open range of timestamps' text, e.g. ("2026-11", "2026-12")."""
+        ``period`` is a half-open range of timestamps' text, e.g. ("2026-11", "2026-12").
+        The most selective of case, pseudonym, actor and action goes through the auditor's
+        index (brought up to date first, :meth:`index_pending`); every filter is then also
+        applied to the entry's own columns (a digest collision is not a match)."""
         c = t.entries.c
         query = select(c.seq, c.entry).order_by(c.seq)
+        via = next(((kind, value) for kind, value in (("c", case_id), ("s", pseudonym),
+                                                      ("a", actor), ("x", action))
+                    if value is not None), None)
+        if via is not None:
+            self.index_pending()
+            keyed = select(t.lookup.c.seq).where(t.lookup.c.lkey == lookup_key(*via))
+            query = query.where(c.seq.in_(keyed))
         if case_id is not None:
             query = query.where(c.case_id == case_id)
         if pseudonym is not None:
@@ -327,6 +363,26 @@ class Ledger:
             result = conn.execution_options(yield_per=5000).execute(query)
             for row in result:
                 yield int(row.seq), bytes(row.entry)
+
+    def index_pending(self, batch: int = 200_000) -> int:
+        """Add the entries appended since the last call to the auditor's index
+        (``ledger_lookup``), ``batch`` entries per transaction; returns how many."""
+        done = 0
+        c = t.entries.c
+        while True:
+            with self.engine.begin() as conn:
+                _lock_state(conn)
+                start = int(conn.execute(select(t.state.c.indexed_size)
+                                         .where(t.state.c.id == 1)).scalar_one())
+                rows = conn.execute(select(c.seq, c.case_id, c.subject_value, c.actor, c.action)
+                                    .where(c.seq >= start).order_by(c.seq).limit(batch)).all()
+                if not rows:
+                    return done
+                keys = sorted(lookup_rows(rows))
+                _insert_lookup(conn, keys)
+                conn.execute(update(t.state).where(t.state.c.id == 1)
+                             .values(indexed_size=int(rows[-1][0]) + 1))
+            done += len(rows)
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -393,12 +449,12 @@ def _lock_state(conn: Connection) -> _State:
                         .values(version=t.state.c.version + 1))
     if done.rowcount == 0:
         conn.execute(insert(t.state).values(id=1, tree_size=0, compact_range=b"",
-                                            last_chain=GENESIS_CHAIN, version=1))
+                                            last_chain=GENESIS_CHAIN, version=1, indexed_size=0))
     return _read_state(conn)
 
 
-_ENTRY_COLUMNS = ("seq", "entry_id", "time", "actor", "action", "case_id", "subject_key_id",
-                  "subject_value", "entry", "leaf_hash", "chain_hash")
+_ENTRY_COLUMNS = ("seq", "entry_id", "id_key", "time", "actor", "action", "case_id",
+                  "subject_key_id", "subject_value", "entry", "leaf_hash", "chain_hash")
 
 
 def _insert_entries(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -414,11 +470,24 @@ def _insert_entries(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.exec_driver_sql(statement, rows)
 
 
-def _existing(conn: Connection, entry_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+def _insert_lookup(conn: Connection, keys: list[tuple[int, int]]) -> None:
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    if mark is None:  # pragma: no cover - neither SQLite nor psycopg
+        conn.execute(insert(t.lookup), [{"lkey": k, "seq": s} for k, s in keys])
+        return
+    for start in range(0, len(keys), 50_000):
+        conn.exec_driver_sql(f"INSERT INTO {t.lookup.name} (lkey, seq) VALUES ({mark}, {mark})",
+                             keys[start:start + 50_000])
+
+
+def _existing(conn: Connection, id_keys: dict[str, int]) -> dict[str, tuple[int, bytes]]:
     c = t.entries.c
     found: dict[str, tuple[int, bytes]] = {}
-    for start in range(0, len(entry_ids), _IN_CHUNK):
-        chunk = entry_ids[start : start + _IN_CHUNK]
-        for row in conn.execute(select(c.entry_id, c.seq, c.entry).where(c.entry_id.in_(chunk))):
-            found[row.entry_id] = (int(row.seq), bytes(row.entry))
+    wanted = id_keys
+    keys = list(id_keys.values())
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        for row in conn.execute(select(c.entry_id, c.seq, c.entry).where(c.id_key.in_(chunk))):
+            if row.entry_id in wanted:  # a digest collision with another id is not a match
+                found[row.entry_id] = (int(row.seq), bytes(row.entry))
     return found

@@ -21,6 +21,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ from services.ledger import tables as t
 from services.ledger.entries import LedgerEntry, canonical_bytes
 from services.ledger.heads import SignedHead
 from services.ledger.merkle import CompactRange
-from services.ledger.store import GENESIS_CHAIN, head_from_row
+from services.ledger.store import GENESIS_CHAIN, head_from_row, key64, lookup_rows
 
 _MAX_PROBLEMS = 50
 
@@ -89,12 +91,13 @@ class Report:
 def _check_columns(columns: tuple[Any, ...], data: bytes, deep: bool) -> str | None:
     """None if the stored bytes are an entry that the query columns agree with.
 
-    ``columns`` = (entry_id, time, actor, action, case_id, subject_key_id, subject_value)."""
+    ``columns`` = (entry_id, id_key, time, actor, action, case_id, subject_key_id,
+    subject_value): the id's digest is checked too, since appends find ids through it."""
     try:
         doc = json.loads(data)
         subject = doc["subject"] or {}
-        signed = (doc["entry_id"], doc["time"], doc["actor"], doc["action"], doc["case_id"],
-                  subject.get("key_id"), subject.get("value"))
+        signed = (doc["entry_id"], key64(doc["entry_id"]), doc["time"], doc["actor"],
+                  doc["action"], doc["case_id"], subject.get("key_id"), subject.get("value"))
     except (ValueError, TypeError, KeyError, AttributeError):
         return "stored bytes are not a ledger entry"
     if signed != columns:
@@ -111,8 +114,21 @@ def _check_columns(columns: tuple[Any, ...], data: bytes, deep: bool) -> str | N
     return None
 
 
-_COLUMN_NAMES = ("entry_id", "time", "actor", "action", "case_id", "subject_key_id",
+_COLUMN_NAMES = ("entry_id", "id_key", "time", "actor", "action", "case_id", "subject_key_id",
                  "subject_value")
+_MASK = (1 << 64) - 1
+
+
+def _pair_digest(pairs: Iterable[tuple[int, int]]) -> int:
+    """A multiset digest of (key, seq) pairs: the sum of their BLAKE2b-64, modulo 2**64."""
+    blake, pack = hashlib.blake2b, _PAIR.pack
+    total = 0
+    for pair in pairs:
+        total += int.from_bytes(blake(pack(*pair), digest_size=8).digest(), "big")
+    return total & _MASK
+
+
+_PAIR = struct.Struct(">qq")
 
 
 def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
@@ -131,8 +147,11 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
     prev_chain = GENESIS_CHAIN
     sha = hashlib.sha256
     c = t.entries.c
-    query = select(c.seq, c.entry_id, c.time, c.actor, c.action, c.case_id, c.subject_key_id,
-                   c.subject_value, c.entry, c.leaf_hash, c.chain_hash).order_by(c.seq)
+    query = select(c.seq, c.entry_id, c.id_key, c.time, c.actor, c.action, c.case_id,
+                   c.subject_key_id, c.subject_value, c.entry, c.leaf_hash,
+                   c.chain_hash).order_by(c.seq)
+    indexed = int(state_row.indexed_size) if state_row is not None else 0
+    expected_lookup = 0
     expected = 0
     next_size = 0  # position in ``sizes`` of the next head to compare
     last_good_head = 0
@@ -151,6 +170,10 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                 why = _check_columns((entry_id, *columns), data, deep)
                 if why is not None:
                     report.add(Problem(why, seq, entry_id))
+            if seq < indexed:
+                _, _, actor, action, case_id, _, subject = columns
+                expected_lookup += _pair_digest(lookup_rows(((seq, case_id, subject, actor,
+                                                              action),)))
             if sha(prev_chain + stored_leaf).digest() != stored_chain:
                 report.add(Problem("out of place: its chain hash does not follow the previous "
                                    "entry (rows reordered, renumbered or removed before it)",
@@ -172,6 +195,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                                f"{acc.size} entries remain: entries from n° {acc.size} on were "
                                "deleted", acc.size, None))
     _check_state(state_row, acc, prev_chain, report)
+    _check_lookup(engine, expected_lookup & _MASK, indexed, report)
     report.heads_checked = len(heads)
     return report
 
@@ -202,6 +226,19 @@ def _check_heads_at(heads: list[SignedHead], root: bytes, last_good: int, report
                 "was rewritten together with its hashes",
                 last_good, None))
     return ok
+
+
+def _check_lookup(engine: Engine, expected: int, indexed: int, report: Report) -> None:
+    """The auditor's index holds exactly the rows of the first ``indexed`` entries."""
+    lk = t.lookup.c
+    with engine.connect() as conn:
+        rows = conn.execution_options(yield_per=50_000).execute(select(lk.lkey, lk.seq))
+        stored = _pair_digest((int(k), int(s)) for k, s in rows)
+    if stored != expected:
+        report.add(Problem(f"the auditor's index (ledger_lookup) does not match the first "
+                           f"{indexed} entries: rows were added, removed or changed by hand, so "
+                           "`audit query` could miss entries (rebuild it: delete its rows and "
+                           "set ledger_state.indexed_size to 0)"))
 
 
 def _check_state(state_row: Any, acc: CompactRange, chain: bytes, report: Report) -> None:

@@ -25,6 +25,7 @@ T = TypeVar("T")
 #: Modules that define a ``register(cli: click.Group)`` function, one per service.
 _SERVICE_CLIS = (
     "services.producer.cli",
+    "services.producer.consent_cli",
     "services.correlator.cli",
     "services.casebook.cli",
     "services.ledger.cli",

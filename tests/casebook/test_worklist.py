@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -20,8 +21,16 @@ from click.testing import CliRunner
 
 from services.casebook import store
 from services.casebook.model import Month, Situation
-from services.casebook.render import render, render_csv, render_html, safe_cell
-from services.casebook.worklist import build_worklist, load_worklist
+from services.casebook.render import CSV_HEADERS, csv_line, environment, render, render_csv, render_html, safe_cell
+from services.casebook.worklist import (
+    CaseView,
+    FollowupView,
+    FundView,
+    Labelled,
+    Worklist,
+    build_worklist,
+    load_worklist,
+)
 from services.core.taxonomy import SignalClass, Taxonomy, parse_taxonomy
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from tests.casebook import factory as F
@@ -294,3 +303,99 @@ def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path, ar
     assert message in output and "Traceback" not in output
     assert not out.exists()
     assert list(tmp_path.glob(".liste.csv.*")) == []
+
+
+# ------------------------------------------------------------------------------- fast paths
+# The two long HTML tables and the CSV lines are written without the template engine and
+# without csv.writer (for speed on 100,000 cases): they must stay byte for byte what the
+# autoescaped template and csv.writer write, whatever the values hold.
+REFERENCE_ROWS = """{% for c in wl.cases %}<tr>
+<td>{% if web %}<a href="/cases/{{ c.case_number }}">{{ c.case_number }}</a>{% else %}<strong>{{ c.case_number }}</strong>{% endif %}<br><span class="fr-text--sm">{{ c.status.label }}</span></td>
+<td><span class="fr-badge fr-badge--{{ c.priority.code }}">{{ c.priority.label }}</span>{% if c.rules %}<br><span class="fr-text--sm">Règles : {{ c.rules|join(", ") }}</span>{% endif %}</td>
+<td><span class="fr-badge fr-badge--info">{{ c.reason.label }}</span></td>
+<td>{% for cat in c.categories %}<span class="fr-tag">{{ cat.label }}</span>{% endfor %}</td>
+<td class="fr-text--sm">1<sup>er</sup> signal : {{ c.first_signal_on }}<br>Dernier : {{ c.last_signal_on }}<br>Ouvert : {{ c.opened_on }}<br>Mis à jour : {{ c.updated_on }}</td>
+<td class="fr-text--sm">{% for f in c.funds %}<strong>{{ f.fund.label }}</strong>{% if f.sealed_token %} <span class="fr-token">{{ f.sealed_token }}</span>{% endif %}<br>
+{% if f.recorded %}Données : {% for r in f.recorded %}{{ r.action.label }} — {{ r.outcome.label }} ({{ r.recorded_on }}){% if not loop.last %} ; {% endif %}{% endfor %}{% else %}<span class="fr-hint">Aucune suite encore : voir <a href="#suites-{{ f.fund.code }}">suites possibles {{ f.fund.label }}</a></span>{% endif %}<br>
+{% endfor %}</td>
+</tr>
+{% endfor %}</tbody>|{% for r in wl.reported %}<tr><td>{{ r.case_number }}</td><td>{{ r.fund.label }}</td><td>{{ r.action.label }}</td><td>{{ r.outcome.label }}</td><td>{{ r.recorded_on }}</td><td>{{ r.recorded_by }}</td></tr>
+{% endfor %}</tbody>"""  # noqa: E501 (the template's lines, verbatim)
+
+
+def hostile_worklist() -> Worklist:
+    """Markup, quotes, delimiters, line breaks and formula starts in every text a case holds."""
+    def lab(code: str, label: str) -> Labelled:
+        return Labelled(code + HOSTILE, label + HOSTILE)
+
+    def fu(n: int, fund: Labelled) -> FollowupView:
+        return FollowupView(f"35-2026-11-000{n}{HOSTILE}", fund, lab("fsl", "=FSL;x"), lab("propose", '"Proposé"\r\n'),
+                            f"25/11/2026{HOSTILE}", f"@agent{HOSTILE}")
+
+    caf, urssaf = lab("caf", "CAF"), lab("urssaf", "+Urssaf")
+    offers = (lab("fsl", "-FSL"), lab("ars", "Aide;sociale"))
+    cases = []
+    for n, recorded in ((1, True), (2, False)):
+        done = (fu(n, caf), fu(n, caf)) if recorded else ()
+        funds = (FundView(caf, f"scelle:caf-seal-1:{HOSTILE}{n}", offers, done),
+                 FundView(urssaf, None, (), ()), FundView(caf, "", offers, ()))
+        cases.append(CaseView(f"35-2026-11-000{n}{HOSTILE}", lab("nouvelle", "\tNouvelle"), lab("rouge", "Rouge"),
+                              ("multi_organismes", HOSTILE) if recorded else (), funds,
+                              (lab("impaye_loyer", FORMULA), lab("x", HOSTILE)), f"01/11/2026{HOSTILE}",
+                              f"=02/11/2026{HOSTILE}", f"03/11/2026{HOSTILE}", "04/11/2026", lab("ouvert", "Ouvert"),
+                              1))
+    reported = tuple(fu(n, caf) for n in (1, 2))
+    return Worklist(NOV, "35", None, dt.datetime(2026, 11, 30, tzinfo=UTC), tuple(cases), reported)
+
+
+@pytest.mark.parametrize("web", [False, True])
+def test_html_rows_are_what_the_autoescaped_template_writes(web: bool) -> None:
+    wl = hostile_worklist()
+    expected = environment().from_string(REFERENCE_ROWS).render(wl=wl, web=web)
+    cases, reported = expected.split("|")
+    context = {"user": None, "csrf_token": ""} if web else {}
+    html = render_html(wl, web=web, **context)
+    assert f"<tbody>\n{cases}" in html and f"<tbody>\n{reported}</table>" in html
+    assert "<script>" not in html and HOSTILE not in html and "<!--" not in html
+
+
+def test_html_without_reported_followups() -> None:
+    wl = dataclasses.replace(hostile_worklist(), reported=())
+    html = render_html(wl)
+    assert "Aucune suite rapportée ce mois-ci." in html and "<!--" not in html
+    assert environment().from_string(REFERENCE_ROWS).render(wl=wl, web=False).split("|")[0] in html
+
+
+def test_csv_lines_are_what_csv_writer_writes() -> None:
+    wl = hostile_worklist()
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(CSV_HEADERS)
+    for c in wl.cases:
+        done = " | ".join(f"{r.fund.label} : {r.action.label} — {r.outcome.label} ({r.recorded_on})"
+                          for f in c.funds for r in f.recorded)
+        offers = " | ".join(f"{f.fund.label} : " + ", ".join(o.label for o in f.offers) for f in c.funds)
+        tokens = " | ".join(f"{f.fund.label} : {f.sealed_token}" for f in c.funds if f.sealed_token)
+        writer.writerow([safe_cell(v) for v in (
+            c.case_number, c.priority.label, c.reason.label, c.status.label, ", ".join(f.fund.label for f in c.funds),
+            ", ".join(cat.label for cat in c.categories), ", ".join(c.rules), c.first_signal_on, c.last_signal_on,
+            c.opened_on, c.updated_on, offers, done, tokens)])
+    assert render_csv(wl) == ("\ufeff" + out.getvalue()).encode("utf-8")
+    rows = list(csv.reader(io.StringIO(render_csv(wl).decode("utf-8-sig")), delimiter=";"))
+    assert len(rows) == 3 and all(len(row) == len(CSV_HEADERS) for row in rows)
+
+
+@pytest.mark.parametrize("value", ["", "plain", "a;b", 'say "hi"', "line\nbreak", "cr\rhere", "\r\n", '"', ";",
+                                   " lead", "tab\tin", "é—ß", HOSTILE, FORMULA])
+def test_csv_field_quotes_as_csv_writer_does(value: str) -> None:
+    out = io.StringIO()
+    csv.writer(out, delimiter=";", lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).writerow([value, value, "x"])
+    assert csv_line([value, value, "x"]) == out.getvalue()
+
+
+def test_sqlite_text_is_read_back_as_written() -> None:
+    assert store._time("2026-11-01 10:00:00.000120") == dt.datetime(2026, 11, 1, 10, 0, 0, 120, tzinfo=UTC)
+    assert store._time("2026-11-01 10:00:00+02:00") == dt.datetime(2026, 11, 1, 8, tzinfo=UTC)
+    assert store._time("2026-11-01 10:00:00").tzinfo is not None
+    assert store._json('{"funds": ["caf"], "n": 1.5}') == {"funds": ["caf"], "n": 1.5}
+    assert store._json({"already": "decoded"}) == {"already": "decoded"}

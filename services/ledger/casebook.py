@@ -1,0 +1,133 @@
+"""The casebook's ledger hook: every worklist view or export, case view and follow-up as an entry.
+
+:func:`services.casebook.audit.default_audit_sink` imports this module and calls
+:func:`audit_sink`; the object returned receives each :class:`AccessEvent` the casebook
+records. The entry holds who (the user id, or ``casebook`` for a scheduled job), what (the
+action), why (purpose and legal basis), about which case (the situation id) and which
+person (the situation's pseudonym, read from the casebook's own row), how many cases a list
+held — and never a category, a reference or the text of the event's ``detail``.
+
+When the casebook passes its connection (``record(event, connection=conn)``), the entry is
+appended in that transaction: the access-log row and the ledger entry commit together or
+not at all. Otherwise the append opens its own transaction on the casebook's engine (the
+ledger lives in the casebook database). An append that fails raises, and the casebook then
+refuses the access (see :class:`~services.casebook.audit.AuditSink`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from services.core.messages import Pseudonym
+from services.errors import InputError
+from services.ledger import tables as lt
+from services.ledger.entries import (
+    LEDGER_ACTOR_PATTERN,
+    Action,
+    BaseLegale,
+    Finalite,
+    LedgerEntry,
+)
+from services.ledger.store import Ledger
+
+if TYPE_CHECKING:
+    from services.casebook.audit import AccessEvent
+    from services.platform.settings import Settings
+
+#: The casebook's access actions, as ledger actions. ``revelation`` is there for a casebook
+#: that reveals a sealed reference itself (today the fund does it offline, `reveal`).
+ACTIONS: dict[str, Action] = {
+    "generation_liste": Action.LISTE_GENEREE,
+    "consultation_liste": Action.LISTE_CONSULTEE,
+    "export": Action.LISTE_EXPORTEE,
+    "consultation_dossier": Action.DOSSIER_CONSULTE,
+    "suite_enregistree": Action.SUITE_ENREGISTREE,
+    "revelation": Action.REFERENCE_REVELEE,
+}
+_ACTOR = re.compile(LEDGER_ACTOR_PATTERN)
+_COUNT = re.compile(r"(\d+) dossiers?\b")
+_SITUATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def purpose_of(event: AccessEvent) -> Finalite:
+    """The event's purpose: a ledger purpose if it names one; an auditor's reading is a
+    control; the monthly review (``revue_mensuelle``) serves access to rights."""
+    try:
+        return Finalite(event.purpose)
+    except ValueError:
+        pass
+    return Finalite.CONTROLE if event.role == "auditeur" else Finalite.ACCES_AUX_DROITS
+
+
+def legal_basis_of(purpose: Finalite) -> BaseLegale:
+    if purpose in (Finalite.ACCES_AUX_DROITS, Finalite.PREVENTION_PERTE_AUTONOMIE):
+        return BaseLegale.L115_2_1
+    return BaseLegale.RGPD_6_1_C
+
+
+def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
+    """The ledger entry of one access event (a fresh id: every view is its own fact)."""
+    action = ACTIONS.get(event.action)
+    if action is None:
+        raise InputError(f"the casebook recorded an unknown access action {event.action!r}",
+                         "add it to services.ledger.casebook.ACTIONS")
+    if not _ACTOR.match(event.user_id):
+        raise InputError(f"the user id {event.user_id!r} cannot be written to the ledger",
+                         "user ids look like agent.caf-35.0042 (no name, no e-mail)")
+    purpose = purpose_of(event)
+    found = _COUNT.search(event.detail)
+    case_id = event.situation_id if event.situation_id and _SITUATION_ID.match(event.situation_id) \
+        else None
+    return LedgerEntry(
+        entry_id=uuid.uuid4().hex, time=event.at, actor=event.user_id, action=action,
+        purpose=purpose, legal_basis=legal_basis_of(purpose), case_id=case_id,
+        subject=subject, count=int(found.group(1)) if found else None,
+    )
+
+
+class LedgerAuditSink:
+    """Appends one ledger entry per access event (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def record(self, event: AccessEvent, connection: sa.Connection | None = None) -> None:
+        if connection is not None:
+            self._record(event, connection)
+            return
+        with self.ledger.engine.begin() as conn:
+            self._record(event, conn)
+
+    def _record(self, event: AccessEvent, conn: sa.Connection) -> None:
+        subject = _subject(conn, event)
+        self.ledger.append([entry_for(event, subject)], connection=conn)
+
+
+def _subject(conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:
+    """The situation's pseudonym (with its key id) from the casebook's own row."""
+    if not event.situation_id:
+        return None
+    from services.casebook import tables as ct
+
+    row = conn.execute(sa.select(ct.situations.c.pseudonym_key_id, ct.situations.c.pseudonym)
+                       .where(ct.situations.c.situation_id == event.situation_id)).first()
+    if row is None:
+        return None
+    if event.pseudonym is not None and event.pseudonym != row.pseudonym:
+        raise InputError("the access event names another person than its situation",
+                         "a casebook bug: the event and the situation disagree")
+    return Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
+
+
+def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
+    """The hook :func:`services.casebook.audit.default_audit_sink` looks for.
+
+    The ledger shares the casebook's database (and its engine); its tables are created if
+    missing. No signing key is needed to append (heads are signed by `audit head` and by
+    the audit sink service)."""
+    lt.metadata.create_all(engine, checkfirst=True)
+    return LedgerAuditSink(Ledger(engine))

@@ -1,0 +1,177 @@
+"""Retention: ``help-exchange purge`` removes what is kept longer than its period.
+
+Periods (environment variables ``HELP_RETENTION_*``, months; defaults from shared/DOMAIN.md
+§6, the Dutch early-signalling rules):
+
+``HELP_RETENTION_SIGNALS_MONTHS`` (6)
+    Signals never correlated. They live only in the correlator's window
+    (``fenetre_correlation_jours`` of schemas/rules.yaml, 90 days), which must stay under
+    this period: the purge checks it and says so; nothing else stores a signal.
+``HELP_RETENTION_SITUATIONS_MONTHS`` (12)
+    Situations, after their last activity (latest of: last signal, last event, last
+    follow-up), unless closed.
+``HELP_RETENTION_CLOSED_MONTHS`` (18)
+    Closed cases (closed by the correlator, or every involved fund has recorded its
+    outcome), after closing. A case that only went quiet (no signal for the casebook's
+    ``close_after_months``) is not "closed" in this sense: it follows the 12-month rule.
+
+What a run does, in this order (so that a crash anywhere loses nothing):
+
+1. lists the situations past their period (``--dry-run`` stops here and prints counts);
+2. publishes a tombstone for each (null value, key = situation id, header
+   ``help-origin: purge``) on the compacted ``help.situations.v1``: Kafka's compaction then
+   drops the situation's events, and every consumer forgets it (the casebook sink deletes
+   it; the audit sink enters a ``purge_conservation`` entry per case);
+3. deletes the situations and their follow-ups from the casebook and appends ONE ledger
+   entry ``purge_conservation`` with the count, in one transaction. Ledger entries are never
+   purged: they hold no personal payload (ARCHITECTURE decision 8).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import sqlalchemy as sa
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.casebook import store
+from services.casebook.model import Followup, Situation, closed_at, group_followups
+from services.errors import BrokerError, ConfigurationError
+from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+from services.ledger.sink import ORIGIN_HEADER, ORIGIN_PURGE
+from services.ledger.store import Ledger
+from services.platform import kafka
+from services.platform.settings import Settings
+from services.platform.topics import SITUATIONS_TOPIC
+
+Months = Annotated[int, Field(ge=1, le=240)]
+
+
+class RetentionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELP_RETENTION_", env_file=".env",
+                                      extra="ignore", frozen=True)
+
+    signals_months: Months = 6
+    situations_months: Months = 12
+    closed_months: Months = 18
+
+
+def load_retention(**overrides: object) -> RetentionSettings:
+    try:
+        return RetentionSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        name = str(exc.errors()[0]["loc"][0])
+        raise ConfigurationError(f"setting HELP_RETENTION_{name.upper()} is invalid: "
+                                 f"{exc.errors()[0]['msg']}",
+                                 "give a whole number of months between 1 and 240") from exc
+
+
+def months_before(moment: dt.datetime, months: int) -> dt.datetime:
+    """``moment`` minus whole months (day clamped to the month's last day)."""
+    total = moment.year * 12 + moment.month - 1 - months
+    year, month = divmod(total, 12)
+    month += 1
+    day = moment.day
+    while True:
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            day -= 1
+
+
+def last_activity(sit: Situation, followups: list[Followup]) -> dt.datetime:
+    moments = [sit.updated_at, dt.datetime.combine(sit.last_signal_on, dt.time(), dt.UTC)]
+    moments += [f.recorded_at for f in followups]
+    return max(moments)
+
+
+@dataclass
+class PurgePlan:
+    as_of: dt.datetime
+    inactive: list[str] = field(default_factory=list)  # situation ids, 12-month rule
+    closed: list[str] = field(default_factory=list)  # situation ids, 18-month rule
+    followups: int = 0
+    window_days: int | None = None
+    signals_months: int = 6
+
+    @property
+    def situation_ids(self) -> list[str]:
+        return sorted(self.inactive + self.closed)
+
+    def lines(self, *, dry_run: bool) -> list[str]:
+        verb = "à supprimer" if dry_run else "supprimé(e)s"
+        out = [f"Purge au {self.as_of:%Y-%m-%d %H:%M} UTC{' (simulation)' if dry_run else ''}",
+               f"  situations sans activité depuis la durée de conservation : {len(self.inactive)} {verb}",
+               f"  dossiers clôturés depuis la durée de conservation        : {len(self.closed)} {verb}",
+               f"  suites données de ces dossiers                           : {self.followups} {verb}"]
+        if self.window_days is not None:
+            ok = self.window_days <= self.signals_months * 30
+            out.append(f"  signalements non corrélés : conservés {self.window_days} jours au plus par "
+                       f"le corrélateur (schemas/rules.yaml) — "
+                       + ("sous" if ok else "AU-DELÀ de") + f" la limite de {self.signals_months} mois")
+        return out
+
+
+def plan_purge(engine: sa.Engine, retention: RetentionSettings, *, as_of: dt.datetime,
+               close_after_months: int, rules_window_days: int | None = None) -> PurgePlan:
+    """What a purge at ``as_of`` would remove (reads only)."""
+    plan = PurgePlan(as_of=as_of, window_days=rules_window_days,
+                     signals_months=retention.signals_months)
+    inactive_before = months_before(as_of, retention.situations_months)
+    closed_before = months_before(as_of, retention.closed_months)
+    with engine.connect() as conn:
+        situations = store.all_situations(conn)
+        by_situation = group_followups(store.all_followups(conn))
+    for sit in situations:
+        fus = by_situation.get(sit.situation_id, [])
+        closing = closed_at(sit, fus, close_after_months=close_after_months, as_of=as_of)
+        if closing is not None and closing[1] != "sans_nouveau_signal":
+            if closing[0] < closed_before:
+                plan.closed.append(sit.situation_id)
+                plan.followups += len(fus)
+        elif last_activity(sit, fus) < inactive_before:
+            plan.inactive.append(sit.situation_id)
+            plan.followups += len(fus)
+    return plan
+
+
+def correlation_window_days(settings: Settings) -> int | None:
+    try:
+        doc = yaml.safe_load((settings.schemas_dir / "rules.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    value = doc.get("fenetre_correlation_jours") if isinstance(doc, dict) else None
+    return int(value) if isinstance(value, int) else None
+
+
+async def publish_tombstones(settings: Settings, bootstrap: str, situation_ids: list[str]) -> None:
+    producer = kafka.producer(settings, bootstrap)
+    try:
+        await producer.start()
+        futures = [await producer.send(SITUATIONS_TOPIC, None, key=sid.encode("ascii"),
+                                       headers=[(ORIGIN_HEADER, ORIGIN_PURGE)])
+                   for sid in situation_ids]
+        for future in futures:
+            await future
+    except Exception as exc:  # aiokafka's errors and OSError alike: nothing was deleted yet
+        raise BrokerError(f"could not publish the purge's tombstones: {exc!r}",
+                          "nothing was deleted; start the broker and run the purge again") from exc
+    finally:
+        await producer.stop()
+
+
+def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan) -> int:
+    """Delete the plan's situations and follow-ups and enter the run in the ledger, atomically."""
+    ids = plan.situation_ids
+    entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
+                      purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
+                      time=plan.as_of, entry_id=uuid.uuid4().hex, count=len(ids))
+    with engine.begin() as conn:
+        removed = store.apply_tombstones(conn, ids)
+        ledger.append([entry], connection=conn)
+    return removed

@@ -1,0 +1,308 @@
+"""The audit sink: what happened on the exchange's topics, as ledger entries.
+
+``help-exchange audit sink`` reads every fund's receipts (``help.receipts.<fund>.v1``),
+``help.situations.v1``, ``help.followups.v1`` and ``help.consents.v1`` and appends:
+
+=====================================  =============================================  ===============
+record                                 entry                                          natural key
+=====================================  =============================================  ===============
+receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id        receipt id
+receipt ``rejete``                     ``signalement_rejete`` + reason                 receipt id
+situation event                        ``situation_ouverte`` / ``_mise_a_jour`` /      event id
+                                       ``_fermee`` / ``_rouverte``, case, pseudonym
+situation tombstone (null value)       ``effacement`` (or ``purge_conservation`` when   topic position
+                                       the purge sent it), case
+follow-up                              ``suite_enregistree``, actor = who recorded it  event id
+consent event (signature verified)     ``consentement_donne`` / ``_retire`` /          event id
+                                       ``opposition``, pseudonym
+=====================================  =============================================  ===============
+
+A receipt accepting a *consent* (no signal id) adds nothing: the consent itself is entered
+from its topic. A consent event whose signature does not verify against the key registry is
+not entered (the correlator rejects it too, and its rejection receipt is entered).
+
+Exactly once, whatever crashes where: entry ids are derived from the records' own ids
+(:func:`~services.ledger.entries.entry_id_for`) and every field from the record (never
+the clock), so a replay appends nothing; and the consumed offsets are stored in
+``ledger_offsets`` in the same transaction as the entries (tracking records). On start the
+sink seeks every partition to its stored offset + 1 — Kafka's group offsets are not used
+(there is no group: one sink per ledger, since appends are serialised anyway).
+
+"Caught up" is an empty fetch, not a comparison with the end offsets: the embedded broker
+(Tansu 0.6) reports a partition's end wrongly (see :func:`services.producer.sdk.read_to_end`).
+Each time it is caught up after appending, the sink brings the auditor's index up to date
+and signs a tree head. ``--until-idle S`` stops it after S seconds without a record (the
+demo and the tests use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from services.core import signing
+from services.core.messages import ConsentEvent, FollowupEvent, Receipt, SituationEvent, parse
+from services.core.registry import Registry, load_registry
+from services.core.types import Fund
+from services.errors import TransientError
+from services.ledger import tables as t
+from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, new_entry
+from services.ledger.store import Ledger
+from services.platform import kafka
+from services.platform.settings import Settings
+from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
+
+log = logging.getLogger("help_exchange.ledger.sink")
+
+CONSUMER = "help-audit-sink"
+#: Header a tombstone carries when the retention purge sent it (see services.ledger.purge).
+ORIGIN_HEADER = "help-origin"
+ORIGIN_PURGE = b"purge"
+
+_SITUATION_ACTIONS = {
+    "ouverte": Action.SITUATION_OUVERTE,
+    "mise_a_jour": Action.SITUATION_MISE_A_JOUR,
+    "fermee": Action.SITUATION_FERMEE,
+    "rouverte": Action.SITUATION_ROUVERTE,
+}
+_CONSENT_ACTIONS = {
+    "consentement_donne": (Action.CONSENTEMENT_DONNE, BaseLegale.CONSENTEMENT),
+    "consentement_retire": (Action.CONSENTEMENT_RETIRE, BaseLegale.CONSENTEMENT),
+    "opposition": (Action.OPPOSITION, BaseLegale.RGPD_21),
+}
+
+
+def sink_topics() -> list[str]:
+    return [*(receipt_topic(f) for f in Fund), SITUATIONS_TOPIC, FOLLOWUPS_TOPIC, CONSENTS_TOPIC]
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    appended: int = 0
+    already_present: int = 0
+    skipped: int = 0
+    tree_size: int = 0
+
+
+def _finalite(purpose: str) -> Finalite:
+    return Finalite(purpose)
+
+
+class EntryMaker:
+    """Turns records into ledger entries (pure but for the key registry, for consents)."""
+
+    def __init__(self, registry: Registry | None) -> None:
+        self.registry = registry
+
+    def entries(self, r: Record) -> list[LedgerEntry]:
+        """The entries of one record (empty if it is not one the ledger keeps); raises
+        ``ValueError`` (pydantic's ``ValidationError``) for a record that does not parse."""
+        if r.topic == SITUATIONS_TOPIC:
+            return [self._tombstone(r)] if r.value is None else [self._situation(r.value)]
+        if r.value is None:
+            return []
+        if r.topic == FOLLOWUPS_TOPIC:
+            f = parse(FollowupEvent, r.value)
+            return [new_entry(action=Action.SUITE_ENREGISTREE, actor=f.recorded_by,
+                              purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+                              time=f.recorded_at, natural_key=(f.event_id,), case_id=f.situation_id,
+                              ref=f.event_id)]
+        if r.topic == CONSENTS_TOPIC:
+            return self._consent(r.value)
+        return self._receipt(r.value)
+
+    def _receipt(self, value: bytes) -> list[LedgerEntry]:
+        rc = parse(Receipt, value)
+        if rc.status == "accepte":
+            if rc.signal_id is None:
+                return []  # a consent acknowledged: entered from help.consents.v1
+            action = Action.SIGNALEMENT_ACCEPTE
+        else:
+            action = Action.SIGNALEMENT_REJETE
+        return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
+                          legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
+                          natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason)]
+
+    def _situation(self, value: bytes) -> LedgerEntry:
+        s = parse(SituationEvent, value)
+        return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
+                         purpose=_finalite(s.purposes[0].value), legal_basis=BaseLegale.L115_2_1,
+                         time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
+                         subject=s.pseudonym, ref=s.event_id)
+
+    def _tombstone(self, r: Record) -> LedgerEntry:
+        case_id = (r.key or b"").decode("ascii", "replace")
+        at = dt.datetime.fromtimestamp(r.timestamp_ms / 1000, dt.UTC)
+        position = (r.topic, str(r.partition), str(r.offset))
+        if dict(r.headers).get(ORIGIN_HEADER) == ORIGIN_PURGE:
+            return new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
+                             purpose=Finalite.LIMITATION_CONSERVATION,
+                             legal_basis=BaseLegale.RGPD_6_1_C, time=at, natural_key=position,
+                             case_id=case_id, count=1)
+        return new_entry(action=Action.EFFACEMENT, actor="correlator",
+                         purpose=Finalite.EXERCICE_DES_DROITS, legal_basis=BaseLegale.RGPD_17,
+                         time=at, natural_key=position, case_id=case_id)
+
+    def _consent(self, value: bytes) -> list[LedgerEntry]:
+        c = parse(ConsentEvent, value)
+        if not self._verified(c.fund, value):
+            log.warning("consent event %s: signature not verified, not entered", c.event_id)
+            return []
+        action, basis = _CONSENT_ACTIONS[c.kind]
+        return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
+                          legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
+                          subject=c.pseudonym, ref=c.event_id)]
+
+    def _verified(self, fund: Fund, value: bytes) -> bool:
+        import json
+
+        if self.registry is None:
+            return False
+        obj = json.loads(value)
+        key_id = (obj.get("signature") or {}).get("key_id")
+        key = self.registry.signing_key(fund, key_id) if isinstance(key_id, str) else None
+        return key is not None and signing.verify(obj, key)
+
+
+def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
+                consumer: str = CONSUMER) -> BatchResult:
+    """Append the entries of ``records`` and store their offsets, in one transaction."""
+    result = BatchResult(records=len(records))
+    entries: list[LedgerEntry] = []
+    positions: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        positions[key] = max(positions.get(key, -1), r.offset)
+        try:
+            entries.extend(maker.entries(r))
+        except (ValidationError, ValueError, KeyError) as exc:
+            result.skipped += 1
+            log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, type(exc).__name__)
+    try:
+        with ledger.engine.begin() as conn:
+            done = ledger.append(entries, connection=conn)
+            store_offsets(conn, consumer, positions)
+    except sa.exc.OperationalError as exc:
+        raise TransientError(f"the ledger database refused a batch: {exc.orig}",
+                             "check that the database answers, then restart the audit sink") from exc
+    result.appended, result.already_present = done.appended, done.already_present
+    result.tree_size = done.tree_size
+    return result
+
+
+def load_offsets(conn: sa.Connection, consumer: str) -> dict[tuple[str, int], int]:
+    o = t.offsets.c
+    return {(topic, int(p)): int(off) for topic, p, off in conn.execute(
+        sa.select(o.topic, o.partition, o.offset).where(o.consumer == consumer))}
+
+
+def store_offsets(conn: sa.Connection, consumer: str, positions: dict[tuple[str, int], int]) -> None:
+    if not positions:
+        return
+    o = t.offsets
+    known = load_offsets(conn, consumer)
+    for (topic, partition), offset in positions.items():
+        if (topic, partition) not in known:
+            conn.execute(sa.insert(o).values(consumer=consumer, topic=topic, partition=partition,
+                                             offset=offset))
+        elif known[(topic, partition)] < offset:
+            conn.execute(sa.update(o).where(o.c.consumer == consumer, o.c.topic == topic,
+                                            o.c.partition == partition).values(offset=offset))
+
+
+@dataclass
+class AuditSink:
+    """Runs until ``stop`` is set, or until ``until_idle`` seconds pass without a record."""
+
+    settings: Settings
+    ledger: Ledger
+    bootstrap: str
+    consumer_name: str = CONSUMER
+    batch_max: int = 5000
+    totals: BatchResult = field(default_factory=BatchResult)
+
+    async def run(self, *, until_idle: float | None = None, stop: asyncio.Event | None = None,
+                  on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
+        from services.producer.keys import registry_path
+
+        path = registry_path(self.settings.key_dir)
+        maker = EntryMaker(load_registry(path) if path.exists() else None)
+        cons = kafka.consumer(self.settings, self.bootstrap, group_id=None,
+                              max_poll_records=self.batch_max, fetch_max_wait_ms=200)
+        await cons.start()
+        try:
+            await self._assign(cons)
+            idle_since = time.monotonic()
+            dirty = False
+            while stop is None or not stop.is_set():
+                batches = await cons.getmany(timeout_ms=300, max_records=self.batch_max)
+                records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp,
+                                  tuple(m.headers or ()))
+                           for tp, messages in batches.items() for m in messages]
+                if records:
+                    result = await asyncio.to_thread(apply_batch, self.ledger, maker, records,
+                                                     self.consumer_name)
+                    self._add(result)
+                    dirty = dirty or result.appended > 0
+                    idle_since = time.monotonic()
+                    if on_batch is not None:
+                        on_batch(result)
+                    continue
+                if dirty:  # caught up: an empty fetch
+                    await asyncio.to_thread(self._checkpoint)
+                    dirty = False
+                if until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                    break
+        finally:
+            await cons.stop()
+        return self.totals
+
+    def _checkpoint(self) -> None:
+        self.ledger.index_pending()
+        if self.ledger.signer is not None:
+            self.ledger.sign_head()
+
+    def _add(self, r: BatchResult) -> None:
+        self.totals.records += r.records
+        self.totals.appended += r.appended
+        self.totals.already_present += r.already_present
+        self.totals.skipped += r.skipped
+        self.totals.tree_size = r.tree_size
+
+    async def _assign(self, cons: AIOKafkaConsumer) -> None:
+        tps: list[TopicPartition] = []
+        for topic in sink_topics():
+            parts = cons.partitions_for_topic(topic)
+            if not parts:
+                await cons.force_metadata_update()
+                parts = cons.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        cons.assign(tps)
+        with self.ledger.engine.connect() as conn:
+            stored = load_offsets(conn, self.consumer_name)
+        for tp in tps:
+            last = stored.get((tp.topic, tp.partition))
+            if last is None:
+                await cons.seek_to_beginning(tp)
+            else:
+                cons.seek(tp, last + 1)

@@ -1,0 +1,221 @@
+"""Consent files, the casebook's ledger hook, retention periods and tombstones (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from services.casebook import store
+from services.casebook import tables as ct
+from services.casebook.audit import AccessEvent, access_log, default_audit_sink
+from services.casebook.db import open_store_engine
+from services.casebook.sink import Record, apply_records
+from services.core.messages import ConsentEvent, Signal, parse
+from services.core.registry import load_registry
+from services.core.signing import verify
+from services.core.types import Fund
+from services.errors import InputError
+from services.ledger.entries import Action, parse_entry
+from services.ledger.purge import RetentionSettings, apply_purge, plan_purge
+from services.ledger.store import Ledger
+from services.ledger.tables import metadata as ledger_metadata
+from services.platform.settings import Settings
+from services.platform.topics import SITUATIONS_TOPIC
+from services.producer.consent import consent_outbox_path, record_file
+from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
+from services.producer.outbox import Outbox
+from services.producer.sdk import SignalBuilder, SignalInput
+from tests.casebook import factory
+
+UTC = dt.UTC
+NIR = "1 55 05 35 006 084 36"  # born 1955 (not a real person's: a synthetic, valid key)
+
+
+def _valid_nir() -> str:
+    from stdnum.fr import nir as stdnum_nir
+
+    body = "1550535006084"
+    return body + stdnum_nir.calc_check_digits(body)
+
+
+def _keys(settings: Settings) -> None:
+    init_exchange_key(settings.key_dir)
+    init_fund_keys(settings.key_dir, Fund.CAF)
+
+
+def test_consent_file_is_pseudonymised_signed_and_reported(offline_settings: Settings,
+                                                           tmp_path: Path) -> None:
+    _keys(offline_settings)
+    nir = _valid_nir()
+    path = tmp_path / "consents.csv"
+    path.write_text(
+        "nir;reference_consentement;finalites;date_effet;departement\n"
+        f"{nir};HELP-2026-000123;acces_aux_droits,prevention_perte_autonomie;2026-01-04;35\n"
+        f"{nir[:-2]}00;HELP-2026-000124;acces_aux_droits;2026-01-04;35\n"   # bad NIR key
+        f"{nir};help 2026 texte;acces_aux_droits;2026-01-04;35\n"          # bad reference
+        f"{nir};HELP-2026-000125;soins_medicaux;2026-01-04;35\n"           # unknown purpose
+        f"{nir};HELP-2026-000126;acces_aux_droits;2999-01-04;35\n"         # future date
+        f"{nir};HELP-2026-000127;;2026-01-04;35\n",                        # consent needs a purpose
+        encoding="utf-8")
+    report = tmp_path / "rejets.csv"
+    summary = asyncio.run(record_file(offline_settings, Fund.CAF, "consentement_donne", path, report,
+                                      connect=False))
+    assert summary.read == 6 and summary.new == 1 and summary.exit_code == 1  # kept: no broker
+    assert {r.value: n for r, n in summary.rejected.items()} == {
+        "cle_nir_invalide": 1, "base_legale_invalide": 1, "finalite_non_autorisee": 2,
+        "date_future": 1}
+    text = report.read_text(encoding="utf-8-sig")
+    assert nir not in text and nir[:-2] not in text  # masked
+
+    with Outbox(consent_outbox_path(offline_settings.var_dir, Fund.CAF)) as box:
+        pending = box.pending(10)
+    assert len(pending) == 1
+    event = parse(ConsentEvent, pending[0].value)
+    assert nir.encode() not in pending[0].value
+    assert event.kind == "consentement_donne" and event.emitter == "caf-35"
+    assert event.effective_at == dt.datetime(2026, 1, 3, 23, 0, tzinfo=UTC)  # 00:00 Paris
+    # Signed by the fund's key, as the correlator checks it.
+    registry = load_registry(registry_path(offline_settings.key_dir))
+    key = registry.signing_key(Fund.CAF, event.signature.key_id)
+    assert key is not None and verify(json.loads(pending[0].value), key)
+    # The same pseudonym as a signal about the same NIR (key = pseudonym value).
+    row = SignalBuilder(offline_settings, Fund.CAF).build(SignalInput(
+        nir=nir, category="impaye_loyer", observed_on=dt.date.today() - dt.timedelta(days=3),
+        departement="35", reference="DOS-1"))
+    assert parse(Signal, row.value).pseudonym == event.pseudonym
+    assert pending[0].key == event.pseudonym.value.encode()
+
+    # A re-run adds nothing (deterministic ids).
+    again = asyncio.run(record_file(offline_settings, Fund.CAF, "consentement_donne", path, report,
+                                    connect=False))
+    assert again.new == 0 and again.already == 1
+
+
+def test_objection_takes_effect_when_recorded_and_covers_every_purpose(offline_settings: Settings,
+                                                                       tmp_path: Path) -> None:
+    _keys(offline_settings)
+    path = tmp_path / "oppositions.csv"
+    path.write_text(f"nir;reference_consentement;finalites;date_effet\n{_valid_nir()};OPP-2026-7;;\n",
+                    encoding="utf-8")
+    now = dt.datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    summary = asyncio.run(record_file(offline_settings, Fund.CAF, "opposition", path,
+                                      tmp_path / "r.csv", now=now, connect=False))
+    assert summary.new == 1 and not summary.rejected
+    with Outbox(consent_outbox_path(offline_settings.var_dir, Fund.CAF)) as box:
+        event = parse(ConsentEvent, box.pending(1)[0].value)
+    assert event.kind == "opposition" and event.effective_at == now
+    assert [p.value for p in event.purposes] == ["acces_aux_droits", "prevention_perte_autonomie"]
+    assert event.emitter == f"caf-{offline_settings.territory}"
+
+
+def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    sit = factory.situation(1)
+    with engine.begin() as conn:
+        store.apply_situations(conn, [sit])
+        case_number = conn.execute(sa.select(ct.situations.c.case_number)).scalar_one()
+    sink = default_audit_sink(offline_settings, engine)
+    sink.record(AccessEvent(user_id="agent.caf-35.0042", role="agent", fund="caf",
+                            action="consultation_dossier", case_number=case_number,
+                            situation_id=sit.situation_id, pseudonym=sit.pseudonym.value))
+    sink.record(AccessEvent(user_id="agent.caf-35.0042", role="agent", fund="caf", action="export",
+                            detail="csv 2026-11 : 12 dossiers"))
+    ledger = Ledger(engine)
+    entries = [parse_entry(data) for _, data in ledger.query(actor="agent.caf-35.0042")]
+    assert [e.action for e in entries] == [Action.DOSSIER_CONSULTE, Action.LISTE_EXPORTEE]
+    assert entries[0].subject == sit.pseudonym and entries[0].case_id == sit.situation_id
+    assert entries[1].count == 12 and entries[1].subject is None
+    assert len(access_log(engine)) == 2
+
+    # A user id the ledger cannot hold: the access is refused and nothing is written at all.
+    bad = AccessEvent(user_id="Jean Dupont", role="agent", fund="caf", action="export")
+    with pytest.raises(InputError, match="ledger"):
+        sink.record(bad)
+    assert len(access_log(engine)) == 2 and ledger.size() == 2
+    engine.dispose()
+
+
+def test_tombstone_deletes_the_situation_and_its_followups(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    sit = factory.situation(2)
+    fu = factory.followup(2, "caf", "aide_financiere_individuelle")
+    value = sit.model_dump_json().encode()
+    result = apply_records(engine, "t", [
+        Record(SITUATIONS_TOPIC, 0, 0, value, sit.situation_id.encode()),
+        Record("help.followups.v1", 0, 0, fu.model_dump_json().encode()),
+    ])
+    assert result.applied.situations == 1
+    result = apply_records(engine, "t", [Record(SITUATIONS_TOPIC, 0, 1, None, sit.situation_id.encode())])
+    assert result.applied.erased == 1 and result.skipped == 0
+    with engine.connect() as conn:
+        assert store.count_rows(conn, ct.situations) == 0
+        assert store.count_rows(conn, ct.followups) == 0
+    # Event then tombstone in one batch: the order of the topic is kept.
+    apply_records(engine, "t", [Record(SITUATIONS_TOPIC, 0, 2, value, sit.situation_id.encode()),
+                                Record(SITUATIONS_TOPIC, 0, 3, None, sit.situation_id.encode())])
+    with engine.connect() as conn:
+        assert store.count_rows(conn, ct.situations) == 0
+    engine.dispose()
+
+
+def test_objection_leaves_no_pseudonym_in_casebook_tables(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    sit = factory.situation(3, person="p3")
+    with engine.begin() as conn:
+        store.apply_situations(conn, [sit])
+        store.apply_consents(conn, [factory.objection("p3", effective_at=dt.datetime(2026, 11, 25, tzinfo=UTC))])
+        for table in ct.metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                assert sit.pseudonym.value not in repr(tuple(row)), table.name
+        # A replay of the situation does not bring it back.
+        store.apply_situations(conn, [sit])
+        assert store.count_rows(conn, ct.situations) == 0
+    engine.dispose()
+
+
+def test_purge_periods(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    ledger_metadata.create_all(engine)
+    as_of = dt.datetime(2028, 6, 1, tzinfo=UTC)
+    t = dt.datetime
+    sits = [
+        # 1: quiet 13 months (last activity 2027-05) -> 12-month rule: purged
+        factory.situation(10, occurred_at=t(2027, 4, 20, tzinfo=UTC), last_signal_on=dt.date(2027, 4, 20)),
+        # 2: quiet 11 months -> kept
+        factory.situation(11, occurred_at=t(2027, 7, 2, tzinfo=UTC), last_signal_on=dt.date(2027, 7, 1)),
+        # 3: closed by the correlator 19 months ago -> 18-month rule: purged
+        factory.situation(12, occurred_at=t(2026, 10, 20, tzinfo=UTC), kind="fermee",
+                          last_signal_on=dt.date(2026, 10, 1)),
+        # 4: closed by the correlator 14 months ago -> kept (closed cases: 18 months)
+        factory.situation(13, occurred_at=t(2027, 4, 1, tzinfo=UTC), kind="fermee",
+                          last_signal_on=dt.date(2027, 3, 1)),
+    ]
+    # 2 gets a recent follow-up: activity.
+    with engine.begin() as conn:
+        store.apply_situations(conn, sits)
+        store.apply_followups(conn, [factory.followup(10, "caf", "aide_financiere_individuelle",
+                                                      recorded_at=t(2027, 4, 25, tzinfo=UTC))])
+    plan = plan_purge(engine, RetentionSettings(), as_of=as_of, close_after_months=6, rules_window_days=90)
+    assert sorted(plan.inactive) == [sits[0].situation_id]
+    assert sorted(plan.closed) == [sits[2].situation_id]
+    assert plan.followups == 1
+    assert any("sous la limite de 6 mois" in line for line in plan.lines(dry_run=True))
+    # Shorter periods by setting.
+    short = plan_purge(engine, RetentionSettings(situations_months=6, closed_months=12), as_of=as_of,
+                       close_after_months=6)
+    assert len(short.inactive) == 2 and len(short.closed) == 2
+
+    ledger = Ledger(engine)
+    assert apply_purge(engine, ledger, plan) == 2
+    with engine.connect() as conn:
+        left = {s.situation_id for s in store.all_situations(conn)}
+        assert left == {sits[1].situation_id, sits[3].situation_id}
+        assert store.count_rows(conn, ct.followups) == 0
+    (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
+    assert entry.count == 2 and entry.subject is None and entry.case_id is None
+    engine.dispose()
