@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 NODE_DIR := tests/contract/asyncapi
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
-.PHONY: demo test lint bench venv clean help system-packages
+.PHONY: demo test soak lint bench venv clean help system-packages
 
 help:
 	@echo "make demo   run the main job end to end on the embedded broker + SQLite"
 	@echo "make test   every test: lint, typing, contract, unit, integration (real broker)"
-	@echo "make bench  the benchmarks in bench/, printing their figures"
+	@echo "make soak   the long runs (kill -9 soaks, fault injection at volume); CI runs them too"
+	@echo "make bench  the benchmarks in bench/: prints their figures, writes bench/report.md and .json"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +47,10 @@ lint: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP) system-packages lint
 	$(BIN)/pytest -q
+
+# Long runs, kept out of `make test` to keep it short; CI runs both.
+soak: $(STAMP) system-packages
+	$(BIN)/pytest -q tests/soak
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

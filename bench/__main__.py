@@ -54,11 +54,17 @@ def run(name: str) -> tuple[dict[str, Any] | None, int, float]:
     return figures, proc.wait(), time.monotonic() - started
 
 
+def fr(value: float, decimals: int = 0) -> str:
+    """A number as a French reader reads it: 12 345,6 (a comma would read as a decimal point)."""
+    text = f"{value:,.{decimals}f}"
+    return text.replace(",", "\u202f").replace(".", ",")
+
+
 def verdict(value: float, target: float | None, sense: str) -> str:
     if target is None:
         return ""
     ok = value >= target if sense == "min" else value <= target
-    return ("atteint" if ok else "NON ATTEINT") + f" (cible {'≥' if sense == 'min' else '<'} {target:,.0f})"
+    return ("atteint" if ok else "NON ATTEINT") + f" (cible {'≥' if sense == 'min' else '<'} {fr(target)})"
 
 
 def write_report(results: dict[str, Any], path_md: Path, path_json: Path) -> None:
@@ -78,20 +84,21 @@ def write_report(results: dict[str, Any], path_md: Path, path_json: Path) -> Non
             lines.append(f"| {label} | non mesuré | {unit} | |")
             continue
         value = figures[key]
-        shown = f"{value:,.3f}" if isinstance(value, float) and value < 10 else f"{value:,.0f}"
+        shown = fr(value, 3) if isinstance(value, float) and value < 10 else fr(value)
         lines.append(f"| {label} | {shown} | {unit} | {verdict(float(value), target, sense)} |")
     scaling = results["benches"].get("scaling", {}).get("figures") or {}
     if scaling.get("runs"):
         lines += ["", "## Croissance du correlator de 10 000 à 1 000 000 de signaux", "",
-                  "| signaux | personnes | durée (s) | débit (signaux/s) | mémoire max du worker (Mio) |",
-                  "| ---: | ---: | ---: | ---: | ---: |"]
+                  "| signaux | personnes | démarrage du worker (s) | durée totale (s) | débit (signaux/s) "
+                  "| mémoire max du worker (Mio) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in scaling["runs"]:
-            lines.append(f"| {r['signals']:,} | {r['persons']:,} | {r['seconds']:.1f} | {r['rate']:,.0f} | "
-                         f"{r['peak_rss_mib']:.0f} |")
+            lines.append(f"| {fr(r['signals'])} | {fr(r['persons'])} | {fr(r['startup_s'], 1)} | "
+                         f"{fr(r['seconds'], 1)} | {fr(r['rate'])} | {fr(r['peak_rss_mib'])} |")
     lines += ["", "## Exécutions", "", "| benchmark | statut | durée |", "| --- | --- | ---: |"]
     for name, info in results["benches"].items():
         lines.append(f"| {name} | {'ok' if info['exit'] == 0 else 'échec, code ' + str(info['exit'])} | "
-                     f"{info['seconds']:.0f} s |")
+                     f"{fr(info['seconds'])} s |")
     path_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

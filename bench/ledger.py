@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -93,6 +94,10 @@ def main() -> None:
         print(f"verify: {report.tree_size:,} entries, {report.heads_checked} signed heads: "
               f"{verify_s:.1f} s (target < 60 s) [{'OK' if verify_s < 60 else 'MISSED'}]")
         engine.dispose()
+    from bench import emit
+
+    emit("ledger", {"entries": args.entries, "append_per_s": rate, "append_s": append_s, "index_s": index_s,
+                    "verify_s": verify_s, "load_average": os.getloadavg()[0]})
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ def main() -> int:
     print(f"bench.producer: {args.lines} lines in {elapsed:.2f} s (process start included) = "
           f"{args.lines / elapsed:,.0f} lines/s; peak memory of the publishing process "
           f"{usage.ru_maxrss / 1024:.1f} MiB; exit status {code}")
+    from bench import emit
+
+    emit("producer", {"lines": args.lines, "seconds": elapsed, "lines_per_s": args.lines / elapsed,
+                      "peak_rss_mib": usage.ru_maxrss / 1024, "load_average": os.getloadavg()[0]})
     return 0 if code == 0 else 1
 
 

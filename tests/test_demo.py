@@ -40,6 +40,8 @@ def test_demo_exits_0_with_perfect_precision_and_recall(demo_run: DemoRun) -> No
     for fmt in ("html", "csv", "pdf"):
         assert list((root / "revue").glob(f"*.{fmt}")), fmt
     assert "0 fuite(s)" in done.stdout
+    head = re.search(r"tête signée : (\d+) entrées", done.stdout)
+    assert head and int(head.group(1)) > int(match.group(1))  # every receipt, and more, is in the ledger
 
 
 def test_the_privacy_scan_finds_planted_leaks(demo_run: DemoRun, tmp_path: Path) -> None:

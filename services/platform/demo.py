@@ -216,7 +216,11 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
         report.say(f"précision {precision:.3f}  rappel {recall:.3f}  "
                    f"({matched} situations identiques sur {len(expected)} attendues, {len(found)} trouvées)")
 
-        report.stage("7. Liste de travail de la revue mensuelle")
+        report.stage("7. Journal d'audit : ce qui est passé sur les topics")
+        _cli(settings, "audit", "sink", "--until-idle", "3")
+        report.say("accusés, situations, suites et consentements inscrits au journal (Merkle, RFC 9162)")
+
+        report.stage("8. Liste de travail de la revue mensuelle")
         exports = root / "revue"
         exports.mkdir()
         for fmt in ("html", "csv", "pdf"):
@@ -229,6 +233,13 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
                    "clair, catégorie médicale)")
         if leaks:
             raise HelpExchangeError(f"personal data found in the exports: {leaks[:5]}", "see the privacy scan")
+
+        report.stage("9. Vérification du journal d'audit")
+        verified = _cli(settings, "audit", "verify").strip().splitlines()
+        head = json.loads(_cli(settings, "audit", "head"))
+        report.say(f"`audit verify` : {verified[-1] if verified else 'ok'}")
+        report.say(f"tête signée : {head['tree_size']} entrées, racine {head['root_hash']}, "
+                   f"clé {head['signature']['key_id']}")
     finally:
         broker_proc.terminate()
         broker_proc.wait(timeout=10)
