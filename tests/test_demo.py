@@ -40,6 +40,9 @@ def test_demo_exits_0_with_perfect_precision_and_recall(demo_run: DemoRun) -> No
     for fmt in ("html", "csv", "pdf"):
         assert list((root / "revue").glob(f"*.{fmt}")), fmt
     assert "0 fuite(s)" in done.stdout
+    worklist = re.search(r"liste de travail : (\d+) dossiers, dont (\d+) identiques à la vérité terrain "
+                         r"\((\d+) attendus\)", done.stdout)
+    assert worklist and len({worklist.group(1), worklist.group(2), worklist.group(3)}) == 1, done.stdout[-2000:]
     head = re.search(r"tête signée : (\d+) entrées", done.stdout)
     assert head and int(head.group(1)) > int(match.group(1))  # every receipt, and more, is in the ledger
 

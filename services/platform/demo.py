@@ -223,11 +223,18 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
         report.stage("8. Liste de travail de la revue mensuelle")
         exports = root / "revue"
         exports.mkdir()
-        for fmt in ("html", "csv", "pdf"):
+        for fmt in ("html", "csv", "pdf", "json"):
             out = exports / f"revue-{TERRITORY}-{month}.{fmt}"
             _cli(settings, "worklist", "--month", month, "--territory", TERRITORY, "--format", fmt,
                  "--out", str(out), "--user", "secretaire.demo")
             report.say(f"{out} ({out.stat().st_size // 1024} Kio)")
+        worklist = json.loads((exports / f"revue-{TERRITORY}-{month}.json").read_text(encoding="utf-8"))
+        same = worklist_matches_truth(worklist["cases"], truth["situations"], secrets)
+        report.say(f"liste de travail : {len(worklist['cases'])} dossiers, dont {same} identiques à la vérité "
+                   f"terrain ({len(truth['situations'])} attendus)")
+        if same != len(truth["situations"]) or len(worklist["cases"]) != same:
+            raise HelpExchangeError("the worklist differs from the ground truth", f"compare {exports} with "
+                                    f"{extracts / 'verite_terrain.json'}")
         leaks = privacy_leaks(exports, extracts, settings)
         report.say(f"contrôle de confidentialité des exports : {len(leaks)} fuite(s) (NIR, référence en "
                    "clair, catégorie médicale)")
@@ -284,6 +291,35 @@ def _wait_casebook(settings: Settings, versions: dict[str, int], sink: subproces
         engine.dispose()
     raise HelpExchangeError("the casebook did not catch up with the situations in time",
                             f"read {settings.var_dir / 'casebook-sink.log'}")
+
+
+def worklist_matches_truth(cases: list[dict[str, Any]], expected: list[dict[str, Any]],
+                           secrets: dict[Fund, dict[str, bytes]]) -> int:
+    """How many worklist cases are exactly a ground-truth situation, one to one.
+
+    A case names each involved fund once, with one of its sealed references: opened with that
+    fund's own key, it must be one of the situation's references; funds, rules and priority
+    must be the situation's."""
+    from services.producer.seal import open_sealed
+
+    by_ref = {ref: i for i, sit in enumerate(expected) for ref in sit["references"]}
+    matched: set[int] = set()
+    for case in cases:
+        refs = []
+        for entry in case["funds"]:
+            _, key_id, value = entry["sealed_ref"].split(":", 2)
+            fund = Fund(entry["fund"])
+            refs.append(f"{fund.value}:{open_sealed(fund, secrets[fund], key_id, value)}")
+        candidates = {by_ref.get(ref) for ref in refs}
+        if len(candidates) != 1 or None in candidates:
+            continue
+        (index,) = candidates
+        assert index is not None
+        sit = expected[index]
+        if (sorted(f["fund"] for f in case["funds"]) == sit["organismes"] and sorted(case["rules"]) == sit["regles"]
+                and case["priority"] == sit["priorite"] and index not in matched):
+            matched.add(index)
+    return len(matched)
 
 
 NIR_LIKE = r"[1-478][0-9]{4}(?:[0-9]{2}|2A|2B)[0-9]{8}"
