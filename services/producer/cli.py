@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from services.core.types import Fund
-from services.errors import BrokerError
 from services.platform.settings import Settings
 
 FUND = click.option("--fund", required=True, type=click.Choice([f.value for f in Fund]),
@@ -173,24 +172,9 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def outbox_flush(ctx: click.Context, fund: str) -> None:
         """Send every signal waiting in the outbox (exit 1 if some could not be sent)."""
-        from services.producer.sdk import Publisher
+        from services.producer.sdk import Publisher, flush_outbox
 
-        settings = _settings(ctx)
-
-        async def run() -> tuple[int, int, str | None]:
-            pub = Publisher(settings, Fund(fund))
-            try:
-                if not await pub.connect():
-                    return 0, pub.outbox.status().pending, pub.offline_reason
-                try:
-                    await pub.flush()
-                except BrokerError as exc:
-                    return pub.sent_total, pub.outbox.status().pending, exc.what
-                return pub.sent_total, pub.outbox.status().pending, None
-            finally:
-                await pub.close()
-
-        sent, left, error = asyncio.run(run())
+        sent, left, error = asyncio.run(flush_outbox(Publisher(_settings(ctx), Fund(fund))))
         click.echo(f"boîte d'envoi {fund} : {sent} signalements publiés, {left} restant en attente")
         if error:
             click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)

@@ -87,25 +87,10 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def consent_flush(ctx: click.Context, fund: str) -> None:
         """Send the consent events waiting in the fund's consent outbox (exit 1 if some stay)."""
-        from services.errors import BrokerError
         from services.producer.consent import ConsentPublisher
+        from services.producer.sdk import flush_outbox
 
-        settings = _settings(ctx)
-
-        async def run() -> tuple[int, int, str | None]:
-            pub = ConsentPublisher(settings, Fund(fund))
-            try:
-                if not await pub.connect():
-                    return 0, pub.outbox.status().pending, pub.offline_reason
-                try:
-                    await pub.flush()
-                except BrokerError as exc:
-                    return pub.sent_total, pub.outbox.status().pending, exc.what
-                return pub.sent_total, pub.outbox.status().pending, None
-            finally:
-                await pub.close()
-
-        sent, left, error = asyncio.run(run())
+        sent, left, error = asyncio.run(flush_outbox(ConsentPublisher(_settings(ctx), Fund(fund))))
         click.echo(f"consentements {fund} : {sent} publiés, {left} restant en attente")
         if error:
             click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)

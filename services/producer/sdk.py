@@ -56,7 +56,7 @@ from services.core.types import (
     Purpose,
     format_timestamp,
 )
-from services.errors import BrokerUnreachable, HelpExchangeError, InputError
+from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, InputError
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs
@@ -553,3 +553,19 @@ class Publisher:
         result.already_known = built - result.staged
         result.sent = self.sent_total
         return result
+
+
+async def flush_outbox(pub: Publisher) -> tuple[int, int, str | None]:
+    """Send what waits in ``pub``'s outbox: (sent, still waiting, why the broker failed or None).
+
+    Always closes the publisher. Used by ``outbox flush`` and ``consent flush``."""
+    try:
+        if not await pub.connect():
+            return 0, pub.outbox.status().pending, pub.offline_reason
+        try:
+            await pub.flush()
+        except BrokerError as exc:
+            return pub.sent_total, pub.outbox.status().pending, exc.what
+        return pub.sent_total, pub.outbox.status().pending, None
+    finally:
+        await pub.close()
