@@ -104,7 +104,6 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
              user: str) -> None:
     """Write the month's worklist for the joint review (HTML, CSV, PDF or JSON)."""
     from services.casebook.audit import AccessEvent, default_audit_sink
-    from services.casebook.config import load_casebook_settings
     from services.casebook.db import open_store_engine
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
@@ -114,11 +113,10 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     check_territory(territory)
     fund_code = check_fund(fund).value if fund else None
     settings = _ctx_settings(ctx)
-    cb = load_casebook_settings()
     engine = open_store_engine(settings.database_url)
     try:
         wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
-                           close_after_months=cb.close_after_months)
+                           close_after_months=settings.casebook_close_after_months)
         data = render(wl, fmt)
         default_audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund_code, action="export",
@@ -185,10 +183,10 @@ def users_add(ctx: click.Context, user_id: str, role: str, territory: str, fund:
               password: str) -> None:
     """Add (or replace) a user of the web view."""
     from services.casebook.auth import UserFile
-    from services.casebook.config import load_casebook_settings
+    from services.casebook.config import users_path
 
     settings = _ctx_settings(ctx)
-    path = load_casebook_settings().users_path(settings)
+    path = users_path(settings)
     UserFile(path).add(user_id, role=role, territory=territory, fund=fund, secret=password)
     click.echo(f"user {user_id} ({role}) saved in {path}")
 

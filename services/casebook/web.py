@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.casebook import store
 from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
 from services.casebook.auth import Authenticator, FileAuthenticator, User
-from services.casebook.config import CasebookSettings, load_casebook_settings
+from services.casebook.config import session_secret, users_path
 from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.model import CASE_NUMBER, Month, Situation
@@ -58,14 +58,13 @@ TITLES = {400: "Demande invalide", 401: "Connexion requise", 403: "Action non au
           500: "Erreur interne"}
 
 
-def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None = None,
-               engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
-               audit: AuditSink | None = None, publish: bool = True) -> FastAPI:
-    cb = casebook_settings or load_casebook_settings()
+def create_app(settings: Settings, *, engine: sa.Engine | None = None,
+               authenticator: Authenticator | None = None, audit: AuditSink | None = None,
+               publish: bool = True) -> FastAPI:
     engine = engine or open_store_engine(settings.database_url)
-    auth: Authenticator = authenticator or FileAuthenticator(cb.users_path(settings))
+    auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
     sink = audit or default_audit_sink(settings, engine)
-    signer = URLSafeTimedSerializer(cb.secret(settings), salt="help-casebook-session")
+    signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
     taxonomy = settings.taxonomy
     labels = Labels(taxonomy)
 
@@ -81,14 +80,14 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
         if not raw:
             return {}
         try:
-            data = signer.loads(raw, max_age=cb.session_max_age_s)
+            data = signer.loads(raw, max_age=settings.casebook_session_max_age_s)
         except BadSignature:
             return {}
         return data if isinstance(data, dict) else {}
 
     def set_session(response: Response, data: dict[str, Any]) -> None:
-        response.set_cookie(COOKIE, signer.dumps(data), max_age=cb.session_max_age_s, httponly=True,
-                            samesite="strict", secure=cb.secure_cookies, path="/")
+        response.set_cookie(COOKIE, signer.dumps(data), max_age=settings.casebook_session_max_age_s, httponly=True,
+                            samesite="strict", secure=settings.casebook_secure_cookies, path="/")
 
     def current(request: Request) -> tuple[User, str]:
         data = session(request)
@@ -204,7 +203,7 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
         user, csrf = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=cb.close_after_months)
+                           close_after_months=settings.casebook_close_after_months)
         audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers")
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
@@ -214,7 +213,7 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
         user, _ = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=cb.close_after_months)
+                           close_after_months=settings.casebook_close_after_months)
         data = render(wl, format)
         audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers")
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
@@ -228,7 +227,7 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
         with engine.connect() as conn:
             fus = store.followups_of(conn, sit.situation_id)
         view = case_view(labels, sit, fus, reason=None, fund=user.view_fund,
-                         as_of=dt.datetime.now(dt.UTC), close_after_months=cb.close_after_months)
+                         as_of=dt.datetime.now(dt.UTC), close_after_months=settings.casebook_close_after_months)
         audit_event(user, "consultation_dossier", case_number=sit.case_number, situation_id=sit.situation_id,
                     pseudonym=sit.pseudonym)
         return _page("case.html", **ctx(user, csrf, c=view, territory=sit.territory, can_record=user.can_record,
@@ -248,7 +247,7 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
         view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
-                         close_after_months=cb.close_after_months)
+                         close_after_months=settings.casebook_close_after_months)
         return _page("followup.html", **ctx(user, csrf, c=view, funds=form_funds(user, sit), outcomes=outcomes(),
                                             selected_fund=user.fund))
 
@@ -269,7 +268,7 @@ def create_app(settings: Settings, *, casebook_settings: CasebookSettings | None
                                     outcome=outcome, user=user.user_id, territory=user.territory)
         except InputError as exc:
             view = case_view(labels, sit, [], reason=None, fund=user.view_fund,
-                             as_of=dt.datetime.now(dt.UTC), close_after_months=cb.close_after_months)
+                             as_of=dt.datetime.now(dt.UTC), close_after_months=settings.casebook_close_after_months)
             return _page("followup.html", 400, **ctx(user, csrf, c=view, funds=form_funds(user, sit),
                                                      outcomes=outcomes(), selected_fund=fund,
                                                      error=exc.one_line()))

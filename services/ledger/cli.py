@@ -274,12 +274,10 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     import asyncio
     import datetime as dt
 
-    from services.casebook.config import load_casebook_settings
     from services.casebook.db import open_store_engine
     from services.ledger.purge import (
         apply_purge,
         correlation_window_days,
-        load_retention,
         plan_purge,
         publish_tombstones,
     )
@@ -294,8 +292,7 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
             raise InputError(f"--as-of {as_of!r} is not a date", "give AAAA-MM-JJ") from None
     engine = open_store_engine(settings.database_url)
     try:
-        plan = plan_purge(engine, load_retention(), as_of=moment,
-                          close_after_months=load_casebook_settings().close_after_months,
+        plan = plan_purge(engine, settings, as_of=moment,
                           rules_window_days=correlation_window_days(settings))
         if not dry_run and plan.situation_ids:
             from services.platform.broker import resolve_bootstrap

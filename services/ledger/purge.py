@@ -1,19 +1,17 @@
 """Retention: ``help-exchange purge`` removes what is kept longer than its period.
 
 Periods (environment variables ``HELP_RETENTION_*``, months; defaults from shared/DOMAIN.md
-§6, the Dutch early-signalling rules):
+§6, the Dutch early-signalling rules), fields ``retention_*`` of
+:class:`services.platform.settings.Settings` where each is explained:
 
 ``HELP_RETENTION_SIGNALS_MONTHS`` (6)
-    Signals never correlated. They live only in the correlator's window
-    (``fenetre_correlation_jours`` of schemas/rules.yaml, 90 days), which must stay under
-    this period: the purge checks it and says so; nothing else stores a signal.
+    Signals never correlated (kept only in the correlator's window, checked against it).
 ``HELP_RETENTION_SITUATIONS_MONTHS`` (12)
-    Situations, after their last activity (latest of: last signal, last event, last
-    follow-up), unless closed.
+    Situations, after their last activity, unless closed.
 ``HELP_RETENTION_CLOSED_MONTHS`` (18)
-    Closed cases (closed by the correlator, or every involved fund has recorded its
-    outcome), after closing. A case that only went quiet (no signal for the casebook's
-    ``close_after_months``) is not "closed" in this sense: it follows the 12-month rule.
+    Closed cases, after closing. A case that only went quiet (no signal for
+    ``HELP_CASEBOOK_CLOSE_AFTER_MONTHS``) is not "closed" in this sense: it follows the
+    12-month rule.
 
 What a run does, in this order (so that a crash anywhere loses nothing):
 
@@ -32,43 +30,19 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated
 
 import sqlalchemy as sa
 import yaml
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.casebook import store
 from services.casebook.model import Followup, Situation, closed_at, group_followups
-from services.errors import BrokerError, ConfigurationError
+from services.errors import BrokerError
 from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
 from services.ledger.sink import ORIGIN_HEADER, ORIGIN_PURGE
 from services.ledger.store import Ledger
 from services.platform import kafka
 from services.platform.settings import Settings
 from services.platform.topics import SITUATIONS_TOPIC
-
-Months = Annotated[int, Field(ge=1, le=240)]
-
-
-class RetentionSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HELP_RETENTION_", env_file=".env",
-                                      extra="ignore", frozen=True)
-
-    signals_months: Months = 6
-    situations_months: Months = 12
-    closed_months: Months = 18
-
-
-def load_retention(**overrides: object) -> RetentionSettings:
-    try:
-        return RetentionSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        name = str(exc.errors()[0]["loc"][0])
-        raise ConfigurationError(f"setting HELP_RETENTION_{name.upper()} is invalid: "
-                                 f"{exc.errors()[0]['msg']}",
-                                 "give a whole number of months between 1 and 240") from exc
 
 
 def months_before(moment: dt.datetime, months: int) -> dt.datetime:
@@ -117,13 +91,15 @@ class PurgePlan:
         return out
 
 
-def plan_purge(engine: sa.Engine, retention: RetentionSettings, *, as_of: dt.datetime,
-               close_after_months: int, rules_window_days: int | None = None) -> PurgePlan:
-    """What a purge at ``as_of`` would remove (reads only)."""
+def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
+               rules_window_days: int | None = None) -> PurgePlan:
+    """What a purge at ``as_of`` would remove (reads only), with the settings' retention periods
+    and the casebook's ``casebook_close_after_months``."""
     plan = PurgePlan(as_of=as_of, window_days=rules_window_days,
-                     signals_months=retention.signals_months)
-    inactive_before = months_before(as_of, retention.situations_months)
-    closed_before = months_before(as_of, retention.closed_months)
+                     signals_months=settings.retention_signals_months)
+    inactive_before = months_before(as_of, settings.retention_situations_months)
+    closed_before = months_before(as_of, settings.retention_closed_months)
+    close_after_months = settings.casebook_close_after_months
     with engine.connect() as conn:
         situations = store.all_situations(conn)
         by_situation = group_followups(store.all_followups(conn))

@@ -18,7 +18,7 @@ import click
 
 from services import __version__
 from services.errors import HelpExchangeError
-from services.platform.settings import Settings, load_settings
+from services.platform.settings import SECRET_FIELDS, Settings, load_settings
 
 T = TypeVar("T")
 
@@ -191,7 +191,9 @@ def show_settings(ctx: click.Context) -> None:
     """Print the effective settings (HELP_* environment variables) and check the data files."""
     settings = settings_from(ctx)
     for name in Settings.model_fields:
-        click.echo(f"HELP_{name.upper():<24} {getattr(settings, name)}")
+        value = getattr(settings, name)
+        shown = "(set, not shown)" if name in SECRET_FIELDS and value is not None else value
+        click.echo(f"HELP_{name.upper():<28} {shown}")
     click.echo(f"taxonomy: {len(settings.taxonomy.categories)} categories; policy version {settings.policy.version}")
 
 

@@ -26,7 +26,23 @@ _HINTS = {
     "database_url": "use an SQLAlchemy URL such as sqlite:///var/casebook.db or postgresql+psycopg://user@host/db",
     "territory": "use a département code: 01-95, 2A, 2B or 971-976",
     "broker_port": "use a free TCP port number between 1024 and 65535",
+    "casebook_close_after_months": "give a whole number of months between 1 and 60",
+    "casebook_users_file": "give the path of the users file, or leave it unset for <var_dir>/users.json",
+    "casebook_session_secret": "use at least 32 random characters (python -c 'import secrets; "
+                               "print(secrets.token_urlsafe(48))'), or leave it unset for a key kept in "
+                               "<var_dir>/casebook-session.key",
+    "casebook_session_max_age_s": "give a number of seconds between 60 and 604800 (7 days)",
+    "casebook_secure_cookies": "use true (behind HTTPS) or false",
+    "retention_signals_months": "give a whole number of months between 1 and 240",
+    "retention_situations_months": "give a whole number of months between 1 and 240",
+    "retention_closed_months": "give a whole number of months between 1 and 240",
 }
+
+#: Settings whose value is never printed (``help-exchange settings``, error messages, repr).
+SECRET_FIELDS = frozenset({"casebook_session_secret"})
+
+#: A retention period, in whole months.
+Months = Annotated[int, Field(ge=1, le=240)]
 
 
 class Settings(BaseSettings):
@@ -53,6 +69,39 @@ class Settings(BaseSettings):
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
 
+    # ----------------------------------------------------------------- casebook (HELP_CASEBOOK_*)
+    # They tune the monthly review and its web view (services/casebook/).
+    casebook_close_after_months: Annotated[int, Field(ge=1, le=60)] = 6
+    """A situation closes by itself when no new signal arrived for that many whole months before
+    the month under review (it also closes as soon as every involved fund has recorded an
+    outcome). Six months mirrors the Dutch early-signalling purge of signals not acted on
+    (shared/DOMAIN.md §6)."""
+    casebook_users_file: Path | None = None
+    """The users of the web view, with scrypt-hashed secrets (``help-exchange users add``).
+    Unset: ``<var_dir>/users.json`` (services.casebook.config.users_path)."""
+    casebook_session_secret: Annotated[str | None, Field(min_length=32, repr=False)] = None
+    """Signs the session cookies of the web view. Unset: a random key generated once and kept in
+    ``<var_dir>/casebook-session.key`` (services.casebook.config.session_secret). Never printed."""
+    casebook_session_max_age_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
+    """Lifetime of a web-view session, in seconds (default 8 hours)."""
+    casebook_secure_cookies: bool = False
+    """Send the session cookie over HTTPS only: set it true behind HTTPS."""
+
+    # --------------------------------------------------------------- retention (HELP_RETENTION_*)
+    # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from shared/DOMAIN.md §6
+    # (the Dutch early-signalling rules).
+    retention_signals_months: Months = 6
+    """Signals never correlated. They live only in the correlator's window
+    (``fenetre_correlation_jours`` of schemas/rules.yaml, 90 days), which must stay under this
+    period: the purge checks it and says so; nothing else stores a signal."""
+    retention_situations_months: Months = 12
+    """Situations, after their last activity (latest of: last signal, last event, last
+    follow-up), unless closed."""
+    retention_closed_months: Months = 18
+    """Closed cases (closed by the correlator, or every involved fund has recorded its outcome),
+    after closing. A case that only went quiet (no signal for ``casebook_close_after_months``)
+    is not "closed" in this sense: it follows the situations' period."""
+
     @cached_property
     def taxonomy(self) -> Taxonomy:
         return load_taxonomy(self.schemas_dir / "taxonomy.yaml")
@@ -71,8 +120,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
-        given = first.get("input")
+        given = "<hidden>" if field in SECRET_FIELDS else repr(first.get("input"))
         raise ConfigurationError(
-            f"setting HELP_{field.upper()}={given!r} is invalid: {first['msg']}",
+            f"setting HELP_{field.upper()}={given} is invalid: {first['msg']}",
             _HINTS.get(field, f"fix or unset HELP_{field.upper()}"),
         ) from exc

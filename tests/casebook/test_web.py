@@ -14,9 +14,8 @@ from fastapi.testclient import TestClient
 from services.casebook import store
 from services.casebook.audit import access_log
 from services.casebook.auth import FileAuthenticator, UserFile, hash_secret, verify_secret
-from services.casebook.config import load_casebook_settings
 from services.casebook.web import create_app
-from services.platform.settings import Settings
+from services.platform.settings import Settings, load_settings
 from tests.casebook import factory as F
 
 SECRET = "un secret assez long"
@@ -38,8 +37,10 @@ def app_env(offline_settings: Settings, sqlite_engine: sa.Engine, tmp_path: Path
             F.situation(2, funds=("cpam", "carsat"), occurred_at=dt.datetime(2026, 11, 6, tzinfo=dt.UTC)),
             F.situation(3, funds=("caf", "urssaf"), territory="61"),
         ])
-    cb = load_casebook_settings(users_file=tmp_path / "users.json", session_secret="s" * 40)
-    app = create_app(offline_settings, casebook_settings=cb, engine=sqlite_engine,
+    settings = load_settings(var_dir=offline_settings.var_dir, key_dir=offline_settings.key_dir,
+                             database_url=offline_settings.database_url,
+                             casebook_users_file=tmp_path / "users.json", casebook_session_secret="s" * 40)
+    app = create_app(settings, engine=sqlite_engine,
                      authenticator=FileAuthenticator(tmp_path / "users.json"), publish=False)
     with TestClient(app, follow_redirects=False) as client:
         yield client

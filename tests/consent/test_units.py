@@ -21,10 +21,10 @@ from services.core.signing import verify
 from services.core.types import Fund
 from services.errors import InputError
 from services.ledger.entries import Action, parse_entry
-from services.ledger.purge import RetentionSettings, apply_purge, plan_purge
+from services.ledger.purge import apply_purge, plan_purge
 from services.ledger.store import Ledger
 from services.ledger.tables import metadata as ledger_metadata
-from services.platform.settings import Settings
+from services.platform.settings import Settings, load_settings
 from services.platform.topics import SITUATIONS_TOPIC
 from services.producer.consent import consent_outbox_path, record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
@@ -200,14 +200,14 @@ def test_purge_periods(offline_settings: Settings) -> None:
         store.apply_situations(conn, sits)
         store.apply_followups(conn, [factory.followup(10, "caf", "aide_financiere_individuelle",
                                                       recorded_at=t(2027, 4, 25, tzinfo=UTC))])
-    plan = plan_purge(engine, RetentionSettings(), as_of=as_of, close_after_months=6, rules_window_days=90)
+    plan = plan_purge(engine, offline_settings, as_of=as_of, rules_window_days=90)
     assert sorted(plan.inactive) == [sits[0].situation_id]
     assert sorted(plan.closed) == [sits[2].situation_id]
     assert plan.followups == 1
     assert any("sous la limite de 6 mois" in line for line in plan.lines(dry_run=True))
     # Shorter periods by setting.
-    short = plan_purge(engine, RetentionSettings(situations_months=6, closed_months=12), as_of=as_of,
-                       close_after_months=6)
+    short = plan_purge(engine, load_settings(retention_situations_months=6, retention_closed_months=12),
+                       as_of=as_of)
     assert len(short.inactive) == 2 and len(short.closed) == 2
 
     ledger = Ledger(engine)
