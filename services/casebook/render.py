@@ -26,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from services.casebook.model import paused_gc
-from services.casebook.worklist import CaseView, FollowupView, FundView, Worklist
+from services.casebook.worklist import CaseView, FollowupView, FundView, Labelled, Worklist
 from services.errors import InputError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -95,7 +95,7 @@ class _HtmlRows:
     def __init__(self, *, web: bool) -> None:
         self.web = web
         self._escaped: dict[str, str] = {}
-        self._priority: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._priority: dict[tuple[str, str, tuple[Labelled, ...]], str] = {}
         self._tag: dict[str, str] = {}
         self._fund_head: dict[str, str] = {}
         self._fund_idle: dict[tuple[str, str], str] = {}
@@ -114,7 +114,8 @@ class _HtmlRows:
         key = (c.priority.code, c.priority.label, c.rules)
         priority = self._priority.get(key)
         if priority is None:
-            rules = f'<br><span class="fr-text--sm">Règles : {", ".join(map(e, c.rules))}</span>' if c.rules else ""
+            rules = (f'<br><span class="fr-text--sm">Règles : {", ".join(e(r.label) for r in c.rules)}</span>'
+                     if c.rules else "")
             priority = self._priority[key] = (
                 f'<td><span class="fr-badge fr-badge--{e(c.priority.code)}">{e(c.priority.label)}</span>{rules}</td>\n')
         tags = []
@@ -199,7 +200,7 @@ class _CsvRows:
         self._cells: dict[str, str] = {}
         # keyed by fund codes: a worklist's labels come from one taxonomy, code -> label is fixed
         self._funds: dict[tuple[str, ...], tuple[str, str]] = {}
-        self._rules: dict[tuple[str, ...], str] = {}
+        self._rules: dict[tuple[Labelled, ...], str] = {}
 
     def cell(self, text: str) -> str:
         """``text`` guarded and quoted, memoised: for cells that repeat across cases."""
@@ -218,7 +219,7 @@ class _CsvRows:
                 cell(" | ".join(f"{f.fund.label} : " + ", ".join(o.label for o in f.offers) for f in c.funds)))
         rules = self._rules.get(c.rules)
         if rules is None:
-            rules = self._rules[c.rules] = cell(", ".join(c.rules))
+            rules = self._rules[c.rules] = cell(", ".join(r.label for r in c.rules))
         done = " | ".join(f"{r.fund.label} : {r.action.label} — {r.outcome.label} ({r.recorded_on})"
                           for f in c.funds for r in f.recorded)
         tokens = " | ".join(f"{f.fund.label} : {f.sealed_token}" for f in c.funds if f.sealed_token)
@@ -252,7 +253,7 @@ def worklist_dict(wl: Worklist) -> dict[str, Any]:
         "generated_at": wl.generated_at.isoformat(),
         "cases": [{
             "case_number": c.case_number, "priority": c.priority.code, "reason": c.reason.code,
-            "status": c.status.code, "version": c.version, "rules": list(c.rules),
+            "status": c.status.code, "version": c.version, "rules": [r.code for r in c.rules],
             "categories": [{"code": cat.code, "label": cat.label} for cat in c.categories],
             "first_signal_on": c.first_signal_on, "last_signal_on": c.last_signal_on,
             "opened_on": c.opened_on, "updated_on": c.updated_on,

@@ -36,7 +36,7 @@ from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.model import CASE_NUMBER, Month, Situation
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
-from services.casebook.worklist import Labels, case_view, load_worklist
+from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     sink = audit or default_audit_sink(settings, engine)
     signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
     taxonomy = settings.taxonomy
-    labels = Labels(taxonomy)
+    labels = Labels(taxonomy, rule_titles(settings.rules))
 
     app = FastAPI(title="HELP — revue de dossiers mensuelle",
                   description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
@@ -203,7 +203,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         user, csrf = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months)
+                           close_after_months=settings.casebook_close_after_months, labels=labels)
         audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers")
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
@@ -213,7 +213,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         user, _ = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months)
+                           close_after_months=settings.casebook_close_after_months, labels=labels)
         data = render(wl, format)
         audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers")
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"

@@ -14,7 +14,7 @@ every output format and the web view alike:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -34,6 +34,7 @@ from services.casebook.model import (
     paused_gc,
     review_reason,
 )
+from services.core.rules import Rules
 from services.core.taxonomy import SignalClass, Taxonomy
 
 CLOSURE_LABEL = {
@@ -79,7 +80,7 @@ class CaseView:
     case_number: str
     reason: Labelled
     priority: Labelled
-    rules: tuple[str, ...]
+    rules: tuple[Labelled, ...]
     funds: tuple[FundView, ...]
     categories: tuple[Labelled, ...]
     first_signal_on: str
@@ -109,8 +110,10 @@ class Worklist:
 class Labels:
     """French labels from the taxonomy, looked up once."""
 
-    def __init__(self, taxonomy: Taxonomy) -> None:
+    def __init__(self, taxonomy: Taxonomy, rule_titles: Mapping[str, str] | None = None) -> None:
         self.taxonomy = taxonomy
+        # Rule code -> its French title, for people; machines (JSON) keep the codes.
+        self.rule_titles = dict(rule_titles or {})
         self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.organismes.items()}
         self.exchangeable = {c.code: Labelled(c.code, c.libelle) for c in taxonomy.categories
                              if c.classe is SignalClass.NM}
@@ -124,7 +127,7 @@ class Labels:
         # Cases share a handful of category sets and rule lists: one tuple each, not one per
         # case (100,000 fewer objects for the garbage collector to scan once it resumes).
         self._category_sets: dict[tuple[str, ...], tuple[Labelled, ...]] = {}
-        self._rule_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._rule_lists: dict[tuple[str, ...], tuple[Labelled, ...]] = {}
 
     def fund_and_offers(self, code: str) -> tuple[Labelled, tuple[Labelled, ...]]:
         found = self.fund_offers.get(code)
@@ -139,8 +142,11 @@ class Labels:
             found = self._category_sets[codes] = tuple(self.exchangeable[c] for c in codes)
         return found
 
-    def rule_list(self, rules: tuple[str, ...]) -> tuple[str, ...]:
-        return self._rule_lists.setdefault(rules, rules)
+    def rule_list(self, rules: tuple[str, ...]) -> tuple[Labelled, ...]:
+        found = self._rule_lists.get(rules)
+        if found is None:
+            found = self._rule_lists[rules] = tuple(Labelled(r, self.rule_titles.get(r, r)) for r in rules)
+        return found
 
     def fund(self, code: str) -> Labelled:
         return self.funds.get(code) or Labelled(code, code)
@@ -243,8 +249,14 @@ def build_worklist(taxonomy: Taxonomy, situations: Iterable[Situation], followup
                     tuple(v for _, _, v in selected), tuple(reported))
 
 
+def rule_titles(rules: Rules) -> dict[str, str]:
+    """Each rule's title: the part of its French label before " : " (the rest explains it)."""
+    return {code: rule.libelle.split(" : ", 1)[0] for code, rule in rules.regles.items()}
+
+
 def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territory: str, fund: str | None,
-                  close_after_months: int, generated_at: dt.datetime | None = None) -> Worklist:
+                  close_after_months: int, generated_at: dt.datetime | None = None,
+                  labels: Labels | None = None) -> Worklist:
     with paused_gc():
         with engine.connect() as conn:
             followups = store.followups_before(conn, territory, month.end)
@@ -252,6 +264,6 @@ def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territ
             # memory nor the collector (resumed on the way out) sees 100,000 of them at once.
             situations = store.iter_situations_opened_before(conn, territory, month.end)
             wl = build_worklist(taxonomy, situations, followups, month=month, territory=territory, fund=fund,
-                                close_after_months=close_after_months, generated_at=generated_at)
+                                close_after_months=close_after_months, generated_at=generated_at, labels=labels)
         del followups, situations
     return wl

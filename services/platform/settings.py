@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.policy import Policy, load_policy
+from services.core.rules import Rules
 from services.core.taxonomy import Taxonomy, load_taxonomy
 from services.core.types import Departement
 from services.errors import ConfigurationError
@@ -105,6 +106,12 @@ class Settings(BaseSettings):
     @cached_property
     def taxonomy(self) -> Taxonomy:
         return load_taxonomy(self.schemas_dir / "taxonomy.yaml")
+
+    @cached_property
+    def rules(self) -> Rules:
+        from services.core.rules import load_rules
+
+        return load_rules(self.schemas_dir / "rules.yaml", self.taxonomy)
 
     @cached_property
     def policy(self) -> Policy:

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
+from markupsafe import escape
 
 from services.casebook import store
 from services.casebook.model import Month, Situation
@@ -311,7 +312,7 @@ def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path, ar
 # autoescaped template and csv.writer write, whatever the values hold.
 REFERENCE_ROWS = """{% for c in wl.cases %}<tr>
 <td>{% if web %}<a href="/cases/{{ c.case_number }}">{{ c.case_number }}</a>{% else %}<strong>{{ c.case_number }}</strong>{% endif %}<br><span class="fr-text--sm">{{ c.status.label }}</span></td>
-<td><span class="fr-badge fr-badge--{{ c.priority.code }}">{{ c.priority.label }}</span>{% if c.rules %}<br><span class="fr-text--sm">Règles : {{ c.rules|join(", ") }}</span>{% endif %}</td>
+<td><span class="fr-badge fr-badge--{{ c.priority.code }}">{{ c.priority.label }}</span>{% if c.rules %}<br><span class="fr-text--sm">Règles : {{ c.rules|map(attribute="label")|join(", ") }}</span>{% endif %}</td>
 <td><span class="fr-badge fr-badge--info">{{ c.reason.label }}</span></td>
 <td>{% for cat in c.categories %}<span class="fr-tag">{{ cat.label }}</span>{% endfor %}</td>
 <td class="fr-text--sm">1<sup>er</sup> signal : {{ c.first_signal_on }}<br>Dernier : {{ c.last_signal_on }}<br>Ouvert : {{ c.opened_on }}<br>Mis à jour : {{ c.updated_on }}</td>
@@ -340,7 +341,8 @@ def hostile_worklist() -> Worklist:
         funds = (FundView(caf, f"scelle:caf-seal-1:{HOSTILE}{n}", offers, done),
                  FundView(urssaf, None, (), ()), FundView(caf, "", offers, ()))
         cases.append(CaseView(f"35-2026-11-000{n}{HOSTILE}", lab("nouvelle", "\tNouvelle"), lab("rouge", "Rouge"),
-                              ("multi_organismes", HOSTILE) if recorded else (), funds,
+                              (lab("multi_organismes", "Situation <partagée>"), lab("x", HOSTILE)) if recorded else (),
+                              funds,
                               (lab("impaye_loyer", FORMULA), lab("x", HOSTILE)), f"01/11/2026{HOSTILE}",
                               f"=02/11/2026{HOSTILE}", f"03/11/2026{HOSTILE}", "04/11/2026", lab("ouvert", "Ouvert"),
                               1))
@@ -378,8 +380,8 @@ def test_csv_lines_are_what_csv_writer_writes() -> None:
         tokens = " | ".join(f"{f.fund.label} : {f.sealed_token}" for f in c.funds if f.sealed_token)
         writer.writerow([safe_cell(v) for v in (
             c.case_number, c.priority.label, c.reason.label, c.status.label, ", ".join(f.fund.label for f in c.funds),
-            ", ".join(cat.label for cat in c.categories), ", ".join(c.rules), c.first_signal_on, c.last_signal_on,
-            c.opened_on, c.updated_on, offers, done, tokens)])
+            ", ".join(cat.label for cat in c.categories), ", ".join(r.label for r in c.rules), c.first_signal_on,
+            c.last_signal_on, c.opened_on, c.updated_on, offers, done, tokens)])
     assert render_csv(wl) == ("\ufeff" + out.getvalue()).encode("utf-8")
     rows = list(csv.reader(io.StringIO(render_csv(wl).decode("utf-8-sig")), delimiter=";"))
     assert len(rows) == 3 and all(len(row) == len(CSV_HEADERS) for row in rows)
@@ -399,3 +401,25 @@ def test_sqlite_text_is_read_back_as_written() -> None:
     assert store._time("2026-11-01 10:00:00").tzinfo is not None
     assert store._json('{"funds": ["caf"], "n": 1.5}') == {"funds": ["caf"], "n": 1.5}
     assert store._json({"already": "decoded"}) == {"already": "decoded"}
+
+
+def test_people_read_rule_titles_in_french_machines_read_codes(taxonomy: Taxonomy) -> None:
+    from services.casebook.worklist import Labels, rule_titles
+    from services.core.rules import load_rules
+
+    rules = load_rules(DEFAULT_SCHEMAS_DIR / "rules.yaml", taxonomy)
+    labels = Labels(taxonomy, rule_titles(rules))
+    situations = [dataclasses.replace(s, rules=("situation_partagee", "help_travailleur_independant"))
+                  for s in _situations()]
+    wl = build_worklist(taxonomy, situations, [], month=NOV, territory="35", fund=None, close_after_months=6,
+                        labels=labels)
+    assert wl.cases and all(len(c.rules) == 2 for c in wl.cases)
+    html = render(wl, "html").decode("utf-8")
+    csv_text = render(wl, "csv").decode("utf-8-sig")
+    for case in wl.cases:
+        for rule in case.rules:
+            title = rules.regles[rule.code].libelle.split(" : ")[0]
+            assert rule.label == title and title != rule.code
+            assert title in csv_text and str(escape(title)) in html
+    doc = json.loads(render(wl, "json"))
+    assert {r for c in doc["cases"] for r in c["rules"]} <= set(rules.regles)
