@@ -115,7 +115,7 @@ class UserFile:
         return users if isinstance(users, dict) else {}
 
     def add(self, user_id: str, *, role: str, territory: str, fund: str | None, secret: str) -> User:
-        if not _ACTOR.match(user_id):
+        if not _ACTOR.fullmatch(user_id):
             raise InputError(f"identifiant invalide : {user_id!r}",
                              "un identifiant sans nom, par exemple agent.caf-35")
         if role not in ROLE_LABELS:

@@ -63,7 +63,7 @@ def validate_followup(taxonomy: Taxonomy, situation: Situation | None, *, case_n
                          "organismes concernés : " + ", ".join(situation.funds))
     check_action(taxonomy, f.value, action)
     result = check_outcome(outcome)
-    if not _ACTOR.match(user or ""):
+    if not _ACTOR.fullmatch(user or ""):
         raise InputError(f"identifiant d'utilisateur invalide : {user!r}",
                          "un identifiant sans nom, par exemple agent.caf-35")
     return situation, result

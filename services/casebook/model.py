@@ -38,7 +38,7 @@ class Month:
 
     @classmethod
     def parse(cls, text: str) -> Month:
-        m = _MONTH.match(text or "")
+        m = _MONTH.fullmatch(text or "")
         if not m:
             raise InputError(f"mois invalide : {text!r}", "format attendu AAAA-MM, par exemple 2026-11")
         return cls(int(m.group(1)), int(m.group(2)))
@@ -68,7 +68,7 @@ MONTHS_FR = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "
 
 
 def check_territory(text: str) -> str:
-    if not _TERRITORY.match(text or ""):
+    if not _TERRITORY.fullmatch(text or ""):
         raise InputError(f"territoire invalide : {text!r}",
                          "donnez un code de département : 01 à 95, 2A, 2B ou 971 à 976")
     return text
@@ -83,7 +83,7 @@ def check_fund(text: str) -> Fund:
 
 
 def check_case_number(text: str) -> str:
-    if not CASE_NUMBER.match(text or ""):
+    if not CASE_NUMBER.fullmatch(text or ""):
         raise InputError(f"numéro de dossier invalide : {text!r}",
                          "format attendu : département-année-mois-numéro, par exemple 35-2026-11-0042")
     return text

@@ -27,6 +27,7 @@ from markupsafe import Markup, escape
 
 from services.casebook.model import paused_gc
 from services.casebook.worklist import CaseView, FollowupView, FundView, Labelled, Worklist
+from services.core.spreadsheet import safe_cell
 from services.errors import InputError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -157,14 +158,6 @@ class _HtmlRows:
 
 
 # ------------------------------------------------------------------------------- CSV
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_cell(value: str) -> str:
-    """A cell a spreadsheet shows as text: a leading = + - @ tab or CR gets a quote before it."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
-
-
 CSV_HEADERS = ("N° de dossier", "Priorité", "Motif d'examen", "Statut", "Organismes concernés",
                "Catégories", "Règles déclenchées", "Premier signalement", "Dernier signalement",
                "Ouverture", "Dernière mise à jour", "Suites possibles", "Suites données",

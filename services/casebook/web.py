@@ -108,7 +108,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                                 action=action, **kw))  # type: ignore[arg-type]
 
     def visible_case(user: User, case_number: str) -> Situation:
-        if not CASE_NUMBER.match(case_number):
+        if not CASE_NUMBER.fullmatch(case_number):
             raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} ».")
         with engine.connect() as conn:
             sit = store.situation_by_case(conn, case_number)

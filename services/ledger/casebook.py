@@ -75,12 +75,12 @@ def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
     if action is None:
         raise InputError(f"the casebook recorded an unknown access action {event.action!r}",
                          "add it to services.ledger.casebook.ACTIONS")
-    if not _ACTOR.match(event.user_id):
+    if not _ACTOR.fullmatch(event.user_id):
         raise InputError(f"the user id {event.user_id!r} cannot be written to the ledger",
                          "user ids look like agent.caf-35.0042 (no name, no e-mail)")
     purpose = purpose_of(event)
     found = _COUNT.search(event.detail)
-    case_id = event.situation_id if event.situation_id and _SITUATION_ID.match(event.situation_id) \
+    case_id = event.situation_id if event.situation_id and _SITUATION_ID.fullmatch(event.situation_id) \
         else None
     return LedgerEntry(
         entry_id=uuid.uuid4().hex, time=event.at, actor=event.user_id, action=action,

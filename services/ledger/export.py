@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from services.core.spreadsheet import safe_cell
 from services.errors import InputError
 from services.ledger.entries import Action, BaseLegale, Finalite
 
@@ -40,12 +41,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("entry_id", "identifiant_entree"),
 )
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def period_range(period: str) -> tuple[str, str]:
     """``"2026-11"`` → ``("2026-11", "2026-12")``: the half-open range of timestamps' text."""
-    match = PERIOD_PATTERN.match(period)
+    match = PERIOD_PATTERN.fullmatch(period)
     if not match:
         raise InputError(f"period {period!r} is not a month", "write it YYYY-MM, e.g. 2026-11")
     year, month = int(match[1]), int(match[2])
@@ -87,14 +87,6 @@ def display_row(row: dict[str, Any]) -> list[str]:
 
 DISPLAY_HEADERS = ("N°", "Date (UTC)", "Acteur", "Action", "Finalité", "Base légale",
                    "Dossier", "Pseudonyme", "Entrée")
-
-
-def safe_cell(value: Any) -> str:
-    """A CSV cell a spreadsheet will show as text, never evaluate."""
-    if value is None:
-        return ""
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> int:

@@ -131,7 +131,7 @@ class ConsentBuilder:
         except nirs.NirRejected as exc:
             raise LineRejected(exc.reason, F_NIR) from None
         ref = rec.consent_ref.strip()
-        if not _CONSENT.match(ref):
+        if not _CONSENT.fullmatch(ref):
             raise LineRejected(Reason.BASE_LEGALE_INVALIDE, F_REF)
         purposes = _purposes(rec.purposes, kind)
         day = today
@@ -145,7 +145,7 @@ class ConsentBuilder:
         dept = (rec.departement.strip().upper() or self.territory)
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept
-        if not _DEPT.match(dept):
+        if not _DEPT.fullmatch(dept):
             raise LineRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
 
         pseudo = pseudonym(self.exchange_key_id, self._exchange_key, nir)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from services.core.reasons import Reason
+from services.core.spreadsheet import safe_cell
 from services.errors import InputError
 from services.producer.nir import mask
 from services.producer.sdk import (
@@ -256,7 +257,8 @@ class RejectReport:
 
     def write(self, r: Rejection) -> None:
         self.counts[r.reason] += 1
-        self._writer.writerow((r.line, r.field, r.reason.value, r.reason.label, r.nir_masked))
+        # The masked NIR keeps its first character, which a malicious extract may make "=".
+        self._writer.writerow([safe_cell(v) for v in (r.line, r.field, r.reason.value, r.reason.label, r.nir_masked)])
 
     def close(self) -> None:
         self._file.close()

@@ -219,7 +219,7 @@ def load_exchange_key(key_dir: Path, registry: Registry | None = None) -> tuple[
     if key_id is None:
         raise ConfigurationError("the key registry has no active exchange key",
                                  "create one with `help-exchange keys init-exchange`")
-    if not re.match(KEY_ID_PATTERN, key_id):  # never build a path from an odd id
+    if not re.fullmatch(KEY_ID_PATTERN, key_id):  # never build a path from an odd id
         raise ConfigurationError(f"exchange key id {key_id!r} is malformed", "fix the registry")
     secret = _read_secret(exchange_dir(key_dir) / f"{key_id}.key", "the exchange key")
     if len(secret) != SECRET_BYTES:

@@ -122,9 +122,9 @@ def today_paris() -> dt.date:
 def parse_date(text: str) -> dt.date:
     """``AAAA-MM-JJ`` or ``JJ/MM/AAAA``; :class:`ValueError` otherwise."""
     text = text.strip()
-    if m := _DATE_ISO.match(text):
+    if m := _DATE_ISO.fullmatch(text):
         return dt.date(int(m[1]), int(m[2]), int(m[3]))
-    if m := _DATE_FR.match(text):
+    if m := _DATE_FR.fullmatch(text):
         return dt.date(int(m[3]), int(m[2]), int(m[1]))
     raise ValueError(text)
 
@@ -201,9 +201,9 @@ class SignalBuilder:
         dept = rec.departement.strip().upper()
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept
-        if not _DEPT.match(dept):
+        if not _DEPT.fullmatch(dept):
             raise RecordRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
-        if not REFERENCE_PATTERN.match(rec.reference.strip()):
+        if not REFERENCE_PATTERN.fullmatch(rec.reference.strip()):
             raise RecordRejected(Reason.REFERENCE_INVALIDE, F_REF)
 
         if rec.purpose and rec.purpose.strip():
@@ -216,7 +216,7 @@ class SignalBuilder:
 
         consent = (rec.consent_ref or "").strip()
         if consent:
-            if not _CONSENT.match(consent):
+            if not _CONSENT.fullmatch(consent):
                 raise RecordRejected(Reason.BASE_LEGALE_INVALIDE, F_CONSENT)
             refused = self._policy_check(code, purpose, None)
             basis: dict[str, Any] = {"code": "consentement", "consent_ref": consent}

@@ -85,7 +85,7 @@ class Sealer:
 
     def seal(self, reference: str, pseudonym: dict[str, str]) -> dict[str, str]:
         """The ``sealed_ref`` member of a signal, bound to ``pseudonym`` (the signal's)."""
-        if not REFERENCE_PATTERN.match(reference):
+        if not REFERENCE_PATTERN.fullmatch(reference):
             raise ReferenceRejected(reference)
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, _binding(pseudonym) + reference.encode("ascii"), self._aad)
@@ -102,7 +102,7 @@ def open_sealed(fund: Fund, keys: dict[str, bytes], key_id: str, value: str,
     if key is None:
         raise CryptoError(Reason.CLE_SIGNATURE_INCONNUE, f"sealing key {key_id} is not one of {fund.value}'s",
                           "only the fund that sealed a reference can open it")
-    if not _SEALED_RE.match(value):
+    if not _SEALED_RE.fullmatch(value):
         raise CryptoError(Reason.SCHEMA_INVALIDE, "malformed sealed value", "")
     raw = b64u_decode(value)
     try:

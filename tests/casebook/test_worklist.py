@@ -22,7 +22,7 @@ from markupsafe import escape
 
 from services.casebook import store
 from services.casebook.model import Month, Situation
-from services.casebook.render import CSV_HEADERS, csv_line, environment, render, render_csv, render_html, safe_cell
+from services.casebook.render import CSV_HEADERS, csv_line, environment, render, render_csv, render_html
 from services.casebook.worklist import (
     CaseView,
     FollowupView,
@@ -32,6 +32,7 @@ from services.casebook.worklist import (
     build_worklist,
     load_worklist,
 )
+from services.core.spreadsheet import safe_cell
 from services.core.taxonomy import SignalClass, Taxonomy, parse_taxonomy
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from tests.casebook import factory as F
