@@ -170,6 +170,12 @@ async def main() -> None:
               f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs)")
         print(f"latency publish->situation at {RATE}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
               f"({len(lat)} situations)")
+        from bench import emit
+
+        emit("correlator", {"raw_rate": float(raw), "full_rate": float(full), "ratio": float(full / raw),
+                            "latency_p50_ms": float(p50), "latency_p99_ms": float(p99),
+                            "load_average": float(max(load0[0], load1[0])),
+                            "signals_per_cpu_second": float(per_cpu)})
     finally:
         if worker is not None:
             stop(worker)

@@ -121,12 +121,16 @@ def check_signal(
     return None
 
 
+#: Declaration order of :class:`Fund` (``list(Fund).index``), computed once.
+_FUND_RANK = {f: i for i, f in enumerate(Fund)}
+
+
 def recipients(policy: Policy, cat: Category, purposes: tuple[Purpose, ...] | list[Purpose]) -> tuple[Fund, ...]:
     """The funds that need to know ``cat`` for ``purposes``: the category's recipients that
     serve at least one of those purposes, plus the emitting fund itself (it holds the data)."""
     serving = {f for p in purposes if p in policy.finalites for f in policy.finalites[p].organismes}
     allowed = {f for f in cat.destinataires if f in serving} | {cat.organisme}
-    return tuple(sorted(allowed, key=lambda f: list(Fund).index(f)))
+    return tuple(sorted(allowed, key=_FUND_RANK.__getitem__))
 
 
 def conditions_met(policy: Policy, purpose: Purpose, *, age: int | None) -> tuple[str, ...]:

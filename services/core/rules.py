@@ -13,7 +13,7 @@ byte-identical events that consumers drop by ``event_id``.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,6 +131,10 @@ class Context:
     rules: Rules
     taxonomy: Taxonomy
     policy: Policy
+    #: (fund, category, purposes) -> its SharedCategory: a pure function of the three data
+    #: files above, so computed once per Context (frozen models, shared by the events).
+    shared: dict[tuple[Fund, str, frozenset[Purpose]], SharedCategory] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,11 @@ def priority_of(ctx: Context, signals: tuple[SignalEntry, ...]) -> Priority:
     return Priority.VERT
 
 
-def _fund_order(f: Fund) -> int:
-    return list(Fund).index(f)
-
-
-def _purpose_order(p: Purpose) -> int:
-    return list(Purpose).index(p)
+#: Declaration order of the enums (what ``list(Fund).index`` gives), computed once.
+_FUND_RANK = {f: i for i, f in enumerate(Fund)}
+_PURPOSE_RANK = {p: i for i, p in enumerate(Purpose)}
+_fund_order = _FUND_RANK.__getitem__
+_purpose_order = _PURPOSE_RANK.__getitem__
 
 
 def _categories(ctx: Context, signals: tuple[SignalEntry, ...]) -> list[SharedCategory]:
@@ -183,11 +186,18 @@ def _categories(ctx: Context, signals: tuple[SignalEntry, ...]) -> list[SharedCa
     for s in signals:
         grouped.setdefault((s.fund, s.category), set()).add(s.purpose)
     out = []
+    memo = ctx.shared
     for (fund, code), purposes in sorted(grouped.items(), key=lambda kv: (_fund_order(kv[0][0]), kv[0][1])):
-        cat = ctx.taxonomy.category(code)
-        ordered = sorted(purposes, key=_purpose_order)
-        visible = recipients(ctx.policy, cat, ordered) if cat is not None else (fund,)
-        out.append(SharedCategory(code=code, fund=fund, purposes=ordered, visible_to=list(visible)))
+        key = (fund, code, frozenset(purposes))
+        shared = memo.get(key)
+        if shared is None:
+            cat = ctx.taxonomy.category(code)
+            ordered = sorted(purposes, key=_purpose_order)
+            visible = recipients(ctx.policy, cat, ordered) if cat is not None else (fund,)
+            shared = SharedCategory(code=code, fund=fund, purposes=ordered, visible_to=list(visible))
+            if len(memo) < 10_000:  # bounded: codes x funds x purpose sets is small
+                memo[key] = shared
+        out.append(shared)
     return out
 
 

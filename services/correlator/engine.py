@@ -20,7 +20,9 @@ rejected as ``doublon``.
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 
 - the canonical form for the signature check uses the C ``json`` encoder when it provably
-  equals RFC 8785 (see :mod:`services.core.signing`), and the Ed25519 public keys are cached;
+  equals RFC 8785, the Ed25519 check is libsodium's with ``cryptography`` deciding whatever
+  libsodium refuses (same acceptance, see :mod:`services.core.signing`), and the public
+  keys are cached;
 - accepted receipts, the bulk of the output, are written from a template
   (:func:`receipt_wire`) only for values the :class:`Receipt` model is known to accept, and
   byte-identical to ``to_wire(Receipt(...))`` (a property test checks it); the clock is read
@@ -45,7 +47,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from services.core import signing
@@ -173,6 +174,18 @@ _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","si
                      '"offset":{}}},"processed_at":"{}"}}')
 
 
+_LAST_TIMESTAMP: list[tuple[dt.datetime, str]] = []
+
+
+def _timestamp_text(value: dt.datetime) -> str:
+    """``format_timestamp(value)``, remembered for the last value (one per batch)."""
+    if _LAST_TIMESTAMP and _LAST_TIMESTAMP[0][0] is value:
+        return _LAST_TIMESTAMP[0][1]
+    text = format_timestamp(value)
+    _LAST_TIMESTAMP[:] = [(value, text)]
+    return text
+
+
 def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Reason | None,
                  source: tuple[str, int, int], processed_at: dt.datetime) -> bytes:
     """``to_wire(Receipt(...))`` for these values, byte for byte, without building the model.
@@ -194,7 +207,7 @@ def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Rea
             receipt_id, fund.value, "null" if signal_id is None else f'"{signal_id}"',
             "accepte" if reason is None else "rejete",
             "null" if reason is None else f'"{reason.value}"',
-            topic, partition, offset, format_timestamp(processed_at)).encode()
+            topic, partition, offset, _timestamp_text(processed_at)).encode()
     return to_wire(Receipt(
         schema_version="1.0", receipt_id=receipt_id, fund=fund, signal_id=signal_id,
         status="accepte" if reason is None else "rejete", reason=reason,
@@ -290,14 +303,15 @@ class Engine:
         self.partitions = partitions
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.states = state_cache if state_cache is not None else StateCache()
-        self._key_cache: dict[tuple[Fund, str], Ed25519PublicKey | None] = {}
+        self._key_cache: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}
         self._now = self.clock()
 
     # ----------------------------------------------------------------------- helpers
-    def _signing_key(self, fund: Fund, key_id: str) -> Ed25519PublicKey | None:
+    def _signing_key(self, fund: Fund, key_id: str) -> signing.VerifyingKey | None:
         k = (fund, key_id)
         if k not in self._key_cache:
-            self._key_cache[k] = self.registry.signing_key(fund, key_id)
+            key = self.registry.signing_key(fund, key_id)
+            self._key_cache[k] = signing.VerifyingKey(key) if key is not None else None
         return self._key_cache[k]
 
     def _receipt(self, batch: Batch, rec: Record, fund: Fund, signal_id: str | None,
