@@ -85,6 +85,20 @@ from services.platform.topics import (
 
 #: A signal is about 800 bytes; anything far above is refused before parsing.
 MAX_MESSAGE_BYTES = 16 * 1024
+
+
+class DuplicateMember(ValueError):
+    """A JSON object names the same member twice."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of duplicate names, other parsers the first: a signed message
+    # could then say one thing to us and another to an auditor's tool (a medical category
+    # hidden in front of an accepted one). RFC 7493 (I-JSON) forbids duplicates: so do we.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise DuplicateMember
+    return obj
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine).
 REPARTITION_TOPIC = "help-correlator-repartition"
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
@@ -326,12 +340,20 @@ class Engine:
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
                 reason: Reason, detail: str) -> None:
         topic, partition, offset = rec.source()
+        raw = rec.value or b""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            # Kept whole, a megabyte message would exceed the producer's request size and the
+            # dead letter could never be written: the worker would stop on it at every restart.
+            # The prefix, the size and the digest are enough to find and prove what was sent.
+            detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
+                      f"raw_truncated_to={MAX_MESSAGE_BYTES}")
+            raw = raw[:MAX_MESSAGE_BYTES]
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
             source=SourcePosition(topic=topic, partition=partition, offset=offset),
             fund=fund, signal_id=signal_id, reason=reason, detail=detail,
-            raw=base64.b64encode(rec.value or b"").decode("ascii"),
+            raw=base64.b64encode(raw).decode("ascii"),
             received_at=self._now,
         )
         batch.outputs.append(Output(DEADLETTER_TOPIC, f"{topic}:{partition}:{offset}".encode(),
@@ -392,7 +414,9 @@ class Engine:
             if len(raw) > MAX_MESSAGE_BYTES:
                 raise Rejected(Reason.MESSAGE_TROP_VOLUMINEUX, f"/:size_over_{MAX_MESSAGE_BYTES}")
             try:
-                obj: Any = json.loads(raw)
+                obj: Any = json.loads(raw, object_pairs_hook=_unique_members)
+            except DuplicateMember:
+                raise Rejected(Reason.JSON_INVALIDE, "/:duplicate_member_name") from None
             except (ValueError, UnicodeDecodeError, RecursionError):
                 # RecursionError: nesting deeper than the interpreter's limit ("[[[[..." in
                 # 16 KiB), which must be bad input like any other, never a worker crash.

@@ -179,13 +179,6 @@ def test_oversize_payload(exchange: Exchange) -> None:
     _rejected(exchange, signal_topic(Fund.CARSAT), raw, _key(msg), "message_trop_volumineux")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: a signal of ~1 MB (the broker takes it) kills the correlator: Engine._reject "
-    "(services/correlator/engine.py) puts the whole raw value, base64 (+33 %), in the dead letter, "
-    "which exceeds the producer's max_request_size (1 MiB); the send raises "
-    "MessageSizeTooLargeError, app.py exits 75 without commit, and every restart reads the same "
-    "record again: one poison message stops all correlation. Keep only a bounded prefix (e.g. "
-    "16 KiB) and the SHA-256 of oversize raw values in the dead letter"))
 def test_oversize_payload_of_a_megabyte_does_not_stop_the_worker(tmp_path: Path) -> None:
     with running_exchange(tmp_path) as ex:
         msg = ex.valid(Fund.CARSAT, 5)
@@ -193,12 +186,6 @@ def test_oversize_payload_of_a_megabyte_does_not_stop_the_worker(tmp_path: Path)
         _rejected(ex, signal_topic(Fund.CARSAT), raw, _key(msg), "message_trop_volumineux")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: services/correlator/engine.py Engine._one parses with json.loads (and parse() with "
-    "pydantic's model_validate_json), which keep the LAST of duplicate member names; a signed signal "
-    "with an extra leading member \"category\":\"maladie_handicap_enfant\" is accepted, and its raw "
-    "bytes (with the medical code) are forwarded/kept; RFC 7493 (I-JSON) forbids duplicate names: "
-    "reject them (json.loads object_pairs_hook) as json_invalide or schema_invalide"))
 def test_duplicate_member_names(exchange: Exchange) -> None:
     msg = exchange.valid(Fund.CAF, 6)
     raw = _wire(msg)
