@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from services.platform import kafka
@@ -27,22 +29,24 @@ async def test_every_declared_topic_exists_with_its_partitions(settings: Setting
 
 
 async def test_round_trip_through_the_broker(settings: Settings, bootstrap: str) -> None:
+    # The session broker is shared: other tests write on the same topic, so look for ours only.
+    sent = {b"smoke-%s-%d" % (uuid.uuid4().hex.encode(), i) for i in range(20)}
     prod = kafka.producer(settings, bootstrap)
     await prod.start()
     try:
-        for i in range(20):
-            await prod.send_and_wait("help.deadletter.v1", b"payload-%d" % i, key=b"k%d" % i)
+        for i, payload in enumerate(sorted(sent)):
+            await prod.send_and_wait("help.deadletter.v1", payload, key=b"k%d" % i)
     finally:
         await prod.stop()
-    cons = kafka.consumer(settings, bootstrap, "help.deadletter.v1", group_id="smoke")
+    cons = kafka.consumer(settings, bootstrap, "help.deadletter.v1", group_id=f"smoke-{uuid.uuid4().hex}")
     await cons.start()
     try:
         seen: set[bytes] = set()
-        for _ in range(50):
+        for _ in range(100):
             batch = await cons.getmany(timeout_ms=200)
-            seen |= {m.value for msgs in batch.values() for m in msgs if m.value}
-            if len(seen) >= 20:
+            seen |= {m.value for msgs in batch.values() for m in msgs if m.value} & sent
+            if seen == sent:
                 break
     finally:
         await cons.stop()
-    assert {b"payload-%d" % i for i in range(20)} <= seen
+    assert seen == sent
