@@ -60,6 +60,7 @@ from services.producer.extract import BOM, ExtractFileError, Rejection, RejectRe
 from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path
 from services.producer.outbox import Outbox, Row
 from services.producer.pseudonym import pseudonym
+from services.producer.publish import RunOutcome
 from services.producer.sdk import MAX_FIELD, PARIS, Publisher, is_free_text, parse_date, today_paris
 
 F_NIR = "nir"
@@ -247,7 +248,7 @@ class ConsentPublisher(Publisher):
 
 
 @dataclass
-class ConsentSummary:
+class ConsentSummary(RunOutcome):
     kind: ConsentKind
     input: Path
     read: int = 0
@@ -259,16 +260,6 @@ class ConsentSummary:
     broker_error: str | None = None
     report: Path | None = None
     seconds: float = 0.0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    @property
-    def exit_code(self) -> int:
-        if self.broker_error or self.left:
-            return 1
-        return 2 if self.rejected_total else 0
 
     def lines(self) -> list[str]:
         label = KIND_LABELS[self.kind]

@@ -36,8 +36,29 @@ CHUNK = 1000
 LARGE_FILE_BYTES = 2_000_000
 
 
+class RunOutcome:
+    """What every file run (signals, consents) concludes: rejected lines and the exit status.
+
+    0 when every line went through, 2 when some were rejected, 1 when the broker failed or
+    rows still wait in the outbox."""
+
+    rejected: Counter[Reason]
+    broker_error: str | None
+    left: int
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def exit_code(self) -> int:
+        if self.broker_error or self.left:
+            return 1
+        return 2 if self.rejected_total else 0
+
+
 @dataclass
-class Summary:
+class Summary(RunOutcome):
     input: Path
     format: str = "csv"
     read: int = 0
@@ -50,16 +71,6 @@ class Summary:
     ignored_columns: tuple[str, ...] = ()
     seconds: float = 0.0
     report: Path | None = None
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    @property
-    def exit_code(self) -> int:
-        if self.broker_error or self.left:
-            return 1
-        return 2 if self.rejected_total else 0
 
     def lines(self) -> list[str]:
         """The French summary for the operator."""
