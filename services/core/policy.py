@@ -6,6 +6,7 @@ a refused signal, because a refusal is an expected outcome with a receipt, not a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,6 +101,25 @@ def check_signal(
     consent_on_record: bool,
 ) -> Reason | None:
     """Whether a signal may be exchanged; ``None`` if yes, else the first reason why not."""
+    return check_exchange(
+        policy, taxonomy, fund=fund, category=category, purpose=purpose, basis=legal_basis.code,
+        conditions=legal_basis.conditions if isinstance(legal_basis, LegalBasisLaw) else (),
+        consent_on_record=consent_on_record)
+
+
+def check_exchange(
+    policy: Policy,
+    taxonomy: Taxonomy,
+    *,
+    fund: Fund,
+    category: str,
+    purpose: Purpose,
+    basis: str,
+    conditions: Collection[str],
+    consent_on_record: bool,
+) -> Reason | None:
+    """:func:`check_signal` on the values alone: the legal basis by its code and the
+    conditions the fund attests (none under consent)."""
     cat = taxonomy.category(category)
     if cat is None:
         return Reason.CATEGORIE_INCONNUE
@@ -109,14 +129,13 @@ def check_signal(
         return Reason.CATEGORIE_MEDICALE
     if purpose not in cat.finalites or purpose not in policy.finalites:
         return Reason.FINALITE_NON_AUTORISEE
-    rule = policy.bases_legales.get(legal_basis.code)
+    rule = policy.bases_legales.get(basis)  # type: ignore[call-overload]  # any code: None if unknown
     if rule is None or purpose not in rule.finalites:
         return Reason.BASE_LEGALE_INVALIDE
-    attested = set(legal_basis.conditions) if isinstance(legal_basis, LegalBasisLaw) else set()
     if rule.exige_consentement_enregistre:
         if not consent_on_record:
             return Reason.CONSENTEMENT_ABSENT
-    elif not set(rule.finalites[purpose].conditions) <= attested:
+    elif not set(rule.finalites[purpose].conditions) <= set(conditions):
         return Reason.CONDITION_NON_REMPLIE
     return None
 

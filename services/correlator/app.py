@@ -55,11 +55,10 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.services import WaitResults
@@ -67,8 +66,11 @@ from mode.services import WaitResults
 from services.core.registry import load_registry
 from services.core.rules import Context, load_rules
 from services.core.types import Fund
-from services.correlator.engine import REPARTITION_TOPIC, Engine, Record, murmur2
+from services.correlator.checkpool import CheckPool
+from services.correlator.engine import REPARTITION_TOPIC, Engine, Output, Record
+from services.correlator.partitioning import murmur2
 from services.correlator.state import PersonStore
+from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
@@ -89,15 +91,6 @@ def changelog_topic(app_id: str) -> str:
 
 def source_topics() -> list[str]:
     return [signal_topic(f) for f in Fund] + [CONSENTS_TOPIC, REPARTITION_TOPIC]
-
-
-@dataclass(frozen=True)
-class Tuning:
-    app_id: str = "help-correlator"
-    batch_max: int = 1000
-    batch_wait_s: float = 0.02
-    fetch_wait_ms: int = 20
-    linger_ms: int = 5
 
 
 _FETCH_WAIT_MS: list[int] = [1500]
@@ -186,11 +179,12 @@ def _patch_drain() -> None:
     cls._help_drain_patched = True  # type: ignore[attr-defined]
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, check_processes: int = 0) -> Engine:
     rules = load_rules(settings.schemas_dir / "rules.yaml", settings.taxonomy)
     ctx = Context(rules=rules, taxonomy=settings.taxonomy, policy=settings.policy)
     registry = load_registry(settings.key_dir / "registry.json")
-    return Engine(ctx, registry, partitions=PARTITIONS)
+    checks = CheckPool(registry, check_processes, partitions=PARTITIONS) if check_processes > 0 else None
+    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks)
 
 
 class Positions:
@@ -266,9 +260,9 @@ class Positions:
             self._sought.pop(tp, None)
 
 
-def make_app(settings: Settings, bootstrap: str, tuning: Tuning = Tuning()) -> faust.App:
+def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING) -> faust.App:
     """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
-    engine = build_engine(settings)
+    engine = build_engine(settings, tuning.check_processes)
     _FETCH_WAIT_MS[0] = tuning.fetch_wait_ms
     _patch_fetch_wait()
     _patch_drain()
@@ -341,24 +335,13 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = Tuning()) -> f
         await store.load({m.partition for m in messages}, send_acked, loader)
         records = [_record(m) for m in messages]
         batch = engine.process(records, store.get)
-        send = app.producer.send
         # State first, and durably: a situation event is only ever published for a state
         # already on the changelog, so version N of a situation means one content forever.
-        pending = []
         for key, (partition, value) in batch.writes.items():
             store.put(key, partition, value)
-            pending.append(await send(changelog, key, value, partition, None, None))
-        if pending:
-            await asyncio.gather(*pending)
-        partition_of = _Partitioner(app.producer)
-        pending = [await send(out.topic, out.key, out.value,
-                              out.partition if out.partition is not None
-                              else partition_of(out.topic, out.key),
-                              out.timestamp_ms / 1000 if out.timestamp_ms else None,
-                              list(out.headers) or None)
-                   for out in batch.outputs]
-        if pending:
-            await asyncio.gather(*pending)
+        await send_batches(app.producer, [Output(changelog, key, value, partition)
+                                          for key, (partition, value) in batch.writes.items()])
+        await send_batches(app.producer, batch.outputs)
         # Every effect is on the broker: commit exactly what was processed (not revoked:
         # the rebalance waits for this lock, and Faust drops offsets of unassigned partitions).
         done = {m.tp for m in messages}
@@ -390,8 +373,8 @@ class _Partitioner:
     the engine's faster murmur2 (equal to Kafka's, see tests/correlator/test_fast_paths.py);
     ``None`` (aiokafka decides) when the topic's partitions are not yet known or not 0..n-1."""
 
-    def __init__(self, producer: Any) -> None:
-        self.metadata = producer._ensure_producer()._metadata
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.metadata = producer._metadata
         self.counts: dict[str, int | None] = {}
 
     def __call__(self, topic: str, key: bytes | None) -> int | None:
@@ -402,6 +385,50 @@ class _Partitioner:
             self.counts[topic] = len(parts) if parts and parts == set(range(len(parts))) else None
         n = self.counts[topic]
         return None if n is None else (murmur2(key) & 0x7FFFFFFF) % n
+
+
+async def send_batches(producer: Any, outputs: Sequence[Output]) -> None:
+    """Send ``outputs`` and wait until the broker has acknowledged every one.
+
+    One record batch per topic partition (in the outputs' order within it), built with
+    aiokafka's ``create_batch``/``send_batch``: a future per batch instead of a future, a
+    partitioner call and an accumulator append per record (≈ 12 µs of the worker's time per
+    record measured here, ≈ 4 µs batched). A record whose partition aiokafka must choose
+    (the topic's metadata not known yet) is sent on its own, as before."""
+    if not outputs:
+        return
+    aio: AIOKafkaProducer = producer._ensure_producer()
+    partition_of = _Partitioner(aio)
+    groups: dict[tuple[str, int], list[Output]] = {}
+    pending = []
+    for out in outputs:
+        partition = out.partition if out.partition is not None else partition_of(out.topic, out.key)
+        if partition is None:
+            pending.append(await aio.send(out.topic, out.value, key=out.key, timestamp_ms=out.timestamp_ms,
+                                          headers=list(out.headers) or None))
+        else:
+            groups.setdefault((out.topic, partition), []).append(out)
+    for (topic, partition), records in groups.items():
+        builder = aio.create_batch()
+        for out in records:
+            headers = list(out.headers)
+            if builder.append(key=out.key, value=out.value, timestamp=out.timestamp_ms,
+                              headers=headers) is not None:
+                continue
+            if builder.record_count():  # full: off it goes (closed), and a new one
+                pending.append(await aio.send_batch(builder, topic, partition=partition))
+                builder = aio.create_batch()
+                if builder.append(key=out.key, value=out.value, timestamp=out.timestamp_ms,
+                                  headers=headers) is not None:
+                    continue
+            # Larger than a batch can hold: on its own (aiokafka sizes a batch for it).
+            pending.append(await aio.send(topic, out.value, key=out.key, partition=partition,
+                                          timestamp_ms=out.timestamp_ms, headers=headers or None))
+            builder = aio.create_batch()
+        if builder.record_count():
+            builder.close()  # complete: producer.send() must not add to it
+            pending.append(await aio.send_batch(builder, topic, partition=partition))
+    await asyncio.gather(*pending)
 
 
 #: While filling a batch, look at the queue again after this long.

@@ -39,24 +39,20 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 import re
-import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from services.core import signing
 from services.core.messages import (
-    SCHEMA_VERSION,
     ConsentEvent,
     DeadLetter,
     Pseudonym,
     Receipt,
-    Signal,
+    SealedRef,
     SourcePosition,
     parse,
     to_wire,
@@ -70,35 +66,19 @@ from services.core.person import (
     seen_source,
     situation_id_for,
 )
-from services.core.policy import check_signal
+from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
 from services.core.types import SIGNAL_ID_PATTERN, TOPIC_PATTERN, Fund, format_timestamp
+from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
+from services.correlator.partitioning import partition_for
 from services.platform.topics import (
-    CONSENTS_TOPIC,
     DEADLETTER_TOPIC,
     SITUATIONS_TOPIC,
-    fund_of_signal_topic,
     receipt_topic,
 )
 
-#: A signal is about 800 bytes; anything far above is refused before parsing.
-MAX_MESSAGE_BYTES = 16 * 1024
-
-
-class DuplicateMember(ValueError):
-    """A JSON object names the same member twice."""
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Python keeps the last of duplicate names, other parsers the first: a signed message
-    # could then say one thing to us and another to an auditor's tool (a medical category
-    # hidden in front of an accepted one). RFC 7493 (I-JSON) forbids duplicates: so do we.
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise DuplicateMember
-    return obj
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine).
 REPARTITION_TOPIC = "help-correlator-repartition"
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
@@ -153,34 +133,6 @@ class Rejected(Exception):
 
 def person_key(p: Pseudonym) -> bytes:
     return f"{p.key_id}/{p.value}".encode()
-
-
-_M2 = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``Utils.murmur2``), four bytes at a time: equal to aiokafka's, faster."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    for k in struct.unpack_from(f"<{length // 4}I", data):
-        k = (k * _M2) & _MASK
-        k = ((k ^ (k >> 24)) * _M2) & _MASK
-        h = ((h * _M2) & _MASK) ^ k
-    extra, tail = length & 3, length & ~3
-    if extra >= 3:
-        h ^= data[tail + 2] << 16
-    if extra >= 2:
-        h ^= data[tail + 1] << 8
-    if extra >= 1:
-        h = ((h ^ data[tail]) * _M2) & _MASK
-    h = ((h ^ (h >> 13)) * _M2) & _MASK
-    return h ^ (h >> 15)
-
-
-def partition_for(pseudonym_value: str, partitions: int) -> int:
-    """Kafka's default (murmur2) partitioner on the pseudonym value, as producers key."""
-    return (murmur2(pseudonym_value.encode()) & 0x7FFFFFFF) % partitions
 
 
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
@@ -273,28 +225,28 @@ def _hex32(*parts: object) -> str:
     return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
-# Field names of the contract: the only words a dead letter's detail may echo.
-_KNOWN_FIELDS = frozenset(
-    name for model in (Signal, ConsentEvent) for name in model.model_fields
-) | {"key_id", "value", "alg", "code", "conditions", "consent_ref"}
+#: What the checks need of a record: its value and the topic it was (originally) read from.
+CheckItem = tuple[bytes | None, str]
 
 
-def _pointer(loc: Iterable[object]) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(str(p))
-        elif isinstance(p, str) and p in _KNOWN_FIELDS:
-            parts.append(p)
-        else:
-            parts.append("*")  # never echo a name the sender chose
-    return "/" + "/".join(parts)
+class Checks(Protocol):
+    """Runs :class:`~services.correlator.checks.Checker` over a batch, here or elsewhere."""
+
+    def start(self, items: Sequence[CheckItem]) -> Callable[[int], Verdict]:
+        """Begin checking ``items``; the callable returned gives the verdict of item ``i``
+        (waiting for it if need be). It is called for every ``i``, in increasing order."""
+        ...
 
 
-def _schema_detail(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    kind = "".join(c for c in str(first["type"]) if c.isalnum() or c == "_")[:60]
-    return f"{_pointer(first['loc'])}:{kind}"[:300]
+class InlineChecks:
+    """The checks on the caller's thread, each when its verdict is asked for."""
+
+    def __init__(self, checker: Checker) -> None:
+        self.checker = checker
+
+    def start(self, items: Sequence[CheckItem]) -> Callable[[int], Verdict]:
+        check = self.checker.check
+        return lambda i: check(*items[i])
 
 
 class Engine:
@@ -311,22 +263,18 @@ class Engine:
 
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
                  clock: Callable[[], dt.datetime] | None = None,
-                 state_cache: StateCache | None = None) -> None:
+                 state_cache: StateCache | None = None, checks: Checks | None = None) -> None:
         self.ctx = ctx
         self.registry = registry
         self.partitions = partitions
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.states = state_cache if state_cache is not None else StateCache()
-        self._key_cache: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}
+        #: The stateless checks (up to the signature): inline unless given a pool.
+        self.checks: Checks = checks if checks is not None else InlineChecks(Checker(registry, partitions))
+        self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
         self._now = self.clock()
 
     # ----------------------------------------------------------------------- helpers
-    def _signing_key(self, fund: Fund, key_id: str) -> signing.VerifyingKey | None:
-        k = (fund, key_id)
-        if k not in self._key_cache:
-            key = self.registry.signing_key(fund, key_id)
-            self._key_cache[k] = signing.VerifyingKey(key) if key is not None else None
-        return self._key_cache[k]
 
     def _receipt(self, batch: Batch, rec: Record, fund: Fund, signal_id: str | None,
                  reason: Reason | None) -> None:
@@ -391,8 +339,10 @@ class Engine:
             states[key] = state
             dirty[key] = partition
 
-        for rec in records:
-            self._one(batch, rec, get, put)
+        records = list(records)
+        verdict = self.checks.start([(rec.value, rec.source()[0]) for rec in records])
+        for i, rec in enumerate(records):
+            self._one(batch, rec, verdict(i), get, put)
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
@@ -401,101 +351,65 @@ class Engine:
             cache.put(key, value, st)
         return batch
 
-    def _one(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
+    def _one(self, batch: Batch, rec: Record, verdict: Verdict,
+             get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
-        src_topic = rec.source()[0]
-        is_consent = src_topic == CONSENTS_TOPIC
-        owner = fund_of_signal_topic(src_topic)
-        # Receipts for a signal go to the owner of the topic it was read from (the sender).
-        receipt_fund: Fund | None = owner
-        signal_id: str | None = None
+        receipt_fund, signal_id, reason, detail, checked = verdict
         try:
-            raw = rec.value or b""
-            if len(raw) > MAX_MESSAGE_BYTES:
-                raise Rejected(Reason.MESSAGE_TROP_VOLUMINEUX, f"/:size_over_{MAX_MESSAGE_BYTES}")
-            try:
-                obj: Any = json.loads(raw, object_pairs_hook=_unique_members)
-            except DuplicateMember:
-                raise Rejected(Reason.JSON_INVALIDE, "/:duplicate_member_name") from None
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                # RecursionError: nesting deeper than the interpreter's limit ("[[[[..." in
-                # 16 KiB), which must be bad input like any other, never a worker crash.
-                raise Rejected(Reason.JSON_INVALIDE, "/:json_syntax") from None
-            if not isinstance(obj, dict):
-                raise Rejected(Reason.SCHEMA_INVALIDE, "/:not_an_object")
-            sid = obj.get("signal_id")
-            # fullmatch: with re.match, "$" also matches before a final newline, and an id
-            # ending in "\n" would then fail the Receipt model and crash the worker.
-            if isinstance(sid, str) and _SIGNAL_ID.fullmatch(sid):
-                signal_id = sid
-            if "schema_version" not in obj:
-                raise Rejected(Reason.SCHEMA_INVALIDE, "/schema_version:missing")
-            if obj["schema_version"] != SCHEMA_VERSION:
-                raise Rejected(Reason.VERSION_SCHEMA_INCONNUE, "/schema_version:unsupported")
-            try:
-                fund = Fund(str(obj.get("fund")))
-            except ValueError:
-                raise Rejected(Reason.ORGANISME_INCONNU, "/fund:unknown") from None
-            if is_consent:
-                receipt_fund = fund
-            elif owner is not fund:
-                raise Rejected(Reason.TOPIC_INCORRECT, "/fund:not_topic_owner")
-            sig = obj.get("signature")
-            key_id = sig.get("key_id") if isinstance(sig, dict) else None
-            key = self._signing_key(fund, key_id) if isinstance(key_id, str) else None
-            if key is None:
-                raise Rejected(Reason.CLE_SIGNATURE_INCONNUE, "/signature/key_id:unknown_for_fund")
-            if not signing.verify(obj, key):
-                raise Rejected(Reason.SIGNATURE_INVALIDE, "/signature/value:verify_failed")
-            if is_consent:
-                self._consent(batch, rec, raw, get, put)
-            else:
-                self._signal(batch, rec, raw, get, put)
+            if reason is not None:
+                raise Rejected(reason, detail)
+            if checked is not None:
+                self._signal(batch, rec, checked, get, put)
+            else:  # a consent (every signal that passes the checks comes with its values)
+                self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
             self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
 
-    def _route(self, batch: Batch, rec: Record, pseudonym: Pseudonym) -> int | None:
-        """The person's partition, or None after forwarding a misrouted record."""
-        expected = partition_for(pseudonym.value, self.partitions)
+    def _route(self, batch: Batch, rec: Record, pseudonym_value: str, expected: int) -> int | None:
+        """The person's partition (``expected``), or None after forwarding a misrouted record."""
         if rec.partition == expected:
             return expected
         topic, partition, offset = rec.source()
         batch.outputs.append(Output(
-            REPARTITION_TOPIC, pseudonym.value.encode(), rec.value, expected,
+            REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, expected,
             ((H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
              (H_OFFSET, str(offset).encode())),
             rec.timestamp_ms,
         ))
         return None
 
-    def _signal(self, batch: Batch, rec: Record, raw: bytes,
+    def _policy(self, sig: CheckedSignal, consent: bool) -> Reason | None:
+        """:func:`check_exchange` for this signal, remembered: a pure function of few values."""
+        key = (sig.fund, sig.category, sig.purpose, sig.legal_basis, sig.conditions, consent)
+        memo = self._policy_memo
+        if key not in memo:
+            if len(memo) > 10_000:  # categories x purposes x bases x conditions: few; bounded anyway
+                memo.clear()
+            memo[key] = check_exchange(self.ctx.policy, self.ctx.taxonomy, fund=sig.fund,
+                                       category=sig.category, purpose=sig.purpose,
+                                       basis=sig.legal_basis, conditions=sig.conditions,
+                                       consent_on_record=consent)
+        return memo[key]
+
+    def _signal(self, batch: Batch, rec: Record, sig: CheckedSignal,
                 get: Callable[[bytes], PersonState | None],
                 put: Callable[[bytes, int, PersonState], None]) -> None:
-        try:
-            signal = parse(Signal, raw)
-        except ValidationError as exc:
-            raise Rejected(Reason.SCHEMA_INVALIDE, _schema_detail(exc)) from None
-        if not self.registry.exchange_key_accepted(signal.pseudonym.key_id):
-            raise Rejected(Reason.CLE_PSEUDONYME_REFUSEE, "/pseudonym/key_id:not_accepted")
-        partition = self._route(batch, rec, signal.pseudonym)
+        partition = self._route(batch, rec, sig.pseudonym[1], sig.partition)
         if partition is None:
             return
-        pkey = person_key(signal.pseudonym)
+        pkey = f"{sig.pseudonym[0]}/{sig.pseudonym[1]}".encode()  # person_key of the pseudonym
         state = get(pkey)
-        reason = check_signal(self.ctx.policy, self.ctx.taxonomy, fund=signal.fund,
-                              category=signal.category, purpose=signal.purpose,
-                              legal_basis=signal.legal_basis,
-                              consent_on_record=consent_on_record(state, signal.purpose))
+        reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
         topic, part, offset = rec.source()
         position = f"{topic}:{part}:{offset}"
         if state is not None:
-            first = seen_source(state, signal.signal_id)
+            first = seen_source(state, sig.signal_id)
             if first == position:
                 # A redelivery after a crash: answer as the first time did.
-                self._receipt(batch, rec, signal.fund, signal.signal_id, None)
+                self._receipt(batch, rec, sig.fund, sig.signal_id, None)
                 if state.situation is not None:
                     self._situation(batch, state.situation.last_event)
                 batch.accepted += 1
@@ -504,16 +418,18 @@ class Engine:
                 raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
             if state.opposed:
                 raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
-        entry = SignalEntry(signal_id=signal.signal_id, fund=signal.fund, category=signal.category,
-                            purpose=signal.purpose, observed_on=signal.observed_on,
-                            territory=signal.territory, sealed_ref=signal.sealed_ref, source=position)
+        entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
+                            purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
+                            sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
+                            source=position)
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
-        step = on_signal(self.ctx, state or new_person(signal.pseudonym), entry,
-                         today=occurred.date(), occurred_at=occurred)
+        if state is None:
+            state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))
+        step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred)
         put(pkey, partition, step.state)
         for event in step.events:
             self._situation(batch, event)
-        self._receipt(batch, rec, signal.fund, signal.signal_id, None)
+        self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
 
     def _situation(self, batch: Batch, event: Any) -> None:
@@ -525,10 +441,11 @@ class Engine:
         try:
             event = parse(ConsentEvent, raw)
         except ValidationError as exc:
-            raise Rejected(Reason.SCHEMA_INVALIDE, _schema_detail(exc)) from None
+            raise Rejected(Reason.SCHEMA_INVALIDE, schema_detail(exc)) from None
         if not self.registry.exchange_key_accepted(event.pseudonym.key_id):
             raise Rejected(Reason.CLE_PSEUDONYME_REFUSEE, "/pseudonym/key_id:not_accepted")
-        partition = self._route(batch, rec, event.pseudonym)
+        partition = self._route(batch, rec, event.pseudonym.value,
+                                partition_for(event.pseudonym.value, self.partitions))
         if partition is None:
             return
         pkey = person_key(event.pseudonym)

@@ -6,8 +6,9 @@ import asyncio
 import gc
 import logging
 
-from services.correlator.app import PARTITIONS, Tuning, changelog_topic, make_app
+from services.correlator.app import PARTITIONS, changelog_topic, make_app
 from services.correlator.engine import REPARTITION_TOPIC
+from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
 from services.platform.settings import Settings
@@ -23,14 +24,11 @@ def ensure_internal_topics(settings: Settings, bootstrap: str, app_id: str) -> N
     asyncio.run(apply_topics(settings, bootstrap, specs))
 
 
-def run_worker(settings: Settings, *, app_id: str = "help-correlator", batch_max: int = 1000,
-               batch_wait_s: float = 0.02, fetch_wait_ms: int = 20) -> None:
+def run_worker(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> None:
     import faust
 
     bootstrap = resolve_bootstrap(settings)
-    ensure_internal_topics(settings, bootstrap, app_id)
-    tuning = Tuning(app_id=app_id, batch_max=batch_max, batch_wait_s=batch_wait_s,
-                    fetch_wait_ms=fetch_wait_ms)
+    ensure_internal_topics(settings, bootstrap, tuning.app_id)
     app = make_app(settings, bootstrap, tuning)
     # No per-message log records: WARNING and above only. Faust's spinner (on when stdout is
     # a terminal) sets the root logger to DEBUG, so every debug record of aiokafka and Faust

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.types import Fund
-from services.correlator.engine import partition_for
+from services.correlator.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
 from tests.correlator.factory import Funds, wire

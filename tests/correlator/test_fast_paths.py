@@ -31,14 +31,8 @@ from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.person import PersonState
 from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
-from services.correlator.engine import (
-    Engine,
-    Record,
-    StateCache,
-    murmur2,
-    partition_for,
-    receipt_wire,
-)
+from services.correlator.engine import Engine, Record, StateCache, receipt_wire
+from services.correlator.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import Funds, wire

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.correlator.engine import MAX_MESSAGE_BYTES
+from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, fund_of_signal_topic, receipt_topic, signal_topic
 from services.producer.sdk import SignalInput

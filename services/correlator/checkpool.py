@@ -1,0 +1,199 @@
+"""The stateless checks of :mod:`services.correlator.checks`, in helper processes.
+
+Why processes, not threads: the signature check alone is ≈ 55 µs of a signal and libsodium
+releases the GIL, but a thread that comes back from C must wait for the GIL, which the busy
+engine thread gives up only every switch interval (5 ms): measured here, a checking thread
+then managed one signature per ≈ 0.5 ms. A helper process has its own interpreter; with the
+JSON parsing and the canonical form it takes ≈ 80 µs of every signal off the worker's
+thread, on another core.
+
+Protocol, over the helper's stdin/stdout, each frame a 4-byte little-endian length and a
+pickle: first the registry (its JSON) and the partition count, then requests — a list of ``(value, source topic)``
+— each answered in order by the list of their verdicts (:func:`~.checks.to_plain`). The
+engine asks for the verdicts in record order; a batch is cut in chunks spread over the
+helpers, written ahead within a bounded window, so the first verdicts come back while the
+helpers are still checking the rest and the engine's own work overlaps theirs. The same
+:class:`~.checks.Checker` runs in the helper as inline, so the verdicts are the same.
+
+A helper that dies or answers nonsense raises :class:`CheckPoolError`: the worker stops
+without committing (the batch is read again after a restart). A helper whose worker dies
+reads the end of its stdin and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from services.core.registry import Registry
+from services.correlator.checks import Checker, Verdict, WireVerdict, from_plain, to_plain
+from services.errors import HelpExchangeError
+
+#: Records per request: small enough that the first verdicts come back quickly.
+CHUNK = 32
+#: Bytes of requests a helper may have unanswered (within the pipe, which is made larger).
+WINDOW_BYTES = 512 * 1024
+_F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
+_HEADER = struct.Struct("<I")
+
+
+class CheckPoolError(HelpExchangeError):
+    """A checking helper died or broke the protocol: the worker must stop without commit."""
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, OSError):  # not Linux, or above the system's limit: the default
+        pass
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        data = os.read(fd, n)
+        if not data:
+            return None
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def _write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read_frame(fd: int) -> bytes | None:
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    return _read_exact(fd, _HEADER.unpack(header)[0])
+
+
+class _Helper:
+    def __init__(self, registry_json: bytes, partitions: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.correlator.checkpool"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.out_fd = self.proc.stdout.fileno()
+        _grow_pipe(self.stdin.fileno())
+        _grow_pipe(self.out_fd)
+        #: Sizes of the requests written and not yet answered, oldest first.
+        self.unanswered: list[int] = []
+        self.send(pickle.dumps((registry_json, partitions)), expect_answer=False)
+
+    def send(self, payload: bytes, *, expect_answer: bool = True) -> None:
+        try:
+            _write_frame(self.stdin, payload)
+        except (BrokenPipeError, OSError) as exc:
+            raise CheckPoolError(f"a checking helper is gone (exit {self.proc.poll()})",
+                                 "see the worker's log; it restarts from the last commit") from exc
+        if expect_answer:
+            self.unanswered.append(len(payload))
+
+    def in_flight(self) -> int:
+        return sum(self.unanswered)
+
+    def receive(self) -> list[WireVerdict]:
+        payload = _read_frame(self.out_fd)
+        if payload is None:
+            raise CheckPoolError(f"a checking helper is gone (exit {self.proc.poll()})",
+                                 "see the worker's log; it restarts from the last commit")
+        self.unanswered.pop(0)
+        answer: Any = pickle.loads(payload)
+        if not isinstance(answer, list):
+            raise CheckPoolError("a checking helper answered out of protocol", "report it as a bug")
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+class CheckPool:
+    """``processes`` helpers running the checks for one engine (one batch at a time)."""
+
+    def __init__(self, registry: Registry, processes: int = 1, *, partitions: int = 8,
+                 chunk: int = CHUNK) -> None:
+        if processes < 1:
+            raise ValueError("a check pool needs at least one process")
+        registry_json = registry.model_dump_json().encode()
+        self.helpers = [_Helper(registry_json, partitions) for _ in range(processes)]
+        self.chunk = chunk
+
+    def start(self, items: Sequence[tuple[bytes | None, str]]) -> Callable[[int], Verdict]:
+        chunk, helpers = self.chunk, self.helpers
+        for helper in helpers:  # the previous batch's verdicts were all taken
+            if helper.unanswered:
+                raise CheckPoolError("a check pool was given a batch before the last was read",
+                                     "report it as a bug")
+        requests = [pickle.dumps(list(items[i:i + chunk]), protocol=pickle.HIGHEST_PROTOCOL)
+                    for i in range(0, len(items), chunk)]
+        written = 0
+
+        def write_ahead() -> None:
+            nonlocal written
+            while written < len(requests):
+                helper = helpers[written % len(helpers)]
+                if helper.unanswered and helper.in_flight() + len(requests[written]) > WINDOW_BYTES:
+                    return
+                helper.send(requests[written])
+                written += 1
+
+        write_ahead()
+        answers: list[Verdict] = []
+
+        def verdict(i: int) -> Verdict:
+            while i >= len(answers):
+                k = len(answers) // chunk
+                if k >= written:
+                    write_ahead()
+                answers.extend(from_plain(v) for v in helpers[k % len(helpers)].receive())
+                write_ahead()
+            return answers[i]
+
+        return verdict
+
+    def close(self) -> None:
+        for helper in self.helpers:
+            helper.close()
+
+
+def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
+    """The helper's loop: the registry, then requests answered in order until end of input."""
+    first = _read_frame(stdin_fd)
+    if first is None:
+        return 0
+    gc.set_threshold(100_000, 50, 100)  # as the worker: short-lived objects only, few cycles
+    registry_json, partitions = pickle.loads(first)
+    checker = Checker(Registry.model_validate_json(registry_json), partitions)
+    check = checker.check
+    with os.fdopen(stdout_fd, "wb", buffering=0, closefd=False) as out:
+        while True:
+            payload = _read_frame(stdin_fd)
+            if payload is None:
+                return 0
+            items = pickle.loads(payload)
+            _write_frame(out, pickle.dumps([to_plain(check(value, topic)) for value, topic in items],
+                                           protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
