@@ -119,6 +119,7 @@ async def main() -> None:
             await publish(bootstrap, items[i:i + 5000])
         raw = await raw_rate(bootstrap, len(items))
         out = await outputs(bootstrap)
+        print("worker log:", var / "worker.log")
         worker = start_worker(settings, "bench-correlator", var / "worker.log",
                               *os.environ.get("BENCH_WORKER_ARGS", "").split())
         seen, first, last = 0, None, 0.0

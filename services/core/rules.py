@@ -277,7 +277,6 @@ def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt
         return Step(state, tuple(events))  # observed before the window: kept for dedup only
     fired = fired_rules(ctx, state.signals)
     sit = state.situation
-    situation_id = sit.situation_id if sit else situation_id_for(state.pseudonym)
     if sit is None or sit.status == "fermee":
         repeat = ctx.rules.repeat
         if sit is not None and sit.closed_on is not None and repeat is not None \
@@ -285,6 +284,7 @@ def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt
             fired = (*fired, repeat[0])
         if not fired:
             return Step(state, tuple(events))
+        situation_id = sit.situation_id if sit else situation_id_for(state.pseudonym)
         previous = max(sit.version if sit else 0, state.version_floor)
         version = previous + 1
         kind: Literal["ouverte", "rouverte"] = "rouverte" if sit is not None else "ouverte"
@@ -295,6 +295,7 @@ def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt
         events.append(event)
         return Step(state.model_copy(update={"situation": new_sit}), tuple(events))
     # An open situation: publish an update only if what the funds see has changed.
+    situation_id = sit.situation_id
     repeat_code = ctx.rules.repeat[0] if ctx.rules.repeat else None
     keep_repeat = tuple(r for r in sit.last_event.rules if r == repeat_code and r not in fired)
     candidate = _snapshot(ctx, state, situation_id=situation_id, version=sit.version + 1,

@@ -99,8 +99,13 @@ def _check_timestamp(value: Any) -> Any:
 
 
 def format_timestamp(value: dt.datetime) -> str:
-    """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z')."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z').
+
+    ``isoformat``, not ``strftime``: the same text for every year from 1000 on, a third
+    faster (it runs for every timestamp of every message and state written), and a
+    four-digit year below 1000 too, where glibc's ``%Y`` would not pad (``999-…``)."""
+    # In UTC, isoformat always ends in "+00:00".
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 Timestamp = Annotated[

@@ -43,7 +43,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
@@ -87,15 +88,20 @@ _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)
 
 
-@dataclass(frozen=True)
-class Record:
+_NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
+
+
+class Record(NamedTuple):
+    """A consumed record. (Records and outputs are named tuples, not frozen dataclasses:
+    several are made per signal, and a frozen dataclass costs ≈ 1.5 µs more to build.)"""
+
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: Mapping[str, bytes] = field(default_factory=dict)
+    headers: Mapping[str, bytes] = _NO_HEADERS
 
     def source(self) -> tuple[str, int, int]:
         """The original position (a repartitioned record carries it in its headers)."""
@@ -105,8 +111,7 @@ class Record:
         return self.topic, self.partition, self.offset
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
