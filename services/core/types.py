@@ -99,8 +99,15 @@ def _check_timestamp(value: Any) -> Any:
 
 
 def format_timestamp(value: dt.datetime) -> str:
-    """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z')."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z').
+
+    The same text as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (a test holds them together),
+    through the C ``isoformat``, which is about twice as fast: the ledger formats one per
+    entry it appends. Years before 1000 take ``strftime``, whose ``%Y`` does not pad them."""
+    utc = value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)
+    if utc.year < 1000:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 Timestamp = Annotated[

@@ -24,7 +24,6 @@ import sqlalchemy as sa
 
 from services.core.messages import Pseudonym
 from services.errors import InputError
-from services.ledger import tables as lt
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
     Action,
@@ -32,7 +31,7 @@ from services.ledger.entries import (
     Finalite,
     LedgerEntry,
 )
-from services.ledger.store import Ledger
+from services.ledger.store import Ledger, ensure_tables
 
 if TYPE_CHECKING:
     from services.casebook.audit import AccessEvent
@@ -129,5 +128,5 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     The ledger shares the casebook's database (and its engine); its tables are created if
     missing. No signing key is needed to append (heads are signed by `audit head` and by
     the audit sink service)."""
-    lt.metadata.create_all(engine, checkfirst=True)
+    ensure_tables(engine)
     return LedgerAuditSink(Ledger(engine))

@@ -30,9 +30,9 @@ sink seeks every partition to its stored offset + 1 — Kafka's group offsets ar
 
 "Caught up" is an empty fetch, not a comparison with the end offsets: the embedded broker
 (Tansu 0.6) reports a partition's end wrongly (see :func:`services.producer.sdk.read_to_end`).
-Each time it is caught up after appending, the sink brings the auditor's index up to date
-and signs a tree head. ``--until-idle S`` stops it after S seconds without a record (the
-demo and the tests use it).
+Each time it is caught up after appending, the sink signs a tree head (the auditor's index
+is written with the entries). ``--until-idle S`` stops it after S seconds without a record
+(the demo and the tests use it).
 """
 
 from __future__ import annotations
@@ -278,7 +278,6 @@ class AuditSink:
         return self.totals
 
     def _checkpoint(self) -> None:
-        self.ledger.index_pending()
         if self.ledger.signer is not None:
             self.ledger.sign_head()
 
