@@ -9,17 +9,21 @@ strict mode only reads dates and timestamps from JSON text.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.core.reasons import Reason
+from services.core.signing import b64u
 from services.core.types import (
     Actor,
+    CaseNumber,
     Code,
     ConsentRef,
     Date,
     Departement,
+    Digest,
     Emitter,
     EventId,
     Fund,
@@ -217,6 +221,37 @@ class ConsentEvent(Frozen):
         return self
 
 
+class RevealEvent(Frozen):
+    """A fund's user opened one of the fund's own sealed references, on ``help.reveals.v1``.
+
+    What the ledger needs to say who revealed which case's reference, when and why, and
+    nothing more: the case number the reference was listed under (None if the export did not
+    show one before it), and the SHA-256 of the sealed value, by which the audit sink checks
+    that the case really holds this fund's seal. Never the reference, never the seal itself.
+    """
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    fund: Fund
+    emitter: Emitter
+    actor: Actor
+    purpose: Purpose
+    case_number: CaseNumber | None
+    sealed_digest: Digest
+    revealed_at: Timestamp
+    signature: Signature
+
+    @model_validator(mode="after")
+    def _emitter_of_fund(self) -> Self:
+        _emitter_matches_fund(self.fund, self.emitter)
+        return self
+
+
+def sealed_digest(value: str) -> str:
+    """What a :class:`RevealEvent` carries of a seal: SHA-256 of its wire value, base64url."""
+    return b64u(hashlib.sha256(value.encode("ascii")).digest())
+
+
 class DeadLetter(Frozen):
     """A message the correlator could not accept, kept whole on ``help.deadletter.v1``."""
 
@@ -252,5 +287,6 @@ MODELS: dict[str, type[Frozen]] = {
     "situation": SituationEvent,
     "followup": FollowupEvent,
     "consent": ConsentEvent,
+    "reveal": RevealEvent,
     "deadletter": DeadLetter,
 }

@@ -65,9 +65,12 @@ TIMESTAMP_PATTERN = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?Z$"
 )
 DATE_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+# The casebook's case number: département-year-month of opening-sequence, e.g. 35-2026-11-0042.
+CASE_NUMBER_PATTERN = r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])-\d{4}-(0[1-9]|1[0-2])-\d{4,7}$"
 
 # base64url without padding, sized to what each value really is.
 PSEUDONYM_VALUE_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # HMAC-SHA256: 32 bytes
+DIGEST_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # SHA-256: 32 bytes
 SIGNATURE_VALUE_PATTERN = r"^[A-Za-z0-9_-]{86}$"  # Ed25519: 64 bytes
 SEALED_VALUE_PATTERN = r"^[A-Za-z0-9_-]{40,160}$"  # nonce 12 + ref 1..64 + tag 16 bytes
 
@@ -81,6 +84,8 @@ ConsentRef = Annotated[str, S(pattern=CONSENT_REF_PATTERN)]
 TopicName = Annotated[str, S(pattern=TOPIC_PATTERN)]
 Actor = Annotated[str, S(pattern=ACTOR_PATTERN)]
 PseudonymValue = Annotated[str, S(pattern=PSEUDONYM_VALUE_PATTERN)]
+Digest = Annotated[str, S(pattern=DIGEST_PATTERN)]
+CaseNumber = Annotated[str, S(pattern=CASE_NUMBER_PATTERN)]
 SignatureValue = Annotated[str, S(pattern=SIGNATURE_VALUE_PATTERN)]
 SealedValue = Annotated[str, S(pattern=SEALED_VALUE_PATTERN)]
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from services.core.messages import Pseudonym
+from services.core.messages import Pseudonym, sealed_digest
 from services.errors import InputError
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
@@ -130,3 +130,25 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     the audit sink service)."""
     ensure_tables(engine)
     return LedgerAuditSink(Ledger(engine))
+
+
+def case_of_reveal(conn: sa.Connection, case_number: str | None, fund: str,
+                   digest: str) -> tuple[str, Pseudonym] | None:
+    """(situation id, pseudonym) of the case a reveal event names, if that case holds a
+    sealed reference of ``fund`` whose SHA-256 is ``digest``; else None (no such case, a
+    case purged since, or a token attributed to the wrong case: the entry then names none).
+    None too when this database has no casebook."""
+    from services.casebook import tables as ct
+
+    if case_number is None or not sa.inspect(conn).has_table(ct.situations.name):
+        return None
+    s = ct.situations.c
+    row = conn.execute(sa.select(s.situation_id, s.pseudonym_key_id, s.pseudonym, s.detail)
+                       .where(s.case_number == case_number)).first()
+    if row is None:
+        return None
+    for ref in (row.detail or {}).get("refs", ()):
+        sealed = ref.get("sealed_ref") or {}
+        if ref.get("fund") == fund and sealed_digest(str(sealed.get("value", ""))) == digest:
+            return row.situation_id, Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
+    return None

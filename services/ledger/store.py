@@ -353,13 +353,20 @@ class Ledger:
         return hashes
 
     def entry(self, entry_id: str) -> StoredEntry:
+        stored = self.get(entry_id)
+        if stored is None:
+            raise InputError(f"no entry {entry_id!r} in the ledger",
+                             "give an entry id as `audit query` prints it (32 hex digits)")
+        return stored
+
+    def get(self, entry_id: str) -> StoredEntry | None:
+        """The stored entry ``entry_id``, or None."""
         c = t.entries.c
         with self.engine.connect() as conn:
             row = conn.execute(select(c.seq, c.entry_id, c.entry, c.leaf_hash)
                                .where(c.id_key == key64(entry_id), c.entry_id == entry_id)).first()
         if row is None:
-            raise InputError(f"no entry {entry_id!r} in the ledger",
-                             "give an entry id as `audit query` prints it (32 hex digits)")
+            return None
         return StoredEntry(int(row.seq), row.entry_id, bytes(row.entry), bytes(row.leaf_hash))
 
     def inclusion(self, entry_id: str, tree_size: int | None = None
