@@ -10,7 +10,7 @@ strict mode only reads dates and timestamps from JSON text.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -94,7 +94,21 @@ def _emitter_matches_fund(fund: Fund, emitter: str) -> None:
         raise ValueError(f"emitter must be a body of fund {fund.value!r}")
 
 
-class Signal(Frozen):
+class FundMessage(Frozen):
+    """A message a fund emits (signal, consent, reveal): its emitter must be one of that
+    fund's bodies, so a fund's key can only speak for its own bodies."""
+
+    if TYPE_CHECKING:  # the subclasses declare the fields, each in its contract's order
+        fund: Fund
+        emitter: str
+
+    @model_validator(mode="after")
+    def _emitter_of_fund(self) -> Self:
+        _emitter_matches_fund(self.fund, self.emitter)
+        return self
+
+
+class Signal(FundMessage):
     """A pseudonymised fragility signal, published by a fund on ``help.signals.<fund>.v1``."""
 
     signal_id: SignalId
@@ -110,11 +124,6 @@ class Signal(Frozen):
     legal_basis: LegalBasis
     purpose: Purpose
     signature: Signature
-
-    @model_validator(mode="after")
-    def _emitter_of_fund(self) -> Self:
-        _emitter_matches_fund(self.fund, self.emitter)
-        return self
 
 
 class SourcePosition(Frozen):
@@ -201,7 +210,7 @@ class FollowupEvent(Frozen):
 ConsentKind = Literal["consentement_donne", "consentement_retire", "opposition"]
 
 
-class ConsentEvent(Frozen):
+class ConsentEvent(FundMessage):
     """A person's consent, its withdrawal, or an objection, on ``help.consents.v1``."""
 
     schema_version: SchemaVersion
@@ -215,13 +224,8 @@ class ConsentEvent(Frozen):
     effective_at: Timestamp
     signature: Signature
 
-    @model_validator(mode="after")
-    def _emitter_of_fund(self) -> Self:
-        _emitter_matches_fund(self.fund, self.emitter)
-        return self
 
-
-class RevealEvent(Frozen):
+class RevealEvent(FundMessage):
     """A fund's user opened one of the fund's own sealed references, on ``help.reveals.v1``.
 
     What the ledger needs to say who revealed which case's reference, when and why, and
@@ -240,11 +244,6 @@ class RevealEvent(Frozen):
     sealed_digest: Digest
     revealed_at: Timestamp
     signature: Signature
-
-    @model_validator(mode="after")
-    def _emitter_of_fund(self) -> Self:
-        _emitter_matches_fund(self.fund, self.emitter)
-        return self
 
 
 def sealed_digest(value: str) -> str:
