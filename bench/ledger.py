@@ -5,13 +5,13 @@
 Targets (issue 6): appends >= 20,000 entries/s; `audit verify` of 1,000,000 entries < 60 s.
 The append figure is the whole path of ``Ledger.append``: RFC 8785 canonical form, leaf
 hash, chain hash, idempotency look-up, batched INSERT and the saved tree frontier, one
-transaction per batch, into an SQLite file. The verify figure is ``verify_ledger``: every
+transaction per batch, into an SQLite file — and the auditor's index (case, pseudonym,
+actor, action), which is written in the same transaction, so nothing is left to do after
+the timer stops. The verify figure is ``verify_ledger``: every
 leaf hash recomputed from the stored bytes, every query column checked against them, the
 chain, the Merkle root, every signed head (one per 100,000 entries) and the auditor's index.
 
-The append path keeps one random index (the entry id's 64-bit digest, for idempotency);
-the auditor's index is added in bulk by ``Ledger.index_pending`` (timed separately, then
-together with the appends). See services/ledger/tables.py for why and the figures.
+See services/ledger/tables.py for how the indexes are laid out, and why.
 """
 
 from __future__ import annotations
@@ -73,18 +73,17 @@ def main() -> None:
             build_s += t1 - t0
             done = stop
         rate = args.entries / append_s
-        print(f"append: {args.entries:,} entries in batches of {args.batch:,}: {append_s:.1f} s "
-              f"= {rate:,.0f} entries/s (target >= 20,000) "
+        print(f"append (auditor's index included): {args.entries:,} entries in batches of "
+              f"{args.batch:,}: {append_s:.1f} s = {rate:,.0f} entries/s (target >= 20,000) "
               f"[{'OK' if rate >= 20_000 else 'MISSED'}]")
         print(f"        (building the pydantic entries, not counted: {build_s:.1f} s; "
               f"with it: {args.entries / (append_s + build_s):,.0f} entries/s)")
-
+        last_case = args.entries - 1 if args.entries % 2 == 0 else args.entries - 2  # odd i
         t0 = time.perf_counter()
-        indexed = ledger.index_pending()
-        index_s = time.perf_counter() - t0
-        print(f"auditor's index (case, pseudonym, actor, action), built in bulk off the append "
-              f"path: {indexed:,} entries in {index_s:.1f} s; append + index together: "
-              f"{args.entries / (append_s + index_s):,.0f} entries/s")
+        found = [i for i, _ in ledger.query(case_id=f"{last_case // 3:032x}")]
+        assert last_case in found, found
+        print(f"query by case through the auditor's index: {len(found)} entries in "
+              f"{(time.perf_counter() - t0) * 1000:.0f} ms")
 
         keys = {ledger.signer.key_id: ledger.signer.public_key} if ledger.signer else {}
         t0 = time.perf_counter()
@@ -96,8 +95,9 @@ def main() -> None:
         engine.dispose()
     from bench import emit
 
-    emit("ledger", {"entries": args.entries, "append_per_s": rate, "append_s": append_s, "index_s": index_s,
-                    "verify_s": verify_s, "load_average": os.getloadavg()[0]})
+    emit("ledger", {"entries": args.entries, "batch": args.batch, "append_per_s": rate,
+                    "append_s": append_s, "build_s": build_s, "verify_s": verify_s,
+                    "load_average": os.getloadavg()[0]})
 
 
 if __name__ == "__main__":

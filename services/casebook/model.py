@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from services.core.types import DEPARTEMENT_PATTERN, Fund, Priority
+from services.core.types import CASE_NUMBER_PATTERN, DEPARTEMENT_PATTERN, Fund, Priority
 from services.errors import InputError
 
 PRIORITY_RANK = {Priority.ROUGE.value: 0, Priority.ORANGE.value: 1, Priority.VERT.value: 2}
@@ -26,7 +26,7 @@ PRIORITY_LABEL = {"rouge": "Rouge", "orange": "Orange", "vert": "Vert"}
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _TERRITORY = re.compile(DEPARTEMENT_PATTERN)
-CASE_NUMBER = re.compile(r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])-\d{4}-(0[1-9]|1[0-2])-\d{4,7}$")
+CASE_NUMBER = re.compile(CASE_NUMBER_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,21 @@ strict mode only reads dates and timestamps from JSON text.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self, TypeVar
+import hashlib
+from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.core.reasons import Reason
+from services.core.signing import b64u
 from services.core.types import (
     Actor,
+    CaseNumber,
     Code,
     ConsentRef,
     Date,
     Departement,
+    Digest,
     Emitter,
     EventId,
     Fund,
@@ -90,7 +94,21 @@ def _emitter_matches_fund(fund: Fund, emitter: str) -> None:
         raise ValueError(f"emitter must be a body of fund {fund.value!r}")
 
 
-class Signal(Frozen):
+class FundMessage(Frozen):
+    """A message a fund emits (signal, consent, reveal): its emitter must be one of that
+    fund's bodies, so a fund's key can only speak for its own bodies."""
+
+    if TYPE_CHECKING:  # the subclasses declare the fields, each in its contract's order
+        fund: Fund
+        emitter: str
+
+    @model_validator(mode="after")
+    def _emitter_of_fund(self) -> Self:
+        _emitter_matches_fund(self.fund, self.emitter)
+        return self
+
+
+class Signal(FundMessage):
     """A pseudonymised fragility signal, published by a fund on ``help.signals.<fund>.v1``."""
 
     signal_id: SignalId
@@ -106,11 +124,6 @@ class Signal(Frozen):
     legal_basis: LegalBasis
     purpose: Purpose
     signature: Signature
-
-    @model_validator(mode="after")
-    def _emitter_of_fund(self) -> Self:
-        _emitter_matches_fund(self.fund, self.emitter)
-        return self
 
 
 class SourcePosition(Frozen):
@@ -197,7 +210,7 @@ class FollowupEvent(Frozen):
 ConsentKind = Literal["consentement_donne", "consentement_retire", "opposition"]
 
 
-class ConsentEvent(Frozen):
+class ConsentEvent(FundMessage):
     """A person's consent, its withdrawal, or an objection, on ``help.consents.v1``."""
 
     schema_version: SchemaVersion
@@ -211,10 +224,31 @@ class ConsentEvent(Frozen):
     effective_at: Timestamp
     signature: Signature
 
-    @model_validator(mode="after")
-    def _emitter_of_fund(self) -> Self:
-        _emitter_matches_fund(self.fund, self.emitter)
-        return self
+
+class RevealEvent(FundMessage):
+    """A fund's user opened one of the fund's own sealed references, on ``help.reveals.v1``.
+
+    What the ledger needs to say who revealed which case's reference, when and why, and
+    nothing more: the case number the reference was listed under (None if the export did not
+    show one before it), and the SHA-256 of the sealed value, by which the audit sink checks
+    that the case really holds this fund's seal. Never the reference, never the seal itself.
+    """
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    fund: Fund
+    emitter: Emitter
+    actor: Actor
+    purpose: Purpose
+    case_number: CaseNumber | None
+    sealed_digest: Digest
+    revealed_at: Timestamp
+    signature: Signature
+
+
+def sealed_digest(value: str) -> str:
+    """What a :class:`RevealEvent` carries of a seal: SHA-256 of its wire value, base64url."""
+    return b64u(hashlib.sha256(value.encode("ascii")).digest())
 
 
 class DeadLetter(Frozen):
@@ -252,5 +286,6 @@ MODELS: dict[str, type[Frozen]] = {
     "situation": SituationEvent,
     "followup": FollowupEvent,
     "consent": ConsentEvent,
+    "reveal": RevealEvent,
     "deadletter": DeadLetter,
 }

@@ -65,9 +65,12 @@ TIMESTAMP_PATTERN = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?Z$"
 )
 DATE_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+# The casebook's case number: département-year-month of opening-sequence, e.g. 35-2026-11-0042.
+CASE_NUMBER_PATTERN = r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])-\d{4}-(0[1-9]|1[0-2])-\d{4,7}$"
 
 # base64url without padding, sized to what each value really is.
 PSEUDONYM_VALUE_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # HMAC-SHA256: 32 bytes
+DIGEST_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # SHA-256: 32 bytes
 SIGNATURE_VALUE_PATTERN = r"^[A-Za-z0-9_-]{86}$"  # Ed25519: 64 bytes
 SEALED_VALUE_PATTERN = r"^[A-Za-z0-9_-]{40,160}$"  # nonce 12 + ref 1..64 + tag 16 bytes
 
@@ -81,6 +84,8 @@ ConsentRef = Annotated[str, S(pattern=CONSENT_REF_PATTERN)]
 TopicName = Annotated[str, S(pattern=TOPIC_PATTERN)]
 Actor = Annotated[str, S(pattern=ACTOR_PATTERN)]
 PseudonymValue = Annotated[str, S(pattern=PSEUDONYM_VALUE_PATTERN)]
+Digest = Annotated[str, S(pattern=DIGEST_PATTERN)]
+CaseNumber = Annotated[str, S(pattern=CASE_NUMBER_PATTERN)]
 SignatureValue = Annotated[str, S(pattern=SIGNATURE_VALUE_PATTERN)]
 SealedValue = Annotated[str, S(pattern=SEALED_VALUE_PATTERN)]
 
@@ -101,11 +106,13 @@ def _check_timestamp(value: Any) -> Any:
 def format_timestamp(value: dt.datetime) -> str:
     """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z').
 
-    ``isoformat``, not ``strftime``: the same text for every year from 1000 on, a third
-    faster (it runs for every timestamp of every message and state written), and a
-    four-digit year below 1000 too, where glibc's ``%Y`` would not pad (``999-…``)."""
-    # In UTC, isoformat always ends in "+00:00".
-    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    The same text as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (a test holds them together),
+    through the C ``isoformat``, which is about twice as fast: the ledger formats one per
+    entry it appends. Years before 1000 take ``strftime``, whose ``%Y`` does not pad them."""
+    utc = value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)
+    if utc.year < 1000:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 Timestamp = Annotated[

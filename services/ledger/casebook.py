@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from services.core.messages import Pseudonym
+from services.core.messages import Pseudonym, sealed_digest
 from services.errors import InputError
-from services.ledger import tables as lt
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
     Action,
@@ -32,7 +31,7 @@ from services.ledger.entries import (
     Finalite,
     LedgerEntry,
 )
-from services.ledger.store import Ledger
+from services.ledger.store import Ledger, ensure_tables
 
 if TYPE_CHECKING:
     from services.casebook.audit import AccessEvent
@@ -129,5 +128,27 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     The ledger shares the casebook's database (and its engine); its tables are created if
     missing. No signing key is needed to append (heads are signed by `audit head` and by
     the audit sink service)."""
-    lt.metadata.create_all(engine, checkfirst=True)
+    ensure_tables(engine)
     return LedgerAuditSink(Ledger(engine))
+
+
+def case_of_reveal(conn: sa.Connection, case_number: str | None, fund: str,
+                   digest: str) -> tuple[str, Pseudonym] | None:
+    """(situation id, pseudonym) of the case a reveal event names, if that case holds a
+    sealed reference of ``fund`` whose SHA-256 is ``digest``; else None (no such case, a
+    case purged since, or a token attributed to the wrong case: the entry then names none).
+    None too when this database has no casebook."""
+    from services.casebook import tables as ct
+
+    if case_number is None or not sa.inspect(conn).has_table(ct.situations.name):
+        return None
+    s = ct.situations.c
+    row = conn.execute(sa.select(s.situation_id, s.pseudonym_key_id, s.pseudonym, s.detail)
+                       .where(s.case_number == case_number)).first()
+    if row is None:
+        return None
+    for ref in (row.detail or {}).get("refs", ()):
+        sealed = ref.get("sealed_ref") or {}
+        if ref.get("fund") == fund and sealed_digest(str(sealed.get("value", ""))) == digest:
+            return row.situation_id, Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
+    return None

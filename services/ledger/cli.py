@@ -4,7 +4,7 @@
 1 naming the first bad entry; ``prove`` and ``consistency`` write proof files that
 ``check-proof`` checks offline (no database, only the ledger public key); ``query`` answers
 "who saw this case, when and why" in a French table; ``export`` writes a month as JSON
-Lines or CSV for a spreadsheet.
+Lines or CSV for a spreadsheet; ``reindex`` rebuilds the auditor's index from the entries.
 """
 
 from __future__ import annotations
@@ -227,6 +227,15 @@ def audit_export(ctx: click.Context, period: str, fmt: str, out: Path) -> None:
     click.echo(f"{count} entries of {period} written to {out}")
 
 
+@audit.command("reindex")
+@click.pass_context
+def audit_reindex(ctx: click.Context) -> None:
+    """Rebuild the auditor's index (what `audit query` looks through) from the entries, when
+    `audit verify` reports it damaged. The entries, their hashes and the heads are untouched."""
+    count = _ledger(ctx, sign=False).rebuild_index()
+    click.echo(f"Index de l'auditeur reconstruit : {count} entrée(s).")
+
+
 @audit.command("sink")
 @click.option("--until-idle", type=click.FloatRange(min=0.5), default=None,
               help="Stop once no record came for this many seconds (caught up); default: run "
@@ -300,10 +309,10 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
             asyncio.run(publish_tombstones(settings, resolve_bootstrap(settings),
                                            plan.situation_ids))
         if not dry_run:
-            ledger = Ledger(engine)
-            from services.ledger.tables import metadata
+            from services.ledger.store import ensure_tables
 
-            metadata.create_all(engine, checkfirst=True)
+            ensure_tables(engine)
+            ledger = Ledger(engine)
             apply_purge(engine, ledger, plan)
     finally:
         engine.dispose()

@@ -1,7 +1,8 @@
 """The audit sink: what happened on the exchange's topics, as ledger entries.
 
 ``help-exchange audit sink`` reads every fund's receipts (``help.receipts.<fund>.v1``),
-``help.situations.v1``, ``help.followups.v1`` and ``help.consents.v1`` and appends:
+``help.situations.v1``, ``help.followups.v1``, ``help.consents.v1`` and ``help.reveals.v1``
+and appends:
 
 =====================================  =============================================  ===============
 record                                 entry                                          natural key
@@ -15,7 +16,15 @@ situation tombstone (null value)       ``effacement`` (or ``purge_conservation``
 follow-up                              ``suite_enregistree``, actor = who recorded it  event id
 consent event (signature verified)     ``consentement_donne`` / ``_retire`` /          event id
                                        ``opposition``, pseudonym
+reveal event (signature verified)      ``reference_revelee``, actor = the fund's user,  event id
+                                       purpose, case and pseudonym (see below)
 =====================================  =============================================  ===============
+
+A reveal event names the case number its reference was listed under and the SHA-256 of the
+seal; the entry gets that case's situation id and pseudonym (from the casebook, which shares
+the database) only if the case holds this fund's seal with that digest — never a case the
+event could not prove. A replayed reveal is entered as it was the first time (read back
+from the ledger), even if the case was purged since.
 
 A receipt accepting a *consent* (no signal id) adds nothing: the consent itself is entered
 from its topic. A consent event whose signature does not verify against the key registry is
@@ -30,9 +39,9 @@ sink seeks every partition to its stored offset + 1 — Kafka's group offsets ar
 
 "Caught up" is an empty fetch, not a comparison with the end offsets: the embedded broker
 (Tansu 0.6) reports a partition's end wrongly (see :func:`services.producer.sdk.read_to_end`).
-Each time it is caught up after appending, the sink brings the auditor's index up to date
-and signs a tree head. ``--until-idle S`` stops it after S seconds without a record (the
-demo and the tests use it).
+Each time it is caught up after appending, the sink signs a tree head (the auditor's index
+is written with the entries). ``--until-idle S`` stops it after S seconds without a record
+(the demo and the tests use it).
 """
 
 from __future__ import annotations
@@ -49,16 +58,37 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from services.core import signing
-from services.core.messages import ConsentEvent, FollowupEvent, Receipt, SituationEvent, parse
+from services.core.messages import (
+    ConsentEvent,
+    FollowupEvent,
+    Receipt,
+    RevealEvent,
+    SituationEvent,
+    parse,
+)
 from services.core.registry import Registry, load_registry
 from services.core.types import Fund
 from services.errors import TransientError
 from services.ledger import tables as t
-from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, new_entry
+from services.ledger.entries import (
+    Action,
+    BaseLegale,
+    Finalite,
+    LedgerEntry,
+    entry_id_for,
+    new_entry,
+    parse_entry,
+)
 from services.ledger.store import Ledger
 from services.platform import kafka
 from services.platform.settings import Settings
-from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
+from services.platform.topics import (
+    CONSENTS_TOPIC,
+    FOLLOWUPS_TOPIC,
+    REVEALS_TOPIC,
+    SITUATIONS_TOPIC,
+    receipt_topic,
+)
 
 log = logging.getLogger("help_exchange.ledger.sink")
 
@@ -81,7 +111,8 @@ _CONSENT_ACTIONS = {
 
 
 def sink_topics() -> list[str]:
-    return [*(receipt_topic(f) for f in Fund), SITUATIONS_TOPIC, FOLLOWUPS_TOPIC, CONSENTS_TOPIC]
+    return [*(receipt_topic(f) for f in Fund), SITUATIONS_TOPIC, FOLLOWUPS_TOPIC, CONSENTS_TOPIC,
+            REVEALS_TOPIC]
 
 
 @dataclass(frozen=True)
@@ -109,10 +140,13 @@ def _finalite(purpose: str) -> Finalite:
 
 
 class EntryMaker:
-    """Turns records into ledger entries (pure but for the key registry, for consents)."""
+    """Turns records into ledger entries: pure but for the key registry (consents and reveals
+    are entered only if their signature verifies) and, for reveals, the ledger's database
+    (``ledger``: the reveal's case, from the casebook; None enters reveals with no case)."""
 
-    def __init__(self, registry: Registry | None) -> None:
+    def __init__(self, registry: Registry | None, ledger: Ledger | None = None) -> None:
         self.registry = registry
+        self.ledger = ledger
 
     def entries(self, r: Record) -> list[LedgerEntry]:
         """The entries of one record (empty if it is not one the ledger keeps); raises
@@ -129,6 +163,8 @@ class EntryMaker:
                               ref=f.event_id)]
         if r.topic == CONSENTS_TOPIC:
             return self._consent(r.value)
+        if r.topic == REVEALS_TOPIC:
+            return self._reveal(r.value)
         return self._receipt(r.value)
 
     def _receipt(self, value: bytes) -> list[LedgerEntry]:
@@ -172,6 +208,30 @@ class EntryMaker:
         return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
                           legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
                           subject=c.pseudonym, ref=c.event_id)]
+
+    def _reveal(self, value: bytes) -> list[LedgerEntry]:
+        from services.ledger.casebook import case_of_reveal
+
+        v = parse(RevealEvent, value)
+        if not self._verified(v.fund, value):
+            log.warning("reveal event %s: signature not verified, not entered", v.event_id)
+            return []
+        action = Action.REFERENCE_REVELEE
+        if self.ledger is None:
+            case = None
+        else:
+            stored = self.ledger.get(entry_id_for(action.value, v.event_id))
+            if stored is not None:  # a replay: the same entry, whatever the casebook says now
+                return [parse_entry(stored.data)]
+            with self.ledger.engine.connect() as conn:
+                case = case_of_reveal(conn, v.case_number, v.fund.value, v.sealed_digest)
+        if case is None:
+            log.warning("reveal event %s: case %s does not hold this seal of %s; entered without "
+                        "a case", v.event_id, v.case_number, v.fund.value)
+        return [new_entry(action=action, actor=v.actor, purpose=_finalite(v.purpose.value),
+                          legal_basis=BaseLegale.L115_2_1, time=v.revealed_at,
+                          natural_key=(v.event_id,), ref=v.event_id,
+                          case_id=case[0] if case else None, subject=case[1] if case else None)]
 
     def _verified(self, fund: Fund, value: bytes) -> bool:
         import json
@@ -246,7 +306,7 @@ class AuditSink:
         from services.producer.keys import registry_path
 
         path = registry_path(self.settings.key_dir)
-        maker = EntryMaker(load_registry(path) if path.exists() else None)
+        maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger)
         cons = kafka.consumer(self.settings, self.bootstrap, group_id=None,
                               max_poll_records=self.batch_max, fetch_max_wait_ms=200)
         await cons.start()
@@ -278,7 +338,6 @@ class AuditSink:
         return self.totals
 
     def _checkpoint(self) -> None:
-        self.ledger.index_pending()
         if self.ledger.signer is not None:
             self.ledger.sign_head()
 

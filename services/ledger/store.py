@@ -40,13 +40,26 @@ on the one ``ledger_state`` row, so sequence numbers have no gap.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.errors import InputError, TransientError
@@ -63,28 +76,45 @@ _IN_CHUNK = 500
 
 
 def key64(text: str) -> int:
-    """The 64-bit signed integer digest under which a random text key is indexed (see
+    """The 64-bit signed integer digest under which an entry id is indexed (see
     :mod:`services.ledger.tables`): BLAKE2b-64 of the text. Collisions only cost a second
     comparison, on the text itself, which every lookup makes."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def lookup_key(kind: str, value: str) -> int:
-    """The auditor's index key of a case (``c``), pseudonym (``s``), actor (``a``) or action
-    (``x``)."""
-    return key64(f"{kind}\x00{value}")
+#: The auditor's index puts each kind of key (case, pseudonym, actor, action) into this many
+#: buckets (see :mod:`services.ledger.tables` for why buckets and not one key per value).
+LOOKUP_BUCKET_BITS = 7
+_LOOKUP_KINDS = {"c": 0, "s": 1, "a": 2, "x": 3}
+_FP_BITS = 32
 
 
-def lookup_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int]]:
-    """(key, seq) of the auditor's index for rows (seq, case_id, subject_value, actor, action)."""
+def lookup_key(kind: str, value: str) -> tuple[int, int]:
+    """(bucket, fingerprint) of a case (``c``), pseudonym (``s``), actor (``a``) or action
+    (``x``) in the auditor's index: from BLAKE2b-64 of the kind and value, the top bits pick
+    the bucket, the low 32 bits (as a signed 32-bit integer, for PostgreSQL's INTEGER) are
+    the fingerprint that a query compares inside its bucket."""
+    digest = int.from_bytes(_blake2b(_KIND_PREFIX[kind] + value.encode(), digest_size=8).digest())
+    return (_KIND_BASE[kind] | digest >> _BUCKET_SHIFT), (digest & _FP_MASK) - _FP_OFFSET
+
+
+_blake2b = hashlib.blake2b
+_KIND_PREFIX = {kind: kind.encode() + b"\x00" for kind in _LOOKUP_KINDS}
+_KIND_BASE = {kind: code << LOOKUP_BUCKET_BITS for kind, code in _LOOKUP_KINDS.items()}
+_BUCKET_SHIFT = 64 - LOOKUP_BUCKET_BITS
+_FP_MASK = (1 << _FP_BITS) - 1
+_FP_OFFSET = 1 << (_FP_BITS - 1)
+
+
+def lookup_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int, int]]:
+    """(bucket, seq, fingerprint) rows of the auditor's index for rows (seq, case_id,
+    subject_value, actor, action)."""
     for seq, case_id, subject, actor, action in rows:
         seq = int(seq)
-        if case_id is not None:
-            yield lookup_key("c", case_id), seq
-        if subject is not None:
-            yield lookup_key("s", subject), seq
-        yield lookup_key("a", actor), seq
-        yield lookup_key("x", action), seq
+        for kind, value in (("c", case_id), ("s", subject), ("a", actor), ("x", action)):
+            if value is not None:
+                bucket, fp = lookup_key(kind, value)
+                yield bucket, seq, fp
 
 
 def chain_next(previous: bytes, leaf: bytes) -> bytes:
@@ -105,11 +135,18 @@ def engine_for(database_url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL (readers never block the appender), fsync at checkpoints only (a crash loses at
-    most the last transactions, never the file's consistency), and a page cache big enough
-    for the entry-id and pseudonym indexes of a few million entries."""
+    """WAL (readers never block the appender) with ``synchronous=NORMAL``: a commit has
+    written its pages to the WAL file before it returns, so a committed append survives a
+    crash of the process; only an OS crash or power cut could lose the commits since the last
+    checkpoint, never the file's consistency. A checkpoint every 25,000 pages (100 MB of
+    WAL, not SQLite's default 4 MB): a page that many appends touch (the tail of the
+    entry-id index, of the auditor's index's buckets) is copied back once per checkpoint,
+    not once per batch, which at a million entries halves the time spent committing; the
+    WAL file is truncated back to 64 MB after a checkpoint. A page cache big enough for the
+    indexes of a few million entries."""
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-131072"):
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-131072",
+                   "wal_autocheckpoint=25000", "journal_size_limit=67108864"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -154,7 +191,7 @@ class Ledger:
         the embedded default; with Alembic migrations in charge, pass False."""
         engine = engine_for(settings.database_url)
         if create_tables:
-            t.metadata.create_all(engine, checkfirst=True)
+            ensure_tables(engine)
         signer = LedgerSigner.load(settings.key_dir, create=True) if sign else None
         return cls(engine, signer)
 
@@ -212,26 +249,48 @@ class Ledger:
         index_of = {entry_id: seq for entry_id, (seq, _) in present.items()}
         size, compact, chain = state.tree_size, state.compact, state.last_chain
         rows: list[tuple[Any, ...]] = []
+        keys: list[tuple[int, int, int]] = []
         sha = hashlib.sha256
+        leaf_append = compact.append
+        row_append, key_append = rows.append, keys.append
+        few = _few_valued_key
         for entry, data in batch:
-            stored = present.get(entry.entry_id)
-            if stored is not None:
-                if stored[1] != data:
-                    raise _conflict(entry.entry_id)
-                continue
+            entry_id = entry.entry_id
+            if present:
+                stored = present.get(entry_id)
+                if stored is not None:
+                    if stored[1] != data:
+                        raise _conflict(entry_id)
+                    continue
             leaf = sha(b"\x00" + data).digest()
             chain = sha(chain + leaf).digest()
-            compact.append(leaf)
-            subject = entry.subject
-            rows.append((
-                size, entry.entry_id, id_keys[entry.entry_id], entry.time_text, entry.actor,
-                entry.action.value, entry.case_id, subject.key_id if subject else None,
-                subject.value if subject else None, data, leaf, chain,
+            leaf_append(leaf)
+            subject, case_id, actor, action = entry.subject, entry.case_id, entry.actor, \
+                entry.action.value
+            at = data.rindex(b'"time":"') + 8  # the time as hashed (one format, see entries)
+            row_append((
+                size, entry_id, id_keys[entry_id], data[at:data.index(b'"', at)].decode(),
+                actor, action, case_id,
+                subject.key_id if subject else None, subject.value if subject else None,
+                data, leaf, chain,
             ))
-            index_of[entry.entry_id] = size
+            # The auditor's index, in the same transaction: a query never misses an entry.
+            if case_id is not None:
+                bucket, fp = lookup_key("c", case_id)
+                key_append((bucket, size, fp))
+            if subject is not None:
+                bucket, fp = lookup_key("s", subject.value)
+                key_append((bucket, size, fp))
+            bucket, fp = few("a", actor)
+            key_append((bucket, size, fp))
+            bucket, fp = few("x", action)
+            key_append((bucket, size, fp))
+            index_of[entry_id] = size
             size += 1
         if rows:
-            _insert_entries(conn, rows)
+            _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows)
+            keys.sort()  # in index order: each bucket's tail page is visited once
+            _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, keys)
             conn.execute(update(t.state).where(t.state.c.id == 1).values(
                 tree_size=size, compact_range=compact.to_bytes(), last_chain=chain))
         head = None
@@ -294,13 +353,20 @@ class Ledger:
         return hashes
 
     def entry(self, entry_id: str) -> StoredEntry:
+        stored = self.get(entry_id)
+        if stored is None:
+            raise InputError(f"no entry {entry_id!r} in the ledger",
+                             "give an entry id as `audit query` prints it (32 hex digits)")
+        return stored
+
+    def get(self, entry_id: str) -> StoredEntry | None:
+        """The stored entry ``entry_id``, or None."""
         c = t.entries.c
         with self.engine.connect() as conn:
             row = conn.execute(select(c.seq, c.entry_id, c.entry, c.leaf_hash)
                                .where(c.id_key == key64(entry_id), c.entry_id == entry_id)).first()
         if row is None:
-            raise InputError(f"no entry {entry_id!r} in the ledger",
-                             "give an entry id as `audit query` prints it (32 hex digits)")
+            return None
         return StoredEntry(int(row.seq), row.entry_id, bytes(row.entry), bytes(row.leaf_hash))
 
     def inclusion(self, entry_id: str, tree_size: int | None = None
@@ -336,16 +402,17 @@ class Ledger:
 
         ``period`` is a half-open range of timestamps' text, e.g. ("2026-11", "2026-12").
         The most selective of case, pseudonym, actor and action goes through the auditor's
-        index (brought up to date first, :meth:`index_pending`); every filter is then also
-        applied to the entry's own columns (a digest collision is not a match)."""
+        index (one bucket, narrowed by the fingerprint); every filter is then also applied to
+        the entry's own columns (a fingerprint collision is not a match)."""
         c = t.entries.c
         query = select(c.seq, c.entry).order_by(c.seq)
         via = next(((kind, value) for kind, value in (("c", case_id), ("s", pseudonym),
                                                       ("a", actor), ("x", action))
                     if value is not None), None)
         if via is not None:
-            self.index_pending()
-            keyed = select(t.lookup.c.seq).where(t.lookup.c.lkey == lookup_key(*via))
+            bucket, fp = lookup_key(*via)
+            lk = t.lookup.c
+            keyed = select(lk.seq).where(lk.bucket == bucket, lk.fp == fp)
             query = query.where(c.seq.in_(keyed))
         if case_id is not None:
             query = query.where(c.case_id == case_id)
@@ -364,25 +431,23 @@ class Ledger:
             for row in result:
                 yield int(row.seq), bytes(row.entry)
 
-    def index_pending(self, batch: int = 200_000) -> int:
-        """Add the entries appended since the last call to the auditor's index
-        (``ledger_lookup``), ``batch`` entries per transaction; returns how many."""
-        done = 0
+    def rebuild_index(self, batch: int = 100_000) -> int:
+        """Rebuild the auditor's index from the stored entries, in one transaction; returns
+        how many entries it covers. For a ledger whose index was damaged (``audit verify``
+        says so) or that predates it; appends wait meanwhile (they take the same lock)."""
         c = t.entries.c
-        while True:
-            with self.engine.begin() as conn:
-                _lock_state(conn)
-                start = int(conn.execute(select(t.state.c.indexed_size)
-                                         .where(t.state.c.id == 1)).scalar_one())
+        with self.engine.begin() as conn:
+            _lock_state(conn)
+            conn.execute(delete(t.lookup))
+            start = done = 0
+            while True:
                 rows = conn.execute(select(c.seq, c.case_id, c.subject_value, c.actor, c.action)
                                     .where(c.seq >= start).order_by(c.seq).limit(batch)).all()
                 if not rows:
                     return done
-                keys = sorted(lookup_rows(rows))
-                _insert_lookup(conn, keys)
-                conn.execute(update(t.state).where(t.state.c.id == 1)
-                             .values(indexed_size=int(rows[-1][0]) + 1))
-            done += len(rows)
+                _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, sorted(lookup_rows(rows)))
+                done += len(rows)
+                start = int(rows[-1][0]) + 1
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -390,6 +455,22 @@ class Ledger:
 
 
 # ---------------------------------------------------------------------------- helpers
+#: The auditor's index before it was kept in the append transaction (one 64-bit key per
+#: value, filled in bulk later): replaced by ``ledger_index``.
+_LEGACY_LOOKUP = "ledger_lookup"
+
+
+def ensure_tables(engine: Engine) -> None:
+    """Create the missing ``ledger_*`` tables, and bring a ledger written by an earlier
+    version up to date: its deferred index (``ledger_lookup``) is dropped and the auditor's
+    index rebuilt from the entries. Entries, hashes and heads are never touched."""
+    t.metadata.create_all(engine, checkfirst=True)
+    if _LEGACY_LOOKUP in inspect(engine).get_table_names():
+        Ledger(engine).rebuild_index()
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {_LEGACY_LOOKUP}"))
+
+
 class _conn:
     """Use the caller's connection, or open (and close) one."""
 
@@ -449,45 +530,47 @@ def _lock_state(conn: Connection) -> _State:
                         .values(version=t.state.c.version + 1))
     if done.rowcount == 0:
         conn.execute(insert(t.state).values(id=1, tree_size=0, compact_range=b"",
-                                            last_chain=GENESIS_CHAIN, version=1, indexed_size=0))
+                                            last_chain=GENESIS_CHAIN, version=1))
     return _read_state(conn)
 
 
 _ENTRY_COLUMNS = ("seq", "entry_id", "id_key", "time", "actor", "action", "case_id",
                   "subject_key_id", "subject_value", "entry", "leaf_hash", "chain_hash")
+_LOOKUP_COLUMNS = ("bucket", "seq", "fp")
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
-def _insert_entries(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+@functools.lru_cache(maxsize=4096)
+def _few_valued_key(kind: str, value: str) -> tuple[int, int]:
+    """:func:`lookup_key` of actors and actions, which repeat (a few hundred users, 18
+    actions): remembered rather than hashed again for every entry."""
+    return lookup_key(kind, value)
+
+
+def _insert_rows(conn: Connection, table: str, columns: tuple[str, ...],
+                 rows: list[tuple[Any, ...]]) -> None:
     """One driver-level executemany: SQLAlchemy's per-value bind processing costs more than
     the hashing itself at tens of thousands of rows a second."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    mark = _MARKS.get(conn.dialect.paramstyle)
     if mark is None:  # pragma: no cover - neither SQLite nor psycopg
-        conn.execute(insert(t.entries), [dict(zip(_ENTRY_COLUMNS, row, strict=True))
-                                         for row in rows])
+        conn.execute(insert(t.metadata.tables[table]),
+                     [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    statement = (f"INSERT INTO {t.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
-                 f"VALUES ({', '.join([mark] * len(_ENTRY_COLUMNS))})")
+    statement = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                 f"VALUES ({', '.join([mark] * len(columns))})")
     conn.exec_driver_sql(statement, rows)
 
 
-def _insert_lookup(conn: Connection, keys: list[tuple[int, int]]) -> None:
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
-    if mark is None:  # pragma: no cover - neither SQLite nor psycopg
-        conn.execute(insert(t.lookup), [{"lkey": k, "seq": s} for k, s in keys])
-        return
-    for start in range(0, len(keys), 50_000):
-        conn.exec_driver_sql(f"INSERT INTO {t.lookup.name} (lkey, seq) VALUES ({mark}, {mark})",
-                             keys[start:start + 50_000])
-
-
 def _existing(conn: Connection, id_keys: dict[str, int]) -> dict[str, tuple[int, bytes]]:
-    c = t.entries.c
+    """The stored (seq, bytes) of those ids that are already in the ledger."""
+    mark = _MARKS.get(conn.dialect.paramstyle, "?")
     found: dict[str, tuple[int, bytes]] = {}
-    wanted = id_keys
     keys = list(id_keys.values())
     for start in range(0, len(keys), _IN_CHUNK):
         chunk = keys[start : start + _IN_CHUNK]
-        for row in conn.execute(select(c.entry_id, c.seq, c.entry).where(c.id_key.in_(chunk))):
-            if row.entry_id in wanted:  # a digest collision with another id is not a match
-                found[row.entry_id] = (int(row.seq), bytes(row.entry))
+        statement = (f"SELECT entry_id, seq, entry FROM {t.entries.name} "
+                     f"WHERE id_key IN ({', '.join([mark] * len(chunk))})")
+        for entry_id, seq, data in conn.exec_driver_sql(statement, tuple(chunk)):
+            if entry_id in id_keys:  # a digest collision with another id is not a match
+                found[entry_id] = (int(seq), bytes(data))
     return found

@@ -12,21 +12,27 @@ default create the tables with ``metadata.create_all``. Every table name starts 
   renumbered, where the Merkle root alone would only say "something changed".
 
   Indexes, chosen by measurement (bench/ledger.py). An index over a *random* key (the
-  entry id, the case id, the pseudonym, even the actor among hundreds of users) makes every
-  insert dirty a random B-tree leaf page, and every dirty page is written to the WAL at
-  commit: at a million entries a batch of 5,000 wrote tens of megabytes and the append
-  rate fell from 25,000/s to 10,000/s. So the append path keeps only what it needs:
+  entry id, the case id, the pseudonym) makes every insert dirty a random B-tree leaf page,
+  and every dirty page is written to the WAL at commit: at a million entries a batch of
+  5,000 wrote tens of megabytes and the append rate fell from 25,000/s to 10,000/s. So
   ``seq`` is SQLite's rowid (no separate primary-key index), ``time`` grows with ``seq``
-  (appends at the right edge), and the one random index left is ``id_key``, a 64-bit
-  digest of the entry id (a quarter of the text's size; see
-  :func:`services.ledger.store.key64`) that the idempotency check needs. Uniqueness of
-  ``entry_id`` is enforced by :meth:`Ledger.append` under the appenders' lock, which every
-  append takes before looking ids up.
-* ``ledger_lookup``: the auditor's index (case, pseudonym, actor, action → seq), maintained
-  *in bulk* off the append path by :meth:`Ledger.index_pending` (``audit query`` and the
-  audit sink call it): inserting 100,000 sorted keys at once dirties each leaf page once,
-  not once per entry. ``ledger_state.indexed_size`` says how far it goes; ``audit verify``
-  checks it (a multiset digest), so a row removed to hide an entry from a query is found.
+  (appends at the right edge), and the one random index is ``id_key``, a 64-bit digest of
+  the entry id (a quarter of the text's size; see :func:`services.ledger.store.key64`)
+  that the idempotency check needs: a point look-up per appended entry, which no cheaper
+  layout gives. Uniqueness of ``entry_id`` is enforced by :meth:`Ledger.append` under the
+  appenders' lock, which every append takes before looking ids up.
+* ``ledger_index``: the auditor's index (case, pseudonym, actor, action → seq), written in
+  the append's own transaction, so a query never misses a committed entry and nothing is
+  left for later. It is *bucketed* rather than keyed by value: each kind of value hashes
+  into one of 128 buckets (:func:`services.ledger.store.lookup_key`) and a row is
+  (bucket, seq, 32-bit fingerprint of the value). Within a bucket, seq only grows, so an
+  append only ever writes at the tail of the buckets it touches — a few hundred hot pages
+  whatever the ledger's size, where one key per value would dirty a random page per case
+  and per pseudonym. A query reads its bucket (1/128 of that kind's rows, contiguous),
+  keeps the rows with its fingerprint, then checks the entries' own columns (so neither a
+  bucket shared nor a fingerprint collision is ever a match). ``audit verify`` checks the
+  index holds exactly the rows of the entries (a multiset digest): a row removed to hide
+  an entry from a query is found, and ``audit reindex`` rebuilds it.
 * ``ledger_heads``: signed tree heads (size, root, time, Ed25519 signature, key id).
 * ``ledger_state``: one row: the current size, the compact range of the tree (the roots of
   its perfect subtrees, so a new root costs O(log n)), and the last chain hash. Appenders
@@ -85,14 +91,14 @@ state = Table(
     Column("compact_range", LargeBinary, nullable=False),
     Column("last_chain", LargeBinary(32), nullable=False),
     Column("version", BigInteger, nullable=False),
-    Column("indexed_size", BigInteger, nullable=False, server_default="0"),
 )
 
 lookup = Table(
-    "ledger_lookup",
+    "ledger_index",
     metadata,
-    Column("lkey", BigInteger, primary_key=True, autoincrement=False),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("fp", Integer, nullable=False),
     sqlite_with_rowid=False,
 )
 

@@ -119,16 +119,17 @@ _COLUMN_NAMES = ("entry_id", "id_key", "time", "actor", "action", "case_id", "su
 _MASK = (1 << 64) - 1
 
 
-def _pair_digest(pairs: Iterable[tuple[int, int]]) -> int:
-    """A multiset digest of (key, seq) pairs: the sum of their BLAKE2b-64, modulo 2**64."""
-    blake, pack = hashlib.blake2b, _PAIR.pack
+def _rows_digest(rows: Iterable[tuple[int, int, int]]) -> int:
+    """A multiset digest of the auditor's index rows (bucket, seq, fingerprint): the sum of
+    their BLAKE2b-64, modulo 2**64 (order-free, so the table can be read in any order)."""
+    blake, pack = hashlib.blake2b, _ROW.pack
     total = 0
-    for pair in pairs:
-        total += int.from_bytes(blake(pack(*pair), digest_size=8).digest(), "big")
+    for row in rows:
+        total += int.from_bytes(blake(pack(*row), digest_size=8).digest(), "big")
     return total & _MASK
 
 
-_PAIR = struct.Struct(">qq")
+_ROW = struct.Struct(">qqq")
 
 
 def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
@@ -150,7 +151,6 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
     query = select(c.seq, c.entry_id, c.id_key, c.time, c.actor, c.action, c.case_id,
                    c.subject_key_id, c.subject_value, c.entry, c.leaf_hash,
                    c.chain_hash).order_by(c.seq)
-    indexed = int(state_row.indexed_size) if state_row is not None else 0
     expected_lookup = 0
     expected = 0
     next_size = 0  # position in ``sizes`` of the next head to compare
@@ -170,10 +170,9 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                 why = _check_columns((entry_id, *columns), data, deep)
                 if why is not None:
                     report.add(Problem(why, seq, entry_id))
-            if seq < indexed:
-                _, _, actor, action, case_id, _, subject = columns
-                expected_lookup += _pair_digest(lookup_rows(((seq, case_id, subject, actor,
-                                                              action),)))
+            _, _, actor, action, case_id, _, subject = columns
+            expected_lookup += _rows_digest(lookup_rows(((seq, case_id, subject, actor,
+                                                          action),)))
             if sha(prev_chain + stored_leaf).digest() != stored_chain:
                 report.add(Problem("out of place: its chain hash does not follow the previous "
                                    "entry (rows reordered, renumbered or removed before it)",
@@ -195,7 +194,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                                f"{acc.size} entries remain: entries from n° {acc.size} on were "
                                "deleted", acc.size, None))
     _check_state(state_row, acc, prev_chain, report)
-    _check_lookup(engine, expected_lookup & _MASK, indexed, report)
+    _check_lookup(engine, expected_lookup & _MASK, report)
     report.heads_checked = len(heads)
     return report
 
@@ -228,17 +227,18 @@ def _check_heads_at(heads: list[SignedHead], root: bytes, last_good: int, report
     return ok
 
 
-def _check_lookup(engine: Engine, expected: int, indexed: int, report: Report) -> None:
-    """The auditor's index holds exactly the rows of the first ``indexed`` entries."""
+def _check_lookup(engine: Engine, expected: int, report: Report) -> None:
+    """The auditor's index holds exactly the rows of the stored entries: a row removed to
+    hide an entry from `audit query` (or added, or changed) shows here."""
     lk = t.lookup.c
     with engine.connect() as conn:
-        rows = conn.execution_options(yield_per=50_000).execute(select(lk.lkey, lk.seq))
-        stored = _pair_digest((int(k), int(s)) for k, s in rows)
+        rows = conn.execution_options(yield_per=50_000).execute(select(lk.bucket, lk.seq, lk.fp))
+        stored = _rows_digest((int(b), int(s), int(f)) for b, s, f in rows)
     if stored != expected:
-        report.add(Problem(f"the auditor's index (ledger_lookup) does not match the first "
-                           f"{indexed} entries: rows were added, removed or changed by hand, so "
-                           "`audit query` could miss entries (rebuild it: delete its rows and "
-                           "set ledger_state.indexed_size to 0)"))
+        report.add(Problem(f"the auditor's index ({t.lookup.name}) does not match the stored "
+                           "entries: rows were added, removed or changed by hand, so "
+                           "`audit query` could miss entries (rebuild it with "
+                           "`help-exchange audit reindex`)"))
 
 
 def _check_state(state_row: Any, acc: CompactRange, chain: bytes, report: Report) -> None:

@@ -82,4 +82,5 @@ def fund_of_signal_topic(topic: str) -> Fund | None:
 SITUATIONS_TOPIC = "help.situations.v1"
 FOLLOWUPS_TOPIC = "help.followups.v1"
 CONSENTS_TOPIC = "help.consents.v1"
+REVEALS_TOPIC = "help.reveals.v1"
 DEADLETTER_TOPIC = "help.deadletter.v1"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from services.core.types import Fund
+from services.core.types import Fund, Purpose
 from services.platform.settings import Settings
 
 FUND = click.option("--fund", required=True, type=click.Choice([f.value for f in Fund]),
@@ -169,13 +169,19 @@ def register(cli: click.Group) -> None:
 
     @outbox.command("flush")
     @FUND
+    @click.option("--reveals", is_flag=True,
+                  help="The fund's reveal records (`reveal`) instead of its signals.")
     @click.pass_context
-    def outbox_flush(ctx: click.Context, fund: str) -> None:
+    def outbox_flush(ctx: click.Context, fund: str, reveals: bool) -> None:
         """Send every signal waiting in the outbox (exit 1 if some could not be sent)."""
+        from services.producer.reveal import RevealPublisher
         from services.producer.sdk import Publisher, flush_outbox
 
-        sent, left, error = asyncio.run(flush_outbox(Publisher(_settings(ctx), Fund(fund))))
-        click.echo(f"boîte d'envoi {fund} : {sent} signalements publiés, {left} restant en attente")
+        settings = _settings(ctx)
+        publisher = RevealPublisher(settings, Fund(fund)) if reveals else Publisher(settings, Fund(fund))
+        sent, left, error = asyncio.run(flush_outbox(publisher))
+        what = "révélations" if reveals else "signalements"
+        click.echo(f"boîte d'envoi {fund} : {sent} {what} publiés, {left} restant en attente")
         if error:
             click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)
         ctx.exit(1 if left else 0)
@@ -217,17 +223,36 @@ def register(cli: click.Group) -> None:
                   help="A worklist export (CSV, HTML, text) with tokens scelle:<key_id>:<value>.")
     @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
                   help="Where to write the revealed copy (created 0600: it holds clear references).")
+    @click.option("--actor", required=True,
+                  help="Who opens the references: the user's id at the fund, e.g. agent.caf-35.0042 "
+                       "(written to the audit ledger).")
+    @click.option("--purpose", type=click.Choice([p.value for p in Purpose]),
+                  default=Purpose.ACCES_AUX_DROITS.value, show_default=True,
+                  help="Why (L115-2-1 purpose), written to the audit ledger.")
+    @click.option("--departement", default="", help="The fund's body (default: HELP_TERRITORY).")
     @click.pass_context
-    def reveal(ctx: click.Context, fund: str, input_path: Path, out_path: Path) -> None:
+    def reveal(ctx: click.Context, fund: str, input_path: Path, out_path: Path, actor: str,
+               purpose: str, departement: str) -> None:
         """Open this fund's own sealed file references in a worklist export.
 
         Only tokens sealed with this fund's keys and that verify are replaced by the clear
-        reference; the other funds' tokens stay opaque, untouched.
+        reference; the other funds' tokens stay opaque, untouched. Each reference opened is
+        recorded for the audit ledger (who, when, why, which case; never the reference),
+        kept in the fund's outbox before the copy appears, and sent to help.reveals.v1.
+        Exit 1 if those records could not be sent yet (`outbox flush --reveals`).
         """
-        from services.producer.reveal import reveal_file
+        import re
 
-        counts = reveal_file(_settings(ctx).key_dir, Fund(fund), input_path, out_path)
-        click.echo(f"{counts.opened} références ouvertes, {counts.foreign} d'autres organismes laissées "
-                   f"scellées" + (f", {counts.unverified} non vérifiées laissées telles quelles"
-                                  if counts.unverified else "") + f" → {out_path}")
+        from services.core.types import ACTOR_PATTERN
+        from services.errors import InputError
+        from services.producer.reveal import reveal as run_reveal
+
+        if not re.fullmatch(ACTOR_PATTERN, actor):
+            raise InputError(f"--actor {actor!r} n'est pas un identifiant d'utilisateur",
+                             "par exemple agent.caf-35.0042 (ni nom, ni adresse électronique)")
+        summary = asyncio.run(run_reveal(_settings(ctx), Fund(fund), input_path, out_path, actor=actor,
+                                         purpose=Purpose(purpose), departement=departement))
+        for line in summary.lines():
+            click.echo(line)
+        ctx.exit(summary.exit_code)
 

@@ -58,7 +58,7 @@ from services.platform.topics import CONSENTS_TOPIC
 from services.producer import nir as nirs
 from services.producer.extract import BOM, ExtractFileError, Rejection, RejectReport
 from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path
-from services.producer.outbox import Outbox, Row
+from services.producer.outbox import Row
 from services.producer.pseudonym import pseudonym
 from services.producer.publish import RunOutcome
 from services.producer.sdk import MAX_FIELD, PARIS, Publisher, is_free_text, parse_date, today_paris
@@ -241,10 +241,8 @@ class ConsentPublisher(Publisher):
     crash recovery), on ``help.consents.v1`` with an outbox of its own."""
 
     def __init__(self, settings: Settings, fund: Fund) -> None:
-        super().__init__(settings, fund)
-        self.outbox.close()
-        self.outbox = Outbox(consent_outbox_path(settings.var_dir, fund))
-        self.topic = CONSENTS_TOPIC
+        super().__init__(settings, fund, topic=CONSENTS_TOPIC,
+                         outbox_path=consent_outbox_path(settings.var_dir, fund))
 
 
 @dataclass

@@ -36,6 +36,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -352,12 +353,16 @@ class Publisher:
     ``connect()`` returns False, instead of raising, when no broker answers: signals are
     still built and kept in the outbox, to be sent by a later ``flush``."""
 
-    def __init__(self, settings: Settings, fund: Fund, *, builder: SignalBuilder | None = None) -> None:
+    def __init__(self, settings: Settings, fund: Fund, *, builder: SignalBuilder | None = None,
+                 topic: str | None = None, outbox_path: Path | None = None) -> None:
+        """``topic`` and ``outbox_path`` (default: the fund's signal topic and outbox) let the
+        fund's other messages (consents, reveals) go the same way, each with an outbox of its
+        own so that ``outbox status`` counts only signals."""
         self.settings = settings
         self.fund = fund
-        self.topic = signal_topic(fund)
+        self.topic = topic or signal_topic(fund)
         self.builder = builder or SignalBuilder(settings, fund)
-        self.outbox = Outbox.for_fund(settings.var_dir, fund)
+        self.outbox = Outbox(outbox_path) if outbox_path else Outbox.for_fund(settings.var_dir, fund)
         self._producer: AIOKafkaProducer | None = None
         self._bootstrap: str | None = None
         self._recovered = False

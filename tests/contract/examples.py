@@ -76,6 +76,14 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
          "emitter": "urssaf-ca", "pseudonym": PSEUDO, "purposes": ["acces_aux_droits"],
          "consent_ref": "HELP-2026-000123", "effective_at": "2026-11-01T09:00:00Z", "signature": SIG}
     ],
+    "reveal": [
+        {"schema_version": "1.0", "event_id": "3" * 32, "fund": "caf", "emitter": "caf-35",
+         "actor": "agent.caf-35.0042", "purpose": "acces_aux_droits", "case_number": "35-2026-11-0042",
+         "sealed_digest": "B" * 43, "revealed_at": "2026-11-20T14:05:00.123456Z", "signature": SIG},
+        {"schema_version": "1.0", "event_id": "4" * 32, "fund": "msa", "emitter": "msa-2a",
+         "actor": "agent.msa-2a.7", "purpose": "prevention_perte_autonomie", "case_number": None,
+         "sealed_digest": "-" * 43, "revealed_at": "2026-11-20T14:05:00Z", "signature": SIG},
+    ],
     "deadletter": [
         {"schema_version": "1.0", "deadletter_id": "2" * 32, "source": SOURCE, "fund": None, "signal_id": None,
          "reason": "json_invalide", "detail": "/: expecting value", "raw": "eyJub3QganNvbg==",

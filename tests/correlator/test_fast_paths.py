@@ -30,7 +30,7 @@ from services.core import signing
 from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.person import PersonState
 from services.core.reasons import Reason
-from services.core.types import Fund, Purpose, format_timestamp
+from services.core.types import Fund, Purpose
 from services.correlator.engine import Engine, Record, StateCache, receipt_wire
 from services.correlator.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
@@ -270,10 +270,3 @@ def test_signal_id_with_a_final_newline_is_rejected_not_a_crash() -> None:
     receipts = [json.loads(o.value or b"") for o in batch.outputs if o.topic.startswith("help.receipts")]
     assert receipts[0]["signal_id"] is None and receipts[0]["reason"] == Reason.SIGNATURE_INVALIDE.value
 
-
-@settings(max_examples=500, deadline=None)
-@given(st.datetimes(min_value=dt.datetime(1000, 1, 2), max_value=dt.datetime(9999, 12, 30),
-                    timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
-                                               dt.timezone(dt.timedelta(hours=-11))])))
-def test_format_timestamp_equals_the_strftime_form(value: dt.datetime) -> None:
-    assert format_timestamp(value) == value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -11,7 +11,7 @@ import click
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from services.core.signing import b64u_decode
 from services.errors import InputError
@@ -278,3 +278,25 @@ def test_export_csv_for_french_spreadsheets(filled: Settings, tmp_path: Path) ->
     assert run(filled, "export", "--period", "2026-12", "--format", "csv", "--out",
                str(empty)).exit_code == 0
     assert len(empty.read_text(encoding="utf-8-sig").splitlines()) == 1
+
+
+def test_an_index_row_removed_to_hide_an_entry_is_caught_and_reindex_repairs(
+        filled: Settings) -> None:
+    L = tables.lookup
+    sql(filled, delete(L).where(L.c.seq == 9))  # entry 9 (a case) no longer found by case
+    ledger = Ledger.open(filled, sign=False)
+    assert 9 not in [i for i, _ in ledger.query(case_id=CASE)]
+    result = run(filled, "verify")
+    assert result.exit_code == 1 and "auditor's index (ledger_index)" in result.output
+    result = run(filled, "reindex")
+    assert result.exit_code == 0 and f"reconstruit : {N} entrée(s)" in result.output
+    assert [i for i, _ in ledger.query(case_id=CASE)] == [0, 3, 6, 9, 12, 15, 18]
+    assert run(filled, "verify").exit_code == 0
+    ledger.engine.dispose()
+
+
+def test_an_index_row_added_is_caught(filled: Settings) -> None:
+    L = tables.lookup
+    sql(filled, insert(L).values(bucket=1, seq=4, fp=123))
+    result = run(filled, "verify")
+    assert result.exit_code == 1 and "auditor's index (ledger_index)" in result.output

@@ -128,3 +128,16 @@ def test_property_fast_canonical_form_is_exactly_rfc8785(entry: LedgerEntry) -> 
     assert canonical_bytes(entry) == canonical_bytes_reference(entry)
     assert entry.time_text == format_timestamp(entry.time)
     assert parse_entry(canonical_bytes(entry)) == entry
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31),
+                    timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=2)),
+                                               dt.timezone(dt.timedelta(hours=-5, minutes=-30))])))
+def test_property_format_timestamp_is_the_strftime_form(moment: dt.datetime) -> None:
+    """The fast path (isoformat) writes exactly what the one wire format always was."""
+    try:
+        utc = moment.astimezone(dt.UTC)
+    except OverflowError:  # near year 1 or 9999, some offsets leave the datetime range
+        return
+    assert format_timestamp(moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -193,3 +193,39 @@ def test_state_row_and_entries_agree_after_many_appends(ledger: Ledger, engine: 
     assert size == 40
     report = verify_ledger(engine, {}, deep=True)
     assert report.ok and report.tree_size == 40
+
+
+def test_queries_stay_exact_when_all_values_of_a_kind_share_one_bucket_and_fingerprint(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auditor's index only narrows the search: the entry's own columns decide."""
+    from services.ledger import store
+
+    monkeypatch.setattr(store, "lookup_key", lambda kind, value: ("csax".index(kind), 0))
+    store._few_valued_key.cache_clear()
+    try:
+        ledger.append([make_entry(i) for i in range(12)])
+        assert [i for i, _ in ledger.query(case_id=CASE)] == [0, 3, 6, 9]
+        assert [i for i, _ in ledger.query(actor="cpam-35")] == [3, 9]
+        assert [i for i, _ in ledger.query(pseudonym=OTHER.value)] == [1, 3, 5, 7, 9, 11]
+        assert list(ledger.query(case_id="d" * 32)) == []
+    finally:
+        store._few_valued_key.cache_clear()
+
+
+def test_an_earlier_ledger_is_brought_up_to_date(ledger: Ledger, engine: Engine) -> None:
+    """A ledger written before the index moved into the append transaction: its deferred
+    index table is dropped and the auditor's index rebuilt from the entries."""
+    from sqlalchemy import delete, inspect, text
+
+    from services.ledger.store import ensure_tables
+
+    ledger.append([make_entry(i) for i in range(9)], sign=True)
+    with engine.begin() as conn:
+        conn.execute(delete(tables.lookup))
+        conn.execute(text("CREATE TABLE ledger_lookup (lkey BIGINT, seq BIGINT)"))
+    ensure_tables(engine)
+    assert "ledger_lookup" not in inspect(engine).get_table_names()
+    assert [i for i, _ in ledger.query(case_id=CASE)] == [0, 3, 6]
+    report = verify_ledger(engine, {ledger.signer.key_id: ledger.signer.public_key}
+                           if ledger.signer else {})
+    assert report.ok, report.problems

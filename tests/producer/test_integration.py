@@ -32,6 +32,7 @@ from services.platform.settings import Settings, load_settings
 from services.platform.topics import receipt_topic, signal_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.publish import publish_file
+from services.producer.reveal import reveal
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput
 from services.producer.seal import token
 from tests.conftest import REPO, free_port
@@ -286,8 +287,13 @@ def test_reveal_opens_only_own_tokens(offline_settings: Settings, tmp_path: Path
                       f"s1;cpam;{token(other.key_id, other.value)}\r\n"
                       f"s2;caf;{token(own.key_id, forged_value)}\r\n", encoding="utf-8", newline="")
     out = tmp_path / "revele.csv"
-    code, text = run_cli(offline_settings, "reveal", "--fund", "caf", "--input", str(export), "--out", str(out))
-    assert code == 0 and "1 références ouvertes, 1 d'autres organismes" in text and "1 non vérifiées" in text
+    # Not sent (no broker in this test): the one reveal record waits in the fund's outbox.
+    summary = asyncio.run(reveal(offline_settings, Fund.CAF, export, out, actor="agent.caf-35.0042",
+                                 connect=False))
+    text = "\n".join(summary.lines())
+    assert "1 références ouvertes, 1 d'autres organismes" in text and "1 non vérifiées" in text
+    assert summary.exit_code == 1 and "1 révélation(s) inscrite(s) dans la boîte d'envoi, 0 publiée(s), " \
+        "1 en attente" in text
     revealed = out.read_bytes().decode("utf-8")
     assert revealed.startswith("\ufeff") and "s1;caf;CAF-REF-1\r\n" in revealed
     assert token(other.key_id, other.value) in revealed and "CPAM-REF-9" not in revealed
