@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import emit
+from bench.correlator import children
 from services.core.types import Fund
 from services.platform import kafka
 from services.platform.broker import EmbeddedBroker
@@ -102,6 +103,9 @@ def one_run(signals: int) -> dict[str, float]:
                                                               timeout=max(300.0, published / 200)))
                 seconds = last - t1
                 rss = peak_rss_mib(worker.pid)
+                # The check helpers hold no person state: their memory does not grow with the
+                # volume, but it is the worker's footprint too.
+                helpers_rss = sum(peak_rss_mib(pid) for pid in children(worker.pid))
             finally:
                 worker.terminate()
                 worker.wait(timeout=30)
@@ -113,20 +117,21 @@ def one_run(signals: int) -> dict[str, float]:
     # The rate is taken between the first and the last receipt: worker start-up (joining the
     # group, loading partitions) is reported on its own, not spread over the signals.
     return {"signals": published, "persons": doc["personnes"], "publish_s": publish_s, "seconds": seconds,
-            "startup_s": first - t1, "rate": published / max(last - first, 1e-3), "peak_rss_mib": rss}
+            "startup_s": first - t1, "rate": published / max(last - first, 1e-3), "peak_rss_mib": rss,
+            "helpers_peak_rss_mib": helpers_rss}
 
 
 def main() -> int:
     sizes = [int(x) for x in os.environ.get("BENCH_SCALING_SIZES", "10000,100000,1000000").split(",")]
     runs = []
     print(f"{'signals':>10} {'persons':>9} {'publish':>9} {'start-up':>9} {'correlate':>10} {'rate':>9} "
-          f"{'peak RSS':>9}")
+          f"{'peak RSS':>9} {'+ helpers':>9}")
     for size in sizes:
         r = one_run(size)
         runs.append(r)
         print(f"{r['signals']:>10,.0f} {r['persons']:>9,.0f} {r['publish_s']:>8.1f}s {r['startup_s']:>8.1f}s "
               f"{r['seconds']:>9.1f}s "
-              f"{r['rate']:>8,.0f}/s {r['peak_rss_mib']:>7.0f} MiB", flush=True)
+              f"{r['rate']:>8,.0f}/s {r['peak_rss_mib']:>7.0f} MiB {r['helpers_peak_rss_mib']:>5.0f} MiB", flush=True)
     small, large = runs[0], runs[-1]
     per_person = ((large["peak_rss_mib"] - small["peak_rss_mib"]) * 1024 * 1024
                   / max(1.0, large["persons"] - small["persons"]))

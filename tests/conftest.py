@@ -4,6 +4,7 @@ is missing: a test that cannot reach its broker is a broken install, not an opti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +30,10 @@ def broker_var(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("broker-var")
 
 
-@pytest.fixture(scope="session")
-def bootstrap(broker_var: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def embedded_broker(var: Path) -> Iterator[str]:
     """A real embedded broker (Tansu) on a free loopback port, with every topic applied."""
-    settings = load_settings(var_dir=broker_var, broker_port=free_port())
+    settings = load_settings(var_dir=var, broker_port=free_port())
     embedded = EmbeddedBroker(settings)
     state, proc = embedded.start(detach=False)
     try:
@@ -42,6 +43,20 @@ def bootstrap(broker_var: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(broker_var: Path) -> Iterator[str]:
+    """The session's broker, shared by the tests (each looks only for its own messages)."""
+    with embedded_broker(broker_var) as servers:
+        yield servers
+
+
+@pytest.fixture
+def private_bootstrap(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own, for a test that reads whole topics (an audit sink does)."""
+    with embedded_broker(tmp_path / "broker") as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -9,7 +9,11 @@ Per signal, in this order (the first failure decides the reason code):
 size → JSON → schema version → fund known → fund owns the topic → signing key → signature
 over the *received* JSON object → schema → pseudonym key accepted → partition (repartition
 if needed) → L115-2-1 policy (with the consent on record) → duplicate → objection → state
-update and rules.
+update and rules. Everything up to the pseudonym key needs no state: it is
+:class:`~services.correlator.checks.Checker`, run through :class:`Checks` — inline, or in
+helper processes (:mod:`services.correlator.checkpool`) while this engine does the rest;
+the engine takes the verdicts in record order and the outputs do not depend on where the
+checks ran (``tests/correlator/test_checkpool.py``).
 
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
@@ -19,6 +23,10 @@ rejected as ``doublon``.
 
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 
+- the stateless checks (≈ 110 µs of a signal: the Ed25519 check alone ≈ 55 µs) can run in
+  other processes; a signal that passes comes back as the validated values the engine needs
+  (:class:`~services.correlator.checks.CheckedSignal`), not parsed a second time; the
+  L115-2-1 decision, a pure function of a few values, is remembered;
 - the canonical form for the signature check uses the C ``json`` encoder when it provably
   equals RFC 8785, the Ed25519 check is libsodium's with ``cryptography`` deciding whatever
   libsodium refuses (same acceptance, see :mod:`services.core.signing`), and the public
@@ -31,7 +39,8 @@ Speed (measured with ``bench/correlator.py`` and a profile; every check stays on
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
-- the partitioner is a word-at-a-time murmur2 (:func:`murmur2`), equal to Kafka's.
+- the partitioner is a word-at-a-time murmur2
+  (:func:`~services.correlator.partitioning.murmur2`), equal to Kafka's.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ class Tuning:
     batch_wait_s: float = 0.02
     fetch_wait_ms: int = 100
     linger_ms: int = 5
-    #: Helper processes for the stateless checks (0: in the worker's own thread).
-    check_processes: int = 1
+    #: Helper processes for the stateless checks (0: in the worker's own thread). Two: one
+    #: helper checks ≈ 7,500 signals/s on its own core, a little slower than the engine takes
+    #: them, so with one the engine waits for verdicts (measured: 4,036 → 4,482 signals/s
+    #: here with two, on two cores shared with the broker).
+    check_processes: int = 2
 
 
 DEFAULT_TUNING = Tuning()

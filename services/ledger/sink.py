@@ -244,6 +244,11 @@ class EntryMaker:
         return key is not None and signing.verify(obj, key)
 
 
+#: A receipt sent again by a correlator restarted before its commit has the same id and
+#: answer, and the time of its second pass: the ledger keeps the first (see Ledger.append).
+RECEIPT_ACTIONS = frozenset({Action.SIGNALEMENT_ACCEPTE, Action.SIGNALEMENT_REJETE})
+
+
 def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
                 consumer: str = CONSUMER) -> BatchResult:
     """Append the entries of ``records`` and store their offsets, in one transaction."""
@@ -260,7 +265,7 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
             log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, type(exc).__name__)
     try:
         with ledger.engine.begin() as conn:
-            done = ledger.append(entries, connection=conn)
+            done = ledger.append(entries, connection=conn, first_time_wins=RECEIPT_ACTIONS)
             store_offsets(conn, consumer, positions)
     except sa.exc.OperationalError as exc:
         raise TransientError(f"the ledger database refused a batch: {exc.orig}",

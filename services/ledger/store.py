@@ -64,7 +64,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.errors import InputError, TransientError
 from services.ledger import tables as t
-from services.ledger.entries import LedgerEntry, canonical_bytes, new_entry
+from services.ledger.entries import Action, LedgerEntry, canonical_bytes, new_entry, parse_entry
 from services.ledger.heads import LedgerSigner, SignedHead
 from services.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, root_of
 
@@ -203,8 +203,16 @@ class Ledger:
         sign: bool = False,
         connection: Connection | None = None,
         now: dt.datetime | None = None,
+        first_time_wins: frozenset[Action] = frozenset(),
     ) -> AppendResult:
-        """Append ``entries`` in order, in one transaction (the caller's, if given)."""
+        """Append ``entries`` in order, in one transaction (the caller's, if given).
+
+        An entry whose id is already there (or earlier in ``entries``) is already present if
+        its content is the same, and a conflict (:class:`InputError`) if not — except, for the
+        actions in ``first_time_wins``, when only the time differs: then the first is kept.
+        That is the audit sink's case for receipts: a correlator restarted between sending its
+        receipts and committing sends the same receipt (same id, same answer) again, stamped
+        with the time of its second pass."""
         batch: list[tuple[LedgerEntry, bytes]] = []
         by_id: dict[str, bytes] = {}
         order: list[str] = []
@@ -215,13 +223,13 @@ class Ledger:
             if known is None:
                 by_id[entry.entry_id] = data
                 batch.append((entry, data))
-            elif known != data:
+            elif known != data and not _same_but_time(entry, known, first_time_wins):
                 raise _conflict(entry.entry_id)
         if connection is not None:
-            return self._append(connection, batch, order, sign, now)
+            return self._append(connection, batch, order, sign, now, first_time_wins)
         try:
             with self.engine.begin() as conn:
-                return self._append(conn, batch, order, sign, now)
+                return self._append(conn, batch, order, sign, now, first_time_wins)
         except IntegrityError as exc:  # two first appends racing to create the state row
             raise TransientError("the ledger was being initialised concurrently",
                                  "retry the append") from exc
@@ -242,6 +250,7 @@ class Ledger:
         order: list[str],
         sign: bool,
         now: dt.datetime | None,
+        first_time_wins: frozenset[Action] = frozenset(),
     ) -> AppendResult:
         state = _lock_state(conn)
         id_keys = {entry.entry_id: key64(entry.entry_id) for entry, _ in batch}
@@ -259,7 +268,7 @@ class Ledger:
             if present:
                 stored = present.get(entry_id)
                 if stored is not None:
-                    if stored[1] != data:
+                    if stored[1] != data and not _same_but_time(entry, stored[1], first_time_wins):
                         raise _conflict(entry_id)
                     continue
             leaf = sha(b"\x00" + data).digest()
@@ -488,6 +497,15 @@ class _conn:
     def __exit__(self, *exc: object) -> None:
         if self._own is not None:
             self._own.close()
+
+
+def _same_but_time(entry: LedgerEntry, other: bytes, actions: frozenset[Action]) -> bool:
+    """True if ``entry`` is of one of ``actions`` and ``other`` (canonical bytes) is the same
+    entry but for its time."""
+    if entry.action not in actions:
+        return False
+    first = parse_entry(other)
+    return canonical_bytes(entry.model_copy(update={"time": first.time})) == other
 
 
 def _conflict(entry_id: str) -> InputError:

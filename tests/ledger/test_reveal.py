@@ -44,7 +44,7 @@ from services.ledger.entries import Action, BaseLegale, Finalite, entry_id_for, 
 from services.ledger.sink import AuditSink, EntryMaker, Record
 from services.ledger.store import Ledger, ensure_tables
 from services.platform.cli import cli
-from services.platform.settings import Settings
+from services.platform.settings import Settings, load_settings
 from services.platform.topics import REVEALS_TOPIC
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets, registry_path
 from services.producer.reveal import RevealPublisher, reveal, reveal_events, reveal_file
@@ -220,9 +220,15 @@ def test_a_replay_is_entered_as_it_was_even_after_the_case_is_purged(
 
 # ------------------------------------------------------------------------ integration
 @pytest.mark.integration
-def test_reveal_end_to_end_appears_in_audit_query_by_case(settings: Settings, bootstrap: str,
-                                                           tmp_path: Path) -> None:
-    """Synchronous: the commands run their own event loop, as from a shell."""
+def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str, tmp_path: Path) -> None:
+    """Synchronous: the commands run their own event loop, as from a shell. On a broker of its
+    own: the audit sink reads every receipt topic, and the shared broker holds other tests'
+    receipts for the same positions (workers of other groups, other registries)."""
+    bootstrap = private_bootstrap
+    settings = load_settings(bootstrap_servers=bootstrap, var_dir=tmp_path / "var",
+                             key_dir=tmp_path / "var" / "keys",
+                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
+                             session_timeout_ms=6000)
     init_exchange_key(settings.key_dir)
     for fund in (Fund.CAF, Fund.CPAM):
         init_fund_keys(settings.key_dir, fund)

@@ -68,6 +68,32 @@ def test_append_is_idempotent_by_entry_id(ledger: Ledger) -> None:
     assert ledger.size() == 6
 
 
+def test_a_receipt_sent_again_later_keeps_its_first_time(ledger: Ledger) -> None:
+    """A correlator restarted before its commit re-sends a receipt: same id and answer, a
+    later processed_at. The receipts' actions keep the first; any other difference, or any
+    other action, is still a conflict."""
+    receipts = frozenset({Action.SIGNALEMENT_ACCEPTE, Action.SIGNALEMENT_REJETE})
+    first = make_entry(0, action=Action.SIGNALEMENT_ACCEPTE)
+    again = make_entry(0, action=Action.SIGNALEMENT_ACCEPTE, minutes=42)
+    assert ledger.append([first]).appended == 1
+    result = ledger.append([again, make_entry(1), again], first_time_wins=receipts)
+    assert (result.appended, result.already_present) == (1, 2)
+    assert ledger.entry(first.entry_id).data == canonical_bytes(first)
+    both = ledger.append([make_entry(7, action=Action.SIGNALEMENT_REJETE),
+                          make_entry(7, action=Action.SIGNALEMENT_REJETE, minutes=99)],
+                         first_time_wins=receipts)
+    assert (both.appended, both.already_present) == (1, 1)
+    with pytest.raises(InputError, match="different content"):  # not only the time
+        ledger.append([make_entry(0, action=Action.SIGNALEMENT_ACCEPTE, actor="cpam", minutes=42)],
+                      first_time_wins=receipts)
+    with pytest.raises(InputError, match="different content"):  # not a receipt's action
+        ledger.append([make_entry(3, action=Action.SITUATION_OUVERTE),
+                       make_entry(3, action=Action.SITUATION_OUVERTE, minutes=5)],
+                      first_time_wins=receipts)
+    with pytest.raises(InputError, match="different content"):  # without the option
+        ledger.append([again])
+
+
 def test_batches_and_single_appends_give_the_same_tree(ledger: Ledger, engine: Engine) -> None:
     entries = [make_entry(i) for i in range(50)]
     rng = random.Random(6)
