@@ -8,7 +8,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Tuning:
     app_id: str = "help-correlator"
-    batch_max: int = 1000
+    #: Records per batch at most. Each batch ends with two acknowledged sends and a commit,
+    #: and its first and last chunks leave the check helpers or the engine waiting: measured
+    #: on the correlator bench, 1,000 → 3,800/s, 2,500 → 4,400/s, 5,000 → 4,700/s, 10,000 →
+    #: 4,850/s with p99 at 2,000/s rising from ≈ 210 to 330 ms. A batch fills only as fast as
+    #: records come (``batch_wait_s``), so at low rates batches stay small.
+    batch_max: int = 5000
     batch_wait_s: float = 0.02
     fetch_wait_ms: int = 100
     linger_ms: int = 5
