@@ -9,7 +9,12 @@
 
 The machine is shared: the load average is printed, and the worker's own CPU time per
 signal (user + system, from /proc) gives a rate that the other processes affect far less
-than the wall-clock one ("per CPU-second").
+than the wall-clock one ("per CPU-second"): the worker process alone, then with its check
+helpers (:mod:`services.correlator.checkpool`), whose CPU is counted too; and the embedded
+broker's CPU meanwhile, which competes for the same cores.
+
+``BENCH_SIGNALS`` sets the number of signals (30,000); ``BENCH_WORKER_ARGS`` passes options
+to ``help-exchange correlator`` (e.g. ``--check-processes 1 --batch-max 1000``).
 """
 
 from __future__ import annotations
@@ -119,7 +124,6 @@ async def main() -> None:
             await publish(bootstrap, items[i:i + 5000])
         raw = await raw_rate(bootstrap, len(items))
         out = await outputs(bootstrap)
-        print("worker log:", var / "worker.log")
         worker = start_worker(settings, "bench-correlator", var / "worker.log",
                               *os.environ.get("BENCH_WORKER_ARGS", "").split())
         seen, first, last = 0, None, 0.0
