@@ -240,7 +240,8 @@ def audit_reindex(ctx: click.Context) -> None:
 @click.option("--until-idle", type=click.FloatRange(min=0.5), default=None,
               help="Stop once no record came for this many seconds (caught up); default: run "
                    "until Ctrl-C.")
-@click.option("--batch-max", type=click.IntRange(100, 100_000), default=5000, show_default=True,
+# default: AuditSink.batch_max, written out (the sink is imported only when it runs).
+@click.option("--batch-max", type=click.IntRange(100, 100_000), default=10_000, show_default=True,
               help="Records per transaction at most.")
 @click.pass_context
 def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> None:

@@ -20,3 +20,11 @@ def test_audit_group_is_registered_and_errors_are_one_line(offline_settings: Set
     result = runner.invoke(cli, ["audit", "prove", "--entry", "0" * 32, "--out", "x.json"],
                            obj={"settings": offline_settings})
     assert result.exit_code == 2 and "no entry" in result.output and "Traceback" not in result.output
+
+
+def test_audit_sink_command_defaults_to_the_sinks_batch_size() -> None:
+    from services.ledger.cli import audit_sink
+    from services.ledger.sink import AuditSink
+
+    (option,) = [p for p in audit_sink.params if p.name == "batch_max"]
+    assert option.default == AuditSink.batch_max
