@@ -145,8 +145,9 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def person_key(p: Pseudonym) -> bytes:
-    return f"{p.key_id}/{p.value}".encode()
+def person_key(key_id: str, value: str) -> bytes:
+    """A person's key in the state store and on the changelog: ``key_id/value`` of the pseudonym."""
+    return f"{key_id}/{value}".encode()
 
 
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
@@ -411,7 +412,7 @@ class Engine:
         partition = self._route(batch, rec, sig.pseudonym[1], sig.partition)
         if partition is None:
             return
-        pkey = f"{sig.pseudonym[0]}/{sig.pseudonym[1]}".encode()  # person_key of the pseudonym
+        pkey = person_key(*sig.pseudonym)
         state = get(pkey)
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
@@ -462,7 +463,7 @@ class Engine:
                                 partition_for(event.pseudonym.value, self.partitions))
         if partition is None:
             return
-        pkey = person_key(event.pseudonym)
+        pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
         before = get(pkey)
         state, erased = apply_consent(before, event)
         put(pkey, partition, state)
