@@ -353,6 +353,35 @@ def kill_9_script(kills: int, low: float = 4.0, high: float = 9.0) -> Script:
     return script
 
 
+def check_helpers(pid: int) -> list[int]:
+    """The worker's check helper processes (its children, from Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Script:
+    """One worker; a check helper of it is killed with SIGKILL at random moments: the worker
+    must stop by itself (exit 75, nothing committed past what it finished) and is restarted."""
+    async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
+        workers.start("a")
+        for _ in range(kills):
+            await poll_for(collector, rnd.uniform(low, high))
+            proc = workers.procs["a"]
+            helpers = check_helpers(proc.pid)
+            assert helpers, "the worker has no check helper"
+            os.kill(rnd.choice(helpers), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                await collector.poll()
+            assert proc.returncode == 75, (proc.returncode, workers.logs())
+            workers.procs.pop("a")
+            workers.events.append("kill -9 of a check helper: worker stopped itself (75)")
+            workers.start("a")
+    return script
+
+
 def rebalance_script(stop_after: float, restart_after: float) -> Script:
     """Two workers share the partitions; one is stopped mid-run (its partitions move to the
     other), then started again (they are shared again)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.platform.settings import Settings
-from tests.correlator.harness import kill_9_script, rebalance_script, run_scenario
+from tests.correlator.harness import kill_9_script, kill_helper_script, rebalance_script, run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -35,3 +35,12 @@ async def test_two_workers_one_stopped_mid_run_loses_and_doubles_nothing(setting
     result = await run_scenario(settings, tmp_path, rebalance_script(stop_after=5.0, restart_after=5.0),
                                 people=1500, rate=300, seed=8, app_id="corr-rebalance-8")
     assert "stop b (exit 0)" in result.events  # a graceful leave, not a crash
+
+
+async def test_a_killed_check_helper_stops_the_worker_and_loses_nothing(settings: Settings,
+                                                                         tmp_path: Path) -> None:
+    # Slow enough that signals still arrive at each kill: a worker notices a dead helper at
+    # its next batch (an idle one has nothing it could lose).
+    result = await run_scenario(settings, tmp_path, kill_helper_script(kills=2, low=3.0, high=5.0),
+                                people=1000, rate=150, seed=9, app_id="corr-helper-9")
+    assert result.events.count("kill -9 of a check helper: worker stopped itself (75)") == 2
