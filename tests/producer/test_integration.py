@@ -33,13 +33,13 @@ from services.platform.topics import receipt_topic, signal_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.publish import publish_file
 from services.producer.reveal import reveal
-from services.producer.sdk import Publisher, SignalBuilder, SignalInput
+from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
 from services.producer.seal import token
 from tests.conftest import REPO, free_port
 from tests.producer.helpers import make_nir, nirs_in, read_topic, write_csv, wrong_key
 
 pytestmark = pytest.mark.integration
-TODAY = dt.date.today()
+TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC
 
 
 def keyed(settings: Settings, fund: Fund = Fund.CAF) -> str:

@@ -32,12 +32,12 @@ from services.producer.keys import (
     retire_exchange_key,
 )
 from services.producer.pseudonym import pseudonym, pseudonym_value
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput, canonical, parse_date
+from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput, canonical, parse_date, today_paris
 from services.producer.seal import TOKEN_RE, ReferenceRejected, Sealer, SignalIds, open_sealed, token
 from tests.producer.helpers import make_nir, write_csv, wrong_key
 
 RNG = random.Random(3)
-TODAY = dt.date.today()
+TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC
 RECENT = (TODAY - dt.timedelta(days=30)).isoformat()
 
 
