@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+import orjson
 from pydantic import ValidationError
 
 from services.core import signing
@@ -52,6 +53,36 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         raise DuplicateMember
     return obj
+
+
+#: The end of an object member's name: a closing quote, optional whitespace, the colon.
+_NAME_END = re.compile(rb'"[ \t\n\r]*:')
+
+
+def load_json(raw: bytes) -> tuple[Any, bool]:
+    """The JSON value of ``raw``, and whether it is plain (see :func:`signing.plain_members`).
+
+    Raises :class:`DuplicateMember`, ``ValueError``, ``UnicodeDecodeError`` or
+    ``RecursionError`` exactly as ``json.loads(raw, object_pairs_hook=_unique_members)``
+    does, and returns what it returns: that is the reference, taken whenever the fast path
+    cannot prove the same answer.
+
+    Fast path (≈ 3x cheaper): ``orjson`` parses, and duplicates are ruled out by counting.
+    In valid JSON every member's name ends with a quote, optional whitespace and the colon,
+    so ``raw`` holds at least as many such sequences as members (more only when a string
+    holds an escaped quote before a colon), and the parsed objects hold at most that many
+    members (fewer exactly when a name repeats). The counts equal therefore means no name
+    repeats; anything else (a difference, a non-plain value, a text orjson refuses) takes
+    the reference path, which decides."""
+    try:
+        obj = orjson.loads(raw)
+        members = signing.plain_members(obj)
+    except (orjson.JSONDecodeError, RecursionError):
+        pass
+    else:
+        if members >= 0 and members == len(_NAME_END.findall(raw)):
+            return obj, True
+    return json.loads(raw, object_pairs_hook=_unique_members), False
 
 
 # Field names of the contract: the only words a dead letter's detail may echo.
@@ -156,7 +187,7 @@ class Checker:
         if len(raw) > MAX_MESSAGE_BYTES:
             return Verdict(owner, None, Reason.MESSAGE_TROP_VOLUMINEUX, f"/:size_over_{MAX_MESSAGE_BYTES}")
         try:
-            obj: Any = json.loads(raw, object_pairs_hook=_unique_members)
+            obj, plain = load_json(raw)
         except DuplicateMember:
             return Verdict(owner, None, Reason.JSON_INVALIDE, "/:duplicate_member_name")
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -188,7 +219,7 @@ class Checker:
         if key is None:
             return Verdict(receipt_fund, signal_id, Reason.CLE_SIGNATURE_INCONNUE,
                            "/signature/key_id:unknown_for_fund")
-        if not signing.verify(obj, key):
+        if not signing.verify(obj, key, plain=plain):
             return Verdict(receipt_fund, signal_id, Reason.SIGNATURE_INVALIDE, "/signature/value:verify_failed")
         if is_consent:
             return Verdict(receipt_fund, signal_id, None)

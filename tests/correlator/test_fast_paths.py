@@ -9,6 +9,9 @@
 - the person-state cache: a state and the bytes it is stored as round-trip, the engine gives
   the same outputs and writes with or without the cache, and bytes changed behind its back
   are re-validated;
+- :func:`services.correlator.checks.load_json` against ``json.loads`` with the duplicate-name
+  hook, on JSON texts with repeated names, odd whitespace, escaped quotes before colons and
+  invalid bytes;
 - bad input the fast paths must not turn into a crash (deep nesting, an id ending in "\\n").
 """
 
@@ -31,6 +34,7 @@ from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.person import PersonState
 from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
+from services.correlator.checks import DuplicateMember, _unique_members, load_json
 from services.correlator.engine import Engine, Record, StateCache, receipt_wire
 from services.correlator.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
@@ -98,6 +102,70 @@ def test_a_real_signal_is_canonicalised_without_rfc8785(monkeypatch: pytest.Monk
     key = funds.registry().signing_key(Fund.CAF, funds.key_id(Fund.CAF))
     assert key is not None and signing.verify(msg, key)
     assert not signing.verify({**msg, "territory": "52"}, key)
+
+
+# ---------------------------------------------------------------------- JSON loading
+_ws = st.text(st.sampled_from(" \t\n\r"), max_size=2)
+# Names and strings made to trip a counter of '":': escaped quotes, colons, backslashes.
+_tricky = st.lists(st.sampled_from(['a', 'b', ':', '\\"', '\\\\', ' ', '\\u0041', 'é', '\\ud800']),
+                  max_size=6).map(lambda t: '"' + "".join(t) + '"')
+
+
+def _texts() -> st.SearchStrategy[str]:
+    scalars = st.one_of(st.sampled_from(["null", "true", "false", "1", "-0", "1.5", "1e3",
+                                         "9007199254740993", "NaN"]), _tricky)
+
+    def containers(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        member = st.tuples(_tricky, _ws, _ws, inner).map(lambda m: f"{m[0]}{m[1]}:{m[2]}{m[3]}")
+        objects = st.lists(member, max_size=4).map(lambda ms: "{" + ",".join(ms) + "}")
+        arrays = st.lists(inner, max_size=4).map(lambda vs: "[" + ",".join(vs) + "]")
+        return st.one_of(objects, arrays)
+
+    return st.recursive(scalars, containers, max_leaves=12)
+
+
+def _load_outcome(f: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", f(raw)
+    except DuplicateMember:
+        return "error", DuplicateMember
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return "error", ValueError if isinstance(exc, ValueError) else type(exc)
+
+
+def _reference(raw: bytes) -> Any:
+    return json.loads(raw, object_pairs_hook=_unique_members)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_texts(), _ws, st.sampled_from([b"", b"x", b"\xff", b"\x00"]))
+def test_load_json_equals_the_reference_parser(text: str, pad: str, junk: bytes) -> None:
+    for raw in (f"{pad}{text}{pad}".encode(), text.encode() + junk):
+        fast = _load_outcome(lambda r: load_json(r)[0], raw)
+        ref = _load_outcome(_reference, raw)
+        assert fast == ref, raw
+        if fast[0] == "ok":  # same value and same types (1 is not 1.0, True is not 1)
+            assert json.dumps(fast[1], sort_keys=True) == json.dumps(ref[1], sort_keys=True)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1,"a":2}', b'{"a":1, "a" :2}', b'{"a" \n: 1,"b":{"c":1,"c":1}}',
+    b'[{"x":"\\":"},{"x":1,"x":1}]', b'{"a\\":":1,"a\\":":2}',
+])
+def test_load_json_refuses_every_repeated_name(raw: bytes) -> None:
+    with pytest.raises(DuplicateMember):
+        load_json(raw)
+
+
+def test_a_real_signal_is_loaded_without_the_reference_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = wire(Funds().signal("p", Fund.CAF, "impaye_loyer"))
+    expected = json.loads(raw)
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("slow path taken")
+
+    monkeypatch.setattr(json, "loads", boom)
+    assert load_json(raw) == (expected, True)
 
 
 def test_verify_is_false_not_a_crash_on_absurd_nesting() -> None:
