@@ -153,18 +153,36 @@ def person_key(key_id: str, value: str) -> bytes:
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
                      '"status":"{}","reason":{},"source":{{"topic":"{}","partition":{},'
                      '"offset":{}}},"processed_at":"{}"}}')
+_ACCEPTED_TEMPLATE = _RECEIPT_TEMPLATE.replace('"status":"{}","reason":{}', '"status":"accepte","reason":null')
 
 
-_LAST_TIMESTAMP: list[tuple[dt.datetime, str]] = []
+_LAST_TIMESTAMP: list[tuple[dt.datetime, str | None]] = []
 
 
-def _timestamp_text(value: dt.datetime) -> str:
-    """``format_timestamp(value)``, remembered for the last value (one per batch)."""
+def _utc_text(value: dt.datetime) -> str | None:
+    """``format_timestamp(value)`` if ``value`` is in UTC, else None; remembered for the last
+    value (the engine's clock gives one per batch)."""
     if _LAST_TIMESTAMP and _LAST_TIMESTAMP[0][0] is value:
         return _LAST_TIMESTAMP[0][1]
-    text = format_timestamp(value)
+    text = format_timestamp(value) if value.utcoffset() == dt.timedelta(0) else None
     _LAST_TIMESTAMP[:] = [(value, text)]
     return text
+
+
+#: Topics already found to match TOPIC_PATTERN (bounded: topics come from the broker).
+_PLAIN_TOPICS: set[str] = set()
+#: The wire code of each enum member (``member.value`` is a Python-level descriptor in 3.11).
+_CODES: dict[Fund | Reason, str] = {m: m.value for m in (*Fund, *Reason)}
+
+
+def _plain_topic(topic: str) -> bool:
+    if topic in _PLAIN_TOPICS:
+        return True
+    if _TOPIC.fullmatch(topic) is None:
+        return False
+    if len(_PLAIN_TOPICS) < 1000:
+        _PLAIN_TOPICS.add(topic)
+    return True
 
 
 def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Reason | None,
@@ -180,15 +198,16 @@ def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Rea
     if (type(fund) is Fund and (reason is None or type(reason) is Reason)
             and _SIGNAL_ID.fullmatch(receipt_id) is not None
             and (signal_id is None or _SIGNAL_ID.fullmatch(signal_id) is not None)
-            and _TOPIC.fullmatch(topic) is not None
             and type(partition) is int and 0 <= partition <= 100_000
             and type(offset) is int and offset >= 0
-            and processed_at.utcoffset() == dt.timedelta(0)):
+            and _plain_topic(topic) and (when := _utc_text(processed_at)) is not None):
+        if reason is None:
+            return _ACCEPTED_TEMPLATE.format(receipt_id, _CODES[fund], "null" if signal_id is None
+                                             else f'"{signal_id}"', topic, partition, offset,
+                                             when).encode()
         return _RECEIPT_TEMPLATE.format(
-            receipt_id, fund.value, "null" if signal_id is None else f'"{signal_id}"',
-            "accepte" if reason is None else "rejete",
-            "null" if reason is None else f'"{reason.value}"',
-            topic, partition, offset, _timestamp_text(processed_at)).encode()
+            receipt_id, _CODES[fund], "null" if signal_id is None else f'"{signal_id}"',
+            "rejete", f'"{_CODES[reason]}"', topic, partition, offset, when).encode()
     return to_wire(Receipt(
         schema_version="1.0", receipt_id=receipt_id, fund=fund, signal_id=signal_id,
         status="accepte" if reason is None else "rejete", reason=reason,
@@ -237,7 +256,15 @@ class StateCache:
 
 
 def _hex32(*parts: object) -> str:
-    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    return hashlib.sha256("\x00".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def receipt_id_for(topic: str, partition: int, offset: int) -> str:
+    """``_hex32("receipt", topic, partition, offset)``: the receipt of a source position."""
+    return hashlib.sha256(f"receipt\x00{topic}\x00{partition}\x00{offset}".encode()).hexdigest()[:32]
+
+
+_RECEIPT_TOPICS = {f: receipt_topic(f) for f in Fund}
 
 
 #: What the checks need of a record: its value and the topic it was (originally) read from.
@@ -295,10 +322,10 @@ class Engine:
                  reason: Reason | None) -> None:
         source = rec.source()
         topic, partition, offset = source
-        value = receipt_wire(_hex32("receipt", topic, partition, offset), fund, signal_id, reason,
+        value = receipt_wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
                              source, self._now)
         key = (signal_id or f"{topic}:{partition}:{offset}").encode()
-        batch.outputs.append(Output(receipt_topic(fund), key, value))
+        batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
                 reason: Reason, detail: str) -> None:
