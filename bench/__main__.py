@@ -28,6 +28,12 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "raw_rate", "Consommation aiokafka brute des topics de signalements", "signaux/s", None, ""),
     ("correlator", "full_rate", "Correlator, tous contrôles actifs", "signaux/s", 6000, "min"),
     ("correlator", "ratio", "Rapport correlator / consommation brute", "", None, ""),
+    ("correlator", "plain_rate", "Agent Faust simple, message par message (signature, validation, écriture "
+     "de table), mêmes signaux, même exécution", "signaux/s", None, ""),
+    ("correlator", "plain_signals_per_cpu_second", "Agent Faust simple, signaux par seconde de CPU de son processus",
+     "signaux/s", None, ""),
+    ("correlator", "ratio_plain", "Rapport correlator / agent Faust simple (objectif de l'issue : "
+     "6 000 / 2 500 à 3 000 = 2,0 à 2,4)", "", None, ""),
     ("correlator", "signals_per_cpu_second", "Correlator, signaux par seconde de CPU du processus worker",
      "signaux/s", None, ""),
     ("correlator", "signals_per_cpu_second_with_helpers",

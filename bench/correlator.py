@@ -2,9 +2,15 @@
 
 1. Publishes N signed signals (pairs of funds per person) on the signal topics.
 2. Raw aiokafka consumption rate of those topics (no work at all).
-3. The correlator worker (a real ``help-exchange correlator`` process, every check on)
+3. The reference point: a plain per-message Faust agent (:mod:`bench.plain_agent`, signature
+   check, validation and a table write, Faust's defaults) on the first ``BENCH_PLAIN_SIGNALS``
+   of the same records, in its own consumer group: its rate from its first to its last
+   processed record, and the ratio correlator / plain agent. The issue's target (6,000
+   signals/s against 2,500-3,000 for such an agent "on this machine") is a ratio of 2.0-2.4;
+   measured in the same run, the ratio does not depend on how fast the machine is that day.
+4. The correlator worker (a real ``help-exchange correlator`` process, every check on)
    on the same records: full-work rate from its first to its last receipt.
-4. Latency: with the worker caught up, publish at a steady 2,000 signals/s and measure
+5. Latency: with the worker caught up, publish at a steady 2,000 signals/s and measure
    publish -> situation event (p50, p99), from the second signal of each person.
 
 The machine is shared: the load average is printed, and the worker's own CPU time per
@@ -13,7 +19,8 @@ than the wall-clock one ("per CPU-second"): the worker process alone, then with 
 helpers (:mod:`services.correlator.checkpool`), whose CPU is counted too; and the embedded
 broker's CPU meanwhile, which competes for the same cores.
 
-``BENCH_SIGNALS`` sets the number of signals (30,000); ``BENCH_WORKER_ARGS`` passes options
+``BENCH_SIGNALS`` sets the number of signals (30,000), ``BENCH_PLAIN_SIGNALS`` how many of
+them the plain agent processes (10,000; 0 skips it); ``BENCH_WORKER_ARGS`` passes options
 to ``help-exchange correlator`` (e.g. ``--check-processes 1 --batch-max 1000``).
 """
 
@@ -38,9 +45,10 @@ from services.platform.settings import load_settings
 from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
 from tests.conftest import free_port
 from tests.correlator.factory import Funds, wire
-from tests.correlator.harness import publish, start_worker, stop
+from tests.correlator.harness import REPO, publish, start_worker, stop
 
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
+PLAIN_N = int(os.environ.get("BENCH_PLAIN_SIGNALS", "10000"))
 RATE = 2000
 LAT_SECONDS = 10
 
@@ -91,6 +99,55 @@ async def raw_rate(bootstrap: str, total: int) -> float:
     return n / dt_
 
 
+async def plain_agent_rate(bootstrap: str, registry: Path, var: Path, count: int, session_timeout_ms: int,
+                           timeout_s: float = 120.0) -> tuple[float, float, int, int, float, float]:
+    """Run :mod:`bench.plain_agent` (its own consumer group) until it has processed ``count``
+    records; return its rate from its first to its last one (its own clock), its records per
+    CPU-second over the same span, how many it accepted and refused, and the seconds from its
+    start to its first record and from its last to its exit."""
+    log = var / "plain-agent.log"
+    t_start = time.monotonic()
+    with open(log, "ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.plain_agent", "--bootstrap", bootstrap, "--registry", str(registry),
+            "--app-id", "bench-plain-agent", "--count", str(count), "--datadir", str(var / "plain-agent"),
+            "--session-timeout-ms", str(session_timeout_ms),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True)
+    assert proc.stdout is not None
+    cpu0 = float("nan")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                line = b""
+            if not line:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the plain agent gave no 'done' (exit {proc.returncode}); {log}:\n{tail}")
+            words = line.decode().split()
+            if words[:2] == ["PLAIN", "first"]:
+                cpu0 = cpu_seconds(proc.pid)
+                t_seen = time.monotonic()
+            elif words[:2] == ["PLAIN", "done"]:
+                cpu1 = cpu_seconds(proc.pid)
+                n, ok, refused = int(words[2]), int(words[3]), int(words[4])
+                t_first, t_last = float(words[5]), float(words[6])
+                t_done = time.monotonic()
+                break
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    rate = (n - 1) / (t_last - t_first) if t_last > t_first else float("nan")
+    per_cpu = (n - 1) / (cpu1 - cpu0) if cpu1 > cpu0 else float("nan")
+    return rate, per_cpu, ok, refused, t_seen - t_start, time.monotonic() - t_done
+
+
 async def outputs(bootstrap: str) -> AIOKafkaConsumer:
     # 100 ms, not less: every fetch costs the embedded broker ≈ 6 ms of CPU, taken from the worker
     # (a fetch answers as soon as records arrive; the wait only bounds an idle one).
@@ -123,6 +180,17 @@ async def main() -> None:
         for i in range(0, len(items), 5000):
             await publish(bootstrap, items[i:i + 5000])
         raw = await raw_rate(bootstrap, len(items))
+        plain = plain_cpu = float("nan")
+        plain_n = min(PLAIN_N, len(items))
+        if plain_n > 1:
+            pload0 = os.getloadavg()
+            plain, plain_cpu, plain_ok, plain_refused, plain_up, plain_down = await plain_agent_rate(
+                bootstrap, settings.key_dir / "registry.json", var, plain_n, settings.session_timeout_ms)
+            pload1 = os.getloadavg()
+            if plain_ok != plain_n:
+                print(f"WARNING: the plain agent refused {plain_refused} of {plain_n} signals", flush=True)
+            print(f"plain agent: {plain_n} signals; {plain_up:.1f} s from its start to its first record, "
+                  f"{plain_down:.1f} s to stop; load average {pload0[0]:.2f} -> {pload1[0]:.2f}", flush=True)
         out = await outputs(bootstrap)
         worker = start_worker(settings, "bench-correlator", var / "worker.log",
                               *os.environ.get("BENCH_WORKER_ARGS", "").split())
@@ -191,6 +259,10 @@ async def main() -> None:
         print(f"raw aiokafka consumption: {raw:,.0f} signals/s")
         print(f"correlator full work:     {full:,.0f} signals/s (every check on)")
         print(f"ratio correlator/raw:     {full / raw:.3f}")
+        print(f"plain per-message Faust agent: {plain:,.0f} signals/s (signature, validation, table write; "
+              f"{plain_cpu:,.0f} per CPU-second of its process)")
+        print(f"correlator / plain agent: {full / plain:.2f} "
+              f"(the issue's target: 6,000 / 2,500-3,000 = 2.0-2.4)")
         print(f"correlator per CPU-second: {per_cpu:,.0f} signals of the worker process (CPU {cpu1 - cpu0:.1f} s), "
               f"{per_cpu_all:,.0f} with its {len(helpers)} check helper(s) (+{hcpu1 - hcpu0:.1f} s); "
               f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs")
@@ -201,6 +273,8 @@ async def main() -> None:
         from bench import emit
 
         emit("correlator", {"raw_rate": float(raw), "full_rate": float(full), "ratio": float(full / raw),
+                            "plain_rate": float(plain), "ratio_plain": float(full / plain),
+                            "plain_signals_per_cpu_second": float(plain_cpu),
                             "latency_p50_ms": float(p50), "latency_p99_ms": float(p99),
                             "load_average": float(max(load0[0], load1[0])),
                             "signals_per_cpu_second": float(per_cpu),

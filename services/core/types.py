@@ -8,14 +8,29 @@ no field where free text could slip through.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AwareDatetime, BeforeValidator, PlainSerializer
 from pydantic import StringConstraints as S
 
+E = TypeVar("E", bound=type[StrEnum])
 
+
+def fast_value(cls: E) -> E:
+    """Give ``cls`` a ``value`` read in C: the member's ``_value_``, as before.
+
+    Python 3.11's ``Enum.value`` is an ``enum.property``, a descriptor written in Python (two
+    frames per read); pydantic's serializer reads it for every enum field it writes, about
+    twenty times per person state the correlator stores (≈ 6 % of its engine's time in a
+    profile). A ``property`` over ``operator.attrgetter`` gives the same value from C."""
+    type.__setattr__(cls, "value", property(operator.attrgetter("_value_")))
+    return cls
+
+
+@fast_value
 class Fund(StrEnum):
     """The mandatory-scheme bodies that take part in the exchange."""
 
@@ -26,6 +41,7 @@ class Fund(StrEnum):
     MSA = "msa"
 
 
+@fast_value
 class Purpose(StrEnum):
     """Purposes that article L115-2-1 allows."""
 
@@ -33,12 +49,14 @@ class Purpose(StrEnum):
     PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
 
 
+@fast_value
 class Priority(StrEnum):
     ROUGE = "rouge"
     ORANGE = "orange"
     VERT = "vert"
 
 
+@fast_value
 class Outcome(StrEnum):
     """How a follow-up ends (shared/DOMAIN.md §4)."""
 
