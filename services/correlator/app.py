@@ -74,6 +74,7 @@ from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Output, Record
+from services.correlator.heap import HeapPolicy
 from services.correlator.partitioning import murmur2
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
@@ -308,6 +309,7 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
     changelog = changelog_topic(tuning.app_id)
     store = PersonStore(changelog)
     positions = Positions(app)
+    heap = HeapPolicy(tuning.gc_full_every_s)
     lock = asyncio.Lock()
 
     async def send_acked(topic: str, key: bytes, value: bytes | None, partition: int) -> int:
@@ -353,6 +355,7 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
         done = {m.tp for m in messages}
         consumer: Any = app.consumer  # Faust's own commit follows acks: give it the offsets
         await consumer._commit({tp: positions.next[tp] for tp in done if tp in positions.next})
+        heap.after_batch()
 
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:

@@ -21,9 +21,13 @@ def register(cli: click.Group) -> None:
     @click.option("--check-processes", default=_DEFAULT.check_processes, show_default=True,
                   help="Helper processes for the stateless checks (JSON, signature, schema); "
                        "0 runs them in the worker itself. About one per spare core.")
+    @click.option("--gc-full-every-s", default=_DEFAULT.gc_full_every_s, show_default=True,
+                  help="Seconds between full garbage collections (a pause of about a second per "
+                       "million live objects); between them what survives a batch is frozen. "
+                       "0 leaves CPython's own schedule.")
     @click.pass_context
     def correlator(ctx: click.Context, app_id: str, batch_max: int, batch_wait_ms: int,
-                   fetch_wait_ms: int, check_processes: int) -> None:
+                   fetch_wait_ms: int, check_processes: int, gc_full_every_s: float) -> None:
         """Verify, apply the L115-2-1 policy and correlate signals into shared situations.
 
         Reads help.signals.<fund>.v1 and help.consents.v1; writes receipts, dead letters
@@ -35,4 +39,5 @@ def register(cli: click.Group) -> None:
         run_worker(settings_from(ctx), Tuning(app_id=app_id, batch_max=batch_max,
                                               batch_wait_s=batch_wait_ms / 1000,
                                               fetch_wait_ms=fetch_wait_ms,
-                                              check_processes=check_processes))
+                                              check_processes=check_processes,
+                                              gc_full_every_s=gc_full_every_s))
