@@ -46,7 +46,9 @@ raises (it becomes a receipt and a dead letter), so anything that escapes is a b
 broker failure and the process exits at once (``os._exit``) without committing (so does a
 check helper that dies: :class:`~.checkpool.CheckPoolError`); the stateless checks run in
 ``check_processes`` helper processes beside the agent (:mod:`.checkpool`); outputs leave as
-one record batch per partition (:func:`send_batches`); faust-streaming fixes the consumer's
+one record batch per partition (:func:`send_batches`); what survives a batch is frozen for
+the garbage collector, which otherwise kept walking the cached person states
+(:mod:`.heap`); faust-streaming fixes the consumer's
 fetch wait at 1.5 s, which sets the latency at low rates: it is lowered to ``fetch_wait_ms``
 on the worker consumer — 100 ms by default, not less, because every fetch that finds
 nothing costs the embedded broker ≈ 6 ms of CPU (a worker idling at 20 ms kept a third of a
