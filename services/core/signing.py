@@ -36,6 +36,7 @@ mutations of them and the small-order / non-canonical vectors. Without PyNaCl in
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,9 @@ def b64u_decode(text: str) -> bytes:
 
 _INT_MAX = 2**53 - 1  # RFC 8785 (I-JSON): integers beyond this are not exact in a double
 _SORTED = orjson.OPT_SORT_KEYS
+#: The same form for plain values, for what orjson refuses to write (nesting over 254 levels).
+_json_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                   check_circular=False, allow_nan=False).encode
 
 
 def plain_members(value: Any) -> int:
@@ -134,7 +138,10 @@ def canonical(value: Any, *, plain: bool | None = None) -> bytes:
     :func:`plain_members` defines it); by default it is checked here."""
     try:
         if plain or (plain is None and _plain(value)):
-            return orjson.dumps(value, option=_SORTED)
+            try:
+                return orjson.dumps(value, option=_SORTED)
+            except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels)
+                return _json_canonical(value).encode()
     except RecursionError:
         pass  # absurdly deep: let rfc8785 decide (it raises)
     return rfc8785.dumps(value)

@@ -34,7 +34,7 @@ from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.person import PersonState
 from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
-from services.correlator.checks import DuplicateMember, _unique_members, load_json
+from services.correlator.checks import Checker, DuplicateMember, _unique_members, load_json
 from services.correlator.engine import Engine, Record, StateCache, receipt_wire
 from services.correlator.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
@@ -177,6 +177,32 @@ def test_verify_is_false_not_a_crash_on_absurd_nesting() -> None:
     for _ in range(5000):
         deep = [deep]
     assert not signing.verify({**msg, "x": deep}, key)
+
+
+def _nested(depth: int) -> Any:
+    deep: Any = []
+    for _ in range(depth - 1):
+        deep = [deep]
+    return deep
+
+
+@pytest.mark.parametrize("depth", [200, 254, 255, 256, 300, 600, 900])
+def test_a_deeply_nested_signed_message_is_checked_not_a_crash(depth: int) -> None:
+    # orjson reads 1,024 levels but writes only 254: the canonical form must still be made
+    # (here the signature holds, and the schema refuses the extra member).
+    funds = Funds()
+    raw = wire(funds.signal("p", Fund.CAF, "impaye_loyer", x=_nested(depth)))
+    verdict = Checker(funds.registry()).check(raw, signal_topic(Fund.CAF))
+    assert verdict.reason is Reason.SCHEMA_INVALIDE, verdict
+
+
+@pytest.mark.parametrize("depth", [254, 255, 1000, 1023, 1024, 1025, 5000])
+def test_a_deeply_nested_forged_member_is_refused_not_a_crash(depth: int) -> None:
+    funds = Funds()
+    raw = wire(funds.signal("p", Fund.CAF, "impaye_loyer"))
+    forged = b'{"x":' + b"[" * depth + b"]" * depth + b"," + raw[1:]
+    verdict = Checker(funds.registry()).check(forged, signal_topic(Fund.CAF))
+    assert verdict.reason in (Reason.JSON_INVALIDE, Reason.SIGNATURE_INVALIDE), verdict
 
 
 # ---------------------------------------------------------------------- partitioner
