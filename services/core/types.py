@@ -16,16 +16,17 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AwareDatetime, BeforeValidator, PlainSerializer
 from pydantic import StringConstraints as S
 
-E = TypeVar("E", bound=type[StrEnum])
+_EnumT = TypeVar("_EnumT", bound=type[StrEnum])
 
 
-def fast_value(cls: E) -> E:
+def fast_value(cls: _EnumT) -> _EnumT:
     """Give ``cls`` a ``value`` read in C: the member's ``_value_``, as before.
 
     Python 3.11's ``Enum.value`` is an ``enum.property``, a descriptor written in Python (two
     frames per read); pydantic's serializer reads it for every enum field it writes, about
     twenty times per person state the correlator stores (≈ 6 % of its engine's time in a
-    profile). A ``property`` over ``operator.attrgetter`` gives the same value from C."""
+    profile, ≈ 3 % saved when measured A/B); the receipts' template reads it too. A
+    ``property`` over ``operator.attrgetter`` gives the same value from C."""
     type.__setattr__(cls, "value", property(operator.attrgetter("_value_")))
     return cls
 

@@ -171,8 +171,6 @@ def _utc_text(value: dt.datetime) -> str | None:
 
 #: Topics already found to match TOPIC_PATTERN (bounded: topics come from the broker).
 _PLAIN_TOPICS: set[str] = set()
-#: The wire code of each enum member (``member.value`` is a Python-level descriptor in 3.11).
-_CODES: dict[Fund | Reason, str] = {m: m.value for m in (*Fund, *Reason)}
 
 
 def _plain_topic(topic: str) -> bool:
@@ -202,12 +200,12 @@ def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Rea
             and type(offset) is int and offset >= 0
             and _plain_topic(topic) and (when := _utc_text(processed_at)) is not None):
         if reason is None:
-            return _ACCEPTED_TEMPLATE.format(receipt_id, _CODES[fund], "null" if signal_id is None
+            return _ACCEPTED_TEMPLATE.format(receipt_id, fund.value, "null" if signal_id is None
                                              else f'"{signal_id}"', topic, partition, offset,
                                              when).encode()
         return _RECEIPT_TEMPLATE.format(
-            receipt_id, _CODES[fund], "null" if signal_id is None else f'"{signal_id}"',
-            "rejete", f'"{_CODES[reason]}"', topic, partition, offset, when).encode()
+            receipt_id, fund.value, "null" if signal_id is None else f'"{signal_id}"',
+            "rejete", f'"{reason.value}"', topic, partition, offset, when).encode()
     return to_wire(Receipt(
         schema_version="1.0", receipt_id=receipt_id, fund=fund, signal_id=signal_id,
         status="accepte" if reason is None else "rejete", reason=reason,
