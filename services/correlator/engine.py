@@ -50,7 +50,7 @@ import datetime as dt
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -354,6 +354,18 @@ class Engine:
     def process(self, records: Iterable[Record],
                 load: Callable[[bytes], bytes | None]) -> Batch:
         """Process records in order; read each touched person once, write each once."""
+        steps = self.steps(records, load)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def steps(self, records: Iterable[Record], load: Callable[[bytes], bytes | None], *,
+              every: int = 0) -> Generator[None, None, Batch]:
+        """:meth:`process` as a generator that pauses after every ``every`` records (0: never)
+        and returns the batch: an event loop can run between the pauses (the worker's sends
+        and acknowledgements of the previous batch go on meanwhile)."""
         batch = Batch()
         states: dict[bytes, PersonState | None] = {}
         dirty: dict[bytes, int] = {}
@@ -381,8 +393,11 @@ class Engine:
 
         records = list(records)
         verdict = self.checks.start([(rec.value, rec.source()[0]) for rec in records])
+        one = self._one
         for i, rec in enumerate(records):
-            self._one(batch, rec, verdict(i), get, put)
+            one(batch, rec, verdict(i), get, put)
+            if every and i % every == every - 1:
+                yield
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None

@@ -15,6 +15,7 @@ import asyncio
 import os
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
@@ -148,3 +149,50 @@ async def test_patched_wait_first_fast_and_blocking_deliveries() -> None:
         pass
     else:  # pragma: no cover
         raise AssertionError("the delivery's exception was swallowed")
+
+
+async def test_effects_run_one_after_another_one_batch_ahead_at_most() -> None:
+    effects = correlator_app.Effects(on_failure=lambda exc: pytest.fail(f"unexpected {exc!r}"))
+    log: list[str] = []
+    release = [asyncio.Event() for _ in range(3)]
+
+    async def effect(i: int) -> None:
+        log.append(f"start {i}")
+        await release[i].wait()
+        log.append(f"end {i}")
+
+    await effects.submit(effect(0))  # nothing before it: returns at once
+    second = asyncio.ensure_future(effects.submit(effect(1)))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # waits for effect 0: one batch ahead at most
+    assert log == ["start 0"]  # and effect 1 has not started before effect 0 ended
+    release[0].set()
+    await second
+    await asyncio.sleep(0.01)
+    assert log == ["start 0", "end 0", "start 1"]
+    release[1].set()
+    release[2].set()
+    await effects.submit(effect(2))
+    await effects.drain()
+    assert log == ["start 0", "end 0", "start 1", "end 1", "start 2", "end 2"]
+
+
+async def test_a_failed_effect_is_reported_and_nothing_after_it_runs() -> None:
+    failures: list[BaseException] = []
+    effects = correlator_app.Effects(on_failure=failures.append)
+    ran: list[int] = []
+
+    async def broken() -> None:
+        raise ConnectionError("broker gone")
+
+    async def later() -> None:
+        ran.append(1)
+
+    await effects.submit(broken())
+    with pytest.raises(ConnectionError):
+        await effects.submit(later())  # the agent learns it too, and stops
+    with pytest.raises(ConnectionError):
+        await effects.drain()
+    await asyncio.sleep(0.01)
+    assert ran == []  # the next batch's effects (its commit above all) never ran
+    assert [type(e) for e in failures] == [ConnectionError, ConnectionError]

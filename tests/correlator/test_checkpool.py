@@ -105,7 +105,7 @@ def test_checked_signal_holds_the_validated_values(funds: Funds) -> None:
     assert s.partition == partition_for(msg["pseudonym"]["value"], 8)
 
 
-def test_engine_outputs_are_the_same_with_helpers(funds: Funds, pool: CheckPool) -> None:
+def test_engine_outputs_are_the_same_with_helpers_and_in_steps(funds: Funds, pool: CheckPool) -> None:
     items = corpus(funds)
     # Pairs of funds per person so that situations open; records on their person's partition.
     for i in range(40):
@@ -119,11 +119,23 @@ def test_engine_outputs_are_the_same_with_helpers(funds: Funds, pool: CheckPool)
                 partition = partition_for(json.loads(value)["pseudonym"]["value"], 8)
         records.append(Record(topic, partition, offset, 1_763_640_000_000, None, value))
 
-    def run(engine: Engine) -> tuple[list[Any], dict[bytes, bytes]]:
+    pauses = [0]
+
+    def stepped(engine: Engine, chunk: list[Record], load: Any) -> Any:
+        steps = engine.steps(chunk, load, every=7)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+            pauses[0] += 1
+
+    def run(engine: Engine, *, steps: bool = False) -> tuple[list[Any], dict[bytes, bytes]]:
         table: dict[bytes, bytes] = {}
         outputs = []
         for start in range(0, len(records), 50):
-            batch = engine.process(records[start:start + 50], table.get)
+            chunk = records[start:start + 50]
+            batch = stepped(engine, chunk, table.get) if steps else engine.process(chunk, table.get)
             table.update({k: v for k, (_, v) in batch.writes.items()})
             outputs.append((batch.outputs, batch.accepted, batch.rejected))
         return outputs, table
@@ -131,6 +143,9 @@ def test_engine_outputs_are_the_same_with_helpers(funds: Funds, pool: CheckPool)
     inline = run(Engine(context(), funds.registry(), clock=lambda: AT))
     pooled = run(Engine(context(), funds.registry(), clock=lambda: AT, checks=pool))
     assert inline == pooled
+    # As the worker runs it: paused every few records, the same outputs and states.
+    assert run(Engine(context(), funds.registry(), clock=lambda: AT, checks=pool), steps=True) == inline
+    assert pauses[0] == sum(len(records[s:s + 50]) // 7 for s in range(0, len(records), 50))
     assert inline[1] and any(o.topic == "help.situations.v1" for batch in inline[0] for o in batch[0])
 
 
