@@ -150,7 +150,7 @@ def test_engine_outputs_are_the_same_with_helpers_and_in_steps(funds: Funds, poo
 
 
 def test_a_dead_helper_stops_the_batch(funds: Funds) -> None:
-    pool = CheckPool(funds.registry(), 1, partitions=8)
+    pool = CheckPool(funds.registry(), 1, partitions=8, chunk=32)  # several requests
     try:
         items = [(wire(funds.signal(f"d{i}", Fund.CAF, "impaye_loyer")), signal_topic(Fund.CAF))
                  for i in range(100)]
