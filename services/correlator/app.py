@@ -5,11 +5,12 @@ consents topic and the internal repartition topic, all with 8 partitions and key
 pseudonym, so Faust's assignor gives a worker the same partition number of each and a
 person's signals and consents meet in one state. Scale out by running more workers.
 
-Faust does the group membership, the rebalances and the fetching; the agent takes whole
-batches from its channel's queue (:func:`take_batches`), not event by event through the
-Stream iterator, and Faust's fetch loop delivers each message without four tasks per message
-when the delivery does not block (:func:`_patch_drain`): together ≈ 80 µs of the worker's
-≈ 500 µs per signal. Two things Faust did are done here instead, because they lost data
+Faust does the group membership, the rebalances and the fetching; its conductor hands the
+fetched messages as they are to the agent's inbox (:func:`_deliver_to`: no Event, no
+decoding, the flow control kept), the agent takes them in whole batches
+(:func:`take_batches`), not event by event through the Stream iterator, and Faust's fetch
+loop delivers each message without four tasks per message when the delivery does not block
+(:func:`_patch_drain`): together ≈ 90 µs of what was once ≈ 500 µs of the worker per signal. Two things Faust did are done here instead, because they lost data
 under ``kill -9`` on the embedded broker (see ``tests/correlator/test_crash.py``):
 
 - **Person state** is a :class:`~.state.PersonStore`, not a Faust ``Table``: Faust's table
@@ -233,16 +234,15 @@ class Positions:
                 found[TP(atp.topic, atp.partition)] = int(offset)
         self.next.update(found)
 
-    async def select(self, events: Sequence[Any]) -> list[Any]:
-        """The messages of ``events`` to process now, in order; seeks back over holes."""
-        fresh = {e.message.tp for e in events} & self.assigned
+    async def select(self, received: Sequence[Any]) -> list[Any]:
+        """The messages of ``received`` to process now, in order; seeks back over holes."""
+        fresh = {m.tp for m in received} & self.assigned
         fresh -= self.next.keys()
         if fresh:
             await self.start_of(fresh)
         chosen = []
         holes: dict[TP, int] = {}
-        for event in events:
-            message = event.message
+        for message in received:
             tp = message.tp
             if tp not in self.assigned or tp in holes:
                 continue  # not ours any more, or after a hole in this batch
@@ -330,6 +330,36 @@ def _stop_now(exc: BaseException) -> None:
     os._exit(EXIT_FATAL)
 
 
+def _deliver_to(app: faust.App, topics: set[str], inbox: asyncio.Queue[Any]) -> None:
+    """Faust's conductor hands each fetched message of ``topics`` to ``inbox`` as it is.
+
+    Its own handler decodes every message into an Event (the serializers, ``create_event``,
+    reference counts) and puts it on the agent's channel with the pressure callbacks: ≈ 10 µs
+    a message, for raw bytes that the engine reads from the message itself. This keeps what
+    matters of it: the flow control (delivery waits while Faust suspends it, during a
+    rebalance) and a bounded buffer (a full inbox holds the fetch loop, as a full channel
+    did). Other topics keep Faust's handler."""
+    conductor: Any = app.topics
+    faust_handler = conductor._build_handler
+
+    def build(tp: TP, channels: Any) -> Any:
+        if tp.topic not in topics:
+            return faust_handler(tp, channels)
+        acquire_flow_control = app.flow_control.acquire
+        put, put_nowait, full = inbox.put, inbox.put_nowait, inbox.full
+
+        async def on_message(message: Any) -> None:
+            await acquire_flow_control()
+            if full():
+                await put(message)
+            else:
+                put_nowait(message)
+
+        return on_message
+
+    conductor._build_handler = build
+
+
 def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING) -> faust.App:
     """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
     engine = build_engine(settings, tuning.check_processes)
@@ -413,8 +443,8 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
         # partitions).
         await consumer._commit(offsets)
 
-    async def handle(events: Sequence[Any]) -> None:
-        messages = await positions.select(events)
+    async def handle(received: Sequence[Any]) -> None:
+        messages = await positions.select(received)
         if not messages:
             return
         await store.load({m.partition for m in messages}, send_acked, loader)
@@ -438,18 +468,17 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
         await effects.submit(apply(writes, batch.outputs, offsets))
         heap.after_batch()
 
+    inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(4096, tuning.batch_max * 2))
+    _deliver_to(app, set(names), inbox)
+
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:
-        # The events are taken from the agent's channel queue (the one Faust's conductor
-        # fills) in whole batches, not through the Stream iterator: that one runs a processor,
-        # the sensors and the current-event bookkeeping per event (≈ 40 µs of the worker's
-        # ≈ 450 µs per signal, measured), none of which the agent uses (no acks on the source
-        # topic, no table).
-        channel = aiter(stream.channel)
-        async for events in take_batches(channel.queue, tuning.batch_max, tuning.batch_wait_s):
+        # The agent subscribes Faust to the topics (group membership, assignment, fetching);
+        # the messages themselves come from ``inbox`` (see _deliver_to), in whole batches.
+        async for messages in take_batches(inbox, tuning.batch_max, tuning.batch_wait_s):
             try:
                 async with lock:
-                    await handle(events)
+                    await handle(messages)
             except Exception:  # a bug or a broker failure: stop, commit nothing more
                 log.critical("correlator: unexpected failure, stopping without commit", exc_info=True)
                 logging.shutdown()
