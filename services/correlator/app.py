@@ -10,8 +10,9 @@ fetched messages as they are to the agent's inbox (:func:`_deliver_to`: no Event
 decoding, the flow control kept), the agent takes them in whole batches
 (:func:`take_batches`), not event by event through the Stream iterator, and Faust's fetch
 loop delivers each message without four tasks per message when the delivery does not block
-(:func:`_patch_drain`): together ≈ 90 µs of what was once ≈ 500 µs of the worker per signal. Two things Faust did are done here instead, because they lost data
-under ``kill -9`` on the embedded broker (see ``tests/correlator/test_crash.py``):
+(:func:`_patch_drain`): together ≈ 90 µs of what was once ≈ 500 µs of the worker per signal.
+Two things Faust did are done here instead, because they lost data under ``kill -9`` on the
+embedded broker (see ``tests/correlator/test_crash.py``):
 
 - **Person state** is a :class:`~.state.PersonStore`, not a Faust ``Table``: Faust's table
   recovery stops at the reported end offset, which Tansu reports short (the base offset of
