@@ -39,7 +39,7 @@ Speed (measured with ``bench/correlator.py`` and a profile; every check stays on
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
-- the partitioner is a word-at-a-time murmur2
+- the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
   (:func:`~services.correlator.partitioning.murmur2`), equal to Kafka's.
 """
 

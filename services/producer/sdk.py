@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
@@ -57,6 +56,7 @@ from services.core.types import (
     Purpose,
     format_timestamp,
 )
+from services.correlator.partitioning import murmur2
 from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, InputError
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
@@ -255,8 +255,8 @@ class SignalBuilder:
         """The outbox row of ``rec`` (signed signal bytes), or :class:`RecordRejected`.
 
         ``partitions``: the topic's partition count, to compute the partition here exactly as
-        Kafka's default partitioner does (murmur2 of the key) — it is costly in pure Python,
-        and this part can run in worker processes."""
+        Kafka's default partitioner does (murmur2 of the key, equal to aiokafka's);
+        this part can run in worker processes."""
         today = today or today_paris()
         nir, code, observed, dept, purpose, basis = self.check(rec, today)
         reference = rec.reference.strip()

@@ -3,7 +3,7 @@
 - :func:`services.core.signing.canonical` against the ``rfc8785`` package (RFC 8785/JCS), on
   arbitrary JSON values, including those it must hand over to ``rfc8785`` (floats,
   non-ASCII, big integers), and errors alike;
-- :func:`services.correlator.engine.murmur2` against aiokafka's (Kafka's partitioner);
+- :func:`services.correlator.partitioning.murmur2` (the murmurhash2 package) against aiokafka's (Kafka's partitioner);
 - :func:`services.correlator.engine.receipt_wire` against ``to_wire(Receipt(...))``, byte for
   byte, and refusing (by the model's own ValidationError) what the model refuses;
 - the person-state cache: a state and the bytes it is stored as round-trip, the engine gives
@@ -215,6 +215,13 @@ def test_murmur2_equals_kafkas(data: bytes) -> None:
 def test_partition_for_known_values() -> None:
     v = Funds().pseudonym("someone")
     assert partition_for(v, 8) == (kafka_murmur2(v.encode()) & 0x7FFFFFFF) % 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.integers(min_value=1, max_value=64))
+def test_partition_for_equals_kafkas_partitioner(value: str, partitions: int) -> None:
+    assert partition_for(value, partitions) == (kafka_murmur2(value.encode()) & 0x7FFFFFFF) % partitions
+    assert murmur2(bytearray(value.encode())) == kafka_murmur2(value.encode())  # not only bytes
 
 
 # ---------------------------------------------------------------------- receipts
