@@ -431,7 +431,6 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
 
-    consumer: Any = app.consumer  # Faust's own commit follows acks: give it the offsets
     effects = Effects()
 
     async def apply(writes: list[Output], outputs: list[Output], offsets: dict[TP, int]) -> None:
@@ -441,7 +440,8 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
         await send_batches(app.producer, outputs)
         # Every effect is on the broker: commit exactly what was processed (not revoked:
         # a revocation drains the effects first, and Faust drops offsets of unassigned
-        # partitions).
+        # partitions). Faust's own commit follows acks: it is given the offsets instead.
+        consumer: Any = app.consumer
         await consumer._commit(offsets)
 
     async def handle(received: Sequence[Any]) -> None:
