@@ -1,0 +1,345 @@
+// The help-exchange producer contract, computed in Node.js from the published documents
+// (README.md, docs/contract.md, docs/keys.md, docs/rules.md, schemas/) and nothing else.
+// Each function names the section of docs/contract.md it implements.
+
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import canonicalize from 'canonicalize'
+import YAML from 'yaml'
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+export const SCHEMAS = path.join(REPO, 'schemas')
+
+// §1 Numbers
+export const SCHEMA_VERSION = '1.0'
+export const MAX_MESSAGE_BYTES = 16384
+export const SIGNAL_PARTITIONS = 8
+export const FUNDS = ['urssaf', 'cpam', 'caf', 'carsat', 'msa']
+
+/** A documented refusal: `reason` is a code of schemas/common.schema.json#/$defs/reason. */
+export class Refused extends Error {
+  constructor (reason, detail) {
+    super(`${reason}: ${detail}`)
+    this.reason = reason
+    this.detail = detail
+  }
+}
+
+// ------------------------------------------------------------------------------- encodings
+export function b64url (buf) {
+  return Buffer.from(buf).toString('base64url') // RFC 4648 §5, no padding
+}
+
+export function b64urlDecode (text) {
+  return Buffer.from(text, 'base64url')
+}
+
+const ascii = (text) => Buffer.from(text, 'ascii')
+const NUL = Buffer.from([0])
+const hmac = (key, ...parts) => crypto.createHmac('sha256', key).update(Buffer.concat(parts)).digest()
+
+// ------------------------------------------------------------------------------- §3 NIR
+const PRINTABLE = /^[\x20-\x7e]*$/
+
+/** Normalise a NIR as the back-office holds it; returns 15 characters or throws Refused. */
+export function normaliseNir (raw) {
+  if (typeof raw !== 'string' || !PRINTABLE.test(raw) || raw.length > 64) {
+    throw new Refused('texte_libre', 'NIR: printable ASCII, at most 64 characters')
+  }
+  const nir = raw.replace(/[ .]/g, '').replace(/[a-z]/g, (c) => c.toUpperCase())
+  if (!'123478'.includes(nir[0] ?? '-')) throw new Refused('nir_invalide', 'NIR: first character must be 1, 2, 3, 4, 7 or 8')
+  if (!/^[0-9]{5}([0-9]{2}|2A|2B)[0-9]{8}$/.test(nir)) throw new Refused('nir_invalide', 'NIR: 15 characters expected')
+  const n = BigInt(nir.slice(0, 13).replace('2A', '19').replace('2B', '18'))
+  const key = 97n - (n % 97n)
+  if (nir.slice(13) !== String(key).padStart(2, '0')) throw new Refused('cle_nir_invalide', 'NIR: control key does not match')
+  return nir
+}
+
+// ------------------------------------------------------------------------------- §4 pseudonym
+export const PSEUDONYM_LABEL = 'help-exchange/pseudonym/v1'
+
+export function pseudonymValue (exchangeKey, nir15) {
+  return b64url(hmac(exchangeKey, ascii(PSEUDONYM_LABEL), NUL, ascii(nir15)))
+}
+
+// ------------------------------------------------------------------------------- §5 signal id
+export const SIGNAL_ID_LABEL = 'help-exchange/signal-id/v1'
+
+export function signalId (idRoot, fund, reference, category, observedOn) {
+  const kId = hmac(idRoot, ascii(SIGNAL_ID_LABEL))
+  const msg = Buffer.concat([ascii(fund), NUL, ascii(reference), NUL, ascii(category), NUL, ascii(observedOn)])
+  return hmac(kId, msg).subarray(0, 16).toString('hex')
+}
+
+// ------------------------------------------------------------------------------- §6 seal
+export const SEAL_LABEL = 'help-exchange/sealed-ref/v1'
+const REFERENCE = /^[A-Za-z0-9/_.-]{2,64}$/
+
+export function checkReference (raw) {
+  const ref = String(raw ?? '').replace(/^ +| +$/g, '')
+  if (!REFERENCE.test(ref)) throw new Refused('reference_invalide', 'reference: 2-64 of A-Z a-z 0-9 / _ . -')
+  return ref
+}
+
+function sealAad (fund, sealKeyId) {
+  return Buffer.concat([ascii(SEAL_LABEL), NUL, ascii(fund), NUL, ascii(sealKeyId)])
+}
+
+export function binding (pseudonym) {
+  return crypto.createHash('sha256').update(ascii(`${pseudonym.key_id}:${pseudonym.value}`)).digest().subarray(0, 8)
+}
+
+/** AES-256-GCM seal of the reference; `nonce` only for the test vectors (else random). */
+export function seal (sealKey, sealKeyId, fund, pseudonym, reference, nonce = crypto.randomBytes(12)) {
+  const cipher = crypto.createCipheriv('aes-256-gcm', sealKey, nonce, { authTagLength: 16 })
+  cipher.setAAD(sealAad(fund, sealKeyId))
+  const ct = Buffer.concat([cipher.update(Buffer.concat([binding(pseudonym), ascii(reference)])), cipher.final()])
+  return { key_id: sealKeyId, value: b64url(Buffer.concat([nonce, ct, cipher.getAuthTag()])) }
+}
+
+/** Opens a seal; returns the reference (and checks the binding when the pseudonym is given). */
+export function openSeal (sealKey, sealKeyId, fund, value, pseudonym = null) {
+  const raw = b64urlDecode(value)
+  const decipher = crypto.createDecipheriv('aes-256-gcm', sealKey, raw.subarray(0, 12), { authTagLength: 16 })
+  decipher.setAAD(sealAad(fund, sealKeyId))
+  decipher.setAuthTag(raw.subarray(raw.length - 16))
+  const plain = Buffer.concat([decipher.update(raw.subarray(12, raw.length - 16)), decipher.final()])
+  if (pseudonym && !plain.subarray(0, 8).equals(binding(pseudonym))) throw new Error('seal bound to another pseudonym')
+  return plain.subarray(8).toString('ascii')
+}
+
+export const token = (sealed) => `scelle:${sealed.key_id}:${sealed.value}`
+
+// ------------------------------------------------------------------------------- §7 signature
+export function canonicalBytes (message) {
+  const { signature, ...rest } = message
+  return Buffer.from(canonicalize(rest), 'utf8')
+}
+
+export function sign (message, privateKey, keyId) {
+  const value = crypto.sign(null, canonicalBytes(message), privateKey)
+  return { ...message, signature: { key_id: keyId, alg: 'Ed25519', value: b64url(value) } }
+}
+
+export function verify (message, publicKey) {
+  return crypto.verify(null, canonicalBytes(message), publicKey, b64urlDecode(message.signature.value))
+}
+
+/** The wire form our producer sends: the canonical form of the whole signed message. */
+export function wire (message) {
+  return Buffer.from(canonicalize(message), 'utf8')
+}
+
+/** Public key as registry.json holds it: b64url of the 32 raw bytes. */
+export function rawPublicKey (publicKey) {
+  const jwk = crypto.createPublicKey(publicKey).export({ format: 'jwk' })
+  return jwk.x // JWK `x` of an OKP key is already b64url without padding
+}
+
+export function publicKeyFromRaw (raw) {
+  return crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw }, format: 'jwk' })
+}
+
+// ------------------------------------------------------------------------------- §9 partition
+/** Kafka's murmur2 (Java client Utils.murmur2), as written out in docs/contract.md §9. */
+export function murmur2 (data) {
+  const m = 0x5bd1e995
+  const r = 24
+  const len = data.length
+  let h = (0x9747b28c ^ len) >>> 0
+  const blocks = len >> 2
+  for (let i = 0; i < blocks; i++) {
+    let k = data.readUInt32LE(i * 4)
+    k = Math.imul(k, m) >>> 0
+    k = (k ^ (k >>> r)) >>> 0
+    k = Math.imul(k, m) >>> 0
+    h = Math.imul(h, m) >>> 0
+    h = (h ^ k) >>> 0
+  }
+  const tail = blocks * 4
+  switch (len & 3) {
+    case 3: h = (h ^ (data[tail + 2] << 16)) >>> 0 // falls through
+    case 2: h = (h ^ (data[tail + 1] << 8)) >>> 0 // falls through
+    case 1:
+      h = (h ^ data[tail]) >>> 0
+      h = Math.imul(h, m) >>> 0
+  }
+  h = (h ^ (h >>> 13)) >>> 0
+  h = Math.imul(h, m) >>> 0
+  h = (h ^ (h >>> 15)) >>> 0
+  return h
+}
+
+export function partitionFor (key, partitions = SIGNAL_PARTITIONS) {
+  return (murmur2(Buffer.isBuffer(key) ? key : ascii(key)) & 0x7fffffff) % partitions
+}
+
+// ------------------------------------------------------------------------------- keys on disk
+/** The key directory layout of docs/contract.md §4, §6, §7 (registry.json, current.json). */
+export class KeyDir {
+  constructor (dir) {
+    this.dir = dir
+  }
+
+  registry () {
+    return JSON.parse(fs.readFileSync(path.join(this.dir, 'registry.json'), 'utf8'))
+  }
+
+  /** §4: the active exchange key with the greatest created_at, ties by the greatest key_id. */
+  currentExchangeKey () {
+    const active = (this.registry().exchange_keys ?? []).filter((k) => k.status === 'active')
+    if (active.length === 0) throw new Error(`no active exchange key in ${this.dir}/registry.json`)
+    active.sort((a, b) => (a.created_at === b.created_at ? cmp(a.key_id, b.key_id) : cmp(a.created_at, b.created_at)))
+    const keyId = active[active.length - 1].key_id
+    return { keyId, key: this.#raw32(path.join(this.dir, 'exchange', `${keyId}.key`)) }
+  }
+
+  fundCurrent (fund) {
+    return JSON.parse(fs.readFileSync(path.join(this.dir, 'funds', fund, 'current.json'), 'utf8'))
+  }
+
+  sealingKey (fund, keyId = this.fundCurrent(fund).sealing) {
+    return { keyId, key: this.#raw32(path.join(this.dir, 'funds', fund, `${keyId}.key`)) }
+  }
+
+  idRoot (fund) {
+    return this.sealingKey(fund, this.fundCurrent(fund).id_root).key
+  }
+
+  #raw32 (file) {
+    const key = fs.readFileSync(file)
+    if (key.length !== 32) throw new Error(`${file}: ${key.length} bytes, a key has 32`)
+    return key
+  }
+}
+
+const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0)
+
+// ------------------------------------------------------------------------------- §8 policy as data
+let taxonomyCache = null
+export function taxonomy () {
+  if (!taxonomyCache) {
+    const doc = YAML.parse(fs.readFileSync(path.join(SCHEMAS, 'taxonomy.yaml'), 'utf8'))
+    taxonomyCache = new Map(doc.categories.map((c) => [c.code, c]))
+  }
+  return taxonomyCache
+}
+
+const CONSENT_REF = /^[A-Z]{2,10}(-[A-Z0-9]{1,12}){1,4}$/
+const DEPARTEMENT = /^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])$/
+const CODE = /^[a-z][a-z0-9_]{2,47}$/
+
+export function checkTerritory (raw) {
+  let t = String(raw ?? '').trim().toUpperCase()
+  if (/^[0-9]$/.test(t)) t = `0${t}`
+  if (!DEPARTEMENT.test(t) || t === '20') throw new Refused('departement_invalide', 'département: 01-95, 2A, 2B, 971-976')
+  return t
+}
+
+/** Category, purpose and legal basis as the exchange will judge them (§8), fund side. */
+export function checkPolicy (fund, category, purpose, consentRef, nir15, observedOn) {
+  if (!CODE.test(category)) throw new Refused('texte_libre', 'category: a taxonomy code')
+  const cat = taxonomy().get(category)
+  if (!cat) throw new Refused('categorie_inconnue', 'category: not in schemas/taxonomy.yaml')
+  if (cat.organisme !== fund) throw new Refused('categorie_autre_organisme', `category: belongs to ${cat.organisme}`)
+  if (cat.classe !== 'NM') throw new Refused('categorie_medicale', 'category: medical or sensitive, never leaves the fund')
+  const finalite = purpose || cat.finalites[0]
+  if (!cat.finalites.includes(finalite)) throw new Refused('finalite_non_autorisee', 'purpose: not allowed for the category')
+  if (consentRef) {
+    if (!CONSENT_REF.test(consentRef)) throw new Refused('base_legale_invalide', 'consent reference: e.g. HELP-2026-000123')
+    return { purpose: finalite, legal_basis: { code: 'consentement', consent_ref: consentRef } }
+  }
+  const conditions = []
+  if (finalite === 'prevention_perte_autonomie') {
+    if (!age55Plus(nir15, observedOn)) throw new Refused('condition_non_remplie', 'age_55_plus: the person is not 55 or more')
+    conditions.push('age_55_plus')
+  }
+  return { purpose: finalite, legal_basis: { code: 'L115-2-1', conditions } }
+}
+
+/** The fund attests age_55_plus "from the NIR" (§8): NIR characters 2-3 are the year of birth,
+ * 4-5 the month. The documents give no rule for the century nor for an unknown month: we take
+ * the latest year not after observed_on's, and the first of the month (an unknown month, 20
+ * or over, counts as January). Gap reported. */
+export function age55Plus (nir15, observedOn) {
+  const yy = Number(nir15.slice(1, 3))
+  let month = Number(nir15.slice(3, 5))
+  if (!(month >= 1 && month <= 12)) month = 1
+  const [y, m] = observedOn.split('-').map(Number)
+  let year = 2000 + yy
+  if (year > y) year -= 100
+  const age = y - year - (m < month ? 1 : 0)
+  return age >= 55
+}
+
+// ------------------------------------------------------------------------------- dates
+/** Today's calendar date in Europe/Paris, YYYY-MM-DD. */
+export function todayParis (now = new Date()) {
+  return new Intl.DateTimeFormat('en-CA', { timeZone: 'Europe/Paris', year: 'numeric', month: '2-digit', day: '2-digit' }).format(now)
+}
+
+/** Reads AAAA-MM-JJ or JJ/MM/AAAA into YYYY-MM-DD (a real calendar date), else date_invalide. */
+export function parseDate (raw) {
+  const text = String(raw ?? '').trim()
+  let m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text)
+  let y, mo, d
+  if (m) [, y, mo, d] = m
+  else if ((m = /^(\d{2})\/(\d{2})\/(\d{4})$/.exec(text))) [, d, mo, y] = m
+  else throw new Refused('date_invalide', 'date: AAAA-MM-JJ or JJ/MM/AAAA')
+  const date = new Date(Date.UTC(Number(y), Number(mo) - 1, Number(d)))
+  const iso = `${y}-${mo}-${d}`
+  if (Number.isNaN(date.getTime()) || date.toISOString().slice(0, 10) !== iso) throw new Refused('date_invalide', 'date: not a calendar date')
+  return iso
+}
+
+/** The date rules of §8 / rules.md, fund side: not after today (Paris), not older than 2 years. */
+export function checkObservedOn (iso, today = todayParis()) {
+  if (iso > today) throw new Refused('date_future', 'observed_on: after today (Europe/Paris)')
+  const [y, m, d] = today.split('-')
+  if (iso < `${Number(y) - 2}-${m}-${d}`) throw new Refused('date_trop_ancienne', 'observed_on: older than 2 years')
+  return iso
+}
+
+/** RFC 3339 UTC with 6 fraction digits, as our tools write emitted_at (§2). */
+export function emittedAt (now = new Date()) {
+  return now.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z')
+}
+
+// ------------------------------------------------------------------------------- §2 a signal
+/**
+ * Builds and signs one signal from a back-office record:
+ * {nir, category, observed_on, territory, reference, consent?, purpose?}.
+ * `keys`: {exchange: {keyId, key}, sealing: {keyId, key}, idRoot, signing: {keyId, privateKey}}.
+ */
+export function buildSignal (fund, record, keys, opts = {}) {
+  for (const [name, value] of Object.entries(record)) {
+    if (value != null && (typeof value !== 'string' || !PRINTABLE.test(value) || value.length > 64)) {
+      throw new Refused('texte_libre', `${name}: printable ASCII, at most 64 characters`)
+    }
+  }
+  const nir = normaliseNir(record.nir)
+  const category = String(record.category ?? '').trim()
+  const observedOn = parseDate(record.observed_on)
+  if (!opts.uncheckedDates) checkObservedOn(observedOn, opts.today)
+  const territory = checkTerritory(record.territory)
+  const reference = checkReference(record.reference)
+  const policy = checkPolicy(fund, category, (record.purpose ?? '').trim(), (record.consent ?? '').trim(), nir, observedOn)
+  const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
+  const message = {
+    signal_id: signalId(keys.idRoot, fund, reference, category, observedOn),
+    schema_version: SCHEMA_VERSION,
+    fund,
+    emitter: `${fund}-${territory.toLowerCase()}`,
+    category,
+    observed_on: observedOn,
+    emitted_at: opts.emittedAt ?? emittedAt(),
+    territory,
+    pseudonym,
+    sealed_ref: seal(keys.sealing.key, keys.sealing.keyId, fund, pseudonym, reference),
+    legal_basis: policy.legal_basis,
+    purpose: policy.purpose
+  }
+  return sign(message, keys.signing.privateKey, keys.signing.keyId)
+}

@@ -1,0 +1,225 @@
+#!/usr/bin/env node
+// A fund's back-office producer for help-exchange, in Node.js, from the documents alone.
+//
+//   node producer.mjs keygen --out PREFIX
+//       a new Ed25519 key pair: PREFIX.pem (PKCS#8, private) and PREFIX.pub.pem (SPKI, public,
+//       what `help-exchange keys register --fund F --public-key PREFIX.pub.pem` takes)
+//   node producer.mjs publish --fund F --input FILE --key-dir DIR --signing-key PREFIX.pem
+//       --signing-key-id ID --bootstrap HOST:PORT [--out RESULTS.jsonl]
+//       builds, signs and sends one signal per record of FILE (CSV ';' with the extract header,
+//       a JSON array, or JSONL); prints one JSON line per record: sent (with its position) or
+//       rejected at the fund (with its reason). Exit 0 all sent, 2 some rejected, 1 failure.
+//   node producer.mjs receipts --fund F --bootstrap HOST:PORT --signal-ids a,b,... [--timeout S]
+//       reads the fund's receipts until one for each signal id has arrived; one JSON line each.
+//
+// Options of `publish` that exist only to test the exchange with bad input (never in a fund's
+// normal run): --topic-fund G (send on G's topic), --partition N (force a partition),
+// --pad-bytes N (N spaces of JSON whitespace before the object), --forge-signature (flip a bit
+// of the signature), --unchecked-dates (leave the date rules to the exchange), --emitted-at TS,
+// --repeat N (send each record N times).
+
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import { parseArgs } from 'node:util'
+import { Consumer, Producer, ProduceAcks, stringDeserializers } from '@platformatic/kafka'
+import { KeyDir, Refused, buildSignal, partitionFor, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
+
+const CSV_COLUMNS = {
+  nir: 'nir',
+  categorie: 'category',
+  date_observation: 'observed_on',
+  departement: 'territory',
+  reference_dossier: 'reference',
+  consentement: 'consent',
+  finalite: 'purpose'
+}
+const REQUIRED = ['nir', 'categorie', 'date_observation', 'departement', 'reference_dossier']
+
+function fail (what, fix) {
+  process.stderr.write(`erreur : ${what}\n${fix}\n`)
+  process.exit(1)
+}
+
+/** Records of an extract: CSV ';' (README "Extract files"), a JSON array or JSONL. */
+export function readRecords (file) {
+  let text = fs.readFileSync(file, 'utf8').replace(/^\uFEFF/, '')
+  text = text.replace(/\r\n/g, '\n')
+  const trimmed = text.trimStart()
+  const toRecord = (obj) => {
+    const rec = {}
+    for (const [k, v] of Object.entries(obj)) rec[CSV_COLUMNS[k] ?? k] = v == null ? v : String(v)
+    return rec
+  }
+  if (trimmed.startsWith('[')) return JSON.parse(trimmed).map(toRecord)
+  if (trimmed.startsWith('{')) return trimmed.split('\n').filter((l) => l.trim()).map((l) => toRecord(JSON.parse(l)))
+  const lines = text.split('\n').filter((l) => l.trim() !== '')
+  if (lines.length === 0) fail(`${file} is empty (fichier_vide)`, 'give an extract with a header line and records')
+  const header = lines[0].split(';').map((h) => h.trim().toLowerCase())
+  const missing = REQUIRED.filter((c) => !header.includes(c))
+  if (missing.length) fail(`${file}: missing column(s) ${missing.join(', ')} (colonne_manquante)`, `header: ${REQUIRED.join(';')}[;consentement][;finalite]`)
+  return lines.slice(1).map((line) => {
+    const cells = line.split(';')
+    if (cells.length !== header.length) return { __reason: 'ligne_mal_formee' }
+    return toRecord(Object.fromEntries(header.map((h, i) => [h, cells[i] === '' ? null : cells[i]])))
+  })
+}
+
+function loadKeys (args) {
+  const dir = new KeyDir(args['key-dir'])
+  const fund = args.fund
+  const privatePem = fs.readFileSync(args['signing-key'], 'utf8')
+  return {
+    exchange: dir.currentExchangeKey(),
+    sealing: dir.sealingKey(fund),
+    idRoot: dir.idRoot(fund),
+    signing: { keyId: args['signing-key-id'], privateKey: crypto.createPrivateKey(privatePem) }
+  }
+}
+
+async function publish (args) {
+  const fund = args.fund
+  if (!FUNDS.includes(fund)) fail(`unknown fund ${fund}`, `--fund is one of ${FUNDS.join(', ')}`)
+  for (const opt of ['input', 'key-dir', 'signing-key', 'signing-key-id', 'bootstrap']) {
+    if (!args[opt]) fail(`--${opt} is missing`, 'see the usage at the top of producer.mjs')
+  }
+  const keys = loadKeys(args)
+  const topic = `help.signals.${args['topic-fund'] ?? fund}.v1`
+  const results = []
+  const outgoing = []
+  readRecords(args.input).forEach((record, i) => {
+    const line = i + 2 // 1 = the header line, as a reject report counts
+    if (record.__reason) { results.push({ line, status: 'rejete', reason: record.__reason }); return }
+    let message
+    try {
+      message = buildSignal(fund, record, keys, { uncheckedDates: args['unchecked-dates'], emittedAt: args['emitted-at'] })
+    } catch (err) {
+      if (!(err instanceof Refused)) throw err
+      results.push({ line, status: 'rejete', reason: err.reason, detail: err.detail })
+      return
+    }
+    if (args['forge-signature']) {
+      const sig = Buffer.from(message.signature.value, 'base64url')
+      sig[0] ^= 1
+      message.signature.value = sig.toString('base64url')
+    }
+    let value = wire(message)
+    if (args['pad-bytes']) value = Buffer.concat([Buffer.alloc(Number(args['pad-bytes']), ' '), value])
+    const key = message.pseudonym.value
+    const partition = args.partition != null ? Number(args.partition) : partitionFor(key)
+    const result = { line, status: 'envoye', signal_id: message.signal_id, pseudonym: key, sealed_ref: message.sealed_ref, topic, partition, bytes: value.length }
+    if (value.length > MAX_MESSAGE_BYTES) result.oversize = true
+    for (let n = 0; n < Number(args.repeat ?? 1); n++) outgoing.push({ result: n ? { ...result } : result, record: { topic, key, value, partition } })
+  })
+  if (outgoing.length) {
+    const producer = new Producer({
+      clientId: `help-node-${fund}`,
+      bootstrapBrokers: args.bootstrap.split(','),
+      acks: ProduceAcks.ALL,
+      serializers: { key: (k) => Buffer.from(k, 'ascii'), value: (v) => v, headerKey: (h) => h, headerValue: (h) => h },
+      retries: 5
+    })
+    try {
+      // One send per record, in order, each acknowledged by all in-sync replicas (acks=all)
+      // before the next: a fund's producer must know exactly which records went through.
+      for (const { result, record } of outgoing) {
+        const sent = await producer.send({ messages: [record], acks: ProduceAcks.ALL })
+        const at = sent.offsets[0]
+        result.partition = at.partition
+        result.offset = Number(at.offset)
+        results.push(result)
+      }
+    } catch (err) {
+      fail(`the broker did not take the records (${err.message})`, `check --bootstrap ${args.bootstrap} and that the topic ${topic} exists (help-exchange topics apply)`)
+    } finally {
+      await producer.close()
+    }
+  }
+  results.sort((a, b) => a.line - b.line)
+  const out = results.map((r) => JSON.stringify(r)).join('\n') + '\n'
+  if (args.out) fs.writeFileSync(args.out, out)
+  process.stdout.write(out)
+  return results.some((r) => r.status === 'rejete') ? 2 : 0
+}
+
+async function receipts (args) {
+  const wanted = new Set(String(args['signal-ids'] ?? '').split(',').filter(Boolean))
+  const positions = new Set(String(args.positions ?? '').split(',').filter(Boolean))
+  const seen = new Map()
+  const consumer = new Consumer({
+    groupId: `help-node-receipts-${crypto.randomBytes(6).toString('hex')}`,
+    clientId: `help-node-${args.fund}-receipts`,
+    bootstrapBrokers: args.bootstrap.split(','),
+    deserializers: stringDeserializers,
+    sessionTimeout: 10000,
+    heartbeatInterval: 500
+  })
+  const timeout = Number(args.timeout ?? 60) * 1000
+  const stream = await consumer.consume({ topics: [`help.receipts.${args.fund}.v1`], mode: 'earliest', autocommit: false, maxWaitTime: 200 })
+  const timer = setTimeout(() => stream.close(), timeout)
+  const done = () => [...wanted].every((id) => seen.has(id)) && [...positions].every((p) => seen.has(p))
+  try {
+    for await (const record of stream) {
+      const receipt = JSON.parse(record.value)
+      const s = receipt.source
+      const pos = `${s.topic}:${s.partition}:${s.offset}`
+      if (wanted.has(receipt.signal_id) || positions.has(pos) || (!wanted.size && !positions.size)) {
+        seen.set(positions.has(pos) ? pos : receipt.signal_id, receipt)
+        process.stdout.write(JSON.stringify(receipt) + '\n')
+      }
+      if ((wanted.size || positions.size) && done()) break
+    }
+  } finally {
+    clearTimeout(timer)
+    await stream.close().catch(() => {})
+    await consumer.close(true)
+  }
+  if (!done()) {
+    process.stderr.write(`erreur : ${[...wanted, ...positions].filter((k) => !seen.has(k)).length} receipt(s) not received in ${timeout / 1000} s\n`)
+    return 1
+  }
+  return 0
+}
+
+function keygen (args) {
+  if (!args.out) fail('--out is missing', 'node producer.mjs keygen --out PREFIX')
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519')
+  fs.writeFileSync(`${args.out}.pem`, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 })
+  fs.writeFileSync(`${args.out}.pub.pem`, publicKey.export({ type: 'spki', format: 'pem' }))
+  process.stdout.write(JSON.stringify({ private: `${args.out}.pem`, public: `${args.out}.pub.pem` }) + '\n')
+  return 0
+}
+
+const OPTIONS = {
+  fund: { type: 'string' },
+  input: { type: 'string' },
+  out: { type: 'string' },
+  'key-dir': { type: 'string' },
+  'signing-key': { type: 'string' },
+  'signing-key-id': { type: 'string' },
+  bootstrap: { type: 'string' },
+  'signal-ids': { type: 'string' },
+  positions: { type: 'string' },
+  timeout: { type: 'string' },
+  'topic-fund': { type: 'string' },
+  partition: { type: 'string' },
+  'pad-bytes': { type: 'string' },
+  'forge-signature': { type: 'boolean' },
+  'unchecked-dates': { type: 'boolean' },
+  'emitted-at': { type: 'string' },
+  repeat: { type: 'string' }
+}
+
+async function main () {
+  let parsed
+  try {
+    parsed = parseArgs({ options: OPTIONS, allowPositionals: true })
+  } catch (err) {
+    fail(err.message, 'see the usage at the top of producer.mjs')
+  }
+  const [command] = parsed.positionals
+  const commands = { keygen, publish, receipts }
+  if (!commands[command]) fail(`unknown command ${command ?? '(none)'}`, 'commands: keygen, publish, receipts')
+  process.exitCode = await commands[command](parsed.values)
+}
+
+main().catch((err) => fail(err.message, 'see the usage at the top of producer.mjs'))
