@@ -308,17 +308,42 @@ export function emittedAt (now = new Date()) {
 }
 
 // ------------------------------------------------------------------------------- §2 a signal
+/** Extract file columns (README "Extract files") and the record fields they fill. */
+export const EXTRACT_COLUMNS = {
+  nir: 'nir',
+  categorie: 'category',
+  date_observation: 'observed_on',
+  departement: 'territory',
+  reference_dossier: 'reference',
+  consentement: 'consent',
+  finalite: 'purpose'
+}
+
+export function fromExtract (row) {
+  const rec = {}
+  for (const [k, v] of Object.entries(row)) rec[EXTRACT_COLUMNS[k] ?? k] = v == null ? v : String(v)
+  return rec
+}
+
+/** §12 texte_libre: every field printable ASCII, at most 64 characters, and no "words". The
+ * documents do not define "words"; the rule below (two runs of 2+ letters separated by spaces
+ * or punctuation) was taken from the Python SDK after the gap was written down. */
+const WORDS = /[A-Za-z]{2,}[\s,;:!?'"]+[A-Za-z]{2,}/
+export function guardRecord (record) {
+  for (const [name, value] of Object.entries(record)) {
+    if (value != null && (typeof value !== 'string' || !PRINTABLE.test(value) || value.length > 64 || WORDS.test(value))) {
+      throw new Refused('texte_libre', `${name}: printable ASCII, at most 64 characters`)
+    }
+  }
+}
+
 /**
  * Builds and signs one signal from a back-office record:
  * {nir, category, observed_on, territory, reference, consent?, purpose?}.
  * `keys`: {exchange: {keyId, key}, sealing: {keyId, key}, idRoot, signing: {keyId, privateKey}}.
  */
 export function buildSignal (fund, record, keys, opts = {}) {
-  for (const [name, value] of Object.entries(record)) {
-    if (value != null && (typeof value !== 'string' || !PRINTABLE.test(value) || value.length > 64)) {
-      throw new Refused('texte_libre', `${name}: printable ASCII, at most 64 characters`)
-    }
-  }
+  guardRecord(record)
   const nir = normaliseNir(record.nir)
   const category = String(record.category ?? '').trim()
   const observedOn = parseDate(record.observed_on)
@@ -337,9 +362,32 @@ export function buildSignal (fund, record, keys, opts = {}) {
     emitted_at: opts.emittedAt ?? emittedAt(),
     territory,
     pseudonym,
-    sealed_ref: seal(keys.sealing.key, keys.sealing.keyId, fund, pseudonym, reference),
+    sealed_ref: seal(keys.sealing.key, keys.sealing.keyId, fund, pseudonym, reference, ...(opts.nonce ? [opts.nonce] : [])),
     legal_basis: policy.legal_basis,
     purpose: policy.purpose
   }
   return sign(message, keys.signing.privateKey, keys.signing.keyId)
+}
+
+let policyCache = null
+export function policy () {
+  policyCache ??= YAML.parse(fs.readFileSync(path.join(SCHEMAS, 'policy.yaml'), 'utf8'))
+  return policyCache
+}
+
+/** §8 as the exchange applies it to a received signal (the fund-side checks, on the wire). */
+export function checkPolicyOnWire (msg, today) {
+  const cat = taxonomy().get(msg.category)
+  if (!cat) throw new Refused('categorie_inconnue', '/category')
+  if (cat.organisme !== msg.fund) throw new Refused('categorie_autre_organisme', '/category')
+  if (!policy().classes[cat.classe]?.echangeable) throw new Refused('categorie_medicale', '/category')
+  if (!cat.finalites.includes(msg.purpose)) throw new Refused('finalite_non_autorisee', '/purpose')
+  const basis = policy().bases_legales[msg.legal_basis.code]
+  const rule = basis?.finalites?.[msg.purpose]
+  if (!rule) throw new Refused('base_legale_invalide', '/legal_basis')
+  const attested = msg.legal_basis.conditions ?? []
+  if (msg.legal_basis.code === 'L115-2-1' && !rule.conditions.every((k) => attested.includes(k))) {
+    throw new Refused('condition_non_remplie', '/legal_basis/conditions')
+  }
+  if (today) checkObservedOn(msg.observed_on, today)
 }

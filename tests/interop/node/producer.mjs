@@ -22,17 +22,8 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
 import { Consumer, Producer, ProduceAcks, stringDeserializers } from '@platformatic/kafka'
-import { KeyDir, Refused, buildSignal, partitionFor, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
+import { KeyDir, Refused, buildSignal, fromExtract, partitionFor, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
 
-const CSV_COLUMNS = {
-  nir: 'nir',
-  categorie: 'category',
-  date_observation: 'observed_on',
-  departement: 'territory',
-  reference_dossier: 'reference',
-  consentement: 'consent',
-  finalite: 'purpose'
-}
 const REQUIRED = ['nir', 'categorie', 'date_observation', 'departement', 'reference_dossier']
 
 function fail (what, fix) {
@@ -45,11 +36,7 @@ export function readRecords (file) {
   let text = fs.readFileSync(file, 'utf8').replace(/^\uFEFF/, '')
   text = text.replace(/\r\n/g, '\n')
   const trimmed = text.trimStart()
-  const toRecord = (obj) => {
-    const rec = {}
-    for (const [k, v] of Object.entries(obj)) rec[CSV_COLUMNS[k] ?? k] = v == null ? v : String(v)
-    return rec
-  }
+  const toRecord = fromExtract
   if (trimmed.startsWith('[')) return JSON.parse(trimmed).map(toRecord)
   if (trimmed.startsWith('{')) return trimmed.split('\n').filter((l) => l.trim()).map((l) => toRecord(JSON.parse(l)))
   const lines = text.split('\n').filter((l) => l.trim() !== '')
