@@ -1,25 +1,30 @@
 #!/usr/bin/env node
 // A fund's back-office producer for help-exchange, in Node.js, from the documents alone.
 //
-//   node producer.mjs keygen --out PREFIX
-//       a new Ed25519 key pair: PREFIX.pem (PKCS#8, private) and PREFIX.pub.pem (SPKI, public,
-//       what `help-exchange keys register --fund F --public-key PREFIX.pub.pem` takes)
-//   node producer.mjs publish --fund F --input FILE --key-dir DIR --signing-key PREFIX.pem
-//       --signing-key-id ID --bootstrap HOST:PORT [--out RESULTS.jsonl]
+//   node producer.mjs init --fund F --key-dir DIR
+//       the fund's key folder made here: a sealing key (also the id_root), an Ed25519 signing
+//       key pair (DIR/funds/F/<id>.pem, PKCS#8; <id>.pub.pem, SPKI: what
+//       `help-exchange keys register --fund F --public-key <id>.pub.pem` takes), current.json
+//   node producer.mjs keygen --fund F --key-dir DIR      another signing key pair
+//   node producer.mjs make-current --fund F --key-dir DIR --signing-key-id ID
+//   node producer.mjs publish --fund F --input FILE --key-dir DIR --bootstrap HOST:PORT
+//       [--signing-key-id ID (default: current.json's)] [--out RESULTS.jsonl]
 //       builds, signs and sends one signal per record of FILE (CSV ';' with the extract header,
 //       a JSON array, or JSONL); prints one JSON line per record: sent (with its position) or
 //       rejected at the fund (with its reason). Exit 0 all sent, 2 some rejected, 1 failure.
 //   node producer.mjs receipts --fund F --bootstrap HOST:PORT --signal-ids a,b,... [--timeout S]
-//       reads the fund's receipts until one for each signal id has arrived; one JSON line each.
+//       [--until-accepted] reads the fund's receipts until one for each signal id has arrived
+//       (an accepted one, with --until-accepted); one JSON line each.
 //
 // Options of `publish` that exist only to test the exchange with bad input (never in a fund's
 // normal run): --topic-fund G (send on G's topic), --partition N (force a partition),
 // --pad-bytes N (N spaces of JSON whitespace before the object), --forge-signature (flip a bit
 // of the signature), --unchecked-dates (leave the date rules to the exchange), --emitted-at TS,
-// --repeat N (send each record N times).
+// --repeat N (send each record N times), --dry-run (build, print, send nothing).
 
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { Consumer, Producer, ProduceAcks, stringDeserializers } from '@platformatic/kafka'
 import { KeyDir, Refused, buildSignal, fromExtract, partitionFor, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
@@ -54,19 +59,20 @@ export function readRecords (file) {
 function loadKeys (args) {
   const dir = new KeyDir(args['key-dir'])
   const fund = args.fund
-  const privatePem = fs.readFileSync(args['signing-key'], 'utf8')
+  const keyId = args['signing-key-id'] ?? dir.fundCurrent(fund).signing
+  const privatePem = fs.readFileSync(path.join(args['key-dir'], 'funds', fund, `${keyId}.pem`), 'utf8')
   return {
     exchange: dir.currentExchangeKey(),
     sealing: dir.sealingKey(fund),
     idRoot: dir.idRoot(fund),
-    signing: { keyId: args['signing-key-id'], privateKey: crypto.createPrivateKey(privatePem) }
+    signing: { keyId, privateKey: crypto.createPrivateKey(privatePem) }
   }
 }
 
 async function publish (args) {
   const fund = args.fund
   if (!FUNDS.includes(fund)) fail(`unknown fund ${fund}`, `--fund is one of ${FUNDS.join(', ')}`)
-  for (const opt of ['input', 'key-dir', 'signing-key', 'signing-key-id', 'bootstrap']) {
+  for (const opt of ['input', 'key-dir', 'bootstrap']) {
     if (!args[opt]) fail(`--${opt} is missing`, 'see the usage at the top of producer.mjs')
   }
   const keys = loadKeys(args)
@@ -97,7 +103,9 @@ async function publish (args) {
     if (value.length > MAX_MESSAGE_BYTES) result.oversize = true
     for (let n = 0; n < Number(args.repeat ?? 1); n++) outgoing.push({ result: n ? { ...result } : result, record: { topic, key, value, partition } })
   })
-  if (outgoing.length) {
+  if (args['dry-run']) {
+    results.push(...outgoing.map(({ result }) => ({ ...result, status: 'prepare' })))
+  } else if (outgoing.length) {
     const producer = new Producer({
       clientId: `help-node-${fund}`,
       bootstrapBrokers: args.bootstrap.split(','),
@@ -143,14 +151,18 @@ async function receipts (args) {
   const timeout = Number(args.timeout ?? 60) * 1000
   const stream = await consumer.consume({ topics: [`help.receipts.${args.fund}.v1`], mode: 'earliest', autocommit: false, maxWaitTime: 200 })
   const timer = setTimeout(() => stream.close(), timeout)
-  const done = () => [...wanted].every((id) => seen.has(id)) && [...positions].every((p) => seen.has(p))
+  // --until-accepted: a refused signal may be sent again once its cause is fixed; wait for
+  // the accepted answer rather than the first one.
+  const final = (receipt) => !args['until-accepted'] || receipt.status === 'accepte'
+  const done = () => [...wanted, ...positions].every((k) => seen.has(k) && final(seen.get(k)))
   try {
     for await (const record of stream) {
       const receipt = JSON.parse(record.value)
       const s = receipt.source
       const pos = `${s.topic}:${s.partition}:${s.offset}`
       if (wanted.has(receipt.signal_id) || positions.has(pos) || (!wanted.size && !positions.size)) {
-        seen.set(positions.has(pos) ? pos : receipt.signal_id, receipt)
+        const k = positions.has(pos) ? pos : receipt.signal_id
+        if (!seen.has(k) || !final(seen.get(k))) seen.set(k, receipt)
         process.stdout.write(JSON.stringify(receipt) + '\n')
       }
       if ((wanted.size || positions.size) && done()) break
@@ -167,12 +179,53 @@ async function receipts (args) {
   return 0
 }
 
-function keygen (args) {
-  if (!args.out) fail('--out is missing', 'node producer.mjs keygen --out PREFIX')
+const stamp = () => new Date().toISOString().slice(0, 10).replace(/-/g, '')
+const hex4 = () => crypto.randomBytes(2).toString('hex')
+
+/** A new Ed25519 key pair in the fund's folder: <id>.pem (PKCS#8) and <id>.pub.pem (SPKI). */
+function newSigningKey (folder, fund) {
+  const keyId = `${fund}-sig-${stamp()}-${hex4()}`
   const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519')
-  fs.writeFileSync(`${args.out}.pem`, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 })
-  fs.writeFileSync(`${args.out}.pub.pem`, publicKey.export({ type: 'spki', format: 'pem' }))
-  process.stdout.write(JSON.stringify({ private: `${args.out}.pem`, public: `${args.out}.pub.pem` }) + '\n')
+  fs.writeFileSync(path.join(folder, `${keyId}.pem`), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 })
+  fs.writeFileSync(path.join(folder, `${keyId}.pub.pem`), publicKey.export({ type: 'spki', format: 'pem' }))
+  return { keyId, publicPem: path.join(folder, `${keyId}.pub.pem`) }
+}
+
+/** `init`: the fund's folder of docs/contract.md §5-§7 made by Node: a sealing key (also the
+ * id_root), a signing key pair, current.json. The public key still has to be registered
+ * (`help-exchange keys register`): only the exchange writes the registry. */
+function init (args) {
+  const { fund } = args
+  if (!FUNDS.includes(fund) || !args['key-dir']) fail('--fund and --key-dir are required', 'node producer.mjs init --fund carsat --key-dir DIR')
+  const folder = path.join(args['key-dir'], 'funds', fund)
+  if (fs.existsSync(path.join(folder, 'current.json'))) fail(`${folder}/current.json exists`, 'a fund is initialised once; use keygen for a new signing key')
+  fs.mkdirSync(folder, { recursive: true, mode: 0o700 })
+  const sealing = `${fund}-seal-${stamp()}-${hex4()}`
+  fs.writeFileSync(path.join(folder, `${sealing}.key`), crypto.randomBytes(32), { mode: 0o600 })
+  const signing = newSigningKey(folder, fund)
+  fs.writeFileSync(path.join(folder, 'current.json'), JSON.stringify({ signing: signing.keyId, sealing, id_root: sealing }))
+  process.stdout.write(JSON.stringify({ signing: signing.keyId, public_key: signing.publicPem, sealing, id_root: sealing }) + '\n')
+  return 0
+}
+
+/** `keygen`: another signing key pair in the fund's folder; `--make-current` names it in
+ * current.json (do that once the exchange has registered it). */
+function keygen (args) {
+  const { fund } = args
+  if (!FUNDS.includes(fund) || !args['key-dir']) fail('--fund and --key-dir are required', 'node producer.mjs keygen --fund carsat --key-dir DIR')
+  const folder = path.join(args['key-dir'], 'funds', fund)
+  fs.mkdirSync(folder, { recursive: true, mode: 0o700 })
+  const signing = newSigningKey(folder, fund)
+  process.stdout.write(JSON.stringify({ signing: signing.keyId, public_key: signing.publicPem }) + '\n')
+  return 0
+}
+
+function makeCurrent (args) {
+  const folder = path.join(args['key-dir'], 'funds', args.fund)
+  const current = JSON.parse(fs.readFileSync(path.join(folder, 'current.json'), 'utf8'))
+  current.signing = args['signing-key-id']
+  fs.writeFileSync(path.join(folder, 'current.json'), JSON.stringify(current))
+  process.stdout.write(JSON.stringify(current) + '\n')
   return 0
 }
 
@@ -181,7 +234,6 @@ const OPTIONS = {
   input: { type: 'string' },
   out: { type: 'string' },
   'key-dir': { type: 'string' },
-  'signing-key': { type: 'string' },
   'signing-key-id': { type: 'string' },
   bootstrap: { type: 'string' },
   'signal-ids': { type: 'string' },
@@ -193,7 +245,9 @@ const OPTIONS = {
   'forge-signature': { type: 'boolean' },
   'unchecked-dates': { type: 'boolean' },
   'emitted-at': { type: 'string' },
-  repeat: { type: 'string' }
+  repeat: { type: 'string' },
+  'dry-run': { type: 'boolean' },
+  'until-accepted': { type: 'boolean' }
 }
 
 async function main () {
@@ -204,8 +258,8 @@ async function main () {
     fail(err.message, 'see the usage at the top of producer.mjs')
   }
   const [command] = parsed.positionals
-  const commands = { keygen, publish, receipts }
-  if (!commands[command]) fail(`unknown command ${command ?? '(none)'}`, 'commands: keygen, publish, receipts')
+  const commands = { init, keygen, 'make-current': makeCurrent, publish, receipts }
+  if (!commands[command]) fail(`unknown command ${command ?? '(none)'}`, `commands: ${Object.keys(commands).join(', ')}`)
   process.exitCode = await commands[command](parsed.values)
 }
 
