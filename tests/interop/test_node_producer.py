@@ -194,7 +194,7 @@ def correlated(exchange: Exchange) -> Correlated:
                 4: ("caf", "parent_isole", ""),  # CAF only: no situation
                 7: ("caf", "deces_conjoint", "prevention_perte_autonomie")}
     node_side = {0: ("exoneration_csg", ""), 1: ("veuvage_pension_reversion", ""),
-                 2: ("score_fragilite_eleve", ""), 3: ("exoneration_csg", ""),
+                 2: ("passage_retraite_rupture_ressources", ""), 3: ("exoneration_csg", ""),
                  5: ("veuvage_pension_reversion", ""),  # Carsat only: no situation
                  7: ("veuvage_pension_reversion", "prevention_perte_autonomie")}
     for fund in ("caf", "urssaf"):
