@@ -391,3 +391,66 @@ export function checkPolicyOnWire (msg, today) {
   }
   if (today) checkObservedOn(msg.observed_on, today)
 }
+
+// ------------------------------------------------------------------------------- §10 consents
+export const CONSENT_ID_LABEL = 'help-exchange/consent-id/v1'
+export const PURPOSES = ['acces_aux_droits', 'prevention_perte_autonomie']
+export const CONSENT_KINDS = ['consentement_donne', 'consentement_retire', 'opposition']
+
+/** The UTC instant of 00:00 Europe/Paris on `iso` (YYYY-MM-DD), written as our tools write it. */
+export function parisMidnight (iso) {
+  const [y, m, d] = iso.split('-').map(Number)
+  const offsetAt = (t) => {
+    const parts = Object.fromEntries(new Intl.DateTimeFormat('en-GB', {
+      timeZone: 'Europe/Paris', hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit'
+    }).formatToParts(new Date(t)).map((p) => [p.type, p.value]))
+    return Date.UTC(+parts.year, +parts.month - 1, +parts.day, +parts.hour, +parts.minute, +parts.second) - t
+  }
+  const local = Date.UTC(y, m - 1, d)
+  let t = local - offsetAt(local)
+  t = local - offsetAt(t)
+  return emittedAt(new Date(t))
+}
+
+export function consentId (idRoot, fund, kind, pseudonym, consentRef, date) {
+  const kId = hmac(idRoot, ascii(CONSENT_ID_LABEL))
+  const msg = [fund, kind, pseudonym.key_id, pseudonym.value, consentRef, date].join('\0')
+  return hmac(kId, ascii(msg)).subarray(0, 16).toString('hex')
+}
+
+/**
+ * A consent, withdrawal or objection from a back-office line {nir, consent_ref, purposes,
+ * date, departement}: the wire message, members in the schema's order (§10, consents.json).
+ * Several purposes in one cell: separated by ',' (the documents do not say; gap reported).
+ */
+export function buildConsent (fund, kind, line, keys, opts = {}) {
+  guardRecord(line)
+  if (!CONSENT_KINDS.includes(kind)) throw new Refused('schema_invalide', `kind: one of ${CONSENT_KINDS.join(', ')}`)
+  const nir = normaliseNir(line.nir)
+  const territory = checkTerritory(line.departement)
+  const consentRef = String(line.consent_ref ?? '').trim()
+  if (!CONSENT_REF.test(consentRef)) throw new Refused('base_legale_invalide', 'consent reference: e.g. HELP-2026-000123')
+  let purposes = String(line.purposes ?? '').split(',').map((p) => p.trim()).filter(Boolean)
+  if (purposes.some((p) => !PURPOSES.includes(p))) throw new Refused('finalite_non_autorisee', 'purposes: acces_aux_droits, prevention_perte_autonomie')
+  if (purposes.length === 0) {
+    if (kind === 'consentement_donne') throw new Refused('finalite_non_autorisee', 'a consent names its purposes')
+    purposes = [...PURPOSES]
+  }
+  purposes = PURPOSES.filter((p) => purposes.includes(p))
+  const now = opts.now ?? emittedAt()
+  const date = String(line.date ?? '').trim() ? parseDate(line.date) : (opts.today ?? todayParis())
+  const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
+  const message = {
+    schema_version: SCHEMA_VERSION,
+    event_id: consentId(keys.idRoot, fund, kind, pseudonym, consentRef, date),
+    kind,
+    fund,
+    emitter: `${fund}-${territory.toLowerCase()}`,
+    pseudonym,
+    purposes,
+    consent_ref: consentRef,
+    effective_at: kind === 'consentement_donne' ? parisMidnight(date) : now
+  }
+  const signature = crypto.sign(null, canonicalBytes(message), keys.signing.privateKey)
+  return { ...message, signature: { key_id: keys.signing.keyId, alg: 'Ed25519', value: b64url(signature) } }
+}

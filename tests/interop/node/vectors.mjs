@@ -177,6 +177,20 @@ for (const v of sg.rejected) {
   })
 }
 
+// ------------------------------------------------------------------------------- consents.json
+for (const v of load('consents.json').cases) {
+  attempt(`consent (${v.note})`, () => {
+    const msg = c.buildConsent(fund, v.kind, v.input, fundKeys, { today: sg.today, now: sg.now })
+    same(`consent (${v.note}): NIR`, c.normaliseNir(v.input.nir), v.nir_normalised)
+    same(`consent (${v.note}): event id`, msg.event_id, v.event_id)
+    same(`consent (${v.note}): canonical form without signature`, c.canonicalBytes(msg).toString('utf8'), v.canonical_unsigned_text)
+    same(`consent (${v.note}): wire text`, JSON.stringify(msg), v.wire_text)
+    same(`consent (${v.note}): topic`, 'help.consents.v1', v.topic)
+    same(`consent (${v.note}): record key`, msg.pseudonym.value, v.kafka_key_text)
+    same(`consent (${v.note}): partition`, c.partitionFor(msg.pseudonym.value, 8), v.partition)
+  })
+}
+
 // ------------------------------------------------------------------------------- bad_messages.json
 const bad = load('bad_messages.json')
 for (const v of bad.cases) {
@@ -188,6 +202,14 @@ for (const v of bad.cases) {
 {
   const covered = new Set(bad.cases.flatMap((v) => v.records.map((r) => r.expect.reason)).filter(Boolean))
   same('bad_messages: reasons covered', [...covered].sort(), [...bad.reasons_covered].sort())
+}
+
+// Every vector file must be read here: a new one that this check ignores is a difference.
+const KNOWN = ['keys.json', 'nir.json', 'pseudonym.json', 'signal_id.json', 'sealed_ref.json', 'signature.json',
+  'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json']
+for (const name of fs.readdirSync(DIR).filter((n) => n.endsWith('.json'))) {
+  checks++
+  if (!KNOWN.includes(name)) failures.push(`${name}: a vector file this check does not reproduce`)
 }
 
 fs.rmSync(keyDir, { recursive: true, force: true })
