@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.core.messages import SCHEMA_VERSION
-from services.core.reasons import Reason
 from services.core.registry import ExchangeKeyEntry, FundKeys, PublicKeyEntry, Registry, save_registry
 from services.core.signing import b64u, canonical, sign, signing_input
 from services.core.types import Fund
@@ -37,10 +36,10 @@ from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.correlator.engine import Engine, Record
 from services.correlator.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, receipt_topic, signal_topic
+from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import exchange_dir, fund_dir, registry_path
-from services.producer.pseudonym import PREFIX, pseudonym, pseudonym_value
+from services.producer.pseudonym import PREFIX, pseudonym
 from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput
 from services.producer.seal import Sealer, SignalIds, open_sealed, token
 
@@ -476,7 +475,8 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
         [(sig, text[:-1] + b',"category":"grossesse"}', None)]
     yield "json_invalide_not_utf8", "bytes that are not UTF-8", [(sig, b"\xff\xfe{}", None)]
     yield "schema_invalide_not_object", "a JSON array", [(sig, b"[]", None)]
-    yield "schema_invalide_missing_member", "signed without 'purpose'", [(sig, _text(w.signal(drop=("purpose",))), None)]
+    yield "schema_invalide_missing_member", "signed without 'purpose'", \
+        [(sig, _text(w.signal(drop=("purpose",))), None)]
     yield "schema_invalide_extra_member", "signed with an extra member", [(sig, _text(w.signal(nom="X")), None)]
     yield "schema_invalide_emitter_of_other_fund", "emitter cpam-35 in a caf signal", \
         [(sig, _text(w.signal(emitter="cpam-35")), None)]

@@ -103,7 +103,7 @@ def test_schema_draft() -> None:
 
 def test_message_size_limit() -> None:
     limit = _int("message size limit (bytes)")
-    assert checks.MAX_MESSAGE_BYTES == limit
+    assert limit == checks.MAX_MESSAGE_BYTES
     messages = _asyncapi()["components"]["messages"]
     assert messages["signal"]["x-max-message-bytes"] == limit
     assert messages["consent"]["x-max-message-bytes"] == limit
@@ -117,7 +117,7 @@ def test_message_size_limit() -> None:
 
 def test_record_batch_limit() -> None:
     limit = _int("record batch limit (bytes)")
-    assert sdk.MAX_BATCH_BYTES == limit
+    assert limit == sdk.MAX_BATCH_BYTES
     channels = _asyncapi()["channels"]
     for channel in ("signals", "consents", "reveals"):  # what a fund writes
         assert channels[channel]["bindings"]["kafka"]["topicConfiguration"]["max.message.bytes"] == limit, channel
@@ -142,7 +142,7 @@ def test_partitions() -> None:
 
 
 def test_nir_and_key_lengths() -> None:
-    assert nir.NIR_LENGTH == _int("NIR length")
+    assert _int("NIR length") == nir.NIR_LENGTH
     assert all(len(c["normalised"]) == _int("NIR length") for c in _vectors("nir.json")["cases"] if "normalised" in c)
     assert keys.SECRET_BYTES == _int("exchange key length (bytes)") == _int("sealing key length (bytes)")
     k = _vectors("keys.json")
@@ -172,7 +172,7 @@ def test_value_lengths() -> None:
 
 def test_seal_sizes() -> None:
     nonce, binding, tag = _int("nonce size (bytes)"), _int("binding size (bytes)"), _int("GCM tag size (bytes)")
-    assert (seal.NONCE_BYTES, seal.BINDING_BYTES) == (nonce, binding)
+    assert (nonce, binding) == (seal.NONCE_BYTES, seal.BINDING_BYTES)
     for case in _vectors("sealed_ref.json")["cases"]:
         assert len(bytes.fromhex(case["nonce_hex"])) == nonce
         assert len(bytes.fromhex(case["binding_hex"])) == binding
