@@ -397,6 +397,44 @@ def signals_file(settings: Settings) -> dict[str, Any]:
             "partitions": PARTITIONS, "cases": cases, "rejected": rejects}
 
 
+CONSENT_LINES: list[tuple[str, str, dict[str, str]]] = [
+    ("consent given: takes effect at 00:00 Paris time of its date", "consentement_donne",
+     {"nir": "1 55 03 75 123 045 79", "consent_ref": "HELP-2026-000123", "purposes": "acces_aux_droits",
+      "date": "04/11/2026", "departement": "35"}),
+    ("withdrawal: takes effect when recorded (now), whatever its date", "consentement_retire",
+     {"nir": "1 55 03 75 123 045 79", "consent_ref": "HELP-2026-000123", "purposes": "acces_aux_droits",
+      "date": "2026-11-20", "departement": "35"}),
+    ("objection: no purpose given means both", "opposition",
+     {"nir": "2 53 07 2a 073 004 43", "consent_ref": "OPP-2026-7", "purposes": "", "date": "",
+      "departement": "2a"}),
+]
+
+
+def consents_file(settings: Settings) -> dict[str, Any]:
+    from services.producer.consent import ConsentBuilder, ConsentInput
+
+    b = ConsentBuilder(settings, FUND)
+    cases = []
+    for why, kind, line in CONSENT_LINES:
+        row = b.build(ConsentInput(**line), kind, now=NOW, today=TODAY)  # type: ignore[arg-type]
+        message = json.loads(row.value)
+        unsigned = {k: v for k, v in message.items() if k != "signature"}
+        cases.append({"note": why, "kind": kind, "input": line, "nir_normalised": nirs.normalise(line["nir"]),
+                      "event_id": row.signal_id, "canonical_unsigned_text": canonical(unsigned).decode(),
+                      "wire_text": row.value.decode(), "topic": CONSENTS_TOPIC,
+                      "kafka_key_text": row.key.decode("ascii"),
+                      "partition": partition_for(row.key.decode("ascii"), PARTITIONS)})
+    return {"description": "Consent events as `help-exchange consent` builds them from a back-office line "
+                           f"(columns nir, reference_consentement, finalites, date_effet, departement), for fund "
+                           f"caf with the keys of keys.json, on {TODAY} (Paris) at {_ts(NOW)} "
+                           "(docs/contract.md §10). event_id = hex(HMAC-SHA256(HMAC-SHA256(id_root, "
+                           "'help-exchange/consent-id/v1'), fund 0x00 kind 0x00 pseudonym.key_id 0x00 "
+                           "pseudonym.value 0x00 consent_ref 0x00 date)[0:16]); wire_text is the record value "
+                           "as our tools send it (members in the schema's order: any order verifies, the "
+                           "signature is over canonical_unsigned_text); partition for 8 partitions.",
+            "cases": cases}
+
+
 MURMUR_KEYS: list[bytes] = [b"", b"a", b"ab", b"abc", b"abcd", b"abcde", b"21", b"foobar",
                             b"a-little-bit-long-string", bytes([0xFF, 0x80, 0x00, 0x7F, 0xFE]),
                             bytes(range(256))]
@@ -603,6 +641,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         "sealed_ref.json": sealed_ref_file(),
         "signature.json": signature_file(),
         "signals.json": signals_file(settings),
+        "consents.json": consents_file(settings),
         "murmur2.json": murmur2_file(settings),
         "bad_messages.json": bad_messages_file(settings),
     }

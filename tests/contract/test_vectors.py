@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import rfc8785
@@ -313,6 +314,43 @@ def test_whole_signals_from_the_sdk_and_from_the_document(vector_settings: Setti
         with pytest.raises(RecordRejected) as exc:
             builder.build(_input(case), today=today, now=now)
         assert (exc.value.reason.value, exc.value.field) == (case["reason"], case["field"]), case
+
+
+def test_consent_events(vector_settings: Settings) -> None:
+    from services.producer.consent import ConsentBuilder, ConsentInput
+
+    v = vectors("consents.json")
+    builder = ConsentBuilder(vector_settings, Fund.CAF)
+    k = keys()
+    public = Ed25519PublicKey.from_public_bytes(_unb64u(k["signing_key"]["public_b64url"]))
+    xk = k["registry_json"]["current_exchange_key_id"]
+    id_key = hmac.digest(sealing_key(k["current_json"]["content"]["id_root"]), b"help-exchange/consent-id/v1",
+                         "sha256")
+    for case in v["cases"]:
+        row = builder.build(ConsentInput(**case["input"]), case["kind"], now=make_vectors.NOW,
+                            today=make_vectors.TODAY)
+        assert row.value == case["wire_text"].encode() and row.signal_id == case["event_id"]
+        assert row.key == case["kafka_key_text"].encode() and case["topic"] == "help.consents.v1"
+        wire = json.loads(case["wire_text"])
+        assert validator("consent").is_valid(wire)
+        # from the document
+        pseudo = {"key_id": xk, "value": doc_pseudonym(exchange_key(xk), case["nir_normalised"])}
+        assert wire["pseudonym"] == pseudo and case["kafka_key_text"] == pseudo["value"]
+        raw_date = case["input"]["date"]
+        day = (dt.datetime.strptime(raw_date, "%d/%m/%Y").date() if "/" in raw_date
+               else dt.date.fromisoformat(raw_date) if raw_date else make_vectors.TODAY)
+        message = "\x00".join((wire["fund"], wire["kind"], xk, pseudo["value"], wire["consent_ref"],
+                               day.isoformat())).encode()
+        assert hmac.digest(id_key, message, "sha256")[:16].hex() == case["event_id"]
+        if case["kind"] == "consentement_donne":
+            midnight = dt.datetime.combine(day, dt.time(), ZoneInfo("Europe/Paris")).astimezone(dt.UTC)
+            assert wire["effective_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        else:
+            assert wire["effective_at"] == make_vectors.NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        unsigned = {m: x for m, x in wire.items() if m != "signature"}
+        assert rfc8785.dumps(unsigned) == case["canonical_unsigned_text"].encode()
+        public.verify(_unb64u(wire["signature"]["value"]), rfc8785.dumps(unsigned))
+        assert doc_partition(row.key, 8) == case["partition"]
 
 
 #: Kafka's own expectations (UtilsTest.testMurmur2 of the Java client), as signed Java ints.
