@@ -5,7 +5,7 @@ For a back-office that calls a library rather than exporting files::
     from services.producer.sdk import Publisher, SignalInput
 
     async with Publisher(settings, Fund.CAF) as pub:
-        result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 36", category="separation",
+        result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 91", category="separation",
                                                 observed_on="2026-10-02", departement="35",
                                                 reference="DOS-2026-00042")])
         result.rejected   # [(index, RecordRejected)] — each with .reason (a Reason) and .field
