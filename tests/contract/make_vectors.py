@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.core.messages import SCHEMA_VERSION
-from services.core.registry import ExchangeKeyEntry, FundKeys, PublicKeyEntry, Registry, save_registry
+from services.core.registry import Registry, save_registry
 from services.core.signing import b64u, canonical, sign, signing_input
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
@@ -88,18 +88,24 @@ def _raw_public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def registry_content() -> dict[str, Any]:
+    """The registry of the vectors as registry.json holds it (written out here, not dumped
+    from the model, so that the vectors keep the documented v1 form): caf's signing key,
+    three exchange keys."""
+    return {
+        "version": 1,
+        "funds": {FUND.value: {"signing_keys": [
+            {"key_id": SIGNING_KEY_ID, "public_key": b64u(_raw_public(signing_key())), "status": "active"}]}},
+        "exchange_keys": [
+            {"key_id": OLD_EXCHANGE_KEY_ID, "status": "active", "created_at": "2026-01-01T09:00:00.000000Z"},
+            {"key_id": EXCHANGE_KEY_ID, "status": "active", "created_at": "2026-11-23T10:00:00.000000Z"},
+            {"key_id": RETIRED_EXCHANGE_KEY_ID, "status": "retired", "created_at": "2026-12-01T08:00:00.000000Z"},
+        ],
+    }
+
+
 def registry() -> Registry:
-    """The registry of the vectors: caf's signing key; three exchange keys."""
-    return Registry(
-        funds={FUND: FundKeys(signing_keys=(
-            PublicKeyEntry(key_id=SIGNING_KEY_ID, public_key=b64u(_raw_public(signing_key())), status="active"),))},
-        exchange_keys=(
-            ExchangeKeyEntry(key_id=OLD_EXCHANGE_KEY_ID, status="active", created_at="2026-01-01T09:00:00.000000Z"),
-            ExchangeKeyEntry(key_id=EXCHANGE_KEY_ID, status="active", created_at="2026-11-23T10:00:00.000000Z"),
-            ExchangeKeyEntry(key_id=RETIRED_EXCHANGE_KEY_ID, status="retired",
-                             created_at="2026-12-01T08:00:00.000000Z"),
-        ),
-    )
+    return Registry.model_validate(registry_content())
 
 
 def write_key_dir(key_dir: Path, reg: Registry) -> None:
@@ -161,7 +167,7 @@ def keys_file() -> dict[str, Any]:
         ],
         "current_json": {"file": f"funds/{FUND.value}/current.json",
                          "content": {"signing": SIGNING_KEY_ID, "sealing": SEALING_KEY_ID, "id_root": ID_ROOT_KEY_ID}},
-        "registry_json": {"file": "registry.json", "content": json.loads(registry().model_dump_json()),
+        "registry_json": {"file": "registry.json", "content": registry_content(),
                           "current_exchange_key_id": registry().current_exchange_key_id()},
     }
 
@@ -622,7 +628,7 @@ def bad_messages_file(settings: Settings) -> dict[str, Any]:
                            f"{_ts(NOW)}. expect.outcome: accepte, rejete (with reason, and a dead letter) "
                            "or repartitionne (a record on the wrong partition, forwarded, answered later); "
                            "receipt_topic: where the receipt goes (null: none).",
-            "registry": json.loads(reg.model_dump_json()), "partitions": PARTITIONS, "now": _ts(NOW),
+            "registry": registry_content(), "partitions": PARTITIONS, "now": _ts(NOW),
             "reasons_covered": sorted({r["expect"].get("reason") for c in cases for r in c["records"]} - {None}),
             "cases": cases}
 
