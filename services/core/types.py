@@ -91,7 +91,7 @@ CASE_NUMBER_PATTERN = r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])-\d{4}-(0[1-9]|
 PSEUDONYM_VALUE_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # HMAC-SHA256: 32 bytes
 DIGEST_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # SHA-256: 32 bytes
 SIGNATURE_VALUE_PATTERN = r"^[A-Za-z0-9_-]{86}$"  # Ed25519: 64 bytes
-SEALED_VALUE_PATTERN = r"^[A-Za-z0-9_-]{40,160}$"  # nonce 12 + ref 1..64 + tag 16 bytes
+SEALED_VALUE_PATTERN = r"^[A-Za-z0-9_-]{40,160}$"  # nonce 12 + binding 8 + ref 2..64 + tag 16 bytes: 51..134
 
 Departement = Annotated[str, S(pattern=DEPARTEMENT_PATTERN)]
 Emitter = Annotated[str, S(pattern=EMITTER_PATTERN)]

@@ -4,7 +4,7 @@ A fund records what people said (the HELP questionnaire's consent, a withdrawal,
 objection under RGPD art. 21) in its back-office and exports it as a file::
 
     nir;reference_consentement;finalites;date_effet[;departement]
-    1 85 05 78 006 084 36;HELP-2026-000123;acces_aux_droits,prevention_perte_autonomie;2026-11-04;35
+    1 85 05 78 006 084 91;HELP-2026-000123;acces_aux_droits,prevention_perte_autonomie;2026-11-04;35
 
 * ``nir`` is validated and pseudonymised exactly as for signals (:mod:`.nir`,
   :mod:`.pseudonym`, the newest active exchange key): the NIR never leaves the fund.

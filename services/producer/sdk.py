@@ -5,7 +5,7 @@ For a back-office that calls a library rather than exporting files::
     from services.producer.sdk import Publisher, SignalInput
 
     async with Publisher(settings, Fund.CAF) as pub:
-        result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 36", category="separation",
+        result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 91", category="separation",
                                                 observed_on="2026-10-02", departement="35",
                                                 reference="DOS-2026-00042")])
         result.rejected   # [(index, RecordRejected)] — each with .reason (a Reason) and .field
@@ -70,6 +70,11 @@ PARIS = ZoneInfo("Europe/Paris")
 #: how far back an event may be signalled (the CAF may act up to 2 years after it)
 MAX_AGE_YEARS = 2
 SEND_BATCH = 2000
+#: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
+#: (signals, consents, reveals) in ``schemas/asyncapi.yaml``, which in Kafka bounds a whole
+#: batch, not one message; a bigger batch would be refused by Apache Kafka
+#: (``tests/contract/test_contract_agreement.py`` keeps the two equal).
+MAX_BATCH_BYTES = 64 * 1024
 
 # Field names, as the extract files name their columns (and the reject report reports them).
 F_NIR = "nir"
@@ -390,7 +395,7 @@ class Publisher:
 
         try:
             self._bootstrap = await asyncio.to_thread(resolve_bootstrap, self.settings, announce=True)
-            prod = producer(self.settings, self._bootstrap, linger_ms=10, max_batch_size=256 * 1024)
+            prod = producer(self.settings, self._bootstrap, linger_ms=10, max_batch_size=MAX_BATCH_BYTES)
             await prod.start()
         except (HelpExchangeError, KafkaError, OSError) as exc:
             self.offline_reason = exc.what if isinstance(exc, HelpExchangeError) else str(exc)

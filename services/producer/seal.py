@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -77,17 +78,23 @@ def _binding(pseudonym: dict[str, str]) -> bytes:
 class Sealer:
     """Seals one fund's references (keeps the AEAD object: one per fund, not per line)."""
 
-    def __init__(self, fund: Fund, key_id: str, key: bytes) -> None:
+    def __init__(self, fund: Fund, key_id: str, key: bytes, *,
+                 nonces: Callable[[int], bytes] = os.urandom) -> None:
+        """``nonces(n)`` gives each seal's nonce: random bytes, always; only the test vectors
+        (``tests/contract/make_vectors.py``) pass a fixed one, to publish reproducible seals."""
         self.fund = fund
         self.key_id = key_id
         self._aead = AESGCM(key)
         self._aad = _aad(fund, key_id)
+        self._nonces = nonces
 
     def seal(self, reference: str, pseudonym: dict[str, str]) -> dict[str, str]:
         """The ``sealed_ref`` member of a signal, bound to ``pseudonym`` (the signal's)."""
         if not REFERENCE_PATTERN.fullmatch(reference):
             raise ReferenceRejected(reference)
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = self._nonces(NONCE_BYTES)
+        if len(nonce) != NONCE_BYTES:
+            raise ValueError(f"a seal's nonce is {NONCE_BYTES} bytes")
         sealed = self._aead.encrypt(nonce, _binding(pseudonym) + reference.encode("ascii"), self._aad)
         return {"key_id": self.key_id, "value": b64u(nonce + sealed)}
 
