@@ -239,7 +239,7 @@ export function checkTerritory (raw) {
 }
 
 /** Category, purpose and legal basis as the exchange will judge them (§8), fund side. */
-export function checkPolicy (fund, category, purpose, consentRef, nir15, observedOn) {
+export function checkPolicy (fund, category, purpose, consentRef, nir15, today) {
   if (!CODE.test(category)) throw new Refused('texte_libre', 'category: a taxonomy code')
   const cat = taxonomy().get(category)
   if (!cat) throw new Refused('categorie_inconnue', 'category: not in schemas/taxonomy.yaml')
@@ -253,24 +253,23 @@ export function checkPolicy (fund, category, purpose, consentRef, nir15, observe
   }
   const conditions = []
   if (finalite === 'prevention_perte_autonomie') {
-    if (!age55Plus(nir15, observedOn)) throw new Refused('condition_non_remplie', 'age_55_plus: the person is not 55 or more')
+    if (!age55Plus(nir15, today)) throw new Refused('condition_non_remplie', 'age_55_plus: the person is not 55 or more')
     conditions.push('age_55_plus')
   }
   return { purpose: finalite, legal_basis: { code: 'L115-2-1', conditions } }
 }
 
-/** The fund attests age_55_plus "from the NIR" (§8): NIR characters 2-3 are the year of birth,
- * 4-5 the month. The documents give no rule for the century nor for an unknown month: we take
- * the latest year not after observed_on's, and the first of the month (an unknown month, 20
- * or over, counts as January). Gap reported. */
-export function age55Plus (nir15, observedOn) {
-  const yy = Number(nir15.slice(1, 3))
-  let month = Number(nir15.slice(3, 5))
-  if (!(month >= 1 && month <= 12)) month = 1
-  const [y, m] = observedOn.split('-').map(Number)
-  let year = 2000 + yy
+/** age_55_plus attested from the NIR as docs/contract.md §8 says our tools do, never
+ * over-estimating: birth year 20yy unless after the current year (then 19yy), birth month
+ * (outside 01-12: December), age = current year - birth year, minus 1 if the current month is
+ * not after the birth month. (The first draft of the document said only "from the NIR".) */
+export function age55Plus (nir15, today = todayParis()) {
+  const [y, m] = today.split('-').map(Number)
+  let year = 2000 + Number(nir15.slice(1, 3))
   if (year > y) year -= 100
-  const age = y - year - (m < month ? 1 : 0)
+  let month = Number(nir15.slice(3, 5))
+  if (!(month >= 1 && month <= 12)) month = 12
+  const age = y - year - (m <= month ? 1 : 0)
   return age >= 55
 }
 
@@ -350,7 +349,7 @@ export function buildSignal (fund, record, keys, opts = {}) {
   if (!opts.uncheckedDates) checkObservedOn(observedOn, opts.today)
   const territory = checkTerritory(record.territory)
   const reference = checkReference(record.reference)
-  const policy = checkPolicy(fund, category, (record.purpose ?? '').trim(), (record.consent ?? '').trim(), nir, observedOn)
+  const policy = checkPolicy(fund, category, (record.purpose ?? '').trim(), (record.consent ?? '').trim(), nir, opts.today ?? todayParis())
   const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
   const message = {
     signal_id: signalId(keys.idRoot, fund, reference, category, observedOn),
