@@ -93,6 +93,11 @@ class Funds:
         who = signer or fund
         return sign(msg, self.keys[who], self.key_id(who))
 
+    def resign(self, msg: dict[str, Any], fund: Fund | None = None) -> dict[str, Any]:
+        """``msg`` (changed after signing) signed again by ``fund``'s key (default: its own fund's)."""
+        who = fund or Fund(msg["fund"])
+        return sign({k: v for k, v in msg.items() if k != "signature"}, self.keys[who], self.key_id(who))
+
     def consent(self, person: str, kind: str, *, fund: Fund = Fund.URSSAF,
                 purposes: tuple[str, ...] = ("acces_aux_droits",),
                 effective_at: str = "2026-01-01T00:00:00Z", n: int = 0) -> dict[str, Any]:
