@@ -479,7 +479,10 @@ class Engine:
         # and the "too old" ones can turn a signal accepted at 23:59 into one refused at
         # 00:01; a redelivery (same source position, after a crash between the state write
         # and the offset commit) must get the first answer again, with the same receipt id,
-        # and the test above gives it. They come before the duplicate and objection tests,
+        # and the test above gives it. (The other way round stays possible: a signal refused
+        # as in the future just before its date comes, redelivered just after, is accepted
+        # then, since a refusal leaves nothing in the state to answer from; it takes a crash
+        # within minutes of the edge.) They come before the duplicate and objection tests,
         # which need the person's history: a message's own content is judged first.
         dates = signal_dates(sig.observed_on, sig.emitted_at, self._limits)
         if dates is not None:
