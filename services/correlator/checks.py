@@ -126,6 +126,8 @@ class CheckedSignal(NamedTuple):
     conditions: tuple[str, ...]  # attested L115-2-1 conditions (none under consent)
     #: The partition of the signal topics this person belongs to (murmur2 of the pseudonym).
     partition: int
+    #: For the date rules, which the engine applies against its clock (services.core.dates).
+    emitted_at: dt.datetime
 
 
 def checked(signal: Signal, partitions: int) -> CheckedSignal:
@@ -135,7 +137,7 @@ def checked(signal: Signal, partitions: int) -> CheckedSignal:
         signal.territory, (signal.pseudonym.key_id, signal.pseudonym.value),
         (signal.sealed_ref.key_id, signal.sealed_ref.value), basis.code,
         tuple(basis.conditions) if isinstance(basis, LegalBasisLaw) else (),
-        partition_for(signal.pseudonym.value, partitions))
+        partition_for(signal.pseudonym.value, partitions), signal.emitted_at)
 
 
 class Verdict(NamedTuple):
@@ -262,4 +264,4 @@ def from_plain(plain: WireVerdict) -> Verdict:
         return Verdict(receipt_fund, signal_id, code, detail)
     return Verdict(receipt_fund, signal_id, code, detail, CheckedSignal(
         signal_id, _FUNDS[plain[4]], plain[6], _PURPOSES[plain[5]], plain[7], plain[8], plain[9],
-        plain[10], plain[11], plain[12], plain[13]))
+        plain[10], plain[11], plain[12], plain[13], plain[14]))

@@ -8,8 +8,11 @@ only feeds it batches and sends what it returns; tests drive it directly.
 Per signal, in this order (the first failure decides the reason code):
 size → JSON → schema version → fund known → fund owns the topic → signing key → signature
 over the *received* JSON object → schema → pseudonym key accepted → partition (repartition
-if needed) → L115-2-1 policy (with the consent on record) → duplicate → objection → state
-update and rules. Everything up to the pseudonym key needs no state: it is
+if needed) → L115-2-1 policy (with the consent on record) → (redelivery) → dates
+(:func:`services.core.dates.signal_dates`, against the batch's clock) → duplicate →
+objection → state update and rules. Consents: the same up to the signature, then schema,
+pseudonym key, partition, ``effective_at`` not in the future, state update. Everything up
+to the pseudonym key needs no state: it is
 :class:`~services.correlator.checks.Checker`, run through :class:`Checks` — inline, or in
 helper processes (:mod:`services.correlator.checkpool`) while this engine does the rest;
 the engine takes the verdicts in record order and the outputs do not depend on where the
@@ -57,6 +60,7 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
+from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
@@ -313,6 +317,7 @@ class Engine:
         self.checks: Checks = checks if checks is not None else InlineChecks(Checker(registry, partitions))
         self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
         self._now = self.clock()
+        self._limits = limits_at(self._now)
 
     # ----------------------------------------------------------------------- helpers
 
@@ -370,7 +375,8 @@ class Engine:
         states: dict[bytes, PersonState | None] = {}
         dirty: dict[bytes, int] = {}
         cache = self.states
-        self._now = self.clock()  # one time for the batch's receipts and dead letters
+        self._now = self.clock()  # one time for the batch's receipts, dead letters and date rules
+        self._limits = limits_at(self._now)
 
         def get(key: bytes) -> PersonState | None:
             if key not in states:
@@ -460,19 +466,31 @@ class Engine:
                            else f"/legal_basis:{reason.value}")
         topic, part, offset = rec.source()
         position = f"{topic}:{part}:{offset}"
-        if state is not None:
-            first = seen_source(state, sig.signal_id)
-            if first == position:
-                # A redelivery after a crash: answer as the first time did.
-                self._receipt(batch, rec, sig.fund, sig.signal_id, None)
-                if state.situation is not None:
-                    self._situation(batch, state.situation.last_event)
-                batch.accepted += 1
-                return
-            if first is not None:
-                raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
-            if state.opposed:
-                raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
+        first = seen_source(state, sig.signal_id) if state is not None else None
+        if state is not None and first == position:
+            # A redelivery after a crash: answer as the first time did.
+            self._receipt(batch, rec, sig.fund, sig.signal_id, None)
+            if state.situation is not None:
+                self._situation(batch, state.situation.last_event)
+            batch.accepted += 1
+            return
+        # The date rules, the SDK's own (services.core.dates), judged against the batch's
+        # clock: hence only now, after the redelivery test. The bounds move with the clock,
+        # and the "too old" ones can turn a signal accepted at 23:59 into one refused at
+        # 00:01; a redelivery (same source position, after a crash between the state write
+        # and the offset commit) must get the first answer again, with the same receipt id,
+        # and the test above gives it. (The other way round stays possible: a signal refused
+        # as in the future just before its date comes, redelivered just after, is accepted
+        # then, since a refusal leaves nothing in the state to answer from; it takes a crash
+        # within minutes of the edge.) They come before the duplicate and objection tests,
+        # which need the person's history: a message's own content is judged first.
+        dates = signal_dates(sig.observed_on, sig.emitted_at, self._limits)
+        if dates is not None:
+            raise Rejected(*dates)
+        if first is not None:
+            raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
+        if state is not None and state.opposed:
+            raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
@@ -503,6 +521,11 @@ class Engine:
                                 partition_for(event.pseudonym.value, self.partitions))
         if partition is None:
             return
+        # effective_at not in the future (services.core.dates): the bound only moves forward
+        # with the clock, so a consent accepted once is accepted again when redelivered.
+        dates = consent_dates(event.effective_at, self._limits)
+        if dates is not None:
+            raise Rejected(*dates)
         pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
         before = get(pkey)
         state, erased = apply_consent(before, event)

@@ -47,6 +47,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.core.dates import PARIS, date_reason, limits_on, today_paris
 from services.core.messages import ConsentEvent, ConsentKind, parse, to_wire
 from services.core.reasons import Reason
 from services.core.registry import load_registry
@@ -61,7 +62,7 @@ from services.producer.keys import load_exchange_key, load_fund_secrets, registr
 from services.producer.outbox import Row
 from services.producer.pseudonym import pseudonym
 from services.producer.publish import RunOutcome
-from services.producer.sdk import MAX_FIELD, PARIS, Publisher, is_free_text, parse_date, today_paris
+from services.producer.sdk import MAX_FIELD, Publisher, is_free_text, parse_date
 
 F_NIR = "nir"
 F_REF = "reference_consentement"
@@ -141,8 +142,9 @@ class ConsentBuilder:
                 day = parse_date(rec.date)
             except ValueError:
                 raise LineRejected(Reason.DATE_INVALIDE, F_DATE) from None
-        if day > today:
-            raise LineRejected(Reason.DATE_FUTURE, F_DATE)
+        # The correlator checks the event's effective_at (services.core.dates.consent_dates).
+        if (refused := date_reason(day, limits_on(today), too_old=False)) is not None:
+            raise LineRejected(refused, F_DATE)
         dept = (rec.departement.strip().upper() or self.territory)
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept

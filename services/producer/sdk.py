@@ -13,7 +13,8 @@ For a back-office that calls a library rather than exporting files::
 What happens to each record, in order (:class:`SignalBuilder`): free-text guard on every
 field; NIR validated and normalised (:mod:`.nir`); category checked against the taxonomy
 (unknown, another fund's, or not NM → refused here: a SENS or MED category never leaves
-the fund); date (not in the future, not older than 2 years); département; file
+the fund); date (not in the future, not older than 2 years: :mod:`services.core.dates`, the
+rules the correlator applies too); département; file
 reference; purpose (explicit or the category's first); legal basis (consent reference if
 given, else L115-2-1 with the conditions the fund can attest, e.g. ``age_55_plus`` from
 the NIR's birth year) and the L115-2-1 policy check; pseudonym (HMAC-SHA256 under the
@@ -38,12 +39,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.core.dates import DateLimits, date_reason, limits_on
+from services.core.dates import today_paris as today_paris  # re-exported: callers judge by the SDK's day
 from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
 from services.core.policy import check_signal, conditions_met
 from services.core.reasons import Reason
@@ -66,9 +68,6 @@ from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import pseudonym
 from services.producer.seal import REFERENCE_PATTERN, Sealer, SignalIds
 
-PARIS = ZoneInfo("Europe/Paris")
-#: how far back an event may be signalled (the CAF may act up to 2 years after it)
-MAX_AGE_YEARS = 2
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
 #: (signals, consents, reveals) in ``schemas/asyncapi.yaml``, which in Kafka bounds a whole
@@ -121,10 +120,6 @@ class SignalInput:
     purpose: str | None = None
 
 
-def today_paris() -> dt.date:
-    return dt.datetime.now(PARIS).date()
-
-
 def parse_date(text: str) -> dt.date:
     """``AAAA-MM-JJ`` or ``JJ/MM/AAAA``; :class:`ValueError` otherwise."""
     text = text.strip()
@@ -133,13 +128,6 @@ def parse_date(text: str) -> dt.date:
     if m := _DATE_FR.fullmatch(text):
         return dt.date(int(m[3]), int(m[2]), int(m[1]))
     raise ValueError(text)
-
-
-def oldest_accepted(today: dt.date) -> dt.date:
-    try:
-        return today.replace(year=today.year - MAX_AGE_YEARS)
-    except ValueError:  # 29 February
-        return today.replace(year=today.year - MAX_AGE_YEARS, day=28)
 
 
 def is_free_text(value: str) -> bool:
@@ -166,6 +154,7 @@ class SignalBuilder:
         self._conditions_cache: dict[tuple[Purpose, int], tuple[str, ...]] = {}
         self._policy_cache: dict[tuple[str, Purpose, tuple[str, ...] | None], Reason | None] = {}
         self._stamp: tuple[dt.datetime | None, str] = (None, "")
+        self._limits: DateLimits | None = None
 
     def check(self, rec: SignalInput, today: dt.date) -> tuple[str, Any, dt.date, str, Purpose, dict[str, Any]]:
         """Validate ``rec``: (nir, category, date, departement, purpose, legal basis), or raise."""
@@ -199,10 +188,12 @@ class SignalBuilder:
                 observed = parse_date(rec.observed_on)
             except ValueError:
                 raise RecordRejected(Reason.DATE_INVALIDE, F_DATE) from None
-        if observed > today:
-            raise RecordRejected(Reason.DATE_FUTURE, F_DATE)
-        if observed < oldest_accepted(today):
-            raise RecordRejected(Reason.DATE_TROP_ANCIENNE, F_DATE)
+        limits = self._limits
+        if limits is None or limits.today != today:
+            limits = self._limits = limits_on(today)
+        # The correlator applies the same function (services.core.dates.signal_dates).
+        if (refused_date := date_reason(observed, limits)) is not None:
+            raise RecordRejected(refused_date, F_DATE)
 
         dept = rec.departement.strip().upper()
         if len(dept) == 1 and dept.isdigit():

@@ -7,21 +7,17 @@ import json
 import re
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
 import yaml
 
+from services.core.dates import today_paris as today_paris  # re-exported for the demo and tests
 from services.errors import InputError
 from services.simulator.extracts import expected_rejections, write_extracts
 from services.simulator.population import TERRITORIES, generate
 from services.simulator.truth import ground_truth
 
 TRUTH_FILE = "verite_terrain.json"
-
-
-def today_paris() -> dt.date:
-    return dt.datetime.now(ZoneInfo("Europe/Paris")).date()
 
 
 def check_month(month: str, today: dt.date, window_days: int) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.core.dates import today_paris
 from services.core.registry import ExchangeKeyEntry, FundKeys, PublicKeyEntry, Registry, save_registry
 from services.core.signing import b64u, sign
-from services.core.types import Fund
+from services.core.types import Fund, format_timestamp
 
 EXCHANGE_KEY = "xk-20260101-aaaa"
 RETIRED_KEY = "xk-20250101-old0"
@@ -42,6 +43,10 @@ class Funds:
     keys: dict[Fund, Ed25519PrivateKey] = field(
         default_factory=lambda: {f: Ed25519PrivateKey.generate() for f in Fund})
     secret: bytes = b"exchange-secret-for-tests"
+    #: When signals are made (default: the clock's, at each one): ``emitted_at`` and, unless
+    #: given, ``observed_on`` (its date in Paris), so that they pass the date rules of an
+    #: engine whose clock is this moment (services.core.dates).
+    now: dt.datetime | None = None
 
     def key_id(self, fund: Fund) -> str:
         return f"{fund.value}-sig-1"
@@ -69,14 +74,15 @@ class Funds:
                legal_basis: dict[str, Any] | None = None, key_id: str = EXCHANGE_KEY,
                signer: Fund | None = None, territory: str = "51", **overrides: Any) -> dict[str, Any]:
         signal_id = hashlib.sha256(f"{person}/{fund}/{category}/{n}".encode()).hexdigest()[:32]
+        at = self.now or dt.datetime.now(dt.UTC)
         msg: dict[str, Any] = {
             "signal_id": signal_id,
             "schema_version": "1.0",
             "fund": fund.value,
             "emitter": EMITTERS[fund],
             "category": category,
-            "observed_on": (observed_on or dt.date.today()).isoformat(),
-            "emitted_at": "2026-01-02T03:04:05Z",
+            "observed_on": (observed_on or today_paris(at)).isoformat(),
+            "emitted_at": format_timestamp(at),
             "territory": territory,
             "pseudonym": {"key_id": key_id, "value": self.pseudonym(person)},
             "sealed_ref": {"key_id": f"{fund.value}-seal-1", "value": b64u(os.urandom(40))},
@@ -86,6 +92,11 @@ class Funds:
         msg.update(overrides)
         who = signer or fund
         return sign(msg, self.keys[who], self.key_id(who))
+
+    def resign(self, msg: dict[str, Any], fund: Fund | None = None) -> dict[str, Any]:
+        """``msg`` (changed after signing) signed again by ``fund``'s key (default: its own fund's)."""
+        who = fund or Fund(msg["fund"])
+        return sign({k: v for k, v in msg.items() if k != "signature"}, self.keys[who], self.key_id(who))
 
     def consent(self, person: str, kind: str, *, fund: Fund = Fund.URSSAF,
                 purposes: tuple[str, ...] = ("acces_aux_droits",),

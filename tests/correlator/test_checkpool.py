@@ -64,7 +64,7 @@ def corpus(funds: Funds) -> list[tuple[bytes | None, str]]:
 
 @pytest.fixture(scope="module")
 def funds() -> Funds:
-    return Funds()
+    return Funds(now=AT)  # signals of the engine's day (its clock is AT)
 
 
 @pytest.fixture

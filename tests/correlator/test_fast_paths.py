@@ -297,7 +297,7 @@ def _run(engine: Engine, records: list[Record], table: dict[bytes, bytes], size:
 
 
 def test_engine_same_results_with_and_without_the_state_cache() -> None:
-    funds = Funds()
+    funds = Funds(now=AT)
     records = _records(funds, 12)
     cached = Engine(context(), funds.registry(), clock=lambda: AT)
     uncached = Engine(context(), funds.registry(), clock=lambda: AT, state_cache=StateCache(0))
@@ -309,7 +309,7 @@ def test_engine_same_results_with_and_without_the_state_cache() -> None:
 
 
 def test_state_cache_revalidates_bytes_it_did_not_see() -> None:
-    funds = Funds()
+    funds = Funds(now=AT)
     records = _records(funds, 1)
     engine = Engine(context(), funds.registry(), clock=lambda: AT)
     table: dict[bytes, bytes] = {}
@@ -326,7 +326,7 @@ def test_state_cache_revalidates_bytes_it_did_not_see() -> None:
 
 
 def test_states_round_trip_through_their_bytes() -> None:
-    funds = Funds()
+    funds = Funds(now=AT)
     engine = Engine(context(), funds.registry(), clock=lambda: AT, state_cache=StateCache(0))
     table: dict[bytes, bytes] = {}
     _run(engine, _records(funds, 6), table, 4)
