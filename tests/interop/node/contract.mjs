@@ -297,7 +297,9 @@ export function parseDate (raw) {
 export function checkObservedOn (iso, today = todayParis()) {
   if (iso > today) throw new Refused('date_future', 'observed_on: after today (Europe/Paris)')
   const [y, m, d] = today.split('-')
-  if (iso < `${Number(y) - 2}-${m}-${d}`) throw new Refused('date_trop_ancienne', 'observed_on: older than 2 years')
+  // docs/rules.md: the same day 2 years earlier is still accepted; from a 29 February, the 28th.
+  const oldest = `${Number(y) - 2}-${m}-${m === '02' && d === '29' ? '28' : d}`
+  if (iso < oldest) throw new Refused('date_trop_ancienne', 'observed_on: older than 2 years')
   return iso
 }
 
