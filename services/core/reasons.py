@@ -24,6 +24,7 @@ class Reason(StrEnum):
     TOPIC_INCORRECT = "topic_incorrect"
     SIGNATURE_INVALIDE = "signature_invalide"
     CLE_SIGNATURE_INCONNUE = "cle_signature_inconnue"
+    CLE_SIGNATURE_RETIREE = "cle_signature_retiree"
     CLE_PSEUDONYME_REFUSEE = "cle_pseudonyme_refusee"
     DOUBLON = "doublon"
     # -- Policy (article L115-2-1) --------------------------------------------------------
@@ -65,6 +66,7 @@ _LABELS: dict[Reason, str] = {
     Reason.TOPIC_INCORRECT: "Message publié sur le topic d'un autre organisme",
     Reason.SIGNATURE_INVALIDE: "Signature invalide",
     Reason.CLE_SIGNATURE_INCONNUE: "Clé de signature inconnue pour cet organisme",
+    Reason.CLE_SIGNATURE_RETIREE: "Clé de signature retirée : signez avec la clé en vigueur",
     Reason.CLE_PSEUDONYME_REFUSEE: "Clé de pseudonymisation non acceptée",
     Reason.DOUBLON: "Signalement déjà reçu",
     Reason.CATEGORIE_INCONNUE: "Catégorie inconnue",
