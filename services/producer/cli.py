@@ -234,6 +234,8 @@ def register(cli: click.Group) -> None:
             st = box.status()
         click.echo(f"boîte d'envoi {fund} : {st.pending} en attente, {st.sent} déjà publiés"
                    + (f" (plus ancien en attente : {st.oldest_pending})" if st.oldest_pending else ""))
+        click.echo(f"  accusés : {st.accepted} acceptés, {st.refused} refusés définitivement, "
+                   f"{st.awaiting_receipt} sans accusé rapproché (help-exchange receipts --fund {fund})")
         ctx.exit(1 if st.pending else 0)
 
     @outbox.command("flush")
@@ -257,18 +259,36 @@ def register(cli: click.Group) -> None:
 
     @cli.command("receipts")
     @FUND
-    @click.option("--follow", is_flag=True, help="Keep waiting for new receipts (Ctrl-C stops).")
+    @click.option("--follow", is_flag=True, help="Keep waiting for new receipts (Ctrl-C stops; no reconciliation).")
+    @click.option("--quiet", "-q", is_flag=True, help="Only the counts and the reconciliation, not each receipt.")
     @click.pass_context
-    def receipts(ctx: click.Context, fund: str, follow: bool) -> None:
-        """Show the correlator's receipts for a fund: accepted, or rejected with the reason."""
+    def receipts(ctx: click.Context, fund: str, follow: bool, quiet: bool) -> None:
+        """Show the correlator's receipts for a fund, and reconcile them with its outbox.
+
+        \b
+        Each receipt: accepted, or rejected with the reason. Then, for the signals of the
+        fund's outbox (without --follow):
+          accepted                       their kept copy is dropped;
+          refused, signing key unknown   back in the outbox, to send again once the
+                                         exchange has registered the key (outbox flush);
+          refused, signing key retired   re-signed with the fund's current key (same
+                                         signal, same id) and back in the outbox;
+          refused for another reason     kept with the reason (fix it at the source).
+        See docs/keys.md.
+        """
         from services.core.messages import Receipt
         from services.platform.broker import resolve_bootstrap
-        from services.producer.receipts import read_receipts
+        from services.producer.receipts import Seen, collect, read_receipts, reconcile
 
         settings = _settings(ctx)
         bootstrap = resolve_bootstrap(settings)
+        seen: dict[str, list[Seen]] = {}
+        keep = collect(seen)
 
         def show(r: Receipt | None, raw: bytes) -> None:
+            keep(r, raw)
+            if quiet:
+                return
             if r is None:
                 click.echo(f"accusé illisible ({len(raw)} octets) : ignoré")
             elif r.status == "accepte":
@@ -284,6 +304,9 @@ def register(cli: click.Group) -> None:
             return
         click.echo(f"{counts.accepted} acceptés, {counts.rejected} rejetés"
                    + (f", {counts.unreadable} illisibles" if counts.unreadable else ""))
+        if not follow:
+            for line in reconcile(settings, Fund(fund), seen).lines():
+                click.echo(line)
 
     @cli.command("reveal")
     @FUND
