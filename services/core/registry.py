@@ -32,16 +32,17 @@ The correlator takes a registry only through :func:`load_verified_registry`.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic import StringConstraints as S
 
 from services.core.signing import b64u, b64u_decode
@@ -49,8 +50,22 @@ from services.core.types import TIMESTAMP_PATTERN, Fund, KeyId
 from services.errors import ConfigurationError
 
 KeyStatus = Literal["active", "retired"]
+
+
+def _real_time(value: str) -> str:
+    dt.datetime.fromisoformat(value)  # the pattern lets 2026-02-30 through; the schema's format does not
+    return value
+
+
+def _version(value: Any) -> Any:
+    # JSON Schema's const 1 takes 1.0 and refuses true; pydantic's Literal[1] would do the opposite.
+    if isinstance(value, bool):
+        raise ValueError("version must be the number 1")
+    return 1 if isinstance(value, float) and value == 1 else value
+
+
 #: A registry time: RFC 3339 UTC text, kept as written (the file is signed byte for byte).
-Stamp = Annotated[str, S(pattern=TIMESTAMP_PATTERN)]
+Stamp = Annotated[str, S(pattern=TIMESTAMP_PATTERN), AfterValidator(_real_time)]
 
 SIGNATURE_SUFFIX = ".sig"
 ADMIN_DIR = "exchange-admin"
@@ -100,7 +115,7 @@ class ExchangeKeyEntry(_Model):
 
 
 class Registry(_Model):
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_version)]
     funds: dict[Fund, FundKeys] = Field(default_factory=dict)
     exchange_keys: tuple[ExchangeKeyEntry, ...] = ()
 

@@ -17,7 +17,7 @@ checks ran (``tests/correlator/test_checkpool.py``).
 
 The key registry: given a :class:`~services.correlator.registry_source.RegistrySource`, the
 engine looks at the registry files at the start of every batch (a stat) and, when a signal
-names a key id it does not know, once more before refusing it; a changed registry that
+names a key id it does not know, again before refusing it; a changed registry that
 verifies is handed to the checks (:meth:`Checks.update`: the check helpers take it before
 their next request). So a key registered or retired while the worker runs is taken without
 a restart; a registry whose signature does not verify is not (the last good one stays).
@@ -326,7 +326,6 @@ class Engine:
         self.registry_source = registry_source
         self._generation = 0
         self._batch_generation = 0
-        self._polled_for_unknown = False
         self._recheck: Checker | None = None
         self.partitions = partitions
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -395,7 +394,6 @@ class Engine:
         self._now = self.clock()  # one time for the batch's receipts and dead letters
         self.refresh()
         self._batch_generation = self._generation
-        self._polled_for_unknown = False
 
         def get(key: bytes) -> PersonState | None:
             if key not in states:
@@ -466,12 +464,10 @@ class Engine:
         return True
 
     def _unknown_key(self, rec: Record, verdict: Verdict) -> Verdict:
-        """A key id the registry did not know: look at the registry file again (once per
-        batch) before refusing, and check the record again if the registry changed since
-        its verdict was given (a key registered a moment ago is then taken)."""
-        if not self._polled_for_unknown:
-            self._polled_for_unknown = True
-            self.refresh()
+        """A key id the registry did not know: look at the registry files again (a stat)
+        before refusing, and check the record again if the registry changed since its
+        verdict was given (a key registered a moment ago is then taken)."""
+        self.refresh()
         if self._generation == self._batch_generation:
             return verdict
         if self._recheck is None:

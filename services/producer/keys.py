@@ -77,7 +77,7 @@ def _read_secret(path: Path, what: str) -> bytes:
 
 def _registry_or_empty(key_dir: Path) -> Registry:
     path = registry_path(key_dir)
-    return load_registry(path) if path.exists() else Registry()
+    return load_registry(path) if path.exists() else Registry(version=1)
 
 
 # --------------------------------------------------------------------------- fund keys
