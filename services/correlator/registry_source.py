@@ -86,5 +86,8 @@ class RegistrySource:
             return None
         self.registry = registry
         self.generation += 1
-        log.info("correlator: key registry reloaded (%s)", self.path)
+        # WARNING: the level the worker prints; a change of what it trusts is worth a line.
+        active = sum(e.status == "active" for k in registry.funds.values() for e in k.signing_keys)
+        log.warning("correlator: key registry reloaded (%s, signature verified): %d active signing keys",
+                    self.path, active)
         return registry
