@@ -1,11 +1,11 @@
 """The signing-key life cycle under load (issue #14, part 4), against a real embedded broker and
-a real correlator worker (with a check helper process): while signals flow, CAF's key is
-rotated (``keys init --rotate``), a key URSSAF made elsewhere is used before the exchange
-registers it (``keys register``, a PEM made by ``cryptography``), and CAF's old key is
-retired (``keys retire``) while signals it signed are still on their way. Then the funds'
-side brings back every refused signal (``receipts`` reconciles, ``outbox flush`` sends) until
-nothing is pending or unexplained, and every valid signal is accepted exactly once, as the
-receipts topics say."""
+a real correlator worker (with a check helper process): while signals flow (20,000 in
+``test_key_lifecycle.py``), CAF's key is rotated (``keys init --rotate``), a key URSSAF made
+elsewhere is used before the exchange registers it (``keys register``, a PEM made by
+``cryptography``), and CAF's old key is retired (``keys retire``) while signals it signed
+are still on their way. Then the funds' side brings back every refused signal (``receipts``
+reconciles, ``outbox flush`` sends) until nothing is pending or unexplained, and every valid
+signal is accepted exactly once, as the receipts topics say."""
 
 from __future__ import annotations
 
