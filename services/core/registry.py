@@ -37,7 +37,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic import StringConstraints as S
 
-from services.core.signing import b64u, b64u_decode
+from services.core.signing import b64u, b64u_decode, load_private_key
 from services.core.types import TIMESTAMP_PATTERN, Fund, KeyId
 from services.errors import ConfigurationError
 
@@ -77,6 +77,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _retired_at_only_when_retired(entry: Any) -> Any:
+    if entry.retired_at is not None and entry.status != "retired":
+        raise ValueError("retired_at goes only with status retired")
+    return entry
+
+
 class PublicKeyEntry(_Model):
     key_id: KeyId
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
@@ -84,11 +90,7 @@ class PublicKeyEntry(_Model):
     registered_at: Stamp | None = None
     retired_at: Stamp | None = None
 
-    @model_validator(mode="after")
-    def _retired_at_only_when_retired(self) -> Self:
-        if self.retired_at is not None and self.status != "retired":
-            raise ValueError("retired_at goes only with status retired")
-        return self
+    _retired_at_only_when_retired = model_validator(mode="after")(_retired_at_only_when_retired)
 
     def raw(self) -> bytes:
         return b64u_decode(self.public_key)
@@ -107,11 +109,7 @@ class ExchangeKeyEntry(_Model):
     created_at: Stamp
     retired_at: Stamp | None = None
 
-    @model_validator(mode="after")
-    def _retired_at_only_when_retired(self) -> Self:
-        if self.retired_at is not None and self.status != "retired":
-            raise ValueError("retired_at goes only with status retired")
-        return self
+    _retired_at_only_when_retired = model_validator(mode="after")(_retired_at_only_when_retired)
 
 
 class Registry(_Model):
@@ -197,19 +195,13 @@ def registry_signer(key_dir: Path) -> Ed25519PrivateKey:
         write_secret(private_path, key.private_bytes(serialization.Encoding.PEM,
                                                      serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
-    try:
-        key_any = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"the registry key {private_path} is unreadable",
-                                 "restore HELP_KEY_DIR/exchange-admin/ from backup") from exc
-    if not isinstance(key_any, Ed25519PrivateKey):
-        raise ConfigurationError(f"the registry key {private_path} is not an Ed25519 key",
-                                 "restore HELP_KEY_DIR/exchange-admin/ from backup")
+    key = load_private_key(private_path, "the registry key",
+                           "restore HELP_KEY_DIR/exchange-admin/ from backup")
     public_path = signer_public_path(key_dir)
     if not public_path.exists():  # never overwritten: it is what the correlator pins
-        _replace(public_path, key_any.public_key().public_bytes(
+        _replace(public_path, key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return key_any
+    return key
 
 
 def load_signer_public(path: Path) -> Ed25519PublicKey:
