@@ -206,7 +206,9 @@ def register(cli: click.Group) -> None:
         \b
         Exit status: 0 every line published; 2 some lines rejected;
                      1 failure (file unusable, or signals left waiting in the outbox
-                       because the broker did not answer: `outbox flush` sends them).
+                       because the broker did not answer: `outbox flush` sends them;
+                       or signed with a key the local registry copy does not list
+                       or marks retired: the exchange would refuse them).
         """
         from services.producer.publish import publish_file
 

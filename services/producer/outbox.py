@@ -180,16 +180,19 @@ class Outbox:
         return [Pending(seq, sid, bytes(k), bytes(v)) for seq, sid, k, v in cur]
 
     def mark_sent(self, signal_ids: Sequence[str], topic: str, offsets: dict[int, int],
-                  positions: Sequence[tuple[int, int]] | None = None) -> None:
+                  positions: Sequence[tuple[int, int]] | None = None, *, keep_payload: bool = True) -> None:
         """The broker acknowledged these: mark them sent and move the partition marks, atomically.
 
         ``positions``: (partition, offset) of each, in the same order, for the receipts'
-        reconciliation. The payload stays until an accepted receipt (see the module docstring)."""
+        reconciliation. The payload stays until an accepted receipt (see the module
+        docstring), unless ``keep_payload`` is False (messages without a receipt to wait
+        for: a fund's consents and reveal records)."""
         now = _now()
         where: Sequence[tuple[int | None, int | None]] = (
             positions if positions is not None else [(None, None)] * len(signal_ids))
+        keep = "msg_value" if keep_payload else "NULL"
         with self._transaction() as db:
-            db.executemany("UPDATE outbox SET sent_at = ?, sent_partition = ?, sent_offset = ? "
+            db.executemany(f"UPDATE outbox SET sent_at = ?, sent_partition = ?, sent_offset = ?, msg_value = {keep} "
                            "WHERE signal_id = ?",
                            [(now, p, o, s) for s, (p, o) in zip(signal_ids, where, strict=True)])
             db.executemany(

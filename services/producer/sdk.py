@@ -364,6 +364,9 @@ class Publisher:
         self.settings = settings
         self.fund = fund
         self.topic = topic or signal_topic(fund)
+        #: Signals keep their bytes after sending, until their receipt (``receipts`` reconciles);
+        #: the fund's other messages (consents, reveals) have none to wait for.
+        self.keep_payload = topic is None or topic == signal_topic(fund)
         self.builder = builder or SignalBuilder(settings, fund)
         self.outbox = Outbox(outbox_path) if outbox_path else Outbox.for_fund(settings.var_dir, fund)
         self._producer: AIOKafkaProducer | None = None
@@ -490,7 +493,7 @@ class Publisher:
             if res.offset > marks.get(res.partition, -1):
                 marks[res.partition] = res.offset
         if ok:
-            self.outbox.mark_sent(ok, self.topic, marks, where)
+            self.outbox.mark_sent(ok, self.topic, marks, where, keep_payload=self.keep_payload)
             self.sent_total += len(ok)
         if error is not None:
             raise BrokerUnreachable(
@@ -534,7 +537,8 @@ class Publisher:
                     except (ValueError, KeyError, TypeError):
                         continue
             self.outbox.mark_sent(list(found), self.topic,
-                                  {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()))
+                                  {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
+                                  keep_payload=self.keep_payload)
         except KafkaError as exc:
             raise BrokerUnreachable(f"cannot read {self.topic} to resume: {exc!r}",
                                     "check the broker, then run the command again") from exc

@@ -334,3 +334,16 @@ def test_a_retired_key_that_is_still_current_is_not_resigned(offline_settings: S
     assert "--rotate" in "\n".join(result.lines())
     secrets = load_fund_secrets(key_dir, Fund.CAF)
     assert json.loads(resign(row.value, secrets.signing_key, "caf-sig-x-1"))["signature"]["key_id"] == "caf-sig-x-1"
+
+
+def test_sent_signals_keep_their_bytes_other_messages_do_not(offline_settings: Settings, tmp_path: Path) -> None:
+    init_exchange_key(offline_settings.key_dir)
+    init_fund_keys(offline_settings.key_dir, Fund.CAF)
+    row = _row(SignalBuilder(offline_settings, Fund.CAF), 3)
+    for keep, path in ((True, tmp_path / "signals.db"), (False, tmp_path / "reveals.db")):
+        with Outbox(path) as box:
+            box.add([row])
+            box.mark_sent([row.signal_id], "help.x.v1", {2: 9}, [(2, 9)], keep_payload=keep)
+            (sent,) = box.awaiting_receipt()
+            assert (sent.partition, sent.offset) == (2, 9)
+            assert sent.value == (row.value if keep else None)
