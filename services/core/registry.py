@@ -133,6 +133,9 @@ class Registry(_Model):
         entry = self.signing_key_entry(fund, key_id)
         return entry is not None and entry.status == "retired"
 
+    def active_signing_keys(self) -> int:
+        return sum(e.status == "active" for keys in self.funds.values() for e in keys.signing_keys)
+
     def exchange_key_accepted(self, key_id: str) -> bool:
         return any(k.key_id == key_id and k.status == "active" for k in self.exchange_keys)
 

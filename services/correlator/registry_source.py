@@ -87,7 +87,6 @@ class RegistrySource:
         self.registry = registry
         self.generation += 1
         # WARNING: the level the worker prints; a change of what it trusts is worth a line.
-        active = sum(e.status == "active" for k in registry.funds.values() for e in k.signing_keys)
         log.warning("correlator: key registry reloaded (%s, signature verified): %d active signing keys",
-                    self.path, active)
+                    self.path, registry.active_signing_keys())
         return registry
