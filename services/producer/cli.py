@@ -95,7 +95,8 @@ def register(cli: click.Group) -> None:
     @click.option("--public-key", "public_key", required=True,
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="The fund's Ed25519 public key: PEM (SubjectPublicKeyInfo), raw 32 bytes, "
-                       "base64url/base64 text of the raw key, or a JWK (kty OKP, crv Ed25519).")
+                       "base64url/base64 text of the raw key, a JWK (kty OKP, crv Ed25519) "
+                       "or an OpenSSH ssh-ed25519 line.")
     @click.option("--key-id", default=None,
                   help="The key id (default: the JWK's kid, else <fund>-sig-<yyyymmdd>-<4 hex>).")
     @click.pass_context

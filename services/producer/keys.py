@@ -265,7 +265,8 @@ def parse_public_key(data: bytes) -> tuple[bytes, str | None]:
     """The raw 32-byte Ed25519 public key in ``data``, and the JWK ``kid`` if there is one.
 
     Accepts PEM (SubjectPublicKeyInfo), DER SubjectPublicKeyInfo, raw 32 bytes,
-    base64url or base64 text of the raw key, and a JWK ``{"kty":"OKP","crv":"Ed25519","x":…}``.
+    base64url or base64 text of the raw key, a JWK ``{"kty":"OKP","crv":"Ed25519","x":…}``,
+    and an OpenSSH ``ssh-ed25519 …`` line.
     Refuses (:class:`InputError`, exit 2) anything else, saying what it is — a private key
     given by mistake included, which is never echoed."""
     from cryptography.hazmat.primitives.serialization import load_der_private_key, load_der_public_key
@@ -285,6 +286,13 @@ def parse_public_key(data: bytes) -> tuple[bytes, str | None]:
             raise _refuse("clé publique refusée : PEM illisible (unreadable PEM public key)") from exc
     if text.startswith(b"{"):
         return _from_jwk(text)
+    if text.startswith((b"ssh-", b"ecdsa-")):  # an OpenSSH public key line
+        try:
+            return _from_loaded(serialization.load_ssh_public_key(text)), None
+        except InputError:
+            raise
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise _refuse("clé publique refusée : ligne OpenSSH illisible (unreadable OpenSSH public key)") from exc
     printable = text.isascii() and all(32 < c < 127 or c in b"\r\n\t " for c in text)
     if len(data) == RAW_PUBLIC_BYTES and not printable:  # (32 random bytes all printable: ≈ 1e-13)
         return data, None

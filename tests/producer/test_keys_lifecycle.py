@@ -79,13 +79,15 @@ def test_every_accepted_format_gives_the_raw_key() -> None:
         "base64url": b64u(raw).encode() + b"\n",
         "base64 padded": base64.b64encode(raw),
         "jwk": json.dumps(jwk).encode(),
+        "openssh": key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                 serialization.PublicFormat.OpenSSH) + b" agent@caf\n",
     }
     for name, data in forms.items():
         assert parse_public_key(data) == (raw, None), name
     assert parse_public_key(json.dumps({**jwk, "kid": "caf-sig-ext-0001"}).encode()) == (raw, "caf-sig-ext-0001")
 
 
-@pytest.mark.parametrize("name", ["rsa", "p256", "rsa-jwk", "p256-jwk", "short", "long", "empty", "garbage",
+@pytest.mark.parametrize("name", ["rsa", "p256", "ssh-rsa", "rsa-jwk", "p256-jwk", "short", "long", "empty", "garbage",
                                   "pem-garbage", "jwk-bad-x"])
 def test_other_keys_and_shapes_are_refused_with_a_clear_line(name: str) -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -93,6 +95,8 @@ def test_other_keys_and_shapes_are_refused_with_a_clear_line(name: str) -> None:
     data = {
         "rsa": _pem_public(rsa_key),
         "p256": _pem_public(p256),
+        "ssh-rsa": rsa_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH),
         "rsa-jwk": json.dumps({"kty": "RSA", "n": "AQAB", "e": "AQAB"}).encode(),
         "p256-jwk": json.dumps({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}).encode(),
         "short": b64u(b"\x01" * 31).encode(),
@@ -106,7 +110,7 @@ def test_other_keys_and_shapes_are_refused_with_a_clear_line(name: str) -> None:
         parse_public_key(data)
     assert err.value.exit_code == 2 and err.value.hint
     assert "\n" not in err.value.what and "refusée" in err.value.what
-    if name in ("rsa", "rsa-jwk"):
+    if name in ("rsa", "ssh-rsa", "rsa-jwk"):
         assert "RSA" in err.value.what
     if name == "p256":
         assert "P-256" in err.value.what or "secp256r1" in err.value.what
