@@ -66,7 +66,7 @@ _LABELS: dict[Reason, str] = {
     Reason.TOPIC_INCORRECT: "Message publié sur le topic d'un autre organisme",
     Reason.SIGNATURE_INVALIDE: "Signature invalide",
     Reason.CLE_SIGNATURE_INCONNUE: "Clé de signature inconnue pour cet organisme",
-    Reason.CLE_SIGNATURE_RETIREE: "Clé de signature retirée",
+    Reason.CLE_SIGNATURE_RETIREE: "Clé de signature retirée : signez avec la clé en vigueur",
     Reason.CLE_PSEUDONYME_REFUSEE: "Clé de pseudonymisation non acceptée",
     Reason.DOUBLON: "Signalement déjà reçu",
     Reason.CATEGORIE_INCONNUE: "Catégorie inconnue",

@@ -38,12 +38,16 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from services.errors import ConfigurationError
 
 _sodium_open: Callable[[bytes, bytes], bytes] | None
 _SodiumError: type[Exception]
@@ -158,6 +162,18 @@ def sign(message: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> dict[s
     """Return ``message`` with its ``signature`` member set."""
     value = key.sign(signing_input(message))
     return {**message, "signature": {"key_id": key_id, "alg": ALG, "value": b64u(value)}}
+
+
+def load_private_key(path: Path, what: str, hint: str) -> Ed25519PrivateKey:
+    """The Ed25519 private key of a PKCS#8 PEM file (no password), or one
+    :class:`ConfigurationError` naming ``what`` and ``path``, with ``hint``."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{what} {path} is unreadable: {exc}", hint) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"{what} {path} is not an Ed25519 key", hint)
+    return key
 
 
 class VerifyingKey:

@@ -77,13 +77,14 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.services import WaitResults
 
-from services.core.registry import load_registry
+from services.core.registry import registry_path
 from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
 from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.heap import HeapPolicy
 from services.correlator.partitioning import murmur2
+from services.correlator.registry_source import RegistrySource
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
@@ -199,9 +200,11 @@ def _patch_drain() -> None:
 def build_engine(settings: Settings, check_processes: int = 0) -> Engine:
     rules = load_rules(settings.schemas_dir / "rules.yaml", settings.taxonomy)
     ctx = Context(rules=rules, taxonomy=settings.taxonomy, policy=settings.policy)
-    registry = load_registry(settings.key_dir / "registry.json")
+    # Verified against the pinned registry signer, re-read when it changes (docs/keys.md).
+    source = RegistrySource(registry_path(settings.key_dir), settings.registry_signer_path)
+    registry = source.registry
     checks = CheckPool(registry, check_processes, partitions=PARTITIONS) if check_processes > 0 else None
-    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks)
+    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks, registry_source=source)
 
 
 class Positions:

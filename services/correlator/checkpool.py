@@ -9,7 +9,9 @@ thread, on another core.
 
 Protocol, over the helper's stdin/stdout, each frame a 4-byte little-endian length and a
 pickle: first the registry (its JSON) and the partition count, then requests — a list of ``(value, source topic)``
-— each answered in order by the list of their verdicts (:func:`~.checks.to_plain`). The
+— each answered in order by the list of their verdicts (:func:`~.checks.to_plain`), and,
+between requests, a new registry when the worker reloaded it — a tuple ``("registry",
+JSON)``, not answered — which applies to every request after it (:meth:`CheckPool.update`). The
 engine asks for the verdicts in record order; a batch is cut in chunks spread over the
 helpers, written ahead within a bounded window, so the first verdicts come back while the
 helpers are still checking the rest and the engine's own work overlaps theirs. The same
@@ -44,6 +46,8 @@ CHUNK = 128
 WINDOW_BYTES = 512 * 1024
 _F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
 _HEADER = struct.Struct("<I")
+#: First member of the frame that hands a helper a reloaded registry.
+REGISTRY_MESSAGE = "registry"
 
 
 class CheckPoolError(HelpExchangeError):
@@ -105,6 +109,9 @@ class _Helper:
         if expect_answer:
             self.unanswered.append(len(payload))
 
+    def use_registry(self, registry_json: bytes) -> None:
+        self.send(pickle.dumps((REGISTRY_MESSAGE, registry_json)), expect_answer=False)
+
     def in_flight(self) -> int:
         return sum(self.unanswered)
 
@@ -139,6 +146,12 @@ class CheckPool:
         registry_json = registry.model_dump_json().encode()
         self.helpers = [_Helper(registry_json, partitions) for _ in range(processes)]
         self.chunk = chunk
+
+    def update(self, registry: Registry) -> None:
+        """Check with ``registry`` from the next request on, in every helper."""
+        registry_json = registry.model_dump_json().encode()
+        for helper in self.helpers:
+            helper.use_registry(registry_json)
 
     def start(self, items: Sequence[tuple[bytes | None, str]]) -> Callable[[int], Verdict]:
         chunk, helpers = self.chunk, self.helpers
@@ -179,7 +192,8 @@ class CheckPool:
 
 
 def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
-    """The helper's loop: the registry, then requests answered in order until end of input."""
+    """The helper's loop: the registry, then requests answered in order until end of input
+    (and reloaded registries, taken between two requests)."""
     first = _read_frame(stdin_fd)
     if first is None:
         return 0
@@ -193,6 +207,9 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
             if payload is None:
                 return 0
             items = pickle.loads(payload)
+            if type(items) is tuple and items[0] == REGISTRY_MESSAGE:
+                checker.use(Registry.model_validate_json(items[1]))
+                continue
             _write_frame(out, pickle.dumps([to_plain(check(value, topic)) for value, topic in items],
                                            protocol=pickle.HIGHEST_PROTOCOL))
 

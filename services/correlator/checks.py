@@ -164,6 +164,11 @@ class Checker:
         self._keys: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}
         self._owners: dict[str, Fund | None] = {}
 
+    def use(self, registry: Registry) -> None:
+        """Check with ``registry`` from now on (a reloaded registry: the key cache is emptied)."""
+        self.registry = registry
+        self._keys = {}
+
     def signing_key(self, fund: Fund, key_id: str) -> signing.VerifyingKey | None:
         k = (fund, key_id)
         if k not in self._keys:
@@ -219,6 +224,9 @@ class Checker:
         key_id = sig.get("key_id") if isinstance(sig, dict) else None
         key = self.signing_key(fund, key_id) if isinstance(key_id, str) else None
         if key is None:
+            if isinstance(key_id, str) and self.registry.signing_key_retired(fund, key_id):
+                return Verdict(receipt_fund, signal_id, Reason.CLE_SIGNATURE_RETIREE,
+                               "/signature/key_id:retired")
             return Verdict(receipt_fund, signal_id, Reason.CLE_SIGNATURE_INCONNUE,
                            "/signature/key_id:unknown_for_fund")
         if not signing.verify(obj, key, plain=plain):

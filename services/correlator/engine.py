@@ -18,6 +18,13 @@ helper processes (:mod:`services.correlator.checkpool`) while this engine does t
 the engine takes the verdicts in record order and the outputs do not depend on where the
 checks ran (``tests/correlator/test_checkpool.py``).
 
+The key registry: given a :class:`~services.correlator.registry_source.RegistrySource`, the
+engine looks at the registry files at the start of every batch (a stat) and, when a signal
+names a key id it does not know, again before refusing it; a changed registry that
+verifies is handed to the checks (:meth:`Checks.update`: the check helpers take it before
+their next request). So a key registered or retired while the worker runs is taken without
+a restart; a registry whose signature does not verify is not (the last good one stays).
+
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
 engine answers exactly as the first time (accepted receipt with the same id, the situation's
@@ -87,6 +94,7 @@ from services.core.rules import Context, on_signal
 from services.core.types import SIGNAL_ID_PATTERN, TOPIC_PATTERN, Fund, format_timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.partitioning import partition_for
+from services.correlator.registry_source import RegistrySource
 from services.platform.topics import (
     DEADLETTER_TOPIC,
     SITUATIONS_TOPIC,
@@ -281,6 +289,10 @@ class Checks(Protocol):
         (waiting for it if need be). It is called for every ``i``, in increasing order."""
         ...
 
+    def update(self, registry: Registry) -> None:
+        """Check with ``registry`` from now on (the engine reloaded it)."""
+        ...
+
 
 class InlineChecks:
     """The checks on the caller's thread, each when its verdict is asked for."""
@@ -291,6 +303,9 @@ class InlineChecks:
     def start(self, items: Sequence[CheckItem]) -> Callable[[int], Verdict]:
         check = self.checker.check
         return lambda i: check(*items[i])
+
+    def update(self, registry: Registry) -> None:
+        self.checker.use(registry)
 
 
 class Engine:
@@ -307,9 +322,15 @@ class Engine:
 
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
                  clock: Callable[[], dt.datetime] | None = None,
-                 state_cache: StateCache | None = None, checks: Checks | None = None) -> None:
+                 state_cache: StateCache | None = None, checks: Checks | None = None,
+                 registry_source: RegistrySource | None = None) -> None:
         self.ctx = ctx
         self.registry = registry
+        #: Where a changed registry comes from (None: ``registry`` for good). See :meth:`refresh`.
+        self.registry_source = registry_source
+        self._generation = 0
+        self._batch_generation = 0
+        self._recheck: Checker | None = None
         self.partitions = partitions
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.states = state_cache if state_cache is not None else StateCache()
@@ -377,6 +398,8 @@ class Engine:
         cache = self.states
         self._now = self.clock()  # one time for the batch's receipts, dead letters and date rules
         self._limits = limits_at(self._now)
+        self.refresh()
+        self._batch_generation = self._generation
 
         def get(key: bytes) -> PersonState | None:
             if key not in states:
@@ -415,6 +438,8 @@ class Engine:
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
+        if verdict.reason is Reason.CLE_SIGNATURE_INCONNUE and self.registry_source is not None:
+            verdict = self._unknown_key(rec, verdict)
         receipt_fund, signal_id, reason, detail, checked = verdict
         try:
             if reason is not None:
@@ -425,6 +450,35 @@ class Engine:
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
             self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
+
+    # ----------------------------------------------------------------------- registry
+    def refresh(self) -> bool:
+        """Take the registry again if its files changed (and verify); True if it did.
+
+        Called at the start of every batch: the checks, the check helpers included, get
+        the new registry before their first request of the batch."""
+        source = self.registry_source
+        if source is None:
+            return False
+        registry = source.poll()
+        if registry is None:
+            return False
+        self.registry = registry
+        self._generation += 1
+        self._recheck = None
+        self.checks.update(registry)
+        return True
+
+    def _unknown_key(self, rec: Record, verdict: Verdict) -> Verdict:
+        """A key id the registry did not know: look at the registry files again (a stat)
+        before refusing, and check the record again if the registry changed since its
+        verdict was given (a key registered a moment ago is then taken)."""
+        self.refresh()
+        if self._generation == self._batch_generation:
+            return verdict
+        if self._recheck is None:
+            self._recheck = Checker(self.registry, self.partitions)
+        return self._recheck.check(rec.value, rec.source()[0])
 
     def _route(self, batch: Batch, rec: Record, pseudonym_value: str, expected: int) -> int | None:
         """The person's partition (``expected``), or None after forwarding a misrouted record."""

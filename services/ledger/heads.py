@@ -108,15 +108,7 @@ class LedgerSigner:
             signer = cls.generate()
             signer.save(key_dir)
             return signer
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"the ledger key {path} is unreadable: {exc}",
-                                     "restore it from backup") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError(f"the ledger key {path} is not an Ed25519 key",
-                                     "restore it from backup")
-        signer = cls(key)
+        signer = cls(signing.load_private_key(path, "the ledger key", "restore it from backup"))
         signer.export_public(key_dir)
         return signer
 

@@ -195,6 +195,20 @@ def show_settings(ctx: click.Context) -> None:
         shown = "(set, not shown)" if name in SECRET_FIELDS and value is not None else value
         click.echo(f"HELP_{name.upper():<28} {shown}")
     click.echo(f"taxonomy: {len(settings.taxonomy.categories)} categories; policy version {settings.policy.version}")
+    from services.core.registry import load_signer_public, load_verified_registry, registry_path
+    from services.errors import ConfigurationError
+
+    path = registry_path(settings.key_dir)
+    if not path.exists():
+        click.echo(f"key registry: none yet at {path} (help-exchange keys init …)")
+        return
+    try:
+        registry = load_verified_registry(path, load_signer_public(settings.registry_signer_path))
+    except ConfigurationError as exc:
+        click.echo(f"key registry: NOT usable by the correlator: {exc.one_line()}")
+        return
+    click.echo(f"key registry: signature verified ({settings.registry_signer_path}); "
+               f"{registry.active_signing_keys()} active signing keys")
 
 
 def _register_services() -> None:

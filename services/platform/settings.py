@@ -27,6 +27,8 @@ _HINTS = {
     "database_url": "use an SQLAlchemy URL such as sqlite:///var/casebook.db or postgresql+psycopg://user@host/db",
     "territory": "use a département code: 01-95, 2A, 2B or 971-976",
     "broker_port": "use a free TCP port number between 1024 and 65535",
+    "registry_signer": "give the path of the exchange's registry-signer.pub (PEM), "
+                       "or leave it unset for <key_dir>/registry-signer.pub",
     "casebook_close_after_months": "give a whole number of months between 1 and 60",
     "casebook_users_file": "give the path of the users file, or leave it unset for <var_dir>/users.json",
     "casebook_session_secret": "use at least 32 random characters (python -c 'import secrets; "
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
 
     database_url: Annotated[str, Field(pattern=r"^(sqlite|postgresql)(\+\w+)?://")] = "sqlite:///var/casebook.db"
     key_dir: Path = Path("var/keys")
+    registry_signer: Path | None = None
+    """The pinned public key (PEM) of the exchange's registry key: the correlator takes
+    ``<key_dir>/registry.json`` only if ``registry.json.sig`` verifies under it (docs/keys.md).
+    Unset: ``<key_dir>/registry-signer.pub``. In production, point it at a read-only copy."""
     var_dir: Path = Path("var")
     schemas_dir: Path = DEFAULT_SCHEMAS_DIR
     territory: Departement = "35"
@@ -102,6 +108,13 @@ class Settings(BaseSettings):
     """Closed cases (closed by the correlator, or every involved fund has recorded its outcome),
     after closing. A case that only went quiet (no signal for ``casebook_close_after_months``)
     is not "closed" in this sense: it follows the situations' period."""
+
+    @property
+    def registry_signer_path(self) -> Path:
+        """Where the pinned registry signer public key is read from."""
+        from services.core.registry import signer_public_path
+
+        return self.registry_signer or signer_public_path(self.key_dir)
 
     @cached_property
     def taxonomy(self) -> Taxonomy:

@@ -90,11 +90,79 @@ def register(cli: click.Group) -> None:
         retire_exchange_key(_settings(ctx).key_dir, key_id)
         click.echo(f"clé d'échange {key_id} retirée")
 
+    @keys.command("register")
+    @FUND
+    @click.option("--public-key", "public_key", required=True,
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="The fund's Ed25519 public key: PEM (SubjectPublicKeyInfo), raw 32 bytes, "
+                       "base64url/base64 text of the raw key, a JWK (kty OKP, crv Ed25519) "
+                       "or an OpenSSH ssh-ed25519 line.")
+    @click.option("--key-id", default=None,
+                  help="The key id (default: the JWK's kid, else <fund>-sig-<yyyymmdd>-<4 hex>).")
+    @click.pass_context
+    def keys_register(ctx: click.Context, fund: str, public_key: Path, key_id: str | None) -> None:
+        """Register a fund's signing public key made elsewhere (exchange operator).
+
+        The key is added active to HELP_KEY_DIR/registry.json (signed again); the running
+        correlator takes it without a restart. Prints the key id and the SHA-256 fingerprint
+        of the raw key: read it to the fund by another channel (telephone) and have it
+        compare with its own before it publishes. A private key given by mistake is refused
+        and never printed. The same key under the same id again changes nothing.
+        See docs/keys.md.
+        """
+        from services.producer.keys import register_signing_key
+
+        data = public_key.read_bytes()
+        done = register_signing_key(_settings(ctx).key_dir, Fund(fund), data, key_id=key_id)
+        if done.new:
+            click.echo(f"clé de signature {done.key_id} de {fund} enregistrée, active")
+        else:
+            click.echo(f"clé de signature {done.key_id} de {fund} déjà enregistrée ({done.status}) : rien changé")
+        click.echo(f"empreinte : {done.fingerprint}")
+        click.echo("  à confirmer avec l'organisme par un autre canal (téléphone) avant qu'il publie")
+
+    @keys.command("retire")
+    @FUND
+    @click.option("--key-id", required=True, help="The signing key id to retire (see `keys list`).")
+    @click.option("--force", is_flag=True,
+                  help="Retire even the fund's last active key or its current one (a compromised key).")
+    @click.pass_context
+    def keys_retire(ctx: click.Context, fund: str, key_id: str, force: bool) -> None:
+        """Retire a fund's signing key: the correlator then refuses what it signs.
+
+        Refusal reason cle_signature_retiree. The fund's `receipts` command re-signs such
+        signals with its current key and queues them again. Refused for the fund's last
+        active key, or its current key here (rotate first), unless --force.
+        """
+        from services.producer.keys import retire_signing_key
+
+        if retire_signing_key(_settings(ctx).key_dir, Fund(fund), key_id, force=force):
+            click.echo(f"clé de signature {key_id} de {fund} retirée : l'échange refuse désormais ce "
+                       "qu'elle signe (cle_signature_retiree)")
+        else:
+            click.echo(f"clé de signature {key_id} de {fund} déjà retirée : rien changé")
+
+    @keys.command("sign-registry")
+    @click.pass_context
+    def keys_sign_registry(ctx: click.Context) -> None:
+        """Sign registry.json as it is (a registry from before signatures, or edited by hand).
+
+        Every `keys` command signs the registry it writes; this is for the rest. It makes
+        the registry key (HELP_KEY_DIR/exchange-admin/, 0600) and its public key
+        HELP_KEY_DIR/registry-signer.pub if they do not exist yet.
+        """
+        from services.core.registry import signer_public_path
+        from services.producer.keys import sign_registry
+
+        key_dir = _settings(ctx).key_dir
+        sign_registry(key_dir)
+        click.echo(f"registre signé (clé publique de signature du registre : {signer_public_path(key_dir)})")
+
     @keys.command("list")
     @click.pass_context
     def keys_list(ctx: click.Context) -> None:
         """List the keys of the registry (public keys and exchange key ids; no secret)."""
-        from services.core.registry import load_registry
+        from services.core.registry import fingerprint, load_registry
         from services.producer.keys import registry_path
 
         registry = load_registry(registry_path(_settings(ctx).key_dir))
@@ -106,7 +174,9 @@ def register(cli: click.Group) -> None:
         for fund, fk in registry.funds.items():
             click.echo(f"{fund.value} — clés de signature :")
             for e in fk.signing_keys:
-                click.echo(f"  {e.key_id:<28} {e.status:<8} {e.public_key}")
+                when = (f" enregistrée {e.registered_at}" if e.registered_at else "") + (
+                    f" retirée {e.retired_at}" if e.retired_at else "")
+                click.echo(f"  {e.key_id:<28} {e.status:<8} {fingerprint(e.raw())}{when}")
 
     @cli.command("publish")
     @FUND
@@ -137,7 +207,9 @@ def register(cli: click.Group) -> None:
         \b
         Exit status: 0 every line published; 2 some lines rejected;
                      1 failure (file unusable, or signals left waiting in the outbox
-                       because the broker did not answer: `outbox flush` sends them).
+                       because the broker did not answer: `outbox flush` sends them;
+                       or signed with a key the local registry copy does not list
+                       or marks retired: the exchange would refuse them).
         """
         from services.producer.publish import publish_file
 
@@ -165,6 +237,8 @@ def register(cli: click.Group) -> None:
             st = box.status()
         click.echo(f"boîte d'envoi {fund} : {st.pending} en attente, {st.sent} déjà publiés"
                    + (f" (plus ancien en attente : {st.oldest_pending})" if st.oldest_pending else ""))
+        click.echo(f"  accusés : {st.accepted} acceptés, {st.refused} refusés définitivement, "
+                   f"{st.awaiting_receipt} sans accusé rapproché (help-exchange receipts --fund {fund})")
         ctx.exit(1 if st.pending else 0)
 
     @outbox.command("flush")
@@ -188,18 +262,36 @@ def register(cli: click.Group) -> None:
 
     @cli.command("receipts")
     @FUND
-    @click.option("--follow", is_flag=True, help="Keep waiting for new receipts (Ctrl-C stops).")
+    @click.option("--follow", is_flag=True, help="Keep waiting for new receipts (Ctrl-C stops; no reconciliation).")
+    @click.option("--quiet", "-q", is_flag=True, help="Only the counts and the reconciliation, not each receipt.")
     @click.pass_context
-    def receipts(ctx: click.Context, fund: str, follow: bool) -> None:
-        """Show the correlator's receipts for a fund: accepted, or rejected with the reason."""
+    def receipts(ctx: click.Context, fund: str, follow: bool, quiet: bool) -> None:
+        """Show the correlator's receipts for a fund, and reconcile them with its outbox.
+
+        \b
+        Each receipt: accepted, or rejected with the reason. Then, for the signals of the
+        fund's outbox (without --follow):
+          accepted                       their kept copy is dropped;
+          refused, signing key unknown   back in the outbox, to send again once the
+                                         exchange has registered the key (outbox flush);
+          refused, signing key retired   re-signed with the fund's current key (same
+                                         signal, same id) and back in the outbox;
+          refused for another reason     kept with the reason (fix it at the source).
+        See docs/keys.md.
+        """
         from services.core.messages import Receipt
         from services.platform.broker import resolve_bootstrap
-        from services.producer.receipts import read_receipts
+        from services.producer.receipts import Seen, collect, read_receipts, reconcile
 
         settings = _settings(ctx)
         bootstrap = resolve_bootstrap(settings)
+        seen: dict[str, list[Seen]] = {}
+        keep = collect(seen)
 
         def show(r: Receipt | None, raw: bytes) -> None:
+            keep(r, raw)
+            if quiet:
+                return
             if r is None:
                 click.echo(f"accusé illisible ({len(raw)} octets) : ignoré")
             elif r.status == "accepte":
@@ -215,6 +307,9 @@ def register(cli: click.Group) -> None:
             return
         click.echo(f"{counts.accepted} acceptés, {counts.rejected} rejetés"
                    + (f", {counts.unreadable} illisibles" if counts.unreadable else ""))
+        if not follow:
+            for line in reconcile(settings, Fund(fund), seen).lines():
+                click.echo(line)
 
     @cli.command("reveal")
     @FUND

@@ -21,9 +21,9 @@ line already published: re-running an old file still publishes nothing twice.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -37,18 +37,18 @@ from services.core.registry import (
     FundKeys,
     PublicKeyEntry,
     Registry,
+    fingerprint,
     load_registry,
+    registry_path,
     save_registry,
+    write_secret,
 )
-from services.core.signing import b64u
+from services.core.signing import b64u, b64u_decode
 from services.core.types import KEY_ID_PATTERN, Fund, format_timestamp
 from services.errors import ConfigurationError, InputError
 
 SECRET_BYTES = 32
-
-
-def registry_path(key_dir: Path) -> Path:
-    return key_dir / "registry.json"
+__all__ = ["registry_path"]  # re-exported: producers find the registry here
 
 
 def fund_dir(key_dir: Path, fund: Fund) -> Path:
@@ -63,16 +63,7 @@ def _new_key_id(prefix: str, now: dt.datetime) -> str:
     return f"{prefix}-{now:%Y%m%d}-{secrets.token_hex(2)}"
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start (never readable by others, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_write_secret = write_secret
 
 
 def _read_secret(path: Path, what: str) -> bytes:
@@ -86,7 +77,7 @@ def _read_secret(path: Path, what: str) -> bytes:
 
 def _registry_or_empty(key_dir: Path) -> Registry:
     path = registry_path(key_dir)
-    return load_registry(path) if path.exists() else Registry()
+    return load_registry(path) if path.exists() else Registry(version=1)
 
 
 # --------------------------------------------------------------------------- fund keys
@@ -153,7 +144,8 @@ def init_fund_keys(key_dir: Path, fund: Fund, *, rotate: bool = False,
     registry = _registry_or_empty(key_dir)
     public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     keys = registry.funds.get(fund, FundKeys())
-    entry = PublicKeyEntry(key_id=sig_id, public_key=b64u(public), status="active")
+    entry = PublicKeyEntry(key_id=sig_id, public_key=b64u(public), status="active",
+                           registered_at=format_timestamp(now))
     funds = {**registry.funds, fund: FundKeys(signing_keys=(*keys.signing_keys, entry))}
     save_registry(registry.model_copy(update={"funds": funds}), registry_path(key_dir))
 
@@ -207,8 +199,9 @@ def retire_exchange_key(key_dir: Path, key_id: str) -> None:
     registry = load_registry(registry_path(key_dir))
     if not any(k.key_id == key_id for k in registry.exchange_keys):
         raise InputError(f"no exchange key {key_id!r} in the registry", "see `help-exchange keys list`")
-    keys = tuple(k.model_copy(update={"status": "retired"}) if k.key_id == key_id else k
-                 for k in registry.exchange_keys)
+    stamp = format_timestamp(dt.datetime.now(dt.UTC))
+    keys = tuple(k.model_copy(update={"status": "retired", "retired_at": k.retired_at or stamp})
+                 if k.key_id == key_id else k for k in registry.exchange_keys)
     save_registry(registry.model_copy(update={"exchange_keys": keys}), registry_path(key_dir))
 
 
@@ -225,3 +218,242 @@ def load_exchange_key(key_dir: Path, registry: Registry | None = None) -> tuple[
     if len(secret) != SECRET_BYTES:
         raise ConfigurationError(f"exchange key {key_id} is not {SECRET_BYTES} bytes", "restore it from backup")
     return key_id, secret
+
+
+# --------------------------------------------------------------------------- public keys made elsewhere
+#: Raw Ed25519 public key size; a 64-byte value is the libsodium form of a *private* key.
+RAW_PUBLIC_BYTES = 32
+_REGISTER_HINT = ("send the Ed25519 public key as PEM (-----BEGIN PUBLIC KEY-----), raw 32 bytes, "
+                  "base64url/base64 of the raw key, or a JWK {\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":…}; "
+                  "with OpenSSL: openssl pkey -in private.pem -pubout -out public.pem")
+_PRIVATE_HINT = ("the fund keeps its private key; ask it for the public part only "
+                 "(openssl pkey -in private.pem -pubout -out public.pem)")
+
+
+def _refuse(what: str, hint: str = _REGISTER_HINT) -> InputError:
+    return InputError(what, hint)
+
+
+def _from_loaded(key: object) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if isinstance(key, Ed25519PublicKey):
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if isinstance(key, rsa.RSAPublicKey):
+        kind = f"RSA ({key.key_size} bits)"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"EC {key.curve.name} (P-256 / ECDSA family)" if key.curve.name == "secp256r1" \
+            else f"EC {key.curve.name}"
+    elif isinstance(key, ed448.Ed448PublicKey):
+        kind = "Ed448"
+    else:
+        kind = type(key).__name__
+    raise _refuse(f"clé publique refusée : c'est une clé {kind}, l'échange n'accepte que Ed25519 "
+                  f"(not an Ed25519 key: {kind})",
+                  "the fund must create an Ed25519 key pair (openssl genpkey -algorithm ed25519) "
+                  "and send its public part")
+
+
+def _private_given() -> InputError:
+    return _refuse("clé refusée : c'est une clé PRIVÉE, jamais transmise à l'échange — elle n'est ni "
+                   "enregistrée ni affichée (a private key was given; it is not stored or printed)",
+                   _PRIVATE_HINT)
+
+
+def parse_public_key(data: bytes) -> tuple[bytes, str | None]:
+    """The raw 32-byte Ed25519 public key in ``data``, and the JWK ``kid`` if there is one.
+
+    Accepts PEM (SubjectPublicKeyInfo), DER SubjectPublicKeyInfo, raw 32 bytes,
+    base64url or base64 text of the raw key, a JWK ``{"kty":"OKP","crv":"Ed25519","x":…}``,
+    and an OpenSSH ``ssh-ed25519 …`` line.
+    Refuses (:class:`InputError`, exit 2) anything else, saying what it is — a private key
+    given by mistake included, which is never echoed."""
+    from cryptography.hazmat.primitives.serialization import load_der_private_key, load_der_public_key
+
+    text = data.strip()
+    if not text:
+        raise _refuse("clé publique refusée : le fichier est vide (empty file)")
+    if text.startswith(b"-----BEGIN"):
+        header = text.split(b"\n", 1)[0]
+        if b"PRIVATE" in header:
+            raise _private_given()
+        try:
+            return _from_loaded(serialization.load_pem_public_key(text)), None
+        except InputError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise _refuse("clé publique refusée : PEM illisible (unreadable PEM public key)") from exc
+    if text.startswith(b"{"):
+        return _from_jwk(text)
+    if text.startswith((b"ssh-", b"ecdsa-")):  # an OpenSSH public key line
+        try:
+            return _from_loaded(serialization.load_ssh_public_key(text)), None
+        except InputError:
+            raise
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise _refuse("clé publique refusée : ligne OpenSSH illisible (unreadable OpenSSH public key)") from exc
+    printable = text.isascii() and all(32 < c < 127 or c in b"\r\n\t " for c in text)
+    if len(data) == RAW_PUBLIC_BYTES and not printable:  # (32 random bytes all printable: ≈ 1e-13)
+        return data, None
+    if not printable:  # binary: DER?
+        try:
+            return _from_loaded(load_der_public_key(data)), None
+        except InputError:
+            raise
+        except (ValueError, TypeError):
+            pass
+        try:
+            load_der_private_key(data, password=None)
+        except (ValueError, TypeError):
+            pass
+        else:
+            raise _private_given()
+        raise _refuse(f"clé publique refusée : {len(data)} octets qui ne sont ni une clé brute de "
+                      f"{RAW_PUBLIC_BYTES} octets ni une clé DER (not a raw 32-byte key nor DER)")
+    compact = b"".join(text.split())
+    try:
+        raw = base64.b64decode(compact.replace(b"-", b"+").replace(b"_", b"/") + b"=" * (-len(compact) % 4),
+                               validate=True)
+    except ValueError as exc:
+        raise _refuse("clé publique refusée : format non reconnu (neither PEM, JWK, raw bytes nor "
+                      "base64 of the raw key)") from exc
+    if len(raw) == 2 * RAW_PUBLIC_BYTES:
+        raise _private_given()  # libsodium's secret key: seed and public key, 64 bytes
+    if len(raw) != RAW_PUBLIC_BYTES:
+        raise _refuse(f"clé publique refusée : {len(raw)} octets une fois décodée, une clé Ed25519 en a "
+                      f"{RAW_PUBLIC_BYTES} (wrong length: {len(raw)} bytes, Ed25519 needs 32)")
+    return raw, None
+
+
+def _from_jwk(text: bytes) -> tuple[bytes, str | None]:
+    try:
+        jwk = json.loads(text)
+    except ValueError as exc:
+        raise _refuse("clé publique refusée : JSON illisible (unreadable JWK)") from exc
+    if not isinstance(jwk, dict):
+        raise _refuse("clé publique refusée : un JWK est un objet JSON (a JWK is a JSON object)")
+    if "d" in jwk:
+        raise _private_given()
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    if kty != "OKP" or crv != "Ed25519":
+        kind = f"kty={kty!s:.10} crv={crv!s:.10}" if isinstance(kty, str) else "sans kty"
+        raise _refuse(f"clé publique refusée : JWK {kind}, l'échange n'accepte que kty=OKP crv=Ed25519 "
+                      f"(not an Ed25519 JWK)",
+                      "the fund must create an Ed25519 key pair and send its public JWK")
+    x = jwk.get("x")
+    if not isinstance(x, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", x):
+        raise _refuse("clé publique refusée : le membre x du JWK manque ou n'est pas en base64url "
+                      "(JWK member x missing or not base64url)")
+    raw = b64u_decode(x)
+    if len(raw) != RAW_PUBLIC_BYTES:
+        raise _refuse(f"clé publique refusée : x fait {len(raw)} octets, une clé Ed25519 en a {RAW_PUBLIC_BYTES} "
+                      f"(wrong length)")
+    kid = jwk.get("kid")
+    return raw, kid if isinstance(kid, str) else None
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What ``keys register`` did: the key id, its fingerprint, and whether it was new."""
+
+    key_id: str
+    fingerprint: str
+    new: bool
+    status: str = "active"
+
+
+def register_signing_key(key_dir: Path, fund: Fund, data: bytes, *, key_id: str | None = None,
+                         now: dt.datetime | None = None) -> Registered:
+    """Add ``fund``'s Ed25519 public key made elsewhere (``data``: see :func:`parse_public_key`).
+
+    The key id: ``key_id``, else the JWK's ``kid``, else ``<fund>-sig-<yyyymmdd>-<4 hex>``.
+    The same key under the same id again does nothing; an id already taken by another key,
+    or the same key under another id or fund, is refused."""
+    now = now or dt.datetime.now(dt.UTC)
+    raw, kid = parse_public_key(data)
+    chosen = key_id or kid or _new_key_id(f"{fund.value}-sig", now)
+    origin = "--key-id" if key_id else "le kid du JWK" if kid else "l'identifiant"
+    if not re.fullmatch(KEY_ID_PATTERN, chosen):
+        raise InputError(f"identifiant de clé refusé ({origin}) : {chosen[:40]!r} ne suit pas le format "
+                         f"des identifiants (key id format {KEY_ID_PATTERN})",
+                         f"use e.g. --key-id {fund.value}-sig-{now:%Y%m%d}-a1b2 (lower-case segments "
+                         "of letters and digits joined by '-')")
+    public = b64u(raw)
+    registry = _registry_or_empty(key_dir)
+    for other_fund, keys in registry.funds.items():
+        for entry in keys.signing_keys:
+            if entry.public_key == public and (other_fund is not fund or entry.key_id != chosen):
+                raise InputError(
+                    f"cette clé est déjà enregistrée pour {other_fund.value} sous {entry.key_id} "
+                    f"(the same public key is already registered)",
+                    "a key belongs to one fund under one id; ask the fund for a new key pair")
+    existing = registry.signing_key_entry(fund, chosen)
+    if existing is not None:
+        if existing.public_key != public:
+            raise InputError(
+                f"l'identifiant {chosen} est déjà celui d'une autre clé de {fund.value} "
+                f"({fingerprint(existing.raw())}) (key id already taken by another key)",
+                "choose another --key-id; a key id never changes key (receipts and audits name it)")
+        return Registered(chosen, fingerprint(raw), new=False, status=existing.status)
+    entry = PublicKeyEntry(key_id=chosen, public_key=public, status="active",
+                           registered_at=format_timestamp(now))
+    keys = registry.funds.get(fund, FundKeys())
+    funds = {**registry.funds, fund: FundKeys(signing_keys=(*keys.signing_keys, entry))}
+    save_registry(registry.model_copy(update={"funds": funds}), registry_path(key_dir))
+    return Registered(chosen, fingerprint(raw), new=True)
+
+
+def retire_signing_key(key_dir: Path, fund: Fund, key_id: str, *, force: bool = False,
+                       now: dt.datetime | None = None) -> bool:
+    """Mark ``fund``'s signing key ``key_id`` retired (the correlator then refuses it with
+    ``cle_signature_retiree``). False if it already was.
+
+    Refused, unless ``force``, for the fund's last active key (nothing it signs would be
+    accepted any more) and for its current key here (``current.json``: what ``publish``
+    signs with — rotate first)."""
+    now = now or dt.datetime.now(dt.UTC)
+    registry = load_registry(registry_path(key_dir))
+    entry = registry.signing_key_entry(fund, key_id)
+    if entry is None:
+        raise InputError(f"{fund.value} n'a pas de clé de signature {key_id!r} dans le registre "
+                         "(no such signing key)", "see `help-exchange keys list`")
+    if entry.status == "retired":
+        return False
+    if not force:
+        active = [e for e in registry.funds[fund].signing_keys if e.status == "active"]
+        if len(active) <= 1:
+            raise InputError(
+                f"{key_id} est la dernière clé de signature active de {fund.value} : plus aucun de ses "
+                "signalements ne serait accepté (last active key of the fund)",
+                f"register or create the new key first (`keys register` / `keys init --fund {fund.value} "
+                "--rotate`), then retire this one; or add --force if the key is compromised")
+        current = read_current(key_dir, fund)
+        if current is not None and current.signing == key_id:
+            raise InputError(
+                f"{key_id} est la clé en vigueur de {fund.value} ici ({_current_path(key_dir, fund)}) : "
+                "publish signe encore avec elle (the fund's current key)",
+                f"rotate first: `help-exchange keys init --fund {fund.value} --rotate`; or add --force")
+    keys = tuple(e.model_copy(update={"status": "retired", "retired_at": format_timestamp(now)})
+                 if e.key_id == key_id else e for e in registry.funds[fund].signing_keys)
+    funds = {**registry.funds, fund: FundKeys(signing_keys=keys)}
+    save_registry(registry.model_copy(update={"funds": funds}), registry_path(key_dir))
+    return True
+
+
+def sign_registry(key_dir: Path) -> None:
+    """Write the registry again as it is, signed (a registry from before signatures, or one
+    the operator edited by hand on purpose): it must parse; the registry key is made if need be."""
+    save_registry(load_registry(registry_path(key_dir)), registry_path(key_dir))
+
+
+def signing_key_warning(registry: Registry, fund: Fund, key_id: str) -> str | None:
+    """Why signals signed by ``key_id`` would be refused, per this registry copy; None if active."""
+    entry = registry.signing_key_entry(fund, key_id)
+    if entry is None:
+        return (f"la clé de signature {key_id} n'est pas dans le registre local : l'échange refusera "
+                "ces signalements (cle_signature_inconnue) tant qu'elle n'y est pas enregistrée")
+    if entry.status == "retired":
+        return (f"la clé de signature {key_id} est retirée dans le registre local : l'échange refusera "
+                "ces signalements (cle_signature_retiree)")
+    return None

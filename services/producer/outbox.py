@@ -5,9 +5,15 @@ only once the broker has acknowledged it (acks=all). So a crash, a stopped broke
 lost network loses nothing: the next ``publish`` or ``outbox flush`` sends what waits.
 
 Rows are unique by ``signal_id`` (deterministic, see :mod:`services.producer.seal`), and
-sent rows are kept (without their payload) so that a re-run of the same file inserts
-nothing and therefore sends nothing again. Sent ids older than the 2-year acceptance
-window (plus a margin) are purged: a line that old would be refused anyway.
+sent rows are kept so that a re-run of the same file inserts nothing and therefore sends
+nothing again. A sent row keeps its payload, and the position the broker gave it, until the
+correlator's receipt for *that* position is reconciled (``receipts --fund``,
+:mod:`services.producer.receipts`): accepted, the payload is dropped (only the id stays);
+refused for its signing key (unknown to the exchange, or retired), the row goes back to
+pending — re-signed with the current key if the key was retired — and leaves with the next
+``outbox flush`` or ``publish``; refused for anything else, the reason is kept (the content
+itself is wrong: sending it again would be refused again). Sent ids older than the 2-year
+acceptance window (plus a margin) are purged: a line that old would be refused anyway.
 
 The one remaining duplicate window — killed after the broker acked a batch but before
 the "sent" mark was committed — is closed by :meth:`Outbox.partition_marks`: the highest
@@ -33,7 +39,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     msg_key     BLOB NOT NULL,
     msg_value   BLOB,
     created_at  TEXT NOT NULL,
-    sent_at     TEXT
+    sent_at     TEXT,
+    sent_partition INTEGER,
+    sent_offset    INTEGER,
+    accepted_at    TEXT,
+    refused        TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_at IS NULL;
 CREATE TABLE IF NOT EXISTS partition_marks (
@@ -43,6 +53,10 @@ CREATE TABLE IF NOT EXISTS partition_marks (
     PRIMARY KEY (topic, partition)
 );
 """
+
+#: Columns added since the first outboxes (added to an older file when it is opened).
+_ADDED_COLUMNS = {"sent_partition": "INTEGER", "sent_offset": "INTEGER", "accepted_at": "TEXT",
+                  "refused": "TEXT"}
 
 #: sent ids are kept this long past their observation date (acceptance window + margin)
 KEEP_SENT_DAYS = 2 * 366 + 31
@@ -68,10 +82,27 @@ class Pending:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """A sent row with no accepted receipt yet: where the broker put it, and its payload
+    (None for a row sent before payloads were kept)."""
+
+    signal_id: str
+    partition: int | None
+    offset: int | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
 class Status:
     pending: int
     sent: int
     oldest_pending: str | None
+    #: sent, no receipt reconciled yet
+    awaiting_receipt: int = 0
+    #: sent, the correlator's receipt said accepted
+    accepted: int = 0
+    #: sent, refused for a reason sending again cannot fix
+    refused: int = 0
 
 
 def outbox_path(var_dir: Path, fund: Fund) -> Path:
@@ -97,6 +128,10 @@ class Outbox:
         # resend the correlator drops as a duplicate. FULL costs an fsync per batch.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:  # an outbox from before receipts were reconciled
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     @classmethod
     def for_fund(cls, var_dir: Path, fund: Fund) -> Outbox:
@@ -144,12 +179,22 @@ class Outbox:
             "WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
         return [Pending(seq, sid, bytes(k), bytes(v)) for seq, sid, k, v in cur]
 
-    def mark_sent(self, signal_ids: Sequence[str], topic: str, offsets: dict[int, int]) -> None:
-        """The broker acknowledged these: mark them sent and move the partition marks, atomically."""
+    def mark_sent(self, signal_ids: Sequence[str], topic: str, offsets: dict[int, int],
+                  positions: Sequence[tuple[int, int]] | None = None, *, keep_payload: bool = True) -> None:
+        """The broker acknowledged these: mark them sent and move the partition marks, atomically.
+
+        ``positions``: (partition, offset) of each, in the same order, for the receipts'
+        reconciliation. The payload stays until an accepted receipt (see the module
+        docstring), unless ``keep_payload`` is False (messages without a receipt to wait
+        for: a fund's consents and reveal records)."""
         now = _now()
+        where: Sequence[tuple[int | None, int | None]] = (
+            positions if positions is not None else [(None, None)] * len(signal_ids))
+        keep = "msg_value" if keep_payload else "NULL"
         with self._transaction() as db:
-            db.executemany("UPDATE outbox SET sent_at = ?, msg_value = NULL WHERE signal_id = ?",
-                           [(now, s) for s in signal_ids])
+            db.executemany(f"UPDATE outbox SET sent_at = ?, sent_partition = ?, sent_offset = ?, msg_value = {keep} "
+                           "WHERE signal_id = ?",
+                           [(now, p, o, s) for s, (p, o) in zip(signal_ids, where, strict=True)])
             db.executemany(
                 "INSERT INTO partition_marks(topic, partition, offset) VALUES (?, ?, ?) "
                 "ON CONFLICT(topic, partition) DO UPDATE SET offset = max(offset, excluded.offset)",
@@ -165,12 +210,36 @@ class Outbox:
             db.executemany("INSERT OR IGNORE INTO partition_marks(topic, partition, offset) VALUES (?, ?, ?)",
                            [(topic, p, o - 1) for p, o in next_offsets.items()])
 
+    # -- receipts
+    def awaiting_receipt(self) -> list[Sent]:
+        """Sent rows whose receipt has not been reconciled (neither accepted nor refused)."""
+        cur = self._db.execute(
+            "SELECT signal_id, sent_partition, sent_offset, msg_value FROM outbox "
+            "WHERE sent_at IS NOT NULL AND accepted_at IS NULL AND refused IS NULL ORDER BY seq")
+        return [Sent(sid, p, o, None if v is None else bytes(v)) for sid, p, o, v in cur]
+
+    def settle(self, *, accepted: Sequence[str] = (), refused: Sequence[tuple[str, str]] = (),
+               requeue: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Apply reconciled receipts, atomically: ``accepted`` ids drop their payload;
+        ``refused`` (id, reason code) keep the reason; ``requeue`` (id, payload to send, the
+        same or re-signed) go back to pending."""
+        now = _now()
+        with self._transaction() as db:
+            db.executemany("UPDATE outbox SET accepted_at = ?, msg_value = NULL WHERE signal_id = ?",
+                           [(now, s) for s in accepted])
+            db.executemany("UPDATE outbox SET refused = ? WHERE signal_id = ?",
+                           [(reason, s) for s, reason in refused])
+            db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
+                           "msg_value = ? WHERE signal_id = ?", [(v, s) for s, v in requeue])
+
     # -- housekeeping
     def status(self) -> Status:
         pending, oldest = self._db.execute(
             "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()
-        (sent,) = self._db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
-        return Status(int(pending), int(sent), oldest)
+        sent, accepted, refused = self._db.execute(
+            "SELECT count(*), count(accepted_at), count(refused) FROM outbox WHERE sent_at IS NOT NULL").fetchone()
+        return Status(int(pending), int(sent), oldest, awaiting_receipt=int(sent) - int(accepted) - int(refused),
+                      accepted=int(accepted), refused=int(refused))
 
     def purge_sent(self, today: dt.date) -> int:
         limit = (today - dt.timedelta(days=KEEP_SENT_DAYS)).isoformat()

@@ -71,6 +71,13 @@ class Summary(RunOutcome):
     ignored_columns: tuple[str, ...] = ()
     seconds: float = 0.0
     report: Path | None = None
+    #: the signing key is not active in the local registry copy (see SignalBuilder.key_warning)
+    key_warning: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        code = super().exit_code
+        return 1 if code == 0 and self.key_warning and self.new else code
 
     def lines(self) -> list[str]:
         """The French summary for the operator."""
@@ -96,6 +103,11 @@ class Summary(RunOutcome):
         if self.left:
             out.append("Les signalements en attente partiront au prochain envoi : "
                        "help-exchange outbox flush --fund <organisme>")
+        if self.key_warning:
+            out.append(f"ATTENTION : {self.key_warning}.")
+            out.append("  Faites enregistrer la clé par l'opérateur de l'échange (help-exchange keys register), "
+                       "ou signez avec la clé en vigueur (help-exchange keys list) ; puis "
+                       "`help-exchange receipts --fund <organisme>` remet en file d'envoi les refusés.")
         return out
 
 
@@ -193,6 +205,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
                 summary.rejected = report.counts
         finally:
             bar.stop()
+        summary.key_warning = publisher.builder.key_warning
         summary.format = extract.format
         summary.ignored_columns = extract.ignored_columns
         if publisher.online and summary.broker_error is None:

@@ -63,7 +63,7 @@ from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, I
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs
-from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path
+from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path, signing_key_warning
 from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import pseudonym
 from services.producer.seal import REFERENCE_PATTERN, Sealer, SignalIds
@@ -149,6 +149,9 @@ class SignalBuilder:
         self.exchange_key_id, self._exchange_key = load_exchange_key(settings.key_dir, registry)
         self._signing_key = secrets.signing_key
         self.signing_key_id = secrets.signing_key_id
+        #: Why the exchange would refuse what this key signs, per the local registry copy
+        #: (not listed, or retired); None when it is active there.
+        self.key_warning = signing_key_warning(registry, fund, secrets.signing_key_id)
         self._sealer = Sealer(fund, secrets.sealing_key_id, secrets.sealing_keys[secrets.sealing_key_id])
         self._ids = SignalIds(fund, secrets.id_root)
         self._conditions_cache: dict[tuple[Purpose, int], tuple[str, ...]] = {}
@@ -357,6 +360,9 @@ class Publisher:
         self.settings = settings
         self.fund = fund
         self.topic = topic or signal_topic(fund)
+        #: Signals keep their bytes after sending, until their receipt (``receipts`` reconciles);
+        #: the fund's other messages (consents, reveals) have none to wait for.
+        self.keep_payload = topic is None or topic == signal_topic(fund)
         self.builder = builder or SignalBuilder(settings, fund)
         self.outbox = Outbox(outbox_path) if outbox_path else Outbox.for_fund(settings.var_dir, fund)
         self._producer: AIOKafkaProducer | None = None
@@ -472,16 +478,18 @@ class Publisher:
             error = None
         results = await asyncio.gather(*futures, return_exceptions=True)
         ok: list[str] = []
+        where: list[tuple[int, int]] = []
         marks: dict[int, int] = {}
         for row, res in zip(rows, results, strict=False):
             if isinstance(res, BaseException):
                 error = error or res
                 continue
             ok.append(row.signal_id)
+            where.append((res.partition, res.offset))
             if res.offset > marks.get(res.partition, -1):
                 marks[res.partition] = res.offset
         if ok:
-            self.outbox.mark_sent(ok, self.topic, marks)
+            self.outbox.mark_sent(ok, self.topic, marks, where, keep_payload=self.keep_payload)
             self.sent_total += len(ok)
         if error is not None:
             raise BrokerUnreachable(
@@ -515,16 +523,18 @@ class Publisher:
             cons.assign(tps)
             for tp in tps:
                 cons.seek(tp, start[tp])
-            found: list[str] = []
+            found: dict[str, tuple[int, int]] = {}
             last = {tp: start[tp] - 1 for tp in tps}
             async for records in read_to_end(cons, ends):
                 for rec in records:
                     last[TopicPartition(rec.topic, rec.partition)] = rec.offset
                     try:
-                        found.append(str(json.loads(rec.value or b"{}")["signal_id"]))
+                        found[str(json.loads(rec.value or b"{}")["signal_id"])] = (rec.partition, rec.offset)
                     except (ValueError, KeyError, TypeError):
                         continue
-            self.outbox.mark_sent(found, self.topic, {tp.partition: last[tp] for tp in tps if last[tp] >= 0})
+            self.outbox.mark_sent(list(found), self.topic,
+                                  {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
+                                  keep_payload=self.keep_payload)
         except KafkaError as exc:
             raise BrokerUnreachable(f"cannot read {self.topic} to resume: {exc!r}",
                                     "check the broker, then run the command again") from exc

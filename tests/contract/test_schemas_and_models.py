@@ -189,3 +189,14 @@ def test_free_text_and_nir_are_refused_everywhere() -> None:
                 doc = _set(example, path, bad)
                 assert not schema_accepts("signal", doc), path
                 assert not model_accepts("signal", doc), path
+
+
+def test_reason_codes_are_the_schema_enum_and_each_has_a_label() -> None:
+    """Receipts and dead letters carry ``common.schema.json#/$defs/reason``: the same codes as
+    :class:`~services.core.reasons.Reason`, in the same order (a back-office switches on them)."""
+    from services.core.reasons import Reason
+
+    enum = json.loads((SCHEMAS / "common.schema.json").read_text())["$defs"]["reason"]["enum"]
+    assert enum == [r.value for r in Reason]
+    assert "cle_signature_retiree" in enum
+    assert all(r.label and r.label[0].isupper() for r in Reason)

@@ -53,6 +53,7 @@ class Funds:
 
     def registry(self) -> Registry:
         return Registry(
+            version=1,
             funds={f: FundKeys(signing_keys=(PublicKeyEntry(key_id=self.key_id(f),
                                                              public_key=b64u(raw_public(k))),))
                    for f, k in self.keys.items()},

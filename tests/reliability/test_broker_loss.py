@@ -4,8 +4,9 @@ and everything on it is gone. What the producers' outboxes can and cannot replay
 - CAN: every signal not yet acknowledged. ``publish`` with the broker down keeps each signal,
   signed and final, *with its payload* in ``var/outbox/<fund>.db``; ``outbox flush`` sends
   them to the new broker, each exactly once.
-- CANNOT: signals acknowledged before the loss. A sent row keeps only its ``signal_id``
-  (``msg_value`` is set to NULL when the broker acknowledges it), for deduplication: so
+- CANNOT: signals acknowledged before the loss. A sent row keeps its payload only until the
+  correlator's receipt says accepted (``receipts --fund`` reconciles; docs/keys.md), and is
+  sent again only when a receipt refused it for its signing key: acknowledged is "sent", so
   ``outbox flush`` has nothing to resend and re-running ``publish`` on the same extract sends
   nothing ("déjà connus"). Replaying them means publishing the month's extracts again from an
   outbox without those ids (the fund's outbox file moved away once it holds nothing pending):
@@ -42,7 +43,8 @@ def _topic_ids(bootstrap: str, fund: Fund) -> Counter[str]:
 
 
 def _outbox_rows(var: Path, fund: Fund) -> tuple[int, int, int]:
-    """(pending with payload, sent without payload, sent still holding a payload)."""
+    """(pending with payload, sent without payload (receipt accepted), sent still holding a
+    payload (no accepted receipt reconciled yet))."""
     db = sqlite3.connect(outbox_path(var, fund))
     try:
         return (db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND msg_value IS NOT NULL").fetchone()[0],
@@ -67,8 +69,8 @@ def test_outbox_holds_what_is_unacknowledged_and_a_replay_rebuilds_the_same_situ
         for fund in BEFORE:
             run_cli(settings, "publish", "--fund", fund.value, "--input", str(extracts / f"{fund.value}.csv"),
                     "--workers", "0", check=False)
-            pending, sent, sent_with_payload = _outbox_rows(settings.var_dir, fund)
-            assert pending == 0 and sent > 0 and sent_with_payload == 0
+            pending, settled, sent = _outbox_rows(settings.var_dir, fund)
+            assert pending == 0 and sent > 0 and settled == 0  # no receipt reconciled: payload kept
             acked[fund] = set(_topic_ids(first.listener, fund))
             assert len(acked[fund]) == sent
     finally:
@@ -82,8 +84,8 @@ def test_outbox_holds_what_is_unacknowledged_and_a_replay_rebuilds_the_same_situ
         done = run_cli(settings, "publish", "--fund", fund.value, "--input", str(extracts / f"{fund.value}.csv"),
                        "--workers", "0", check=False)
         assert done.returncode == 1, done.stdout + done.stderr
-        pending, sent, _ = _outbox_rows(settings.var_dir, fund)
-        assert pending > 0 and sent == 0
+        pending, settled, sent = _outbox_rows(settings.var_dir, fund)
+        assert pending > 0 and sent == settled == 0
         waiting[fund] = pending
         status = run_cli(settings, "outbox", "status", "--fund", fund.value, check=False)
         assert status.returncode == 1 and f"{pending} en attente" in status.stdout
@@ -98,7 +100,7 @@ def test_outbox_holds_what_is_unacknowledged_and_a_replay_rebuilds_the_same_situ
         for fund in DURING:   # what waited is delivered, once each
             ids = _topic_ids(second.listener, fund)
             assert len(ids) == waiting[fund] and set(ids.values()) == {1}
-            assert _outbox_rows(settings.var_dir, fund)[:2] == (0, waiting[fund])
+            assert _outbox_rows(settings.var_dir, fund) == (0, 0, waiting[fund])
         for fund in BEFORE:   # what was acknowledged before the loss cannot come from the outbox
             assert not _topic_ids(second.listener, fund)
             again = run_cli(settings, "publish", "--fund", fund.value, "--input",
