@@ -183,8 +183,19 @@ export class KeyDir {
     this.dir = dir
   }
 
+  /** registry.json, taken only if registry.json.sig (Ed25519 over its exact bytes, base64url)
+   * verifies under registry-signer.pub when that pinned key is present (docs/keys.md). */
   registry () {
-    return JSON.parse(fs.readFileSync(path.join(this.dir, 'registry.json'), 'utf8'))
+    const bytes = fs.readFileSync(path.join(this.dir, 'registry.json'))
+    const pinned = path.join(this.dir, 'registry-signer.pub')
+    if (fs.existsSync(pinned)) {
+      const sigFile = path.join(this.dir, 'registry.json.sig')
+      const sig = fs.existsSync(sigFile) ? b64urlDecode(fs.readFileSync(sigFile, 'ascii').trim()) : Buffer.alloc(0)
+      if (sig.length !== 64 || !crypto.verify(null, bytes, crypto.createPublicKey(fs.readFileSync(pinned)), sig)) {
+        throw new Error(`${this.dir}/registry.json: its signature does not verify under registry-signer.pub`)
+      }
+    }
+    return JSON.parse(bytes.toString('utf8'))
   }
 
   /** §4: the active exchange key with the greatest created_at, ties by the greatest key_id. */
