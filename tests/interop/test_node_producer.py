@@ -212,7 +212,7 @@ def correlated(exchange: Exchange) -> Correlated:
             positions = sent(results)
             assert len(positions) == len(node_rows), results
             await collector.until(lambda c: set(positions) <= c.receipted and len(c.latest_situations()) >= 5,
-                                  timeout=60, alive=exchange.alive)
+                                  timeout=90, alive=exchange.alive)
             await asyncio.sleep(2.0)  # anything extra would arrive now
             await collector.poll()
             for pos in positions:
@@ -322,7 +322,7 @@ async def test_every_bad_input_class_from_the_node_producer_is_answered_and_noth
             bad[name] = (await asyncio.to_thread(exchange.node_publish, name, rows, *flags), reasons)
         positions = [pos for results, _ in bad.values() for pos in sent(results)]
         assert len(positions) == 10, bad
-        await collector.until(lambda c: set(positions) <= c.receipted, timeout=60, alive=alive)
+        await collector.until(lambda c: set(positions) <= c.receipted, timeout=90, alive=alive)
         for name, (results, reasons) in bad.items():
             for pos, reason in zip(sent(results), reasons, strict=True):
                 receipt = collector.receipt_for(*pos)
@@ -356,7 +356,7 @@ async def test_every_bad_input_class_from_the_node_producer_is_answered_and_noth
         again = [pos for results in fixed.values() for pos in sent(results)]
         await collector.until(lambda c: set(again) <= c.receipted
                               and any(s["pseudonym"]["value"] == home["pseudonym"]
-                                      for s in c.latest_situations().values()), timeout=60, alive=alive)
+                                      for s in c.latest_situations().values()), timeout=90, alive=alive)
         for name, results in fixed.items():
             receipt = collector.receipt_for(*sent(results)[0])
             assert receipt is not None and (receipt["status"], receipt["reason"]) == ("accepte", None), (name, receipt)
