@@ -52,6 +52,7 @@ EXCHANGE_KEY_ID = "xk-20261123-3c4d"
 OLD_EXCHANGE_KEY_ID = "xk-20260101-aaaa"      # active, older: accepted, not the current one
 RETIRED_EXCHANGE_KEY_ID = "xk-20261201-dead"  # newest, but retired: never the current one
 SIGNING_KEY_ID = "caf-sig-20261123-e5f6"
+RETIRED_SIGNING_KEY_ID = "caf-sig-20250601-a0a0"  # caf's previous signing key, retired
 ID_ROOT_KEY_ID = "caf-seal-20261123-ab12"     # the fund's first sealing key (id_root)
 SEALING_KEY_ID = "caf-seal-20261201-cd34"     # its current sealing key, after a rotation
 TODAY = dt.date(2026, 11, 23)                 # the fund's day (Europe/Paris)
@@ -66,6 +67,7 @@ def _secret(label: str) -> bytes:
 EXCHANGE_KEY = _secret("exchange key")
 OLD_EXCHANGE_KEY = _secret("old exchange key")
 SIGNING_SEED = _secret("caf signing seed")
+RETIRED_SIGNING_SEED = _secret("caf retired signing seed")
 ID_ROOT_KEY = _secret("caf sealing key 1")
 SEALING_KEY = _secret("caf sealing key 2")
 
@@ -77,6 +79,10 @@ def nonce_for(n: int) -> bytes:
 
 def signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
+
+
+def retired_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(RETIRED_SIGNING_SEED)
 
 
 def _pem(key: Ed25519PrivateKey) -> bytes:
@@ -91,10 +97,12 @@ def _raw_public(key: Ed25519PrivateKey) -> bytes:
 def registry_content() -> dict[str, Any]:
     """The registry of the vectors as registry.json holds it (written out here, not dumped
     from the model, so that the vectors keep the documented v1 form): caf's signing key,
-    three exchange keys."""
+    caf's previous signing key (retired), three exchange keys."""
     return {
         "version": 1,
         "funds": {FUND.value: {"signing_keys": [
+            {"key_id": RETIRED_SIGNING_KEY_ID, "public_key": b64u(_raw_public(retired_signing_key())),
+             "status": "retired", "retired_at": "2026-11-23T09:00:00.000000Z"},
             {"key_id": SIGNING_KEY_ID, "public_key": b64u(_raw_public(signing_key())), "status": "active"}]}},
         "exchange_keys": [
             {"key_id": OLD_EXCHANGE_KEY_ID, "status": "active", "created_at": "2026-01-01T09:00:00.000000Z"},
@@ -159,6 +167,9 @@ def keys_file() -> dict[str, Any]:
                         "private_pem": _pem(key).decode(), "public_b64url": b64u(_raw_public(key)),
                         "public_hex": _hex(_raw_public(key)),
                         "file": f"funds/{FUND.value}/{SIGNING_KEY_ID}.pem"},
+        "retired_signing_key": {"key_id": RETIRED_SIGNING_KEY_ID, "seed_hex": _hex(RETIRED_SIGNING_SEED),
+                                "public_b64url": b64u(_raw_public(retired_signing_key())),
+                                "note": "retired in the registry: what it signs is refused (cle_signature_retiree)"},
         "sealing_keys": [
             {"key_id": ID_ROOT_KEY_ID, "key_hex": _hex(ID_ROOT_KEY), "file": f"funds/{FUND.value}/{ID_ROOT_KEY_ID}.key",
              "role": "id_root (the first sealing key)"},
@@ -491,11 +502,12 @@ class _Wire:
         msg.update(changes)
         return sign(msg, self.key, SIGNING_KEY_ID)
 
-    def consent(self, kind: str, pseudo: dict[str, str], n: int) -> dict[str, Any]:
+    def consent(self, kind: str, pseudo: dict[str, str], n: int,
+                effective_at: str = "2026-11-20T09:00:00.000000Z") -> dict[str, Any]:
         msg = {"schema_version": "1.0", "event_id": hashlib.sha256(f"consent {n}".encode()).hexdigest()[:32],
                "kind": kind, "fund": FUND.value, "emitter": "caf-35", "pseudonym": pseudo,
                "purposes": ["acces_aux_droits"], "consent_ref": "HELP-2026-000123",
-               "effective_at": "2026-11-20T09:00:00.000000Z"}
+               "effective_at": effective_at}
         return sign(msg, self.key, SIGNING_KEY_ID)
 
 
@@ -532,6 +544,10 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
     yield "signature_invalide", "observed_on changed after signing", [(sig, _text(altered), None)]
     unknown = dict(good, signature=dict(good["signature"], key_id="caf-sig-20200101-0000"))
     yield "cle_signature_inconnue", "a signing key id the registry does not list for caf", [(sig, _text(unknown), None)]
+    by_retired = sign({k: v for k, v in good.items() if k != "signature"}, retired_signing_key(),
+                      RETIRED_SIGNING_KEY_ID)
+    yield "cle_signature_retiree", "signed by caf's retired key (registry: status retired)", \
+        [(sig, _text(by_retired), None)]
     yield "cle_pseudonyme_refusee", "pseudonym under a retired exchange key", \
         [(sig, _text(w.signal(pseudonym={"key_id": RETIRED_EXCHANGE_KEY_ID, "value": good["pseudonym"]["value"]})),
           None)]
@@ -543,6 +559,20 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
         [(sig, _text(w.signal(purpose="prevention_perte_autonomie")), None)]
     yield "condition_non_remplie", "prevention_perte_autonomie without age_55_plus", \
         [(sig, _text(w.signal(w.prevention, legal_basis={"code": "L115-2-1", "conditions": []})), None)]
+    # Date rules (docs/rules.md), with the exchange's clock at NOW (2026-11-23 in Paris).
+    yield "date_future_observed_on", "observed_on the day after the exchange's day", \
+        [(sig, _text(w.signal(observed_on="2026-11-24")), None)]
+    yield "date_trop_ancienne_observed_on", "observed_on one day over 2 years before the exchange's day", \
+        [(sig, _text(w.signal(observed_on="2024-11-22")), None)]
+    yield "date_future_emitted_at", "emitted_at 5 minutes and 1 second after the exchange's clock", \
+        [(sig, _text(w.signal(emitted_at="2026-11-23T10:20:31.123456Z")), None)]
+    yield "date_trop_ancienne_emitted_at", "emitted_at three years old", \
+        [(sig, _text(w.signal(emitted_at="2023-11-23T10:15:30.000000Z")), None)]
+    yield "date_future_observed_after_emitted", "observed_on 2026-11-23, emitted at 23:59:59 on the 22nd in Paris", \
+        [(sig, _text(w.signal(observed_on="2026-11-23", emitted_at="2026-11-22T22:59:59.000000Z")), None)]
+    yield "date_future_consent", "a consent whose effective_at is a day after the exchange's clock", \
+        [(CONSENTS_TOPIC, _text(w.consent("consentement_donne", good["pseudonym"], 3,
+                                          effective_at="2026-11-24T10:15:30.000000Z")), None)]
     yield "consentement_absent", "consent basis, no consent on record", [(sig, _text(w.consented), None)]
     pseudo = w.consented["pseudonym"]
     yield "accepted_with_consent", "a consent event, then the consent-basis signal: both accepted", \

@@ -38,7 +38,7 @@ from services.core.dates import (
 from services.core.messages import Signal, parse, sealed_digest
 from services.core.policy import parse_policy
 from services.core.reasons import Reason
-from services.core.registry import load_registry
+from services.core.registry import FundKeys, Registry, load_registry
 from services.core.rules import Context
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
@@ -86,11 +86,20 @@ def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason
     return out
 
 
-def engine_at(now: dt.datetime, ctx: Context | None = None, funds: Funds | None = None) -> Engine:
-    return Engine(ctx or context(), (funds or FUNDS).registry(), clock=lambda: now)
-
-
 FUNDS = Funds(now=NOW)
+
+
+def engine_at(now: dt.datetime, ctx: Context | None = None, funds: Funds | None = None,
+              registry: Registry | None = None) -> Engine:
+    return Engine(ctx or context(), registry or (funds or FUNDS).registry(), clock=lambda: now)
+
+
+def caf_key_retired() -> Registry:
+    """FUNDS' registry with CAF's signing key retired (as `keys retire` leaves it)."""
+    reg = FUNDS.registry()
+    keys = tuple(k.model_copy(update={"status": "retired", "retired_at": "2026-11-01T00:00:00Z"})
+                 for k in reg.funds[Fund.CAF].signing_keys)
+    return reg.model_copy(update={"funds": {**reg.funds, Fund.CAF: FundKeys(signing_keys=keys)}})
 
 
 @cache
@@ -130,6 +139,8 @@ class Case:
     #: the start of the dead letter's detail, where it names the field
     detail: str = ""
     ctx: Callable[[], Context] = context
+    #: the registry the exchange trusts for this case (default: every fund's key active)
+    registry: Callable[[], Registry] = FUNDS.registry
 
 
 def _duplicate_member() -> list[tuple[str, bytes]]:
@@ -145,6 +156,7 @@ CASES: dict[str, Case] = {
     "fund-topic": Case(lambda: [signal_item(FUNDS.signal("rules-p", Fund.URSSAF, "impaye_cotisations"))],
                        "/fund:not_topic_owner"),
     "signing-key": Case(lambda: [signal_item(good(signer=Fund.CPAM))], "/signature/key_id"),
+    "signing-key-retired": Case(lambda: [signal_item(good())], "/signature/key_id", registry=caf_key_retired),
     "signature": Case(lambda: [signal_item({**good(), "territory": "52"})], "/signature/value"),
     "schema": Case(lambda: [signal_item(changed(good(), note="x"))]),
     "free-text": Case(lambda: [signal_item(changed(good(), category="impayé de loyer"))], "/category"),
@@ -384,7 +396,7 @@ def _rows() -> Iterator[Row]:
 @pytest.mark.parametrize("row", [r for r in _rows() if r.id in CASES], ids=lambda r: r.id)
 def test_a_hand_built_message_is_refused_with_the_tables_code(row: Row) -> None:
     case = CASES[row.id]
-    engine = engine_at(NOW, case.ctx())
+    engine = engine_at(NOW, case.ctx(), registry=case.registry())
     *before, (reason, detail) = answers(engine, case.items())
     assert all(r is None for r, _ in before), before  # the set-up messages are accepted
     assert reason is not None and reason.value == row.exchange_codes[0], (row.id, reason, detail)
