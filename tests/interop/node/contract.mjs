@@ -307,10 +307,7 @@ export function parseDate (raw) {
 /** The date rules of §8 / rules.md, fund side: not after today (Paris), not older than 2 years. */
 export function checkObservedOn (iso, today = todayParis()) {
   if (iso > today) throw new Refused('date_future', 'observed_on: after today (Europe/Paris)')
-  const [y, m, d] = today.split('-')
-  // docs/rules.md: the same day 2 years earlier is still accepted; from a 29 February, the 28th.
-  const oldest = `${Number(y) - 2}-${m}-${m === '02' && d === '29' ? '28' : d}`
-  if (iso < oldest) throw new Refused('date_trop_ancienne', 'observed_on: older than 2 years')
+  if (iso < oldestDay(today)) throw new Refused('date_trop_ancienne', 'observed_on: older than 2 years')
   return iso
 }
 
@@ -388,7 +385,7 @@ export function policy () {
 }
 
 /** §8 as the exchange applies it to a received signal (the fund-side checks, on the wire). */
-export function checkPolicyOnWire (msg, today) {
+export function checkPolicyOnWire (msg) {
   const cat = taxonomy().get(msg.category)
   if (!cat) throw new Refused('categorie_inconnue', '/category')
   if (cat.organisme !== msg.fund) throw new Refused('categorie_autre_organisme', '/category')
@@ -401,7 +398,6 @@ export function checkPolicyOnWire (msg, today) {
   if (msg.legal_basis.code === 'L115-2-1' && !rule.conditions.every((k) => attested.includes(k))) {
     throw new Refused('condition_non_remplie', '/legal_basis/conditions')
   }
-  if (today) checkObservedOn(msg.observed_on, today)
 }
 
 // ------------------------------------------------------------------------------- §10 consents
@@ -465,4 +461,35 @@ export function buildConsent (fund, kind, line, keys, opts = {}) {
   }
   const signature = crypto.sign(null, canonicalBytes(message), keys.signing.privateKey)
   return { ...message, signature: { key_id: keys.signing.keyId, alg: 'Ed25519', value: b64url(signature) } }
+}
+
+// ------------------------------------------------------------------------------- docs/rules.md, dates on the wire
+export const CLOCK_SKEW_MICROS = 5n * 60n * 1000000n
+
+/** RFC 3339 UTC timestamp -> microseconds since the epoch (BigInt), exact to the microsecond. */
+export function micros (ts) {
+  const m = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?Z$/.exec(ts)
+  if (!m) throw new Error(`not a UTC timestamp: ${ts}`)
+  return BigInt(Date.parse(`${m[1]}Z`)) * 1000n + BigInt((m[2] ?? '').padEnd(6, '0'))
+}
+
+/** The oldest accepted day (docs/rules.md): the same day 2 years earlier; from a 29 February, the 28th. */
+export function oldestDay (today) {
+  const [y, m, d] = today.split('-')
+  return `${Number(y) - 2}-${m}-${m === '02' && d === '29' ? '28' : d}`
+}
+
+/** The date rules the exchange applies to a signal, against its clock `now` (docs/rules.md). */
+export function checkSignalDates (msg, now) {
+  const today = todayParis(new Date(now))
+  if (msg.observed_on > today) throw new Refused('date_future', '/observed_on:in_future')
+  if (msg.observed_on < oldestDay(today)) throw new Refused('date_trop_ancienne', '/observed_on:older_than_2_years')
+  const emitted = micros(msg.emitted_at)
+  if (emitted > micros(now) + CLOCK_SKEW_MICROS) throw new Refused('date_future', '/emitted_at:in_future_beyond_clock_skew')
+  if (emitted < micros(parisMidnight(oldestDay(today)))) throw new Refused('date_trop_ancienne', '/emitted_at:older_than_2_years')
+  if (msg.observed_on > todayParis(new Date(Number(emitted / 1000n)))) throw new Refused('date_future', '/observed_on:after_emitted_at')
+}
+
+export function checkConsentDates (msg, now) {
+  if (micros(msg.effective_at) > micros(now) + CLOCK_SKEW_MICROS) throw new Refused('date_future', '/effective_at:in_future_beyond_clock_skew')
 }

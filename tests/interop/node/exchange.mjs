@@ -62,7 +62,6 @@ export function predictExchange (records, { registry, partitions, now }) {
   const accepted = new Set()
   const consents = new Map() // pseudonym value -> Set(purpose)
   const objections = new Set()
-  const today = c.todayParis(new Date(now))
   return records.map((r) => {
     const raw = r.value_text != null ? Buffer.from(r.value_text, 'utf8') : Buffer.from(r.value_base64, 'base64')
     const signalTopic = /^help\.signals\.([a-z]+)\.v1$/.exec(r.topic)
@@ -71,7 +70,9 @@ export function predictExchange (records, { registry, partitions, now }) {
     let signalId = null
     const reject = (reason) => ({ outcome: 'rejete', reason, receipt_topic: receiptTopic, ...(receiptTopic ? { receipt_signal_id: signalId } : {}), dead_letter: true })
     // size → JSON → object → schema_version → fund → topic owner → signing key → signature
-    // → schema → pseudonym key → partition → policy → doublon → opposition (§12)
+    // → schema → pseudonym key → partition → policy → doublon → opposition (§12); the date
+    // rules (docs/rules.md) are not placed in that order by the documents: here, after the
+    // partition and before the policy.
     if (raw.length > c.MAX_MESSAGE_BYTES) return reject('message_trop_volumineux')
     let msg
     try {
@@ -102,6 +103,13 @@ export function predictExchange (records, { registry, partitions, now }) {
     const home = c.partitionFor(msg.pseudonym.value, partitions)
     if (r.partition !== home) return { outcome: 'repartitionne', forwarded_to_partition: home, receipt_topic: null, dead_letter: false }
     const who = msg.pseudonym.value
+    try {
+      if (isConsent) c.checkConsentDates(msg, now)
+      else c.checkSignalDates(msg, now)
+    } catch (err) {
+      if (err instanceof c.Refused) return reject(err.reason)
+      throw err
+    }
     if (isConsent) {
       if (msg.kind === 'consentement_donne') {
         const set = consents.get(who) ?? new Set()
@@ -114,7 +122,7 @@ export function predictExchange (records, { registry, partitions, now }) {
       return { outcome: 'accepte', receipt_topic: receiptTopic, receipt_signal_id: null, dead_letter: false }
     }
     try {
-      c.checkPolicyOnWire(msg, today)
+      c.checkPolicyOnWire(msg)
     } catch (err) {
       if (err instanceof c.Refused) return reject(err.reason)
       throw err
