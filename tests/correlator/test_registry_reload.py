@@ -39,7 +39,7 @@ AT = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def funds() -> Funds:
-    return Funds()
+    return Funds(now=AT)  # signals dated at the engine's clock (date rules)
 
 
 def without(registry: Registry, fund: Fund) -> Registry:
