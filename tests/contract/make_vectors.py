@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.core.messages import SCHEMA_VERSION
+from services.core.messages import SCHEMA_VERSION, sealed_digest
 from services.core.registry import Registry, save_registry
 from services.core.signing import b64u, canonical, sign, signing_input
 from services.core.types import Fund
@@ -309,13 +309,18 @@ def sealed_ref_file() -> dict[str, Any]:
             "plaintext_hex": _hex(_binding(pseudo) + ref.encode("ascii")),
             "ciphertext_and_tag_hex": _hex(raw[12:]), "sealed_ref": sealed,
             "token": token(sealed["key_id"], sealed["value"]),
+            "sealed_digest_sha256_hex": hashlib.sha256(sealed["value"].encode("ascii")).hexdigest(),
+            "sealed_digest": sealed_digest(sealed["value"]),
         })
     return {"description": "Sealed references (docs/contract.md §6): AES-256-GCM under the fund's current "
                            "sealing key; associated data 'help-exchange/sealed-ref/v1' || 0x00 || fund || 0x00 || "
                            "key_id; plaintext = SHA-256(pseudonym.key_id ':' pseudonym.value)[0:8] || reference; "
                            "value = b64url(nonce || ciphertext || tag). Nonces are FIXED here to make the "
                            "vectors reproducible: a real seal takes 12 fresh random bytes. Token: how "
-                           "exports print the seal, and what `help-exchange reveal` opens.",
+                           "exports print the seal, and what `help-exchange reveal` opens. sealed_digest: "
+                           "what a reveal event carries (§10), b64url(SHA-256(the ASCII bytes of the "
+                           "wire value, the base64url text as written, not its decoded bytes)); "
+                           "sealed_digest_sha256_hex: the same 32 bytes in hex.",
             "fund": FUND.value, "cases": cases}
 
 
@@ -356,6 +361,9 @@ SIGNAL_RECORDS: list[tuple[str, SignalInput]] = [
     ("consent route, one-digit département", _record("1 55 03 75 123 045 79", category="impaye_loyer",
                                                      departement="5", reference="REF_5",
                                                      consent_ref="HELP-2026-000123")),
+    ("prevention purpose, born in October 1971: 55 in November 2026 by the month rule of §8",
+     _record("1 71 10 75 123 045 86", category="deces_conjoint", purpose="prevention_perte_autonomie",
+             reference="DOS-2026-00043")),
 ]
 
 SIGNAL_REJECTS: list[tuple[str, SignalInput]] = [
@@ -371,6 +379,37 @@ SIGNAL_REJECTS: list[tuple[str, SignalInput]] = [
     ("reference with a space", _record("1 85 05 78 006 084 91", reference="DOS 42")),
     ("words in the reference", _record("1 85 05 78 006 084 91", reference="Dupont Jean")),
     ("malformed consent reference", _record("1 85 05 78 006 084 91", consent_ref="help-2026")),
+    # §8 age_55_plus: the birth month counts as not yet passed during that whole month.
+    ("prevention purpose, born in November 1971: still 54 in November 2026 by the month rule of §8",
+     _record("1 71 11 75 123 045 05", category="deces_conjoint", purpose="prevention_perte_autonomie")),
+    # §12 texte_libre: the free-text guard, on every field, before any other check.
+    ("words separated by a comma, no space: free text", _record("1 85 05 78 006 084 91", reference="ab,cd")),
+    ("one-letter runs are not words: the reference rule refuses the spaces",
+     _record("1 85 05 78 006 084 91", reference="A B C")),
+    ("letters then digits are not two words: the consent reference rule refuses it",
+     _record("1 85 05 78 006 084 91", consent_ref="HELP 2026")),
+    ("words in the purpose: free text before the purpose check",
+     _record("1 85 05 78 006 084 91", purpose="acces aux droits")),
+    ("a non-ASCII letter in the département", _record("1 85 05 78 006 084 91", departement="3\u00e9")),
+    ("a 65-character reference: over 64 characters is free text, before the reference rule",
+     _record("1 85 05 78 006 084 91", reference="A" * 65)),
+    ("malformed NIR and words in the reference: the guard runs first",
+     _record("12", reference="Dupont Jean")),
+    # §12 the fund side's order: with several faults, the first check in that order decides.
+    ("malformed NIR and a medical category: the NIR first",
+     _record("9 85 05 78 006 084 91", category="maladie_handicap_enfant")),
+    ("another fund's category and a date in the future: the category first",
+     _record("1 85 05 78 006 084 91", category="non_recours_c2s_puma", observed_on="2026-11-24")),
+    ("unreadable date and département 96: the date first",
+     _record("1 85 05 78 006 084 91", observed_on="31/02/2026", departement="96")),
+    ("département 96 and a reference with a space: the département first",
+     _record("1 85 05 78 006 084 91", departement="96", reference="DOS 42")),
+    ("reference with a space and an unknown purpose: the reference first",
+     _record("1 85 05 78 006 084 91", reference="DOS 42", purpose="autre")),
+    ("unknown purpose and a malformed consent reference: the purpose first",
+     _record("1 85 05 78 006 084 91", purpose="autre", consent_ref="help-2026")),
+    ("a purpose the category does not allow and a malformed consent reference: the consent reference first",
+     _record("1 85 05 78 006 084 91", purpose="prevention_perte_autonomie", consent_ref="help-2026")),
 ]
 
 

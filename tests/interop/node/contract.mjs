@@ -249,17 +249,24 @@ export function checkTerritory (raw) {
   return t
 }
 
-/** Category, purpose and legal basis as the exchange will judge them (§8), fund side. */
-export function checkPolicy (fund, category, purpose, consentRef, nir15, today) {
-  if (!CODE.test(category)) throw new Refused('texte_libre', 'category: a taxonomy code')
-  const cat = taxonomy().get(category)
+/** The category checks of §12's fund-side order (steps 3-5): exists, the fund's own, class NM. */
+export function checkCategory (fund, category) {
+  const cat = CODE.test(category) ? taxonomy().get(category) : undefined
   if (!cat) throw new Refused('categorie_inconnue', 'category: not in schemas/taxonomy.yaml')
   if (cat.organisme !== fund) throw new Refused('categorie_autre_organisme', `category: belongs to ${cat.organisme}`)
   if (cat.classe !== 'NM') throw new Refused('categorie_medicale', 'category: medical or sensitive, never leaves the fund')
+  return cat
+}
+
+/** Category, purpose and legal basis as the exchange will judge them (§8), fund side, in
+ * §12's fund-side order: purpose known, consent reference's form, then the policy. */
+export function checkPolicy (fund, category, purpose, consentRef, nir15, today) {
+  const cat = checkCategory(fund, category)
   const finalite = purpose || cat.finalites[0]
+  if (!PURPOSES.includes(finalite)) throw new Refused('finalite_non_autorisee', 'purpose: acces_aux_droits or prevention_perte_autonomie')
+  if (consentRef && !CONSENT_REF.test(consentRef)) throw new Refused('base_legale_invalide', 'consent reference: e.g. HELP-2026-000123')
   if (!cat.finalites.includes(finalite)) throw new Refused('finalite_non_autorisee', 'purpose: not allowed for the category')
   if (consentRef) {
-    if (!CONSENT_REF.test(consentRef)) throw new Refused('base_legale_invalide', 'consent reference: e.g. HELP-2026-000123')
     return { purpose: finalite, legal_basis: { code: 'consentement', consent_ref: consentRef } }
   }
   const conditions = []
@@ -355,6 +362,7 @@ export function buildSignal (fund, record, keys, opts = {}) {
   guardRecord(record)
   const nir = normaliseNir(record.nir)
   const category = String(record.category ?? '').trim()
+  checkCategory(fund, category)
   const observedOn = parseDate(record.observed_on)
   if (!opts.uncheckedDates) checkObservedOn(observedOn, opts.today)
   const territory = checkTerritory(record.territory)

@@ -121,6 +121,10 @@ for (const v of seals.cases) {
     same(`seal ${v.reference}: ciphertext and tag`, Buffer.from(sealed.value, 'base64url').subarray(12), Buffer.from(v.ciphertext_and_tag_hex, 'hex'))
     same(`seal ${v.reference}: member`, sealed, v.sealed_ref)
     same(`seal ${v.reference}: token`, c.token(sealed), v.token)
+    // §10: a reveal event's sealed_digest, SHA-256 of the wire value's ASCII text, b64url
+    const digest = crypto.createHash('sha256').update(Buffer.from(sealed.value, 'ascii')).digest()
+    same(`seal ${v.reference}: sealed_digest (hex)`, digest.toString('hex'), v.sealed_digest_sha256_hex)
+    same(`seal ${v.reference}: sealed_digest`, c.b64url(digest), v.sealed_digest)
     same(`seal ${v.reference}: opens`, c.openSeal(key, v.sealing_key_id, seals.fund, v.sealed_ref.value, v.pseudonym), v.reference)
   })
 }
