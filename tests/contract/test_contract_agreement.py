@@ -37,7 +37,13 @@ def _section(title_start: str) -> str:
 
 def _table(section: str) -> list[list[str]]:
     """The rows of the first Markdown table of ``section`` (header and rule excluded)."""
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+    lines = section.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break  # the first table ends at its first other line
+        rows.append(line)
     assert len(rows) > 2, "no table"
     return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows[2:]]
 
