@@ -242,3 +242,58 @@ def test_topics_named_in_the_document_exist() -> None:
     named = {re.sub(r"\.(caf|cpam|urssaf|carsat|msa|F|G)\.", ".<fund>.", n) for n in named}
     assert named <= addresses, named - addresses
     assert engine.REPARTITION_TOPIC in doc
+
+
+# ------------------------------------------------------------------------------ §12 free text, check order
+def _subsection(section: str, title: str) -> str:
+    m = re.search(rf"^### {re.escape(title)}.*?$(.*?)(?=^### |\Z)", section, re.M | re.S)
+    assert m, f"§12 has no subsection '### {title}'"
+    return m.group(1)
+
+
+def test_free_text_rule_is_the_sdk_rule() -> None:
+    text = _subsection(_section("12. Reason codes"), "Free text")
+    rows = _table(text)
+    assert f"longer than {sdk.MAX_FIELD} characters" in rows[0][1]
+    documented = re.search(r"`(\[A-Za-z\][^`]+)`", rows[2][1])
+    assert documented, "the word rule's regular expression"
+    words = re.compile(documented.group(1))
+    # on printable ASCII (anything else is refused by row 2 first) the documented expression
+    # finds words exactly where the SDK does
+    samples = ["Dupont Jean", "ab,cd", "A B C", "HELP 2026", "DOS-2026-00042", "ab  cd", "ab;'cd", "a b",
+               "ab1 cd", "ab cd1", "x-ab:cd", "ab!?\"cd", "ab-cd", "ab.cd", "ab/cd", "ab_cd", "2a 2b", "aB Cd"]
+    for sample in samples:
+        assert bool(words.search(sample)) == sdk.is_free_text(sample), sample
+    order = re.search(r"Fields are tested in this order[^:]*:(.*?);", text, re.S)
+    assert order, "the field order"
+    assert re.findall(r"`([a-z_]+)`", order.group(1)) == list(sdk._FIELDS)
+
+
+def test_exchange_order_puts_the_dates_between_redelivery_and_doublon() -> None:
+    rows = _table(_subsection(_section("12. Reason codes"), "Order of the checks"))
+    checks_in_doc = [r[1] for r in rows]
+    at = {key: next(i for i, c in enumerate(checks_in_doc) if c.startswith(key))
+          for key in ("§8", "redelivery", "dates", "this `signal_id` not already", "no objection")}
+    assert at["§8"] < at["redelivery"] < at["dates"] < at["this `signal_id` not already"] < at["no objection"]
+    source = (REPO / "services" / "correlator" / "engine.py").read_text()
+    body = source[source.index("def _signal("):source.index("def _situation(")]
+    marks = ["self._policy(", "seen_source(", "signal_dates(", "Reason.DOUBLON", "state.opposed"]
+    positions = [body.index(m) for m in marks]
+    assert positions == sorted(positions), "the engine's order changed: update contract.md §12"
+
+
+def test_files_document_their_limits() -> None:
+    from services.producer import extract
+
+    files = (REPO / "docs" / "files.md").read_text(encoding="utf-8")
+    assert f"at most **{extract.MAX_LINE_BYTES} bytes** per line" in files
+    assert f"at most {2 * sdk.MAX_FIELD} characters, printable ASCII" in files  # consent.py: finalites
+    for column in (*extract.REQUIRED, *extract.OPTIONAL):
+        assert f"`{column}`" in files, column
+
+
+def test_sealed_digest_example_is_the_vector() -> None:
+    first = _vectors("sealed_ref.json")["cases"][0]
+    text = _section("10. The other messages")
+    assert first["sealed_digest_sha256_hex"] in text and first["sealed_digest"] in text
+    assert first["sealed_ref"]["value"].startswith(text.split("value `")[1].split("…")[0])
