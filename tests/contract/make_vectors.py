@@ -463,6 +463,10 @@ CONSENT_LINES: list[tuple[str, str, dict[str, str]]] = [
     ("objection: no purpose given means both", "opposition",
      {"nir": "2 53 07 2a 073 004 43", "consent_ref": "OPP-2026-7", "purposes": "", "date": "",
       "departement": "2a"}),
+    ("consent to both purposes in one cell, separated by '|' (',' works too; docs/files.md)",
+     "consentement_donne",
+     {"nir": "1 85 05 78 006 084 91", "consent_ref": "HELP-2026-000124",
+      "purposes": "prevention_perte_autonomie | acces_aux_droits", "date": "2026-11-05", "departement": "35"}),
 ]
 
 

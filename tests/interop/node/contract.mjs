@@ -341,9 +341,8 @@ export function fromExtract (row) {
   return rec
 }
 
-/** §12 texte_libre: every field printable ASCII, at most 64 characters, and no "words". The
- * documents do not define "words"; the rule below (two runs of 2+ letters separated by spaces
- * or punctuation) was taken from the Python SDK after the gap was written down. */
+/** §12 "Free text (texte_libre)": every field printable ASCII, at most 64 characters, and no
+ * two words (the regular expression of §12; \s is only the space once the value is printable). */
 const WORDS = /[A-Za-z]{2,}[\s,;:!?'"]+[A-Za-z]{2,}/
 export function guardRecord (record) {
   for (const [name, value] of Object.entries(record)) {
@@ -437,16 +436,19 @@ export function consentId (idRoot, fund, kind, pseudonym, consentRef, date) {
 /**
  * A consent, withdrawal or objection from a back-office line {nir, consent_ref, purposes,
  * date, departement}: the wire message, members in the schema's order (§10, consents.json).
- * Several purposes in one cell: separated by ',' (the documents do not say; gap reported).
+ * Checks in the order of docs/files.md ("Consent files"): several purposes in one cell are
+ * separated by ',' or '|', and that cell is exempt from the word rule (a list of codes).
  */
 export function buildConsent (fund, kind, line, keys, opts = {}) {
-  guardRecord(line)
+  const { purposes: purposesCell, ...others } = line
+  guardRecord({ nir: others.nir, consent_ref: others.consent_ref, date: others.date, departement: others.departement })
+  const purposesText = String(purposesCell ?? '')
+  if (purposesText.length > 128 || !PRINTABLE.test(purposesText)) throw new Refused('texte_libre', 'purposes: printable ASCII, at most 128 characters')
   if (!CONSENT_KINDS.includes(kind)) throw new Refused('schema_invalide', `kind: one of ${CONSENT_KINDS.join(', ')}`)
   const nir = normaliseNir(line.nir)
-  const territory = checkTerritory(line.departement)
   const consentRef = String(line.consent_ref ?? '').trim()
   if (!CONSENT_REF.test(consentRef)) throw new Refused('base_legale_invalide', 'consent reference: e.g. HELP-2026-000123')
-  let purposes = String(line.purposes ?? '').split(',').map((p) => p.trim()).filter(Boolean)
+  let purposes = purposesText.split(/[,|]/).map((p) => p.trim()).filter(Boolean)
   if (purposes.some((p) => !PURPOSES.includes(p))) throw new Refused('finalite_non_autorisee', 'purposes: acces_aux_droits, prevention_perte_autonomie')
   if (purposes.length === 0) {
     if (kind === 'consentement_donne') throw new Refused('finalite_non_autorisee', 'a consent names its purposes')
@@ -454,7 +456,10 @@ export function buildConsent (fund, kind, line, keys, opts = {}) {
   }
   purposes = PURPOSES.filter((p) => purposes.includes(p))
   const now = opts.now ?? emittedAt()
-  const date = String(line.date ?? '').trim() ? parseDate(line.date) : (opts.today ?? todayParis())
+  const today = opts.today ?? todayParis()
+  const date = String(line.date ?? '').trim() ? parseDate(line.date) : today
+  if (date > today) throw new Refused('date_future', 'date_effet: after today (Europe/Paris)')
+  const territory = checkTerritory(line.departement)
   const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
   const message = {
     schema_version: SCHEMA_VERSION,
