@@ -65,24 +65,62 @@ def audit_head(ctx: click.Context) -> None:
     _write_json(head.document(), None)
 
 
+_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+_DIR = click.Path(path_type=Path, file_okay=False, exists=True)
+
+
 @audit.command("verify")
 @click.option("--deep", is_flag=True, help="Also re-validate every entry against the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--trusted", "trusted", type=_FILE, multiple=True,
+              help="A checkpoint you kept from earlier (repeatable): the log must still be "
+                   "consistent with it.")
+@click.option("--kept-tiles", type=_DIR,
+              help="A tile folder you exported earlier (`audit tiles`): names the rewritten "
+                   "entry exactly.")
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None,
+              help="Cosignatures the newest checkpoint needs (default HELP_LEDGER_QUORUM "
+                   "when witnesses are given).")
 @click.pass_context
-def audit_verify(ctx: click.Context, deep: bool, as_json: bool) -> None:
-    """Recompute every leaf hash, the root, every head signature and every head's
-    consistency with today's tree. Exit 1 naming the first bad entry on any alteration."""
+def audit_verify(ctx: click.Context, deep: bool, as_json: bool, trusted: tuple[Path, ...],
+                 kept_tiles: Path | None, log_key: tuple[Path, ...],
+                 witnesses: tuple[Path, ...], quorum: int | None) -> None:
+    """Recompute every leaf hash, the root, every head and checkpoint signature and their
+    consistency with today's tree, and with the checkpoints you kept (--trusted). Exit 1
+    naming the first bad entry (or the smallest range) on any alteration; exit 3 when
+    entries are under no signed checkpoint (how many, and since when)."""
     from services.ledger.heads import known_public_keys
     from services.ledger.verify import verify_ledger
 
     settings = _settings(ctx)
+    pins = _pins(settings, trusted, kept_tiles, log_key, witnesses, quorum)
     ledger = _ledger(ctx, sign=False)
-    report = verify_ledger(ledger.engine, known_public_keys(settings.key_dir), deep=deep)
+    report = verify_ledger(ledger.engine, known_public_keys(settings.key_dir), deep=deep,
+                           pins=pins)
+    quorum_short = (pins.quorum and report.tree_size
+                    and (report.quorum_size or 0) < report.covered)
     if as_json:
         _write_json(report.summary(), None)
     elif report.ok:
-        click.echo(f"ok: {report.tree_size} entries, root {report.summary()['root_hash']}, "
-                   f"{report.heads_checked} signed heads verified")
+        click.echo(f"{'ok' if not report.uncovered else 'checked'}: {report.tree_size} "
+                   f"entries, root {report.summary()['root_hash']}, "
+                   f"{report.heads_checked} signed heads verified, {report.checkpoints_checked}"
+                   f" checkpoints, {report.trusted_checked} kept checkpoints")
+    if report.ok and report.uncovered:
+        click.secho(f"NOT COVERED: {report.uncovered} entries (n° {report.covered} on, since "
+                    f"{report.uncovered_since}) are under no signed checkpoint: nothing "
+                    "tells them from a rewrite (sign one with `help-exchange audit "
+                    "checkpoint`)", fg="yellow", err=True)
+        ctx.exit(3)
+    if report.ok and quorum_short:
+        click.secho(f"NOT WITNESSED: the newest checkpoint cosigned by {pins.quorum} witnesses "
+                    f"covers {report.quorum_size} entries of {report.covered}", fg="yellow",
+                    err=True)
+        ctx.exit(3)
     if not report.ok:
         bad = report.first_bad_entry
         if bad is not None:
@@ -94,6 +132,154 @@ def audit_verify(ctx: click.Context, deep: bool, as_json: bool) -> None:
         if report.more_problems:
             click.echo(f"  … and {report.more_problems} more", err=True)
         ctx.exit(1)
+
+
+def _pins(settings: Settings, trusted: tuple[Path, ...], kept_tiles: Path | None,
+          log_key: tuple[Path, ...], witnesses: tuple[Path, ...], quorum: int | None) -> Any:
+    from services.ledger.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_text, parse_note
+    from services.ledger.heads import known_vkeys
+    from services.ledger.tiles import directory_reader
+    from services.ledger.verify import Pins
+
+    keys = tuple(NoteVerifier.from_vkey(_read_text(p)) for p in log_key) or tuple(
+        known_vkeys(settings.key_dir, settings.ledger_origin))
+    wits = tuple(NoteVerifier.from_vkey(_read_text(p)) for p in witnesses)
+    kept: Any = None
+    if kept_tiles is not None:
+        note = _read_text(kept_tiles / "checkpoint")
+        kept = (directory_reader(kept_tiles),
+                parse_checkpoint_text(parse_note(note).text)[1])
+    pinned = []
+    for path in trusted:
+        text, why = _read_text(path), "no checkpoint key of the log"
+        for key in keys:
+            try:
+                pinned.append(open_checkpoint(text, key))
+                break
+            except InputError as exc:
+                why = exc.what
+        else:
+            raise InputError(f"the checkpoint {path} is refused: {why}",
+                             "give a checkpoint of this log, unchanged, and its key (--log-key)")
+    if quorum is None:
+        quorum = settings.ledger_quorum if wits else 0
+    return Pins(keys, tuple(pinned), kept, wits, quorum)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "give the file as it was written") from exc
+
+
+@audit.command("checkpoint")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def audit_checkpoint(ctx: click.Context, out: Path | None) -> None:
+    """Print the checkpoint of the current tree (C2SP signed note, with its cosignatures),
+    signing one if none covers it yet. Keep it: `audit verify --trusted FILE` checks the
+    log never departs from it."""
+    note = _ledger(ctx, sign=True).checkpoint()
+    if out is None:
+        click.echo(note, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(note, encoding="utf-8")
+        click.echo(f"checkpoint written to {out}")
+
+
+@audit.command("tiles")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.pass_context
+def audit_tiles(ctx: click.Context, out: Path) -> None:
+    """Export the log as C2SP tiles (and its checkpoint) into a folder: anyone verifies it
+    from there without our database (`audit verify-tiles`, or Go's sumdb/tlog)."""
+    from services.ledger.checkpoint import parse_checkpoint_text, parse_note
+    from services.ledger.tiles import export_tiles
+
+    ledger = _ledger(ctx, sign=True)
+    note = ledger.checkpoint()
+    size = parse_checkpoint_text(parse_note(note).text)[1]
+    count = export_tiles(ledger, note, size, out)
+    click.echo(f"{count} files written to {out} (tree of {size} entries)")
+
+
+@audit.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1024, 65535), default=8081, show_default=True)
+@click.pass_context
+def audit_serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the checkpoint and the tiles read-only over HTTP (GET /checkpoint,
+    /tile/<L>/<N>[.p/<W>], /tile/entries/<N>[.p/<W>])."""
+    from services.ledger.tiles import tile_server
+
+    server = tile_server(_ledger(ctx, sign=False), host, port)
+    click.echo(f"serving the ledger's tiles on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@audit.command("verify-tiles")
+@click.argument("source")
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--trusted", "trusted", type=_FILE, multiple=True,
+              help="A checkpoint you kept from earlier (repeatable).")
+@click.option("--kept-tiles", type=_DIR, help="A tile folder you exported earlier.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None)
+@click.pass_context
+def audit_verify_tiles(ctx: click.Context, source: str, log_key: tuple[Path, ...],
+                       trusted: tuple[Path, ...], kept_tiles: Path | None,
+                       witnesses: tuple[Path, ...], quorum: int | None) -> None:
+    """Verify the log from its tiles alone (SOURCE: a folder or an http(s) URL), no
+    database: checkpoint signature and cosignatures, every entry against its tile, every
+    level, the root, and consistency with the checkpoints you kept."""
+    from services.ledger.checkpoint import open_checkpoint
+    from services.ledger.tiles import directory_reader, http_reader, verify_from_tiles
+
+    settings = _settings(ctx)
+    pins = _pins(settings, trusted, kept_tiles, log_key, witnesses, quorum)
+    read = (http_reader(source) if source.startswith(("http://", "https://"))
+            else directory_reader(Path(source)))
+    raw = read("checkpoint")
+    if raw is None:
+        raise InputError(f"{source} has no checkpoint", "give a tile folder or a log URL")
+    checkpoint, why = None, "no checkpoint key of the log"
+    for key in pins.log_keys:
+        try:
+            checkpoint = open_checkpoint(raw, key, witnesses={w.name: w for w in pins.witnesses})
+            break
+        except InputError as exc:
+            why = exc.what
+    if checkpoint is None:
+        raise InputError(f"the checkpoint of {source} is refused: {why}",
+                         "give the log's key with --log-key")
+    if pins.quorum and len(checkpoint.cosigners) < pins.quorum:
+        raise InputError(f"the checkpoint is cosigned by {len(checkpoint.cosigners)} "
+                         f"witness(es) {list(checkpoint.cosigners)}, {pins.quorum} required",
+                         "ask the exchange to collect cosignatures (`audit witness-round`)")
+    for pin in pins.trusted:
+        if pin.size > checkpoint.size:
+            click.secho(f"TAMPERED: the log serves {checkpoint.size} entries, a checkpoint "
+                        f"you kept says {pin.size}: rolled back", fg="red", err=True)
+            ctx.exit(1)
+    audit = verify_from_tiles(read, checkpoint, trusted=pins.trusted, kept=pins.kept_tiles)
+    if audit.ok:
+        click.echo(f"ok: {audit.size} entries verified from the tiles, root matches the "
+                   f"checkpoint, cosigned by {list(checkpoint.cosigners)}")
+        return
+    first = audit.problems[0]
+    click.secho(f"TAMPERED: {first}", fg="red", err=True)
+    for problem in audit.problems[1:]:
+        click.echo(f"  - {problem}", err=True)
+    ctx.exit(1)
 
 
 @audit.command("prove")
@@ -109,7 +295,8 @@ def audit_prove(ctx: click.Context, entry_id: str, out: Path) -> None:
     if head is None or head.tree_size != ledger.size():
         head = ledger.sign_head()
     stored, size, path = ledger.inclusion(entry_id, head.tree_size)
-    _write_json(inclusion_document(stored.data, stored.index, size, path, head), out)
+    _write_json(inclusion_document(stored.data, stored.index, size, path, head,
+                                   ledger.checkpoint_at(head.tree_size)), out)
     click.echo(f"inclusion proof of entry {entry_id} (n° {stored.index} of {size}) "
                f"written to {out}")
 
@@ -170,7 +357,8 @@ def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | N
     first_root, second_root, proof = ledger.consistency(first, second)
     heads = {h.tree_size: h for h in ledger.heads() if h.tree_size in (first, second)}
     document = consistency_document(first, second, first_root, second_root, proof,
-                                    heads.get(first), heads.get(second))
+                                    heads.get(first), heads.get(second),
+                                    (ledger.checkpoint_at(first), ledger.checkpoint_at(second)))
     _write_json(document, out)
     if not verify_consistency(first, second, first_root, second_root, proof):  # pragma: no cover
         raise InputError("the ledger produced a consistency proof that does not verify",

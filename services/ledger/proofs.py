@@ -40,22 +40,30 @@ CONSISTENCY_FORMAT = "help-exchange-ledger/consistency-proof/1"
 
 
 def inclusion_document(entry: bytes, index: int, tree_size: int, path: list[bytes],
-                       head: SignedHead) -> dict[str, Any]:
-    return {
+                       head: SignedHead | None, checkpoint: str | None = None) -> dict[str, Any]:
+    """An inclusion proof; ``checkpoint`` (the C2SP checkpoint of ``tree_size``, with its
+    cosignatures) lets standard tools check it: ``leaf_data`` is the leaf as hashed."""
+    document: dict[str, Any] = {
         "format": INCLUSION_FORMAT,
         "entry": json.loads(entry),
+        "leaf_data": b64u(entry),
         "leaf_index": index,
         "tree_size": tree_size,
         "leaf_hash": b64u(leaf_hash(entry)),
         "inclusion_path": [b64u(p) for p in path],
-        "signed_head": head.document(),
+        "signed_head": head.document() if head is not None else None,
     }
+    if checkpoint is not None:
+        document["checkpoint"] = checkpoint
+    return document
 
 
 def consistency_document(first: int, second: int, first_root: bytes, second_root: bytes,
                          proof: list[bytes], first_head: SignedHead | None,
-                         second_head: SignedHead | None) -> dict[str, Any]:
-    return {
+                         second_head: SignedHead | None,
+                         checkpoints: tuple[str | None, str | None] = (None, None)
+                         ) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "format": CONSISTENCY_FORMAT,
         "first": {"tree_size": first, "root_hash": b64u(first_root),
                   "signed_head": first_head.document() if first_head else None},
@@ -63,6 +71,10 @@ def consistency_document(first: int, second: int, first_root: bytes, second_root
                    "signed_head": second_head.document() if second_head else None},
         "consistency_path": [b64u(p) for p in proof],
     }
+    for side, note in zip(("first", "second"), checkpoints, strict=True):
+        if note is not None:
+            document[side]["checkpoint"] = note
+    return document
 
 
 @dataclass(frozen=True)
