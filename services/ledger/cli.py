@@ -50,6 +50,7 @@ def _write_json(document: dict[str, Any], out: Path | None) -> None:
 def register(cli: click.Group) -> None:
     cli.add_command(audit)
     cli.add_command(purge)
+    cli.add_command(witness)
 
 
 @click.group()
@@ -280,6 +281,87 @@ def audit_verify_tiles(ctx: click.Context, source: str, log_key: tuple[Path, ...
     for problem in audit.problems[1:]:
         click.echo(f"  - {problem}", err=True)
     ctx.exit(1)
+
+
+@audit.command("witness-round")
+@click.option("--witnesses", "witnesses_file", type=_FILE,
+              help="JSON list of {name, url, vkey}. Default: HELP_LEDGER_WITNESSES_FILE, "
+                   "else HELP_KEY_DIR/ledger/witnesses.json.")
+@click.pass_context
+def audit_witness_round(ctx: click.Context, witnesses_file: Path | None) -> None:
+    """Send the current checkpoint to every witness and keep their cosignatures with it.
+    Exit 1 when fewer than HELP_LEDGER_QUORUM cosigned."""
+    from services.ledger.witness import load_witnesses, witness_round
+
+    settings = _settings(ctx)
+    path = (witnesses_file or settings.ledger_witnesses_file
+            or settings.key_dir / "ledger" / "witnesses.json")
+    results = witness_round(_ledger(ctx, sign=True), load_witnesses(path))
+    for result in results:
+        click.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.witness}: {result.detail}")
+    done = sum(r.ok for r in results)
+    if done < settings.ledger_quorum:
+        click.secho(f"{done} cosignature(s), quorum {settings.ledger_quorum}: the checkpoint "
+                    "is not witnessed", fg="red", err=True)
+        ctx.exit(1)
+
+
+@click.group()
+def witness() -> None:
+    """A fund's witness of the ledger: cosigns checkpoints consistent with the last it saw."""
+
+
+_FUNDS = click.Choice(["urssaf", "cpam", "caf", "carsat"])
+
+
+@witness.command("init")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--log-key", type=_FILE, required=True, help="The ledger's checkpoint key (.vkey).")
+@click.pass_context
+def witness_init(ctx: click.Context, fund: str, log_key: Path) -> None:
+    """Create the fund's witness key (once) and follow the log of LOG_KEY; prints the
+    cosignature key (.vkey) to give the exchange and the auditors."""
+    from services.ledger.witness import Witness
+
+    w = Witness.init(_settings(ctx).key_dir, fund, _read_text(log_key))
+    click.echo(w.signer.verifier.vkey)
+
+
+@witness.command("serve")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1024, 65535), default=8090, show_default=True)
+@click.pass_context
+def witness_serve(ctx: click.Context, fund: str, host: str, port: int) -> None:
+    """Answer C2SP tlog-witness requests (POST /add-checkpoint) with the fund's key."""
+    from services.ledger.witness import Witness, witness_server
+
+    server = witness_server(Witness.load(_settings(ctx).key_dir, fund), host, port)
+    click.echo(f"witness of {fund} on http://{host}:{port}/add-checkpoint (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@witness.command("cosign")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--request", "request_file", type=_FILE, required=True,
+              help="An add-checkpoint request body (old N, proof lines, blank, checkpoint).")
+@click.pass_context
+def witness_cosign(ctx: click.Context, fund: str, request_file: Path) -> None:
+    """Answer one add-checkpoint request offline: prints the cosignature line, or exits 1
+    saying why the checkpoint is refused."""
+    from services.ledger.witness import Witness
+
+    answer = Witness.load(_settings(ctx).key_dir, fund).add_checkpoint(
+        request_file.read_bytes())
+    if answer.status != 200:
+        click.secho(f"refused ({answer.status}): {answer.body.strip()}", fg="red", err=True)
+        ctx.exit(1)
+    click.echo(answer.body, nl=False)
 
 
 @audit.command("prove")

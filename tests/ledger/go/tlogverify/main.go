@@ -159,7 +159,7 @@ func (t *tiles) entries(size int64) ([][]byte, error) {
 			w = 256
 		}
 		tile := tlog.Tile{H: 8, L: 0, N: n, W: int(w)}
-		path := strings.Replace(c2spPath(tile), "tile/", "tile/entries/", 1)
+		path := "tile/entries/" + strings.TrimPrefix(c2spPath(tile), "tile/0/")
 		data, err := t.get(path)
 		if err != nil {
 			return nil, err
