@@ -197,6 +197,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
     expected = 0
     next_size = 0  # position in ``sizes`` of the next head to compare
     last_good_head = 0
+    last_good_trusted = 0  # a rewrite re-signed with the log's key is bounded by pins only
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=batch).execute(query)
         for seq, entry_id, *columns, data, stored_leaf, stored_chain in result:
@@ -226,8 +227,11 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                 root = acc.root()
                 good = _check_heads_at(heads_by_size[acc.size], root, last_good_head, report)
                 good = _check_checkpoints_at(acc.size, root, stored_cps.get(acc.size),
-                                             trusted_by_size.get(acc.size, ()), last_good_head,
+                                             trusted_by_size.get(acc.size, ()),
+                                             (last_good_head, last_good_trusted),
                                              report) and good
+                if good and acc.size in trusted_by_size:
+                    last_good_trusted = acc.size
                 if good:
                     last_good_head = acc.size
                     if acc.size in stored_cps or acc.size in trusted_by_size:
@@ -300,9 +304,13 @@ def _stored_checkpoints(conn: Connection, pins: Pins, report: Report) -> dict[in
 
 
 def _check_checkpoints_at(size: int, root: bytes, stored: Checkpoint | None,
-                          trusted: Iterable[Checkpoint], last_good: int, report: Report) -> bool:
+                          trusted: Iterable[Checkpoint], last_good_pair: tuple[int, int],
+                          report: Report) -> bool:
+    """Stored checkpoints bound a rewrite by the last good head or checkpoint; kept ones
+    (the log's own may have been re-signed by whoever rewrote it) by the last good kept one."""
     ok = True
-    for cp, whose in ((stored, "the log's stored"), *((c, "a kept (trusted)") for c in trusted)):
+    for cp, whose, last_good in ((stored, "the log's stored", last_good_pair[0]),
+                                 *((c, "a kept (trusted)", last_good_pair[1]) for c in trusted)):
         if cp is not None and cp.root != root:
             ok = False
             report.add(Problem(
