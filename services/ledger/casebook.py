@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from services.core.messages import Pseudonym, sealed_digest
+from services.core.types import Fund
 from services.errors import InputError
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
@@ -30,6 +31,8 @@ from services.ledger.entries import (
     BaseLegale,
     Finalite,
     LedgerEntry,
+    about,
+    subject_commitment,
 )
 from services.ledger.store import Ledger, ensure_tables
 
@@ -50,6 +53,7 @@ ACTIONS: dict[str, Action] = {
 _ACTOR = re.compile(LEDGER_ACTOR_PATTERN)
 _COUNT = re.compile(r"(\d+) dossiers?\b")
 _SITUATION_ID = re.compile(r"^[0-9a-f]{32}$")
+_FUNDS = frozenset(f.value for f in Fund)
 
 
 def purpose_of(event: AccessEvent) -> Finalite:
@@ -81,11 +85,15 @@ def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
     found = _COUNT.search(event.detail)
     case_id = event.situation_id if event.situation_id and _SITUATION_ID.fullmatch(event.situation_id) \
         else None
-    return LedgerEntry(
-        entry_id=uuid.uuid4().hex, time=event.at, actor=event.user_id, action=action,
+    entry_id = uuid.uuid4().hex
+    entry = LedgerEntry(
+        entry_id=entry_id, time=event.at, actor=event.user_id, action=action,
         purpose=purpose, legal_basis=legal_basis_of(purpose), case_id=case_id,
-        subject=subject, count=int(found.group(1)) if found else None,
+        count=int(found.group(1)) if found else None,
+        fund=Fund(event.fund) if event.fund in _FUNDS else None,
+        subject_commitment=subject_commitment(subject.value, entry_id) if subject else None,
     )
+    return about(entry, subject) if subject is not None else entry
 
 
 class LedgerAuditSink:

@@ -51,6 +51,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(audit)
     cli.add_command(purge)
     cli.add_command(witness)
+    cli.add_command(access_report)
 
 
 @click.group()
@@ -589,3 +590,41 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         engine.dispose()
     for line in plan.lines(dry_run=dry_run):
         click.echo(line)
+
+
+@click.command("access-report")
+@click.option("--fund", type=_FUNDS, required=True, help="The fund making the report.")
+@click.option("--reference", required=True, help="The fund's own file number of the person.")
+@click.option("--extract", "extracts", type=_FILE, multiple=True, required=True,
+              help="The fund's extract(s) where the reference appears (repeatable): they "
+                   "give the person (never printed).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write: OUT.html, OUT.pdf and OUT.json.")
+@click.pass_context
+def access_report(ctx: click.Context, fund: str, reference: str, extracts: tuple[Path, ...],
+                  out: Path) -> None:
+    """« Qui a consulté mes informations ? » — every ledger event about the person behind
+    one of the fund's references: when, which fund or role, what, why, each with an
+    inclusion proof to a signed (and cosigned) checkpoint. HTML and PDF in French, JSON for
+    standard verifiers."""
+    from services.core.types import Fund
+    from services.ledger.access import build_report, person_from_extracts, render_html, render_pdf
+    from services.producer.keys import load_exchange_key, load_fund_secrets
+
+    if not 1 <= len(reference) <= 64 or not reference.isprintable():
+        raise InputError("--reference must be 1 to 64 printable characters",
+                         "give the fund's file number as the back-office prints it")
+    settings = _settings(ctx)
+    _, exchange_key = load_exchange_key(settings.key_dir)
+    secrets = load_fund_secrets(settings.key_dir, Fund(fund))
+    person = person_from_extracts(Fund(fund), reference, extracts, exchange_key,
+                                  secrets.id_root)
+    report = build_report(_ledger(ctx, sign=True), person)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = out.with_suffix("")
+    base.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    base.with_suffix(".html").write_text(render_html(report, reference), encoding="utf-8")
+    base.with_suffix(".pdf").write_bytes(render_pdf(report, reference))
+    click.echo(f"{len(report['events'])} événement(s) ; rapport : {base}.html, {base}.pdf, "
+               f"{base}.json (preuves vérifiables)")

@@ -177,14 +177,15 @@ class EntryMaker:
             action = Action.SIGNALEMENT_REJETE
         return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
                           legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
-                          natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason)]
+                          natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
+                          fund=rc.fund)]
 
     def _situation(self, value: bytes) -> LedgerEntry:
         s = parse(SituationEvent, value)
         return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
                          purpose=_finalite(s.purposes[0].value), legal_basis=BaseLegale.L115_2_1,
                          time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
-                         subject=s.pseudonym, ref=s.event_id)
+                         person=s.pseudonym, ref=s.event_id)
 
     def _tombstone(self, r: Record) -> LedgerEntry:
         case_id = (r.key or b"").decode("ascii", "replace")
@@ -207,7 +208,7 @@ class EntryMaker:
         action, basis = _CONSENT_ACTIONS[c.kind]
         return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
                           legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
-                          subject=c.pseudonym, ref=c.event_id)]
+                          person=c.pseudonym, ref=c.event_id, fund=c.fund)]
 
     def _reveal(self, value: bytes) -> list[LedgerEntry]:
         from services.ledger.casebook import case_of_reveal
@@ -231,7 +232,8 @@ class EntryMaker:
         return [new_entry(action=action, actor=v.actor, purpose=_finalite(v.purpose.value),
                           legal_basis=BaseLegale.L115_2_1, time=v.revealed_at,
                           natural_key=(v.event_id,), ref=v.event_id,
-                          case_id=case[0] if case else None, subject=case[1] if case else None)]
+                          case_id=case[0] if case else None, person=case[1] if case else None,
+                          fund=v.fund)]
 
     def _verified(self, fund: Fund, value: bytes) -> bool:
         import json

@@ -290,7 +290,7 @@ class Ledger:
             leaf = sha(b"\x00" + data).digest()
             chain = sha(chain + leaf).digest()
             leaf_append(leaf, nodes)
-            subject, case_id, actor, action = entry.subject, entry.case_id, entry.actor, \
+            subject, case_id, actor, action = entry.person, entry.case_id, entry.actor, \
                 entry.action.value
             at = data.rindex(b'"time":"') + 8  # the time as hashed (one format, see entries)
             row_append((

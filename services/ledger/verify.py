@@ -34,7 +34,7 @@ from services.core.signing import b64u
 from services.errors import InputError
 from services.ledger import tables as t
 from services.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from services.ledger.entries import LedgerEntry, canonical_bytes
+from services.ledger.entries import LedgerEntry, canonical_bytes, subject_commitment
 from services.ledger.heads import SignedHead
 from services.ledger.merkle import CompactRange
 from services.ledger.store import GENESIS_CHAIN, head_from_row, key64, lookup_rows
@@ -116,8 +116,16 @@ def _check_columns(columns: tuple[Any, ...], data: bytes, deep: bool) -> str | N
         subject = doc["subject"] or {}
         signed = (doc["entry_id"], key64(doc["entry_id"]), doc["time"], doc["actor"],
                   doc["action"], doc["case_id"], subject.get("key_id"), subject.get("value"))
+        commitment = doc.get("subject_commitment")
     except (ValueError, TypeError, KeyError, AttributeError):
         return "stored bytes are not a ledger entry"
+    if commitment is not None:  # the person is in the private columns, under a commitment
+        value = columns[-1]
+        if value is None or columns[-2] is None or not isinstance(value, str) \
+                or subject_commitment(value, doc["entry_id"]) != commitment:
+            return ("column subject_value does not open the hashed entry's subject_commitment "
+                    "(the person was changed or removed)")
+        signed = (*signed[:-2], columns[-2], value)
     if signed != columns:
         for name, column, value in zip(_COLUMN_NAMES, columns, signed, strict=True):
             if column != value:
