@@ -111,7 +111,42 @@ class LedgerAuditSink:
 
     def _record(self, event: AccessEvent, conn: sa.Connection) -> None:
         subject = _subject(conn, event)
-        self.ledger.append([entry_for(event, subject)], connection=conn)
+        entry = entry_for(event, subject)
+        self.ledger.append([entry, *shown_entries(conn, event, entry)], connection=conn)
+
+
+def shown_entries(conn: sa.Connection, event: AccessEvent, listing: LedgerEntry
+                  ) -> list[LedgerEntry]:
+    """One entry per case a list view or an export showed (``event.cases``): same action,
+    actor, fund, purpose and time as the list's entry (``ref`` = its id), with the case and
+    the person's commitment — so "who saw my file" finds the lists too."""
+    if not event.cases or listing.action not in (Action.LISTE_CONSULTEE, Action.LISTE_EXPORTEE):
+        return []
+    from services.casebook import tables as ct
+
+    s = ct.situations.c
+    found: dict[str, tuple[str, Pseudonym]] = {}
+    numbers = list(dict.fromkeys(event.cases))
+    for start in range(0, len(numbers), 500):
+        rows = conn.execute(sa.select(s.case_number, s.situation_id, s.pseudonym_key_id,
+                                      s.pseudonym)
+                            .where(s.case_number.in_(numbers[start : start + 500])))
+        for row in rows:
+            found[row.case_number] = (row.situation_id,
+                                      Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym))
+    entries = []
+    for number in numbers:
+        if number not in found:
+            raise InputError(f"the list names case {number}, which the casebook does not hold",
+                             "a casebook bug: lists show only stored cases")
+        situation_id, person = found[number]
+        entry_id = uuid.uuid4().hex
+        entries.append(about(LedgerEntry(
+            entry_id=entry_id, time=listing.time, actor=listing.actor, action=listing.action,
+            purpose=listing.purpose, legal_basis=listing.legal_basis, case_id=situation_id,
+            fund=listing.fund, ref=listing.entry_id,
+            subject_commitment=subject_commitment(person.value, entry_id)), person))
+    return entries
 
 
 def _subject(conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:

@@ -451,7 +451,9 @@ def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | N
 
 
 @audit.command("query")
-@click.option("--case", "case_id", help="A situation id (32 hex digits).")
+@click.option("--case", "case_id",
+              help="A case number as the worklist prints it (35-2026-11-0042) or a situation "
+                   "id (32 hex digits).")
 @click.option("--pseudonym", help="A pseudonym value (base64url, 43 characters).")
 @click.option("--actor", help="A fund, body, user or service id.")
 @click.option("--action", type=click.Choice([a.value for a in Action]))
@@ -470,6 +472,8 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
         raise InputError("audit query needs a filter",
                          "give --case, --pseudonym, --actor, --action or --period")
     ledger = _ledger(ctx, sign=False)
+    if case_id is not None:
+        case_id = _situation_of(ledger, case_id)
     rows = [flat_row(i, data) for i, data in ledger.query(
         case_id=case_id, pseudonym=pseudonym, actor=actor, action=action,
         period=period_range(period) if period else None, limit=limit)]
@@ -480,6 +484,34 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
     for row in rows:
         table.add_row(*display_row(row))
     Console(file=sys.stdout, width=200).print(table)
+
+
+def _situation_of(ledger: Ledger, case: str) -> str:
+    """The situation id of ``case``: itself, or the case number's (from the casebook)."""
+    import re
+
+    import sqlalchemy as sa
+
+    from services.core.types import CASE_NUMBER_PATTERN
+
+    if re.fullmatch(_ID[1:-1], case):
+        return case
+    if not re.fullmatch(CASE_NUMBER_PATTERN, case):
+        raise InputError(f"--case {case!r} is neither a case number nor a situation id",
+                         "give the number the worklist prints (35-2026-11-0042) or 32 hex digits")
+    from services.casebook import tables as ct
+
+    with ledger.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(ct.situations.name):
+            found = None
+        else:
+            s = ct.situations.c
+            found = conn.execute(sa.select(s.situation_id).where(s.case_number == case)).scalar()
+    if found is None:
+        raise InputError(f"no case {case} in the casebook (purged, or never opened)",
+                         "check the number; a purged case's entries are found by its situation "
+                         "id, as `audit export` lists it")
+    return str(found)
 
 
 @audit.command("export")

@@ -1,0 +1,79 @@
+"""Every case a list view or an export showed is its own ledger entry (the case, the
+person's commitment, who, which fund, why), and `audit query --case` takes the case number
+the worklist prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from services.casebook import tables as ct
+from services.casebook.audit import AccessEvent
+from services.casebook.db import open_store_engine
+from services.casebook.store import apply_situations
+from services.errors import InputError
+from services.ledger.casebook import LedgerAuditSink
+from services.ledger.cli import register
+from services.ledger.entries import Action, is_about, parse_entry
+from services.ledger.store import Ledger, ensure_tables
+from services.platform.settings import Settings
+from tests.casebook.factory import situation
+
+
+@click.group()
+def group() -> None:
+    """The ledger's commands only."""
+
+
+register(group)
+
+
+def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    ensure_tables(engine)
+    events = [situation(n) for n in (1, 2, 3)]
+    with engine.begin() as conn:
+        apply_situations(conn, events)
+        numbers = {r.situation_id: r.case_number for r in conn.execute(
+            sa.select(ct.situations.c.situation_id, ct.situations.c.case_number))}
+    shown = tuple(numbers[e.situation_id] for e in events[:2])
+    LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+        user_id="agent.caf-35.0042", role="agent", fund="caf", action="export",
+        detail="csv 2026-11 : 2 dossiers", cases=shown,
+        at=dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)))
+    ledger = Ledger(engine)
+    entries = [parse_entry(d) for _, d in ledger.query(action=Action.LISTE_EXPORTEE.value)]
+    listing = next(e for e in entries if e.case_id is None)
+    per_case = [e for e in entries if e.case_id is not None]
+    assert listing.count == 2 and len(per_case) == 2
+    for entry, event in zip(per_case, events[:2], strict=True):
+        assert entry.case_id == event.situation_id and entry.ref == listing.entry_id
+        assert is_about(entry, event.pseudonym) and not is_about(entry, events[2].pseudonym)
+        assert entry.subject is None and entry.fund is not None and entry.fund.value == "caf"
+
+    result = CliRunner().invoke(group, ["audit", "query", "--case", shown[0]],
+                                obj={"settings": offline_settings})
+    assert result.exit_code == 0, result.output
+    assert "1 entrée(s)" in result.output and "liste_exportee" in result.output.replace(
+        "Liste de travail exportée", "liste_exportee")
+    for bad, why in (("35-2026-11-9999", "no case 35-2026-11-9999 in the casebook"),
+                     ("dossier-42", "neither a case number nor a situation id")):
+        result = CliRunner().invoke(group, ["audit", "query", "--case", bad],
+                                    obj={"settings": offline_settings})
+        assert isinstance(result.exception, InputError) and why in result.exception.what
+    engine.dispose()
+
+
+def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
+        offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    ensure_tables(engine)
+    with pytest.raises(InputError, match="does not hold"):
+        LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+            user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_liste",
+            cases=("35-2026-11-0001",)))
+    engine.dispose()
