@@ -280,6 +280,9 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
         return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
 
+    from services.ledger.web import add_audit_routes  # the auditor's page (/audit)
+
+    add_audit_routes(app, engine, current=current, page=_page, record=audit_event)
     return app
 
 

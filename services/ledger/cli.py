@@ -487,31 +487,9 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
 
 
 def _situation_of(ledger: Ledger, case: str) -> str:
-    """The situation id of ``case``: itself, or the case number's (from the casebook)."""
-    import re
+    from services.ledger.web import situation_of_case
 
-    import sqlalchemy as sa
-
-    from services.core.types import CASE_NUMBER_PATTERN
-
-    if re.fullmatch(_ID[1:-1], case):
-        return case
-    if not re.fullmatch(CASE_NUMBER_PATTERN, case):
-        raise InputError(f"--case {case!r} is neither a case number nor a situation id",
-                         "give the number the worklist prints (35-2026-11-0042) or 32 hex digits")
-    from services.casebook import tables as ct
-
-    with ledger.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(ct.situations.name):
-            found = None
-        else:
-            s = ct.situations.c
-            found = conn.execute(sa.select(s.situation_id).where(s.case_number == case)).scalar()
-    if found is None:
-        raise InputError(f"no case {case} in the casebook (purged, or never opened)",
-                         "check the number; a purged case's entries are found by its situation "
-                         "id, as `audit export` lists it")
-    return str(found)
+    return situation_of_case(ledger.engine, case)
 
 
 @audit.command("export")
