@@ -378,6 +378,21 @@ class Ledger:
         assert found is not None
         return found
 
+    def checkpoint_if_due(self, now: dt.datetime | None = None) -> bool:
+        """Sign a checkpoint of the current tree if entries are under none and the newest is
+        older than ``checkpoint_seconds`` (appends made without the key, e.g. the
+        casebook's); True if one was signed. Cheap when nothing is due (two reads)."""
+        moment = now or dt.datetime.now(dt.UTC)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.state.c.tree_size).where(t.state.c.id == 1)).first()
+            size = int(row[0]) if row else 0
+            last = _last_checkpoint(conn)
+        if size == 0 or (last is not None and (last[0] >= size or
+                                               _age_s(last[1], moment) < self.checkpoint_seconds)):
+            return False
+        self.checkpoint(moment)
+        return True
+
     def checkpoint_at(self, size: int, connection: Connection | None = None) -> str | None:
         """The stored checkpoint of ``size`` entries with its cosignatures, or None."""
         with _conn(self.engine, connection) as conn:

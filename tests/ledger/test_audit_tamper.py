@@ -300,3 +300,22 @@ def test_truncated_or_missing_tile_is_refused(filled: Settings, tmp_path: Path) 
     bundle.unlink()
     audit = verify_from_tiles(directory_reader(out), cp)
     assert "tile/entries/000.p/60 is missing" in audit.problems[0]
+
+
+def test_entries_appended_without_the_key_are_covered_once_due(filled: Settings) -> None:
+    """The casebook appends without the ledger's key; the audit sink, which holds it, signs
+    a checkpoint over them once the newest is older than HELP_LEDGER_CHECKPOINT_SECONDS."""
+    import datetime as dt
+
+    keyless = Ledger.open(filled, sign=False)
+    keyless.append([make_entry(N), make_entry(N + 1)])
+    keyless.engine.dispose()
+    assert run(filled, "audit", "verify").exit_code == 3
+    ledger = Ledger.open(filled)
+    signed_at = ledger.checkpoints()[-1][1]
+    soon = dt.datetime.fromisoformat(signed_at) + dt.timedelta(seconds=5)
+    assert not ledger.checkpoint_if_due(soon)
+    assert ledger.checkpoint_if_due(soon + dt.timedelta(seconds=6))
+    assert not ledger.checkpoint_if_due(soon + dt.timedelta(seconds=60))  # nothing new
+    ledger.engine.dispose()
+    assert run(filled, "audit", "verify").exit_code == 0
