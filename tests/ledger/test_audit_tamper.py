@@ -28,7 +28,8 @@ from services.ledger.checkpoint import (
 )
 from services.ledger.cli import register
 from services.ledger.merkle import CompactRange, consistency_proof, leaf_hash
-from services.ledger.store import GENESIS_CHAIN, Ledger, chain_next
+from services.ledger.store import GENESIS_CHAIN, Ledger, chain_next, engine_for
+from services.ledger.tables import metadata
 from services.ledger.tiles import directory_reader, export_tiles, verify_from_tiles
 from services.ledger.witness import add_checkpoint_request, witness_round
 from services.platform.settings import Settings, load_settings
@@ -58,8 +59,15 @@ def settings_at(tmp_path: Path, name: str = "ledger") -> Settings:
 
 
 @pytest.fixture
-def filled(tmp_path: Path) -> Settings:
-    settings = settings_at(tmp_path)
+def filled(tmp_path: Path, db_url: str) -> Settings:
+    """A ledger of N entries on SQLite or the real PostgreSQL (fresh tables)."""
+    engine = engine_for(db_url)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    engine.dispose()
+    settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "keys",
+                             database_url=db_url, ledger_origin=ORIGIN,
+                             ledger_checkpoint_every=10)
     ledger = Ledger.open(settings)
     for start in range(0, N, 15):
         ledger.append([make_entry(i) for i in range(start, start + 15)])

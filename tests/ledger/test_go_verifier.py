@@ -72,6 +72,10 @@ def test_go_verifies_checkpoint_cosignatures_tiles_and_proofs(
         assert invoke(group, ["audit", "consistency", "--from", "200", "--to", str(N), "--out",
                               str(consistency)], obj={"settings": settings}).exit_code == 0
         witness_args = [a for v in wits.vkeys() for a in ("-witness", v)]
+        wkeys = []
+        for i, v in enumerate(wits.vkeys()):
+            wkeys.append(tmp_path / f"witness-{i}.vkey")
+            wkeys[-1].write_text(v + "\n")
         with serving_tiles(ledger) as url:
             done = run_go(go_verifier, "-url", url, "-log", vkey, *witness_args, "-quorum", "4",
                           "-all", "-old", str(old), str(proof))
@@ -83,6 +87,14 @@ def test_go_verifies_checkpoint_cosignatures_tiles_and_proofs(
             # the older checkpoint has no cosignature: its proof file is checked without quorum
             done = run_go(go_verifier, "-log", vkey, str(consistency))
             assert done.returncode == 0 and f"consistency 200 -> {N}" in done.stdout, done.stdout
+
+            # our own verifier, from the same tiles over HTTP, without the database
+            tiles = CliRunner().invoke(group, ["audit", "verify-tiles", url, "--quorum", "4",
+                                               *[a for i, _ in enumerate(wits.configs)
+                                                 for a in ("--witness", str(wkeys[i]))]],
+                                       obj={"settings": settings})
+            assert tiles.exit_code == 0 and f"ok: {N} entries verified from the tiles" \
+                in tiles.output, tiles.output
 
             # a quorum the cosignatures do not reach fails
             done = run_go(go_verifier, "-url", url, "-log", vkey, *witness_args[:2],
