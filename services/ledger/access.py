@@ -35,10 +35,9 @@ from services.errors import InputError
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
 from services.ledger.entries import Action, BaseLegale, Finalite, subject_commitment
 from services.ledger.merkle import inclusion_proof
-from services.ledger.proofs import inclusion_document
+from services.ledger.proofs import REPORT_FORMAT, inclusion_document
 from services.ledger.store import Ledger
 
-REPORT_FORMAT: Final = "help-exchange-ledger/access-report/1"
 _RECEIPTS: Final = (Action.SIGNALEMENT_ACCEPTE.value, Action.SIGNALEMENT_REJETE.value)
 
 

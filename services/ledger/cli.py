@@ -414,6 +414,43 @@ def audit_check_proof(ctx: click.Context, proof_file: Path, public_key: Path | N
     click.echo("proof verified")
 
 
+@audit.command("check-checkpointed")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None)
+@click.pass_context
+def audit_check_checkpointed(ctx: click.Context, files: tuple[Path, ...],
+                             log_key: tuple[Path, ...], witnesses: tuple[Path, ...],
+                             quorum: int | None) -> None:
+    """Check proof files and access reports against the C2SP checkpoints they carry (the
+    auditor page's downloads, `access-report`'s JSON), offline. Exit 1 if any fails."""
+    from services.ledger.proofs import check_against_checkpoints
+
+    pins = _pins(_settings(ctx), (), None, log_key, witnesses, quorum)
+    failed = 0
+    for path in files:
+        try:
+            document = json.loads(_read_text(path))
+        except ValueError as exc:
+            raise InputError(f"{path} is not JSON: {exc}", "give a proof file or a report") \
+                from exc
+        if not isinstance(document, dict):
+            raise InputError(f"{path} is not a proof file", "give a proof file or a report")
+        result = check_against_checkpoints(document, pins.log_keys, pins.witnesses,
+                                           pins.quorum)
+        for line in result.lines:
+            click.echo(f"{path.name}: {line}")
+        failed += not result.ok
+    if failed:
+        click.secho(f"{failed} file(s) REJECTED", fg="red", err=True)
+        ctx.exit(1)
+    click.echo(f"{len(files)} file(s) verified")
+
+
 def _head_key_id(document: dict[str, Any]) -> str | None:
     heads = [document.get("signed_head")]
     for side in ("first", "second"):

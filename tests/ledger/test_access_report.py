@@ -138,6 +138,22 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
         assert nirs["CAF-0001"] not in page and person_a.value not in page
         assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
 
+        keys = []
+        for i, v in enumerate(wits.vkeys()):
+            (tmp_path / f"w{i}.vkey").write_text(v + "\n")
+            keys += ["--witness", str(tmp_path / f"w{i}.vkey")]
+        ours = CliRunner().invoke(group, ["audit", "check-checkpointed",
+                                          str(out.with_suffix(".json")), *keys, "--quorum", "2"],
+                                  obj={"settings": settings})
+        assert ours.exit_code == 0 and "access report: 5 event(s)" in ours.output, ours.output
+        forged = json.loads(out.with_suffix(".json").read_text())
+        forged["events"][0]["entry"]["actor"] = "agent.caf-35.9999"
+        (tmp_path / "forged.json").write_text(json.dumps(forged))
+        ours = CliRunner().invoke(group, ["audit", "check-checkpointed",
+                                          str(tmp_path / "forged.json"), *keys],
+                                  obj={"settings": settings})
+        assert ours.exit_code == 1 and "entry edited" in ours.output, ours.output
+
         go = build_go_verifier(tmp_path_factory.mktemp("go"))
         witness_args = [a for v in wits.vkeys() for a in ("-witness", v)]
         done = run_go(go, "-log", vkey, *witness_args, "-quorum", "2",
