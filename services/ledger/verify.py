@@ -195,6 +195,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
     time_at: dict[int, str] = {}
 
     acc = CompactRange()
+    nodes: list[tuple[int, int, bytes]] = []  # the tile hashes above level 0, recomputed
     prev_chain = GENESIS_CHAIN
     sha = hashlib.sha256
     c = t.entries.c
@@ -229,7 +230,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                                    "entry (rows reordered, renumbered or removed before it)",
                                    seq, entry_id))
             prev_chain = stored_chain
-            acc.append(leaf)
+            acc.append_noting(leaf, nodes)
             expected += 1
             while next_size < len(sizes) and sizes[next_size] == acc.size:
                 root = acc.root()
@@ -275,6 +276,7 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                                f"{acc.size} entries remain: entries from n° {acc.size} on were "
                                "deleted", acc.size, None))
     _check_state(state_row, acc, prev_chain, report)
+    _check_tile_nodes(engine, nodes, report)
     _check_lookup(engine, expected_lookup & _MASK, report)
     report.heads_checked = len(heads)
     return report
@@ -380,6 +382,28 @@ def _check_heads_at(heads: list[SignedHead], root: bytes, last_good: int, report
                 "was rewritten together with its hashes",
                 last_good, None))
     return ok
+
+
+def _check_tile_nodes(engine: Engine, nodes: list[tuple[int, int, bytes]],
+                      report: Report) -> None:
+    """The stored hashes of the tiles above level 0 are the subtree roots of the entries:
+    a damaged one would serve tiles that no verifier accepts."""
+    tn = t.tile_nodes.c
+    with engine.connect() as conn:
+        stored = [(int(level), int(idx), bytes(h)) for level, idx, h in conn.execute(
+            select(tn.level, tn.idx, tn.hash).order_by(tn.level, tn.idx))]
+    expected = sorted(nodes)
+    if stored == expected:
+        return
+    for want, got in zip(expected, stored, strict=False):
+        if want != got:
+            first = want[1] << (8 * want[0])
+            report.add(Problem(f"the tile hash of level {want[0]} n° {want[1]} (entries n° "
+                               f"{first} to n° {first + (1 << 8 * want[0]) - 1}) is not the "
+                               f"root of those entries: {t.tile_nodes.name} was altered"))
+            return
+    report.add(Problem(f"{t.tile_nodes.name} holds {len(stored)} tile hashes, the entries "
+                       f"make {len(expected)}: rows were added or removed by hand"))
 
 
 def _check_lookup(engine: Engine, expected: int, report: Report) -> None:

@@ -327,3 +327,19 @@ def test_entries_appended_without_the_key_are_covered_once_due(filled: Settings)
     assert not ledger.checkpoint_if_due(soon + dt.timedelta(seconds=60))  # nothing new
     ledger.engine.dispose()
     assert run(filled, "audit", "verify").exit_code == 0
+
+
+def test_a_damaged_tile_hash_is_found(tmp_path: Path) -> None:
+    settings = settings_at(tmp_path, "tiles")
+    ledger = Ledger.open(settings)
+    ledger.append([make_entry(i) for i in range(520)])  # two complete subtrees of 256
+    with ledger.engine.begin() as conn:
+        rows = conn.execute(select(t.tile_nodes.c.level, t.tile_nodes.c.idx)).all()
+        assert sorted(rows) == [(1, 0), (1, 1)]
+        conn.execute(update(t.tile_nodes).where(t.tile_nodes.c.idx == 1)
+                     .values(hash=bytes(32)))
+    ledger.engine.dispose()
+    result = run(settings, "audit", "verify")
+    assert result.exit_code == 1
+    assert "the tile hash of level 1 n° 1 (entries n° 256 to n° 511) is not the root" \
+        in result.output
