@@ -550,8 +550,10 @@ def audit_export(ctx: click.Context, period: str, fmt: str, out: Path) -> None:
 def audit_reindex(ctx: click.Context) -> None:
     """Rebuild the auditor's index (what `audit query` looks through) from the entries, when
     `audit verify` reports it damaged. The entries, their hashes and the heads are untouched."""
-    count = _ledger(ctx, sign=False).rebuild_index()
+    ledger = _ledger(ctx, sign=False)
+    count = ledger.rebuild_index()
     click.echo(f"Index de l'auditeur reconstruit : {count} entrée(s).")
+    click.echo(f"Hachés des tuiles reconstruits : {ledger.rebuild_tile_nodes()}.")
 
 
 @audit.command("sink")

@@ -584,6 +584,29 @@ class Ledger:
                 done += len(rows)
                 start = int(rows[-1][0]) + 1
 
+    def rebuild_tile_nodes(self, batch: int = 100_000) -> int:
+        """Recompute the tile hashes above level 0 from the stored leaf hashes, in one
+        transaction (appends wait); returns how many there are. For a ledger written before
+        tiles, or whose ``ledger_tile_nodes`` `audit verify` reports damaged."""
+        c = t.entries.c
+        acc = CompactRange()
+        nodes: list[tuple[int, int, bytes]] = []
+        with self.engine.begin() as conn:
+            _lock_state(conn)
+            conn.execute(delete(t.tile_nodes))
+            start = 0
+            while True:
+                rows = conn.execute(select(c.seq, c.leaf_hash).where(c.seq >= start)
+                                    .order_by(c.seq).limit(batch)).all()
+                if not rows:
+                    break
+                for _, leaf in rows:
+                    acc.append_noting(bytes(leaf), nodes)
+                start = int(rows[-1][0]) + 1
+            if nodes:
+                _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), nodes)
+        return len(nodes)
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.entries)).scalar_one())
@@ -599,7 +622,10 @@ def ensure_tables(engine: Engine) -> None:
     """Create the missing ``ledger_*`` tables, and bring a ledger written by an earlier
     version up to date: its deferred index (``ledger_lookup``) is dropped and the auditor's
     index rebuilt from the entries. Entries, hashes and heads are never touched."""
+    had_tiles = t.tile_nodes.name in inspect(engine).get_table_names()
     t.metadata.create_all(engine, checkfirst=True)
+    if not had_tiles:  # a ledger from before tiles: their hashes, from the stored leaves
+        Ledger(engine).rebuild_tile_nodes()
     if _LEGACY_LOOKUP in inspect(engine).get_table_names():
         Ledger(engine).rebuild_index()
         with engine.begin() as conn:

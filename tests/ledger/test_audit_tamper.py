@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select, update
+from sqlalchemy import text as sa_text
 
 from services.errors import InputError
 from services.ledger import tables as t
@@ -343,3 +344,15 @@ def test_a_damaged_tile_hash_is_found(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "the tile hash of level 1 n° 1 (entries n° 256 to n° 511) is not the root" \
         in result.output
+
+
+def test_a_ledger_from_before_tiles_gets_its_tile_hashes(tmp_path: Path) -> None:
+    settings = settings_at(tmp_path, "old")
+    ledger = Ledger.open(settings)
+    ledger.append([make_entry(i) for i in range(300)])
+    with ledger.engine.begin() as conn:
+        conn.execute(sa_text("DROP TABLE ledger_tile_nodes"))
+    ledger.engine.dispose()
+    assert run(settings, "audit", "verify").exit_code == 0  # recreated and filled on open
+    reindex = run(settings, "audit", "reindex")
+    assert "Hachés des tuiles reconstruits : 1." in reindex.output
