@@ -410,6 +410,15 @@ class Ledger:
             last = _last_checkpoint(conn)
             return None if last is None else self.checkpoint_at(last[0], conn)
 
+    def published_checkpoint(self) -> str | None:
+        """What the log publishes at ``/checkpoint``: the newest checkpoint witnesses
+        cosigned (auditors require a quorum), else the newest one."""
+        with self.engine.connect() as conn:
+            size = conn.execute(select(func.max(t.cosignatures.c.tree_size))).scalar()
+            if size is not None:
+                return self.checkpoint_at(int(size), conn)
+        return self.latest_checkpoint()
+
     def checkpoints(self, connection: Connection | None = None) -> list[tuple[int, str, str]]:
         """(size, signed at, note) of every stored checkpoint, smallest first (no
         cosignatures)."""

@@ -3,7 +3,7 @@ and verified from them alone, without our database.
 
 Layout (https://c2sp.org/tlog-tiles), tile height 8 (256 hashes a tile)::
 
-    checkpoint                       the latest checkpoint and its cosignatures
+    checkpoint                       the newest cosigned checkpoint (else the newest)
     tile/<L>/<N>[.p/<W>]             hashes of level L: 32-byte SHA-256 each, W of them
     tile/entries/<N>[.p/<W>]         entry bundle: each entry as a big-endian uint16 length
                                      then its bytes (its RFC 8785 form, the leaf data)
@@ -163,7 +163,7 @@ class LedgerTiles:
         return b"".join(hashes) if len(hashes) == ref.width else None
 
     def checkpoint(self) -> bytes | None:
-        note = self.ledger.latest_checkpoint()
+        note = self.ledger.published_checkpoint()
         return None if note is None else note.encode()
 
 

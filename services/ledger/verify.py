@@ -243,7 +243,8 @@ def verify_ledger(engine: Engine, public_keys: dict[str, Ed25519PublicKey], *,
                     last_good_trusted = acc.size
                 if good:
                     last_good_head = acc.size
-                    if acc.size in stored_cps or acc.size in trusted_by_size:
+                    if (acc.size in stored_cps or acc.size in trusted_by_size
+                            or heads_by_size[acc.size]):  # a signed head binds as well
                         report.covered = acc.size
                 next_size += 1
             if seq == report.covered:
