@@ -32,7 +32,7 @@ from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import SignalBuilder, SignalInput
 from tests.casebook.factory import followup, hex32, situation
-from tests.ledger.auditing import build_go_verifier, run_go, running_witnesses
+from tests.ledger.auditing import run_go, running_witnesses
 from tests.producer.helpers import make_nir
 
 T = dt.datetime(2026, 11, 10, 9, 0, tzinfo=dt.UTC)
@@ -80,7 +80,7 @@ def receipt(n: int, signal_id: str, status: str = "accepte") -> bytes:
 
 def test_the_report_lists_exactly_the_persons_events_each_proven(
         fund_side: tuple[Settings, Path, dict[str, list[str]], dict[str, str]],
-        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        tmp_path: Path, go_verifier: Path) -> None:
     settings, extract, ids, nirs = fund_side
     _, key = load_exchange_key(settings.key_dir)
     person_a = Pseudonym(key_id="exch-2026-01", value=pseudonym_value(key, normalise(nirs["CAF-0001"])))
@@ -154,9 +154,8 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
                                   obj={"settings": settings})
         assert ours.exit_code == 1 and "entry edited" in ours.output, ours.output
 
-        go = build_go_verifier(tmp_path_factory.mktemp("go"))
         witness_args = [a for v in wits.vkeys() for a in ("-witness", v)]
-        done = run_go(go, "-log", vkey, *witness_args, "-quorum", "2",
+        done = run_go(go_verifier, "-log", vkey, *witness_args, "-quorum", "2",
                       str(out.with_suffix(".json")))
         assert done.returncode == 0 and "access report: 5 events proven" in done.stdout, \
             done.stdout

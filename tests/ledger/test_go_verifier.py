@@ -21,7 +21,7 @@ from services.ledger.merkle import leaf_hash
 from services.ledger.store import Ledger
 from services.ledger.witness import witness_round
 from services.platform.settings import Settings, load_settings
-from tests.ledger.auditing import build_go_verifier, run_go, running_witnesses, serving_tiles
+from tests.ledger.auditing import run_go, running_witnesses, serving_tiles
 from tests.ledger.conftest import make_entry
 
 N = 600  # two full level-0 tiles, a partial one, and a partial level-1 tile
@@ -33,11 +33,6 @@ def group() -> None:
 
 
 register(group)
-
-
-@pytest.fixture(scope="module")
-def go_verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_go_verifier(tmp_path_factory.mktemp("go"))
 
 
 @pytest.fixture
