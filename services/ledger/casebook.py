@@ -175,6 +175,19 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     return LedgerAuditSink(Ledger(engine))
 
 
+def person_of_situation(conn: sa.Connection, situation_id: str) -> Pseudonym | None:
+    """The pseudonym of a situation, from the casebook's row (None: no such case, or no
+    casebook in this database)."""
+    from services.casebook import tables as ct
+
+    if not sa.inspect(conn).has_table(ct.situations.name):
+        return None
+    s = ct.situations.c
+    row = conn.execute(sa.select(s.pseudonym_key_id, s.pseudonym)
+                       .where(s.situation_id == situation_id)).first()
+    return None if row is None else Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
+
+
 def case_of_reveal(conn: sa.Connection, case_number: str | None, fund: str,
                    digest: str) -> tuple[str, Pseudonym] | None:
     """(situation id, pseudonym) of the case a reveal event names, if that case holds a

@@ -156,11 +156,7 @@ class EntryMaker:
         if r.value is None:
             return []
         if r.topic == FOLLOWUPS_TOPIC:
-            f = parse(FollowupEvent, r.value)
-            return [new_entry(action=Action.SUITE_ENREGISTREE, actor=f.recorded_by,
-                              purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
-                              time=f.recorded_at, natural_key=(f.event_id,), case_id=f.situation_id,
-                              ref=f.event_id)]
+            return self._followup(r.value)
         if r.topic == CONSENTS_TOPIC:
             return self._consent(r.value)
         if r.topic == REVEALS_TOPIC:
@@ -179,6 +175,27 @@ class EntryMaker:
                           legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
                           natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
                           fund=rc.fund)]
+
+    def _followup(self, value: bytes) -> list[LedgerEntry]:
+        """A follow-up: the case, the fund that recorded it, and the person (their
+        commitment), read from the casebook's row of the case when the ledger shares its
+        database; a replay is entered as it was the first time (read back from the ledger),
+        even if the case was purged since."""
+        f = parse(FollowupEvent, value)
+        action = Action.SUITE_ENREGISTREE
+        person = None
+        if self.ledger is not None:
+            stored = self.ledger.get(entry_id_for(action.value, f.event_id))
+            if stored is not None:
+                return [parse_entry(stored.data)]
+            from services.ledger.casebook import person_of_situation
+
+            with self.ledger.engine.connect() as conn:
+                person = person_of_situation(conn, f.situation_id)
+        return [new_entry(action=action, actor=f.recorded_by, purpose=Finalite.ACCES_AUX_DROITS,
+                          legal_basis=BaseLegale.L115_2_1, time=f.recorded_at,
+                          natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
+                          fund=f.fund, person=person)]
 
     def _situation(self, value: bytes) -> LedgerEntry:
         s = parse(SituationEvent, value)

@@ -77,3 +77,29 @@ def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
             user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_liste",
             cases=("35-2026-11-0001",)))
     engine.dispose()
+
+
+def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
+        offline_settings: Settings) -> None:
+    from services.core.messages import to_wire
+    from services.ledger.sink import EntryMaker, Record
+    from services.platform.topics import FOLLOWUPS_TOPIC
+    from tests.casebook.factory import followup
+
+    engine = open_store_engine(offline_settings.database_url)
+    ensure_tables(engine)
+    sit = situation(1)
+    with engine.begin() as conn:
+        apply_situations(conn, [sit])
+    ledger = Ledger(engine)
+    maker = EntryMaker(None, ledger)
+    record = Record(FOLLOWUPS_TOPIC, 0, 0, None, to_wire(followup(1, "caf", "fsl")))
+    (entry,) = maker.entries(record)
+    assert is_about(entry, sit.pseudonym) and entry.case_id == sit.situation_id
+    assert entry.fund is not None and entry.fund.value == "caf"
+    ledger.append([entry])
+    with engine.begin() as conn:
+        conn.execute(sa.delete(ct.situations))
+    (replayed,) = maker.entries(record)
+    assert replayed == entry and replayed.canonical() == entry.canonical()
+    engine.dispose()
