@@ -7,18 +7,22 @@ and appends:
 =====================================  =============================================  ===============
 record                                 entry                                          natural key
 =====================================  =============================================  ===============
-receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id        receipt id
-receipt ``rejete``                     ``signalement_rejete`` + reason                 receipt id
+receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id, fund  receipt id
+receipt ``rejete``                     ``signalement_rejete`` + reason, fund           receipt id
 situation event                        ``situation_ouverte`` / ``_mise_a_jour`` /      event id
-                                       ``_fermee`` / ``_rouverte``, case, pseudonym
+                                       ``_fermee`` / ``_rouverte``, case, person
 situation tombstone (null value)       ``effacement`` (or ``purge_conservation`` when   topic position
                                        the purge sent it), case
-follow-up                              ``suite_enregistree``, actor = who recorded it  event id
+follow-up                              ``suite_enregistree``, actor = who recorded it,  event id
+                                       fund, case, person (from the casebook)
 consent event (signature verified)     ``consentement_donne`` / ``_retire`` /          event id
-                                       ``opposition``, pseudonym
+                                       ``opposition``, person, fund
 reveal event (signature verified)      ``reference_revelee``, actor = the fund's user,  event id
                                        purpose, case and pseudonym (see below)
 =====================================  =============================================  ===============
+
+"person" is the entry's ``subject_commitment`` (the pseudonym itself stays in the ledger's
+private columns): see :func:`services.ledger.entries.subject_commitment` and docs/audit.md.
 
 A reveal event names the case number its reference was listed under and the SHA-256 of the
 seal; the entry gets that case's situation id and pseudonym (from the casebook, which shares
