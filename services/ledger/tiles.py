@@ -355,6 +355,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._answer(body=False)
 
+    def do_POST(self) -> None:
+        self.send_error(405, "read-only: GET or HEAD")
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
     def _answer(self, *, body: bool) -> None:
         path = self.path.split("?", 1)[0].lstrip("/")
         if path == "checkpoint":

@@ -242,6 +242,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._send(self.witness.add_checkpoint(self.rfile.read(length)))
 
+    def do_GET(self) -> None:
+        self._send(Answer(405, "only POST /add-checkpoint\n"))
+
     def _send(self, answer: Answer) -> None:
         data = answer.body.encode()
         self.send_response(answer.status)
