@@ -103,3 +103,10 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     (replayed,) = maker.entries(record)
     assert replayed == entry and replayed.canonical() == entry.canonical()
     engine.dispose()
+
+
+def test_the_commitment_of_the_documented_example() -> None:
+    from services.ledger.entries import subject_commitment
+
+    assert subject_commitment("-" + "A" * 42, "0123456789abcdef0123456789abcdef") == \
+        "eSlokFoRdX2y2MJEdztGRoPofNA8UXGQ6CA5CKfa5lw"
