@@ -1,14 +1,17 @@
 """The audit sink: what happened on the exchange's topics, as ledger entries.
 
 ``help-exchange audit sink`` reads every fund's receipts (``help.receipts.<fund>.v1``),
-``help.situations.v1``, ``help.followups.v1``, ``help.consents.v1`` and ``help.reveals.v1``
-and appends:
+``help.situations.v1``, ``help.followups.v1``, ``help.consents.v1``, ``help.reveals.v1`` and
+the signal topics (for the person a receipt is about) and appends:
 
 =====================================  =============================================  ===============
 record                                 entry                                          natural key
 =====================================  =============================================  ===============
-receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id, fund  receipt id
-receipt ``rejete``                     ``signalement_rejete`` + reason, fund           receipt id
+receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id, fund, receipt id
+                                       person (of the signal, see below)
+receipt ``rejete``                     ``signalement_rejete`` + reason, fund, person   receipt id
+signal (``help.signals.<fund>.v1``)    none: its person is kept (``ledger_signal_     —
+                                       subjects``) until its receipt is entered
 situation event                        ``situation_ouverte`` / ``_mise_a_jour`` /      event id
                                        ``_fermee`` / ``_rouverte``, case, person
 situation tombstone (null value)       ``effacement`` (or ``purge_conservation`` when   topic position
@@ -65,6 +68,7 @@ from services.core import signing
 from services.core.messages import (
     ConsentEvent,
     FollowupEvent,
+    Pseudonym,
     Receipt,
     RevealEvent,
     SituationEvent,
@@ -91,7 +95,9 @@ from services.platform.topics import (
     FOLLOWUPS_TOPIC,
     REVEALS_TOPIC,
     SITUATIONS_TOPIC,
+    fund_of_signal_topic,
     receipt_topic,
+    signal_topic,
 )
 
 log = logging.getLogger("help_exchange.ledger.sink")
@@ -116,7 +122,17 @@ _CONSENT_ACTIONS = {
 
 def sink_topics() -> list[str]:
     return [*(receipt_topic(f) for f in Fund), SITUATIONS_TOPIC, FOLLOWUPS_TOPIC, CONSENTS_TOPIC,
-            REVEALS_TOPIC]
+            REVEALS_TOPIC, *(signal_topic(f) for f in Fund)]
+
+
+#: How long a receipt waits for its signal (read from the signal topics) before it is
+#: entered without the person: the signal is published before its receipt, so this only
+#: covers a sink reading the signal topics behind the receipt topics.
+HOLD_S = 20.0
+
+
+class Held(Exception):
+    """A receipt whose signal (hence person) the sink has not read yet."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,8 @@ class BatchResult:
     already_present: int = 0
     skipped: int = 0
     tree_size: int = 0
+    #: receipt partitions waiting for a signal: (topic, partition) -> the held offset
+    held: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def _finalite(purpose: str) -> Finalite:
@@ -151,6 +169,48 @@ class EntryMaker:
     def __init__(self, registry: Registry | None, ledger: Ledger | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
+        #: signal id -> person, for the receipts of signals read in this run (and, through
+        #: ``ledger_signal_subjects``, in earlier runs)
+        self.subjects: dict[str, Pseudonym] = {}
+        self._held_since: dict[tuple[str, int, int], float] = {}
+        self.used: set[str] = set()
+
+    def signal_subject(self, r: Record) -> tuple[str, Pseudonym] | None:
+        """(signal id, person) of a signal record, or None if it does not say."""
+        import json
+
+        try:
+            doc = json.loads(r.value or b"")
+            signal_id = doc["signal_id"]
+            person = Pseudonym.model_validate(doc["pseudonym"])
+        except (ValueError, TypeError, KeyError, ValidationError):
+            return None
+        if not isinstance(signal_id, str) or len(signal_id) != 32:
+            return None
+        self.subjects[signal_id] = person
+        return signal_id, person
+
+    def hold_expired(self, r: Record) -> bool:
+        """True once receipt ``r`` has waited :data:`HOLD_S` for its signal."""
+        key = (r.topic, r.partition, r.offset)
+        first = self._held_since.setdefault(key, time.monotonic())
+        if time.monotonic() - first < HOLD_S:
+            return False
+        del self._held_since[key]
+        log.warning("receipt %s[%d]@%d: its signal was not read within %.0f s; entered "
+                    "without the person", r.topic, r.partition, r.offset, HOLD_S)
+        return True
+
+    def _person_of_signal(self, signal_id: str) -> Pseudonym | None:
+        found = self.subjects.get(signal_id)
+        if found is None and self.ledger is not None:
+            c = t.signal_subjects.c
+            with self.ledger.engine.connect() as conn:
+                row = conn.execute(sa.select(c.key_id, c.value)
+                                   .where(c.signal_id == signal_id)).first()
+            if row is not None:
+                found = Pseudonym(key_id=row.key_id, value=row.value)
+        return found
 
     def entries(self, r: Record) -> list[LedgerEntry]:
         """The entries of one record (empty if it is not one the ledger keeps); raises
@@ -165,9 +225,18 @@ class EntryMaker:
             return self._consent(r.value)
         if r.topic == REVEALS_TOPIC:
             return self._reveal(r.value)
+        if fund_of_signal_topic(r.topic) is not None:
+            return []  # a signal: only its person is kept, for its receipt (apply_batch)
         return self._receipt(r.value)
 
-    def _receipt(self, value: bytes) -> list[LedgerEntry]:
+    def receipt_without_person(self, r: Record) -> list[LedgerEntry]:
+        """The entries of receipt ``r`` when its signal cannot be read."""
+        assert r.value is not None
+        return self._receipt(r.value, wait=False)
+
+    def _receipt(self, value: bytes, *, wait: bool = True) -> list[LedgerEntry]:
+        """A receipt, with the person of its signal (read from the signal topics): raises
+        :class:`Held` while that signal has not been read. A replay is entered as it was."""
         rc = parse(Receipt, value)
         if rc.status == "accepte":
             if rc.signal_id is None:
@@ -175,10 +244,23 @@ class EntryMaker:
             action = Action.SIGNALEMENT_ACCEPTE
         else:
             action = Action.SIGNALEMENT_REJETE
+        person = None
+        if rc.signal_id is not None:
+            if self.ledger is not None:
+                stored = self.ledger.get(entry_id_for(action.value, rc.receipt_id))
+                if stored is not None:
+                    self.used.add(rc.signal_id)  # a replayed signal's row goes too
+                    return [parse_entry(stored.data)]
+            person = self._person_of_signal(rc.signal_id)
+            if person is None and wait and self.ledger is not None:
+                raise Held(rc.signal_id)
+            if person is not None:
+                self.used.add(rc.signal_id)
+                self.subjects.pop(rc.signal_id, None)
         return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
                           legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
                           natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
-                          fund=rc.fund)]
+                          fund=rc.fund, person=person)]
 
     def _followup(self, value: bytes) -> list[LedgerEntry]:
         """A follow-up: the case, the fund that recorded it, and the person (their
@@ -278,16 +360,40 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
     result = BatchResult(records=len(records))
     entries: list[LedgerEntry] = []
     positions: dict[tuple[str, int], int] = {}
+    subjects: dict[str, Pseudonym] = {}
+    for r in records:  # signals first: a receipt in the same batch finds its person
+        if fund_of_signal_topic(r.topic) is not None:
+            positions[(r.topic, r.partition)] = max(positions.get((r.topic, r.partition), -1),
+                                                    r.offset)
+            found = maker.signal_subject(r)
+            if found is not None:
+                subjects[found[0]] = found[1]
+    maker.used.clear()
     for r in records:
         key = (r.topic, r.partition)
-        positions[key] = max(positions.get(key, -1), r.offset)
+        if fund_of_signal_topic(r.topic) is not None:
+            continue
+        if key in result.held:
+            continue  # after a held receipt, its partition waits (offsets stay in order)
         try:
             entries.extend(maker.entries(r))
+        except Held:
+            if maker.hold_expired(r):
+                entries.extend(maker.receipt_without_person(r))
+            else:
+                result.held[key] = r.offset
+                continue
         except (ValidationError, ValueError, KeyError) as exc:
             result.skipped += 1
             log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, type(exc).__name__)
+        positions[key] = max(positions.get(key, -1), r.offset)
     try:
         with ledger.engine.begin() as conn:
+            _keep_subjects(conn, {k: v for k, v in subjects.items() if k not in maker.used})
+            if maker.used:
+                c = t.signal_subjects.c
+                conn.execute(sa.delete(t.signal_subjects)
+                             .where(c.signal_id.in_(sorted(maker.used))))
             done = ledger.append(entries, connection=conn, first_time_wins=RECEIPT_ACTIONS)
             store_offsets(conn, consumer, positions)
     except sa.exc.OperationalError as exc:
@@ -296,6 +402,23 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
     result.appended, result.already_present = done.appended, done.already_present
     result.tree_size = done.tree_size
     return result
+
+
+def _keep_subjects(conn: sa.Connection, subjects: dict[str, Pseudonym]) -> None:
+    """Keep the person of each signal whose receipt has not come yet (a replayed signal
+    is already there)."""
+    if not subjects:
+        return
+    c = t.signal_subjects.c
+    ids = sorted(subjects)
+    present: set[str] = set()
+    for start in range(0, len(ids), 500):
+        present.update(conn.execute(sa.select(c.signal_id)
+                                    .where(c.signal_id.in_(ids[start : start + 500]))).scalars())
+    rows = [{"signal_id": i, "key_id": subjects[i].key_id, "value": subjects[i].value}
+            for i in ids if i not in present]
+    if rows:
+        conn.execute(sa.insert(t.signal_subjects), rows)
 
 
 def load_offsets(conn: sa.Connection, consumer: str) -> dict[tuple[str, int], int]:
@@ -353,6 +476,10 @@ class AuditSink:
                 if records:
                     result = await asyncio.to_thread(apply_batch, self.ledger, maker, records,
                                                      self.consumer_name)
+                    for (topic, partition), offset in result.held.items():
+                        cons.seek(TopicPartition(topic, partition), offset)  # read it again
+                    if result.held:
+                        await asyncio.sleep(0.05)
                     self._add(result)
                     dirty = dirty or result.appended > 0
                     idle_since = time.monotonic()

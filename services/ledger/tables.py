@@ -144,3 +144,14 @@ tile_nodes = Table(
     Column("hash", LargeBinary(32), nullable=False),
     sqlite_with_rowid=False,
 )
+
+# The person each signal is about, read by the audit sink from the signal topics, so that
+# the receipt of the signal (which names only its id) is entered with the person's
+# commitment. A row goes once its receipt is entered. Private, as ledger_entries' columns.
+signal_subjects = Table(
+    "ledger_signal_subjects",
+    metadata,
+    Column("signal_id", String(32), primary_key=True),
+    Column("key_id", String(40), nullable=False),
+    Column("value", String(43), nullable=False),
+)

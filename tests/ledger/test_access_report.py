@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -19,14 +20,20 @@ from services.casebook.audit import AccessEvent
 from services.core.messages import Pseudonym, Receipt, SourcePosition, to_wire
 from services.core.types import Fund
 from services.errors import InputError
+from services.ledger import sink
 from services.ledger.casebook import entry_for
 from services.ledger.cli import register
-from services.ledger.entries import Action
-from services.ledger.sink import EntryMaker, Record
+from services.ledger.entries import Action, is_about, parse_entry
+from services.ledger.sink import EntryMaker, Record, apply_batch
 from services.ledger.store import Ledger
 from services.ledger.witness import witness_round
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
+from services.platform.topics import (
+    FOLLOWUPS_TOPIC,
+    SITUATIONS_TOPIC,
+    receipt_topic,
+    signal_topic,
+)
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key
 from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
@@ -47,7 +54,7 @@ register(group)
 
 
 @pytest.fixture
-def fund_side(tmp_path: Path) -> tuple[Settings, Path, dict[str, list[str]], dict[str, str]]:
+def fund_side(tmp_path: Path) -> FundSide:
     """CAF's keys and extract: person A (reference CAF-0001, two signals), person B
     (CAF-0002, one signal). Returns the settings, the extract, the signal ids per reference
     and the NIR per reference (the ground truth)."""
@@ -65,10 +72,21 @@ def fund_side(tmp_path: Path) -> tuple[Settings, Path, dict[str, list[str]], dic
         f"{nirs[ref]};{cat};{day};35;{ref}\n" for ref, cat, day in lines), encoding="utf-8")
     builder = SignalBuilder(settings, Fund.CAF)
     ids: dict[str, list[str]] = {"CAF-0001": [], "CAF-0002": []}
+    signals: list[bytes] = []
     for ref, cat, day in lines:
         built = builder.build(SignalInput(nirs[ref], cat, dt.date.fromisoformat(day), "35", ref))
         ids[ref].append(json.loads(built.value)["signal_id"])
-    return settings, extract, ids, nirs
+        signals.append(built.value)
+    return FundSide(settings, extract, ids, nirs, signals)
+
+
+@dataclass
+class FundSide:
+    settings: Settings
+    extract: Path
+    ids: dict[str, list[str]]  # signal ids per reference
+    nirs: dict[str, str]  # NIR per reference (the ground truth)
+    signals: list[bytes]  # the signals as published
 
 
 def receipt(n: int, signal_id: str, status: str = "accepte") -> bytes:
@@ -79,13 +97,14 @@ def receipt(n: int, signal_id: str, status: str = "accepte") -> bytes:
 
 
 def test_the_report_lists_exactly_the_persons_events_each_proven(
-        fund_side: tuple[Settings, Path, dict[str, list[str]], dict[str, str]],
-        tmp_path: Path, go_verifier: Path) -> None:
-    settings, extract, ids, nirs = fund_side
+        fund_side: FundSide,
+        tmp_path: Path, go_verifier: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, extract, ids, nirs = (fund_side.settings, fund_side.extract, fund_side.ids,
+                                    fund_side.nirs)
     _, key = load_exchange_key(settings.key_dir)
     person_a = Pseudonym(key_id="exch-2026-01", value=pseudonym_value(key, normalise(nirs["CAF-0001"])))
     ledger = Ledger.open(settings)
-    maker = EntryMaker(None)
+    maker = EntryMaker(None, ledger)
     sit_a = situation(1, funds=("caf", "cpam"), occurred_at=T + dt.timedelta(hours=1)) \
         .model_copy(update={"pseudonym": person_a})
     sit_other = situation(2, occurred_at=T + dt.timedelta(hours=1))
@@ -99,7 +118,11 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
         Record(FOLLOWUPS_TOPIC, 0, 0, None, to_wire(followup(1, "caf", "fsl"))),
         Record(FOLLOWUPS_TOPIC, 0, 1, None, to_wire(followup(2, "caf", "fsl"))),
     ]
-    ledger.append([e for r in records for e in maker.entries(r)])
+    records[0:0] = [Record(signal_topic(Fund.CAF), 0, n, None, v) for n, v in enumerate(fund_side.signals)]
+    monkeypatch.setattr(sink, "HOLD_S", 0.0)  # the stranger's signal is not on the topic
+    apply_batch(ledger, maker, records)
+    receipts = [parse_entry(d) for _, d in ledger.query(action="signalement_accepte")]
+    assert sorted(is_about(e, person_a) for e in receipts) == [False, False, True, True]
     for n, who in ((1, person_a), (2, sit_other.pseudonym)):  # a CPAM agent opens each case
         ledger.append([entry_for(AccessEvent(
             user_id="agent.cpam-35.0007", role="agent", fund="cpam",

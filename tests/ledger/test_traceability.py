@@ -110,3 +110,60 @@ def test_the_commitment_of_the_documented_example() -> None:
 
     assert subject_commitment("-" + "A" * 42, "0123456789abcdef0123456789abcdef") == \
         "eSlokFoRdX2y2MJEdztGRoPofNA8UXGQ6CA5CKfa5lw"
+
+
+def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
+        offline_settings: Settings) -> None:
+    """The receipt says only the signal's id: the sink reads the signal topics too, and a
+    receipt read before its signal waits (its partition's offset stays) until the signal
+    comes; a replay appends nothing and leaves no row behind."""
+    import json
+
+    from services.core.messages import Receipt, SourcePosition, to_wire
+    from services.core.types import Fund
+    from services.ledger import tables as lt
+    from services.ledger.sink import EntryMaker, Record, apply_batch, load_offsets
+    from services.platform.topics import receipt_topic, signal_topic
+    from tests.casebook.factory import hex32, pseudonym
+
+    engine = open_store_engine(offline_settings.database_url)
+    ensure_tables(engine)
+    ledger = Ledger(engine)
+    maker = EntryMaker(None, ledger)
+    person = pseudonym(7)
+
+    def signal(n: int) -> Record:
+        value = json.dumps({"signal_id": hex32("signal", n),
+                            "pseudonym": person.model_dump()}).encode()
+        return Record(signal_topic(Fund.CAF), 0, n, None, value)
+
+    def receipt(n: int) -> Record:
+        value = to_wire(Receipt(
+            schema_version="1.0", receipt_id=hex32("receipt", n), fund=Fund.CAF,
+            signal_id=hex32("signal", n), status="accepte", reason=None,
+            processed_at=dt.datetime(2026, 11, 10, 9, n, tzinfo=dt.UTC),
+            source=SourcePosition(topic=signal_topic(Fund.CAF), partition=0, offset=n)))
+        return Record(receipt_topic(Fund.CAF), 0, n, None, value)
+
+    def rows() -> int:
+        with engine.connect() as conn:
+            return len(conn.execute(sa.select(lt.signal_subjects)).all())
+
+    first = apply_batch(ledger, maker, [signal(0), receipt(0), receipt(1)])
+    assert first.held == {(receipt_topic(Fund.CAF), 0): 1} and first.appended == 1
+    with engine.connect() as conn:
+        assert load_offsets(conn, "help-audit-sink")[(receipt_topic(Fund.CAF), 0)] == 0
+    second = apply_batch(ledger, maker, [signal(1), receipt(1)])
+    assert not second.held and second.appended == 1
+    entries = [parse_entry(d) for _, d in ledger.query(action=Action.SIGNALEMENT_ACCEPTE.value)]
+    assert len(entries) == 2 and all(is_about(e, person) for e in entries)
+    assert all(e.fund is Fund.CAF for e in entries) and rows() == 0
+
+    fresh = EntryMaker(None, ledger)  # a restart replays both topics
+    replay = apply_batch(ledger, fresh, [signal(0), signal(1), receipt(0), receipt(1)])
+    assert replay.appended == 0 and rows() == 0
+    apply_batch(ledger, fresh, [signal(2)])
+    assert rows() == 1  # kept for its receipt, in a later run
+    later = apply_batch(ledger, EntryMaker(None, ledger), [receipt(2)])
+    assert later.appended == 1 and rows() == 0
+    engine.dispose()
