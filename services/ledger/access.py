@@ -148,22 +148,35 @@ def find_events(ledger: Ledger, person: Person) -> list[Event]:
 
 def build_report(ledger: Ledger, person: Person, *, now: dt.datetime | None = None
                  ) -> dict[str, Any]:
-    """The JSON report: the events with their proofs to the newest checkpoint (signed now
-    if none covers the tree; with the cosignatures the witnesses gave)."""
-    note = ledger.checkpoint(now)
-    size = parse_checkpoint_text(parse_note(note).text)[1]
+    """The JSON report: each event with its proof to the newest checkpoint the witnesses
+    cosigned that holds it, else to the newest checkpoint (signed now if none covers the
+    tree), flagged ``temoins`` = [] ("en attente de cosignature")."""
+    newest = ledger.checkpoint(now)
+    size = _size(newest)
+    witnessed = ledger.published_checkpoint()
+    witnessed_size = _size(witnessed) if witnessed is not None else 0
     events = [e for e in find_events(ledger, person) if e.index < size]
     leaves = ledger.leaf_hashes(size) if events else []
-    cosigners = [s.name for s in parse_note(note).signatures][1:]
+    lines = []
+    for e in events:
+        note, at = ((witnessed, witnessed_size) if witnessed is not None
+                    and e.index < witnessed_size else (newest, size))
+        cosigners = [sig.name for sig in parse_note(note).signatures][1:]
+        lines.append({**inclusion_document(e.data, e.index, at,
+                                           inclusion_proof(e.index, leaves, at), None, note),
+                      "ligne": e.line, "temoins": cosigners})
     return {
         "format": REPORT_FORMAT,
         "fund": person.fund.value,
         "generated_at": (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "checkpoint": note,
-        "cosigned_by": cosigners,
-        "events": [{**inclusion_document(e.data, e.index, size, inclusion_proof(e.index, leaves),
-                                         None, note), "ligne": e.line} for e in events],
+        "checkpoint": witnessed or newest,
+        "cosigned_by": [sig.name for sig in parse_note(witnessed or newest).signatures][1:],
+        "events": lines,
     }
+
+
+def _size(note: str) -> int:
+    return parse_checkpoint_text(parse_note(note).text)[1]
 
 
 _HEAD: Final = ("Quand", "Qui (organisme ou rôle)", "Quoi", "Pourquoi", "Base légale",
@@ -174,7 +187,8 @@ def render_html(report: dict[str, Any], reference: str) -> str:
     """The report for the person, in French."""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in e["ligne"].values())
-        + f"<td>entrée n° {e['leaf_index']} / {e['tree_size']}</td></tr>"
+        + f"<td>entrée n° {e['leaf_index']} / {e['tree_size']}"
+        + ("" if e["temoins"] else " (en attente de cosignature)") + "</td></tr>"
         for e in report["events"])
     cosigned = ", ".join(report["cosigned_by"]) or "aucun témoin (point de contrôle non cosigné)"
     return f"""<!doctype html>
@@ -230,7 +244,9 @@ def render_pdf(report: dict[str, Any], reference: str) -> bytes:
     rows: list[list[Any]] = [[Paragraph(h, head) for h in _HEAD]]
     for e in report["events"]:
         rows.append([Paragraph(escape(v), cell) for v in e["ligne"].values()]
-                    + [Paragraph(f"n° {e['leaf_index']} / {e['tree_size']}", cell)])
+                    + [Paragraph(f"n° {e['leaf_index']} / {e['tree_size']}"
+                                 + ("" if e["temoins"] else " (en attente de cosignature)"),
+                                 cell)])
     table = LongTable(rows, repeatRows=1, colWidths=[30 * mm, 34 * mm, 34 * mm, 32 * mm,
                                                      34 * mm, 22 * mm])
     table.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, 0), blue),

@@ -188,6 +188,18 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
                            obj={"settings": settings})
     assert b.exit_code == 0 and "1 événement(s)" in b.output, b.output
 
+    # an event after the last witness round: proven to the newest checkpoint, flagged
+    ledger.append([entry_for(AccessEvent(
+        user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_dossier",
+        situation_id=hex32("situation", 1), at=T + dt.timedelta(hours=3)), person_a)])
+    again = CliRunner().invoke(group, ["access-report", "--fund", "caf", "--reference",
+                                       "CAF-0001", "--extract", str(extract), "--out",
+                                       str(tmp_path / "again")], obj={"settings": settings})
+    assert again.exit_code == 0, again.output
+    events = json.loads((tmp_path / "again.json").read_text())["events"]
+    assert [bool(e["temoins"]) for e in events] == [True] * 5 + [False]
+    assert "en attente de cosignature" in (tmp_path / "again.html").read_text()
+
     refused = CliRunner().invoke(group, ["access-report", "--fund", "caf", "--reference",
                                          "CPAM-9999", "--extract", str(extract), "--out",
                                          str(tmp_path / "x")], obj={"settings": settings})
