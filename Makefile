@@ -35,11 +35,14 @@ $(INTEROP_NODE_STAMP): $(INTEROP_NODE_DIR)/package.json $(INTEROP_NODE_DIR)/pack
 	@touch $@
 
 # Real parts for the tests, from Debian's packages (CI starts on a fresh machine).
-# PostgreSQL for the SQL repository tests; Chromium for the browser test of the web view.
+# PostgreSQL for the SQL repository tests; Chromium for the browser test of the web view;
+# Go and golang.org/x/mod (sumdb/note, sumdb/tlog) for the ledger's independent verifier.
 system-packages:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/bin/go || missing="$$missing golang-go"; \
+	test -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog || missing="$$missing golang-golang-x-mod-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -42,6 +42,8 @@ class AccessEvent:
     pseudonym: str | None = None
     detail: str = ""
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    #: The case numbers a list view or an export showed (the ledger enters one per case).
+    cases: tuple[str, ...] = ()
 
 
 @runtime_checkable

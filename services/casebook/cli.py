@@ -121,7 +121,8 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
         data = render(wl, fmt)
         default_audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund_code, action="export",
-            detail=f"{fmt} {m} territoire {territory} : {len(wl.cases)} dossiers"))
+            detail=f"{fmt} {m} territoire {territory} : {len(wl.cases)} dossiers",
+            cases=tuple(c.case_number for c in wl.cases)))
         write_atomic(out, data)
     finally:
         engine.dispose()

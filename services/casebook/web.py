@@ -204,7 +204,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
                            close_after_months=settings.casebook_close_after_months, labels=labels)
-        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers")
+        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers",
+                    cases=tuple(c.case_number for c in wl.cases))
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
     @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
@@ -215,7 +216,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
                            close_after_months=settings.casebook_close_after_months, labels=labels)
         data = render(wl, format)
-        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers")
+        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers",
+                    cases=tuple(c.case_number for c in wl.cases))
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
         return Response(data, media_type=MEDIA_TYPES[format],
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -278,6 +280,9 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
         return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
 
+    from services.ledger.web import add_audit_routes  # the auditor's page (/audit)
+
+    add_audit_routes(app, engine, current=current, page=_page, record=audit_event)
     return app
 
 

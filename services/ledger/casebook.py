@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from services.core.messages import Pseudonym, sealed_digest
+from services.core.types import Fund
 from services.errors import InputError
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
@@ -30,6 +31,8 @@ from services.ledger.entries import (
     BaseLegale,
     Finalite,
     LedgerEntry,
+    about,
+    subject_commitment,
 )
 from services.ledger.store import Ledger, ensure_tables
 
@@ -50,6 +53,7 @@ ACTIONS: dict[str, Action] = {
 _ACTOR = re.compile(LEDGER_ACTOR_PATTERN)
 _COUNT = re.compile(r"(\d+) dossiers?\b")
 _SITUATION_ID = re.compile(r"^[0-9a-f]{32}$")
+_FUNDS = frozenset(f.value for f in Fund)
 
 
 def purpose_of(event: AccessEvent) -> Finalite:
@@ -81,11 +85,15 @@ def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
     found = _COUNT.search(event.detail)
     case_id = event.situation_id if event.situation_id and _SITUATION_ID.fullmatch(event.situation_id) \
         else None
-    return LedgerEntry(
-        entry_id=uuid.uuid4().hex, time=event.at, actor=event.user_id, action=action,
+    entry_id = uuid.uuid4().hex
+    entry = LedgerEntry(
+        entry_id=entry_id, time=event.at, actor=event.user_id, action=action,
         purpose=purpose, legal_basis=legal_basis_of(purpose), case_id=case_id,
-        subject=subject, count=int(found.group(1)) if found else None,
+        count=int(found.group(1)) if found else None,
+        fund=Fund(event.fund) if event.fund in _FUNDS else None,
+        subject_commitment=subject_commitment(subject.value, entry_id) if subject else None,
     )
+    return about(entry, subject) if subject is not None else entry
 
 
 class LedgerAuditSink:
@@ -103,7 +111,42 @@ class LedgerAuditSink:
 
     def _record(self, event: AccessEvent, conn: sa.Connection) -> None:
         subject = _subject(conn, event)
-        self.ledger.append([entry_for(event, subject)], connection=conn)
+        entry = entry_for(event, subject)
+        self.ledger.append([entry, *shown_entries(conn, event, entry)], connection=conn)
+
+
+def shown_entries(conn: sa.Connection, event: AccessEvent, listing: LedgerEntry
+                  ) -> list[LedgerEntry]:
+    """One entry per case a list view or an export showed (``event.cases``): same action,
+    actor, fund, purpose and time as the list's entry (``ref`` = its id), with the case and
+    the person's commitment — so "who saw my file" finds the lists too."""
+    if not event.cases or listing.action not in (Action.LISTE_CONSULTEE, Action.LISTE_EXPORTEE):
+        return []
+    from services.casebook import tables as ct
+
+    s = ct.situations.c
+    found: dict[str, tuple[str, Pseudonym]] = {}
+    numbers = list(dict.fromkeys(event.cases))
+    for start in range(0, len(numbers), 500):
+        rows = conn.execute(sa.select(s.case_number, s.situation_id, s.pseudonym_key_id,
+                                      s.pseudonym)
+                            .where(s.case_number.in_(numbers[start : start + 500])))
+        for row in rows:
+            found[row.case_number] = (row.situation_id,
+                                      Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym))
+    entries = []
+    for number in numbers:
+        if number not in found:
+            raise InputError(f"the list names case {number}, which the casebook does not hold",
+                             "a casebook bug: lists show only stored cases")
+        situation_id, person = found[number]
+        entry_id = uuid.uuid4().hex
+        entries.append(about(LedgerEntry(
+            entry_id=entry_id, time=listing.time, actor=listing.actor, action=listing.action,
+            purpose=listing.purpose, legal_basis=listing.legal_basis, case_id=situation_id,
+            fund=listing.fund, ref=listing.entry_id,
+            subject_commitment=subject_commitment(person.value, entry_id)), person))
+    return entries
 
 
 def _subject(conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:
@@ -130,6 +173,19 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     the audit sink service)."""
     ensure_tables(engine)
     return LedgerAuditSink(Ledger(engine))
+
+
+def person_of_situation(conn: sa.Connection, situation_id: str) -> Pseudonym | None:
+    """The pseudonym of a situation, from the casebook's row (None: no such case, or no
+    casebook in this database)."""
+    from services.casebook import tables as ct
+
+    if not sa.inspect(conn).has_table(ct.situations.name):
+        return None
+    s = ct.situations.c
+    row = conn.execute(sa.select(s.pseudonym_key_id, s.pseudonym)
+                       .where(s.situation_id == situation_id)).first()
+    return None if row is None else Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
 
 
 def case_of_reveal(conn: sa.Connection, case_number: str | None, fund: str,

@@ -50,6 +50,8 @@ def _write_json(document: dict[str, Any], out: Path | None) -> None:
 def register(cli: click.Group) -> None:
     cli.add_command(audit)
     cli.add_command(purge)
+    cli.add_command(witness)
+    cli.add_command(access_report)
 
 
 @click.group()
@@ -65,24 +67,62 @@ def audit_head(ctx: click.Context) -> None:
     _write_json(head.document(), None)
 
 
+_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+_DIR = click.Path(path_type=Path, file_okay=False, exists=True)
+
+
 @audit.command("verify")
 @click.option("--deep", is_flag=True, help="Also re-validate every entry against the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--trusted", "trusted", type=_FILE, multiple=True,
+              help="A checkpoint you kept from earlier (repeatable): the log must still be "
+                   "consistent with it.")
+@click.option("--kept-tiles", type=_DIR,
+              help="A tile folder you exported earlier (`audit tiles`): names the rewritten "
+                   "entry exactly.")
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None,
+              help="Cosignatures the newest checkpoint needs (default HELP_LEDGER_QUORUM "
+                   "when witnesses are given).")
 @click.pass_context
-def audit_verify(ctx: click.Context, deep: bool, as_json: bool) -> None:
-    """Recompute every leaf hash, the root, every head signature and every head's
-    consistency with today's tree. Exit 1 naming the first bad entry on any alteration."""
+def audit_verify(ctx: click.Context, deep: bool, as_json: bool, trusted: tuple[Path, ...],
+                 kept_tiles: Path | None, log_key: tuple[Path, ...],
+                 witnesses: tuple[Path, ...], quorum: int | None) -> None:
+    """Recompute every leaf hash, the root, every head and checkpoint signature and their
+    consistency with today's tree, and with the checkpoints you kept (--trusted). Exit 1
+    naming the first bad entry (or the smallest range) on any alteration; exit 3 when
+    entries are under no signed checkpoint (how many, and since when)."""
     from services.ledger.heads import known_public_keys
     from services.ledger.verify import verify_ledger
 
     settings = _settings(ctx)
+    pins = _pins(settings, trusted, kept_tiles, log_key, witnesses, quorum)
     ledger = _ledger(ctx, sign=False)
-    report = verify_ledger(ledger.engine, known_public_keys(settings.key_dir), deep=deep)
+    report = verify_ledger(ledger.engine, known_public_keys(settings.key_dir), deep=deep,
+                           pins=pins)
+    quorum_short = (pins.quorum and report.tree_size
+                    and (report.quorum_size or 0) < report.covered)
     if as_json:
         _write_json(report.summary(), None)
     elif report.ok:
-        click.echo(f"ok: {report.tree_size} entries, root {report.summary()['root_hash']}, "
-                   f"{report.heads_checked} signed heads verified")
+        click.echo(f"{'ok' if not report.uncovered else 'checked'}: {report.tree_size} "
+                   f"entries, root {report.summary()['root_hash']}, "
+                   f"{report.heads_checked} signed heads verified, {report.checkpoints_checked}"
+                   f" checkpoints, {report.trusted_checked} kept checkpoints")
+    if report.ok and report.uncovered:
+        click.secho(f"NOT COVERED: {report.uncovered} entries (n° {report.covered} on, since "
+                    f"{report.uncovered_since}) are under no signed checkpoint: nothing "
+                    "tells them from a rewrite (sign one with `help-exchange audit "
+                    "checkpoint`)", fg="yellow", err=True)
+        ctx.exit(3)
+    if report.ok and quorum_short:
+        click.secho(f"NOT WITNESSED: the newest checkpoint cosigned by {pins.quorum} witnesses "
+                    f"covers {report.quorum_size} entries of {report.covered}", fg="yellow",
+                    err=True)
+        ctx.exit(3)
     if not report.ok:
         bad = report.first_bad_entry
         if bad is not None:
@@ -94,6 +134,235 @@ def audit_verify(ctx: click.Context, deep: bool, as_json: bool) -> None:
         if report.more_problems:
             click.echo(f"  … and {report.more_problems} more", err=True)
         ctx.exit(1)
+
+
+def _pins(settings: Settings, trusted: tuple[Path, ...], kept_tiles: Path | None,
+          log_key: tuple[Path, ...], witnesses: tuple[Path, ...], quorum: int | None) -> Any:
+    from services.ledger.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_text, parse_note
+    from services.ledger.heads import known_vkeys
+    from services.ledger.tiles import directory_reader
+    from services.ledger.verify import Pins
+
+    keys = tuple(NoteVerifier.from_vkey(_read_text(p)) for p in log_key) or tuple(
+        known_vkeys(settings.key_dir, settings.ledger_origin))
+    wits = tuple(NoteVerifier.from_vkey(_read_text(p)) for p in witnesses)
+    kept: Any = None
+    if kept_tiles is not None:
+        note = _read_text(kept_tiles / "checkpoint")
+        kept = (directory_reader(kept_tiles),
+                parse_checkpoint_text(parse_note(note).text)[1])
+    pinned = []
+    for path in trusted:
+        text, why = _read_text(path), "no checkpoint key of the log"
+        for key in keys:
+            try:
+                pinned.append(open_checkpoint(text, key))
+                break
+            except InputError as exc:
+                why = exc.what
+        else:
+            raise InputError(f"the checkpoint {path} is refused: {why}",
+                             "give a checkpoint of this log, unchanged, and its key (--log-key)")
+    if quorum is None:
+        quorum = settings.ledger_quorum if wits else 0
+    return Pins(keys, tuple(pinned), kept, wits, quorum)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "give the file as it was written") from exc
+
+
+@audit.command("checkpoint")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def audit_checkpoint(ctx: click.Context, out: Path | None) -> None:
+    """Print the checkpoint of the current tree (C2SP signed note, with its cosignatures),
+    signing one if none covers it yet. Keep it: `audit verify --trusted FILE` checks the
+    log never departs from it."""
+    note = _ledger(ctx, sign=True).checkpoint()
+    if out is None:
+        click.echo(note, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(note, encoding="utf-8")
+        click.echo(f"checkpoint written to {out}")
+
+
+@audit.command("tiles")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.pass_context
+def audit_tiles(ctx: click.Context, out: Path) -> None:
+    """Export the log as C2SP tiles (and its checkpoint) into a folder: anyone verifies it
+    from there without our database (`audit verify-tiles`, or Go's sumdb/tlog)."""
+    from services.ledger.checkpoint import parse_checkpoint_text, parse_note
+    from services.ledger.tiles import export_tiles
+
+    ledger = _ledger(ctx, sign=True)
+    note = ledger.checkpoint()
+    size = parse_checkpoint_text(parse_note(note).text)[1]
+    count = export_tiles(ledger, note, size, out)
+    click.echo(f"{count} files written to {out} (tree of {size} entries)")
+
+
+@audit.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1024, 65535), default=8081, show_default=True)
+@click.pass_context
+def audit_serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the checkpoint and the tiles read-only over HTTP (GET /checkpoint,
+    /tile/<L>/<N>[.p/<W>], /tile/entries/<N>[.p/<W>])."""
+    from services.ledger.tiles import tile_server
+
+    server = tile_server(_ledger(ctx, sign=False), host, port)
+    click.echo(f"serving the ledger's tiles on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@audit.command("verify-tiles")
+@click.argument("source")
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--trusted", "trusted", type=_FILE, multiple=True,
+              help="A checkpoint you kept from earlier (repeatable).")
+@click.option("--kept-tiles", type=_DIR, help="A tile folder you exported earlier.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None)
+@click.pass_context
+def audit_verify_tiles(ctx: click.Context, source: str, log_key: tuple[Path, ...],
+                       trusted: tuple[Path, ...], kept_tiles: Path | None,
+                       witnesses: tuple[Path, ...], quorum: int | None) -> None:
+    """Verify the log from its tiles alone (SOURCE: a folder or an http(s) URL), no
+    database: checkpoint signature and cosignatures, every entry against its tile, every
+    level, the root, and consistency with the checkpoints you kept."""
+    from services.ledger.checkpoint import open_checkpoint
+    from services.ledger.tiles import directory_reader, http_reader, verify_from_tiles
+
+    settings = _settings(ctx)
+    pins = _pins(settings, trusted, kept_tiles, log_key, witnesses, quorum)
+    read = (http_reader(source) if source.startswith(("http://", "https://"))
+            else directory_reader(Path(source)))
+    raw = read("checkpoint")
+    if raw is None:
+        raise InputError(f"{source} has no checkpoint", "give a tile folder or a log URL")
+    checkpoint, why = None, "no checkpoint key of the log"
+    for key in pins.log_keys:
+        try:
+            checkpoint = open_checkpoint(raw, key, witnesses={w.name: w for w in pins.witnesses})
+            break
+        except InputError as exc:
+            why = exc.what
+    if checkpoint is None:
+        raise InputError(f"the checkpoint of {source} is refused: {why}",
+                         "give the log's key with --log-key")
+    if pins.quorum and len(checkpoint.cosigners) < pins.quorum:
+        raise InputError(f"the checkpoint is cosigned by {len(checkpoint.cosigners)} "
+                         f"witness(es) {list(checkpoint.cosigners)}, {pins.quorum} required",
+                         "ask the exchange to collect cosignatures (`audit witness-round`)")
+    for pin in pins.trusted:
+        if pin.size > checkpoint.size:
+            click.secho(f"TAMPERED: the log serves {checkpoint.size} entries, a checkpoint "
+                        f"you kept says {pin.size}: rolled back", fg="red", err=True)
+            ctx.exit(1)
+    audit = verify_from_tiles(read, checkpoint, trusted=pins.trusted, kept=pins.kept_tiles)
+    if audit.ok:
+        click.echo(f"ok: {audit.size} entries verified from the tiles, root matches the "
+                   f"checkpoint, cosigned by {list(checkpoint.cosigners)}")
+        return
+    first = audit.problems[0]
+    click.secho(f"TAMPERED: {first}", fg="red", err=True)
+    for problem in audit.problems[1:]:
+        click.echo(f"  - {problem}", err=True)
+    ctx.exit(1)
+
+
+@audit.command("witness-round")
+@click.option("--witnesses", "witnesses_file", type=_FILE,
+              help="JSON list of {name, url, vkey}. Default: HELP_LEDGER_WITNESSES_FILE, "
+                   "else HELP_KEY_DIR/ledger/witnesses.json.")
+@click.pass_context
+def audit_witness_round(ctx: click.Context, witnesses_file: Path | None) -> None:
+    """Send the current checkpoint to every witness and keep their cosignatures with it.
+    Exit 1 when fewer than HELP_LEDGER_QUORUM cosigned."""
+    from services.ledger.witness import load_witnesses, witness_round
+
+    settings = _settings(ctx)
+    path = (witnesses_file or settings.ledger_witnesses_file
+            or settings.key_dir / "ledger" / "witnesses.json")
+    results = witness_round(_ledger(ctx, sign=True), load_witnesses(path))
+    for result in results:
+        click.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.witness}: {result.detail}")
+    done = sum(r.ok for r in results)
+    if done < settings.ledger_quorum:
+        click.secho(f"{done} cosignature(s), quorum {settings.ledger_quorum}: the checkpoint "
+                    "is not witnessed", fg="red", err=True)
+        ctx.exit(1)
+
+
+@click.group()
+def witness() -> None:
+    """A fund's witness of the ledger: cosigns checkpoints consistent with the last it saw."""
+
+
+_FUNDS = click.Choice(["urssaf", "cpam", "caf", "carsat"])
+
+
+@witness.command("init")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--log-key", type=_FILE, required=True, help="The ledger's checkpoint key (.vkey).")
+@click.pass_context
+def witness_init(ctx: click.Context, fund: str, log_key: Path) -> None:
+    """Create the fund's witness key (once) and follow the log of LOG_KEY; prints the
+    cosignature key (.vkey) to give the exchange and the auditors."""
+    from services.ledger.witness import Witness
+
+    w = Witness.init(_settings(ctx).key_dir, fund, _read_text(log_key))
+    click.echo(w.signer.verifier.vkey)
+
+
+@witness.command("serve")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1024, 65535), default=8090, show_default=True)
+@click.pass_context
+def witness_serve(ctx: click.Context, fund: str, host: str, port: int) -> None:
+    """Answer C2SP tlog-witness requests (POST /add-checkpoint) with the fund's key."""
+    from services.ledger.witness import Witness, witness_server
+
+    server = witness_server(Witness.load(_settings(ctx).key_dir, fund), host, port)
+    click.echo(f"witness of {fund} on http://{host}:{port}/add-checkpoint (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@witness.command("cosign")
+@click.option("--fund", type=_FUNDS, required=True)
+@click.option("--request", "request_file", type=_FILE, required=True,
+              help="An add-checkpoint request body (old N, proof lines, blank, checkpoint).")
+@click.pass_context
+def witness_cosign(ctx: click.Context, fund: str, request_file: Path) -> None:
+    """Answer one add-checkpoint request offline: prints the cosignature line, or exits 1
+    saying why the checkpoint is refused."""
+    from services.ledger.witness import Witness
+
+    answer = Witness.load(_settings(ctx).key_dir, fund).add_checkpoint(
+        request_file.read_bytes())
+    if answer.status != 200:
+        click.secho(f"refused ({answer.status}): {answer.body.strip()}", fg="red", err=True)
+        ctx.exit(1)
+    click.echo(answer.body, nl=False)
 
 
 @audit.command("prove")
@@ -109,7 +378,8 @@ def audit_prove(ctx: click.Context, entry_id: str, out: Path) -> None:
     if head is None or head.tree_size != ledger.size():
         head = ledger.sign_head()
     stored, size, path = ledger.inclusion(entry_id, head.tree_size)
-    _write_json(inclusion_document(stored.data, stored.index, size, path, head), out)
+    _write_json(inclusion_document(stored.data, stored.index, size, path, head,
+                                   ledger.checkpoint_at(head.tree_size)), out)
     click.echo(f"inclusion proof of entry {entry_id} (n° {stored.index} of {size}) "
                f"written to {out}")
 
@@ -144,6 +414,43 @@ def audit_check_proof(ctx: click.Context, proof_file: Path, public_key: Path | N
     click.echo("proof verified")
 
 
+@audit.command("check-checkpointed")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--log-key", type=_FILE, multiple=True,
+              help="The log's checkpoint key (.vkey). Default: HELP_KEY_DIR/ledger/*.vkey.")
+@click.option("--witness", "witnesses", type=_FILE, multiple=True,
+              help="A witness's cosignature key (.vkey, repeatable).")
+@click.option("--quorum", type=click.IntRange(min=0, max=20), default=None)
+@click.pass_context
+def audit_check_checkpointed(ctx: click.Context, files: tuple[Path, ...],
+                             log_key: tuple[Path, ...], witnesses: tuple[Path, ...],
+                             quorum: int | None) -> None:
+    """Check proof files and access reports against the C2SP checkpoints they carry (the
+    auditor page's downloads, `access-report`'s JSON), offline. Exit 1 if any fails."""
+    from services.ledger.proofs import check_against_checkpoints
+
+    pins = _pins(_settings(ctx), (), None, log_key, witnesses, quorum)
+    failed = 0
+    for path in files:
+        try:
+            document = json.loads(_read_text(path))
+        except ValueError as exc:
+            raise InputError(f"{path} is not JSON: {exc}", "give a proof file or a report") \
+                from exc
+        if not isinstance(document, dict):
+            raise InputError(f"{path} is not a proof file", "give a proof file or a report")
+        result = check_against_checkpoints(document, pins.log_keys, pins.witnesses,
+                                           pins.quorum)
+        for line in result.lines:
+            click.echo(f"{path.name}: {line}")
+        failed += not result.ok
+    if failed:
+        click.secho(f"{failed} file(s) REJECTED", fg="red", err=True)
+        ctx.exit(1)
+    click.echo(f"{len(files)} file(s) verified")
+
+
 def _head_key_id(document: dict[str, Any]) -> str | None:
     heads = [document.get("signed_head")]
     for side in ("first", "second"):
@@ -170,7 +477,8 @@ def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | N
     first_root, second_root, proof = ledger.consistency(first, second)
     heads = {h.tree_size: h for h in ledger.heads() if h.tree_size in (first, second)}
     document = consistency_document(first, second, first_root, second_root, proof,
-                                    heads.get(first), heads.get(second))
+                                    heads.get(first), heads.get(second),
+                                    (ledger.checkpoint_at(first), ledger.checkpoint_at(second)))
     _write_json(document, out)
     if not verify_consistency(first, second, first_root, second_root, proof):  # pragma: no cover
         raise InputError("the ledger produced a consistency proof that does not verify",
@@ -180,7 +488,9 @@ def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | N
 
 
 @audit.command("query")
-@click.option("--case", "case_id", help="A situation id (32 hex digits).")
+@click.option("--case", "case_id",
+              help="A case number as the worklist prints it (35-2026-11-0042) or a situation "
+                   "id (32 hex digits).")
 @click.option("--pseudonym", help="A pseudonym value (base64url, 43 characters).")
 @click.option("--actor", help="A fund, body, user or service id.")
 @click.option("--action", type=click.Choice([a.value for a in Action]))
@@ -199,6 +509,8 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
         raise InputError("audit query needs a filter",
                          "give --case, --pseudonym, --actor, --action or --period")
     ledger = _ledger(ctx, sign=False)
+    if case_id is not None:
+        case_id = _situation_of(ledger, case_id)
     rows = [flat_row(i, data) for i, data in ledger.query(
         case_id=case_id, pseudonym=pseudonym, actor=actor, action=action,
         period=period_range(period) if period else None, limit=limit)]
@@ -209,6 +521,12 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
     for row in rows:
         table.add_row(*display_row(row))
     Console(file=sys.stdout, width=200).print(table)
+
+
+def _situation_of(ledger: Ledger, case: str) -> str:
+    from services.ledger.web import situation_of_case
+
+    return situation_of_case(ledger.engine, case)
 
 
 @audit.command("export")
@@ -232,8 +550,10 @@ def audit_export(ctx: click.Context, period: str, fmt: str, out: Path) -> None:
 def audit_reindex(ctx: click.Context) -> None:
     """Rebuild the auditor's index (what `audit query` looks through) from the entries, when
     `audit verify` reports it damaged. The entries, their hashes and the heads are untouched."""
-    count = _ledger(ctx, sign=False).rebuild_index()
+    ledger = _ledger(ctx, sign=False)
+    count = ledger.rebuild_index()
     click.echo(f"Index de l'auditeur reconstruit : {count} entrée(s).")
+    click.echo(f"Hachés des tuiles reconstruits : {ledger.rebuild_tile_nodes()}.")
 
 
 @audit.command("sink")
@@ -319,3 +639,41 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         engine.dispose()
     for line in plan.lines(dry_run=dry_run):
         click.echo(line)
+
+
+@click.command("access-report")
+@click.option("--fund", type=_FUNDS, required=True, help="The fund making the report.")
+@click.option("--reference", required=True, help="The fund's own file number of the person.")
+@click.option("--extract", "extracts", type=_FILE, multiple=True, required=True,
+              help="The fund's extract(s) where the reference appears (repeatable): they "
+                   "give the person (never printed).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write: OUT.html, OUT.pdf and OUT.json.")
+@click.pass_context
+def access_report(ctx: click.Context, fund: str, reference: str, extracts: tuple[Path, ...],
+                  out: Path) -> None:
+    """« Qui a consulté mes informations ? » — every ledger event about the person behind
+    one of the fund's references: when, which fund or role, what, why, each with an
+    inclusion proof to a signed (and cosigned) checkpoint. HTML and PDF in French, JSON for
+    standard verifiers."""
+    from services.core.types import Fund
+    from services.ledger.access import build_report, person_from_extracts, render_html, render_pdf
+    from services.producer.keys import load_exchange_key, load_fund_secrets
+
+    if not 1 <= len(reference) <= 64 or not reference.isprintable():
+        raise InputError("--reference must be 1 to 64 printable characters",
+                         "give the fund's file number as the back-office prints it")
+    settings = _settings(ctx)
+    _, exchange_key = load_exchange_key(settings.key_dir)
+    secrets = load_fund_secrets(settings.key_dir, Fund(fund))
+    person = person_from_extracts(Fund(fund), reference, extracts, exchange_key,
+                                  secrets.id_root)
+    report = build_report(_ledger(ctx, sign=True), person)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = out.with_suffix("")
+    base.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    base.with_suffix(".html").write_text(render_html(report, reference), encoding="utf-8")
+    base.with_suffix(".pdf").write_bytes(render_pdf(report, reference))
+    click.echo(f"{len(report['events'])} événement(s) ; rapport : {base}.html, {base}.pdf, "
+               f"{base}.json (preuves vérifiables)")

@@ -20,14 +20,16 @@ it), so that a redelivered message appends nothing twice.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import json
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from services.core.messages import Pseudonym
 from services.core.reasons import Reason
@@ -35,6 +37,7 @@ from services.core.types import (
     ACTOR_PATTERN,
     EMITTER_PATTERN,
     EventId,
+    Fund,
     Timestamp,
 )
 
@@ -148,6 +151,25 @@ _BASE_LABELS: dict[BaseLegale, str] = {
 }
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+COMMITMENT_PATTERN = r"^[A-Za-z0-9_-]{43}$"
+_COMMITMENT_LABEL = b"help-exchange/ledger-subject/v1\x00"
+
+
+def subject_commitment(pseudonym_value: str, entry_id: str) -> str:
+    """Which person an entry is about, hidden from whoever reads the public tiles:
+    b64url(HMAC-SHA256(key = the pseudonym's value (ASCII), message =
+    "help-exchange/ledger-subject/v1" ‖ 0x00 ‖ entry id)). Different for every entry, so
+    two entries about one person cannot be linked without the pseudonym; a fund, which
+    computes the pseudonym from its own file, opens it (docs/audit.md §7)."""
+    mac = hmac.new(pseudonym_value.encode("ascii"), _COMMITMENT_LABEL + entry_id.encode(),
+                   hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
 class LedgerEntry(BaseModel):
     """One fact of the ledger. Frozen, strict, no unknown field, no personal payload.
 
@@ -165,17 +187,39 @@ class LedgerEntry(BaseModel):
     case_id: EventId | None = None
     count: Annotated[int, Field(ge=0, le=10**12)] | None = None
     entry_id: EventId
+    # Written only when set (``exclude_if``), so entries without them keep their bytes.
+    fund: Annotated[Fund | None, Field(exclude_if=_absent)] = None
     legal_basis: BaseLegale
     purpose: Finalite
     reason: Reason | None = None
     ref: EventId | None = None
     schema_version: Literal["1.0"] = LEDGER_SCHEMA_VERSION
     subject: Pseudonym | None = None  # its own fields (key_id, value) are sorted too
+    subject_commitment: Annotated[str | None, Field(pattern=COMMITMENT_PATTERN,
+                                                    exclude_if=_absent)] = None
     time: Timestamp
     trace_id: TraceId | None = None
 
+    #: The person an entry with a ``subject_commitment`` is about: kept by the store in its
+    #: private columns (for queries), never in the hashed bytes (the public tiles).
+    _person: Pseudonym | None = PrivateAttr(default=None)
+
     def canonical(self) -> bytes:
         return canonical_bytes(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the fields are (the privately kept person is not part of the fact)."""
+        if not isinstance(other, LedgerEntry):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(canonical_bytes(self))
+
+    @property
+    def person(self) -> Pseudonym | None:
+        """The person this entry is about: ``subject``, or the one its commitment hides."""
+        return self.subject if self.subject is not None else self._person
 
     @property
     def time_text(self) -> str:
@@ -208,10 +252,32 @@ def new_entry(
         if not natural_key:
             raise ValueError("give entry_id or natural_key, so a retry appends nothing twice")
         entry_id = entry_id_for(action.value, *natural_key)
-    return LedgerEntry(
+    person = fields.pop("person", None)
+    if person is not None:
+        fields["subject_commitment"] = subject_commitment(person.value, entry_id)
+    entry = LedgerEntry(
         entry_id=entry_id, time=time, actor=actor, action=action, purpose=purpose,
         legal_basis=legal_basis, **fields,
     )
+    if person is not None:
+        entry._person = person
+    return entry
+
+
+def is_about(entry: LedgerEntry, person: Pseudonym) -> bool:
+    """True if ``entry`` names ``person``: its commitment opens with the person's pseudonym
+    (or, written before commitments, its ``subject`` is the person)."""
+    if entry.subject_commitment is not None:
+        return entry.subject_commitment == subject_commitment(person.value, entry.entry_id)
+    return entry.subject == person
+
+
+def about(entry: LedgerEntry, person: Pseudonym) -> LedgerEntry:
+    """``entry`` about ``person``: its commitment set (and the person kept privately)."""
+    if entry.subject_commitment != subject_commitment(person.value, entry.entry_id):
+        raise ValueError("the entry's commitment is not the one of this person")
+    entry._person = person
+    return entry
 
 
 def entry_document(entry: LedgerEntry) -> dict[str, Any]:

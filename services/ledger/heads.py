@@ -34,6 +34,7 @@ from services.core.messages import Signature
 from services.core.signing import b64u, b64u_decode
 from services.core.types import TIMESTAMP_PATTERN, format_timestamp
 from services.errors import ConfigurationError, InputError
+from services.ledger.checkpoint import NoteSigner, NoteVerifier
 
 LOG_NAME: Final = "help-exchange-ledger"
 PRIVATE_KEY_FILE = "signing.key"
@@ -150,6 +151,21 @@ class LedgerSigner:
         signer.save(key_dir)
         return old, signer
 
+    def note_signer(self, origin: str) -> NoteSigner:
+        """The same key as a signed-note key named ``origin`` (C2SP checkpoints)."""
+        return NoteSigner(origin, self._key)
+
+    def export_vkey(self, key_dir: Path, origin: str) -> Path:
+        """Write ``<key_id>.vkey``, the checkpoint verifier key auditors take away."""
+        folder = self.directory(key_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.key_id}.vkey"
+        text = self.note_signer(origin).verifier.vkey + "\n"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            os.chmod(path, 0o644)
+        return path
+
     def sign_head(self, tree_size: int, root: bytes, timestamp: dt.datetime) -> SignedHead:
         document = signing.sign(head_document(tree_size, root, timestamp), self._key, self.key_id)
         return SignedHead.model_validate(document)
@@ -195,3 +211,15 @@ def parse_head(document: Any) -> SignedHead:
         raise InputError(f"not a signed tree head: {exc.errors()[0]['msg']}",
                          "give a head printed by `help-exchange audit head`") from exc
 
+
+
+def known_vkeys(key_dir: Path, origin: str) -> list[NoteVerifier]:
+    """Every checkpoint verifier key of the log ``origin`` under ``key_dir/ledger/``."""
+    folder = LedgerSigner.directory(key_dir)
+    found: list[NoteVerifier] = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.vkey")):
+            verifier = NoteVerifier.from_vkey(path.read_text(encoding="utf-8"))
+            if verifier.name == origin:
+                found.append(verifier)
+    return found

@@ -73,6 +73,23 @@ class CompactRange:
             n >>= 1
         self.size += 1
 
+    def append_noting(self, leaf: bytes, nodes: list[tuple[int, int, bytes]]) -> None:
+        """:meth:`append`, noting in ``nodes`` each subtree root it completes at a height
+        multiple of 8, as ``(tile level, index at that level, hash)``: the hashes of the
+        tiles above level 0 (C2SP tlog-tiles), kept as the tree grows."""
+        hashes = self._hashes
+        hashes.append(leaf)
+        n = self.size
+        height = 0
+        while n & 1:
+            right = hashes.pop()
+            hashes[-1] = _sha256(b"\x01" + hashes[-1] + right).digest()
+            n >>= 1
+            height += 1
+            if not height & 7:
+                nodes.append((height >> 3, ((self.size + 1) >> height) - 1, hashes[-1]))
+        self.size += 1
+
     def extend(self, leaves: Sequence[bytes]) -> None:
         for leaf in leaves:
             self.append(leaf)

@@ -1,24 +1,31 @@
 """The audit sink: what happened on the exchange's topics, as ledger entries.
 
 ``help-exchange audit sink`` reads every fund's receipts (``help.receipts.<fund>.v1``),
-``help.situations.v1``, ``help.followups.v1``, ``help.consents.v1`` and ``help.reveals.v1``
-and appends:
+``help.situations.v1``, ``help.followups.v1``, ``help.consents.v1``, ``help.reveals.v1`` and
+the signal topics (for the person a receipt is about) and appends:
 
 =====================================  =============================================  ===============
 record                                 entry                                          natural key
 =====================================  =============================================  ===============
-receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id        receipt id
-receipt ``rejete``                     ``signalement_rejete`` + reason                 receipt id
+receipt ``accepte`` (a signal)         ``signalement_accepte``, ref = signal id, fund, receipt id
+                                       person (of the signal, see below)
+receipt ``rejete``                     ``signalement_rejete`` + reason, fund, person   receipt id
+signal (``help.signals.<fund>.v1``)    none: its person is kept (``ledger_signal_     —
+                                       subjects``) until its receipt is entered
 situation event                        ``situation_ouverte`` / ``_mise_a_jour`` /      event id
-                                       ``_fermee`` / ``_rouverte``, case, pseudonym
+                                       ``_fermee`` / ``_rouverte``, case, person
 situation tombstone (null value)       ``effacement`` (or ``purge_conservation`` when   topic position
                                        the purge sent it), case
-follow-up                              ``suite_enregistree``, actor = who recorded it  event id
+follow-up                              ``suite_enregistree``, actor = who recorded it,  event id
+                                       fund, case, person (from the casebook)
 consent event (signature verified)     ``consentement_donne`` / ``_retire`` /          event id
-                                       ``opposition``, pseudonym
+                                       ``opposition``, person, fund
 reveal event (signature verified)      ``reference_revelee``, actor = the fund's user,  event id
                                        purpose, case and pseudonym (see below)
 =====================================  =============================================  ===============
+
+"person" is the entry's ``subject_commitment`` (the pseudonym itself stays in the ledger's
+private columns): see :func:`services.ledger.entries.subject_commitment` and docs/audit.md.
 
 A reveal event names the case number its reference was listed under and the SHA-256 of the
 seal; the entry gets that case's situation id and pseudonym (from the casebook, which shares
@@ -61,6 +68,7 @@ from services.core import signing
 from services.core.messages import (
     ConsentEvent,
     FollowupEvent,
+    Pseudonym,
     Receipt,
     RevealEvent,
     SituationEvent,
@@ -87,7 +95,9 @@ from services.platform.topics import (
     FOLLOWUPS_TOPIC,
     REVEALS_TOPIC,
     SITUATIONS_TOPIC,
+    fund_of_signal_topic,
     receipt_topic,
+    signal_topic,
 )
 
 log = logging.getLogger("help_exchange.ledger.sink")
@@ -112,7 +122,17 @@ _CONSENT_ACTIONS = {
 
 def sink_topics() -> list[str]:
     return [*(receipt_topic(f) for f in Fund), SITUATIONS_TOPIC, FOLLOWUPS_TOPIC, CONSENTS_TOPIC,
-            REVEALS_TOPIC]
+            REVEALS_TOPIC, *(signal_topic(f) for f in Fund)]
+
+
+#: How long a receipt waits for its signal (read from the signal topics) before it is
+#: entered without the person: the signal is published before its receipt, so this only
+#: covers a sink reading the signal topics behind the receipt topics.
+HOLD_S = 20.0
+
+
+class Held(Exception):
+    """A receipt whose signal (hence person) the sink has not read yet."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,8 @@ class BatchResult:
     already_present: int = 0
     skipped: int = 0
     tree_size: int = 0
+    #: receipt partitions waiting for a signal: (topic, partition) -> the held offset
+    held: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def _finalite(purpose: str) -> Finalite:
@@ -147,6 +169,48 @@ class EntryMaker:
     def __init__(self, registry: Registry | None, ledger: Ledger | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
+        #: signal id -> person, for the receipts of signals read in this run (and, through
+        #: ``ledger_signal_subjects``, in earlier runs)
+        self.subjects: dict[str, Pseudonym] = {}
+        self._held_since: dict[tuple[str, int, int], float] = {}
+        self.used: set[str] = set()
+
+    def signal_subject(self, r: Record) -> tuple[str, Pseudonym] | None:
+        """(signal id, person) of a signal record, or None if it does not say."""
+        import json
+
+        try:
+            doc = json.loads(r.value or b"")
+            signal_id = doc["signal_id"]
+            person = Pseudonym.model_validate(doc["pseudonym"])
+        except (ValueError, TypeError, KeyError, ValidationError):
+            return None
+        if not isinstance(signal_id, str) or len(signal_id) != 32:
+            return None
+        self.subjects[signal_id] = person
+        return signal_id, person
+
+    def hold_expired(self, r: Record) -> bool:
+        """True once receipt ``r`` has waited :data:`HOLD_S` for its signal."""
+        key = (r.topic, r.partition, r.offset)
+        first = self._held_since.setdefault(key, time.monotonic())
+        if time.monotonic() - first < HOLD_S:
+            return False
+        del self._held_since[key]
+        log.warning("receipt %s[%d]@%d: its signal was not read within %.0f s; entered "
+                    "without the person", r.topic, r.partition, r.offset, HOLD_S)
+        return True
+
+    def _person_of_signal(self, signal_id: str) -> Pseudonym | None:
+        found = self.subjects.get(signal_id)
+        if found is None and self.ledger is not None:
+            c = t.signal_subjects.c
+            with self.ledger.engine.connect() as conn:
+                row = conn.execute(sa.select(c.key_id, c.value)
+                                   .where(c.signal_id == signal_id)).first()
+            if row is not None:
+                found = Pseudonym(key_id=row.key_id, value=row.value)
+        return found
 
     def entries(self, r: Record) -> list[LedgerEntry]:
         """The entries of one record (empty if it is not one the ledger keeps); raises
@@ -156,18 +220,23 @@ class EntryMaker:
         if r.value is None:
             return []
         if r.topic == FOLLOWUPS_TOPIC:
-            f = parse(FollowupEvent, r.value)
-            return [new_entry(action=Action.SUITE_ENREGISTREE, actor=f.recorded_by,
-                              purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
-                              time=f.recorded_at, natural_key=(f.event_id,), case_id=f.situation_id,
-                              ref=f.event_id)]
+            return self._followup(r.value)
         if r.topic == CONSENTS_TOPIC:
             return self._consent(r.value)
         if r.topic == REVEALS_TOPIC:
             return self._reveal(r.value)
+        if fund_of_signal_topic(r.topic) is not None:
+            return []  # a signal: only its person is kept, for its receipt (apply_batch)
         return self._receipt(r.value)
 
-    def _receipt(self, value: bytes) -> list[LedgerEntry]:
+    def receipt_without_person(self, r: Record) -> list[LedgerEntry]:
+        """The entries of receipt ``r`` when its signal cannot be read."""
+        assert r.value is not None
+        return self._receipt(r.value, wait=False)
+
+    def _receipt(self, value: bytes, *, wait: bool = True) -> list[LedgerEntry]:
+        """A receipt, with the person of its signal (read from the signal topics): raises
+        :class:`Held` while that signal has not been read. A replay is entered as it was."""
         rc = parse(Receipt, value)
         if rc.status == "accepte":
             if rc.signal_id is None:
@@ -175,16 +244,51 @@ class EntryMaker:
             action = Action.SIGNALEMENT_ACCEPTE
         else:
             action = Action.SIGNALEMENT_REJETE
+        person = None
+        if rc.signal_id is not None:
+            if self.ledger is not None:
+                stored = self.ledger.get(entry_id_for(action.value, rc.receipt_id))
+                if stored is not None:
+                    self.used.add(rc.signal_id)  # a replayed signal's row goes too
+                    return [parse_entry(stored.data)]
+            person = self._person_of_signal(rc.signal_id)
+            if person is None and wait and self.ledger is not None:
+                raise Held(rc.signal_id)
+            if person is not None:
+                self.used.add(rc.signal_id)
+                self.subjects.pop(rc.signal_id, None)
         return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
                           legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
-                          natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason)]
+                          natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
+                          fund=rc.fund, person=person)]
+
+    def _followup(self, value: bytes) -> list[LedgerEntry]:
+        """A follow-up: the case, the fund that recorded it, and the person (their
+        commitment), read from the casebook's row of the case when the ledger shares its
+        database; a replay is entered as it was the first time (read back from the ledger),
+        even if the case was purged since."""
+        f = parse(FollowupEvent, value)
+        action = Action.SUITE_ENREGISTREE
+        person = None
+        if self.ledger is not None:
+            stored = self.ledger.get(entry_id_for(action.value, f.event_id))
+            if stored is not None:
+                return [parse_entry(stored.data)]
+            from services.ledger.casebook import person_of_situation
+
+            with self.ledger.engine.connect() as conn:
+                person = person_of_situation(conn, f.situation_id)
+        return [new_entry(action=action, actor=f.recorded_by, purpose=Finalite.ACCES_AUX_DROITS,
+                          legal_basis=BaseLegale.L115_2_1, time=f.recorded_at,
+                          natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
+                          fund=f.fund, person=person)]
 
     def _situation(self, value: bytes) -> LedgerEntry:
         s = parse(SituationEvent, value)
         return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
                          purpose=_finalite(s.purposes[0].value), legal_basis=BaseLegale.L115_2_1,
                          time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
-                         subject=s.pseudonym, ref=s.event_id)
+                         person=s.pseudonym, ref=s.event_id)
 
     def _tombstone(self, r: Record) -> LedgerEntry:
         case_id = (r.key or b"").decode("ascii", "replace")
@@ -207,7 +311,7 @@ class EntryMaker:
         action, basis = _CONSENT_ACTIONS[c.kind]
         return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
                           legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
-                          subject=c.pseudonym, ref=c.event_id)]
+                          person=c.pseudonym, ref=c.event_id, fund=c.fund)]
 
     def _reveal(self, value: bytes) -> list[LedgerEntry]:
         from services.ledger.casebook import case_of_reveal
@@ -231,7 +335,8 @@ class EntryMaker:
         return [new_entry(action=action, actor=v.actor, purpose=_finalite(v.purpose.value),
                           legal_basis=BaseLegale.L115_2_1, time=v.revealed_at,
                           natural_key=(v.event_id,), ref=v.event_id,
-                          case_id=case[0] if case else None, subject=case[1] if case else None)]
+                          case_id=case[0] if case else None, person=case[1] if case else None,
+                          fund=v.fund)]
 
     def _verified(self, fund: Fund, value: bytes) -> bool:
         import json
@@ -255,16 +360,40 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
     result = BatchResult(records=len(records))
     entries: list[LedgerEntry] = []
     positions: dict[tuple[str, int], int] = {}
+    subjects: dict[str, Pseudonym] = {}
+    for r in records:  # signals first: a receipt in the same batch finds its person
+        if fund_of_signal_topic(r.topic) is not None:
+            positions[(r.topic, r.partition)] = max(positions.get((r.topic, r.partition), -1),
+                                                    r.offset)
+            found = maker.signal_subject(r)
+            if found is not None:
+                subjects[found[0]] = found[1]
+    maker.used.clear()
     for r in records:
         key = (r.topic, r.partition)
-        positions[key] = max(positions.get(key, -1), r.offset)
+        if fund_of_signal_topic(r.topic) is not None:
+            continue
+        if key in result.held:
+            continue  # after a held receipt, its partition waits (offsets stay in order)
         try:
             entries.extend(maker.entries(r))
+        except Held:
+            if maker.hold_expired(r):
+                entries.extend(maker.receipt_without_person(r))
+            else:
+                result.held[key] = r.offset
+                continue
         except (ValidationError, ValueError, KeyError) as exc:
             result.skipped += 1
             log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, type(exc).__name__)
+        positions[key] = max(positions.get(key, -1), r.offset)
     try:
         with ledger.engine.begin() as conn:
+            _keep_subjects(conn, {k: v for k, v in subjects.items() if k not in maker.used})
+            if maker.used:
+                c = t.signal_subjects.c
+                conn.execute(sa.delete(t.signal_subjects)
+                             .where(c.signal_id.in_(sorted(maker.used))))
             done = ledger.append(entries, connection=conn, first_time_wins=RECEIPT_ACTIONS)
             store_offsets(conn, consumer, positions)
     except sa.exc.OperationalError as exc:
@@ -273,6 +402,23 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
     result.appended, result.already_present = done.appended, done.already_present
     result.tree_size = done.tree_size
     return result
+
+
+def _keep_subjects(conn: sa.Connection, subjects: dict[str, Pseudonym]) -> None:
+    """Keep the person of each signal whose receipt has not come yet (a replayed signal
+    is already there)."""
+    if not subjects:
+        return
+    c = t.signal_subjects.c
+    ids = sorted(subjects)
+    present: set[str] = set()
+    for start in range(0, len(ids), 500):
+        present.update(conn.execute(sa.select(c.signal_id)
+                                    .where(c.signal_id.in_(ids[start : start + 500]))).scalars())
+    rows = [{"signal_id": i, "key_id": subjects[i].key_id, "value": subjects[i].value}
+            for i in ids if i not in present]
+    if rows:
+        conn.execute(sa.insert(t.signal_subjects), rows)
 
 
 def load_offsets(conn: sa.Connection, consumer: str) -> dict[tuple[str, int], int]:
@@ -320,7 +466,7 @@ class AuditSink:
         await cons.start()
         try:
             await self._assign(cons)
-            idle_since = time.monotonic()
+            idle_since = last_due = time.monotonic()
             dirty = False
             while stop is None or not stop.is_set():
                 batches = await cons.getmany(timeout_ms=300, max_records=self.batch_max)
@@ -330,6 +476,10 @@ class AuditSink:
                 if records:
                     result = await asyncio.to_thread(apply_batch, self.ledger, maker, records,
                                                      self.consumer_name)
+                    for (topic, partition), offset in result.held.items():
+                        cons.seek(TopicPartition(topic, partition), offset)  # read it again
+                    if result.held:
+                        await asyncio.sleep(0.05)
                     self._add(result)
                     dirty = dirty or result.appended > 0
                     idle_since = time.monotonic()
@@ -339,6 +489,11 @@ class AuditSink:
                 if dirty:  # caught up: an empty fetch
                     await asyncio.to_thread(self._checkpoint)
                     dirty = False
+                elif time.monotonic() - last_due >= 1.0:
+                    # entries others appended (the casebook holds no key): covered within
+                    # HELP_LEDGER_CHECKPOINT_SECONDS (services.ledger.store.Ledger.checkpoint_if_due)
+                    last_due = time.monotonic()
+                    await asyncio.to_thread(self._checkpoint_if_due)
                 if until_idle is not None and time.monotonic() - idle_since >= until_idle:
                     break
         finally:
@@ -348,6 +503,24 @@ class AuditSink:
     def _checkpoint(self) -> None:
         if self.ledger.signer is not None:
             self.ledger.sign_head()
+            self._witness()
+
+    def _witness(self) -> None:
+        """Have the new checkpoint cosigned when witnesses are configured (a witness that
+        is away or refuses is logged; the next round retries)."""
+        from services.ledger.witness import load_witnesses, witness_round
+
+        path = (self.settings.ledger_witnesses_file
+                or self.settings.key_dir / "ledger" / "witnesses.json")
+        if not path.exists():
+            return
+        for result in witness_round(self.ledger, load_witnesses(path)):
+            if not result.ok:
+                log.warning("witness %s: %s", result.witness, result.detail)
+
+    def _checkpoint_if_due(self) -> None:
+        if self.ledger.signer is not None:
+            self.ledger.checkpoint_if_due()
 
     def _add(self, r: BatchResult) -> None:
         self.totals.records += r.records

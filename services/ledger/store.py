@@ -62,8 +62,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from services.core.types import format_timestamp
 from services.errors import InputError, TransientError
 from services.ledger import tables as t
+from services.ledger.checkpoint import sign_checkpoint
 from services.ledger.entries import Action, LedgerEntry, canonical_bytes, new_entry, parse_entry
 from services.ledger.heads import LedgerSigner, SignedHead
 from services.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, root_of
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from services.platform.settings import Settings
 
 GENESIS_CHAIN = bytes(32)
+DEFAULT_ORIGIN = "help-exchange.local/ledger"
 _IN_CHUNK = 500
 
 
@@ -180,9 +183,15 @@ class _State:
 class Ledger:
     """The append-only log. ``signer`` is needed only to sign heads."""
 
-    def __init__(self, engine: Engine, signer: LedgerSigner | None = None) -> None:
+    def __init__(self, engine: Engine, signer: LedgerSigner | None = None, *,
+                 origin: str = DEFAULT_ORIGIN, checkpoint_every: int = 1000,
+                 checkpoint_seconds: float = 10.0) -> None:
         self.engine = engine
         self.signer = signer
+        self.origin = origin
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self._note_signer = signer.note_signer(origin) if signer is not None else None
 
     @classmethod
     def open(cls, settings: Settings, *, sign: bool = True, create_tables: bool = True) -> Ledger:
@@ -193,7 +202,11 @@ class Ledger:
         if create_tables:
             ensure_tables(engine)
         signer = LedgerSigner.load(settings.key_dir, create=True) if sign else None
-        return cls(engine, signer)
+        if signer is not None:
+            signer.export_vkey(settings.key_dir, settings.ledger_origin)
+        return cls(engine, signer, origin=settings.ledger_origin,
+                   checkpoint_every=settings.ledger_checkpoint_every,
+                   checkpoint_seconds=settings.ledger_checkpoint_seconds)
 
     # ------------------------------------------------------------------------ appending
     def append(
@@ -260,7 +273,10 @@ class Ledger:
         rows: list[tuple[Any, ...]] = []
         keys: list[tuple[int, int, int]] = []
         sha = hashlib.sha256
-        leaf_append = compact.append
+        nodes: list[tuple[int, int, bytes]] = []
+        marks: list[tuple[int, bytes]] = []
+        every = self.checkpoint_every if self._note_signer is not None else 0
+        leaf_append = compact.append_noting
         row_append, key_append = rows.append, keys.append
         few = _few_valued_key
         for entry, data in batch:
@@ -273,8 +289,8 @@ class Ledger:
                     continue
             leaf = sha(b"\x00" + data).digest()
             chain = sha(chain + leaf).digest()
-            leaf_append(leaf)
-            subject, case_id, actor, action = entry.subject, entry.case_id, entry.actor, \
+            leaf_append(leaf, nodes)
+            subject, case_id, actor, action = entry.person, entry.case_id, entry.actor, \
                 entry.action.value
             at = data.rindex(b'"time":"') + 8  # the time as hashed (one format, see entries)
             row_append((
@@ -296,12 +312,23 @@ class Ledger:
             key_append((bucket, size, fp))
             index_of[entry_id] = size
             size += 1
+            if every and not size % every:  # the policy's checkpoint every N entries
+                marks.append((size, compact.root()))
         if rows:
             _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows)
             keys.sort()  # in index order: each bucket's tail page is visited once
             _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, keys)
+            if nodes:
+                _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), nodes)
             conn.execute(update(t.state).where(t.state.c.id == 1).values(
                 tree_size=size, compact_range=compact.to_bytes(), last_chain=chain))
+        moment = now or dt.datetime.now(dt.UTC)
+        if self._note_signer is not None and rows and (not marks or marks[-1][0] != size):
+            last = _last_checkpoint(conn)
+            if last is None or _age_s(last[1], moment) >= self.checkpoint_seconds:
+                marks.append((size, compact.root()))  # … and after a quiet spell
+        if marks:
+            self._store_checkpoints(conn, marks, moment)
         head = None
         if sign:
             head = self._store_head(conn, size, compact.root(), now)
@@ -321,10 +348,118 @@ class Ledger:
             raise InputError("this ledger has no signing key loaded",
                              "open it with Ledger.open(settings) on the ledger host")
         head = self.signer.sign_head(size, root, now or dt.datetime.now(dt.UTC))
+        if _checkpoint_at(conn, size) is None:
+            self._store_checkpoints(conn, [(size, root)], now or dt.datetime.now(dt.UTC))
         conn.execute(insert(t.heads).values(
             tree_size=size, root_hash=root, timestamp=head.timestamp,
             key_id=head.signature.key_id, signature=_sig_bytes(head)))
         return head
+
+    def _store_checkpoints(self, conn: Connection, marks: list[tuple[int, bytes]],
+                           moment: dt.datetime) -> None:
+        signer = self._note_signer
+        if signer is None:
+            raise InputError("this ledger has no signing key loaded",
+                             "open it with Ledger.open(settings) on the ledger host")
+        stamp = format_timestamp(moment)
+        _insert_rows(conn, t.checkpoints.name, ("tree_size", "root_hash", "signed_at", "note"),
+                     [(size, root, stamp, sign_checkpoint(signer, self.origin, size, root))
+                      for size, root in marks])
+
+    def checkpoint(self, now: dt.datetime | None = None) -> str:
+        """The checkpoint of the current tree (signed now if none covers it yet), with
+        the cosignatures it has."""
+        with self.engine.begin() as conn:
+            state = _lock_state(conn)
+            if _checkpoint_at(conn, state.tree_size) is None:
+                self._store_checkpoints(conn, [(state.tree_size, state.compact.root())],
+                                        now or dt.datetime.now(dt.UTC))
+        found = self.checkpoint_at(state.tree_size)
+        assert found is not None
+        return found
+
+    def checkpoint_if_due(self, now: dt.datetime | None = None) -> bool:
+        """Sign a checkpoint of the current tree if entries are under none and the newest is
+        older than ``checkpoint_seconds`` (appends made without the key, e.g. the
+        casebook's); True if one was signed. Cheap when nothing is due (two reads)."""
+        moment = now or dt.datetime.now(dt.UTC)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.state.c.tree_size).where(t.state.c.id == 1)).first()
+            size = int(row[0]) if row else 0
+            last = _last_checkpoint(conn)
+        if size == 0 or (last is not None and (last[0] >= size or
+                                               _age_s(last[1], moment) < self.checkpoint_seconds)):
+            return False
+        self.checkpoint(moment)
+        return True
+
+    def checkpoint_at(self, size: int, connection: Connection | None = None) -> str | None:
+        """The stored checkpoint of ``size`` entries with its cosignatures, or None."""
+        with _conn(self.engine, connection) as conn:
+            note = _checkpoint_at(conn, size)
+            if note is None:
+                return None
+            lines = conn.execute(select(t.cosignatures.c.line)
+                                 .where(t.cosignatures.c.tree_size == size)
+                                 .order_by(t.cosignatures.c.witness)).scalars().all()
+        return note + "".join(lines)
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest stored checkpoint, with its cosignatures."""
+        with self.engine.connect() as conn:
+            last = _last_checkpoint(conn)
+            return None if last is None else self.checkpoint_at(last[0], conn)
+
+    def published_checkpoint(self) -> str | None:
+        """What the log publishes at ``/checkpoint``: the newest checkpoint witnesses
+        cosigned (auditors require a quorum), else the newest one."""
+        with self.engine.connect() as conn:
+            size = conn.execute(select(func.max(t.cosignatures.c.tree_size))).scalar()
+            if size is not None:
+                return self.checkpoint_at(int(size), conn)
+        return self.latest_checkpoint()
+
+    def checkpoints(self, connection: Connection | None = None) -> list[tuple[int, str, str]]:
+        """(size, signed at, note) of every stored checkpoint, smallest first (no
+        cosignatures)."""
+        c = t.checkpoints.c
+        with _conn(self.engine, connection) as conn:
+            return [(int(size), at, note) for size, at, note in conn.execute(
+                select(c.tree_size, c.signed_at, c.note).order_by(c.tree_size))]
+
+    def add_cosignature(self, size: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature line of the checkpoint of ``size`` (checked by the
+        caller, :mod:`services.ledger.witness`); a second one from the same witness
+        replaces the first."""
+        c = t.cosignatures.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.cosignatures).where(c.tree_size == size, c.witness == witness))
+            conn.execute(insert(t.cosignatures).values(tree_size=size, witness=witness,
+                                                       line=line))
+
+    def tile_nodes(self, level: int, start: int, end: int) -> list[bytes]:
+        """The hashes of tile level ``level`` (>= 1) from index ``start`` to ``end``
+        (excluded): roots of complete subtrees of 256**level leaves."""
+        c = t.tile_nodes.c
+        with self.engine.connect() as conn:
+            return [bytes(h) for h in conn.execute(
+                select(c.hash).where(c.level == level, c.idx >= start, c.idx < end)
+                .order_by(c.idx)).scalars()]
+
+    def entries_range(self, start: int, end: int) -> list[bytes]:
+        """The canonical bytes of entries ``start`` to ``end`` (excluded)."""
+        c = t.entries.c
+        with self.engine.connect() as conn:
+            return [bytes(d) for d in conn.execute(
+                select(c.entry).where(c.seq >= start, c.seq < end).order_by(c.seq)).scalars()]
+
+    def leaf_range(self, start: int, end: int) -> list[bytes]:
+        """The leaf hashes of entries ``start`` to ``end`` (excluded)."""
+        c = t.entries.c
+        with self.engine.connect() as conn:
+            return [bytes(d) for d in conn.execute(
+                select(c.leaf_hash).where(c.seq >= start, c.seq < end).order_by(c.seq))
+                .scalars()]
 
     def heads(self, connection: Connection | None = None) -> list[SignedHead]:
         """Every stored head, oldest first."""
@@ -458,6 +593,29 @@ class Ledger:
                 done += len(rows)
                 start = int(rows[-1][0]) + 1
 
+    def rebuild_tile_nodes(self, batch: int = 100_000) -> int:
+        """Recompute the tile hashes above level 0 from the stored leaf hashes, in one
+        transaction (appends wait); returns how many there are. For a ledger written before
+        tiles, or whose ``ledger_tile_nodes`` `audit verify` reports damaged."""
+        c = t.entries.c
+        acc = CompactRange()
+        nodes: list[tuple[int, int, bytes]] = []
+        with self.engine.begin() as conn:
+            _lock_state(conn)
+            conn.execute(delete(t.tile_nodes))
+            start = 0
+            while True:
+                rows = conn.execute(select(c.seq, c.leaf_hash).where(c.seq >= start)
+                                    .order_by(c.seq).limit(batch)).all()
+                if not rows:
+                    break
+                for _, leaf in rows:
+                    acc.append_noting(bytes(leaf), nodes)
+                start = int(rows[-1][0]) + 1
+            if nodes:
+                _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), nodes)
+        return len(nodes)
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.entries)).scalar_one())
@@ -473,7 +631,10 @@ def ensure_tables(engine: Engine) -> None:
     """Create the missing ``ledger_*`` tables, and bring a ledger written by an earlier
     version up to date: its deferred index (``ledger_lookup``) is dropped and the auditor's
     index rebuilt from the entries. Entries, hashes and heads are never touched."""
+    had_tiles = t.tile_nodes.name in inspect(engine).get_table_names()
     t.metadata.create_all(engine, checkfirst=True)
+    if not had_tiles:  # a ledger from before tiles: their hashes, from the stored leaves
+        Ledger(engine).rebuild_tile_nodes()
     if _LEGACY_LOOKUP in inspect(engine).get_table_names():
         Ledger(engine).rebuild_index()
         with engine.begin() as conn:
@@ -514,6 +675,24 @@ def _conflict(entry_id: str) -> InputError:
         "an entry id names one fact: derive it from what makes the fact unique "
         "(services.ledger.entries.entry_id_for)",
     )
+
+
+def _checkpoint_at(conn: Connection, size: int) -> str | None:
+    c = t.checkpoints.c
+    note = conn.execute(select(c.note).where(c.tree_size == size)).scalar()
+    return None if note is None else str(note)
+
+
+def _last_checkpoint(conn: Connection) -> tuple[int, str] | None:
+    """(size, signed at) of the newest checkpoint."""
+    c = t.checkpoints.c
+    row = conn.execute(select(c.tree_size, c.signed_at).order_by(c.tree_size.desc())
+                       .limit(1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _age_s(stamp: str, now: dt.datetime) -> float:
+    return (now - dt.datetime.fromisoformat(stamp)).total_seconds()
 
 
 def _sig_bytes(head: SignedHead) -> bytes:

@@ -112,3 +112,46 @@ offsets = Table(
     Column("partition", Integer, primary_key=True),
     Column("offset", BigInteger, nullable=False),
 )
+
+# Checkpoints (C2SP tlog-checkpoint signed notes, services/ledger/checkpoint.py), signed by
+# the append policy (every N entries, and when the last is older than a few seconds) and by
+# every signed head: one per tree size. ``note`` is the note exactly as signed.
+checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("signed_at", String(27), nullable=False),
+    Column("note", String(4096), nullable=False),
+)
+
+# Witnesses' cosignatures (C2SP tlog-cosignature/v1 lines) of the checkpoints above.
+cosignatures = Table(
+    "ledger_cosignatures",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness", String(128), primary_key=True),
+    Column("line", String(512), nullable=False),
+)
+
+# The hashes of the tiles above level 0 (C2SP tlog-tiles): the root of every complete
+# subtree of 256**level leaves, kept as entries are appended (level 0 is leaf_hash above).
+tile_nodes = Table(
+    "ledger_tile_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# The person each signal is about, read by the audit sink from the signal topics, so that
+# the receipt of the signal (which names only its id) is entered with the person's
+# commitment. A row goes once its receipt is entered. Private, as ledger_entries' columns.
+signal_subjects = Table(
+    "ledger_signal_subjects",
+    metadata,
+    Column("signal_id", String(32), primary_key=True),
+    Column("key_id", String(40), nullable=False),
+    Column("value", String(43), nullable=False),
+)

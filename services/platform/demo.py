@@ -242,8 +242,8 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
             raise HelpExchangeError(f"personal data found in the exports: {leaks[:5]}", "see the privacy scan")
 
         report.stage("9. Vérification du journal d'audit")
+        head = json.loads(_cli(settings, "audit", "head"))  # covers the worklist's own entries
         verified = _cli(settings, "audit", "verify").strip().splitlines()
-        head = json.loads(_cli(settings, "audit", "head"))
         report.say(f"`audit verify` : {verified[-1] if verified else 'ok'}")
         report.say(f"tête signée : {head['tree_size']} entrées, racine {head['root_hash']}, "
                    f"clé {head['signature']['key_id']}")

@@ -109,6 +109,22 @@ class Settings(BaseSettings):
     after closing. A case that only went quiet (no signal for ``casebook_close_after_months``)
     is not "closed" in this sense: it follows the situations' period."""
 
+    # ---------------------------------------------------------------- audit ledger (HELP_LEDGER_*)
+    # Checkpoints (C2SP tlog-checkpoint), tiles and witnesses: services/ledger/, docs/audit.md.
+    ledger_origin: Annotated[str, Field(pattern=r"^[a-z0-9.\-]+(/[A-Za-z0-9._\-]+)*$",
+                                        max_length=128)] = "help-exchange.local/ledger"
+    """The log's origin: the first line of every checkpoint and the name of the ledger's
+    signed-note key. One per deployment (e.g. ``help-exchange.secu.example/ledger/35``)."""
+    ledger_checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """A checkpoint is signed at every multiple of this many entries."""
+    ledger_checkpoint_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """…and at the end of an append when the last checkpoint is older than this."""
+    ledger_witnesses_file: Path | None = None
+    """The witnesses the exchange asks to cosign (JSON list of {"name", "url", "vkey"}).
+    Unset: ``<key_dir>/ledger/witnesses.json`` when it exists."""
+    ledger_quorum: Annotated[int, Field(ge=1, le=20)] = 2
+    """Cosignatures an auditor requires by default (of the 4 funds' witnesses)."""
+
     @property
     def registry_signer_path(self) -> Path:
         """Where the pinned registry signer public key is read from."""

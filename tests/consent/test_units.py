@@ -20,7 +20,7 @@ from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund
 from services.errors import InputError
-from services.ledger.entries import Action, parse_entry
+from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.purge import apply_purge, plan_purge
 from services.ledger.store import Ledger
 from services.ledger.tables import metadata as ledger_metadata
@@ -128,8 +128,8 @@ def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_sett
     ledger = Ledger(engine)
     entries = [parse_entry(data) for _, data in ledger.query(actor="agent.caf-35.0042")]
     assert [e.action for e in entries] == [Action.DOSSIER_CONSULTE, Action.LISTE_EXPORTEE]
-    assert entries[0].subject == sit.pseudonym and entries[0].case_id == sit.situation_id
-    assert entries[1].count == 12 and entries[1].subject is None
+    assert is_about(entries[0], sit.pseudonym) and entries[0].case_id == sit.situation_id
+    assert entries[1].count == 12 and entries[1].person is None
     assert len(access_log(engine)) == 2
 
     # A user id the ledger cannot hold: the access is refused and nothing is written at all.
@@ -217,5 +217,5 @@ def test_purge_periods(offline_settings: Settings) -> None:
         assert left == {sits[1].situation_id, sits[3].situation_id}
         assert store.count_rows(conn, ct.followups) == 0
     (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
-    assert entry.count == 2 and entry.subject is None and entry.case_id is None
+    assert entry.count == 2 and entry.person is None and entry.case_id is None
     engine.dispose()

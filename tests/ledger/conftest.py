@@ -87,3 +87,11 @@ def ledger_settings(db_url: str, tmp_path: Path) -> Settings:
     eng.dispose()
     return load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                          database_url=db_url)
+
+
+@pytest.fixture(scope="session")
+def go_verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Go's sumdb/note and sumdb/tlog verifier (tests/ledger/go/tlogverify), built once."""
+    from tests.ledger.auditing import build_go_verifier
+
+    return build_go_verifier(tmp_path_factory.mktemp("go"))
