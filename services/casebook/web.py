@@ -36,7 +36,7 @@ from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.model import CASE_NUMBER, Month, Situation
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
-from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
+from services.casebook.worklist import Labels, case_view, load_worklist
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     sink = audit or default_audit_sink(settings, engine)
     signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
     taxonomy = settings.taxonomy
-    labels = Labels(taxonomy, rule_titles(settings.rules))
+    labels = Labels.for_rules(taxonomy, settings.rules)
 
     app = FastAPI(title="HELP — revue de dossiers mensuelle",
                   description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
