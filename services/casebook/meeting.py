@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.core.rules import LeadFundRule
 from services.core.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from services.casebook.worklist import CaseView, Labels
 
 CONSOLIDATED = "consolidee"
 PROJECTION = "projection"
@@ -125,3 +128,12 @@ class Advisor:
             ranked.sort(key=lambda t: t[:3])
             found = self._suggested[key] = tuple(t[3] for t in ranked)
         return found
+
+
+def followup_actions(labels: Labels, view: CaseView, fund: str) -> list[dict[str, Any]]:
+    """The follow-up form's choices for ``fund``: its offers only, those suggested for the
+    case first (marked), then the others in the taxonomy's order."""
+    suggested = [s.action.code for s in view.suggestions if s.fund.code == fund]
+    offers = labels.offers.get(fund, ())
+    ordered = sorted(offers, key=lambda o: (suggested.index(o.code) if o.code in suggested else len(suggested)))
+    return [{"code": o.code, "label": o.label, "suggested": o.code in suggested} for o in ordered]

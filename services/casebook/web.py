@@ -34,6 +34,7 @@ from services.casebook.auth import Authenticator, FileAuthenticator, User
 from services.casebook.config import session_secret, users_path
 from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
+from services.casebook.meeting import followup_actions
 from services.casebook.model import CASE_NUMBER, Month, Situation
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
 from services.casebook.worklist import Labels, case_view, load_worklist
@@ -117,6 +118,11 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} » dans votre périmètre.")
         return sit
 
+    def projection_for(user: User, vue: str | None) -> bool:
+        """The shared screen's view: asked by the secretary, always the auditor's (the
+        consolidated sheet is the secretary's); agents read their fund's view."""
+        return user.view_fund is None and (vue == "projection" or user.role == "auditeur")
+
     def month_of(text: str | None) -> Month:
         if not text:
             now = dt.datetime.now(dt.UTC)
@@ -199,23 +205,27 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         return response
 
     @app.get("/worklist", response_class=HTMLResponse, summary="Liste du mois")
-    def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None) -> Response:
+    def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
+                      vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, csrf = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
-        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers")
+                           close_after_months=settings.casebook_close_after_months, labels=labels,
+                           projection=projection_for(user, vue))
+        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers ({wl.view})")
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
     @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
     def export(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
-               format: Annotated[str, Query(pattern="^(html|csv|pdf|json)$")] = "csv") -> Response:
+               format: Annotated[str, Query(pattern="^(html|csv|pdf|json)$")] = "csv",
+               vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, _ = current(request)
         m = month_of(month)
         wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
+                           close_after_months=settings.casebook_close_after_months, labels=labels,
+                           projection=projection_for(user, vue))
         data = render(wl, format)
-        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers")
+        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers ({wl.view})")
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
         return Response(data, media_type=MEDIA_TYPES[format],
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -235,21 +245,32 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def form_funds(user: User, sit: Situation) -> list[dict[str, Any]]:
         codes = [f for f in sit.funds if user.role != "agent" or f == user.fund]
-        return [{"code": f, "label": labels.fund(f).label, "offers": labels.offers.get(f, ())} for f in codes]
+        return [{"code": f, "label": labels.fund(f).label} for f in codes]
 
     def outcomes() -> list[dict[str, str]]:
         return [{"code": o.code.value, "label": o.libelle} for o in taxonomy.issues]
 
+    def followup_page(user: User, csrf: str, sit: Situation, fund: str | None, status_code: int = 200,
+                      **extra: Any) -> Response:
+        """The form offers the chosen fund's actions only, its suggested ones first."""
+        funds = form_funds(user, sit)
+        chosen = fund if any(f["code"] == fund for f in funds) else (funds[0]["code"] if len(funds) == 1 else None)
+        view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
+                         close_after_months=settings.casebook_close_after_months)
+        actions = followup_actions(labels, view, chosen) if chosen else []
+        return _page("followup.html", status_code, **ctx(user, csrf, c=view, funds=funds, outcomes=outcomes(),
+                                                         chosen=chosen, actions=actions,
+                                                         chosen_label=labels.fund(chosen).label if chosen else "",
+                                                         **extra))
+
     @app.get("/cases/{case_number}/followup", response_class=HTMLResponse, summary="Formulaire de suite")
-    def followup_form(request: Request, case_number: str) -> Response:
+    def followup_form(request: Request, case_number: str,
+                      fund: Annotated[str | None, Query(max_length=16)] = None) -> Response:
         user, csrf = current(request)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
-        view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
-                         close_after_months=settings.casebook_close_after_months)
-        return _page("followup.html", **ctx(user, csrf, c=view, funds=form_funds(user, sit), outcomes=outcomes(),
-                                            selected_fund=user.fund))
+        return followup_page(user, csrf, sit, fund or user.fund)
 
     @app.post("/cases/{case_number}/followup", summary="Enregistrer une suite")
     def followup_post(request: Request, background: BackgroundTasks, case_number: str,
@@ -267,11 +288,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             event = record_followup(engine, taxonomy, case_number=case_number, fund=fund, action=action,
                                     outcome=outcome, user=user.user_id, territory=user.territory)
         except InputError as exc:
-            view = case_view(labels, sit, [], reason=None, fund=user.view_fund,
-                             as_of=dt.datetime.now(dt.UTC), close_after_months=settings.casebook_close_after_months)
-            return _page("followup.html", 400, **ctx(user, csrf, c=view, funds=form_funds(user, sit),
-                                                     outcomes=outcomes(), selected_fund=fund,
-                                                     error=exc.one_line()))
+            return followup_page(user, csrf, sit, fund, 400, error=exc.one_line())
         audit_event(user, "suite_enregistree", case_number=case_number, situation_id=event.situation_id,
                     pseudonym=sit.pseudonym, detail=f"{fund} {action} {outcome}")
         if publish and settings.bootstrap_servers:

@@ -124,6 +124,8 @@ class Worklist:
     reported: tuple[FollowupView, ...]
     #: who reads it: a fund code, "projection" (the shared screen) or "consolidee" (secretary)
     view: str = CONSOLIDATED
+    #: participants by fund code (user ids), from the recorded meeting of the month, if any
+    participants: Mapping[str, tuple[str, ...]] | None = None
 
     def counts(self) -> dict[str, int]:
         out = {"rouge": 0, "orange": 0, "vert": 0}

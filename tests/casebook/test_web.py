@@ -159,3 +159,35 @@ def test_missing_form_fields_are_a_400(app_env: TestClient) -> None:
     login(app_env, "secretaire.35")
     response = app_env.post("/cases/35-2026-11-0001/followup", data={"fund": "caf"})
     assert response.status_code == 400 and "Champ manquant" in response.text
+
+
+def test_followup_form_offers_only_the_chosen_funds_actions(app_env: TestClient) -> None:
+    login(app_env, "secretaire.35")
+    first = app_env.get("/cases/35-2026-11-0001/followup")
+    assert first.status_code == 200 and 'name="action"' not in first.text  # choose the fund first
+    caf = app_env.get("/cases/35-2026-11-0001/followup?fund=caf")
+    options = re.findall(r'<option value="([a-z_0-9]+)"', caf.text.split('id="action"')[1].split("</select>")[0])
+    assert options and set(options) <= {"accompagnement_travailleur_social", "rendez_vous_des_droits",
+                                        "instruction_rsa", "aide_financiere_individuelle", "fsl",
+                                        "prevention_expulsion_ccapex", "mediation_familiale", "offre_separation",
+                                        "offre_naissance"}
+    assert "echeancier_paiement" not in caf.text.split('id="action"')[1]
+    assert "proposée pour ce dossier" in caf.text  # impaye_loyer: FSL and the others come first
+    urssaf = app_env.get("/cases/35-2026-11-0001/followup?fund=urssaf")
+    assert "echeancier_paiement" in urssaf.text and 'value="fsl"' not in urssaf.text
+    login(app_env, "agent.caf35")  # an agent's form is its fund's, whatever is asked
+    forced = app_env.get("/cases/35-2026-11-0001/followup?fund=urssaf")
+    assert 'name="fund" value="caf"' in forced.text and "echeancier_paiement" not in forced.text
+
+
+def test_projection_shows_what_every_fund_of_a_case_may_see(app_env: TestClient) -> None:
+    login(app_env, "secretaire.35")
+    full = app_env.get("/worklist?month=2026-11")
+    assert "Parent incarcéré" in full.text and "ne pas projeter" in full.text and "caf·" in full.text
+    shown = app_env.get("/worklist?month=2026-11&vue=projection")
+    # parent_incarcere is for caf and cpam: urssaf, at the same case, must not read it
+    assert "Parent incarcéré" not in shown.text and "Impayé de loyer" in shown.text
+    assert "Vue de projection" in shown.text and "scelle:" not in shown.text and "caf·" not in shown.text
+    login(app_env, "auditeur.35")  # the consolidated sheet is the secretary's
+    audit = app_env.get("/worklist?month=2026-11&vue=consolidee")
+    assert "Parent incarcéré" not in audit.text and "Vue de projection" in audit.text
