@@ -115,3 +115,12 @@ def published_release(engine: sa.Engine, taxonomy: Taxonomy, *, territory: str, 
         return published_release(engine, taxonomy, territory=territory, month=month, now=now,
                                  rule_titles=rule_titles)
     return rel
+
+
+def meeting_context(engine: sa.Engine, territory: str, month: Month) -> tuple[Meeting | None, Meeting | None]:
+    """(the month's meeting if recorded, the meeting before it): the worklist of ``month``
+    shows what changed since the previous one, its minutes list the month's participants."""
+    found = meetings_before(engine, territory, month.end, limit=2)
+    if found and found[0].held_at >= month.start:
+        return found[0], (found[1] if len(found) > 1 else None)
+    return None, (found[0] if found else None)

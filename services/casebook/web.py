@@ -15,6 +15,7 @@ HTTPS) holding the user id and a CSRF token that every form carries back. Bad in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hmac
 import logging
@@ -28,7 +29,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.casebook import store
+from services.casebook import store, web_meeting
 from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
 from services.casebook.auth import Authenticator, FileAuthenticator, User
 from services.casebook.config import session_secret, users_path
@@ -36,8 +37,9 @@ from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.meeting import followup_actions
 from services.casebook.model import CASE_NUMBER, Month, Situation
+from services.casebook.records import meeting_context
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
-from services.casebook.worklist import Labels, case_view, load_worklist
+from services.casebook.worklist import Labels, Worklist, case_view, load_worklist
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
@@ -122,6 +124,15 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         """The shared screen's view: asked by the secretary, always the auditor's (the
         consolidated sheet is the secretary's); agents read their fund's view."""
         return user.view_fund is None and (vue == "projection" or user.role == "auditeur")
+
+    def meeting_worklist(user: User, m: Month, vue: str | None) -> Worklist:
+        """The month's worklist as ``user`` may read it, with what changed since the previous
+        meeting and the participants of the month's meeting (for the minutes)."""
+        held, previous = meeting_context(engine, user.territory, m)
+        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
+                           close_after_months=settings.casebook_close_after_months, labels=labels,
+                           projection=projection_for(user, vue), since=previous.held_at if previous else None)
+        return dataclasses.replace(wl, participants=held.participants) if held else wl
 
     def month_of(text: str | None) -> Month:
         if not text:
@@ -209,9 +220,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                       vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, csrf = current(request)
         m = month_of(month)
-        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels,
-                           projection=projection_for(user, vue))
+        wl = meeting_worklist(user, m, vue)
         audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers ({wl.view})")
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
@@ -221,9 +230,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, _ = current(request)
         m = month_of(month)
-        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels,
-                           projection=projection_for(user, vue))
+        wl = meeting_worklist(user, m, vue)
         data = render(wl, format)
         audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers ({wl.view})")
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
@@ -295,6 +302,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
         return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
 
+    web_meeting.register(app, engine=engine, settings=settings, labels=labels, current=current,
+                         check_csrf=check_csrf, page=_page, month_of=month_of, http_error=HTTPError)
     return app
 
 

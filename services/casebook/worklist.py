@@ -13,6 +13,7 @@ every output format and the web view alike:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ class Labelled:
     label: str
 
 
+CHANGE_LABEL = {
+    "nouveau": "Nouveau depuis la dernière réunion",
+    "nouveau_signal": "Nouveau signalement depuis la dernière réunion",
+    "suite_enregistree": "Suite enregistrée depuis la dernière réunion",
+}
+_CHANGE = {code: Labelled(code, label) for code, label in CHANGE_LABEL.items()}
 _OPEN = Labelled("ouvert", "Ouvert")
 _STATUS = {code: Labelled(code, label) for code, label in CLOSURE_LABEL.items()}
 _REASON = {r: Labelled(r.value, label) for r, label in REVIEW_LABEL.items()}
@@ -105,6 +112,8 @@ class CaseView:
     lead: Labelled | None = None
     #: suggested follow-ups, best first, from what this reader may see of the case
     suggestions: tuple[SuggestionView, ...] = ()
+    #: what changed since the previous meeting (new case, new signal, follow-up recorded)
+    change: Labelled | None = None
 
     @property
     def signals_line(self) -> str:
@@ -126,6 +135,15 @@ class Worklist:
     view: str = CONSOLIDATED
     #: participants by fund code (user ids), from the recorded meeting of the month, if any
     participants: Mapping[str, tuple[str, ...]] | None = None
+    #: when the previous meeting was held: changes and reported follow-ups count from then
+    since: dt.datetime | None = None
+
+    def changes(self) -> dict[str, int]:
+        out = dict.fromkeys(CHANGE_LABEL, 0)
+        for c in self.cases:
+            if c.change:
+                out[c.change.code] += 1
+        return out
 
     def counts(self) -> dict[str, int]:
         out = {"rouge": 0, "orange": 0, "vert": 0}
@@ -271,13 +289,17 @@ _NONE: tuple[Followup, ...] = ()
 def build_worklist(taxonomy: Taxonomy, situations: Iterable[Situation], followups: Sequence[Followup], *,
                    month: Month, territory: str, fund: str | None, close_after_months: int,
                    generated_at: dt.datetime | None = None, labels: Labels | None = None,
-                   projection: bool = False) -> Worklist:
+                   projection: bool = False, since: dt.datetime | None = None) -> Worklist:
+    """The month's worklist; with ``since`` (the previous meeting), each case says what
+    changed since then and the reported follow-ups are those recorded since then."""
     labels = labels or Labels(taxonomy)
     projection = projection and fund is None
     grouped = group_followups(followups)
     selected: list[tuple[int, str, CaseView]] = []
     reported: list[FollowupView] = []
     start, end = month.start, month.end
+    if since is not None and since < end:
+        start = since
     for sit in situations:
         if sit.territory != territory or (fund is not None and fund not in sit.funds):
             continue
@@ -289,6 +311,10 @@ def build_worklist(taxonomy: Taxonomy, situations: Iterable[Situation], followup
             continue
         view = case_view(labels, sit, fus, reason=reason, fund=fund, as_of=end,
                          close_after_months=close_after_months, projection=projection)
+        if since is not None:
+            change = _change_since(sit, fus, since)
+            if change is not None:
+                view = dataclasses.replace(view, change=_CHANGE[change])
         selected.append((PRIORITY_RANK.get(sit.priority, 9), sit.case_number, view))
         if fus:
             reported.extend(followup_view(labels, sit.case_number, f) for f in fus if start <= f.recorded_at < end)
@@ -296,7 +322,17 @@ def build_worklist(taxonomy: Taxonomy, situations: Iterable[Situation], followup
     reported.sort(key=lambda f: (f.case_number, f.fund.code))
     return Worklist(month, territory, fund, generated_at or dt.datetime.now(dt.UTC),
                     tuple(v for _, _, v in selected), tuple(reported),
-                    fund or (PROJECTION if projection else CONSOLIDATED))
+                    fund or (PROJECTION if projection else CONSOLIDATED), since=since)
+
+
+def _change_since(sit: Situation, followups: Sequence[Followup], since: dt.datetime) -> str | None:
+    if sit.opened_at >= since:
+        return "nouveau"
+    if sit.last_signal_on >= since.date():
+        return "nouveau_signal"
+    if any(f.recorded_at >= since for f in followups):
+        return "suite_enregistree"
+    return None
 
 
 def rule_titles(rules: Rules) -> dict[str, str]:
@@ -306,7 +342,8 @@ def rule_titles(rules: Rules) -> dict[str, str]:
 
 def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territory: str, fund: str | None,
                   close_after_months: int, generated_at: dt.datetime | None = None,
-                  labels: Labels | None = None, projection: bool = False) -> Worklist:
+                  labels: Labels | None = None, projection: bool = False,
+                  since: dt.datetime | None = None) -> Worklist:
     with paused_gc():
         with engine.connect() as conn:
             followups = store.followups_before(conn, territory, month.end)
@@ -315,6 +352,6 @@ def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territ
             situations = store.iter_situations_opened_before(conn, territory, month.end)
             wl = build_worklist(taxonomy, situations, followups, month=month, territory=territory, fund=fund,
                                 close_after_months=close_after_months, generated_at=generated_at, labels=labels,
-                                projection=projection)
+                                projection=projection, since=since)
         del followups, situations
     return wl
