@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from fractions import Fraction
 
 import pytest
@@ -34,7 +34,6 @@ from tests.casebook import factory as F
 
 UTC = dt.UTC
 NOV, DEC = Month(2026, 11), Month(2026, 12)
-FUNDS = ("caf", "cpam", "urssaf", "carsat")
 
 
 # ------------------------------------------------------------------------------- the attacker
@@ -147,24 +146,6 @@ def true_value(raws: dict[tuple[str, str], RawTable], key: Key) -> int:
 
 
 # ------------------------------------------------------------------------------- data
-def month_of_cases(n: int, month: Month, *, seed: int, start: int, territory: str = "35",
-                   prio: Sequence[tuple[str, float]] = (("rouge", .04), ("orange", .64), ("vert", .32))) -> list:
-    """``n`` situations opened during ``month``, shaped like the demo's (2 to 4 funds, one or
-    two categories each, the demo's priority split by default)."""
-    rnd = random.Random(seed)
-    out = []
-    for i in range(n):
-        funds = tuple(sorted(rnd.sample(FUNDS, rnd.choice((2, 2, 2, 3, 4)))))
-        cats = [(code, fund, visible) for fund in funds
-                for code, visible in rnd.sample(F.CATEGORIES[fund], rnd.choice((1, 1, 2)) if len(F.CATEGORIES[fund]) > 1
-                                                else 1)]
-        priority = rnd.choices([p for p, _ in prio], [w for _, w in prio])[0]
-        day = month.start + dt.timedelta(days=rnd.randrange(27), hours=9)
-        out.append(F.situation(start + i, funds=funds, categories=cats, priority=priority, territory=territory,
-                               occurred_at=day, last_signal_on=day.date()))
-    return out
-
-
 def followups_for(situations: list, month: Month, *, seed: int, share: float) -> list:
     rnd = random.Random(seed)
     actions = {"caf": "fsl", "cpam": "ouverture_c2s_puma", "urssaf": "echeancier_paiement",
@@ -197,7 +178,7 @@ def raw_of(engine: sa.Engine, taxonomy: Taxonomy, month: Month) -> dict[tuple[st
 @pytest.mark.parametrize(("name", "cases", "share"), [("demo", 146, .3), ("petit_departement", 24, .4)])
 def test_no_hidden_count_is_recovered_from_successive_releases(sqlite_engine: sa.Engine, taxonomy: Taxonomy,
                                                                name: str, cases: int, share: float) -> None:
-    nov = month_of_cases(cases, NOV, seed=7, start=1)
+    nov = F.month_of_cases(cases, NOV, seed=7, start=1)
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, nov)
         store.apply_followups(conn, followups_for(nov, NOV, seed=8, share=share))
@@ -205,7 +186,7 @@ def test_no_hidden_count_is_recovered_from_successive_releases(sqlite_engine: sa
     first = publish(sqlite_engine, taxonomy, NOV)
     # December: new cases, late follow-ups on November's, and November's cases updated
     # (a new priority): what a recomputation of November would change
-    dec = month_of_cases(cases, DEC, seed=9, start=10_000)
+    dec = F.month_of_cases(cases, DEC, seed=9, start=10_000)
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, dec)
         store.apply_situations(conn, [F.situation(n, version=2, funds=tuple(f.value for f in s.funds),
@@ -241,7 +222,7 @@ def test_no_hidden_count_is_recovered_from_successive_releases(sqlite_engine: sa
 
 def test_the_attack_breaks_a_primary_only_suppression(sqlite_engine: sa.Engine, taxonomy: Taxonomy) -> None:
     """The same attacker against tables with only the primary suppression: it recovers counts."""
-    nov = month_of_cases(60, NOV, seed=3, start=1, prio=(("rouge", .05), ("orange", .55), ("vert", .4)))
+    nov = F.month_of_cases(60, NOV, seed=3, start=1, prio=(("rouge", .05), ("orange", .55), ("vert", .4)))
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, nov)
     raws = raw_of(sqlite_engine, taxonomy, NOV)
