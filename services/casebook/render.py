@@ -128,7 +128,7 @@ class _HtmlRows:
         suggested = "".join(f"<li>{e(s.action.label)} <span class=\"fr-hint\">({e(s.fund.label)})</span></li>"
                             for s in c.suggestions[:SHEET_SUGGESTIONS])
         change = f'<br><strong class="fr-change">{e(c.change.label)}</strong>' if c.change else ""
-        return (f'<tr>\n<td>{head}<br><span class="fr-badge fr-badge--info">{e(c.reason.label)}</span><br>'
+        return (f'<tr>\n<td>{head}<br><span class="fr-badge fr-badge--info">{e(c.reason.label)}</span> '
                 f'<span class="fr-text--sm">{e(c.status.label)}</span>{change}</td>\n'
                 f'{priority}<td>{"".join(tags)}</td>\n<td class="fr-text--sm">{e(c.signals_line)}</td>\n'
                 f'<td class="fr-text--sm">{"".join(self._fund(f, f.fund.code == lead) for f in c.funds)}</td>\n'

@@ -314,7 +314,7 @@ def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path, ar
 # without csv.writer (for speed on 100,000 cases): they must stay byte for byte what the
 # autoescaped template and csv.writer write, whatever the values hold.
 REFERENCE_ROWS = """{% for c in wl.cases %}<tr>
-<td>{% if web %}<a href="/cases/{{ c.case_number }}">{{ c.case_number }}</a>{% else %}<strong>{{ c.case_number }}</strong>{% endif %}<br><span class="fr-badge fr-badge--info">{{ c.reason.label }}</span><br><span class="fr-text--sm">{{ c.status.label }}</span>{% if c.change %}<br><strong class="fr-change">{{ c.change.label }}</strong>{% endif %}</td>
+<td>{% if web %}<a href="/cases/{{ c.case_number }}">{{ c.case_number }}</a>{% else %}<strong>{{ c.case_number }}</strong>{% endif %}<br><span class="fr-badge fr-badge--info">{{ c.reason.label }}</span> <span class="fr-text--sm">{{ c.status.label }}</span>{% if c.change %}<br><strong class="fr-change">{{ c.change.label }}</strong>{% endif %}</td>
 <td><span class="fr-badge fr-badge--{{ c.priority.code }}">{{ c.priority.label }}</span>{% if c.rules %}<br><span class="fr-text--sm">{{ c.rules|map(attribute="label")|join(", ") }}</span>{% endif %}</td>
 <td>{% for cat in c.categories %}<span class="fr-tag">{{ cat.label }}</span>{% endfor %}</td>
 <td class="fr-text--sm">{{ c.signals_line }}</td>
