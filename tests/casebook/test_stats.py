@@ -176,8 +176,10 @@ def raw_of(engine: sa.Engine, taxonomy: Taxonomy, month: Month) -> dict[tuple[st
 
 
 @pytest.mark.parametrize(("name", "cases", "share"), [("demo", 146, .3), ("petit_departement", 24, .4)])
-def test_no_hidden_count_is_recovered_from_successive_releases(sqlite_engine: sa.Engine, taxonomy: Taxonomy,
+def test_no_hidden_count_is_recovered_from_successive_releases(engine: sa.Engine, taxonomy: Taxonomy,
                                                                name: str, cases: int, share: float) -> None:
+    """On SQLite and PostgreSQL (the releases are stored as published)."""
+    sqlite_engine = engine
     nov = F.month_of_cases(cases, NOV, seed=7, start=1)
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, nov)
