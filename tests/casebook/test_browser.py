@@ -216,6 +216,7 @@ def test_the_monthly_meeting_walked_by_each_role(tmp_path: Path) -> None:
             printed = PdfReader(io.BytesIO(sheet))
             assert 1 < len(printed.pages) <= 25, f"146 cases printed on {len(printed.pages)} pages"
             assert "Décision et notes" in printed.pages[0].extract_text()
+            assert f"Page 1 / {len(printed.pages)}" in printed.pages[0].extract_text()  # @page margin box
             (SHOTS / "08-impression-liste.pdf").write_bytes(sheet)
             minutes = httpx.get(url + "/worklist/export?month=2026-11&format=pdf",
                                 cookies={c["name"]: c["value"] for c in page.context.cookies()}, timeout=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+from pathlib import Path
 
 from pypdf import PdfReader
 
@@ -18,6 +19,7 @@ from services.core.taxonomy import Taxonomy
 from services.core.types import Fund
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from tests.casebook import factory as F
+from tests.casebook.test_worklist import run_cli
 
 NOV = Month(2026, 11)
 
@@ -111,3 +113,21 @@ def test_sheet_is_readable_and_the_pdf_is_set_out_as_minutes(taxonomy: Taxonomy)
     assert "agent.caf35" in pages[0] and "Travailleur indépendant en difficulté" in pages[0]
     assert all(f"Page {i} / {len(pages)}" in text for i, text in enumerate(pages, start=1))
     assert "Décision et notes" in pages[1] and "urssaf·" in pages[1]
+
+
+def test_meeting_and_stats_commands(tmp_path: Path) -> None:
+    code, out = run_cli(tmp_path, "meeting", "record", "--territory", "35", "--date", "2026-11-25",
+                        "--participant", "caf:agent.caf35", "--participant", "urssaf:agent.urssaf35")
+    assert code == 0 and "réunion du 25/11/2026 enregistrée" in out and "2 participant(s)" in out
+    code, out = run_cli(tmp_path, "meeting", "list", "--territory", "35")
+    assert code == 0 and "caf: agent.caf35" in out
+    for args, message in ((("--date", "25/11/2026"), "date invalide"),
+                          (("--date", "2026-11-25", "--participant", "caf:Jean Dupont"), "participant invalide"),
+                          (("--date", "2026-11-25", "--participant", "agent.caf35"), "organisme:identifiant")):
+        code, out = run_cli(tmp_path, "meeting", "record", "--territory", "35", *args)
+        assert code == 2 and message in out and "Traceback" not in out, out
+    stats_csv = tmp_path / "stats.csv"
+    code, out = run_cli(tmp_path, "stats", "--month", "2026-11", "--territory", "35", "--out", str(stats_csv))
+    assert code == 0 and stats_csv.read_text("utf-8-sig").startswith("Mois;Périmètre;Mesure")
+    code, out = run_cli(tmp_path, "stats", "--month", "2099-01", "--territory", "35", "--out", str(stats_csv))
+    assert code == 2 and "n'est pas clos" in out
