@@ -9,6 +9,9 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 # The second producer, in Node.js, written from the contract documents (tests/interop).
 INTEROP_NODE_DIR := tests/interop/node
 INTEROP_NODE_STAMP := $(INTEROP_NODE_DIR)/node_modules/.installed-stamp
+# axe-core, the accessibility checker the browser test runs in every page (tests/casebook).
+AXE_DIR := tests/casebook/axe
+AXE_STAMP := $(AXE_DIR)/node_modules/.installed-stamp
 
 .PHONY: demo test soak lint bench venv clean help system-packages
 
@@ -34,6 +37,10 @@ $(INTEROP_NODE_STAMP): $(INTEROP_NODE_DIR)/package.json $(INTEROP_NODE_DIR)/pack
 	npm ci --prefix $(INTEROP_NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(AXE_STAMP): $(AXE_DIR)/package.json $(AXE_DIR)/package-lock.json
+	npm ci --prefix $(AXE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Real parts for the tests, from Debian's packages (CI starts on a fresh machine).
 # PostgreSQL for the SQL repository tests; Chromium for the browser test of the web view;
 # Go and golang.org/x/mod (sumdb/note, sumdb/tlog) for the ledger's independent verifier.
@@ -55,7 +62,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) system-packages lint
+test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) $(AXE_STAMP) system-packages lint
 	$(BIN)/pytest -q
 
 # Long runs, kept out of `make test` to keep it short; CI runs both.
@@ -66,4 +73,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules
+	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules $(AXE_DIR)/node_modules

@@ -107,7 +107,7 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     from services.casebook.db import open_store_engine
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
-    from services.casebook.worklist import Labels, load_worklist, rule_titles
+    from services.casebook.worklist import Labels, load_worklist
 
     m = Month.parse(month)
     check_territory(territory)
@@ -115,7 +115,7 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     settings = _ctx_settings(ctx)
     engine = open_store_engine(settings.database_url)
     try:
-        labels = Labels(settings.taxonomy, rule_titles(settings.rules))
+        labels = Labels.for_rules(settings.taxonomy, settings.rules)
         wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
                            close_after_months=settings.casebook_close_after_months, labels=labels)
         data = render(wl, fmt)

@@ -25,8 +25,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from services.casebook.meeting import SHEET_SUGGESTIONS, VIEW_LABEL
 from services.casebook.model import paused_gc
-from services.casebook.worklist import CaseView, FollowupView, FundView, Labelled, Worklist
+from services.casebook.worklist import CaseView, FollowupView, FundView, Labelled, SuggestionView, Worklist
 from services.core.spreadsheet import safe_cell
 from services.errors import InputError
 
@@ -52,8 +53,6 @@ def render_html(wl: Worklist, *, web: bool = False, **context: Any) -> str:
     fund_label = None
     if wl.fund:
         fund_label = next((f.fund.label for c in wl.cases for f in c.funds if f.fund.code == wl.fund), wl.fund)
-    involved = sorted({f.fund.code for c in wl.cases for f in c.funds})
-    offers = [(code, next(f for c in wl.cases for f in c.funds if f.fund.code == code)) for code in involved]
     # The template renders the page around two markers, replaced by the rows in one final
     # join: passing 100 MB of rows through the template would copy them three more times.
     # The markers are random per render, so no escaped value can contain one.
@@ -61,7 +60,8 @@ def render_html(wl: Worklist, *, web: bool = False, **context: Any) -> str:
     markers = (f"<!--case-rows-{tag}-->", f"<!--reported-rows-{tag}-->")
     with paused_gc():
         page = environment().get_template("worklist.html").render(
-            offers=offers, wl=wl, counts=wl.counts(), fund_label=fund_label, web=web, nav="worklist",
+            view_label=VIEW_LABEL.get(wl.view), wl=wl, counts=wl.counts(), fund_label=fund_label, web=web,
+            nav="worklist",
             generated=wl.generated_at.strftime("%d/%m/%Y à %H:%M UTC"), case_rows=Markup(markers[0]),
             reported_rows=Markup(markers[1]), **context)
         head, rest = page.split(markers[0])
@@ -98,8 +98,7 @@ class _HtmlRows:
         self._escaped: dict[str, str] = {}
         self._priority: dict[tuple[str, str, tuple[Labelled, ...]], str] = {}
         self._tag: dict[str, str] = {}
-        self._fund_head: dict[str, str] = {}
-        self._fund_idle: dict[tuple[str, str], str] = {}
+        self._fund_head: dict[tuple[str, bool], str] = {}
 
     def e(self, text: str) -> str:
         """``text`` escaped, memoised: for values that repeat across cases."""
@@ -115,7 +114,7 @@ class _HtmlRows:
         key = (c.priority.code, c.priority.label, c.rules)
         priority = self._priority.get(key)
         if priority is None:
-            rules = (f'<br><span class="fr-text--sm">Règles : {", ".join(e(r.label) for r in c.rules)}</span>'
+            rules = (f'<br><span class="fr-text--sm">{", ".join(e(r.label) for r in c.rules)}</span>'
                      if c.rules else "")
             priority = self._priority[key] = (
                 f'<td><span class="fr-badge fr-badge--{e(c.priority.code)}">{e(c.priority.label)}</span>{rules}</td>\n')
@@ -125,31 +124,32 @@ class _HtmlRows:
             if tag is None:
                 tag = self._tag[cat.label] = f'<span class="fr-tag">{e(cat.label)}</span>'
             tags.append(tag)
-        return (f'<tr>\n<td>{head}<br><span class="fr-text--sm">{e(c.status.label)}</span></td>\n'
-                f'{priority}<td><span class="fr-badge fr-badge--info">{e(c.reason.label)}</span></td>\n'
-                f'<td>{"".join(tags)}</td>\n<td class="fr-text--sm">1<sup>er</sup> signal : {e(c.first_signal_on)}<br>'
-                f"Dernier : {e(c.last_signal_on)}<br>Ouvert : {e(c.opened_on)}<br>"
-                f'Mis à jour : {e(c.updated_on)}</td>\n<td class="fr-text--sm">{"".join(map(self._fund, c.funds))}'
-                "</td>\n</tr>\n")
+        lead = c.lead.code if c.lead else ""
+        suggested = "".join(f"<li>{e(s.action.label)} <span class=\"fr-hint\">({e(s.fund.label)})</span></li>"
+                            for s in c.suggestions[:SHEET_SUGGESTIONS])
+        change = f'<br><strong class="fr-change">{e(c.change.label)}</strong>' if c.change else ""
+        return (f'<tr>\n<td>{head}<br><span class="fr-badge fr-badge--info">{e(c.reason.label)}</span> '
+                f'<span class="fr-text--sm">{e(c.status.label)}</span>{change}</td>\n'
+                f'{priority}<td>{"".join(tags)}</td>\n<td class="fr-text--sm">{e(c.signals_line)}</td>\n'
+                f'<td class="fr-text--sm">{"".join(self._fund(f, f.fund.code == lead) for f in c.funds)}</td>\n'
+                f'<td class="fr-text--sm">{f"<ol>{suggested}</ol>" if suggested else "—"}</td>\n'
+                '<td class="fr-decision"></td>\n</tr>\n')
 
-    def _fund(self, f: FundView) -> str:
+    def _fund(self, f: FundView, lead: bool) -> str:
         fund = f.fund
-        head = self._fund_head.get(fund.label)
+        key = (fund.label, lead)
+        head = self._fund_head.get(key)
         if head is None:
-            head = self._fund_head[fund.label] = f"<strong>{self.e(fund.label)}</strong>"
-        token = f' <span class="fr-token">{_escape(f.sealed_token)}</span>' if f.sealed_token else ""
+            head = self._fund_head[key] = (f"<strong>{self.e(fund.label)}</strong>"
+                                           + (" (chef de file)" if lead else ""))
+        token = (f' <code class="fr-token" title="{_escape(f.sealed_token)}">{_escape(f.sealed_short)}</code>'
+                 if f.sealed_token and f.sealed_short else "")
+        done = ""
         if f.recorded:
             e = self.e
-            done = "Données : " + " ; ".join(f"{e(r.action.label)} — {e(r.outcome.label)} ({e(r.recorded_on)})"
-                                             for r in f.recorded)
-        else:
-            key = (fund.code, fund.label)
-            done = self._fund_idle.get(key) or ""
-            if not done:
-                done = self._fund_idle[key] = (
-                    f'<span class="fr-hint">Aucune suite encore : voir <a href="#suites-{self.e(fund.code)}">'
-                    f"suites possibles {self.e(fund.label)}</a></span>")
-        return f"{head}{token}<br>\n{done}<br>\n"
+            done = "<br>\nSuite : " + " ; ".join(f"{e(r.action.label)} — {e(r.outcome.label)} ({e(r.recorded_on)})"
+                                                for r in f.recorded)
+        return f"{head}{token}{done}<br>\n"
 
     def reported(self, r: FollowupView) -> str:
         e = self.e
@@ -161,7 +161,7 @@ class _HtmlRows:
 CSV_HEADERS = ("N° de dossier", "Priorité", "Motif d'examen", "Statut", "Organismes concernés",
                "Catégories", "Règles déclenchées", "Premier signalement", "Dernier signalement",
                "Ouverture", "Dernière mise à jour", "Suites possibles", "Suites données",
-               "Références scellées")
+               "Références scellées", "Chef de file", "Suites proposées")
 
 
 CSV_DELIMITER = ";"
@@ -194,6 +194,7 @@ class _CsvRows:
         # keyed by fund codes: a worklist's labels come from one taxonomy, code -> label is fixed
         self._funds: dict[tuple[str, ...], tuple[str, str]] = {}
         self._rules: dict[tuple[Labelled, ...], str] = {}
+        self._suggested: dict[tuple[SuggestionView, ...], str] = {}
 
     def cell(self, text: str) -> str:
         """``text`` guarded and quoted, memoised: for cells that repeat across cases."""
@@ -220,7 +221,15 @@ class _CsvRows:
             csv_field(safe_cell(c.case_number)), cell(c.priority.label), cell(c.reason.label), cell(c.status.label),
             funds[0], cell(", ".join([cat.label for cat in c.categories])), rules, cell(c.first_signal_on),
             cell(c.last_signal_on), cell(c.opened_on), cell(c.updated_on), funds[1],
-            csv_field(safe_cell(done)) if done else "", csv_field(safe_cell(tokens)))) + "\r\n"
+            csv_field(safe_cell(done)) if done else "", csv_field(safe_cell(tokens)),
+            cell(c.lead.label) if c.lead else "", self.suggested(c))) + "\r\n"
+
+    def suggested(self, c: CaseView) -> str:
+        found = self._suggested.get(c.suggestions)
+        if found is None:
+            found = self._suggested[c.suggestions] = self.cell(
+                " | ".join(f"{s.action.label} ({s.fund.label})" for s in c.suggestions))
+        return found
 
 
 def render_csv(wl: Worklist) -> bytes:
@@ -242,7 +251,7 @@ def _followup_json(r: FollowupView) -> dict[str, Any]:
 
 def worklist_dict(wl: Worklist) -> dict[str, Any]:
     return {
-        "month": str(wl.month), "territory": wl.territory, "fund": wl.fund,
+        "month": str(wl.month), "territory": wl.territory, "fund": wl.fund, "view": wl.view,
         "generated_at": wl.generated_at.isoformat(),
         "cases": [{
             "case_number": c.case_number, "priority": c.priority.code, "reason": c.reason.code,
@@ -250,6 +259,9 @@ def worklist_dict(wl: Worklist) -> dict[str, Any]:
             "categories": [{"code": cat.code, "label": cat.label} for cat in c.categories],
             "first_signal_on": c.first_signal_on, "last_signal_on": c.last_signal_on,
             "opened_on": c.opened_on, "updated_on": c.updated_on,
+            "lead": c.lead.code if c.lead else None,
+            "suggestions": [{"fund": sg.fund.code, "action": sg.action.code, "weight": sg.weight}
+                            for sg in c.suggestions],
             "funds": [{"fund": f.fund.code, "label": f.fund.label, "sealed_ref": f.sealed_token,
                        "offers": [o.code for o in f.offers],
                        "recorded": [_followup_json(r) for r in f.recorded]} for f in c.funds],
@@ -264,68 +276,124 @@ def render_json(wl: Worklist) -> bytes:
 
 # ------------------------------------------------------------------------------- PDF
 def render_pdf(wl: Worklist) -> bytes:
-    """The minutes' annex: A4 landscape, one table row per case (reportlab)."""
+    """The meeting's minutes (procès-verbal), A4 landscape (reportlab): a title page with the
+    figures, the rules applied and the participants by fund; then one row per case with an
+    empty column for the decision and notes; "Page n / N" at the foot of every page."""
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.platypus import LongTable, Paragraph, SimpleDocTemplate, Spacer, TableStyle
+    from reportlab.pdfgen.canvas import Canvas
+    from reportlab.platypus import LongTable, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
     styles = getSampleStyleSheet()
-    cell = ParagraphStyle("cell", parent=styles["BodyText"], fontName="Helvetica", fontSize=7, leading=8.5)
+    cell = ParagraphStyle("cell", parent=styles["BodyText"], fontName="Helvetica", fontSize=7, leading=8.3)
     head = ParagraphStyle("head", parent=cell, fontName="Helvetica-Bold", textColor=colors.white)
+    body = ParagraphStyle("body", parent=cell, fontSize=9.5, leading=12)
+    h2 = ParagraphStyle("h2", parent=cell, fontName="Helvetica-Bold", fontSize=11, leading=14, spaceBefore=6,
+                        spaceAfter=3)
     blue = colors.HexColor("#000091")
+    grid = colors.HexColor("#bbbbbb")
     prio = {"rouge": colors.HexColor("#ce0500"), "orange": colors.HexColor("#b34000"),
             "vert": colors.HexColor("#18753c")}
+    generated = wl.generated_at.strftime("%d/%m/%Y %H:%M UTC")
 
     def p(text: str, style: ParagraphStyle = cell) -> Paragraph:
         return Paragraph(escape(text).replace("\n", "<br/>"), style)
 
+    class NumberedCanvas(Canvas):  # type: ignore[misc]  # reportlab has no type hints
+        """Every page's foot: "Page n / N" (N known once all pages are laid out)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pages: list[dict[str, Any]] = []
+
+        def showPage(self) -> None:
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self) -> None:
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                self.setFont("Helvetica", 7)
+                self.setFillColor(colors.HexColor("#3a3a3a"))
+                self.drawString(10 * mm, 6 * mm, f"Revue de dossiers {wl.month} — territoire {wl.territory}"
+                                                 " — document de travail, ne pas diffuser hors de la réunion")
+                self.drawRightString(landscape(A4)[0] - 10 * mm, 6 * mm, f"Page {self._pageNumber} / {total}")
+                super().showPage()
+            super().save()
+
     buf = io.BytesIO()
-    doc = SimpleDocTemplate(buf, pagesize=landscape(A4), leftMargin=12 * mm, rightMargin=12 * mm,
-                            topMargin=12 * mm, bottomMargin=12 * mm,
-                            title=f"Revue de dossiers {wl.month} — {wl.territory}", author="HELP")
-    title = ParagraphStyle("t", parent=styles["Title"], textColor=blue, fontName="Helvetica-Bold")
+    doc = SimpleDocTemplate(buf, pagesize=landscape(A4), leftMargin=10 * mm, rightMargin=10 * mm,
+                            topMargin=9 * mm, bottomMargin=11 * mm,
+                            title=f"Procès-verbal de la revue de dossiers {wl.month} — {wl.territory}", author="HELP")
+    title = ParagraphStyle("t", parent=styles["Title"], textColor=blue, fontName="Helvetica-Bold", fontSize=18)
+    counts = wl.counts()
+    reasons: dict[str, int] = {}
+    for c in wl.cases:
+        reasons[c.reason.label] = reasons.get(c.reason.label, 0) + 1
+    view = VIEW_LABEL.get(wl.view) or f"Vue de l'organisme {wl.fund}"
+    figures = [["Dossiers à examiner", str(len(wl.cases))],
+               ["dont priorité rouge / orange / verte", f"{counts['rouge']} / {counts['orange']} / {counts['vert']}"],
+               *[[f"dont motif « {label} »", str(n)] for label, n in sorted(reasons.items())],
+               ["Suites rapportées depuis la dernière réunion", str(len(wl.reported))]]
+    fig = Table([[p(a, body), p(b, body)] for a, b in figures], colWidths=[110 * mm, 40 * mm], hAlign="LEFT")
+    fig.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.25, grid), ("ALIGN", (1, 0), (1, -1), "RIGHT")]))
     story: list[Any] = [
         p("RÉPUBLIQUE FRANÇAISE", ParagraphStyle("rf", parent=cell, fontName="Helvetica-Bold", fontSize=9)),
-        Paragraph(escape(f"Revue de dossiers — {wl.month.label} — territoire {wl.territory}"), title),
-        p(f"{len(wl.cases)} dossier(s) ; {len(wl.reported)} suite(s) rapportée(s) ; établi le "
-          f"{wl.generated_at.strftime('%d/%m/%Y %H:%M UTC')}" + (f" ; vue {wl.fund}" if wl.fund else "")),
-        Spacer(1, 4 * mm),
+        Paragraph(escape(f"Procès-verbal de la revue de dossiers — {wl.month.label} — territoire {wl.territory}"),
+                  title),
+        p(f"Établi le {generated}. {view}.", body), Spacer(1, 3 * mm),
+        p("Chiffres du mois", h2), fig,
     ]
-    header = [p(h, head) for h in ("Dossier", "Priorité", "Motif", "Catégories", "Dates",
-                                   "Organismes et suites", "Références scellées")]
+    rules = sorted({(r.label, r.code) for c in wl.cases for r in c.rules})
+    if rules:
+        story += [p("Règles appliquées (schemas/rules.yaml)", h2),
+                  *[p(f"• {label}", body) for label, _ in rules]]
+    story += [p("Participants par organisme", h2)]
+    funds = sorted({(f.fund.label, f.fund.code) for c in wl.cases for f in c.funds})
+    present = wl.participants or {}
+    part = [[p("Organisme", head), p("Participants (fonction, sans nom dans ce document)", head)]]
+    part += [[p(label, body), p(", ".join(present.get(code, ())) or "", body)] for label, code in funds]
+    pt = Table(part, colWidths=[40 * mm, 150 * mm], hAlign="LEFT", rowHeights=[None] + [9 * mm] * len(funds))
+    pt.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, 0), blue), ("GRID", (0, 0), (-1, -1), 0.25, grid)]))
+    story += [pt, PageBreak()]
+
+    header = [p(h, head) for h in ("Dossier", "Priorité et règles", "Catégories", "Organismes (chef de file)",
+                                   "Suites proposées", "Décision et notes")]
     rows: list[list[Any]] = [header]
     style = [("BACKGROUND", (0, 0), (-1, 0), blue), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-             ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#dddddd"))]
+             ("GRID", (0, 0), (-1, -1), 0.25, grid), ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+             ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
     for i, c in enumerate(wl.cases, start=1):
-        funds = "\n".join(
-            f"{f.fund.label} : " + ("; ".join(f"{r.action.label} — {r.outcome.label} ({r.recorded_on})"
-                                              for r in f.recorded) or "aucune suite enregistrée")
+        funds_text = "\n".join(
+            f"{f.fund.label}{' (chef de file)' if c.lead and c.lead.code == f.fund.code else ''}"
+            + (f" {f.sealed_short}" if f.sealed_short else "")
+            + "".join(f"\n  suite : {r.action.label} — {r.outcome.label} ({r.recorded_on})" for r in f.recorded)
             for f in c.funds)
-        tokens = "\n".join(f"{f.fund.label} : {f.sealed_token}" for f in c.funds if f.sealed_token)
-        rows.append([p(f"{c.case_number}\n{c.status.label}"), p(c.priority.label), p(c.reason.label),
-                     p(", ".join(cat.label for cat in c.categories)),
-                     p(f"1er : {c.first_signal_on}\ndernier : {c.last_signal_on}"), p(funds), p(tokens)])
+        suggested = "\n".join(f"{n}. {sg.action.label} ({sg.fund.label})"
+                              for n, sg in enumerate(c.suggestions[:SHEET_SUGGESTIONS], start=1)) or "—"
+        rows.append([p(f"{c.case_number}\n{c.reason.label} · {c.status.label}\n{c.signals_line}"),
+                     p(f"{c.priority.label}\n" + ", ".join(r.label for r in c.rules)),
+                     p(", ".join(cat.label for cat in c.categories)), p(funds_text), p(suggested), ""])
         style.append(("TEXTCOLOR", (1, i), (1, i), prio.get(c.priority.code, colors.black)))
-    widths = [32 * mm, 16 * mm, 22 * mm, 55 * mm, 28 * mm, 62 * mm, 58 * mm]
+    widths = [38 * mm, 34 * mm, 52 * mm, 46 * mm, 58 * mm, 49 * mm]
     table = LongTable(rows, colWidths=widths, repeatRows=1)
     table.setStyle(TableStyle(style))
     story.append(table)
     if wl.reported:
-        story.append(Spacer(1, 6 * mm))
-        story.append(p("Suites rapportées depuis la dernière réunion",
-                       ParagraphStyle("h2", parent=cell, fontName="Helvetica-Bold", fontSize=11)))
+        story.append(p("Suites rapportées depuis la dernière réunion", h2))
         rep = [[p(h, head) for h in ("Dossier", "Organisme", "Suite", "Issue", "Date", "Par")]]
         rep += [[p(r.case_number), p(r.fund.label), p(r.action.label), p(r.outcome.label), p(r.recorded_on),
                  p(r.recorded_by)] for r in wl.reported]
         t2 = LongTable(rep, repeatRows=1)
-        t2.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, 0), blue),
-                                ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#dddddd"))]))
+        t2.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, 0), blue), ("GRID", (0, 0), (-1, -1), 0.25, grid)]))
         story.append(t2)
-    doc.build(story)
+    story += [Spacer(1, 6 * mm), p("Le secrétaire de séance : ____________________    Date : ____________", body)]
+    doc.build(story, canvasmaker=NumberedCanvas)
     return buf.getvalue()
 
 

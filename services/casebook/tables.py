@@ -116,3 +116,28 @@ access_log = sa.Table(
     sa.Column("case_number", sa.String(32), nullable=True),
     sa.Column("detail", sa.String(200), nullable=False, default=""),
 )
+
+# The monthly meetings (issue "what changed since last meeting"): when, where, who by fund.
+# Participants are user ids (functions, never names), as the users file holds them.
+meetings = sa.Table(
+    "casebook_meetings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("territory", sa.String(3), nullable=False),
+    sa.Column("held_at", TZ, nullable=False),
+    sa.Column("participants", sa.JSON, nullable=False),  # {"caf": ["agent.caf35", ...], ...}
+    sa.Column("recorded_at", TZ, nullable=False),
+    sa.Column("recorded_by", sa.String(64), nullable=False),
+    sa.Index("ix_casebook_meetings_territory_held", "territory", "held_at"),
+)
+
+# Statistics as published, frozen: a month's release is computed once the month has ended,
+# stored, and repeated unchanged afterwards (services/casebook/stats.py).
+stats_releases = sa.Table(
+    "casebook_stats_releases",
+    metadata,
+    sa.Column("scope", sa.String(8), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("published_at", TZ, nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+)

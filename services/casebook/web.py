@@ -15,6 +15,7 @@ HTTPS) holding the user id and a CSRF token that every form carries back. Bad in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hmac
 import logging
@@ -28,15 +29,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.casebook import store
+from services.casebook import store, web_meeting
 from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
 from services.casebook.auth import Authenticator, FileAuthenticator, User
 from services.casebook.config import session_secret, users_path
 from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
+from services.casebook.meeting import followup_actions
 from services.casebook.model import CASE_NUMBER, Month, Situation
+from services.casebook.records import meeting_context
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
-from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
+from services.casebook.worklist import Labels, Worklist, case_view, load_worklist
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
@@ -66,7 +69,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     sink = audit or default_audit_sink(settings, engine)
     signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
     taxonomy = settings.taxonomy
-    labels = Labels(taxonomy, rule_titles(settings.rules))
+    labels = Labels.for_rules(taxonomy, settings.rules)
 
     app = FastAPI(title="HELP — revue de dossiers mensuelle",
                   description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
@@ -116,6 +119,20 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                 user.view_fund is not None and user.view_fund not in sit.funds):
             raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} » dans votre périmètre.")
         return sit
+
+    def projection_for(user: User, vue: str | None) -> bool:
+        """The shared screen's view: asked by the secretary, always the auditor's (the
+        consolidated sheet is the secretary's); agents read their fund's view."""
+        return user.view_fund is None and (vue == "projection" or user.role == "auditeur")
+
+    def meeting_worklist(user: User, m: Month, vue: str | None) -> Worklist:
+        """The month's worklist as ``user`` may read it, with what changed since the previous
+        meeting and the participants of the month's meeting (for the minutes)."""
+        held, previous = meeting_context(engine, user.territory, m)
+        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
+                           close_after_months=settings.casebook_close_after_months, labels=labels,
+                           projection=projection_for(user, vue), since=previous.held_at if previous else None)
+        return dataclasses.replace(wl, participants=held.participants) if held else wl
 
     def month_of(text: str | None) -> Month:
         if not text:
@@ -199,24 +216,24 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         return response
 
     @app.get("/worklist", response_class=HTMLResponse, summary="Liste du mois")
-    def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None) -> Response:
+    def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
+                      vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, csrf = current(request)
         m = month_of(month)
-        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
-        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers",
+        wl = meeting_worklist(user, m, vue)
+        audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
         return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
     @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
     def export(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
-               format: Annotated[str, Query(pattern="^(html|csv|pdf|json)$")] = "csv") -> Response:
+               format: Annotated[str, Query(pattern="^(html|csv|pdf|json)$")] = "csv",
+               vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, _ = current(request)
         m = month_of(month)
-        wl = load_worklist(engine, taxonomy, month=m, territory=user.territory, fund=user.view_fund,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
+        wl = meeting_worklist(user, m, vue)
         data = render(wl, format)
-        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers",
+        audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
         return Response(data, media_type=MEDIA_TYPES[format],
@@ -237,21 +254,32 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def form_funds(user: User, sit: Situation) -> list[dict[str, Any]]:
         codes = [f for f in sit.funds if user.role != "agent" or f == user.fund]
-        return [{"code": f, "label": labels.fund(f).label, "offers": labels.offers.get(f, ())} for f in codes]
+        return [{"code": f, "label": labels.fund(f).label} for f in codes]
 
     def outcomes() -> list[dict[str, str]]:
         return [{"code": o.code.value, "label": o.libelle} for o in taxonomy.issues]
 
+    def followup_page(user: User, csrf: str, sit: Situation, fund: str | None, status_code: int = 200,
+                      **extra: Any) -> Response:
+        """The form offers the chosen fund's actions only, its suggested ones first."""
+        funds = form_funds(user, sit)
+        chosen = fund if any(f["code"] == fund for f in funds) else (funds[0]["code"] if len(funds) == 1 else None)
+        view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
+                         close_after_months=settings.casebook_close_after_months)
+        actions = followup_actions(labels, view, chosen) if chosen else []
+        return _page("followup.html", status_code, **ctx(user, csrf, c=view, funds=funds, outcomes=outcomes(),
+                                                         chosen=chosen, actions=actions,
+                                                         chosen_label=labels.fund(chosen).label if chosen else "",
+                                                         **extra))
+
     @app.get("/cases/{case_number}/followup", response_class=HTMLResponse, summary="Formulaire de suite")
-    def followup_form(request: Request, case_number: str) -> Response:
+    def followup_form(request: Request, case_number: str,
+                      fund: Annotated[str | None, Query(max_length=16)] = None) -> Response:
         user, csrf = current(request)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
-        view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
-                         close_after_months=settings.casebook_close_after_months)
-        return _page("followup.html", **ctx(user, csrf, c=view, funds=form_funds(user, sit), outcomes=outcomes(),
-                                            selected_fund=user.fund))
+        return followup_page(user, csrf, sit, fund or user.fund)
 
     @app.post("/cases/{case_number}/followup", summary="Enregistrer une suite")
     def followup_post(request: Request, background: BackgroundTasks, case_number: str,
@@ -269,16 +297,15 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             event = record_followup(engine, taxonomy, case_number=case_number, fund=fund, action=action,
                                     outcome=outcome, user=user.user_id, territory=user.territory)
         except InputError as exc:
-            view = case_view(labels, sit, [], reason=None, fund=user.view_fund,
-                             as_of=dt.datetime.now(dt.UTC), close_after_months=settings.casebook_close_after_months)
-            return _page("followup.html", 400, **ctx(user, csrf, c=view, funds=form_funds(user, sit),
-                                                     outcomes=outcomes(), selected_fund=fund,
-                                                     error=exc.one_line()))
+            return followup_page(user, csrf, sit, fund, 400, error=exc.one_line())
         audit_event(user, "suite_enregistree", case_number=case_number, situation_id=event.situation_id,
                     pseudonym=sit.pseudonym, detail=f"{fund} {action} {outcome}")
         if publish and settings.bootstrap_servers:
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
         return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
+
+    web_meeting.register(app, engine=engine, settings=settings, labels=labels, current=current,
+                         check_csrf=check_csrf, page=_page, month_of=month_of, http_error=HTTPError)
 
     from services.ledger.web import add_audit_routes  # the auditor's page (/audit)
 

@@ -45,18 +45,24 @@ class _Model(BaseModel):
 
 class DistinctFundsRule(_Model):
     libelle: str
+    #: a short plain-French title for the meeting's sheet (the libelle explains it)
+    titre: Annotated[str, Field(min_length=3, max_length=60)] | None = None
     type: Literal["organismes_distincts"]
     minimum: Annotated[int, Field(ge=2, le=5)]
 
 
 class RepeatRule(_Model):
     libelle: str
+    #: a short plain-French title for the meeting's sheet (the libelle explains it)
+    titre: Annotated[str, Field(min_length=3, max_length=60)] | None = None
     type: Literal["recidive"]
     delai_jours: Annotated[int, Field(ge=1, le=3650)]
 
 
 class CategoryPlusOtherRule(_Model):
     libelle: str
+    #: a short plain-French title for the meeting's sheet (the libelle explains it)
+    titre: Annotated[str, Field(min_length=3, max_length=60)] | None = None
     type: Literal["categorie_et_autre_organisme"]
     organisme: Fund
     categories: Annotated[tuple[Code, ...], Field(min_length=1)]
@@ -77,6 +83,17 @@ class Thresholds(_Model):
         return self
 
 
+class LeadFundRule(_Model):
+    """Which involved fund leads a situation at the meeting (chef de file).
+
+    The first fired rule named in ``par_regle`` whose fund is involved; else the involved
+    fund whose categories (those every involved fund may see) weigh most; ties by ``ordre``."""
+
+    libelle: str
+    par_regle: dict[Code, Fund] = Field(default_factory=dict)
+    ordre: Annotated[tuple[Fund, ...], Field(min_length=1)]
+
+
 class Rules(_Model):
     version: int
     fenetre_correlation_jours: Annotated[int, Field(ge=1, le=3650)]
@@ -84,6 +101,7 @@ class Rules(_Model):
     fermeture_sans_signal_jours: Annotated[int, Field(ge=1, le=3650)]
     priorite: Thresholds
     regles: dict[Code, Rule]
+    chef_de_file: LeadFundRule | None = None
 
     @model_validator(mode="after")
     def _at_most_one_repeat(self) -> Rules:
@@ -101,6 +119,11 @@ class Rules(_Model):
 
     def check_against(self, taxonomy: Taxonomy) -> None:
         """Refuse rules naming categories the taxonomy does not have, or of another fund."""
+        if self.chef_de_file is not None:
+            unknown = sorted(set(self.chef_de_file.par_regle) - set(self.regles))
+            if unknown:
+                raise ConfigurationError(f"rules.yaml: chef_de_file.par_regle names unknown rules {unknown}",
+                                         "use the codes listed under regles")
         for code, rule in self.regles.items():
             if isinstance(rule, CategoryPlusOtherRule):
                 for cat_code in rule.categories:

@@ -55,6 +55,8 @@ class Category(_Model):
 class FollowUpAction(_Model):
     code: Code
     libelle: Annotated[str, Field(min_length=3, max_length=120)]
+    #: the exchangeable categories this offer answers: the meeting's suggestions rank by them
+    categories: tuple[Code, ...] = ()
 
 
 class FundInfo(_Model):
@@ -80,6 +82,13 @@ class Taxonomy(_Model):
         dupes = {c for c in codes if codes.count(c) > 1}
         if dupes:
             raise ValueError(f"duplicate category codes: {sorted(dupes)}")
+        exchangeable = {c.code for c in self.categories if c.exchangeable}
+        for fund, actions in self.suites.items():
+            for action in actions:
+                wrong = [c for c in action.categories if c not in exchangeable]
+                if wrong:
+                    raise ValueError(f"suites.{fund.value}.{action.code}: {wrong} are not exchangeable "
+                                     "categories of this taxonomy (an offer answers exchangeable ones only)")
         return self
 
     def category(self, code: str) -> Category | None:

@@ -28,6 +28,7 @@ _SERVICE_CLIS = (
     "services.producer.consent_cli",
     "services.correlator.cli",
     "services.casebook.cli",
+    "services.casebook.meeting_cli",
     "services.ledger.cli",
     "services.simulator.cli",
     "services.platform.demo",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import random
+from collections.abc import Sequence
 from typing import Any
 
+from services.casebook.model import Month
 from services.core.messages import (
     ConsentEvent,
     FollowupEvent,
@@ -115,3 +118,27 @@ def objection(person: object, *, effective_at: dt.datetime | None = None,
         effective_at=effective_at or dt.datetime(2026, 11, 25, tzinfo=UTC),
         signature=Signature(key_id="caf-sign-1", alg="Ed25519", value=b64(64, "sig", person)),
     )
+
+
+FUNDS = ("caf", "cpam", "urssaf", "carsat")
+
+
+DEMO_PRIORITIES = (("rouge", .04), ("orange", .64), ("vert", .32))
+
+
+def month_of_cases(n: int, month: Month, *, seed: int, start: int, territory: str = "35",
+                   prio: Sequence[tuple[str, float]] = DEMO_PRIORITIES) -> list[SituationEvent]:
+    """``n`` situations opened during ``month``, shaped like the demo's (2 to 4 funds, one or
+    two categories each, the demo's priority split by default)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        funds = tuple(sorted(rnd.sample(FUNDS, rnd.choice((2, 2, 2, 3, 4)))))
+        cats = [(code, fund, visible) for fund in funds
+                for code, visible in rnd.sample(CATEGORIES[fund], rnd.choice((1, 1, 2)) if len(CATEGORIES[fund]) > 1
+                                                else 1)]
+        priority = rnd.choices([p for p, _ in prio], [w for _, w in prio])[0]
+        day = month.start + dt.timedelta(days=rnd.randrange(27), hours=9)
+        out.append(situation(start + i, funds=funds, categories=cats, priority=priority, territory=territory,
+                               occurred_at=day, last_signal_on=day.date()))
+    return out

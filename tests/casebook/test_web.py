@@ -159,3 +159,78 @@ def test_missing_form_fields_are_a_400(app_env: TestClient) -> None:
     login(app_env, "secretaire.35")
     response = app_env.post("/cases/35-2026-11-0001/followup", data={"fund": "caf"})
     assert response.status_code == 400 and "Champ manquant" in response.text
+
+
+def test_followup_form_offers_only_the_chosen_funds_actions(app_env: TestClient) -> None:
+    login(app_env, "secretaire.35")
+    first = app_env.get("/cases/35-2026-11-0001/followup")
+    assert first.status_code == 200 and 'name="action"' not in first.text  # choose the fund first
+    caf = app_env.get("/cases/35-2026-11-0001/followup?fund=caf")
+    options = re.findall(r'<option value="([a-z_0-9]+)"', caf.text.split('id="action"')[1].split("</select>")[0])
+    assert options and set(options) <= {"accompagnement_travailleur_social", "rendez_vous_des_droits",
+                                        "instruction_rsa", "aide_financiere_individuelle", "fsl",
+                                        "prevention_expulsion_ccapex", "mediation_familiale", "offre_separation",
+                                        "offre_naissance"}
+    assert "echeancier_paiement" not in caf.text.split('id="action"')[1]
+    assert "proposée pour ce dossier" in caf.text  # impaye_loyer: FSL and the others come first
+    urssaf = app_env.get("/cases/35-2026-11-0001/followup?fund=urssaf")
+    assert "echeancier_paiement" in urssaf.text and 'value="fsl"' not in urssaf.text
+    login(app_env, "agent.caf35")  # an agent's form is its fund's, whatever is asked
+    forced = app_env.get("/cases/35-2026-11-0001/followup?fund=urssaf")
+    assert 'name="fund" value="caf"' in forced.text and "echeancier_paiement" not in forced.text
+
+
+def test_projection_shows_what_every_fund_of_a_case_may_see(app_env: TestClient) -> None:
+    login(app_env, "secretaire.35")
+    full = app_env.get("/worklist?month=2026-11")
+    assert "Parent incarcéré" in full.text and "ne pas projeter" in full.text and "caf·" in full.text
+    shown = app_env.get("/worklist?month=2026-11&vue=projection")
+    # parent_incarcere is for caf and cpam: urssaf, at the same case, must not read it
+    assert "Parent incarcéré" not in shown.text and "Impayé de loyer" in shown.text
+    assert "Vue de projection" in shown.text and "scelle:" not in shown.text and "caf·" not in shown.text
+    login(app_env, "auditeur.35")  # the consolidated sheet is the secretary's
+    audit = app_env.get("/worklist?month=2026-11&vue=consolidee")
+    assert "Parent incarcéré" not in audit.text and "Vue de projection" in audit.text
+
+
+def test_meetings_recorded_and_what_changed_since_the_previous_one(app_env: TestClient) -> None:
+    login(app_env, "agent.caf35")
+    token = csrf(app_env, "/meetings")
+    refused = app_env.post("/meetings", data={"held_on": "2026-10-15", "csrf_token": token})
+    assert refused.status_code == 403  # the secretary records the meetings
+    login(app_env, "secretaire.35")
+    for day, caf in (("2026-10-15", "agent.caf35"), ("2026-11-10", "agent.caf35, agent.caf-35.0042")):
+        token = csrf(app_env, "/meetings")
+        done = app_env.post("/meetings", data={"held_on": day, "participants_caf": caf,
+                                               "participants_urssaf": "agent.urssaf35", "csrf_token": token})
+        assert done.status_code == 303, done.text
+    token = csrf(app_env, "/meetings")
+    bad = app_env.post("/meetings", data={"held_on": "2026-11-10", "participants_cpam": "Jean Dupont",
+                                          "csrf_token": token})
+    assert bad.status_code == 400 and "participant invalide" in bad.text
+    bad = app_env.post("/meetings", data={"held_on": "10/11/2026", "csrf_token": token})
+    assert bad.status_code == 400 and "AAAA-MM-JJ" in bad.text
+    page = app_env.get("/meetings")
+    assert "10/11/2026" in page.text and "agent.caf-35.0042" in page.text
+    sheet = app_env.get("/worklist?month=2026-11")
+    assert "Depuis la réunion du 15/10/2026" in sheet.text and "Nouveau depuis la dernière réunion" in sheet.text
+    pdf = app_env.get("/worklist/export?month=2026-11&format=pdf")
+    import io
+
+    from pypdf import PdfReader
+    first = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+    assert "agent.caf-35.0042" in first and "agent.urssaf35" in first
+
+
+def test_auditor_reads_statistics_under_secrecy(app_env: TestClient) -> None:
+    login(app_env, "auditeur.35")
+    page = app_env.get("/statistics?month=2026-11")
+    assert page.status_code == 200 and "Secret statistique" in page.text
+    cells = re.findall(r"<td>(?:<strong>)?([^<]*)(?:</strong>)?</td>", page.text)
+    assert cells and set(cells) == {"s"}  # two cases in territory 35: everything under 11 is secret
+    assert "Situations ouvertes dans le mois" in page.text
+    csv_export = app_env.get("/statistics/export?month=2026-11&format=csv")
+    assert csv_export.status_code == 200 and ";total;Total;s" in csv_export.text
+    assert app_env.get("/statistics/export?month=2026-11&format=pdf").content.startswith(b"%PDF")
+    future = app_env.get("/statistics?month=2099-01")
+    assert "Aucune statistique publiée" in future.text
