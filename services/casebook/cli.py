@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from services.errors import HelpExchangeError, InputError
+from services.platform.clitypes import OutputFile
 
 
 def _ctx_settings(ctx: click.Context):  # type: ignore[no-untyped-def]
@@ -96,7 +97,7 @@ def casebook_outbox(ctx: click.Context) -> None:
 @click.option("--territory", required=True, help="Département code (e.g. 35).")
 @click.option("--format", "fmt", type=click.Choice(["html", "csv", "pdf", "json"]), default="html",
               show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=OutputFile())
 @click.option("--fund", default=None, help="Only what this fund may see (caf, cpam, urssaf, carsat, msa).")
 @click.option("--user", default="cli", show_default=True, help="Who exports (for the access log).")
 @click.pass_context

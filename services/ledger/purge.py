@@ -27,6 +27,7 @@ What a run does, in this order (so that a crash anywhere loses nothing):
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -50,12 +51,7 @@ def months_before(moment: dt.datetime, months: int) -> dt.datetime:
     total = moment.year * 12 + moment.month - 1 - months
     year, month = divmod(total, 12)
     month += 1
-    day = moment.day
-    while True:
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            day -= 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
 
 
 def last_activity(sit: Situation, followups: list[Followup]) -> dt.datetime:

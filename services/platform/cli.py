@@ -18,6 +18,7 @@ import click
 
 from services import __version__
 from services.errors import HelpExchangeError
+from services.platform.clitypes import OutputFile
 from services.platform.settings import SECRET_FIELDS, Settings, load_settings
 
 T = TypeVar("T")
@@ -60,6 +61,13 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:  # a path given on the command line that cannot be read or written
+            if exc.filename is None:
+                raise
+            click.secho(f"help-exchange: error: {exc.strerror or exc} : {exc.filename}", fg="red", err=True)
+            click.echo("  how to fix: vérifiez le chemin (un fichier, pas un dossier), qu'il existe et vos droits "
+                       "dessus", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -138,7 +146,7 @@ def broker_status(ctx: click.Context) -> None:
 
     settings = settings_from(ctx)
     if settings.bootstrap_servers:
-        ensure_reachable(settings.bootstrap_servers)
+        ensure_reachable(settings.bootstrap_servers, settings.broker_connect_timeout_s)
         click.echo(f"Kafka answers at {settings.bootstrap_servers}")
         return
     state = EmbeddedBroker(settings).running()
@@ -207,6 +215,20 @@ def _register_services() -> None:
             raise
         register: Callable[[click.Group], None] = module.register
         register(cli)
+    _check_output_files(cli)
+
+
+def _check_output_files(group: click.Group) -> None:
+    """Every ``--out`` that names a file gets :class:`OutputFile` (no empty name, no folder), in
+    every service's commands, so that ``--out ''`` is refused at the edge everywhere."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _check_output_files(command)
+            continue
+        for param in command.params:
+            if ("--out" in param.opts and isinstance(param.type, click.Path) and not param.type.dir_okay
+                    and not isinstance(param.type, OutputFile)):
+                param.type = OutputFile()
 
 
 _register_services()

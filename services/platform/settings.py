@@ -27,6 +27,7 @@ _HINTS = {
     "database_url": "use an SQLAlchemy URL such as sqlite:///var/casebook.db or postgresql+psycopg://user@host/db",
     "territory": "use a département code: 01-95, 2A, 2B or 971-976",
     "broker_port": "use a free TCP port number between 1024 and 65535",
+    "broker_connect_timeout_s": "give a number of seconds between 0 and 120, e.g. 5",
     "casebook_close_after_months": "give a whole number of months between 1 and 60",
     "casebook_users_file": "give the path of the users file, or leave it unset for <var_dir>/users.json",
     "casebook_session_secret": "use at least 32 random characters (python -c 'import secrets; "
@@ -65,6 +66,8 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: Annotated[int, Field(ge=1024, le=65535)] = 19092
     broker_start_timeout_s: Annotated[float, Field(gt=0, le=120)] = 20.0
+    #: How long a command waits for HELP_BOOTSTRAP_SERVERS to answer before it says so and stops.
+    broker_connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     #: Kafka's idempotent producer; the embedded broker refuses its handshake, Apache Kafka takes it.
     enable_idempotence: bool = False
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
