@@ -9,7 +9,8 @@ Every view, export and follow-up goes to the audit sink (user, purpose, case).
 
 Session: a cookie signed with itsdangerous (HttpOnly, SameSite=Strict, Secure behind
 HTTPS) holding the user id and a CSRF token that every form carries back. Bad input is a
-4xx with a French reason, never a 5xx. The OpenAPI description stays at /openapi.json.
+4xx with a French reason, never a 5xx. The OpenAPI description is at /openapi.json for
+signed-in auditors only; there is no /docs nor /redoc (no asset from elsewhere).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+import ipaddress
 import logging
 import secrets
 from typing import Annotated, Any
@@ -24,7 +26,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import BackgroundTasks, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,9 +60,19 @@ TITLES = {400: "Demande invalide", 401: "Connexion requise", 403: "Action non au
           500: "Erreur interne"}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``serve --host`` keeps the web view on this machine (no HTTPS needed there)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                authenticator: Authenticator | None = None, audit: AuditSink | None = None,
-               publish: bool = True) -> FastAPI:
+               publish: bool = True, host: str = "127.0.0.1") -> FastAPI:
     engine = engine or open_store_engine(settings.database_url)
     auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
     sink = audit or default_audit_sink(settings, engine)
@@ -68,9 +80,15 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     taxonomy = settings.taxonomy
     labels = Labels(taxonomy, rule_titles(settings.rules))
 
+    # Behind anything but loopback, cookies go over HTTPS only and browsers are told to keep to
+    # HTTPS (HSTS); HELP_CASEBOOK_SECURE_COOKIES decides when it is set.
+    secure = settings.casebook_secure_cookies
+    if secure is None:
+        secure = not is_loopback(host)
+    # No /docs nor /redoc (they load Swagger from a CDN); /openapi.json is for signed-in auditors.
     app = FastAPI(title="HELP — revue de dossiers mensuelle",
                   description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
-                  version="1.0")
+                  version="1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.authenticator = auth
     app.state.engine = engine
 
@@ -87,7 +105,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def set_session(response: Response, data: dict[str, Any]) -> None:
         response.set_cookie(COOKIE, signer.dumps(data), max_age=settings.casebook_session_max_age_s, httponly=True,
-                            samesite="strict", secure=settings.casebook_secure_cookies, path="/")
+                            samesite="strict", secure=secure, path="/")
 
     def current(request: Request) -> tuple[User, str]:
         data = session(request)
@@ -153,19 +171,27 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
-        if request.url.path not in ("/docs", "/redoc"):
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
-                "frame-ancestors 'none'; base-uri 'none'")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
+        if secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
     # ------------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
     async def home() -> Response:
         return RedirectResponse("/worklist", status_code=303)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        user, _ = current(request)
+        if user.role != "auditeur":
+            raise HTTPError(404, "Cette page n'existe pas.")
+        return JSONResponse(app.openapi())
 
     @app.get("/login", response_class=HTMLResponse, summary="Page de connexion")
     async def login_form(request: Request) -> Response:

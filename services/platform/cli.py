@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -234,7 +235,13 @@ def _check_output_files(group: click.Group) -> None:
 _register_services()
 
 
+#: Files and folders the commands create (databases, outboxes, reject reports, exports, keys,
+#: logs) are the owner's only: 0600 and 0700. Public key documents are made 0644 on purpose.
+UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(UMASK)
     cli(prog_name="help-exchange")
 
 

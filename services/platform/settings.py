@@ -34,7 +34,8 @@ _HINTS = {
                                "print(secrets.token_urlsafe(48))'), or leave it unset for a key kept in "
                                "<var_dir>/casebook-session.key",
     "casebook_session_max_age_s": "give a number of seconds between 60 and 604800 (7 days)",
-    "casebook_secure_cookies": "use true (behind HTTPS) or false",
+    "casebook_secure_cookies": "use true (behind HTTPS) or false, or leave it unset: secure unless bound to "
+                               "loopback",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
@@ -88,8 +89,9 @@ class Settings(BaseSettings):
     ``<var_dir>/casebook-session.key`` (services.casebook.config.session_secret). Never printed."""
     casebook_session_max_age_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
     """Lifetime of a web-view session, in seconds (default 8 hours)."""
-    casebook_secure_cookies: bool = False
-    """Send the session cookie over HTTPS only: set it true behind HTTPS."""
+    casebook_secure_cookies: bool | None = None
+    """Send the session cookie over HTTPS only, and HSTS. Unset: yes unless ``serve`` is bound to
+    loopback (127.0.0.1, ::1, localhost); set false only for a plain-HTTP test bench."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from shared/DOMAIN.md §6
