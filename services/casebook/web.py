@@ -7,8 +7,13 @@ What a user sees comes from :mod:`services.casebook.worklist`, filtered by the u
 agent's fund is not involved in). Auditors read only: recording is a 403.
 Every view, export and follow-up goes to the audit sink (user, purpose, case).
 
-Session: a cookie signed with itsdangerous (HttpOnly, SameSite=Strict, Secure behind
-HTTPS) holding the user id and a CSRF token that every form carries back. Bad input is a
+Sessions are server-side (:mod:`services.casebook.sessions`): the cookie (HttpOnly,
+SameSite=Strict, Secure unless bound to loopback) holds a random token; logout and an idle
+timeout end the session for real, a sign-in always opens a new one. Sign-ins are throttled
+per account and per client address (growing delays, then a temporary lock) and every
+attempt is logged for the auditors (``/audit/connexions``). Every form carries the
+session's CSRF token back; the follow-up form also carries a one-time token (a double
+submit records one follow-up); messages after a redirect are kept server-side. Bad input is a
 4xx with a French reason, never a 5xx. The OpenAPI description is at /openapi.json for
 signed-in auditors only; there is no /docs nor /redoc (no asset from elsewhere).
 """
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import ipaddress
 import logging
 import secrets
@@ -38,12 +42,15 @@ from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.model import CASE_NUMBER, Month, Situation
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
+from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, SignInGuard, same_token, sign_ins
 from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.casebook.web")
 COOKIE = "help_session"
+LOGIN_COOKIE = "help_login"
+LOGIN_FORM_MAX_AGE_S = 3600
 
 
 class HTTPError(StarletteHTTPException):
@@ -76,7 +83,11 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     engine = engine or open_store_engine(settings.database_url)
     auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
     sink = audit or default_audit_sink(settings, engine)
-    signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
+    # Before sign-in, a signed cookie carries the login form's CSRF token only; after it, the
+    # cookie is the random token of a server-side session (services.casebook.sessions).
+    signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-login")
+    sessions = SessionStore(engine, settings)
+    guard = SignInGuard(engine, settings)
     taxonomy = settings.taxonomy
     labels = Labels(taxonomy, rule_titles(settings.rules))
 
@@ -93,29 +104,35 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     app.state.engine = engine
 
     # ------------------------------------------------------------------ session helpers
-    def session(request: Request) -> dict[str, Any]:
-        raw = request.cookies.get(COOKIE)
-        if not raw:
-            return {}
+    def login_csrf(request: Request) -> str:
+        raw = request.cookies.get(LOGIN_COOKIE)
+        if not raw or len(raw) > 512:
+            return ""
         try:
-            data = signer.loads(raw, max_age=settings.casebook_session_max_age_s)
+            data = signer.loads(raw, max_age=LOGIN_FORM_MAX_AGE_S)
         except BadSignature:
-            return {}
-        return data if isinstance(data, dict) else {}
+            return ""
+        return str(data.get("c", "")) if isinstance(data, dict) else ""
 
-    def set_session(response: Response, data: dict[str, Any]) -> None:
-        response.set_cookie(COOKIE, signer.dumps(data), max_age=settings.casebook_session_max_age_s, httponly=True,
-                            samesite="strict", secure=secure, path="/")
+    def set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict", secure=secure, path="/")
+
+    def set_login_cookie(response: Response, csrf: str) -> None:
+        set_cookie(response, LOGIN_COOKIE, signer.dumps({"c": csrf}), LOGIN_FORM_MAX_AGE_S)
+
+    def current_session(request: Request) -> tuple[User, Session]:
+        live = sessions.find(request.cookies.get(COOKIE))
+        user = auth.user(live.user_id) if live is not None else None
+        if user is None or live is None:
+            raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
+        return user, live
 
     def current(request: Request) -> tuple[User, str]:
-        data = session(request)
-        user = auth.user(str(data.get("u"))) if data.get("u") else None
-        if user is None:
-            raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
-        return user, str(data.get("c", ""))
+        user, live = current_session(request)
+        return user, live.csrf
 
     def check_csrf(expected: str, given: str) -> None:
-        if not expected or not hmac.compare_digest(expected.encode(), (given or "").encode()):
+        if not same_token(expected, given):
             raise HTTPError(403, "Jeton de sécurité du formulaire invalide ou expiré : rechargez la page.")
 
     def ctx(user: User | None, csrf: str, **extra: Any) -> dict[str, Any]:
@@ -194,35 +211,60 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         return JSONResponse(app.openapi())
 
     @app.get("/login", response_class=HTMLResponse, summary="Page de connexion")
-    async def login_form(request: Request) -> Response:
-        csrf = str(session(request).get("c") or secrets.token_urlsafe(24))
+    def login_form(request: Request) -> Response:
+        csrf = login_csrf(request) or secrets.token_urlsafe(24)
         response = _page("login.html", **ctx(None, csrf))
-        set_session(response, {"c": csrf})
+        set_login_cookie(response, csrf)
         return response
 
     @app.post("/login", response_class=HTMLResponse, summary="Connexion")
-    async def login(request: Request, user_id: Annotated[str, Form(max_length=64)],
-                    password: Annotated[str, Form(max_length=256)],
-                    csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        check_csrf(str(session(request).get("c", "")), csrf_token)
-        user = await asyncio.to_thread(auth.authenticate, user_id, password)
+    def login(request: Request, user_id: Annotated[str, Form(max_length=64)],
+              password: Annotated[str, Form(max_length=256)],
+              csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        check_csrf(login_csrf(request), csrf_token)
+        address = request.client.host if request.client else "?"
+        csrf = secrets.token_urlsafe(24)
+        refusal = guard.begin(user_id, address)
+        if refusal is not None:
+            page = _page("login.html", 429, **ctx(None, csrf, error=refusal.message, user_id=user_id))
+            page.headers["Retry-After"] = str(refusal.retry_after_s)
+            set_login_cookie(page, csrf)
+            return page
+        user = auth.authenticate(user_id, password)
         if user is None:
-            csrf = secrets.token_urlsafe(24)
+            guard.failed(user_id, address)
             page = _page("login.html", 401, **ctx(None, csrf, error="Identifiant ou mot de passe incorrect.",
                                                   user_id=user_id))
-            set_session(page, {"c": csrf})
+            set_login_cookie(page, csrf)
             return page
+        guard.succeeded(user.user_id, address)
+        previous = sessions.find(request.cookies.get(COOKIE))
+        if previous is not None:
+            sessions.close(previous)
+        token, _ = sessions.open(user.user_id)  # always a new token: sessions rotate at sign-in
         redirect = RedirectResponse("/worklist", status_code=303)
-        set_session(redirect, {"u": user.user_id, "c": secrets.token_urlsafe(24)})
+        set_cookie(redirect, COOKIE, token, settings.casebook_session_max_age_s)
+        redirect.delete_cookie(LOGIN_COOKIE, path="/")
         return redirect
 
     @app.post("/logout", summary="Déconnexion")
-    async def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        _, csrf = current(request)
-        check_csrf(csrf, csrf_token)
+    def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        user, live = current_session(request)
+        check_csrf(live.csrf, csrf_token)
+        sessions.close(live)  # the cookie is worth nothing from now on, wherever a copy is
+        guard.signed_out(user.user_id, request.client.host if request.client else "?")
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+    @app.get("/audit/connexions", response_class=HTMLResponse, summary="Journal des connexions (auditeurs)")
+    def sign_in_log(request: Request, user_id: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+        user, csrf = current(request)
+        if user.role != "auditeur":
+            raise HTTPError(404, "Cette page n'existe pas.")
+        rows = list(sign_ins(engine, user_id=user_id or None, limit=500))
+        return _page("signins.html", **ctx(user, csrf, rows=rows, labels=OUTCOME_LABELS, user_filter=user_id or "",
+                                             nav="connexions"))
 
     @app.get("/worklist", response_class=HTMLResponse, summary="Liste du mois")
     def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None) -> Response:
@@ -247,9 +289,11 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/cases/{case_number}", response_class=HTMLResponse, summary="Page d'un dossier")
-    def case_page(request: Request, case_number: str, ok: int = 0) -> Response:
-        user, csrf = current(request)
+    def case_page(request: Request, case_number: str) -> Response:
+        user, live = current_session(request)
+        csrf = live.csrf
         sit = visible_case(user, case_number)
+        message = sessions.pop_flash(live)  # kept server-side: no URL can make one up
         with engine.connect() as conn:
             fus = store.followups_of(conn, sit.situation_id)
         view = case_view(labels, sit, fus, reason=None, fund=user.view_fund,
@@ -257,7 +301,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         audit_event(user, "consultation_dossier", case_number=sit.case_number, situation_id=sit.situation_id,
                     pseudonym=sit.pseudonym)
         return _page("case.html", **ctx(user, csrf, c=view, territory=sit.territory, can_record=user.can_record,
-                                        message="Suite enregistrée." if ok else None))
+                                        message=message))
 
     def form_funds(user: User, sit: Situation) -> list[dict[str, Any]]:
         codes = [f for f in sit.funds if user.role != "agent" or f == user.fund]
@@ -268,27 +312,34 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     @app.get("/cases/{case_number}/followup", response_class=HTMLResponse, summary="Formulaire de suite")
     def followup_form(request: Request, case_number: str) -> Response:
-        user, csrf = current(request)
+        user, live = current_session(request)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
         view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
                          close_after_months=settings.casebook_close_after_months)
-        return _page("followup.html", **ctx(user, csrf, c=view, funds=form_funds(user, sit), outcomes=outcomes(),
-                                            selected_fund=user.fund))
+        return _page("followup.html", **ctx(user, live.csrf, c=view, funds=form_funds(user, sit),
+                                            outcomes=outcomes(), selected_fund=user.fund,
+                                            form_token=sessions.issue_form_token(live, sit.case_number)))
 
     @app.post("/cases/{case_number}/followup", summary="Enregistrer une suite")
     def followup_post(request: Request, background: BackgroundTasks, case_number: str,
                       fund: Annotated[str, Form(max_length=16)], action: Annotated[str, Form(max_length=64)],
                       outcome: Annotated[str, Form(max_length=32)],
-                      csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        user, csrf = current(request)
+                      csrf_token: Annotated[str, Form(max_length=128)] = "",
+                      form_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        user, live = current_session(request)
+        csrf = live.csrf
         check_csrf(csrf, csrf_token)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
         if user.role == "agent" and fund != user.fund:
             raise HTTPError(403, "Un agent n'enregistre que les suites de son propre organisme.")
+        if not sessions.use_form_token(live, sit.case_number, form_token):
+            sessions.set_flash(live, "Ce formulaire a déjà été envoyé (ou a expiré) : rien de plus n'a été "
+                                     "enregistré. Pour une autre suite, rouvrez le formulaire.")
+            return RedirectResponse(f"/cases/{case_number}", status_code=303)
         try:
             event = record_followup(engine, taxonomy, case_number=case_number, fund=fund, action=action,
                                     outcome=outcome, user=user.user_id, territory=user.territory)
@@ -297,12 +348,14 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                              as_of=dt.datetime.now(dt.UTC), close_after_months=settings.casebook_close_after_months)
             return _page("followup.html", 400, **ctx(user, csrf, c=view, funds=form_funds(user, sit),
                                                      outcomes=outcomes(), selected_fund=fund,
-                                                     error=exc.one_line()))
+                                                     error=exc.one_line(),
+                                                     form_token=sessions.issue_form_token(live, sit.case_number)))
         audit_event(user, "suite_enregistree", case_number=case_number, situation_id=event.situation_id,
                     pseudonym=sit.pseudonym, detail=f"{fund} {action} {outcome}")
         if publish and settings.bootstrap_servers:
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
-        return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
+        sessions.set_flash(live, "Suite enregistrée.")
+        return RedirectResponse(f"/cases/{case_number}", status_code=303)
 
     return app
 

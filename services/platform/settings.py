@@ -34,6 +34,10 @@ _HINTS = {
                                "print(secrets.token_urlsafe(48))'), or leave it unset for a key kept in "
                                "<var_dir>/casebook-session.key",
     "casebook_session_max_age_s": "give a number of seconds between 60 and 604800 (7 days)",
+    "casebook_session_idle_s": "give a number of seconds between 60 and 86400 (1 day)",
+    "casebook_signin_delay_after": "give a number of failed sign-ins between 1 and 100",
+    "casebook_signin_lockout_failures": "give a number of failed sign-ins between 2 and 1000",
+    "casebook_signin_lockout_s": "give a number of seconds between 10 and 86400",
     "casebook_secure_cookies": "use true (behind HTTPS) or false, or leave it unset: secure unless bound to "
                                "loopback",
     "retention_signals_months": "give a whole number of months between 1 and 240",
@@ -88,7 +92,16 @@ class Settings(BaseSettings):
     """Signs the session cookies of the web view. Unset: a random key generated once and kept in
     ``<var_dir>/casebook-session.key`` (services.casebook.config.session_secret). Never printed."""
     casebook_session_max_age_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
-    """Lifetime of a web-view session, in seconds (default 8 hours)."""
+    """Lifetime of a web-view session, in seconds (default 8 hours), however active it is."""
+    casebook_session_idle_s: Annotated[int, Field(ge=60, le=24 * 3600)] = 30 * 60
+    """A web-view session unused for that many seconds ends (default 30 minutes)."""
+    casebook_signin_delay_after: Annotated[int, Field(ge=1, le=100)] = 3
+    """Failed sign-ins of one account after which each new attempt waits 1 s, 2, 4… after the
+    last failure (three times as many for one client address)."""
+    casebook_signin_lockout_failures: Annotated[int, Field(ge=2, le=1000)] = 10
+    """Failed sign-ins that lock an account (three times as many lock a client address)."""
+    casebook_signin_lockout_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
+    """How long a lock lasts, and after how long failures are forgotten (default 15 minutes)."""
     casebook_secure_cookies: bool | None = None
     """Send the session cookie over HTTPS only, and HSTS. Unset: yes unless ``serve`` is bound to
     loopback (127.0.0.1, ::1, localhost); set false only for a plain-HTTP test bench."""

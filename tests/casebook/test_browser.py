@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 from tests.security.server import SECRET, running_server
 
@@ -25,6 +25,13 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield running.url
 
 
+def fill_followup(page: Page, outcome: str) -> None:
+    page.click("text=Enregistrer une suite")
+    page.select_option("#fund", "caf")
+    page.select_option("#action", "fsl")
+    page.select_option("#outcome", outcome)
+
+
 def test_log_in_open_the_worklist_record_and_see_a_followup(server: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -40,14 +47,21 @@ def test_log_in_open_the_worklist_record_and_see_a_followup(server: str) -> None
             assert page.locator("text=35-2026-11-0001").count() == 1
             assert page.locator("text=35-2026-11-0002").count() == 0  # CAF not involved
             page.click("a[href='/cases/35-2026-11-0001']")
-            page.click("text=Enregistrer une suite")
-            page.select_option("#fund", "caf")
-            page.select_option("#action", "fsl")
-            page.select_option("#outcome", "accorde")
+            fill_followup(page, "accorde")
             page.click("button:has-text('Enregistrer')")
-            page.wait_for_url("**/cases/35-2026-11-0001?ok=1")
+            page.wait_for_url("**/cases/35-2026-11-0001")
             assert "Suite enregistrée" in page.content()
             recorded = page.locator(".suite-donnee").all_inner_texts()
             assert any("Fonds de solidarité pour le logement (FSL) — Accordée" in r for r in recorded)
+            # A double click on the button sends the same form twice: one follow-up more, not two.
+            fill_followup(page, "propose")
+            page.dblclick("button:has-text('Enregistrer')")
+            page.wait_for_url("**/cases/35-2026-11-0001")
+            page.goto(server + "/cases/35-2026-11-0001")
+            proposed = [r for r in page.locator(".suite-donnee").all_inner_texts() if "Proposée" in r]
+            assert len(proposed) == 1, proposed
+            # The message is the server's: the old ?ok=1 address shows none.
+            page.goto(server + "/cases/35-2026-11-0001?ok=1")
+            assert "Suite enregistrée" not in page.content()
         finally:
             browser.close()
