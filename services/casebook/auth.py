@@ -96,8 +96,10 @@ def verify_secret(secret: str, record: dict[str, object]) -> bool:
 
 _DUMMY = hash_secret("pas-un-vrai-secret")
 
-#: zxcvbn's score a password must reach: 3 is "safely unguessable" (about 10^10 guesses).
+#: zxcvbn's score a password must reach: 3 is "safely unguessable".
 MIN_STRENGTH = 3
+#: …and at least 10^10 guesses by its estimate (score 3 starts at 10^8).
+MIN_GUESSES_LOG10 = 10
 MAX_SECRET_LENGTH = 128
 #: Words a password must not lean on (zxcvbn counts them as known).
 CONTEXT_WORDS = ("help", "exchange", "casebook", "revue", "caf", "cpam", "urssaf", "carsat", "msa", "agent",
@@ -115,9 +117,9 @@ def check_strength(secret: str, *context: str) -> None:
                          f"{MAX_SECRET_LENGTH} caractères au plus")
     if len(secret) < 12:
         raise InputError("mot de passe trop court", "12 caractères au moins, par exemple quatre mots sans rapport")
-    words = [w for c in context for w in re.split(r"[^A-Za-z0-9]+", c) if w] + list(CONTEXT_WORDS)
+    words = [*context, *(w for c in context for w in re.split(r"[^A-Za-z0-9]+", c) if w), *CONTEXT_WORDS]
     result = zxcvbn(secret, user_inputs=words)
-    if int(result["score"]) < MIN_STRENGTH:
+    if int(result["score"]) < MIN_STRENGTH or float(result["guesses_log10"]) < MIN_GUESSES_LOG10:
         raise InputError(f"mot de passe trop facile à deviner (environ 10^{float(result['guesses_log10']):.0f} "
                          "essais)",
                          "choisissez une phrase de passe de quatre ou cinq mots sans rapport entre eux, "

@@ -197,6 +197,29 @@ def users_add(ctx: click.Context, user_id: str, role: str, territory: str, fund:
     click.echo(f"user {user_id} ({role}) saved in {path}")
 
 
+@users.command("sign-ins")
+@click.option("--user", "user_id", default=None, help="Only this identifier's attempts.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.pass_context
+def users_sign_ins(ctx: click.Context, user_id: str | None, limit: int) -> None:
+    """Print the web view's sign-in log, newest first: when (UTC), identifier, client address,
+    outcome (succes, echec, limite, verrouille, deconnexion)."""
+    from services.casebook.db import open_store_engine
+    from services.casebook.sessions import sign_ins
+
+    settings = _ctx_settings(ctx)
+    engine = open_store_engine(settings.database_url)
+    try:
+        rows = list(sign_ins(engine, user_id=user_id, limit=limit))
+    finally:
+        engine.dispose()
+    for row in rows:
+        at = row["at"]
+        when = at.strftime("%Y-%m-%d %H:%M:%S") if hasattr(at, "strftime") else str(at)
+        click.echo(f"{when}  {row['user_id']:<32} {row['address']:<40} {row['outcome']}")
+    click.echo(f"{len(rows)} tentative(s) de connexion", err=True)
+
+
 def _read_password(from_stdin: bool) -> str:
     """The new password: the first line of stdin, or asked twice without echo."""
     import sys

@@ -34,7 +34,7 @@ _HINTS = {
                                "print(secrets.token_urlsafe(48))'), or leave it unset for a key kept in "
                                "<var_dir>/casebook-session.key",
     "casebook_session_max_age_s": "give a number of seconds between 60 and 604800 (7 days)",
-    "casebook_session_idle_s": "give a number of seconds between 60 and 86400 (1 day)",
+    "casebook_session_idle_s": "give a number of seconds between 5 and 86400 (1 day), e.g. 1800",
     "casebook_signin_delay_after": "give a number of failed sign-ins between 1 and 100",
     "casebook_signin_lockout_failures": "give a number of failed sign-ins between 2 and 1000",
     "casebook_signin_lockout_s": "give a number of seconds between 10 and 86400",
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     ``<var_dir>/casebook-session.key`` (services.casebook.config.session_secret). Never printed."""
     casebook_session_max_age_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
     """Lifetime of a web-view session, in seconds (default 8 hours), however active it is."""
-    casebook_session_idle_s: Annotated[int, Field(ge=60, le=24 * 3600)] = 30 * 60
+    casebook_session_idle_s: Annotated[int, Field(ge=5, le=24 * 3600)] = 30 * 60
     """A web-view session unused for that many seconds ends (default 30 minutes)."""
     casebook_signin_delay_after: Annotated[int, Field(ge=1, le=100)] = 3
     """Failed sign-ins of one account after which each new attempt waits 1 s, 2, 4… after the
