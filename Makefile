@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NODE_DIR := tests/contract/asyncapi
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
+# A real OpenID Provider (the certified oidc-provider) for the sign-in tests.
+OIDC_DIR := tests/oidc/provider
+OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed-stamp
 
 .PHONY: demo test soak lint bench venv clean help system-packages
 
@@ -27,6 +30,10 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	npm ci --prefix $(OIDC_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Real parts for the tests, from Debian's packages (CI starts on a fresh machine).
 # PostgreSQL for the SQL repository tests; Chromium for the browser test of the web view.
 system-packages:
@@ -45,7 +52,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) $(NODE_STAMP) system-packages lint
+test: $(STAMP) $(NODE_STAMP) $(OIDC_STAMP) system-packages lint
 	$(BIN)/pytest -q
 
 # Long runs, kept out of `make test` to keep it short; CI runs both.
@@ -56,4 +63,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var $(NODE_DIR)/node_modules
+	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(OIDC_DIR)/node_modules

@@ -253,7 +253,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
     settings = _ctx_settings(ctx)
     app = create_app(settings, host=host)
-    if not app.state.authenticator.has_users():
+    if not app.state.authenticator.has_users() and not settings.casebook_oidc_issuer:
         raise InputError("aucun utilisateur n'est défini pour la vue web",
                          "ajoutez-en un : help-exchange users add --id ... --role ... --territory ...")
     click.echo(f"casebook web view on http://{host}:{port}/ (Ctrl-C stops it)", err=True)

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from services.casebook import tables as t
+from services.casebook.auth import User
 from services.casebook.model import aware
 from services.core.types import ACTOR_PATTERN
 from services.platform.settings import Settings
@@ -61,6 +62,9 @@ class Session:
     csrf: str
     created_at: dt.datetime
     last_seen_at: dt.datetime
+    #: who the user is for this session when it came from OpenID Connect claims (else None:
+    #: the users file says, read again on each request)
+    user: User | None = None
 
 
 class SessionStore:
@@ -70,16 +74,18 @@ class SessionStore:
         self.idle = dt.timedelta(seconds=min(settings.casebook_session_idle_s,
                                              settings.casebook_session_max_age_s))
 
-    def open(self, user_id: str) -> tuple[str, Session]:
-        """A new session for ``user_id``: its cookie token and the session."""
+    def open(self, user_id: str, user: User | None = None) -> tuple[str, Session]:
+        """A new session for ``user_id`` (with ``user``, the one its OpenID Connect claims gave):
+        its cookie token and the session."""
         now = _now()
         token = secrets.token_urlsafe(32)
-        session = Session(_hash(token), user_id, secrets.token_urlsafe(24), now, now)
+        session = Session(_hash(token), user_id, secrets.token_urlsafe(24), now, now, user)
         with self.engine.begin() as conn:
             self._forget_expired(conn, now)
             conn.execute(sa.insert(t.web_sessions).values(
                 token_hash=session.token_hash, user_id=user_id, csrf=session.csrf, created_at=now,
-                last_seen_at=now, flash=None))
+                last_seen_at=now, flash=None, role=user.role if user else None, fund=user.fund if user else None,
+                territory=user.territory if user else None))
         return token, session
 
     def find(self, token: str | None) -> Session | None:
@@ -98,7 +104,8 @@ class SessionStore:
                 return None
             conn.execute(sa.update(t.web_sessions).where(t.web_sessions.c.token_hash == key)
                          .values(last_seen_at=now))
-        return Session(key, row.user_id, row.csrf, created, now)
+        user = User(row.user_id, row.role, row.territory, row.fund) if row.role else None
+        return Session(key, row.user_id, row.csrf, created, now, user)
 
     def close(self, session: Session) -> None:
         with self.engine.begin() as conn:

@@ -125,6 +125,10 @@ web_sessions = sa.Table(
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.String(64), nullable=False, index=True),
     sa.Column("csrf", sa.String(64), nullable=False),
+    # set for an OpenID Connect sign-in: the role, fund and territory its claims mapped to
+    sa.Column("role", sa.String(24), nullable=True),
+    sa.Column("fund", sa.String(8), nullable=True),
+    sa.Column("territory", sa.String(3), nullable=True),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("last_seen_at", TZ, nullable=False),
     # the one message to show on the next page ("Suite enregistrée."), then cleared

@@ -41,6 +41,7 @@ from services.casebook.config import session_secret, users_path
 from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.model import CASE_NUMBER, Month, Situation
+from services.casebook.oidc import Attempt, OidcClient, SignInRefused
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
 from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, SignInGuard, same_token, sign_ins
 from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
@@ -51,6 +52,8 @@ log = logging.getLogger("help_exchange.casebook.web")
 COOKIE = "help_session"
 LOGIN_COOKIE = "help_login"
 LOGIN_FORM_MAX_AGE_S = 3600
+OIDC_COOKIE = "help_oidc"
+OIDC_ATTEMPT_MAX_AGE_S = 600
 
 
 class HTTPError(StarletteHTTPException):
@@ -88,6 +91,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-login")
     sessions = SessionStore(engine, settings)
     guard = SignInGuard(engine, settings)
+    oidc = OidcClient(settings) if settings.casebook_oidc_issuer else None
+    oidc_signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-oidc")
     taxonomy = settings.taxonomy
     labels = Labels(taxonomy, rule_titles(settings.rules))
 
@@ -122,7 +127,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def current_session(request: Request) -> tuple[User, Session]:
         live = sessions.find(request.cookies.get(COOKIE))
-        user = auth.user(live.user_id) if live is not None else None
+        user = (live.user or auth.user(live.user_id)) if live is not None else None
         if user is None or live is None:
             raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
         return user, live
@@ -136,7 +141,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             raise HTTPError(403, "Jeton de sécurité du formulaire invalide ou expiré : rechargez la page.")
 
     def ctx(user: User | None, csrf: str, **extra: Any) -> dict[str, Any]:
-        return {"user": user, "csrf_token": csrf, **extra}
+        return {"user": user, "csrf_token": csrf, "oidc_label": settings.casebook_oidc_label if oidc else None,
+                **extra}
 
     def audit_event(user: User, action: str, **kw: Any) -> None:
         sink.record(AccessEvent(user_id=user.user_id, role=user.role, fund=user.fund,
@@ -238,14 +244,73 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             set_login_cookie(page, csrf)
             return page
         guard.succeeded(user.user_id, address)
+        token, _ = start_session(request, user, from_claims=False)
+        return hand_session(RedirectResponse("/worklist", status_code=303), token)
+
+    def start_session(request: Request, user: User, *, from_claims: bool) -> tuple[str, Session]:
         previous = sessions.find(request.cookies.get(COOKIE))
         if previous is not None:
             sessions.close(previous)
-        token, _ = sessions.open(user.user_id)  # always a new token: sessions rotate at sign-in
-        redirect = RedirectResponse("/worklist", status_code=303)
-        set_cookie(redirect, COOKIE, token, settings.casebook_session_max_age_s)
-        redirect.delete_cookie(LOGIN_COOKIE, path="/")
-        return redirect
+        return sessions.open(user.user_id, user if from_claims else None)  # always a new token
+
+    def hand_session(response: Response, token: str) -> Response:
+        set_cookie(response, COOKIE, token, settings.casebook_session_max_age_s)
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+        return response
+
+    @app.get("/login/oidc", include_in_schema=False)
+    def oidc_start() -> Response:
+        if oidc is None:
+            raise HTTPError(404, "Cette page n'existe pas.")
+        attempt = Attempt()
+        response = RedirectResponse(oidc.authorization_url(attempt), status_code=303)
+        # Lax, not Strict: the provider sends the browser back with a cross-site GET
+        response.set_cookie(OIDC_COOKIE, oidc_signer.dumps({"s": attempt.state, "n": attempt.nonce,
+                                                            "v": attempt.verifier}),
+                            max_age=OIDC_ATTEMPT_MAX_AGE_S, httponly=True, samesite="lax", secure=secure,
+                            path="/login/oidc")
+        return response
+
+    @app.get("/login/oidc/callback", include_in_schema=False)
+    def oidc_callback(request: Request, code: Annotated[str | None, Query(max_length=2048)] = None,
+                      state: Annotated[str | None, Query(max_length=256)] = None,
+                      error: Annotated[str | None, Query(max_length=256)] = None) -> Response:
+        if oidc is None:
+            raise HTTPError(404, "Cette page n'existe pas.")
+        address = request.client.host if request.client else "?"
+
+        def refuse(reason: str, status: int = 400) -> Response:
+            guard.failed("oidc", address)
+            csrf = secrets.token_urlsafe(24)
+            page = _page("login.html", status, **ctx(None, csrf, error=reason))
+            set_login_cookie(page, csrf)
+            page.delete_cookie(OIDC_COOKIE, path="/login/oidc")
+            return page
+
+        raw = request.cookies.get(OIDC_COOKIE, "")
+        try:
+            kept = oidc_signer.loads(raw, max_age=OIDC_ATTEMPT_MAX_AGE_S) if 0 < len(raw) < 2048 else None
+        except BadSignature:
+            kept = None
+        if not isinstance(kept, dict):
+            return refuse("Connexion expirée ou déjà terminée : recommencez.")
+        if error:
+            return refuse("Le fournisseur d'identité n'a pas confirmé votre identité : recommencez.", 401)
+        if not code or not same_token(str(kept.get("s", "")), state or ""):
+            return refuse("Retour de connexion invalide (state) : recommencez.")
+        attempt = Attempt(state=str(kept["s"]), nonce=str(kept["n"]), verifier=str(kept["v"]))
+        try:
+            claims = oidc.verify(oidc.exchange(code, attempt), attempt.nonce)
+            user = oidc.user(claims)
+        except SignInRefused as exc:
+            return refuse(f"Connexion refusée : {exc.one_line()}.", 401)
+        guard.succeeded(user.user_id, address)
+        # A page of ours, not a redirect, leads on: the session cookie is SameSite=Strict and
+        # a browser does not send it at the end of a redirect chain that started elsewhere.
+        token, live = start_session(request, user, from_claims=True)
+        page = hand_session(_page("signed_in.html", **ctx(user, live.csrf)), token)
+        page.delete_cookie(OIDC_COOKIE, path="/login/oidc")
+        return page
 
     @app.post("/logout", summary="Déconnexion")
     def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:

@@ -40,13 +40,18 @@ _HINTS = {
     "casebook_signin_lockout_s": "give a number of seconds between 10 and 86400",
     "casebook_secure_cookies": "use true (behind HTTPS) or false, or leave it unset: secure unless bound to "
                                "loopback",
+    "casebook_oidc_issuer": "give the provider's issuer URL, e.g. https://auth.agentconnect.gouv.fr/api/v2",
+    "casebook_oidc_client_secret": "give the secret the provider issued (16 characters at least)",
+    "casebook_oidc_redirect_uri": "give this web view's address followed by /login/oidc/callback",
+    "casebook_oidc_scopes": "give space-separated scopes starting with openid, e.g. 'openid email siret'",
+    "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
 }
 
 #: Settings whose value is never printed (``help-exchange settings``, error messages, repr).
-SECRET_FIELDS = frozenset({"casebook_session_secret"})
+SECRET_FIELDS = frozenset({"casebook_session_secret", "casebook_oidc_client_secret"})
 
 #: A retention period, in whole months.
 Months = Annotated[int, Field(ge=1, le=240)]
@@ -105,6 +110,20 @@ class Settings(BaseSettings):
     casebook_secure_cookies: bool | None = None
     """Send the session cookie over HTTPS only, and HSTS. Unset: yes unless ``serve`` is bound to
     loopback (127.0.0.1, ::1, localhost); set false only for a plain-HTTP test bench."""
+
+    # OpenID Connect sign-in (ProConnect): all five set, or none (services/casebook/oidc.py).
+    casebook_oidc_issuer: Annotated[str | None, Field(pattern=r"^https?://[^\s?#]+$")] = None
+    """The OpenID Provider's issuer (discovery at <issuer>/.well-known/openid-configuration)."""
+    casebook_oidc_client_id: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    casebook_oidc_client_secret: Annotated[str | None, Field(min_length=16, repr=False)] = None
+    """The client secret given by the provider. Never printed."""
+    casebook_oidc_redirect_uri: Annotated[str | None, Field(pattern=r"^https?://[^\s?#]+/login/oidc/callback$")] = None
+    """This web view's callback as registered at the provider, e.g. https://revue.example/login/oidc/callback."""
+    casebook_oidc_scopes: Annotated[str, Field(pattern=r"^openid( [A-Za-z0-9_:.\-]+)*$")] = "openid"
+    casebook_oidc_mapping: Path | None = None
+    """YAML file mapping the ID token's claims to role, fund and territory."""
+    casebook_oidc_label: Annotated[str, Field(min_length=1, max_length=40)] = "ProConnect"
+    """The provider's name on the sign-in button."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from shared/DOMAIN.md §6

@@ -64,7 +64,7 @@ def csrf_of(html: str) -> str:
 
 @contextlib.contextmanager
 def running_server(root: Path, *, host: str = "127.0.0.1", extra_env: dict[str, str] | None = None,
-                   args: tuple[str, ...] = ()) -> Iterator[Server]:
+                   args: tuple[str, ...] = (), port: int | None = None) -> Iterator[Server]:
     """A casebook of two situations of territory 35 (numbers in ``Server.cases``), the users of
     :data:`USERS`, and ``help-exchange serve`` on a free port until the block ends."""
     root.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def running_server(root: Path, *, host: str = "127.0.0.1", extra_env: dict[str, 
     users = UserFile(root / "users.json")
     for uid, (role, territory, fund) in USERS.items():
         users.add(uid, role=role, territory=territory, fund=fund, secret=SECRET)
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "HELP_DATABASE_URL": db, "HELP_VAR_DIR": str(root / "var"),
            "HELP_KEY_DIR": str(root / "var" / "keys"), "HELP_CASEBOOK_USERS_FILE": str(root / "users.json"),
            **(extra_env or {})}
