@@ -242,7 +242,20 @@ UMASK = 0o077
 
 def main() -> None:
     os.umask(UMASK)
-    cli(prog_name="help-exchange")
+    try:
+        code = cli.main(prog_name="help-exchange", standalone_mode=False)
+    except click.UsageError as exc:  # a wrong option or value: one line and how to fix it, exit 2
+        command = exc.ctx.command_path if exc.ctx is not None else "help-exchange"
+        click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
+        click.echo(f"  how to fix: see `{command} --help`", err=True)
+        raise SystemExit(2) from None
+    except click.ClickException as exc:
+        click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

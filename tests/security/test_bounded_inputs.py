@@ -401,3 +401,21 @@ def test_the_reported_routes_refuse_out_of_range_input_with_400(server: Server) 
         assert response.status_code == 400, (url, response.status_code)
         assert "Traceback" not in response.text and "<h1" in response.text, url
     assert "Mois" in client.get("/worklist?month=9999-12").text
+
+
+def test_the_installed_command_answers_bad_input_in_one_line_and_a_hint(tmp_path: Path) -> None:
+    """As typed in a shell (the entry point, not click's test runner): our refusals and click's
+    own (a wrong option, a value out of its range) are one line and a hint, exit 2."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "help-exchange"
+    env = {**os.environ, "HELP_VAR_DIR": str(tmp_path / "var"), "HELP_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"}
+    for argv in (["worklist", "--month", "9999-12", "--territory", "35", "--out", str(tmp_path / "w.csv")],
+                 ["audit", "query", "--period", "9999-12"], ["audit", "query", "--limit", "0"],
+                 ["worklist", "--month", "2026-11"], ["users", "add", "--password", "x"], ["pas-une-commande"]):
+        count("attacks_tried")
+        done = subprocess.run([str(exe), *argv], env=env, capture_output=True, text=True, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 2, (argv, done.returncode, done.stderr)
+        assert lines[0].startswith("help-exchange: error: ") and lines[1].startswith("  how to fix: "), lines
