@@ -91,3 +91,28 @@ def test_a_double_submit_records_one_followup(tmp_path: Path) -> None:
         assert followups(server) == 2
         assert client.post(f"/cases/{case}/followup", data=form).status_code == 303  # its own session: recorded
         assert followups(server) == 3
+
+
+def test_cross_site_forms_are_refused_on_the_running_server(tmp_path: Path) -> None:
+    """CSRF: a form posted from elsewhere carries no valid token (the cookie is SameSite=Strict
+    too, but the token alone must suffice): the login, the follow-up and the logout refuse it."""
+    with running_server(tmp_path) as server:
+        anonymous = server.client()
+        anonymous.get("/login")
+        count("attacks_tried", 6)
+        assert anonymous.post("/login", data={"user_id": "agent.caf35", "password": "un secret assez long"}
+                              ).status_code == 403
+        assert anonymous.post("/login", data={"user_id": "agent.caf35", "password": "un secret assez long",
+                                              "csrf_token": "x" * 32}).status_code == 403
+        client = server.login("agent.caf35")
+        case = server.cases[0]
+        form = open_form(client, case)
+        other = server.login("secretaire.35")  # a token of another session is no good either
+        other_token = CSRF.search(other.get(f"/cases/{case}").text).group(1)  # type: ignore[union-attr]
+        for token in ("", "x" * 32, other_token):
+            assert client.post(f"/cases/{case}/followup", data={**form, "csrf_token": token}).status_code == 403
+        assert followups(server) == 0
+        assert client.post("/logout", data={"csrf_token": "x" * 32}).status_code == 403
+        assert client.get(f"/cases/{case}").status_code == 200  # still signed in
+        # the untouched form still goes through once
+        assert client.post(f"/cases/{case}/followup", data=form).status_code == 303 and followups(server) == 1
