@@ -199,7 +199,10 @@ class SignInGuard:
         keys = self.keys(user_id, address)
         f = t.sign_in_failures
         with self.engine.begin() as conn:
-            # a write first: the database serialises concurrent attempts from here on
+            # a write first: the database serialises concurrent attempts from here on; it also
+            # forgets the keys whose failures are forgotten (identifiers typed once, long ago)
+            conn.execute(sa.delete(f).where(f.c.last_failure_at < now - self.lockout,
+                                            sa.or_(f.c.locked_until.is_(None), f.c.locked_until < now)))
             conn.execute(sa.update(f).where(f.c.key.in_(keys)).values(key=f.c.key))
             rows = {r.key: r for r in conn.execute(sa.select(f).where(f.c.key.in_(keys)))}
             refusal = None

@@ -150,7 +150,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def visible_case(user: User, case_number: str) -> Situation:
         if not CASE_NUMBER.fullmatch(case_number):
-            raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} ».")
+            raise HTTPError(400, "Numéro de dossier invalide : format attendu département-année-mois-numéro, "
+                                 "par exemple 35-2026-11-0042.")
         with engine.connect() as conn:
             sit = store.situation_by_case(conn, case_number)
         if sit is None or sit.territory != user.territory or (

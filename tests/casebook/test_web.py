@@ -152,7 +152,7 @@ def test_secretary_records_for_any_involved_fund_and_exports(app_env: TestClient
     ("/worklist?month=2026-13", 400),
     ("/worklist?month=" + "9" * 40, 400),
     ("/worklist/export?month=2026-11&format=exe", 400),
-    ("/cases/not-a-case", 404),
+    ("/cases/not-a-case", 400),
     ("/cases/35-2026-11-0999", 404),
     ("/cases/35-2026-11-0999/followup", 404),
     ("/nowhere", 404),

@@ -395,7 +395,8 @@ def test_every_route_of_the_running_server_with_generated_input_never_answers_5x
 def test_the_reported_routes_refuse_out_of_range_input_with_400(server: Server) -> None:
     client = server.login("agent.caf35")
     for url in ("/worklist?month=9999-12", "/worklist?month=0000-01", "/worklist/export?month=9999-12&format=csv",
-                "/worklist/export?month=2026-11&format=xml"):
+                "/worklist/export?month=2026-11&format=xml", "/cases/35-2026-11", "/cases/35-2026-11-0001%20",
+                "/cases/35-2026-11-0001x/followup"):
         count("attacks_tried")
         response = client.get(url)
         assert response.status_code == 400, (url, response.status_code)
