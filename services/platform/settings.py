@@ -48,6 +48,7 @@ _HINTS = {
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
+    "retention_sign_ins_months": "give a whole number of months between 1 and 240",
 }
 
 #: Settings whose value is never printed (``help-exchange settings``, error messages, repr).
@@ -135,6 +136,9 @@ class Settings(BaseSettings):
     retention_situations_months: Months = 12
     """Situations, after their last activity (latest of: last signal, last event, last
     follow-up), unless closed."""
+    retention_sign_ins_months: Months = 12
+    """The web view's sign-in log (``casebook_sign_ins``: identifier, client address, outcome):
+    kept that long for the auditors, then removed by the purge."""
     retention_closed_months: Months = 18
     """Closed cases (closed by the correlator, or every involved fund has recorded its outcome),
     after closing. A case that only went quiet (no signal for ``casebook_close_after_months``)

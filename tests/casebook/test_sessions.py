@@ -84,3 +84,19 @@ def test_the_guard_delays_locks_and_logs(engine: sa.Engine) -> None:
     assert guard.begin("<script>", "10.0.0.3") is None
     guard.failed("<script>", "10.0.0.3")
     assert next(iter(sign_ins(engine)))["user_id"] == "(identifiant invalide)"  # typed text is not kept
+
+
+def test_the_purge_removes_sign_ins_past_their_period(engine: sa.Engine) -> None:
+    from services.ledger.purge import apply_purge, plan_purge
+    from services.ledger.store import Ledger, ensure_tables
+
+    ensure_tables(engine)
+    as_of = dt.datetime(2027, 6, 15, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        for at in (dt.datetime(2026, 6, 14, tzinfo=dt.UTC), dt.datetime(2026, 6, 16, tzinfo=dt.UTC)):
+            conn.execute(sa.insert(tables.sign_ins).values(at=at, user_id="agent.caf35", address="10.0.0.1",
+                                                           outcome="echec"))
+    plan = plan_purge(engine, load_settings(), as_of=as_of)
+    assert plan.sign_ins == 1 and any("connexion" in line and ": 1 " in line for line in plan.lines(dry_run=True))
+    apply_purge(engine, Ledger(engine), plan)
+    assert [r["at"].date() for r in sign_ins(engine)] == [dt.date(2026, 6, 16)]
