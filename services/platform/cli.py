@@ -48,8 +48,24 @@ def settings_from(ctx: click.Context) -> Settings:
     return settings
 
 
+def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a group typed alone: its help, as click shows it
+        raise exc
+    command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
+    click.echo(f"  how to fix: see `{command} --help`", err=True)
+    ctx.exit(2)
+
+
 class _Cli(click.Group):
     """A group that turns our errors into one clear line and an exit status."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # an unknown option before the command
+            _usage_error(ctx, exc)
+            raise  # pragma: no cover - ctx.exit raised
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -62,6 +78,8 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except click.UsageError as exc:  # a wrong command, option or value: one line and a hint, exit 2
+            _usage_error(ctx, exc)
         except OSError as exc:  # a path given on the command line that cannot be read or written
             if exc.filename is None:
                 raise
@@ -242,20 +260,7 @@ UMASK = 0o077
 
 def main() -> None:
     os.umask(UMASK)
-    try:
-        code = cli.main(prog_name="help-exchange", standalone_mode=False)
-    except click.UsageError as exc:  # a wrong option or value: one line and how to fix it, exit 2
-        command = exc.ctx.command_path if exc.ctx is not None else "help-exchange"
-        click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
-        click.echo(f"  how to fix: see `{command} --help`", err=True)
-        raise SystemExit(2) from None
-    except click.ClickException as exc:
-        click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
-        raise SystemExit(exc.exit_code) from None
-    except click.Abort:
-        click.echo("interrupted", err=True)
-        raise SystemExit(1) from None
-    raise SystemExit(code if isinstance(code, int) else 0)
+    cli(prog_name="help-exchange")
 
 
 if __name__ == "__main__":  # pragma: no cover
