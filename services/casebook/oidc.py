@@ -188,8 +188,9 @@ class OidcClient:
             "code_challenge": attempt.challenge, "code_challenge_method": "S256"})
         return f"{self.metadata()['authorization_endpoint']}?{query}"
 
-    def exchange(self, code: str, attempt: Attempt) -> str:
-        """The code and the PKCE verifier for tokens, once: the raw ID token."""
+    def exchange(self, code: str, attempt: Attempt) -> dict[str, Any]:
+        """The code and the PKCE verifier for tokens, once: the token response (``id_token``,
+        ``access_token``)."""
         body = urllib.parse.urlencode({"grant_type": "authorization_code", "code": code,
                                        "redirect_uri": self.redirect_uri, "code_verifier": attempt.verifier}).encode()
         basic = base64.b64encode(f"{_form(self.client_id)}:{_form(self.client_secret)}".encode()).decode()
@@ -204,11 +205,45 @@ class OidcClient:
                                 "recommencez la connexion") from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise SignInRefused("le fournisseur d'identité ne répond pas", "réessayez dans un instant") from exc
-        raw = tokens.get("id_token") if isinstance(tokens, dict) else None
-        if not isinstance(raw, str):
+        if not isinstance(tokens, dict) or not isinstance(tokens.get("id_token"), str):
             raise SignInRefused("le fournisseur d'identité n'a pas rendu de jeton d'identité",
                                 "recommencez la connexion")
-        return raw
+        return tokens
+
+    def claims(self, tokens: dict[str, Any], nonce: str) -> dict[str, Any]:
+        """The verified ID token's claims, completed by the userinfo endpoint's (a signed JWT at
+        ProConnect, checked like the ID token; plain JSON elsewhere) for the same subject."""
+        claims = self.verify(str(tokens["id_token"]), nonce)
+        endpoint = self.metadata().get("userinfo_endpoint")
+        access = tokens.get("access_token")
+        if not endpoint or not isinstance(access, str):
+            return claims
+        request = urllib.request.Request(str(endpoint), headers={"Authorization": f"Bearer {access}",
+                                                                  "Accept": "application/jwt, application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                kind = response.headers.get("Content-Type", "")
+                body = response.read(1_000_000)
+        except (urllib.error.URLError, OSError) as exc:
+            raise SignInRefused("le fournisseur d'identité ne donne pas vos informations (userinfo)",
+                                "recommencez la connexion") from exc
+        refused = SignInRefused("informations d'identité (userinfo) invalides", "recommencez la connexion")
+        try:
+            if kind.startswith("application/jwt"):
+                raw = body.decode("ascii").strip()
+                alg = str(jwt.get_unverified_header(raw).get("alg"))
+                if alg not in ASYMMETRIC:
+                    raise refused
+                key = self.jwks().get_signing_key_from_jwt(raw)
+                info: Any = jwt.decode(raw, key.key, algorithms=[alg], audience=self.client_id, issuer=self.issuer,
+                                       options={"require": ["sub"], "verify_exp": False, "verify_iat": False})
+            else:
+                info = json.loads(body)
+        except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as exc:
+            raise refused from exc
+        if not isinstance(info, dict) or info.get("sub") != claims["sub"]:
+            raise refused
+        return {**info, **claims}
 
     def verify(self, raw: str, nonce: str, *, now: float | None = None) -> dict[str, Any]:
         """The ID token's claims, once its signature, issuer, audience, times and nonce are right."""

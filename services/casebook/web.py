@@ -301,7 +301,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
             return refuse("Retour de connexion invalide (state) : recommencez.")
         attempt = Attempt(state=str(kept["s"]), nonce=str(kept["n"]), verifier=str(kept["v"]))
         try:
-            claims = oidc.verify(oidc.exchange(code, attempt), attempt.nonce)
+            claims = oidc.claims(oidc.exchange(code, attempt), attempt.nonce)
             user = oidc.user(claims)
         except SignInRefused as exc:
             return refuse(f"Connexion refusée : {exc.one_line()}.", 401)
