@@ -11,6 +11,8 @@ redirect URI, scopes) and a claims mapping file (``HELP_CASEBOOK_OIDC_MAPPING``,
     fund:      {claim: siret, values: {"53471418900017": caf}}   # optional for other roles
     territory: {claim: departement}                            # or with values: {...}
 
+The claims are the ID token's, completed by the userinfo endpoint's (ProConnect answers it
+with a signed JWT, checked like the ID token, for the same ``sub``).
 A claim may hold a list (groups): its first value that the mapping knows is taken. A user
 whose claims map to no role, or an agent to no fund, or anyone to no valid territory, is
 refused with a French reason. The ID token must be signed (RS/PS/ES algorithms of the
