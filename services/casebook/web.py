@@ -45,6 +45,7 @@ from services.casebook.oidc import Attempt, OidcClient, SignInRefused
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
 from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, SignInGuard, same_token, sign_ins
 from services.casebook.worklist import Labels, case_view, load_worklist, rule_titles
+from services.core.bounds import MONTH_SPAN
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
@@ -166,7 +167,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         try:
             return Month.parse(text)
         except InputError as exc:
-            raise HTTPError(400, "Mois invalide : utilisez le format AAAA-MM, par exemple 2026-11.") from exc
+            raise HTTPError(400, f"Mois invalide : utilisez le format AAAA-MM, de {MONTH_SPAN}, "
+                                 "par exemple 2026-11.") from exc
 
     # ------------------------------------------------------------------ error pages
     @app.exception_handler(StarletteHTTPException)
