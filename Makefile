@@ -12,6 +12,9 @@ INTEROP_NODE_STAMP := $(INTEROP_NODE_DIR)/node_modules/.installed-stamp
 # axe-core, the accessibility checker the browser test runs in every page (tests/casebook).
 AXE_DIR := tests/casebook/axe
 AXE_STAMP := $(AXE_DIR)/node_modules/.installed-stamp
+# A real OpenID Provider (the certified oidc-provider) for the sign-in tests.
+OIDC_DIR := tests/oidc/provider
+OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed-stamp
 
 .PHONY: demo test soak lint bench venv clean help system-packages
 
@@ -41,6 +44,10 @@ $(AXE_STAMP): $(AXE_DIR)/package.json $(AXE_DIR)/package-lock.json
 	npm ci --prefix $(AXE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	npm ci --prefix $(OIDC_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Real parts for the tests, from Debian's packages (CI starts on a fresh machine).
 # PostgreSQL for the SQL repository tests; Chromium for the browser test of the web view;
 # Go and golang.org/x/mod (sumdb/note, sumdb/tlog) for the ledger's independent verifier.
@@ -62,7 +69,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) $(AXE_STAMP) system-packages lint
+test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) $(AXE_STAMP) $(OIDC_STAMP) system-packages lint
 	$(BIN)/pytest -q
 
 # Long runs, kept out of `make test` to keep it short; CI runs both.
@@ -73,4 +80,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules $(AXE_DIR)/node_modules
+	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules $(AXE_DIR)/node_modules $(OIDC_DIR)/node_modules

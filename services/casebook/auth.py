@@ -96,6 +96,35 @@ def verify_secret(secret: str, record: dict[str, object]) -> bool:
 
 _DUMMY = hash_secret("pas-un-vrai-secret")
 
+#: zxcvbn's score a password must reach: 3 is "safely unguessable".
+MIN_STRENGTH = 3
+#: …and at least 10^10 guesses by its estimate (score 3 starts at 10^8).
+MIN_GUESSES_LOG10 = 10
+MAX_SECRET_LENGTH = 128
+#: Words a password must not lean on (zxcvbn counts them as known).
+CONTEXT_WORDS = ("help", "exchange", "casebook", "revue", "caf", "cpam", "urssaf", "carsat", "msa", "agent",
+                 "auditeur", "secretaire", "securite", "sociale", "motdepasse")
+
+
+def check_strength(secret: str, *context: str) -> None:
+    """Refuse a password that zxcvbn (Dropbox's strength estimator) finds guessable: repeats,
+    sequences, keyboard walks, dictionary words and the user's own identifiers count for little;
+    length alone does not pass (``aaaaaaaaaaaa`` does not)."""
+    from zxcvbn import zxcvbn
+
+    if len(secret) > MAX_SECRET_LENGTH:
+        raise InputError(f"mot de passe trop long ({len(secret)} caractères)",
+                         f"{MAX_SECRET_LENGTH} caractères au plus")
+    if len(secret) < 12:
+        raise InputError("mot de passe trop court", "12 caractères au moins, par exemple quatre mots sans rapport")
+    words = [*context, *(w for c in context for w in re.split(r"[^A-Za-z0-9]+", c) if w), *CONTEXT_WORDS]
+    result = zxcvbn(secret, user_inputs=words)
+    if int(result["score"]) < MIN_STRENGTH or float(result["guesses_log10"]) < MIN_GUESSES_LOG10:
+        raise InputError(f"mot de passe trop facile à deviner (environ 10^{float(result['guesses_log10']):.0f} "
+                         "essais)",
+                         "choisissez une phrase de passe de quatre ou cinq mots sans rapport entre eux, "
+                         "sans votre identifiant ni le nom d'un organisme")
+
 
 class UserFile:
     """The users file: ``{"users": {"<id>": {"role", "territory", "fund", "secret": {...}}}}``."""
@@ -127,8 +156,7 @@ class UserFile:
             fund = check_fund(fund).value
         elif fund:
             fund = check_fund(fund).value
-        if len(secret) < 12:
-            raise InputError("mot de passe trop court", "12 caractères au moins")
+        check_strength(secret, user_id, role, territory, fund or "")
         users = self.load()
         users[user_id] = {"role": role, "territory": territory, "fund": fund, "secret": hash_secret(secret)}
         self.path.parent.mkdir(parents=True, exist_ok=True)

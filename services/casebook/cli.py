@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from services.errors import HelpExchangeError, InputError
+from services.platform.clitypes import OutputFile
 
 
 def _ctx_settings(ctx: click.Context):  # type: ignore[no-untyped-def]
@@ -96,7 +97,7 @@ def casebook_outbox(ctx: click.Context) -> None:
 @click.option("--territory", required=True, help="Département code (e.g. 35).")
 @click.option("--format", "fmt", type=click.Choice(["html", "csv", "pdf", "json"]), default="html",
               show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=OutputFile())
 @click.option("--fund", default=None, help="Only what this fund may see (caf, cpam, urssaf, carsat, msa).")
 @click.option("--user", default="cli", show_default=True, help="Who exports (for the access log).")
 @click.pass_context
@@ -179,18 +180,66 @@ def users() -> None:
 @click.option("--role", required=True, type=click.Choice(["agent", "secretaire_seance", "auditeur"]))
 @click.option("--territory", required=True)
 @click.option("--fund", default=None, help="Required for an agent.")
-@click.password_option("--password", prompt="Mot de passe", help="At least 12 characters.")
+@click.option("--password-stdin", "from_stdin", is_flag=True,
+              help="Read the password from the first line of standard input (for scripts); "
+                   "otherwise it is asked twice, hidden. Never on the command line.")
 @click.pass_context
 def users_add(ctx: click.Context, user_id: str, role: str, territory: str, fund: str | None,
-              password: str) -> None:
-    """Add (or replace) a user of the web view."""
+              from_stdin: bool) -> None:
+    """Add (or replace) a user of the web view. The password must be hard to guess (checked
+    by a strength estimator, zxcvbn: a long passphrase of unrelated words does)."""
     from services.casebook.auth import UserFile
     from services.casebook.config import users_path
 
     settings = _ctx_settings(ctx)
+    password = _read_password(from_stdin)
     path = users_path(settings)
     UserFile(path).add(user_id, role=role, territory=territory, fund=fund, secret=password)
     click.echo(f"user {user_id} ({role}) saved in {path}")
+
+
+@users.command("sign-ins")
+@click.option("--user", "user_id", default=None, help="Only this identifier's attempts.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.pass_context
+def users_sign_ins(ctx: click.Context, user_id: str | None, limit: int) -> None:
+    """Print the web view's sign-in log, newest first: when (UTC), identifier, client address,
+    outcome (succes, echec, limite, verrouille, deconnexion)."""
+    from services.casebook.db import open_store_engine
+    from services.casebook.sessions import sign_ins
+
+    settings = _ctx_settings(ctx)
+    engine = open_store_engine(settings.database_url)
+    try:
+        rows = list(sign_ins(engine, user_id=user_id, limit=limit))
+    finally:
+        engine.dispose()
+    for row in rows:
+        at = row["at"]
+        when = at.strftime("%Y-%m-%d %H:%M:%S") if hasattr(at, "strftime") else str(at)
+        click.echo(f"{when}  {row['user_id']:<32} {row['address']:<40} {row['outcome']}")
+    click.echo(f"{len(rows)} tentative(s) de connexion", err=True)
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin, or asked twice without echo."""
+    import sys
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line.strip():
+            raise InputError("aucun mot de passe sur l'entrée standard",
+                             "écrivez-le sur la première ligne, par exemple : printf '%s\\n' \"$MDP\" | "
+                             "help-exchange users add ... --password-stdin")
+        return line.rstrip("\r\n")
+    try:
+        password: str = click.prompt("Mot de passe", hide_input=True, confirmation_prompt="Confirmez-le",
+                                     err=True)
+    except click.Abort:
+        raise InputError("aucun mot de passe saisi",
+                         "saisissez-le à l'invite, ou donnez-le sur l'entrée standard avec --password-stdin"
+                         ) from None
+    return password
 
 
 @click.command("serve")
@@ -204,9 +253,9 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from services.casebook.web import create_app
 
     settings = _ctx_settings(ctx)
-    app = create_app(settings)
-    if not app.state.authenticator.has_users():
+    app = create_app(settings, host=host)
+    if not app.state.authenticator.has_users() and not settings.casebook_oidc_issuer:
         raise InputError("aucun utilisateur n'est défini pour la vue web",
                          "ajoutez-en un : help-exchange users add --id ... --role ... --territory ...")
     click.echo(f"casebook web view on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from services.core.bounds import parse_month
 from services.core.types import CASE_NUMBER_PATTERN, DEPARTEMENT_PATTERN, Fund, Priority
 from services.errors import InputError
 
 PRIORITY_RANK = {Priority.ROUGE.value: 0, Priority.ORANGE.value: 1, Priority.VERT.value: 2}
 PRIORITY_LABEL = {"rouge": "Rouge", "orange": "Orange", "vert": "Vert"}
 
-_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _TERRITORY = re.compile(DEPARTEMENT_PATTERN)
 CASE_NUMBER = re.compile(CASE_NUMBER_PATTERN)
 
@@ -38,10 +38,7 @@ class Month:
 
     @classmethod
     def parse(cls, text: str) -> Month:
-        m = _MONTH.fullmatch(text or "")
-        if not m:
-            raise InputError(f"mois invalide : {text!r}", "format attendu AAAA-MM, par exemple 2026-11")
-        return cls(int(m.group(1)), int(m.group(2)))
+        return cls(*parse_month(text))
 
     @property
     def start(self) -> dt.datetime:

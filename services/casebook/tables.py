@@ -141,3 +141,54 @@ stats_releases = sa.Table(
     sa.Column("published_at", TZ, nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
 )
+
+# The web view's server-side sessions (issue 17): the cookie holds a random token, this table
+# its SHA-256 only. Logout deletes the row; a row idle or too old is refused and removed.
+web_sessions = sa.Table(
+    "casebook_web_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    # set for an OpenID Connect sign-in: the role, fund and territory its claims mapped to
+    sa.Column("role", sa.String(24), nullable=True),
+    sa.Column("fund", sa.String(8), nullable=True),
+    sa.Column("territory", sa.String(3), nullable=True),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("last_seen_at", TZ, nullable=False),
+    # the one message to show on the next page ("Suite enregistrée."), then cleared
+    sa.Column("flash", sa.String(200), nullable=True),
+)
+
+# One-time tokens of the follow-up forms: a submit consumes its token, a second submit of the
+# same form finds none and records nothing.
+form_tokens = sa.Table(
+    "casebook_form_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("session_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("case_number", sa.String(32), nullable=False),
+    sa.Column("created_at", TZ, nullable=False),
+)
+
+# Every sign-in attempt, its outcome and where it came from (read by auditors).
+sign_ins = sa.Table(
+    "casebook_sign_ins",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TZ, nullable=False, index=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+)
+
+# Failed sign-ins per account ("u:<id>") and per client address ("a:<address>"): the delay
+# before the next attempt grows with them, then the key is locked for a while.
+sign_in_failures = sa.Table(
+    "casebook_sign_in_failures",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", TZ, nullable=False),
+    sa.Column("locked_until", TZ, nullable=True),
+)

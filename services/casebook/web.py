@@ -7,9 +7,15 @@ What a user sees comes from :mod:`services.casebook.worklist`, filtered by the u
 agent's fund is not involved in). Auditors read only: recording is a 403.
 Every view, export and follow-up goes to the audit sink (user, purpose, case).
 
-Session: a cookie signed with itsdangerous (HttpOnly, SameSite=Strict, Secure behind
-HTTPS) holding the user id and a CSRF token that every form carries back. Bad input is a
-4xx with a French reason, never a 5xx. The OpenAPI description stays at /openapi.json.
+Sessions are server-side (:mod:`services.casebook.sessions`): the cookie (HttpOnly,
+SameSite=Strict, Secure unless bound to loopback) holds a random token; logout and an idle
+timeout end the session for real, a sign-in always opens a new one. Sign-ins are throttled
+per account and per client address (growing delays, then a temporary lock) and every
+attempt is logged for the auditors (``/audit/connexions``). Every form carries the
+session's CSRF token back; the follow-up form also carries a one-time token (a double
+submit records one follow-up); messages after a redirect are kept server-side. Bad input is a
+4xx with a French reason, never a 5xx. The OpenAPI description is at /openapi.json for
+signed-in auditors only; there is no /docs nor /redoc (no asset from elsewhere).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import hmac
+import ipaddress
 import logging
 import secrets
 from typing import Annotated, Any
@@ -25,7 +31,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import BackgroundTasks, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,14 +43,21 @@ from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.meeting import followup_actions
 from services.casebook.model import CASE_NUMBER, Month, Situation
+from services.casebook.oidc import Attempt, OidcClient, SignInRefused
 from services.casebook.records import meeting_context
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
+from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, SignInGuard, same_token, sign_ins
 from services.casebook.worklist import Labels, Worklist, case_view, load_worklist
+from services.core.bounds import MONTH_SPAN
 from services.errors import HelpExchangeError, InputError
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.casebook.web")
 COOKIE = "help_session"
+LOGIN_COOKIE = "help_login"
+LOGIN_FORM_MAX_AGE_S = 3600
+OIDC_COOKIE = "help_oidc"
+OIDC_ATTEMPT_MAX_AGE_S = 600
 
 
 class HTTPError(StarletteHTTPException):
@@ -61,50 +74,79 @@ TITLES = {400: "Demande invalide", 401: "Connexion requise", 403: "Action non au
           500: "Erreur interne"}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``serve --host`` keeps the web view on this machine (no HTTPS needed there)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                authenticator: Authenticator | None = None, audit: AuditSink | None = None,
-               publish: bool = True) -> FastAPI:
+               publish: bool = True, host: str = "127.0.0.1") -> FastAPI:
     engine = engine or open_store_engine(settings.database_url)
     auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
     sink = audit or default_audit_sink(settings, engine)
-    signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-session")
+    # Before sign-in, a signed cookie carries the login form's CSRF token only; after it, the
+    # cookie is the random token of a server-side session (services.casebook.sessions).
+    signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-login")
+    sessions = SessionStore(engine, settings)
+    guard = SignInGuard(engine, settings)
+    oidc = OidcClient(settings) if settings.casebook_oidc_issuer else None
+    oidc_signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-oidc")
     taxonomy = settings.taxonomy
     labels = Labels.for_rules(taxonomy, settings.rules)
 
+    # Behind anything but loopback, cookies go over HTTPS only and browsers are told to keep to
+    # HTTPS (HSTS); HELP_CASEBOOK_SECURE_COOKIES decides when it is set.
+    secure = settings.casebook_secure_cookies
+    if secure is None:
+        secure = not is_loopback(host)
+    # No /docs nor /redoc (they load Swagger from a CDN); /openapi.json is for signed-in auditors.
     app = FastAPI(title="HELP — revue de dossiers mensuelle",
                   description="Vue web de la revue de dossiers (casebook). Pages HTML en français.",
-                  version="1.0")
+                  version="1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.authenticator = auth
     app.state.engine = engine
 
     # ------------------------------------------------------------------ session helpers
-    def session(request: Request) -> dict[str, Any]:
-        raw = request.cookies.get(COOKIE)
-        if not raw:
-            return {}
+    def login_csrf(request: Request) -> str:
+        raw = request.cookies.get(LOGIN_COOKIE)
+        if not raw or len(raw) > 512:
+            return ""
         try:
-            data = signer.loads(raw, max_age=settings.casebook_session_max_age_s)
+            data = signer.loads(raw, max_age=LOGIN_FORM_MAX_AGE_S)
         except BadSignature:
-            return {}
-        return data if isinstance(data, dict) else {}
+            return ""
+        return str(data.get("c", "")) if isinstance(data, dict) else ""
 
-    def set_session(response: Response, data: dict[str, Any]) -> None:
-        response.set_cookie(COOKIE, signer.dumps(data), max_age=settings.casebook_session_max_age_s, httponly=True,
-                            samesite="strict", secure=settings.casebook_secure_cookies, path="/")
+    def set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict", secure=secure, path="/")
+
+    def set_login_cookie(response: Response, csrf: str) -> None:
+        set_cookie(response, LOGIN_COOKIE, signer.dumps({"c": csrf}), LOGIN_FORM_MAX_AGE_S)
+
+    def current_session(request: Request) -> tuple[User, Session]:
+        live = sessions.find(request.cookies.get(COOKIE))
+        user = (live.user or auth.user(live.user_id)) if live is not None else None
+        if user is None or live is None:
+            raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
+        return user, live
 
     def current(request: Request) -> tuple[User, str]:
-        data = session(request)
-        user = auth.user(str(data.get("u"))) if data.get("u") else None
-        if user is None:
-            raise HTTPError(401, "Vous devez vous connecter pour accéder à cette page.")
-        return user, str(data.get("c", ""))
+        user, live = current_session(request)
+        return user, live.csrf
 
     def check_csrf(expected: str, given: str) -> None:
-        if not expected or not hmac.compare_digest(expected.encode(), (given or "").encode()):
+        if not same_token(expected, given):
             raise HTTPError(403, "Jeton de sécurité du formulaire invalide ou expiré : rechargez la page.")
 
     def ctx(user: User | None, csrf: str, **extra: Any) -> dict[str, Any]:
-        return {"user": user, "csrf_token": csrf, **extra}
+        return {"user": user, "csrf_token": csrf, "oidc_label": settings.casebook_oidc_label if oidc else None,
+                **extra}
 
     def audit_event(user: User, action: str, **kw: Any) -> None:
         sink.record(AccessEvent(user_id=user.user_id, role=user.role, fund=user.fund,
@@ -112,7 +154,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
 
     def visible_case(user: User, case_number: str) -> Situation:
         if not CASE_NUMBER.fullmatch(case_number):
-            raise HTTPError(404, f"Aucun dossier ne porte le numéro « {case_number} ».")
+            raise HTTPError(400, "Numéro de dossier invalide : format attendu département-année-mois-numéro, "
+                                 "par exemple 35-2026-11-0042.")
         with engine.connect() as conn:
             sit = store.situation_by_case(conn, case_number)
         if sit is None or sit.territory != user.territory or (
@@ -141,7 +184,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         try:
             return Month.parse(text)
         except InputError as exc:
-            raise HTTPError(400, "Mois invalide : utilisez le format AAAA-MM, par exemple 2026-11.") from exc
+            raise HTTPError(400, f"Mois invalide : utilisez le format AAAA-MM, de {MONTH_SPAN}, "
+                                 "par exemple 2026-11.") from exc
 
     # ------------------------------------------------------------------ error pages
     @app.exception_handler(StarletteHTTPException)
@@ -170,13 +214,14 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
-        if request.url.path not in ("/docs", "/redoc"):
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
-                "frame-ancestors 'none'; base-uri 'none'")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
+        if secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
     # ------------------------------------------------------------------ routes
@@ -184,36 +229,127 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     async def home() -> Response:
         return RedirectResponse("/worklist", status_code=303)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        user, _ = current(request)
+        if user.role != "auditeur":
+            raise HTTPError(404, "Cette page n'existe pas.")
+        return JSONResponse(app.openapi())
+
     @app.get("/login", response_class=HTMLResponse, summary="Page de connexion")
-    async def login_form(request: Request) -> Response:
-        csrf = str(session(request).get("c") or secrets.token_urlsafe(24))
+    def login_form(request: Request) -> Response:
+        csrf = login_csrf(request) or secrets.token_urlsafe(24)
         response = _page("login.html", **ctx(None, csrf))
-        set_session(response, {"c": csrf})
+        set_login_cookie(response, csrf)
         return response
 
     @app.post("/login", response_class=HTMLResponse, summary="Connexion")
-    async def login(request: Request, user_id: Annotated[str, Form(max_length=64)],
-                    password: Annotated[str, Form(max_length=256)],
-                    csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        check_csrf(str(session(request).get("c", "")), csrf_token)
-        user = await asyncio.to_thread(auth.authenticate, user_id, password)
+    def login(request: Request, user_id: Annotated[str, Form(max_length=64)],
+              password: Annotated[str, Form(max_length=256)],
+              csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        check_csrf(login_csrf(request), csrf_token)
+        address = request.client.host if request.client else "?"
+        csrf = secrets.token_urlsafe(24)
+        refusal = guard.begin(user_id, address)
+        if refusal is not None:
+            page = _page("login.html", 429, **ctx(None, csrf, error=refusal.message, user_id=user_id))
+            page.headers["Retry-After"] = str(refusal.retry_after_s)
+            set_login_cookie(page, csrf)
+            return page
+        user = auth.authenticate(user_id, password)
         if user is None:
-            csrf = secrets.token_urlsafe(24)
+            guard.failed(user_id, address)
             page = _page("login.html", 401, **ctx(None, csrf, error="Identifiant ou mot de passe incorrect.",
                                                   user_id=user_id))
-            set_session(page, {"c": csrf})
+            set_login_cookie(page, csrf)
             return page
-        redirect = RedirectResponse("/worklist", status_code=303)
-        set_session(redirect, {"u": user.user_id, "c": secrets.token_urlsafe(24)})
-        return redirect
+        guard.succeeded(user.user_id, address)
+        token, _ = start_session(request, user, from_claims=False)
+        return hand_session(RedirectResponse("/worklist", status_code=303), token)
+
+    def start_session(request: Request, user: User, *, from_claims: bool) -> tuple[str, Session]:
+        previous = sessions.find(request.cookies.get(COOKIE))
+        if previous is not None:
+            sessions.close(previous)
+        return sessions.open(user.user_id, user if from_claims else None)  # always a new token
+
+    def hand_session(response: Response, token: str) -> Response:
+        set_cookie(response, COOKIE, token, settings.casebook_session_max_age_s)
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+        return response
+
+    @app.get("/login/oidc", include_in_schema=False)
+    def oidc_start() -> Response:
+        if oidc is None:
+            raise HTTPError(404, "Cette page n'existe pas.")
+        attempt = Attempt()
+        response = RedirectResponse(oidc.authorization_url(attempt), status_code=303)
+        # Lax, not Strict: the provider sends the browser back with a cross-site GET
+        response.set_cookie(OIDC_COOKIE, oidc_signer.dumps({"s": attempt.state, "n": attempt.nonce,
+                                                            "v": attempt.verifier}),
+                            max_age=OIDC_ATTEMPT_MAX_AGE_S, httponly=True, samesite="lax", secure=secure,
+                            path="/login/oidc")
+        return response
+
+    @app.get("/login/oidc/callback", include_in_schema=False)
+    def oidc_callback(request: Request, code: Annotated[str | None, Query(max_length=2048)] = None,
+                      state: Annotated[str | None, Query(max_length=256)] = None,
+                      error: Annotated[str | None, Query(max_length=256)] = None) -> Response:
+        if oidc is None:
+            raise HTTPError(404, "Cette page n'existe pas.")
+        address = request.client.host if request.client else "?"
+
+        def refuse(reason: str, status: int = 400) -> Response:
+            guard.failed("oidc", address)
+            csrf = secrets.token_urlsafe(24)
+            page = _page("login.html", status, **ctx(None, csrf, error=reason))
+            set_login_cookie(page, csrf)
+            page.delete_cookie(OIDC_COOKIE, path="/login/oidc")
+            return page
+
+        raw = request.cookies.get(OIDC_COOKIE, "")
+        try:
+            kept = oidc_signer.loads(raw, max_age=OIDC_ATTEMPT_MAX_AGE_S) if 0 < len(raw) < 2048 else None
+        except BadSignature:
+            kept = None
+        if not isinstance(kept, dict):
+            return refuse("Connexion expirée ou déjà terminée : recommencez.")
+        if error:
+            return refuse("Le fournisseur d'identité n'a pas confirmé votre identité : recommencez.", 401)
+        if not code or not same_token(str(kept.get("s", "")), state or ""):
+            return refuse("Retour de connexion invalide (state) : recommencez.")
+        attempt = Attempt(state=str(kept["s"]), nonce=str(kept["n"]), verifier=str(kept["v"]))
+        try:
+            claims = oidc.claims(oidc.exchange(code, attempt), attempt.nonce)
+            user = oidc.user(claims)
+        except SignInRefused as exc:
+            return refuse(f"Connexion refusée : {exc.one_line()}.", 401)
+        guard.succeeded(user.user_id, address)
+        # A page of ours, not a redirect, leads on: the session cookie is SameSite=Strict and
+        # a browser does not send it at the end of a redirect chain that started elsewhere.
+        token, live = start_session(request, user, from_claims=True)
+        page = hand_session(_page("signed_in.html", **ctx(user, live.csrf)), token)
+        page.delete_cookie(OIDC_COOKIE, path="/login/oidc")
+        return page
 
     @app.post("/logout", summary="Déconnexion")
-    async def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        _, csrf = current(request)
-        check_csrf(csrf, csrf_token)
+    def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        user, live = current_session(request)
+        check_csrf(live.csrf, csrf_token)
+        sessions.close(live)  # the cookie is worth nothing from now on, wherever a copy is
+        guard.signed_out(user.user_id, request.client.host if request.client else "?")
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+    @app.get("/audit/connexions", response_class=HTMLResponse, summary="Journal des connexions (auditeurs)")
+    def sign_in_log(request: Request, user_id: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+        user, csrf = current(request)
+        if user.role != "auditeur":
+            raise HTTPError(404, "Cette page n'existe pas.")
+        rows = list(sign_ins(engine, user_id=user_id or None, limit=500))
+        return _page("signins.html", **ctx(user, csrf, rows=rows, labels=OUTCOME_LABELS, user_filter=user_id or "",
+                                             nav="connexions"))
 
     @app.get("/worklist", response_class=HTMLResponse, summary="Liste du mois")
     def worklist_page(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
@@ -240,9 +376,11 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/cases/{case_number}", response_class=HTMLResponse, summary="Page d'un dossier")
-    def case_page(request: Request, case_number: str, ok: int = 0) -> Response:
-        user, csrf = current(request)
+    def case_page(request: Request, case_number: str) -> Response:
+        user, live = current_session(request)
+        csrf = live.csrf
         sit = visible_case(user, case_number)
+        message = sessions.pop_flash(live)  # kept server-side: no URL can make one up
         with engine.connect() as conn:
             fus = store.followups_of(conn, sit.situation_id)
         view = case_view(labels, sit, fus, reason=None, fund=user.view_fund,
@@ -250,7 +388,7 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
         audit_event(user, "consultation_dossier", case_number=sit.case_number, situation_id=sit.situation_id,
                     pseudonym=sit.pseudonym)
         return _page("case.html", **ctx(user, csrf, c=view, territory=sit.territory, can_record=user.can_record,
-                                        message="Suite enregistrée." if ok else None))
+                                        message=message))
 
     def form_funds(user: User, sit: Situation) -> list[dict[str, Any]]:
         codes = [f for f in sit.funds if user.role != "agent" or f == user.fund]
@@ -259,53 +397,62 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
     def outcomes() -> list[dict[str, str]]:
         return [{"code": o.code.value, "label": o.libelle} for o in taxonomy.issues]
 
-    def followup_page(user: User, csrf: str, sit: Situation, fund: str | None, status_code: int = 200,
+    def followup_page(user: User, live: Session, sit: Situation, fund: str | None, status_code: int = 200,
                       **extra: Any) -> Response:
-        """The form offers the chosen fund's actions only, its suggested ones first."""
+        """The form offers the chosen fund's actions only, its suggested ones first; it carries
+        a one-time token, so that a second submit of the same form records nothing."""
         funds = form_funds(user, sit)
         chosen = fund if any(f["code"] == fund for f in funds) else (funds[0]["code"] if len(funds) == 1 else None)
         view = case_view(labels, sit, [], reason=None, fund=user.view_fund, as_of=dt.datetime.now(dt.UTC),
                          close_after_months=settings.casebook_close_after_months)
         actions = followup_actions(labels, view, chosen) if chosen else []
-        return _page("followup.html", status_code, **ctx(user, csrf, c=view, funds=funds, outcomes=outcomes(),
-                                                         chosen=chosen, actions=actions,
-                                                         chosen_label=labels.fund(chosen).label if chosen else "",
-                                                         **extra))
+        return _page("followup.html", status_code, **ctx(
+            user, live.csrf, c=view, funds=funds, outcomes=outcomes(), chosen=chosen, actions=actions,
+            chosen_label=labels.fund(chosen).label if chosen else "",
+            form_token=sessions.issue_form_token(live, sit.case_number), **extra))
 
     @app.get("/cases/{case_number}/followup", response_class=HTMLResponse, summary="Formulaire de suite")
     def followup_form(request: Request, case_number: str,
                       fund: Annotated[str | None, Query(max_length=16)] = None) -> Response:
-        user, csrf = current(request)
+        user, live = current_session(request)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
-        return followup_page(user, csrf, sit, fund or user.fund)
+        return followup_page(user, live, sit, fund or user.fund)
 
     @app.post("/cases/{case_number}/followup", summary="Enregistrer une suite")
     def followup_post(request: Request, background: BackgroundTasks, case_number: str,
                       fund: Annotated[str, Form(max_length=16)], action: Annotated[str, Form(max_length=64)],
                       outcome: Annotated[str, Form(max_length=32)],
-                      csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        user, csrf = current(request)
+                      csrf_token: Annotated[str, Form(max_length=128)] = "",
+                      form_token: Annotated[str, Form(max_length=128)] = "") -> Response:
+        user, live = current_session(request)
+        csrf = live.csrf
         check_csrf(csrf, csrf_token)
         sit = visible_case(user, case_number)
         if not user.can_record:
             raise HTTPError(403, "Votre rôle (auditeur) ne permet pas d'enregistrer une suite.")
         if user.role == "agent" and fund != user.fund:
             raise HTTPError(403, "Un agent n'enregistre que les suites de son propre organisme.")
+        if not sessions.use_form_token(live, sit.case_number, form_token):
+            sessions.set_flash(live, "Ce formulaire a déjà été envoyé (ou a expiré) : rien de plus n'a été "
+                                     "enregistré. Pour une autre suite, rouvrez le formulaire.")
+            return RedirectResponse(f"/cases/{case_number}", status_code=303)
         try:
             event = record_followup(engine, taxonomy, case_number=case_number, fund=fund, action=action,
                                     outcome=outcome, user=user.user_id, territory=user.territory)
         except InputError as exc:
-            return followup_page(user, csrf, sit, fund, 400, error=exc.one_line())
+            return followup_page(user, live, sit, fund, 400, error=exc.one_line())
         audit_event(user, "suite_enregistree", case_number=case_number, situation_id=event.situation_id,
                     pseudonym=sit.pseudonym, detail=f"{fund} {action} {outcome}")
         if publish and settings.bootstrap_servers:
             background.add_task(_publish_quietly, settings, engine, settings.bootstrap_servers)
-        return RedirectResponse(f"/cases/{case_number}?ok=1", status_code=303)
+        sessions.set_flash(live, "Suite enregistrée.")
+        return RedirectResponse(f"/cases/{case_number}", status_code=303)
 
     web_meeting.register(app, engine=engine, settings=settings, labels=labels, current=current,
-                         check_csrf=check_csrf, page=_page, month_of=month_of, http_error=HTTPError)
+                         current_session=current_session, sessions=sessions, check_csrf=check_csrf,
+                         page=_page, month_of=month_of, http_error=HTTPError)
 
     from services.ledger.web import add_audit_routes  # the auditor's page (/audit)
 

@@ -18,17 +18,20 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from services.casebook.auth import User
 from services.casebook.model import Month
 from services.casebook.records import meetings_before, published_release, record_meeting
+from services.casebook.sessions import Session, SessionStore
 from services.casebook.stats import DIMENSIONS, MEASURES, SECRECY_NOTE, Release, render_csv, render_pdf, shown
 from services.casebook.worklist import Labels
+from services.core.bounds import parse_day
 from services.errors import InputError
 from services.platform.settings import Settings
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SPLIT = re.compile(r"[\s,;]+")
 
 
 def register(app: FastAPI, *, engine: sa.Engine, settings: Settings, labels: Labels,
-             current: Callable[[Request], tuple[User, str]], check_csrf: Callable[[str, str], None],
+             current: Callable[[Request], tuple[User, str]],
+             current_session: Callable[[Request], tuple[User, Session]], sessions: SessionStore,
+             check_csrf: Callable[[str, str], None],
              page: Callable[..., HTMLResponse],
              month_of: Callable[[str | None], Month], http_error: Callable[[int, str], Exception]) -> None:
     taxonomy = settings.taxonomy
@@ -41,14 +44,16 @@ def register(app: FastAPI, *, engine: sa.Engine, settings: Settings, labels: Lab
                     can_record=user.role == "secretaire_seance", **extra)
 
     @app.get("/meetings", response_class=HTMLResponse, summary="Réunions enregistrées")
-    def meetings(request: Request, ok: int = 0) -> Response:
-        user, csrf = current(request)
-        return meetings_page(user, csrf, message="Réunion enregistrée." if ok else None)
+    def meetings(request: Request) -> Response:
+        user, live = current_session(request)
+        # the message is kept server-side (shown once): no address can make one up
+        return meetings_page(user, live.csrf, message=sessions.pop_flash(live))
 
     @app.post("/meetings", summary="Enregistrer une réunion")
     async def meeting_post(request: Request, held_on: Annotated[str, Form(max_length=10)],
                            csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-        user, csrf = current(request)
+        user, live = current_session(request)
+        csrf = live.csrf
         check_csrf(csrf, csrf_token)
         if user.role != "secretaire_seance":
             raise http_error(403, "Seul le secrétaire de séance enregistre une réunion.")
@@ -63,12 +68,7 @@ def register(app: FastAPI, *, engine: sa.Engine, settings: Settings, labels: Lab
             if ids:
                 participants[code] = ids
         try:
-            if not _DAY.fullmatch(held_on):
-                raise InputError(f"date invalide : {held_on!r}", "format attendu AAAA-MM-JJ")
-            try:
-                day = dt.date.fromisoformat(held_on)
-            except ValueError:
-                raise InputError(f"date invalide : {held_on!r}", "une date du calendrier, AAAA-MM-JJ") from None
+            day = parse_day(held_on, what="date de la réunion")
             meeting = record_meeting(engine, territory=user.territory,
                                      held_at=dt.datetime.combine(day, dt.time(9), dt.UTC),
                                      participants=participants, recorded_by=user.user_id)
@@ -76,7 +76,8 @@ def register(app: FastAPI, *, engine: sa.Engine, settings: Settings, labels: Lab
             return meetings_page(user, csrf, 400, error=exc.one_line())
         # no access-log entry: a meeting row names who recorded it, and holds no personal data
         del meeting
-        return RedirectResponse("/meetings?ok=1", status_code=303)
+        sessions.set_flash(live, "Réunion enregistrée.")
+        return RedirectResponse("/meetings", status_code=303)
 
     def releases_for(user: User, m: Month) -> list[Release]:
         now = dt.datetime.now(dt.UTC)

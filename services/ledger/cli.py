@@ -16,9 +16,11 @@ from typing import Any
 
 import click
 
+from services.core.bounds import parse_day
 from services.errors import InputError
 from services.ledger.entries import Action
 from services.ledger.store import Ledger
+from services.platform.clitypes import OutputFile
 from services.platform.settings import Settings, load_settings
 
 _ID = r"^[0-9a-f]{32}$"
@@ -367,7 +369,7 @@ def witness_cosign(ctx: click.Context, fund: str, request_file: Path) -> None:
 
 @audit.command("prove")
 @click.option("--entry", "entry_id", required=True, help="The entry id (32 hex digits).")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--out", type=OutputFile(), required=True)
 @click.pass_context
 def audit_prove(ctx: click.Context, entry_id: str, out: Path) -> None:
     """Write an inclusion proof of one entry, with a signed head, to FILE."""
@@ -464,9 +466,9 @@ def _head_key_id(document: dict[str, Any]) -> str | None:
 
 
 @audit.command("consistency")
-@click.option("--from", "first", type=click.IntRange(min=0), required=True)
-@click.option("--to", "second", type=click.IntRange(min=0), required=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--from", "first", type=click.IntRange(0, 2**53), required=True)
+@click.option("--to", "second", type=click.IntRange(0, 2**53), required=True)
+@click.option("--out", type=OutputFile())
 @click.pass_context
 def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | None) -> None:
     """A consistency proof (RFC 9162) that the tree of N entries is a prefix of the tree of M."""
@@ -495,7 +497,7 @@ def audit_consistency(ctx: click.Context, first: int, second: int, out: Path | N
 @click.option("--actor", help="A fund, body, user or service id.")
 @click.option("--action", type=click.Choice([a.value for a in Action]))
 @click.option("--period", help="A month, YYYY-MM.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @click.pass_context
 def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, actor: str | None,
                 action: str | None, period: str | None, limit: int) -> None:
@@ -533,7 +535,7 @@ def _situation_of(ledger: Ledger, case: str) -> str:
 @click.option("--period", required=True, help="A month, YYYY-MM.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
               show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--out", type=OutputFile(), required=True)
 @click.pass_context
 def audit_export(ctx: click.Context, period: str, fmt: str, out: Path) -> None:
     """Export one month of the ledger (JSON Lines, or CSV with ';' and a BOM for spreadsheets)."""
@@ -616,10 +618,7 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     if as_of is None:
         moment = dt.datetime.now(dt.UTC)
     else:
-        try:
-            moment = dt.datetime.combine(dt.date.fromisoformat(as_of), dt.time(), dt.UTC)
-        except ValueError:
-            raise InputError(f"--as-of {as_of!r} is not a date", "give AAAA-MM-JJ") from None
+        moment = dt.datetime.combine(parse_day(as_of, what="--as-of"), dt.time(), dt.UTC)
     engine = open_store_engine(settings.database_url)
     try:
         plan = plan_purge(engine, settings, as_of=moment,

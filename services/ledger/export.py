@@ -11,16 +11,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from services.core.bounds import parse_month
 from services.core.spreadsheet import safe_cell
 from services.errors import InputError
 from services.ledger.entries import Action, BaseLegale, Finalite
-
-PERIOD_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 #: (key in the flat row, French header)
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -45,10 +43,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 def period_range(period: str) -> tuple[str, str]:
     """``"2026-11"`` → ``("2026-11", "2026-12")``: the half-open range of timestamps' text."""
-    match = PERIOD_PATTERN.fullmatch(period)
-    if not match:
-        raise InputError(f"period {period!r} is not a month", "write it YYYY-MM, e.g. 2026-11")
-    year, month = int(match[1]), int(match[2])
+    year, month = parse_month(period, what="période")
     following = dt.date(year + month // 12, month % 12 + 1, 1)
     return period, following.strftime("%Y-%m")
 

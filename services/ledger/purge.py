@@ -12,6 +12,8 @@ Periods (environment variables ``HELP_RETENTION_*``, months; defaults from share
     Closed cases, after closing. A case that only went quiet (no signal for
     ``HELP_CASEBOOK_CLOSE_AFTER_MONTHS``) is not "closed" in this sense: it follows the
     12-month rule.
+``HELP_RETENTION_SIGN_INS_MONTHS`` (12)
+    The web view's sign-in log (identifier, client address, outcome), after the attempt.
 
 What a run does, in this order (so that a crash anywhere loses nothing):
 
@@ -20,13 +22,15 @@ What a run does, in this order (so that a crash anywhere loses nothing):
    ``help-origin: purge``) on the compacted ``help.situations.v1``: Kafka's compaction then
    drops the situation's events, and every consumer forgets it (the casebook sink deletes
    it; the audit sink enters a ``purge_conservation`` entry per case);
-3. deletes the situations and their follow-ups from the casebook and appends ONE ledger
+3. deletes the situations and their follow-ups from the casebook (and the sign-in log's rows
+   past their period) and appends ONE ledger
    entry ``purge_conservation`` with the count, in one transaction. Ledger entries are never
    purged: they hold no personal payload (ARCHITECTURE decision 8).
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ import sqlalchemy as sa
 import yaml
 
 from services.casebook import store
+from services.casebook import tables as casebook_tables
 from services.casebook.model import Followup, Situation, closed_at, group_followups
 from services.errors import BrokerError
 from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
@@ -50,12 +55,7 @@ def months_before(moment: dt.datetime, months: int) -> dt.datetime:
     total = moment.year * 12 + moment.month - 1 - months
     year, month = divmod(total, 12)
     month += 1
-    day = moment.day
-    while True:
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            day -= 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
 
 
 def last_activity(sit: Situation, followups: list[Followup]) -> dt.datetime:
@@ -72,6 +72,8 @@ class PurgePlan:
     followups: int = 0
     window_days: int | None = None
     signals_months: int = 6
+    sign_ins: int = 0  # rows of the web view's sign-in log past their period
+    sign_ins_before: dt.datetime | None = None
 
     @property
     def situation_ids(self) -> list[str]:
@@ -82,7 +84,8 @@ class PurgePlan:
         out = [f"Purge au {self.as_of:%Y-%m-%d %H:%M} UTC{' (simulation)' if dry_run else ''}",
                f"  situations sans activité depuis la durée de conservation : {len(self.inactive)} {verb}",
                f"  dossiers clôturés depuis la durée de conservation        : {len(self.closed)} {verb}",
-               f"  suites données de ces dossiers                           : {self.followups} {verb}"]
+               f"  suites données de ces dossiers                           : {self.followups} {verb}",
+               f"  tentatives de connexion à la vue web (journal)            : {self.sign_ins} {verb}"]
         if self.window_days is not None:
             ok = self.window_days <= self.signals_months * 30
             out.append(f"  signalements non corrélés : conservés {self.window_days} jours au plus par "
@@ -100,9 +103,12 @@ def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
     inactive_before = months_before(as_of, settings.retention_situations_months)
     closed_before = months_before(as_of, settings.retention_closed_months)
     close_after_months = settings.casebook_close_after_months
+    plan.sign_ins_before = months_before(as_of, settings.retention_sign_ins_months)
     with engine.connect() as conn:
         situations = store.all_situations(conn)
         by_situation = group_followups(store.all_followups(conn))
+        plan.sign_ins = int(conn.execute(sa.select(sa.func.count()).select_from(casebook_tables.sign_ins)
+                                         .where(casebook_tables.sign_ins.c.at < plan.sign_ins_before)).scalar_one())
     for sit in situations:
         fus = by_situation.get(sit.situation_id, [])
         closing = closed_at(sit, fus, close_after_months=close_after_months, as_of=as_of)
@@ -149,5 +155,8 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan) -> int:
                       time=plan.as_of, entry_id=uuid.uuid4().hex, count=len(ids))
     with engine.begin() as conn:
         removed = store.apply_tombstones(conn, ids)
+        if plan.sign_ins_before is not None:
+            conn.execute(sa.delete(casebook_tables.sign_ins)
+                         .where(casebook_tables.sign_ins.c.at < plan.sign_ins_before))
         ledger.append([entry], connection=conn)
     return removed

@@ -198,7 +198,7 @@ def resolve_bootstrap(settings: Settings, *, announce: bool = True) -> str:
     """The bootstrap servers to use: the configured ones (checked), or the embedded broker
     (found running, or started in the background)."""
     if settings.bootstrap_servers:
-        ensure_reachable(settings.bootstrap_servers)
+        ensure_reachable(settings.bootstrap_servers, settings.broker_connect_timeout_s)
         return settings.bootstrap_servers
     broker = EmbeddedBroker(settings)
     state = broker.running()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ import click
 
 from services import __version__
 from services.errors import HelpExchangeError
+from services.platform.clitypes import OutputFile
 from services.platform.settings import SECRET_FIELDS, Settings, load_settings
 
 T = TypeVar("T")
@@ -47,8 +49,24 @@ def settings_from(ctx: click.Context) -> Settings:
     return settings
 
 
+def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a group typed alone: its help, as click shows it
+        raise exc
+    command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
+    click.echo(f"  how to fix: see `{command} --help`", err=True)
+    ctx.exit(2)
+
+
 class _Cli(click.Group):
     """A group that turns our errors into one clear line and an exit status."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # an unknown option before the command
+            _usage_error(ctx, exc)
+            raise  # pragma: no cover - ctx.exit raised
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -61,6 +79,15 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except click.UsageError as exc:  # a wrong command, option or value: one line and a hint, exit 2
+            _usage_error(ctx, exc)
+        except OSError as exc:  # a path given on the command line that cannot be read or written
+            if exc.filename is None:
+                raise
+            click.secho(f"help-exchange: error: {exc.strerror or exc} : {exc.filename}", fg="red", err=True)
+            click.echo("  how to fix: vérifiez le chemin (un fichier, pas un dossier), qu'il existe et vos droits "
+                       "dessus", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -139,7 +166,7 @@ def broker_status(ctx: click.Context) -> None:
 
     settings = settings_from(ctx)
     if settings.bootstrap_servers:
-        ensure_reachable(settings.bootstrap_servers)
+        ensure_reachable(settings.bootstrap_servers, settings.broker_connect_timeout_s)
         click.echo(f"Kafka answers at {settings.bootstrap_servers}")
         return
     state = EmbeddedBroker(settings).running()
@@ -222,12 +249,32 @@ def _register_services() -> None:
             raise
         register: Callable[[click.Group], None] = module.register
         register(cli)
+    _check_output_files(cli)
+
+
+def _check_output_files(group: click.Group) -> None:
+    """Every ``--out`` that names a file gets :class:`OutputFile` (no empty name, no folder), in
+    every service's commands, so that ``--out ''`` is refused at the edge everywhere."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _check_output_files(command)
+            continue
+        for param in command.params:
+            if ("--out" in param.opts and isinstance(param.type, click.Path) and not param.type.dir_okay
+                    and not isinstance(param.type, OutputFile)):
+                param.type = OutputFile()
 
 
 _register_services()
 
 
+#: Files and folders the commands create (databases, outboxes, reject reports, exports, keys,
+#: logs) are the owner's only: 0600 and 0700. Public key documents are made 0644 on purpose.
+UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(UMASK)
     cli(prog_name="help-exchange")
 
 

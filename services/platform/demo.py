@@ -131,6 +131,7 @@ def _idle_wait(read: Callable[[], dict[str, dict[str, Any]]], settle: float = 3.
 
 
 def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
+    from services.core.bounds import parse_month
     from services.platform.broker import EmbeddedBroker
     from services.platform.kafka import apply_topics
     from services.platform.topics import load_topic_specs, receipt_topic
@@ -139,6 +140,9 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     from services.producer.seal import open_sealed
     from services.simulator.cli import simulate, today_paris
 
+    today = today_paris()
+    month = month or today.strftime("%Y-%m")
+    parse_month(month, what="--month")  # before anything is started or removed
     report = Report()
     root = base.var_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)
@@ -146,8 +150,6 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     port = base.broker_port if _port_free(base.broker_port) else _free_port()
     settings = load_settings(var_dir=root, key_dir=root / "keys", database_url=f"sqlite:///{root / 'casebook.db'}",
                              broker_port=port, session_timeout_ms=6000, schemas_dir=base.schemas_dir)
-    today = today_paris()
-    month = month or today.strftime("%Y-%m")
 
     report.stage("1. Broker embarqué et topics")
     embedded = EmbeddedBroker(settings)

@@ -29,20 +29,32 @@ _HINTS = {
     "broker_port": "use a free TCP port number between 1024 and 65535",
     "registry_signer": "give the path of the exchange's registry-signer.pub (PEM), "
                        "or leave it unset for <key_dir>/registry-signer.pub",
+    "broker_connect_timeout_s": "give a number of seconds between 0 and 120, e.g. 5",
     "casebook_close_after_months": "give a whole number of months between 1 and 60",
     "casebook_users_file": "give the path of the users file, or leave it unset for <var_dir>/users.json",
     "casebook_session_secret": "use at least 32 random characters (python -c 'import secrets; "
                                "print(secrets.token_urlsafe(48))'), or leave it unset for a key kept in "
                                "<var_dir>/casebook-session.key",
     "casebook_session_max_age_s": "give a number of seconds between 60 and 604800 (7 days)",
-    "casebook_secure_cookies": "use true (behind HTTPS) or false",
+    "casebook_session_idle_s": "give a number of seconds between 5 and 86400 (1 day), e.g. 1800",
+    "casebook_signin_delay_after": "give a number of failed sign-ins between 1 and 100",
+    "casebook_signin_lockout_failures": "give a number of failed sign-ins between 2 and 1000",
+    "casebook_signin_lockout_s": "give a number of seconds between 10 and 86400",
+    "casebook_secure_cookies": "use true (behind HTTPS) or false, or leave it unset: secure unless bound to "
+                               "loopback",
+    "casebook_oidc_issuer": "give the provider's issuer URL, e.g. https://auth.agentconnect.gouv.fr/api/v2",
+    "casebook_oidc_client_secret": "give the secret the provider issued (16 characters at least)",
+    "casebook_oidc_redirect_uri": "give this web view's address followed by /login/oidc/callback",
+    "casebook_oidc_scopes": "give space-separated scopes starting with openid, e.g. 'openid email siret'",
+    "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
+    "retention_sign_ins_months": "give a whole number of months between 1 and 240",
 }
 
 #: Settings whose value is never printed (``help-exchange settings``, error messages, repr).
-SECRET_FIELDS = frozenset({"casebook_session_secret"})
+SECRET_FIELDS = frozenset({"casebook_session_secret", "casebook_oidc_client_secret"})
 
 #: A retention period, in whole months.
 Months = Annotated[int, Field(ge=1, le=240)]
@@ -71,6 +83,8 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: Annotated[int, Field(ge=1024, le=65535)] = 19092
     broker_start_timeout_s: Annotated[float, Field(gt=0, le=120)] = 20.0
+    #: How long a command waits for HELP_BOOTSTRAP_SERVERS to answer before it says so and stops.
+    broker_connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     #: Kafka's idempotent producer; the embedded broker refuses its handshake, Apache Kafka takes it.
     enable_idempotence: bool = False
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
@@ -90,9 +104,33 @@ class Settings(BaseSettings):
     """Signs the session cookies of the web view. Unset: a random key generated once and kept in
     ``<var_dir>/casebook-session.key`` (services.casebook.config.session_secret). Never printed."""
     casebook_session_max_age_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
-    """Lifetime of a web-view session, in seconds (default 8 hours)."""
-    casebook_secure_cookies: bool = False
-    """Send the session cookie over HTTPS only: set it true behind HTTPS."""
+    """Lifetime of a web-view session, in seconds (default 8 hours), however active it is."""
+    casebook_session_idle_s: Annotated[int, Field(ge=5, le=24 * 3600)] = 30 * 60
+    """A web-view session unused for that many seconds ends (default 30 minutes)."""
+    casebook_signin_delay_after: Annotated[int, Field(ge=1, le=100)] = 3
+    """Failed sign-ins of one account after which each new attempt waits 1 s, 2, 4… after the
+    last failure (three times as many for one client address)."""
+    casebook_signin_lockout_failures: Annotated[int, Field(ge=2, le=1000)] = 10
+    """Failed sign-ins that lock an account (three times as many lock a client address)."""
+    casebook_signin_lockout_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
+    """How long a lock lasts, and after how long failures are forgotten (default 15 minutes)."""
+    casebook_secure_cookies: bool | None = None
+    """Send the session cookie over HTTPS only, and HSTS. Unset: yes unless ``serve`` is bound to
+    loopback (127.0.0.1, ::1, localhost); set false only for a plain-HTTP test bench."""
+
+    # OpenID Connect sign-in (ProConnect): all five set, or none (services/casebook/oidc.py).
+    casebook_oidc_issuer: Annotated[str | None, Field(pattern=r"^https?://[^\s?#]+$")] = None
+    """The OpenID Provider's issuer (discovery at <issuer>/.well-known/openid-configuration)."""
+    casebook_oidc_client_id: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    casebook_oidc_client_secret: Annotated[str | None, Field(min_length=16, repr=False)] = None
+    """The client secret given by the provider. Never printed."""
+    casebook_oidc_redirect_uri: Annotated[str | None, Field(pattern=r"^https?://[^\s?#]+/login/oidc/callback$")] = None
+    """This web view's callback as registered at the provider, e.g. https://revue.example/login/oidc/callback."""
+    casebook_oidc_scopes: Annotated[str, Field(pattern=r"^openid( [A-Za-z0-9_:.\-]+)*$")] = "openid"
+    casebook_oidc_mapping: Path | None = None
+    """YAML file mapping the ID token's claims to role, fund and territory."""
+    casebook_oidc_label: Annotated[str, Field(min_length=1, max_length=40)] = "ProConnect"
+    """The provider's name on the sign-in button."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from shared/DOMAIN.md §6
@@ -104,6 +142,9 @@ class Settings(BaseSettings):
     retention_situations_months: Months = 12
     """Situations, after their last activity (latest of: last signal, last event, last
     follow-up), unless closed."""
+    retention_sign_ins_months: Months = 12
+    """The web view's sign-in log (``casebook_sign_ins``: identifier, client address, outcome):
+    kept that long for the auditors, then removed by the purge."""
     retention_closed_months: Months = 18
     """Closed cases (closed by the correlator, or every involved fund has recorded its outcome),
     after closing. A case that only went quiet (no signal for ``casebook_close_after_months``)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
+from services.core.bounds import parse_month
 from services.core.dates import today_paris as today_paris  # re-exported for the demo and tests
 from services.errors import InputError
 from services.simulator.extracts import expected_rejections, write_extracts
@@ -21,9 +21,7 @@ TRUTH_FILE = "verite_terrain.json"
 
 
 def check_month(month: str, today: dt.date, window_days: int) -> None:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        raise InputError(f"month {month!r} is not of the form YYYY-MM", "write it like 2026-11")
-    year, mon = (int(x) for x in month.split("-"))
+    year, mon = parse_month(month)
     first = dt.date(year, mon, 1)
     if first > today:
         raise InputError(f"month {month} has not started yet", "back-offices only report what happened")
@@ -66,7 +64,7 @@ def register(cli: click.Group) -> None:
     @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
                   help="Directory for the extracts (<fund>.csv) and verite_terrain.json.")
     @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same month.")
-    @click.option("--scale", type=float, default=1.0, show_default=True,
+    @click.option("--scale", type=click.FloatRange(0.01, 100), default=1.0, show_default=True,
                   help="Multiply the population (e.g. 10 for a load test).")
     @click.pass_context
     def simulate_cmd(ctx: click.Context, territory: str, month: str, out: Path, seed: int, scale: float) -> None:

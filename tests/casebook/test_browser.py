@@ -30,12 +30,12 @@ from services.casebook.model import Month
 from services.casebook.records import record_meeting
 from tests.casebook import factory as F
 from tests.conftest import free_port
+from tests.security.server import SECRET
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SECRET = "un secret assez long"
 
 
 @contextlib.contextmanager
@@ -95,6 +95,13 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def fill_followup(page: Page, outcome: str) -> None:
+    """An agent's follow-up form: its own fund's actions only."""
+    page.click("text=Enregistrer une suite")
+    page.select_option("#action", "fsl")
+    page.select_option("#outcome", outcome)
+
+
 def test_log_in_open_the_worklist_record_and_see_a_followup(server: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -110,15 +117,23 @@ def test_log_in_open_the_worklist_record_and_see_a_followup(server: str) -> None
             assert page.locator("text=35-2026-11-0001").count() == 1
             assert page.locator("text=35-2026-11-0002").count() == 0  # CAF not involved
             page.click("a[href='/cases/35-2026-11-0001']")
-            page.click("text=Enregistrer une suite")
+            fill_followup(page, "accorde")
             assert page.locator("#fund").count() == 0  # an agent's form is its own fund's
-            page.select_option("#action", "fsl")
-            page.select_option("#outcome", "accorde")
             page.click("button:has-text('Enregistrer')")
-            page.wait_for_url("**/cases/35-2026-11-0001?ok=1")
+            page.wait_for_url("**/cases/35-2026-11-0001")
             assert "Suite enregistrée" in page.content()
             recorded = page.locator(".suite-donnee").all_inner_texts()
             assert any("Fonds de solidarité pour le logement (FSL) — Accordée" in r for r in recorded)
+            # A double click on the button sends the same form twice: one follow-up more, not two.
+            fill_followup(page, "propose")
+            page.dblclick("button:has-text('Enregistrer')")
+            page.wait_for_url("**/cases/35-2026-11-0001")
+            page.goto(server + "/cases/35-2026-11-0001")
+            proposed = [r for r in page.locator(".suite-donnee").all_inner_texts() if "Proposée" in r]
+            assert len(proposed) == 1, proposed
+            # The message is the server's: the old ?ok=1 address shows none.
+            page.goto(server + "/cases/35-2026-11-0001?ok=1")
+            assert "Suite enregistrée" not in page.content()
         finally:
             browser.close()
 
@@ -197,7 +212,7 @@ def test_the_monthly_meeting_walked_by_each_role(tmp_path: Path) -> None:
             page.select_option("#action", options[0])
             page.select_option("#outcome", "propose")
             page.click("button:has-text('Enregistrer')")
-            page.wait_for_url(f"**/cases/{first}?ok=1")
+            page.wait_for_url(f"**/cases/{first}")
             assert "Suite enregistrée" in page.content()
             # --- the meeting itself: recorded with its participants by fund
             page.goto(url + "/meetings")
@@ -205,7 +220,8 @@ def test_the_monthly_meeting_walked_by_each_role(tmp_path: Path) -> None:
             for fund, user in AGENTS.items():
                 page.fill(f"#participants_{fund}", user)
             page.click("text=Enregistrer la réunion")
-            page.wait_for_url("**/meetings?ok=1")
+            page.wait_for_url("**/meetings")
+            assert "Réunion enregistrée" in page.content()
             check_page(page, "07-reunions")
             # --- prints: the sheet on at most 25 A4 pages
             page.goto(url + "/worklist?month=2026-11")

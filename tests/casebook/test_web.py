@@ -53,6 +53,10 @@ def login(client: TestClient, user: str, secret: str = SECRET) -> None:
     assert response.status_code == 303, response.text
 
 
+def form_token(html: str) -> str:
+    return re.search(r'name="form_token" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+
+
 def csrf(client: TestClient, url: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', client.get(url).text).group(1)  # type: ignore[union-attr]
 
@@ -67,7 +71,7 @@ def test_scrypt_secrets() -> None:
 def test_pages_need_a_login(app_env: TestClient) -> None:
     assert app_env.get("/worklist").headers["location"] == "/login"
     assert app_env.post("/cases/35-2026-11-0001/followup", data={}).status_code in (400, 401)
-    assert app_env.get("/openapi.json").json()["info"]["title"].startswith("HELP")
+    assert app_env.get("/openapi.json").headers["location"] == "/login"  # auditors only (issue 17)
 
 
 def test_wrong_secret_and_cookie_flags(app_env: TestClient) -> None:
@@ -99,13 +103,16 @@ def test_agent_sees_its_fund_and_territory_only(app_env: TestClient) -> None:
 
 def test_record_a_followup_on_the_web(app_env: TestClient, sqlite_engine: sa.Engine) -> None:
     login(app_env, "agent.caf35")
-    token = csrf(app_env, "/cases/35-2026-11-0001/followup")
-    form = {"fund": "caf", "action": "fsl", "outcome": "accorde", "csrf_token": token}
+    page = app_env.get("/cases/35-2026-11-0001/followup").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    form = {"fund": "caf", "action": "fsl", "outcome": "accorde", "csrf_token": token,
+            "form_token": form_token(page)}
     assert app_env.post("/cases/35-2026-11-0001/followup", data={**form, "csrf_token": "x"}).status_code == 403
     assert app_env.post("/cases/35-2026-11-0001/followup", data={**form, "fund": "urssaf",
                                                                  "action": "echeancier_paiement"}).status_code == 403
     bad = app_env.post("/cases/35-2026-11-0001/followup", data={**form, "action": "echeancier_paiement"})
     assert bad.status_code == 400 and "relève de urssaf" in bad.text
+    form["form_token"] = form_token(bad.text)  # the refused submit used its token; the form comes with a new one
     done = app_env.post("/cases/35-2026-11-0001/followup", data=form)
     assert done.status_code == 303
     case = app_env.get(done.headers["location"])
@@ -128,9 +135,11 @@ def test_auditor_reads_but_cannot_record(app_env: TestClient) -> None:
 def test_secretary_records_for_any_involved_fund_and_exports(app_env: TestClient,
                                                              sqlite_engine: sa.Engine) -> None:
     login(app_env, "secretaire.35")
-    token = csrf(app_env, "/cases/35-2026-11-0001")
+    page = app_env.get("/cases/35-2026-11-0001/followup").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
     response = app_env.post("/cases/35-2026-11-0001/followup", data={
-        "fund": "urssaf", "action": "echeancier_paiement", "outcome": "propose", "csrf_token": token})
+        "fund": "urssaf", "action": "echeancier_paiement", "outcome": "propose", "csrf_token": token,
+        "form_token": form_token(page)})
     assert response.status_code == 303
     export = app_env.get("/worklist/export?month=2026-11&format=csv")
     assert export.status_code == 200 and export.content.startswith("\ufeff".encode())
@@ -143,7 +152,7 @@ def test_secretary_records_for_any_involved_fund_and_exports(app_env: TestClient
     ("/worklist?month=2026-13", 400),
     ("/worklist?month=" + "9" * 40, 400),
     ("/worklist/export?month=2026-11&format=exe", 400),
-    ("/cases/not-a-case", 404),
+    ("/cases/not-a-case", 400),
     ("/cases/35-2026-11-0999", 404),
     ("/cases/35-2026-11-0999/followup", 404),
     ("/nowhere", 404),

@@ -252,8 +252,10 @@ def test_markup_injection_in_every_html_rendering(hostile_casebook: tuple[sa.Eng
             number = wl.cases[0].case_number
             form = client.get(f"/cases/{number}/followup").text
             token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
-            pages[f"post {payload}"] = client.post(f"/cases/{number}/followup", data={
-                "fund": "caf", "action": payload, "outcome": payload, "csrf_token": token}).text
+            once = re.search(r'name="form_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+            pages[f"post {payload}"] = posted = client.post(f"/cases/{number}/followup", data={
+                "fund": "caf", "action": payload, "outcome": payload, "csrf_token": token, "form_token": once}).text
+            assert "Suite inconnue" in posted or "inconnu" in posted, posted[:300]
     tried = 0
     for name, html in pages.items():
         for payload in MARKUP[:2] + MARKUP[4:]:

@@ -96,8 +96,8 @@ def test_ground_truth_rules_on_hand_made_people() -> None:
     assert truth[("caf:C1", "urssaf:U1")]["priorite"] == "orange"  # weights 3 + 3 = 6
 
 
-@pytest.mark.parametrize(("month", "why"), [("2026-13", "YYYY-MM"), ("2027-01", "not started"),
-                                            ("2026-05", "days ago")])
+@pytest.mark.parametrize(("month", "why"), [("2026-13", "mois invalide"), ("9999-12", "hors limites"),
+                                            ("2027-01", "not started"), ("2026-05", "days ago")])
 def test_bad_months_are_refused_with_a_reason(tmp_path: Path, month: str, why: str) -> None:
     with pytest.raises(InputError, match=why):
         simulate("35", month, tmp_path, seed=1, schemas=SCHEMAS, today=TODAY)
