@@ -88,11 +88,9 @@ def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> i
     if not best:
         return 0
     ids = sorted(best)
-    erased: set[str] = set()
+    erased = _erased_at(conn, ids)
     existing: dict[str, tuple[int, dt.datetime, dt.datetime | None]] = {}
     for chunk in _chunks(ids):
-        erased.update(conn.execute(sa.select(t.erased_situations.c.situation_id)
-                                   .where(t.erased_situations.c.situation_id.in_(chunk))).scalars())
         for sid, version, opened, reopen in conn.execute(
                 sa.select(t.situations.c.situation_id, t.situations.c.version,
                           t.situations.c.opened_at, t.situations.c.reopened_at)
@@ -109,8 +107,8 @@ def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> i
     updates: list[dict[str, Any]] = []
     for sid in ids:
         e = best[sid]
-        if sid in erased:
-            continue
+        if sid in erased and e.occurred_at <= erased[sid]:
+            continue  # a replay of what was erased (a later version, after a new consent, is not)
         objection = objected.get(e.pseudonym.value)
         if objection is not None and e.occurred_at <= objection:
             continue
@@ -221,15 +219,23 @@ def apply_followups(conn: sa.Connection, events: Iterable[FollowupEvent]) -> int
     for chunk in _chunks(ids):
         seen.update(conn.execute(sa.select(t.followups.c.event_id)
                                  .where(t.followups.c.event_id.in_(chunk))).scalars())
-    situation_ids = sorted({e.situation_id for e in by_id.values()})
-    erased: set[str] = set()
-    for chunk in _chunks(situation_ids):
-        erased.update(conn.execute(sa.select(t.erased_situations.c.situation_id)
-                                   .where(t.erased_situations.c.situation_id.in_(chunk))).scalars())
-    rows = [_followup_row(by_id[i]) for i in ids if i not in seen and by_id[i].situation_id not in erased]
+    erased = _erased_at(conn, sorted({e.situation_id for e in by_id.values()}))
+    rows = [_followup_row(by_id[i]) for i in ids if i not in seen
+            and (by_id[i].situation_id not in erased or by_id[i].recorded_at > erased[by_id[i].situation_id])]
     if rows:
         conn.execute(sa.insert(t.followups), rows)
     return len(rows)
+
+
+def _erased_at(conn: sa.Connection, situation_ids: Sequence[str]) -> dict[str, dt.datetime]:
+    """When each of these situations was last erased (objection or withdrawal), if ever."""
+    erased: dict[str, dt.datetime] = {}
+    es = t.erased_situations
+    for chunk in _chunks(situation_ids):
+        for sid, at in conn.execute(sa.select(es.c.situation_id, es.c.erased_at)
+                                    .where(es.c.situation_id.in_(chunk))):
+            erased[sid] = aware(at)
+    return erased
 
 
 def _followup_row(e: FollowupEvent) -> dict[str, Any]:
@@ -245,7 +251,10 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
     """Apply objections and withdrawals: erase the person's situations and follow-ups.
 
     What was stored about a situation that occurred up to the objection is erased; only the
-    situation id stays (in ``casebook_erased_situations``) so a replay does not restore it.
+    situation id stays (in ``casebook_erased_situations``, with the time) so a replay of
+    what occurred before does not restore it (a version that occurs later, after a new
+    consent, does). A withdrawal erases only the situations that showed one of the purposes
+    withdrawn (the correlator keeps the others, and erases the same ones).
     A consent given creates nothing here: the correlator decides what becomes a situation.
     """
     erased_count = 0
@@ -253,14 +262,23 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
         if e.kind not in ERASING_KINDS:
             continue
         p = e.pseudonym.value
-        ids = list(conn.execute(sa.select(t.situations.c.situation_id)
-                                .where(t.situations.c.pseudonym == p,
-                                       t.situations.c.updated_at <= e.effective_at)).scalars())
+        withdrawn = {x.value for x in e.purposes}
+        ids = [sid for sid, detail in conn.execute(
+            sa.select(t.situations.c.situation_id, t.situations.c.detail)
+            .where(t.situations.c.pseudonym == p, t.situations.c.updated_at <= e.effective_at))
+            if e.kind == "opposition" or withdrawn & set(detail.get("purposes", ()))]
         for chunk in _chunks(ids):
             conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
             conn.execute(sa.delete(t.situations).where(t.situations.c.situation_id.in_(chunk)))
+            known = set(conn.execute(sa.select(t.erased_situations.c.situation_id)
+                                     .where(t.erased_situations.c.situation_id.in_(chunk))).scalars())
+            if known:
+                conn.execute(sa.update(t.erased_situations)
+                             .where(t.erased_situations.c.situation_id.in_(sorted(known)))
+                             .values(erased_at=e.effective_at))
             conn.execute(sa.insert(t.erased_situations),
-                         [{"situation_id": sid, "erased_at": e.effective_at} for sid in chunk])
+                         [{"situation_id": sid, "erased_at": e.effective_at} for sid in chunk
+                          if sid not in known])
         erased_count += len(ids)
         k = objection_key(p)
         current = conn.execute(sa.select(t.objections.c.effective_at)

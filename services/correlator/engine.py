@@ -10,9 +10,10 @@ size → JSON → schema version → fund known → fund owns the topic → sign
 over the *received* JSON object → schema → pseudonym key accepted → partition (repartition
 if needed) → L115-2-1 policy (with the consent on record) → (redelivery) → dates
 (:func:`services.core.dates.signal_dates`, against the batch's clock) → duplicate →
-objection → state update and rules. Consents: the same up to the signature, then schema,
-pseudonym key, partition, ``effective_at`` not in the future, state update. Everything up
-to the pseudonym key needs no state: it is
+objection → consent withdrawn for the signal's purpose → state update and rules.
+Consents: the same up to the signature, then schema, pseudonym key, partition,
+``effective_at`` not in the future, state update. Everything up to the pseudonym key needs
+no state: it is
 :class:`~services.correlator.checks.Checker`, run through :class:`Checks` — inline, or in
 helper processes (:mod:`services.correlator.checkpool`) while this engine does the rest;
 the engine takes the verdicts in record order and the outputs do not depend on where the
@@ -110,6 +111,9 @@ _TOPIC = re.compile(TOPIC_PATTERN)
 
 
 _NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
+
+#: Refusals whose dead letter keeps no payload: the person asked not to be processed.
+WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
 
 
 class Record(NamedTuple):
@@ -355,7 +359,12 @@ class Engine:
                 reason: Reason, detail: str) -> None:
         topic, partition, offset = rec.source()
         raw = rec.value or b""
-        if len(raw) > MAX_MESSAGE_BYTES:
+        if reason in WITHHELD:
+            # About a person who objected or withdrew consent: nothing of the message is kept
+            # (no pseudonym, category or sealed reference on a topic kept 90 days); the source
+            # position and the reason say what was refused, the fund holds the message.
+            raw, detail = b"", f"{detail};raw_withheld"
+        elif len(raw) > MAX_MESSAGE_BYTES:
             # Kept whole, a megabyte message would exceed the producer's request size and the
             # dead letter could never be written: the worker would stop on it at every restart.
             # The prefix, the size and the digest are enough to find and prove what was sent.
@@ -516,6 +525,8 @@ class Engine:
         state = get(pkey)
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
+            if reason is Reason.CONSENTEMENT_ABSENT and state is not None and state.withdrawn(sig.purpose):
+                raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
         topic, part, offset = rec.source()
@@ -545,6 +556,8 @@ class Engine:
             raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
         if state is not None and state.opposed:
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
+        if state is not None and state.marks and state.withdrawn(sig.purpose):
+            raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
@@ -581,12 +594,9 @@ class Engine:
         if dates is not None:
             raise Rejected(*dates)
         pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
-        before = get(pkey)
-        state, erased = apply_consent(before, event)
+        state, erased = apply_consent(get(pkey), event)
         put(pkey, partition, state)
-        replayed_erasure = (before is not None and before.opposed_at == event.effective_at
-                            and before.version_floor > 0)
-        if erased and before is not None and (before.situation is not None or replayed_erasure):
+        if erased:
             # Compacted topic: the tombstone makes every consumer forget the situation.
             batch.outputs.append(Output(SITUATIONS_TOPIC,
                                         situation_id_for(event.pseudonym).encode(), None))
