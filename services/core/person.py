@@ -149,6 +149,16 @@ def age_out(signals: tuple[SignalEntry, ...], *, today: dt.date, window_days: in
     return tuple(kept[-max_signals:]) if max_signals > 0 else ()
 
 
+def purge_person(state: PersonState) -> PersonState:
+    """The retention purge reached the person: forget their signals and shared situation.
+
+    Kept: the consent marks and an objection (what the person said still holds), the seen
+    signal ids (keyed hashes: a replay of a purged signal stays a duplicate and cannot bring
+    it back), and the version floor (a later situation gets higher versions)."""
+    floor = max(state.version_floor, state.situation.version if state.situation else 0)
+    return state.model_copy(update={"signals": (), "situation": None, "version_floor": floor})
+
+
 def apply_consent(state: PersonState | None, event: ConsentEvent) -> tuple[PersonState, bool]:
     """Apply a consent event; returns the new state and whether the person's shared situation
     must be erased everywhere (a tombstone on the situations topic).

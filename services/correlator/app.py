@@ -81,7 +81,7 @@ from services.core.registry import registry_path
 from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
-from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
+from services.correlator.engine import PARTITIONS, REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.heap import HeapPolicy
 from services.correlator.partitioning import murmur2
 from services.correlator.registry_source import RegistrySource
@@ -93,7 +93,7 @@ from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
 log = logging.getLogger("help.correlator")
 
-PARTITIONS = 8
+__all__ = ["PARTITIONS", "make_app"]
 TABLE = "persons"
 EXIT_FATAL = 75
 #: A hole (a record the consumer skipped) is sought back at most this often per partition.

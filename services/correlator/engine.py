@@ -72,6 +72,7 @@ from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
+    Frozen,
     Pseudonym,
     Receipt,
     SealedRef,
@@ -85,6 +86,7 @@ from services.core.person import (
     apply_consent,
     consent_on_record,
     new_person,
+    purge_person,
     seen_source,
     situation_id_for,
 )
@@ -98,13 +100,36 @@ from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
 from services.platform.topics import (
     DEADLETTER_TOPIC,
+    ORIGIN_HEADER,
+    ORIGIN_PURGE,
     SITUATIONS_TOPIC,
+    TopicSpec,
     receipt_topic,
 )
 
-#: Internal topic where a record read from the wrong partition is re-keyed (see Engine).
+#: Partitions of every topic the worker reads, and of its state (co-partitioned).
+PARTITIONS = 8
+#: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
+#: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
 REPARTITION_TOPIC = "help-correlator-repartition"
+REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
+#: Header of an erasure command on the repartition topic: the retention purge
+#: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
+H_ERASE = "help-erase"
+
+
+class ErasureCommand(Frozen):
+    """The value of an erasure command: whom it is about (the exchange writes it, no fund)."""
+
+    pseudonym: Pseudonym
+
+
+def erasure_command(key_id: str, value: str, partitions: int) -> tuple[bytes, bytes, int]:
+    """(key, value, partition) of the erasure command for a pseudonym, on the repartition
+    topic with header ``H_ERASE: purge``: in the partition of the person's state."""
+    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value))
+    return value.encode(), to_wire(command), partition_for(value, partitions)
 
 _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)
@@ -447,6 +472,9 @@ class Engine:
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
+        if rec.topic == REPARTITION_TOPIC and H_ERASE in rec.headers:
+            self._erase(batch, rec, get, put)
+            return
         if verdict.reason is Reason.CLE_SIGNATURE_INCONNUE and self.registry_source is not None:
             verdict = self._unknown_key(rec, verdict)
         receipt_fund, signal_id, reason, detail, checked = verdict
@@ -571,6 +599,31 @@ class Engine:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
+               put: Callable[[bytes, int, PersonState], None]) -> None:
+        """An erasure command (the retention purge): forget the person's signals and
+        situation (:func:`~services.core.person.purge_person`), and tombstone the situation on
+        the compacted topic with ``help-origin: purge`` whether or not a state was held (the
+        topic's copies must go either way; the audit sink enters it as a purge). Idempotent:
+        a redelivered command does the same again. No receipt: no fund sent it."""
+        try:
+            command = parse(ErasureCommand, rec.value or b"")
+        except ValidationError as exc:
+            self._reject(batch, rec, None, None, Reason.SCHEMA_INVALIDE, schema_detail(exc))
+            return
+        pseudonym = command.pseudonym
+        expected = partition_for(pseudonym.value, self.partitions)
+        if rec.partition != expected:  # sent for another partition count: to the right one
+            batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym.value.encode(), rec.value,
+                                        expected, ((H_ERASE, ORIGIN_PURGE),)))
+            return
+        pkey = person_key(pseudonym.key_id, pseudonym.value)
+        state = get(pkey)
+        if state is not None:
+            put(pkey, expected, purge_person(state))
+        batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
+                                    headers=((ORIGIN_HEADER, ORIGIN_PURGE),)))
 
     def _situation(self, batch: Batch, event: Any) -> None:
         batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))

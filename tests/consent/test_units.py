@@ -218,4 +218,9 @@ def test_purge_periods(offline_settings: Settings) -> None:
         assert store.count_rows(conn, ct.followups) == 0
     (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
     assert entry.count == 2 and entry.subject is None and entry.case_id is None
+    # dated at the time of the run, not at --as-of (which only moves the cut-off)
+    assert abs(entry.time - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+    # the erasure commands name each purged situation's person
+    assert set(plan.persons) == set(plan.situation_ids)
+    assert {v for _, v in plan.persons.values()} == {s.pseudonym.value for s in (sits[0], sits[2])}
     engine.dispose()
