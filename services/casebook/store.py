@@ -267,6 +267,7 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
             sa.select(t.situations.c.situation_id, t.situations.c.detail)
             .where(t.situations.c.pseudonym == p, t.situations.c.updated_at <= e.effective_at))
             if e.kind == "opposition" or withdrawn & set(detail.get("purposes", ()))]
+        _forget_cases(conn, ids)
         for chunk in _chunks(ids):
             conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
             conn.execute(sa.delete(t.situations).where(t.situations.c.situation_id.in_(chunk)))
@@ -298,6 +299,7 @@ def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
     tombstone again after the events it follows (same key, same partition)."""
     ids = sorted(set(situation_ids))
     deleted = 0
+    _forget_cases(conn, ids)
     for chunk in _chunks(ids):
         conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
         deleted += conn.execute(sa.delete(t.situations)
@@ -345,8 +347,26 @@ def pending_outbox(conn: sa.Connection, limit: int = 500) -> list[tuple[int, str
 
 
 def mark_published(conn: sa.Connection, ids: Sequence[int], now: dt.datetime) -> None:
+    """Published: the row keeps its ids and times, not the payload (it is on the topic now,
+    and what the casebook keeps of a follow-up is in ``casebook_followups``, erased with it)."""
     for chunk in _chunks(list(ids)):
-        conn.execute(sa.update(t.outbox).where(t.outbox.c.id.in_(chunk)).values(published_at=now))
+        conn.execute(sa.update(t.outbox).where(t.outbox.c.id.in_(chunk))
+                     .values(published_at=now, payload=""))
+
+
+def _forget_cases(conn: sa.Connection, situation_ids: Sequence[str]) -> None:
+    """What an erasure or a purge removes besides the situation and its follow-ups: their
+    outbox rows (an unpublished follow-up of an erased case is not published), and the
+    detail of their follow-ups' access-log rows (older rows, written with action/outcome)."""
+    for chunk in _chunks(situation_ids):
+        conn.execute(sa.delete(t.outbox).where(t.outbox.c.key.in_(chunk)))
+        numbers = list(conn.execute(sa.select(t.situations.c.case_number)
+                                    .where(t.situations.c.situation_id.in_(chunk))).scalars())
+        if numbers:
+            conn.execute(sa.update(t.access_log)
+                         .where(t.access_log.c.case_number.in_(numbers),
+                                t.access_log.c.action == "suite_enregistree")
+                         .values(detail=""))
 
 
 # ------------------------------------------------------------------------------- reads
