@@ -6,6 +6,7 @@ The settings themselves (``HELP_CASEBOOK_*``) are fields of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -16,6 +17,24 @@ from services.platform.settings import Settings
 def users_path(settings: Settings) -> Path:
     """The users file of the web view: ``HELP_CASEBOOK_USERS_FILE``, else ``<var_dir>/users.json``."""
     return settings.casebook_users_file or settings.var_dir / "users.json"
+
+
+def marker_key(settings: Settings) -> bytes:
+    """The key of the casebook's "do not process" markers (:class:`services.casebook.store.Markers`):
+    32 random bytes generated once and kept (mode 0600) in ``<key_dir>/casebook/marker.key``.
+    Only the exchange's casebook holds it (funds never receive it), so a marker names no one
+    to whoever holds a pseudonym. Losing it only loses the markers' protection against a
+    replay of erased events (the casebook then relies on the topic's order and tombstones)."""
+    from services.core.registry import write_secret
+
+    path = settings.key_dir / "casebook" / "marker.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    with contextlib.suppress(FileExistsError):  # another process made it first
+        write_secret(path, secrets.token_bytes(32))
+    return path.read_bytes()
 
 
 def session_secret(settings: Settings) -> str:

@@ -25,7 +25,9 @@ What a run does, in this order (so that a crash anywhere loses nothing):
    consumer forgets it (the casebook sink deletes it; the audit sink enters a
    ``purge_conservation`` entry per case). The tombstone comes from the correlator, after
    its state is erased: a signal read meanwhile cannot publish a version after it;
-3. deletes the situations and their follow-ups from the casebook and appends ONE ledger
+3. deletes the situations and their follow-ups from the casebook, drops the erasure markers
+   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), and
+   appends ONE ledger
    entry ``purge_conservation`` with the count, dated at the time of the run (``--as-of``
    only moves the cut-off), in one transaction. Ledger entries are never purged: they hold
    no personal payload (ARCHITECTURE decision 8).
@@ -83,6 +85,8 @@ class PurgePlan:
     persons: dict[str, tuple[str, str]] = field(default_factory=dict)
     window_days: int | None = None
     signals_months: int = 6
+    #: Erasure markers older than this are dropped (the closed cases' retention).
+    markers_before: dt.datetime | None = None
 
     @property
     def situation_ids(self) -> list[str]:
@@ -110,6 +114,7 @@ def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
                      signals_months=settings.retention_signals_months)
     inactive_before = months_before(as_of, settings.retention_situations_months)
     closed_before = months_before(as_of, settings.retention_closed_months)
+    plan.markers_before = closed_before
     close_after_months = settings.casebook_close_after_months
     with engine.connect() as conn:
         situations = store.all_situations(conn)
@@ -181,5 +186,7 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
                       time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex, count=len(ids))
     with engine.begin() as conn:
         removed = store.apply_tombstones(conn, ids)
+        if plan.markers_before is not None:
+            store.expire_markers(conn, plan.markers_before)
         ledger.append([entry], connection=conn)
     return removed

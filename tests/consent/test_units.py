@@ -285,3 +285,32 @@ def test_withdrawal_erases_only_the_cases_that_showed_its_purpose(offline_settin
         store.apply_situations(conn, [later])
         assert store.count_rows(conn, ct.situations) == 1
     engine.dispose()
+
+
+def test_markers_are_keyed_and_expire(offline_settings: Settings) -> None:
+    """The "do not process" markers: nothing anyone holding the pseudonym can recompute
+    (neither the pseudonym, nor its unkeyed digest, nor the situation id), they still stop
+    a replay, and the purge drops them after the closed cases' period."""
+    from services.casebook.config import marker_key
+
+    markers = store.Markers(marker_key(offline_settings))
+    assert marker_key(offline_settings) == markers.key and len(markers.key or b"") == 32
+    engine = open_store_engine(offline_settings.database_url)
+    ledger_metadata.create_all(engine)
+    sit = factory.situation(7, person="p7")
+    with engine.begin() as conn:
+        store.apply_situations(conn, [sit], markers)
+        store.apply_consents(conn, [factory.objection("p7", effective_at=dt.datetime(2026, 11, 25, tzinfo=UTC))],
+                             markers)
+        recomputable = {sit.pseudonym.value, store.objection_key(sit.pseudonym.value), sit.situation_id}
+        for table in ct.metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                assert not recomputable & {str(v) for v in row}, table.name
+        assert store.count_rows(conn, ct.objections) == 1 == store.count_rows(conn, ct.erased_situations)
+        store.apply_situations(conn, [sit], markers)  # a replay: still stopped
+        assert store.count_rows(conn, ct.situations) == 0
+    plan = plan_purge(engine, offline_settings, as_of=dt.datetime(2028, 6, 1, tzinfo=UTC))
+    apply_purge(engine, Ledger(engine), plan)  # 18 months after: the markers go
+    with engine.connect() as conn:
+        assert store.count_rows(conn, ct.objections) == 0 == store.count_rows(conn, ct.erased_situations)
+    engine.dispose()
