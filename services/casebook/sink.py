@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.casebook import store
 from services.casebook.config import marker_key
+from services.casebook.db import scrub
 from services.casebook.followups import publish_outbox
 from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, parse
 from services.errors import TransientError
@@ -168,6 +169,8 @@ class CasebookSink:
                                                      records, self.markers)
                     self.total += result.applied
                     self.records += result.records
+                    if result.applied.erased:
+                        await asyncio.to_thread(scrub, self.engine)
                     if on_batch is not None:
                         on_batch(result)
                 if time.monotonic() - last_outbox > self.outbox_every_s:

@@ -46,6 +46,7 @@ import sqlalchemy as sa
 import yaml
 
 from services.casebook import store, tables
+from services.casebook.db import scrub
 from services.casebook.model import Followup, Situation, closed_at, group_followups
 from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
 from services.errors import BrokerError
@@ -189,4 +190,5 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
         if plan.markers_before is not None:
             store.expire_markers(conn, plan.markers_before)
         ledger.append([entry], connection=conn)
+    scrub(engine)
     return removed
