@@ -149,6 +149,18 @@ def age_out(signals: tuple[SignalEntry, ...], *, today: dt.date, window_days: in
     return tuple(kept[-max_signals:]) if max_signals > 0 else ()
 
 
+def sweep_person(state: PersonState, *, today: dt.date, window_days: int,
+                 max_signals: int) -> PersonState | None:
+    """The retention sweep: the state without its signals older than the window, or None if
+    nothing is to change. A person who gets no further signal keeps nothing of a signal
+    beyond the window (the next signal would have aged it out too); the shared situation
+    follows the casebook's retention (the purge's erasure command)."""
+    kept = age_out(state.signals, today=today, window_days=window_days, max_signals=max_signals)
+    if len(kept) == len(state.signals):
+        return None
+    return state.model_copy(update={"signals": kept})
+
+
 def purge_person(state: PersonState) -> PersonState:
     """The retention purge reached the person: forget their signals and shared situation.
 

@@ -89,6 +89,7 @@ from services.core.person import (
     purge_person,
     seen_source,
     situation_id_for,
+    sweep_person,
 )
 from services.core.policy import check_exchange
 from services.core.reasons import Reason
@@ -624,6 +625,25 @@ class Engine:
             put(pkey, expected, purge_person(state))
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
                                     headers=((ORIGIN_HEADER, ORIGIN_PURGE),)))
+
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+        """The retention sweep over (person key, changelog partition, state bytes): the new
+        state bytes of every person who kept signals older than the correlation window
+        (:func:`~services.core.person.sweep_person`), to write to the changelog."""
+        today = self.clock().date()
+        rules = self.ctx.rules
+        writes: dict[bytes, tuple[int, bytes]] = {}
+        for key, partition, raw in items:
+            state = self.states.get(key, raw)
+            if state is None:
+                state = PersonState.model_validate_json(raw)
+            swept = sweep_person(state, today=today, window_days=rules.fenetre_correlation_jours,
+                                 max_signals=rules.signalements_max_par_personne)
+            if swept is not None:
+                value = swept.model_dump_json().encode()
+                writes[key] = (partition, value)
+                self.states.put(key, value, swept)
+        return writes
 
     def _situation(self, batch: Batch, event: Any) -> None:
         batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))
