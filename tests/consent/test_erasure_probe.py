@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from services.core.types import Fund
 from services.ledger import tables as lt
 from services.ledger.purge import apply_purge, plan_purge, send_erasures
 from services.ledger.store import Ledger
-from services.platform.settings import Settings, load_settings
+from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
 from services.producer.nir import normalise
@@ -43,22 +42,6 @@ APP_ID = "corr-erasure-probe"
 def nir(serial: int) -> str:
     body = f"14505350{serial:05d}"
     return body + stdnum_nir.calc_check_digits(body)
-
-
-@pytest.fixture
-def settings(private_bootstrap: str, tmp_path: Path) -> Settings:
-    return load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
-                         key_dir=tmp_path / "var" / "keys",
-                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
-                         session_timeout_ms=6000)
-
-
-@pytest.fixture
-async def collector(private_bootstrap: str) -> AsyncIterator[Collector]:
-    c = Collector(private_bootstrap)
-    await c.start()
-    yield c
-    await c.stop()
 
 
 async def _until(check: object, timeout: float = 90.0) -> None:
