@@ -98,7 +98,9 @@ class PurgePlan:
         out = [f"Purge au {self.as_of:%Y-%m-%d %H:%M} UTC{' (simulation)' if dry_run else ''}",
                f"  situations sans activité depuis la durée de conservation : {len(self.inactive)} {verb}",
                f"  dossiers clôturés depuis la durée de conservation        : {len(self.closed)} {verb}",
-               f"  suites données de ces dossiers                           : {self.followups} {verb}"]
+               f"  suites données de ces dossiers                           : {self.followups} {verb}",
+               f"  personnes effacées de l'état du corrélateur              : {len(set(self.persons.values()))}"
+               + (" (à envoyer)" if dry_run else " (commandes envoyées)")]
         if self.window_days is not None:
             ok = self.window_days <= self.signals_months * 30
             out.append(f"  signalements non corrélés : conservés {self.window_days} jours au plus par "

@@ -11,9 +11,11 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import click
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from click.testing import CliRunner
 from stdnum.fr import nir as stdnum_nir
 
 from services.casebook import tables as ct
@@ -24,8 +26,7 @@ from services.core.messages import ConsentKind
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
-from services.ledger.purge import apply_purge, plan_purge, send_erasures
-from services.ledger.store import Ledger
+from services.ledger.cli import register
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
@@ -36,6 +37,14 @@ from tests.consent.test_inventory import rows
 from tests.correlator.harness import Collector, start_worker, stop
 
 pytestmark = pytest.mark.integration
+
+
+@click.group()
+def purge_group() -> None:
+    """The ledger's commands (purge among them), as `help-exchange` registers them."""
+
+
+register(purge_group)
 APP_ID = "corr-erasure-probe"
 
 
@@ -157,10 +166,12 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
         await _consent(settings, collector, tmp_path, "consentement_retire", people["withdrawal"],
                        "acces_aux_droits", 3)
         await _until(lambda: case("objection") is None and case("withdrawal") is None)
-        plan = plan_purge(engine, settings, as_of=dt.datetime.now(dt.UTC) + dt.timedelta(days=730))
-        assert plan.situation_ids == [cases["purge"][0]]  # type: ignore[index]
-        await send_erasures(settings, settings.bootstrap_servers or "", plan)
-        apply_purge(engine, Ledger(engine), plan)
+        # The purge, from the command line, two years ahead (as the probe did).
+        ahead = (dt.date.today() + dt.timedelta(days=730)).isoformat()
+        result = await asyncio.to_thread(CliRunner().invoke, purge_group, ["purge", "--as-of", ahead],
+                                         obj={"settings": settings})
+        assert result.exit_code == 0, result.output
+        assert "personnes effacées de l'état du corrélateur              : 1" in result.output, result.output
         erased = {c[0] for c in cases.values() if c is not None}
         await collector.until(lambda c: erased <= set(c.tombstones))
         await asyncio.sleep(2.0)  # the sink applies the tombstones
