@@ -6,7 +6,6 @@ The settings themselves (``HELP_CASEBOOK_*``) are fields of
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -21,20 +20,10 @@ def users_path(settings: Settings) -> Path:
 
 def marker_key(settings: Settings) -> bytes:
     """The key of the casebook's "do not process" markers (:class:`services.casebook.store.Markers`):
-    32 random bytes generated once and kept (mode 0600) in ``<key_dir>/casebook/marker.key``.
-    Only the exchange's casebook holds it (funds never receive it), so a marker names no one
-    to whoever holds a pseudonym. Losing it only loses the markers' protection against a
-    replay of erased events (the casebook then relies on the topic's order and tombstones)."""
-    from services.core.registry import write_secret
+    the exchange's marker key (:mod:`services.platform.markers`)."""
+    from services.platform.markers import marker_key as exchange_marker_key
 
-    path = settings.key_dir / "casebook" / "marker.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    with contextlib.suppress(FileExistsError):  # another process made it first
-        write_secret(path, secrets.token_bytes(32))
-    return path.read_bytes()
+    return exchange_marker_key(settings)
 
 
 def session_secret(settings: Settings) -> str:

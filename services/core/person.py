@@ -187,8 +187,8 @@ def apply_consent(state: PersonState | None, event: ConsentEvent) -> tuple[Perso
         floor = max(current.version_floor, current.situation.version if current.situation else 0)
         erased = PersonState(pseudonym=current.pseudonym, opposed_at=at, version_floor=floor)
         return erased, current.situation is not None or (current.opposed_at == at and floor > 0)
-    if current.opposed_at is not None and at <= current.opposed_at:
-        return current, False  # an older event does not undo a later objection
+    if current.opposed_at is not None and (at <= current.opposed_at or event.kind != "consentement_donne"):
+        return current, False  # an older event does not undo a later objection (a withdrawal adds nothing)
     chosen = [p for p in event.purposes
               if (m := current.mark(p)) is None or at > m.at or (at == m.at and not m.given)]
     given = event.kind == "consentement_donne"

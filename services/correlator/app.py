@@ -88,6 +88,7 @@ from services.correlator.registry_source import RegistrySource
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
+from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
@@ -204,7 +205,8 @@ def build_engine(settings: Settings, check_processes: int = 0) -> Engine:
     source = RegistrySource(registry_path(settings.key_dir), settings.registry_signer_path)
     registry = source.registry
     checks = CheckPool(registry, check_processes, partitions=PARTITIONS) if check_processes > 0 else None
-    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks, registry_source=source)
+    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks, registry_source=source,
+                  marker_secret=marker_key(settings))
 
 
 class Positions:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -174,8 +175,8 @@ class Output(NamedTuple):
 @dataclass
 class Batch:
     outputs: list[Output] = field(default_factory=list)
-    #: person key -> (changelog partition, state JSON); written once per batch.
-    writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    #: person key -> (changelog partition, state JSON, or None: a tombstone); once per batch.
+    writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     accepted: int = 0
     rejected: int = 0
 
@@ -190,6 +191,26 @@ class Rejected(Exception):
 def person_key(key_id: str, value: str) -> bytes:
     """A person's key in the state store and on the changelog: ``key_id/value`` of the pseudonym."""
     return f"{key_id}/{value}".encode()
+
+
+#: Changelog keys of objection markers start with this (never a person key: those start
+#: with an exchange key id, letters first; never a fence: those start with NUL).
+MARKER_PREFIX = b"!marker/"
+
+
+class ObjectionMarker(Frozen):
+    """What the changelog keeps of a person who objected and nothing else: when, and the
+    highest situation version published (so a later situation's versions stay monotonic);
+    under a keyed digest of the person key, not the pseudonym (:meth:`Engine.marker_key`)."""
+
+    opposed_at: dt.datetime
+    version_floor: int
+
+
+def _bare_objection(state: PersonState) -> bool:
+    """A state that says only "objected" (what an objection leaves): kept as a marker."""
+    return (state.opposed_at is not None and not state.signals and not state.seen
+            and not state.consents and not state.marks and state.situation is None)
 
 
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
@@ -353,8 +374,10 @@ class Engine:
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
-                 registry_source: RegistrySource | None = None) -> None:
+                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
         self.ctx = ctx
+        #: Key of the objection markers (None: an objection stays a state under the pseudonym).
+        self.marker_secret = marker_secret
         self.registry = registry
         #: Where a changed registry comes from (None: ``registry`` for good). See :meth:`refresh`.
         self.registry_source = registry_source
@@ -369,6 +392,23 @@ class Engine:
         self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
         self._now = self.clock()
         self._limits = limits_at(self._now)
+
+    # ----------------------------------------------------------------------- markers
+    def marker_key(self, key: bytes) -> bytes:
+        """The changelog key of a person's objection marker: a keyed digest of the person key
+        that only the exchange (holding the marker key) can compute."""
+        assert self.marker_secret is not None
+        return MARKER_PREFIX + hmac.digest(self.marker_secret, key, hashlib.sha256)[:16].hex().encode()
+
+    def _from_marker(self, key: bytes, load: Callable[[bytes], bytes | None]) -> PersonState | None:
+        """The objection state a marker stands for (the pseudonym is the person key's own)."""
+        raw = load(self.marker_key(key))
+        if not raw:
+            return None
+        marker = ObjectionMarker.model_validate_json(raw)
+        key_id, _, value = key.decode().partition("/")
+        return PersonState(pseudonym=Pseudonym(key_id=key_id, value=value), opposed_at=marker.opposed_at,
+                           version_floor=marker.version_floor)
 
     # ----------------------------------------------------------------------- helpers
 
@@ -436,11 +476,17 @@ class Engine:
         self.refresh()
         self._batch_generation = self._generation
 
+        marked: set[bytes] = set()  # persons read from a marker
+
         def get(key: bytes) -> PersonState | None:
             if key not in states:
                 raw = load(key)
                 if not raw:
-                    states[key] = None
+                    # No state: an objection may have left a marker (looked up only then).
+                    state = self._from_marker(key, load) if self.marker_secret is not None else None
+                    if state is not None:
+                        marked.add(key)
+                    states[key] = state
                 else:
                     # Re-validated on read: a table value is only trusted once it parses
                     # (or is byte for byte a value this engine validated or wrote).
@@ -465,9 +511,19 @@ class Engine:
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
+            if self.marker_secret is not None and _bare_objection(st):
+                # The pseudonym leaves the changelog (a tombstone under its key); what stays
+                # is the marker, under a key only the exchange can compute.
+                assert st.opposed_at is not None
+                marker = ObjectionMarker(opposed_at=st.opposed_at, version_floor=st.version_floor)
+                batch.writes[key] = (partition, None)
+                batch.writes[self.marker_key(key)] = (partition, marker.model_dump_json().encode())
+                continue
             value = st.model_dump_json().encode()
             batch.writes[key] = (partition, value)
             cache.put(key, value, st)
+            if key in marked:  # the objection lifted (a later consent): the marker goes
+                batch.writes[self.marker_key(key)] = (partition, None)
         return batch
 
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
@@ -634,6 +690,8 @@ class Engine:
         rules = self.ctx.rules
         writes: dict[bytes, tuple[int, bytes]] = {}
         for key, partition, raw in items:
+            if key.startswith(MARKER_PREFIX):
+                continue
             state = self.states.get(key, raw)
             if state is None:
                 state = PersonState.model_validate_json(raw)

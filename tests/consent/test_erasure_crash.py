@@ -18,13 +18,16 @@ from stdnum.fr import nir as stdnum_nir
 
 from services.core.registry import load_registry
 from services.core.types import Fund
+from services.correlator.engine import Engine
 from services.ledger.purge import PurgePlan, send_erasures
+from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
 from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import Publisher, SignalInput
+from tests.correlator.core_fixtures import context
 from tests.correlator.harness import Collector, start_worker, stop
 
 pytestmark = pytest.mark.integration
@@ -129,9 +132,14 @@ async def test_kill_9_while_erasing_leaves_no_copy(settings: Settings, tmp_path:
 
     # The changelog, latest state per person: nothing of the old signals anywhere.
     states = await _latest_states(settings.bootstrap_servers or "", f"{APP_ID}-persons-changelog")
+    marker_of = Engine(context(), load_registry(registry_path(settings.key_dir)),
+                       marker_secret=marker_key(settings)).marker_key
     for p in objectors:
-        state = json.loads(states[f"{key_id}/{pseudo[p]}".encode()] or b"{}")
-        assert state["signals"] == [] and state["situation"] is None and state["opposed_at"]
+        person = f"{key_id}/{pseudo[p]}".encode()
+        assert states[person] is None  # the pseudonym's key: a tombstone
+        marker = states[marker_of(person)]
+        assert marker is not None and pseudo[p].encode() not in marker
+        assert json.loads(marker)["opposed_at"]
     for p in purged:
         state = json.loads(states[f"{key_id}/{pseudo[p]}".encode()] or b"{}")
         assert {s["category"] for s in state["signals"]} == {"separation", "demande_action_sociale_urssaf"}

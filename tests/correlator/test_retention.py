@@ -94,3 +94,55 @@ def test_purge_command_forgets_the_person_and_tombstones_the_situation() -> None
     wrong = rec._replace(partition=(partition + 1) % engine.partitions)
     (fwd,) = engine.process([wrong], lambda k: None).outputs
     assert (fwd.topic, fwd.partition, fwd.headers) == (REPARTITION_TOPIC, partition, ((H_ERASE, ORIGIN_PURGE),))
+
+
+def test_objection_marker_is_keyed_and_holds_no_pseudonym() -> None:
+    """With a marker key, what an objection leaves on the changelog is a tombstone under
+    the pseudonym and a marker under a keyed digest (no pseudonym in key or value); the
+    marker still refuses the next signal, a redelivered objection re-sends the situation's
+    tombstone, and a consent recorded later lifts it (the marker goes)."""
+    import json
+
+    from services.correlator.engine import MARKER_PREFIX
+    from services.platform.topics import CONSENTS_TOPIC, signal_topic
+    from tests.correlator.test_exchange_rules import FUNDS, NOW, _partition
+
+    engine = Engine(context(), FUNDS.registry(), clock=lambda: NOW, marker_secret=b"k" * 32)
+    table: dict[bytes, bytes] = {}
+
+    def run(*items: tuple[str, dict[str, object]], offset: list[int] = [0]) -> list[object]:  # noqa: B006
+        records = []
+        for topic, msg in items:
+            value = json.dumps(msg).encode()
+            records.append(Record(topic, _partition(value), offset[0], int(NOW.timestamp() * 1000), None, value))
+            offset[0] += 1
+        batch = engine.process(records, table.get)
+        for key, (_, value) in batch.writes.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        return batch.outputs
+
+    caf, urssaf = signal_topic(Fund.CAF), signal_topic(Fund.URSSAF)
+    run((caf, FUNDS.signal("m", Fund.CAF, "impaye_loyer")),
+        (urssaf, FUNDS.signal("m", Fund.URSSAF, "impaye_cotisations")))
+    pseudonym = FUNDS.pseudonym("m")
+    assert any(pseudonym.encode() in k for k in table)
+    objection = FUNDS.consent("m", "opposition", effective_at="2026-11-20T09:00:00Z")
+    outputs = run((CONSENTS_TOPIC, objection))
+    assert any(o.topic == SITUATIONS_TOPIC and o.value is None for o in outputs)  # type: ignore[attr-defined]
+    (marker,) = table
+    assert marker.startswith(MARKER_PREFIX) and pseudonym.encode() not in marker + table[marker]
+    assert json.loads(table[marker])["version_floor"] == 1
+
+    refused = run((caf, FUNDS.signal("m", Fund.CAF, "separation", n=2)))
+    assert any(b'"reason":"opposition"' in (o.value or b"") for o in refused)  # type: ignore[attr-defined]
+    again = run((CONSENTS_TOPIC, objection))  # read again: same answer, tombstone again
+    assert any(o.topic == SITUATIONS_TOPIC and o.value is None for o in again)  # type: ignore[attr-defined]
+    assert list(table) == [marker]
+
+    run((CONSENTS_TOPIC, FUNDS.consent("m", "consentement_donne", effective_at="2026-11-20T10:00:00Z", n=3)))
+    assert marker not in table and len(table) == 1
+    (state,) = table.values()
+    assert json.loads(state)["version_floor"] == 1 and json.loads(state)["opposed_at"] is None
