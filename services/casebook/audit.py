@@ -28,6 +28,8 @@ from services.platform.settings import Settings
 
 AccessAction = Literal["consultation_liste", "export", "consultation_dossier", "suite_enregistree"]
 DEFAULT_PURPOSE = "revue_mensuelle"
+#: Actions whose access-log row keeps no detail (the ledger's entry for them has none either).
+MINIMAL_ACTIONS = frozenset({"suite_enregistree"})
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,13 @@ class SqlAuditSink:
             with self.engine.begin() as conn:
                 self.record(event, conn)
             return
+        # A follow-up's row keeps the ledger's minimal form: who, when, which case; not the
+        # action and outcome (they are the person's data, erased with the case).
+        detail = "" if event.action in MINIMAL_ACTIONS else event.detail[:200]
         connection.execute(sa.insert(t.access_log).values(
             at=event.at, user_id=event.user_id, role=event.role, fund=event.fund,
             action=event.action, purpose=event.purpose, case_number=event.case_number,
-            detail=event.detail[:200]))
+            detail=detail))
 
 
 def _takes_connection(sink: AuditSink) -> bool:

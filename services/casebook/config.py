@@ -18,6 +18,14 @@ def users_path(settings: Settings) -> Path:
     return settings.casebook_users_file or settings.var_dir / "users.json"
 
 
+def marker_key(settings: Settings) -> bytes:
+    """The key of the casebook's "do not process" markers (:class:`services.casebook.store.Markers`):
+    the exchange's marker key (:mod:`services.platform.markers`)."""
+    from services.platform.markers import marker_key as exchange_marker_key
+
+    return exchange_marker_key(settings)
+
+
 def session_secret(settings: Settings) -> str:
     """The cookie-signing key: ``HELP_CASEBOOK_SESSION_SECRET``, or one generated once and kept
     (mode 0600) in ``<var_dir>/casebook-session.key``."""

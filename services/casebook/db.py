@@ -31,9 +31,24 @@ def make_engine(url: str) -> sa.Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # A deleted row is overwritten, not left in a free page of the file: an erasure
+            # leaves nothing readable in casebook.db (see scrub for the WAL file).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
     return engine
+
+
+def scrub(engine: sa.Engine) -> None:
+    """After an erasure: on SQLite, copy the WAL into the database and truncate it, so the
+    frames that held the erased rows' earlier pages are gone from ``casebook.db-wal`` too
+    (with ``secure_delete`` the pages themselves are zeroed). Best effort: a reader holding
+    the WAL makes the truncation wait for the next erasure. On PostgreSQL, deleted tuples
+    stay in their pages until (auto)vacuum reclaims them (docs/erasure.md)."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def alembic_config() -> Config:

@@ -27,6 +27,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from services.casebook import store
+from services.casebook.config import marker_key
+from services.casebook.db import scrub
 from services.casebook.followups import publish_outbox
 from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, parse
 from services.errors import TransientError
@@ -57,7 +59,8 @@ class BatchResult:
     skipped: int
 
 
-def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Record]) -> BatchResult:
+def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Record],
+                  markers: store.Markers = store.UNKEYED) -> BatchResult:
     """Apply one batch of consumed records and store their offsets, in one transaction."""
     situations: list[SituationEvent] = []
     followups: list[FollowupEvent] = []
@@ -97,11 +100,11 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
         with engine.begin() as conn:
             for kind, items in steps:
                 if kind == "situations":
-                    applied.situations += store.apply_situations(conn, items)  # type: ignore[arg-type]
+                    applied.situations += store.apply_situations(conn, items, markers)  # type: ignore[arg-type]
                 else:
                     applied.erased += store.apply_tombstones(conn, items)  # type: ignore[arg-type]
-            applied.followups = store.apply_followups(conn, followups)
-            applied.erased += store.apply_consents(conn, consents)
+            applied.followups = store.apply_followups(conn, followups, markers)
+            applied.erased += store.apply_consents(conn, consents, markers)
             store.store_offsets(conn, consumer_name, positions)
     except DBAPIError as exc:
         raise TransientError(f"the casebook database refused a batch: {exc.orig}",
@@ -144,6 +147,7 @@ class CasebookSink:
         self.consumer: AIOKafkaConsumer | None = None
         self.total = store.Applied()
         self.records = 0
+        self.markers = store.Markers(marker_key(settings))
 
     async def run(self, stop: asyncio.Event | None = None,
                   on_batch: Callable[[BatchResult], None] | None = None) -> None:
@@ -162,9 +166,11 @@ class CasebookSink:
                            for tp, messages in batches.items() for m in messages]
                 if records:
                     result = await asyncio.to_thread(apply_records, self.engine, self.consumer_name,
-                                                     records)
+                                                     records, self.markers)
                     self.total += result.applied
                     self.records += result.records
+                    if result.applied.erased:
+                        await asyncio.to_thread(scrub, self.engine)
                     if on_batch is not None:
                         on_batch(result)
                 if time.monotonic() - last_outbox > self.outbox_every_s:

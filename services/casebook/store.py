@@ -10,9 +10,11 @@ so the sink writes effects *and* offsets atomically. Effects are idempotent:
 - a follow-up is inserted by ``event_id`` once;
 - an objection or a withdrawn consent erases the person's situations (found by pseudonym)
   and their follow-ups, and remembers the erased ids so that a replay cannot bring them back;
-  the objection itself is remembered under a one-way digest of the pseudonym
-  (:func:`objection_key`), so that after an erasure no casebook table holds the pseudonym
-  (only the ledger does, as shared/DOMAIN.md §2 asks);
+  the objection itself is remembered under a keyed digest of the pseudonym, and the erased
+  situation under a keyed digest of its id (:class:`Markers`, with a key only the exchange's
+  casebook holds), so that after an erasure no casebook table holds the pseudonym or a
+  value anyone holding it could recompute (only the ledger keeps the pseudonym); markers
+  live as long as closed cases (``HELP_RETENTION_CLOSED_MONTHS``), then the purge drops them;
 - a tombstone (a null value on the compacted ``help.situations.v1``, from the correlator's
   erasure or a retention purge) deletes the situation and its follow-ups.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,10 +48,37 @@ ERASING_KINDS = frozenset({"opposition", "consentement_retire"})
 
 
 def objection_key(pseudonym: str) -> str:
-    """What ``casebook_objections`` stores instead of the pseudonym: SHA-256 of it under a
-    fixed label, base64url (43 characters, the column's width). Enough to recognise the
-    person's later events; not the pseudonym the ledger and the correlator key on."""
+    """The unkeyed marker of a pseudonym (SHA-256 under a fixed label, base64url): what
+    :class:`Markers` without a key stores. Anyone holding the pseudonym can recompute it:
+    the sink uses a keyed :class:`Markers` instead."""
     return b64u(hashlib.sha256(b"help-exchange/casebook-objection/v1\x00" + pseudonym.encode()).digest())
+
+
+@dataclass(frozen=True)
+class Markers:
+    """The "do not process" markers of the casebook: what ``casebook_objections`` and
+    ``casebook_erased_situations`` store instead of the pseudonym and the situation id.
+
+    With a key (:func:`services.casebook.config.marker_key`, held by the exchange's casebook
+    alone): HMAC-SHA-256 under that key, base64url for a person (43 characters) and hex for
+    a situation (32): enough to recognise the person's later events, and nothing anyone
+    holding a pseudonym could recompute. Without (tests, tools that only read): the
+    unkeyed forms."""
+
+    key: bytes | None = None
+
+    def person(self, pseudonym: str) -> str:
+        if self.key is None:
+            return objection_key(pseudonym)
+        return b64u(hmac.digest(self.key, b"person\x00" + pseudonym.encode(), hashlib.sha256))
+
+    def situation(self, situation_id: str) -> str:
+        if self.key is None:
+            return situation_id
+        return hmac.digest(self.key, b"situation\x00" + situation_id.encode(), hashlib.sha256).hex()[:32]
+
+
+UNKEYED = Markers()
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -72,7 +102,8 @@ class Applied:
 
 
 # ------------------------------------------------------------------------------- situations
-def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> int:
+def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent],
+                     markers: Markers = UNKEYED) -> int:
     """Upsert situations, latest version wins; returns how many rows were written."""
     best: dict[str, SituationEvent] = {}
     earliest: dict[str, dt.datetime] = {}
@@ -88,17 +119,15 @@ def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> i
     if not best:
         return 0
     ids = sorted(best)
-    erased: set[str] = set()
+    erased = _erased_at(conn, ids, markers)
     existing: dict[str, tuple[int, dt.datetime, dt.datetime | None]] = {}
     for chunk in _chunks(ids):
-        erased.update(conn.execute(sa.select(t.erased_situations.c.situation_id)
-                                   .where(t.erased_situations.c.situation_id.in_(chunk))).scalars())
         for sid, version, opened, reopen in conn.execute(
                 sa.select(t.situations.c.situation_id, t.situations.c.version,
                           t.situations.c.opened_at, t.situations.c.reopened_at)
                 .where(t.situations.c.situation_id.in_(chunk))):
             existing[sid] = (version, aware(opened), aware(reopen) if reopen else None)
-    keys = {objection_key(e.pseudonym.value): e.pseudonym.value for e in best.values()}
+    keys = {markers.person(e.pseudonym.value): e.pseudonym.value for e in best.values()}
     objected: dict[str, dt.datetime] = {}
     for chunk in _chunks(sorted(keys)):
         for k, at in conn.execute(sa.select(t.objections.c.pseudonym, t.objections.c.effective_at)
@@ -109,8 +138,8 @@ def apply_situations(conn: sa.Connection, events: Iterable[SituationEvent]) -> i
     updates: list[dict[str, Any]] = []
     for sid in ids:
         e = best[sid]
-        if sid in erased:
-            continue
+        if sid in erased and e.occurred_at <= erased[sid]:
+            continue  # a replay of what was erased (a later version, after a new consent, is not)
         objection = objected.get(e.pseudonym.value)
         if objection is not None and e.occurred_at <= objection:
             continue
@@ -211,7 +240,8 @@ def _assign_case_numbers(conn: sa.Connection, rows: list[dict[str, Any]]) -> Non
 
 
 # ------------------------------------------------------------------------------- follow-ups
-def apply_followups(conn: sa.Connection, events: Iterable[FollowupEvent]) -> int:
+def apply_followups(conn: sa.Connection, events: Iterable[FollowupEvent],
+                    markers: Markers = UNKEYED) -> int:
     """Insert follow-ups not seen yet (by event id); returns how many were new."""
     by_id = {e.event_id: e for e in events}
     if not by_id:
@@ -221,15 +251,25 @@ def apply_followups(conn: sa.Connection, events: Iterable[FollowupEvent]) -> int
     for chunk in _chunks(ids):
         seen.update(conn.execute(sa.select(t.followups.c.event_id)
                                  .where(t.followups.c.event_id.in_(chunk))).scalars())
-    situation_ids = sorted({e.situation_id for e in by_id.values()})
-    erased: set[str] = set()
-    for chunk in _chunks(situation_ids):
-        erased.update(conn.execute(sa.select(t.erased_situations.c.situation_id)
-                                   .where(t.erased_situations.c.situation_id.in_(chunk))).scalars())
-    rows = [_followup_row(by_id[i]) for i in ids if i not in seen and by_id[i].situation_id not in erased]
+    erased = _erased_at(conn, sorted({e.situation_id for e in by_id.values()}), markers)
+    rows = [_followup_row(by_id[i]) for i in ids if i not in seen
+            and (by_id[i].situation_id not in erased or by_id[i].recorded_at > erased[by_id[i].situation_id])]
     if rows:
         conn.execute(sa.insert(t.followups), rows)
     return len(rows)
+
+
+def _erased_at(conn: sa.Connection, situation_ids: Sequence[str],
+               markers: Markers) -> dict[str, dt.datetime]:
+    """When each of these situations was last erased (objection or withdrawal), if ever."""
+    erased: dict[str, dt.datetime] = {}
+    es = t.erased_situations
+    by_marker = {markers.situation(sid): sid for sid in situation_ids}
+    for chunk in _chunks(sorted(by_marker)):
+        for marker, at in conn.execute(sa.select(es.c.situation_id, es.c.erased_at)
+                                       .where(es.c.situation_id.in_(chunk))):
+            erased[by_marker[marker]] = aware(at)
+    return erased
 
 
 def _followup_row(e: FollowupEvent) -> dict[str, Any]:
@@ -241,11 +281,15 @@ def _followup_row(e: FollowupEvent) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- consents
-def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
+def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent],
+                   markers: Markers = UNKEYED) -> int:
     """Apply objections and withdrawals: erase the person's situations and follow-ups.
 
     What was stored about a situation that occurred up to the objection is erased; only the
-    situation id stays (in ``casebook_erased_situations``) so a replay does not restore it.
+    situation id stays (in ``casebook_erased_situations``, with the time) so a replay of
+    what occurred before does not restore it (a version that occurs later, after a new
+    consent, does). A withdrawal erases only the situations that showed one of the purposes
+    withdrawn (the correlator keeps the others, and erases the same ones).
     A consent given creates nothing here: the correlator decides what becomes a situation.
     """
     erased_count = 0
@@ -253,16 +297,27 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
         if e.kind not in ERASING_KINDS:
             continue
         p = e.pseudonym.value
-        ids = list(conn.execute(sa.select(t.situations.c.situation_id)
-                                .where(t.situations.c.pseudonym == p,
-                                       t.situations.c.updated_at <= e.effective_at)).scalars())
+        withdrawn = {x.value for x in e.purposes}
+        ids = [sid for sid, detail in conn.execute(
+            sa.select(t.situations.c.situation_id, t.situations.c.detail)
+            .where(t.situations.c.pseudonym == p, t.situations.c.updated_at <= e.effective_at))
+            if e.kind == "opposition" or withdrawn & set(detail.get("purposes", ()))]
+        _forget_cases(conn, ids)
         for chunk in _chunks(ids):
             conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
             conn.execute(sa.delete(t.situations).where(t.situations.c.situation_id.in_(chunk)))
-            conn.execute(sa.insert(t.erased_situations),
-                         [{"situation_id": sid, "erased_at": e.effective_at} for sid in chunk])
+            marks = sorted({markers.situation(sid) for sid in chunk})
+            known = set(conn.execute(sa.select(t.erased_situations.c.situation_id)
+                                     .where(t.erased_situations.c.situation_id.in_(marks))).scalars())
+            if known:
+                conn.execute(sa.update(t.erased_situations)
+                             .where(t.erased_situations.c.situation_id.in_(sorted(known)))
+                             .values(erased_at=e.effective_at))
+            new = [{"situation_id": m, "erased_at": e.effective_at} for m in marks if m not in known]
+            if new:
+                conn.execute(sa.insert(t.erased_situations), new)
         erased_count += len(ids)
-        k = objection_key(p)
+        k = markers.person(p)
         current = conn.execute(sa.select(t.objections.c.effective_at)
                                .where(t.objections.c.pseudonym == k)).scalar_one_or_none()
         if current is None:
@@ -273,6 +328,15 @@ def apply_consents(conn: sa.Connection, events: Iterable[ConsentEvent]) -> int:
     return erased_count
 
 
+def expire_markers(conn: sa.Connection, before: dt.datetime) -> int:
+    """Drop the markers of erasures older than ``before`` (the purge passes the closed cases'
+    retention): by then no event they guard against is kept anywhere."""
+    gone = conn.execute(sa.delete(t.objections).where(t.objections.c.effective_at < before)).rowcount or 0
+    gone += conn.execute(sa.delete(t.erased_situations)
+                         .where(t.erased_situations.c.erased_at < before)).rowcount or 0
+    return gone
+
+
 def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
     """Delete the situations (and their follow-ups) a tombstone names; returns how many were
     there. Not remembered as erased: a later event of the same id (the correlator's next
@@ -280,6 +344,7 @@ def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
     tombstone again after the events it follows (same key, same partition)."""
     ids = sorted(set(situation_ids))
     deleted = 0
+    _forget_cases(conn, ids)
     for chunk in _chunks(ids):
         conn.execute(sa.delete(t.followups).where(t.followups.c.situation_id.in_(chunk)))
         deleted += conn.execute(sa.delete(t.situations)
@@ -327,8 +392,26 @@ def pending_outbox(conn: sa.Connection, limit: int = 500) -> list[tuple[int, str
 
 
 def mark_published(conn: sa.Connection, ids: Sequence[int], now: dt.datetime) -> None:
+    """Published: the row keeps its ids and times, not the payload (it is on the topic now,
+    and what the casebook keeps of a follow-up is in ``casebook_followups``, erased with it)."""
     for chunk in _chunks(list(ids)):
-        conn.execute(sa.update(t.outbox).where(t.outbox.c.id.in_(chunk)).values(published_at=now))
+        conn.execute(sa.update(t.outbox).where(t.outbox.c.id.in_(chunk))
+                     .values(published_at=now, payload=""))
+
+
+def _forget_cases(conn: sa.Connection, situation_ids: Sequence[str]) -> None:
+    """What an erasure or a purge removes besides the situation and its follow-ups: their
+    outbox rows (an unpublished follow-up of an erased case is not published), and the
+    detail of their follow-ups' access-log rows (older rows, written with action/outcome)."""
+    for chunk in _chunks(situation_ids):
+        conn.execute(sa.delete(t.outbox).where(t.outbox.c.key.in_(chunk)))
+        numbers = list(conn.execute(sa.select(t.situations.c.case_number)
+                                    .where(t.situations.c.situation_id.in_(chunk))).scalars())
+        if numbers:
+            conn.execute(sa.update(t.access_log)
+                         .where(t.access_log.c.case_number.in_(numbers),
+                                t.access_log.c.action == "suite_enregistree")
+                         .values(detail=""))
 
 
 # ------------------------------------------------------------------------------- reads

@@ -3,9 +3,18 @@
 What the correlator keeps about one pseudonym, and nothing more: the accepted signals of
 the correlation window (bounded in number, ageing out by observation date), the recent
 signal ids (to drop replays), the purposes the person consented to, an objection flag, and
-their shared situation (status, version, last event). An objection or a consent withdrawal
-erases all of it but a tombstone: the flag and the situation version reached, so that the
-situation's versions stay monotonic if the person later consents again.
+their shared situation (status, version, last event). An objection erases all of it but a
+tombstone: the flag and the situation version reached, so that the situation's versions stay
+monotonic if the person later consents again.
+
+Consent is per purpose, in the order it was recorded: each purpose keeps its latest mark
+(given or withdrawn, with the event's ``effective_at``, which our tools set to the time the
+fund recorded it) and an event older than a purpose's mark changes nothing for that purpose
+(a stale consent flushed late from an outbox does not undo a later withdrawal; a consent
+recorded after a withdrawal, the same day or later, is honoured). A withdrawal erases only
+what was exchanged under the purposes withdrawn: their signals, and the shared situation if
+it showed one of them; signals for these purposes are then refused (``consentement_retire``)
+until a later consent.
 
 Time and ids are inputs; nothing here reads a clock, a broker or a database.
 """
@@ -54,11 +63,22 @@ class SituationState(Frozen):
     last_event: SituationEvent
 
 
+class ConsentMark(Frozen):
+    """The latest consent event recorded for one purpose: given or withdrawn, and when."""
+
+    purpose: Purpose
+    given: bool
+    at: Timestamp
+
+
 class PersonState(Frozen):
     pseudonym: Pseudonym
     signals: tuple[SignalEntry, ...] = ()
     seen: tuple[Seen, ...] = ()
+    #: Purposes consented to (the marks say when; a state written before marks has none).
     consents: tuple[Purpose, ...] = ()
+    #: Latest mark per purpose (at most one per purpose).
+    marks: tuple[ConsentMark, ...] = ()
     opposed_at: Timestamp | None = None
     situation: SituationState | None = None
     #: Highest situation version ever published for this person (kept across an erasure).
@@ -67,6 +87,19 @@ class PersonState(Frozen):
     @property
     def opposed(self) -> bool:
         return self.opposed_at is not None
+
+    def withdrawn(self, purpose: Purpose) -> bool:
+        """Whether the latest consent event for ``purpose`` withdrew it."""
+        for m in self.marks:
+            if m.purpose == purpose:
+                return not m.given
+        return False
+
+    def mark(self, purpose: Purpose) -> ConsentMark | None:
+        for m in self.marks:
+            if m.purpose == purpose:
+                return m
+        return None
 
 
 def new_person(pseudonym: Pseudonym) -> PersonState:
@@ -116,19 +149,65 @@ def age_out(signals: tuple[SignalEntry, ...], *, today: dt.date, window_days: in
     return tuple(kept[-max_signals:]) if max_signals > 0 else ()
 
 
-def apply_consent(state: PersonState | None, event: ConsentEvent) -> tuple[PersonState, bool]:
-    """Apply a consent event; returns the new state and whether the person's data was erased.
+def sweep_person(state: PersonState, *, today: dt.date, window_days: int,
+                 max_signals: int) -> PersonState | None:
+    """The retention sweep: the state without its signals older than the window, or None if
+    nothing is to change. A person who gets no further signal keeps nothing of a signal
+    beyond the window (the next signal would have aged it out too); the shared situation
+    follows the casebook's retention (the purge's erasure command)."""
+    kept = age_out(state.signals, today=today, window_days=window_days, max_signals=max_signals)
+    if len(kept) == len(state.signals):
+        return None
+    return state.model_copy(update={"signals": kept})
 
-    ``consentement_donne`` adds purposes (and lifts an earlier objection if it is later);
-    ``consentement_retire`` and ``opposition`` erase everything but the tombstone.
+
+def purge_person(state: PersonState) -> PersonState:
+    """The retention purge reached the person: forget their signals and shared situation.
+
+    Kept: the consent marks and an objection (what the person said still holds), the seen
+    signal ids (keyed hashes: a replay of a purged signal stays a duplicate and cannot bring
+    it back), and the version floor (a later situation gets higher versions)."""
+    floor = max(state.version_floor, state.situation.version if state.situation else 0)
+    return state.model_copy(update={"signals": (), "situation": None, "version_floor": floor})
+
+
+def apply_consent(state: PersonState | None, event: ConsentEvent) -> tuple[PersonState, bool]:
+    """Apply a consent event; returns the new state and whether the person's shared situation
+    must be erased everywhere (a tombstone on the situations topic).
+
+    ``consentement_donne`` gives its purposes (and lifts an earlier objection if it is later);
+    ``consentement_retire`` withdraws its purposes only (see the module docstring);
+    ``opposition`` erases everything but the tombstone. For each purpose, an event not later
+    than the purpose's mark changes nothing, except that the same withdrawal read again
+    answers "erase" again (a redelivery must re-send the tombstone it may have lost).
     """
     current = state if state is not None else new_person(event.pseudonym)
-    if event.kind == "consentement_donne":
-        if current.opposed_at is not None and event.effective_at <= current.opposed_at:
-            return current, False  # an older consent does not undo a later objection
-        purposes = tuple(p for p in Purpose if p in current.consents or p in event.purposes)
-        return current.model_copy(update={"consents": purposes, "opposed_at": None}), False
-    floor = max(current.version_floor, current.situation.version if current.situation else 0)
-    erased = PersonState(pseudonym=current.pseudonym, opposed_at=event.effective_at,
-                         version_floor=floor)
-    return erased, True
+    at = event.effective_at
+    if event.kind == "opposition":
+        floor = max(current.version_floor, current.situation.version if current.situation else 0)
+        erased = PersonState(pseudonym=current.pseudonym, opposed_at=at, version_floor=floor)
+        return erased, current.situation is not None or (current.opposed_at == at and floor > 0)
+    if current.opposed_at is not None and (at <= current.opposed_at or event.kind != "consentement_donne"):
+        return current, False  # an older event does not undo a later objection (a withdrawal adds nothing)
+    chosen = [p for p in event.purposes
+              if (m := current.mark(p)) is None or at > m.at or (at == m.at and not m.given)]
+    given = event.kind == "consentement_donne"
+    marks = {m.purpose: m for m in current.marks}
+    for p in chosen:
+        marks[p] = ConsentMark(purpose=p, given=given, at=at)
+    new_marks = tuple(marks[p] for p in Purpose if p in marks)
+    if given:
+        purposes = tuple(p for p in Purpose if p in current.consents or p in chosen)
+        return current.model_copy(update={"consents": purposes, "marks": new_marks,
+                                          "opposed_at": None}), False
+    gone = set(chosen)
+    purposes = tuple(p for p in current.consents if p not in gone)
+    signals = tuple(s for s in current.signals if s.purpose not in gone)
+    update: dict[str, object] = {"consents": purposes, "marks": new_marks, "signals": signals}
+    sit = current.situation
+    replay = bool(gone) and all(current.mark(p) == marks[p] for p in gone)
+    if sit is not None and gone & set(sit.last_event.purposes):
+        update["situation"] = None
+        update["version_floor"] = max(current.version_floor, sit.version)
+        return current.model_copy(update=update), True
+    return current.model_copy(update=update), replay and sit is None and current.version_floor > 0

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     CONDITION_NON_REMPLIE = "condition_non_remplie"
     CONSENTEMENT_ABSENT = "consentement_absent"
     OPPOSITION = "opposition"
+    CONSENTEMENT_RETIRE = "consentement_retire"
     # -- Extract files (producer side) ----------------------------------------------------
     NIR_INVALIDE = "nir_invalide"
     CLE_NIR_INVALIDE = "cle_nir_invalide"
@@ -77,6 +78,7 @@ _LABELS: dict[Reason, str] = {
     Reason.CONDITION_NON_REMPLIE: "Condition de la base légale non attestée",
     Reason.CONSENTEMENT_ABSENT: "Aucun consentement enregistré pour cette personne et cette finalité",
     Reason.OPPOSITION: "La personne s'est opposée à l'échange",
+    Reason.CONSENTEMENT_RETIRE: "La personne a retiré son consentement pour cette finalité",
     Reason.NIR_INVALIDE: "NIR invalide",
     Reason.CLE_NIR_INVALIDE: "Clé de contrôle du NIR incorrecte",
     Reason.DATE_INVALIDE: "Date illisible (format attendu AAAA-MM-JJ ou JJ/MM/AAAA)",

@@ -81,19 +81,20 @@ from services.core.registry import registry_path
 from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
-from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
+from services.correlator.engine import PARTITIONS, REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.heap import HeapPolicy
 from services.correlator.partitioning import murmur2
 from services.correlator.registry_source import RegistrySource
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
+from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
 log = logging.getLogger("help.correlator")
 
-PARTITIONS = 8
+__all__ = ["PARTITIONS", "make_app"]
 TABLE = "persons"
 EXIT_FATAL = 75
 #: A hole (a record the consumer skipped) is sought back at most this often per partition.
@@ -204,7 +205,8 @@ def build_engine(settings: Settings, check_processes: int = 0) -> Engine:
     source = RegistrySource(registry_path(settings.key_dir), settings.registry_signer_path)
     registry = source.registry
     checks = CheckPool(registry, check_processes, partitions=PARTITIONS) if check_processes > 0 else None
-    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks, registry_source=source)
+    return Engine(ctx, registry, partitions=PARTITIONS, checks=checks, registry_source=source,
+                  marker_secret=marker_key(settings))
 
 
 class Positions:
@@ -444,8 +446,9 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
         # Every effect is on the broker: commit exactly what was processed (not revoked:
         # a revocation drains the effects first, and Faust drops offsets of unassigned
         # partitions). Faust's own commit follows acks: it is given the offsets instead.
-        consumer: Any = app.consumer
-        await consumer._commit(offsets)
+        if offsets:  # (a retention sweep's writes commit no offset)
+            consumer: Any = app.consumer
+            await consumer._commit(offsets)
 
     async def handle(received: Sequence[Any]) -> None:
         messages = await positions.select(received)
@@ -474,6 +477,28 @@ def make_app(settings: Settings, bootstrap: str, tuning: Tuning = DEFAULT_TUNING
 
     inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(4096, tuning.batch_max * 2))
     _deliver_to(app, set(names), inbox)
+
+    async def sweep_step() -> int:
+        """One page of the retention sweep, between batches (under the batch lock, so a
+        state is never swept and processed at once); its writes go the way of a batch's."""
+        async with lock:
+            writes = engine.sweep(store.sweep_page(tuning.sweep_page))
+            for key, (partition, value) in writes.items():
+                store.put(key, partition, value)
+            if writes:
+                await effects.submit(apply([Output(changelog, key, value, partition)
+                                            for key, (partition, value) in writes.items()], [], {}))
+        return len(writes)
+
+    async def sweep() -> None:
+        try:
+            await sweep_step()
+        except Exception:  # as a batch: stop rather than go on with a state not written
+            log.critical("correlator: retention sweep failed, stopping", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_FATAL)
+
+    cast(Any, app).timer(tuning.sweep_every_s)(sweep)  # (faust's timer decorator is untyped)
 
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:

@@ -10,9 +10,10 @@ size → JSON → schema version → fund known → fund owns the topic → sign
 over the *received* JSON object → schema → pseudonym key accepted → partition (repartition
 if needed) → L115-2-1 policy (with the consent on record) → (redelivery) → dates
 (:func:`services.core.dates.signal_dates`, against the batch's clock) → duplicate →
-objection → state update and rules. Consents: the same up to the signature, then schema,
-pseudonym key, partition, ``effective_at`` not in the future, state update. Everything up
-to the pseudonym key needs no state: it is
+objection → consent withdrawn for the signal's purpose → state update and rules.
+Consents: the same up to the signature, then schema, pseudonym key, partition,
+``effective_at`` not in the future, state update. Everything up to the pseudonym key needs
+no state: it is
 :class:`~services.correlator.checks.Checker`, run through :class:`Checks` — inline, or in
 helper processes (:mod:`services.correlator.checkpool`) while this engine does the rest;
 the engine takes the verdicts in record order and the outputs do not depend on where the
@@ -58,6 +59,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -71,6 +73,7 @@ from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
+    Frozen,
     Pseudonym,
     Receipt,
     SealedRef,
@@ -84,8 +87,10 @@ from services.core.person import (
     apply_consent,
     consent_on_record,
     new_person,
+    purge_person,
     seen_source,
     situation_id_for,
+    sweep_person,
 )
 from services.core.policy import check_exchange
 from services.core.reasons import Reason
@@ -97,19 +102,45 @@ from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
 from services.platform.topics import (
     DEADLETTER_TOPIC,
+    ORIGIN_HEADER,
+    ORIGIN_PURGE,
     SITUATIONS_TOPIC,
+    TopicSpec,
     receipt_topic,
 )
 
-#: Internal topic where a record read from the wrong partition is re-keyed (see Engine).
+#: Partitions of every topic the worker reads, and of its state (co-partitioned).
+PARTITIONS = 8
+#: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
+#: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
 REPARTITION_TOPIC = "help-correlator-repartition"
+REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
+#: Header of an erasure command on the repartition topic: the retention purge
+#: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
+H_ERASE = "help-erase"
+
+
+class ErasureCommand(Frozen):
+    """The value of an erasure command: whom it is about (the exchange writes it, no fund)."""
+
+    pseudonym: Pseudonym
+
+
+def erasure_command(key_id: str, value: str, partitions: int) -> tuple[bytes, bytes, int]:
+    """(key, value, partition) of the erasure command for a pseudonym, on the repartition
+    topic with header ``H_ERASE: purge``: in the partition of the person's state."""
+    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value))
+    return value.encode(), to_wire(command), partition_for(value, partitions)
 
 _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)
 
 
 _NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
+
+#: Refusals whose dead letter keeps no payload: the person asked not to be processed.
+WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
 
 
 class Record(NamedTuple):
@@ -144,8 +175,8 @@ class Output(NamedTuple):
 @dataclass
 class Batch:
     outputs: list[Output] = field(default_factory=list)
-    #: person key -> (changelog partition, state JSON); written once per batch.
-    writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    #: person key -> (changelog partition, state JSON, or None: a tombstone); once per batch.
+    writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     accepted: int = 0
     rejected: int = 0
 
@@ -160,6 +191,26 @@ class Rejected(Exception):
 def person_key(key_id: str, value: str) -> bytes:
     """A person's key in the state store and on the changelog: ``key_id/value`` of the pseudonym."""
     return f"{key_id}/{value}".encode()
+
+
+#: Changelog keys of objection markers start with this (never a person key: those start
+#: with an exchange key id, letters first; never a fence: those start with NUL).
+MARKER_PREFIX = b"!marker/"
+
+
+class ObjectionMarker(Frozen):
+    """What the changelog keeps of a person who objected and nothing else: when, and the
+    highest situation version published (so a later situation's versions stay monotonic);
+    under a keyed digest of the person key, not the pseudonym (:meth:`Engine.marker_key`)."""
+
+    opposed_at: dt.datetime
+    version_floor: int
+
+
+def _bare_objection(state: PersonState) -> bool:
+    """A state that says only "objected" (what an objection leaves): kept as a marker."""
+    return (state.opposed_at is not None and not state.signals and not state.seen
+            and not state.consents and not state.marks and state.situation is None)
 
 
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
@@ -323,8 +374,10 @@ class Engine:
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
-                 registry_source: RegistrySource | None = None) -> None:
+                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
         self.ctx = ctx
+        #: Key of the objection markers (None: an objection stays a state under the pseudonym).
+        self.marker_secret = marker_secret
         self.registry = registry
         #: Where a changed registry comes from (None: ``registry`` for good). See :meth:`refresh`.
         self.registry_source = registry_source
@@ -339,6 +392,23 @@ class Engine:
         self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
         self._now = self.clock()
         self._limits = limits_at(self._now)
+
+    # ----------------------------------------------------------------------- markers
+    def marker_key(self, key: bytes) -> bytes:
+        """The changelog key of a person's objection marker: a keyed digest of the person key
+        that only the exchange (holding the marker key) can compute."""
+        assert self.marker_secret is not None
+        return MARKER_PREFIX + hmac.digest(self.marker_secret, key, hashlib.sha256)[:16].hex().encode()
+
+    def _from_marker(self, key: bytes, load: Callable[[bytes], bytes | None]) -> PersonState | None:
+        """The objection state a marker stands for (the pseudonym is the person key's own)."""
+        raw = load(self.marker_key(key))
+        if not raw:
+            return None
+        marker = ObjectionMarker.model_validate_json(raw)
+        key_id, _, value = key.decode().partition("/")
+        return PersonState(pseudonym=Pseudonym(key_id=key_id, value=value), opposed_at=marker.opposed_at,
+                           version_floor=marker.version_floor)
 
     # ----------------------------------------------------------------------- helpers
 
@@ -355,7 +425,12 @@ class Engine:
                 reason: Reason, detail: str) -> None:
         topic, partition, offset = rec.source()
         raw = rec.value or b""
-        if len(raw) > MAX_MESSAGE_BYTES:
+        if reason in WITHHELD:
+            # About a person who objected or withdrew consent: nothing of the message is kept
+            # (no pseudonym, category or sealed reference on a topic kept 90 days); the source
+            # position and the reason say what was refused, the fund holds the message.
+            raw, detail = b"", f"{detail};raw_withheld"
+        elif len(raw) > MAX_MESSAGE_BYTES:
             # Kept whole, a megabyte message would exceed the producer's request size and the
             # dead letter could never be written: the worker would stop on it at every restart.
             # The prefix, the size and the digest are enough to find and prove what was sent.
@@ -401,11 +476,17 @@ class Engine:
         self.refresh()
         self._batch_generation = self._generation
 
+        marked: set[bytes] = set()  # persons read from a marker
+
         def get(key: bytes) -> PersonState | None:
             if key not in states:
                 raw = load(key)
                 if not raw:
-                    states[key] = None
+                    # No state: an objection may have left a marker (looked up only then).
+                    state = self._from_marker(key, load) if self.marker_secret is not None else None
+                    if state is not None:
+                        marked.add(key)
+                    states[key] = state
                 else:
                     # Re-validated on read: a table value is only trusted once it parses
                     # (or is byte for byte a value this engine validated or wrote).
@@ -430,14 +511,27 @@ class Engine:
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
+            if self.marker_secret is not None and _bare_objection(st):
+                # The pseudonym leaves the changelog (a tombstone under its key); what stays
+                # is the marker, under a key only the exchange can compute.
+                assert st.opposed_at is not None
+                marker = ObjectionMarker(opposed_at=st.opposed_at, version_floor=st.version_floor)
+                batch.writes[key] = (partition, None)
+                batch.writes[self.marker_key(key)] = (partition, marker.model_dump_json().encode())
+                continue
             value = st.model_dump_json().encode()
             batch.writes[key] = (partition, value)
             cache.put(key, value, st)
+            if key in marked:  # the objection lifted (a later consent): the marker goes
+                batch.writes[self.marker_key(key)] = (partition, None)
         return batch
 
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
+        if rec.topic == REPARTITION_TOPIC and H_ERASE in rec.headers:
+            self._erase(batch, rec, get, put)
+            return
         if verdict.reason is Reason.CLE_SIGNATURE_INCONNUE and self.registry_source is not None:
             verdict = self._unknown_key(rec, verdict)
         receipt_fund, signal_id, reason, detail, checked = verdict
@@ -516,6 +610,8 @@ class Engine:
         state = get(pkey)
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
+            if reason is Reason.CONSENTEMENT_ABSENT and state is not None and state.withdrawn(sig.purpose):
+                raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
         topic, part, offset = rec.source()
@@ -545,6 +641,8 @@ class Engine:
             raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
         if state is not None and state.opposed:
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
+        if state is not None and state.marks and state.withdrawn(sig.purpose):
+            raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
@@ -558,6 +656,52 @@ class Engine:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
+               put: Callable[[bytes, int, PersonState], None]) -> None:
+        """An erasure command (the retention purge): forget the person's signals and
+        situation (:func:`~services.core.person.purge_person`), and tombstone the situation on
+        the compacted topic with ``help-origin: purge`` whether or not a state was held (the
+        topic's copies must go either way; the audit sink enters it as a purge). Idempotent:
+        a redelivered command does the same again. No receipt: no fund sent it."""
+        try:
+            command = parse(ErasureCommand, rec.value or b"")
+        except ValidationError as exc:
+            self._reject(batch, rec, None, None, Reason.SCHEMA_INVALIDE, schema_detail(exc))
+            return
+        pseudonym = command.pseudonym
+        expected = partition_for(pseudonym.value, self.partitions)
+        if rec.partition != expected:  # sent for another partition count: to the right one
+            batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym.value.encode(), rec.value,
+                                        expected, ((H_ERASE, ORIGIN_PURGE),)))
+            return
+        pkey = person_key(pseudonym.key_id, pseudonym.value)
+        state = get(pkey)
+        if state is not None:
+            put(pkey, expected, purge_person(state))
+        batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
+                                    headers=((ORIGIN_HEADER, ORIGIN_PURGE),)))
+
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+        """The retention sweep over (person key, changelog partition, state bytes): the new
+        state bytes of every person who kept signals older than the correlation window
+        (:func:`~services.core.person.sweep_person`), to write to the changelog."""
+        today = self.clock().date()
+        rules = self.ctx.rules
+        writes: dict[bytes, tuple[int, bytes]] = {}
+        for key, partition, raw in items:
+            if key.startswith(MARKER_PREFIX):
+                continue
+            state = self.states.get(key, raw)
+            if state is None:
+                state = PersonState.model_validate_json(raw)
+            swept = sweep_person(state, today=today, window_days=rules.fenetre_correlation_jours,
+                                 max_signals=rules.signalements_max_par_personne)
+            if swept is not None:
+                value = swept.model_dump_json().encode()
+                writes[key] = (partition, value)
+                self.states.put(key, value, swept)
+        return writes
 
     def _situation(self, batch: Batch, event: Any) -> None:
         batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))
@@ -581,12 +725,9 @@ class Engine:
         if dates is not None:
             raise Rejected(*dates)
         pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
-        before = get(pkey)
-        state, erased = apply_consent(before, event)
+        state, erased = apply_consent(get(pkey), event)
         put(pkey, partition, state)
-        replayed_erasure = (before is not None and before.opposed_at == event.effective_at
-                            and before.version_floor > 0)
-        if erased and before is not None and (before.situation is not None or replayed_erasure):
+        if erased:
             # Compacted topic: the tombstone makes every consumer forget the situation.
             batch.outputs.append(Output(SITUATIONS_TOPIC,
                                         situation_id_for(event.pseudonym).encode(), None))

@@ -52,6 +52,8 @@ class PersonStore:
         self._values: dict[bytes, bytes] = {}
         self._partition_of: dict[bytes, int] = {}
         self.loaded: set[int] = set()
+        self._sweep: list[bytes] = []
+        self._sweep_done = False
 
     def get(self, key: bytes) -> bytes | None:
         return self._values.get(key)
@@ -76,6 +78,25 @@ class PersonStore:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def sweep_page(self, n: int) -> list[tuple[bytes, int, bytes]]:
+        """The next ``n`` persons of a pass over every state held (a snapshot of the keys
+        taken when a pass starts; keys gone since are skipped), as (key, partition, value).
+        An empty list ends a pass; the next call starts another."""
+        if not self._sweep:
+            if self._sweep_done:
+                self._sweep_done = False
+                return []
+            self._sweep = list(self._values)
+        page: list[tuple[bytes, int, bytes]] = []
+        while self._sweep and len(page) < n:
+            key = self._sweep.pop()
+            value = self._values.get(key)
+            if value is not None:
+                page.append((key, self._partition_of[key], value))
+        if not self._sweep:
+            self._sweep_done = True
+        return page
 
     async def load(self, partitions: Iterable[int], send_acked: SendAcked,
                    make_consumer: Callable[[], AIOKafkaConsumer], *, limit_s: float = 300.0) -> int:

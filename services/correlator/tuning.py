@@ -20,6 +20,10 @@ class Tuning:
     #: at 2,000 signals/s on the bench: 20 ms → p50/p99 215-265 / 348-572 ms, 2 ms → 156-213 /
     #: 282-379 ms, with the same full-work rate within the machine's noise.
     batch_wait_s: float = 0.002
+    #: The retention sweep (signals older than the correlation window leave the person
+    #: state even if no further signal comes): a page of this many persons at each tick.
+    sweep_every_s: float = 5.0
+    sweep_page: int = 2000
     fetch_wait_ms: int = 100
     linger_ms: int = 5
     #: Helper processes for the stateless checks (0: in the worker's own thread). Two: one

@@ -7,7 +7,7 @@ import gc
 import logging
 
 from services.correlator.app import PARTITIONS, changelog_topic, make_app
-from services.correlator.engine import REPARTITION_TOPIC
+from services.correlator.engine import REPARTITION_SPEC
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
@@ -18,7 +18,7 @@ from services.platform.topics import TopicSpec
 def ensure_internal_topics(settings: Settings, bootstrap: str, app_id: str) -> None:
     """The correlator's own topics, co-partitioned (8): the repartition topic and the
     person-state changelog (compacted: the latest state per person is all that counts)."""
-    specs = [TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"}),
+    specs = [REPARTITION_SPEC,
              TopicSpec(changelog_topic(app_id), "correlator", PARTITIONS, 1,
                        {"cleanup.policy": "compact"})]
     asyncio.run(apply_topics(settings, bootstrap, specs))

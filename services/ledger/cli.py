@@ -599,9 +599,10 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     """Apply the retention periods (HELP_RETENTION_*: 6 months for signals never correlated,
     12 after the last activity for situations, 18 after closing for closed cases).
 
-    Publishes a tombstone per removed situation on help.situations.v1 (every consumer
-    forgets it), deletes it and its follow-ups from the casebook and enters the run, with
-    its counts, in the ledger.
+    Sends the correlator an erasure command per person concerned (it forgets their signals
+    and situation and publishes the tombstone on help.situations.v1: every consumer forgets
+    it), deletes the situations and their follow-ups from the casebook and enters the run,
+    with its counts and the time it ran, in the ledger. --as-of only moves the cut-off.
     """
     import asyncio
     import datetime as dt
@@ -611,7 +612,7 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         apply_purge,
         correlation_window_days,
         plan_purge,
-        publish_tombstones,
+        send_erasures,
     )
 
     settings = _settings(ctx)
@@ -626,8 +627,7 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         if not dry_run and plan.situation_ids:
             from services.platform.broker import resolve_bootstrap
 
-            asyncio.run(publish_tombstones(settings, resolve_bootstrap(settings),
-                                           plan.situation_ids))
+            asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
         if not dry_run:
             from services.ledger.store import ensure_tables
 

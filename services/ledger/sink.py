@@ -93,6 +93,8 @@ from services.platform.settings import Settings
 from services.platform.topics import (
     CONSENTS_TOPIC,
     FOLLOWUPS_TOPIC,
+    ORIGIN_HEADER,
+    ORIGIN_PURGE,
     REVEALS_TOPIC,
     SITUATIONS_TOPIC,
     fund_of_signal_topic,
@@ -103,9 +105,7 @@ from services.platform.topics import (
 log = logging.getLogger("help_exchange.ledger.sink")
 
 CONSUMER = "help-audit-sink"
-#: Header a tombstone carries when the retention purge sent it (see services.ledger.purge).
-ORIGIN_HEADER = "help-origin"
-ORIGIN_PURGE = b"purge"
+__all__ = ["ORIGIN_HEADER", "ORIGIN_PURGE", "AuditSink"]
 
 _SITUATION_ACTIONS = {
     "ouverte": Action.SITUATION_OUVERTE,

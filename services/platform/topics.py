@@ -84,3 +84,8 @@ FOLLOWUPS_TOPIC = "help.followups.v1"
 CONSENTS_TOPIC = "help.consents.v1"
 REVEALS_TOPIC = "help.reveals.v1"
 DEADLETTER_TOPIC = "help.deadletter.v1"
+
+#: Header of a situation tombstone the retention purge caused (the audit sink enters a
+#: ``purge_conservation`` entry for it instead of an ``effacement``).
+ORIGIN_HEADER = "help-origin"
+ORIGIN_PURGE = b"purge"

@@ -14,10 +14,12 @@ objection under RGPD art. 21) in its back-office and exports it as a file::
 * ``finalites``: purposes separated by ``,`` or ``|``. Required for a consent; for a
   withdrawal or an objection, empty means both (an objection is to the whole exchange).
 * ``date_effet``: when the person gave or withdrew consent or objected (``AAAA-MM-JJ`` or
-  ``JJ/MM/AAAA``, not in the future; empty = today). A consent takes effect at that date
-  (00:00, Paris time). A withdrawal or an objection takes effect when it is *recorded*:
-  everything the exchange stored about the person up to that moment is erased, whatever
-  the date written on the form (an earlier date would leave what was stored since).
+  ``JJ/MM/AAAA``, not in the future; empty = today). Every kind takes effect when it is
+  *recorded* (``effective_at`` = now), whatever the date written on the form: the exchange
+  applies a person's consent events per purpose in that order (a consent recorded after a
+  withdrawal, the same day or later, is honoured). An objection erases everything the
+  exchange stored about the person up to that moment; a withdrawal, what was exchanged
+  under the purposes withdrawn.
 * ``departement`` (optional, else ``HELP_TERRITORY``): which body of the fund emits it
   (``<fund>-<departement>``, as for signals).
 
@@ -47,7 +49,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.core.dates import PARIS, date_reason, limits_on, today_paris
+from services.core.dates import date_reason, limits_on, today_paris
 from services.core.messages import ConsentEvent, ConsentKind, parse, to_wire
 from services.core.reasons import Reason
 from services.core.registry import load_registry
@@ -152,10 +154,10 @@ class ConsentBuilder:
             raise LineRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
 
         pseudo = pseudonym(self.exchange_key_id, self._exchange_key, nir)
-        if kind == "consentement_donne":
-            effective = dt.datetime.combine(day, dt.time(), PARIS).astimezone(dt.UTC)
-        else:
-            effective = now
+        # Every kind takes effect when recorded: the exchange orders a person's consent
+        # events per purpose by effective_at (services.core.person.apply_consent), so a
+        # consent recorded after a withdrawal, the same day, must come after it.
+        effective = now
         event_id = hmac.digest(self._id_key, "\x00".join(
             (self.fund.value, kind, pseudo["key_id"], pseudo["value"], ref, day.isoformat())
         ).encode(), hashlib.sha256)[:16].hex()

@@ -78,8 +78,10 @@ def register(cli: click.Group) -> None:
     consent.command("withdraw")(_command("consentement_retire", """Publish a file of consents withdrawn.
 
     Same columns as `consent record` (empty purposes = all). The withdrawal takes effect when
-    recorded: the correlator forgets the person's signals and situation, the casebook erases
-    them; only ledger entries keep the pseudonym.
+    recorded, for the purposes named only: the correlator forgets the person's signals under
+    them (and the shared situation if it showed one of them), the casebook erases that
+    situation, and later signals for these purposes are refused (`consentement_retire`)
+    until a consent recorded later.
     """ + _EXIT))
 
     @consent.command("flush")

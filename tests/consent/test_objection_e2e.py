@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from services.ledger import tables as lt
 from services.ledger.entries import Action, parse_entry
 from services.ledger.sink import AuditSink
 from services.ledger.store import Ledger
-from services.platform.settings import Settings, load_settings
+from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
 from services.producer.nir import normalise
@@ -39,24 +38,6 @@ pytestmark = pytest.mark.integration
 def nir(serial: int) -> str:
     body = f"15505350{serial:05d}"
     return body + stdnum_nir.calc_check_digits(body)
-
-
-@pytest.fixture
-def settings(private_bootstrap: str, tmp_path: Path) -> Settings:
-    """On a broker of its own: the audit sink below reads every receipt topic, and the shared
-    broker holds other tests' receipts for the same positions (other groups, other keys)."""
-    return load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
-                         key_dir=tmp_path / "var" / "keys",
-                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
-                         session_timeout_ms=6000)
-
-
-@pytest.fixture
-async def collector(private_bootstrap: str) -> AsyncIterator[Collector]:
-    c = Collector(private_bootstrap)
-    await c.start()
-    yield c
-    await c.stop()
 
 
 async def _until(check: object, timeout: float = 60.0) -> None:

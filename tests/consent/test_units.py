@@ -18,7 +18,7 @@ from services.casebook.sink import Record, apply_records
 from services.core.messages import ConsentEvent, Signal, parse
 from services.core.registry import load_registry
 from services.core.signing import verify
-from services.core.types import Fund
+from services.core.types import Fund, Purpose
 from services.errors import InputError
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.purge import apply_purge, plan_purge
@@ -78,7 +78,7 @@ def test_consent_file_is_pseudonymised_signed_and_reported(offline_settings: Set
     event = parse(ConsentEvent, pending[0].value)
     assert nir.encode() not in pending[0].value
     assert event.kind == "consentement_donne" and event.emitter == "caf-35"
-    assert event.effective_at == dt.datetime(2026, 1, 3, 23, 0, tzinfo=UTC)  # 00:00 Paris
+    assert event.effective_at > dt.datetime(2026, 1, 4, tzinfo=UTC)  # when recorded, not the form's date
     # Signed by the fund's key, as the correlator checks it.
     registry = load_registry(registry_path(offline_settings.key_dir))
     key = registry.signing_key(Fund.CAF, event.signature.key_id)
@@ -218,4 +218,99 @@ def test_purge_periods(offline_settings: Settings) -> None:
         assert store.count_rows(conn, ct.followups) == 0
     (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
     assert entry.count == 2 and entry.person is None and entry.case_id is None
+    # dated at the time of the run, not at --as-of (which only moves the cut-off)
+    assert abs(entry.time - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+    # the erasure commands name each purged situation's person
+    assert set(plan.persons) == set(plan.situation_ids)
+    assert {v for _, v in plan.persons.values()} == {s.pseudonym.value for s in (sits[0], sits[2])}
+    engine.dispose()
+
+
+def test_erasure_leaves_no_followup_detail_in_outbox_or_access_log(offline_settings: Settings) -> None:
+    """The follow-up of an erased case: not in the outbox (published or not), not in the
+    access log beyond the ledger's minimal form (who, when, which case)."""
+    from services.casebook.followups import record_followup
+
+    engine = open_store_engine(offline_settings.database_url)
+    sits = [factory.situation(n, person=f"p{n}") for n in (4, 5)]
+    with engine.begin() as conn:
+        store.apply_situations(conn, sits)
+    cases = {sid: number for sid, number in _case_numbers(engine)}
+    for s in sits:
+        record_followup(engine, offline_settings.taxonomy, case_number=cases[s.situation_id], fund="caf",
+                        action="aide_financiere_individuelle", outcome="accorde", user="agent.caf-35.0042")
+        default_audit_sink(offline_settings, engine).record(AccessEvent(
+            user_id="agent.caf-35.0042", role="cli", fund="caf", action="suite_enregistree",
+            case_number=cases[s.situation_id], situation_id=s.situation_id,
+            pseudonym=s.pseudonym.value, detail="aide_financiere_individuelle accorde"))
+    with engine.begin() as conn:  # the first one published
+        first = store.pending_outbox(conn)[0][0]
+        store.mark_published(conn, [first], dt.datetime.now(UTC))
+        published = conn.execute(sa.select(ct.outbox.c.payload).where(ct.outbox.c.id == first)).scalar_one()
+        assert published == ""  # a published row keeps no payload
+    assert all(row["detail"] == "" for row in access_log(engine))  # minimal form from the start
+    with engine.begin() as conn:
+        store.apply_consents(conn, [factory.objection("p4", effective_at=dt.datetime.now(UTC))])
+        store.apply_tombstones(conn, [sits[1].situation_id])
+        assert store.count_rows(conn, ct.outbox) == 0
+        for table in ct.metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                assert "accorde" not in repr(tuple(row)), table.name
+    engine.dispose()
+
+
+def _case_numbers(engine: sa.Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [(r[0], r[1]) for r in conn.execute(
+            sa.select(ct.situations.c.situation_id, ct.situations.c.case_number))]
+
+
+def test_withdrawal_erases_only_the_cases_that_showed_its_purpose(offline_settings: Settings) -> None:
+    engine = open_store_engine(offline_settings.database_url)
+    sit = factory.situation(6, person="p6")  # purposes: acces_aux_droits
+    other = factory.objection("p6", kind="consentement_retire", effective_at=dt.datetime(2026, 11, 25, tzinfo=UTC))
+    other = other.model_copy(update={"purposes": [Purpose.PREVENTION_PERTE_AUTONOMIE]})
+    with engine.begin() as conn:
+        store.apply_situations(conn, [sit])
+        assert store.apply_consents(conn, [other]) == 0  # another purpose: kept
+        assert store.count_rows(conn, ct.situations) == 1
+        withdrawn = factory.objection("p6", kind="consentement_retire",
+                                      effective_at=dt.datetime(2026, 11, 26, tzinfo=UTC))
+        assert store.apply_consents(conn, [withdrawn]) == 1
+        store.apply_situations(conn, [sit])  # a replay of what was erased: not back
+        assert store.count_rows(conn, ct.situations) == 0
+        # a version that occurs after the erasure (a consent recorded later): back in the casebook
+        later = factory.situation(6, person="p6", version=2,
+                                  occurred_at=dt.datetime(2026, 11, 27, tzinfo=UTC))
+        store.apply_situations(conn, [later])
+        assert store.count_rows(conn, ct.situations) == 1
+    engine.dispose()
+
+
+def test_markers_are_keyed_and_expire(offline_settings: Settings) -> None:
+    """The "do not process" markers: nothing anyone holding the pseudonym can recompute
+    (neither the pseudonym, nor its unkeyed digest, nor the situation id), they still stop
+    a replay, and the purge drops them after the closed cases' period."""
+    from services.casebook.config import marker_key
+
+    markers = store.Markers(marker_key(offline_settings))
+    assert marker_key(offline_settings) == markers.key and len(markers.key or b"") == 32
+    engine = open_store_engine(offline_settings.database_url)
+    ledger_metadata.create_all(engine)
+    sit = factory.situation(7, person="p7")
+    with engine.begin() as conn:
+        store.apply_situations(conn, [sit], markers)
+        store.apply_consents(conn, [factory.objection("p7", effective_at=dt.datetime(2026, 11, 25, tzinfo=UTC))],
+                             markers)
+        recomputable = {sit.pseudonym.value, store.objection_key(sit.pseudonym.value), sit.situation_id}
+        for table in ct.metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                assert not recomputable & {str(v) for v in row}, table.name
+        assert store.count_rows(conn, ct.objections) == 1 == store.count_rows(conn, ct.erased_situations)
+        store.apply_situations(conn, [sit], markers)  # a replay: still stopped
+        assert store.count_rows(conn, ct.situations) == 0
+    plan = plan_purge(engine, offline_settings, as_of=dt.datetime(2028, 6, 1, tzinfo=UTC))
+    apply_purge(engine, Ledger(engine), plan)  # 18 months after: the markers go
+    with engine.connect() as conn:
+        assert store.count_rows(conn, ct.objections) == 0 == store.count_rows(conn, ct.erased_situations)
     engine.dispose()

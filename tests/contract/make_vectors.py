@@ -454,7 +454,7 @@ def signals_file(settings: Settings) -> dict[str, Any]:
 
 
 CONSENT_LINES: list[tuple[str, str, dict[str, str]]] = [
-    ("consent given: takes effect at 00:00 Paris time of its date", "consentement_donne",
+    ("consent given: takes effect when recorded (now), like every kind; its date enters the id", "consentement_donne",
      {"nir": "1 55 03 75 123 045 79", "consent_ref": "HELP-2026-000123", "purposes": "acces_aux_droits",
       "date": "04/11/2026", "departement": "35"}),
     ("withdrawal: takes effect when recorded (now), whatever its date", "consentement_retire",
@@ -620,6 +620,18 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
     pseudo = w.consented["pseudonym"]
     yield "accepted_with_consent", "a consent event, then the consent-basis signal: both accepted", \
         [(CONSENTS_TOPIC, _text(w.consent("consentement_donne", pseudo, 1)), None), (sig, _text(w.consented), None)]
+    at = "2026-11-20T{}:00.000000Z".format
+    yield "consentement_retire", "a consent, its withdrawal (same purpose, later the same day), then the " \
+        "consent-basis signal", \
+        [(CONSENTS_TOPIC, _text(w.consent("consentement_donne", pseudo, 4, at("09:00"))), None),
+         (CONSENTS_TOPIC, _text(w.consent("consentement_retire", pseudo, 5, at("09:30"))), None),
+         (sig, _text(w.consented), None)]
+    yield "consent_after_withdrawal_same_day", "a consent, its withdrawal, a consent recorded again the " \
+        "same day, then the consent-basis signal: accepted", \
+        [(CONSENTS_TOPIC, _text(w.consent("consentement_donne", pseudo, 6, at("09:00"))), None),
+         (CONSENTS_TOPIC, _text(w.consent("consentement_retire", pseudo, 7, at("09:30"))), None),
+         (CONSENTS_TOPIC, _text(w.consent("consentement_donne", pseudo, 8, at("10:00"))), None),
+         (sig, _text(w.consented), None)]
     yield "opposition", "an objection, then a signal about the same person", \
         [(CONSENTS_TOPIC, _text(w.consent("opposition", good["pseudonym"], 2)), None), (sig, text, None)]
     yield "doublon", "the same signal twice, at two offsets", [(sig, text, None), (sig, text, None)]

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import rfc8785
@@ -342,11 +341,8 @@ def test_consent_events(vector_settings: Settings) -> None:
         message = "\x00".join((wire["fund"], wire["kind"], xk, pseudo["value"], wire["consent_ref"],
                                day.isoformat())).encode()
         assert hmac.digest(id_key, message, "sha256")[:16].hex() == case["event_id"]
-        if case["kind"] == "consentement_donne":
-            midnight = dt.datetime.combine(day, dt.time(), ZoneInfo("Europe/Paris")).astimezone(dt.UTC)
-            assert wire["effective_at"] == midnight.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        else:
-            assert wire["effective_at"] == make_vectors.NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # every kind takes effect when recorded (§10), whatever the form's date
+        assert wire["effective_at"] == make_vectors.NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         unsigned = {m: x for m, x in wire.items() if m != "signature"}
         assert rfc8785.dumps(unsigned) == case["canonical_unsigned_text"].encode()
         public.verify(_unb64u(wire["signature"]["value"]), rfc8785.dumps(unsigned))

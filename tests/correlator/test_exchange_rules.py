@@ -198,6 +198,8 @@ CASES: dict[str, Case] = {
     "duplicate": Case(lambda: [signal_item(m := good()), signal_item(m)], "/signal_id:already_accepted"),
     "objection": Case(lambda: [consent_item(FUNDS.consent("rules-p", "opposition", fund=Fund.CAF)),
                                signal_item(good())], "/pseudonym:objection_on_record"),
+    "consent-withdrawn": Case(lambda: [consent_item(FUNDS.consent("rules-p", "consentement_retire", fund=Fund.CAF)),
+                                       signal_item(good())], "/purpose:consent_withdrawn"),
     "consent-date-format": Case(lambda: [consent_item(FUNDS.consent(
         "rules-p", "consentement_donne", effective_at=TODAY.isoformat()))], "/effective_at"),
     "consent-date-future": Case(lambda: [consent_item(FUNDS.consent(

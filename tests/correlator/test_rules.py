@@ -126,12 +126,62 @@ def test_deterministic_ids() -> None:
     assert a == b and a[0].situation_id == situation_id_for(PSEUDO)
 
 
-def _consent(kind: str, at: str = "2026-06-02T00:00:00Z") -> ConsentEvent:
+def _consent(kind: str, at: str = "2026-06-02T00:00:00Z",
+             purposes: str = '"acces_aux_droits"') -> ConsentEvent:
     return ConsentEvent.model_validate_json(
         '{"schema_version":"1.0","event_id":"' + "1" * 32 + '","kind":"' + kind + '","fund":"caf",'
         '"emitter":"caf-51","pseudonym":{"key_id":"xk-20260101-aaaa","value":"' + "A" * 43 + '"},'
-        '"purposes":["acces_aux_droits"],"consent_ref":"HELP-2026-000001","effective_at":"' + at + '",'
+        '"purposes":[' + purposes + '],"consent_ref":"HELP-2026-000001","effective_at":"' + at + '",'
         '"signature":{"key_id":"caf-sig-1","alg":"Ed25519","value":"' + "A" * 86 + '"}}')
+
+
+BOTH = '"acces_aux_droits","prevention_perte_autonomie"'
+
+
+def test_withdrawal_of_one_purpose_leaves_the_other() -> None:
+    given, _ = apply_consent(None, _consent("consentement_donne", "2026-06-01T08:00:00Z", BOTH))
+    state, _ = run([entry(F.CARSAT, "retraite_isole", purpose=P.PREVENTION_PERTE_AUTONOMIE),
+                    entry(F.CAF, "separation")], given)
+    assert state.situation is not None and len(state.signals) == 2
+    after, tombstone = apply_consent(state, _consent("consentement_retire", "2026-06-02T09:00:00Z"))
+    assert tombstone and after.situation is None and not after.opposed  # it showed the purpose
+    assert after.consents == (P.PREVENTION_PERTE_AUTONOMIE,)
+    assert after.withdrawn(P.ACCES_AUX_DROITS) and not after.withdrawn(P.PREVENTION_PERTE_AUTONOMIE)
+    assert [s.category for s in after.signals] == ["retraite_isole"]  # only the withdrawn purpose's
+    # a withdrawal of the other purpose, when the situation showed neither: no tombstone
+    alone, _ = run([entry(F.CARSAT, "retraite_isole", purpose=P.PREVENTION_PERTE_AUTONOMIE)], given)
+    kept, tombstone = apply_consent(alone, _consent("consentement_retire", "2026-06-02T09:00:00Z"))
+    assert not tombstone and kept.signals == alone.signals
+
+
+def test_withdrawal_erases_the_situation_that_showed_its_purpose() -> None:
+    state, events = run([entry(F.CAF, "impaye_loyer"), entry(F.CPAM, "non_recours_c2s_puma")])
+    assert events and state.situation is not None
+    after, tombstone = apply_consent(state, _consent("consentement_retire", "2026-06-02T09:00:00Z"))
+    assert tombstone and after.situation is None and after.signals == () and after.version_floor == 1
+    again, tombstone2 = apply_consent(after, _consent("consentement_retire", "2026-06-02T09:00:00Z"))
+    assert tombstone2 and again == after  # a redelivery re-sends the tombstone, changes nothing
+
+
+def test_consent_events_apply_in_the_order_recorded() -> None:
+    given, _ = apply_consent(None, _consent("consentement_donne", "2026-06-02T08:00:00Z"))
+    retired, _ = apply_consent(given, _consent("consentement_retire", "2026-06-02T09:00:00Z"))
+    assert retired.consents == () and retired.withdrawn(P.ACCES_AUX_DROITS)
+    # the first consent delivered again (a late outbox flush): recorded before, changes nothing
+    stale, _ = apply_consent(retired, _consent("consentement_donne", "2026-06-02T08:00:00Z"))
+    assert stale == retired
+    # a consent recorded the same day, after the withdrawal: honoured
+    again, _ = apply_consent(retired, _consent("consentement_donne", "2026-06-02T10:00:00Z"))
+    assert again.consents == (P.ACCES_AUX_DROITS,) and not again.withdrawn(P.ACCES_AUX_DROITS)
+
+
+def test_state_written_before_consent_marks_still_reads() -> None:
+    old = ('{"pseudonym":{"key_id":"xk-20260101-aaaa","value":"' + "A" * 43 + '"},'
+           '"consents":["acces_aux_droits"],"opposed_at":null,"version_floor":0}')
+    state = PersonState.model_validate_json(old)
+    assert state.marks == () and not state.withdrawn(P.ACCES_AUX_DROITS)
+    after, _ = apply_consent(state, _consent("consentement_retire"))
+    assert after.consents == () and after.withdrawn(P.ACCES_AUX_DROITS)
 
 
 def test_objection_erases_and_keeps_version_floor() -> None:

@@ -470,7 +470,7 @@ export function buildConsent (fund, kind, line, keys, opts = {}) {
     pseudonym,
     purposes,
     consent_ref: consentRef,
-    effective_at: kind === 'consentement_donne' ? parisMidnight(date) : now
+    effective_at: now
   }
   const signature = crypto.sign(null, canonicalBytes(message), keys.signing.privateKey)
   return { ...message, signature: { key_id: keys.signing.keyId, alg: 'Ed25519', value: b64url(signature) } }

@@ -61,6 +61,7 @@ const SIGNAL_ID = /^[0-9a-f]{32}$/
 export function predictExchange (records, { registry, partitions, now }) {
   const accepted = new Set()
   const consents = new Map() // pseudonym value -> Set(purpose)
+  const withdrawn = new Map() // pseudonym value -> Set(purpose) whose latest consent event is a withdrawal
   const objections = new Set()
   return records.map((r) => {
     const raw = r.value_text != null ? Buffer.from(r.value_text, 'utf8') : Buffer.from(r.value_base64, 'base64')
@@ -70,7 +71,7 @@ export function predictExchange (records, { registry, partitions, now }) {
     let signalId = null
     const reject = (reason) => ({ outcome: 'rejete', reason, receipt_topic: receiptTopic, ...(receiptTopic ? { receipt_signal_id: signalId } : {}), dead_letter: true })
     // size → JSON → object → schema_version → fund → topic owner → signing key → signature
-    // → schema → pseudonym key → partition → policy → doublon → opposition (§12); the date
+    // → schema → pseudonym key → partition → policy → doublon → opposition → consentement_retire (§12); the date
     // rules (docs/rules.md) are not placed in that order by the documents: here, after the
     // partition and before the policy.
     if (raw.length > c.MAX_MESSAGE_BYTES) return reject('message_trop_volumineux')
@@ -111,14 +112,21 @@ export function predictExchange (records, { registry, partitions, now }) {
       throw err
     }
     if (isConsent) {
+      // Per purpose, in the order recorded (§10; the records here come in that order).
+      const given = consents.get(who) ?? new Set()
+      const gone = withdrawn.get(who) ?? new Set()
       if (msg.kind === 'consentement_donne') {
-        const set = consents.get(who) ?? new Set()
-        msg.purposes.forEach((p) => set.add(p))
-        consents.set(who, set)
+        msg.purposes.forEach((p) => { given.add(p); gone.delete(p) })
+        objections.delete(who)
+      } else if (msg.kind === 'consentement_retire') {
+        msg.purposes.forEach((p) => { given.delete(p); gone.add(p) })
       } else {
-        consents.delete(who)
-        if (msg.kind === 'opposition') objections.add(who)
+        given.clear()
+        gone.clear()
+        objections.add(who)
       }
+      consents.set(who, given)
+      withdrawn.set(who, gone)
       return { outcome: 'accepte', receipt_topic: receiptTopic, receipt_signal_id: null, dead_letter: false }
     }
     try {
@@ -127,9 +135,11 @@ export function predictExchange (records, { registry, partitions, now }) {
       if (err instanceof c.Refused) return reject(err.reason)
       throw err
     }
-    if (msg.legal_basis.code === 'consentement' && !consents.get(who)?.has(msg.purpose)) return reject('consentement_absent')
+    const retired = withdrawn.get(who)?.has(msg.purpose) ?? false
+    if (msg.legal_basis.code === 'consentement' && !consents.get(who)?.has(msg.purpose)) return reject(retired ? 'consentement_retire' : 'consentement_absent')
     if (accepted.has(msg.signal_id)) return reject('doublon')
     if (objections.has(who)) return reject('opposition')
+    if (retired) return reject('consentement_retire')
     accepted.add(msg.signal_id)
     return { outcome: 'accepte', receipt_topic: receiptTopic, receipt_signal_id: signalId, dead_letter: false }
   })

@@ -1,0 +1,224 @@
+"""The data protection officer's probe, on a broker of its own: three people, one who
+objects, one who withdraws consent for a purpose, one whose case the retention purge
+removes; then every topic read from offset 0 with a plain Kafka client of the test's own,
+every table, every file under the data directory. What is left about each person must be
+what docs/erasure.md allows, place by place (``after erasure`` column): nothing where it
+says *erased*."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import click
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from click.testing import CliRunner
+from stdnum.fr import nir as stdnum_nir
+
+from services.casebook import tables as ct
+from services.casebook.db import open_store_engine
+from services.casebook.followups import flush_outbox, record_followup
+from services.casebook.sink import CasebookSink
+from services.core.messages import ConsentKind
+from services.core.registry import load_registry
+from services.core.types import Fund
+from services.ledger import tables as lt
+from services.ledger.cli import register
+from services.platform.settings import Settings
+from services.producer.consent import record_file
+from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
+from services.producer.nir import normalise
+from services.producer.pseudonym import pseudonym_value
+from services.producer.sdk import Publisher, SignalInput
+from tests.consent.test_inventory import rows
+from tests.correlator.harness import Collector, start_worker, stop
+
+pytestmark = pytest.mark.integration
+
+
+@click.group()
+def purge_group() -> None:
+    """The ledger's commands (purge among them), as `help-exchange` registers them."""
+
+
+register(purge_group)
+APP_ID = "corr-erasure-probe"
+
+
+def nir(serial: int) -> str:
+    body = f"14505350{serial:05d}"
+    return body + stdnum_nir.calc_check_digits(body)
+
+
+async def _until(check: object, timeout: float = 90.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.3)
+
+
+async def _consent(settings: Settings, collector: Collector, tmp_path: Path, kind: ConsentKind,
+                   person: str, purposes: str, n: int) -> None:
+    before = set(collector.receipts)
+    path = tmp_path / f"consent-{n}.csv"
+    path.write_text("nir;reference_consentement;finalites;date_effet\n"
+                    f"{person};HELP-2026-{n:06d};{purposes};\n", encoding="utf-8")
+    summary = await record_file(settings, Fund.CAF, kind, path, tmp_path / f"r{n}.csv")
+    assert summary.exit_code == 0 and summary.sent == 1, summary.lines()
+    await collector.until(lambda c: any(k not in before and r["signal_id"] is None
+                                        for k, r in c.receipts.items()), timeout=90)
+
+
+async def _signals(settings: Settings, person: str, tag: str, consent: bool = False) -> None:
+    for fund, category in ((Fund.CAF, "separation"), (Fund.URSSAF, "impaye_cotisations")):
+        async with Publisher(settings, fund) as pub:
+            result = await pub.publish([SignalInput(
+                nir=person, category=category, observed_on=dt.date.today() - dt.timedelta(days=3),
+                departement="35", reference=f"DOS-{tag}-{fund.value.upper()}",
+                consent_ref="HELP-2026-000001" if consent and fund is Fund.CAF else None)])
+            assert not result.rejected and result.sent == 1, result
+
+
+def _family(topic: str) -> str:
+    """The inventory's name of a topic."""
+    for fund in Fund:
+        topic = topic.replace(f".{fund.value}.", ".<fund>.")
+    return topic.replace(f"{APP_ID}-persons-changelog", "<app id>-persons-changelog")
+
+
+async def _read_every_topic(bootstrap: str) -> dict[str, list[bytes]]:
+    """Every record (key and value bytes) of every topic, from offset 0, no consumer group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[str, list[bytes]] = {}
+    try:
+        topics = sorted(await consumer.topics())
+        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        idle = 0
+        while idle < 10:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            idle = 0 if batch else idle + 1
+            for tp, records in batch.items():
+                for r in records:
+                    found.setdefault(tp.topic, []).append((r.key or b"") + b"\x00" + (r.value or b""))
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_what_is_left_after_objection_withdrawal_and_purge(
+        settings: Settings, collector: Collector, tmp_path: Path) -> None:
+    (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
+    init_exchange_key(settings.key_dir)
+    for fund in (Fund.CAF, Fund.URSSAF):
+        init_fund_keys(settings.key_dir, fund)
+    _, key = load_exchange_key(settings.key_dir, load_registry(registry_path(settings.key_dir)))
+    people = {"objection": nir(8101), "withdrawal": nir(8102), "purge": nir(8103)}
+    pseudo = {who: pseudonym_value(key, normalise(n)) for who, n in people.items()}
+    engine = open_store_engine(settings.database_url)
+    lt.metadata.create_all(engine)
+    stop_sink = asyncio.Event()
+    sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-probe",
+                        outbox_every_s=1)
+    sink_task = asyncio.create_task(sink.run(stop_sink))
+    worker = start_worker(settings, APP_ID, tmp_path / "worker.log")
+
+    def case(who: str) -> tuple[str, str] | None:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(ct.situations.c.situation_id, ct.situations.c.case_number)
+                               .where(ct.situations.c.pseudonym == pseudo[who])).first()
+        return None if row is None else (row[0], row[1])
+
+    refs: dict[str, set[str]] = {}
+    try:
+        await _consent(settings, collector, tmp_path, "consentement_donne", people["withdrawal"],
+                       "acces_aux_droits", 1)
+        for who in people:
+            await _signals(settings, people[who], who, consent=who == "withdrawal")
+        await collector.until(lambda c: {s["pseudonym"]["value"] for s in c.situations} >= set(pseudo.values()))
+        for s in collector.situations:
+            for who, p in pseudo.items():
+                if s["pseudonym"]["value"] == p:
+                    refs.setdefault(who, set()).update(r["sealed_ref"]["value"] for r in s["refs"])
+        await _until(lambda: all(case(who) for who in people))
+        cases = {who: case(who) for who in people}
+        # A follow-up on each case, published (the outbox keeps it until then).
+        for who in people:
+            c = cases[who]
+            assert c is not None
+            record_followup(engine, settings.taxonomy, case_number=c[1], fund="caf",
+                            action="aide_financiere_individuelle", outcome="accorde",
+                            user="agent.caf-35.0042")
+        assert await flush_outbox(settings, engine, settings.bootstrap_servers or "") == 3
+
+        # The three rights.
+        await _consent(settings, collector, tmp_path, "opposition", people["objection"], "", 2)
+        await _consent(settings, collector, tmp_path, "consentement_retire", people["withdrawal"],
+                       "acces_aux_droits", 3)
+        await _until(lambda: case("objection") is None and case("withdrawal") is None)
+        # The purge, from the command line, two years ahead (as the probe did).
+        ahead = (dt.date.today() + dt.timedelta(days=730)).isoformat()
+        result = await asyncio.to_thread(CliRunner().invoke, purge_group, ["purge", "--as-of", ahead],
+                                         obj={"settings": settings})
+        assert result.exit_code == 0, result.output
+        assert "personnes effacées de l'état du corrélateur              : 1" in result.output, result.output
+        erased = {c[0] for c in cases.values() if c is not None}
+        await collector.until(lambda c: erased <= set(c.tombstones))
+        await asyncio.sleep(2.0)  # the sink applies the tombstones
+        # Signals after: refused for the objection and the withdrawal (dead letters: no payload).
+        await _signals(settings, people["objection"], "after-o")
+        await _signals(settings, people["withdrawal"], "after-w")
+        await collector.until(lambda c: sum(1 for d in c.deadletters.values()
+                                            if d["reason"] in ("opposition", "consentement_retire")) == 4)
+    finally:
+        stop(worker)
+        stop_sink.set()
+        await sink_task
+
+    inventory = rows()
+    may_remain = {place for place, cells in inventory.items() if not cells[-1].startswith("erased")}
+
+    # 1. Every topic from offset 0, with a client of the test's own.
+    topics = await _read_every_topic(settings.bootstrap_servers or "")
+    assert {"help.situations.v1", "help.deadletter.v1", f"{APP_ID}-persons-changelog"} <= set(topics)
+    for topic, records in topics.items():
+        family = _family(topic)
+        assert family in inventory, f"{topic}: not in docs/erasure.md"
+        if family in may_remain:
+            continue
+        for who, p in pseudo.items():
+            hits = [r for r in records if p.encode() in r or any(x.encode() in r for x in refs[who])]
+            assert not hits, f"{topic} ({inventory[family][-1]}) still holds {who}'s data: {hits[0][:300]!r}"
+
+    # 2. Every casebook table: nothing about the three people (the ledger keeps its minimal form).
+    with engine.connect() as conn:
+        for table in ct.metadata.sorted_tables:
+            text = repr([tuple(r) for r in conn.execute(sa.select(table))])
+            for who, p in pseudo.items():
+                assert p not in text, f"{table.name} holds {who}'s pseudonym"
+                assert not any(x in text for x in refs[who]), f"{table.name} holds {who}'s sealed refs"
+                assert "accorde" not in text, f"{table.name} holds a follow-up's outcome"
+        for table in lt.metadata.sorted_tables:
+            text = repr([tuple(r) for r in conn.execute(sa.select(table))])
+            assert not any(x in text for who in people for x in refs[who]), table.name
+    engine.dispose()
+
+    # 3. Every file under the data directory but the funds' own outboxes (fund side).
+    fund_side = settings.var_dir / "outbox"
+    for path in settings.var_dir.rglob("*"):
+        if not path.is_file() or fund_side in path.parents:
+            continue
+        data = path.read_bytes()
+        for who in people:
+            for x in refs[who]:
+                assert x.encode() not in data, f"{path} holds {who}'s sealed reference"
