@@ -58,9 +58,9 @@ from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC
 from services.producer import nir as nirs
 from services.producer.extract import BOM, ExtractFileError, Rejection, RejectReport
-from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path
+from services.producer.keys import load_fund_secrets, registry_path
 from services.producer.outbox import Row
-from services.producer.pseudonym import pseudonym
+from services.producer.pseudonym import source_for
 from services.producer.publish import RunOutcome
 from services.producer.sdk import MAX_FIELD, Publisher, is_free_text, parse_date
 
@@ -112,7 +112,7 @@ class ConsentBuilder:
         self.territory = settings.territory
         secrets = load_fund_secrets(settings.key_dir, fund)
         registry = load_registry(registry_path(settings.key_dir))
-        self.exchange_key_id, self._exchange_key = load_exchange_key(settings.key_dir, registry)
+        self._pseudonyms = source_for(settings, fund, registry)
         self._signing_key = secrets.signing_key
         self._signing_key_id = secrets.signing_key_id
         self._id_key = hmac.digest(secrets.id_root, _ID_LABEL, hashlib.sha256)
@@ -151,7 +151,7 @@ class ConsentBuilder:
         if not _DEPT.fullmatch(dept):
             raise LineRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
 
-        pseudo = pseudonym(self.exchange_key_id, self._exchange_key, nir)
+        pseudo = self._pseudonyms.pseudonym(nir)
         if kind == "consentement_donne":
             effective = dt.datetime.combine(day, dt.time(), PARIS).astimezone(dt.UTC)
         else:
