@@ -39,6 +39,18 @@ def init_key_cmd(ctx: click.Context) -> None:
     click.echo(init_key(_settings(ctx)))
 
 
+@pseudonymiser.command("destroy-key")
+@click.option("--key-version", required=True, help="The version to destroy, e.g. pk-1a2b3c4d.")
+@click.pass_context
+def destroy_key_cmd(ctx: click.Context, key_version: str) -> None:
+    """End a version's overlap window: destroy its seed, retire it (public.json, registry) and
+    record the destruction in the ledger. Refused for the only active version."""
+    from services.pseudonymiser.keystore import destroy_key
+
+    destroy_key(_settings(ctx), key_version)
+    click.echo(f"{key_version} destroyed and retired")
+
+
 @pseudonymiser.command("keys")
 @click.pass_context
 def keys_cmd(ctx: click.Context) -> None:

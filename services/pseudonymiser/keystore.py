@@ -119,3 +119,39 @@ def current_version(versions: list[PublicVersion]) -> PublicVersion:
         raise ConfigurationError("the pseudonymiser publishes no active key version",
                                  "create one with `help-exchange pseudonymiser init-key`")
     return max(active, key=lambda v: (v.created_at, v.key_version))
+
+
+def destroy_key(settings: Settings, version: str, *, now: dt.datetime | None = None) -> None:
+    """End of a version's overlap window: its seed is overwritten and deleted, the version is
+    marked ``retired`` in public.json and in the registry (the correlator then refuses its
+    pseudonyms), and the destruction is recorded in the ledger (action ``rotation_cle``)."""
+    from services.errors import InputError
+    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+    from services.ledger.store import Ledger
+
+    now = now or dt.datetime.now(dt.UTC)
+    folder = store_dir(settings)
+    versions = read_public(public_path(folder))
+    if not any(v.key_version == version and v.status == "active" for v in versions):
+        raise InputError(f"no active key version {version!r} at the pseudonymiser",
+                         "see `help-exchange pseudonymiser keys`")
+    if sum(v.status == "active" for v in versions) < 2:
+        raise InputError(f"{version} is the only active key version: nothing could be pseudonymised after it",
+                         "create the next one first (`help-exchange pseudonymiser init-key`)")
+    seed = folder / "seeds" / f"{version}.seed"
+    if seed.exists():
+        with seed.open("r+b") as f:  # overwrite before unlinking (best effort on a plain file system)
+            f.write(secrets.token_bytes(SEED_BYTES))
+            f.flush()
+        seed.unlink()
+    stamp = format_timestamp(now)
+    _write_public(folder, [PublicVersion(v.key_version, v.public_key, "retired", v.created_at)
+                           if v.key_version == version else v for v in versions])
+    reg_path = registry_path(settings.key_dir)
+    registry = load_registry(reg_path)
+    keys = tuple(k.model_copy(update={"status": "retired", "retired_at": k.retired_at or stamp})
+                 if k.key_id == version else k for k in registry.exchange_keys)
+    save_registry(registry.model_copy(update={"exchange_keys": keys}), reg_path)
+    Ledger.open(settings, sign=False).append([new_entry(
+        action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=Finalite.ACCES_AUX_DROITS,
+        legal_basis=BaseLegale.RGPD_6_1_C, time=now, count=1, natural_key=("pseudonymiser-destroy", version))])

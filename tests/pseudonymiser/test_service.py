@@ -174,3 +174,28 @@ def test_quota_is_per_utc_day() -> None:
         svc.evaluate(Fund.CAF, secrets.token_hex(16), elements[:1])
     now[0] += dt.timedelta(minutes=2)
     svc.evaluate(Fund.CAF, secrets.token_hex(16), elements)
+
+
+def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None:
+    from services.core.registry import load_registry, registry_path
+    from services.errors import InputError
+    from services.pseudonymiser.keystore import destroy_key, public_path, read_public
+
+    settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+    init_exchange_key(settings.key_dir)
+    old = init_key(settings)
+    with pytest.raises(InputError, match="only active"):
+        destroy_key(settings, old)
+    new = init_key(settings)
+    destroy_key(settings, old)
+    assert not (store_dir(settings) / "seeds" / f"{old}.seed").exists()
+    assert set(load_evaluators(settings)) == {new}
+    assert {v.key_version: v.status for v in read_public(public_path(store_dir(settings)))} == {
+        old: "retired", new: "active"}
+    registry = load_registry(registry_path(settings.key_dir))
+    assert not registry.exchange_key_accepted(old) and registry.exchange_key_accepted(new)
+    assert registry.current_exchange_key_id() is not None and registry.current_exchange_key_id().startswith("xk-")
+    assert [(a, actor) for a, _, _, _, actor in _ledger_rows(settings)] == [("rotation_cle", f"pseudonymiseur.{old}")]
+    with pytest.raises(InputError):
+        destroy_key(settings, old)
