@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from services.core.oprf import MAX_BATCH
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
@@ -49,7 +50,9 @@ def _parse(body: bytes) -> tuple[Fund, str, str | None, list[bytes]]:
 
 
 def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int) -> ThreadingHTTPServer:
-    max_body = 64 * service.batch_limit + 4096
+    # Room for the RFC's largest batch, so that a batch over this service's own limit is
+    # refused by the service, with its reason, and recorded; larger bodies are not read.
+    max_body = 64 * MAX_BATCH + 4096
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "help-exchange-pseudonymiser"
@@ -76,10 +79,14 @@ def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int)
             if self.path != "/v1/evaluate":
                 self._send(404, {"reason": "introuvable", "message": "POST /v1/evaluate only"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > max_body:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= max_body:
                 self._send(400, {"reason": Reason.LOT_TROP_VOLUMINEUX.value,
-                                 "message": "request too large", "hint": "split the request"})
+                                 "message": "request too large or without a length",
+                                 "hint": "split the request; send Content-Length"})
                 return
             body = self.rfile.read(length)
             try:
@@ -87,7 +94,7 @@ def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int)
                 answer = service.evaluate(fund, request_id, blinded, version)
             except Refused as exc:
                 self._send(_STATUS.get(exc.reason, 400),
-                           {"reason": exc.reason.value, "message": exc.what, "hint": exc.hint})
+                           {"reason": exc.reason.value, "message": exc.detail, "hint": exc.hint})
                 return
             self._send(200, {"key_version": answer.key_version, "evaluated": b64u(answer.evaluated)})
 

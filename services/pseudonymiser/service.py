@@ -31,8 +31,14 @@ class Refused(InputError):
     """A batch refused: ``reason`` says why; nothing was evaluated."""
 
     def __init__(self, reason: Reason, what: str, hint: str) -> None:
-        super().__init__(what, hint)
+        super().__init__(f"{reason.value}: {what}", hint)
         self.reason = reason
+        self.detail = what
+        self._parts = (reason, what, hint)
+
+    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:
+        """Picklable (it crosses from the producer's worker processes)."""
+        return (type(self), self._parts)
 
 
 @dataclass(frozen=True)

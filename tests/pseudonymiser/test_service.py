@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import secrets
 import urllib.request
 from collections.abc import Iterator
@@ -199,3 +200,45 @@ def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None
     assert [(a, actor) for a, _, _, _, actor in _ledger_rows(settings)] == [("rotation_cle", f"pseudonymiseur.{old}")]
     with pytest.raises(InputError):
         destroy_key(settings, old)
+
+
+def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service_settings: Settings,
+                                                                        tmp_path: Path) -> None:
+    """The producer's v2 path: no exchange key file at the fund; a refusal (here the quota,
+    50 a day) stops the run with one line naming the reason, never a traceback, and nothing
+    is built with a wrong pseudonym."""
+    import pickle
+    import random
+    import shutil
+    import subprocess
+    import sys
+
+    from services.producer.keys import exchange_dir
+    from services.producer.sdk import SignalBuilder, SignalInput
+    from tests.producer.helpers import make_nir, write_csv
+
+    shutil.rmtree(exchange_dir(service_settings.key_dir))
+    v2 = load_settings(**{**service_settings.model_dump(), "pseudonym_scheme": "v2"})
+    with pytest.raises(Exception, match="exchange key"):
+        SignalBuilder(service_settings, Fund.CAF)  # v1 needs the key file it no longer has
+    builder = SignalBuilder(v2, Fund.CAF)
+    nir = "185057800608491"
+    row = builder.build(SignalInput(nir, "separation", dt.date.today() - dt.timedelta(days=3), "35", "DOS-1"))
+    (version, ev), = load_evaluators(v2).items()
+    assert json.loads(row.value)["pseudonym"] == {
+        "key_id": version, "value": oprf.pseudonym_value_v2(ev.evaluate(oprf_input(nir)))}
+    refused = Refused(Reason.QUOTA_DEPASSE, "what", "hint")
+    assert pickle.loads(pickle.dumps(refused)).reason is Reason.QUOTA_DEPASSE  # crosses worker processes
+
+    rng = random.Random(3)
+    day = (dt.date.today() - dt.timedelta(days=3)).isoformat()
+    extract = write_csv(tmp_path / "extrait.csv", [f"{make_nir(rng)};separation;{day};35;DOS-{i:05d}"
+                                                   for i in range(120)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELP_")}
+    env.update({"HELP_VAR_DIR": str(v2.var_dir), "HELP_KEY_DIR": str(v2.key_dir), "HELP_PSEUDONYM_SCHEME": "v2",
+                "HELP_PSEUDONYMISER_URL": v2.pseudonymiser_url, "HELP_DATABASE_URL": v2.database_url,
+                "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HELP_PSEUDONYMISER_BATCH_LIMIT": "20"})
+    done = subprocess.run([sys.executable, "-m", "services.platform.cli", "publish", "--fund", "caf", "--input",
+                           str(extract)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "quota_depasse" in done.stderr + done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
