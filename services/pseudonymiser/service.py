@@ -12,7 +12,7 @@ import datetime as dt
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from services.core.oprf import Evaluator, OprfError
@@ -20,6 +20,7 @@ from services.core.reasons import Reason
 from services.core.types import Fund
 from services.errors import InputError
 from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, new_entry
+from services.ledger.store import Ledger
 from services.platform.settings import Settings
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -65,6 +66,15 @@ class Pseudonymiser:
         self._used: dict[tuple[str, dt.date], int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+
+    def restore(self, used: dict[tuple[str, dt.date], int], seen: Iterable[str]) -> None:
+        """Take back what the ledger says was already used and answered (after a restart:
+        a restart must not give a fund a fresh quota, nor accept a replay)."""
+        with self._lock:
+            for key, count in used.items():
+                self._used[key] = self._used.get(key, 0) + count
+            for request_id in seen:
+                self._seen[request_id] = None
 
     def used(self, fund: Fund, day: dt.date) -> int:
         return self._used.get((fund.value, day), 0)
@@ -130,7 +140,6 @@ class Pseudonymiser:
 
 def build_service(settings: Settings, *, ledger: bool = True) -> Pseudonymiser:
     """The service of ``settings``: its active key versions, quota, limit, and the ledger."""
-    from services.ledger.store import Ledger
     from services.pseudonymiser.keystore import current_version, load_evaluators, public_path, read_public, store_dir
 
     evaluators = load_evaluators(settings)
@@ -142,5 +151,27 @@ def build_service(settings: Settings, *, ledger: bool = True) -> Pseudonymiser:
         def record(entries: list[LedgerEntry]) -> None:
             book.append(entries)
 
-    return Pseudonymiser(evaluators, current, quota_per_day=settings.pseudonymiser_quota_per_day,
-                         batch_limit=settings.pseudonymiser_batch_limit, record=record)
+    service = Pseudonymiser(evaluators, current, quota_per_day=settings.pseudonymiser_quota_per_day,
+                            batch_limit=settings.pseudonymiser_batch_limit, record=record)
+    if ledger:
+        service.restore(*_from_ledger(book, dt.datetime.now(dt.UTC)))
+    return service
+
+
+def _from_ledger(book: Ledger, now: dt.datetime) -> tuple[dict[tuple[str, dt.date], int], list[str]]:
+    """Today's (UTC) evaluations per fund, and today's request ids, as the ledger has them."""
+    import json
+
+    day = now.date()
+    period = (day.isoformat(), (day + dt.timedelta(days=1)).isoformat())
+    used: dict[tuple[str, dt.date], int] = {}
+    seen: list[str] = []
+    for action in (Action.PSEUDONYMES_CALCULES, Action.PSEUDONYMISATION_REFUSEE):
+        for _, raw in book.query(action=action.value, period=period):
+            doc = json.loads(raw)
+            if doc.get("ref"):
+                seen.append(doc["ref"])
+            if action is Action.PSEUDONYMES_CALCULES and doc.get("fund"):
+                used[(doc["fund"], day)] = used.get((doc["fund"], day), 0) + int(doc.get("count") or 0)
+    return used, seen
+

@@ -136,6 +136,16 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
     assert [r for a, f, c, r, _ in rows if a == "pseudonymisation_refusee"] == ["quota_depasse"] * 45
     # Another fund's quota is its own.
     PseudonymClient.from_settings(service_settings, Fund.CPAM).prefetch(["185057800608491"])
+    # A restarted service reads the day's use back from the ledger: no fresh quota, no replay.
+    restarted = build_service(service_settings)
+    assert restarted.used(Fund.CAF, dt.datetime.now(dt.UTC).date()) == 50
+    with pytest.raises(Refused) as caught:
+        restarted.evaluate(Fund.CAF, secrets.token_hex(16), [oprf.blind(b"x").element])
+    assert caught.value.reason is Reason.QUOTA_DEPASSE
+    (_, raw), = Ledger.open(service_settings, sign=False).query(action="pseudonymes_calcules", limit=1)
+    with pytest.raises(Refused) as caught:
+        restarted.evaluate(Fund.CPAM, json.loads(raw)["ref"], [oprf.blind(b"x").element])
+    assert caught.value.reason is Reason.REQUETE_REJOUEE
 
 
 def test_a_service_answering_with_another_key_publishes_nothing(service_settings: Settings) -> None:
