@@ -55,9 +55,11 @@ def destroy_key_cmd(ctx: click.Context, key_version: str) -> None:
 @click.pass_context
 def keys_cmd(ctx: click.Context) -> None:
     """Print the published key versions (public.json)."""
-    from services.pseudonymiser.keystore import public_path, store_dir
+    from services.pseudonymiser.keystore import public_path, read_public, store_dir
 
-    click.echo(json.dumps(json.loads(public_path(store_dir(_settings(ctx))).read_bytes()), indent=1))
+    path = public_path(store_dir(_settings(ctx)))
+    read_public(path)  # a missing or malformed file: one line saying so
+    click.echo(json.dumps(json.loads(path.read_bytes()), indent=1))
 
 
 @pseudonymiser.command("serve")
@@ -78,7 +80,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
         from services.errors import ConfigurationError
 
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                                 "choose a free port with --port") from None
+                                 "check --host, and choose a free port with --port") from None
     click.echo(f"pseudonymiser on http://{host}:{port}/ (key version {service.current_version}; Ctrl-C stops it)",
                err=True)
     try:

@@ -75,6 +75,8 @@ def _write_public(folder: Path, versions: list[PublicVersion]) -> None:
 def init_key(settings: Settings, *, now: dt.datetime | None = None) -> str:
     """A new key version: seed kept here, public key published, registry entry active."""
     now = now or dt.datetime.now(dt.UTC)
+    reg_path = registry_path(settings.key_dir)
+    registry = load_registry(reg_path)  # first: nothing is written if there is no registry
     folder = store_dir(settings)
     version = f"{VERSION_PREFIX}-{secrets.token_hex(4)}"
     seed = secrets.token_bytes(SEED_BYTES)
@@ -83,8 +85,6 @@ def init_key(settings: Settings, *, now: dt.datetime | None = None) -> str:
     existing = read_public(public_path(folder)) if public_path(folder).exists() else []
     evaluator = Evaluator.from_seed(version, seed, KEY_INFO)
     _write_public(folder, [*existing, PublicVersion(version, evaluator.public_key, "active", stamp)])
-    reg_path = registry_path(settings.key_dir)
-    registry = load_registry(reg_path)
     entry = ExchangeKeyEntry(key_id=version, status="active", created_at=stamp)
     save_registry(registry.model_copy(update={"exchange_keys": (*registry.exchange_keys, entry)}), reg_path)
     return version
