@@ -40,7 +40,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,16 @@ class ConsentBuilder:
         self._signing_key = secrets.signing_key
         self._signing_key_id = secrets.signing_key_id
         self._id_key = hmac.digest(secrets.id_root, _ID_LABEL, hashlib.sha256)
+
+    def prefetch(self, records: Iterable[ConsentInput]) -> None:
+        """Scheme v2: ask the service for every valid NIR of ``records`` in batches (v1: nothing)."""
+        found = []
+        for rec in records:
+            try:
+                found.append(nirs.normalise(rec.nir))
+            except (nirs.NirRejected, AttributeError, TypeError):
+                continue
+        self._pseudonyms.prefetch(found)
 
     def build(self, rec: ConsentInput, kind: ConsentKind, *, now: dt.datetime,
               today: dt.date) -> Row:
@@ -294,6 +304,7 @@ async def record_file(settings: Settings, fund: Fund, kind: ConsentKind, path: P
         now = now or dt.datetime.now(dt.UTC)
         today = today_paris()
         rows: list[Row] = []
+        builder.prefetch(item[1] for item in lines if not isinstance(item, Rejection))
         with RejectReport(report_path) as report:
             for item in lines:
                 if isinstance(item, Rejection):

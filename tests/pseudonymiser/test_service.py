@@ -237,6 +237,13 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
     (version, ev), = load_evaluators(v2).items()
     assert json.loads(row.value)["pseudonym"] == {
         "key_id": version, "value": oprf.pseudonym_value_v2(ev.evaluate(oprf_input(nir)))}
+    from services.producer.consent import ConsentBuilder, ConsentInput
+
+    consents = ConsentBuilder(v2, Fund.CAF)
+    consents.prefetch([ConsentInput(nir, "HELP-2026-000123", "acces_aux_droits", "")])
+    event = consents.build(ConsentInput(nir, "HELP-2026-000123", "acces_aux_droits", ""), "consentement_donne",
+                           now=dt.datetime.now(dt.UTC), today=dt.date.today())
+    assert json.loads(event.value)["pseudonym"] == json.loads(row.value)["pseudonym"]  # they meet
     refused = Refused(Reason.QUOTA_DEPASSE, "what", "hint")
     assert pickle.loads(pickle.dumps(refused)).reason is Reason.QUOTA_DEPASSE  # crosses worker processes
 
