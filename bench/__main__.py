@@ -47,6 +47,8 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "évaluations/s", 5000, "min"),
     ("pseudonymiser", "producer_lines_per_s", "Producteur avec le service de pseudonymisation (v2), "
      "100 000 lignes de bout en bout", "lignes/s", 5000, "min"),
+    ("pseudonymiser", "producer_cached_lines_per_s", "Producteur v2, mêmes personnes une seconde fois "
+     "(cache local du fonds)", "lignes/s", 5000, "min"),
     ("pseudonymiser", "v2_total_us", "CPU supplémentaire par nouvelle personne (v2 : aveuglement, évaluation, "
      "preuve, finalisation)", "µs", None, ""),
     ("worklist", "total_s_10000", "Liste de travail, 10 000 situations (HTML + CSV)", "s", None, ""),

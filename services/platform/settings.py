@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     pseudonymiser_batch_limit: Annotated[int, Field(ge=1, le=65_535)] = 4096
     """Most elements in one batch (``lot_trop_volumineux`` above it)."""
     pseudonymiser_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    pseudonymiser_cache: bool = True
+    """Keep the fund's own people's v2 pseudonyms in ``<var_dir>/pseudonym-cache-<fund>.db``
+    (indexed by a keyed MAC of the NIR, never the NIR), so a person seen before is not asked again."""
 
     # ----------------------------------------------------------------- casebook (HELP_CASEBOOK_*)
     # They tune the monthly review and its web view (services/casebook/).

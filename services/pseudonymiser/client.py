@@ -4,7 +4,8 @@ The fund holds no pseudonymisation key. It pins the service's public keys (``pub
 checked like the registry: see docs/keys.md) and refuses any answer whose proof does not
 verify under the pinned key of the version it names (``preuve_invalide``): nothing is
 published with a wrong pseudonym. Pseudonyms of the fund's own people are cached in memory
-for the run.
+for the run and, unless ``HELP_PSEUDONYMISER_CACHE=false``, in a local file
+(:mod:`services.pseudonymiser.cache`, no NIR stored), so a person already seen costs nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
 from services.errors import ConfigurationError
 from services.platform.settings import Settings
+from services.pseudonymiser.cache import PseudonymCache
 from services.pseudonymiser.keystore import current_version, public_path, read_public, store_dir
 from services.pseudonymiser.service import Refused
 
@@ -64,13 +66,14 @@ class PseudonymClient:
     """Pseudonyms v2 of one fund's people: ``{"key_id", "value"}`` members, batched and cached."""
 
     def __init__(self, fund: Fund, public_keys: dict[str, bytes], current: str, transport: Transport,
-                 *, batch_limit: int = 4096) -> None:
+                 *, batch_limit: int = 4096, cache: PseudonymCache | None = None) -> None:
         self.fund = fund
         self.key_version = current
         self._keys = public_keys
         self._send = transport
         self._limit = batch_limit
         self._cache: dict[str, dict[str, str]] = {}
+        self._stored = cache
         #: Batches asked and elements evaluated (for the bench and the report).
         self.batches = 0
         self.evaluated = 0
@@ -79,17 +82,27 @@ class PseudonymClient:
     def from_settings(cls, settings: Settings, fund: Fund, transport: Transport | None = None) -> PseudonymClient:
         versions = read_public(public_path(store_dir(settings)))
         keys = {v.key_version: v.public_key for v in versions if v.status == "active"}
+        cache = (PseudonymCache.for_fund(settings.var_dir, settings.key_dir, fund)
+                 if settings.pseudonymiser_cache else None)
         return cls(fund, keys, current_version(versions).key_version,
                    transport or http_transport(settings.pseudonymiser_url, settings.pseudonymiser_timeout_s),
-                   batch_limit=settings.pseudonymiser_batch_limit)
+                   batch_limit=settings.pseudonymiser_batch_limit, cache=cache)
 
     def prefetch(self, nirs: Iterable[str]) -> None:
         """Ask the service for every normalised NIR of ``nirs`` not cached yet."""
         todo = list(dict.fromkeys(n for n in nirs if n not in self._cache))
+        if todo and self._stored is not None:
+            known = self._stored.get_many(self.key_version, todo)
+            for nir, value in known.items():
+                self._cache[nir] = {"key_id": self.key_version, "value": value}
+            todo = [n for n in todo if n not in known]
         for start in range(0, len(todo), self._limit):
             chunk = todo[start:start + self._limit]
-            for nir, value in zip(chunk, self._evaluate(chunk), strict=True):
+            got = dict(zip(chunk, self._evaluate(chunk), strict=True))
+            for nir, value in got.items():
                 self._cache[nir] = {"key_id": self.key_version, "value": value}
+            if self._stored is not None:
+                self._stored.put_many(self.key_version, got)
 
     def pseudonym(self, nir: str) -> dict[str, str]:
         """The ``pseudonym`` member of the normalised ``nir`` (asked alone if not prefetched)."""

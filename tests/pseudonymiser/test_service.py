@@ -259,3 +259,16 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
                            str(extract)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "quota_depasse" in done.stderr + done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_the_local_cache_spares_the_service_and_holds_no_nir(service_settings: Settings) -> None:
+    first = PseudonymClient.from_settings(service_settings, Fund.CAF)
+    first.prefetch(NIRS)
+    again = PseudonymClient.from_settings(service_settings, Fund.CAF)  # a later run of the same fund
+    again.prefetch([*NIRS, "295109912611193"])
+    assert (again.batches, again.evaluated) == (1, 1)  # only the new person was asked
+    assert [again.pseudonym(n) for n in NIRS] == [first.pseudonym(n) for n in NIRS]
+    files = list(service_settings.var_dir.glob("pseudonym-cache-caf.db*"))  # the WAL too
+    data = b"".join(f.read_bytes() for f in files)
+    assert files and first.pseudonym(NIRS[0])["value"].encode() in data
+    assert not any(n.encode() in data for n in NIRS)
