@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import MARKER
 
-ORDER = ("producer", "correlator", "scaling", "worklist", "ledger")
+ORDER = ("producer", "pseudonymiser", "correlator", "scaling", "worklist", "ledger")
 HERE = Path(__file__).parent
 
 # (bench, figure key, label, unit, target, "min" if the figure must reach the target, "max" if stay under)
@@ -43,6 +43,14 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "latency_p99_ms", "Latence publication → situation à 2 000 signaux/s, p99", "ms", 500, "max"),
     ("producer", "lines_per_s", "Producteur, fichier de 100 000 lignes de bout en bout", "lignes/s", 5000, "min"),
     ("producer", "peak_rss_mib", "Producteur, mémoire maximale", "Mio", None, ""),
+    ("pseudonymiser", "service_evals_per_cpu_s", "Service de pseudonymisation (v2), lots de 4 096, un cœur",
+     "évaluations/s", 5000, "min"),
+    ("pseudonymiser", "producer_lines_per_s", "Producteur avec le service de pseudonymisation (v2), "
+     "100 000 lignes de bout en bout", "lignes/s", 5000, "min"),
+    ("pseudonymiser", "producer_cached_lines_per_s", "Producteur v2, mêmes personnes une seconde fois "
+     "(cache local du fonds)", "lignes/s", 5000, "min"),
+    ("pseudonymiser", "v2_total_us", "CPU supplémentaire par nouvelle personne (v2 : aveuglement, évaluation, "
+     "preuve, finalisation)", "µs", None, ""),
     ("worklist", "total_s_10000", "Liste de travail, 10 000 situations (HTML + CSV)", "s", None, ""),
     ("worklist", "total_s_100000", "Liste de travail, 100 000 situations (HTML + CSV)", "s", 10, "max"),
     ("ledger", "append_per_s", "Journal d'audit, ajout avec points de contrôle et tuiles "

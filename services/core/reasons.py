@@ -51,6 +51,13 @@ class Reason(StrEnum):
     LIGNE_MAL_FORMEE = "ligne_mal_formee"
     LIGNE_TROP_LONGUE = "ligne_trop_longue"
     FICHIER_VIDE = "fichier_vide"
+    # the pseudonymisation service (scheme v2, docs/contract.md §4.2)
+    ELEMENT_INVALIDE = "element_invalide"
+    LOT_TROP_VOLUMINEUX = "lot_trop_volumineux"
+    QUOTA_DEPASSE = "quota_depasse"
+    VERSION_CLE_INCONNUE = "version_cle_inconnue"
+    PREUVE_INVALIDE = "preuve_invalide"
+    REQUETE_REJOUEE = "requete_rejouee"
 
     @property
     def label(self) -> str:
@@ -92,4 +99,10 @@ _LABELS: dict[Reason, str] = {
     Reason.LIGNE_MAL_FORMEE: "Ligne mal formée (nombre de colonnes)",
     Reason.LIGNE_TROP_LONGUE: "Ligne trop longue",
     Reason.FICHIER_VIDE: "Fichier vide",
+    Reason.ELEMENT_INVALIDE: "Élément aveuglé invalide",
+    Reason.LOT_TROP_VOLUMINEUX: "Lot trop volumineux",
+    Reason.QUOTA_DEPASSE: "Quota journalier de pseudonymisation dépassé",
+    Reason.VERSION_CLE_INCONNUE: "Version de clé de pseudonymisation inconnue",
+    Reason.PREUVE_INVALIDE: "Preuve de la réponse invalide",
+    Reason.REQUETE_REJOUEE: "Requête déjà reçue (rejeu)",
 }

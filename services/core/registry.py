@@ -140,7 +140,9 @@ class Registry(_Model):
         return any(k.key_id == key_id and k.status == "active" for k in self.exchange_keys)
 
     def current_exchange_key_id(self) -> str | None:
-        active = [k for k in self.exchange_keys if k.status == "active"]
+        """The newest active **v1** exchange key (HMAC). ``pk-`` ids are key versions of the
+        pseudonymisation service (scheme v2, no key file at the funds): accepted, never picked."""
+        active = [k for k in self.exchange_keys if k.status == "active" and not k.key_id.startswith("pk-")]
         return max(active, key=lambda k: (k.created_at, k.key_id)).key_id if active else None
 
 

@@ -25,7 +25,7 @@ import datetime as dt
 import html
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,12 +51,12 @@ class Person:
 
 
 def person_from_extracts(fund: Fund, reference: str, extracts: Iterable[Path],
-                         exchange_key: bytes, id_root: bytes) -> Person:
+                         pseudonymise: Callable[[str], str], id_root: bytes) -> Person:
     """The person behind ``reference`` in the fund's extracts; refused if it is none of
-    them (the fund reports only on its own files)."""
+    them (the fund reports only on its own files). ``pseudonymise``: normalised NIR →
+    pseudonym value, under the scheme in force (v1 HMAC, or v2 through the service)."""
     from services.producer.extract import Extract, Line
     from services.producer.nir import NirRejected, normalise
-    from services.producer.pseudonym import pseudonym_value
     from services.producer.seal import SignalIds
 
     ids = SignalIds(fund, id_root)
@@ -83,7 +83,7 @@ def person_from_extracts(fund: Fund, reference: str, extracts: Iterable[Path],
     if len(nirs) > 1:
         raise InputError(f"the reference {reference!r} names {len(nirs)} different persons in "
                          "the extracts", "correct the back-office data before reporting")
-    return Person(fund, pseudonym_value(exchange_key, nirs.pop()), frozenset(signal_ids))
+    return Person(fund, pseudonymise(nirs.pop()), frozenset(signal_ids))
 
 
 def _date(text: str) -> dt.date | None:

@@ -657,15 +657,16 @@ def access_report(ctx: click.Context, fund: str, reference: str, extracts: tuple
     standard verifiers."""
     from services.core.types import Fund
     from services.ledger.access import build_report, person_from_extracts, render_html, render_pdf
-    from services.producer.keys import load_exchange_key, load_fund_secrets
+    from services.producer.keys import load_fund_secrets
+    from services.producer.pseudonym import source_for
 
     if not 1 <= len(reference) <= 64 or not reference.isprintable():
         raise InputError("--reference must be 1 to 64 printable characters",
                          "give the fund's file number as the back-office prints it")
     settings = _settings(ctx)
-    _, exchange_key = load_exchange_key(settings.key_dir)
+    source = source_for(settings, Fund(fund))  # v1: the exchange key; v2: the service
     secrets = load_fund_secrets(settings.key_dir, Fund(fund))
-    person = person_from_extracts(Fund(fund), reference, extracts, exchange_key,
+    person = person_from_extracts(Fund(fund), reference, extracts, lambda nir: source.pseudonym(nir)["value"],
                                   secrets.id_root)
     report = build_report(_ledger(ctx, sign=True), person)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,8 @@ class Action(StrEnum):
     EFFACEMENT = "effacement"
     ROTATION_CLE = "rotation_cle"
     PURGE_CONSERVATION = "purge_conservation"
+    PSEUDONYMES_CALCULES = "pseudonymes_calcules"  # a batch answered by the pseudonymisation service
+    PSEUDONYMISATION_REFUSEE = "pseudonymisation_refusee"  # a batch it refused (reason)
 
     @property
     def label(self) -> str:
@@ -98,6 +100,8 @@ _ACTION_LABELS: dict[Action, str] = {
     Action.EFFACEMENT: "Données effacées",
     Action.ROTATION_CLE: "Rotation de clé",
     Action.PURGE_CONSERVATION: "Purge (durée de conservation)",
+    Action.PSEUDONYMES_CALCULES: "Pseudonymes calculés (lot)",
+    Action.PSEUDONYMISATION_REFUSEE: "Pseudonymisation refusée",
 }
 
 

@@ -29,7 +29,11 @@ Hooks for the other services (what each should append; ids from
   worklist or export id, ``actor`` = the user), ``reference_revelee``,
   ``suite_enregistree``, ``effacement``, and ``purge_conservation`` with ``count`` per
   purge run; written with ``connection=`` in the casebook's own transaction;
-* key management — ``rotation_cle`` after :meth:`LedgerSigner.rotate`.
+* key management — ``rotation_cle`` after :meth:`LedgerSigner.rotate`, and when the
+  pseudonymisation service destroys a key version (``actor`` ``pseudonymiseur.<version>``);
+* pseudonymisation service (scheme v2) — ``pseudonymes_calcules`` / ``pseudonymisation_refusee``
+  per batch: ``fund``, ``count``, ``actor`` ``pseudonymiseur.<key version>``, ``ref`` = the
+  request id, ``reason`` on a refusal; never an input.
 
 Appending an entry whose id is already in the ledger is a no-op if the content is the same
 (a redelivered message) and an :class:`~services.errors.InputError` if it differs (two facts

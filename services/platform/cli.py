@@ -32,6 +32,7 @@ _SERVICE_CLIS = (
     "services.casebook.cli",
     "services.casebook.meeting_cli",
     "services.ledger.cli",
+    "services.pseudonymiser.cli",
     "services.simulator.cli",
     "services.platform.demo",
 )

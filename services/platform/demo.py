@@ -66,7 +66,11 @@ def _env(settings: Settings) -> dict[str, str]:
         "HELP_DATABASE_URL": settings.database_url,
         "HELP_TERRITORY": settings.territory,
         "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "HELP_PSEUDONYM_SCHEME": settings.pseudonym_scheme,
+        "HELP_PSEUDONYMISER_URL": settings.pseudonymiser_url,
     })
+    if settings.pseudonymiser_key_dir is not None:
+        env["HELP_PSEUDONYMISER_KEY_DIR"] = str(settings.pseudonymiser_key_dir)
     return env
 
 
@@ -130,13 +134,28 @@ def _idle_wait(read: Callable[[], dict[str, dict[str, Any]]], settle: float = 3.
     return last
 
 
+def _wait_pseudonymiser(settings: Settings, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HelpExchangeError(f"the pseudonymisation service stopped with status {proc.returncode}",
+                                    f"read its log under {settings.var_dir}")
+        try:
+            with urllib.request.urlopen(settings.pseudonymiser_url + "/v1/keys", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise HelpExchangeError("the pseudonymisation service did not answer", f"read its log under {settings.var_dir}")
+
+
 def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     from services.core.bounds import parse_month
     from services.platform.broker import EmbeddedBroker
     from services.platform.kafka import apply_topics
     from services.platform.topics import load_topic_specs, receipt_topic
     from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
-    from services.producer.publish import publish_file
     from services.producer.seal import open_sealed
     from services.simulator.cli import simulate, today_paris
 
@@ -148,8 +167,13 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     port = base.broker_port if _port_free(base.broker_port) else _free_port()
+    v2 = base.pseudonym_scheme == "v2"
+    scheme: dict[str, Any] = {"pseudonym_scheme": base.pseudonym_scheme}
+    if v2:  # the service has a key store of its own, outside the funds' key folder
+        scheme.update(pseudonymiser_url=f"http://127.0.0.1:{_free_port()}",
+                      pseudonymiser_key_dir=root / "pseudonymiser")
     settings = load_settings(var_dir=root, key_dir=root / "keys", database_url=f"sqlite:///{root / 'casebook.db'}",
-                             broker_port=port, session_timeout_ms=6000, schemas_dir=base.schemas_dir)
+                             broker_port=port, session_timeout_ms=6000, schemas_dir=base.schemas_dir, **scheme)
 
     report.stage("1. Broker embarqué et topics")
     embedded = EmbeddedBroker(settings)
@@ -163,7 +187,12 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
         report.stage("2. Clés")
         for fund in FUNDS:
             init_fund_keys(settings.key_dir, fund)
-        exchange = init_exchange_key(settings.key_dir)
+        if v2:
+            from services.pseudonymiser.keystore import init_key
+
+            exchange = f"aucune (schéma v2 : service de pseudonymisation, version de clé {init_key(settings)})"
+        else:
+            exchange = init_exchange_key(settings.key_dir)
         report.say(f"clés de signature et de scellement pour {', '.join(f.value for f in FUNDS)}; "
                    f"clé d'échange {exchange}; registre {settings.key_dir / 'registry.json'}")
 
@@ -175,18 +204,17 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
 
         report.stage("4. Publication des extractions par chaque organisme")
         published = 0
-        for fund in FUNDS:
-            summary = asyncio.run(publish_file(settings, fund, extracts / f"{fund.value}.csv",
-                                               root / f"rejets-{fund.value}.csv"))
-            published += summary.new
-            rejected = ", ".join(f"{r.value} {n}" for r, n in sorted(summary.rejected.items())) or "aucun"
-            report.say(f"{fund.value:<7} lues {summary.read:>5}  publiées {summary.sent:>5}  "
-                       f"rejetées {summary.rejected_total:>3} ({rejected})")
-            if summary.left or summary.broker_error:
-                raise HelpExchangeError(f"{summary.left} signals of {fund.value} are still in the outbox",
-                                        summary.broker_error or "see the producer's report")
+        with contextlib.ExitStack() as stack:
+            if v2:
+                port_v2 = settings.pseudonymiser_url.rsplit(":", 1)[1]
+                service = stack.enter_context(_service(settings, root / "pseudonymiser.log", "pseudonymiser",
+                                                       "serve", "--port", port_v2))
+                _wait_pseudonymiser(settings, service)
+                report.say(f"service de pseudonymisation sur {settings.pseudonymiser_url} (VOPRF RFC 9497)")
+            published = _publish_all(settings, root, extracts, report)
 
         report.stage("5. Corrélation (worker Faust) et casebook (puits SQL)")
+
         t0 = time.monotonic()
         with _service(settings, root / "correlator.log", "correlator") as corr, \
                 _service(settings, root / "casebook-sink.log", "casebook", "sink") as sink:
@@ -361,6 +389,24 @@ def privacy_leaks(exports: Path, extracts: Path, settings: Settings) -> list[str
     return found
 
 
+def _publish_all(settings: Settings, root: Path, extracts: Path, report: Report) -> int:
+    """Publish every fund's extract through the producer; the count of new signals."""
+    from services.producer.publish import publish_file
+
+    published = 0
+    for fund in FUNDS:
+        summary = asyncio.run(publish_file(settings, fund, extracts / f"{fund.value}.csv",
+                                           root / f"rejets-{fund.value}.csv"))
+        published += summary.new
+        rejected = ", ".join(f"{r.value} {n}" for r, n in sorted(summary.rejected.items())) or "aucun"
+        report.say(f"{fund.value:<7} lues {summary.read:>5}  publiées {summary.sent:>5}  "
+                   f"rejetées {summary.rejected_total:>3} ({rejected})")
+        if summary.left or summary.broker_error:
+            raise HelpExchangeError(f"{summary.left} signals of {fund.value} are still in the outbox",
+                                    summary.broker_error or "see the producer's report")
+    return published
+
+
 def _overrides(settings: Settings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in type(settings).model_fields}
 
@@ -375,12 +421,18 @@ def register(cli: click.Group) -> None:
     @cli.command("demo")
     @click.option("--month", default=None, help="Month to simulate, YYYY-MM (default: the current month).")
     @click.option("--seed", type=int, default=1, show_default=True)
+    @click.option("--scheme", type=click.Choice(["v1", "v2"]), default=None,
+                  help="Pseudonym scheme (default: HELP_PSEUDONYM_SCHEME): v2 runs the pseudonymisation "
+                       "service and the funds hold no exchange key.")
     @click.pass_context
-    def demo(ctx: click.Context, month: str | None, seed: int) -> None:
+    def demo(ctx: click.Context, month: str | None, seed: int, scheme: str | None) -> None:
         """Run the main job end to end on the embedded default and print what it did:
         broker, topics, keys, a simulated month, publication, correlation, comparison with
         the ground truth (precision and recall)."""
         from services.platform.cli import settings_from
 
-        ctx.exit(run_demo(settings_from(ctx), month=month, seed=seed))
+        settings = settings_from(ctx)
+        if scheme is not None:
+            settings = load_settings(**{**_overrides(settings), "pseudonym_scheme": scheme})
+        ctx.exit(run_demo(settings, month=month, seed=seed))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +89,25 @@ class Settings(BaseSettings):
     enable_idempotence: bool = False
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
+
+    # ------------------------------------------------ pseudonymisation (HELP_PSEUDONYM*), issue #20
+    pseudonym_scheme: Literal["v1", "v2"] = "v1"
+    """``v1``: HMAC under the exchange key every fund holds (docs/contract.md §4). ``v2``: RFC 9497
+    VOPRF, asked of the pseudonymisation service; the fund holds no pseudonymisation key (§4.2)."""
+    pseudonymiser_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$")] = \
+        "http://127.0.0.1:19480"
+    """Where producers reach the pseudonymisation service (scheme v2)."""
+    pseudonymiser_key_dir: Path | None = None
+    """The service's own key store (seeds per key version). Unset: ``<key_dir>/pseudonymiser``.
+    Its ``public.json`` (public keys per version) is what funds pin and check proofs against."""
+    pseudonymiser_quota_per_day: Annotated[int, Field(ge=1, le=100_000_000)] = 200_000
+    """Evaluations a fund may ask per UTC day; over it the batch is refused (``quota_depasse``)."""
+    pseudonymiser_batch_limit: Annotated[int, Field(ge=1, le=65_535)] = 4096
+    """Most elements in one batch (``lot_trop_volumineux`` above it)."""
+    pseudonymiser_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    pseudonymiser_cache: bool = True
+    """Keep the fund's own people's v2 pseudonyms in ``<var_dir>/pseudonym-cache-<fund>.db``
+    (indexed by a keyed MAC of the NIR, never the NIR), so a person seen before is not asked again."""
 
     # ----------------------------------------------------------------- casebook (HELP_CASEBOOK_*)
     # They tune the monthly review and its web view (services/casebook/).

@@ -42,7 +42,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,9 @@ from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC
 from services.producer import nir as nirs
 from services.producer.extract import BOM, ExtractFileError, Rejection, RejectReport
-from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path
+from services.producer.keys import load_fund_secrets, registry_path
 from services.producer.outbox import Row
-from services.producer.pseudonym import pseudonym
+from services.producer.pseudonym import source_for
 from services.producer.publish import RunOutcome
 from services.producer.sdk import MAX_FIELD, Publisher, is_free_text, parse_date
 
@@ -114,10 +114,20 @@ class ConsentBuilder:
         self.territory = settings.territory
         secrets = load_fund_secrets(settings.key_dir, fund)
         registry = load_registry(registry_path(settings.key_dir))
-        self.exchange_key_id, self._exchange_key = load_exchange_key(settings.key_dir, registry)
+        self._pseudonyms = source_for(settings, fund, registry)
         self._signing_key = secrets.signing_key
         self._signing_key_id = secrets.signing_key_id
         self._id_key = hmac.digest(secrets.id_root, _ID_LABEL, hashlib.sha256)
+
+    def prefetch(self, records: Iterable[ConsentInput]) -> None:
+        """Scheme v2: ask the service for every valid NIR of ``records`` in batches (v1: nothing)."""
+        found = []
+        for rec in records:
+            try:
+                found.append(nirs.normalise(rec.nir))
+            except (nirs.NirRejected, AttributeError, TypeError):
+                continue
+        self._pseudonyms.prefetch(found)
 
     def build(self, rec: ConsentInput, kind: ConsentKind, *, now: dt.datetime,
               today: dt.date) -> Row:
@@ -153,7 +163,7 @@ class ConsentBuilder:
         if not _DEPT.fullmatch(dept):
             raise LineRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
 
-        pseudo = pseudonym(self.exchange_key_id, self._exchange_key, nir)
+        pseudo = self._pseudonyms.pseudonym(nir)
         # Every kind takes effect when recorded: the exchange orders a person's consent
         # events per purpose by effective_at (services.core.person.apply_consent), so a
         # consent recorded after a withdrawal, the same day, must come after it.
@@ -296,6 +306,7 @@ async def record_file(settings: Settings, fund: Fund, kind: ConsentKind, path: P
         now = now or dt.datetime.now(dt.UTC)
         today = today_paris()
         rows: list[Row] = []
+        builder.prefetch(item[1] for item in lines if not isinstance(item, Rejection))
         with RejectReport(report_path) as report:
             for item in lines:
                 if isinstance(item, Rejection):

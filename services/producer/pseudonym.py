@@ -1,4 +1,6 @@
-"""The pseudonym: HMAC-SHA256 of the normalised NIR under the current exchange key.
+"""The pseudonym: scheme v1, HMAC-SHA256 of the normalised NIR under the current exchange key
+(scheme v2, the pseudonymisation service's VOPRF: :mod:`services.pseudonymiser.client`,
+chosen by ``HELP_PSEUDONYM_SCHEME``; :func:`source_for`).
 
 Every producer holds the same exchange key, so the same person gets the same pseudonym at
 every fund and the correlator can join their signals without ever seeing a NIR. The key
@@ -10,8 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from services.core.signing import b64u
+
+if TYPE_CHECKING:
+    from services.core.registry import Registry
+    from services.core.types import Fund
+    from services.platform.settings import Settings
 
 PREFIX = b"help-exchange/pseudonym/v1\x00"
 
@@ -24,3 +33,37 @@ def pseudonym_value(exchange_key: bytes, nir: str) -> str:
 def pseudonym(exchange_key_id: str, exchange_key: bytes, nir: str) -> dict[str, str]:
     """The ``pseudonym`` member of a signal."""
     return {"key_id": exchange_key_id, "value": pseudonym_value(exchange_key, nir)}
+
+
+class PseudonymSource(Protocol):
+    """Where a producer gets the ``pseudonym`` member of a normalised NIR."""
+
+    def prefetch(self, nirs: Iterable[str]) -> None: ...
+
+    def pseudonym(self, nir: str) -> dict[str, str]: ...
+
+
+class HmacSource:
+    """Scheme v1: HMAC under the current exchange key, which the fund holds."""
+
+    def __init__(self, key_id: str, key: bytes) -> None:
+        self.key_id = key_id
+        self._key = key
+
+    def prefetch(self, nirs: Iterable[str]) -> None:
+        """Nothing to ask: v1 is computed locally."""
+
+    def pseudonym(self, nir: str) -> dict[str, str]:
+        return pseudonym(self.key_id, self._key, nir)
+
+
+def source_for(settings: Settings, fund: Fund, registry: Registry | None = None) -> PseudonymSource:
+    """The source ``settings.pseudonym_scheme`` says: v1 needs the exchange key file, v2 only
+    the service's pinned public keys (``public.json``) and its URL."""
+    if settings.pseudonym_scheme == "v2":
+        from services.pseudonymiser.client import PseudonymClient
+
+        return PseudonymClient.from_settings(settings, fund)
+    from services.producer.keys import load_exchange_key
+
+    return HmacSource(*load_exchange_key(settings.key_dir, registry))

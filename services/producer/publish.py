@@ -240,6 +240,7 @@ def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now:
                  partitions: int | None) -> _Built:
     rows: list[Row] = []
     rejected: list[Rejection] = []
+    builder.prefetch(item.record for item in lines)  # scheme v2: one batch to the service
     for item in lines:
         try:
             rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -63,9 +64,9 @@ from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, I
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs
-from services.producer.keys import load_exchange_key, load_fund_secrets, registry_path, signing_key_warning
+from services.producer.keys import load_fund_secrets, registry_path, signing_key_warning
 from services.producer.outbox import Outbox, Pending, Row
-from services.producer.pseudonym import pseudonym
+from services.producer.pseudonym import source_for
 from services.producer.seal import REFERENCE_PATTERN, Sealer, SignalIds
 
 SEND_BATCH = 2000
@@ -146,7 +147,7 @@ class SignalBuilder:
         self.policy = settings.policy
         secrets = load_fund_secrets(settings.key_dir, fund)
         registry = load_registry(registry_path(settings.key_dir))
-        self.exchange_key_id, self._exchange_key = load_exchange_key(settings.key_dir, registry)
+        self._pseudonyms = source_for(settings, fund, registry)
         self._signing_key = secrets.signing_key
         self.signing_key_id = secrets.signing_key_id
         #: Why the exchange would refuse what this key signs, per the local registry copy
@@ -249,6 +250,17 @@ class SignalBuilder:
                                                    purpose=purpose, legal_basis=model, consent_on_record=True)
         return self._policy_cache[key]
 
+    def prefetch(self, records: Iterable[SignalInput]) -> None:
+        """Ask for the pseudonyms of ``records`` in one go (scheme v2: one batch to the
+        service per call; v1: nothing). Records whose NIR is invalid are left to :meth:`build`."""
+        found = []
+        for rec in records:
+            try:
+                found.append(nirs.normalise(rec.nir))
+            except (nirs.NirRejected, AttributeError, TypeError):
+                continue
+        self._pseudonyms.prefetch(found)
+
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
         """The outbox row of ``rec`` (signed signal bytes), or :class:`RecordRejected`.
@@ -259,7 +271,7 @@ class SignalBuilder:
         today = today or today_paris()
         nir, code, observed, dept, purpose, basis = self.check(rec, today)
         reference = rec.reference.strip()
-        pseudo = pseudonym(self.exchange_key_id, self._exchange_key, nir)
+        pseudo = self._pseudonyms.pseudonym(nir)
         signal_id = self._ids.signal_id(reference, code, observed)
         now = now or dt.datetime.now(dt.UTC)
         if now != self._stamp[0]:
@@ -550,12 +562,17 @@ class Publisher:
         rows: list[Row] = []
         built = 0
         today = today_paris()
-        for i, rec in enumerate(records):
-            try:
-                rows.append(self.builder.build(rec, today=today, partitions=self.partitions))
-                built += 1
-            except RecordRejected as exc:
-                result.rejected.append((i, exc))
+        source = iter(records)
+        i = 0
+        while chunk := list(itertools.islice(source, SEND_BATCH)):
+            self.builder.prefetch(chunk)  # scheme v2: one batch to the service per send batch
+            for rec in chunk:
+                try:
+                    rows.append(self.builder.build(rec, today=today, partitions=self.partitions))
+                    built += 1
+                except RecordRejected as exc:
+                    result.rejected.append((i, exc))
+                i += 1
             if len(rows) >= SEND_BATCH:
                 result.staged += await self.submit(rows)
                 rows = []

@@ -265,6 +265,35 @@ def pseudonym_file() -> dict[str, Any]:
             "prefix_hex": _hex(PREFIX), "cases": cases, "wrong": wrong}
 
 
+#: Scheme v2 test key: DeriveKeyPair(seed, info) of RFC 9497 §3.2.1 (a public label: tests only).
+V2_SEED = hashlib.sha256(b"help-exchange test pseudonymiser seed v2").digest()
+V2_KEY_VERSION = "pk-0a1b2c3d"
+
+
+def pseudonym_v2_file() -> dict[str, Any]:
+    from services.core import oprf
+    from services.pseudonymiser.client import PREFIX_V2, oprf_input
+    from services.pseudonymiser.keystore import KEY_INFO
+
+    ev = oprf.Evaluator.from_seed(V2_KEY_VERSION, V2_SEED, KEY_INFO)
+    cases = []
+    for nir in ("185057800608491", "253072A07300443"):
+        output = ev.evaluate(oprf_input(nir))
+        cases.append({"nir": nir, "oprf_input_hex": _hex(oprf_input(nir)), "output_hex": _hex(output),
+                      "pseudonym": {"key_id": V2_KEY_VERSION, "value": oprf.pseudonym_value_v2(output)}})
+    rfc = oprf.Evaluator.from_seed("pk-00000000", bytes([0xA3]) * 32, b"test key")
+    return {"description": "Pseudonym scheme v2 (docs/contract.md §4.2): RFC 9497 VOPRF, ristretto255-SHA512, "
+                           "verifiable mode. output = Evaluate(skS, prefix || NIR15) (64 bytes, equal to "
+                           "Finalize after Blind/BlindEvaluate); value = b64url(output[0:32]). The test key: "
+                           "DeriveKeyPair(seed_hex, key_info). rfc9497: the RFC's own A.1.2 vectors.",
+            "suite": oprf.SUITE, "prefix_hex": _hex(PREFIX_V2), "seed_hex": _hex(V2_SEED),
+            "key_info": KEY_INFO.decode(), "key_version": V2_KEY_VERSION, "public_key_hex": _hex(ev.public_key),
+            "cases": cases,
+            "rfc9497": {"seed_hex": "a3" * 32, "key_info_hex": b"test key".hex(), "pkSm_hex": _hex(rfc.public_key),
+                        "cases": [{"input_hex": d, "output_hex": _hex(rfc.evaluate(bytes.fromhex(d)))}
+                                  for d in ("00", "5a" * 17)]}}
+
+
 SIGNAL_ID_CASES = [
     ("DOS-2026-00042", "separation", dt.date(2026, 11, 2)),
     ("DOS-2026-00042", "separation", dt.date(2026, 11, 3)),
@@ -728,6 +757,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         "keys.json": keys_file(),
         "nir.json": nir_file(settings),
         "pseudonym.json": pseudonym_file(),
+        "pseudonym_v2.json": pseudonym_v2_file(),
         "signal_id.json": signal_id_file(),
         "sealed_ref.json": sealed_ref_file(),
         "signature.json": signature_file(),

@@ -219,7 +219,10 @@ def _codes_in(*paths: Path) -> set[str]:
 
 def test_who_decides_each_reason() -> None:
     decided = {_code(r[0]): {x.strip() for x in r[3].split(",")} for r in reason_rows()}
-    assert all(d and d <= {"fonds", "échange"} for d in decided.values()), decided
+    assert all(d and d <= {"fonds", "échange", "service"} for d in decided.values()), decided
+    # the pseudonymisation service's refusals (scheme v2), bad requests aside
+    service = _codes_in(REPO / "services" / "pseudonymiser" / "service.py") - {Reason.SCHEMA_INVALIDE.value}
+    assert service and all("service" in decided[code] for code in service), service
     correlator = _codes_in(*(REPO / "services" / "correlator").glob("*.py"), REPO / "services" / "core" / "policy.py")
     for code in correlator:
         assert "échange" in decided[code], f"{code} is decided by the correlator"

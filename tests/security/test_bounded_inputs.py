@@ -66,7 +66,7 @@ BY_NAME: dict[str, list[str]] = {
 }
 #: Commands that keep running when their arguments are good: driven through parsing only.
 LONG_RUNNING = {("broker",), ("broker", "start"), ("correlator",), ("serve",), ("demo",), ("receipts",),
-                ("casebook", "sink"), ("audit", "sink")}
+                ("casebook", "sink"), ("audit", "sink"), ("pseudonymiser", "serve")}
 EXAMPLES_PER_COMMAND = 12
 STDIN = ["", "\n", "x\nx\n", "Tr0mbone-Cheval-Pile!\n" * 2]
 

@@ -97,6 +97,20 @@ for (const v of pv.cases) {
   if (c.pseudonymValue(exchangeKeys[keys.registry_json.current_exchange_key_id], w.nir) === bare) failures.push('pseudonym: ours equals the bare HMAC')
 }
 
+// ------------------------------------------------------------------------------- pseudonym_v2.json
+// Scheme v2 (contract §4.2): the OPRF itself runs at the pseudonymisation service and in a
+// VOPRF library; what a producer computes on its own is checked here: the OPRF input bytes
+// and the value taken from the 64-byte output.
+const p2 = load('pseudonym_v2.json')
+same('pseudonym v2: prefix', Buffer.concat([Buffer.from('help-exchange/pseudonym/v2', 'ascii'), Buffer.from([0])]), Buffer.from(p2.prefix_hex, 'hex'))
+for (const v of p2.cases) {
+  attempt(`pseudonym v2 ${v.nir}`, () => {
+    const input = Buffer.concat([Buffer.from(p2.prefix_hex, 'hex'), Buffer.from(v.nir, 'ascii')])
+    same(`pseudonym v2 ${v.nir}: OPRF input`, input, Buffer.from(v.oprf_input_hex, 'hex'))
+    same(`pseudonym v2 ${v.nir}: value`, { key_id: p2.key_version, value: c.b64url(Buffer.from(v.output_hex, 'hex').subarray(0, 32)) }, v.pseudonym)
+  })
+}
+
 // ------------------------------------------------------------------------------- signal_id.json
 const sv = load('signal_id.json')
 const idRoot = dir.idRoot(fund)
@@ -209,7 +223,7 @@ for (const v of bad.cases) {
 }
 
 // Every vector file must be read here: a new one that this check ignores is a difference.
-const KNOWN = ['keys.json', 'nir.json', 'pseudonym.json', 'signal_id.json', 'sealed_ref.json', 'signature.json',
+const KNOWN = ['keys.json', 'nir.json', 'pseudonym.json', 'pseudonym_v2.json', 'signal_id.json', 'sealed_ref.json', 'signature.json',
   'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json']
 for (const name of fs.readdirSync(DIR).filter((n) => n.endsWith('.json'))) {
   checks++

@@ -1,0 +1,63 @@
+"""The fund's local cache of its own people's v2 pseudonyms (issue #20: "it may keep a local
+cache"), so that a person already seen costs no request to the service.
+
+SQLite file ``<var_dir>/pseudonym-cache-<fund>.db``: ``(key_version, nir_mac, value)``, where
+``nir_mac`` = HMAC-SHA256(cache key, NIR15) — no NIR is stored. The cache key is the fund's
+own (``<key_dir>/funds/<fund>/pseudonym-cache.key``, 32 bytes, created on first use); it
+pseudonymises nothing that leaves the fund and is useless elsewhere. Entries are per key
+version: a new version starts an empty cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from services.core.registry import write_secret
+from services.core.types import Fund
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS pseudonyms (key_version TEXT NOT NULL, nir_mac BLOB NOT NULL, "
+           "value TEXT NOT NULL, PRIMARY KEY (key_version, nir_mac)) WITHOUT ROWID")
+
+
+class PseudonymCache:
+    def __init__(self, path: Path, key: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = key
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+
+    @classmethod
+    def for_fund(cls, var_dir: Path, key_dir: Path, fund: Fund) -> PseudonymCache:
+        from services.producer.keys import fund_dir
+
+        key_path = fund_dir(key_dir, fund) / "pseudonym-cache.key"
+        if not key_path.exists():
+            write_secret(key_path, secrets.token_bytes(32))
+        return cls(var_dir / f"pseudonym-cache-{fund.value}.db", key_path.read_bytes())
+
+    def _mac(self, nir: str) -> bytes:
+        return hmac.digest(self._key, nir.encode("ascii"), hashlib.sha256)
+
+    def get_many(self, version: str, nirs: Iterable[str]) -> dict[str, str]:
+        macs = {self._mac(n): n for n in nirs}
+        found: dict[str, str] = {}
+        items = list(macs)
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            rows = self._db.execute(
+                f"SELECT nir_mac, value FROM pseudonyms WHERE key_version = ? AND nir_mac IN "
+                f"({','.join('?' * len(chunk))})", (version, *chunk)).fetchall()
+            found.update((macs[bytes(mac)], value) for mac, value in rows)
+        return found
+
+    def put_many(self, version: str, values: dict[str, str]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO pseudonyms VALUES (?, ?, ?)",
+                             [(version, self._mac(n), v) for n, v in values.items()])
+        self._db.execute("COMMIT")

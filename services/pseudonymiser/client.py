@@ -1,0 +1,132 @@
+"""The fund's side of scheme v2: blind, ask the service in batches, check the proof, finalise.
+
+The fund holds no pseudonymisation key. It pins the service's public keys (``public.json``,
+checked like the registry: see docs/keys.md) and refuses any answer whose proof does not
+verify under the pinned key of the version it names (``preuve_invalide``): nothing is
+published with a wrong pseudonym. Pseudonyms of the fund's own people are cached in memory
+for the run and, unless ``HELP_PSEUDONYMISER_CACHE=false``, in a local file
+(:mod:`services.pseudonymiser.cache`, no NIR stored), so a person already seen costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+
+from services.core.oprf import OprfError, blind, finalize_batch, pseudonym_value_v2
+from services.core.reasons import Reason
+from services.core.signing import b64u, b64u_decode
+from services.core.types import Fund
+from services.errors import ConfigurationError
+from services.platform.settings import Settings
+from services.pseudonymiser.cache import PseudonymCache
+from services.pseudonymiser.keystore import current_version, public_path, read_public, store_dir
+from services.pseudonymiser.service import Refused
+
+#: The OPRF input: a domain-separation prefix, one NUL, then the 15 ASCII bytes of the NIR.
+PREFIX_V2 = b"help-exchange/pseudonym/v2\x00"
+
+Transport = Callable[[dict[str, object]], dict[str, object]]
+
+
+def oprf_input(nir: str) -> bytes:
+    return PREFIX_V2 + nir.encode("ascii")
+
+
+def http_transport(url: str, timeout: float) -> Transport:
+    endpoint = url.rstrip("/") + "/v1/evaluate"
+
+    def send(request: dict[str, object]) -> dict[str, object]:
+        data = json.dumps(request).encode()
+        req = urllib.request.Request(endpoint, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                doc: dict[str, object] = json.loads(resp.read())
+                return doc
+        except urllib.error.HTTPError as exc:
+            try:
+                refusal = json.loads(exc.read())
+                reason = Reason(refusal["reason"])
+            except (ValueError, KeyError, TypeError):
+                raise ConfigurationError(f"the pseudonymisation service answered HTTP {exc.code}",
+                                         "check HELP_PSEUDONYMISER_URL") from None
+            raise Refused(reason, str(refusal.get("message", "")), str(refusal.get("hint", ""))) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConfigurationError(f"the pseudonymisation service at {url} does not answer: {exc}",
+                                     "start it (`help-exchange pseudonymiser serve`) or fix "
+                                     "HELP_PSEUDONYMISER_URL") from None
+
+    return send
+
+
+class PseudonymClient:
+    """Pseudonyms v2 of one fund's people: ``{"key_id", "value"}`` members, batched and cached."""
+
+    def __init__(self, fund: Fund, public_keys: dict[str, bytes], current: str, transport: Transport,
+                 *, batch_limit: int = 4096, cache: PseudonymCache | None = None) -> None:
+        self.fund = fund
+        self.key_version = current
+        self._keys = public_keys
+        self._send = transport
+        self._limit = batch_limit
+        self._cache: dict[str, dict[str, str]] = {}
+        self._stored = cache
+        #: Batches asked and elements evaluated (for the bench and the report).
+        self.batches = 0
+        self.evaluated = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, fund: Fund, transport: Transport | None = None) -> PseudonymClient:
+        versions = read_public(public_path(store_dir(settings)))
+        keys = {v.key_version: v.public_key for v in versions if v.status == "active"}
+        cache = (PseudonymCache.for_fund(settings.var_dir, settings.key_dir, fund)
+                 if settings.pseudonymiser_cache else None)
+        return cls(fund, keys, current_version(versions).key_version,
+                   transport or http_transport(settings.pseudonymiser_url, settings.pseudonymiser_timeout_s),
+                   batch_limit=settings.pseudonymiser_batch_limit, cache=cache)
+
+    def prefetch(self, nirs: Iterable[str]) -> None:
+        """Ask the service for every normalised NIR of ``nirs`` not cached yet."""
+        todo = list(dict.fromkeys(n for n in nirs if n not in self._cache))
+        if todo and self._stored is not None:
+            known = self._stored.get_many(self.key_version, todo)
+            for nir, value in known.items():
+                self._cache[nir] = {"key_id": self.key_version, "value": value}
+            todo = [n for n in todo if n not in known]
+        for start in range(0, len(todo), self._limit):
+            chunk = todo[start:start + self._limit]
+            got = dict(zip(chunk, self._evaluate(chunk), strict=True))
+            for nir, value in got.items():
+                self._cache[nir] = {"key_id": self.key_version, "value": value}
+            if self._stored is not None:
+                self._stored.put_many(self.key_version, got)
+
+    def pseudonym(self, nir: str) -> dict[str, str]:
+        """The ``pseudonym`` member of the normalised ``nir`` (asked alone if not prefetched)."""
+        found = self._cache.get(nir)
+        if found is None:
+            self.prefetch([nir])
+            found = self._cache[nir]
+        return found
+
+    def _evaluate(self, nirs: list[str]) -> list[str]:
+        blinded = [blind(oprf_input(n)) for n in nirs]
+        answer = self._send({"fund": self.fund.value, "request_id": secrets.token_hex(16),
+                             "key_version": self.key_version, "blinded": [b64u(b.element) for b in blinded]})
+        version = answer.get("key_version")
+        evaluated = answer.get("evaluated")
+        key = self._keys.get(version) if isinstance(version, str) else None
+        if key is None or version != self.key_version or not isinstance(evaluated, str):
+            raise Refused(Reason.PREUVE_INVALIDE, "the service answered under a key version not pinned here",
+                          "check the service's public.json against the one the fund pinned")
+        try:
+            outputs = finalize_batch(blinded, b64u_decode(evaluated), key)
+        except (OprfError, ValueError):
+            raise Refused(Reason.PREUVE_INVALIDE, "the service's proof does not verify under the pinned key",
+                          "stop and warn the exchange operator: nothing was published") from None
+        self.batches += 1
+        self.evaluated += len(nirs)
+        return [pseudonym_value_v2(o) for o in outputs]
