@@ -135,7 +135,9 @@ def test_auditor_reads_but_cannot_record(app_env: TestClient) -> None:
 def test_secretary_records_for_any_involved_fund_and_exports(app_env: TestClient,
                                                              sqlite_engine: sa.Engine) -> None:
     login(app_env, "secretaire.35")
-    page = app_env.get("/cases/35-2026-11-0001/followup").text
+    choice = app_env.get("/cases/35-2026-11-0001/followup").text
+    assert 'name="form_token"' not in choice  # first the fund, then that fund's actions only
+    page = app_env.get("/cases/35-2026-11-0001/followup?fund=urssaf").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
     response = app_env.post("/cases/35-2026-11-0001/followup", data={
         "fund": "urssaf", "action": "echeancier_paiement", "outcome": "propose", "csrf_token": token,
