@@ -369,7 +369,13 @@ def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Scrip
         for _ in range(kills):
             await poll_for(collector, rnd.uniform(low, high))
             proc = workers.procs["a"]
+            # On a loaded machine a (re)started worker may not have started its helpers yet
+            # at the chosen moment: wait for them (the kill is meant for a running worker).
             helpers = check_helpers(proc.pid)
+            deadline = time.monotonic() + 60
+            while not helpers and proc.poll() is None and time.monotonic() < deadline:
+                await collector.poll()
+                helpers = check_helpers(proc.pid)
             assert helpers, "the worker has no check helper"
             os.kill(rnd.choice(helpers), signal.SIGKILL)
             deadline = time.monotonic() + 30
