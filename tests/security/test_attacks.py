@@ -250,7 +250,7 @@ def test_markup_injection_in_every_html_rendering(hostile_casebook: tuple[sa.Eng
             pages[f"404 {payload}"] = client.get(f"/cases/{payload}").text
             pages[f"month {payload}"] = client.get("/worklist", params={"month": payload}).text
             number = wl.cases[0].case_number
-            form = client.get(f"/cases/{number}/followup").text
+            form = client.get(f"/cases/{number}/followup", params={"fund": "caf"}).text
             token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
             once = re.search(r'name="form_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
             pages[f"post {payload}"] = posted = client.post(f"/cases/{number}/followup", data={

@@ -31,7 +31,8 @@ def followups(server: Server) -> int:
 
 
 def open_form(client: httpx.Client, case: str) -> dict[str, str]:
-    page = client.get(f"/cases/{case}/followup").text
+    # the fund first (a secretary's form offers one fund's actions at a time)
+    page = client.get(f"/cases/{case}/followup", params={"fund": FOLLOWUP["fund"]}).text
     return {**FOLLOWUP, "csrf_token": CSRF.search(page).group(1),  # type: ignore[union-attr]
             "form_token": FORM_TOKEN.search(page).group(1)}  # type: ignore[union-attr]
 
