@@ -59,7 +59,7 @@ class Priority(StrEnum):
 
 @fast_value
 class Outcome(StrEnum):
-    """How a follow-up ends (shared/DOMAIN.md §4)."""
+    """How a follow-up ends (docs/domain.md, follow-ups)."""
 
     PROPOSE = "propose"
     ACCEPTE = "accepte"

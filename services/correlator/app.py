@@ -43,7 +43,7 @@ batch ahead at most, each batch's effects after the previous batch's, so the bro
 the same sequence as one batch at a time. Rebalances take the same lock as a batch and
 wait for the effects, so a partition is revoked between batches, never during one, and
 only once what was processed of it is committed. ``exactly_once`` is not used (see
-shared/ARCHITECTURE.md).
+docs/architecture.md, decision 4).
 
 Other choices, measured on the embedded broker (see ``bench/correlator.py``): the engine
 reads and writes each touched person once per batch (one changelog record per person per

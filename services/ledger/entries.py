@@ -3,7 +3,7 @@
 An entry is a frozen, strict pydantic model whose every field is an enum, a fixed-format
 identifier or a timestamp: there is no field where a name, a NIR, a file number or free
 text could slip in. So a retention purge never has to touch the ledger, and the Merkle
-chain stays whole (ARCHITECTURE decision 8).
+chain stays whole (docs/architecture.md, decision 8).
 
 The leaf of the Merkle tree is the entry's canonical form (RFC 8785, JSON Canonicalization
 Scheme) — :func:`canonical_bytes`. Every value of an entry is an ASCII string from a

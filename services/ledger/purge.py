@@ -1,7 +1,7 @@
 """Retention: ``help-exchange purge`` removes what is kept longer than its period.
 
-Periods (environment variables ``HELP_RETENTION_*``, months; defaults from shared/DOMAIN.md
-§6, the Dutch early-signalling rules), fields ``retention_*`` of
+Periods (environment variables ``HELP_RETENTION_*``, months; defaults from docs/domain.md
+(retention), the Dutch early-signalling rules), fields ``retention_*`` of
 :class:`services.platform.settings.Settings` where each is explained:
 
 ``HELP_RETENTION_SIGNALS_MONTHS`` (6)
@@ -33,7 +33,7 @@ What a run does, in this order (so that a crash anywhere loses nothing):
    appends ONE ledger
    entry ``purge_conservation`` with the count, dated at the time of the run (``--as-of``
    only moves the cut-off), in one transaction. Ledger entries are never purged: they hold
-   no personal payload (ARCHITECTURE decision 8).
+   no personal payload (docs/architecture.md, decision 8).
 
 A crash anywhere leaves the casebook rows until a rerun, which sends the commands again (a
 command is idempotent).

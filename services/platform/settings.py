@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     """A situation closes by itself when no new signal arrived for that many whole months before
     the month under review (it also closes as soon as every involved fund has recorded an
     outcome). Six months mirrors the Dutch early-signalling purge of signals not acted on
-    (shared/DOMAIN.md §6)."""
+    (docs/domain.md, retention)."""
     casebook_users_file: Path | None = None
     """The users of the web view, with scrypt-hashed secrets (``help-exchange users add``).
     Unset: ``<var_dir>/users.json`` (services.casebook.config.users_path)."""
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     """The provider's name on the sign-in button."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
-    # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from shared/DOMAIN.md §6
+    # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from docs/domain.md (retention)
     # (the Dutch early-signalling rules).
     retention_signals_months: Months = 6
     """Signals never correlated. They live only in the correlator's window

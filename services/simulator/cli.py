@@ -59,7 +59,7 @@ def simulate(territory: str, month: str, out: Path, *, seed: int, schemas: Path,
 def register(cli: click.Group) -> None:
     @cli.command("simulate")
     @click.option("--territory", type=click.Choice(sorted(TERRITORIES)), default="35", show_default=True,
-                  help="Département whose month is simulated (sizes from DOMAIN.md §5).")
+                  help="Département whose month is simulated (sizes from docs/domain.md).")
     @click.option("--month", required=True, help="The month, YYYY-MM (recent, not in the future).")
     @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
                   help="Directory for the extracts (<fund>.csv) and verite_terrain.json.")

@@ -1,6 +1,6 @@
 """Who signals whom in a month: a synthetic population with a latent fragility.
 
-Sizes come from shared/DOMAIN.md §5 (inhabitants, CAF and CPAM populations, self-employed,
+Sizes come from docs/domain.md (sizes) (inhabitants, CAF and CPAM populations, self-employed,
 share of older people) and the rough rates it gives; the Marne (51) figures are public
 orders of magnitude, not from the seeds. Every person the month touches has a profile
 (self-employed, family, precarious insured, retiree) that names the fund that sees them
@@ -25,7 +25,7 @@ class Territory:
     self_employed: int
     c2s: int
     share_60_plus: float
-    #: bodies as DOMAIN.md §7 names them, used as the emitter suffix
+    #: bodies as docs/domain.md (bodies) names them, used as the emitter suffix
     carsat_body: str
 
 
@@ -35,7 +35,7 @@ TERRITORIES = {
     "51": Territory("51", "Marne", 566_000, 30_000, 45_000, 0.27, "ne"),
 }
 
-# Monthly signalling rates, per fund (orders of magnitude from DOMAIN.md §5).
+# Monthly signalling rates, per fund (orders of magnitude from docs/domain.md).
 CAF_EVENTS_PER_1000_YEAR = 5.5  # CAF life events
 CAF_ARREARS_PER_1000_MONTH = 0.3  # rent and home-loan arrears reaching the CAF
 URSSAF_DIFFICULTY_SHARE_MONTH = 0.015  # self-employed declaring or showing difficulty

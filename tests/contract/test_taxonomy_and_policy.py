@@ -1,4 +1,4 @@
-"""The taxonomy holds every category of shared/DOMAIN.md §3 with its class, and the policy
+"""The taxonomy holds every category of docs/domain.md with its class, and the policy
 encodes article L115-2-1 as the domain brief states it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 TAXONOMY = load_taxonomy(SCHEMAS / "taxonomy.yaml")
 POLICY = load_policy(SCHEMAS / "policy.yaml")
 
-# Written from DOMAIN.md §3, independently of taxonomy.yaml: (fund, code, class).
+# Written from docs/domain.md, independently of taxonomy.yaml: (fund, code, class).
 DOMAIN_CATEGORIES = [
     ("urssaf", "difficulte_economique_declaree", "NM"), ("urssaf", "impaye_cotisations", "NM"),
     ("urssaf", "taxations_office_repetees", "NM"), ("urssaf", "demande_action_sociale_urssaf", "NM"),
