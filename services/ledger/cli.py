@@ -21,6 +21,7 @@ from services.errors import InputError
 from services.ledger.entries import Action
 from services.ledger.store import Ledger
 from services.platform.clitypes import OutputFile
+from services.platform.serving import serve_until_interrupted
 from services.platform.settings import Settings, load_settings
 
 _ID = r"^[0-9a-f]{32}$"
@@ -220,12 +221,7 @@ def audit_serve(ctx: click.Context, host: str, port: int) -> None:
 
     server = tile_server(_ledger(ctx, sign=False), host, port)
     click.echo(f"serving the ledger's tiles on http://{host}:{port}/ (Ctrl-C stops)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
 
 
 @audit.command("verify-tiles")
@@ -341,12 +337,7 @@ def witness_serve(ctx: click.Context, fund: str, host: str, port: int) -> None:
 
     server = witness_server(Witness.load(_settings(ctx).key_dir, fund), host, port)
     click.echo(f"witness of {fund} on http://{host}:{port}/add-checkpoint (Ctrl-C stops)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
 
 
 @witness.command("cosign")

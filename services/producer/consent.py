@@ -121,13 +121,7 @@ class ConsentBuilder:
 
     def prefetch(self, records: Iterable[ConsentInput]) -> None:
         """Scheme v2: ask the service for every valid NIR of ``records`` in batches (v1: nothing)."""
-        found = []
-        for rec in records:
-            try:
-                found.append(nirs.normalise(rec.nir))
-            except (nirs.NirRejected, AttributeError, TypeError):
-                continue
-        self._pseudonyms.prefetch(found)
+        self._pseudonyms.prefetch(nirs.valid_normalised(rec.nir for rec in records))
 
     def build(self, rec: ConsentInput, kind: ConsentKind, *, now: dt.datetime,
               today: dt.date) -> Row:

@@ -12,6 +12,7 @@ The NIR never leaves this module's callers except pseudonymised; for reports,
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 from stdnum.exceptions import InvalidChecksum, ValidationError
 from stdnum.fr import nir as stdnum_nir
@@ -49,6 +50,18 @@ def normalise(raw: str) -> str:
     except ValidationError as exc:
         raise NirRejected(Reason.NIR_INVALIDE) from exc
     return number
+
+
+def valid_normalised(raws: Iterable[str]) -> list[str]:
+    """The normalised form of every valid NIR among ``raws``; invalid ones are skipped (they
+    are refused, with their reason, when their record is built)."""
+    found = []
+    for raw in raws:
+        try:
+            found.append(normalise(raw))
+        except (NirRejected, AttributeError, TypeError):
+            continue
+    return found
 
 
 def birth_year_month(nir: str, today: dt.date) -> tuple[int, int | None]:

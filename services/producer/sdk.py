@@ -253,13 +253,7 @@ class SignalBuilder:
     def prefetch(self, records: Iterable[SignalInput]) -> None:
         """Ask for the pseudonyms of ``records`` in one go (scheme v2: one batch to the
         service per call; v1: nothing). Records whose NIR is invalid are left to :meth:`build`."""
-        found = []
-        for rec in records:
-            try:
-                found.append(nirs.normalise(rec.nir))
-            except (nirs.NirRejected, AttributeError, TypeError):
-                continue
-        self._pseudonyms.prefetch(found)
+        self._pseudonyms.prefetch(nirs.valid_normalised(rec.nir for rec in records))
 
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from services.platform.serving import serve_until_interrupted
 from services.platform.settings import Settings, load_settings
 
 
@@ -83,9 +84,4 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
                                  "check --host, and choose a free port with --port") from None
     click.echo(f"pseudonymiser on http://{host}:{port}/ (key version {service.current_version}; Ctrl-C stops it)",
                err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server)
