@@ -90,6 +90,43 @@ class CompactRange:
                 nodes.append((height >> 3, ((self.size + 1) >> height) - 1, hashes[-1]))
         self.size += 1
 
+    def extend_noting(self, leaves: Sequence[bytes], nodes: list[tuple[int, int, bytes]]) -> None:
+        """:meth:`append_noting` of each of ``leaves`` in turn — the same compact range and
+        the same tile hashes noted in the same order — computed a level at a time: the new
+        nodes of each height are hashed in one pass over the previous height's, with no
+        Python call per leaf (the append path's fast path; a property test holds it equal
+        to the reference, one :meth:`append_noting` per leaf)."""
+        if not leaves:
+            return
+        sha = _sha256
+        old, new = self.size, self.size + len(leaves)
+        # The old range's subtree roots by height: one per set bit of ``old``, highest first.
+        left = dict(zip([h for h in range(old.bit_length() - 1, -1, -1) if old >> h & 1],
+                        self._hashes, strict=True))
+        kept: list[bytes] = []  # the new range's roots, lowest height first
+        noted: list[tuple[int, int, bytes]] = []
+        # ``level`` holds the nodes of height ``h`` that the new leaves complete, the first
+        # at index ``first`` of that height (old >> h): those whose subtree ends after ``old``.
+        level: list[bytes] = list(leaves)
+        first, h = old, 0
+        while level or first:
+            if first & 1:  # the first new node's left sibling: the old range's root there
+                level.insert(0, left[h])
+                first -= 1
+            if len(level) & 1:  # the last one has no right sibling yet: a root of the range
+                kept.append(level.pop())
+            level = [sha(b"\x01" + a + b).digest() for a, b in zip(level[::2], level[1::2], strict=True)]
+            h += 1
+            first >>= 1
+            if not h & 7:
+                noted.extend((h >> 3, first + i, node) for i, node in enumerate(level))
+        # append_noting notes nodes as they complete: by their last leaf, then lowest first.
+        noted.sort(key=lambda node: ((node[1] + 1) << (node[0] << 3), node[0]))
+        nodes.extend(noted)
+        kept.reverse()
+        self._hashes = kept
+        self.size = new
+
     def extend(self, leaves: Sequence[bytes]) -> None:
         for leaf in leaves:
             self.append(leaf)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,12 @@ def key64(text: str) -> int:
     """The 64-bit signed integer digest under which an entry id is indexed (see
     :mod:`services.ledger.tables`): BLAKE2b-64 of the text. Collisions only cost a second
     comparison, on the text itself, which every lookup makes."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+    h = _BLAKE2B_64.copy()  # a copy of an empty hash: no keyword parsing per call
+    h.update(text.encode())
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
+_BLAKE2B_64 = hashlib.blake2b(digest_size=8)
 
 
 #: The auditor's index puts each kind of key (case, pseudonym, actor, action) into this many
@@ -101,12 +106,14 @@ def lookup_key(kind: str, value: str) -> tuple[int, int]:
     (``x``) in the auditor's index: from BLAKE2b-64 of the kind and value, the top bits pick
     the bucket, the low 32 bits (as a signed 32-bit integer, for PostgreSQL's INTEGER) are
     the fingerprint that a query compares inside its bucket."""
-    digest = int.from_bytes(_blake2b(_KIND_PREFIX[kind] + value.encode(), digest_size=8).digest())
+    h = _KIND_HASH[kind].copy()  # the hash of the kind's prefix, continued with the value
+    h.update(value.encode())
+    digest = int.from_bytes(h.digest())
     return (_KIND_BASE[kind] | digest >> _BUCKET_SHIFT), (digest & _FP_MASK) - _FP_OFFSET
 
 
-_blake2b = hashlib.blake2b
-_KIND_PREFIX = {kind: kind.encode() + b"\x00" for kind in _LOOKUP_KINDS}
+_KIND_HASH = {kind: hashlib.blake2b(kind.encode() + b"\x00", digest_size=8)
+              for kind in _LOOKUP_KINDS}
 _KIND_BASE = {kind: code << LOOKUP_BUCKET_BITS for kind, code in _LOOKUP_KINDS.items()}
 _BUCKET_SHIFT = 64 - LOOKUP_BUCKET_BITS
 _FP_MASK = (1 << _FP_BITS) - 1
@@ -127,6 +134,123 @@ def lookup_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int, int]]
 def chain_next(previous: bytes, leaf: bytes) -> bytes:
     """SHA-256(previous chain hash || leaf hash)."""
     return hashlib.sha256(previous + leaf).digest()
+
+
+# ---------------------------------------------------------------------------- what an append writes
+@dataclass
+class AppendRows:
+    """What appending new entries writes, computed before any SQL: the ``ledger_entries``
+    rows (in seq order) and the ``ledger_index`` rows (in index order, so each bucket's
+    tail page is visited once), the tile hashes the entries complete (as
+    :meth:`CompactRange.append_noting` notes them), the checkpoints the policy owes
+    (size, root) and the chain hash after the last entry. The compact range given is
+    advanced in place."""
+
+    entries: list[tuple[Any, ...]]
+    index: list[tuple[int, int, int]]
+    nodes: list[tuple[int, int, bytes]]
+    marks: list[tuple[int, bytes]]
+    chain: bytes
+
+
+def append_rows_reference(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
+                          id_keys: Mapping[str, int], size: int, chain: bytes,
+                          compact: CompactRange, every: int) -> AppendRows:
+    """:class:`AppendRows` of ``entries`` (whose canonical bytes are ``datas``) appended
+    to a tree of ``size`` entries: one entry at a time, as the definitions say — the
+    referee of :func:`append_rows`. ``every``: a checkpoint every that many entries (0:
+    none)."""
+    rows: list[tuple[Any, ...]] = []
+    keys: list[tuple[int, int, int]] = []
+    nodes: list[tuple[int, int, bytes]] = []
+    marks: list[tuple[int, bytes]] = []
+    for entry, data in zip(entries, datas, strict=True):
+        leaf = hashlib.sha256(b"\x00" + data).digest()
+        chain = chain_next(chain, leaf)
+        compact.append_noting(leaf, nodes)
+        subject = entry.person
+        at = data.rindex(b'"time":"') + 8  # the time as hashed (one format, see entries)
+        rows.append((
+            size, entry.entry_id, id_keys[entry.entry_id], data[at:data.index(b'"', at)].decode(),
+            entry.actor, entry.action.value, entry.case_id,
+            subject.key_id if subject else None, subject.value if subject else None,
+            data, leaf, chain,
+        ))
+        keys.extend(lookup_rows([(size, entry.case_id, subject.value if subject else None,
+                                  entry.actor, entry.action.value)]))
+        size += 1
+        if every and not size % every:
+            marks.append((size, compact.root()))
+    keys.sort()
+    return AppendRows(rows, keys, nodes, marks, chain)
+
+
+def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
+                id_keys: Mapping[str, int], size: int, chain: bytes,
+                compact: CompactRange, every: int) -> AppendRows:
+    """:func:`append_rows_reference`, a column at a time: each hash, text and key of the
+    batch in one comprehension, the tree a level at a time
+    (:meth:`CompactRange.extend_noting`), the few actors and actions hashed once each, and
+    the index rows put in order by a stable sort on the bucket alone (within a bucket, rows
+    already come in seq order). The append path's fast path; a property test holds the
+    two equal."""
+    n = len(datas)
+    seqs = range(size, size + n)
+    sha = hashlib.sha256
+    leaves = [sha(b"\x00" + data).digest() for data in datas]
+    chains: list[bytes] = []
+    add_chain = chains.append
+    for leaf in leaves:
+        chain = sha(chain + leaf).digest()
+        add_chain(chain)
+    nodes: list[tuple[int, int, bytes]] = []
+    marks: list[tuple[int, bytes]] = []
+    done = 0
+    if every:  # the tree grown to each checkpoint's size, its root taken there
+        for stop in range(every - size % every, n + 1, every):
+            compact.extend_noting(leaves[done:stop], nodes)
+            marks.append((size + stop, compact.root()))
+            done = stop
+    compact.extend_noting(leaves[done:] if done else leaves, nodes)
+    ids = [entry.entry_id for entry in entries]
+    persons = [entry.person for entry in entries]
+    cases = [entry.case_id for entry in entries]
+    actors = [entry.actor for entry in entries]
+    actions = [_ACTION_TEXT[entry.action] for entry in entries]
+    values = [person.value if person is not None else None for person in persons]
+    rows = list(zip(
+        seqs, ids, [id_keys[i] for i in ids],
+        [data[(at := data.rindex(b'"time":"') + 8):data.index(b'"', at)].decode()
+         for data in datas],
+        actors, actions, cases,
+        [person.key_id if person is not None else None for person in persons], values,
+        datas, leaves, chains, strict=True))
+    buckets: list[int] = []
+    index_seqs: list[int] = []
+    fps: list[int] = []
+    for kind, column in (("c", cases), ("s", values)):
+        hashed = _KIND_HASH[kind]
+        base = _KIND_BASE[kind]
+        for seq, value in zip(seqs, column, strict=True):
+            if value is not None:
+                h = hashed.copy()
+                h.update(value.encode())
+                digest = int.from_bytes(h.digest())
+                buckets.append(base | digest >> _BUCKET_SHIFT)
+                index_seqs.append(seq)
+                fps.append((digest & _FP_MASK) - _FP_OFFSET)
+    for kind, repeated in (("a", actors), ("x", actions)):
+        few = {value: _few_valued_key(kind, value) for value in set(repeated)}
+        buckets.extend([few[value][0] for value in repeated])
+        index_seqs.extend(seqs)
+        fps.extend([few[value][1] for value in repeated])
+    order = sorted(range(len(buckets)), key=buckets.__getitem__)  # stable
+    index = list(zip(map(buckets.__getitem__, order), map(index_seqs.__getitem__, order),
+                     map(fps.__getitem__, order), strict=True))
+    return AppendRows(rows, index, nodes, marks, chain)
+
+
+_ACTION_TEXT = {action: action.value for action in Action}
 
 
 def engine_for(database_url: str) -> Engine:
@@ -230,23 +354,26 @@ class Ledger:
         That is the audit sink's case for receipts: a correlator restarted between sending its
         receipts and committing sends the same receipt (same id, same answer) again, stamped
         with the time of its second pass."""
-        batch: list[tuple[LedgerEntry, bytes]] = []
+        fresh: list[LedgerEntry] = []  # the first of each id, with its canonical bytes
+        datas: list[bytes] = []
         by_id: dict[str, bytes] = {}
         order: list[str] = []
         for entry in entries:
             data = canonical_bytes(entry)
-            order.append(entry.entry_id)
-            known = by_id.get(entry.entry_id)
+            entry_id = entry.entry_id
+            order.append(entry_id)
+            known = by_id.get(entry_id)
             if known is None:
-                by_id[entry.entry_id] = data
-                batch.append((entry, data))
+                by_id[entry_id] = data
+                fresh.append(entry)
+                datas.append(data)
             elif known != data and not _same_but_time(entry, known, first_time_wins):
-                raise _conflict(entry.entry_id)
+                raise _conflict(entry_id)
         if connection is not None:
-            return self._append(connection, batch, order, sign, now, first_time_wins)
+            return self._append(connection, fresh, datas, order, sign, now, first_time_wins)
         try:
             with self.engine.begin() as conn:
-                return self._append(conn, batch, order, sign, now, first_time_wins)
+                return self._append(conn, fresh, datas, order, sign, now, first_time_wins)
         except IntegrityError as exc:  # two first appends racing to create the state row
             raise TransientError("the ledger was being initialised concurrently",
                                  "retry the append") from exc
@@ -263,71 +390,43 @@ class Ledger:
     def _append(
         self,
         conn: Connection,
-        batch: list[tuple[LedgerEntry, bytes]],
+        fresh: list[LedgerEntry],
+        datas: list[bytes],
         order: list[str],
         sign: bool,
         now: dt.datetime | None,
         first_time_wins: frozenset[Action] = frozenset(),
     ) -> AppendResult:
         state = _lock_state(conn)
-        id_keys = {entry.entry_id: key64(entry.entry_id) for entry, _ in batch}
+        id_keys = {entry.entry_id: key64(entry.entry_id) for entry in fresh}
         present = _existing(conn, id_keys)
-        index_of = {entry_id: seq for entry_id, (seq, _) in present.items()}
-        size, compact, chain = state.tree_size, state.compact, state.last_chain
-        rows: list[tuple[Any, ...]] = []
-        keys: list[tuple[int, int, int]] = []
-        sha = hashlib.sha256
-        nodes: list[tuple[int, int, bytes]] = []
-        marks: list[tuple[int, bytes]] = []
+        if present:  # redelivered entries: already there if the same, else a conflict
+            new_entries: list[LedgerEntry] = []
+            new_datas: list[bytes] = []
+            for entry, data in zip(fresh, datas, strict=True):
+                stored = present.get(entry.entry_id)
+                if stored is None:
+                    new_entries.append(entry)
+                    new_datas.append(data)
+                elif stored[1] != data and not _same_but_time(entry, stored[1], first_time_wins):
+                    raise _conflict(entry.entry_id)
+            fresh, datas = new_entries, new_datas
+        start, compact = state.tree_size, state.compact
+        size = start + len(fresh)
         every = self.checkpoint_every if self._note_signer is not None else 0
-        leaf_append = compact.append_noting
-        row_append, key_append = rows.append, keys.append
-        few = _few_valued_key
-        for entry, data in batch:
-            entry_id = entry.entry_id
-            if present:
-                stored = present.get(entry_id)
-                if stored is not None:
-                    if stored[1] != data and not _same_but_time(entry, stored[1], first_time_wins):
-                        raise _conflict(entry_id)
-                    continue
-            leaf = sha(b"\x00" + data).digest()
-            chain = sha(chain + leaf).digest()
-            leaf_append(leaf, nodes)
-            subject, case_id, actor, action = entry.person, entry.case_id, entry.actor, \
-                entry.action.value
-            at = data.rindex(b'"time":"') + 8  # the time as hashed (one format, see entries)
-            row_append((
-                size, entry_id, id_keys[entry_id], data[at:data.index(b'"', at)].decode(),
-                actor, action, case_id,
-                subject.key_id if subject else None, subject.value if subject else None,
-                data, leaf, chain,
-            ))
+        marks: list[tuple[int, bytes]] = []
+        if fresh:
+            rows = append_rows(fresh, datas, id_keys, start, state.last_chain, compact, every)
+            marks = rows.marks
+            _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows.entries)
             # The auditor's index, in the same transaction: a query never misses an entry.
-            if case_id is not None:
-                bucket, fp = lookup_key("c", case_id)
-                key_append((bucket, size, fp))
-            if subject is not None:
-                bucket, fp = lookup_key("s", subject.value)
-                key_append((bucket, size, fp))
-            bucket, fp = few("a", actor)
-            key_append((bucket, size, fp))
-            bucket, fp = few("x", action)
-            key_append((bucket, size, fp))
-            index_of[entry_id] = size
-            size += 1
-            if every and not size % every:  # the policy's checkpoint every N entries
-                marks.append((size, compact.root()))
-        if rows:
-            _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows)
-            keys.sort()  # in index order: each bucket's tail page is visited once
-            _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, keys)
-            if nodes:
-                _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), nodes)
+            _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, rows.index)
+            if rows.nodes:
+                _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), rows.nodes)
             conn.execute(update(t.state).where(t.state.c.id == 1).values(
-                tree_size=size, compact_range=compact.to_bytes(), last_chain=chain))
+                tree_size=size, compact_range=compact.to_bytes(), last_chain=rows.chain))
         moment = now or dt.datetime.now(dt.UTC)
-        if self._note_signer is not None and rows and (not marks or marks[-1][0] != size):
+        if self._note_signer is not None and fresh and (not marks or marks[-1][0] != size):
             last = _last_checkpoint(conn)
             if last is None or _age_s(last[1], moment) >= self.checkpoint_seconds:
                 marks.append((size, compact.root()))  # … and after a quiet spell
@@ -336,8 +435,15 @@ class Ledger:
         head = None
         if sign:
             head = self._store_head(conn, size, compact.root(), now)
-        return AppendResult(appended=len(rows), already_present=len(order) - len(rows),
-                            tree_size=size, indexes=tuple(index_of[i] for i in order), head=head)
+        if len(order) == len(fresh):  # no id twice, none already there
+            indexes = tuple(range(start, size))
+        else:
+            index_of = {entry_id: seq for entry_id, (seq, _) in present.items()}
+            index_of.update(zip([entry.entry_id for entry in fresh], range(start, size),
+                                strict=True))
+            indexes = tuple(index_of[i] for i in order)
+        return AppendResult(appended=len(fresh), already_present=len(order) - len(fresh),
+                            tree_size=size, indexes=indexes, head=head)
 
     # ------------------------------------------------------------------------ heads
     def sign_head(self, now: dt.datetime | None = None) -> SignedHead:
