@@ -140,14 +140,15 @@ def chain_next(previous: bytes, leaf: bytes) -> bytes:
 @dataclass
 class AppendRows:
     """What appending new entries writes, computed before any SQL: the ``ledger_entries``
-    rows (in seq order) and the ``ledger_index`` rows (in index order, so each bucket's
-    tail page is visited once), the tile hashes the entries complete (as
-    :meth:`CompactRange.append_noting` notes them), the checkpoints the policy owes
-    (size, root) and the chain hash after the last entry. The compact range given is
+    rows (in seq order; their values one after the other, row after row, as
+    :func:`_insert_flat` takes them) and the ``ledger_index`` rows (the same way, in index
+    order, so each bucket's tail page is visited once), the tile hashes the entries
+    complete (as :meth:`CompactRange.append_noting` notes them), the checkpoints the policy
+    owes (size, root) and the chain hash after the last entry. The compact range given is
     advanced in place."""
 
-    entries: list[tuple[Any, ...]]
-    index: list[tuple[int, int, int]]
+    entries: list[Any]
+    index: list[int]
     nodes: list[tuple[int, int, bytes]]
     marks: list[tuple[int, bytes]]
     chain: bytes
@@ -182,7 +183,8 @@ def append_rows_reference(entries: Sequence[LedgerEntry], datas: Sequence[bytes]
         if every and not size % every:
             marks.append((size, compact.root()))
     keys.sort()
-    return AppendRows(rows, keys, nodes, marks, chain)
+    return AppendRows([value for row in rows for value in row],
+                      [value for key in keys for value in key], nodes, marks, chain)
 
 
 def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
@@ -218,20 +220,25 @@ def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
     actors = [entry.actor for entry in entries]
     actions = [_ACTION_TEXT[entry.action] for entry in entries]
     values = [person.value if person is not None else None for person in persons]
-    rows = list(zip(
-        seqs, ids, [id_keys[i] for i in ids],
-        [data[(at := data.rindex(b'"time":"') + 8):data.index(b'"', at)].decode()
-         for data in datas],
-        actors, actions, cases,
-        [person.key_id if person is not None else None for person in persons], values,
-        datas, leaves, chains, strict=True))
+    # Row after row, filled a column at a time (each an extended-slice assignment): no
+    # tuple per row, which at this rate would keep the cyclic collector busy.
+    width = len(_ENTRY_COLUMNS)
+    rows: list[Any] = [None] * (n * width)
+    for at_column, filled in enumerate((
+            seqs, ids, [id_keys[i] for i in ids],
+            [data[(at := data.rindex(b'"time":"') + 8):data.index(b'"', at)].decode()
+             for data in datas],
+            actors, actions, cases,
+            [person.key_id if person is not None else None for person in persons], values,
+            datas, leaves, chains)):
+        rows[at_column::width] = filled
     buckets: list[int] = []
     index_seqs: list[int] = []
     fps: list[int] = []
-    for kind, column in (("c", cases), ("s", values)):
+    for kind, spread in (("c", cases), ("s", values)):
         hashed = _KIND_HASH[kind]
         base = _KIND_BASE[kind]
-        for seq, value in zip(seqs, column, strict=True):
+        for seq, value in zip(seqs, spread, strict=True):
             if value is not None:
                 h = hashed.copy()
                 h.update(value.encode())
@@ -245,8 +252,10 @@ def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
         index_seqs.extend(seqs)
         fps.extend([few[value][1] for value in repeated])
     order = sorted(range(len(buckets)), key=buckets.__getitem__)  # stable
-    index = list(zip(map(buckets.__getitem__, order), map(index_seqs.__getitem__, order),
-                     map(fps.__getitem__, order), strict=True))
+    index: list[int] = [0] * (3 * len(order))
+    index[0::3] = map(buckets.__getitem__, order)
+    index[1::3] = map(index_seqs.__getitem__, order)
+    index[2::3] = map(fps.__getitem__, order)
     return AppendRows(rows, index, nodes, marks, chain)
 
 
@@ -418,9 +427,9 @@ class Ledger:
         if fresh:
             rows = append_rows(fresh, datas, id_keys, start, state.last_chain, compact, every)
             marks = rows.marks
-            _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows.entries)
+            _insert_flat(conn, t.entries.name, _ENTRY_COLUMNS, rows.entries)
             # The auditor's index, in the same transaction: a query never misses an entry.
-            _insert_rows(conn, t.lookup.name, _LOOKUP_COLUMNS, rows.index)
+            _insert_flat(conn, t.lookup.name, _LOOKUP_COLUMNS, rows.index)
             if rows.nodes:
                 _insert_rows(conn, t.tile_nodes.name, ("level", "idx", "hash"), rows.nodes)
             conn.execute(update(t.state).where(t.state.c.id == 1).values(
@@ -866,6 +875,37 @@ def _insert_rows(conn: Connection, table: str, columns: tuple[str, ...],
     statement = (f"INSERT INTO {table} ({', '.join(columns)}) "
                  f"VALUES ({', '.join([mark] * len(columns))})")
     conn.exec_driver_sql(statement, rows)
+
+
+#: Rows per INSERT statement when a batch is written (:func:`_insert_flat`): 64 rows of
+#: ledger_entries are 768 parameters, far under SQLite's and PostgreSQL's limits.
+_ROWS_PER_INSERT = 64
+
+
+def _insert_flat(conn: Connection, table: str, columns: tuple[str, ...],
+                 values: list[Any]) -> None:
+    """Insert rows given as their values one after the other (row after row): in
+    statements of :data:`_ROWS_PER_INSERT` rows each (multi-row VALUES), the rest one row
+    a statement. The same rows in the same order as :func:`_insert_rows`, with a fraction
+    of its per-statement work, and no tuple per row for the cyclic collector to walk."""
+    width = len(columns)
+    per = _ROWS_PER_INSERT * width
+    full = len(values) - len(values) % per
+    mark = _MARKS.get(conn.dialect.paramstyle)
+    if full and mark is not None:
+        conn.exec_driver_sql(_multi_insert(table, columns, _ROWS_PER_INSERT, mark),
+                             [tuple(values[i:i + per]) for i in range(0, full, per)])
+    else:
+        full = 0
+    if full < len(values):
+        _insert_rows(conn, table, columns, [tuple(values[i:i + width])
+                                            for i in range(full, len(values), width)])
+
+
+@functools.lru_cache(maxsize=32)
+def _multi_insert(table: str, columns: tuple[str, ...], rows: int, mark: str) -> str:
+    row = f"({', '.join([mark] * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
 
 
 def _existing(conn: Connection, id_keys: dict[str, int]) -> dict[str, tuple[int, bytes]]:
