@@ -46,9 +46,9 @@ from services.platform.kafka import apply_topics
 from services.platform.partitioning import partition_for
 from services.platform.settings import load_settings
 from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
-from tests.conftest import free_port
-from tests.correlator.factory import Funds, wire
 from tests.correlator.harness import REPO, publish, start_worker, stop
+from tests.support.local import free_port
+from tests.support.signals import Funds, wire
 
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
 PLAIN_N = int(os.environ.get("BENCH_PLAIN_SIGNALS", "10000"))

@@ -28,8 +28,6 @@ KNOWN: dict[str, str] = {
         "every table under Alembic",
     "services/casebook/migrations/env.py imports by name importlib.import_module":
         "every table under Alembic",
-    # The fund's side of scheme v2 (the service's client) moves to the producer.
-    "services/producer/pseudonym.py imports services.pseudonymiser.client": "client to the producer",
 }
 
 

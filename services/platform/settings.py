@@ -193,6 +193,11 @@ class Settings(BaseSettings):
 
         return self.registry_signer or signer_public_path(self.key_dir)
 
+    @property
+    def pseudonymiser_store(self) -> Path:
+        """The pseudonymisation service's key store (its ``public.json`` is what funds pin)."""
+        return self.pseudonymiser_key_dir or self.key_dir / "pseudonymiser"
+
     @cached_property
     def taxonomy(self) -> Taxonomy:
         return load_taxonomy(self.schemas_dir / "taxonomy.yaml")

@@ -28,9 +28,9 @@ from services.casebook.auth import UserFile
 from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.records import record_meeting
-from tests.casebook import factory as F
-from tests.conftest import free_port
 from tests.security.server import SECRET
+from tests.support import situations as F
+from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"

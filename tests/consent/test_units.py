@@ -32,7 +32,7 @@ from services.producer.consent import consent_outbox_path, record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.outbox import Outbox
 from services.producer.sdk import SignalBuilder, SignalInput
-from tests.casebook import factory
+from tests.support import situations as factory
 
 UTC = dt.UTC
 NIR = "1 55 05 35 006 084 36"  # born 1955 (not a real person's: a synthetic, valid key)

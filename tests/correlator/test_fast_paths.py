@@ -39,7 +39,7 @@ from services.correlator.engine import Engine, Record, StateCache, receipt_wire
 from services.platform.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import Funds, wire
+from tests.support.signals import Funds, wire
 
 # ---------------------------------------------------------------------- canonical JSON
 _ascii = st.text(st.characters(max_codepoint=0x7F), max_size=12)

@@ -19,7 +19,6 @@ from services.ledger.cli import register
 from services.ledger.entries import canonical_bytes
 from services.ledger.store import Ledger, chain_next, engine_for
 from services.platform.settings import Settings, load_settings
-from tests.ledger.conftest import CASE, PSEUDO, make_entry
 from tests.ledger.rfc9162_verifier import (
     rfc_leaf_hash,
     rfc_mth,
@@ -28,6 +27,7 @@ from tests.ledger.rfc9162_verifier import (
 )
 from tests.ledger.test_store import nacl_verify
 from tests.support.cli import wired_group
+from tests.support.entries import CASE, PSEUDO, make_entry
 
 N = 20
 

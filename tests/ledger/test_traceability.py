@@ -22,8 +22,8 @@ from services.ledger.casebook import LedgerAuditSink
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger, ensure_tables
 from services.platform.settings import Settings
-from tests.casebook.factory import situation
 from tests.support.cli import wired_group
+from tests.support.situations import situation
 
 group = wired_group(ledger_cli.register)
 
@@ -80,7 +80,7 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     from services.core.messages import to_wire
     from services.ledger.sink import EntryMaker, Record
     from services.platform.topics import FOLLOWUPS_TOPIC
-    from tests.casebook.factory import followup
+    from tests.support.situations import followup
 
     engine = open_store_engine(offline_settings.database_url)
     ensure_tables(engine)
@@ -120,7 +120,7 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     from services.ledger import tables as lt
     from services.ledger.sink import EntryMaker, Record, apply_batch, load_offsets
     from services.platform.topics import receipt_topic, signal_topic
-    from tests.casebook.factory import hex32, pseudonym
+    from tests.support.situations import hex32, pseudonym
 
     engine = open_store_engine(offline_settings.database_url)
     ensure_tables(engine)
