@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from services.core.types import fast_value
 
-
-@fast_value
 class Reason(StrEnum):
     """Why a line, a message or a request was refused."""
 

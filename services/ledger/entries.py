@@ -9,8 +9,8 @@ The leaf of the Merkle tree is the entry's canonical form (RFC 8785, JSON Canoni
 Scheme) — :func:`canonical_bytes`. Every value of an entry is an ASCII string from a
 pattern, an integer or null, and every key is ASCII; for such a document JCS is just
 "keys sorted, no whitespace", which pydantic's own JSON output gives when the fields are
-declared in alphabetical order (as they are) — several times faster than the general
-``rfc8785`` package, which stays the referee: a property test checks both agree, and
+declared in alphabetical order (as they are): :func:`services.core.codec.canonical_model`.
+The general ``rfc8785`` package stays the referee: a property test checks both agree, and
 :func:`canonical_bytes_reference` is there for anyone who wants to re-check.
 
 Entry ids are 32 hex digits, given by the caller or derived with :func:`entry_id_for` from
@@ -24,13 +24,12 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import json
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from services.core.codec import canonical_model, canonical_reference
 from services.core.messages import Pseudonym
 from services.core.reasons import Reason
 from services.core.types import (
@@ -289,31 +288,18 @@ def entry_document(entry: LedgerEntry) -> dict[str, Any]:
     return entry.model_dump(mode="json")
 
 
-def _fast_jcs(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def canonical_bytes(entry: LedgerEntry) -> bytes:
     """The RFC 8785 canonical form of ``entry``: the Merkle leaf data.
 
     pydantic-core writes compact JSON (no whitespace) in field declaration order, which is
     alphabetical, with every value an ASCII string, an integer or null: exactly JCS. A
     property test holds this against the ``rfc8785`` package for random entries."""
-    return entry.__pydantic_serializer__.to_json(entry)
+    return canonical_model(entry)
 
 
 def canonical_bytes_reference(entry: LedgerEntry) -> bytes:
     """The same bytes through the general ``rfc8785`` implementation (slower)."""
-    return rfc8785.dumps(entry_document(entry))
-
-
-def is_canonical(data: bytes) -> bool:
-    """True if ``data`` is a JSON object already in its canonical form."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(document, dict) and _fast_jcs(document) == data
+    return canonical_reference(entry_document(entry))
 
 
 def parse_entry(data: bytes | str) -> LedgerEntry:

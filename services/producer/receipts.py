@@ -24,10 +24,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.core.codec import canonical
 from services.core.messages import Receipt, parse
 from services.core.reasons import Reason
 from services.core.registry import Registry, load_registry, registry_path
-from services.core.signing import canonical, sign
+from services.core.signing import sign
 from services.core.types import Fund
 from services.errors import BrokerUnreachable
 from services.platform.kafka import consumer

@@ -45,13 +45,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.core.codec import canonical, splice_signature
 from services.core.dates import DateLimits, date_reason, limits_on
 from services.core.dates import today_paris as today_paris  # re-exported: callers judge by the SDK's day
 from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
 from services.core.policy import check_signal, conditions_met
 from services.core.reasons import Reason
 from services.core.registry import load_registry
-from services.core.signing import ALG, b64u, signing_input
+from services.core.signing import ALG, b64u
 from services.core.types import (
     CONSENT_REF_PATTERN,
     DEPARTEMENT_PATTERN,
@@ -284,16 +285,14 @@ class SignalBuilder:
             "legal_basis": basis,
             "purpose": purpose.value,
         }
-        # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); see canonical().
+        # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); the wire
+        # form is that form with the signature member in its sorted place.
         unsigned = canonical(message)
         signature = b64u(self._signing_key.sign(unsigned))
-        # The wire form is the canonical form with the signature member in its sorted place
-        # (just before "territory": no value can hold a quote, so the splice is exact).
-        member = f',"signature":{{"alg":"{ALG}","key_id":"{self.signing_key_id}","value":"{signature}"}}'
-        head, sep, tail = unsigned.partition(b',"territory":')
-        if not sep:  # pragma: no cover - every signal has a territory
-            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal")
-        value = head + member.encode("ascii") + sep + tail
+        try:
+            value = splice_signature(unsigned, ALG, self.signing_key_id, signature)
+        except ValueError:  # pragma: no cover - every signal has a territory
+            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal") from None
         try:
             Signal.model_validate_json(value)
         except ValidationError:  # a bug here, not bad input: never send it
@@ -322,24 +321,6 @@ async def read_to_end(cons: AIOKafkaConsumer, ends: dict[TopicPartition, int],
         if loop.time() > deadline:
             raise BrokerUnreachable(f"could not read {next(iter(ends)).topic} to its end within {limit_s:.0f} s",
                                     "check the broker, then run the command again")
-
-
-def canonical(message: dict[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON of an unsigned signal, fast path.
-
-    For objects whose keys and strings are printable ASCII and that hold no number (every
-    signal, by construction: each value matched a contract pattern first), RFC 8785 is
-    exactly ``json.dumps`` with sorted keys and no whitespace; the pure-Python ``rfc8785``
-    package costs ~60 µs a message, a third of the budget at 5,000 lines/s. The test suite
-    checks byte equality with ``rfc8785.dumps`` and verifies every signature with
-    :func:`services.core.signing.verify`. Anything else falls back to the package."""
-    text = _CANONICAL.encode(message)
-    if text.isascii() and text.isprintable():
-        return text.encode("ascii")
-    return signing_input(message)
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass

@@ -28,9 +28,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.core.codec import canonical
 from services.core.messages import SCHEMA_VERSION, sealed_digest
 from services.core.registry import Registry, save_registry
-from services.core.signing import b64u, canonical, sign, signing_input
+from services.core.signing import b64u, sign, signing_input
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.correlator.engine import Engine, Record

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.core.codec import canonical
 from services.core.messages import Signal, parse
 from services.core.registry import Registry, save_registry
-from services.core.signing import canonical, sign
+from services.core.signing import sign
 from services.core.types import Fund
 from services.correlator.checks import Checker
 from services.correlator.partitioning import murmur2, partition_for

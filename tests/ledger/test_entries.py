@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.core import codec
 from services.core.messages import Pseudonym
 from services.core.reasons import Reason
 from services.core.types import format_timestamp
@@ -21,7 +22,6 @@ from services.ledger.entries import (
     canonical_bytes,
     canonical_bytes_reference,
     entry_id_for,
-    is_canonical,
     new_entry,
     parse_entry,
 )
@@ -46,7 +46,7 @@ def test_canonical_bytes_are_rfc8785_and_roundtrip() -> None:
     entry = make_entry(3, reason=Reason.SIGNATURE_INVALIDE, count=2, ref="a" * 32)
     data = canonical_bytes(entry)
     assert data == rfc8785.dumps(entry.model_dump(mode="json"))
-    assert is_canonical(data)
+    assert codec.is_canonical(data)
     assert parse_entry(data) == entry
     assert b'"time":"2026-11-02T09:03:00.000000Z"' in data
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from services.core.codec import canonical
 from services.core.messages import Signal, parse
 from services.core.reasons import Reason
 from services.core.registry import load_registry
@@ -32,7 +33,7 @@ from services.producer.keys import (
     retire_exchange_key,
 )
 from services.producer.pseudonym import pseudonym, pseudonym_value
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput, canonical, parse_date, today_paris
+from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput, parse_date, today_paris
 from services.producer.seal import TOKEN_RE, ReferenceRejected, Sealer, SignalIds, open_sealed, token
 from tests.producer.helpers import make_nir, write_csv, wrong_key
 
