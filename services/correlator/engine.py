@@ -100,6 +100,7 @@ from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
+from services.errors import Rejected
 from services.platform.topics import (
     DEADLETTER_TOPIC,
     ORIGIN_HEADER,
@@ -175,13 +176,6 @@ class Batch:
     writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     accepted: int = 0
     rejected: int = 0
-
-
-class Rejected(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(reason.value)
-        self.reason = reason
-        self.detail = detail
 
 
 def person_key(key_id: str, value: str) -> bytes:
@@ -477,7 +471,7 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from services.core.types import Fund
-from services.errors import InputError
+from services.errors import InputError, Rejected
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
 from services.ledger.entries import Action, BaseLegale, Finalite, subject_commitment
 from services.ledger.merkle import inclusion_proof
@@ -56,7 +56,7 @@ def person_from_extracts(fund: Fund, reference: str, extracts: Iterable[Path],
     them (the fund reports only on its own files). ``pseudonymise``: normalised NIR →
     pseudonym value, under the scheme in force (v1 HMAC, or v2 through the service)."""
     from services.producer.extract import Extract, Line
-    from services.producer.nir import NirRejected, normalise
+    from services.producer.nir import normalise
     from services.producer.seal import SignalIds
 
     ids = SignalIds(fund, id_root)
@@ -69,7 +69,7 @@ def person_from_extracts(fund: Fund, reference: str, extracts: Iterable[Path],
             rec = item.record
             try:
                 nirs.add(normalise(rec.nir))
-            except NirRejected:
+            except Rejected:
                 continue
             observed = rec.observed_on if isinstance(rec.observed_on, dt.date) else \
                 _date(rec.observed_on)

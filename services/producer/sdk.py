@@ -8,7 +8,7 @@ For a back-office that calls a library rather than exporting files::
         result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 91", category="separation",
                                                 observed_on="2026-10-02", departement="35",
                                                 reference="DOS-2026-00042")])
-        result.rejected   # [(index, RecordRejected)] — each with .reason (a Reason) and .field
+        result.rejected   # [(index, Rejected)] — each with .reason (a Reason) and .field
 
 What happens to each record, in order (:class:`SignalBuilder`): free-text guard on every
 field; NIR validated and normalised (:mod:`.nir`); category checked against the taxonomy
@@ -61,14 +61,15 @@ from services.core.types import (
     format_timestamp,
 )
 from services.correlator.partitioning import murmur2
-from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, InputError
+from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, Rejected
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import load_fund_secrets, registry_path, signing_key_warning
+from services.producer.nir import F_NIR
 from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import source_for
-from services.producer.seal import REFERENCE_PATTERN, Sealer, SignalIds
+from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
 
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
@@ -77,12 +78,11 @@ SEND_BATCH = 2000
 #: (``tests/contract/test_contract_agreement.py`` keeps the two equal).
 MAX_BATCH_BYTES = 64 * 1024
 
-# Field names, as the extract files name their columns (and the reject report reports them).
-F_NIR = "nir"
+# Field names, as the extract files name their columns (and the reject report reports them);
+# the NIR's is services.producer.nir.F_NIR, the file reference's services.producer.seal.F_REF.
 F_CATEGORY = "categorie"
 F_DATE = "date_observation"
 F_DEPT = "departement"
-F_REF = "reference_dossier"
 F_CONSENT = "consentement"
 F_PURPOSE = "finalite"
 
@@ -95,18 +95,6 @@ _WORDS = re.compile(r"[^\W\d_]{2,}[\s,;:!?'\"]+[^\W\d_]{2,}")
 MAX_FIELD = 64
 _FIELDS = (F_NIR, F_CATEGORY, F_DEPT, F_REF, F_CONSENT, F_PURPOSE, F_DATE)
 _JOINED_MAX = 7 * MAX_FIELD
-
-
-class RecordRejected(InputError):
-    """One record cannot become a signal: ``reason`` (a :class:`Reason`) and the ``field``.
-
-    Local to the fund: a rejected record never leaves it, and the message never quotes the
-    value (it may be a NIR)."""
-
-    def __init__(self, reason: Reason, field: str) -> None:
-        super().__init__(f"{field}: {reason.label}", "fix the record in the back-office and send it again")
-        self.reason = reason
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -171,20 +159,17 @@ class SignalBuilder:
                 or _WORDS.search(joined) or any(len(v) > MAX_FIELD for v in values)):
             for name, value in zip(_FIELDS, values, strict=True):
                 if is_free_text(value):
-                    raise RecordRejected(Reason.TEXTE_LIBRE, name)
-        try:
-            nir = nirs.normalise(rec.nir)
-        except nirs.NirRejected as exc:
-            raise RecordRejected(exc.reason, F_NIR) from None
+                    raise Rejected(Reason.TEXTE_LIBRE, name)
+        nir = nirs.normalise(rec.nir)  # or Rejected (field nir)
 
         code = rec.category.strip()
         cat = self.taxonomy.category(code)
         if cat is None:
-            raise RecordRejected(Reason.CATEGORIE_INCONNUE, F_CATEGORY)
+            raise Rejected(Reason.CATEGORIE_INCONNUE, F_CATEGORY)
         if cat.organisme is not self.fund:
-            raise RecordRejected(Reason.CATEGORIE_AUTRE_ORGANISME, F_CATEGORY)
+            raise Rejected(Reason.CATEGORIE_AUTRE_ORGANISME, F_CATEGORY)
         if not cat.exchangeable or not self.policy.classes[cat.classe].echangeable:
-            raise RecordRejected(Reason.CATEGORIE_MEDICALE, F_CATEGORY)
+            raise Rejected(Reason.CATEGORIE_MEDICALE, F_CATEGORY)
 
         if isinstance(rec.observed_on, dt.date):
             observed = rec.observed_on
@@ -192,34 +177,34 @@ class SignalBuilder:
             try:
                 observed = parse_date(rec.observed_on)
             except ValueError:
-                raise RecordRejected(Reason.DATE_INVALIDE, F_DATE) from None
+                raise Rejected(Reason.DATE_INVALIDE, F_DATE) from None
         limits = self._limits
         if limits is None or limits.today != today:
             limits = self._limits = limits_on(today)
         # The correlator applies the same function (services.core.dates.signal_dates).
         if (refused_date := date_reason(observed, limits)) is not None:
-            raise RecordRejected(refused_date, F_DATE)
+            raise Rejected(refused_date, F_DATE)
 
         dept = rec.departement.strip().upper()
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept
         if not _DEPT.fullmatch(dept):
-            raise RecordRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
+            raise Rejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
         if not REFERENCE_PATTERN.fullmatch(rec.reference.strip()):
-            raise RecordRejected(Reason.REFERENCE_INVALIDE, F_REF)
+            raise Rejected(Reason.REFERENCE_INVALIDE, F_REF)
 
         if rec.purpose and rec.purpose.strip():
             try:
                 purpose = Purpose(rec.purpose.strip())
             except ValueError:
-                raise RecordRejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSE) from None
+                raise Rejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSE) from None
         else:
             purpose = cat.finalites[0]
 
         consent = (rec.consent_ref or "").strip()
         if consent:
             if not _CONSENT.fullmatch(consent):
-                raise RecordRejected(Reason.BASE_LEGALE_INVALIDE, F_CONSENT)
+                raise Rejected(Reason.BASE_LEGALE_INVALIDE, F_CONSENT)
             refused = self._policy_check(code, purpose, None)
             basis: dict[str, Any] = {"code": "consentement", "consent_ref": consent}
         else:
@@ -227,7 +212,7 @@ class SignalBuilder:
             refused = self._policy_check(code, purpose, conditions)
             basis = {"code": "L115-2-1", "conditions": list(conditions)}
         if refused is not None:
-            raise RecordRejected(refused, F_CONSENT if consent else F_PURPOSE)
+            raise Rejected(refused, F_CONSENT if consent else F_PURPOSE)
         return nir, code, observed, dept, purpose, basis
 
     def _conditions(self, purpose: Purpose, age: int) -> tuple[str, ...]:
@@ -258,7 +243,7 @@ class SignalBuilder:
 
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
-        """The outbox row of ``rec`` (signed signal bytes), or :class:`RecordRejected`.
+        """The outbox row of ``rec`` (signed signal bytes), or :class:`Rejected`.
 
         ``partitions``: the topic's partition count, to compute the partition here exactly as
         Kafka's default partitioner does (murmur2 of the key, equal to aiokafka's);
@@ -292,11 +277,11 @@ class SignalBuilder:
         try:
             value = splice_signature(unsigned, ALG, self.signing_key_id, signature)
         except ValueError:  # pragma: no cover - every signal has a territory
-            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal") from None
+            raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         try:
             Signal.model_validate_json(value)
         except ValidationError:  # a bug here, not bad input: never send it
-            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal") from None
+            raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         key = pseudo["value"].encode("ascii")
         partition = (murmur2(key) & 0x7FFFFFFF) % partitions if partitions else None
         return Row(signal_id, observed.isoformat(), key, value, partition)
@@ -330,7 +315,7 @@ class PublishResult:
     staged: int = 0          # new signals written to the outbox
     already_known: int = 0   # same signal id already in the outbox (re-run)
     sent: int = 0            # acknowledged by the broker during this call
-    rejected: list[tuple[int, RecordRejected]] = field(default_factory=list)
+    rejected: list[tuple[int, Rejected]] = field(default_factory=list)
 
 
 class Publisher:
@@ -545,7 +530,7 @@ class Publisher:
                 try:
                     rows.append(self.builder.build(rec, today=today, partitions=self.partitions))
                     built += 1
-                except RecordRejected as exc:
+                except Rejected as exc:
                     result.rejected.append((i, exc))
                 i += 1
             if len(rows) >= SEND_BATCH:
