@@ -360,13 +360,14 @@ class Publisher:
 
     async def connect(self) -> bool:
         from services.platform.broker import resolve_bootstrap
-        from services.platform.kafka import producer
+        from services.platform.kafka import UNREACHABLE, kafka_errors, producer
 
         try:
             self._bootstrap = await asyncio.to_thread(resolve_bootstrap, self.settings, announce=True)
             prod = producer(self.settings, self._bootstrap, linger_ms=10, max_batch_size=MAX_BATCH_BYTES)
-            await prod.start()
-        except (HelpExchangeError, KafkaError, OSError) as exc:
+            with kafka_errors("{error}", "signals wait in the outbox", UNREACHABLE):
+                await prod.start()
+        except (HelpExchangeError, OSError) as exc:
             self.offline_reason = exc.what if isinstance(exc, HelpExchangeError) else str(exc)
             return False
         self._producer = prod
@@ -473,43 +474,42 @@ class Publisher:
     async def _recover(self) -> None:
         """Mark as sent what a killed run had sent but not yet marked (see :mod:`.outbox`),
         and set the partition marks of this topic to its current end."""
-        from services.platform.kafka import consumer
+        from services.platform.kafka import UNREACHABLE, consumer, kafka_errors
 
         assert self._bootstrap is not None
         marks = self.outbox.partition_marks(self.topic)
         cons = consumer(self.settings, self._bootstrap, group_id=None, enable_auto_commit=False)
         try:
-            await cons.start()
-            parts = cons.partitions_for_topic(self.topic) or set()
-            if not parts:
-                await cons.force_metadata_update()
+            with kafka_errors(f"cannot read {self.topic} to resume: {{error!r}}",
+                              "check the broker, then run the command again", UNREACHABLE):
+                await cons.start()
                 parts = cons.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if not tps:
-                return
-            ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
-            # Start after our mark; without one (first run), at the last record the broker
-            # reports, so that the new mark lands on the true end.
-            start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
-                     for tp in tps}
-            cons.assign(tps)
-            for tp in tps:
-                cons.seek(tp, start[tp])
-            found: dict[str, tuple[int, int]] = {}
-            last = {tp: start[tp] - 1 for tp in tps}
-            async for records in read_to_end(cons, ends):
-                for rec in records:
-                    last[TopicPartition(rec.topic, rec.partition)] = rec.offset
-                    try:
-                        found[str(json.loads(rec.value or b"{}")["signal_id"])] = (rec.partition, rec.offset)
-                    except (ValueError, KeyError, TypeError):
-                        continue
-            self.outbox.mark_sent(list(found), self.topic,
-                                  {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
-                                  keep_payload=self.keep_payload)
-        except KafkaError as exc:
-            raise BrokerUnreachable(f"cannot read {self.topic} to resume: {exc!r}",
-                                    "check the broker, then run the command again") from exc
+                if not parts:
+                    await cons.force_metadata_update()
+                    parts = cons.partitions_for_topic(self.topic) or set()
+                tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                if not tps:
+                    return
+                ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
+                # Start after our mark; without one (first run), at the last record the broker
+                # reports, so that the new mark lands on the true end.
+                start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
+                         for tp in tps}
+                cons.assign(tps)
+                for tp in tps:
+                    cons.seek(tp, start[tp])
+                found: dict[str, tuple[int, int]] = {}
+                last = {tp: start[tp] - 1 for tp in tps}
+                async for records in read_to_end(cons, ends):
+                    for rec in records:
+                        last[TopicPartition(rec.topic, rec.partition)] = rec.offset
+                        try:
+                            found[str(json.loads(rec.value or b"{}")["signal_id"])] = (rec.partition, rec.offset)
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                self.outbox.mark_sent(list(found), self.topic,
+                                      {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
+                                      keep_payload=self.keep_payload)
         finally:
             await cons.stop()
 
