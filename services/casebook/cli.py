@@ -109,6 +109,7 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
     from services.casebook.worklist import Labels, load_worklist
+    from services.platform.runtime import paused_gc
 
     m = Month.parse(month)
     check_territory(territory)
@@ -117,9 +118,10 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     engine = open_store_engine(settings.database_url)
     try:
         labels = Labels.for_rules(settings.taxonomy, settings.rules)
-        wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
-        data = render(wl, fmt)
+        with paused_gc():  # many small acyclic objects: services.platform.runtime
+            wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
+                               close_after_months=settings.casebook_close_after_months, labels=labels)
+            data = render(wl, fmt)
         default_audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund_code, action="export",
             detail=f"{fmt} {m} territoire {territory} : {len(wl.cases)} dossiers",

@@ -10,13 +10,26 @@ from __future__ import annotations
 import datetime as dt
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from pydantic import AwareDatetime, BeforeValidator, PlainSerializer
+from pydantic import AwareDatetime, BeforeValidator, GetCoreSchemaHandler, PlainSerializer
 from pydantic import StringConstraints as S
+from pydantic_core.core_schema import CoreSchema, to_string_ser_schema
 
 
-class Fund(StrEnum):
+class WireEnum(StrEnum):
+    """A string enum whose JSON form is its code, written by pydantic-core as the ``str`` the
+    member is, without reading ``Enum.value`` (a descriptor written in Python, read for every
+    enum field pydantic writes: the person states the correlator stores hold a score of them).
+    Validation, Python-mode dumps and JSON Schema are a plain enum's; the bytes are the same
+    (``tests/core/test_codec.py``)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return cast(CoreSchema, {**handler(source), "serialization": to_string_ser_schema(when_used="json")})
+
+
+class Fund(WireEnum):
     """The mandatory-scheme bodies that take part in the exchange."""
 
     URSSAF = "urssaf"
@@ -26,20 +39,20 @@ class Fund(StrEnum):
     MSA = "msa"
 
 
-class Purpose(StrEnum):
+class Purpose(WireEnum):
     """Purposes that article L115-2-1 allows."""
 
     ACCES_AUX_DROITS = "acces_aux_droits"
     PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
 
 
-class Priority(StrEnum):
+class Priority(WireEnum):
     ROUGE = "rouge"
     ORANGE = "orange"
     VERT = "vert"
 
 
-class Outcome(StrEnum):
+class Outcome(WireEnum):
     """How a follow-up ends (docs/domain.md, follow-ups)."""
 
     PROPOSE = "propose"

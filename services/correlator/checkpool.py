@@ -25,7 +25,6 @@ reads the end of its stdin and exits.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pickle
 import struct
@@ -37,6 +36,7 @@ from typing import IO, Any
 from services.core.registry import Registry
 from services.correlator.checks import Checker, Verdict, WireVerdict, from_plain, to_plain
 from services.errors import HelpExchangeError
+from services.platform.runtime import tune_for_streaming
 
 #: Records per request: small enough that the first verdicts come back quickly (≈ 15 ms of
 #: a helper's work), large enough that the pipe writes and wake-ups stay few: 128, not 32,
@@ -197,7 +197,6 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     first = _read_frame(stdin_fd)
     if first is None:
         return 0
-    gc.set_threshold(100_000, 50, 100)  # as the worker: short-lived objects only, few cycles
     registry_json, partitions = pickle.loads(first)
     checker = Checker(Registry.model_validate_json(registry_json), partitions)
     check = checker.check
@@ -215,4 +214,5 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
 
 
 if __name__ == "__main__":
+    tune_for_streaming()  # as the worker (services.platform.runtime)
     sys.exit(serve())

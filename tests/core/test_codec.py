@@ -23,13 +23,13 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
 from services.core import codec, signing
 from services.core.codec import DuplicateMember, ReceiptWriter, load_json, load_json_reference
 from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.reasons import Reason
-from services.core.types import Fund
+from services.core.types import Fund, Outcome, Priority, Purpose, WireEnum
 from services.platform.topics import signal_topic
 from tests.correlator.factory import Funds, wire
 
@@ -268,3 +268,18 @@ def test_a_receipt_writer_remembers_only_bounded_topics() -> None:
         got = writer.wire("a" * 32, Fund.CAF, None, None, (topic, 0, i), at)
         assert got == codec.receipt_reference("a" * 32, Fund.CAF, None, None, (topic, 0, i), at)
     assert len(writer._plain_topics) == 2
+
+
+# ---------------------------------------------------------------------- enums on the wire
+@pytest.mark.parametrize("enum", [Fund, Purpose, Priority, Outcome, Reason])
+def test_wire_enums_write_their_code_as_a_plain_enum_does(enum: type[WireEnum]) -> None:
+    """WireEnum changes how the code is written (no ``.value`` read), not what is written."""
+    model = create_model("Carrier", one=(enum, ...), many=(list[enum], ...),  # type: ignore[valid-type]
+                         keyed=(dict[enum, int], ...), maybe=(enum | None, None))  # type: ignore[valid-type]
+    members = list(enum)
+    carrier = model(one=members[0], many=members, keyed={m: i for i, m in enumerate(members)})
+    assert carrier.model_dump_json().encode() == json.dumps(
+        {"one": members[0].value, "many": [m.value for m in members],
+         "keyed": {m.value: i for i, m in enumerate(members)}, "maybe": None}, separators=(",", ":")).encode()
+    assert carrier.model_dump()["one"] is members[0]  # Python-mode dumps keep the member
+    assert model.model_validate_json(carrier.model_dump_json()) == carrier
