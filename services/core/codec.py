@@ -64,7 +64,7 @@ def plain_members(value: Any) -> int:
     """The number of object members in ``value`` if it is JSON made only of dicts, lists,
     ASCII strings, safe ints, bools and null; -1 if it is anything else.
 
-    (Leaves are tested inline, containers by recursion: a call per leaf was half the cost.
+    (Leaves are tested inline, containers by recursion: a call per leaf cost more.
     The count serves the correlator's duplicate-member check, see ``checks.load_json``.)"""
     t = type(value)
     if t is dict:

@@ -9,7 +9,7 @@ with the consent on record, duplicates, state, rules) needs the person and stays
 :class:`~services.correlator.engine.Engine`; consents are parsed there too (they are few).
 
 Split out because these checks are pure functions of the bytes, the source topic and the
-key registry, and they are most of a signal's cost (the signature alone ≈ 55 µs): so they
+key registry, and they are most of a signal's cost (the signature check above all): so they
 can run in other processes beside the engine (:mod:`services.correlator.checkpool`) with
 exactly the same answers, the same :class:`Checker` running there. A signal that passes
 comes back as a :class:`CheckedSignal`, the validated values the engine needs, so the

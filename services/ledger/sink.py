@@ -450,8 +450,7 @@ class AuditSink:
     bootstrap: str
     consumer_name: str = CONSUMER
     #: Records per transaction at most: each commit writes the index pages it dirtied, so
-    #: larger batches append faster (bench/ledger.py at 1,000,000 entries: 5,000 → 20,100/s,
-    #: 10,000 → 23,600/s).
+    #: larger batches append faster (``bench/ledger.py``).
     batch_max: int = 10_000
     totals: BatchResult = field(default_factory=BatchResult)
 
