@@ -161,7 +161,7 @@ class Labels:
         self._suggestion_views: dict[tuple[Suggestion, ...], tuple[SuggestionView, ...]] = {}
         # Rule code -> its French title, for people; machines (JSON) keep the codes.
         self.rule_titles = dict(rule_titles or {})
-        self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.organismes.items()}
+        self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.funds.items()}
         self.exchangeable = {c.code: Labelled(c.code, c.libelle) for c in taxonomy.categories
                              if c.classe is SignalClass.NM}
         self.actions = {(f.value, a.code): Labelled(a.code, a.libelle)

@@ -104,8 +104,9 @@ _ACTION_LABELS: dict[Action, str] = {
 }
 
 
-class Finalite(StrEnum):
-    """Why. The two purposes article L115-2-1 allows, plus the ledger's own duties."""
+class LedgerPurpose(StrEnum):
+    """Why: the purposes of the exchange (:class:`~services.core.types.Purpose`, same codes)
+    plus the ledger's own duties."""
 
     ACCES_AUX_DROITS = "acces_aux_droits"
     PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
@@ -116,20 +117,20 @@ class Finalite(StrEnum):
 
     @property
     def label(self) -> str:
-        return _FINALITE_LABELS[self]
+        return _PURPOSE_LABELS[self]
 
 
-_FINALITE_LABELS: dict[Finalite, str] = {
-    Finalite.ACCES_AUX_DROITS: "Accès aux droits",
-    Finalite.PREVENTION_PERTE_AUTONOMIE: "Prévention de la perte d'autonomie",
-    Finalite.EXERCICE_DES_DROITS: "Exercice des droits de la personne",
-    Finalite.LIMITATION_CONSERVATION: "Limitation de la conservation",
-    Finalite.SECURITE: "Sécurité du traitement",
-    Finalite.CONTROLE: "Contrôle",
+_PURPOSE_LABELS: dict[LedgerPurpose, str] = {
+    LedgerPurpose.ACCES_AUX_DROITS: "Accès aux droits",
+    LedgerPurpose.PREVENTION_PERTE_AUTONOMIE: "Prévention de la perte d'autonomie",
+    LedgerPurpose.EXERCICE_DES_DROITS: "Exercice des droits de la personne",
+    LedgerPurpose.LIMITATION_CONSERVATION: "Limitation de la conservation",
+    LedgerPurpose.SECURITE: "Sécurité du traitement",
+    LedgerPurpose.CONTROLE: "Contrôle",
 }
 
 
-class BaseLegale(StrEnum):
+class LedgerLegalBasis(StrEnum):
     """On what legal ground."""
 
     L115_2_1 = "L115-2-1"  # article L115-2-1 du code de la sécurité sociale
@@ -141,16 +142,16 @@ class BaseLegale(StrEnum):
 
     @property
     def label(self) -> str:
-        return _BASE_LABELS[self]
+        return _LEGAL_BASIS_LABELS[self]
 
 
-_BASE_LABELS: dict[BaseLegale, str] = {
-    BaseLegale.L115_2_1: "Art. L115-2-1 CSS",
-    BaseLegale.CONSENTEMENT: "Consentement de la personne",
-    BaseLegale.RGPD_6_1_C: "Obligation légale (RGPD art. 6.1.c)",
-    BaseLegale.RGPD_6_1_E: "Mission d'intérêt public (RGPD art. 6.1.e)",
-    BaseLegale.RGPD_17: "Droit à l'effacement (RGPD art. 17)",
-    BaseLegale.RGPD_21: "Droit d'opposition (RGPD art. 21)",
+_LEGAL_BASIS_LABELS: dict[LedgerLegalBasis, str] = {
+    LedgerLegalBasis.L115_2_1: "Art. L115-2-1 CSS",
+    LedgerLegalBasis.CONSENTEMENT: "Consentement de la personne",
+    LedgerLegalBasis.RGPD_6_1_C: "Obligation légale (RGPD art. 6.1.c)",
+    LedgerLegalBasis.RGPD_6_1_E: "Mission d'intérêt public (RGPD art. 6.1.e)",
+    LedgerLegalBasis.RGPD_17: "Droit à l'effacement (RGPD art. 17)",
+    LedgerLegalBasis.RGPD_21: "Droit d'opposition (RGPD art. 21)",
 }
 
 
@@ -192,8 +193,8 @@ class LedgerEntry(BaseModel):
     entry_id: EventId
     # Written only when set (``exclude_if``), so entries without them keep their bytes.
     fund: Annotated[Fund | None, Field(exclude_if=_absent)] = None
-    legal_basis: BaseLegale
-    purpose: Finalite
+    legal_basis: LedgerLegalBasis
+    purpose: LedgerPurpose
     reason: Reason | None = None
     ref: EventId | None = None
     schema_version: Literal["1.0"] = LEDGER_SCHEMA_VERSION
@@ -243,8 +244,8 @@ def new_entry(
     *,
     action: Action,
     actor: str,
-    purpose: Finalite,
-    legal_basis: BaseLegale,
+    purpose: LedgerPurpose,
+    legal_basis: LedgerLegalBasis,
     time: dt.datetime,
     entry_id: str | None = None,
     natural_key: tuple[str, ...] = (),

@@ -54,7 +54,7 @@ from services.casebook.db import scrub
 from services.casebook.model import Followup, Situation, closed_at, group_followups
 from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
 from services.errors import BrokerError
-from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 from services.ledger.store import Ledger
 from services.platform import kafka
 from services.platform.settings import Settings
@@ -190,7 +190,7 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
     The entry is dated ``now`` (the time of the run), not the plan's ``as_of``."""
     ids = plan.situation_ids
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
-                      purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
+                      purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
                       time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex, count=len(ids))
     with engine.begin() as conn:
         removed = store.apply_tombstones(conn, ids)

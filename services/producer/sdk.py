@@ -166,9 +166,9 @@ class SignalBuilder:
         cat = self.taxonomy.category(code)
         if cat is None:
             raise Rejected(Reason.CATEGORIE_INCONNUE, F_CATEGORY)
-        if cat.organisme is not self.fund:
+        if cat.fund is not self.fund:
             raise Rejected(Reason.CATEGORIE_AUTRE_ORGANISME, F_CATEGORY)
-        if not cat.exchangeable or not self.policy.classes[cat.classe].echangeable:
+        if not cat.exchangeable or not self.policy.classes[cat.classe].exchangeable:
             raise Rejected(Reason.CATEGORIE_MEDICALE, F_CATEGORY)
 
         if isinstance(rec.observed_on, dt.date):
@@ -199,7 +199,7 @@ class SignalBuilder:
             except ValueError:
                 raise Rejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSE) from None
         else:
-            purpose = cat.finalites[0]
+            purpose = cat.purposes[0]
 
         consent = (rec.consent_ref or "").strip()
         if consent:

@@ -126,7 +126,7 @@ def destroy_key(settings: Settings, version: str, *, now: dt.datetime | None = N
     marked ``retired`` in public.json and in the registry (the correlator then refuses its
     pseudonyms), and the destruction is recorded in the ledger (action ``rotation_cle``)."""
     from services.errors import InputError
-    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+    from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
     from services.ledger.store import Ledger
 
     now = now or dt.datetime.now(dt.UTC)
@@ -153,5 +153,5 @@ def destroy_key(settings: Settings, version: str, *, now: dt.datetime | None = N
                  if k.key_id == version else k for k in registry.exchange_keys)
     save_registry(registry.model_copy(update={"exchange_keys": keys}), reg_path)
     Ledger.open(settings, sign=False).append([new_entry(
-        action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=Finalite.ACCES_AUX_DROITS,
-        legal_basis=BaseLegale.RGPD_6_1_C, time=now, count=1, natural_key=("pseudonymiser-destroy", version))])
+        action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=LedgerPurpose.ACCES_AUX_DROITS,
+        legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=now, count=1, natural_key=("pseudonymiser-destroy", version))])

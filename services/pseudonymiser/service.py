@@ -19,7 +19,7 @@ from services.core.oprf import Evaluator, OprfError
 from services.core.reasons import Reason
 from services.core.types import Fund
 from services.errors import Rejected
-from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, new_entry
+from services.ledger.entries import Action, LedgerEntry, LedgerLegalBasis, LedgerPurpose, new_entry
 from services.ledger.store import Ledger
 from services.platform.settings import Settings
 
@@ -132,8 +132,8 @@ class Pseudonymiser:
             return
         safe_id = request_id if REQUEST_ID.fullmatch(request_id) else None
         actor = f"pseudonymiseur.{version}" if re.fullmatch(r"pk-[0-9a-f]{8}", version) else "pseudonymiseur"
-        entry = new_entry(action=action, actor=actor, purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=now, fund=fund, count=count, reason=reason,
+        entry = new_entry(action=action, actor=actor, purpose=LedgerPurpose.ACCES_AUX_DROITS,
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=now, fund=fund, count=count, reason=reason,
                           ref=safe_id,
                           natural_key=(fund.value, safe_id or base64.b16encode(now.isoformat().encode()).decode(),
                                        action.value))
