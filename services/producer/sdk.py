@@ -60,8 +60,8 @@ from services.core.types import (
     Purpose,
     format_timestamp,
 )
-from services.correlator.partitioning import murmur2
 from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, Rejected
+from services.platform.partitioning import murmur2
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs

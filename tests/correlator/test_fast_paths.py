@@ -1,6 +1,6 @@
 """The correlator's fast paths are equal to the slow, obviously-right ones they replace.
 
-- :func:`services.correlator.partitioning.murmur2` (the murmurhash2 package) against aiokafka's (Kafka's partitioner);
+- :func:`services.platform.partitioning.murmur2` (the murmurhash2 package) against aiokafka's (Kafka's partitioner);
 - the person-state cache: a state and the bytes it is stored as round-trip, the engine gives
   the same outputs and writes with or without the cache, and bytes changed behind its back
   are re-validated;
@@ -29,7 +29,7 @@ from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
 from services.correlator.checks import Checker
 from services.correlator.engine import Engine, Record, StateCache
-from services.correlator.partitioning import murmur2, partition_for
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import Funds, wire
