@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.core.reasons import Reason
 from services.core.signing import b64u_decode
-from services.errors import ConfigurationError, InputError
+from services.errors import ConfigurationError, Rejected
 
 VERSION_PATTERN = re.compile(r"^pk-[0-9a-f]{8}$")
 
@@ -61,15 +61,17 @@ def current_version(versions: list[PublicVersion]) -> PublicVersion:
     return max(active, key=lambda v: (v.created_at, v.key_version))
 
 
-class Refused(InputError):
-    """A batch refused: ``reason`` says why; nothing was evaluated."""
+class Refused(Rejected):
+    """A batch refused: ``reason`` says why (``detail``, in words); nothing was evaluated.
+
+    The field is the request as a whole; the message keeps the form the operators know,
+    ``"<reason code>: <what>"``."""
 
     def __init__(self, reason: Reason, what: str, hint: str) -> None:
-        super().__init__(f"{reason.value}: {what}", hint)
-        self.reason = reason
+        super().__init__(reason, "request", f"{reason.value}: {what}", hint)
         self.detail = what
         self._parts = (reason, what, hint)
 
-    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:
+    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:  # type: ignore[override]
         """Picklable (it crosses from the producer's worker processes)."""
         return (type(self), self._parts)
