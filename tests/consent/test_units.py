@@ -11,11 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from services.app.bootstrap import audit_sink
-from services.app.purge import apply_purge, plan_purge
+from services.app.purge import apply_purge
 from services.casebook import store
 from services.casebook import tables as ct
 from services.casebook.audit import access_log
 from services.casebook.db import open_store_engine
+from services.casebook.retention import plan_purge
 from services.casebook.sink import Record, apply_records
 from services.core.access import AccessEvent
 from services.core.messages import ConsentEvent, Signal, parse
