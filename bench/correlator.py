@@ -45,7 +45,13 @@ from services.correlator.partitioning import partition_for
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
 from services.platform.settings import load_settings
-from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
+from services.platform.topics import (
+    CONTRACT_PARTITIONS,
+    SITUATIONS_TOPIC,
+    load_topic_specs,
+    receipt_topic,
+    signal_topic,
+)
 from tests.conftest import free_port
 from tests.correlator.factory import Funds, wire
 from tests.correlator.harness import REPO, publish, start_worker, stop
@@ -83,14 +89,14 @@ def items_for(funds: Funds, prefix: str, people: int) -> list[tuple[str, bytes, 
         for fund, cat in ((Fund.CAF, "impaye_loyer"), (Fund.URSSAF, "impaye_cotisations")):
             m = funds.signal(f"{prefix}{i}", fund, cat)
             v = m["pseudonym"]["value"]
-            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, 8)))
+            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, CONTRACT_PARTITIONS)))
     return out
 
 
 async def raw_rate(bootstrap: str, total: int) -> float:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
     await c.start()
-    tps = [TopicPartition(signal_topic(f), p) for f in Fund for p in range(8)]
+    tps = [TopicPartition(signal_topic(f), p) for f in Fund for p in range(CONTRACT_PARTITIONS)]
     c.assign(tps)
     await c.seek_to_beginning(*tps)
     n, t0 = 0, time.perf_counter()

@@ -101,6 +101,7 @@ from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker
 from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
 from services.platform.topics import (
+    CONTRACT_PARTITIONS,
     DEADLETTER_TOPIC,
     ORIGIN_HEADER,
     ORIGIN_PURGE,
@@ -109,12 +110,16 @@ from services.platform.topics import (
     receipt_topic,
 )
 
-#: Partitions of every topic the worker reads, and of its state (co-partitioned).
-PARTITIONS = 8
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
 #: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
 REPARTITION_TOPIC = "help-correlator-repartition"
-REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
+
+
+def repartition_spec(partitions: int) -> TopicSpec:
+    """The repartition topic, co-partitioned with the topics the worker reads."""
+    return TopicSpec(REPARTITION_TOPIC, "correlator", partitions, 1, {"retention.ms": "604800000"})
+
+
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
 #: Header of an erasure command on the repartition topic: the retention purge
 #: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
@@ -371,7 +376,7 @@ class Engine:
     partition, co-partitioned). Its receipt and any dead letter name the original position.
     """
 
-    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
+    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = CONTRACT_PARTITIONS,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:

@@ -52,7 +52,7 @@ import yaml
 from services.casebook import store, tables
 from services.casebook.db import scrub
 from services.casebook.model import Followup, Situation, closed_at, group_followups
-from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
+from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, erasure_command, repartition_spec
 from services.errors import BrokerError
 from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
 from services.ledger.store import Ledger
@@ -166,11 +166,11 @@ async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> 
         return 0
     producer = kafka.producer(settings, bootstrap)
     try:
-        await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
+        await kafka.apply_topics(settings, bootstrap, [repartition_spec(settings.partitions)])
         await producer.start()
         futures = []
         for key_id, value in persons:
-            key, command, partition = erasure_command(key_id, value, PARTITIONS)
+            key, command, partition = erasure_command(key_id, value, settings.partitions)
             futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
                                                headers=[(H_ERASE, ORIGIN_PURGE)]))
         for future in futures:
