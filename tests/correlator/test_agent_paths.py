@@ -5,8 +5,8 @@
 - :class:`services.correlator.sending.KeyPartitioner`: the partition aiokafka's default
   partitioner would choose, or None when it cannot know;
 - the patched ``Consumer.wait_first`` (:mod:`services.correlator.faust_seam`): a delivery
-  that does not block completes at once with ``wait_first``'s result; one that blocks still races the flow suspension (cancelled by it,
-  or completed when it unblocks), as in Faust.
+  that does not block completes at once with ``wait_first``'s result; one that blocks still
+  races the flow suspension (cancelled by it, or completed when it unblocks), as in Faust.
 """
 
 from __future__ import annotations
