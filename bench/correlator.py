@@ -30,12 +30,16 @@ to ``help-exchange correlator`` (e.g. ``--check-processes 1 --batch-max 1000``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -44,7 +48,7 @@ from services.core.types import Fund
 from services.correlator.partitioning import partition_for
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
-from services.platform.settings import load_settings
+from services.platform.settings import Settings, load_settings
 from services.platform.topics import (
     CONTRACT_PARTITIONS,
     SITUATIONS_TOPIC,
@@ -171,13 +175,22 @@ async def outputs(bootstrap: str) -> AIOKafkaConsumer:
     return c
 
 
-async def main() -> None:
-    var = Path(tempfile.mkdtemp(prefix="help-bench-"))
+@dataclass
+class Bench:
+    settings: Settings
+    funds: Funds
+    items: list[tuple[str, bytes, bytes, int]]
+    broker: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def published(prefix: str, signals: int) -> AsyncIterator[Bench]:
+    """A fresh embedded broker with every topic and a key registry, and ``signals`` signed
+    signals (pairs of funds per person) published on it; stopped on exit."""
+    var = Path(tempfile.mkdtemp(prefix=f"help-{prefix}-"))
     settings = load_settings(var_dir=var, broker_port=free_port(), key_dir=var / "keys",
                              session_timeout_ms=6000)
-    broker = EmbeddedBroker(settings)
-    _, proc = broker.start(detach=False)
-    worker = None
+    _, proc = EmbeddedBroker(settings).start(detach=False)
     try:
         bootstrap = f"{settings.broker_host}:{settings.broker_port}"
         await apply_topics(settings, bootstrap, load_topic_specs(settings.schemas_dir / "asyncapi.yaml"))
@@ -185,9 +198,25 @@ async def main() -> None:
                                  session_timeout_ms=6000)
         funds = Funds()
         funds.write_registry(settings.key_dir)
-        items = items_for(funds, "b", N // 2)
+        items = items_for(funds, prefix, signals // 2)
         for i in range(0, len(items), 5000):
             await publish(bootstrap, items[i:i + 5000])
+        yield Bench(settings, funds, items, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def main() -> None:
+    async with published("b", N) as bench:
+        await measure(bench)
+
+
+async def measure(bench: Bench) -> None:
+    settings, funds, items, proc = bench.settings, bench.funds, bench.items, bench.broker
+    bootstrap, var = settings.bootstrap_servers or "", settings.var_dir
+    worker = None
+    try:
         raw = await raw_rate(bootstrap, len(items))
         plain = plain_cpu = float("nan")
         plain_n = min(PLAIN_N, len(items))
@@ -295,8 +324,6 @@ async def main() -> None:
     finally:
         if worker is not None:
             stop(worker)
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
