@@ -6,7 +6,8 @@ What the worker does differently lives here and nowhere else, each item with its
 named below is still where we rely on it, and fails naming what moved when a new release of
 faust-streaming, mode-streaming or aiokafka (:data:`PINNED`) moves it.
 
-Process-wide patches (installed by :func:`install`, once; idempotent):
+Process-wide patches (installed by :func:`install`, once; idempotent; ``inspect.unwrap``
+gives Faust's original):
 
 - ``AIOKafkaConsumerThread._create_worker_consumer``: faust-streaming builds the worker's
   aiokafka consumer with ``fetch_max_wait_ms=1500`` written in the code, which sets the
@@ -43,6 +44,7 @@ Private reads (no patch):
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +75,7 @@ def _patch_fetch_wait() -> None:
         return
     original = cls._create_worker_consumer
 
+    @functools.wraps(original)
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _FETCH_WAIT_MS[0]
@@ -123,6 +126,7 @@ def _patch_wait_first() -> None:
         return
     original = cls.wait_first
 
+    @functools.wraps(original)
     async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
         if (len(coros) == 2 and getattr(coros[1], "cr_code", None) is _FLOW_WAIT
                 and asyncio.iscoroutine(coros[0]) and not self.suspend_flow.is_set()
