@@ -45,9 +45,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.core.types import Fund
-from services.correlator.partitioning import partition_for
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
+from services.platform.partitioning import partition_for
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import (
     CONTRACT_PARTITIONS,

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.correlator.engine import Output
 from services.correlator.faust_seam import aiokafka_producer, producer_metadata
-from services.correlator.partitioning import murmur2
+from services.platform.partitioning import murmur2
 
 
 class KeyPartitioner:

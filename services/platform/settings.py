@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     """…of this many persons."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
-    # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from docs/domain.md (retention)
+    # ``help-exchange purge`` (services/casebook/retention.py, services/app/purge.py); months,
+    # defaults from docs/domain.md (retention)
     # (the Dutch early-signalling rules).
     retention_signals_months: Months = 6
     """Signals never correlated. They live only in the correlator's window
