@@ -44,13 +44,18 @@ def worktree(rev: str) -> Path:
     return path
 
 
+def entrypoint(tree: Path) -> str:
+    """The root command's module in that revision (it moved from the platform to services/app)."""
+    return "services.app.cli" if (tree / "services" / "app" / "cli.py").exists() else "services.platform.cli"
+
+
 def start(tree: Path, settings: Settings, app_id: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(tree),
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
            "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms)}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.platform.cli", "correlator", "--app-id", app_id],
+        return subprocess.Popen([sys.executable, "-m", entrypoint(tree), "correlator", "--app-id", app_id],
                                 cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
