@@ -25,7 +25,6 @@ committing. ``exactly_once`` is not used (docs/architecture.md, decision 4).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from typing import Any, cast
@@ -132,6 +131,9 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
     source = app.topic(*names, key_type=bytes, value_type=bytes, acks=False,
                        key_serializer="raw", value_serializer="raw")
 
+    async def send_acked(topic: str, key: bytes, value: bytes | None, partition: int) -> int:
+        return await send_one(app.producer, topic, key, value, partition)  # (Faust's, once started)
+
     def loader() -> AIOKafkaConsumer:
         return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-state-loader")
 
@@ -140,7 +142,7 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), faust_seam.commit(app)),
         HeapPolicy(settings.correlator_gc_full_every_s),
-        topics=set(names), send_one=functools.partial(send_one, app.producer), loader=loader)
+        topics=set(names), send_one=send_acked, loader=loader)
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         await processor.revoked(args[0])
