@@ -15,7 +15,7 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
 - :mod:`.sending`: outputs as one record batch per partition;
 - :mod:`.state`: the person state, rebuilt exactly from its changelog (not a Faust ``Table``:
   Faust's recovery stops at the reported end offset, which the embedded broker reports short);
-- :mod:`.heap`, :mod:`.checkpool`: the garbage collector's policy, the check helpers.
+- :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`).
 
 Bad input never raises (it becomes a receipt and a dead letter), so anything that escapes
 a batch is a bug or a broker failure, and the process exits at once (``os._exit``) without
@@ -40,7 +40,6 @@ from services.correlator.checkpoint import EXIT_FATAL, Checkpoints
 from services.correlator.checkpool import CheckPool
 from services.correlator.delivery import inbox_handler, take_batches
 from services.correlator.engine import REPARTITION_TOPIC, Engine
-from services.correlator.heap import HeapPolicy
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
@@ -48,6 +47,7 @@ from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
+from services.platform.runtime import HeapPolicy
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 

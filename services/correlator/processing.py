@@ -22,9 +22,9 @@ from faust.types import TP
 from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
 from services.correlator.engine import Batch, Engine, Output
-from services.correlator.heap import HeapPolicy
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
+from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
 STEP_RECORDS = 256

@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     worker's own thread. Two: one helper checks a little slower than the engine takes signals."""
     correlator_gc_full_every_s: Annotated[float, Field(ge=0, le=86_400)] = 600.0
     """Seconds between full garbage collections; between them what survives a batch is frozen
-    (services/correlator/heap.py). 0: CPython's own schedule."""
+    (services/platform/runtime.py). 0: CPython's own schedule."""
     correlator_sweep_every_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """The retention sweep (signals older than the correlation window leave the person state
     even if no further signal comes) runs a page at this interval…"""

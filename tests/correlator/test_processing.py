@@ -16,10 +16,10 @@ from faust.types import TP
 
 from services.correlator.checkpoint import Checkpoints
 from services.correlator.engine import Batch, Output, Record
-from services.correlator.heap import HeapPolicy
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.state import FENCE_KEY, PersonStore
+from services.platform.runtime import HeapPolicy
 
 SRC = "help.signals.caf.v1"
 CHANGELOG = "app-persons-changelog"
