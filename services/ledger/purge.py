@@ -29,11 +29,16 @@ What a run does, in this order (so that a crash anywhere loses nothing):
    its state is erased: a signal read meanwhile cannot publish a version after it;
 3. deletes the situations and their follow-ups from the casebook (and the sign-in log's rows
    past their period), drops the erasure markers
-   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), and
-   appends ONE ledger
-   entry ``purge_conservation`` with the count, dated at the time of the run (``--as-of``
-   only moves the cut-off), in one transaction. Ledger entries are never purged: they hold
-   no personal payload (docs/architecture.md, decision 8).
+   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), the
+   audit sink's persons of signals whose receipt never came (``ledger_signal_subjects``,
+   past the signals' period), and appends ONE ledger entry ``purge_conservation`` with the
+   count, dated at the time of the run, its ``cut_off`` the ``--as-of`` date the periods
+   count back from, in one transaction. Ledger entries are never purged: they hold no
+   personal payload (docs/architecture.md, decision 8).
+
+The erasure commands carry the time they were issued and the cut-off: the correlator
+erases only what it received before (a command read again after a restart spares the
+person's later signals), and its tombstones carry the cut-off to the per-case entries.
 
 A crash anywhere leaves the casebook rows until a rerun, which sends the commands again (a
 command is idempotent).
@@ -52,8 +57,10 @@ import yaml
 from services.casebook import store, tables
 from services.casebook.db import scrub
 from services.casebook.model import Followup, Situation, closed_at, group_followups
+from services.core.types import format_timestamp
 from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
 from services.errors import BrokerError
+from services.ledger import tables as lt
 from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
 from services.ledger.store import Ledger
 from services.platform import kafka
@@ -89,6 +96,15 @@ class PurgePlan:
     sign_ins_before: dt.datetime | None = None
     #: Erasure markers older than this are dropped (the closed cases' retention).
     markers_before: dt.datetime | None = None
+    #: Persons of signals whose receipt never came (``ledger_signal_subjects``), read by
+    #: the audit sink before this (the signals' retention), or undated: removed.
+    signal_subjects: int = 0
+    signal_subjects_before: dt.datetime | None = None
+
+    @property
+    def cut_off(self) -> dt.date:
+        """The date the retention periods count back from (``--as-of``), in every entry."""
+        return self.as_of.date()
 
     @property
     def situation_ids(self) -> list[str]:
@@ -101,6 +117,7 @@ class PurgePlan:
                f"  dossiers clôturés depuis la durée de conservation        : {len(self.closed)} {verb}",
                f"  suites données de ces dossiers                           : {self.followups} {verb}",
                f"  tentatives de connexion à la vue web (journal)            : {self.sign_ins} {verb}",
+               f"  personnes de signalements restés sans accusé (journal)    : {self.signal_subjects} {verb}",
                f"  personnes effacées de l'état du corrélateur              : {len(set(self.persons.values()))}"
                + (" (à envoyer)" if dry_run else " (commandes envoyées)")]
         if self.window_days is not None:
@@ -127,6 +144,13 @@ def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
         by_situation = group_followups(store.all_followups(conn))
         plan.sign_ins = int(conn.execute(sa.select(sa.func.count()).select_from(tables.sign_ins)
                                          .where(tables.sign_ins.c.at < plan.sign_ins_before)).scalar_one())
+        plan.signal_subjects_before = months_before(as_of, settings.retention_signals_months)
+        inspector = sa.inspect(conn)
+        if inspector.has_table(lt.signal_subjects.name):
+            dated = "seen_at" in {c["name"] for c in inspector.get_columns(lt.signal_subjects.name)}
+            plan.signal_subjects = int(conn.execute(  # (undated: a ledger not upgraded yet)
+                sa.select(sa.func.count()).select_from(lt.signal_subjects)
+                .where(_stale_subjects(plan.signal_subjects_before) if dated else sa.true())).scalar_one())
     for sit in situations:
         fus = by_situation.get(sit.situation_id, [])
         closing = closed_at(sit, fus, close_after_months=close_after_months, as_of=as_of)
@@ -146,6 +170,12 @@ def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
                     .where(s.c.situation_id.in_(ids[i:i + 500]))):
                 plan.persons[sid] = (key_id, value)
     return plan
+
+
+def _stale_subjects(before: dt.datetime) -> sa.ColumnElement[bool]:
+    """Rows of ``ledger_signal_subjects`` past the signals' retention (or undated)."""
+    seen_at = lt.signal_subjects.c.seen_at
+    return sa.or_(seen_at.is_(None), seen_at < format_timestamp(before))
 
 
 def correlation_window_days(settings: Settings) -> int | None:
@@ -169,8 +199,10 @@ async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> 
         await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
         await producer.start()
         futures = []
+        issued_at = dt.datetime.now(dt.UTC)
         for key_id, value in persons:
-            key, command, partition = erasure_command(key_id, value, PARTITIONS)
+            key, command, partition = erasure_command(key_id, value, PARTITIONS, issued_at=issued_at,
+                                                      cut_off=plan.cut_off)
             futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
                                                headers=[(H_ERASE, ORIGIN_PURGE)]))
         for future in futures:
@@ -191,13 +223,16 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
     ids = plan.situation_ids
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
                       purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
-                      time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex, count=len(ids))
+                      time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex, count=len(ids),
+                      cut_off=plan.cut_off)
     with engine.begin() as conn:
         removed = store.apply_tombstones(conn, ids)
         if plan.sign_ins_before is not None:
             conn.execute(sa.delete(tables.sign_ins).where(tables.sign_ins.c.at < plan.sign_ins_before))
         if plan.markers_before is not None:
             store.expire_markers(conn, plan.markers_before)
+        if plan.signal_subjects_before is not None and sa.inspect(conn).has_table(lt.signal_subjects.name):
+            conn.execute(sa.delete(lt.signal_subjects).where(_stale_subjects(plan.signal_subjects_before)))
         ledger.append([entry], connection=conn)
     scrub(engine)
     return removed
