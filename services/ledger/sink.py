@@ -67,12 +67,12 @@ from pydantic import ValidationError
 from services.core import signing
 from services.core.messages import (
     ConsentEvent,
-    FollowupEvent,
     Pseudonym,
     Receipt,
     RevealEvent,
     SituationEvent,
     parse,
+    parse_followup,
 )
 from services.core.registry import Registry, load_registry
 from services.core.types import Fund, format_timestamp
@@ -268,7 +268,7 @@ class EntryMaker:
         commitment), read from the casebook's row of the case when the ledger shares its
         database; a replay is entered as it was the first time (read back from the ledger),
         even if the case was purged since."""
-        f = parse(FollowupEvent, value)
+        f = parse_followup(value)  # (sealed: the detail is not the ledger's)
         action = Action.SUITE_ENREGISTREE
         person = None
         if self.ledger is not None:
