@@ -176,15 +176,13 @@ def purge_person(state: PersonState, issued_at: dt.datetime | None = None) -> Pe
     signals = () if issued_at is None else tuple(
         s for s in state.signals if s.received_at is not None and s.received_at > issued_at)
     sit = state.situation
-    if sit is not None and signals:
-        kept_refs = {s.sealed_ref.value for s in signals}
-        if not all(r.sealed_ref.value in kept_refs for r in sit.last_event.refs):
-            sit = None
+    kept_refs = {s.sealed_ref.value for s in signals}
+    if sit is not None and sit.last_event.refs and all(r.sealed_ref.value in kept_refs
+                                                         for r in sit.last_event.refs):
+        floor = state.version_floor  # the situation stays: its versions go on from it
     else:
         sit = None
-    floor = max(state.version_floor, state.situation.version if state.situation else 0)
-    if sit is not None:
-        floor = state.version_floor
+        floor = max(state.version_floor, state.situation.version if state.situation else 0)
     if signals == state.signals and sit == state.situation and floor == state.version_floor:
         return state
     return state.model_copy(update={"signals": signals, "situation": sit, "version_floor": floor})

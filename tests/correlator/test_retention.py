@@ -223,3 +223,25 @@ def test_purge_cut_off_travels_from_the_command_to_the_case_entry() -> None:
                                                    int(written_at.timestamp() * 1000), out.headers))
     assert (entry.action, entry.cut_off, entry.time, entry.count) == ("purge_conservation", cut_off, written_at, 1)
     assert entry.case_id == out.key.decode()  # type: ignore[union-attr]
+
+
+def test_purge_erases_what_was_received_before_it_was_issued() -> None:
+    """A signal received before the purge was issued goes, one received after stays; the
+    situation goes as soon as it shows a signal that went (its refs), and its version
+    becomes the floor; a state of an earlier version (no reception time) goes whole."""
+    issued = dt.datetime.combine(TODAY, dt.time(12), dt.UTC)
+    state = _state()
+    assert state.situation is not None
+    first, second = state.signals
+    before = first.model_copy(update={"received_at": issued - dt.timedelta(seconds=1)})
+    after = second.model_copy(update={"received_at": issued + dt.timedelta(seconds=1)})
+    mixed = state.model_copy(update={"signals": (before, after)})
+    purged = purge_person(mixed, issued)
+    assert purged.signals == (after,) and purged.situation is None
+    assert purged.version_floor == state.situation.version
+    assert purge_person(state, issued).signals == ()  # received_at unknown: erased
+    # Nothing received before: the state is left as it is (a command read again).
+    fresh = mixed.model_copy(update={"signals": (after,), "situation": state.situation.model_copy(
+        update={"last_event": state.situation.last_event.model_copy(update={"refs": [
+            r for r in state.situation.last_event.refs if r.sealed_ref == after.sealed_ref]})})})
+    assert purge_person(fresh, issued) is fresh
