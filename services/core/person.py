@@ -47,9 +47,10 @@ class SignalEntry(Frozen):
     #: "topic:partition:offset" where it was read: tells a redelivery (same position, after a
     #: crash before the offset commit) from a replay (same signal id published again).
     source: Annotated[str, Field(max_length=200)]
-    #: When the exchange took it (the batch's clock): a purge erases what it received before
-    #: the purge was issued, and only that (None: a state written before this field).
-    received_at: Timestamp | None = None
+    #: When the exchange took it, in Unix seconds (the batch's clock; an integer, not a
+    #: timestamp: it is read and written with every state): a purge erases what it
+    #: received before the purge was issued, and only that (None: a state written before).
+    received_s: Int | None = None
 
 
 class Seen(Frozen):
@@ -174,7 +175,7 @@ def purge_person(state: PersonState, issued_at: dt.datetime | None = None) -> Pe
     signal ids (a replay of a purged signal stays a duplicate and cannot bring it back),
     and the version floor (a later situation gets higher versions)."""
     signals = () if issued_at is None else tuple(
-        s for s in state.signals if s.received_at is not None and s.received_at > issued_at)
+        s for s in state.signals if s.received_s is not None and s.received_s > issued_at.timestamp())
     sit = state.situation
     kept_refs = {s.sealed_ref.value for s in signals}
     if sit is not None and sit.last_event.refs and all(r.sealed_ref.value in kept_refs

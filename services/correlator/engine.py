@@ -655,7 +655,7 @@ class Engine:
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
-                            source=position, received_at=self._now)
+                            source=position, received_s=int(self._now.timestamp()))
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
             state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))

@@ -233,13 +233,13 @@ def test_purge_erases_what_was_received_before_it_was_issued() -> None:
     state = _state()
     assert state.situation is not None
     first, second = state.signals
-    before = first.model_copy(update={"received_at": issued - dt.timedelta(seconds=1)})
-    after = second.model_copy(update={"received_at": issued + dt.timedelta(seconds=1)})
+    before = first.model_copy(update={"received_s": int(issued.timestamp())})  # the same second: before
+    after = second.model_copy(update={"received_s": int(issued.timestamp()) + 1})
     mixed = state.model_copy(update={"signals": (before, after)})
     purged = purge_person(mixed, issued)
     assert purged.signals == (after,) and purged.situation is None
     assert purged.version_floor == state.situation.version
-    assert purge_person(state, issued).signals == ()  # received_at unknown: erased
+    assert purge_person(state, issued).signals == ()  # reception time unknown: erased
     # Nothing received before: the state is left as it is (a command read again).
     fresh = mixed.model_copy(update={"signals": (after,), "situation": state.situation.model_copy(
         update={"last_event": state.situation.last_event.model_copy(update={"refs": [
