@@ -83,12 +83,12 @@ from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
 from services.correlator.engine import PARTITIONS, REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.heap import HeapPolicy
-from services.correlator.partitioning import murmur2
 from services.correlator.registry_source import RegistrySource
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
+from services.platform.partitioning import murmur2
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 

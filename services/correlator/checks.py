@@ -32,7 +32,7 @@ from services.core.messages import SCHEMA_VERSION, ConsentEvent, LegalBasisLaw, 
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.types import SIGNAL_ID_PATTERN, Fund, Purpose
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, fund_of_signal_topic
 
 #: A signal is about 800 bytes; anything far above is refused before parsing.

@@ -51,7 +51,7 @@ Speed (measured with ``bench/correlator.py`` and a profile; every check stays on
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
 - the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
-  (:func:`~services.correlator.partitioning.murmur2`), equal to Kafka's.
+  (:func:`~services.platform.partitioning.murmur2`), equal to Kafka's.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ from services.core.registry import Registry
 from services.core.rules import Context, on_signal
 from services.core.types import SIGNAL_ID_PATTERN, TOPIC_PATTERN, Date, Fund, Timestamp, format_timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
-from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
+from services.platform.partitioning import partition_for
 from services.platform.topics import (
     CUT_OFF_HEADER,
     DEADLETTER_TOPIC,
@@ -118,7 +118,8 @@ REPARTITION_TOPIC = "help-correlator-repartition"
 REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
 #: Header of an erasure command on the repartition topic: the retention purge
-#: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
+#: (services.app.purge, through services.correlator.erasure) reached a person. See
+#: :meth:`Engine._erase` and :func:`erasure_command`.
 H_ERASE = "help-erase"
 
 

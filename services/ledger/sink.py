@@ -74,10 +74,11 @@ from services.core.messages import (
     parse,
     parse_followup,
 )
-from services.core.registry import Registry, load_registry
+from services.core.registry import Registry, load_registry, registry_path
 from services.core.types import Fund, format_timestamp
 from services.errors import TransientError
 from services.ledger import tables as t
+from services.ledger.cases import CaseDirectory, NoCasebook
 from services.ledger.entries import (
     Action,
     BaseLegale,
@@ -167,9 +168,11 @@ class EntryMaker:
     are entered only if their signature verifies) and, for reveals, the ledger's database
     (``ledger``: the reveal's case, from the casebook; None enters reveals with no case)."""
 
-    def __init__(self, registry: Registry | None, ledger: Ledger | None = None) -> None:
+    def __init__(self, registry: Registry | None, ledger: Ledger | None = None,
+                 cases: CaseDirectory | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
+        self.cases: CaseDirectory = cases or NoCasebook()
         #: signal id -> person, for the receipts of signals read in this run (and, through
         #: ``ledger_signal_subjects``, in earlier runs)
         self.subjects: dict[str, Pseudonym] = {}
@@ -275,10 +278,8 @@ class EntryMaker:
             stored = self.ledger.get(entry_id_for(action.value, f.event_id))
             if stored is not None:
                 return [parse_entry(stored.data)]
-            from services.ledger.casebook import person_of_situation
-
             with self.ledger.engine.connect() as conn:
-                person = person_of_situation(conn, f.situation_id)
+                person = self.cases.person_of_situation(conn, f.situation_id)
         return [new_entry(action=action, actor=f.recorded_by, purpose=Finalite.ACCES_AUX_DROITS,
                           legal_basis=BaseLegale.L115_2_1, time=f.recorded_at,
                           natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
@@ -316,8 +317,6 @@ class EntryMaker:
                           person=c.pseudonym, ref=c.event_id, fund=c.fund)]
 
     def _reveal(self, value: bytes) -> list[LedgerEntry]:
-        from services.ledger.casebook import case_of_reveal
-
         v = parse(RevealEvent, value)
         if not self._verified(v.fund, value):
             log.warning("reveal event %s: signature not verified, not entered", v.event_id)
@@ -330,7 +329,7 @@ class EntryMaker:
             if stored is not None:  # a replay: the same entry, whatever the casebook says now
                 return [parse_entry(stored.data)]
             with self.ledger.engine.connect() as conn:
-                case = case_of_reveal(conn, v.case_number, v.fund.value, v.sealed_digest)
+                case = self.cases.case_of_reveal(conn, v.case_number, v.fund.value, v.sealed_digest)
         if case is None:
             log.warning("reveal event %s: case %s does not hold this seal of %s; entered without "
                         "a case", v.event_id, v.case_number, v.fund.value)
@@ -459,6 +458,9 @@ class AuditSink:
     settings: Settings
     ledger: Ledger
     bootstrap: str
+    #: The casebook's cases, for the person of a follow-up and the case of a reveal (the
+    #: casebook's :class:`~services.casebook.cases.CasebookCases`, wired by the app).
+    cases: CaseDirectory | None = None
     consumer_name: str = CONSUMER
     #: Records per transaction at most: each commit writes the index pages it dirtied, so
     #: larger batches append faster (bench/ledger.py at 1,000,000 entries: 5,000 → 20,100/s,
@@ -468,10 +470,8 @@ class AuditSink:
 
     async def run(self, *, until_idle: float | None = None, stop: asyncio.Event | None = None,
                   on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
-        from services.producer.keys import registry_path
-
         path = registry_path(self.settings.key_dir)
-        maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger)
+        maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger, self.cases)
         cons = kafka.consumer(self.settings, self.bootstrap, group_id=None,
                               max_poll_records=self.batch_max, fetch_max_wait_ms=200)
         await cons.start()

@@ -59,8 +59,8 @@ from services.core.types import (
     Purpose,
     format_timestamp,
 )
-from services.correlator.partitioning import murmur2
 from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, InputError
+from services.platform.partitioning import murmur2
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs

@@ -267,7 +267,7 @@ def test_csv_cells_cannot_become_formulas() -> None:
 
 # ------------------------------------------------------------------------------- CLI
 def run_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
-    from services.platform.cli import cli
+    from services.app.cli import cli
 
     env = {"HELP_DATABASE_URL": f"sqlite:///{tmp_path / 'casebook.db'}", "HELP_VAR_DIR": str(tmp_path / "var"),
            "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1"}

@@ -34,7 +34,7 @@ from services.core.signing import b64u, canonical, sign, signing_input
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import murmur2, partition_for
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, signal_topic
 from services.producer import nir as nirs

@@ -32,7 +32,7 @@ from services.core.registry import Registry, save_registry
 from services.core.signing import canonical, sign
 from services.core.types import Fund
 from services.correlator.checks import Checker
-from services.correlator.partitioning import murmur2, partition_for
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
 from services.producer import nir as nirs
 from services.producer.pseudonym import pseudonym

@@ -43,9 +43,9 @@ from services.core.rules import Context
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import partition_for
 from services.ledger.sink import EntryMaker
 from services.ledger.sink import Record as LedgerRecord
+from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path

@@ -3,7 +3,7 @@
 - :func:`services.core.signing.canonical` against the ``rfc8785`` package (RFC 8785/JCS), on
   arbitrary JSON values, including those it must hand over to ``rfc8785`` (floats,
   non-ASCII, big integers), and errors alike;
-- :func:`services.correlator.partitioning.murmur2` (the murmurhash2 package) against aiokafka's (Kafka's partitioner);
+- :func:`services.platform.partitioning.murmur2` (the murmurhash2 package) against aiokafka's (Kafka's partitioner);
 - :func:`services.correlator.engine.receipt_wire` against ``to_wire(Receipt(...))``, byte for
   byte, and refusing (by the model's own ValidationError) what the model refuses;
 - the person-state cache: a state and the bytes it is stored as round-trip, the engine gives
@@ -36,7 +36,7 @@ from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
 from services.correlator.checks import Checker, DuplicateMember, _unique_members, load_json
 from services.correlator.engine import Engine, Record, StateCache, receipt_wire
-from services.correlator.partitioning import murmur2, partition_for
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import Funds, wire

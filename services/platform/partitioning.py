@@ -1,4 +1,7 @@
-"""Kafka's default partitioner, as producers key the signal topics (by pseudonym value)."""
+"""Kafka's default partitioner, as producers key the signal topics (by pseudonym value).
+
+Shared by the producers, which key and place each signal, and the correlator, which checks
+that a signal sits in its person's partition."""
 
 from __future__ import annotations
 
