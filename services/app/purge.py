@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from services.casebook.db import open_store_engine, scrub
 from services.casebook.retention import PurgePlan, correlation_window_days, delete_expired, plan_purge
 from services.core.bounds import parse_day
-from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 from services.ledger.store import Ledger, ensure_tables
 from services.ledger.subjects import count_stale_subjects, delete_stale_subjects
 from services.platform.broker import resolve_bootstrap
@@ -71,7 +71,7 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
     The entry is dated ``now`` (the time of the run); its ``cut_off`` is the plan's
     ``as_of`` date."""
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
-                      purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
+                      purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
                       time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex,
                       count=len(plan.situation_ids), cut_off=plan.cut_off)
     with engine.begin() as conn:

@@ -114,6 +114,7 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     from services.casebook.render import render, write_atomic
     from services.casebook.worklist import Labels, load_worklist
     from services.core.access import AccessEvent
+    from services.platform.runtime import paused_gc
 
     m = Month.parse(month)
     check_territory(territory)
@@ -122,9 +123,10 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     engine = open_store_engine(settings.database_url)
     try:
         labels = Labels.for_rules(settings.taxonomy, settings.rules)
-        wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
-        data = render(wl, fmt)
+        with paused_gc():  # many small acyclic objects: services.platform.runtime
+            wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
+                               close_after_months=settings.casebook_close_after_months, labels=labels)
+            data = render(wl, fmt)
         _wiring(ctx).audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund_code, action="export",
             detail=f"{fmt} {m} territoire {territory} : {len(wl.cases)} dossiers",

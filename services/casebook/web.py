@@ -51,6 +51,7 @@ from services.casebook.worklist import Labels, Worklist, case_view, load_worklis
 from services.core.access import AccessEvent
 from services.core.bounds import MONTH_SPAN
 from services.errors import HelpExchangeError, InputError
+from services.platform.runtime import paused_gc
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.casebook.web")
@@ -367,10 +368,12 @@ def create_app(settings: Settings, *, engine: sa.Engine, audit: AuditSink,
                       vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, csrf = current(request)
         m = month_of(month)
-        wl = meeting_worklist(user, m, vue)
+        with paused_gc():  # many small acyclic objects: services.platform.runtime
+            wl = meeting_worklist(user, m, vue)
         audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
-        return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
+        with paused_gc():
+            return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
     @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
     def export(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
@@ -378,8 +381,9 @@ def create_app(settings: Settings, *, engine: sa.Engine, audit: AuditSink,
                vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, _ = current(request)
         m = month_of(month)
-        wl = meeting_worklist(user, m, vue)
-        data = render(wl, format)
+        with paused_gc():
+            wl = meeting_worklist(user, m, vue)
+            data = render(wl, format)
         audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"

@@ -33,20 +33,21 @@ async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tu
         return 0
     producer = kafka.producer(settings, bootstrap)
     try:
-        await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
-        await producer.start()
-        futures = []
-        issued_at = dt.datetime.now(dt.UTC)
-        for key_id, value in todo:
-            key, command, partition = erasure_command(key_id, value, PARTITIONS, issued_at=issued_at,
-                                                      cut_off=cut_off)
-            futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
-                                               headers=[(H_ERASE, ORIGIN_PURGE)]))
-        for future in futures:
-            await future
-    except Exception as exc:  # aiokafka's errors and OSError alike: nothing was deleted yet
-        raise BrokerError(f"could not send the purge's erasure commands: {exc!r}",
-                          "nothing was deleted; start the broker and run the purge again") from exc
+        # aiokafka's errors and OSError alike become ours: nothing was deleted yet
+        with kafka.kafka_errors("could not send the purge's erasure commands: {error!r}",
+                                "nothing was deleted; start the broker and run the purge again",
+                                {Exception: BrokerError}):
+            await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
+            await producer.start()
+            futures = []
+            issued_at = dt.datetime.now(dt.UTC)
+            for key_id, value in todo:
+                key, command, partition = erasure_command(key_id, value, PARTITIONS, issued_at=issued_at,
+                                                          cut_off=cut_off)
+                futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
+                                                   headers=[(H_ERASE, ORIGIN_PURGE)]))
+            for future in futures:
+                await future
     finally:
         await producer.stop()
     return len(todo)

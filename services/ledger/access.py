@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from services.core.types import Fund
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
-from services.ledger.entries import Action, BaseLegale, Finalite, subject_commitment
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, subject_commitment
 from services.ledger.merkle import inclusion_proof
 from services.ledger.proofs import REPORT_FORMAT, inclusion_document
 from services.ledger.store import Ledger
@@ -61,8 +61,8 @@ class Event:
             "quand": d["time"][:19].replace("T", " ") + " UTC",
             "qui": who,
             "quoi": Action(d["action"]).label,
-            "pourquoi": Finalite(d["purpose"]).label,
-            "base_legale": BaseLegale(d["legal_basis"]).label,
+            "pourquoi": LedgerPurpose(d["purpose"]).label,
+            "base_legale": LedgerLegalBasis(d["legal_basis"]).label,
         }
 
 

@@ -30,9 +30,9 @@ from services.ledger.cases import CaseDirectory
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     about,
     subject_commitment,
 )
@@ -54,20 +54,20 @@ _SITUATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _FUNDS = frozenset(f.value for f in Fund)
 
 
-def purpose_of(event: AccessEvent) -> Finalite:
+def purpose_of(event: AccessEvent) -> LedgerPurpose:
     """The event's purpose: a ledger purpose if it names one; an auditor's reading is a
     control; the monthly review (``revue_mensuelle``) serves access to rights."""
     try:
-        return Finalite(event.purpose)
+        return LedgerPurpose(event.purpose)
     except ValueError:
         pass
-    return Finalite.CONTROLE if event.role == "auditeur" else Finalite.ACCES_AUX_DROITS
+    return LedgerPurpose.CONTROLE if event.role == "auditeur" else LedgerPurpose.ACCES_AUX_DROITS
 
 
-def legal_basis_of(purpose: Finalite) -> BaseLegale:
-    if purpose in (Finalite.ACCES_AUX_DROITS, Finalite.PREVENTION_PERTE_AUTONOMIE):
-        return BaseLegale.L115_2_1
-    return BaseLegale.RGPD_6_1_C
+def legal_basis_of(purpose: LedgerPurpose) -> LedgerLegalBasis:
+    if purpose in (LedgerPurpose.ACCES_AUX_DROITS, LedgerPurpose.PREVENTION_PERTE_AUTONOMIE):
+        return LedgerLegalBasis.L115_2_1
+    return LedgerLegalBasis.RGPD_6_1_C
 
 
 def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:

@@ -16,7 +16,7 @@ import re
 
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 from services.ledger.store import Ledger
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -33,7 +33,7 @@ class PseudonymiserLog:
         safe_id = request_id if _REQUEST_ID.fullmatch(request_id) else None
         actor = f"pseudonymiseur.{version}" if _VERSION.fullmatch(version) else "pseudonymiseur"
         self.ledger.append([new_entry(
-            action=action, actor=actor, purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+            action=action, actor=actor, purpose=LedgerPurpose.ACCES_AUX_DROITS, legal_basis=LedgerLegalBasis.L115_2_1,
             time=at, fund=fund, count=count, reason=reason, ref=safe_id,
             natural_key=(fund.value, safe_id or base64.b16encode(at.isoformat().encode()).decode(),
                          action.value))])
@@ -55,5 +55,5 @@ class PseudonymiserLog:
 
     def key_destroyed(self, version: str, at: dt.datetime) -> None:
         self.ledger.append([new_entry(
-            action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=Finalite.ACCES_AUX_DROITS,
-            legal_basis=BaseLegale.RGPD_6_1_C, time=at, count=1, natural_key=("pseudonymiser-destroy", version))])
+            action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=LedgerPurpose.ACCES_AUX_DROITS,
+            legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=at, count=1, natural_key=("pseudonymiser-destroy", version))])

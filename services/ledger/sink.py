@@ -81,9 +81,9 @@ from services.ledger import tables as t
 from services.ledger.cases import CaseDirectory, NoCasebook
 from services.ledger.entries import (
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     entry_id_for,
     new_entry,
     parse_entry,
@@ -116,9 +116,9 @@ _SITUATION_ACTIONS = {
     "rouverte": Action.SITUATION_ROUVERTE,
 }
 _CONSENT_ACTIONS = {
-    "consentement_donne": (Action.CONSENTEMENT_DONNE, BaseLegale.CONSENTEMENT),
-    "consentement_retire": (Action.CONSENTEMENT_RETIRE, BaseLegale.CONSENTEMENT),
-    "opposition": (Action.OPPOSITION, BaseLegale.RGPD_21),
+    "consentement_donne": (Action.CONSENTEMENT_DONNE, LedgerLegalBasis.CONSENTEMENT),
+    "consentement_retire": (Action.CONSENTEMENT_RETIRE, LedgerLegalBasis.CONSENTEMENT),
+    "opposition": (Action.OPPOSITION, LedgerLegalBasis.RGPD_21),
 }
 
 
@@ -159,8 +159,8 @@ class BatchResult:
     held: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def _finalite(purpose: str) -> Finalite:
-    return Finalite(purpose)
+def _ledger_purpose(purpose: str) -> LedgerPurpose:
+    return LedgerPurpose(purpose)
 
 
 class EntryMaker:
@@ -261,8 +261,8 @@ class EntryMaker:
             if person is not None:
                 self.used.add(rc.signal_id)
                 self.subjects.pop(rc.signal_id, None)
-        return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
+        return [new_entry(action=action, actor="correlator", purpose=LedgerPurpose.ACCES_AUX_DROITS,
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=rc.processed_at,
                           natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
                           fund=rc.fund, person=person)]
 
@@ -280,15 +280,15 @@ class EntryMaker:
                 return [parse_entry(stored.data)]
             with self.ledger.engine.connect() as conn:
                 person = self.cases.person_of_situation(conn, f.situation_id)
-        return [new_entry(action=action, actor=f.recorded_by, purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=f.recorded_at,
+        return [new_entry(action=action, actor=f.recorded_by, purpose=LedgerPurpose.ACCES_AUX_DROITS,
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=f.recorded_at,
                           natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
                           fund=f.fund, person=person)]
 
     def _situation(self, value: bytes) -> LedgerEntry:
         s = parse(SituationEvent, value)
         return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
-                         purpose=_finalite(s.purposes[0].value), legal_basis=BaseLegale.L115_2_1,
+                         purpose=_ledger_purpose(s.purposes[0].value), legal_basis=LedgerLegalBasis.L115_2_1,
                          time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
                          person=s.pseudonym, ref=s.event_id)
 
@@ -299,11 +299,11 @@ class EntryMaker:
         headers = dict(r.headers)
         if headers.get(ORIGIN_HEADER) == ORIGIN_PURGE:
             return new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
-                             purpose=Finalite.LIMITATION_CONSERVATION,
-                             legal_basis=BaseLegale.RGPD_6_1_C, time=at, natural_key=position,
+                             purpose=LedgerPurpose.LIMITATION_CONSERVATION,
+                             legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=at, natural_key=position,
                              case_id=case_id, count=1, cut_off=_cut_off(headers.get(CUT_OFF_HEADER)))
         return new_entry(action=Action.EFFACEMENT, actor="correlator",
-                         purpose=Finalite.EXERCICE_DES_DROITS, legal_basis=BaseLegale.RGPD_17,
+                         purpose=LedgerPurpose.EXERCICE_DES_DROITS, legal_basis=LedgerLegalBasis.RGPD_17,
                          time=at, natural_key=position, case_id=case_id)
 
     def _consent(self, value: bytes) -> list[LedgerEntry]:
@@ -312,7 +312,7 @@ class EntryMaker:
             log.warning("consent event %s: signature not verified, not entered", c.event_id)
             return []
         action, basis = _CONSENT_ACTIONS[c.kind]
-        return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
+        return [new_entry(action=action, actor=c.emitter, purpose=LedgerPurpose.EXERCICE_DES_DROITS,
                           legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
                           person=c.pseudonym, ref=c.event_id, fund=c.fund)]
 
@@ -333,8 +333,8 @@ class EntryMaker:
         if case is None:
             log.warning("reveal event %s: case %s does not hold this seal of %s; entered without "
                         "a case", v.event_id, v.case_number, v.fund.value)
-        return [new_entry(action=action, actor=v.actor, purpose=_finalite(v.purpose.value),
-                          legal_basis=BaseLegale.L115_2_1, time=v.revealed_at,
+        return [new_entry(action=action, actor=v.actor, purpose=_ledger_purpose(v.purpose.value),
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=v.revealed_at,
                           natural_key=(v.event_id,), ref=v.event_id,
                           case_id=case[0] if case else None, person=case[1] if case else None,
                           fund=v.fund)]
@@ -463,8 +463,7 @@ class AuditSink:
     cases: CaseDirectory | None = None
     consumer_name: str = CONSUMER
     #: Records per transaction at most: each commit writes the index pages it dirtied, so
-    #: larger batches append faster (bench/ledger.py at 1,000,000 entries: 5,000 → 20,100/s,
-    #: 10,000 → 23,600/s).
+    #: larger batches append faster (``bench/ledger.py``).
     batch_max: int = 10_000
     totals: BatchResult = field(default_factory=BatchResult)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from services.core.types import Fund
-from services.errors import InputError
+from services.errors import InputError, Rejected
 from services.producer.extract import Extract, Line
-from services.producer.nir import NirRejected, normalise
+from services.producer.nir import normalise
 from services.producer.seal import SignalIds
 
 
@@ -35,7 +35,7 @@ def person_behind(fund: Fund, reference: str, extracts: Iterable[Path],
             rec = item.record
             try:
                 nirs.add(normalise(rec.nir))
-            except NirRejected:
+            except Rejected:
                 continue
             observed = rec.observed_on if isinstance(rec.observed_on, dt.date) else \
                 _date(rec.observed_on)

@@ -20,7 +20,7 @@ from typing import Protocol
 from services.core.oprf import Evaluator, OprfError
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.errors import InputError
+from services.errors import Rejected
 from services.platform.settings import Settings
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -28,16 +28,18 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 REPLAY_MEMORY = 1_000_000
 
 
-class Refused(InputError):
-    """A batch refused: ``reason`` says why; nothing was evaluated."""
+class Refused(Rejected):
+    """A batch refused: ``reason`` says why (``detail``, in words); nothing was evaluated.
+
+    The field is the request as a whole; the message keeps the form the operators know,
+    ``"<reason code>: <what>"``."""
 
     def __init__(self, reason: Reason, what: str, hint: str) -> None:
-        super().__init__(f"{reason.value}: {what}", hint)
-        self.reason = reason
+        super().__init__(reason, "request", f"{reason.value}: {what}", hint)
         self.detail = what
         self._parts = (reason, what, hint)
 
-    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:
+    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:  # type: ignore[override]
         """Picklable (it crosses from the producer's worker processes)."""
         return (type(self), self._parts)
 

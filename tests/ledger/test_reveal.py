@@ -42,7 +42,7 @@ from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.ledger import tables as lt
-from services.ledger.entries import Action, BaseLegale, Finalite, entry_id_for, is_about, parse_entry
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, entry_id_for, is_about, parse_entry
 from services.ledger.sink import AuditSink, EntryMaker, Record
 from services.ledger.store import Ledger, ensure_tables
 from services.platform.settings import Settings, load_settings
@@ -189,7 +189,7 @@ def test_the_sink_enters_the_case_only_when_the_seal_proves_it(
     assert all(len(e) == 1 for e in entries)
     right, wrong, unknown, foreign = (e[0] for e in entries)
     assert (right.action, right.actor, right.purpose, right.legal_basis) == (
-        Action.REFERENCE_REVELEE, ACTOR, Finalite.ACCES_AUX_DROITS, BaseLegale.L115_2_1)
+        Action.REFERENCE_REVELEE, ACTOR, LedgerPurpose.ACCES_AUX_DROITS, LedgerLegalBasis.L115_2_1)
     assert right.case_id == first.situation_id and is_about(right, first.pseudonym)
     assert right.time == NOW and right.ref == rows[0].signal_id
     assert right.entry_id == entry_id_for(Action.REFERENCE_REVELEE.value, rows[0].signal_id)
@@ -261,7 +261,7 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
     reveals = [e for e in found if e.action is Action.REFERENCE_REVELEE]
     assert len(reveals) == 1, found
     (entry,) = reveals
-    assert (entry.actor, entry.purpose) == (ACTOR, Finalite.PREVENTION_PERTE_AUTONOMIE)
+    assert (entry.actor, entry.purpose) == (ACTOR, LedgerPurpose.PREVENTION_PERTE_AUTONOMIE)
     assert is_about(entry, event.pseudonym)
 
     query = runner.invoke(cli, ["audit", "query", "--case", event.situation_id],
