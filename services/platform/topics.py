@@ -110,3 +110,6 @@ DEADLETTER_TOPIC = "help.deadletter.v1"
 #: ``purge_conservation`` entry for it instead of an ``effacement``).
 ORIGIN_HEADER = "help-origin"
 ORIGIN_PURGE = b"purge"
+#: Header of such a tombstone: the purge's cut-off date (``YYYY-MM-DD``, its ``--as-of``),
+#: entered with the case's ``purge_conservation`` entry.
+CUT_OFF_HEADER = "help-cut-off"
