@@ -637,6 +637,10 @@ def ensure_tables(engine: Engine) -> None:
     index rebuilt from the entries. Entries, hashes and heads are never touched."""
     had_tiles = t.tile_nodes.name in inspect(engine).get_table_names()
     t.metadata.create_all(engine, checkfirst=True)
+    subjects = t.signal_subjects.name
+    if "seen_at" not in {c["name"] for c in inspect(engine).get_columns(subjects)}:
+        with engine.begin() as conn:  # a ledger from before the rows were dated (purge, docs/erasure.md)
+            conn.execute(text(f"ALTER TABLE {subjects} ADD COLUMN seen_at VARCHAR(27)"))
     if not had_tiles:  # a ledger from before tiles: their hashes, from the stored leaves
         Ledger(engine).rebuild_tile_nodes()
     if _LEGACY_LOOKUP in inspect(engine).get_table_names():

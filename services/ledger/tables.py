@@ -147,11 +147,15 @@ tile_nodes = Table(
 
 # The person each signal is about, read by the audit sink from the signal topics, so that
 # the receipt of the signal (which names only its id) is entered with the person's
-# commitment. A row goes once its receipt is entered. Private, as ledger_entries' columns.
+# commitment. A row goes once its receipt is entered, or, for a signal whose receipt never
+# came, at the first purge after the signals' retention (``seen_at``: when the sink read the
+# signal; null in rows written before it was kept, which the next purge removes).
+# Private, as ledger_entries' columns.
 signal_subjects = Table(
     "ledger_signal_subjects",
     metadata,
     Column("signal_id", String(32), primary_key=True),
     Column("key_id", String(40), nullable=False),
     Column("value", String(43), nullable=False),
+    Column("seen_at", String(27), nullable=True),
 )
