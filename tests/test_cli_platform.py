@@ -12,10 +12,10 @@ import pytest
 
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from services.platform.topics import load_topic_specs
-from tests.conftest import free_port
+from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
-EXE = [sys.executable, "-m", "services.platform.cli"]
+EXE = [sys.executable, "-m", "services.app.cli"]
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

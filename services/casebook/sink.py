@@ -26,11 +26,18 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from services.casebook import store
+from services.casebook import casekeys, store
 from services.casebook.config import marker_key
 from services.casebook.db import scrub
 from services.casebook.followups import publish_outbox
-from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, parse
+from services.core.messages import (
+    ConsentEvent,
+    FollowupEvent,
+    SealedFollowupEvent,
+    SituationEvent,
+    parse,
+    parse_followup,
+)
 from services.errors import TransientError
 from services.platform import kafka
 from services.platform.settings import Settings
@@ -63,7 +70,7 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
                   markers: store.Markers = store.UNKEYED) -> BatchResult:
     """Apply one batch of consumed records and store their offsets, in one transaction."""
     situations: list[SituationEvent] = []
-    followups: list[FollowupEvent] = []
+    followups: list[FollowupEvent | SealedFollowupEvent] = []
     consents: list[ConsentEvent] = []
     # In topic order per partition: a tombstone after an event of its key deletes it, an
     # event after a tombstone brings it back; applied in that order below.
@@ -86,7 +93,7 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
             if r.topic == SITUATIONS_TOPIC:
                 situations.append(parse(SituationEvent, r.value))
             elif r.topic == FOLLOWUPS_TOPIC:
-                followups.append(parse(FollowupEvent, r.value))
+                followups.append(parse_followup(r.value))
             elif r.topic == CONSENTS_TOPIC:
                 consents.append(parse(ConsentEvent, r.value))
         except ValidationError as exc:
@@ -103,7 +110,7 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
                     applied.situations += store.apply_situations(conn, items, markers)  # type: ignore[arg-type]
                 else:
                     applied.erased += store.apply_tombstones(conn, items)  # type: ignore[arg-type]
-            applied.followups = store.apply_followups(conn, followups, markers)
+            applied.followups = store.apply_followups(conn, open_followups(conn, followups), markers)
             applied.erased += store.apply_consents(conn, consents, markers)
             store.store_offsets(conn, consumer_name, positions)
     except DBAPIError as exc:
@@ -111,6 +118,20 @@ def apply_records(engine: sa.Engine, consumer_name: str, records: Sequence[Recor
                              "check that the database answers, then restart the sink") from exc
     return BatchResult(len(records), applied, skipped)
 
+
+
+def open_followups(conn: sa.Connection, events: Sequence[FollowupEvent | SealedFollowupEvent],
+                   ) -> list[FollowupEvent]:
+    """The follow-ups, sealed ones opened with their case's key; one whose case was erased
+    (no key any more) is not taken: nothing of it is readable, as intended."""
+    keys = casekeys.case_keys(conn, {e.situation_id for e in events if isinstance(e, SealedFollowupEvent)})
+    opened: list[FollowupEvent] = []
+    for e in events:
+        if isinstance(e, FollowupEvent):
+            opened.append(e)
+        elif (key := keys.get(e.situation_id)) is not None and (f := casekeys.open_followup(e, key)):
+            opened.append(f)
+    return opened
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sink: CasebookSink) -> None:

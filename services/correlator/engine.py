@@ -34,24 +34,25 @@ rejected as ``doublon``.
 
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 
-- the stateless checks (≈ 110 µs of a signal: the Ed25519 check alone ≈ 55 µs) can run in
-  other processes; a signal that passes comes back as the validated values the engine needs
+- the stateless checks (the larger part of a signal's cost, the Ed25519 check half of it)
+  can run in other processes; a signal that passes comes back as the validated values the engine needs
   (:class:`~services.correlator.checks.CheckedSignal`), not parsed a second time; the
   L115-2-1 decision, a pure function of a few values, is remembered;
-- the canonical form for the signature check uses the C ``json`` encoder when it provably
-  equals RFC 8785, the Ed25519 check is libsodium's with ``cryptography`` deciding whatever
-  libsodium refuses (same acceptance, see :mod:`services.core.signing`), and the public
-  keys are cached;
+- the canonical form for the signature check is :func:`services.core.codec.canonical`
+  (``orjson`` when it provably equals RFC 8785), the Ed25519 check is libsodium's with
+  ``cryptography`` deciding whatever libsodium refuses (same acceptance, see
+  :mod:`services.core.signing`), and the public keys are cached;
 - accepted receipts, the bulk of the output, are written from a template
-  (:func:`receipt_wire`) only for values the :class:`Receipt` model is known to accept, and
-  byte-identical to ``to_wire(Receipt(...))`` (a property test checks it); the clock is read
-  once per batch (``processed_at`` / ``received_at`` are the batch's time);
+  (:class:`~services.core.codec.ReceiptWriter`) only for values the :class:`Receipt` model
+  is known to accept, and byte-identical to ``to_wire(Receipt(...))`` (a property test
+  checks it); the clock is read once per batch (``processed_at`` / ``received_at`` are the
+  batch's time);
 - person states decoded or written by this engine are kept (:class:`StateCache`) with the
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
 - the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
-  (:func:`~services.correlator.partitioning.murmur2`), equal to Kafka's.
+  (:func:`~services.platform.partitioning.murmur2`), equal to Kafka's.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,13 +69,13 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
+from services.core.codec import ReceiptWriter
 from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
     Frozen,
     Pseudonym,
-    Receipt,
     SealedRef,
     SourcePosition,
     parse,
@@ -96,11 +96,14 @@ from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
-from services.core.types import SIGNAL_ID_PATTERN, TOPIC_PATTERN, Fund, format_timestamp
+from services.core.types import Date, Fund, Timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
-from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
+from services.errors import Rejected
+from services.platform.partitioning import partition_for
 from services.platform.topics import (
+    CONTRACT_PARTITIONS,
+    CUT_OFF_HEADER,
     DEADLETTER_TOPIC,
     ORIGIN_HEADER,
     ORIGIN_PURGE,
@@ -109,33 +112,42 @@ from services.platform.topics import (
     receipt_topic,
 )
 
-#: Partitions of every topic the worker reads, and of its state (co-partitioned).
-PARTITIONS = 8
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
 #: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
 REPARTITION_TOPIC = "help-correlator-repartition"
-REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
+
+
+def repartition_spec(partitions: int) -> TopicSpec:
+    """The repartition topic, co-partitioned with the topics the worker reads."""
+    return TopicSpec(REPARTITION_TOPIC, "correlator", partitions, 1, {"retention.ms": "604800000"})
+
+
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
 #: Header of an erasure command on the repartition topic: the retention purge
-#: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
+#: (services.app.purge, through services.correlator.erasure) reached a person. See
+#: :meth:`Engine._erase` and :func:`erasure_command`.
 H_ERASE = "help-erase"
 
 
 class ErasureCommand(Frozen):
-    """The value of an erasure command: whom it is about (the exchange writes it, no fund)."""
+    """The value of an erasure command: whom it is about (the exchange writes it, no fund),
+    and when the purge was issued: what the exchange received after that is not erased, so
+    a command read again after a restart cannot erase signals that came after it (None, a
+    command of an earlier version: everything)."""
 
     pseudonym: Pseudonym
+    issued_at: Timestamp | None = None
+    #: The purge's cut-off date (its ``--as-of``): carried by the tombstone to the ledger.
+    cut_off: Date | None = None
 
 
-def erasure_command(key_id: str, value: str, partitions: int) -> tuple[bytes, bytes, int]:
+def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.datetime | None = None,
+                    cut_off: dt.date | None = None) -> tuple[bytes, bytes, int]:
     """(key, value, partition) of the erasure command for a pseudonym, on the repartition
     topic with header ``H_ERASE: purge``: in the partition of the person's state."""
-    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value))
+    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value), issued_at=issued_at,
+                             cut_off=cut_off)
     return value.encode(), to_wire(command), partition_for(value, partitions)
-
-_SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
-_TOPIC = re.compile(TOPIC_PATTERN)
-
 
 _NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
 
@@ -145,7 +157,7 @@ WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
 
 class Record(NamedTuple):
     """A consumed record. (Records and outputs are named tuples, not frozen dataclasses:
-    several are made per signal, and a frozen dataclass costs ≈ 1.5 µs more to build.)"""
+    several are made per signal, and a frozen dataclass costs more to build.)"""
 
     topic: str
     partition: int
@@ -181,13 +193,6 @@ class Batch:
     rejected: int = 0
 
 
-class Rejected(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(reason.value)
-        self.reason = reason
-        self.detail = detail
-
-
 def person_key(key_id: str, value: str) -> bytes:
     """A person's key in the state store and on the changelog: ``key_id/value`` of the pseudonym."""
     return f"{key_id}/{value}".encode()
@@ -211,70 +216,6 @@ def _bare_objection(state: PersonState) -> bool:
     """A state that says only "objected" (what an objection leaves): kept as a marker."""
     return (state.opposed_at is not None and not state.signals and not state.seen
             and not state.consents and not state.marks and state.situation is None)
-
-
-_RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
-                     '"status":"{}","reason":{},"source":{{"topic":"{}","partition":{},'
-                     '"offset":{}}},"processed_at":"{}"}}')
-_ACCEPTED_TEMPLATE = _RECEIPT_TEMPLATE.replace('"status":"{}","reason":{}', '"status":"accepte","reason":null')
-
-
-_LAST_TIMESTAMP: list[tuple[dt.datetime, str | None]] = []
-
-
-def _utc_text(value: dt.datetime) -> str | None:
-    """``format_timestamp(value)`` if ``value`` is in UTC, else None; remembered for the last
-    value (the engine's clock gives one per batch)."""
-    if _LAST_TIMESTAMP and _LAST_TIMESTAMP[0][0] is value:
-        return _LAST_TIMESTAMP[0][1]
-    text = format_timestamp(value) if value.utcoffset() == dt.timedelta(0) else None
-    _LAST_TIMESTAMP[:] = [(value, text)]
-    return text
-
-
-#: Topics already found to match TOPIC_PATTERN (bounded: topics come from the broker).
-_PLAIN_TOPICS: set[str] = set()
-
-
-def _plain_topic(topic: str) -> bool:
-    if topic in _PLAIN_TOPICS:
-        return True
-    if _TOPIC.fullmatch(topic) is None:
-        return False
-    if len(_PLAIN_TOPICS) < 1000:
-        _PLAIN_TOPICS.add(topic)
-    return True
-
-
-def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Reason | None,
-                 source: tuple[str, int, int], processed_at: dt.datetime) -> bytes:
-    """``to_wire(Receipt(...))`` for these values, byte for byte, without building the model.
-
-    The template is used only when every value is one the model accepts and that JSON needs
-    no escaping for (hex ids, an ``help.*`` topic of ``[a-z0-9.-]``, the enums' codes,
-    bounded integers, a UTC timestamp); for anything else the model is built, and validates
-    (or raises) exactly as before.
-    """
-    topic, partition, offset = source
-    if (type(fund) is Fund and (reason is None or type(reason) is Reason)
-            and _SIGNAL_ID.fullmatch(receipt_id) is not None
-            and (signal_id is None or _SIGNAL_ID.fullmatch(signal_id) is not None)
-            and type(partition) is int and 0 <= partition <= 100_000
-            and type(offset) is int and offset >= 0
-            and _plain_topic(topic) and (when := _utc_text(processed_at)) is not None):
-        if reason is None:
-            return _ACCEPTED_TEMPLATE.format(receipt_id, fund.value, "null" if signal_id is None
-                                             else f'"{signal_id}"', topic, partition, offset,
-                                             when).encode()
-        return _RECEIPT_TEMPLATE.format(
-            receipt_id, fund.value, "null" if signal_id is None else f'"{signal_id}"',
-            "rejete", f'"{reason.value}"', topic, partition, offset, when).encode()
-    return to_wire(Receipt(
-        schema_version="1.0", receipt_id=receipt_id, fund=fund, signal_id=signal_id,
-        status="accepte" if reason is None else "rejete", reason=reason,
-        source=SourcePosition(topic=topic, partition=partition, offset=offset),
-        processed_at=processed_at,
-    ))
 
 
 class StateCache:
@@ -371,7 +312,7 @@ class Engine:
     partition, co-partitioned). Its receipt and any dead letter name the original position.
     """
 
-    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
+    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = CONTRACT_PARTITIONS,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
@@ -390,6 +331,8 @@ class Engine:
         #: The stateless checks (up to the signature): inline unless given a pool.
         self.checks: Checks = checks if checks is not None else InlineChecks(Checker(registry, partitions))
         self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
+        #: Receipts from the wire template (what it remembers between batches is its own).
+        self._receipts = ReceiptWriter()
         self._now = self.clock()
         self._limits = limits_at(self._now)
 
@@ -416,8 +359,8 @@ class Engine:
                  reason: Reason | None) -> None:
         source = rec.source()
         topic, partition, offset = source
-        value = receipt_wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
-                             source, self._now)
+        value = self._receipts.wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
+                                    source, self._now)
         key = (signal_id or f"{topic}:{partition}:{offset}").encode()
         batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
@@ -543,7 +486,7 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:
@@ -646,7 +589,7 @@ class Engine:
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
-                            source=position)
+                            source=position, received_s=int(self._now.timestamp()))
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
             state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))
@@ -659,11 +602,14 @@ class Engine:
 
     def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
                put: Callable[[bytes, int, PersonState], None]) -> None:
-        """An erasure command (the retention purge): forget the person's signals and
-        situation (:func:`~services.core.person.purge_person`), and tombstone the situation on
-        the compacted topic with ``help-origin: purge`` whether or not a state was held (the
-        topic's copies must go either way; the audit sink enters it as a purge). Idempotent:
-        a redelivered command does the same again. No receipt: no fund sent it."""
+        """An erasure command (the retention purge): forget the person's signals received
+        before the purge was issued and their situation
+        (:func:`~services.core.person.purge_person`), and tombstone the situation on the
+        compacted topic with ``help-origin: purge`` whether or not a state was held (the
+        topic's copies must go either way; the audit sink enters it as a purge) unless the
+        person has a situation built since (a command read again after a restart, after the
+        person's next signals: tests/correlator/test_retention.py). Idempotent. No receipt:
+        no fund sent it."""
         try:
             command = parse(ErasureCommand, rec.value or b"")
         except ValidationError as exc:
@@ -678,9 +624,15 @@ class Engine:
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
         if state is not None:
-            put(pkey, expected, purge_person(state))
+            purged = purge_person(state, command.issued_at)
+            put(pkey, expected, purged)
+            if purged.situation is not None:
+                return  # built on signals received after the purge was issued: not erased
+        headers: tuple[tuple[str, bytes], ...] = ((ORIGIN_HEADER, ORIGIN_PURGE),)
+        if command.cut_off is not None:
+            headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
-                                    headers=((ORIGIN_HEADER, ORIGIN_PURGE),)))
+                                    headers=headers))
 
     def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
         """The retention sweep over (person key, changelog partition, state bytes): the new

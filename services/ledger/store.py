@@ -3,12 +3,12 @@
 This is the API the other services call (SQLAlchemy 2 Core; SQLite and PostgreSQL)::
 
     from services.ledger.store import Ledger
-    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+    from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 
     ledger = Ledger.open(settings)                      # engine from HELP_DATABASE_URL
     ledger.append([entry, ...])                         # one transaction, idempotent
     ledger.record(action=Action.SIGNALEMENT_ACCEPTE, actor="correlator",
-                  purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+                  purpose=LedgerPurpose.ACCES_AUX_DROITS, legal_basis=LedgerLegalBasis.L115_2_1,
                   time=now, natural_key=(signal_id,), subject=pseudonym, ref=signal_id)
     ledger.sign_head()                                  # a new signed tree head
 
@@ -752,6 +752,10 @@ def ensure_tables(engine: Engine) -> None:
     index rebuilt from the entries. Entries, hashes and heads are never touched."""
     had_tiles = t.tile_nodes.name in inspect(engine).get_table_names()
     t.metadata.create_all(engine, checkfirst=True)
+    subjects = t.signal_subjects.name
+    if "seen_at" not in {c["name"] for c in inspect(engine).get_columns(subjects)}:
+        with engine.begin() as conn:  # a ledger from before the rows were dated (purge, docs/erasure.md)
+            conn.execute(text(f"ALTER TABLE {subjects} ADD COLUMN seen_at VARCHAR(27)"))
     if not had_tiles:  # a ledger from before tiles: their hashes, from the stored leaves
         Ledger(engine).rebuild_tile_nodes()
     if _LEGACY_LOOKUP in inspect(engine).get_table_names():

@@ -13,8 +13,8 @@ default create the tables with ``metadata.create_all``. Every table name starts 
 
   Indexes, chosen by measurement (bench/ledger.py). An index over a *random* key (the
   entry id, the case id, the pseudonym) makes every insert dirty a random B-tree leaf page,
-  and every dirty page is written to the WAL at commit: at a million entries a batch of
-  5,000 wrote tens of megabytes and the append rate fell from 25,000/s to 10,000/s. So
+  and every dirty page is written to the WAL at commit: at a million entries a batch
+  wrote tens of megabytes and the append rate fell by more than half. So
   ``seq`` is SQLite's rowid (no separate primary-key index), ``time`` grows with ``seq``
   (appends at the right edge), and the one random index is ``id_key``, a 64-bit digest of
   the entry id (a quarter of the text's size; see :func:`services.ledger.store.key64`)
@@ -147,11 +147,15 @@ tile_nodes = Table(
 
 # The person each signal is about, read by the audit sink from the signal topics, so that
 # the receipt of the signal (which names only its id) is entered with the person's
-# commitment. A row goes once its receipt is entered. Private, as ledger_entries' columns.
+# commitment. A row goes once its receipt is entered, or, for a signal whose receipt never
+# came, at the first purge after the signals' retention (``seen_at``: when the sink read the
+# signal; null in rows written before it was kept, which the next purge removes).
+# Private, as ledger_entries' columns.
 signal_subjects = Table(
     "ledger_signal_subjects",
     metadata,
     Column("signal_id", String(32), primary_key=True),
     Column("key_id", String(40), nullable=False),
     Column("value", String(43), nullable=False),
+    Column("seen_at", String(27), nullable=True),
 )

@@ -20,7 +20,7 @@ from services.core.messages import SituationEvent, to_wire
 from services.platform import kafka
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, SITUATIONS_TOPIC
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC

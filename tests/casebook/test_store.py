@@ -15,7 +15,7 @@ from services.casebook.sink import Record, apply_records
 from services.core.messages import to_wire
 from services.errors import TransientError
 from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from click.testing import CliRunner
 from markupsafe import escape
 
 from services.casebook import store
@@ -36,7 +35,8 @@ from services.casebook.worklist import (
 from services.core.spreadsheet import safe_cell
 from services.core.taxonomy import SignalClass, Taxonomy, parse_taxonomy
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
-from tests.casebook import factory as F
+from tests.support import situations as F
+from tests.support.cli import run_cli
 
 UTC = dt.UTC
 NOV = Month(2026, 11)
@@ -180,7 +180,7 @@ def test_no_export_holds_a_nir_a_clear_reference_or_a_medical_category(sqlite_en
                                                                           taxonomy: Taxonomy) -> None:
     forbidden = [c for c in taxonomy.categories if c.classe is not SignalClass.NM]
     # A (wrong) upstream event carrying medical categories: the casebook must still not show them.
-    medical = [(c.code, c.organisme.value, ["caf", "cpam", "urssaf", "carsat"]) for c in forbidden]
+    medical = [(c.code, c.fund.value, ["caf", "cpam", "urssaf", "carsat"]) for c in forbidden]
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, [F.situation(i, funds=("caf", "cpam", "urssaf", "carsat"),
                                                   categories=[("impaye_loyer", "caf", ["caf", "cpam"]), *medical])
@@ -266,15 +266,6 @@ def test_csv_cells_cannot_become_formulas() -> None:
 
 
 # ------------------------------------------------------------------------------- CLI
-def run_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
-    from services.platform.cli import cli
-
-    env = {"HELP_DATABASE_URL": f"sqlite:///{tmp_path / 'casebook.db'}", "HELP_VAR_DIR": str(tmp_path / "var"),
-           "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
-
-
 def test_cli_writes_every_format(tmp_path: Path, taxonomy: Taxonomy) -> None:
     from services.casebook.db import open_store_engine
 

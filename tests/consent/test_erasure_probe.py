@@ -11,13 +11,13 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-import click
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 from stdnum.fr import nir as stdnum_nir
 
+from services.app import purge
 from services.casebook import tables as ct
 from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
@@ -26,7 +26,6 @@ from services.core.messages import ConsentKind
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
-from services.ledger.cli import register
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
@@ -35,16 +34,13 @@ from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import Publisher, SignalInput
 from tests.consent.test_inventory import rows
 from tests.correlator.harness import Collector, start_worker, stop
+from tests.support.cli import wired_group
 
 pytestmark = pytest.mark.integration
 
 
-@click.group()
-def purge_group() -> None:
-    """The ledger's commands (purge among them), as `help-exchange` registers them."""
-
-
-register(purge_group)
+#: The purge command, as `help-exchange` registers it (errors reach the test).
+purge_group = wired_group(purge.register)
 APP_ID = "corr-erasure-probe"
 
 
@@ -191,9 +187,14 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # 1. Every topic from offset 0, with a client of the test's own.
     topics = await _read_every_topic(settings.bootstrap_servers or "")
     assert {"help.situations.v1", "help.deadletter.v1", f"{APP_ID}-persons-changelog"} <= set(topics)
+    followups = topics.get("help.followups.v1", [])
+    assert len(followups) == 3 and all(b'"sealed"' in r for r in followups), followups[:1]
     for topic, records in topics.items():
         family = _family(topic)
         assert family in inventory, f"{topic}: not in docs/erasure.md"
+        # What the follow-ups said was done: readable nowhere (sealed, their keys destroyed).
+        hits = [r for r in records if b"aide_financiere_individuelle" in r or b"accorde" in r]
+        assert not hits, f"{topic} still holds a follow-up's action or outcome: {hits[0][:300]!r}"
         if family in may_remain:
             continue
         for who, p in pseudo.items():
@@ -202,6 +203,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
 
     # 2. Every casebook table: nothing about the three people (the ledger keeps its minimal form).
     with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ct.case_keys)).scalar_one() == 0
         for table in ct.metadata.sorted_tables:
             text = repr([tuple(r) for r in conn.execute(sa.select(table))])
             for who, p in pseudo.items():

@@ -13,14 +13,15 @@ import pytest
 import sqlalchemy as sa
 from stdnum.fr import nir as stdnum_nir
 
+from services.app.purge import apply_purge, send_erasures
 from services.casebook import tables as ct
 from services.casebook.db import open_store_engine
+from services.casebook.retention import plan_purge
 from services.casebook.sink import CasebookSink
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
 from services.ledger.entries import parse_entry
-from services.ledger.purge import apply_purge, plan_purge, send_erasures
 from services.ledger.store import Ledger
 from services.platform.settings import Settings
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path

@@ -10,18 +10,22 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from services.app.bootstrap import audit_sink
+from services.app.purge import apply_purge, count_subjects
 from services.casebook import store
 from services.casebook import tables as ct
-from services.casebook.audit import AccessEvent, access_log, default_audit_sink
+from services.casebook.audit import access_log
 from services.casebook.db import open_store_engine
+from services.casebook.retention import plan_purge
 from services.casebook.sink import Record, apply_records
+from services.core.access import AccessEvent
 from services.core.messages import ConsentEvent, Signal, parse
 from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.errors import InputError
+from services.ledger import tables as lt
 from services.ledger.entries import Action, is_about, parse_entry
-from services.ledger.purge import apply_purge, plan_purge
 from services.ledger.store import Ledger
 from services.ledger.tables import metadata as ledger_metadata
 from services.platform.settings import Settings, load_settings
@@ -30,7 +34,7 @@ from services.producer.consent import consent_outbox_path, record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.outbox import Outbox
 from services.producer.sdk import SignalBuilder, SignalInput
-from tests.casebook import factory
+from tests.support import situations as factory
 
 UTC = dt.UTC
 NIR = "1 55 05 35 006 084 36"  # born 1955 (not a real person's: a synthetic, valid key)
@@ -119,7 +123,7 @@ def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_sett
     with engine.begin() as conn:
         store.apply_situations(conn, [sit])
         case_number = conn.execute(sa.select(ct.situations.c.case_number)).scalar_one()
-    sink = default_audit_sink(offline_settings, engine)
+    sink = audit_sink(offline_settings, engine)
     sink.record(AccessEvent(user_id="agent.caf-35.0042", role="agent", fund="caf",
                             action="consultation_dossier", case_number=case_number,
                             situation_id=sit.situation_id, pseudonym=sit.pseudonym.value))
@@ -210,16 +214,29 @@ def test_purge_periods(offline_settings: Settings) -> None:
                        as_of=as_of)
     assert len(short.inactive) == 2 and len(short.closed) == 2
 
+    # The audit sink's persons of signals whose receipt never came: those read before the
+    # signals' period (6 months before --as-of), and undated rows (an earlier version), go.
+    subjects = [("a" * 32, "2027-11-30T23:59:59.000000Z"), ("b" * 32, "2027-12-01T00:00:01.000000Z"),
+                ("c" * 32, None)]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(lt.signal_subjects), [
+            {"signal_id": i, "key_id": "exch-2026-01", "value": "P" * 43, "seen_at": at} for i, at in subjects])
+    plan = plan_purge(engine, offline_settings, as_of=as_of, rules_window_days=90)
+    count_subjects(engine, plan)
+    assert plan.signal_subjects == 2
+
     ledger = Ledger(engine)
     assert apply_purge(engine, ledger, plan) == 2
     with engine.connect() as conn:
+        assert list(conn.execute(sa.select(lt.signal_subjects.c.signal_id)).scalars()) == ["b" * 32]
         left = {s.situation_id for s in store.all_situations(conn)}
         assert left == {sits[1].situation_id, sits[3].situation_id}
         assert store.count_rows(conn, ct.followups) == 0
     (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
     assert entry.count == 2 and entry.person is None and entry.case_id is None
-    # dated at the time of the run, not at --as-of (which only moves the cut-off)
+    # dated at the time of the run; the cut-off is --as-of, the date the periods count back from
     assert abs(entry.time - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+    assert entry.cut_off == as_of.date()
     # the erasure commands name each purged situation's person
     assert set(plan.persons) == set(plan.situation_ids)
     assert {v for _, v in plan.persons.values()} == {s.pseudonym.value for s in (sits[0], sits[2])}
@@ -239,7 +256,7 @@ def test_erasure_leaves_no_followup_detail_in_outbox_or_access_log(offline_setti
     for s in sits:
         record_followup(engine, offline_settings.taxonomy, case_number=cases[s.situation_id], fund="caf",
                         action="aide_financiere_individuelle", outcome="accorde", user="agent.caf-35.0042")
-        default_audit_sink(offline_settings, engine).record(AccessEvent(
+        audit_sink(offline_settings, engine).record(AccessEvent(
             user_id="agent.caf-35.0042", role="cli", fund="caf", action="suite_enregistree",
             case_number=cases[s.situation_id], situation_id=s.situation_id,
             pseudonym=s.pseudonym.value, detail="aide_financiere_individuelle accorde"))

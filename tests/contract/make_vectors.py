@@ -28,24 +28,26 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.core.codec import canonical
 from services.core.messages import SCHEMA_VERSION, sealed_digest
 from services.core.registry import Registry, save_registry
-from services.core.signing import b64u, canonical, sign, signing_input
+from services.core.signing import b64u, sign, signing_input
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import murmur2, partition_for
+from services.errors import Rejected
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, signal_topic
+from services.platform.topics import CONSENTS_TOPIC, CONTRACT_PARTITIONS, DEADLETTER_TOPIC, signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import exchange_dir, fund_dir, registry_path
 from services.producer.pseudonym import PREFIX, pseudonym
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput
+from services.producer.sdk import SignalBuilder, SignalInput
 from services.producer.seal import Sealer, SignalIds, open_sealed, token
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "schemas" / "vectors"
-PARTITIONS = 8
+PARTITIONS = CONTRACT_PARTITIONS  # schemas/asyncapi.yaml
 
 FUND = Fund.CAF
 EXCHANGE_KEY_ID = "xk-20261123-3c4d"
@@ -227,14 +229,14 @@ def nir_file(settings: Settings) -> dict[str, Any]:
         case: dict[str, Any] = {"input": raw, "note": why, "stage": "nir"}
         try:
             case["normalised"] = nirs.normalise(raw)
-        except nirs.NirRejected as exc:
+        except Rejected as exc:
             case["reason"] = exc.reason.value
         cases.append(case)
     b = builder(settings)
     for raw, why in NIR_RECORD_CASES:
         try:
             b.build(_record(raw), today=TODAY, now=NOW)
-        except RecordRejected as exc:
+        except Rejected as exc:
             cases.append({"input": raw, "note": why, "stage": "record", "reason": exc.reason.value,
                           "field": exc.field})
         else:  # pragma: no cover - the generator would publish a wrong vector
@@ -272,7 +274,7 @@ V2_KEY_VERSION = "pk-0a1b2c3d"
 
 def pseudonym_v2_file() -> dict[str, Any]:
     from services.core import oprf
-    from services.pseudonymiser.client import PREFIX_V2, oprf_input
+    from services.producer.pseudonym_v2 import PREFIX_V2, oprf_input
     from services.pseudonymiser.keystore import KEY_INFO
 
     ev = oprf.Evaluator.from_seed(V2_KEY_VERSION, V2_SEED, KEY_INFO)
@@ -466,7 +468,7 @@ def signals_file(settings: Settings) -> dict[str, Any]:
     for why, rec in SIGNAL_REJECTS:
         try:
             b.build(rec, today=TODAY, now=NOW)
-        except RecordRejected as exc:
+        except Rejected as exc:
             rejects.append({"note": why, "input": _input_json(rec), "reason": exc.reason.value, "field": exc.field})
         else:  # pragma: no cover
             raise AssertionError(f"{why}: accepted")
@@ -673,10 +675,8 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
 
 def run_engine(reg: Registry, records: list[tuple[str, bytes, int | None]]) -> list[dict[str, Any]]:
     """What the correlator's engine answers to each record (fresh state, clock at NOW)."""
-    from services.correlator.app import PARTITIONS as WORKER_PARTITIONS
     from tests.correlator.core_fixtures import context
 
-    assert WORKER_PARTITIONS == PARTITIONS
     engine = Engine(context(), reg, partitions=PARTITIONS, clock=lambda: NOW)
     recs = []
     for offset, (topic, value, part) in enumerate(records):

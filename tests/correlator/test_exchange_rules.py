@@ -43,16 +43,17 @@ from services.core.rules import Context
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import partition_for
+from services.errors import Rejected
 from services.ledger.sink import EntryMaker
 from services.ledger.sink import Record as LedgerRecord
+from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
-from services.producer.sdk import F_DATE, RecordRejected, SignalBuilder, SignalInput
+from services.producer.sdk import F_DATE, SignalBuilder, SignalInput
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import RETIRED_KEY, Funds, wire
-from tests.producer.helpers import make_nir
+from tests.support.extracts import make_nir
+from tests.support.signals import RETIRED_KEY, Funds, wire
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DOC = ROOT / "docs" / "rules.md"
@@ -483,7 +484,7 @@ def sdk_answer(builder: SignalBuilder, observed: dt.date, now: dt.datetime,
     try:
         row = builder.build(SignalInput(nir, "impaye_loyer", observed, "35", "DOS-1"),
                             today=today_paris(now), now=now)
-    except RecordRejected as exc:
+    except Rejected as exc:
         assert exc.field == F_DATE
         return exc.reason, None
     return None, row.value

@@ -9,7 +9,6 @@ import base64
 import hashlib
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,18 +34,15 @@ from services.ledger.tiles import directory_reader, export_tiles, verify_from_ti
 from services.ledger.witness import add_checkpoint_request, witness_round
 from services.platform.settings import Settings, load_settings
 from tests.ledger.auditing import running_witnesses
-from tests.ledger.conftest import make_entry
+from tests.support.cli import wired_group
+from tests.support.entries import make_entry
 
 N = 60
 ORIGIN = "help-exchange.test/ledger/35"
 
 
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
+#: The ledger's commands only.
+group = wired_group(register)
 
 
 def run(settings: Settings, *args: str) -> Result:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
@@ -20,7 +19,6 @@ from services.ledger.cli import register
 from services.ledger.entries import canonical_bytes
 from services.ledger.store import Ledger, chain_next, engine_for
 from services.platform.settings import Settings, load_settings
-from tests.ledger.conftest import CASE, PSEUDO, make_entry
 from tests.ledger.rfc9162_verifier import (
     rfc_leaf_hash,
     rfc_mth,
@@ -28,16 +26,14 @@ from tests.ledger.rfc9162_verifier import (
     verify_inclusion_rfc,
 )
 from tests.ledger.test_store import nacl_verify
+from tests.support.cli import wired_group
+from tests.support.entries import CASE, PSEUDO, make_entry
 
 N = 20
 
 
-@click.group()
-def group() -> None:
-    """Only the ledger's commands, so these tests do not depend on other services' CLIs."""
-
-
-register(group)
+#: Only the ledger's commands (with the collaborators the app wires).
+group = wired_group(register)
 
 
 def run(settings: Settings, *args: str) -> Result:

@@ -6,30 +6,26 @@ from __future__ import annotations
 
 import datetime as dt
 
-import click
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from services.app.bootstrap import CASES
 from services.casebook import tables as ct
-from services.casebook.audit import AccessEvent
+from services.casebook.cases import CasebookCases
 from services.casebook.db import open_store_engine
 from services.casebook.store import apply_situations
+from services.core.access import AccessEvent
 from services.errors import InputError
+from services.ledger import cli as ledger_cli
 from services.ledger.casebook import LedgerAuditSink
-from services.ledger.cli import register
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger, ensure_tables
 from services.platform.settings import Settings
-from tests.casebook.factory import situation
+from tests.support.cli import wired_group
+from tests.support.situations import situation
 
-
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
+group = wired_group(ledger_cli.register)
 
 
 def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) -> None:
@@ -41,7 +37,7 @@ def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) ->
         numbers = {r.situation_id: r.case_number for r in conn.execute(
             sa.select(ct.situations.c.situation_id, ct.situations.c.case_number))}
     shown = tuple(numbers[e.situation_id] for e in events[:2])
-    LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+    LedgerAuditSink(Ledger(engine), CasebookCases()).record(AccessEvent(
         user_id="agent.caf-35.0042", role="agent", fund="caf", action="export",
         detail="csv 2026-11 : 2 dossiers", cases=shown,
         at=dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)))
@@ -73,7 +69,7 @@ def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
     engine = open_store_engine(offline_settings.database_url)
     ensure_tables(engine)
     with pytest.raises(InputError, match="does not hold"):
-        LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+        LedgerAuditSink(Ledger(engine), CasebookCases()).record(AccessEvent(
             user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_liste",
             cases=("35-2026-11-0001",)))
     engine.dispose()
@@ -84,7 +80,7 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     from services.core.messages import to_wire
     from services.ledger.sink import EntryMaker, Record
     from services.platform.topics import FOLLOWUPS_TOPIC
-    from tests.casebook.factory import followup
+    from tests.support.situations import followup
 
     engine = open_store_engine(offline_settings.database_url)
     ensure_tables(engine)
@@ -92,7 +88,7 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     with engine.begin() as conn:
         apply_situations(conn, [sit])
     ledger = Ledger(engine)
-    maker = EntryMaker(None, ledger)
+    maker = EntryMaker(None, ledger, CASES)
     record = Record(FOLLOWUPS_TOPIC, 0, 0, None, to_wire(followup(1, "caf", "fsl")))
     (entry,) = maker.entries(record)
     assert is_about(entry, sit.pseudonym) and entry.case_id == sit.situation_id
@@ -124,12 +120,12 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     from services.ledger import tables as lt
     from services.ledger.sink import EntryMaker, Record, apply_batch, load_offsets
     from services.platform.topics import receipt_topic, signal_topic
-    from tests.casebook.factory import hex32, pseudonym
+    from tests.support.situations import hex32, pseudonym
 
     engine = open_store_engine(offline_settings.database_url)
     ensure_tables(engine)
     ledger = Ledger(engine)
-    maker = EntryMaker(None, ledger)
+    maker = EntryMaker(None, ledger, CASES)
     person = pseudonym(7)
 
     def signal(n: int) -> Record:
@@ -159,11 +155,11 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     assert len(entries) == 2 and all(is_about(e, person) for e in entries)
     assert all(e.fund is Fund.CAF for e in entries) and rows() == 0
 
-    fresh = EntryMaker(None, ledger)  # a restart replays both topics
+    fresh = EntryMaker(None, ledger, CASES)  # a restart replays both topics
     replay = apply_batch(ledger, fresh, [signal(0), signal(1), receipt(0), receipt(1)])
     assert replay.appended == 0 and rows() == 0
     apply_batch(ledger, fresh, [signal(2)])
     assert rows() == 1  # kept for its receipt, in a later run
-    later = apply_batch(ledger, EntryMaker(None, ledger), [receipt(2)])
+    later = apply_batch(ledger, EntryMaker(None, ledger, CASES), [receipt(2)])
     assert later.appended == 1 and rows() == 0
     engine.dispose()

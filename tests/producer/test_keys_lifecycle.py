@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.app.cli import cli
 from services.core.reasons import Reason
 from services.core.registry import (
     fingerprint,
@@ -31,7 +32,6 @@ from services.core.registry import (
 from services.core.signing import b64u, verify
 from services.core.types import KEY_ID_PATTERN, Fund
 from services.errors import ConfigurationError, InputError
-from services.platform.cli import cli
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer.keys import (
@@ -46,7 +46,7 @@ from services.producer.outbox import Outbox, Row
 from services.producer.publish import Summary
 from services.producer.receipts import Seen, reconcile, resign
 from services.producer.sdk import SignalBuilder, SignalInput, today_paris
-from tests.producer.helpers import make_nir
+from tests.support.extracts import make_nir
 
 NOW = dt.datetime(2026, 12, 7, 9, 30, tzinfo=dt.UTC)
 

@@ -14,18 +14,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from services.app.bootstrap import pseudonymiser_log
 from services.core import oprf
+from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
 from services.ledger.store import Ledger
 from services.platform.settings import Settings, load_settings
 from services.producer.keys import init_exchange_key, init_fund_keys
-from services.pseudonymiser.client import PseudonymClient, http_transport, oprf_input
+from services.producer.pseudonym_v2 import PseudonymClient, http_transport, oprf_input
 from services.pseudonymiser.keystore import KEY_INFO, init_key, load_evaluators, store_dir
 from services.pseudonymiser.server import make_server, serve_in_thread
-from services.pseudonymiser.service import Refused, build_service
-from tests.conftest import free_port
+from services.pseudonymiser.service import build_service
+from tests.support.local import free_port
 
 NIRS = ["185057800608491", "253072A07300443", "185057800608491"]
 
@@ -40,7 +42,7 @@ def service_settings(tmp_path: Path) -> Iterator[Settings]:
     init_fund_keys(settings.key_dir, Fund.CAF)
     init_exchange_key(settings.key_dir)
     init_key(settings)
-    service = build_service(settings)
+    service = build_service(settings, log=pseudonymiser_log(settings))
     server = make_server(service, store_dir(settings) / "public.json", "127.0.0.1", port)
     serve_in_thread(server)
     try:
@@ -137,7 +139,7 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
     # Another fund's quota is its own.
     PseudonymClient.from_settings(service_settings, Fund.CPAM).prefetch(["185057800608491"])
     # A restarted service reads the day's use back from the ledger: no fresh quota, no replay.
-    restarted = build_service(service_settings)
+    restarted = build_service(service_settings, log=pseudonymiser_log(service_settings))
     assert restarted.used(Fund.CAF, dt.datetime.now(dt.UTC).date()) == 50
     with pytest.raises(Refused) as caught:
         restarted.evaluate(Fund.CAF, secrets.token_hex(16), [oprf.blind(b"x").element])
@@ -188,18 +190,19 @@ def test_quota_is_per_utc_day() -> None:
 
 
 def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None:
+    from services.core.pseudonymisation import public_path, read_public
     from services.core.registry import load_registry, registry_path
     from services.errors import InputError
-    from services.pseudonymiser.keystore import destroy_key, public_path, read_public
+    from services.pseudonymiser.keystore import destroy_key
 
     settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                              database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
     init_exchange_key(settings.key_dir)
     old = init_key(settings)
     with pytest.raises(InputError, match="only active"):
-        destroy_key(settings, old)
+        destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
     new = init_key(settings)
-    destroy_key(settings, old)
+    destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
     assert not (store_dir(settings) / "seeds" / f"{old}.seed").exists()
     assert set(load_evaluators(settings)) == {new}
     assert {v.key_version: v.status for v in read_public(public_path(store_dir(settings)))} == {
@@ -209,7 +212,7 @@ def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None
     assert registry.current_exchange_key_id() is not None and registry.current_exchange_key_id().startswith("xk-")
     assert [(a, actor) for a, _, _, _, actor in _ledger_rows(settings)] == [("rotation_cle", f"pseudonymiseur.{old}")]
     with pytest.raises(InputError):
-        destroy_key(settings, old)
+        destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
 
 
 def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service_settings: Settings,
@@ -225,7 +228,7 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
 
     from services.producer.keys import exchange_dir
     from services.producer.sdk import SignalBuilder, SignalInput
-    from tests.producer.helpers import make_nir, write_csv
+    from tests.support.extracts import make_nir, write_csv
 
     shutil.rmtree(exchange_dir(service_settings.key_dir))
     v2 = load_settings(**{**service_settings.model_dump(), "pseudonym_scheme": "v2"})
@@ -255,7 +258,7 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
     env.update({"HELP_VAR_DIR": str(v2.var_dir), "HELP_KEY_DIR": str(v2.key_dir), "HELP_PSEUDONYM_SCHEME": "v2",
                 "HELP_PSEUDONYMISER_URL": v2.pseudonymiser_url, "HELP_DATABASE_URL": v2.database_url,
                 "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HELP_PSEUDONYMISER_BATCH_LIMIT": "20"})
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", "publish", "--fund", "caf", "--input",
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", "publish", "--fund", "caf", "--input",
                            str(extract)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "quota_depasse" in done.stderr + done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]

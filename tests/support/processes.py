@@ -1,4 +1,5 @@
-"""Shared pieces of the reliability and security suite (issue 8): dedicated embedded brokers
+"""Running things as processes for the tests (first written for the reliability and security
+suite, issue 8): dedicated embedded brokers
 (optionally advertising another address, for the fault proxy), the CLI as a subprocess,
 reading topics back, and the simulated month through the real pipeline.
 
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +28,7 @@ from services.platform.kafka import apply_topics
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import load_topic_specs
 from tests.suite_summary import count
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.local import REPO, free_port
 
 
 @dataclass
@@ -144,7 +137,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 def run_cli(settings: Settings, *args: str, timeout: float = 300, check: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", *args], env=cli_env(settings),
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", *args], env=cli_env(settings),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO)
     count("runs")
     if check and done.returncode != 0:
@@ -156,7 +149,7 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300, check: bool = 
 def start_service(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``help-exchange <args>`` in the background, in its own process group."""
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.platform.cli", *args], env=cli_env(settings),
+        proc = subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=cli_env(settings),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                 start_new_session=True)
     count("runs")

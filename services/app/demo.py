@@ -78,7 +78,7 @@ def _env(settings: Settings) -> dict[str, str]:
 def _service(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``help-exchange <args>`` in the background for the duration of the block."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.platform.cli", *args], env=_env(settings),
+        proc = subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=_env(settings),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         yield proc
@@ -91,7 +91,7 @@ def _service(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.P
             proc.wait()
 
 
-async def _read_all(settings: Settings, topics: list[str], *, expect: int, key: str, timeout: float,
+async def read_latest(settings: Settings, topics: list[str], *, expect: int, key: str, timeout: float,
                     proc: subprocess.Popen[bytes] | None = None) -> dict[str, dict[str, Any]]:
     """Read ``topics`` from the start until ``expect`` distinct ``key`` values are seen (latest wins)."""
     from services.platform import kafka
@@ -156,7 +156,6 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     from services.platform.kafka import apply_topics
     from services.platform.topics import load_topic_specs, receipt_topic
     from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
-    from services.producer.seal import open_sealed
     from services.simulator.cli import simulate, today_paris
 
     today = today_paris()
@@ -218,11 +217,11 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
         t0 = time.monotonic()
         with _service(settings, root / "correlator.log", "correlator") as corr, \
                 _service(settings, root / "casebook-sink.log", "casebook", "sink") as sink:
-            receipts = asyncio.run(_read_all(settings, [receipt_topic(f) for f in FUNDS], expect=published,
+            receipts = asyncio.run(read_latest(settings, [receipt_topic(f) for f in FUNDS], expect=published,
                                              key="signal_id", timeout=150, proc=corr))
-            situations = _idle_wait(lambda: asyncio.run(_read_all(
+            situations = _idle_wait(lambda: asyncio.run(read_latest(
                 settings, ["help.situations.v1"], expect=10**9, key="situation_id", timeout=2)))
-            stored = _wait_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink)
+            stored = wait_for_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink)
         report.say(f"casebook {settings.database_url}: {stored} situations enregistrées")
         accepted = sum(r["status"] == "accepte" for r in receipts.values())
         report.say(f"{len(receipts)}/{published} accusés ({accepted} acceptés) en {time.monotonic() - t0:.1f} s; "
@@ -234,17 +233,10 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
 
         report.stage("6. Comparaison avec la vérité terrain")
         secrets = {fund: load_fund_secrets(settings.key_dir, fund).sealing_keys for fund in FUNDS}
-        found = set()
-        for sit in situations.values():
-            refs = sorted(f"{r['fund']}:{open_sealed(Fund(r['fund']), secrets[Fund(r['fund'])], r['sealed_ref']['key_id'], r['sealed_ref']['value'])}"  # noqa: E501
-                          for r in sit["refs"])
-            found.add((tuple(refs), tuple(sorted(sit["rules"])), sit["priority"]))
-        expected = {(tuple(s["references"]), tuple(s["regles"]), s["priorite"]) for s in truth["situations"]}
-        matched = len(found & expected)
-        precision = matched / len(found) if found else 0.0
-        recall = matched / len(expected) if expected else 1.0
-        report.say(f"précision {precision:.3f}  rappel {recall:.3f}  "
-                   f"({matched} situations identiques sur {len(expected)} attendues, {len(found)} trouvées)")
+        score = compare_with_truth(situations, truth, secrets)
+        precision, recall = score.precision, score.recall
+        report.say(f"précision {precision:.3f}  rappel {recall:.3f}  ({score.matched} situations identiques sur "
+                   f"{score.expected} attendues, {score.found} trouvées)")
 
         report.stage("7. Journal d'audit : ce qui est passé sur les topics")
         _cli(settings, "audit", "sink", "--until-idle", "3")
@@ -287,7 +279,7 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
 
 
 def _cli(settings: Settings, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", *args], env=_env(settings),
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", *args], env=_env(settings),
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise HelpExchangeError(f"`help-exchange {' '.join(args[:2])}` failed: {done.stderr.strip()[:500]}",
@@ -295,7 +287,7 @@ def _cli(settings: Settings, *args: str) -> str:
     return done.stdout
 
 
-def _wait_casebook(settings: Settings, versions: dict[str, int], sink: subprocess.Popen[bytes],
+def wait_for_casebook(settings: Settings, versions: dict[str, int], sink: subprocess.Popen[bytes],
                    timeout: float = 120) -> int:
     """Wait until the casebook holds every situation at its latest version."""
     import sqlalchemy as sa
@@ -321,6 +313,39 @@ def _wait_casebook(settings: Settings, versions: dict[str, int], sink: subproces
         engine.dispose()
     raise HelpExchangeError("the casebook did not catch up with the situations in time",
                             f"read {settings.var_dir / 'casebook-sink.log'}")
+
+
+@dataclass(frozen=True)
+class Score:
+    """The situations found against the simulator's ground truth."""
+
+    matched: int
+    found: int
+    expected: int
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.found if self.found else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.expected if self.expected else 1.0
+
+
+def compare_with_truth(situations: dict[str, dict[str, Any]], truth: dict[str, Any],
+                       secrets: dict[Fund, dict[str, bytes]]) -> Score:
+    """A situation matches when its references (opened with each fund's own key), rules and
+    priority are exactly a ground-truth situation's."""
+    from services.producer.seal import open_sealed
+
+    found = set()
+    for sit in situations.values():
+        refs = sorted(f"{r['fund']}:" + open_sealed(Fund(r["fund"]), secrets[Fund(r["fund"])],
+                                                    r["sealed_ref"]["key_id"], r["sealed_ref"]["value"])
+                      for r in sit["refs"])
+        found.add((tuple(refs), tuple(sorted(sit["rules"])), sit["priority"]))
+    expected = {(tuple(s["references"]), tuple(s["regles"]), s["priorite"]) for s in truth["situations"]}
+    return Score(len(found & expected), len(found), len(expected))
 
 
 def worklist_matches_truth(cases: list[dict[str, Any]], expected: list[dict[str, Any]],
