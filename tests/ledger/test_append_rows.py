@@ -15,9 +15,9 @@ from services.core.messages import Pseudonym
 from services.core.types import Fund
 from services.ledger.entries import (
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     canonical_bytes,
     entry_id_for,
     new_entry,
@@ -46,8 +46,8 @@ def _entry(draw: st.DrawFn, n: int) -> LedgerEntry:
         "action": draw(st.sampled_from(Action)),
         "actor": draw(st.sampled_from(["correlator", "caf", "caf-35", "agent.caf-35.0042",
                                        "casebook", "urssaf-idf"])),
-        "purpose": draw(st.sampled_from(Finalite)),
-        "legal_basis": draw(st.sampled_from(BaseLegale)),
+        "purpose": draw(st.sampled_from(LedgerPurpose)),
+        "legal_basis": draw(st.sampled_from(LedgerLegalBasis)),
         "time": draw(st.datetimes(min_value=dt.datetime(2000, 1, 1),
                                   max_value=dt.datetime(2099, 1, 1),
                                   timezones=st.just(dt.UTC))),
@@ -94,7 +94,7 @@ def test_append_rows_over_a_checkpoint_and_a_level_one_tile() -> None:
     """A batch that crosses a multiple of 256 and of ``every``: the node of the completed
     tile and the checkpoint are where the reference puts them."""
     batch = [new_entry(action=Action.SITUATION_OUVERTE, actor="correlator",
-                       purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+                       purpose=LedgerPurpose.ACCES_AUX_DROITS, legal_basis=LedgerLegalBasis.L115_2_1,
                        time=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), natural_key=(str(i),),
                        case_id=f"{i // 2:032x}")
              for i in range(600)]
