@@ -140,14 +140,14 @@ def chain_next(previous: bytes, leaf: bytes) -> bytes:
 @dataclass
 class AppendRows:
     """What appending new entries writes, computed before any SQL: the ``ledger_entries``
-    rows (in seq order; their values one after the other, row after row, as
-    :func:`_insert_flat` takes them) and the ``ledger_index`` rows (the same way, in index
-    order, so each bucket's tail page is visited once), the tile hashes the entries
+    rows (in seq order) and the ``ledger_index`` rows (in index order, so each bucket's
+    tail page is visited once; their values one after the other, row after row, as
+    :func:`_insert_flat` takes them: no tuple per row), the tile hashes the entries
     complete (as :meth:`CompactRange.append_noting` notes them), the checkpoints the policy
     owes (size, root) and the chain hash after the last entry. The compact range given is
     advanced in place."""
 
-    entries: list[Any]
+    entries: list[tuple[Any, ...]]
     index: list[int]
     nodes: list[tuple[int, int, bytes]]
     marks: list[tuple[int, bytes]]
@@ -183,8 +183,7 @@ def append_rows_reference(entries: Sequence[LedgerEntry], datas: Sequence[bytes]
         if every and not size % every:
             marks.append((size, compact.root()))
     keys.sort()
-    return AppendRows([value for row in rows for value in row],
-                      [value for key in keys for value in key], nodes, marks, chain)
+    return AppendRows(rows, [value for key in keys for value in key], nodes, marks, chain)
 
 
 def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
@@ -220,18 +219,13 @@ def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
     actors = [entry.actor for entry in entries]
     actions = [_ACTION_TEXT[entry.action] for entry in entries]
     values = [person.value if person is not None else None for person in persons]
-    # Row after row, filled a column at a time (each an extended-slice assignment): no
-    # tuple per row, which at this rate would keep the cyclic collector busy.
-    width = len(_ENTRY_COLUMNS)
-    rows: list[Any] = [None] * (n * width)
-    for at_column, filled in enumerate((
-            seqs, ids, [id_keys[i] for i in ids],
-            [data[(at := data.rindex(b'"time":"') + 8):data.index(b'"', at)].decode()
-             for data in datas],
-            actors, actions, cases,
-            [person.key_id if person is not None else None for person in persons], values,
-            datas, leaves, chains)):
-        rows[at_column::width] = filled
+    rows = list(zip(
+        seqs, ids, [id_keys[i] for i in ids],
+        [data[(at := data.rindex(b'"time":"') + 8):data.index(b'"', at)].decode()
+         for data in datas],
+        actors, actions, cases,
+        [person.key_id if person is not None else None for person in persons], values,
+        datas, leaves, chains, strict=True))
     buckets: list[int] = []
     index_seqs: list[int] = []
     fps: list[int] = []
@@ -427,7 +421,10 @@ class Ledger:
         if fresh:
             rows = append_rows(fresh, datas, id_keys, start, state.last_chain, compact, every)
             marks = rows.marks
-            _insert_flat(conn, t.entries.name, _ENTRY_COLUMNS, rows.entries)
+            # One row a statement: a statement of many rows would copy each index page it
+            # touches to a statement journal first (to undo it alone), and the id_key
+            # index is touched at random.
+            _insert_rows(conn, t.entries.name, _ENTRY_COLUMNS, rows.entries)
             # The auditor's index, in the same transaction: a query never misses an entry.
             _insert_flat(conn, t.lookup.name, _LOOKUP_COLUMNS, rows.index)
             if rows.nodes:
@@ -881,8 +878,7 @@ def _insert_rows(conn: Connection, table: str, columns: tuple[str, ...],
     conn.exec_driver_sql(statement, rows)
 
 
-#: Rows per INSERT statement when a batch is written (:func:`_insert_flat`): 64 rows of
-#: ledger_entries are 768 parameters, far under SQLite's and PostgreSQL's limits.
+#: Rows per INSERT statement when :func:`_insert_flat` writes the auditor's index.
 _ROWS_PER_INSERT = 64
 
 
@@ -891,7 +887,9 @@ def _insert_flat(conn: Connection, table: str, columns: tuple[str, ...],
     """Insert rows given as their values one after the other (row after row): in
     statements of :data:`_ROWS_PER_INSERT` rows each (multi-row VALUES), the rest one row
     a statement. The same rows in the same order as :func:`_insert_rows`, with a fraction
-    of its per-statement work, and no tuple per row for the cyclic collector to walk."""
+    of its per-statement work, and no tuple per row for the cyclic collector to count.
+    For rows inserted in index order (a statement then touches one or two pages, which
+    SQLite copies to its statement journal before changing them)."""
     width = len(columns)
     per = _ROWS_PER_INSERT * width
     full = len(values) - len(values) % per

@@ -105,7 +105,7 @@ def test_append_rows_over_a_checkpoint_and_a_level_one_tile() -> None:
     assert fast == reference
     assert [level_idx[:2] for level_idx in fast.nodes] == [(1, 0), (1, 1), (1, 2)]
     assert [size for size, _ in fast.marks] == [250, 500, 750]
-    assert fast.entries[10] == leaf_hash(datas[0])  # the first row's leaf hash column
+    assert fast.entries[0][10] == leaf_hash(datas[0])
     assert isinstance(fast, AppendRows) and len(fast.index) == 600 * 3 * 3
 
 
