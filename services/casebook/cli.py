@@ -35,12 +35,13 @@ def casebook() -> None:
 @casebook.command("migrate")
 @click.pass_context
 def casebook_migrate(ctx: click.Context) -> None:
-    """Create or upgrade the casebook tables (Alembic) in HELP_DATABASE_URL."""
-    from services.casebook.db import open_store_engine
+    """Create or upgrade every table of HELP_DATABASE_URL (casebook, ledger, consumer
+    offsets: one Alembic history, see docs/architecture.md)."""
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    open_store_engine(settings.database_url).dispose()
-    click.echo(f"casebook schema up to date in {settings.database_url.split('@')[-1]}")
+    open_engine(settings.database_url).dispose()
+    click.echo(f"database schema up to date in {settings.database_url.split('@')[-1]}")
 
 
 @casebook.command("sink")
@@ -50,12 +51,12 @@ def casebook_migrate(ctx: click.Context) -> None:
 @click.pass_context
 def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     """Read situations, follow-ups and consents into the casebook until Ctrl-C."""
-    from services.casebook.db import open_store_engine
     from services.casebook.sink import CasebookSink
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     bootstrap = resolve_bootstrap(settings)
     sink = CasebookSink(settings, engine, bootstrap, group=group, batch_max=batch)
 
@@ -79,12 +80,12 @@ def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
 @click.pass_context
 def casebook_outbox(ctx: click.Context) -> None:
     """Publish the follow-ups still waiting in the outbox."""
-    from services.casebook.db import open_store_engine
     from services.casebook.followups import flush_outbox
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         sent = asyncio.run(flush_outbox(settings, engine, resolve_bootstrap(settings)))
     finally:
@@ -105,16 +106,16 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
              user: str) -> None:
     """Write the month's worklist for the joint review (HTML, CSV, PDF or JSON)."""
     from services.casebook.audit import AccessEvent, default_audit_sink
-    from services.casebook.db import open_store_engine
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
     from services.casebook.worklist import Labels, load_worklist
+    from services.platform.db import open_engine
 
     m = Month.parse(month)
     check_territory(territory)
     fund_code = check_fund(fund).value if fund else None
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         labels = Labels.for_rules(settings.taxonomy, settings.rules)
         wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
@@ -147,12 +148,12 @@ def followup_record(ctx: click.Context, case_number: str, fund: str, action: str
                     user: str) -> None:
     """Record a fund's follow-up and publish it on help.followups.v1."""
     from services.casebook.audit import AccessEvent, default_audit_sink
-    from services.casebook.db import open_store_engine
     from services.casebook.followups import flush_outbox, record_followup
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         event = record_followup(engine, settings.taxonomy, case_number=case_number, fund=fund, action=action,
                                 outcome=outcome, user=user)
@@ -205,11 +206,11 @@ def users_add(ctx: click.Context, user_id: str, role: str, territory: str, fund:
 def users_sign_ins(ctx: click.Context, user_id: str | None, limit: int) -> None:
     """Print the web view's sign-in log, newest first: when (UTC), identifier, client address,
     outcome (succes, echec, limite, verrouille, deconnexion)."""
-    from services.casebook.db import open_store_engine
     from services.casebook.sessions import sign_ins
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         rows = list(sign_ins(engine, user_id=user_id, limit=limit))
     finally:

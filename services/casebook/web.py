@@ -39,7 +39,6 @@ from services.casebook import store, web_meeting
 from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
 from services.casebook.auth import Authenticator, FileAuthenticator, User
 from services.casebook.config import session_secret, users_path
-from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.meeting import followup_actions
 from services.casebook.model import CASE_NUMBER, Month, Situation
@@ -50,6 +49,7 @@ from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, Si
 from services.casebook.worklist import Labels, Worklist, case_view, load_worklist
 from services.core.bounds import MONTH_SPAN
 from services.errors import HelpExchangeError, InputError
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.casebook.web")
@@ -87,7 +87,7 @@ def is_loopback(host: str) -> bool:
 def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                authenticator: Authenticator | None = None, audit: AuditSink | None = None,
                publish: bool = True, host: str = "127.0.0.1") -> FastAPI:
-    engine = engine or open_store_engine(settings.database_url)
+    engine = engine or open_engine(settings.database_url)
     auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
     sink = audit or default_audit_sink(settings, engine)
     # Before sign-in, a signed cookie carries the login form's CSRF token only; after it, the

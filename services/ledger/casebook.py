@@ -34,7 +34,7 @@ from services.ledger.entries import (
     about,
     subject_commitment,
 )
-from services.ledger.store import Ledger, ensure_tables
+from services.ledger.store import Ledger, ensure_ready
 
 if TYPE_CHECKING:
     from services.casebook.audit import AccessEvent
@@ -171,7 +171,7 @@ def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     The ledger shares the casebook's database (and its engine); its tables are created if
     missing. No signing key is needed to append (heads are signed by `audit head` and by
     the audit sink service)."""
-    ensure_tables(engine)
+    ensure_ready(engine)
     return LedgerAuditSink(Ledger(engine))
 
 

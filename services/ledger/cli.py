@@ -598,20 +598,20 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     import asyncio
     import datetime as dt
 
-    from services.casebook.db import open_store_engine
     from services.ledger.purge import (
         apply_purge,
         correlation_window_days,
         plan_purge,
         send_erasures,
     )
+    from services.platform.db import open_engine
 
     settings = _settings(ctx)
     if as_of is None:
         moment = dt.datetime.now(dt.UTC)
     else:
         moment = dt.datetime.combine(parse_day(as_of, what="--as-of"), dt.time(), dt.UTC)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         plan = plan_purge(engine, settings, as_of=moment,
                           rules_window_days=correlation_window_days(settings))
@@ -620,9 +620,9 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
 
             asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
         if not dry_run:
-            from services.ledger.store import ensure_tables
+            from services.ledger.store import ensure_ready
 
-            ensure_tables(engine)
+            ensure_ready(engine)
             ledger = Ledger(engine)
             apply_purge(engine, ledger, plan)
     finally:

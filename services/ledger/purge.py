@@ -50,13 +50,13 @@ import sqlalchemy as sa
 import yaml
 
 from services.casebook import store, tables
-from services.casebook.db import scrub
 from services.casebook.model import Followup, Situation, closed_at, group_followups
 from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
 from services.errors import BrokerError
 from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
 from services.ledger.store import Ledger
 from services.platform import kafka
+from services.platform.db import scrub
 from services.platform.settings import Settings
 from services.platform.topics import ORIGIN_PURGE
 

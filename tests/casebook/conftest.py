@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services.casebook.db import open_store_engine
 from services.core.taxonomy import Taxonomy
+from services.platform.db import open_engine
 from services.platform.settings import load_settings
 
 
@@ -37,13 +37,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = open_store_engine(db_url)
+    engine = open_engine(db_url)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = open_store_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
     yield engine
     engine.dispose()

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from services.core.messages import Pseudonym
 from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, entry_id_for
 from services.ledger.heads import LedgerSigner
-from services.ledger.store import Ledger, engine_for
-from services.ledger.tables import metadata
+from services.ledger.store import Ledger
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
@@ -55,15 +55,14 @@ def make_entry(i: int, **overrides: object) -> LedgerEntry:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'var' / 'casebook.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
+    from tests.casebook.conftest import fresh_postgres_db
+
+    return fresh_postgres_db(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = engine_for(db_url)
-    metadata.drop_all(eng)
-    metadata.create_all(eng)
+    eng = open_engine(db_url)
     yield eng
     eng.dispose()
 
@@ -81,10 +80,7 @@ def ledger(engine: Engine, signer: LedgerSigner) -> Ledger:
 @pytest.fixture
 def ledger_settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings whose database is ``db_url`` (SQLite or PostgreSQL), with fresh tables."""
-    eng = engine_for(db_url)
-    metadata.drop_all(eng)
-    metadata.create_all(eng)
-    eng.dispose()
+    open_engine(db_url).dispose()
     return load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                          database_url=db_url)
 
