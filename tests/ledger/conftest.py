@@ -51,15 +51,6 @@ def make_entry(i: int, **overrides: object) -> LedgerEntry:
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'var' / 'casebook.db'}"
-    from tests.casebook.conftest import fresh_postgres_db
-
-    return fresh_postgres_db(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = open_engine(db_url)

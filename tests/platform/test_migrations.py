@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,6 @@ from services.platform.db import LEGACY_VERSION_TABLE, VERSION_TABLE, make_engin
 from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
 from services.platform.tracking import Processed, TrackedConsumer
 from tests.casebook import factory as F
-from tests.casebook.conftest import fresh_postgres_db
 from tests.ledger.conftest import make_entry
 from tests.platform.fake_kafka import FakeSource, Message
 
@@ -40,16 +38,9 @@ CASEBOOK_LAST = {(SITUATIONS_TOPIC, 0): 41, (FOLLOWUPS_TOPIC, 3): 6}
 LEDGER_LAST = {(receipt_topic(Fund.CAF), 0): 11, (SITUATIONS_TOPIC, 0): 39}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'casebook.db'}"
-    return fresh_postgres_db(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
-def engine(url: str) -> Iterator[sa.Engine]:
-    eng = make_engine(url)
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(db_url)
     yield eng
     eng.dispose()
 
