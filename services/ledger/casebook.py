@@ -168,9 +168,9 @@ def _subject(conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:
 def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
     """The hook :func:`services.casebook.audit.default_audit_sink` looks for.
 
-    The ledger shares the casebook's database (and its engine); its tables are created if
-    missing. No signing key is needed to append (heads are signed by `audit head` and by
-    the audit sink service)."""
+    The ledger shares the casebook's database (and its engine), migrated with it (and an
+    earlier ledger's data brought up to date, :func:`ensure_ready`). No signing key is
+    needed to append (heads are signed by `audit head` and by the audit sink service)."""
     ensure_ready(engine)
     return LedgerAuditSink(Ledger(engine))
 

@@ -604,15 +604,17 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         plan_purge,
         send_erasures,
     )
-    from services.platform.db import open_engine
+    from services.ledger.store import ensure_ready
+    from services.platform.db import make_engine
 
     settings = _settings(ctx)
     if as_of is None:
         moment = dt.datetime.now(dt.UTC)
     else:
         moment = dt.datetime.combine(parse_day(as_of, what="--as-of"), dt.time(), dt.UTC)
-    engine = open_engine(settings.database_url)
+    engine = make_engine(settings.database_url)
     try:
+        ensure_ready(engine)
         plan = plan_purge(engine, settings, as_of=moment,
                           rules_window_days=correlation_window_days(settings))
         if not dry_run and plan.situation_ids:
@@ -620,9 +622,6 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
 
             asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
         if not dry_run:
-            from services.ledger.store import ensure_ready
-
-            ensure_ready(engine)
             ledger = Ledger(engine)
             apply_purge(engine, ledger, plan)
     finally:
