@@ -16,11 +16,12 @@ AXE_STAMP := $(AXE_DIR)/node_modules/.installed-stamp
 OIDC_DIR := tests/oidc/provider
 OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed-stamp
 
-.PHONY: demo test soak lint bench venv clean help system-packages
+.PHONY: demo test check soak lint bench venv clean help system-packages
 
 help:
 	@echo "make demo   run the main job end to end on the embedded broker + SQLite"
 	@echo "make test   every test: lint, typing, contract, unit, integration (real broker)"
+	@echo "make check  the developer's fast loop: lint, typing and the tests that need no broker nor database"
 	@echo "make soak   the long runs (kill -9 soaks, fault injection at volume); CI runs them too"
 	@echo "make bench  the benchmarks in bench/: prints their figures, writes bench/report.md and .json"
 
@@ -71,6 +72,11 @@ lint: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) $(AXE_STAMP) $(OIDC_STAMP) system-packages lint
 	$(BIN)/pytest -q
+
+# The fast loop: what needs no broker, database or worker (tests/conftest.py marks the rest
+# `integration`). `make test` still runs everything.
+check: $(STAMP) lint
+	$(BIN)/pytest -q -m "not integration"
 
 # Long runs, kept out of `make test` to keep it short; CI runs both.
 soak: $(STAMP) system-packages

@@ -41,9 +41,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.core.types import Fund
-from services.correlator.partitioning import partition_for
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
+from services.platform.partitioning import partition_for
 from services.platform.settings import load_settings
 from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
 from tests.conftest import free_port

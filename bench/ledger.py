@@ -30,7 +30,7 @@ from pathlib import Path
 
 from services.core.messages import Pseudonym
 from services.ledger.checkpoint import open_checkpoint
-from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, entry_id_for
+from services.ledger.entries import Action, LedgerEntry, LedgerLegalBasis, LedgerPurpose, entry_id_for
 from services.ledger.heads import LedgerSigner
 from services.ledger.sink import AuditSink
 from services.ledger.store import Ledger
@@ -49,8 +49,8 @@ def entries(start: int, stop: int) -> Iterator[LedgerEntry]:
             time=T0 + dt.timedelta(seconds=i),
             actor=("correlator", "agent.caf-35.0042", "cpam-35", "casebook")[i % 4],
             action=ACTIONS[i % len(ACTIONS)],
-            purpose=Finalite.ACCES_AUX_DROITS,
-            legal_basis=BaseLegale.L115_2_1,
+            purpose=LedgerPurpose.ACCES_AUX_DROITS,
+            legal_basis=LedgerLegalBasis.L115_2_1,
             subject=Pseudonym(key_id="xk-20261101-0a1b", value=f"{i:043d}"),
             case_id=f"{i // 3:032x}" if i % 2 else None,
             trace_id=f"{i:032x}",

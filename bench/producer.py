@@ -74,7 +74,7 @@ def main() -> int:
             write_extract(extract, args.lines)
             env = {**os.environ, "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(base / "var"),
                    "HELP_KEY_DIR": str(base / "var" / "keys")}
-            exe = [sys.executable, "-m", "services.platform.cli"]
+            exe = [sys.executable, "-m", "services.app.cli"]
             for cmd in (["keys", "init", "--fund", "caf"], ["keys", "init-exchange"]):
                 subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)
             t0 = time.monotonic()

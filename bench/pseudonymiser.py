@@ -34,6 +34,7 @@ def service_rate(evaluations: int, base: Path) -> tuple[float, float]:
     """(evaluations per CPU second, per wall second) of the service, ledger on (SQLite)."""
     from services.core import oprf
     from services.core.types import Fund
+    from services.ledger.pseudonymisation import PseudonymiserLog
     from services.ledger.store import Ledger
     from services.platform.settings import load_settings
     from services.pseudonymiser.service import Pseudonymiser
@@ -43,7 +44,7 @@ def service_rate(evaluations: int, base: Path) -> tuple[float, float]:
     book = Ledger.open(settings, sign=False)
     ev = oprf.Evaluator.from_seed("pk-0bench00", secrets.token_bytes(32))
     svc = Pseudonymiser({ev.key_version: ev}, ev.key_version, quota_per_day=10**9, batch_limit=BATCH,
-                        record=lambda entries: book.append(entries) and None)
+                        log=PseudonymiserLog(book))
     elements = [oprf.blind(b"help-exchange/pseudonym/v2\x00" + f"1850578006{i:05d}".encode()).element
                 for i in range(BATCH)]
     done = 0
@@ -101,7 +102,7 @@ def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str]:
                "HELP_PSEUDONYMISER_URL": f"http://127.0.0.1:{port}",
                "HELP_PSEUDONYMISER_KEY_DIR": str(base / "service-keys"),
                "HELP_DATABASE_URL": f"sqlite:///{base / 'var' / 'ledger.db'}"}
-        exe = [sys.executable, "-m", "services.platform.cli"]
+        exe = [sys.executable, "-m", "services.app.cli"]
         for cmd in (["keys", "init", "--fund", "caf"], ["pseudonymiser", "init-key"]):
             subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)
         service = subprocess.Popen([*exe, "pseudonymiser", "serve", "--port", str(port)], env=env,

@@ -95,7 +95,7 @@ def one_run(signals: int) -> dict[str, float]:
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
                    "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000"}
             with (root / "correlator.log").open("wb") as log:
-                worker = subprocess.Popen([sys.executable, "-m", "services.platform.cli", "correlator"], env=env,
+                worker = subprocess.Popen([sys.executable, "-m", "services.app.cli", "correlator"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
             t1 = time.monotonic()
             try:

@@ -11,14 +11,15 @@ line each, without a traceback, and exits with :attr:`HelpExchangeError.exit_cod
     ├── BrokerError             the Kafka side
     │   ├── BrokerUnreachable   nothing answers at the bootstrap servers
     │   └── BrokerStartError    the embedded broker cannot start (port in use, no binary)
-    ├── ContractError           a message breaks the published contract (permanent)
-    ├── PolicyViolation         a message is well-formed but L115-2-1 forbids it (permanent)
-    ├── CryptoError             a key is missing or a signature/seal does not verify
+    ├── PermanentError          retrying cannot help; carries a ``reason``
+    │   ├── Rejected            a record, message or request refused: ``reason`` and ``field``
+    │   └── CryptoError         a key is missing or a signature/seal does not verify
     ├── InputError              a user-supplied file or argument is unusable
     └── TransientError          worth retrying (database or broker briefly away)
 
 Permanent errors carry a ``reason`` (a :class:`services.core.reasons.Reason`) so that
-receipts and dead letters name the exact cause.
+receipts, reject reports and dead letters name the exact cause. Kafka client errors become
+these through one mapping, :func:`services.platform.kafka.kafka_errors`.
 """
 
 from __future__ import annotations
@@ -60,21 +61,38 @@ class BrokerStartError(BrokerError):
     """The embedded broker could not be started."""
 
 
-class _Permanent(HelpExchangeError):
+class PermanentError(HelpExchangeError):
+    """Retrying cannot help: the same input gets the same answer. ``reason`` names the cause."""
+
     def __init__(self, reason: Reason, what: str, hint: str = "") -> None:
         super().__init__(what, hint)
         self.reason = reason
 
 
-class ContractError(_Permanent):
-    """A message does not follow the published contract in ``schemas/``."""
+#: What a fund does about a refused record (the reject reports say it on every line).
+FIX_AND_RESEND = "fix the record in the back-office and send it again"
 
 
-class PolicyViolation(_Permanent):
-    """A well-formed message that article L115-2-1 (as ``schemas/policy.yaml`` says) forbids."""
+class Rejected(PermanentError):
+    """A record, a message or a request refused: ``reason`` and the ``field`` it is about.
+
+    ``field`` is a column of the fund's file (``nir``, ``date_observation``), or, for a
+    message, a pointer and code (``/purpose:consent_withdrawn``). The default message is
+    ``"<field>: <reason's French label>"``: it never quotes the value (it may be a NIR).
+    Picklable: the producer builds signals in worker processes."""
+
+    exit_code = 2
+
+    def __init__(self, reason: Reason, field: str, what: str | None = None, hint: str = FIX_AND_RESEND) -> None:
+        super().__init__(reason, f"{field}: {reason.label}" if what is None else what, hint)
+        self.field = field
+        self._args = (reason, field, what, hint)
+
+    def __reduce__(self) -> tuple[type[Rejected], tuple[Reason, str, str | None, str]]:
+        return (type(self), self._args)
 
 
-class CryptoError(_Permanent):
+class CryptoError(PermanentError):
     """A key is missing, or a signature or a seal does not verify."""
 
 

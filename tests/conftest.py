@@ -1,5 +1,9 @@
 """Shared fixtures. Integration fixtures start real parts and *fail* (never skip) when a part
-is missing: a test that cannot reach its broker is a broken install, not an optional test."""
+is missing: a test that cannot reach its broker is a broken install, not an optional test.
+
+A test that uses one of them (directly or through another fixture), or runs on the PostgreSQL
+side of a ``db_url`` parameter, is marked ``integration`` here, so that ``make check`` runs
+the rest alone (``pytest -m "not integration"``); ``make test`` runs everything."""
 
 from __future__ import annotations
 
@@ -17,6 +21,17 @@ from services.platform.settings import Settings, load_settings
 from services.platform.topics import load_topic_specs
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+#: Fixtures that start a broker or a database (or use one that does).
+REAL_PARTS = frozenset({"broker_var", "embedded_broker", "bootstrap", "private_bootstrap", "postgres_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if REAL_PARTS & set(getattr(item, "fixturenames", ())) or params.get("db_url") == "postgresql":
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:

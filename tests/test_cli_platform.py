@@ -15,7 +15,7 @@ from services.platform.topics import load_topic_specs
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-EXE = [sys.executable, "-m", "services.platform.cli"]
+EXE = [sys.executable, "-m", "services.app.cli"]
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stdnum.fr import nir as stdnum_nir
 
-from services.platform.demo import privacy_leaks
+from services.app.demo import privacy_leaks
 from services.platform.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     var = tmp_path_factory.mktemp("demo-var")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELP_")}
     env["HELP_VAR_DIR"] = str(var)
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", "demo"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", "demo"], capture_output=True, text=True,
                           env=env, timeout=400)
     return done, var / "demo"
 

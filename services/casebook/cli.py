@@ -1,5 +1,5 @@
 """Casebook commands: ``casebook sink|migrate|outbox``, ``worklist``, ``followup record``,
-``users add``, ``serve``. Registered by :mod:`services.platform.cli` through :func:`register`."""
+``users add``, ``serve``. Registered by :mod:`services.app.cli` through :func:`register`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from pathlib import Path
 
 import click
 
+from services.casebook.wiring import CasebookWiring
 from services.errors import HelpExchangeError, InputError
+from services.platform.cli import provided, settings_from
 from services.platform.clitypes import OutputFile
+from services.platform.settings import Settings
 
 
-def _ctx_settings(ctx: click.Context):  # type: ignore[no-untyped-def]
-    from services.platform.cli import settings_from
-
+def _ctx_settings(ctx: click.Context) -> Settings:
     return settings_from(ctx)
+
+
+def _wiring(ctx: click.Context) -> CasebookWiring:
+    return provided(ctx, CasebookWiring)
 
 
 def register(cli: click.Group) -> None:
@@ -105,11 +110,12 @@ def casebook_outbox(ctx: click.Context) -> None:
 def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path, fund: str | None,
              user: str) -> None:
     """Write the month's worklist for the joint review (HTML, CSV, PDF or JSON)."""
-    from services.casebook.audit import AccessEvent, default_audit_sink
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
     from services.casebook.worklist import Labels, load_worklist
+    from services.core.access import AccessEvent
     from services.platform.db import open_engine
+    from services.platform.runtime import paused_gc
 
     m = Month.parse(month)
     check_territory(territory)
@@ -118,10 +124,11 @@ def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path
     engine = open_engine(settings.database_url)
     try:
         labels = Labels.for_rules(settings.taxonomy, settings.rules)
-        wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
-                           close_after_months=settings.casebook_close_after_months, labels=labels)
-        data = render(wl, fmt)
-        default_audit_sink(settings, engine).record(AccessEvent(
+        with paused_gc():  # many small acyclic objects: services.platform.runtime
+            wl = load_worklist(engine, settings.taxonomy, month=m, territory=territory, fund=fund_code,
+                               close_after_months=settings.casebook_close_after_months, labels=labels)
+            data = render(wl, fmt)
+        _wiring(ctx).audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund_code, action="export",
             detail=f"{fmt} {m} territoire {territory} : {len(wl.cases)} dossiers",
             cases=tuple(c.case_number for c in wl.cases)))
@@ -147,8 +154,8 @@ def followup() -> None:
 def followup_record(ctx: click.Context, case_number: str, fund: str, action: str, outcome: str,
                     user: str) -> None:
     """Record a fund's follow-up and publish it on help.followups.v1."""
-    from services.casebook.audit import AccessEvent, default_audit_sink
     from services.casebook.followups import flush_outbox, record_followup
+    from services.core.access import AccessEvent
     from services.platform.broker import resolve_bootstrap
     from services.platform.db import open_engine
 
@@ -157,7 +164,7 @@ def followup_record(ctx: click.Context, case_number: str, fund: str, action: str
     try:
         event = record_followup(engine, settings.taxonomy, case_number=case_number, fund=fund, action=action,
                                 outcome=outcome, user=user)
-        default_audit_sink(settings, engine).record(AccessEvent(
+        _wiring(ctx).audit_sink(settings, engine).record(AccessEvent(
             user_id=user, role="cli", fund=fund, action="suite_enregistree", case_number=case_number,
             situation_id=event.situation_id, detail=f"{action} {outcome}"))
         click.echo(f"follow-up {event.event_id} recorded for {case_number} ({fund}: {action}, {outcome})")
@@ -252,9 +259,13 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     import uvicorn
 
     from services.casebook.web import create_app
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    app = create_app(settings, host=host)
+    wiring = _wiring(ctx)
+    engine = open_engine(settings.database_url)
+    app = create_app(settings, engine=engine, audit=wiring.audit_sink(settings, engine),
+                     extensions=wiring.web_extensions, host=host)
     if not app.state.authenticator.has_users() and not settings.casebook_oidc_issuer:
         raise InputError("aucun utilisateur n'est défini pour la vue web",
                          "ajoutez-en un : help-exchange users add --id ... --role ... --territory ...")

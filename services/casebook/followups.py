@@ -24,7 +24,7 @@ from services.casebook.model import Situation, check_case_number, check_fund
 from services.core.messages import FollowupEvent
 from services.core.taxonomy import Taxonomy
 from services.core.types import ACTOR_PATTERN, Outcome
-from services.errors import HelpExchangeError, InputError
+from services.errors import InputError
 from services.platform import kafka
 from services.platform.settings import Settings
 from services.platform.topics import FOLLOWUPS_TOPIC
@@ -114,11 +114,9 @@ async def publish_outbox(engine: sa.Engine, producer: AIOKafkaProducer) -> int:
 async def flush_outbox(settings: Settings, engine: sa.Engine, bootstrap: str) -> int:
     """Publish the outbox with a short-lived producer (the CLI's way)."""
     producer = kafka.producer(settings, bootstrap)
-    try:
+    with kafka.kafka_errors(f"cannot reach Kafka at {bootstrap}: {{error}}",
+                            "the follow-up is kept in the outbox and will be published later", kafka.UNREACHABLE):
         await producer.start()
-    except KafkaError as exc:
-        raise HelpExchangeError(f"cannot reach Kafka at {bootstrap}: {exc}",
-                                "the follow-up is kept in the outbox and will be published later") from exc
     try:
         return await publish_outbox(engine, producer)
     finally:

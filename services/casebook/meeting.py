@@ -82,7 +82,7 @@ class Advisor:
         self.taxonomy = taxonomy
         self.lead_rule = lead_rule
         self.weights = {c.code: c.poids for c in taxonomy.categories if c.exchangeable}
-        self.owner = {c.code: c.organisme.value for c in taxonomy.categories}
+        self.owner = {c.code: c.fund.value for c in taxonomy.categories}
         self.offers: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
             f.value: tuple((a.code, a.categories) for a in actions) for f, actions in taxonomy.suites.items()}
         order = lead_rule.ordre if lead_rule else ()

@@ -1,5 +1,5 @@
 """Meeting commands: ``meeting record|list`` and ``stats``. Registered by
-:mod:`services.platform.cli` through :func:`register`."""
+:mod:`services.app.cli` through :func:`register`."""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from services.casebook.meeting import SHEET_SUGGESTIONS, VIEW_LABEL
-from services.casebook.model import paused_gc
 from services.casebook.worklist import CaseView, FollowupView, FundView, Labelled, SuggestionView, Worklist
 from services.core.spreadsheet import safe_cell
 from services.errors import InputError
@@ -58,20 +57,19 @@ def render_html(wl: Worklist, *, web: bool = False, **context: Any) -> str:
     # The markers are random per render, so no escaped value can contain one.
     tag = secrets.token_hex(8)
     markers = (f"<!--case-rows-{tag}-->", f"<!--reported-rows-{tag}-->")
-    with paused_gc():
-        page = environment().get_template("worklist.html").render(
-            view_label=VIEW_LABEL.get(wl.view), wl=wl, counts=wl.counts(), fund_label=fund_label, web=web,
-            nav="worklist",
-            generated=wl.generated_at.strftime("%d/%m/%Y à %H:%M UTC"), case_rows=Markup(markers[0]),
-            reported_rows=Markup(markers[1]), **context)
-        head, rest = page.split(markers[0])
-        middle, *tail = rest.split(markers[1])  # no second marker without reported follow-ups
-        rows = _HtmlRows(web=web)
-        parts = [head, *map(rows.case, wl.cases), middle]
-        if tail:
-            parts += map(rows.reported, wl.reported)
-            parts.append(tail[0])
-        return "".join(parts)
+    page = environment().get_template("worklist.html").render(
+        view_label=VIEW_LABEL.get(wl.view), wl=wl, counts=wl.counts(), fund_label=fund_label, web=web,
+        nav="worklist",
+        generated=wl.generated_at.strftime("%d/%m/%Y à %H:%M UTC"), case_rows=Markup(markers[0]),
+        reported_rows=Markup(markers[1]), **context)
+    head, rest = page.split(markers[0])
+    middle, *tail = rest.split(markers[1])  # no second marker without reported follow-ups
+    rows = _HtmlRows(web=web)
+    parts = [head, *map(rows.case, wl.cases), middle]
+    if tail:
+        parts += map(rows.reported, wl.reported)
+        parts.append(tail[0])
+    return "".join(parts)
 
 
 _HTML_SPECIAL = re.compile("[&<>\"']")
@@ -234,12 +232,11 @@ class _CsvRows:
 
 def render_csv(wl: Worklist) -> bytes:
     """``;``-separated, UTF-8 with BOM, CRLF rows: opens cleanly in a French spreadsheet."""
-    with paused_gc():
-        # encoded line by line and joined as bytes: the text would be joined in 2-byte
-        # characters (for the odd "—") and copied once more by a final encode
-        lines = ["\ufeff".encode(), csv_line(CSV_HEADERS).encode()]
-        lines += (line.encode() for line in map(_CsvRows().line, wl.cases))
-        return b"".join(lines)
+    # encoded line by line and joined as bytes: the text would be joined in 2-byte
+    # characters (for the odd "—") and copied once more by a final encode
+    lines = ["\ufeff".encode(), csv_line(CSV_HEADERS).encode()]
+    lines += (line.encode() for line in map(_CsvRows().line, wl.cases))
+    return b"".join(lines)
 
 
 # ------------------------------------------------------------------------------- JSON

@@ -119,7 +119,7 @@ def count_month(taxonomy: Taxonomy, situations: Iterable[Situation], followups: 
                 month: Month, scope: str, rule_titles: Mapping[str, str] | None = None) -> tuple[RawTable, ...]:
     """The exact counts of ``month`` in the territory ``scope``."""
     titles = dict(rule_titles or {})
-    fund_label = {f.value: info.libelle for f, info in taxonomy.organismes.items()}
+    fund_label = {f.value: info.libelle for f, info in taxonomy.funds.items()}
     cat_label = {c.code: c.libelle for c in taxonomy.categories if c.exchangeable}
     outcome_label = {o.code.value: o.libelle for o in taxonomy.issues}
     prio_label = {"rouge": "Rouge", "orange": "Orange", "vert": "Vert"}

@@ -397,7 +397,7 @@ _F = t.followups
 
 def _cols(conn: sa.Connection, *cols: sa.Column[Any]) -> list[Any]:
     """On SQLite, read dates and timestamps as text and parse them with the C-speed
-    ``fromisoformat`` (SQLAlchemy's regex-based SQLite processor is 5x slower on 100,000 rows),
+    ``fromisoformat`` (SQLAlchemy's regex-based SQLite processor is several times slower),
     and JSON as text for :func:`_json` (PostgreSQL's driver decodes JSON itself)."""
     if conn.dialect.name != "sqlite":
         return list(cols)

@@ -26,7 +26,8 @@ import datetime as dt
 import ipaddress
 import logging
 import secrets
-from typing import Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Protocol
 
 import sqlalchemy as sa
 from fastapi import BackgroundTasks, FastAPI, Form, Query, Request
@@ -36,7 +37,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.casebook import store, web_meeting
-from services.casebook.audit import AccessEvent, AuditSink, default_audit_sink
+from services.casebook.audit import AuditSink
 from services.casebook.auth import Authenticator, FileAuthenticator, User
 from services.casebook.config import session_secret, users_path
 from services.casebook.followups import flush_outbox, record_followup
@@ -47,9 +48,10 @@ from services.casebook.records import meeting_context
 from services.casebook.render import MEDIA_TYPES, environment, render, render_html
 from services.casebook.sessions import OUTCOME_LABELS, Session, SessionStore, SignInGuard, same_token, sign_ins
 from services.casebook.worklist import Labels, Worklist, case_view, load_worklist
+from services.core.access import AccessEvent
 from services.core.bounds import MONTH_SPAN
 from services.errors import HelpExchangeError, InputError
-from services.platform.db import open_engine
+from services.platform.runtime import paused_gc
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.casebook.web")
@@ -84,12 +86,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(settings: Settings, *, engine: sa.Engine | None = None,
-               authenticator: Authenticator | None = None, audit: AuditSink | None = None,
+class WebExtension(Protocol):
+    """Pages another part mounts in the web view (the ledger's ``/audit``, wired by
+    :mod:`services.app.bootstrap`): ``current`` gives the signed-in user (raises 401),
+    ``page`` renders a template, ``record`` enters an access event in the audit sink."""
+
+    def __call__(self, app: FastAPI, engine: sa.Engine, *, current: Callable[[Request], tuple[Any, str]],
+                 page: Callable[..., Response], record: Callable[..., None]) -> None: ...
+
+
+def create_app(settings: Settings, *, engine: sa.Engine, audit: AuditSink,
+               authenticator: Authenticator | None = None, extensions: Sequence[WebExtension] = (),
                publish: bool = True, host: str = "127.0.0.1") -> FastAPI:
-    engine = engine or open_engine(settings.database_url)
+    """The web view over ``engine``; every view, export and follow-up goes to ``audit``.
+    The app as served, with the ledger's pages, is :func:`services.app.bootstrap.web_app`."""
     auth: Authenticator = authenticator or FileAuthenticator(users_path(settings))
-    sink = audit or default_audit_sink(settings, engine)
+    sink = audit
     # Before sign-in, a signed cookie carries the login form's CSRF token only; after it, the
     # cookie is the random token of a server-side session (services.casebook.sessions).
     signer = URLSafeTimedSerializer(session_secret(settings), salt="help-casebook-login")
@@ -356,10 +368,12 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                       vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, csrf = current(request)
         m = month_of(month)
-        wl = meeting_worklist(user, m, vue)
+        with paused_gc():  # many small acyclic objects: services.platform.runtime
+            wl = meeting_worklist(user, m, vue)
         audit_event(user, "consultation_liste", detail=f"{m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
-        return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
+        with paused_gc():
+            return HTMLResponse(render_html(wl, web=True, user=user, csrf_token=csrf))
 
     @app.get("/worklist/export", summary="Export de la liste du mois (csv, pdf, json, html)")
     def export(request: Request, month: Annotated[str | None, Query(max_length=16)] = None,
@@ -367,8 +381,9 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                vue: Annotated[str | None, Query(pattern="^(projection|consolidee)$")] = None) -> Response:
         user, _ = current(request)
         m = month_of(month)
-        wl = meeting_worklist(user, m, vue)
-        data = render(wl, format)
+        with paused_gc():
+            wl = meeting_worklist(user, m, vue)
+            data = render(wl, format)
         audit_event(user, "export", detail=f"{format} {m} : {len(wl.cases)} dossiers ({wl.view})",
                     cases=tuple(c.case_number for c in wl.cases))
         name = f"revue-{user.territory}-{m}{'-' + user.view_fund if user.view_fund else ''}.{format}"
@@ -454,9 +469,8 @@ def create_app(settings: Settings, *, engine: sa.Engine | None = None,
                          current_session=current_session, sessions=sessions, check_csrf=check_csrf,
                          page=_page, month_of=month_of, http_error=HTTPError)
 
-    from services.ledger.web import add_audit_routes  # the auditor's page (/audit)
-
-    add_audit_routes(app, engine, current=current, page=_page, record=audit_event)
+    for extension in extensions:
+        extension(app, engine, current=current, page=_page, record=audit_event)
     return app
 
 

@@ -35,7 +35,7 @@ def register(app: FastAPI, *, engine: sa.Engine, settings: Settings, labels: Lab
              page: Callable[..., HTMLResponse],
              month_of: Callable[[str | None], Month], http_error: Callable[[int, str], Exception]) -> None:
     taxonomy = settings.taxonomy
-    funds = [(f.value, info.libelle) for f, info in taxonomy.organismes.items()]
+    funds = [(f.value, info.libelle) for f, info in taxonomy.funds.items()]
 
     def meetings_page(user: User, csrf: str, status_code: int = 200, **extra: Any) -> HTMLResponse:
         recent = meetings_before(engine, user.territory, dt.datetime.now(dt.UTC) + dt.timedelta(days=2), limit=12)

@@ -33,7 +33,6 @@ from services.casebook.model import (
     Situation,
     closed_at,
     group_followups,
-    paused_gc,
     review_reason,
 )
 from services.core.rules import LeadFundRule, Rules
@@ -162,7 +161,7 @@ class Labels:
         self._suggestion_views: dict[tuple[Suggestion, ...], tuple[SuggestionView, ...]] = {}
         # Rule code -> its French title, for people; machines (JSON) keep the codes.
         self.rule_titles = dict(rule_titles or {})
-        self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.organismes.items()}
+        self.funds = {f.value: Labelled(f.value, info.libelle) for f, info in taxonomy.funds.items()}
         self.exchangeable = {c.code: Labelled(c.code, c.libelle) for c in taxonomy.categories
                              if c.classe is SignalClass.NM}
         self.actions = {(f.value, a.code): Labelled(a.code, a.libelle)
@@ -344,14 +343,13 @@ def load_worklist(engine: sa.Engine, taxonomy: Taxonomy, *, month: Month, territ
                   close_after_months: int, generated_at: dt.datetime | None = None,
                   labels: Labels | None = None, projection: bool = False,
                   since: dt.datetime | None = None) -> Worklist:
-    with paused_gc():
-        with engine.connect() as conn:
-            followups = store.followups_before(conn, territory, month.end)
-            # Streamed: each situation is dropped once its case view is built, so neither
-            # memory nor the collector (resumed on the way out) sees 100,000 of them at once.
-            situations = store.iter_situations_opened_before(conn, territory, month.end)
-            wl = build_worklist(taxonomy, situations, followups, month=month, territory=territory, fund=fund,
-                                close_after_months=close_after_months, generated_at=generated_at, labels=labels,
-                                projection=projection, since=since)
-        del followups, situations
+    with engine.connect() as conn:
+        followups = store.followups_before(conn, territory, month.end)
+        # Streamed: each situation is dropped once its case view is built, so memory never
+        # holds 100,000 of them at once. (Entrypoints build it under runtime.paused_gc.)
+        situations = store.iter_situations_opened_before(conn, territory, month.end)
+        wl = build_worklist(taxonomy, situations, followups, month=month, territory=territory, fund=fund,
+                            close_after_months=close_after_months, generated_at=generated_at, labels=labels,
+                            projection=projection, since=since)
+    del followups, situations
     return wl

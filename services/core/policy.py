@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core import glossary
 from services.core.datafile import parse_data, read_yaml
 from services.core.messages import LegalBasisConsent, LegalBasisLaw
 from services.core.reasons import Reason
@@ -26,12 +27,12 @@ class _Model(BaseModel):
 
 class ClassRule(_Model):
     libelle: str
-    echangeable: bool
+    exchangeable: Annotated[bool, Field(alias=glossary.code("exchangeable"))]
 
 
 class PurposeRule(_Model):
     libelle: str
-    organismes: tuple[Fund, ...]
+    funds: Annotated[tuple[Fund, ...], Field(alias=glossary.code("funds"))]
 
 
 class Condition(_Model):
@@ -48,7 +49,7 @@ class BasisPurpose(_Model):
 class LegalBasisRule(_Model):
     libelle: str
     exige_consentement_enregistre: bool = False
-    finalites: dict[Purpose, BasisPurpose]
+    purposes: Annotated[dict[Purpose, BasisPurpose], Field(alias=glossary.code("purposes"))]
 
 
 class ObjectionRule(_Model):
@@ -60,7 +61,7 @@ class Policy(_Model):
     version: int
     texte: str
     classes: dict[SignalClass, ClassRule]
-    finalites: dict[Purpose, PurposeRule]
+    purposes: Annotated[dict[Purpose, PurposeRule], Field(alias=glossary.code("purposes"))]
     conditions: dict[Code, Condition]
     bases_legales: dict[Literal["L115-2-1", "consentement"], LegalBasisRule]
     opposition: ObjectionRule
@@ -69,10 +70,10 @@ class Policy(_Model):
     def _consistent(self) -> Policy:
         if set(self.classes) != set(SignalClass):
             raise ValueError("every class NM, SENS, MED must be listed")
-        if self.classes[SignalClass.MED].echangeable or self.classes[SignalClass.SENS].echangeable:
+        if self.classes[SignalClass.MED].exchangeable or self.classes[SignalClass.SENS].exchangeable:
             raise ValueError("MED and SENS can never be exchangeable (article L115-2-1)")
         for basis, rule in self.bases_legales.items():
-            for purpose, bp in rule.finalites.items():
+            for purpose, bp in rule.purposes.items():
                 unknown = set(bp.conditions) - set(self.conditions)
                 if unknown:
                     raise ValueError(f"{basis}/{purpose}: unknown conditions {sorted(unknown)}")
@@ -81,7 +82,7 @@ class Policy(_Model):
     def check_against(self, taxonomy: Taxonomy) -> None:
         """Refuse a taxonomy that names purposes this policy does not define."""
         for cat in taxonomy.categories:
-            missing = set(cat.finalites) - set(self.finalites)
+            missing = set(cat.purposes) - set(self.purposes)
             if missing:
                 raise ConfigurationError(
                     f"taxonomy category {cat.code} uses purposes {sorted(missing)} "
@@ -123,19 +124,19 @@ def check_exchange(
     cat = taxonomy.category(category)
     if cat is None:
         return Reason.CATEGORIE_INCONNUE
-    if cat.organisme is not fund:
+    if cat.fund is not fund:
         return Reason.CATEGORIE_AUTRE_ORGANISME
-    if not policy.classes[cat.classe].echangeable:
+    if not policy.classes[cat.classe].exchangeable:
         return Reason.CATEGORIE_MEDICALE
-    if purpose not in cat.finalites or purpose not in policy.finalites:
+    if purpose not in cat.purposes or purpose not in policy.purposes:
         return Reason.FINALITE_NON_AUTORISEE
     rule = policy.bases_legales.get(basis)  # type: ignore[call-overload]  # any code: None if unknown
-    if rule is None or purpose not in rule.finalites:
+    if rule is None or purpose not in rule.purposes:
         return Reason.BASE_LEGALE_INVALIDE
     if rule.exige_consentement_enregistre:
         if not consent_on_record:
             return Reason.CONSENTEMENT_ABSENT
-    elif not set(rule.finalites[purpose].conditions) <= set(conditions):
+    elif not set(rule.purposes[purpose].conditions) <= set(conditions):
         return Reason.CONDITION_NON_REMPLIE
     return None
 
@@ -147,14 +148,14 @@ _FUND_RANK = {f: i for i, f in enumerate(Fund)}
 def recipients(policy: Policy, cat: Category, purposes: tuple[Purpose, ...] | list[Purpose]) -> tuple[Fund, ...]:
     """The funds that need to know ``cat`` for ``purposes``: the category's recipients that
     serve at least one of those purposes, plus the emitting fund itself (it holds the data)."""
-    serving = {f for p in purposes if p in policy.finalites for f in policy.finalites[p].organismes}
-    allowed = {f for f in cat.destinataires if f in serving} | {cat.organisme}
+    serving = {f for p in purposes if p in policy.purposes for f in policy.purposes[p].funds}
+    allowed = {f for f in cat.destinataires if f in serving} | {cat.fund}
     return tuple(sorted(allowed, key=_FUND_RANK.__getitem__))
 
 
 def conditions_met(policy: Policy, purpose: Purpose, *, age: int | None) -> tuple[str, ...]:
     """The L115-2-1 conditions a producer can attest for ``purpose``, from what it knows locally."""
-    basis = policy.bases_legales["L115-2-1"].finalites.get(purpose)
+    basis = policy.bases_legales["L115-2-1"].purposes.get(purpose)
     if basis is None:
         return ()
     met = []

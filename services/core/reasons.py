@@ -6,13 +6,10 @@ the web view). Codes are stable: a back-office may switch on them.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-from services.core.types import fast_value
+from services.core.types import WireEnum
 
 
-@fast_value
-class Reason(StrEnum):
+class Reason(WireEnum):
     """Why a line, a message or a request was refused."""
 
     # -- Wire contract (correlator side) -------------------------------------------------

@@ -162,6 +162,11 @@ def registry_path(key_dir: Path) -> Path:
     return key_dir / "registry.json"
 
 
+def fund_dir(key_dir: Path, fund: Fund) -> Path:
+    """A fund's own keys (signing, sealing, ids; its pseudonym cache's key)."""
+    return key_dir / "funds" / fund.value
+
+
 def signature_path(path: Path) -> Path:
     return path.with_name(path.name + SIGNATURE_SUFFIX)
 

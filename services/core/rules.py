@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core import glossary
 from services.core.datafile import parse_data, read_yaml
 from services.core.messages import (
     FundRef,
@@ -64,9 +65,9 @@ class CategoryPlusOtherRule(_Model):
     #: a short plain-French title for the meeting's sheet (the libelle explains it)
     titre: Annotated[str, Field(min_length=3, max_length=60)] | None = None
     type: Literal["categorie_et_autre_organisme"]
-    organisme: Fund
+    fund: Annotated[Fund, Field(alias=glossary.code("fund"))]
     categories: Annotated[tuple[Code, ...], Field(min_length=1)]
-    finalite: Purpose | None = None
+    purpose: Annotated[Purpose | None, Field(alias=glossary.code("purpose"))] = None
 
 
 Rule = Annotated[DistinctFundsRule | RepeatRule | CategoryPlusOtherRule, Field(discriminator="type")]
@@ -128,10 +129,10 @@ class Rules(_Model):
             if isinstance(rule, CategoryPlusOtherRule):
                 for cat_code in rule.categories:
                     cat = taxonomy.category(cat_code)
-                    if cat is None or cat.organisme is not rule.organisme or not cat.exchangeable:
+                    if cat is None or cat.fund is not rule.fund or not cat.exchangeable:
                         raise ConfigurationError(
                             f"rules.yaml: rule {code}: category {cat_code} is not an exchangeable "
-                            f"category of {rule.organisme.value} in taxonomy.yaml",
+                            f"category of {rule.fund.value} in taxonomy.yaml",
                             "fix the category code in rules.yaml",
                         )
 
@@ -176,9 +177,9 @@ def fired_rules(ctx: Context, signals: tuple[SignalEntry, ...]) -> tuple[str, ..
             if len(funds) >= rule.minimum:
                 fired.append(code)
         elif isinstance(rule, CategoryPlusOtherRule):
-            anchor = any(s.fund is rule.organisme and s.category in rule.categories
-                         and (rule.finalite is None or s.purpose is rule.finalite) for s in signals)
-            if anchor and funds - {rule.organisme}:
+            anchor = any(s.fund is rule.fund and s.category in rule.categories
+                         and (rule.purpose is None or s.purpose is rule.purpose) for s in signals)
+            if anchor and funds - {rule.fund}:
                 fired.append(code)
     return tuple(fired)
 

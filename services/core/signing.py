@@ -5,23 +5,12 @@ canonical form; so any client in any language can verify from the received bytes
 and whitespace or member order on the wire does not matter. The correlator verifies the
 object it received, never a re-serialisation of its own model.
 
-Speed: the ``rfc8785`` package is pure Python (≈ 60-130 µs for a signal, as much as the
-Ed25519 check itself). For the messages of this contract — objects, arrays, ASCII strings,
-integers within ±(2**53 - 1), booleans and null, no floats — RFC 8785 is exactly
-``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, and so is
-``orjson.dumps(option=OPT_SORT_KEYS)``, which :func:`canonical` uses (≈ 1 µs, the C ``json``
-encoder ≈ 7 µs; the tests check all three agree): keys sort by
-UTF-16 code units, which for ASCII is Python's own string order; string escaping is the same
-table (``\\b \\f \\n \\r \\t``, ``\\u00xx`` in lower case for the other control characters,
-``\\"`` and ``\\\\``, nothing else); integers in that range print the same. :func:`signing_input`
-takes that path only when :func:`_plain` proves the object is of that kind, and
-``rfc8785.dumps`` for anything else (a float, a non-ASCII string or key, a big integer, a
-tuple or any other type). ``tests/correlator/test_fast_paths.py`` checks the equivalence
-property-based against the ``rfc8785`` package.
+The canonical form is :func:`services.core.codec.canonical` (a fast path proved equal to
+the ``rfc8785`` package, which decides whatever the fast path cannot prove plain).
 
-Verification: ``cryptography``'s Ed25519 check (OpenSSL) costs ≈ 180 µs here and holds the
-GIL; libsodium's (PyNaCl) ≈ 65 µs. :class:`VerifyingKey` asks libsodium first and, only when
-libsodium refuses, lets ``cryptography`` decide, so the acceptance is exactly
+Verification: ``cryptography``'s Ed25519 check (OpenSSL) holds the GIL and is the slower of
+the two; libsodium's (PyNaCl) is the faster. :class:`VerifyingKey` asks libsodium first and,
+only when libsodium refuses, lets ``cryptography`` decide, so the acceptance is exactly
 ``cryptography``'s as long as every signature libsodium accepts OpenSSL accepts too. Both
 check the same cofactorless equation ``[s]B = R + [H(R‖A‖M)]A`` against the received ``R``
 bytes and both refuse ``s ≥ L``; libsodium is stricter, never looser: it also refuses a
@@ -36,17 +25,16 @@ mutations of them and the small-order / non-canonical vectors. Without PyNaCl in
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from services.core.codec import canonical
 from services.errors import ConfigurationError
 
 _sodium_open: Callable[[bytes, bytes], bytes] | None
@@ -69,86 +57,6 @@ def b64u(data: bytes) -> str:
 
 def b64u_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-_INT_MAX = 2**53 - 1  # RFC 8785 (I-JSON): integers beyond this are not exact in a double
-_SORTED = orjson.OPT_SORT_KEYS
-#: The same form for plain values, for what orjson refuses to write (nesting over 254 levels).
-_json_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                   check_circular=False, allow_nan=False).encode
-
-
-def plain_members(value: Any) -> int:
-    """The number of object members in ``value`` if it is JSON made only of dicts, lists,
-    ASCII strings, safe ints, bools and null; -1 if it is anything else.
-
-    (Leaves are tested inline, containers by recursion: a call per leaf was half the cost.
-    The count serves the correlator's duplicate-member check, see ``checks.load_json``.)"""
-    t = type(value)
-    if t is dict:
-        n = len(value)
-        for k, v in value.items():
-            if type(k) is not str or not k.isascii():
-                return -1
-            tv = type(v)
-            if tv is str:
-                if not v.isascii():
-                    return -1
-            elif tv is dict or tv is list:
-                inner = plain_members(v)
-                if inner < 0:
-                    return -1
-                n += inner
-            elif tv is int:
-                if not -_INT_MAX <= v <= _INT_MAX:
-                    return -1
-            elif v is not None and tv is not bool:
-                return -1
-        return n
-    if t is list:
-        n = 0
-        for v in value:
-            tv = type(v)
-            if tv is str:
-                if not v.isascii():
-                    return -1
-            elif tv is dict or tv is list:
-                inner = plain_members(v)
-                if inner < 0:
-                    return -1
-                n += inner
-            elif tv is int:
-                if not -_INT_MAX <= v <= _INT_MAX:
-                    return -1
-            elif v is not None and tv is not bool:
-                return -1
-        return n
-    if t is str:
-        return 0 if value.isascii() else -1
-    if t is int:
-        return 0 if -_INT_MAX <= value <= _INT_MAX else -1
-    return 0 if value is None or t is bool else -1
-
-
-def _plain(value: Any) -> bool:
-    """True if ``value`` is JSON of the plain kind (see :func:`plain_members`)."""
-    return plain_members(value) >= 0
-
-
-def canonical(value: Any, *, plain: bool | None = None) -> bytes:
-    """RFC 8785 (JCS) form of ``value``: ``orjson`` when provably equal, else rfc8785.
-
-    ``plain=True`` says the caller has already established that ``value`` is plain (as
-    :func:`plain_members` defines it); by default it is checked here."""
-    try:
-        if plain or (plain is None and _plain(value)):
-            try:
-                return orjson.dumps(value, option=_SORTED)
-            except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels)
-                return _json_canonical(value).encode()
-    except RecursionError:
-        pass  # absurdly deep: let rfc8785 decide (it raises)
-    return rfc8785.dumps(value)
 
 
 def signing_input(message: dict[str, Any], *, plain: bool | None = None) -> bytes:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.core import glossary
 from services.core.datafile import parse_data, read_yaml
 from services.core.types import Code, Fund, Outcome, Purpose
 
@@ -31,19 +32,19 @@ class _Model(BaseModel):
 class Category(_Model):
     code: Code
     libelle: Annotated[str, Field(min_length=3, max_length=120)]
-    organisme: Fund
+    fund: Annotated[Fund, Field(alias=glossary.code("fund"))]
     classe: SignalClass
-    finalites: tuple[Purpose, ...]
+    purposes: Annotated[tuple[Purpose, ...], Field(alias=glossary.code("purposes"))]
     destinataires: tuple[Fund, ...]
     poids: Annotated[int, Field(ge=0, le=10)]
 
     @model_validator(mode="after")
     def _medical_goes_nowhere(self) -> Category:
-        if self.classe is not SignalClass.NM and (self.finalites or self.destinataires):
+        if self.classe is not SignalClass.NM and (self.purposes or self.destinataires):
             raise ValueError(f"{self.code}: a {self.classe} category can have no purpose nor recipient")
-        if self.classe is SignalClass.NM and not (self.finalites and self.destinataires):
+        if self.classe is SignalClass.NM and not (self.purposes and self.destinataires):
             raise ValueError(f"{self.code}: an NM category needs purposes and recipients")
-        if self.organisme in self.destinataires:
+        if self.fund in self.destinataires:
             raise ValueError(f"{self.code}: the emitting fund cannot be its own recipient")
         return self
 
@@ -71,7 +72,7 @@ class OutcomeInfo(_Model):
 
 class Taxonomy(_Model):
     version: int
-    organismes: dict[Fund, FundInfo]
+    funds: Annotated[dict[Fund, FundInfo], Field(alias=glossary.code("funds"))]
     categories: tuple[Category, ...]
     suites: dict[Fund, tuple[FollowUpAction, ...]]
     issues: tuple[OutcomeInfo, ...]
@@ -102,7 +103,7 @@ class Taxonomy(_Model):
         return cache
 
     def categories_of(self, fund: Fund) -> tuple[Category, ...]:
-        return tuple(c for c in self.categories if c.organisme is fund)
+        return tuple(c for c in self.categories if c.fund is fund)
 
     def actions_of(self, fund: Fund) -> tuple[FollowUpAction, ...]:
         return self.suites.get(fund, ())

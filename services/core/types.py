@@ -8,31 +8,28 @@ no field where free text could slip through.
 from __future__ import annotations
 
 import datetime as dt
-import operator
 import re
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, cast
 
-from pydantic import AwareDatetime, BeforeValidator, PlainSerializer
+from pydantic import AwareDatetime, BeforeValidator, GetCoreSchemaHandler, PlainSerializer
 from pydantic import StringConstraints as S
-
-_EnumT = TypeVar("_EnumT", bound=type[StrEnum])
-
-
-def fast_value(cls: _EnumT) -> _EnumT:
-    """Give ``cls`` a ``value`` read in C: the member's ``_value_``, as before.
-
-    Python 3.11's ``Enum.value`` is an ``enum.property``, a descriptor written in Python (two
-    frames per read); pydantic's serializer reads it for every enum field it writes, about
-    twenty times per person state the correlator stores (≈ 6 % of its engine's time in a
-    profile, ≈ 3 % saved when measured A/B); the receipts' template reads it too. A
-    ``property`` over ``operator.attrgetter`` gives the same value from C."""
-    type.__setattr__(cls, "value", property(operator.attrgetter("_value_")))
-    return cls
+from pydantic_core.core_schema import CoreSchema, to_string_ser_schema
 
 
-@fast_value
-class Fund(StrEnum):
+class WireEnum(StrEnum):
+    """A string enum whose JSON form is its code, written by pydantic-core as the ``str`` the
+    member is, without reading ``Enum.value`` (a descriptor written in Python, read for every
+    enum field pydantic writes: the person states the correlator stores hold a score of them).
+    Validation, Python-mode dumps and JSON Schema are a plain enum's; the bytes are the same
+    (``tests/core/test_codec.py``)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return cast(CoreSchema, {**handler(source), "serialization": to_string_ser_schema(when_used="json")})
+
+
+class Fund(WireEnum):
     """The mandatory-scheme bodies that take part in the exchange."""
 
     URSSAF = "urssaf"
@@ -42,23 +39,20 @@ class Fund(StrEnum):
     MSA = "msa"
 
 
-@fast_value
-class Purpose(StrEnum):
+class Purpose(WireEnum):
     """Purposes that article L115-2-1 allows."""
 
     ACCES_AUX_DROITS = "acces_aux_droits"
     PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
 
 
-@fast_value
-class Priority(StrEnum):
+class Priority(WireEnum):
     ROUGE = "rouge"
     ORANGE = "orange"
     VERT = "vert"
 
 
-@fast_value
-class Outcome(StrEnum):
+class Outcome(WireEnum):
     """How a follow-up ends (docs/domain.md, follow-ups)."""
 
     PROPOSE = "propose"
@@ -126,8 +120,8 @@ def format_timestamp(value: dt.datetime) -> str:
     """The one textual form of a timestamp on the wire (UTC, microseconds, 'Z').
 
     The same text as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (a test holds them together),
-    through the C ``isoformat``, which is about twice as fast: the ledger formats one per
-    entry it appends. Years before 1000 take ``strftime``, whose ``%Y`` does not pad them."""
+    through the C ``isoformat``, which is faster: the ledger formats one per entry it
+    appends. Years before 1000 take ``strftime``, whose ``%Y`` does not pad them."""
     utc = value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)
     if utc.year < 1000:
         return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

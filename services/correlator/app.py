@@ -54,7 +54,7 @@ check helper that dies: :class:`~.checkpool.CheckPoolError`); the stateless chec
 ``check_processes`` helper processes beside the agent (:mod:`.checkpool`); outputs leave as
 one record batch per partition (:func:`send_batches`); what survives a batch is frozen for
 the garbage collector, which otherwise kept walking the cached person states
-(:mod:`.heap`); faust-streaming fixes the consumer's
+(:class:`~services.platform.runtime.HeapPolicy`); faust-streaming fixes the consumer's
 fetch wait at 1.5 s, which sets the latency at low rates: it is lowered to ``fetch_wait_ms``
 on the worker consumer — 100 ms by default, not less, because every fetch that finds
 nothing costs the embedded broker ≈ 6 ms of CPU (a worker idling at 20 ms kept a third of a
@@ -82,13 +82,13 @@ from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
 from services.correlator.engine import PARTITIONS, REPARTITION_TOPIC, Batch, Engine, Output, Record
-from services.correlator.heap import HeapPolicy
-from services.correlator.partitioning import murmur2
 from services.correlator.registry_source import RegistrySource
 from services.correlator.state import PersonStore
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
+from services.platform.partitioning import murmur2
+from services.platform.runtime import HeapPolicy
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 

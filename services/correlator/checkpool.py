@@ -1,11 +1,11 @@
 """The stateless checks of :mod:`services.correlator.checks`, in helper processes.
 
-Why processes, not threads: the signature check alone is ≈ 55 µs of a signal and libsodium
-releases the GIL, but a thread that comes back from C must wait for the GIL, which the busy
-engine thread gives up only every switch interval (5 ms): measured here, a checking thread
-then managed one signature per ≈ 0.5 ms. A helper process has its own interpreter; with the
-JSON parsing and the canonical form it takes ≈ 80 µs of every signal off the worker's
-thread, on another core.
+Why processes, not threads: the signature check is the largest part of a signal's cost and
+libsodium releases the GIL, but a thread that comes back from C must wait for the GIL,
+which the busy engine thread gives up only every switch interval: a checking thread then
+managed one signature per switch interval. A helper process has its own interpreter; with
+the JSON parsing and the canonical form it takes most of every signal's cost off the
+worker's thread, on another core (``bench/correlator.py`` measures both).
 
 Protocol, over the helper's stdin/stdout, each frame a 4-byte little-endian length and a
 pickle: first the registry (its JSON) and the partition count, then requests — a list of ``(value, source topic)``
@@ -25,7 +25,6 @@ reads the end of its stdin and exits.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pickle
 import struct
@@ -37,10 +36,10 @@ from typing import IO, Any
 from services.core.registry import Registry
 from services.correlator.checks import Checker, Verdict, WireVerdict, from_plain, to_plain
 from services.errors import HelpExchangeError
+from services.platform.runtime import tune_for_streaming
 
-#: Records per request: small enough that the first verdicts come back quickly (≈ 15 ms of
-#: a helper's work), large enough that the pipe writes and wake-ups stay few: 128, not 32,
-#: took ≈ 8 µs of helper CPU off every signal, +5 % full-work rate in an A/B here.
+#: Records per request: small enough that the first verdicts come back quickly, large enough
+#: that the pipe writes and wake-ups stay few (128 beat 32 in the correlator bench's A/B).
 CHUNK = 128
 #: Bytes of requests a helper may have unanswered (within the pipe, which is made larger).
 WINDOW_BYTES = 512 * 1024
@@ -197,7 +196,6 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     first = _read_frame(stdin_fd)
     if first is None:
         return 0
-    gc.set_threshold(100_000, 50, 100)  # as the worker: short-lived objects only, few cycles
     registry_json, partitions = pickle.loads(first)
     checker = Checker(Registry.model_validate_json(registry_json), partitions)
     check = checker.check
@@ -215,4 +213,5 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
 
 
 if __name__ == "__main__":
+    tune_for_streaming()  # as the worker (services.platform.runtime)
     sys.exit(serve())

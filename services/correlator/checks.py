@@ -9,7 +9,7 @@ with the consent on record, duplicates, state, rules) needs the person and stays
 :class:`~services.correlator.engine.Engine`; consents are parsed there too (they are few).
 
 Split out because these checks are pure functions of the bytes, the source topic and the
-key registry, and they are most of a signal's cost (the signature alone ≈ 55 µs): so they
+key registry, and they are most of a signal's cost (the signature check above all): so they
 can run in other processes beside the engine (:mod:`services.correlator.checkpool`) with
 exactly the same answers, the same :class:`Checker` running there. A signal that passes
 comes back as a :class:`CheckedSignal`, the validated values the engine needs, so the
@@ -19,70 +19,25 @@ engine does not parse it again.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import orjson
 from pydantic import ValidationError
 
 from services.core import signing
+from services.core.codec import DuplicateMember, load_json
 from services.core.messages import SCHEMA_VERSION, ConsentEvent, LegalBasisLaw, Signal, parse
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.types import SIGNAL_ID_PATTERN, Fund, Purpose
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, fund_of_signal_topic
 
 #: A signal is about 800 bytes; anything far above is refused before parsing.
 MAX_MESSAGE_BYTES = 16 * 1024
 
 _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
-
-
-class DuplicateMember(ValueError):
-    """A JSON object names the same member twice."""
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Python keeps the last of duplicate names, other parsers the first: a signed message
-    # could then say one thing to us and another to an auditor's tool (a medical category
-    # hidden in front of an accepted one). RFC 7493 (I-JSON) forbids duplicates: so do we.
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise DuplicateMember
-    return obj
-
-
-#: The end of an object member's name: a closing quote, optional whitespace, the colon.
-_NAME_END = re.compile(rb'"[ \t\n\r]*:')
-
-
-def load_json(raw: bytes) -> tuple[Any, bool]:
-    """The JSON value of ``raw``, and whether it is plain (see :func:`signing.plain_members`).
-
-    Raises :class:`DuplicateMember`, ``ValueError``, ``UnicodeDecodeError`` or
-    ``RecursionError`` exactly as ``json.loads(raw, object_pairs_hook=_unique_members)``
-    does, and returns what it returns: that is the reference, taken whenever the fast path
-    cannot prove the same answer.
-
-    Fast path (≈ 3x cheaper): ``orjson`` parses, and duplicates are ruled out by counting.
-    In valid JSON every member's name ends with a quote, optional whitespace and the colon,
-    so ``raw`` holds at least as many such sequences as members (more only when a string
-    holds an escaped quote before a colon), and the parsed objects hold at most that many
-    members (fewer exactly when a name repeats). The counts equal therefore means no name
-    repeats; anything else (a difference, a non-plain value, a text orjson refuses) takes
-    the reference path, which decides."""
-    try:
-        obj = orjson.loads(raw)
-        members = signing.plain_members(obj)
-    except (orjson.JSONDecodeError, RecursionError):
-        pass
-    else:
-        if members >= 0 and members == len(_NAME_END.findall(raw)):
-            return obj, True
-    return json.loads(raw, object_pairs_hook=_unique_members), False
 
 
 # Field names of the contract: the only words a dead letter's detail may echo.

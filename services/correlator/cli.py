@@ -17,7 +17,7 @@ def register(cli: click.Group) -> None:
                   help="Wait this long to fill a batch.")
     @click.option("--fetch-wait-ms", default=_DEFAULT.fetch_wait_ms, show_default=True,
                   help="Longest wait of a fetch with nothing new (faust-streaming's own is 1500 ms). "
-                       "Each idle fetch costs the embedded broker ≈ 6 ms of CPU: shorter is not free.")
+                       "Each idle fetch costs the embedded broker CPU: shorter is not free.")
     @click.option("--check-processes", default=_DEFAULT.check_processes, show_default=True,
                   help="Helper processes for the stateless checks (JSON, signature, schema); "
                        "0 runs them in the worker itself. About one per spare core.")

@@ -34,24 +34,25 @@ rejected as ``doublon``.
 
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 
-- the stateless checks (≈ 110 µs of a signal: the Ed25519 check alone ≈ 55 µs) can run in
-  other processes; a signal that passes comes back as the validated values the engine needs
+- the stateless checks (the larger part of a signal's cost, the Ed25519 check half of it)
+  can run in other processes; a signal that passes comes back as the validated values the engine needs
   (:class:`~services.correlator.checks.CheckedSignal`), not parsed a second time; the
   L115-2-1 decision, a pure function of a few values, is remembered;
-- the canonical form for the signature check uses the C ``json`` encoder when it provably
-  equals RFC 8785, the Ed25519 check is libsodium's with ``cryptography`` deciding whatever
-  libsodium refuses (same acceptance, see :mod:`services.core.signing`), and the public
-  keys are cached;
+- the canonical form for the signature check is :func:`services.core.codec.canonical`
+  (``orjson`` when it provably equals RFC 8785), the Ed25519 check is libsodium's with
+  ``cryptography`` deciding whatever libsodium refuses (same acceptance, see
+  :mod:`services.core.signing`), and the public keys are cached;
 - accepted receipts, the bulk of the output, are written from a template
-  (:func:`receipt_wire`) only for values the :class:`Receipt` model is known to accept, and
-  byte-identical to ``to_wire(Receipt(...))`` (a property test checks it); the clock is read
-  once per batch (``processed_at`` / ``received_at`` are the batch's time);
+  (:class:`~services.core.codec.ReceiptWriter`) only for values the :class:`Receipt` model
+  is known to accept, and byte-identical to ``to_wire(Receipt(...))`` (a property test
+  checks it); the clock is read once per batch (``processed_at`` / ``received_at`` are the
+  batch's time);
 - person states decoded or written by this engine are kept (:class:`StateCache`) with the
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
 - the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
-  (:func:`~services.correlator.partitioning.murmur2`), equal to Kafka's.
+  (:func:`~services.platform.partitioning.murmur2`), equal to Kafka's.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -68,13 +68,13 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
+from services.core.codec import ReceiptWriter
 from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
     Frozen,
     Pseudonym,
-    Receipt,
     SealedRef,
     SourcePosition,
     parse,
@@ -95,10 +95,11 @@ from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
-from services.core.types import SIGNAL_ID_PATTERN, TOPIC_PATTERN, Fund, format_timestamp
+from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
-from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
+from services.errors import Rejected
+from services.platform.partitioning import partition_for
 from services.platform.topics import (
     DEADLETTER_TOPIC,
     ORIGIN_HEADER,
@@ -117,7 +118,8 @@ REPARTITION_TOPIC = "help-correlator-repartition"
 REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
 #: Header of an erasure command on the repartition topic: the retention purge
-#: (services.ledger.purge) reached a person. See :meth:`Engine._erase` and :func:`erasure_command`.
+#: (services.app.purge, through services.correlator.erasure) reached a person. See
+#: :meth:`Engine._erase` and :func:`erasure_command`.
 H_ERASE = "help-erase"
 
 
@@ -133,8 +135,6 @@ def erasure_command(key_id: str, value: str, partitions: int) -> tuple[bytes, by
     command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value))
     return value.encode(), to_wire(command), partition_for(value, partitions)
 
-_SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
-_TOPIC = re.compile(TOPIC_PATTERN)
 
 #: Refusals whose dead letter keeps no payload: the person asked not to be processed.
 WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
@@ -166,13 +166,6 @@ class Batch:
     rejected: int = 0
 
 
-class Rejected(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(reason.value)
-        self.reason = reason
-        self.detail = detail
-
-
 def person_key(key_id: str, value: str) -> bytes:
     """A person's key in the state store and on the changelog: ``key_id/value`` of the pseudonym."""
     return f"{key_id}/{value}".encode()
@@ -196,70 +189,6 @@ def _bare_objection(state: PersonState) -> bool:
     """A state that says only "objected" (what an objection leaves): kept as a marker."""
     return (state.opposed_at is not None and not state.signals and not state.seen
             and not state.consents and not state.marks and state.situation is None)
-
-
-_RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'
-                     '"status":"{}","reason":{},"source":{{"topic":"{}","partition":{},'
-                     '"offset":{}}},"processed_at":"{}"}}')
-_ACCEPTED_TEMPLATE = _RECEIPT_TEMPLATE.replace('"status":"{}","reason":{}', '"status":"accepte","reason":null')
-
-
-_LAST_TIMESTAMP: list[tuple[dt.datetime, str | None]] = []
-
-
-def _utc_text(value: dt.datetime) -> str | None:
-    """``format_timestamp(value)`` if ``value`` is in UTC, else None; remembered for the last
-    value (the engine's clock gives one per batch)."""
-    if _LAST_TIMESTAMP and _LAST_TIMESTAMP[0][0] is value:
-        return _LAST_TIMESTAMP[0][1]
-    text = format_timestamp(value) if value.utcoffset() == dt.timedelta(0) else None
-    _LAST_TIMESTAMP[:] = [(value, text)]
-    return text
-
-
-#: Topics already found to match TOPIC_PATTERN (bounded: topics come from the broker).
-_PLAIN_TOPICS: set[str] = set()
-
-
-def _plain_topic(topic: str) -> bool:
-    if topic in _PLAIN_TOPICS:
-        return True
-    if _TOPIC.fullmatch(topic) is None:
-        return False
-    if len(_PLAIN_TOPICS) < 1000:
-        _PLAIN_TOPICS.add(topic)
-    return True
-
-
-def receipt_wire(receipt_id: str, fund: Fund, signal_id: str | None, reason: Reason | None,
-                 source: tuple[str, int, int], processed_at: dt.datetime) -> bytes:
-    """``to_wire(Receipt(...))`` for these values, byte for byte, without building the model.
-
-    The template is used only when every value is one the model accepts and that JSON needs
-    no escaping for (hex ids, an ``help.*`` topic of ``[a-z0-9.-]``, the enums' codes,
-    bounded integers, a UTC timestamp); for anything else the model is built, and validates
-    (or raises) exactly as before.
-    """
-    topic, partition, offset = source
-    if (type(fund) is Fund and (reason is None or type(reason) is Reason)
-            and _SIGNAL_ID.fullmatch(receipt_id) is not None
-            and (signal_id is None or _SIGNAL_ID.fullmatch(signal_id) is not None)
-            and type(partition) is int and 0 <= partition <= 100_000
-            and type(offset) is int and offset >= 0
-            and _plain_topic(topic) and (when := _utc_text(processed_at)) is not None):
-        if reason is None:
-            return _ACCEPTED_TEMPLATE.format(receipt_id, fund.value, "null" if signal_id is None
-                                             else f'"{signal_id}"', topic, partition, offset,
-                                             when).encode()
-        return _RECEIPT_TEMPLATE.format(
-            receipt_id, fund.value, "null" if signal_id is None else f'"{signal_id}"',
-            "rejete", f'"{reason.value}"', topic, partition, offset, when).encode()
-    return to_wire(Receipt(
-        schema_version="1.0", receipt_id=receipt_id, fund=fund, signal_id=signal_id,
-        status="accepte" if reason is None else "rejete", reason=reason,
-        source=SourcePosition(topic=topic, partition=partition, offset=offset),
-        processed_at=processed_at,
-    ))
 
 
 class StateCache:
@@ -375,6 +304,8 @@ class Engine:
         #: The stateless checks (up to the signature): inline unless given a pool.
         self.checks: Checks = checks if checks is not None else InlineChecks(Checker(registry, partitions))
         self._policy_memo: dict[tuple[Any, ...], Reason | None] = {}
+        #: Receipts from the wire template (what it remembers between batches is its own).
+        self._receipts = ReceiptWriter()
         self._now = self.clock()
         self._limits = limits_at(self._now)
 
@@ -401,8 +332,8 @@ class Engine:
                  reason: Reason | None) -> None:
         source = source_of(rec)
         topic, partition, offset = source
-        value = receipt_wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
-                             source, self._now)
+        value = self._receipts.wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
+                                    source, self._now)
         key = (signal_id or f"{topic}:{partition}:{offset}").encode()
         batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
@@ -528,7 +459,7 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.detail)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:

@@ -6,7 +6,7 @@ only if ``registry.json.sig`` verifies under the pinned registry signer public k
 (``settings.registry_signer_path``), at start (else it does not start) and on every change:
 
 - :meth:`RegistrySource.poll` is called once per batch: two ``os.stat`` (the registry and
-  its signature, ≈ 2 µs each); when either changed, the files are read, verified and
+  its signature); when either changed, the files are read, verified and
   parsed, and the new registry is returned (the engine then hands it to its checks, the
   check helpers included, before their next request);
 - when a signal names a key id the loaded registry does not know, the engine polls once

@@ -32,7 +32,7 @@ class Tuning:
     #: here with two, on two cores shared with the broker).
     check_processes: int = 2
     #: Seconds between full garbage collections (0: CPython's own schedule); between them,
-    #: what survives a batch is frozen (see :mod:`services.correlator.heap`).
+    #: what survives a batch is frozen (see :class:`services.platform.runtime.HeapPolicy`).
     gc_full_every_s: float = 600.0
 
 

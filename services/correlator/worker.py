@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from services.correlator.app import PARTITIONS, changelog_topic, make_app
@@ -11,6 +10,7 @@ from services.correlator.engine import REPARTITION_SPEC
 from services.correlator.tuning import DEFAULT_TUNING, Tuning
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
+from services.platform.runtime import tune_for_streaming
 from services.platform.settings import Settings
 from services.platform.topics import TopicSpec
 
@@ -35,8 +35,5 @@ def run_worker(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> None:
     # was built per message: no spinner.
     worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True)
     worker.spinner = None
-    # The cyclic GC ran every 700 allocations over a heap of cached person states (about a
-    # quarter of the engine's time in a profile); nothing here relies on prompt collection of
-    # cycles, so collect young objects ~100x less often.
-    gc.set_threshold(100_000, 50, 100)
+    tune_for_streaming()  # the collector's policy: services.platform.runtime
     worker.execute_from_commandline()

@@ -3,8 +3,9 @@
 ``help-exchange access-report --fund caf --reference DOSSIER --extract EXTRAIT.csv`` runs at
 the fund, which alone maps its own file number to the person: the fund's extracts give the
 reference's NIR (never printed), hence the person's pseudonym (the exchange key the fund
-holds) and the ids of the signals the fund sent about them (its id key). The report lists
-every ledger entry about that person:
+holds) and the ids of the signals the fund sent about them (its id key):
+:func:`services.producer.subject.person_behind`. The report lists every ledger entry about
+that person (:class:`Person`):
 
 * entries whose ``subject_commitment`` the pseudonym opens (or, for entries written before
   commitments, whose ``subject`` is the pseudonym): situations, consents, reveals, views;
@@ -15,8 +16,6 @@ each with when, which fund or role, what, why (purpose and legal basis), and an 
 proof to the newest checkpoint (with its cosignatures), in French (HTML and PDF) and as JSON
 (``help-exchange-ledger/access-report/1``) whose ``events`` are inclusion proofs that
 anyone checks with standard tools (Go's sumdb/note and sumdb/tlog: docs/audit.md §5).
-A reference that is in none of the fund's extracts is refused: the fund reports only on
-its own files.
 """
 
 from __future__ import annotations
@@ -25,15 +24,12 @@ import datetime as dt
 import html
 import io
 import json
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from services.core.types import Fund
-from services.errors import InputError
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
-from services.ledger.entries import Action, BaseLegale, Finalite, subject_commitment
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, subject_commitment
 from services.ledger.merkle import inclusion_proof
 from services.ledger.proofs import REPORT_FORMAT, inclusion_document
 from services.ledger.store import Ledger
@@ -48,51 +44,6 @@ class Person:
     fund: Fund
     pseudonym: str
     signal_ids: frozenset[str]
-
-
-def person_from_extracts(fund: Fund, reference: str, extracts: Iterable[Path],
-                         pseudonymise: Callable[[str], str], id_root: bytes) -> Person:
-    """The person behind ``reference`` in the fund's extracts; refused if it is none of
-    them (the fund reports only on its own files). ``pseudonymise``: normalised NIR →
-    pseudonym value, under the scheme in force (v1 HMAC, or v2 through the service)."""
-    from services.producer.extract import Extract, Line
-    from services.producer.nir import NirRejected, normalise
-    from services.producer.seal import SignalIds
-
-    ids = SignalIds(fund, id_root)
-    nirs: set[str] = set()
-    signal_ids: set[str] = set()
-    for path in extracts:
-        for item in Extract(path):
-            if not isinstance(item, Line) or item.record.reference != reference:
-                continue
-            rec = item.record
-            try:
-                nirs.add(normalise(rec.nir))
-            except NirRejected:
-                continue
-            observed = rec.observed_on if isinstance(rec.observed_on, dt.date) else \
-                _date(rec.observed_on)
-            if observed is not None:
-                signal_ids.add(ids.signal_id(reference, rec.category, observed))
-    if not nirs:
-        raise InputError(f"the reference {reference!r} is not a file of {fund.value} in the "
-                         "extracts given",
-                         "give the fund's own reference and the extracts it appears in "
-                         "(--extract); a fund reports only on its own files")
-    if len(nirs) > 1:
-        raise InputError(f"the reference {reference!r} names {len(nirs)} different persons in "
-                         "the extracts", "correct the back-office data before reporting")
-    return Person(fund, pseudonymise(nirs.pop()), frozenset(signal_ids))
-
-
-def _date(text: str) -> dt.date | None:
-    for fmt in ("%Y-%m-%d", "%d/%m/%Y"):
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    return None
 
 
 @dataclass(frozen=True)
@@ -110,8 +61,8 @@ class Event:
             "quand": d["time"][:19].replace("T", " ") + " UTC",
             "qui": who,
             "quoi": Action(d["action"]).label,
-            "pourquoi": Finalite(d["purpose"]).label,
-            "base_legale": BaseLegale(d["legal_basis"]).label,
+            "pourquoi": LedgerPurpose(d["purpose"]).label,
+            "base_legale": LedgerLegalBasis(d["legal_basis"]).label,
         }
 
 

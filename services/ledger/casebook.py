@@ -1,11 +1,12 @@
-"""The casebook's ledger hook: every worklist view or export, case view and follow-up as an entry.
+"""The ledger's audit sink of the casebook: every worklist view or export, case view and
+follow-up as an entry.
 
-:func:`services.casebook.audit.default_audit_sink` imports this module and calls
-:func:`audit_sink`; the object returned receives each :class:`AccessEvent` the casebook
-records. The entry holds who (the user id, or ``casebook`` for a scheduled job), what (the
-action), why (purpose and legal basis), about which case (the situation id) and which
-person (the situation's pseudonym, read from the casebook's own row), how many cases a list
-held — and never a category, a reference or the text of the event's ``detail``.
+:class:`LedgerAuditSink` receives each :class:`~services.core.access.AccessEvent` the casebook
+records (wired by :func:`services.app.bootstrap.audit_sink`). The entry holds who (the
+user id, or ``casebook`` for a scheduled job), what (the action), why (purpose and legal
+basis), about which case (the situation id) and which person (the situation's pseudonym,
+read from the casebook's own row through the :class:`~services.ledger.cases.CaseDirectory`),
+how many cases a list held — and never a category, a reference or the text of the event's ``detail``.
 
 When the casebook passes its connection (``record(event, connection=conn)``), the entry is
 appended in that transaction: the access-log row and the ledger entry commit together or
@@ -18,27 +19,24 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from services.core.messages import Pseudonym, sealed_digest
+from services.core.access import AccessEvent
+from services.core.messages import Pseudonym
 from services.core.types import Fund
 from services.errors import InputError
+from services.ledger.cases import CaseDirectory
 from services.ledger.entries import (
     LEDGER_ACTOR_PATTERN,
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     about,
     subject_commitment,
 )
-from services.ledger.store import Ledger, ensure_ready
-
-if TYPE_CHECKING:
-    from services.casebook.audit import AccessEvent
-    from services.platform.settings import Settings
+from services.ledger.store import Ledger
 
 #: The casebook's access actions, as ledger actions. ``revelation`` is there for a casebook
 #: that reveals a sealed reference itself (today the fund does it offline, `reveal`).
@@ -56,20 +54,20 @@ _SITUATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _FUNDS = frozenset(f.value for f in Fund)
 
 
-def purpose_of(event: AccessEvent) -> Finalite:
+def purpose_of(event: AccessEvent) -> LedgerPurpose:
     """The event's purpose: a ledger purpose if it names one; an auditor's reading is a
     control; the monthly review (``revue_mensuelle``) serves access to rights."""
     try:
-        return Finalite(event.purpose)
+        return LedgerPurpose(event.purpose)
     except ValueError:
         pass
-    return Finalite.CONTROLE if event.role == "auditeur" else Finalite.ACCES_AUX_DROITS
+    return LedgerPurpose.CONTROLE if event.role == "auditeur" else LedgerPurpose.ACCES_AUX_DROITS
 
 
-def legal_basis_of(purpose: Finalite) -> BaseLegale:
-    if purpose in (Finalite.ACCES_AUX_DROITS, Finalite.PREVENTION_PERTE_AUTONOMIE):
-        return BaseLegale.L115_2_1
-    return BaseLegale.RGPD_6_1_C
+def legal_basis_of(purpose: LedgerPurpose) -> LedgerLegalBasis:
+    if purpose in (LedgerPurpose.ACCES_AUX_DROITS, LedgerPurpose.PREVENTION_PERTE_AUTONOMIE):
+        return LedgerLegalBasis.L115_2_1
+    return LedgerLegalBasis.RGPD_6_1_C
 
 
 def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
@@ -99,8 +97,9 @@ def entry_for(event: AccessEvent, subject: Pseudonym | None) -> LedgerEntry:
 class LedgerAuditSink:
     """Appends one ledger entry per access event (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, cases: CaseDirectory) -> None:
         self.ledger = ledger
+        self.cases = cases
 
     def record(self, event: AccessEvent, connection: sa.Connection | None = None) -> None:
         if connection is not None:
@@ -110,30 +109,32 @@ class LedgerAuditSink:
             self._record(event, conn)
 
     def _record(self, event: AccessEvent, conn: sa.Connection) -> None:
-        subject = _subject(conn, event)
+        subject = self._subject(conn, event)
         entry = entry_for(event, subject)
-        self.ledger.append([entry, *shown_entries(conn, event, entry)], connection=conn)
+        self.ledger.append([entry, *shown_entries(self.cases, conn, event, entry)], connection=conn)
+
+    def _subject(self, conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:
+        """The situation's pseudonym (with its key id) from the casebook's own row."""
+        if not event.situation_id:
+            return None
+        person = self.cases.person_of_situation(conn, event.situation_id)
+        if person is None:
+            return None
+        if event.pseudonym is not None and event.pseudonym != person.value:
+            raise InputError("the access event names another person than its situation",
+                             "a casebook bug: the event and the situation disagree")
+        return person
 
 
-def shown_entries(conn: sa.Connection, event: AccessEvent, listing: LedgerEntry
+def shown_entries(cases: CaseDirectory, conn: sa.Connection, event: AccessEvent, listing: LedgerEntry
                   ) -> list[LedgerEntry]:
     """One entry per case a list view or an export showed (``event.cases``): same action,
     actor, fund, purpose and time as the list's entry (``ref`` = its id), with the case and
     the person's commitment — so "who saw my file" finds the lists too."""
     if not event.cases or listing.action not in (Action.LISTE_CONSULTEE, Action.LISTE_EXPORTEE):
         return []
-    from services.casebook import tables as ct
-
-    s = ct.situations.c
-    found: dict[str, tuple[str, Pseudonym]] = {}
     numbers = list(dict.fromkeys(event.cases))
-    for start in range(0, len(numbers), 500):
-        rows = conn.execute(sa.select(s.case_number, s.situation_id, s.pseudonym_key_id,
-                                      s.pseudonym)
-                            .where(s.case_number.in_(numbers[start : start + 500])))
-        for row in rows:
-            found[row.case_number] = (row.situation_id,
-                                      Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym))
+    found = cases.cases_by_number(conn, numbers)
     entries = []
     for number in numbers:
         if number not in found:
@@ -147,64 +148,3 @@ def shown_entries(conn: sa.Connection, event: AccessEvent, listing: LedgerEntry
             fund=listing.fund, ref=listing.entry_id,
             subject_commitment=subject_commitment(person.value, entry_id)), person))
     return entries
-
-
-def _subject(conn: sa.Connection, event: AccessEvent) -> Pseudonym | None:
-    """The situation's pseudonym (with its key id) from the casebook's own row."""
-    if not event.situation_id:
-        return None
-    from services.casebook import tables as ct
-
-    row = conn.execute(sa.select(ct.situations.c.pseudonym_key_id, ct.situations.c.pseudonym)
-                       .where(ct.situations.c.situation_id == event.situation_id)).first()
-    if row is None:
-        return None
-    if event.pseudonym is not None and event.pseudonym != row.pseudonym:
-        raise InputError("the access event names another person than its situation",
-                         "a casebook bug: the event and the situation disagree")
-    return Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
-
-
-def audit_sink(settings: Settings, engine: sa.Engine) -> LedgerAuditSink:
-    """The hook :func:`services.casebook.audit.default_audit_sink` looks for.
-
-    The ledger shares the casebook's database (and its engine), migrated with it (and an
-    earlier ledger's data brought up to date, :func:`ensure_ready`). No signing key is
-    needed to append (heads are signed by `audit head` and by the audit sink service)."""
-    ensure_ready(engine)
-    return LedgerAuditSink(Ledger(engine))
-
-
-def person_of_situation(conn: sa.Connection, situation_id: str) -> Pseudonym | None:
-    """The pseudonym of a situation, from the casebook's row (None: no such case, or no
-    casebook in this database)."""
-    from services.casebook import tables as ct
-
-    if not sa.inspect(conn).has_table(ct.situations.name):
-        return None
-    s = ct.situations.c
-    row = conn.execute(sa.select(s.pseudonym_key_id, s.pseudonym)
-                       .where(s.situation_id == situation_id)).first()
-    return None if row is None else Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
-
-
-def case_of_reveal(conn: sa.Connection, case_number: str | None, fund: str,
-                   digest: str) -> tuple[str, Pseudonym] | None:
-    """(situation id, pseudonym) of the case a reveal event names, if that case holds a
-    sealed reference of ``fund`` whose SHA-256 is ``digest``; else None (no such case, a
-    case purged since, or a token attributed to the wrong case: the entry then names none).
-    None too when this database has no casebook."""
-    from services.casebook import tables as ct
-
-    if case_number is None or not sa.inspect(conn).has_table(ct.situations.name):
-        return None
-    s = ct.situations.c
-    row = conn.execute(sa.select(s.situation_id, s.pseudonym_key_id, s.pseudonym, s.detail)
-                       .where(s.case_number == case_number)).first()
-    if row is None:
-        return None
-    for ref in (row.detail or {}).get("refs", ()):
-        sealed = ref.get("sealed_ref") or {}
-        if ref.get("fund") == fund and sealed_digest(str(sealed.get("value", ""))) == digest:
-            return row.situation_id, Pseudonym(key_id=row.pseudonym_key_id, value=row.pseudonym)
-    return None

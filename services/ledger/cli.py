@@ -16,25 +16,21 @@ from typing import Any
 
 import click
 
-from services.core.bounds import parse_day
 from services.errors import InputError
+from services.ledger.cases import CaseDirectory
 from services.ledger.entries import Action
 from services.ledger.store import Ledger
+from services.ledger.wiring import LedgerWiring
+from services.platform.cli import provided, settings_from
 from services.platform.clitypes import OutputFile
 from services.platform.serving import serve_until_interrupted
-from services.platform.settings import Settings, load_settings
+from services.platform.settings import Settings
 
 _ID = r"^[0-9a-f]{32}$"
 
 
 def _settings(ctx: click.Context) -> Settings:
-    """The settings in ``ctx.obj`` (as services.platform.cli puts them), else from the
-    environment. Not imported from the platform CLI, which imports this module."""
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings()
-    settings: Settings = obj["settings"]
-    return settings
+    return settings_from(ctx)
 
 
 def _ledger(ctx: click.Context, *, sign: bool) -> Ledger:
@@ -52,9 +48,7 @@ def _write_json(document: dict[str, Any], out: Path | None) -> None:
 
 def register(cli: click.Group) -> None:
     cli.add_command(audit)
-    cli.add_command(purge)
     cli.add_command(witness)
-    cli.add_command(access_report)
 
 
 @click.group()
@@ -503,7 +497,7 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
                          "give --case, --pseudonym, --actor, --action or --period")
     ledger = _ledger(ctx, sign=False)
     if case_id is not None:
-        case_id = _situation_of(ledger, case_id)
+        case_id = _situation_of(ledger, case_id, provided(ctx, LedgerWiring).cases)
     rows = [flat_row(i, data) for i, data in ledger.query(
         case_id=case_id, pseudonym=pseudonym, actor=actor, action=action,
         period=period_range(period) if period else None, limit=limit)]
@@ -516,10 +510,10 @@ def audit_query(ctx: click.Context, case_id: str | None, pseudonym: str | None, 
     Console(file=sys.stdout, width=200).print(table)
 
 
-def _situation_of(ledger: Ledger, case: str) -> str:
+def _situation_of(ledger: Ledger, case: str, cases: CaseDirectory) -> str:
     from services.ledger.web import situation_of_case
 
-    return situation_of_case(ledger.engine, case)
+    return situation_of_case(ledger.engine, case, cases)
 
 
 @audit.command("export")
@@ -571,7 +565,7 @@ def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> 
 
     settings = _settings(ctx)
     sink = AuditSink(settings, _ledger(ctx, sign=True), resolve_bootstrap(settings),
-                     batch_max=batch_max)
+                     cases=provided(ctx, LedgerWiring).cases, batch_max=batch_max)
     try:
         totals = asyncio.run(sink.run(until_idle=until_idle))
     except KeyboardInterrupt:
@@ -579,91 +573,3 @@ def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> 
     click.echo(f"audit sink: {totals.records} records read, {totals.appended} entries appended, "
                f"{totals.already_present} already present, {totals.skipped} unreadable; "
                f"ledger size {sink.ledger.size()}")
-
-
-@click.command("purge")
-@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@click.option("--as-of", "as_of", default=None,
-              help="Apply the periods as on this day (AAAA-MM-JJ, UTC midnight); default now.")
-@click.pass_context
-def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
-    """Apply the retention periods (HELP_RETENTION_*: 6 months for signals never correlated,
-    12 after the last activity for situations, 18 after closing for closed cases).
-
-    Sends the correlator an erasure command per person concerned (it forgets their signals
-    and situation and publishes the tombstone on help.situations.v1: every consumer forgets
-    it), deletes the situations and their follow-ups from the casebook and enters the run,
-    with its counts and the time it ran, in the ledger. --as-of only moves the cut-off.
-    """
-    import asyncio
-    import datetime as dt
-
-    from services.ledger.purge import (
-        apply_purge,
-        correlation_window_days,
-        plan_purge,
-        send_erasures,
-    )
-    from services.ledger.store import ensure_ready
-    from services.platform.db import make_engine
-
-    settings = _settings(ctx)
-    if as_of is None:
-        moment = dt.datetime.now(dt.UTC)
-    else:
-        moment = dt.datetime.combine(parse_day(as_of, what="--as-of"), dt.time(), dt.UTC)
-    engine = make_engine(settings.database_url)
-    try:
-        ensure_ready(engine)
-        plan = plan_purge(engine, settings, as_of=moment,
-                          rules_window_days=correlation_window_days(settings))
-        if not dry_run and plan.situation_ids:
-            from services.platform.broker import resolve_bootstrap
-
-            asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
-        if not dry_run:
-            ledger = Ledger(engine)
-            apply_purge(engine, ledger, plan)
-    finally:
-        engine.dispose()
-    for line in plan.lines(dry_run=dry_run):
-        click.echo(line)
-
-
-@click.command("access-report")
-@click.option("--fund", type=_FUNDS, required=True, help="The fund making the report.")
-@click.option("--reference", required=True, help="The fund's own file number of the person.")
-@click.option("--extract", "extracts", type=_FILE, multiple=True, required=True,
-              help="The fund's extract(s) where the reference appears (repeatable): they "
-                   "give the person (never printed).")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Where to write: OUT.html, OUT.pdf and OUT.json.")
-@click.pass_context
-def access_report(ctx: click.Context, fund: str, reference: str, extracts: tuple[Path, ...],
-                  out: Path) -> None:
-    """« Qui a consulté mes informations ? » — every ledger event about the person behind
-    one of the fund's references: when, which fund or role, what, why, each with an
-    inclusion proof to a signed (and cosigned) checkpoint. HTML and PDF in French, JSON for
-    standard verifiers."""
-    from services.core.types import Fund
-    from services.ledger.access import build_report, person_from_extracts, render_html, render_pdf
-    from services.producer.keys import load_fund_secrets
-    from services.producer.pseudonym import source_for
-
-    if not 1 <= len(reference) <= 64 or not reference.isprintable():
-        raise InputError("--reference must be 1 to 64 printable characters",
-                         "give the fund's file number as the back-office prints it")
-    settings = _settings(ctx)
-    source = source_for(settings, Fund(fund))  # v1: the exchange key; v2: the service
-    secrets = load_fund_secrets(settings.key_dir, Fund(fund))
-    person = person_from_extracts(Fund(fund), reference, extracts, lambda nir: source.pseudonym(nir)["value"],
-                                  secrets.id_root)
-    report = build_report(_ledger(ctx, sign=True), person)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.with_suffix("")
-    base.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
-    base.with_suffix(".html").write_text(render_html(report, reference), encoding="utf-8")
-    base.with_suffix(".pdf").write_bytes(render_pdf(report, reference))
-    click.echo(f"{len(report['events'])} événement(s) ; rapport : {base}.html, {base}.pdf, "
-               f"{base}.json (preuves vérifiables)")

@@ -9,8 +9,8 @@ The leaf of the Merkle tree is the entry's canonical form (RFC 8785, JSON Canoni
 Scheme) — :func:`canonical_bytes`. Every value of an entry is an ASCII string from a
 pattern, an integer or null, and every key is ASCII; for such a document JCS is just
 "keys sorted, no whitespace", which pydantic's own JSON output gives when the fields are
-declared in alphabetical order (as they are) — several times faster than the general
-``rfc8785`` package, which stays the referee: a property test checks both agree, and
+declared in alphabetical order (as they are): :func:`services.core.codec.canonical_model`.
+The general ``rfc8785`` package stays the referee: a property test checks both agree, and
 :func:`canonical_bytes_reference` is there for anyone who wants to re-check.
 
 Entry ids are 32 hex digits, given by the caller or derived with :func:`entry_id_for` from
@@ -24,13 +24,12 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import json
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from services.core.codec import canonical_model, canonical_reference
 from services.core.messages import Pseudonym
 from services.core.reasons import Reason
 from services.core.types import (
@@ -105,8 +104,9 @@ _ACTION_LABELS: dict[Action, str] = {
 }
 
 
-class Finalite(StrEnum):
-    """Why. The two purposes article L115-2-1 allows, plus the ledger's own duties."""
+class LedgerPurpose(StrEnum):
+    """Why: the purposes of the exchange (:class:`~services.core.types.Purpose`, same codes)
+    plus the ledger's own duties."""
 
     ACCES_AUX_DROITS = "acces_aux_droits"
     PREVENTION_PERTE_AUTONOMIE = "prevention_perte_autonomie"
@@ -117,20 +117,20 @@ class Finalite(StrEnum):
 
     @property
     def label(self) -> str:
-        return _FINALITE_LABELS[self]
+        return _PURPOSE_LABELS[self]
 
 
-_FINALITE_LABELS: dict[Finalite, str] = {
-    Finalite.ACCES_AUX_DROITS: "Accès aux droits",
-    Finalite.PREVENTION_PERTE_AUTONOMIE: "Prévention de la perte d'autonomie",
-    Finalite.EXERCICE_DES_DROITS: "Exercice des droits de la personne",
-    Finalite.LIMITATION_CONSERVATION: "Limitation de la conservation",
-    Finalite.SECURITE: "Sécurité du traitement",
-    Finalite.CONTROLE: "Contrôle",
+_PURPOSE_LABELS: dict[LedgerPurpose, str] = {
+    LedgerPurpose.ACCES_AUX_DROITS: "Accès aux droits",
+    LedgerPurpose.PREVENTION_PERTE_AUTONOMIE: "Prévention de la perte d'autonomie",
+    LedgerPurpose.EXERCICE_DES_DROITS: "Exercice des droits de la personne",
+    LedgerPurpose.LIMITATION_CONSERVATION: "Limitation de la conservation",
+    LedgerPurpose.SECURITE: "Sécurité du traitement",
+    LedgerPurpose.CONTROLE: "Contrôle",
 }
 
 
-class BaseLegale(StrEnum):
+class LedgerLegalBasis(StrEnum):
     """On what legal ground."""
 
     L115_2_1 = "L115-2-1"  # article L115-2-1 du code de la sécurité sociale
@@ -142,16 +142,16 @@ class BaseLegale(StrEnum):
 
     @property
     def label(self) -> str:
-        return _BASE_LABELS[self]
+        return _LEGAL_BASIS_LABELS[self]
 
 
-_BASE_LABELS: dict[BaseLegale, str] = {
-    BaseLegale.L115_2_1: "Art. L115-2-1 CSS",
-    BaseLegale.CONSENTEMENT: "Consentement de la personne",
-    BaseLegale.RGPD_6_1_C: "Obligation légale (RGPD art. 6.1.c)",
-    BaseLegale.RGPD_6_1_E: "Mission d'intérêt public (RGPD art. 6.1.e)",
-    BaseLegale.RGPD_17: "Droit à l'effacement (RGPD art. 17)",
-    BaseLegale.RGPD_21: "Droit d'opposition (RGPD art. 21)",
+_LEGAL_BASIS_LABELS: dict[LedgerLegalBasis, str] = {
+    LedgerLegalBasis.L115_2_1: "Art. L115-2-1 CSS",
+    LedgerLegalBasis.CONSENTEMENT: "Consentement de la personne",
+    LedgerLegalBasis.RGPD_6_1_C: "Obligation légale (RGPD art. 6.1.c)",
+    LedgerLegalBasis.RGPD_6_1_E: "Mission d'intérêt public (RGPD art. 6.1.e)",
+    LedgerLegalBasis.RGPD_17: "Droit à l'effacement (RGPD art. 17)",
+    LedgerLegalBasis.RGPD_21: "Droit d'opposition (RGPD art. 21)",
 }
 
 
@@ -193,8 +193,8 @@ class LedgerEntry(BaseModel):
     entry_id: EventId
     # Written only when set (``exclude_if``), so entries without them keep their bytes.
     fund: Annotated[Fund | None, Field(exclude_if=_absent)] = None
-    legal_basis: BaseLegale
-    purpose: Finalite
+    legal_basis: LedgerLegalBasis
+    purpose: LedgerPurpose
     reason: Reason | None = None
     ref: EventId | None = None
     schema_version: Literal["1.0"] = LEDGER_SCHEMA_VERSION
@@ -244,8 +244,8 @@ def new_entry(
     *,
     action: Action,
     actor: str,
-    purpose: Finalite,
-    legal_basis: BaseLegale,
+    purpose: LedgerPurpose,
+    legal_basis: LedgerLegalBasis,
     time: dt.datetime,
     entry_id: str | None = None,
     natural_key: tuple[str, ...] = (),
@@ -289,31 +289,18 @@ def entry_document(entry: LedgerEntry) -> dict[str, Any]:
     return entry.model_dump(mode="json")
 
 
-def _fast_jcs(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def canonical_bytes(entry: LedgerEntry) -> bytes:
     """The RFC 8785 canonical form of ``entry``: the Merkle leaf data.
 
     pydantic-core writes compact JSON (no whitespace) in field declaration order, which is
     alphabetical, with every value an ASCII string, an integer or null: exactly JCS. A
     property test holds this against the ``rfc8785`` package for random entries."""
-    return entry.__pydantic_serializer__.to_json(entry)
+    return canonical_model(entry)
 
 
 def canonical_bytes_reference(entry: LedgerEntry) -> bytes:
     """The same bytes through the general ``rfc8785`` implementation (slower)."""
-    return rfc8785.dumps(entry_document(entry))
-
-
-def is_canonical(data: bytes) -> bool:
-    """True if ``data`` is a JSON object already in its canonical form."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(document, dict) and _fast_jcs(document) == data
+    return canonical_reference(entry_document(entry))
 
 
 def parse_entry(data: bytes | str) -> LedgerEntry:

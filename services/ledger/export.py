@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from services.core.bounds import parse_month
 from services.core.spreadsheet import safe_cell
 from services.errors import InputError
-from services.ledger.entries import Action, BaseLegale, Finalite
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose
 
 #: (key in the flat row, French header)
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -72,8 +72,8 @@ def display_row(row: dict[str, Any]) -> list[str]:
         row["time"][:19].replace("T", " "),
         row["actor"],
         row["action_label"],
-        Finalite(purpose).label if purpose in Finalite._value2member_map_ else purpose,
-        BaseLegale(basis).label if basis in BaseLegale._value2member_map_ else basis,
+        LedgerPurpose(purpose).label if purpose in LedgerPurpose._value2member_map_ else purpose,
+        LedgerLegalBasis(basis).label if basis in LedgerLegalBasis._value2member_map_ else basis,
         row["case_id"] or "—",
         (row["subject_value"][:10] + "…") if row["subject_value"] else "—",
         row["entry_id"],

@@ -74,14 +74,15 @@ from services.core.messages import (
     SituationEvent,
     parse,
 )
-from services.core.registry import Registry, load_registry
+from services.core.registry import Registry, load_registry, registry_path
 from services.core.types import Fund
 from services.ledger import tables as t
+from services.ledger.cases import CaseDirectory, NoCasebook
 from services.ledger.entries import (
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     entry_id_for,
     new_entry,
     parse_entry,
@@ -113,9 +114,9 @@ _SITUATION_ACTIONS = {
     "rouverte": Action.SITUATION_ROUVERTE,
 }
 _CONSENT_ACTIONS = {
-    "consentement_donne": (Action.CONSENTEMENT_DONNE, BaseLegale.CONSENTEMENT),
-    "consentement_retire": (Action.CONSENTEMENT_RETIRE, BaseLegale.CONSENTEMENT),
-    "opposition": (Action.OPPOSITION, BaseLegale.RGPD_21),
+    "consentement_donne": (Action.CONSENTEMENT_DONNE, LedgerLegalBasis.CONSENTEMENT),
+    "consentement_retire": (Action.CONSENTEMENT_RETIRE, LedgerLegalBasis.CONSENTEMENT),
+    "opposition": (Action.OPPOSITION, LedgerLegalBasis.RGPD_21),
 }
 
 
@@ -152,8 +153,8 @@ class BatchResult:
         self.tree_size = other.tree_size
 
 
-def _finalite(purpose: str) -> Finalite:
-    return Finalite(purpose)
+def _ledger_purpose(purpose: str) -> LedgerPurpose:
+    return LedgerPurpose(purpose)
 
 
 class EntryMaker:
@@ -161,9 +162,11 @@ class EntryMaker:
     are entered only if their signature verifies) and, for reveals, the ledger's database
     (``ledger``: the reveal's case, from the casebook; None enters reveals with no case)."""
 
-    def __init__(self, registry: Registry | None, ledger: Ledger | None = None) -> None:
+    def __init__(self, registry: Registry | None, ledger: Ledger | None = None,
+                 cases: CaseDirectory | None = None) -> None:
         self.registry = registry
         self.ledger = ledger
+        self.cases: CaseDirectory = cases or NoCasebook()
         #: signal id -> person, for the receipts of signals read in this run (and, through
         #: ``ledger_signal_subjects``, in earlier runs)
         self.subjects: dict[str, Pseudonym] = {}
@@ -221,7 +224,7 @@ class EntryMaker:
         if r.topic == REVEALS_TOPIC:
             return self._reveal(r.value)
         if fund_of_signal_topic(r.topic) is not None:
-            return []  # a signal: only its person is kept, for its receipt (apply_batch)
+            return []  # a signal: only its person is kept, for its receipt (apply_records)
         return self._receipt(r.value)
 
     def receipt_without_person(self, r: Record) -> list[LedgerEntry]:
@@ -252,8 +255,8 @@ class EntryMaker:
             if person is not None:
                 self.used.add(rc.signal_id)
                 self.subjects.pop(rc.signal_id, None)
-        return [new_entry(action=action, actor="correlator", purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=rc.processed_at,
+        return [new_entry(action=action, actor="correlator", purpose=LedgerPurpose.ACCES_AUX_DROITS,
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=rc.processed_at,
                           natural_key=(rc.receipt_id,), ref=rc.signal_id, reason=rc.reason,
                           fund=rc.fund, person=person)]
 
@@ -269,19 +272,17 @@ class EntryMaker:
             stored = self.ledger.get(entry_id_for(action.value, f.event_id))
             if stored is not None:
                 return [parse_entry(stored.data)]
-            from services.ledger.casebook import person_of_situation
-
             with self.ledger.engine.connect() as conn:
-                person = person_of_situation(conn, f.situation_id)
-        return [new_entry(action=action, actor=f.recorded_by, purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=f.recorded_at,
+                person = self.cases.person_of_situation(conn, f.situation_id)
+        return [new_entry(action=action, actor=f.recorded_by, purpose=LedgerPurpose.ACCES_AUX_DROITS,
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=f.recorded_at,
                           natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
                           fund=f.fund, person=person)]
 
     def _situation(self, value: bytes) -> LedgerEntry:
         s = parse(SituationEvent, value)
         return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
-                         purpose=_finalite(s.purposes[0].value), legal_basis=BaseLegale.L115_2_1,
+                         purpose=_ledger_purpose(s.purposes[0].value), legal_basis=LedgerLegalBasis.L115_2_1,
                          time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
                          person=s.pseudonym, ref=s.event_id)
 
@@ -291,11 +292,11 @@ class EntryMaker:
         position = (r.topic, str(r.partition), str(r.offset))
         if dict(r.headers).get(ORIGIN_HEADER) == ORIGIN_PURGE:
             return new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
-                             purpose=Finalite.LIMITATION_CONSERVATION,
-                             legal_basis=BaseLegale.RGPD_6_1_C, time=at, natural_key=position,
+                             purpose=LedgerPurpose.LIMITATION_CONSERVATION,
+                             legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=at, natural_key=position,
                              case_id=case_id, count=1)
         return new_entry(action=Action.EFFACEMENT, actor="correlator",
-                         purpose=Finalite.EXERCICE_DES_DROITS, legal_basis=BaseLegale.RGPD_17,
+                         purpose=LedgerPurpose.EXERCICE_DES_DROITS, legal_basis=LedgerLegalBasis.RGPD_17,
                          time=at, natural_key=position, case_id=case_id)
 
     def _consent(self, value: bytes) -> list[LedgerEntry]:
@@ -304,13 +305,11 @@ class EntryMaker:
             log.warning("consent event %s: signature not verified, not entered", c.event_id)
             return []
         action, basis = _CONSENT_ACTIONS[c.kind]
-        return [new_entry(action=action, actor=c.emitter, purpose=Finalite.EXERCICE_DES_DROITS,
+        return [new_entry(action=action, actor=c.emitter, purpose=LedgerPurpose.EXERCICE_DES_DROITS,
                           legal_basis=basis, time=c.effective_at, natural_key=(c.event_id,),
                           person=c.pseudonym, ref=c.event_id, fund=c.fund)]
 
     def _reveal(self, value: bytes) -> list[LedgerEntry]:
-        from services.ledger.casebook import case_of_reveal
-
         v = parse(RevealEvent, value)
         if not self._verified(v.fund, value):
             log.warning("reveal event %s: signature not verified, not entered", v.event_id)
@@ -323,12 +322,12 @@ class EntryMaker:
             if stored is not None:  # a replay: the same entry, whatever the casebook says now
                 return [parse_entry(stored.data)]
             with self.ledger.engine.connect() as conn:
-                case = case_of_reveal(conn, v.case_number, v.fund.value, v.sealed_digest)
+                case = self.cases.case_of_reveal(conn, v.case_number, v.fund.value, v.sealed_digest)
         if case is None:
             log.warning("reveal event %s: case %s does not hold this seal of %s; entered without "
                         "a case", v.event_id, v.case_number, v.fund.value)
-        return [new_entry(action=action, actor=v.actor, purpose=_finalite(v.purpose.value),
-                          legal_basis=BaseLegale.L115_2_1, time=v.revealed_at,
+        return [new_entry(action=action, actor=v.actor, purpose=_ledger_purpose(v.purpose.value),
+                          legal_basis=LedgerLegalBasis.L115_2_1, time=v.revealed_at,
                           natural_key=(v.event_id,), ref=v.event_id,
                           case_id=case[0] if case else None, person=case[1] if case else None,
                           fund=v.fund)]
@@ -420,19 +419,19 @@ class AuditSink:
     settings: Settings
     ledger: Ledger
     bootstrap: str
+    #: The casebook's cases, for the person of a follow-up and the case of a reveal (the
+    #: casebook's :class:`~services.casebook.cases.CasebookCases`, wired by the app).
+    cases: CaseDirectory | None = None
     consumer_name: str = CONSUMER
     #: Records per transaction at most: each commit writes the index pages it dirtied, so
-    #: larger batches append faster (bench/ledger.py at 1,000,000 entries: 5,000 → 20,100/s,
-    #: 10,000 → 23,600/s).
+    #: larger batches append faster (``bench/ledger.py``).
     batch_max: int = 10_000
     totals: BatchResult = field(default_factory=BatchResult)
 
     async def run(self, *, until_idle: float | None = None, stop: asyncio.Event | None = None,
                   on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
-        from services.producer.keys import registry_path
-
         path = registry_path(self.settings.key_dir)
-        maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger)
+        maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger, self.cases)
         tracker = audit_tracker(self.ledger, maker, self.consumer_name, batch_max=self.batch_max)
         dirty = False
         last_due = time.monotonic()

@@ -3,12 +3,12 @@
 This is the API the other services call (SQLAlchemy 2 Core; SQLite and PostgreSQL)::
 
     from services.ledger.store import Ledger
-    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
+    from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 
     ledger = Ledger.open(settings)                      # engine from HELP_DATABASE_URL
     ledger.append([entry, ...])                         # one transaction, idempotent
     ledger.record(action=Action.SIGNALEMENT_ACCEPTE, actor="correlator",
-                  purpose=Finalite.ACCES_AUX_DROITS, legal_basis=BaseLegale.L115_2_1,
+                  purpose=LedgerPurpose.ACCES_AUX_DROITS, legal_basis=LedgerLegalBasis.L115_2_1,
                   time=now, natural_key=(signal_id,), subject=pseudonym, ref=signal_id)
     ledger.sign_head()                                  # a new signed tree head
 

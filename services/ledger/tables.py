@@ -12,8 +12,8 @@ Migrated with every other table of the database (services/platform/migrations, r
 
   Indexes, chosen by measurement (bench/ledger.py). An index over a *random* key (the
   entry id, the case id, the pseudonym) makes every insert dirty a random B-tree leaf page,
-  and every dirty page is written to the WAL at commit: at a million entries a batch of
-  5,000 wrote tens of megabytes and the append rate fell from 25,000/s to 10,000/s. So
+  and every dirty page is written to the WAL at commit: at a million entries a batch
+  wrote tens of megabytes and the append rate fell by more than half. So
   ``seq`` is SQLite's rowid (no separate primary-key index), ``time`` grows with ``seq``
   (appends at the right edge), and the one random index is ``id_key``, a 64-bit digest of
   the entry id (a quarter of the text's size; see :func:`services.ledger.store.key64`)

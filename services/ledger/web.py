@@ -3,8 +3,8 @@ cosignatures, a query by case number, month or action, and each entry's inclusio
 to download (JSON, checked by `audit check-proof` or Go's sumdb/tlog: docs/audit.md §5).
 
 Only the ``auditeur`` role reads it (anyone else: 403). A query by case is itself recorded
-(``consultation_dossier``, purpose ``controle``). Mounted by
-:func:`services.casebook.web.create_app` through :func:`add_audit_routes`.
+(``consultation_dossier``, purpose ``controle``). Mounted in the casebook's web view by
+:func:`services.app.bootstrap.web_app` through :func:`add_audit_routes`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from services.errors import InputError
+from services.ledger.cases import CaseDirectory
 from services.ledger.checkpoint import parse_note
 from services.ledger.entries import Action
 from services.ledger.export import display_row, flat_row, period_range
@@ -35,10 +36,11 @@ HEADERS = ("N°", "Quand", "Qui", "Quoi", "Dossier", "Pourquoi", "Base légale",
 def add_audit_routes(app: FastAPI, engine: sa.Engine, *,
                      current: Callable[[Request], tuple[Any, str]],
                      page: Callable[..., Response],
-                     record: Callable[..., None]) -> None:
+                     record: Callable[..., None], cases: CaseDirectory) -> None:
     """Add ``/audit``, ``/audit/checkpoint`` and ``/audit/proof/{entry_id}`` to ``app``.
     ``current`` gives the signed-in user (raises 401), ``page`` renders a template,
-    ``record`` enters an access event (the casebook's audit hook)."""
+    ``record`` enters an access event (the casebook's audit hook), ``cases`` finds a case
+    number's situation."""
     ensure_ready(engine)
     ledger = Ledger(engine)
 
@@ -66,7 +68,7 @@ def add_audit_routes(app: FastAPI, engine: sa.Engine, *,
                                  "choisissez-la dans la liste")
             if case is not None:
                 try:
-                    case_id = situation_of_case(engine, case)
+                    case_id = situation_of_case(engine, case, cases)
                 except InputError:
                     raise InputError(f"Aucun dossier ne porte le numéro « {case} »",
                                      "indiquez le numéro imprimé sur la liste du mois "
@@ -135,7 +137,7 @@ def _checkpoints(ledger: Ledger, last: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def situation_of_case(engine: sa.Engine, case: str) -> str:
+def situation_of_case(engine: sa.Engine, case: str, cases: CaseDirectory) -> str:
     """The situation id of ``case``: itself (32 hex digits), or that of the case number the
     worklist prints, from the casebook."""
     from services.core.types import CASE_NUMBER_PATTERN
@@ -145,15 +147,10 @@ def situation_of_case(engine: sa.Engine, case: str) -> str:
     if not re.fullmatch(CASE_NUMBER_PATTERN, case):
         raise InputError(f"--case {case!r} is neither a case number nor a situation id",
                          "give the number the worklist prints (35-2026-11-0042) or 32 hex digits")
-    from services.casebook import tables as ct
-
     with engine.connect() as conn:
-        found = None
-        if sa.inspect(conn).has_table(ct.situations.name):
-            s = ct.situations.c
-            found = conn.execute(sa.select(s.situation_id).where(s.case_number == case)).scalar()
+        found = cases.situation_of_case(conn, case)
     if found is None:
         raise InputError(f"no case {case} in the casebook (purged, or never opened)",
                          "check the number; a purged case's entries are found by its situation "
                          "id, as `audit export` lists it")
-    return str(found)
+    return found

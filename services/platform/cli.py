@@ -1,41 +1,23 @@
-"""``help-exchange``: the one command-line entry point.
+"""The platform's commands (``broker``, ``topics``, ``settings``) and what every service's
+commands share: the settings of the run (:func:`settings_from`), the collaborators the
+composition root provided (:func:`provided`), and :func:`run_async`.
 
-Each service contributes its own commands from its own ``cli`` module (see ``_SERVICE_CLIS``);
-this module only holds the platform commands (broker, topics, settings, demo) and the error
-handling every command shares: a :class:`~services.errors.HelpExchangeError` becomes one
-line on stderr saying what is wrong and how to fix it, and a non-zero exit, no traceback.
+The root command, which gathers every service's commands, is :mod:`services.app.cli`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
 
-from services import __version__
-from services.errors import HelpExchangeError
-from services.platform.clitypes import OutputFile
+from services.errors import ConfigurationError
 from services.platform.settings import SECRET_FIELDS, Settings, load_settings
 
 T = TypeVar("T")
-
-#: Modules that define a ``register(cli: click.Group)`` function, one per service.
-_SERVICE_CLIS = (
-    "services.producer.cli",
-    "services.producer.consent_cli",
-    "services.correlator.cli",
-    "services.casebook.cli",
-    "services.casebook.meeting_cli",
-    "services.ledger.cli",
-    "services.pseudonymiser.cli",
-    "services.simulator.cli",
-    "services.platform.demo",
-)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -43,6 +25,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def settings_from(ctx: click.Context) -> Settings:
+    """The run's settings (``ctx.obj``), loaded from the HELP_* environment on first use."""
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
         obj["settings"] = load_settings()
@@ -50,62 +33,29 @@ def settings_from(ctx: click.Context) -> Settings:
     return settings
 
 
-def _usage_error(ctx: click.Context, exc: click.UsageError) -> None:
-    if type(exc).__name__ == "NoArgsIsHelpError":  # a group typed alone: its help, as click shows it
-        raise exc
-    command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-    click.secho(f"help-exchange: error: {exc.format_message()}", fg="red", err=True)
-    click.echo(f"  how to fix: see `{command} --help`", err=True)
-    ctx.exit(2)
+def provide(ctx: click.Context, collaborators: dict[type[Any], Any]) -> None:
+    """Hand the commands the collaborators the composition root built, by the port each fills."""
+    ctx.ensure_object(dict).update(collaborators)
 
 
-class _Cli(click.Group):
-    """A group that turns our errors into one clear line and an exit status."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:  # an unknown option before the command
-            _usage_error(ctx, exc)
-            raise  # pragma: no cover - ctx.exit raised
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except HelpExchangeError as exc:
-            click.secho(f"help-exchange: error: {exc.what}", fg="red", err=True)
-            if exc.hint:
-                click.echo(f"  how to fix: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except click.UsageError as exc:  # a wrong command, option or value: one line and a hint, exit 2
-            _usage_error(ctx, exc)
-        except OSError as exc:  # a path given on the command line that cannot be read or written
-            if exc.filename is None:
-                raise
-            click.secho(f"help-exchange: error: {exc.strerror or exc} : {exc.filename}", fg="red", err=True)
-            click.echo("  how to fix: vérifiez le chemin (un fichier, pas un dossier), qu'il existe et vos droits "
-                       "dessus", err=True)
-            ctx.exit(2)
+def provided(ctx: click.Context, port: type[T]) -> T:
+    """The collaborator that fills ``port`` (a Protocol a service declares), as
+    :mod:`services.app.bootstrap` built it; refused when the command runs unwired."""
+    found = ctx.ensure_object(dict).get(port)
+    if found is None:
+        raise ConfigurationError(f"nothing provides {port.__name__} to this command",
+                                 "run it through the `help-exchange` command (services.app.cli)")
+    return found  # type: ignore[no-any-return]
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="help-exchange")
-def cli() -> None:
-    """help-exchange: inter-branch fragility signalling (article L115-2-1 CSS).
-
-    Back-offices of Urssaf, CPAM, CAF and Carsat publish pseudonymised signals; the
-    correlator finds shared situations; the casebook prepares the monthly joint review.
-
-    Settings come from HELP_* environment variables (see `help-exchange settings`).
-    Without HELP_BOOTSTRAP_SERVERS, commands use the embedded broker, started on demand.
-    """
+def register(cli: click.Group) -> None:
+    cli.add_command(broker)
+    cli.add_command(topics)
+    cli.add_command(show_settings)
 
 
 # ----------------------------------------------------------------------------- broker
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.pass_context
 def broker(ctx: click.Context) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback.
@@ -178,7 +128,7 @@ def broker_status(ctx: click.Context) -> None:
 
 
 # ----------------------------------------------------------------------------- topics
-@cli.group()
+@click.group()
 def topics() -> None:
     """The topics declared in schemas/asyncapi.yaml."""
 
@@ -214,7 +164,7 @@ def topics_apply(ctx: click.Context) -> None:
 
 
 # ----------------------------------------------------------------------------- settings
-@cli.command("settings")
+@click.command("settings")
 @click.pass_context
 def show_settings(ctx: click.Context) -> None:
     """Print the effective settings (HELP_* environment variables) and check the data files."""
@@ -238,46 +188,3 @@ def show_settings(ctx: click.Context) -> None:
         return
     click.echo(f"key registry: signature verified ({settings.registry_signer_path}); "
                f"{registry.active_signing_keys()} active signing keys")
-
-
-def _register_services() -> None:
-    for module_name in _SERVICE_CLIS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # that service has no CLI yet
-                continue
-            raise
-        register: Callable[[click.Group], None] = module.register
-        register(cli)
-    _check_output_files(cli)
-
-
-def _check_output_files(group: click.Group) -> None:
-    """Every ``--out`` that names a file gets :class:`OutputFile` (no empty name, no folder), in
-    every service's commands, so that ``--out ''`` is refused at the edge everywhere."""
-    for command in group.commands.values():
-        if isinstance(command, click.Group):
-            _check_output_files(command)
-            continue
-        for param in command.params:
-            if ("--out" in param.opts and isinstance(param.type, click.Path) and not param.type.dir_okay
-                    and not isinstance(param.type, OutputFile)):
-                param.type = OutputFile()
-
-
-_register_services()
-
-
-#: Files and folders the commands create (databases, outboxes, reject reports, exports, keys,
-#: logs) are the owner's only: 0600 and 0700. Public key documents are made 0644 on purpose.
-UMASK = 0o077
-
-
-def main() -> None:
-    os.umask(UMASK)
-    cli(prog_name="help-exchange")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

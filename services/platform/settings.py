@@ -152,7 +152,8 @@ class Settings(BaseSettings):
     """The provider's name on the sign-in button."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
-    # ``help-exchange purge`` (services/ledger/purge.py); months, defaults from docs/domain.md (retention)
+    # ``help-exchange purge`` (services/casebook/retention.py, services/app/purge.py); months,
+    # defaults from docs/domain.md (retention)
     # (the Dutch early-signalling rules).
     retention_signals_months: Months = 6
     """Signals never correlated. They live only in the correlator's window

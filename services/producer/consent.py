@@ -55,18 +55,18 @@ from services.core.reasons import Reason
 from services.core.registry import load_registry
 from services.core.signing import sign
 from services.core.types import CONSENT_REF_PATTERN, DEPARTEMENT_PATTERN, Fund, Purpose, format_timestamp
-from services.errors import BrokerError
+from services.errors import BrokerError, Rejected
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC
 from services.producer import nir as nirs
 from services.producer.extract import BOM, ExtractFileError, Rejection, RejectReport
 from services.producer.keys import load_fund_secrets, registry_path
+from services.producer.nir import F_NIR
 from services.producer.outbox import Row
 from services.producer.pseudonym import source_for
 from services.producer.publish import RunOutcome
 from services.producer.sdk import MAX_FIELD, Publisher, is_free_text, parse_date
 
-F_NIR = "nir"
 F_REF = "reference_consentement"
 F_PURPOSES = "finalites"
 F_DATE = "date_effet"
@@ -82,13 +82,6 @@ KIND_LABELS: dict[str, str] = {
     "consentement_retire": "retraits de consentement",
     "opposition": "oppositions",
 }
-
-
-class LineRejected(ValueError):
-    def __init__(self, reason: Reason, field_name: str) -> None:
-        super().__init__(reason.label)
-        self.reason = reason
-        self.field = field_name
 
 
 @dataclass(frozen=True)
@@ -125,37 +118,34 @@ class ConsentBuilder:
 
     def build(self, rec: ConsentInput, kind: ConsentKind, *, now: dt.datetime,
               today: dt.date) -> Row:
-        """The outbox row (signed event bytes) of one line, or :class:`LineRejected`."""
+        """The outbox row (signed event bytes) of one line, or :class:`Rejected`."""
         for name, value in ((F_NIR, rec.nir), (F_REF, rec.consent_ref), (F_DATE, rec.date),
                             (F_DEPT, rec.departement)):
             if is_free_text(value):
-                raise LineRejected(Reason.TEXTE_LIBRE, name)
+                raise Rejected(Reason.TEXTE_LIBRE, name)
         # A list of codes ("a,b") looks like words to the free-text guard: each code is
         # checked against the enumeration instead, after a length and charset check.
         if len(rec.purposes) > 2 * MAX_FIELD or not (rec.purposes.isascii() and rec.purposes.isprintable()):
-            raise LineRejected(Reason.TEXTE_LIBRE, F_PURPOSES)
-        try:
-            nir = nirs.normalise(rec.nir)
-        except nirs.NirRejected as exc:
-            raise LineRejected(exc.reason, F_NIR) from None
+            raise Rejected(Reason.TEXTE_LIBRE, F_PURPOSES)
+        nir = nirs.normalise(rec.nir)  # or Rejected (field nir)
         ref = rec.consent_ref.strip()
         if not _CONSENT.fullmatch(ref):
-            raise LineRejected(Reason.BASE_LEGALE_INVALIDE, F_REF)
+            raise Rejected(Reason.BASE_LEGALE_INVALIDE, F_REF)
         purposes = _purposes(rec.purposes, kind)
         day = today
         if rec.date.strip():
             try:
                 day = parse_date(rec.date)
             except ValueError:
-                raise LineRejected(Reason.DATE_INVALIDE, F_DATE) from None
+                raise Rejected(Reason.DATE_INVALIDE, F_DATE) from None
         # The correlator checks the event's effective_at (services.core.dates.consent_dates).
         if (refused := date_reason(day, limits_on(today), too_old=False)) is not None:
-            raise LineRejected(refused, F_DATE)
+            raise Rejected(refused, F_DATE)
         dept = (rec.departement.strip().upper() or self.territory)
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept
         if not _DEPT.fullmatch(dept):
-            raise LineRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
+            raise Rejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
 
         pseudo = self._pseudonyms.pseudonym(nir)
         # Every kind takes effect when recorded: the exchange orders a person's consent
@@ -180,7 +170,7 @@ class ConsentBuilder:
         try:
             event = parse(ConsentEvent, _json(signed))
         except ValidationError:  # a bug here, not bad input: never send it
-            raise LineRejected(Reason.SCHEMA_INVALIDE, "consentement") from None
+            raise Rejected(Reason.SCHEMA_INVALIDE, "consentement") from None
         return Row(event_id, day.isoformat(), pseudo["value"].encode("ascii"), to_wire(event))
 
 
@@ -192,12 +182,12 @@ def _purposes(text: str, kind: ConsentKind) -> tuple[Purpose, ...]:
     names = [p.strip() for p in re.split(r"[,|]", text) if p.strip()]
     if not names:
         if kind == "consentement_donne":
-            raise LineRejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSES)
+            raise Rejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSES)
         return tuple(Purpose)
     try:
         chosen = {Purpose(n) for n in names}
     except ValueError:
-        raise LineRejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSES) from None
+        raise Rejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSES) from None
     return tuple(p for p in Purpose if p in chosen)
 
 
@@ -311,7 +301,7 @@ async def record_file(settings: Settings, fund: Fund, kind: ConsentKind, path: P
                 summary.read += 1
                 try:
                     rows.append(builder.build(rec, kind, now=now, today=today))
-                except LineRejected as exc:
+                except Rejected as exc:
                     report.write(Rejection(number, exc.field, exc.reason, nirs.mask(rec.nir)))
             summary.rejected = report.counts
         summary.new = publisher.stage(rows)  # durable first, then sent

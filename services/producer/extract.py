@@ -25,17 +25,16 @@ from typing import IO, Any, Literal
 from services.core.reasons import Reason
 from services.core.spreadsheet import safe_cell
 from services.errors import InputError
-from services.producer.nir import mask
+from services.producer.nir import F_NIR, mask
 from services.producer.sdk import (
     F_CATEGORY,
     F_CONSENT,
     F_DATE,
     F_DEPT,
-    F_NIR,
     F_PURPOSE,
-    F_REF,
     SignalInput,
 )
+from services.producer.seal import F_REF
 
 REQUIRED = (F_NIR, F_CATEGORY, F_DATE, F_DEPT, F_REF)
 OPTIONAL = (F_CONSENT, F_PURPOSE)

@@ -38,6 +38,7 @@ from services.core.registry import (
     PublicKeyEntry,
     Registry,
     fingerprint,
+    fund_dir,
     load_registry,
     registry_path,
     save_registry,
@@ -48,11 +49,7 @@ from services.core.types import KEY_ID_PATTERN, Fund, format_timestamp
 from services.errors import ConfigurationError, InputError
 
 SECRET_BYTES = 32
-__all__ = ["registry_path"]  # re-exported: producers find the registry here
-
-
-def fund_dir(key_dir: Path, fund: Fund) -> Path:
-    return key_dir / "funds" / fund.value
+__all__ = ["fund_dir", "registry_path"]  # re-exported: producers find their keys here
 
 
 def exchange_dir(key_dir: Path) -> Path:

@@ -18,22 +18,19 @@ from stdnum.exceptions import InvalidChecksum, ValidationError
 from stdnum.fr import nir as stdnum_nir
 
 from services.core.reasons import Reason
+from services.errors import Rejected
 
 NIR_LENGTH = 15
 #: first digit: 1/2 (born in France or registered), 3/4 (foreign-born, provisional), 7/8 (temporary)
 _SEX_DIGITS = frozenset("123478")
 
 
-class NirRejected(ValueError):
-    """The value is not a usable NIR; ``reason`` says why."""
-
-    def __init__(self, reason: Reason) -> None:
-        super().__init__(reason.label)
-        self.reason = reason
+#: The NIR's column in the funds' files (extracts and consent files alike).
+F_NIR = "nir"
 
 
 def normalise(raw: str) -> str:
-    """The 15-character NIR (upper case, no separators), or :class:`NirRejected`."""
+    """The 15-character NIR (upper case, no separators), or :class:`~services.errors.Rejected` (field ``nir``)."""
     # Fast path for the common, well-formed case (stdnum's own clean-up is per character
     # and costs more than the rest of the check); anything unusual goes through stdnum.
     number = raw.replace(" ", "").replace(".", "").upper()
@@ -42,13 +39,13 @@ def normalise(raw: str) -> str:
             and stdnum_nir.calc_check_digits(number) == number[13:]):
         return number
     if number[:1] not in _SEX_DIGITS:
-        raise NirRejected(Reason.NIR_INVALIDE)
+        raise Rejected(Reason.NIR_INVALIDE, F_NIR)
     try:
         number = stdnum_nir.validate(raw)
     except InvalidChecksum as exc:
-        raise NirRejected(Reason.CLE_NIR_INVALIDE) from exc
+        raise Rejected(Reason.CLE_NIR_INVALIDE, F_NIR) from exc
     except ValidationError as exc:
-        raise NirRejected(Reason.NIR_INVALIDE) from exc
+        raise Rejected(Reason.NIR_INVALIDE, F_NIR) from exc
     return number
 
 
@@ -59,7 +56,7 @@ def valid_normalised(raws: Iterable[str]) -> list[str]:
     for raw in raws:
         try:
             found.append(normalise(raw))
-        except (NirRejected, AttributeError, TypeError):
+        except (Rejected, AttributeError, TypeError):
             continue
     return found
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.errors import BrokerError
+from services.errors import BrokerError, Rejected
 from services.platform.settings import Settings
 from services.producer.extract import Extract, Line, Rejection, RejectReport
 from services.producer.nir import mask
 from services.producer.outbox import Row
-from services.producer.sdk import Publisher, RecordRejected, SignalBuilder, today_paris
+from services.producer.sdk import Publisher, SignalBuilder, today_paris
 
 BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
@@ -244,7 +244,7 @@ def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now:
     for item in lines:
         try:
             rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
-        except RecordRejected as exc:
+        except Rejected as exc:
             rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
     return rows, rejected
 

@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.core.codec import canonical
 from services.core.messages import Receipt, parse
 from services.core.reasons import Reason
 from services.core.registry import Registry, load_registry, registry_path
-from services.core.signing import canonical, sign
+from services.core.signing import sign
 from services.core.types import Fund
-from services.errors import BrokerUnreachable
-from services.platform.kafka import consumer
+from services.platform.kafka import UNREACHABLE, consumer, kafka_errors
 from services.platform.settings import Settings
 from services.platform.topics import receipt_topic, signal_topic
 from services.producer.outbox import Outbox, Sent
@@ -66,36 +65,35 @@ async def read_receipts(settings: Settings, bootstrap: str, fund: Fund,
     counts = ReceiptCounts(reasons=Counter())
     cons = consumer(settings, bootstrap, group_id=None)
     try:
-        await cons.start()
-        parts = cons.partitions_for_topic(topic)
-        if not parts:
-            await cons.force_metadata_update()
-            parts = cons.partitions_for_topic(topic) or set()
-        if not parts:
-            return counts
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
-        ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
-        source = _follow(cons, stop) if follow else read_to_end(cons, ends)
-        async for records in source:
-            for rec in records:
-                raw = rec.value or b""
-                try:
-                    receipt: Receipt | None = parse(Receipt, raw)
-                except ValidationError:
-                    receipt = None
-                if receipt is None:
-                    counts.unreadable += 1
-                elif receipt.status == "accepte":
-                    counts.accepted += 1
-                else:
-                    counts.rejected += 1
-                    assert counts.reasons is not None
-                    counts.reasons[receipt.reason.value if receipt.reason else "?"] += 1
-                on_receipt(receipt, raw)
-    except KafkaError as exc:
-        raise BrokerUnreachable(f"cannot read {topic}: {exc!r}", "check the broker and try again") from exc
+        with kafka_errors(f"cannot read {topic}: {{error!r}}", "check the broker and try again", UNREACHABLE):
+            await cons.start()
+            parts = cons.partitions_for_topic(topic)
+            if not parts:
+                await cons.force_metadata_update()
+                parts = cons.partitions_for_topic(topic) or set()
+            if not parts:
+                return counts
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            cons.assign(tps)
+            await cons.seek_to_beginning(*tps)
+            ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
+            source = _follow(cons, stop) if follow else read_to_end(cons, ends)
+            async for records in source:
+                for rec in records:
+                    raw = rec.value or b""
+                    try:
+                        receipt: Receipt | None = parse(Receipt, raw)
+                    except ValidationError:
+                        receipt = None
+                    if receipt is None:
+                        counts.unreadable += 1
+                    elif receipt.status == "accepte":
+                        counts.accepted += 1
+                    else:
+                        counts.rejected += 1
+                        assert counts.reasons is not None
+                        counts.reasons[receipt.reason.value if receipt.reason else "?"] += 1
+                    on_receipt(receipt, raw)
     finally:
         await cons.stop()
     return counts

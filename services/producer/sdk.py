@@ -8,7 +8,7 @@ For a back-office that calls a library rather than exporting files::
         result = await pub.publish([SignalInput(nir="1 85 05 78 006 084 91", category="separation",
                                                 observed_on="2026-10-02", departement="35",
                                                 reference="DOS-2026-00042")])
-        result.rejected   # [(index, RecordRejected)] — each with .reason (a Reason) and .field
+        result.rejected   # [(index, Rejected)] — each with .reason (a Reason) and .field
 
 What happens to each record, in order (:class:`SignalBuilder`): free-text guard on every
 field; NIR validated and normalised (:mod:`.nir`); category checked against the taxonomy
@@ -45,13 +45,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from services.core.codec import canonical, splice_signature
 from services.core.dates import DateLimits, date_reason, limits_on
 from services.core.dates import today_paris as today_paris  # re-exported: callers judge by the SDK's day
 from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
 from services.core.policy import check_signal, conditions_met
 from services.core.reasons import Reason
 from services.core.registry import load_registry
-from services.core.signing import ALG, b64u, signing_input
+from services.core.signing import ALG, b64u
 from services.core.types import (
     CONSENT_REF_PATTERN,
     DEPARTEMENT_PATTERN,
@@ -59,15 +60,16 @@ from services.core.types import (
     Purpose,
     format_timestamp,
 )
-from services.correlator.partitioning import murmur2
-from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, InputError
+from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, Rejected
+from services.platform.partitioning import murmur2
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import load_fund_secrets, registry_path, signing_key_warning
+from services.producer.nir import F_NIR
 from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import source_for
-from services.producer.seal import REFERENCE_PATTERN, Sealer, SignalIds
+from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
 
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
@@ -76,12 +78,11 @@ SEND_BATCH = 2000
 #: (``tests/contract/test_contract_agreement.py`` keeps the two equal).
 MAX_BATCH_BYTES = 64 * 1024
 
-# Field names, as the extract files name their columns (and the reject report reports them).
-F_NIR = "nir"
+# Field names, as the extract files name their columns (and the reject report reports them);
+# the NIR's is services.producer.nir.F_NIR, the file reference's services.producer.seal.F_REF.
 F_CATEGORY = "categorie"
 F_DATE = "date_observation"
 F_DEPT = "departement"
-F_REF = "reference_dossier"
 F_CONSENT = "consentement"
 F_PURPOSE = "finalite"
 
@@ -94,18 +95,6 @@ _WORDS = re.compile(r"[^\W\d_]{2,}[\s,;:!?'\"]+[^\W\d_]{2,}")
 MAX_FIELD = 64
 _FIELDS = (F_NIR, F_CATEGORY, F_DEPT, F_REF, F_CONSENT, F_PURPOSE, F_DATE)
 _JOINED_MAX = 7 * MAX_FIELD
-
-
-class RecordRejected(InputError):
-    """One record cannot become a signal: ``reason`` (a :class:`Reason`) and the ``field``.
-
-    Local to the fund: a rejected record never leaves it, and the message never quotes the
-    value (it may be a NIR)."""
-
-    def __init__(self, reason: Reason, field: str) -> None:
-        super().__init__(f"{field}: {reason.label}", "fix the record in the back-office and send it again")
-        self.reason = reason
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -170,20 +159,17 @@ class SignalBuilder:
                 or _WORDS.search(joined) or any(len(v) > MAX_FIELD for v in values)):
             for name, value in zip(_FIELDS, values, strict=True):
                 if is_free_text(value):
-                    raise RecordRejected(Reason.TEXTE_LIBRE, name)
-        try:
-            nir = nirs.normalise(rec.nir)
-        except nirs.NirRejected as exc:
-            raise RecordRejected(exc.reason, F_NIR) from None
+                    raise Rejected(Reason.TEXTE_LIBRE, name)
+        nir = nirs.normalise(rec.nir)  # or Rejected (field nir)
 
         code = rec.category.strip()
         cat = self.taxonomy.category(code)
         if cat is None:
-            raise RecordRejected(Reason.CATEGORIE_INCONNUE, F_CATEGORY)
-        if cat.organisme is not self.fund:
-            raise RecordRejected(Reason.CATEGORIE_AUTRE_ORGANISME, F_CATEGORY)
-        if not cat.exchangeable or not self.policy.classes[cat.classe].echangeable:
-            raise RecordRejected(Reason.CATEGORIE_MEDICALE, F_CATEGORY)
+            raise Rejected(Reason.CATEGORIE_INCONNUE, F_CATEGORY)
+        if cat.fund is not self.fund:
+            raise Rejected(Reason.CATEGORIE_AUTRE_ORGANISME, F_CATEGORY)
+        if not cat.exchangeable or not self.policy.classes[cat.classe].exchangeable:
+            raise Rejected(Reason.CATEGORIE_MEDICALE, F_CATEGORY)
 
         if isinstance(rec.observed_on, dt.date):
             observed = rec.observed_on
@@ -191,34 +177,34 @@ class SignalBuilder:
             try:
                 observed = parse_date(rec.observed_on)
             except ValueError:
-                raise RecordRejected(Reason.DATE_INVALIDE, F_DATE) from None
+                raise Rejected(Reason.DATE_INVALIDE, F_DATE) from None
         limits = self._limits
         if limits is None or limits.today != today:
             limits = self._limits = limits_on(today)
         # The correlator applies the same function (services.core.dates.signal_dates).
         if (refused_date := date_reason(observed, limits)) is not None:
-            raise RecordRejected(refused_date, F_DATE)
+            raise Rejected(refused_date, F_DATE)
 
         dept = rec.departement.strip().upper()
         if len(dept) == 1 and dept.isdigit():
             dept = "0" + dept
         if not _DEPT.fullmatch(dept):
-            raise RecordRejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
+            raise Rejected(Reason.DEPARTEMENT_INVALIDE, F_DEPT)
         if not REFERENCE_PATTERN.fullmatch(rec.reference.strip()):
-            raise RecordRejected(Reason.REFERENCE_INVALIDE, F_REF)
+            raise Rejected(Reason.REFERENCE_INVALIDE, F_REF)
 
         if rec.purpose and rec.purpose.strip():
             try:
                 purpose = Purpose(rec.purpose.strip())
             except ValueError:
-                raise RecordRejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSE) from None
+                raise Rejected(Reason.FINALITE_NON_AUTORISEE, F_PURPOSE) from None
         else:
-            purpose = cat.finalites[0]
+            purpose = cat.purposes[0]
 
         consent = (rec.consent_ref or "").strip()
         if consent:
             if not _CONSENT.fullmatch(consent):
-                raise RecordRejected(Reason.BASE_LEGALE_INVALIDE, F_CONSENT)
+                raise Rejected(Reason.BASE_LEGALE_INVALIDE, F_CONSENT)
             refused = self._policy_check(code, purpose, None)
             basis: dict[str, Any] = {"code": "consentement", "consent_ref": consent}
         else:
@@ -226,7 +212,7 @@ class SignalBuilder:
             refused = self._policy_check(code, purpose, conditions)
             basis = {"code": "L115-2-1", "conditions": list(conditions)}
         if refused is not None:
-            raise RecordRejected(refused, F_CONSENT if consent else F_PURPOSE)
+            raise Rejected(refused, F_CONSENT if consent else F_PURPOSE)
         return nir, code, observed, dept, purpose, basis
 
     def _conditions(self, purpose: Purpose, age: int) -> tuple[str, ...]:
@@ -257,7 +243,7 @@ class SignalBuilder:
 
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
-        """The outbox row of ``rec`` (signed signal bytes), or :class:`RecordRejected`.
+        """The outbox row of ``rec`` (signed signal bytes), or :class:`Rejected`.
 
         ``partitions``: the topic's partition count, to compute the partition here exactly as
         Kafka's default partitioner does (murmur2 of the key, equal to aiokafka's);
@@ -284,20 +270,18 @@ class SignalBuilder:
             "legal_basis": basis,
             "purpose": purpose.value,
         }
-        # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); see canonical().
+        # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); the wire
+        # form is that form with the signature member in its sorted place.
         unsigned = canonical(message)
         signature = b64u(self._signing_key.sign(unsigned))
-        # The wire form is the canonical form with the signature member in its sorted place
-        # (just before "territory": no value can hold a quote, so the splice is exact).
-        member = f',"signature":{{"alg":"{ALG}","key_id":"{self.signing_key_id}","value":"{signature}"}}'
-        head, sep, tail = unsigned.partition(b',"territory":')
-        if not sep:  # pragma: no cover - every signal has a territory
-            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal")
-        value = head + member.encode("ascii") + sep + tail
+        try:
+            value = splice_signature(unsigned, ALG, self.signing_key_id, signature)
+        except ValueError:  # pragma: no cover - every signal has a territory
+            raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         try:
             Signal.model_validate_json(value)
         except ValidationError:  # a bug here, not bad input: never send it
-            raise RecordRejected(Reason.SCHEMA_INVALIDE, "signal") from None
+            raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         key = pseudo["value"].encode("ascii")
         partition = (murmur2(key) & 0x7FFFFFFF) % partitions if partitions else None
         return Row(signal_id, observed.isoformat(), key, value, partition)
@@ -324,24 +308,6 @@ async def read_to_end(cons: AIOKafkaConsumer, ends: dict[TopicPartition, int],
                                     "check the broker, then run the command again")
 
 
-def canonical(message: dict[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON of an unsigned signal, fast path.
-
-    For objects whose keys and strings are printable ASCII and that hold no number (every
-    signal, by construction: each value matched a contract pattern first), RFC 8785 is
-    exactly ``json.dumps`` with sorted keys and no whitespace; the pure-Python ``rfc8785``
-    package costs ~60 µs a message, a third of the budget at 5,000 lines/s. The test suite
-    checks byte equality with ``rfc8785.dumps`` and verifies every signature with
-    :func:`services.core.signing.verify`. Anything else falls back to the package."""
-    text = _CANONICAL.encode(message)
-    if text.isascii() and text.isprintable():
-        return text.encode("ascii")
-    return signing_input(message)
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 @dataclass
 class PublishResult:
     """What :meth:`Publisher.publish` did."""
@@ -349,7 +315,7 @@ class PublishResult:
     staged: int = 0          # new signals written to the outbox
     already_known: int = 0   # same signal id already in the outbox (re-run)
     sent: int = 0            # acknowledged by the broker during this call
-    rejected: list[tuple[int, RecordRejected]] = field(default_factory=list)
+    rejected: list[tuple[int, Rejected]] = field(default_factory=list)
 
 
 class Publisher:
@@ -394,13 +360,14 @@ class Publisher:
 
     async def connect(self) -> bool:
         from services.platform.broker import resolve_bootstrap
-        from services.platform.kafka import producer
+        from services.platform.kafka import UNREACHABLE, kafka_errors, producer
 
         try:
             self._bootstrap = await asyncio.to_thread(resolve_bootstrap, self.settings, announce=True)
             prod = producer(self.settings, self._bootstrap, linger_ms=10, max_batch_size=MAX_BATCH_BYTES)
-            await prod.start()
-        except (HelpExchangeError, KafkaError, OSError) as exc:
+            with kafka_errors("{error}", "signals wait in the outbox", UNREACHABLE):
+                await prod.start()
+        except (HelpExchangeError, OSError) as exc:
             self.offline_reason = exc.what if isinstance(exc, HelpExchangeError) else str(exc)
             return False
         self._producer = prod
@@ -507,43 +474,42 @@ class Publisher:
     async def _recover(self) -> None:
         """Mark as sent what a killed run had sent but not yet marked (see :mod:`.outbox`),
         and set the partition marks of this topic to its current end."""
-        from services.platform.kafka import consumer
+        from services.platform.kafka import UNREACHABLE, consumer, kafka_errors
 
         assert self._bootstrap is not None
         marks = self.outbox.partition_marks(self.topic)
         cons = consumer(self.settings, self._bootstrap, group_id=None, enable_auto_commit=False)
         try:
-            await cons.start()
-            parts = cons.partitions_for_topic(self.topic) or set()
-            if not parts:
-                await cons.force_metadata_update()
+            with kafka_errors(f"cannot read {self.topic} to resume: {{error!r}}",
+                              "check the broker, then run the command again", UNREACHABLE):
+                await cons.start()
                 parts = cons.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if not tps:
-                return
-            ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
-            # Start after our mark; without one (first run), at the last record the broker
-            # reports, so that the new mark lands on the true end.
-            start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
-                     for tp in tps}
-            cons.assign(tps)
-            for tp in tps:
-                cons.seek(tp, start[tp])
-            found: dict[str, tuple[int, int]] = {}
-            last = {tp: start[tp] - 1 for tp in tps}
-            async for records in read_to_end(cons, ends):
-                for rec in records:
-                    last[TopicPartition(rec.topic, rec.partition)] = rec.offset
-                    try:
-                        found[str(json.loads(rec.value or b"{}")["signal_id"])] = (rec.partition, rec.offset)
-                    except (ValueError, KeyError, TypeError):
-                        continue
-            self.outbox.mark_sent(list(found), self.topic,
-                                  {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
-                                  keep_payload=self.keep_payload)
-        except KafkaError as exc:
-            raise BrokerUnreachable(f"cannot read {self.topic} to resume: {exc!r}",
-                                    "check the broker, then run the command again") from exc
+                if not parts:
+                    await cons.force_metadata_update()
+                    parts = cons.partitions_for_topic(self.topic) or set()
+                tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                if not tps:
+                    return
+                ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
+                # Start after our mark; without one (first run), at the last record the broker
+                # reports, so that the new mark lands on the true end.
+                start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
+                         for tp in tps}
+                cons.assign(tps)
+                for tp in tps:
+                    cons.seek(tp, start[tp])
+                found: dict[str, tuple[int, int]] = {}
+                last = {tp: start[tp] - 1 for tp in tps}
+                async for records in read_to_end(cons, ends):
+                    for rec in records:
+                        last[TopicPartition(rec.topic, rec.partition)] = rec.offset
+                        try:
+                            found[str(json.loads(rec.value or b"{}")["signal_id"])] = (rec.partition, rec.offset)
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                self.outbox.mark_sent(list(found), self.topic,
+                                      {tp.partition: last[tp] for tp in tps if last[tp] >= 0}, list(found.values()),
+                                      keep_payload=self.keep_payload)
         finally:
             await cons.stop()
 
@@ -564,7 +530,7 @@ class Publisher:
                 try:
                     rows.append(self.builder.build(rec, today=today, partitions=self.partitions))
                     built += 1
-                except RecordRejected as exc:
+                except Rejected as exc:
                     result.rejected.append((i, exc))
                 i += 1
             if len(rows) >= SEND_BATCH:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import KEY_ID_PATTERN, SEALED_VALUE_PATTERN, Fund
-from services.errors import CryptoError
+from services.errors import CryptoError, Rejected
 
 REFERENCE_PATTERN = re.compile(r"^[A-Za-z0-9/_.-]{2,64}$")
 NONCE_BYTES = 12
@@ -61,10 +61,8 @@ TOKEN_RE = re.compile(
 _SEALED_RE = re.compile(SEALED_VALUE_PATTERN)
 
 
-class ReferenceRejected(ValueError):
-    """The file reference is not sealable (only 2-64 characters of A-Z a-z 0-9 / _ . -)."""
-
-    reason = Reason.REFERENCE_INVALIDE
+#: The file reference's column in the extracts.
+F_REF = "reference_dossier"
 
 
 def _aad(fund: Fund, key_id: str) -> bytes:
@@ -91,7 +89,8 @@ class Sealer:
     def seal(self, reference: str, pseudonym: dict[str, str]) -> dict[str, str]:
         """The ``sealed_ref`` member of a signal, bound to ``pseudonym`` (the signal's)."""
         if not REFERENCE_PATTERN.fullmatch(reference):
-            raise ReferenceRejected(reference)
+            # Not sealable (only 2-64 characters of A-Z a-z 0-9 / _ . -); never quoted.
+            raise Rejected(Reason.REFERENCE_INVALIDE, F_REF)
         nonce = self._nonces(NONCE_BYTES)
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"a seal's nonce is {NONCE_BYTES} bytes")

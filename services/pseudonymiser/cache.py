@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from services.core.registry import write_secret
+from services.core.registry import fund_dir, write_secret
 from services.core.types import Fund
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS pseudonyms (key_version TEXT NOT NULL, nir_mac BLOB NOT NULL, "
@@ -34,8 +34,6 @@ class PseudonymCache:
 
     @classmethod
     def for_fund(cls, var_dir: Path, key_dir: Path, fund: Fund) -> PseudonymCache:
-        from services.producer.keys import fund_dir
-
         key_path = fund_dir(key_dir, fund) / "pseudonym-cache.key"
         if not key_path.exists():
             write_secret(key_path, secrets.token_bytes(32))

@@ -6,16 +6,14 @@ import json
 
 import click
 
+from services.platform.cli import provided, settings_from
 from services.platform.serving import serve_until_interrupted
-from services.platform.settings import Settings, load_settings
+from services.platform.settings import Settings
+from services.pseudonymiser.wiring import PseudonymiserWiring
 
 
 def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings()
-    settings: Settings = obj["settings"]
-    return settings
+    return settings_from(ctx)
 
 
 def register(cli: click.Group) -> None:
@@ -48,7 +46,8 @@ def destroy_key_cmd(ctx: click.Context, key_version: str) -> None:
     record the destruction in the ledger. Refused for the only active version."""
     from services.pseudonymiser.keystore import destroy_key
 
-    destroy_key(_settings(ctx), key_version)
+    settings = _settings(ctx)
+    destroy_key(settings, key_version, provided(ctx, PseudonymiserWiring).log(settings))
     click.echo(f"{key_version} destroyed and retired")
 
 
@@ -74,7 +73,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from services.pseudonymiser.service import build_service
 
     settings = _settings(ctx)
-    service = build_service(settings)
+    service = build_service(settings, log=provided(ctx, PseudonymiserWiring).log(settings))
     try:
         server = make_server(service, public_path(store_dir(settings)), host, port)
     except OSError as exc:

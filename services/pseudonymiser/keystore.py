@@ -19,6 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.core.oprf import SEED_BYTES, SUITE, Evaluator
 from services.core.registry import ExchangeKeyEntry, load_registry, registry_path, save_registry, write_secret
@@ -26,6 +27,9 @@ from services.core.signing import b64u, b64u_decode
 from services.core.types import format_timestamp
 from services.errors import ConfigurationError
 from services.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from services.pseudonymiser.service import ServiceLog
 
 KEY_INFO = b"help-exchange/pseudonym/v2"
 VERSION_PREFIX = "pk"
@@ -121,13 +125,11 @@ def current_version(versions: list[PublicVersion]) -> PublicVersion:
     return max(active, key=lambda v: (v.created_at, v.key_version))
 
 
-def destroy_key(settings: Settings, version: str, *, now: dt.datetime | None = None) -> None:
+def destroy_key(settings: Settings, version: str, log: ServiceLog, *, now: dt.datetime | None = None) -> None:
     """End of a version's overlap window: its seed is overwritten and deleted, the version is
     marked ``retired`` in public.json and in the registry (the correlator then refuses its
-    pseudonyms), and the destruction is recorded in the ledger (action ``rotation_cle``)."""
+    pseudonyms), and the destruction is recorded in ``log`` (the ledger: action ``rotation_cle``)."""
     from services.errors import InputError
-    from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
-    from services.ledger.store import Ledger
 
     now = now or dt.datetime.now(dt.UTC)
     folder = store_dir(settings)
@@ -152,6 +154,4 @@ def destroy_key(settings: Settings, version: str, *, now: dt.datetime | None = N
     keys = tuple(k.model_copy(update={"status": "retired", "retired_at": k.retired_at or stamp})
                  if k.key_id == version else k for k in registry.exchange_keys)
     save_registry(registry.model_copy(update={"exchange_keys": keys}), reg_path)
-    Ledger.open(settings, sign=False).append([new_entry(
-        action=Action.ROTATION_CLE, actor=f"pseudonymiseur.{version}", purpose=Finalite.ACCES_AUX_DROITS,
-        legal_basis=BaseLegale.RGPD_6_1_C, time=now, count=1, natural_key=("pseudonymiser-destroy", version))])
+    log.key_destroyed(version, now)

@@ -3,24 +3,24 @@
 Every batch, answered or refused, is one ledger entry: the fund, how many elements, the key
 version (in the actor, ``pseudonymiseur.<key_version>``), the time and, for a refusal, the
 reason. Never an input: the service only ever sees blinded elements, which reveal nothing.
+The service writes through :class:`ServiceLog`, which the composition root fills with the
+ledger (:class:`services.ledger.pseudonymisation.PseudonymiserLog`).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.core.oprf import Evaluator, OprfError
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.errors import InputError
-from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, new_entry
-from services.ledger.store import Ledger
+from services.errors import Rejected
 from services.platform.settings import Settings
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -28,16 +28,18 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 REPLAY_MEMORY = 1_000_000
 
 
-class Refused(InputError):
-    """A batch refused: ``reason`` says why; nothing was evaluated."""
+class Refused(Rejected):
+    """A batch refused: ``reason`` says why (``detail``, in words); nothing was evaluated.
+
+    The field is the request as a whole; the message keeps the form the operators know,
+    ``"<reason code>: <what>"``."""
 
     def __init__(self, reason: Reason, what: str, hint: str) -> None:
-        super().__init__(f"{reason.value}: {what}", hint)
-        self.reason = reason
+        super().__init__(reason, "request", f"{reason.value}: {what}", hint)
         self.detail = what
         self._parts = (reason, what, hint)
 
-    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:
+    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:  # type: ignore[override]
         """Picklable (it crosses from the producer's worker processes)."""
         return (type(self), self._parts)
 
@@ -48,20 +50,34 @@ class Answer:
     evaluated: bytes  # VerifiableBatchOutput: the elements and one proof
 
 
-Recorder = Callable[[list[LedgerEntry]], None]
+class ServiceLog(Protocol):
+    """Where the service enters what it did (the audit ledger), and reads today's back."""
+
+    def batch(self, *, answered: bool, fund: Fund, request_id: str, count: int, version: str,
+              at: dt.datetime, reason: Reason | None) -> None:
+        """One batch, answered or refused (``reason``)."""
+        ...
+
+    def today(self, now: dt.datetime) -> tuple[dict[tuple[str, dt.date], int], list[str]]:
+        """Today's (UTC) evaluations per (fund, day), and today's request ids."""
+        ...
+
+    def key_destroyed(self, version: str, at: dt.datetime) -> None:
+        """A key version's seed was destroyed (the end of its overlap window)."""
+        ...
 
 
 class Pseudonymiser:
     """Quota, replay and limits per fund, then ``BlindEvaluateBatch`` under one key version."""
 
     def __init__(self, evaluators: dict[str, Evaluator], current: str, *, quota_per_day: int, batch_limit: int,
-                 record: Recorder | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 log: ServiceLog | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.evaluators = evaluators
         #: The version a batch is answered under when it names none (the newest active one).
         self.current_version = current
         self.quota_per_day = quota_per_day
         self.batch_limit = batch_limit
-        self._record = record
+        self._log = log
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._used: dict[tuple[str, dt.date], int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -96,9 +112,9 @@ class Pseudonymiser:
                 raise Refused(Reason.ELEMENT_INVALIDE, "a blinded element is malformed or the identity",
                               "blind every input afresh (RFC 9497 Blind) and send the serialised elements") from None
         except Refused as exc:
-            self._log(Action.PSEUDONYMISATION_REFUSEE, fund, request_id, len(blinded), version, now, exc.reason)
+            self._enter(False, fund, request_id, len(blinded), version, now, exc.reason)
             raise
-        self._log(Action.PSEUDONYMES_CALCULES, fund, request_id, len(blinded), version, now, None)
+        self._enter(True, fund, request_id, len(blinded), version, now, None)
         return Answer(version, out)
 
     def _admit(self, fund: Fund, request_id: str, count: int, version: str, day: dt.date) -> None:
@@ -124,54 +140,23 @@ class Pseudonymiser:
         if len(self._seen) > REPLAY_MEMORY:
             self._seen.popitem(last=False)
 
-    def _log(self, action: Action, fund: Fund, request_id: str, count: int, version: str,
-             now: dt.datetime, reason: Reason | None) -> None:
-        if self._record is None:
-            return
-        safe_id = request_id if REQUEST_ID.fullmatch(request_id) else None
-        actor = f"pseudonymiseur.{version}" if re.fullmatch(r"pk-[0-9a-f]{8}", version) else "pseudonymiseur"
-        entry = new_entry(action=action, actor=actor, purpose=Finalite.ACCES_AUX_DROITS,
-                          legal_basis=BaseLegale.L115_2_1, time=now, fund=fund, count=count, reason=reason,
-                          ref=safe_id,
-                          natural_key=(fund.value, safe_id or base64.b16encode(now.isoformat().encode()).decode(),
-                                       action.value))
-        self._record([entry])
+    def _enter(self, answered: bool, fund: Fund, request_id: str, count: int, version: str,
+               now: dt.datetime, reason: Reason | None) -> None:
+        if self._log is not None:
+            self._log.batch(answered=answered, fund=fund, request_id=request_id, count=count,
+                            version=version, at=now, reason=reason)
 
 
-def build_service(settings: Settings, *, ledger: bool = True) -> Pseudonymiser:
-    """The service of ``settings``: its active key versions, quota, limit, and the ledger."""
+def build_service(settings: Settings, *, log: ServiceLog | None = None) -> Pseudonymiser:
+    """The service of ``settings``: its active key versions, quota, limit, and where it enters
+    its batches (``log``: the ledger, as :func:`services.app.bootstrap.pseudonymiser_log`
+    builds it; None enters nothing)."""
     from services.pseudonymiser.keystore import current_version, load_evaluators, public_path, read_public, store_dir
 
     evaluators = load_evaluators(settings)
     current = current_version(read_public(public_path(store_dir(settings)))).key_version
-    record: Recorder | None = None
-    if ledger:
-        book = Ledger.open(settings, sign=False)
-
-        def record(entries: list[LedgerEntry]) -> None:
-            book.append(entries)
-
     service = Pseudonymiser(evaluators, current, quota_per_day=settings.pseudonymiser_quota_per_day,
-                            batch_limit=settings.pseudonymiser_batch_limit, record=record)
-    if ledger:
-        service.restore(*_from_ledger(book, dt.datetime.now(dt.UTC)))
+                            batch_limit=settings.pseudonymiser_batch_limit, log=log)
+    if log is not None:
+        service.restore(*log.today(dt.datetime.now(dt.UTC)))
     return service
-
-
-def _from_ledger(book: Ledger, now: dt.datetime) -> tuple[dict[tuple[str, dt.date], int], list[str]]:
-    """Today's (UTC) evaluations per fund, and today's request ids, as the ledger has them."""
-    import json
-
-    day = now.date()
-    period = (day.isoformat(), (day + dt.timedelta(days=1)).isoformat())
-    used: dict[tuple[str, dt.date], int] = {}
-    seen: list[str] = []
-    for action in (Action.PSEUDONYMES_CALCULES, Action.PSEUDONYMISATION_REFUSEE):
-        for _, raw in book.query(action=action.value, period=period):
-            doc = json.loads(raw)
-            if doc.get("ref"):
-                seen.append(doc["ref"])
-            if action is Action.PSEUDONYMES_CALCULES and doc.get("fund"):
-                used[(doc["fund"], day)] = used.get((doc["fund"], day), 0) + int(doc.get("count") or 0)
-    return used, seen
-

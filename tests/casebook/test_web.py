@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from services.app.bootstrap import web_app
 from services.casebook import store
 from services.casebook.audit import access_log
 from services.casebook.auth import FileAuthenticator, UserFile, hash_secret, verify_secret
-from services.casebook.web import create_app
 from services.platform.settings import Settings, load_settings
 from tests.casebook import factory as F
 
@@ -40,7 +40,7 @@ def app_env(offline_settings: Settings, sqlite_engine: sa.Engine, tmp_path: Path
     settings = load_settings(var_dir=offline_settings.var_dir, key_dir=offline_settings.key_dir,
                              database_url=offline_settings.database_url,
                              casebook_users_file=tmp_path / "users.json", casebook_session_secret="s" * 40)
-    app = create_app(settings, engine=sqlite_engine,
+    app = web_app(settings, engine=sqlite_engine,
                      authenticator=FileAuthenticator(tmp_path / "users.json"), publish=False)
     with TestClient(app, follow_redirects=False) as client:
         yield client

@@ -180,7 +180,7 @@ def test_no_export_holds_a_nir_a_clear_reference_or_a_medical_category(sqlite_en
                                                                           taxonomy: Taxonomy) -> None:
     forbidden = [c for c in taxonomy.categories if c.classe is not SignalClass.NM]
     # A (wrong) upstream event carrying medical categories: the casebook must still not show them.
-    medical = [(c.code, c.organisme.value, ["caf", "cpam", "urssaf", "carsat"]) for c in forbidden]
+    medical = [(c.code, c.fund.value, ["caf", "cpam", "urssaf", "carsat"]) for c in forbidden]
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, [F.situation(i, funds=("caf", "cpam", "urssaf", "carsat"),
                                                   categories=[("impaye_loyer", "caf", ["caf", "cpam"]), *medical])
@@ -267,7 +267,7 @@ def test_csv_cells_cannot_become_formulas() -> None:
 
 # ------------------------------------------------------------------------------- CLI
 def run_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
-    from services.platform.cli import cli
+    from services.app.cli import cli
 
     env = {"HELP_DATABASE_URL": f"sqlite:///{tmp_path / 'casebook.db'}", "HELP_VAR_DIR": str(tmp_path / "var"),
            "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1"}

@@ -16,10 +16,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from stdnum.fr import nir as stdnum_nir
 
+from services.app.purge import PurgePlan, send_erasures
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.correlator.engine import Engine
-from services.ledger.purge import PurgePlan, send_erasures
 from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.producer.consent import record_file

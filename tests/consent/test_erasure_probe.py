@@ -11,13 +11,13 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-import click
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 from stdnum.fr import nir as stdnum_nir
 
+from services.app import purge
 from services.casebook import tables as ct
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.sink import CasebookSink
@@ -25,7 +25,6 @@ from services.core.messages import ConsentKind
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
-from services.ledger.cli import register
 from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.producer.consent import record_file
@@ -35,16 +34,13 @@ from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import Publisher, SignalInput
 from tests.consent.test_inventory import rows
 from tests.correlator.harness import Collector, start_worker, stop
+from tests.support.cli import wired_group
 
 pytestmark = pytest.mark.integration
 
 
-@click.group()
-def purge_group() -> None:
-    """The ledger's commands (purge among them), as `help-exchange` registers them."""
-
-
-register(purge_group)
+#: The purge command, as `help-exchange` registers it (errors reach the test).
+purge_group = wired_group(purge.register)
 APP_ID = "corr-erasure-probe"
 
 

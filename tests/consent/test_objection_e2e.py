@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from stdnum.fr import nir as stdnum_nir
 
+from services.app.bootstrap import CASES
 from services.casebook import tables as ct
 from services.casebook.model import Month
 from services.casebook.render import render
@@ -127,7 +128,7 @@ async def test_objection_erases_everything_but_the_ledger(settings: Settings, co
 
     # The ledger: the audit sink enters the story, with the pseudonym; a replay adds nothing.
     ledger = Ledger.open(settings)
-    audit = AuditSink(settings, ledger, settings.bootstrap_servers or "", consumer_name="audit-e2e")
+    audit = AuditSink(settings, ledger, settings.bootstrap_servers or "", cases=CASES, consumer_name="audit-e2e")
     await audit.run(until_idle=2.0)
     actions = {parse_entry(d).action for _, d in ledger.query(pseudonym=pseudo)}
     assert {Action.OPPOSITION, Action.SITUATION_OUVERTE} <= actions
@@ -138,7 +139,7 @@ async def test_objection_erases_everything_but_the_ledger(settings: Settings, co
     size, root = ledger.size(), ledger.root()
     with engine.begin() as conn:  # forget the offsets: everything is read again
         conn.execute(sa.delete(tracking.offsets))
-    again = await AuditSink(settings, ledger, settings.bootstrap_servers or "",
+    again = await AuditSink(settings, ledger, settings.bootstrap_servers or "", cases=CASES,
                             consumer_name="audit-e2e").run(until_idle=2.0)
     assert again.appended == 0 and again.already_present > 0
     assert (ledger.size(), ledger.root()) == (size, root)

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from stdnum.fr import nir as stdnum_nir
 
+from services.app.purge import apply_purge, plan_purge, send_erasures
 from services.casebook import tables as ct
 from services.casebook.sink import CasebookSink
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger.entries import parse_entry
-from services.ledger.purge import apply_purge, plan_purge, send_erasures
 from services.ledger.store import Ledger
 from services.platform.db import open_engine
 from services.platform.settings import Settings

@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from services.app.bootstrap import audit_sink
+from services.app.purge import apply_purge, plan_purge
 from services.casebook import store
 from services.casebook import tables as ct
-from services.casebook.audit import AccessEvent, access_log, default_audit_sink
+from services.casebook.audit import access_log
 from services.casebook.sink import SINK_TOPICS, apply_records
+from services.core.access import AccessEvent
 from services.core.messages import ConsentEvent, Signal, parse
 from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.errors import InputError
 from services.ledger.entries import Action, is_about, parse_entry
-from services.ledger.purge import apply_purge, plan_purge
 from services.ledger.store import Ledger
 from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
@@ -119,7 +121,7 @@ def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_sett
     with engine.begin() as conn:
         store.apply_situations(conn, [sit])
         case_number = conn.execute(sa.select(ct.situations.c.case_number)).scalar_one()
-    sink = default_audit_sink(offline_settings, engine)
+    sink = audit_sink(offline_settings, engine)
     sink.record(AccessEvent(user_id="agent.caf-35.0042", role="agent", fund="caf",
                             action="consultation_dossier", case_number=case_number,
                             situation_id=sit.situation_id, pseudonym=sit.pseudonym.value))
@@ -239,7 +241,7 @@ def test_erasure_leaves_no_followup_detail_in_outbox_or_access_log(offline_setti
     for s in sits:
         record_followup(engine, offline_settings.taxonomy, case_number=cases[s.situation_id], fund="caf",
                         action="aide_financiere_individuelle", outcome="accorde", user="agent.caf-35.0042")
-        default_audit_sink(offline_settings, engine).record(AccessEvent(
+        audit_sink(offline_settings, engine).record(AccessEvent(
             user_id="agent.caf-35.0042", role="cli", fund="caf", action="suite_enregistree",
             case_number=cases[s.situation_id], situation_id=s.situation_id,
             pseudonym=s.pseudonym.value, detail="aide_financiere_individuelle accorde"))

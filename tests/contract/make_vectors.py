@@ -28,19 +28,21 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.core.codec import canonical
 from services.core.messages import SCHEMA_VERSION, sealed_digest
 from services.core.registry import Registry, save_registry
-from services.core.signing import b64u, canonical, sign, signing_input
+from services.core.signing import b64u, sign, signing_input
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import murmur2, partition_for
+from services.errors import Rejected
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import exchange_dir, fund_dir, registry_path
 from services.producer.pseudonym import PREFIX, pseudonym
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput
+from services.producer.sdk import SignalBuilder, SignalInput
 from services.producer.seal import Sealer, SignalIds, open_sealed, token
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,14 +229,14 @@ def nir_file(settings: Settings) -> dict[str, Any]:
         case: dict[str, Any] = {"input": raw, "note": why, "stage": "nir"}
         try:
             case["normalised"] = nirs.normalise(raw)
-        except nirs.NirRejected as exc:
+        except Rejected as exc:
             case["reason"] = exc.reason.value
         cases.append(case)
     b = builder(settings)
     for raw, why in NIR_RECORD_CASES:
         try:
             b.build(_record(raw), today=TODAY, now=NOW)
-        except RecordRejected as exc:
+        except Rejected as exc:
             cases.append({"input": raw, "note": why, "stage": "record", "reason": exc.reason.value,
                           "field": exc.field})
         else:  # pragma: no cover - the generator would publish a wrong vector
@@ -466,7 +468,7 @@ def signals_file(settings: Settings) -> dict[str, Any]:
     for why, rec in SIGNAL_REJECTS:
         try:
             b.build(rec, today=TODAY, now=NOW)
-        except RecordRejected as exc:
+        except Rejected as exc:
             rejects.append({"note": why, "input": _input_json(rec), "reason": exc.reason.value, "field": exc.field})
         else:  # pragma: no cover
             raise AssertionError(f"{why}: accepted")

@@ -228,7 +228,7 @@ def test_who_decides_each_reason() -> None:
         assert "échange" in decided[code], f"{code} is decided by the correlator"
     producer = _codes_in(REPO / "services" / "producer" / "nir.py", REPO / "services" / "producer" / "extract.py")
     sdk_text = (REPO / "services" / "producer" / "sdk.py").read_text()
-    producer |= {Reason[n].value for n in re.findall(r"RecordRejected\(Reason\.([A-Z_]+)", sdk_text)}
+    producer |= {Reason[n].value for n in re.findall(r"Rejected\(Reason\.([A-Z_]+)", sdk_text)}
     producer.discard(Reason.SCHEMA_INVALIDE.value)  # the SDK's guard against its own bugs
     for code in producer:
         assert "fonds" in decided[code], f"{code} is decided by the SDK/CLI"

@@ -45,7 +45,7 @@ LAW = LegalBasisLaw(code="L115-2-1", conditions=[])
 def test_every_domain_category_is_in_the_taxonomy_with_its_class(fund: str, code: str, klass: str) -> None:
     cat = TAXONOMY.category(code)
     assert cat is not None, code
-    assert cat.organisme is Fund(fund)
+    assert cat.fund is Fund(fund)
     assert cat.classe is SignalClass(klass)
     assert cat.libelle[0].isupper()  # a French label for people
 
@@ -53,7 +53,7 @@ def test_every_domain_category_is_in_the_taxonomy_with_its_class(fund: str, code
 def test_medical_and_sensitive_categories_go_nowhere() -> None:
     for cat in TAXONOMY.categories:
         if cat.classe is not SignalClass.NM:
-            assert not cat.destinataires and not cat.finalites and not cat.exchangeable
+            assert not cat.destinataires and not cat.purposes and not cat.exchangeable
 
 
 def test_each_of_the_four_funds_offers_follow_ups() -> None:

@@ -27,17 +27,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.core.codec import canonical
 from services.core.messages import Signal, parse
 from services.core.registry import Registry, save_registry
-from services.core.signing import canonical, sign
+from services.core.signing import sign
 from services.core.types import Fund
 from services.correlator.checks import Checker
-from services.correlator.partitioning import murmur2, partition_for
+from services.errors import Rejected
+from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
 from services.producer import nir as nirs
 from services.producer.pseudonym import pseudonym
 from services.producer.reveal import reveal_file
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput
+from services.producer.sdk import SignalBuilder, SignalInput
 from services.producer.seal import TOKEN_RE, Sealer, SignalIds, open_sealed
 from tests.contract import make_vectors
 from tests.contract.test_schemas_and_models import validator
@@ -185,13 +187,13 @@ def test_nir_normalisation(vector_settings: Settings) -> None:
                 assert nirs.normalise(case["input"]) == case["normalised"], case
                 assert len(case["normalised"]) == nirs.NIR_LENGTH
             else:
-                with pytest.raises(nirs.NirRejected) as exc:
+                with pytest.raises(Rejected) as exc:
                     nirs.normalise(case["input"])
                 assert exc.value.reason.value == case["reason"], case
         else:
             rec = SignalInput(nir=case["input"], category="separation", observed_on="2026-11-02",
                               departement="35", reference="DOS-2026-00042")
-            with pytest.raises(RecordRejected) as rejected:
+            with pytest.raises(Rejected) as rejected:
                 builder.check(rec, make_vectors.TODAY)
             assert (rejected.value.reason.value, rejected.value.field) == (case["reason"], case["field"]), case
 
@@ -310,7 +312,7 @@ def test_whole_signals_from_the_sdk_and_from_the_document(vector_settings: Setti
         assert rfc8785.dumps(wire) == row.value  # the wire form is the canonical form, signature included
         assert doc_partition(row.key, v["partitions"]) == case["partition"]
     for case in v["rejected"]:
-        with pytest.raises(RecordRejected) as exc:
+        with pytest.raises(Rejected) as exc:
             builder.build(_input(case), today=today, now=now)
         assert (exc.value.reason.value, exc.value.field) == (case["reason"], case["field"]), case
 

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.types import Fund
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
 from tests.correlator.factory import Funds, wire
@@ -36,7 +36,7 @@ def start_worker(settings: Settings, app_id: str, log: Path, *extra: str) -> sub
            "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms)}
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.platform.cli", "correlator", "--app-id", app_id, *extra],
+        [sys.executable, "-m", "services.app.cli", "correlator", "--app-id", app_id, *extra],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     out.close()
     return proc

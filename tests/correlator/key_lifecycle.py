@@ -23,10 +23,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.app.cli import cli
 from services.core.messages import Receipt
 from services.core.registry import write_secret
 from services.core.types import Fund
-from services.platform.cli import cli
 from services.platform.settings import Settings
 from services.producer.keys import fund_dir, init_exchange_key, init_fund_keys, read_current
 from services.producer.outbox import Outbox, Row

@@ -15,7 +15,7 @@ import pytest
 
 from services.core.types import Fund
 from services.correlator.checks import MAX_MESSAGE_BYTES
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from tests.correlator.factory import RETIRED_KEY, Funds, wire

@@ -17,7 +17,7 @@ from services.core.types import Fund
 from services.correlator.checkpool import CheckPool, CheckPoolError
 from services.correlator.checks import Checker, from_plain, to_plain
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import RETIRED_KEY, Funds, wire

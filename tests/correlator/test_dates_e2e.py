@@ -13,7 +13,7 @@ import pytest
 
 from services.core.dates import today_paris
 from services.core.types import Fund, format_timestamp
-from services.correlator.partitioning import partition_for
+from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 from tests.correlator.factory import Funds, wire

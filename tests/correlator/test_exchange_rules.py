@@ -43,12 +43,13 @@ from services.core.rules import Context
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import partition_for
+from services.errors import Rejected
 from services.ledger.sink import EntryMaker
+from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
-from services.producer.sdk import F_DATE, RecordRejected, SignalBuilder, SignalInput
+from services.producer.sdk import F_DATE, SignalBuilder, SignalInput
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import RETIRED_KEY, Funds, wire
 from tests.producer.helpers import make_nir
@@ -221,7 +222,7 @@ def _entered(value: bytes) -> list[Any] | None:
     maker = EntryMaker(FUNDS.registry())
     try:
         return maker.entries(Record(REVEALS_TOPIC, 0, 0, 0, b"caf", value))
-    except ValueError:  # pydantic's ValidationError: apply_batch skips the record
+    except ValueError:  # pydantic's ValidationError: apply_records skips the record
         return None
 
 
@@ -482,7 +483,7 @@ def sdk_answer(builder: SignalBuilder, observed: dt.date, now: dt.datetime,
     try:
         row = builder.build(SignalInput(nir, "impaye_loyer", observed, "35", "DOS-1"),
                             today=today_paris(now), now=now)
-    except RecordRejected as exc:
+    except Rejected as exc:
         assert exc.field == F_DATE
         return exc.reason, None
     return None, row.value

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.correlator.heap import HeapPolicy
+from services.platform.runtime import HeapPolicy
 
 
 class _Cycle:

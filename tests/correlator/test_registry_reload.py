@@ -27,9 +27,9 @@ from services.core.types import Fund
 from services.correlator.checkpool import CheckPool
 from services.correlator.checks import Checker
 from services.correlator.engine import Engine, Record
-from services.correlator.partitioning import partition_for
 from services.correlator.registry_source import RegistrySource
 from services.errors import ConfigurationError
+from services.platform.partitioning import partition_for
 from services.platform.topics import receipt_topic, signal_topic
 from tests.correlator.core_fixtures import context
 from tests.correlator.factory import Funds, wire

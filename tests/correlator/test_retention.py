@@ -18,8 +18,8 @@ from services.correlator.engine import (
     erasure_command,
     person_key,
 )
-from services.correlator.partitioning import partition_for
 from services.correlator.state import PersonStore
+from services.platform.partitioning import partition_for
 from services.platform.topics import ORIGIN_HEADER, ORIGIN_PURGE, SITUATIONS_TOPIC
 from tests.correlator.core_fixtures import PSEUDO, TODAY, context, entry
 from tests.correlator.factory import Funds

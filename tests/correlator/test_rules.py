@@ -209,7 +209,7 @@ def test_rules_file_errors_name_the_entry(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ properties
-NM = [(c.organisme, c.code, c.finalites) for c in context().taxonomy.categories if c.exchangeable]
+NM = [(c.fund, c.code, c.purposes) for c in context().taxonomy.categories if c.exchangeable]
 entries_st = st.lists(
     st.tuples(st.sampled_from(NM), st.integers(0, 400), st.integers(0, 3), st.booleans()),
     min_size=1, max_size=40,
@@ -247,7 +247,7 @@ def test_properties_of_any_signal_sequence(entries: list) -> None:
         for c in e.categories:
             cat = ctx.taxonomy.category(c.code)
             assert cat is not None and c.fund in c.visible_to
-            assert set(c.visible_to) <= set(cat.destinataires) | {cat.organisme}
+            assert set(c.visible_to) <= set(cat.destinataires) | {cat.fund}
         assert set(e.funds) == {c.fund for c in e.categories}
     # An opening needs a rule: two funds, or a repeat.
     for e in events:

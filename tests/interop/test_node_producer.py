@@ -95,7 +95,7 @@ class Exchange:
 
     def cli(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
         """``help-exchange ARGS`` as an operator or a fund runs it (a process of its own)."""
-        done = subprocess.run([sys.executable, "-m", "services.platform.cli", *args], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "services.app.cli", *args], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=120)
         self.calls.append(f"help-exchange {' '.join(args)} -> {done.returncode}")
         assert done.returncode in ok, f"help-exchange {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from services.core.messages import Pseudonym
-from services.ledger.entries import Action, BaseLegale, Finalite, LedgerEntry, entry_id_for
+from services.ledger.entries import Action, LedgerEntry, LedgerLegalBasis, LedgerPurpose, entry_id_for
 from services.ledger.heads import LedgerSigner
 from services.ledger.store import Ledger
 from services.platform.db import open_engine
@@ -22,15 +22,15 @@ OTHER = Pseudonym(key_id="xk-20261101-0a1b", value="B" * 43)
 CASE = "c" * 32
 
 _CYCLE = (
-    (Action.SIGNALEMENT_ACCEPTE, "correlator", Finalite.ACCES_AUX_DROITS, BaseLegale.L115_2_1),
-    (Action.SITUATION_OUVERTE, "correlator", Finalite.ACCES_AUX_DROITS, BaseLegale.L115_2_1),
-    (Action.LISTE_CONSULTEE, "agent.caf-35.0007", Finalite.ACCES_AUX_DROITS, BaseLegale.L115_2_1),
-    (Action.REFERENCE_REVELEE, "cpam-35", Finalite.PREVENTION_PERTE_AUTONOMIE,
-     BaseLegale.L115_2_1),
-    (Action.SUITE_ENREGISTREE, "carsat-35", Finalite.PREVENTION_PERTE_AUTONOMIE,
-     BaseLegale.L115_2_1),
-    (Action.CONSENTEMENT_DONNE, "urssaf-35", Finalite.EXERCICE_DES_DROITS,
-     BaseLegale.CONSENTEMENT),
+    (Action.SIGNALEMENT_ACCEPTE, "correlator", LedgerPurpose.ACCES_AUX_DROITS, LedgerLegalBasis.L115_2_1),
+    (Action.SITUATION_OUVERTE, "correlator", LedgerPurpose.ACCES_AUX_DROITS, LedgerLegalBasis.L115_2_1),
+    (Action.LISTE_CONSULTEE, "agent.caf-35.0007", LedgerPurpose.ACCES_AUX_DROITS, LedgerLegalBasis.L115_2_1),
+    (Action.REFERENCE_REVELEE, "cpam-35", LedgerPurpose.PREVENTION_PERTE_AUTONOMIE,
+     LedgerLegalBasis.L115_2_1),
+    (Action.SUITE_ENREGISTREE, "carsat-35", LedgerPurpose.PREVENTION_PERTE_AUTONOMIE,
+     LedgerLegalBasis.L115_2_1),
+    (Action.CONSENTEMENT_DONNE, "urssaf-35", LedgerPurpose.EXERCICE_DES_DROITS,
+     LedgerLegalBasis.CONSENTEMENT),
 )
 
 

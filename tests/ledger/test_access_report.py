@@ -12,17 +12,18 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from services.casebook.audit import AccessEvent
+from services.app import access_report
+from services.app.bootstrap import CASES
+from services.core.access import AccessEvent
 from services.core.messages import Pseudonym, Receipt, SourcePosition, to_wire
 from services.core.types import Fund
 from services.errors import InputError
+from services.ledger import cli as ledger_cli
 from services.ledger import sink
 from services.ledger.casebook import entry_for
-from services.ledger.cli import register
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.sink import EntryMaker, audit_tracker
 from services.ledger.store import Ledger
@@ -42,16 +43,13 @@ from services.producer.sdk import SignalBuilder, SignalInput
 from tests.casebook.factory import followup, hex32, situation
 from tests.ledger.auditing import run_go, running_witnesses
 from tests.producer.helpers import make_nir
+from tests.support.cli import wired_group
+
+group = wired_group(ledger_cli.register, access_report.register)
 
 T = dt.datetime(2026, 11, 10, 9, 0, tzinfo=dt.UTC)
 
 
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
 
 
 @pytest.fixture
@@ -105,7 +103,7 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
     _, key = load_exchange_key(settings.key_dir)
     person_a = Pseudonym(key_id="exch-2026-01", value=pseudonym_value(key, normalise(nirs["CAF-0001"])))
     ledger = Ledger.open(settings)
-    maker = EntryMaker(None, ledger)
+    maker = EntryMaker(None, ledger, CASES)
     sit_a = situation(1, funds=("caf", "cpam"), occurred_at=T + dt.timedelta(hours=1)) \
         .model_copy(update={"pseudonym": person_a})
     sit_other = situation(2, occurred_at=T + dt.timedelta(hours=1))

@@ -9,7 +9,6 @@ import base64
 import hashlib
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,17 +35,14 @@ from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from tests.ledger.auditing import running_witnesses
 from tests.ledger.conftest import make_entry
+from tests.support.cli import wired_group
 
 N = 60
 ORIGIN = "help-exchange.test/ledger/35"
 
 
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
+#: The ledger's commands only.
+group = wired_group(register)
 
 
 def run(settings: Settings, *args: str) -> Result:

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from services.app.bootstrap import web_app
 from services.casebook import store
 from services.casebook.auth import FileAuthenticator, UserFile
-from services.casebook.web import create_app
 from services.core.signing import b64u_decode
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
 from services.ledger.heads import LedgerSigner
@@ -47,7 +47,7 @@ def client(offline_settings: Settings, sqlite_engine: sa.Engine, tmp_path: Path
                              database_url=offline_settings.database_url,
                              casebook_users_file=tmp_path / "users.json",
                              casebook_session_secret="s" * 40)
-    app = create_app(settings, engine=sqlite_engine,
+    app = web_app(settings, engine=sqlite_engine,
                      authenticator=FileAuthenticator(tmp_path / "users.json"), publish=False)
     with TestClient(app, follow_redirects=False) as c:
         yield c

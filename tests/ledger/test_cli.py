@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
@@ -29,16 +28,13 @@ from tests.ledger.rfc9162_verifier import (
     verify_inclusion_rfc,
 )
 from tests.ledger.test_store import nacl_verify
+from tests.support.cli import wired_group
 
 N = 20
 
 
-@click.group()
-def group() -> None:
-    """Only the ledger's commands, so these tests do not depend on other services' CLIs."""
-
-
-register(group)
+#: Only the ledger's commands (with the collaborators the app wires).
+group = wired_group(register)
 
 
 def run(settings: Settings, *args: str) -> Result:

@@ -8,7 +8,7 @@ from services.platform.settings import Settings
 
 
 def test_audit_group_is_registered_and_errors_are_one_line(offline_settings: Settings) -> None:
-    from services.platform.cli import cli
+    from services.app.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["audit", "--help"], obj={"settings": offline_settings})

@@ -10,18 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.core import codec
 from services.core.messages import Pseudonym
 from services.core.reasons import Reason
 from services.core.types import format_timestamp
 from services.ledger.entries import (
     Action,
-    BaseLegale,
-    Finalite,
     LedgerEntry,
+    LedgerLegalBasis,
+    LedgerPurpose,
     canonical_bytes,
     canonical_bytes_reference,
     entry_id_for,
-    is_canonical,
     new_entry,
     parse_entry,
 )
@@ -39,14 +39,14 @@ def test_every_action_has_a_french_label() -> None:
     assert len(Action) >= 16
     for action in Action:
         assert action.label and action.value == action.value.lower()
-    assert {f.label for f in Finalite} and {b.label for b in BaseLegale}
+    assert {f.label for f in LedgerPurpose} and {b.label for b in LedgerLegalBasis}
 
 
 def test_canonical_bytes_are_rfc8785_and_roundtrip() -> None:
     entry = make_entry(3, reason=Reason.SIGNATURE_INVALIDE, count=2, ref="a" * 32)
     data = canonical_bytes(entry)
     assert data == rfc8785.dumps(entry.model_dump(mode="json"))
-    assert is_canonical(data)
+    assert codec.is_canonical(data)
     assert parse_entry(data) == entry
     assert b'"time":"2026-11-02T09:03:00.000000Z"' in data
 
@@ -91,14 +91,14 @@ def test_deterministic_ids() -> None:
     assert a == entry_id_for("signalement_accepte", "f" * 32)
     assert a != entry_id_for("signalement_rejete", "f" * 32)
     assert len(a) == 32 and int(a, 16) >= 0
-    e1 = new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=Finalite.EXERCICE_DES_DROITS,
-                   legal_basis=BaseLegale.RGPD_21, time=T0, natural_key=("E" * 8,), subject=PSEUDO)
-    e2 = new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=Finalite.EXERCICE_DES_DROITS,
-                   legal_basis=BaseLegale.RGPD_21, time=T0, natural_key=("E" * 8,), subject=PSEUDO)
+    e1 = new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=LedgerPurpose.EXERCICE_DES_DROITS,
+                   legal_basis=LedgerLegalBasis.RGPD_21, time=T0, natural_key=("E" * 8,), subject=PSEUDO)
+    e2 = new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=LedgerPurpose.EXERCICE_DES_DROITS,
+                   legal_basis=LedgerLegalBasis.RGPD_21, time=T0, natural_key=("E" * 8,), subject=PSEUDO)
     assert e1 == e2 and canonical_bytes(e1) == canonical_bytes(e2)
     with pytest.raises(ValueError):
-        new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=Finalite.CONTROLE,
-                  legal_basis=BaseLegale.RGPD_21, time=T0)
+        new_entry(action=Action.OPPOSITION, actor="urssaf-35", purpose=LedgerPurpose.CONTROLE,
+                  legal_basis=LedgerLegalBasis.RGPD_21, time=T0)
 
 
 _b64 = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", min_size=43,
@@ -111,8 +111,8 @@ _entries = st.builds(
                       timezones=st.just(dt.UTC)),
     actor=st.sampled_from(["correlator", "caf", "caf-35", "agent.caf-35.0042", "urssaf-idf"]),
     action=st.sampled_from(Action),
-    purpose=st.sampled_from(Finalite),
-    legal_basis=st.sampled_from(BaseLegale),
+    purpose=st.sampled_from(LedgerPurpose),
+    legal_basis=st.sampled_from(LedgerLegalBasis),
     subject=st.none() | st.builds(Pseudonym, key_id=st.just("xk-2026-1"), value=_b64),
     case_id=st.none() | _hex,
     trace_id=st.none() | _hex,

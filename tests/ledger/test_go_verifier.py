@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
@@ -23,16 +22,13 @@ from services.ledger.witness import witness_round
 from services.platform.settings import Settings, load_settings
 from tests.ledger.auditing import run_go, running_witnesses, serving_tiles
 from tests.ledger.conftest import make_entry
+from tests.support.cli import wired_group
 
 N = 600  # two full level-0 tiles, a partial one, and a partial level-1 tile
 
 
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
+#: The ledger's commands only.
+group = wired_group(register)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from services.app.bootstrap import CASES
+from services.app.cli import cli
 from services.casebook import tables as ct
 from services.casebook.model import Month
 from services.casebook.render import render
@@ -39,11 +41,10 @@ from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.ledger import tables as lt
-from services.ledger.entries import Action, BaseLegale, Finalite, entry_id_for, is_about, parse_entry
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, entry_id_for, is_about, parse_entry
 from services.ledger.sink import AuditSink, EntryMaker
 from services.ledger.store import Ledger, ensure_ready
 from services.platform import tracking
-from services.platform.cli import cli
 from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import REVEALS_TOPIC
@@ -185,12 +186,12 @@ def test_the_sink_enters_the_case_only_when_the_seal_proves_it(
         (numbers[first.situation_id], first.refs[1].sealed_ref.value),  # the CPAM seal: not CAF's
     ], NOW)
     ledger = Ledger(engine)
-    maker = EntryMaker(load_registry(registry_path(keyed.key_dir)), ledger)
+    maker = EntryMaker(load_registry(registry_path(keyed.key_dir)), ledger, CASES)
     entries = [maker.entries(r) for r in _records([row.value for row in rows])]
     assert all(len(e) == 1 for e in entries)
     right, wrong, unknown, foreign = (e[0] for e in entries)
     assert (right.action, right.actor, right.purpose, right.legal_basis) == (
-        Action.REFERENCE_REVELEE, ACTOR, Finalite.ACCES_AUX_DROITS, BaseLegale.L115_2_1)
+        Action.REFERENCE_REVELEE, ACTOR, LedgerPurpose.ACCES_AUX_DROITS, LedgerLegalBasis.L115_2_1)
     assert right.case_id == first.situation_id and is_about(right, first.pseudonym)
     assert right.time == NOW and right.ref == rows[0].signal_id
     assert right.entry_id == entry_id_for(Action.REFERENCE_REVELEE.value, rows[0].signal_id)
@@ -210,7 +211,7 @@ def test_a_replay_is_entered_as_it_was_even_after_the_case_is_purged(
     (row,) = reveal_events(secrets, "caf-35", ACTOR, Purpose.ACCES_AUX_DROITS,
                            [(numbers[events[0].situation_id], events[0].refs[0].sealed_ref.value)], NOW)
     ledger = Ledger(engine)
-    maker = EntryMaker(load_registry(registry_path(keyed.key_dir)), ledger)
+    maker = EntryMaker(load_registry(registry_path(keyed.key_dir)), ledger, CASES)
     (entry,) = maker.entries(_records([row.value])[0])
     ledger.append([entry])
     with engine.begin() as conn:
@@ -256,13 +257,13 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
     assert "CAF-DOS-4711" in out.read_text(encoding="utf-8")
 
     ledger = Ledger.open(settings)
-    sink = AuditSink(settings, ledger, bootstrap, consumer_name="audit-reveal-e2e")
+    sink = AuditSink(settings, ledger, bootstrap, cases=CASES, consumer_name="audit-reveal-e2e")
     asyncio.run(sink.run(until_idle=2.0))
     found = [parse_entry(d) for _, d in ledger.query(case_id=event.situation_id)]
     reveals = [e for e in found if e.action is Action.REFERENCE_REVELEE]
     assert len(reveals) == 1, found
     (entry,) = reveals
-    assert (entry.actor, entry.purpose) == (ACTOR, Finalite.PREVENTION_PERTE_AUTONOMIE)
+    assert (entry.actor, entry.purpose) == (ACTOR, LedgerPurpose.PREVENTION_PERTE_AUTONOMIE)
     assert is_about(entry, event.pseudonym)
 
     query = runner.invoke(cli, ["audit", "query", "--case", event.situation_id],
@@ -283,13 +284,14 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
     size = ledger.size()
     with engine.begin() as conn:
         conn.execute(sa.delete(tracking.offsets).where(tracking.offsets.c.consumer == "audit-reveal-e2e"))
-    again = asyncio.run(AuditSink(settings, ledger, bootstrap,
+    again = asyncio.run(AuditSink(settings, ledger, bootstrap, cases=CASES,
                                   consumer_name="audit-reveal-e2e").run(until_idle=2.0))
     assert again.appended == 0 and ledger.size() == size
     result = runner.invoke(cli, ["reveal", "--fund", "caf", "--input", str(src), "--out", str(out),
                                  "--actor", ACTOR], obj={"settings": settings}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    asyncio.run(AuditSink(settings, ledger, bootstrap, consumer_name="audit-reveal-e2e").run(until_idle=2.0))
+    asyncio.run(AuditSink(settings, ledger, bootstrap, cases=CASES,
+                          consumer_name="audit-reveal-e2e").run(until_idle=2.0))
     assert sum(parse_entry(d).action is Action.REFERENCE_REVELEE
                for _, d in ledger.query(case_id=event.situation_id)) == 2
     engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from services.core.signing import b64u_decode
 from services.errors import InputError
 from services.ledger import tables
-from services.ledger.entries import Action, BaseLegale, Finalite, canonical_bytes
+from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, canonical_bytes
 from services.ledger.heads import LedgerSigner, SignedHead, known_public_keys, public_key_document
 from services.ledger.store import Ledger
 from services.ledger.verify import verify_ledger
@@ -177,12 +177,12 @@ def test_query_filters(ledger: Ledger) -> None:
 
 def test_record_builds_and_appends(ledger: Ledger) -> None:
     entry = ledger.record(action=Action.PURGE_CONSERVATION, actor="casebook",
-                          purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
+                          purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
                           time=T0, natural_key=("2026-11",), count=42, sign=True)
     assert ledger.entry(entry.entry_id).index == 0
     assert ledger.record(action=Action.PURGE_CONSERVATION, actor="casebook",
-                         purpose=Finalite.LIMITATION_CONSERVATION,
-                         legal_basis=BaseLegale.RGPD_6_1_C, time=T0, natural_key=("2026-11",),
+                         purpose=LedgerPurpose.LIMITATION_CONSERVATION,
+                         legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=T0, natural_key=("2026-11",),
                          count=42) == entry
     assert ledger.size() == 1
 
@@ -200,8 +200,8 @@ def test_key_files_and_rotation(tmp_path: Path, engine: Engine) -> None:
     assert old == signer.key_id and new.key_id != old
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     ledger = Ledger(engine, new)
-    ledger.record(action=Action.ROTATION_CLE, actor="ledger", purpose=Finalite.SECURITE,
-                  legal_basis=BaseLegale.RGPD_6_1_C, time=T0, natural_key=(old, new.key_id),
+    ledger.record(action=Action.ROTATION_CLE, actor="ledger", purpose=LedgerPurpose.SECURITE,
+                  legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=T0, natural_key=(old, new.key_id),
                   sign=True)
     keys = known_public_keys(key_dir)
     assert set(keys) == {old, new.key_id}

@@ -6,30 +6,26 @@ from __future__ import annotations
 
 import datetime as dt
 
-import click
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from services.app.bootstrap import CASES
 from services.casebook import tables as ct
-from services.casebook.audit import AccessEvent
+from services.casebook.cases import CasebookCases
 from services.casebook.store import apply_situations
+from services.core.access import AccessEvent
 from services.errors import InputError
+from services.ledger import cli as ledger_cli
 from services.ledger.casebook import LedgerAuditSink
-from services.ledger.cli import register
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger, ensure_ready
 from services.platform.db import open_engine
 from services.platform.settings import Settings
 from tests.casebook.factory import situation
+from tests.support.cli import wired_group
 
-
-@click.group()
-def group() -> None:
-    """The ledger's commands only."""
-
-
-register(group)
+group = wired_group(ledger_cli.register)
 
 
 def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) -> None:
@@ -41,7 +37,7 @@ def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) ->
         numbers = {r.situation_id: r.case_number for r in conn.execute(
             sa.select(ct.situations.c.situation_id, ct.situations.c.case_number))}
     shown = tuple(numbers[e.situation_id] for e in events[:2])
-    LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+    LedgerAuditSink(Ledger(engine), CasebookCases()).record(AccessEvent(
         user_id="agent.caf-35.0042", role="agent", fund="caf", action="export",
         detail="csv 2026-11 : 2 dossiers", cases=shown,
         at=dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)))
@@ -73,7 +69,7 @@ def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
     engine = open_engine(offline_settings.database_url)
     ensure_ready(engine)
     with pytest.raises(InputError, match="does not hold"):
-        LedgerAuditSink(Ledger(engine)).record(AccessEvent(
+        LedgerAuditSink(Ledger(engine), CasebookCases()).record(AccessEvent(
             user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_liste",
             cases=("35-2026-11-0001",)))
     engine.dispose()
@@ -82,8 +78,9 @@ def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
 def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
         offline_settings: Settings) -> None:
     from services.core.messages import to_wire
-    from services.ledger.sink import EntryMaker, Record
+    from services.ledger.sink import EntryMaker
     from services.platform.topics import FOLLOWUPS_TOPIC
+    from services.platform.tracking import Record
     from tests.casebook.factory import followup
 
     engine = open_engine(offline_settings.database_url)
@@ -92,7 +89,7 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     with engine.begin() as conn:
         apply_situations(conn, [sit])
     ledger = Ledger(engine)
-    maker = EntryMaker(None, ledger)
+    maker = EntryMaker(None, ledger, CASES)
     record = Record(FOLLOWUPS_TOPIC, 0, 0, 0, None, to_wire(followup(1, "caf", "fsl")))
     (entry,) = maker.entries(record)
     assert is_about(entry, sit.pseudonym) and entry.case_id == sit.situation_id
@@ -130,7 +127,7 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     engine = open_engine(offline_settings.database_url)
     ensure_ready(engine)
     ledger = Ledger(engine)
-    maker = EntryMaker(None, ledger)
+    maker = EntryMaker(None, ledger, CASES)
     person = pseudonym(7)
 
     def signal(n: int) -> Record:
@@ -161,11 +158,11 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     assert len(entries) == 2 and all(is_about(e, person) for e in entries)
     assert all(e.fund is Fund.CAF for e in entries) and rows() == 0
 
-    fresh = EntryMaker(None, ledger)  # a restart replays both topics
+    fresh = EntryMaker(None, ledger, CASES)  # a restart replays both topics
     replay = audit_tracker(ledger, fresh).process([signal(0), signal(1), receipt(0), receipt(1)]).result
     assert replay.appended == 0 and rows() == 0
     audit_tracker(ledger, fresh).process([signal(2)])
     assert rows() == 1  # kept for its receipt, in a later run
-    later = audit_tracker(ledger, EntryMaker(None, ledger)).process([receipt(2)]).result
+    later = audit_tracker(ledger, EntryMaker(None, ledger, CASES)).process([receipt(2)]).result
     assert later.appended == 1 and rows() == 0
     engine.dispose()

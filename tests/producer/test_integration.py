@@ -21,12 +21,12 @@ import pytest
 import rfc8785
 from click.testing import CliRunner
 
+from services.app.cli import cli
 from services.core.messages import Receipt, Signal, SourcePosition, parse, to_wire
 from services.core.reasons import Reason
 from services.core.registry import load_registry
 from services.core.signing import b64u_decode
 from services.core.types import Fund
-from services.platform.cli import cli
 from services.platform.kafka import producer as kafka_producer
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import receipt_topic, signal_topic
@@ -159,7 +159,7 @@ def test_kill_9_mid_file_then_rerun_publishes_each_line_once(settings: Settings,
     n = 16_000
     d = (TODAY - dt.timedelta(days=1)).isoformat()
     path = write_csv(tmp_path / "gros.csv", [f"{make_nir(rng)};perte_logement;{d};61;K-{i}" for i in range(n)])
-    cmd = [sys.executable, "-m", "services.platform.cli", "publish", "--fund", "caf", "--input", str(path)]
+    cmd = [sys.executable, "-m", "services.app.cli", "publish", "--fund", "caf", "--input", str(path)]
     env = _env(settings, bootstrap)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     db = settings.var_dir / "outbox" / "caf.db"

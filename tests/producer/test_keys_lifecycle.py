@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.app.cli import cli
 from services.core.reasons import Reason
 from services.core.registry import (
     fingerprint,
@@ -31,7 +32,6 @@ from services.core.registry import (
 from services.core.signing import b64u, verify
 from services.core.types import KEY_ID_PATTERN, Fund
 from services.errors import ConfigurationError, InputError
-from services.platform.cli import cli
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer.keys import (

@@ -14,12 +14,13 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from services.core.codec import canonical
 from services.core.messages import Signal, parse
 from services.core.reasons import Reason
 from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund
-from services.errors import CryptoError, InputError
+from services.errors import CryptoError, InputError, Rejected
 from services.platform.settings import Settings
 from services.producer import nir as nirs
 from services.producer.extract import Extract, ExtractFileError, Line, Rejection, RejectReport
@@ -32,8 +33,8 @@ from services.producer.keys import (
     retire_exchange_key,
 )
 from services.producer.pseudonym import pseudonym, pseudonym_value
-from services.producer.sdk import RecordRejected, SignalBuilder, SignalInput, canonical, parse_date, today_paris
-from services.producer.seal import TOKEN_RE, ReferenceRejected, Sealer, SignalIds, open_sealed, token
+from services.producer.sdk import SignalBuilder, SignalInput, parse_date, today_paris
+from services.producer.seal import TOKEN_RE, Sealer, SignalIds, open_sealed, token
 from tests.producer.helpers import make_nir, write_csv, wrong_key
 
 RNG = random.Random(3)
@@ -61,14 +62,14 @@ def test_nir_normalises_separators_and_corsica() -> None:
 @pytest.mark.parametrize("bad", ["", "123", "1850578006084", "18505780060843612", "1850X780060843",
                                  "2530 72C 073 004 43", "985057800608436"])
 def test_nir_malformed(bad: str) -> None:
-    with pytest.raises(nirs.NirRejected) as exc:
+    with pytest.raises(Rejected) as exc:
         nirs.normalise(bad)
     assert exc.value.reason is Reason.NIR_INVALIDE
 
 
 def test_nir_wrong_key_is_its_own_reason() -> None:
     for dept in ("35", "2A", "2B"):
-        with pytest.raises(nirs.NirRejected) as exc:
+        with pytest.raises(Rejected) as exc:
             nirs.normalise(wrong_key(make_nir(RNG, dept)))
         assert exc.value.reason is Reason.CLE_NIR_INVALIDE
 
@@ -131,7 +132,7 @@ def test_seal_opens_only_with_the_fund_key_and_binding() -> None:
 
 @pytest.mark.parametrize("ref", ["", "x", "x" * 65, "DOS 1", "dossier n°1", "a;b", "a\tb"])
 def test_references_outside_the_alphabet_are_refused(ref: str) -> None:
-    with pytest.raises(ReferenceRejected):
+    with pytest.raises(Rejected):
         Sealer(Fund.CAF, "caf-seal-x", b"k" * 32).seal(ref, {"key_id": "xk", "value": "A" * 43})
 
 
@@ -223,7 +224,7 @@ def test_builder_legal_basis(keyed: Settings) -> None:
     young += f"{97 - int(young) % 97:02d}"
     s = parse(Signal, b.build(rec(nir=old, category="deces_conjoint", purpose="prevention_perte_autonomie")).value)
     assert s.legal_basis.model_dump() == {"code": "L115-2-1", "conditions": ["age_55_plus"]}
-    with pytest.raises(RecordRejected) as exc:
+    with pytest.raises(Rejected) as exc:
         b.build(rec(nir=young, category="deces_conjoint", purpose="prevention_perte_autonomie"))
     assert exc.value.reason is Reason.CONDITION_NON_REMPLIE
     s = parse(Signal, b.build(rec(nir=young, category="deces_conjoint", purpose="prevention_perte_autonomie",
@@ -255,7 +256,7 @@ def test_builder_legal_basis(keyed: Settings) -> None:
 def test_builder_refuses_each_bad_input(keyed: Settings, kw: dict[str, str], reason: Reason, field: str) -> None:
     if kw.get("nir") == "wrongkey":
         kw = {"nir": wrong_key(make_nir(RNG))}
-    with pytest.raises(RecordRejected) as exc:
+    with pytest.raises(Rejected) as exc:
         SignalBuilder(keyed, Fund.CAF).build(rec(**kw))
     assert (exc.value.reason, exc.value.field) == (reason, field)
     assert "Dupont" not in exc.value.one_line()

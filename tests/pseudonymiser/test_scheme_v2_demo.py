@@ -22,7 +22,7 @@ def demo_v2(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     var = tmp_path_factory.mktemp("demo-v2-var")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELP_")}
     env["HELP_VAR_DIR"] = str(var)
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", "demo", "--scheme", "v2"],
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", "demo", "--scheme", "v2"],
                           capture_output=True, text=True, env=env, timeout=400)
     return done, var / "demo"
 

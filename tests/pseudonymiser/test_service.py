@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from services.app.bootstrap import pseudonymiser_log
 from services.core import oprf
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
@@ -40,7 +41,7 @@ def service_settings(tmp_path: Path) -> Iterator[Settings]:
     init_fund_keys(settings.key_dir, Fund.CAF)
     init_exchange_key(settings.key_dir)
     init_key(settings)
-    service = build_service(settings)
+    service = build_service(settings, log=pseudonymiser_log(settings))
     server = make_server(service, store_dir(settings) / "public.json", "127.0.0.1", port)
     serve_in_thread(server)
     try:
@@ -137,7 +138,7 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
     # Another fund's quota is its own.
     PseudonymClient.from_settings(service_settings, Fund.CPAM).prefetch(["185057800608491"])
     # A restarted service reads the day's use back from the ledger: no fresh quota, no replay.
-    restarted = build_service(service_settings)
+    restarted = build_service(service_settings, log=pseudonymiser_log(service_settings))
     assert restarted.used(Fund.CAF, dt.datetime.now(dt.UTC).date()) == 50
     with pytest.raises(Refused) as caught:
         restarted.evaluate(Fund.CAF, secrets.token_hex(16), [oprf.blind(b"x").element])
@@ -197,9 +198,9 @@ def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None
     init_exchange_key(settings.key_dir)
     old = init_key(settings)
     with pytest.raises(InputError, match="only active"):
-        destroy_key(settings, old)
+        destroy_key(settings, old, pseudonymiser_log(settings))
     new = init_key(settings)
-    destroy_key(settings, old)
+    destroy_key(settings, old, pseudonymiser_log(settings))
     assert not (store_dir(settings) / "seeds" / f"{old}.seed").exists()
     assert set(load_evaluators(settings)) == {new}
     assert {v.key_version: v.status for v in read_public(public_path(store_dir(settings)))} == {
@@ -209,7 +210,7 @@ def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None
     assert registry.current_exchange_key_id() is not None and registry.current_exchange_key_id().startswith("xk-")
     assert [(a, actor) for a, _, _, _, actor in _ledger_rows(settings)] == [("rotation_cle", f"pseudonymiseur.{old}")]
     with pytest.raises(InputError):
-        destroy_key(settings, old)
+        destroy_key(settings, old, pseudonymiser_log(settings))
 
 
 def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service_settings: Settings,
@@ -255,7 +256,7 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
     env.update({"HELP_VAR_DIR": str(v2.var_dir), "HELP_KEY_DIR": str(v2.key_dir), "HELP_PSEUDONYM_SCHEME": "v2",
                 "HELP_PSEUDONYMISER_URL": v2.pseudonymiser_url, "HELP_DATABASE_URL": v2.database_url,
                 "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HELP_PSEUDONYMISER_BATCH_LIMIT": "20"})
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", "publish", "--fund", "caf", "--input",
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", "publish", "--fund", "caf", "--input",
                            str(extract)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "quota_depasse" in done.stderr + done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]

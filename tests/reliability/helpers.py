@@ -144,7 +144,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 def run_cli(settings: Settings, *args: str, timeout: float = 300, check: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", *args], env=cli_env(settings),
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", *args], env=cli_env(settings),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO)
     count("runs")
     if check and done.returncode != 0:
@@ -156,7 +156,7 @@ def run_cli(settings: Settings, *args: str, timeout: float = 300, check: bool = 
 def start_service(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``help-exchange <args>`` in the background, in its own process group."""
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.platform.cli", *args], env=cli_env(settings),
+        proc = subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=cli_env(settings),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                 start_new_session=True)
     count("runs")

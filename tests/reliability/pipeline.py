@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.app.demo import read_latest, wait_for_casebook
 from services.core.types import Fund
-from services.platform.demo import _read_all, _wait_casebook
 from services.platform.settings import Settings
 from services.platform.topics import SITUATIONS_TOPIC, receipt_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
@@ -49,12 +49,12 @@ def correlate(settings: Settings, expected_receipts: int, log_dir: Path, *, app_
     corr = start_service(settings, log_dir / "correlator.log", "correlator", "--app-id", app_id)
     sink_proc = start_service(settings, log_dir / "casebook-sink.log", "casebook", "sink") if sink else None
     try:
-        receipts = asyncio.run(_read_all(settings, [receipt_topic(f) for f in FUNDS], expect=expected_receipts,
+        receipts = asyncio.run(read_latest(settings, [receipt_topic(f) for f in FUNDS], expect=expected_receipts,
                                          key="signal_id", timeout=180, proc=corr))
         assert len(receipts) == expected_receipts, f"{len(receipts)}/{expected_receipts} receipts"
         situations = _settled_situations(settings)
         if sink_proc is not None:
-            _wait_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink_proc)
+            wait_for_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink_proc)
     finally:
         terminate(corr)
         if sink_proc is not None:

@@ -31,8 +31,8 @@ from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from services.casebook.web import create_app
-from services.platform.cli import cli
+from services.app.bootstrap import web_app
+from services.app.cli import cli
 from tests.security.server import USERS, Server, csrf_of, running_server
 from tests.security.webapp import web_settings
 from tests.suite_summary import count
@@ -276,7 +276,7 @@ def routes() -> list[APIRoute]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(web_settings(Path(tmp)), publish=False)
+        app = web_app(web_settings(Path(tmp)), publish=False)
         return [r for r in app.routes if isinstance(r, APIRoute)]
 
 

@@ -21,8 +21,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from stdnum.fr import nir as stdnum_nir
 
+from services.app.demo import export_text
 from services.core.taxonomy import SignalClass
-from services.platform.demo import export_text
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import DEADLETTER_TOPIC
 from tests.reliability.helpers import Broker, all_topic_names, read_topics, run_cli, settings_for, start_broker

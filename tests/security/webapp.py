@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from services.app.bootstrap import web_app
 from services.casebook.auth import FileAuthenticator
-from services.casebook.web import create_app
 from services.platform.settings import Settings, load_settings
 
 SESSION_SECRET = "s" * 40
@@ -22,4 +22,4 @@ def web_settings(tmp: Path, **extra: Any) -> Settings:
 
 
 def make_app(settings: Settings, engine: sa.Engine, users: Path) -> FastAPI:
-    return create_app(settings, engine=engine, authenticator=FileAuthenticator(users), publish=False)
+    return web_app(settings, engine=engine, authenticator=FileAuthenticator(users), publish=False)

@@ -1,4 +1,7 @@
-"""Kafka's default partitioner, as producers key the signal topics (by pseudonym value)."""
+"""Kafka's default partitioner, as producers key the signal topics (by pseudonym value).
+
+Shared by the producers, which key and place each signal, and the correlator, which checks
+that a signal sits in its person's partition."""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ _KAFKA_SEED = 0x9747B28C
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (``Utils.murmur2``), unsigned: equal to aiokafka's (the tests hold them
-    together), from the ``murmurhash2`` package (Rust): ≈ 0.2 µs for a pseudonym where a
-    Python one took ≈ 5 µs, for every signal checked and every record the worker sends."""
+    together), from the ``murmurhash2`` package (Rust, far faster than Python's): it runs
+    for every signal checked and every record the worker sends."""
     return _murmurhash2(data if type(data) is bytes else bytes(data), _KAFKA_SEED)
 
 

@@ -1,4 +1,4 @@
-"""Retention: ``help-exchange purge`` removes what is kept longer than its period.
+"""Retention in the casebook: what is kept longer than its period, and its deletion.
 
 Periods (environment variables ``HELP_RETENTION_*``, months; defaults from docs/domain.md
 (retention), the Dutch early-signalling rules), fields ``retention_*`` of
@@ -15,35 +15,16 @@ Periods (environment variables ``HELP_RETENTION_*``, months; defaults from docs/
 ``HELP_RETENTION_SIGN_INS_MONTHS`` (12)
     The web view's sign-in log (identifier, client address, outcome), after the attempt.
 
-What a run does, in this order (so that a crash anywhere loses nothing):
-
-1. lists the situations past their period (``--dry-run`` stops here and prints counts);
-2. sends the correlator an erasure command for each person (internal topic
-   ``help-correlator-repartition``, header ``help-erase``, in the partition of the person's
-   state) and waits for the broker's acknowledgements. The correlator forgets the person's
-   signals and situation (so nothing purged comes back with the next signal) and publishes
-   the tombstone (null value, key = situation id, header ``help-origin: purge``) on the
-   compacted ``help.situations.v1``: compaction then drops the situation's events, and every
-   consumer forgets it (the casebook sink deletes it; the audit sink enters a
-   ``purge_conservation`` entry per case). The tombstone comes from the correlator, after
-   its state is erased: a signal read meanwhile cannot publish a version after it;
-3. deletes the situations and their follow-ups from the casebook (and the sign-in log's rows
-   past their period), drops the erasure markers
-   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), and
-   appends ONE ledger
-   entry ``purge_conservation`` with the count, dated at the time of the run (``--as-of``
-   only moves the cut-off), in one transaction. Ledger entries are never purged: they hold
-   no personal payload (docs/architecture.md, decision 8).
-
-A crash anywhere leaves the casebook rows until a rerun, which sends the commands again (a
-command is idempotent).
+:func:`plan_purge` lists what is past its period (reads only); :func:`delete_expired`
+deletes it in the caller's transaction. The run that sends the correlator its erasure
+commands first and enters the purge in the ledger is ``help-exchange purge``
+(:mod:`services.app.purge`).
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
-import uuid
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -51,14 +32,7 @@ import yaml
 
 from services.casebook import store, tables
 from services.casebook.model import Followup, Situation, closed_at, group_followups
-from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
-from services.errors import BrokerError
-from services.ledger.entries import Action, BaseLegale, Finalite, new_entry
-from services.ledger.store import Ledger
-from services.platform import kafka
-from services.platform.db import scrub
 from services.platform.settings import Settings
-from services.platform.topics import ORIGIN_PURGE
 
 
 def months_before(moment: dt.datetime, months: int) -> dt.datetime:
@@ -157,47 +131,13 @@ def correlation_window_days(settings: Settings) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> int:
-    """Send the correlator an erasure command per person of the plan (see the module
-    docstring); returns how many were acknowledged. Raises BrokerError before anything is
-    deleted if the broker does not take them."""
-    persons = sorted(set(plan.persons.values()))
-    if not persons:
-        return 0
-    producer = kafka.producer(settings, bootstrap)
-    try:
-        await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
-        await producer.start()
-        futures = []
-        for key_id, value in persons:
-            key, command, partition = erasure_command(key_id, value, PARTITIONS)
-            futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
-                                               headers=[(H_ERASE, ORIGIN_PURGE)]))
-        for future in futures:
-            await future
-    except Exception as exc:  # aiokafka's errors and OSError alike: nothing was deleted yet
-        raise BrokerError(f"could not send the purge's erasure commands: {exc!r}",
-                          "nothing was deleted; start the broker and run the purge again") from exc
-    finally:
-        await producer.stop()
-    return len(persons)
-
-
-def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
-                now: dt.datetime | None = None) -> int:
-    """Delete the plan's situations and follow-ups and enter the run in the ledger, atomically.
-
-    The entry is dated ``now`` (the time of the run), not the plan's ``as_of``."""
-    ids = plan.situation_ids
-    entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
-                      purpose=Finalite.LIMITATION_CONSERVATION, legal_basis=BaseLegale.RGPD_6_1_C,
-                      time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex, count=len(ids))
-    with engine.begin() as conn:
-        removed = store.apply_tombstones(conn, ids)
-        if plan.sign_ins_before is not None:
-            conn.execute(sa.delete(tables.sign_ins).where(tables.sign_ins.c.at < plan.sign_ins_before))
-        if plan.markers_before is not None:
-            store.expire_markers(conn, plan.markers_before)
-        ledger.append([entry], connection=conn)
-    scrub(engine)
+def delete_expired(conn: sa.Connection, plan: PurgePlan) -> int:
+    """Delete the plan's situations and follow-ups, the sign-in log's rows past their period
+    and the erasure markers older than the closed cases' period, in ``conn``'s transaction;
+    returns how many situations went."""
+    removed = store.apply_tombstones(conn, plan.situation_ids)
+    if plan.sign_ins_before is not None:
+        conn.execute(sa.delete(tables.sign_ins).where(tables.sign_ins.c.at < plan.sign_ins_before))
+    if plan.markers_before is not None:
+        store.expire_markers(conn, plan.markers_before)
     return removed

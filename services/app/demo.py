@@ -78,7 +78,7 @@ def _env(settings: Settings) -> dict[str, str]:
 def _service(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``help-exchange <args>`` in the background for the duration of the block."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.platform.cli", *args], env=_env(settings),
+        proc = subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=_env(settings),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         yield proc
@@ -91,7 +91,7 @@ def _service(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.P
             proc.wait()
 
 
-async def _read_all(settings: Settings, topics: list[str], *, expect: int, key: str, timeout: float,
+async def read_latest(settings: Settings, topics: list[str], *, expect: int, key: str, timeout: float,
                     proc: subprocess.Popen[bytes] | None = None) -> dict[str, dict[str, Any]]:
     """Read ``topics`` from the start until ``expect`` distinct ``key`` values are seen (latest wins)."""
     from services.platform import kafka
@@ -218,11 +218,11 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
         t0 = time.monotonic()
         with _service(settings, root / "correlator.log", "correlator") as corr, \
                 _service(settings, root / "casebook-sink.log", "casebook", "sink") as sink:
-            receipts = asyncio.run(_read_all(settings, [receipt_topic(f) for f in FUNDS], expect=published,
+            receipts = asyncio.run(read_latest(settings, [receipt_topic(f) for f in FUNDS], expect=published,
                                              key="signal_id", timeout=150, proc=corr))
-            situations = _idle_wait(lambda: asyncio.run(_read_all(
+            situations = _idle_wait(lambda: asyncio.run(read_latest(
                 settings, ["help.situations.v1"], expect=10**9, key="situation_id", timeout=2)))
-            stored = _wait_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink)
+            stored = wait_for_casebook(settings, {k: v["version"] for k, v in situations.items()}, sink)
         report.say(f"casebook {settings.database_url}: {stored} situations enregistrées")
         accepted = sum(r["status"] == "accepte" for r in receipts.values())
         report.say(f"{len(receipts)}/{published} accusés ({accepted} acceptés) en {time.monotonic() - t0:.1f} s; "
@@ -287,7 +287,7 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
 
 
 def _cli(settings: Settings, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "services.platform.cli", *args], env=_env(settings),
+    done = subprocess.run([sys.executable, "-m", "services.app.cli", *args], env=_env(settings),
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise HelpExchangeError(f"`help-exchange {' '.join(args[:2])}` failed: {done.stderr.strip()[:500]}",
@@ -295,7 +295,7 @@ def _cli(settings: Settings, *args: str) -> str:
     return done.stdout
 
 
-def _wait_casebook(settings: Settings, versions: dict[str, int], sink: subprocess.Popen[bytes],
+def wait_for_casebook(settings: Settings, versions: dict[str, int], sink: subprocess.Popen[bytes],
                    timeout: float = 120) -> int:
     """Wait until the casebook holds every situation at its latest version."""
     import sqlalchemy as sa

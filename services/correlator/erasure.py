@@ -1,0 +1,45 @@
+"""Erasure commands to the correlator: forget a person's signals and situation.
+
+One command per person, on the internal topic ``help-correlator-repartition`` (header
+``help-erase``), in the partition of the person's state (:func:`~services.correlator.engine.erasure_command`).
+The correlator forgets the person and publishes the situation's tombstone itself, after its
+state is erased, so that a signal read meanwhile cannot publish a version after it. Used by
+``help-exchange purge`` (:mod:`services.app.purge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
+from services.errors import BrokerError
+from services.platform import kafka
+from services.platform.settings import Settings
+from services.platform.topics import ORIGIN_PURGE
+
+
+async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tuple[str, str]]) -> int:
+    """Send an erasure command per person ``(pseudonym key id, value)`` and wait for the
+    broker's acknowledgements; returns how many were acknowledged. Raises BrokerError if the
+    broker does not take them (the caller has deleted nothing yet)."""
+    todo = sorted(set(persons))
+    if not todo:
+        return 0
+    producer = kafka.producer(settings, bootstrap)
+    try:
+        # aiokafka's errors and OSError alike become ours: nothing was deleted yet
+        with kafka.kafka_errors("could not send the purge's erasure commands: {error!r}",
+                                "nothing was deleted; start the broker and run the purge again",
+                                {Exception: BrokerError}):
+            await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
+            await producer.start()
+            futures = []
+            for key_id, value in todo:
+                key, command, partition = erasure_command(key_id, value, PARTITIONS)
+                futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
+                                                   headers=[(H_ERASE, ORIGIN_PURGE)]))
+            for future in futures:
+                await future
+    finally:
+        await producer.stop()
+    return len(todo)
