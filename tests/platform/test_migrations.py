@@ -29,7 +29,7 @@ from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_
 from services.platform.tracking import Processed, TrackedConsumer
 from tests.casebook import factory as F
 from tests.ledger.conftest import make_entry
-from tests.platform.fake_kafka import FakeSource, Message
+from tests.support.fake_kafka import FakeSource, Message
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from services.platform.tracking import (
     load_positions,
     save_positions,
 )
-from tests.platform.fake_kafka import FakeSource, Message
+from tests.support.fake_kafka import FakeSource, Message
 
 TOPIC = "help.test.v1"
 effects = sa.Table("test_effects", sa.MetaData(),
