@@ -30,12 +30,16 @@ to ``help-exchange correlator`` (e.g. ``--check-processes 1 --batch-max 1000``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -44,8 +48,14 @@ from services.core.types import Fund
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
 from services.platform.partitioning import partition_for
-from services.platform.settings import load_settings
-from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic, signal_topic
+from services.platform.settings import Settings, load_settings
+from services.platform.topics import (
+    CONTRACT_PARTITIONS,
+    SITUATIONS_TOPIC,
+    load_topic_specs,
+    receipt_topic,
+    signal_topic,
+)
 from tests.conftest import free_port
 from tests.correlator.factory import Funds, wire
 from tests.correlator.harness import REPO, publish, start_worker, stop
@@ -83,14 +93,14 @@ def items_for(funds: Funds, prefix: str, people: int) -> list[tuple[str, bytes, 
         for fund, cat in ((Fund.CAF, "impaye_loyer"), (Fund.URSSAF, "impaye_cotisations")):
             m = funds.signal(f"{prefix}{i}", fund, cat)
             v = m["pseudonym"]["value"]
-            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, 8)))
+            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, CONTRACT_PARTITIONS)))
     return out
 
 
 async def raw_rate(bootstrap: str, total: int) -> float:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
     await c.start()
-    tps = [TopicPartition(signal_topic(f), p) for f in Fund for p in range(8)]
+    tps = [TopicPartition(signal_topic(f), p) for f in Fund for p in range(CONTRACT_PARTITIONS)]
     c.assign(tps)
     await c.seek_to_beginning(*tps)
     n, t0 = 0, time.perf_counter()
@@ -165,13 +175,22 @@ async def outputs(bootstrap: str) -> AIOKafkaConsumer:
     return c
 
 
-async def main() -> None:
-    var = Path(tempfile.mkdtemp(prefix="help-bench-"))
+@dataclass
+class Bench:
+    settings: Settings
+    funds: Funds
+    items: list[tuple[str, bytes, bytes, int]]
+    broker: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def published(prefix: str, signals: int) -> AsyncIterator[Bench]:
+    """A fresh embedded broker with every topic and a key registry, and ``signals`` signed
+    signals (pairs of funds per person) published on it; stopped on exit."""
+    var = Path(tempfile.mkdtemp(prefix=f"help-{prefix}-"))
     settings = load_settings(var_dir=var, broker_port=free_port(), key_dir=var / "keys",
                              session_timeout_ms=6000)
-    broker = EmbeddedBroker(settings)
-    _, proc = broker.start(detach=False)
-    worker = None
+    _, proc = EmbeddedBroker(settings).start(detach=False)
     try:
         bootstrap = f"{settings.broker_host}:{settings.broker_port}"
         await apply_topics(settings, bootstrap, load_topic_specs(settings.schemas_dir / "asyncapi.yaml"))
@@ -179,9 +198,25 @@ async def main() -> None:
                                  session_timeout_ms=6000)
         funds = Funds()
         funds.write_registry(settings.key_dir)
-        items = items_for(funds, "b", N // 2)
+        items = items_for(funds, prefix, signals // 2)
         for i in range(0, len(items), 5000):
             await publish(bootstrap, items[i:i + 5000])
+        yield Bench(settings, funds, items, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def main() -> None:
+    async with published("b", N) as bench:
+        await measure(bench)
+
+
+async def measure(bench: Bench) -> None:
+    settings, funds, items, proc = bench.settings, bench.funds, bench.items, bench.broker
+    bootstrap, var = settings.bootstrap_servers or "", settings.var_dir
+    worker = None
+    try:
         raw = await raw_rate(bootstrap, len(items))
         plain = plain_cpu = float("nan")
         plain_n = min(PLAIN_N, len(items))
@@ -289,8 +324,6 @@ async def main() -> None:
     finally:
         if worker is not None:
             stop(worker)
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

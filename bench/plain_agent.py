@@ -40,9 +40,9 @@ from services.core.messages import Signal, parse
 from services.core.registry import load_registry
 from services.core.signing import VerifyingKey, verify
 from services.core.types import Fund
-from services.platform.topics import signal_topic
+from services.platform.topics import CONTRACT_PARTITIONS, signal_topic
 
-PARTITIONS = 8
+PARTITIONS = CONTRACT_PARTITIONS
 PREFIX = "PLAIN"
 EVERY = 1000
 #: The real stdout: the progress lines must reach the bench whatever the worker does with

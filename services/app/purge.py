@@ -17,11 +17,16 @@ What a run does, in this order (so that a crash anywhere loses nothing):
    its state is erased: a signal read meanwhile cannot publish a version after it;
 3. deletes the situations and their follow-ups from the casebook (and the sign-in log's rows
    past their period), drops the erasure markers
-   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), and
-   appends ONE ledger
-   entry ``purge_conservation`` with the count, dated at the time of the run (``--as-of``
-   only moves the cut-off), in one transaction. Ledger entries are never purged: they hold
-   no personal payload (docs/architecture.md, decision 8).
+   older than the closed cases' period (:func:`services.casebook.store.expire_markers`), the
+   audit sink's persons of signals whose receipt never came (``ledger_signal_subjects``,
+   past the signals' period: :mod:`services.ledger.subjects`), and appends ONE ledger entry
+   ``purge_conservation`` with the count, dated at the time of the run, its ``cut_off`` the
+   ``--as-of`` date the periods count back from, in one transaction. Ledger entries are
+   never purged: they hold no personal payload (docs/architecture.md, decision 8).
+
+The erasure commands carry the time they were issued and the cut-off: the correlator
+erases only what it received before (a command read again after a restart spares the
+person's later signals), and its tombstones carry the cut-off to the per-case entries.
 
 A crash anywhere leaves the casebook rows until a rerun, which sends the commands again (a
 command is idempotent).
@@ -40,12 +45,13 @@ from services.casebook.retention import PurgePlan, correlation_window_days, dele
 from services.core.bounds import parse_day
 from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
 from services.ledger.store import Ledger, ensure_ready
+from services.ledger.subjects import count_stale_subjects, delete_stale_subjects
 from services.platform.broker import resolve_bootstrap
 from services.platform.cli import settings_from
 from services.platform.db import make_engine, scrub
 from services.platform.settings import Settings
 
-__all__ = ["PurgePlan", "apply_purge", "plan_purge", "register", "send_erasures"]
+__all__ = ["PurgePlan", "apply_purge", "count_subjects", "plan_purge", "register", "send_erasures"]
 
 
 async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> int:
@@ -54,7 +60,7 @@ async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> 
     not take them."""
     from services.correlator import erasure  # the correlator's engine loads only when a purge runs
 
-    return await erasure.send_erasures(settings, bootstrap, plan.persons.values())
+    return await erasure.send_erasures(settings, bootstrap, plan.persons.values(), cut_off=plan.cut_off)
 
 
 def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
@@ -62,16 +68,26 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
     """Delete the plan's situations and follow-ups and enter the run in the ledger, atomically
     (step 3).
 
-    The entry is dated ``now`` (the time of the run), not the plan's ``as_of``."""
+    The entry is dated ``now`` (the time of the run); its ``cut_off`` is the plan's
+    ``as_of`` date."""
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
                       purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
                       time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex,
-                      count=len(plan.situation_ids))
+                      count=len(plan.situation_ids), cut_off=plan.cut_off)
     with engine.begin() as conn:
         removed = delete_expired(conn, plan)
+        if plan.signal_subjects_before is not None:
+            delete_stale_subjects(conn, plan.signal_subjects_before)
         ledger.append([entry], connection=conn)
     scrub(engine)
     return removed
+
+
+def count_subjects(engine: sa.Engine, plan: PurgePlan) -> None:
+    """The plan's count of the ledger's persons of signals without receipt (reads only)."""
+    if plan.signal_subjects_before is not None:
+        with engine.connect() as conn:
+            plan.signal_subjects = count_stale_subjects(conn, plan.signal_subjects_before)
 
 
 def register(cli: click.Group) -> None:
@@ -102,6 +118,7 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
         ensure_ready(engine)  # every table migrated, an earlier ledger brought up to date
         plan = plan_purge(engine, settings, as_of=moment,
                           rules_window_days=correlation_window_days(settings))
+        count_subjects(engine, plan)
         if not dry_run and plan.situation_ids:
             asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
         if not dry_run:

@@ -63,6 +63,16 @@ class PurgePlan:
     sign_ins_before: dt.datetime | None = None
     #: Erasure markers older than this are dropped (the closed cases' retention).
     markers_before: dt.datetime | None = None
+    #: Persons of signals whose receipt never came (the ledger's ``ledger_signal_subjects``),
+    #: read by the audit sink before this (the signals' period), or undated: counted and
+    #: removed by ``help-exchange purge`` (:mod:`services.app.purge`).
+    signal_subjects: int = 0
+    signal_subjects_before: dt.datetime | None = None
+
+    @property
+    def cut_off(self) -> dt.date:
+        """The date the retention periods count back from (``--as-of``), in every entry."""
+        return self.as_of.date()
 
     @property
     def situation_ids(self) -> list[str]:
@@ -75,6 +85,7 @@ class PurgePlan:
                f"  dossiers clôturés depuis la durée de conservation        : {len(self.closed)} {verb}",
                f"  suites données de ces dossiers                           : {self.followups} {verb}",
                f"  tentatives de connexion à la vue web (journal)            : {self.sign_ins} {verb}",
+               f"  personnes de signalements restés sans accusé (journal)    : {self.signal_subjects} {verb}",
                f"  personnes effacées de l'état du corrélateur              : {len(set(self.persons.values()))}"
                + (" (à envoyer)" if dry_run else " (commandes envoyées)")]
         if self.window_days is not None:
@@ -96,6 +107,7 @@ def plan_purge(engine: sa.Engine, settings: Settings, *, as_of: dt.datetime,
     plan.markers_before = closed_before
     close_after_months = settings.casebook_close_after_months
     plan.sign_ins_before = months_before(as_of, settings.retention_sign_ins_months)
+    plan.signal_subjects_before = months_before(as_of, settings.retention_signals_months)
     with engine.connect() as conn:
         situations = store.all_situations(conn)
         by_situation = group_followups(store.all_followups(conn))

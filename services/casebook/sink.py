@@ -23,10 +23,17 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from services.casebook import store
+from services.casebook import casekeys, store
 from services.casebook.config import marker_key
 from services.casebook.followups import publish_outbox
-from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, parse
+from services.core.messages import (
+    ConsentEvent,
+    FollowupEvent,
+    SealedFollowupEvent,
+    SituationEvent,
+    parse,
+    parse_followup,
+)
 from services.platform import kafka
 from services.platform.db import scrub
 from services.platform.settings import Settings
@@ -51,7 +58,7 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
     """Apply one batch of consumed records in the caller's transaction (the tracked
     consumer stores their positions in it)."""
     situations: list[SituationEvent] = []
-    followups: list[FollowupEvent] = []
+    followups: list[FollowupEvent | SealedFollowupEvent] = []
     consents: list[ConsentEvent] = []
     # In topic order per partition: a tombstone after an event of its key deletes it, an
     # event after a tombstone brings it back; applied in that order below.
@@ -71,7 +78,7 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
             if r.topic == SITUATIONS_TOPIC:
                 situations.append(parse(SituationEvent, r.value))
             elif r.topic == FOLLOWUPS_TOPIC:
-                followups.append(parse(FollowupEvent, r.value))
+                followups.append(parse_followup(r.value))
             elif r.topic == CONSENTS_TOPIC:
                 consents.append(parse(ConsentEvent, r.value))
         except ValidationError as exc:
@@ -86,9 +93,23 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
             applied.situations += store.apply_situations(conn, items, markers)  # type: ignore[arg-type]
         else:
             applied.erased += store.apply_tombstones(conn, items)  # type: ignore[arg-type]
-    applied.followups = store.apply_followups(conn, followups, markers)
+    applied.followups = store.apply_followups(conn, open_followups(conn, followups), markers)
     applied.erased += store.apply_consents(conn, consents, markers)
     return BatchResult(len(records), applied, skipped)
+
+
+def open_followups(conn: sa.Connection, events: Sequence[FollowupEvent | SealedFollowupEvent],
+                   ) -> list[FollowupEvent]:
+    """The follow-ups, sealed ones opened with their case's key; one whose case was erased
+    (no key any more) is not taken: nothing of it is readable, as intended."""
+    keys = casekeys.case_keys(conn, {e.situation_id for e in events if isinstance(e, SealedFollowupEvent)})
+    opened: list[FollowupEvent] = []
+    for e in events:
+        if isinstance(e, FollowupEvent):
+            opened.append(e)
+        elif (key := keys.get(e.situation_id)) is not None and (f := casekeys.open_followup(e, key)):
+            opened.append(f)
+    return opened
 
 
 class CasebookSink:

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from pydantic_core import from_json
 
+from services.casebook import casekeys
 from services.casebook import tables as t
 from services.casebook.model import Followup, Situation, aware, format_case_number
 from services.core.messages import ConsentEvent, FollowupEvent, SituationEvent, to_wire
@@ -356,8 +357,10 @@ def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
 # ------------------------------------------------------------------------------- outbox
 def add_to_outbox(conn: sa.Connection, topic: str, key: str, event: FollowupEvent,
                   now: dt.datetime) -> None:
+    """The follow-up's message, its detail sealed under its case's key (made if need be)."""
+    sealed = casekeys.seal_followup(event, casekeys.case_key(conn, event.situation_id, now))
     conn.execute(sa.insert(t.outbox).values(event_id=event.event_id, topic=topic, key=key,
-                                            payload=to_wire(event).decode(), created_at=now))
+                                            payload=to_wire(sealed).decode(), created_at=now))
 
 
 def pending_outbox(conn: sa.Connection, limit: int = 500) -> list[tuple[int, str, str, str]]:
@@ -376,9 +379,11 @@ def mark_published(conn: sa.Connection, ids: Sequence[int], now: dt.datetime) ->
 
 
 def _forget_cases(conn: sa.Connection, situation_ids: Sequence[str]) -> None:
-    """What an erasure or a purge removes besides the situation and its follow-ups: their
+    """What an erasure or a purge removes besides the situation and its follow-ups: the
+    case's data key (its follow-ups on ``help.followups.v1`` are sealed under it), their
     outbox rows (an unpublished follow-up of an erased case is not published), and the
     detail of their follow-ups' access-log rows (older rows, written with action/outcome)."""
+    casekeys.destroy_keys(conn, list(situation_ids))  # every copy of their follow-ups: unreadable
     for chunk in _chunks(situation_ids):
         conn.execute(sa.delete(t.outbox).where(t.outbox.c.key.in_(chunk)))
         numbers = list(conn.execute(sa.select(t.situations.c.case_number)

@@ -78,6 +78,16 @@ erased_situations = sa.Table(
     sa.Column("erased_at", TZ, nullable=False),
 )
 
+# Each case's data key: a follow-up's detail goes on help.followups.v1 sealed under it, and
+# the row is deleted in the transaction that erases the case (services/casebook/casekeys.py).
+case_keys = sa.Table(
+    "casebook_case_keys",
+    metadata,
+    sa.Column("situation_id", sa.String(32), primary_key=True),
+    sa.Column("key", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", TZ, nullable=False),
+)
+
 # Follow-ups recorded here, waiting to be published on help.followups.v1.
 outbox = sa.Table(
     "casebook_outbox",

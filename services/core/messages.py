@@ -10,6 +10,7 @@ strict mode only reads dates and timestamps from JSON text.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -207,6 +208,41 @@ class FollowupEvent(Frozen):
     recorded_by: Actor
 
 
+class SealedDetail(Frozen):
+    """What a message keeps readable only while its key exists (crypto-shredding): AES-256-GCM,
+    ``value`` = b64url(nonce 12 ‖ ciphertext ‖ tag 16); the key and the associated data are
+    the message kind's (see :mod:`services.casebook.casekeys`)."""
+
+    alg: Literal["A256GCM"]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{40,400}$")]
+
+
+class SealedFollowupEvent(Frozen):
+    """A follow-up as ``help.followups.v1`` carries it: what says what was done for the
+    person (``action``, ``outcome``) sealed under the case's key, destroyed when the case is
+    erased (objection, withdrawal, purge), so every copy on the topic becomes unreadable at
+    once; what the ledger enters (who, when, which fund and case) stays readable."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    situation_id: EventId
+    territory: Departement
+    fund: Fund
+    recorded_at: Timestamp
+    recorded_by: Actor
+    sealed: SealedDetail
+
+
+def parse_followup(value: bytes) -> FollowupEvent | SealedFollowupEvent:
+    """A record of ``help.followups.v1``: sealed (what the exchange publishes) or, written
+    by an earlier version, in clear. Raises as :func:`parse`."""
+    try:
+        sealed = "sealed" in json.loads(value)
+    except (ValueError, TypeError):  # not JSON, or not an object: the model says why
+        sealed = False
+    return parse(SealedFollowupEvent, value) if sealed else parse(FollowupEvent, value)
+
+
 ConsentKind = Literal["consentement_donne", "consentement_retire", "opposition"]
 
 
@@ -285,6 +321,7 @@ MODELS: dict[str, type[Frozen]] = {
     "receipt": Receipt,
     "situation": SituationEvent,
     "followup": FollowupEvent,
+    "sealed_followup": SealedFollowupEvent,
     "consent": ConsentEvent,
     "reveal": RevealEvent,
     "deadletter": DeadLetter,

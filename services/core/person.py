@@ -47,6 +47,10 @@ class SignalEntry(Frozen):
     #: "topic:partition:offset" where it was read: tells a redelivery (same position, after a
     #: crash before the offset commit) from a replay (same signal id published again).
     source: Annotated[str, Field(max_length=200)]
+    #: When the exchange took it, in Unix seconds (the batch's clock; an integer, not a
+    #: timestamp: it is read and written with every state): a purge erases what it
+    #: received before the purge was issued, and only that (None: a state written before).
+    received_s: Int | None = None
 
 
 class Seen(Frozen):
@@ -161,14 +165,28 @@ def sweep_person(state: PersonState, *, today: dt.date, window_days: int,
     return state.model_copy(update={"signals": kept})
 
 
-def purge_person(state: PersonState) -> PersonState:
-    """The retention purge reached the person: forget their signals and shared situation.
+def purge_person(state: PersonState, issued_at: dt.datetime | None = None) -> PersonState:
+    """The retention purge reached the person: forget the signals received before the purge
+    was issued (``issued_at``; None: all of them) and the shared situation unless it was
+    built only on signals received since (a redelivered command, read again after signals
+    that came after it, must not erase them).
 
     Kept: the consent marks and an objection (what the person said still holds), the seen
-    signal ids (keyed hashes: a replay of a purged signal stays a duplicate and cannot bring
-    it back), and the version floor (a later situation gets higher versions)."""
-    floor = max(state.version_floor, state.situation.version if state.situation else 0)
-    return state.model_copy(update={"signals": (), "situation": None, "version_floor": floor})
+    signal ids (a replay of a purged signal stays a duplicate and cannot bring it back),
+    and the version floor (a later situation gets higher versions)."""
+    signals = () if issued_at is None else tuple(
+        s for s in state.signals if s.received_s is not None and s.received_s > issued_at.timestamp())
+    sit = state.situation
+    kept_refs = {s.sealed_ref.value for s in signals}
+    if sit is not None and sit.last_event.refs and all(r.sealed_ref.value in kept_refs
+                                                         for r in sit.last_event.refs):
+        floor = state.version_floor  # the situation stays: its versions go on from it
+    else:
+        sit = None
+        floor = max(state.version_floor, state.situation.version if state.situation else 0)
+    if signals == state.signals and sit == state.situation and floor == state.version_floor:
+        return state
+    return state.model_copy(update={"signals": signals, "situation": sit, "version_floor": floor})
 
 
 def apply_consent(state: PersonState | None, event: ConsentEvent) -> tuple[PersonState, bool]:

@@ -37,6 +37,7 @@ from services.core.registry import Registry
 from services.correlator.checks import Checker, Verdict, WireVerdict, from_plain, to_plain
 from services.errors import HelpExchangeError
 from services.platform.runtime import tune_for_streaming
+from services.platform.topics import CONTRACT_PARTITIONS
 
 #: Records per request: small enough that the first verdicts come back quickly, large enough
 #: that the pipe writes and wake-ups stay few (128 beat 32 in the correlator bench's A/B).
@@ -138,7 +139,7 @@ class _Helper:
 class CheckPool:
     """``processes`` helpers running the checks for one engine (one batch at a time)."""
 
-    def __init__(self, registry: Registry, processes: int = 1, *, partitions: int = 8,
+    def __init__(self, registry: Registry, processes: int = 1, *, partitions: int = CONTRACT_PARTITIONS,
                  chunk: int = CHUNK) -> None:
         if processes < 1:
             raise ValueError("a check pool needs at least one process")

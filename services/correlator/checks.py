@@ -32,7 +32,7 @@ from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.types import SIGNAL_ID_PATTERN, Fund, Purpose
 from services.platform.partitioning import partition_for
-from services.platform.topics import CONSENTS_TOPIC, fund_of_signal_topic
+from services.platform.topics import CONSENTS_TOPIC, CONTRACT_PARTITIONS, fund_of_signal_topic
 
 #: A signal is about 800 bytes; anything far above is refused before parsing.
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -113,7 +113,7 @@ class Verdict(NamedTuple):
 class Checker:
     """Applies the checks with the keys of one registry (keys decoded once, then cached)."""
 
-    def __init__(self, registry: Registry, partitions: int = 8) -> None:
+    def __init__(self, registry: Registry, partitions: int = CONTRACT_PARTITIONS) -> None:
         self.registry = registry
         self.partitions = partitions
         self._keys: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}

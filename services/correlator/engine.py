@@ -95,12 +95,14 @@ from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
-from services.core.types import Fund
+from services.core.types import Date, Fund, Timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
 from services.platform.partitioning import partition_for
 from services.platform.topics import (
+    CONTRACT_PARTITIONS,
+    CUT_OFF_HEADER,
     DEADLETTER_TOPIC,
     ORIGIN_HEADER,
     ORIGIN_PURGE,
@@ -110,12 +112,16 @@ from services.platform.topics import (
 )
 from services.platform.tracking import Record as Record  # re-exported: the runtime builds them
 
-#: Partitions of every topic the worker reads, and of its state (co-partitioned).
-PARTITIONS = 8
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
 #: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
 REPARTITION_TOPIC = "help-correlator-repartition"
-REPARTITION_SPEC = TopicSpec(REPARTITION_TOPIC, "correlator", PARTITIONS, 1, {"retention.ms": "604800000"})
+
+
+def repartition_spec(partitions: int) -> TopicSpec:
+    """The repartition topic, co-partitioned with the topics the worker reads."""
+    return TopicSpec(REPARTITION_TOPIC, "correlator", partitions, 1, {"retention.ms": "604800000"})
+
+
 H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-src-offset"
 #: Header of an erasure command on the repartition topic: the retention purge
 #: (services.app.purge, through services.correlator.erasure) reached a person. See
@@ -124,15 +130,23 @@ H_ERASE = "help-erase"
 
 
 class ErasureCommand(Frozen):
-    """The value of an erasure command: whom it is about (the exchange writes it, no fund)."""
+    """The value of an erasure command: whom it is about (the exchange writes it, no fund),
+    and when the purge was issued: what the exchange received after that is not erased, so
+    a command read again after a restart cannot erase signals that came after it (None, a
+    command of an earlier version: everything)."""
 
     pseudonym: Pseudonym
+    issued_at: Timestamp | None = None
+    #: The purge's cut-off date (its ``--as-of``): carried by the tombstone to the ledger.
+    cut_off: Date | None = None
 
 
-def erasure_command(key_id: str, value: str, partitions: int) -> tuple[bytes, bytes, int]:
+def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.datetime | None = None,
+                    cut_off: dt.date | None = None) -> tuple[bytes, bytes, int]:
     """(key, value, partition) of the erasure command for a pseudonym, on the repartition
     topic with header ``H_ERASE: purge``: in the partition of the person's state."""
-    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value))
+    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value), issued_at=issued_at,
+                             cut_off=cut_off)
     return value.encode(), to_wire(command), partition_for(value, partitions)
 
 
@@ -285,7 +299,7 @@ class Engine:
     partition, co-partitioned). Its receipt and any dead letter name the original position.
     """
 
-    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = 8,
+    def __init__(self, ctx: Context, registry: Registry, *, partitions: int = CONTRACT_PARTITIONS,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
@@ -562,7 +576,7 @@ class Engine:
         entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
                             purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
                             sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
-                            source=position)
+                            source=position, received_s=int(self._now.timestamp()))
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
             state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))
@@ -575,11 +589,14 @@ class Engine:
 
     def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
                put: Callable[[bytes, int, PersonState], None]) -> None:
-        """An erasure command (the retention purge): forget the person's signals and
-        situation (:func:`~services.core.person.purge_person`), and tombstone the situation on
-        the compacted topic with ``help-origin: purge`` whether or not a state was held (the
-        topic's copies must go either way; the audit sink enters it as a purge). Idempotent:
-        a redelivered command does the same again. No receipt: no fund sent it."""
+        """An erasure command (the retention purge): forget the person's signals received
+        before the purge was issued and their situation
+        (:func:`~services.core.person.purge_person`), and tombstone the situation on the
+        compacted topic with ``help-origin: purge`` whether or not a state was held (the
+        topic's copies must go either way; the audit sink enters it as a purge) unless the
+        person has a situation built since (a command read again after a restart, after the
+        person's next signals: tests/correlator/test_retention.py). Idempotent. No receipt:
+        no fund sent it."""
         try:
             command = parse(ErasureCommand, rec.value or b"")
         except ValidationError as exc:
@@ -594,9 +611,15 @@ class Engine:
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
         if state is not None:
-            put(pkey, expected, purge_person(state))
+            purged = purge_person(state, command.issued_at)
+            put(pkey, expected, purged)
+            if purged.situation is not None:
+                return  # built on signals received after the purge was issued: not erased
+        headers: tuple[tuple[str, bytes], ...] = ((ORIGIN_HEADER, ORIGIN_PURGE),)
+        if command.cut_off is not None:
+            headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
-                                    headers=((ORIGIN_HEADER, ORIGIN_PURGE),)))
+                                    headers=headers))
 
     def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
         """The retention sweep over (person key, changelog partition, state bytes): the new

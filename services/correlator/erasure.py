@@ -9,19 +9,25 @@ state is erased, so that a signal read meanwhile cannot publish a version after 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
-from services.correlator.engine import H_ERASE, PARTITIONS, REPARTITION_SPEC, REPARTITION_TOPIC, erasure_command
+from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, erasure_command, repartition_spec
 from services.errors import BrokerError
 from services.platform import kafka
 from services.platform.settings import Settings
 from services.platform.topics import ORIGIN_PURGE
 
 
-async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tuple[str, str]]) -> int:
+async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tuple[str, str]], *,
+                        cut_off: dt.date | None = None) -> int:
     """Send an erasure command per person ``(pseudonym key id, value)`` and wait for the
     broker's acknowledgements; returns how many were acknowledged. Raises BrokerError if the
-    broker does not take them (the caller has deleted nothing yet)."""
+    broker does not take them (the caller has deleted nothing yet).
+
+    Each command carries the time it was issued (the correlator erases only what it had
+    received by then: a command read again after a restart spares what came after it) and
+    the purge's ``cut_off`` date (entered with each case's ledger entry)."""
     todo = sorted(set(persons))
     if not todo:
         return 0
@@ -31,11 +37,13 @@ async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tu
         with kafka.kafka_errors("could not send the purge's erasure commands: {error!r}",
                                 "nothing was deleted; start the broker and run the purge again",
                                 {Exception: BrokerError}):
-            await kafka.apply_topics(settings, bootstrap, [REPARTITION_SPEC])
+            await kafka.apply_topics(settings, bootstrap, [repartition_spec(settings.partitions)])
             await producer.start()
             futures = []
+            issued_at = dt.datetime.now(dt.UTC)
             for key_id, value in todo:
-                key, command, partition = erasure_command(key_id, value, PARTITIONS)
+                key, command, partition = erasure_command(key_id, value, settings.partitions, issued_at=issued_at,
+                                                          cut_off=cut_off)
                 futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
                                                    headers=[(H_ERASE, ORIGIN_PURGE)]))
             for future in futures:

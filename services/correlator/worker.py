@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.correlator.app import PARTITIONS, changelog_topic, make_app
-from services.correlator.engine import REPARTITION_SPEC
-from services.correlator.tuning import DEFAULT_TUNING, Tuning
+from services.correlator.app import changelog_topic, make_app
+from services.correlator.engine import repartition_spec
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
 from services.platform.runtime import tune_for_streaming
@@ -15,21 +14,21 @@ from services.platform.settings import Settings
 from services.platform.topics import TopicSpec
 
 
-def ensure_internal_topics(settings: Settings, bootstrap: str, app_id: str) -> None:
-    """The correlator's own topics, co-partitioned (8): the repartition topic and the
-    person-state changelog (compacted: the latest state per person is all that counts)."""
-    specs = [REPARTITION_SPEC,
-             TopicSpec(changelog_topic(app_id), "correlator", PARTITIONS, 1,
+def ensure_internal_topics(settings: Settings, bootstrap: str) -> None:
+    """The correlator's own topics, co-partitioned: the repartition topic and the person-state
+    changelog (compacted: the latest state per person is all that counts)."""
+    specs = [repartition_spec(settings.partitions),
+             TopicSpec(changelog_topic(settings.correlator_app_id), "correlator", settings.partitions, 1,
                        {"cleanup.policy": "compact"})]
     asyncio.run(apply_topics(settings, bootstrap, specs))
 
 
-def run_worker(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> None:
+def run_worker(settings: Settings) -> None:
     import faust
 
     bootstrap = resolve_bootstrap(settings)
-    ensure_internal_topics(settings, bootstrap, tuning.app_id)
-    app = make_app(settings, bootstrap, tuning)
+    ensure_internal_topics(settings, bootstrap)
+    app = make_app(settings, bootstrap)
     # No per-message log records: WARNING and above only. Faust's spinner (on when stdout is
     # a terminal) sets the root logger to DEBUG, so every debug record of aiokafka and Faust
     # was built per message: no spinner.

@@ -179,7 +179,8 @@ class LedgerEntry(BaseModel):
 
     ``ref`` is the id of the message, event or export the action is about (a ``signal_id``,
     an ``event_id``, a worklist id); ``reason`` says why a signal was rejected; ``count`` is
-    how many items a purge, an erasure or an export concerned.
+    how many items a purge, an erasure or an export concerned; ``cut_off``, the date a
+    purge counted its retention periods back from.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -190,6 +191,9 @@ class LedgerEntry(BaseModel):
     actor: LedgerActor
     case_id: EventId | None = None
     count: Annotated[int, Field(ge=0, le=10**12)] | None = None
+    #: A purge's cut-off: the date its retention periods count back from (``--as-of``;
+    #: the entry's ``time`` is when it ran). Written only when set.
+    cut_off: Annotated[dt.date | None, Field(exclude_if=_absent)] = None
     entry_id: EventId
     # Written only when set (``exclude_if``), so entries without them keep their bytes.
     fund: Annotated[Fund | None, Field(exclude_if=_absent)] = None

@@ -67,15 +67,15 @@ from pydantic import ValidationError
 from services.core import signing
 from services.core.messages import (
     ConsentEvent,
-    FollowupEvent,
     Pseudonym,
     Receipt,
     RevealEvent,
     SituationEvent,
     parse,
+    parse_followup,
 )
 from services.core.registry import Registry, load_registry, registry_path
-from services.core.types import Fund
+from services.core.types import Fund, format_timestamp
 from services.ledger import tables as t
 from services.ledger.cases import CaseDirectory, NoCasebook
 from services.ledger.entries import (
@@ -91,6 +91,7 @@ from services.ledger.store import Ledger
 from services.platform.settings import Settings
 from services.platform.topics import (
     CONSENTS_TOPIC,
+    CUT_OFF_HEADER,
     FOLLOWUPS_TOPIC,
     ORIGIN_HEADER,
     ORIGIN_PURGE,
@@ -265,7 +266,7 @@ class EntryMaker:
         commitment), read from the casebook's row of the case when the ledger shares its
         database; a replay is entered as it was the first time (read back from the ledger),
         even if the case was purged since."""
-        f = parse(FollowupEvent, value)
+        f = parse_followup(value)  # (sealed: the detail is not the ledger's)
         action = Action.SUITE_ENREGISTREE
         person = None
         if self.ledger is not None:
@@ -290,11 +291,12 @@ class EntryMaker:
         case_id = (r.key or b"").decode("ascii", "replace")
         at = dt.datetime.fromtimestamp(r.timestamp_ms / 1000, dt.UTC)
         position = (r.topic, str(r.partition), str(r.offset))
-        if dict(r.headers).get(ORIGIN_HEADER) == ORIGIN_PURGE:
+        headers = dict(r.headers)
+        if headers.get(ORIGIN_HEADER) == ORIGIN_PURGE:
             return new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
                              purpose=LedgerPurpose.LIMITATION_CONSERVATION,
                              legal_basis=LedgerLegalBasis.RGPD_6_1_C, time=at, natural_key=position,
-                             case_id=case_id, count=1)
+                             case_id=case_id, count=1, cut_off=_cut_off(headers.get(CUT_OFF_HEADER)))
         return new_entry(action=Action.EFFACEMENT, actor="correlator",
                          purpose=LedgerPurpose.EXERCICE_DES_DROITS, legal_basis=LedgerLegalBasis.RGPD_17,
                          time=at, natural_key=position, case_id=case_id)
@@ -406,10 +408,19 @@ def _keep_subjects(conn: sa.Connection, subjects: dict[str, Pseudonym]) -> None:
     for start in range(0, len(ids), 500):
         present.update(conn.execute(sa.select(c.signal_id)
                                     .where(c.signal_id.in_(ids[start : start + 500]))).scalars())
-    rows = [{"signal_id": i, "key_id": subjects[i].key_id, "value": subjects[i].value}
+    now = format_timestamp(dt.datetime.now(dt.UTC))
+    rows = [{"signal_id": i, "key_id": subjects[i].key_id, "value": subjects[i].value, "seen_at": now}
             for i in ids if i not in present]
     if rows:
         conn.execute(sa.insert(t.signal_subjects), rows)
+
+
+def _cut_off(header: bytes | None) -> dt.date | None:
+    """The purge's cut-off date a tombstone carries (none from an earlier version, or unreadable)."""
+    try:
+        return dt.date.fromisoformat(header.decode()) if header else None
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 @dataclass

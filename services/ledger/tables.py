@@ -1,7 +1,7 @@
 """The ledger's SQL tables (SQLAlchemy Core), in the casebook database.
 
 Migrated with every other table of the database (services/platform/migrations, revision
-``0004_ledger_tables`` and later). Every table name starts with ``ledger_``.
+``0005_ledger_tables`` and later). Every table name starts with ``ledger_``.
 
 * ``ledger_entries``: one row per leaf, ``seq`` is the leaf index (0, 1, 2, …). ``entry`` holds
   the canonical bytes that are hashed; the other columns (time, actor, action, case,
@@ -135,11 +135,15 @@ tile_nodes = Table(
 
 # The person each signal is about, read by the audit sink from the signal topics, so that
 # the receipt of the signal (which names only its id) is entered with the person's
-# commitment. A row goes once its receipt is entered. Private, as ledger_entries' columns.
+# commitment. A row goes once its receipt is entered, or, for a signal whose receipt never
+# came, at the first purge after the signals' retention (``seen_at``: when the sink read the
+# signal; null in rows written before it was kept, which the next purge removes).
+# Private, as ledger_entries' columns.
 signal_subjects = Table(
     "ledger_signal_subjects",
     metadata,
     Column("signal_id", String(32), primary_key=True),
     Column("key_id", String(40), nullable=False),
     Column("value", String(43), nullable=False),
+    Column("seen_at", String(27), nullable=True),
 )

@@ -47,6 +47,15 @@ _HINTS = {
     "casebook_oidc_redirect_uri": "give this web view's address followed by /login/oidc/callback",
     "casebook_oidc_scopes": "give space-separated scopes starting with openid, e.g. 'openid email siret'",
     "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
+    "correlator_app_id": "use letters, digits, '.', '_' or '-' (it names the consumer group and the state topic)",
+    "correlator_batch_max": "give a whole number of records between 1 and 100000, e.g. 5000",
+    "correlator_batch_wait_ms": "give a number of milliseconds between 0 and 1000, e.g. 2",
+    "correlator_fetch_wait_ms": "give a whole number of milliseconds between 10 and 10000, e.g. 100",
+    "correlator_linger_ms": "give a whole number of milliseconds between 0 and 1000, e.g. 5",
+    "correlator_check_processes": "give a whole number of helper processes between 0 and 64 (about one per spare core)",
+    "correlator_gc_full_every_s": "give a number of seconds between 0 (CPython's own schedule) and 86400",
+    "correlator_sweep_every_s": "give a number of seconds between 0.1 and 3600",
+    "correlator_sweep_page": "give a whole number of persons between 1 and 1000000",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
@@ -151,6 +160,37 @@ class Settings(BaseSettings):
     casebook_oidc_label: Annotated[str, Field(min_length=1, max_length=40)] = "ProConnect"
     """The provider's name on the sign-in button."""
 
+    # ------------------------------------------------------ correlator worker (HELP_CORRELATOR_*)
+    # The worker's knobs (services/correlator/); ``help-exchange correlator`` options override them.
+    correlator_app_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,100}$")] = "help-correlator"
+    """Consumer group and state-topic prefix: workers with the same id share the partitions."""
+    correlator_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    """Records per batch at most. Each batch ends with two acknowledged sends and a commit, so
+    larger batches pay them less often, up to where the latency of the last record of a batch
+    grows (the correlator bench prints both). A batch fills only as fast as records come: at low
+    rates batches stay small."""
+    correlator_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    """How long a batch waits for more records after its first. Not longer: under load the inbox
+    holds a full batch anyway, and below it every batch paid the whole wait on top of its round
+    trips, which compounded (a longer cycle gathers a bigger next batch)."""
+    correlator_fetch_wait_ms: Annotated[int, Field(ge=10, le=10_000)] = 100
+    """Longest wait of a fetch that finds nothing (faust-streaming's own: 1500 ms). It bounds the
+    latency of a signal reaching an idle worker; a fetch answers as soon as records come. Not
+    less: every idle fetch costs the embedded broker CPU that the worker then lacks."""
+    correlator_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    """The producer's linger: outputs of one batch leave together."""
+    correlator_check_processes: Annotated[int, Field(ge=0, le=64)] = 2
+    """Helper processes for the stateless checks (JSON, signature, schema); 0 runs them in the
+    worker's own thread. Two: one helper checks a little slower than the engine takes signals."""
+    correlator_gc_full_every_s: Annotated[float, Field(ge=0, le=86_400)] = 600.0
+    """Seconds between full garbage collections; between them what survives a batch is frozen
+    (services/platform/runtime.py). 0: CPython's own schedule."""
+    correlator_sweep_every_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    """The retention sweep (signals older than the correlation window leave the person state
+    even if no further signal comes) runs a page at this interval…"""
+    correlator_sweep_page: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    """…of this many persons."""
+
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/casebook/retention.py, services/app/purge.py); months,
     # defaults from docs/domain.md (retention)
@@ -192,6 +232,14 @@ class Settings(BaseSettings):
         from services.core.registry import signer_public_path
 
         return self.registry_signer or signer_public_path(self.key_dir)
+
+    @cached_property
+    def partitions(self) -> int:
+        """Partitions of every topic the correlator reads and of its state (co-partitioned):
+        the signal channels' count in ``asyncapi.yaml``, the one place it is written."""
+        from services.platform.topics import correlator_partitions
+
+        return correlator_partitions(self.schemas_dir / "asyncapi.yaml")
 
     @cached_property
     def taxonomy(self) -> Taxonomy:

@@ -17,6 +17,7 @@ import yaml
 
 from services.core.types import Fund
 from services.errors import ConfigurationError
+from services.platform.settings import DEFAULT_SCHEMAS_DIR
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,26 @@ def load_topic_specs(asyncapi_path: Path) -> list[TopicSpec]:
     return specs
 
 
+def correlator_partitions(asyncapi_path: Path) -> int:
+    """The partitions of the signal and consent topics, which must be equal: the correlator
+    reads a person's signals and consents in one partition number (co-partitioned), and keeps
+    its own topics (state, repartition) at the same count."""
+    counts = {spec.channel: spec.partitions for spec in load_topic_specs(asyncapi_path)
+              if spec.channel in ("signals", "consents")}
+    if set(counts) != {"signals", "consents"} or len(set(counts.values())) != 1:
+        raise ConfigurationError(
+            f"{asyncapi_path}: the signals and consents channels must declare the same kafka "
+            f"partitions (found {counts})",
+            "give both channels the same bindings.kafka.partitions: the correlator co-partitions them",
+        )
+    return counts["signals"]
+
+
+#: The partitions of the published contract (this repository's ``schemas/asyncapi.yaml``): the
+#: default of the correlator's parts in tests and tools; a worker takes ``Settings.partitions``.
+CONTRACT_PARTITIONS = correlator_partitions(DEFAULT_SCHEMAS_DIR / "asyncapi.yaml")
+
+
 def signal_topic(fund: Fund | str) -> str:
     return f"help.signals.{Fund(fund).value}.v1"
 
@@ -89,3 +110,6 @@ DEADLETTER_TOPIC = "help.deadletter.v1"
 #: ``purge_conservation`` entry for it instead of an ``effacement``).
 ORIGIN_HEADER = "help-origin"
 ORIGIN_PURGE = b"purge"
+#: Header of such a tombstone: the purge's cut-off date (``YYYY-MM-DD``, its ``--as-of``),
+#: entered with the case's ``purge_conservation`` entry.
+CUT_OFF_HEADER = "help-cut-off"

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services.casebook import store
+from services.casebook import casekeys, store
 from services.casebook import tables as t
 from services.casebook.followups import record_followup
 from services.casebook.model import Month, closed_at
+from services.casebook.sink import open_followups
 from services.casebook.worklist import load_worklist
-from services.core.messages import FollowupEvent, parse
+from services.core.messages import SealedFollowupEvent, parse_followup
 from services.core.taxonomy import Taxonomy
 from services.errors import InputError
 from tests.casebook import factory as F
@@ -39,9 +40,24 @@ def test_record_writes_the_row_and_the_outbox_together(engine: sa.Engine, taxono
         fus = store.followups_of(conn, event.situation_id)
         pending = store.pending_outbox(conn)
     assert [(f.fund, f.action, f.outcome) for f in fus] == [("caf", "fsl", "accorde")]
-    assert len(pending) == 1
-    wire = parse(FollowupEvent, pending[0][3])
-    assert wire == event and pending[0][1] == "help.followups.v1"
+    assert len(pending) == 1 and pending[0][1] == "help.followups.v1"
+    # On the topic the detail is sealed under the case's key: readable while the case is...
+    wire = parse_followup(pending[0][3].encode())
+    assert isinstance(wire, SealedFollowupEvent)
+    assert b"fsl" not in pending[0][3].encode() and b"accorde" not in pending[0][3].encode()
+    assert wire.recorded_by == event.recorded_by and wire.situation_id == event.situation_id
+    with engine.connect() as conn:
+        assert open_followups(conn, [wire]) == [event]
+        key = casekeys.case_keys(conn, [event.situation_id])[event.situation_id]
+    # ...not under another case's key, nor moved to another event...
+    assert casekeys.open_followup(wire, bytes(32)) is None
+    assert casekeys.open_followup(wire.model_copy(update={"event_id": "0" * 32}), key) is None
+    # ...and never again once the case is erased: the key goes with it.
+    with engine.begin() as conn:
+        assert store.apply_tombstones(conn, [event.situation_id]) == 1
+    with engine.connect() as conn:
+        assert casekeys.case_keys(conn, [event.situation_id]) == {}
+        assert open_followups(conn, [wire]) == []
 
 
 @pytest.mark.integration

@@ -186,9 +186,14 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # 1. Every topic from offset 0, with a client of the test's own.
     topics = await _read_every_topic(settings.bootstrap_servers or "")
     assert {"help.situations.v1", "help.deadletter.v1", f"{APP_ID}-persons-changelog"} <= set(topics)
+    followups = topics.get("help.followups.v1", [])
+    assert len(followups) == 3 and all(b'"sealed"' in r for r in followups), followups[:1]
     for topic, records in topics.items():
         family = _family(topic)
         assert family in inventory, f"{topic}: not in docs/erasure.md"
+        # What the follow-ups said was done: readable nowhere (sealed, their keys destroyed).
+        hits = [r for r in records if b"aide_financiere_individuelle" in r or b"accorde" in r]
+        assert not hits, f"{topic} still holds a follow-up's action or outcome: {hits[0][:300]!r}"
         if family in may_remain:
             continue
         for who, p in pseudo.items():
@@ -197,6 +202,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
 
     # 2. Every casebook table: nothing about the three people (the ledger keeps its minimal form).
     with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ct.case_keys)).scalar_one() == 0
         for table in ct.metadata.sorted_tables:
             text = repr([tuple(r) for r in conn.execute(sa.select(table))])
             for who, p in pseudo.items():

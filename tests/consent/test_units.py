@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.app.bootstrap import audit_sink
-from services.app.purge import apply_purge, plan_purge
+from services.app.purge import apply_purge, count_subjects, plan_purge
 from services.casebook import store
 from services.casebook import tables as ct
 from services.casebook.audit import access_log
@@ -22,6 +22,7 @@ from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.errors import InputError
+from services.ledger import tables as lt
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger
 from services.platform.db import open_engine
@@ -212,16 +213,29 @@ def test_purge_periods(offline_settings: Settings) -> None:
                        as_of=as_of)
     assert len(short.inactive) == 2 and len(short.closed) == 2
 
+    # The audit sink's persons of signals whose receipt never came: those read before the
+    # signals' period (6 months before --as-of), and undated rows (an earlier version), go.
+    subjects = [("a" * 32, "2027-11-30T23:59:59.000000Z"), ("b" * 32, "2027-12-01T00:00:01.000000Z"),
+                ("c" * 32, None)]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(lt.signal_subjects), [
+            {"signal_id": i, "key_id": "exch-2026-01", "value": "P" * 43, "seen_at": at} for i, at in subjects])
+    plan = plan_purge(engine, offline_settings, as_of=as_of, rules_window_days=90)
+    count_subjects(engine, plan)
+    assert plan.signal_subjects == 2
+
     ledger = Ledger(engine)
     assert apply_purge(engine, ledger, plan) == 2
     with engine.connect() as conn:
+        assert list(conn.execute(sa.select(lt.signal_subjects.c.signal_id)).scalars()) == ["b" * 32]
         left = {s.situation_id for s in store.all_situations(conn)}
         assert left == {sits[1].situation_id, sits[3].situation_id}
         assert store.count_rows(conn, ct.followups) == 0
     (entry,) = [parse_entry(d) for _, d in ledger.query(action="purge_conservation")]
     assert entry.count == 2 and entry.person is None and entry.case_id is None
-    # dated at the time of the run, not at --as-of (which only moves the cut-off)
+    # dated at the time of the run; the cut-off is --as-of, the date the periods count back from
     assert abs(entry.time - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+    assert entry.cut_off == as_of.date()
     # the erasure commands name each purged situation's person
     assert set(plan.persons) == set(plan.situation_ids)
     assert {v for _, v in plan.persons.values()} == {s.pseudonym.value for s in (sits[0], sits[2])}

@@ -71,6 +71,11 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
          "fund": "caf", "action": "fsl", "outcome": "accorde", "recorded_at": "2026-11-20T14:00:00Z",
          "recorded_by": "agent.caf-35.0042"}
     ],
+    "sealed_followup": [
+        {"schema_version": "1.0", "event_id": "f" * 32, "situation_id": "e" * 32, "territory": "35",
+         "fund": "caf", "recorded_at": "2026-11-20T14:00:00Z", "recorded_by": "agent.caf-35.0042",
+         "sealed": {"alg": "A256GCM", "value": "A" * 60}}
+    ],
     "consent": [
         {"schema_version": "1.0", "event_id": "1" * 32, "kind": "consentement_donne", "fund": "urssaf",
          "emitter": "urssaf-ca", "pseudonym": PSEUDO, "purposes": ["acces_aux_droits"],

@@ -38,7 +38,7 @@ from services.correlator.engine import Engine, Record
 from services.errors import Rejected
 from services.platform.partitioning import murmur2, partition_for
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, signal_topic
+from services.platform.topics import CONSENTS_TOPIC, CONTRACT_PARTITIONS, DEADLETTER_TOPIC, signal_topic
 from services.producer import nir as nirs
 from services.producer.keys import exchange_dir, fund_dir, registry_path
 from services.producer.pseudonym import PREFIX, pseudonym
@@ -47,7 +47,7 @@ from services.producer.seal import Sealer, SignalIds, open_sealed, token
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "schemas" / "vectors"
-PARTITIONS = 8
+PARTITIONS = CONTRACT_PARTITIONS  # schemas/asyncapi.yaml
 
 FUND = Fund.CAF
 EXCHANGE_KEY_ID = "xk-20261123-3c4d"
@@ -675,10 +675,8 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
 
 def run_engine(reg: Registry, records: list[tuple[str, bytes, int | None]]) -> list[dict[str, Any]]:
     """What the correlator's engine answers to each record (fresh state, clock at NOW)."""
-    from services.correlator.app import PARTITIONS as WORKER_PARTITIONS
     from tests.correlator.core_fixtures import context
 
-    assert WORKER_PARTITIONS == PARTITIONS
     engine = Engine(context(), reg, partitions=PARTITIONS, clock=lambda: NOW)
     recs = []
     for offset, (topic, value, part) in enumerate(records):

@@ -17,7 +17,9 @@ import yaml
 from services.core.messages import SCHEMA_VERSION
 from services.core.reasons import Reason
 from services.core.types import PSEUDONYM_VALUE_PATTERN, SIGNAL_ID_PATTERN, SIGNATURE_VALUE_PATTERN
-from services.correlator import app, checks, engine
+from services.correlator import checks, engine
+from services.platform.settings import Settings
+from services.platform.topics import CONTRACT_PARTITIONS
 from services.producer import keys, nir, sdk, seal
 from services.producer.pseudonym import PREFIX
 
@@ -139,7 +141,8 @@ def test_partitions() -> None:
     channels = _asyncapi()["channels"]
     assert channels["signals"]["bindings"]["kafka"]["partitions"] == signals
     assert channels["consents"]["bindings"]["kafka"]["partitions"] == consents
-    assert app.PARTITIONS == signals == consents  # co-partitioned: one worker partition per person
+    # co-partitioned: one worker partition per person; the worker's count is read from asyncapi.yaml
+    assert Settings().partitions == CONTRACT_PARTITIONS == signals == consents
     assert checks.Checker.__init__.__defaults__ == (signals,)
     assert engine.Engine.__init__.__kwdefaults__["partitions"] == signals
     assert _vectors("signals.json")["partitions"] == signals

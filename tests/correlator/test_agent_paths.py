@@ -1,12 +1,12 @@
 """The worker's shortcuts around Faust's per-message machinery behave as what they replace.
 
-- :func:`services.correlator.app.take_batches`: batches of at most ``max_`` events, in order,
+- :func:`services.correlator.delivery.take_batches`: batches of at most ``max_`` events, in order,
   as soon as full or ``within`` after the first one; ends on Faust's StopAsyncIteration;
-- :class:`services.correlator.app._Partitioner`: the partition aiokafka's default
+- :class:`services.correlator.sending.KeyPartitioner`: the partition aiokafka's default
   partitioner would choose, or None when it cannot know;
-- the patched ``Consumer.wait_first``: a delivery that does not block completes at once with
-  ``wait_first``'s result; one that blocks still races the flow suspension (cancelled by it,
-  or completed when it unblocks), as in Faust.
+- the patched ``Consumer.wait_first`` (:mod:`services.correlator.faust_seam`): a delivery
+  that does not block completes at once with ``wait_first``'s result; one that blocks still
+  races the flow suspension (cancelled by it, or completed when it unblocks), as in Faust.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import asyncio
 import os
 from typing import Any
 
-import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from services.correlator import app as correlator_app
-from services.correlator.app import _Partitioner, take_batches
+from services.correlator import faust_seam
+from services.correlator.delivery import take_batches
+from services.correlator.sending import KeyPartitioner
 
 
 async def test_take_batches_full_batches_at_once_then_the_rest_within() -> None:
@@ -76,7 +76,7 @@ class _Producer:
 
 def test_partitioner_equals_aiokafka_default() -> None:
     meta = _Metadata({"four": {0, 1, 2, 3}, "one": {0}, "odd": {0, 2}})
-    ours = _Partitioner(_Producer(meta))  # type: ignore[arg-type]  # only the metadata is read
+    ours = KeyPartitioner(_Producer(meta))  # type: ignore[arg-type]  # only the metadata is read
     theirs = DefaultPartitioner()
     for n in range(2000):
         key = os.urandom(n % 50 + 1)
@@ -102,7 +102,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
 
 async def test_patched_wait_first_fast_and_blocking_deliveries() -> None:
-    correlator_app._patch_drain()
+    faust_seam.install(100)
     consumer = _Consumer()
     done: list[str] = []
 
@@ -149,50 +149,3 @@ async def test_patched_wait_first_fast_and_blocking_deliveries() -> None:
         pass
     else:  # pragma: no cover
         raise AssertionError("the delivery's exception was swallowed")
-
-
-async def test_effects_run_one_after_another_one_batch_ahead_at_most() -> None:
-    effects = correlator_app.Effects(on_failure=lambda exc: pytest.fail(f"unexpected {exc!r}"))
-    log: list[str] = []
-    release = [asyncio.Event() for _ in range(3)]
-
-    async def effect(i: int) -> None:
-        log.append(f"start {i}")
-        await release[i].wait()
-        log.append(f"end {i}")
-
-    await effects.submit(effect(0))  # nothing before it: returns at once
-    second = asyncio.ensure_future(effects.submit(effect(1)))
-    await asyncio.sleep(0.01)
-    assert not second.done()  # waits for effect 0: one batch ahead at most
-    assert log == ["start 0"]  # and effect 1 has not started before effect 0 ended
-    release[0].set()
-    await second
-    await asyncio.sleep(0.01)
-    assert log == ["start 0", "end 0", "start 1"]
-    release[1].set()
-    release[2].set()
-    await effects.submit(effect(2))
-    await effects.drain()
-    assert log == ["start 0", "end 0", "start 1", "end 1", "start 2", "end 2"]
-
-
-async def test_a_failed_effect_is_reported_and_nothing_after_it_runs() -> None:
-    failures: list[BaseException] = []
-    effects = correlator_app.Effects(on_failure=failures.append)
-    ran: list[int] = []
-
-    async def broken() -> None:
-        raise ConnectionError("broker gone")
-
-    async def later() -> None:
-        ran.append(1)
-
-    await effects.submit(broken())
-    with pytest.raises(ConnectionError):
-        await effects.submit(later())  # the agent learns it too, and stops
-    with pytest.raises(ConnectionError):
-        await effects.drain()
-    await asyncio.sleep(0.01)
-    assert ran == []  # the next batch's effects (its commit above all) never ran
-    assert [type(e) for e in failures] == [ConnectionError, ConnectionError]

@@ -6,7 +6,7 @@ redelivery mistaken for a replay (see :func:`tests.correlator.harness.run_scenar
 These runs are scaled to keep ``tests/correlator`` within a few minutes; the issue's
 50,000-signal version is ``tests/soak`` (run by ``make soak``).
 
-What they caught (see ``services/correlator/app.py`` and ``state.py``): Faust's table
+What they caught (see ``services/correlator/positions.py``, ``checkpoint.py`` and ``state.py``): Faust's table
 recovery stopped at the embedded broker's short end offset and lost the last state writes
 (a category missing from a situation); offsets committed past records a restarted worker
 never processed (a few early offsets without a receipt), now that the agent commits what it

@@ -146,3 +146,102 @@ def test_objection_marker_is_keyed_and_holds_no_pseudonym() -> None:
     assert marker not in table and len(table) == 1
     (state,) = table.values()
     assert json.loads(state)["version_floor"] == 1 and json.loads(state)["opposed_at"] is None
+
+
+def test_redelivered_erasure_command_spares_what_came_after_it() -> None:
+    """kill -9 after an erasure command was applied but before its offset was committed:
+    after the restart, the person's next signals may be processed before the command is read
+    again (another topic). The command names when the purge was issued: the redelivered
+    command erases what was received before then, not the new signals nor the situation they
+    opened (which must not be tombstoned either)."""
+    import json
+
+    from services.platform.topics import signal_topic
+    from tests.correlator.test_exchange_rules import FUNDS, NOW, _partition
+
+    clock = [NOW]
+    engine = Engine(context(), FUNDS.registry(), clock=lambda: clock[0], marker_secret=b"k" * 32)
+    table: dict[bytes, bytes] = {}
+    offsets = [0]
+
+    def run(*records: Record) -> list[object]:
+        batch = engine.process(records, table.get)
+        for key, (_, value) in batch.writes.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        return batch.outputs
+
+    def signal(fund: Fund, category: str, n: int) -> Record:
+        value = json.dumps(FUNDS.signal("m", fund, category, n=n)).encode()
+        offsets[0] += 1
+        return Record(signal_topic(fund), _partition(value), offsets[0],
+                      int(clock[0].timestamp() * 1000), None, value)
+
+    run(signal(Fund.CAF, "impaye_loyer", 0), signal(Fund.URSSAF, "impaye_cotisations", 0))
+    pkey = person_key(PSEUDO.key_id, FUNDS.pseudonym("m"))
+    old = PersonState.model_validate_json(table[pkey])
+    assert old.situation is not None and len(old.signals) == 2
+
+    clock[0] = NOW + dt.timedelta(minutes=1)
+    key, value, partition = erasure_command(PSEUDO.key_id, FUNDS.pseudonym("m"), engine.partitions,
+                                            issued_at=clock[0])
+    command = Record(REPARTITION_TOPIC, partition, 3, 0, key, value, {H_ERASE: ORIGIN_PURGE})
+    first = run(command)
+    assert [(o.topic, o.value) for o in first] == [(SITUATIONS_TOPIC, None)]  # type: ignore[attr-defined]
+    assert PersonState.model_validate_json(table[pkey]).signals == ()
+
+    # The restart: new signals first, then the same command read again.
+    clock[0] = NOW + dt.timedelta(minutes=2)
+    run(signal(Fund.CAF, "separation", 1), signal(Fund.URSSAF, "impaye_cotisations", 1))
+    fresh = PersonState.model_validate_json(table[pkey])
+    assert fresh.situation is not None and len(fresh.signals) == 2
+    again = run(command)
+    assert not any(o.topic == SITUATIONS_TOPIC for o in again)  # type: ignore[attr-defined]
+    assert PersonState.model_validate_json(table[pkey]) == fresh
+
+
+def test_purge_cut_off_travels_from_the_command_to_the_case_entry() -> None:
+    """The purge's cut-off (its --as-of date) goes in the erasure command, the correlator's
+    tombstone carries it, and the audit sink's per-case ``purge_conservation`` entry has it
+    next to the time the tombstone was written."""
+    from services.ledger.sink import EntryMaker
+    from services.ledger.sink import Record as SinkRecord
+    from services.platform.topics import CUT_OFF_HEADER
+
+    engine = Engine(context(), Funds().registry(), clock=lambda: dt.datetime.combine(TODAY, dt.time(13), dt.UTC))
+    cut_off = TODAY + dt.timedelta(days=730)
+    key, value, partition = erasure_command(PSEUDO.key_id, PSEUDO.value, engine.partitions,
+                                            issued_at=dt.datetime.combine(TODAY, dt.time(12), dt.UTC),
+                                            cut_off=cut_off)
+    rec = Record(REPARTITION_TOPIC, partition, 7, 0, key, value, {H_ERASE: ORIGIN_PURGE})
+    (out,) = engine.process([rec], lambda k: None).outputs
+    assert dict(out.headers) == {ORIGIN_HEADER: ORIGIN_PURGE, CUT_OFF_HEADER: cut_off.isoformat().encode()}
+    written_at = dt.datetime.combine(TODAY, dt.time(13, 5), dt.UTC)
+    (entry,) = EntryMaker(None).entries(SinkRecord(SITUATIONS_TOPIC, 2, 40, out.key, None,
+                                                   int(written_at.timestamp() * 1000), out.headers))
+    assert (entry.action, entry.cut_off, entry.time, entry.count) == ("purge_conservation", cut_off, written_at, 1)
+    assert entry.case_id == out.key.decode()  # type: ignore[union-attr]
+
+
+def test_purge_erases_what_was_received_before_it_was_issued() -> None:
+    """A signal received before the purge was issued goes, one received after stays; the
+    situation goes as soon as it shows a signal that went (its refs), and its version
+    becomes the floor; a state of an earlier version (no reception time) goes whole."""
+    issued = dt.datetime.combine(TODAY, dt.time(12), dt.UTC)
+    state = _state()
+    assert state.situation is not None
+    first, second = state.signals
+    before = first.model_copy(update={"received_s": int(issued.timestamp())})  # the same second: before
+    after = second.model_copy(update={"received_s": int(issued.timestamp()) + 1})
+    mixed = state.model_copy(update={"signals": (before, after)})
+    purged = purge_person(mixed, issued)
+    assert purged.signals == (after,) and purged.situation is None
+    assert purged.version_floor == state.situation.version
+    assert purge_person(state, issued).signals == ()  # reception time unknown: erased
+    # Nothing received before: the state is left as it is (a command read again).
+    fresh = mixed.model_copy(update={"signals": (after,), "situation": state.situation.model_copy(
+        update={"last_event": state.situation.last_event.model_copy(update={"refs": [
+            r for r in state.situation.last_event.refs if r.sealed_ref == after.sealed_ref]})})})
+    assert purge_person(fresh, issued) is fresh

@@ -343,7 +343,7 @@ def test_a_ledger_from_before_tiles_gets_its_tile_hashes(tmp_path: Path) -> None
     settings = settings_at(tmp_path, "old")
     ledger = Ledger.open(settings)
     ledger.append([make_entry(i) for i in range(300)])
-    # Migration 0004_ledger_tables creates the table a ledger from before tiles lacks: empty.
+    # Migration 0005_ledger_tables creates the table a ledger from before tiles lacks: empty.
     with ledger.engine.begin() as conn:
         conn.execute(sa_text("DELETE FROM ledger_tile_nodes"))
     ledger.engine.dispose()

@@ -64,7 +64,7 @@ def test_the_migrated_schema_is_the_declared_one(engine: sa.Engine) -> None:
 
 
 def test_the_check_can_fail(engine: sa.Engine) -> None:
-    migrate(engine, "0004_ledger_tables")  # before tracking_offsets
+    migrate(engine, "0005_ledger_tables")  # before tracking_offsets
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), declared())
     assert ("add_table", tracking.offsets.name) in {(d[0], d[1].name) for d in diff
@@ -121,7 +121,7 @@ async def test_a_database_of_the_previous_release_upgrades_in_place(engine: sa.E
     assert {"casebook_offsets", "ledger_offsets", LEGACY_VERSION_TABLE} & names == set()
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == \
-            "0005_tracking_offsets"
+            "0006_tracking_offsets"
         assert tracking.load_positions(conn, GROUP) == {k: v + 1 for k, v in CASEBOOK_LAST.items()}
         assert tracking.load_positions(conn, CONSUMER) == {k: v + 1 for k, v in LEDGER_LAST.items()}
     ledger = Ledger(engine)

@@ -4,10 +4,11 @@ The previous release made them with ``create_all`` when the ledger first opened 
 database: a table that is already there is adopted as it is (it was made from the same
 declaration); a missing one is created. A ledger from before tiles or before the auditor's
 index moved into the append transaction is brought up to date by the ledger itself when it
-opens (:func:`services.ledger.store.ensure_ready`): that needs its hashing code.
+opens (:func:`services.ledger.store.ensure_ready`): that needs its hashing code. A
+``ledger_signal_subjects`` from before its rows were dated gets its ``seen_at`` column.
 
-Revision ID: 0004_ledger_tables
-Revises: 0003_web_sessions
+Revision ID: 0005_ledger_tables
+Revises: 0004_case_keys
 Create Date: 2026-12-07
 """
 
@@ -18,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_ledger_tables"
-down_revision = "0003_web_sessions"
+revision = "0005_ledger_tables"
+down_revision = "0004_case_keys"
 branch_labels = None
 depends_on = None
 
@@ -64,7 +65,7 @@ def _tables() -> list[tuple[str, list[sa.Column[Any]], dict[str, Any], list[tupl
             sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
             sa.Column("fp", sa.Integer, nullable=False),
         ], {"sqlite_with_rowid": False}, []),
-        ("ledger_offsets", [  # replaced by tracking_offsets in 0005
+        ("ledger_offsets", [  # replaced by tracking_offsets in 0006
             sa.Column("consumer", sa.String(64), primary_key=True),
             sa.Column("topic", sa.String(128), primary_key=True),
             sa.Column("partition", sa.Integer, primary_key=True),
@@ -90,18 +91,24 @@ def _tables() -> list[tuple[str, list[sa.Column[Any]], dict[str, Any], list[tupl
             sa.Column("signal_id", sa.String(32), primary_key=True),
             sa.Column("key_id", sa.String(40), nullable=False),
             sa.Column("value", sa.String(43), nullable=False),
+            sa.Column("seen_at", sa.String(27), nullable=True),
         ], {}, []),
     ]
 
 
 def upgrade() -> None:
-    present = set(sa.inspect(op.get_bind()).get_table_names())
+    inspector = sa.inspect(op.get_bind())
+    present = set(inspector.get_table_names())
     for name, columns, options, indexes in _tables():
         if name in present:
             continue
         op.create_table(name, *columns, **options)
         for index, column in indexes:
             op.create_index(index, name, [column])
+    subjects = "ledger_signal_subjects"
+    if subjects in present and "seen_at" not in {c["name"] for c in inspector.get_columns(subjects)}:
+        # a ledger from before its signals' rows were dated (the purge counts their age)
+        op.add_column(subjects, sa.Column("seen_at", sa.String(27), nullable=True))
 
 
 def downgrade() -> None:

@@ -6,8 +6,8 @@ copied (last + 1) and the two tables dropped, so the casebook sink and the audit
 resume exactly where they stopped. Consumer names did not overlap in practice; if one did,
 the furthest position wins (effects are idempotent, a position never moves back).
 
-Revision ID: 0005_tracking_offsets
-Revises: 0004_ledger_tables
+Revision ID: 0006_tracking_offsets
+Revises: 0005_ledger_tables
 Create Date: 2026-12-07
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_tracking_offsets"
-down_revision = "0004_ledger_tables"
+revision = "0006_tracking_offsets"
+down_revision = "0005_ledger_tables"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,114 @@
+"""A batch's checkpoint: its state writes acknowledged, then its outputs, then its offsets.
+
+On the pattern of Quix Streams' ``Checkpoint.commit`` (produce, wait for every delivery,
+then commit the consumed offsets, and nothing after a step that failed), adapted to a state
+kept on a changelog topic:
+
+1. the person states the batch touched, written to the changelog and acknowledged: a
+   situation event is only ever sent for a state already on the changelog, so version N of
+   a situation means one content forever;
+2. the outputs (receipts, dead letters, forwards, situation events), acknowledged;
+3. the next offsets of what the batch processed, committed.
+
+A step that raises stops the sequence: nothing after it runs, so no offset is committed
+past an effect that is not on the broker. The records come again after a restart, and the
+engine recognises them (same signal id at the same position) and answers identically.
+
+:class:`Checkpoints` runs the checkpoints of successive batches one after another while the
+next batch is computed: a batch's checkpoint starts only when the previous one is done (the
+broker sees the sequence that running the batches one by one gives), and at most one batch
+is computed ahead of what is committed. The waits for acknowledgements were, measured on
+the embedded broker, a quarter of a worker's time with the CPU otherwise idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from services.correlator.engine import Output
+
+log = logging.getLogger("help.correlator")
+
+#: The exit status of a worker that stops because a batch's effects failed.
+EXIT_FATAL = 75
+
+#: Send records and return once the broker has acknowledged every one.
+SendAll = Callable[[Sequence[Output]], Awaitable[None]]
+#: Commit next offsets (the consumer group's).
+Commit = Callable[[dict[TP, int]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a batch leaves on the broker, in the order it must get there."""
+
+    writes: Sequence[Output] = ()
+    outputs: Sequence[Output] = ()
+    offsets: dict[TP, int] = field(default_factory=dict)
+
+    async def commit(self, send: SendAll, commit: Commit) -> None:
+        """State writes acknowledged, then outputs acknowledged, then the offsets committed;
+        an exception from a step is raised before the next one starts."""
+        await send(self.writes)
+        await send(self.outputs)
+        if self.offsets:  # (a retention sweep's writes commit no offset)
+            await commit(self.offsets)
+
+
+class Checkpoints:
+    """Checkpoints of successive batches, one after another, one batch ahead at most.
+
+    A failure stops the process (``on_failure``, by default :func:`stop_now`): a later
+    checkpoint never runs after a failed one."""
+
+    def __init__(self, send: SendAll, commit: Commit,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+        self._send = send
+        self._commit = commit
+        self._last: asyncio.Task[None] | None = None
+        self._on_failure = on_failure or stop_now
+
+    async def submit(self, checkpoint: Checkpoint) -> None:
+        """Start ``checkpoint`` after the previous one; return once the previous one is done."""
+        effect = checkpoint.commit(self._send, self._commit)
+        previous = self._last
+        task = asyncio.ensure_future(self._after(previous, effect))
+        task.add_done_callback(self._done)
+        self._last = task
+        if previous is not None:
+            await asyncio.shield(previous)
+
+    @staticmethod
+    async def _after(previous: asyncio.Task[None] | None, effect: Coroutine[Any, Any, None]) -> None:
+        if previous is not None:
+            try:
+                await asyncio.shield(previous)
+            except BaseException:
+                effect.close()  # never run after a failed predecessor
+                raise
+        await effect
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._on_failure(exc)
+
+    async def drain(self) -> None:
+        """Wait until every submitted checkpoint is done (a revocation, a stop)."""
+        if self._last is not None:
+            await asyncio.shield(self._last)
+
+
+def stop_now(exc: BaseException) -> None:
+    """Stop the process at once, committing nothing more (a bug or a broker failure)."""
+    # (A task cancelled means the worker is stopping: nothing after it is committed either.)
+    log.critical("correlator: a batch's effects failed, stopping without commit",
+                 exc_info=(type(exc), exc, exc.__traceback__))
+    logging.shutdown()
+    os._exit(EXIT_FATAL)

@@ -1,0 +1,101 @@
+"""What the worker does with a batch, a rebalance and a retention tick, under one lock.
+
+Per batch, in this order: choose the records to process (:class:`~.positions.Positions`);
+load the state of partitions seen for the first time (:class:`~.state.PersonStore`); run the
+engine, letting the event loop run between its steps (the previous batch's checkpoint
+progresses meanwhile); keep the touched states; hand the batch's
+:class:`~.checkpoint.Checkpoint` (state writes, outputs, next offsets) to
+:class:`~.checkpoint.Checkpoints`. A revocation takes the same lock and waits for the
+checkpoints, so a partition is revoked between batches, never during one, and only once
+what was processed of it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from faust.types import TP
+
+from services.correlator.checkpoint import Checkpoint, Checkpoints
+from services.correlator.delivery import to_record
+from services.correlator.engine import Batch, Engine, Output
+from services.correlator.positions import Positions
+from services.correlator.state import PersonStore, SendAcked
+from services.platform.runtime import HeapPolicy
+
+#: The engine lets the event loop run after every so many records of a batch.
+STEP_RECORDS = 256
+
+
+class Processor:
+    """The correlator's batches, rebalances and retention sweep, for one worker."""
+
+    def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
+                 checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
+                 send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer]) -> None:
+        self.engine = engine
+        self.store = store
+        self.positions = positions
+        self.checkpoints = checkpoints
+        self.heap = heap
+        self.topics = topics
+        self._send_one = send_one
+        self._loader = loader
+        self.lock = asyncio.Lock()
+
+    async def batch(self, received: Sequence[Any]) -> None:
+        """Process a batch of fetched messages (after the one in progress)."""
+        async with self.lock:
+            await self._batch(received)
+
+    async def _batch(self, received: Sequence[Any]) -> None:
+        messages = await self.positions.select(received)
+        if not messages:
+            return
+        store = self.store
+        await store.load({m.partition for m in messages}, self._send_one, self._loader)
+        steps = self.engine.steps([to_record(m) for m in messages], store.get, every=STEP_RECORDS)
+        batch: Batch
+        while True:  # the previous batch's checkpoint progresses between the steps
+            try:
+                next(steps)
+            except StopIteration as end:
+                batch = end.value
+                break
+            await asyncio.sleep(0)
+        # The offsets now: the next batch advances the positions before this one commits.
+        offsets = self.positions.offsets({m.tp for m in messages})
+        await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets))
+        self.heap.after_batch()
+
+    def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]) -> list[Output]:
+        """Keep the touched states; their changelog records."""
+        store, changelog = self.store, self.store.changelog
+        for key, (partition, value) in writes.items():
+            store.put(key, partition, value)
+        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()]
+
+    async def sweep(self, page: int) -> int:
+        """One page of the retention sweep, between batches (a state is never swept and
+        processed at once); its writes are checkpointed as a batch's, with no offset."""
+        async with self.lock:
+            writes = self.engine.sweep(self.store.sweep_page(page))
+            if writes:
+                await self.checkpoints.submit(Checkpoint(self._keep(writes)))
+        return len(writes)
+
+    async def revoked(self, tps: set[TP]) -> None:
+        """After the batch in progress, with what was processed on the broker and committed."""
+        async with self.lock:
+            await self.checkpoints.drain()
+            ours = {tp for tp in tps if tp.topic in self.topics}
+            self.positions.revoke(ours)
+            still = {tp.partition for tp in self.positions.assigned}
+            self.store.drop({tp.partition for tp in ours} - still)
+
+    async def assigned(self, tps: set[TP]) -> None:
+        async with self.lock:
+            self.positions.assign({tp for tp in tps if tp.topic in self.topics})
