@@ -73,9 +73,9 @@ lint: $(STAMP)
 test: $(STAMP) $(NODE_STAMP) $(INTEROP_NODE_STAMP) $(AXE_STAMP) $(OIDC_STAMP) system-packages lint
 	$(BIN)/pytest -q
 
-# The fast loop: what needs no broker, database or worker (tests/conftest.py marks the rest
-# `integration`). `make test` still runs everything.
-check: $(STAMP) lint
+# The fast loop: what needs no broker, database, worker or outside program but the AsyncAPI
+# parser (tests/conftest.py marks the rest `integration`). `make test` still runs everything.
+check: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/pytest -q -m "not integration"
 
 # Long runs, kept out of `make test` to keep it short; CI runs both.

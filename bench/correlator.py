@@ -56,9 +56,9 @@ from services.platform.topics import (
     receipt_topic,
     signal_topic,
 )
-from tests.conftest import free_port
-from tests.correlator.factory import Funds, wire
 from tests.correlator.harness import REPO, publish, start_worker, stop
+from tests.support.local import free_port
+from tests.support.signals import Funds, wire
 
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
 PLAIN_N = int(os.environ.get("BENCH_PLAIN_SIGNALS", "10000"))

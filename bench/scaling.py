@@ -31,7 +31,7 @@ from services.platform.topics import load_topic_specs, receipt_topic
 from services.producer.keys import init_exchange_key, init_fund_keys
 from services.producer.publish import publish_file
 from services.simulator.cli import simulate, today_paris
-from tests.conftest import free_port
+from tests.support.local import free_port
 
 FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
 SIGNALS_AT_SCALE_1 = 3_160  # Ille-et-Vilaine's month at scale 1 (the demo's month)

@@ -1,30 +1,24 @@
 """Shared fixtures. Integration fixtures start real parts and *fail* (never skip) when a part
 is missing: a test that cannot reach its broker is a broken install, not an optional test.
 
-A test that uses one of them (directly or through another fixture), or runs on the PostgreSQL
-side of a ``db_url`` parameter, is marked ``integration`` here, so that ``make check`` runs
-the rest alone (``pytest -m "not integration"``); ``make test`` runs everything."""
+A test that uses one of them or another outside part (directly or through another fixture),
+or runs on the PostgreSQL side of a ``db_url`` parameter, is marked ``integration`` here, so
+that ``make check`` runs the rest alone (``pytest -m "not integration"``); ``make test`` runs
+everything."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.platform.broker import EmbeddedBroker
-from services.platform.kafka import apply_topics
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import load_topic_specs
+from tests.support.local import embedded_broker, free_port
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-#: Fixtures that start a broker or a database (or use one that does).
-REAL_PARTS = frozenset({"broker_var", "embedded_broker", "bootstrap", "private_bootstrap", "postgres_url"})
+#: Fixtures that start a broker or a database (or use one that does), or build an outside
+#: program (Go's verifier).
+REAL_PARTS = frozenset({"broker_var", "bootstrap", "private_bootstrap", "postgres_url", "go_verifier"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,30 +28,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def broker_var(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("broker-var")
-
-
-@contextlib.contextmanager
-def embedded_broker(var: Path) -> Iterator[str]:
-    """A real embedded broker (Tansu) on a free loopback port, with every topic applied."""
-    settings = load_settings(var_dir=var, broker_port=free_port())
-    embedded = EmbeddedBroker(settings)
-    state, proc = embedded.start(detach=False)
-    try:
-        specs = load_topic_specs(settings.schemas_dir / "asyncapi.yaml")
-        asyncio.run(apply_topics(settings, state.bootstrap, specs))
-        yield state.bootstrap
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from services.platform.topics import load_topic_specs
-from tests.conftest import free_port
+from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
 EXE = [sys.executable, "-m", "services.app.cli"]

@@ -156,7 +156,6 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     from services.platform.kafka import apply_topics
     from services.platform.topics import load_topic_specs, receipt_topic
     from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
-    from services.producer.seal import open_sealed
     from services.simulator.cli import simulate, today_paris
 
     today = today_paris()
@@ -234,17 +233,10 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
 
         report.stage("6. Comparaison avec la vérité terrain")
         secrets = {fund: load_fund_secrets(settings.key_dir, fund).sealing_keys for fund in FUNDS}
-        found = set()
-        for sit in situations.values():
-            refs = sorted(f"{r['fund']}:{open_sealed(Fund(r['fund']), secrets[Fund(r['fund'])], r['sealed_ref']['key_id'], r['sealed_ref']['value'])}"  # noqa: E501
-                          for r in sit["refs"])
-            found.add((tuple(refs), tuple(sorted(sit["rules"])), sit["priority"]))
-        expected = {(tuple(s["references"]), tuple(s["regles"]), s["priorite"]) for s in truth["situations"]}
-        matched = len(found & expected)
-        precision = matched / len(found) if found else 0.0
-        recall = matched / len(expected) if expected else 1.0
-        report.say(f"précision {precision:.3f}  rappel {recall:.3f}  "
-                   f"({matched} situations identiques sur {len(expected)} attendues, {len(found)} trouvées)")
+        score = compare_with_truth(situations, truth, secrets)
+        precision, recall = score.precision, score.recall
+        report.say(f"précision {precision:.3f}  rappel {recall:.3f}  ({score.matched} situations identiques sur "
+                   f"{score.expected} attendues, {score.found} trouvées)")
 
         report.stage("7. Journal d'audit : ce qui est passé sur les topics")
         _cli(settings, "audit", "sink", "--until-idle", "3")
@@ -321,6 +313,39 @@ def wait_for_casebook(settings: Settings, versions: dict[str, int], sink: subpro
         engine.dispose()
     raise HelpExchangeError("the casebook did not catch up with the situations in time",
                             f"read {settings.var_dir / 'casebook-sink.log'}")
+
+
+@dataclass(frozen=True)
+class Score:
+    """The situations found against the simulator's ground truth."""
+
+    matched: int
+    found: int
+    expected: int
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.found if self.found else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.expected if self.expected else 1.0
+
+
+def compare_with_truth(situations: dict[str, dict[str, Any]], truth: dict[str, Any],
+                       secrets: dict[Fund, dict[str, bytes]]) -> Score:
+    """A situation matches when its references (opened with each fund's own key), rules and
+    priority are exactly a ground-truth situation's."""
+    from services.producer.seal import open_sealed
+
+    found = set()
+    for sit in situations.values():
+        refs = sorted(f"{r['fund']}:" + open_sealed(Fund(r["fund"]), secrets[Fund(r["fund"])],
+                                                    r["sealed_ref"]["key_id"], r["sealed_ref"]["value"])
+                      for r in sit["refs"])
+        found.add((tuple(refs), tuple(sorted(sit["rules"])), sit["priority"]))
+    expected = {(tuple(s["references"]), tuple(s["regles"]), s["priorite"]) for s in truth["situations"]}
+    return Score(len(found & expected), len(found), len(expected))
 
 
 def worklist_matches_truth(cases: list[dict[str, Any]], expected: list[dict[str, Any]],

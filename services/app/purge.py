@@ -37,21 +37,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 import click
-import sqlalchemy as sa
 
-from services.casebook.retention import PurgePlan, correlation_window_days, delete_expired, plan_purge
 from services.core.bounds import parse_day
-from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
-from services.ledger.store import Ledger, ensure_ready
-from services.ledger.subjects import count_stale_subjects, delete_stale_subjects
-from services.platform.broker import resolve_bootstrap
 from services.platform.cli import settings_from
-from services.platform.db import make_engine, scrub
 from services.platform.settings import Settings
 
-__all__ = ["PurgePlan", "apply_purge", "count_subjects", "plan_purge", "register", "send_erasures"]
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from services.casebook.retention import PurgePlan
+    from services.ledger.store import Ledger
 
 
 async def send_erasures(settings: Settings, bootstrap: str, plan: PurgePlan) -> int:
@@ -70,6 +68,11 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
 
     The entry is dated ``now`` (the time of the run); its ``cut_off`` is the plan's
     ``as_of`` date."""
+    from services.casebook.retention import delete_expired
+    from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
+    from services.ledger.subjects import delete_stale_subjects
+    from services.platform.db import scrub
+
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
                       purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
                       time=now or dt.datetime.now(dt.UTC), entry_id=uuid.uuid4().hex,
@@ -85,6 +88,8 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
 
 def count_subjects(engine: sa.Engine, plan: PurgePlan) -> None:
     """The plan's count of the ledger's persons of signals without receipt (reads only)."""
+    from services.ledger.subjects import count_stale_subjects
+
     if plan.signal_subjects_before is not None:
         with engine.connect() as conn:
             plan.signal_subjects = count_stale_subjects(conn, plan.signal_subjects_before)
@@ -108,6 +113,12 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     it), deletes the situations and their follow-ups from the casebook and enters the run,
     with its counts and the time it ran, in the ledger. --as-of only moves the cut-off.
     """
+    # The casebook's database and the ledger load only when a purge runs (the CLI starts faster).
+    from services.casebook.retention import correlation_window_days, plan_purge
+    from services.ledger.store import Ledger, ensure_ready
+    from services.platform.broker import resolve_bootstrap
+    from services.platform.db import make_engine
+
     settings = settings_from(ctx)
     if as_of is None:
         moment = dt.datetime.now(dt.UTC)

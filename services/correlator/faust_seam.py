@@ -65,24 +65,27 @@ _PATCHED = "_help_patched"
 def install(fetch_wait_ms: int) -> None:
     """Install the process-wide patches (once) and set the worker consumer's fetch wait."""
     _FETCH_WAIT_MS[0] = fetch_wait_ms
-    _patch_fetch_wait()
-    _patch_wait_first()
+    _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", _with_fetch_wait)
+    _wrap(faust_aiokafka.Consumer, "wait_first", _stepping_first)
 
 
-def _patch_fetch_wait() -> None:
-    cls = faust_aiokafka.AIOKafkaConsumerThread
-    if cls.__dict__.get(_PATCHED):
+def _wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> None:
+    """Replace ``cls.<name>`` by ``wrapper(original)``, once per class (``functools.wraps``
+    keeps the original reachable)."""
+    if cls.__dict__.get(_PATCHED + name):
         return
-    original = cls._create_worker_consumer
+    original = getattr(cls, name)
+    setattr(cls, name, functools.wraps(original)(wrapper(original)))
+    setattr(cls, _PATCHED + name, True)
 
-    @functools.wraps(original)
+
+def _with_fetch_wait(original: Any) -> Any:
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _FETCH_WAIT_MS[0]
         return consumer
 
-    cls._create_worker_consumer = create  # type: ignore[method-assign]
-    setattr(cls, _PATCHED, True)
+    return create
 
 
 class _Resume:
@@ -120,13 +123,7 @@ async def _resumed(coro: Any, pending: Any) -> Any:
 _FLOW_WAIT = asyncio.Event.wait.__code__
 
 
-def _patch_wait_first() -> None:
-    cls = faust_aiokafka.Consumer
-    if cls.__dict__.get(_PATCHED):
-        return
-    original = cls.wait_first
-
-    @functools.wraps(original)
+def _stepping_first(original: Any) -> Any:
     async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
         if (len(coros) == 2 and getattr(coros[1], "cr_code", None) is _FLOW_WAIT
                 and asyncio.iscoroutine(coros[0]) and not self.suspend_flow.is_set()
@@ -143,8 +140,7 @@ def _patch_wait_first() -> None:
             return await original(self, _resumed(work, pending), flow, timeout=timeout)
         return await original(self, *coros, timeout=timeout)
 
-    cls.wait_first = wait_first  # type: ignore[method-assign]
-    setattr(cls, _PATCHED, True)
+    return wait_first
 
 
 def route_to_inbox(app: faust.App, topics: set[str],

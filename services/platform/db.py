@@ -14,14 +14,15 @@ one migration history (``services/platform/migrations``, see docs/architecture.m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.exc import OperationalError
 
 from services.errors import TransientError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -79,6 +80,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def alembic_config() -> Config:
+    # Alembic loads only when a database is migrated: the command line starts without it.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -88,6 +92,8 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Bring every table to ``revision`` (default: the latest), in one transaction; a
     database of the previous release (casebook at ``0003_web_sessions``, ledger tables made
     by ``create_all``) is upgraded in place."""
+    from alembic import command
+
     config = alembic_config()
     try:
         with engine.begin() as conn:

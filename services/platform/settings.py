@@ -233,6 +233,11 @@ class Settings(BaseSettings):
 
         return self.registry_signer or signer_public_path(self.key_dir)
 
+    @property
+    def pseudonymiser_store(self) -> Path:
+        """The pseudonymisation service's key store (its ``public.json`` is what funds pin)."""
+        return self.pseudonymiser_key_dir or self.key_dir / "pseudonymiser"
+
     @cached_property
     def partitions(self) -> int:
         """Partitions of every topic the correlator reads and of its state (co-partitioned):

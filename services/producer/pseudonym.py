@@ -1,5 +1,5 @@
 """The pseudonym: scheme v1, HMAC-SHA256 of the normalised NIR under the current exchange key
-(scheme v2, the pseudonymisation service's VOPRF: :mod:`services.pseudonymiser.client`,
+(scheme v2, the pseudonymisation service's VOPRF: :mod:`services.producer.pseudonym_v2`,
 chosen by ``HELP_PSEUDONYM_SCHEME``; :func:`source_for`).
 
 Every producer holds the same exchange key, so the same person gets the same pseudonym at
@@ -61,7 +61,7 @@ def source_for(settings: Settings, fund: Fund, registry: Registry | None = None)
     """The source ``settings.pseudonym_scheme`` says: v1 needs the exchange key file, v2 only
     the service's pinned public keys (``public.json``) and its URL."""
     if settings.pseudonym_scheme == "v2":
-        from services.pseudonymiser.client import PseudonymClient
+        from services.producer.pseudonym_v2 import PseudonymClient
 
         return PseudonymClient.from_settings(settings, fund)
     from services.producer.keys import load_exchange_key

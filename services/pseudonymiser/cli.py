@@ -47,7 +47,7 @@ def destroy_key_cmd(ctx: click.Context, key_version: str) -> None:
     from services.pseudonymiser.keystore import destroy_key
 
     settings = _settings(ctx)
-    destroy_key(settings, key_version, provided(ctx, PseudonymiserWiring).log(settings))
+    destroy_key(settings, key_version, provided(ctx, PseudonymiserWiring).log(settings).key_destroyed)
     click.echo(f"{key_version} destroyed and retired")
 
 
@@ -55,7 +55,8 @@ def destroy_key_cmd(ctx: click.Context, key_version: str) -> None:
 @click.pass_context
 def keys_cmd(ctx: click.Context) -> None:
     """Print the published key versions (public.json)."""
-    from services.pseudonymiser.keystore import public_path, read_public, store_dir
+    from services.core.pseudonymisation import public_path, read_public
+    from services.pseudonymiser.keystore import store_dir
 
     path = public_path(store_dir(_settings(ctx)))
     read_public(path)  # a missing or malformed file: one line saying so
@@ -68,7 +69,8 @@ def keys_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve POST /v1/evaluate and GET /v1/keys until stopped (Ctrl-C)."""
-    from services.pseudonymiser.keystore import public_path, store_dir
+    from services.core.pseudonymisation import public_path
+    from services.pseudonymiser.keystore import store_dir
     from services.pseudonymiser.server import make_server
     from services.pseudonymiser.service import build_service
 

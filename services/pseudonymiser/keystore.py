@@ -6,6 +6,8 @@ Layout (``Settings.pseudonymiser_key_dir``, default ``<key_dir>/pseudonymiser``)
     public.json                {"suite": "ristretto255-SHA512", "versions": [{"key_version",
                                 "public_key" (b64url of 32 bytes), "status", "created_at"}]}
 
+``public.json`` is read by :func:`services.core.pseudonymisation.read_public` (funds pin it).
+
 Each version is also listed among the registry's ``exchange_keys`` (active), so that the
 correlator accepts pseudonyms under it exactly as it accepts v1 ones; v1 producers ignore
 ``pk-`` ids (:meth:`services.core.registry.Registry.current_exchange_key_id`).
@@ -15,56 +17,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from services.core.oprf import SEED_BYTES, SUITE, Evaluator
+from services.core.pseudonymisation import PublicVersion, public_path, read_public
 from services.core.registry import ExchangeKeyEntry, load_registry, registry_path, save_registry, write_secret
-from services.core.signing import b64u, b64u_decode
+from services.core.signing import b64u
 from services.core.types import format_timestamp
 from services.errors import ConfigurationError
 from services.platform.settings import Settings
 
-if TYPE_CHECKING:
-    from services.pseudonymiser.service import ServiceLog
-
 KEY_INFO = b"help-exchange/pseudonym/v2"
 VERSION_PREFIX = "pk"
-VERSION_PATTERN = re.compile(r"^pk-[0-9a-f]{8}$")
-
-
-@dataclass(frozen=True)
-class PublicVersion:
-    key_version: str
-    public_key: bytes
-    status: str
-    created_at: str
 
 
 def store_dir(settings: Settings) -> Path:
-    return settings.pseudonymiser_key_dir or settings.key_dir / "pseudonymiser"
-
-
-def public_path(folder: Path) -> Path:
-    return folder / "public.json"
-
-
-def read_public(path: Path) -> list[PublicVersion]:
-    """The published versions (what a fund pins); :class:`ConfigurationError` if unreadable."""
-    try:
-        doc = json.loads(path.read_bytes())
-        out = [PublicVersion(v["key_version"], b64u_decode(v["public_key"]), v["status"], v["created_at"])
-               for v in doc["versions"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"cannot read the pseudonymiser's public keys {path}: {exc}",
-                                 "create them with `help-exchange pseudonymiser init-key`, "
-                                 "or copy the service's public.json") from exc
-    if any(not VERSION_PATTERN.fullmatch(v.key_version) or len(v.public_key) != 32 for v in out):
-        raise ConfigurationError(f"{path}: a key version or public key is malformed", "restore the file")
-    return out
+    return settings.pseudonymiser_store
 
 
 def _write_public(folder: Path, versions: list[PublicVersion]) -> None:
@@ -117,18 +87,12 @@ def load_evaluators(settings: Settings) -> dict[str, Evaluator]:
     return out
 
 
-def current_version(versions: list[PublicVersion]) -> PublicVersion:
-    active = [v for v in versions if v.status == "active"]
-    if not active:
-        raise ConfigurationError("the pseudonymiser publishes no active key version",
-                                 "create one with `help-exchange pseudonymiser init-key`")
-    return max(active, key=lambda v: (v.created_at, v.key_version))
-
-
-def destroy_key(settings: Settings, version: str, log: ServiceLog, *, now: dt.datetime | None = None) -> None:
+def destroy_key(settings: Settings, version: str, recorded: Callable[[str, dt.datetime], None], *,
+                now: dt.datetime | None = None) -> None:
     """End of a version's overlap window: its seed is overwritten and deleted, the version is
     marked ``retired`` in public.json and in the registry (the correlator then refuses its
-    pseudonyms), and the destruction is recorded in ``log`` (the ledger: action ``rotation_cle``)."""
+    pseudonyms), and the destruction is ``recorded`` (the service's log: the ledger's
+    ``rotation_cle`` entry)."""
     from services.errors import InputError
 
     now = now or dt.datetime.now(dt.UTC)
@@ -154,4 +118,4 @@ def destroy_key(settings: Settings, version: str, log: ServiceLog, *, now: dt.da
     keys = tuple(k.model_copy(update={"status": "retired", "retired_at": k.retired_at or stamp})
                  if k.key_id == version else k for k in registry.exchange_keys)
     save_registry(registry.model_copy(update={"exchange_keys": keys}), reg_path)
-    log.key_destroyed(version, now)
+    recorded(version, now)

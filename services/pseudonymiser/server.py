@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from services.core.oprf import MAX_BATCH
+from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
-from services.pseudonymiser.service import Pseudonymiser, Refused
+from services.pseudonymiser.service import Pseudonymiser
 
 log = logging.getLogger(__name__)
 _STATUS = {Reason.QUOTA_DEPASSE: 429, Reason.REQUETE_REJOUEE: 409}

@@ -18,30 +18,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.core.oprf import Evaluator, OprfError
+from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.types import Fund
-from services.errors import Rejected
 from services.platform.settings import Settings
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 #: How many request ids are remembered against replay (a day's worth of batches and more).
 REPLAY_MEMORY = 1_000_000
-
-
-class Refused(Rejected):
-    """A batch refused: ``reason`` says why (``detail``, in words); nothing was evaluated.
-
-    The field is the request as a whole; the message keeps the form the operators know,
-    ``"<reason code>: <what>"``."""
-
-    def __init__(self, reason: Reason, what: str, hint: str) -> None:
-        super().__init__(reason, "request", f"{reason.value}: {what}", hint)
-        self.detail = what
-        self._parts = (reason, what, hint)
-
-    def __reduce__(self) -> tuple[type[Refused], tuple[Reason, str, str]]:  # type: ignore[override]
-        """Picklable (it crosses from the producer's worker processes)."""
-        return (type(self), self._parts)
 
 
 @dataclass(frozen=True)
@@ -151,7 +135,8 @@ def build_service(settings: Settings, *, log: ServiceLog | None = None) -> Pseud
     """The service of ``settings``: its active key versions, quota, limit, and where it enters
     its batches (``log``: the ledger, as :func:`services.app.bootstrap.pseudonymiser_log`
     builds it; None enters nothing)."""
-    from services.pseudonymiser.keystore import current_version, load_evaluators, public_path, read_public, store_dir
+    from services.core.pseudonymisation import current_version, public_path, read_public
+    from services.pseudonymiser.keystore import load_evaluators, store_dir
 
     evaluators = load_evaluators(settings)
     current = current_version(read_public(public_path(store_dir(settings)))).key_version

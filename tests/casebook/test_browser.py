@@ -28,9 +28,10 @@ from services.casebook.auth import UserFile
 from services.casebook.model import Month
 from services.casebook.records import record_meeting
 from services.platform.db import open_engine
-from tests.casebook import factory as F
-from tests.conftest import free_port
 from tests.security.server import SECRET
+from tests.support import situations as F
+from tests.support.local import free_port
+from tests.support.processes import terminate
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -79,12 +80,7 @@ def serving(tmp_path: Path, situations: list[Any], followups: list[Any] = (),  #
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from services.casebook.worklist import load_worklist
 from services.core.messages import SealedFollowupEvent, parse_followup
 from services.core.taxonomy import Taxonomy
 from services.errors import InputError
-from tests.casebook import factory as F
-from tests.casebook.test_worklist import run_cli
+from tests.support import situations as F
+from tests.support.cli import run_cli
 
 UTC = dt.UTC
 

@@ -18,8 +18,8 @@ from services.core.rules import LeadFundRule, load_rules
 from services.core.taxonomy import Taxonomy
 from services.core.types import Fund
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
-from tests.casebook import factory as F
-from tests.casebook.test_worklist import run_cli
+from tests.support import situations as F
+from tests.support.cli import run_cli
 
 NOV = Month(2026, 11)
 

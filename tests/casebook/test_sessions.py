@@ -87,7 +87,8 @@ def test_the_guard_delays_locks_and_logs(engine: sa.Engine) -> None:
 
 
 def test_the_purge_removes_sign_ins_past_their_period(engine: sa.Engine) -> None:
-    from services.app.purge import apply_purge, plan_purge
+    from services.app.purge import apply_purge
+    from services.casebook.retention import plan_purge
     from services.ledger.store import Ledger, ensure_ready
 
     ensure_ready(engine)

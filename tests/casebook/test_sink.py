@@ -21,7 +21,7 @@ from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, SITUATIONS_TOPIC
 from services.platform.tracking import load_positions
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC

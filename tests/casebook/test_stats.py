@@ -30,7 +30,7 @@ from services.casebook.stats import (
     render_pdf,
 )
 from services.core.taxonomy import Taxonomy
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 UTC = dt.UTC
 NOV, DEC = Month(2026, 11), Month(2026, 12)

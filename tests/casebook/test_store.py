@@ -16,7 +16,7 @@ from services.errors import TransientError
 from services.platform.db import migrate
 from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC
 from services.platform.tracking import Record, TrackedConsumer, load_positions
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC

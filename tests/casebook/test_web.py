@@ -16,7 +16,7 @@ from services.casebook import store
 from services.casebook.audit import access_log
 from services.casebook.auth import FileAuthenticator, UserFile, hash_secret, verify_secret
 from services.platform.settings import Settings, load_settings
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 SECRET = "un secret assez long"
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from click.testing import CliRunner
 from markupsafe import escape
 
 from services.casebook import store
@@ -36,7 +35,8 @@ from services.casebook.worklist import (
 from services.core.spreadsheet import safe_cell
 from services.core.taxonomy import SignalClass, Taxonomy, parse_taxonomy
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
-from tests.casebook import factory as F
+from tests.support import situations as F
+from tests.support.cli import run_cli
 
 UTC = dt.UTC
 NOV = Month(2026, 11)
@@ -266,15 +266,6 @@ def test_csv_cells_cannot_become_formulas() -> None:
 
 
 # ------------------------------------------------------------------------------- CLI
-def run_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
-    from services.app.cli import cli
-
-    env = {"HELP_DATABASE_URL": f"sqlite:///{tmp_path / 'casebook.db'}", "HELP_VAR_DIR": str(tmp_path / "var"),
-           "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
-
-
 def test_cli_writes_every_format(tmp_path: Path, taxonomy: Taxonomy) -> None:
     from services.platform.db import open_engine
 

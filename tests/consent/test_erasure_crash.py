@@ -16,7 +16,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from stdnum.fr import nir as stdnum_nir
 
-from services.app.purge import PurgePlan, send_erasures
+from services.app.purge import send_erasures
+from services.casebook.retention import PurgePlan
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.correlator.engine import Engine

@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 from stdnum.fr import nir as stdnum_nir
 
-from services.app.purge import apply_purge, plan_purge, send_erasures
+from services.app.purge import apply_purge, send_erasures
 from services.casebook import tables as ct
+from services.casebook.retention import plan_purge
 from services.casebook.sink import CasebookSink
 from services.core.registry import load_registry
 from services.core.types import Fund

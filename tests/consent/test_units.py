@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from services.app.bootstrap import audit_sink
-from services.app.purge import apply_purge, count_subjects, plan_purge
+from services.app.purge import apply_purge, count_subjects
 from services.casebook import store
 from services.casebook import tables as ct
 from services.casebook.audit import access_log
+from services.casebook.retention import plan_purge
 from services.casebook.sink import SINK_TOPICS, apply_records
 from services.core.access import AccessEvent
 from services.core.messages import ConsentEvent, Signal, parse
@@ -33,7 +34,7 @@ from services.producer.consent import consent_outbox_path, record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.outbox import Outbox
 from services.producer.sdk import SignalBuilder, SignalInput
-from tests.casebook import factory
+from tests.support import situations as factory
 
 UTC = dt.UTC
 NIR = "1 55 05 35 006 084 36"  # born 1955 (not a real person's: a synthetic, valid key)

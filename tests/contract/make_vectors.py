@@ -274,7 +274,7 @@ V2_KEY_VERSION = "pk-0a1b2c3d"
 
 def pseudonym_v2_file() -> dict[str, Any]:
     from services.core import oprf
-    from services.pseudonymiser.client import PREFIX_V2, oprf_input
+    from services.producer.pseudonym_v2 import PREFIX_V2, oprf_input
     from services.pseudonymiser.keystore import KEY_INFO
 
     ev = oprf.Evaluator.from_seed(V2_KEY_VERSION, V2_SEED, KEY_INFO)

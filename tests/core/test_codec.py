@@ -31,7 +31,7 @@ from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.reasons import Reason
 from services.core.types import Fund, Outcome, Priority, Purpose, WireEnum
 from services.platform.topics import signal_topic
-from tests.correlator.factory import Funds, wire
+from tests.support.signals import Funds, wire
 
 # ---------------------------------------------------------------------- canonical JSON
 _ascii = st.text(st.characters(max_codepoint=0x7F), max_size=12)

@@ -23,7 +23,7 @@ from services.core.types import Fund
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
-from tests.correlator.factory import Funds, wire
+from tests.support.signals import Funds, wire
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]

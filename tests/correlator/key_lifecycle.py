@@ -32,8 +32,8 @@ from services.producer.keys import fund_dir, init_exchange_key, init_fund_keys, 
 from services.producer.outbox import Outbox, Row
 from services.producer.receipts import read_receipts
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
-from tests.producer.helpers import make_nir
-from tests.reliability.helpers import start_service, terminate
+from tests.support.extracts import make_nir
+from tests.support.processes import start_service, terminate
 
 CATEGORY = {Fund.CAF: "impaye_loyer", Fund.URSSAF: "impaye_cotisations"}
 EXTERNAL_KEY_ID = "urssaf-sig-ext-0001"

@@ -18,8 +18,8 @@ from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
-from tests.correlator.factory import RETIRED_KEY, Funds, wire
 from tests.correlator.harness import Collector, publish, start_worker, stop
+from tests.support.signals import RETIRED_KEY, Funds, wire
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from services.correlator.engine import Engine, Record
 from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import RETIRED_KEY, Funds, wire
 from tests.security.fuzz import hypothesis_messages
+from tests.support.signals import RETIRED_KEY, Funds, wire
 
 AT = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 

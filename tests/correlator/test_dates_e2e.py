@@ -16,8 +16,8 @@ from services.core.types import Fund, format_timestamp
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
-from tests.correlator.factory import Funds, wire
 from tests.correlator.harness import Collector, publish, start_worker, stop
+from tests.support.signals import Funds, wire
 
 pytestmark = pytest.mark.integration
 

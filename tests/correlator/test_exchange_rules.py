@@ -51,8 +51,8 @@ from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_T
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.sdk import F_DATE, SignalBuilder, SignalInput
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import RETIRED_KEY, Funds, wire
-from tests.producer.helpers import make_nir
+from tests.support.extracts import make_nir
+from tests.support.signals import RETIRED_KEY, Funds, wire
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DOC = ROOT / "docs" / "rules.md"

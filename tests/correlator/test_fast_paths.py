@@ -32,7 +32,7 @@ from services.correlator.engine import Engine, Record, StateCache
 from services.platform.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import Funds, wire
+from tests.support.signals import Funds, wire
 
 
 def test_verify_is_false_not_a_crash_on_absurd_nesting() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.correlator.key_lifecycle import run
-from tests.reliability.helpers import settings_for
+from tests.support.processes import settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from services.errors import ConfigurationError
 from services.platform.partitioning import partition_for
 from services.platform.topics import receipt_topic, signal_topic
 from tests.correlator.core_fixtures import context
-from tests.correlator.factory import Funds, wire
+from tests.support.signals import Funds, wire
 
 AT = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 

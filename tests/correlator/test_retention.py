@@ -22,7 +22,7 @@ from services.correlator.state import PersonStore
 from services.platform.partitioning import partition_for
 from services.platform.topics import ORIGIN_HEADER, ORIGIN_PURGE, SITUATIONS_TOPIC
 from tests.correlator.core_fixtures import PSEUDO, TODAY, context, entry
-from tests.correlator.factory import Funds
+from tests.support.signals import Funds
 
 F = Fund
 WINDOW = context().rules.fenetre_correlation_jours

@@ -33,8 +33,8 @@ import pytest
 
 from services.platform.settings import Settings, load_settings
 from services.producer.sdk import today_paris
-from tests.conftest import REPO, embedded_broker
 from tests.correlator.harness import Collector, start_worker, stop
+from tests.support.local import REPO, embedded_broker
 
 pytestmark = pytest.mark.integration
 

@@ -40,10 +40,10 @@ from services.producer.keys import init_exchange_key, init_fund_keys, load_excha
 from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import SignalBuilder, SignalInput
-from tests.casebook.factory import followup, hex32, situation
 from tests.ledger.auditing import run_go, running_witnesses
-from tests.producer.helpers import make_nir
 from tests.support.cli import wired_group
+from tests.support.extracts import make_nir
+from tests.support.situations import followup, hex32, situation
 
 group = wired_group(ledger_cli.register, access_report.register)
 

@@ -34,8 +34,8 @@ from services.ledger.witness import add_checkpoint_request, witness_round
 from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from tests.ledger.auditing import running_witnesses
-from tests.ledger.conftest import make_entry
 from tests.support.cli import wired_group
+from tests.support.entries import make_entry
 
 N = 60
 ORIGIN = "help-exchange.test/ledger/35"

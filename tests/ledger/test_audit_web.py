@@ -22,7 +22,7 @@ from services.ledger.merkle import leaf_hash, verify_inclusion
 from services.ledger.store import Ledger, ensure_ready
 from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
-from tests.casebook import factory as F
+from tests.support import situations as F
 
 SECRET = "un secret assez long"
 

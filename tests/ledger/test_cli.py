@@ -20,7 +20,6 @@ from services.ledger.entries import canonical_bytes
 from services.ledger.store import Ledger, chain_next
 from services.platform.db import make_engine
 from services.platform.settings import Settings, load_settings
-from tests.ledger.conftest import CASE, PSEUDO, make_entry
 from tests.ledger.rfc9162_verifier import (
     rfc_leaf_hash,
     rfc_mth,
@@ -29,6 +28,7 @@ from tests.ledger.rfc9162_verifier import (
 )
 from tests.ledger.test_store import nacl_verify
 from tests.support.cli import wired_group
+from tests.support.entries import CASE, PSEUDO, make_entry
 
 N = 20
 

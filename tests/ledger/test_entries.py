@@ -25,7 +25,7 @@ from services.ledger.entries import (
     new_entry,
     parse_entry,
 )
-from tests.ledger.conftest import PSEUDO, T0, make_entry
+from tests.support.entries import PSEUDO, T0, make_entry
 
 
 def test_fields_are_declared_in_alphabetical_order() -> None:

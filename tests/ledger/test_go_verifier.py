@@ -21,8 +21,8 @@ from services.ledger.store import Ledger
 from services.ledger.witness import witness_round
 from services.platform.settings import Settings, load_settings
 from tests.ledger.auditing import run_go, running_witnesses, serving_tiles
-from tests.ledger.conftest import make_entry
 from tests.support.cli import wired_group
+from tests.support.entries import make_entry
 
 N = 600  # two full level-0 tiles, a partial one, and a partial level-1 tile
 

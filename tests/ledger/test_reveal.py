@@ -53,8 +53,8 @@ from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_
 from services.producer.reveal import RevealPublisher, reveal, reveal_events, reveal_file
 from services.producer.sdk import SignalBuilder, SignalInput
 from services.producer.seal import token
-from tests.casebook.factory import situation
-from tests.producer.helpers import make_nir
+from tests.support.extracts import make_nir
+from tests.support.situations import situation
 
 ACTOR = "agent.caf-35.0042"
 NOW = dt.datetime(2026, 11, 20, 14, 5, 0, 123456, tzinfo=dt.UTC)

@@ -21,13 +21,13 @@ from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, can
 from services.ledger.heads import LedgerSigner, SignedHead, known_public_keys, public_key_document
 from services.ledger.store import Ledger
 from services.ledger.verify import verify_ledger
-from tests.ledger.conftest import CASE, OTHER, PSEUDO, T0, make_entry
 from tests.ledger.rfc9162_verifier import (
     rfc_leaf_hash,
     rfc_mth,
     verify_consistency_rfc,
     verify_inclusion_rfc,
 )
+from tests.support.entries import CASE, OTHER, PSEUDO, T0, make_entry
 
 
 def nacl_verify(head: SignedHead, public_key_b64: str) -> bool:

@@ -22,8 +22,8 @@ from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger, ensure_ready
 from services.platform.db import open_engine
 from services.platform.settings import Settings
-from tests.casebook.factory import situation
 from tests.support.cli import wired_group
+from tests.support.situations import situation
 
 group = wired_group(ledger_cli.register)
 
@@ -81,7 +81,7 @@ def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
     from services.ledger.sink import EntryMaker
     from services.platform.topics import FOLLOWUPS_TOPIC
     from services.platform.tracking import Record
-    from tests.casebook.factory import followup
+    from tests.support.situations import followup
 
     engine = open_engine(offline_settings.database_url)
     ensure_ready(engine)
@@ -122,7 +122,7 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     from services.ledger.sink import EntryMaker, audit_tracker
     from services.platform.topics import receipt_topic, signal_topic
     from services.platform.tracking import Record, load_positions
-    from tests.casebook.factory import hex32, pseudonym
+    from tests.support.situations import hex32, pseudonym
 
     engine = open_engine(offline_settings.database_url)
     ensure_ready(engine)

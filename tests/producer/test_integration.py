@@ -35,8 +35,8 @@ from services.producer.publish import publish_file
 from services.producer.reveal import reveal
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
 from services.producer.seal import token
-from tests.conftest import REPO, free_port
-from tests.producer.helpers import make_nir, nirs_in, read_topic, write_csv, wrong_key
+from tests.support.extracts import make_nir, nirs_in, read_topic, write_csv, wrong_key
+from tests.support.local import REPO, free_port
 
 pytestmark = pytest.mark.integration
 TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC

@@ -46,7 +46,7 @@ from services.producer.outbox import Outbox, Row
 from services.producer.publish import Summary
 from services.producer.receipts import Seen, reconcile, resign
 from services.producer.sdk import SignalBuilder, SignalInput, today_paris
-from tests.producer.helpers import make_nir
+from tests.support.extracts import make_nir
 
 NOW = dt.datetime(2026, 12, 7, 9, 30, tzinfo=dt.UTC)
 

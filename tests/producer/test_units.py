@@ -35,7 +35,7 @@ from services.producer.keys import (
 from services.producer.pseudonym import pseudonym, pseudonym_value
 from services.producer.sdk import SignalBuilder, SignalInput, parse_date, today_paris
 from services.producer.seal import TOKEN_RE, Sealer, SignalIds, open_sealed, token
-from tests.producer.helpers import make_nir, write_csv, wrong_key
+from tests.support.extracts import make_nir, write_csv, wrong_key
 
 RNG = random.Random(3)
 TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # the demo starts a broker, the worker, the sink and the service
 DemoRun = tuple[subprocess.CompletedProcess[str], Path]
 
 

@@ -16,17 +16,18 @@ from sqlalchemy import text
 
 from services.app.bootstrap import pseudonymiser_log
 from services.core import oprf
+from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
 from services.ledger.store import Ledger
 from services.platform.settings import Settings, load_settings
 from services.producer.keys import init_exchange_key, init_fund_keys
-from services.pseudonymiser.client import PseudonymClient, http_transport, oprf_input
+from services.producer.pseudonym_v2 import PseudonymClient, http_transport, oprf_input
 from services.pseudonymiser.keystore import KEY_INFO, init_key, load_evaluators, store_dir
 from services.pseudonymiser.server import make_server, serve_in_thread
-from services.pseudonymiser.service import Refused, build_service
-from tests.conftest import free_port
+from services.pseudonymiser.service import build_service
+from tests.support.local import free_port
 
 NIRS = ["185057800608491", "253072A07300443", "185057800608491"]
 
@@ -189,18 +190,19 @@ def test_quota_is_per_utc_day() -> None:
 
 
 def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None:
+    from services.core.pseudonymisation import public_path, read_public
     from services.core.registry import load_registry, registry_path
     from services.errors import InputError
-    from services.pseudonymiser.keystore import destroy_key, public_path, read_public
+    from services.pseudonymiser.keystore import destroy_key
 
     settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                              database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
     init_exchange_key(settings.key_dir)
     old = init_key(settings)
     with pytest.raises(InputError, match="only active"):
-        destroy_key(settings, old, pseudonymiser_log(settings))
+        destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
     new = init_key(settings)
-    destroy_key(settings, old, pseudonymiser_log(settings))
+    destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
     assert not (store_dir(settings) / "seeds" / f"{old}.seed").exists()
     assert set(load_evaluators(settings)) == {new}
     assert {v.key_version: v.status for v in read_public(public_path(store_dir(settings)))} == {
@@ -210,7 +212,7 @@ def test_destroying_a_version_retires_it_and_is_recorded(tmp_path: Path) -> None
     assert registry.current_exchange_key_id() is not None and registry.current_exchange_key_id().startswith("xk-")
     assert [(a, actor) for a, _, _, _, actor in _ledger_rows(settings)] == [("rotation_cle", f"pseudonymiseur.{old}")]
     with pytest.raises(InputError):
-        destroy_key(settings, old, pseudonymiser_log(settings))
+        destroy_key(settings, old, pseudonymiser_log(settings).key_destroyed)
 
 
 def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service_settings: Settings,
@@ -226,7 +228,7 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
 
     from services.producer.keys import exchange_dir
     from services.producer.sdk import SignalBuilder, SignalInput
-    from tests.producer.helpers import make_nir, write_csv
+    from tests.support.extracts import make_nir, write_csv
 
     shutil.rmtree(exchange_dir(service_settings.key_dir))
     v2 = load_settings(**{**service_settings.model_dump(), "pseudonym_scheme": "v2"})

@@ -5,7 +5,7 @@ on, each new connection draws its fate: some are refused at once (accepted then 
 are reset (RST, SO_LINGER 0) or closed (FIN) after a random number of bytes, in either
 direction, and chunks are delayed at random. Kafka clients reconnect to the address the broker
 *advertises*, so the broker under test is started advertising this proxy (see
-:func:`tests.reliability.helpers.start_broker`): every connection, bootstrap or not, goes
+:func:`tests.support.processes.start_broker`): every connection, bootstrap or not, goes
 through here.
 
 It runs its own event loop in a daemon thread, so tests drive subprocesses synchronously

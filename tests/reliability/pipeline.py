@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.app import demo
 from services.app.demo import read_latest, wait_for_casebook
 from services.core.types import Fund
 from services.platform.settings import Settings
 from services.platform.topics import SITUATIONS_TOPIC, receipt_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
-from services.producer.seal import open_sealed
 from services.simulator.cli import TRUTH_FILE, simulate, today_paris
-from tests.reliability.helpers import read_topics, start_service, terminate
+from tests.support.processes import read_topics, start_service, terminate
 
 FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
 
@@ -87,17 +87,8 @@ def compare_with_truth(settings: Settings, situations: dict[str, dict[str, Any]]
                        truth: dict[str, Any]) -> tuple[float, float, int, int]:
     """(precision, recall, found, expected), exactly as the demo measures them."""
     secrets = {fund: load_fund_secrets(settings.key_dir, fund).sealing_keys for fund in FUNDS}
-    found = set()
-    for sit in situations.values():
-        refs = sorted(f"{r['fund']}:" + open_sealed(Fund(r["fund"]), secrets[Fund(r["fund"])],
-                                                    r["sealed_ref"]["key_id"], r["sealed_ref"]["value"])
-                      for r in sit["refs"])
-        found.add((tuple(refs), tuple(sorted(sit["rules"])), sit["priority"]))
-    expected = {(tuple(s["references"]), tuple(s["regles"]), s["priorite"]) for s in truth["situations"]}
-    matched = len(found & expected)
-    precision = matched / len(found) if found else 0.0
-    recall = matched / len(expected) if expected else 1.0
-    return precision, recall, len(found), len(expected)
+    score = demo.compare_with_truth(situations, truth, secrets)
+    return score.precision, score.recall, score.found, score.expected
 
 
 def load_truth(extracts: Path) -> dict[str, Any]:

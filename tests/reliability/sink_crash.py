@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaProducer
 from services.casebook import tables as t
 from services.core.messages import SituationEvent, to_wire
 from services.platform.topics import SITUATIONS_TOPIC
-from tests.casebook import factory as F
-from tests.reliability.helpers import broker, kill9, settings_for, start_service, terminate
+from tests.support import situations as F
+from tests.support.processes import broker, kill9, settings_for, start_service, terminate
 
 MONTH_START = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 

@@ -27,9 +27,10 @@ import pytest
 from services.core.types import Fund
 from services.platform.topics import signal_topic
 from services.producer.outbox import Outbox, outbox_path
-from tests.reliability.helpers import free_port, read_topics, run_cli, settings_for, start_broker
 from tests.reliability.pipeline import FUNDS, compare_with_truth, correlate, init_keys, load_truth, simulate_month
 from tests.suite_summary import count
+from tests.support.local import free_port
+from tests.support.processes import read_topics, run_cli, settings_for, start_broker
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,8 @@ from services.producer.keys import init_exchange_key, init_fund_keys
 from services.producer.outbox import Outbox
 from services.simulator.cli import simulate, today_paris
 from tests.reliability.faultproxy import FaultPlan, FaultProxy
-from tests.reliability.helpers import (
+from tests.reliability.sink_crash import db_state, make_events
+from tests.support.processes import (
     Broker,
     apply_all_topics,
     free_port,
@@ -40,7 +41,6 @@ from tests.reliability.helpers import (
     start_service,
     terminate,
 )
-from tests.reliability.sink_crash import db_state, make_events
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO, free_port
-from tests.reliability.helpers import terminate
+from tests.support.local import REPO, free_port
+from tests.support.processes import terminate
 
 PROVIDER_DIR = REPO / "tests" / "oidc" / "provider"
 CLIENT_ID = "help-revue"

@@ -19,9 +19,9 @@ import httpx
 from services.casebook import store
 from services.casebook.auth import UserFile
 from services.platform.db import open_engine
-from tests.casebook import factory as F
-from tests.conftest import free_port
-from tests.reliability.helpers import terminate
+from tests.support import situations as F
+from tests.support.local import free_port
+from tests.support.processes import terminate
 
 SECRET = "un secret assez long"
 USERS = {"agent.caf35": ("agent", "35", "caf"), "secretaire.35": ("secretaire_seance", "35", None),

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from services.casebook import store, tables
 from services.casebook.auth import UserFile
 from services.platform.db import open_engine
-from tests.casebook import factory as F
 from tests.security.webapp import make_app, web_settings
 from tests.suite_summary import count
+from tests.support import situations as F
 
 SECRET = "un secret assez long"
 USERS = {"agent.caf35": ("agent", "35", "caf"), "agent.carsat35": ("agent", "35", "carsat"),

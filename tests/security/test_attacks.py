@@ -33,13 +33,13 @@ from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import DEADLETTER_TOPIC, receipt_topic, signal_topic
 from services.producer.keys import load_fund_secrets
-from tests.casebook import factory as F
-from tests.reliability.helpers import Broker, read_topics, run_cli, settings_for, start_broker, start_service, terminate
 from tests.reliability.pipeline import FUNDS, init_keys, simulate_month
 from tests.security.fuzz import Signer
 from tests.security.test_fuzz_correlator import records_of
 from tests.security.webapp import make_app, web_settings
 from tests.suite_summary import count
+from tests.support import situations as F
+from tests.support.processes import Broker, read_topics, run_cli, settings_for, start_broker, start_service, terminate
 
 pytestmark = pytest.mark.integration
 

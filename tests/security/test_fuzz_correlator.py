@@ -25,10 +25,10 @@ from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, fund_of_signal_topic, receipt_topic, signal_topic
 from services.producer.sdk import SignalInput
-from tests.reliability.helpers import broker, settings_for, start_service, terminate
 from tests.reliability.pipeline import FUNDS, init_keys, simulate_month
 from tests.security.fuzz import Case, Signer, hypothesis_messages, mutations
 from tests.suite_summary import count
+from tests.support.processes import broker, settings_for, start_service, terminate
 
 pytestmark = pytest.mark.integration
 

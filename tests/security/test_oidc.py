@@ -26,7 +26,6 @@ from playwright.sync_api import sync_playwright
 
 from services.casebook.oidc import Attempt, OidcClient, SignInRefused
 from services.platform.settings import load_settings
-from tests.conftest import free_port
 from tests.security.oidc_provider import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -38,6 +37,7 @@ from tests.security.oidc_provider import (
 )
 from tests.security.server import Server, running_server
 from tests.suite_summary import count
+from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"

@@ -25,9 +25,9 @@ from services.app.demo import export_text
 from services.core.taxonomy import SignalClass
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import DEADLETTER_TOPIC
-from tests.reliability.helpers import Broker, all_topic_names, read_topics, run_cli, settings_for, start_broker
 from tests.reliability.pipeline import FUNDS, correlate, init_keys, simulate_month
 from tests.suite_summary import count
+from tests.support.processes import Broker, all_topic_names, read_topics, run_cli, settings_for, start_broker
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ import pytest
 
 from tests.reliability import test_network_faults as nf
 from tests.reliability.faultproxy import FaultProxy
-from tests.reliability.helpers import Broker, apply_all_topics, free_port, start_broker
 from tests.suite_summary import register
+from tests.support.local import free_port
+from tests.support.processes import Broker, apply_all_topics, start_broker
 
 pytestmark = pytest.mark.integration
 

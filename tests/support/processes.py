@@ -1,4 +1,5 @@
-"""Shared pieces of the reliability and security suite (issue 8): dedicated embedded brokers
+"""Running things as processes for the tests (first written for the reliability and security
+suite, issue 8): dedicated embedded brokers
 (optionally advertising another address, for the fault proxy), the CLI as a subprocess,
 reading topics back, and the simulated month through the real pipeline.
 
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +28,7 @@ from services.platform.kafka import apply_topics
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import load_topic_specs
 from tests.suite_summary import count
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.local import REPO, free_port
 
 
 @dataclass

@@ -5,7 +5,7 @@ checked like the registry: see docs/keys.md) and refuses any answer whose proof 
 verify under the pinned key of the version it names (``preuve_invalide``): nothing is
 published with a wrong pseudonym. Pseudonyms of the fund's own people are cached in memory
 for the run and, unless ``HELP_PSEUDONYMISER_CACHE=false``, in a local file
-(:mod:`services.pseudonymiser.cache`, no NIR stored), so a person already seen costs nothing.
+(:mod:`services.producer.pseudonym_cache`, no NIR stored), so a person already seen costs nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import urllib.request
 from collections.abc import Callable, Iterable
 
 from services.core.oprf import OprfError, blind, finalize_batch, pseudonym_value_v2
+from services.core.pseudonymisation import Refused, current_version, public_path, read_public
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
 from services.errors import ConfigurationError
 from services.platform.settings import Settings
-from services.pseudonymiser.cache import PseudonymCache
-from services.pseudonymiser.keystore import current_version, public_path, read_public, store_dir
-from services.pseudonymiser.service import Refused
+from services.producer.pseudonym_cache import PseudonymCache
 
 #: The OPRF input: a domain-separation prefix, one NUL, then the 15 ASCII bytes of the NIR.
 PREFIX_V2 = b"help-exchange/pseudonym/v2\x00"
@@ -80,7 +79,7 @@ class PseudonymClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, fund: Fund, transport: Transport | None = None) -> PseudonymClient:
-        versions = read_public(public_path(store_dir(settings)))
+        versions = read_public(public_path(settings.pseudonymiser_store))
         keys = {v.key_version: v.public_key for v in versions if v.status == "active"}
         cache = (PseudonymCache.for_fund(settings.var_dir, settings.key_dir, fund)
                  if settings.pseudonymiser_cache else None)
