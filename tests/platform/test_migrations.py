@@ -27,8 +27,8 @@ from services.platform import tracking
 from services.platform.db import LEGACY_VERSION_TABLE, VERSION_TABLE, make_engine, migrate
 from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
 from services.platform.tracking import Processed, TrackedConsumer
-from tests.casebook import factory as F
-from tests.ledger.conftest import make_entry
+from tests.support import situations as F
+from tests.support.entries import make_entry
 from tests.support.fake_kafka import FakeSource, Message
 
 pytestmark = pytest.mark.integration
