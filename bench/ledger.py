@@ -33,10 +33,10 @@ from services.ledger.checkpoint import open_checkpoint
 from services.ledger.entries import Action, LedgerEntry, LedgerLegalBasis, LedgerPurpose, entry_id_for
 from services.ledger.heads import LedgerSigner
 from services.ledger.sink import AuditSink
-from services.ledger.store import Ledger, engine_for
-from services.ledger.tables import metadata
+from services.ledger.store import Ledger
 from services.ledger.tiles import directory_reader, export_tiles, verify_from_tiles
 from services.ledger.verify import Pins, verify_ledger
+from services.platform.db import open_engine
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 ACTIONS = list(Action)
@@ -65,8 +65,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-        engine = engine_for(f"sqlite:///{Path(tmp) / 'ledger.db'}")
-        metadata.create_all(engine)
+        engine = open_engine(f"sqlite:///{Path(tmp) / 'ledger.db'}")
         ledger = Ledger(engine, LedgerSigner.generate())
 
         build_s = append_s = 0.0

@@ -24,7 +24,6 @@ import sqlalchemy as sa
 
 from bench import emit
 from services.casebook import store
-from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.render import render_csv, render_html
 from services.casebook.worklist import load_worklist
@@ -38,6 +37,7 @@ from services.core.messages import (
 )
 from services.core.taxonomy import Taxonomy
 from services.core.types import Fund, Outcome, Priority, Purpose
+from services.platform.db import open_engine
 from services.platform.runtime import paused_gc
 from services.platform.settings import load_settings
 
@@ -86,7 +86,7 @@ def followups(count: int) -> list[FollowupEvent]:
 
 def run(count: int, folder: Path, repeat: int) -> dict[str, Any]:
     taxonomy = load_settings().taxonomy
-    engine = open_store_engine(f"sqlite:///{folder / f'bench-{count}.db'}")
+    engine = open_engine(f"sqlite:///{folder / f'bench-{count}.db'}")
     t0 = time.perf_counter()
     with paused_gc():  # setting up the store is not what is measured
         events = situations(count)

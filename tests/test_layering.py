@@ -20,14 +20,7 @@ SERVICE_PARTS = ("casebook", "correlator", "ledger", "producer", "pseudonymiser"
 #: Loading a module by its name hides an arrow from every reader: refused outside the app.
 BY_NAME = ("import_module", "find_spec", "__import__")
 #: Known exceptions, each with the work that removes it (strike an entry once that work lands).
-KNOWN: dict[str, str] = {
-    # The casebook's migrations include the ledger's tables; every table under one Alembic
-    # history (issue #15, "tracking") removes it.
-    "services/casebook/migrations/env.py imports by name importlib.util.find_spec":
-        "every table under Alembic",
-    "services/casebook/migrations/env.py imports by name importlib.import_module":
-        "every table under Alembic",
-}
+KNOWN: dict[str, str] = {}
 
 
 def part_of(module: str) -> str | None:

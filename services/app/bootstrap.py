@@ -38,12 +38,12 @@ CASES = CasebookCases()
 
 def audit_sink(settings: Settings, engine: sa.Engine) -> AuditSink:
     """The casebook's accesses to its local table and to the ledger (which shares the
-    casebook's database and engine; its tables are created if missing), in one transaction.
+    casebook's database and engine, migrated with it), in one transaction.
     No signing key is needed to append (heads are signed by `audit head` and the audit sink)."""
     from services.ledger.casebook import LedgerAuditSink
-    from services.ledger.store import Ledger, ensure_tables
+    from services.ledger.store import Ledger, ensure_ready
 
-    ensure_tables(engine)
+    ensure_ready(engine)
     return FanOutAuditSink([SqlAuditSink(engine), LedgerAuditSink(Ledger(engine), CASES)], engine)
 
 
@@ -60,10 +60,10 @@ WEB_EXTENSIONS: tuple[WebExtension, ...] = (ledger_pages,)
 def web_app(settings: Settings, *, engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
             audit: AuditSink | None = None, publish: bool = True, host: str = "127.0.0.1") -> FastAPI:
     """The web view as served: the casebook's pages, the ledger's, and the audit sink above."""
-    from services.casebook.db import open_store_engine
     from services.casebook.web import create_app
+    from services.platform.db import open_engine
 
-    engine = engine or open_store_engine(settings.database_url)
+    engine = engine or open_engine(settings.database_url)
     return create_app(settings, engine=engine, audit=audit or audit_sink(settings, engine),
                       authenticator=authenticator, extensions=WEB_EXTENSIONS, publish=publish, host=host)
 

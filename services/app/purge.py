@@ -68,10 +68,10 @@ def apply_purge(engine: sa.Engine, ledger: Ledger, plan: PurgePlan, *,
 
     The entry is dated ``now`` (the time of the run); its ``cut_off`` is the plan's
     ``as_of`` date."""
-    from services.casebook.db import scrub
     from services.casebook.retention import delete_expired
     from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, new_entry
     from services.ledger.subjects import delete_stale_subjects
+    from services.platform.db import scrub
 
     entry = new_entry(action=Action.PURGE_CONSERVATION, actor="retention",
                       purpose=LedgerPurpose.LIMITATION_CONSERVATION, legal_basis=LedgerLegalBasis.RGPD_6_1_C,
@@ -114,25 +114,25 @@ def purge(ctx: click.Context, dry_run: bool, as_of: str | None) -> None:
     with its counts and the time it ran, in the ledger. --as-of only moves the cut-off.
     """
     # The casebook's database and the ledger load only when a purge runs (the CLI starts faster).
-    from services.casebook.db import open_store_engine
     from services.casebook.retention import correlation_window_days, plan_purge
-    from services.ledger.store import Ledger, ensure_tables
+    from services.ledger.store import Ledger, ensure_ready
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import make_engine
 
     settings = settings_from(ctx)
     if as_of is None:
         moment = dt.datetime.now(dt.UTC)
     else:
         moment = dt.datetime.combine(parse_day(as_of, what="--as-of"), dt.time(), dt.UTC)
-    engine = open_store_engine(settings.database_url)
+    engine = make_engine(settings.database_url)
     try:
+        ensure_ready(engine)  # every table migrated, an earlier ledger brought up to date
         plan = plan_purge(engine, settings, as_of=moment,
                           rules_window_days=correlation_window_days(settings))
         count_subjects(engine, plan)
         if not dry_run and plan.situation_ids:
             asyncio.run(send_erasures(settings, resolve_bootstrap(settings), plan))
         if not dry_run:
-            ensure_tables(engine)
             ledger = Ledger(engine)
             apply_purge(engine, ledger, plan)
     finally:

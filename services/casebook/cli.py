@@ -40,12 +40,13 @@ def casebook() -> None:
 @casebook.command("migrate")
 @click.pass_context
 def casebook_migrate(ctx: click.Context) -> None:
-    """Create or upgrade the casebook tables (Alembic) in HELP_DATABASE_URL."""
-    from services.casebook.db import open_store_engine
+    """Create or upgrade every table of HELP_DATABASE_URL (casebook, ledger, consumer
+    offsets: one Alembic history, see docs/architecture.md)."""
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    open_store_engine(settings.database_url).dispose()
-    click.echo(f"casebook schema up to date in {settings.database_url.split('@')[-1]}")
+    open_engine(settings.database_url).dispose()
+    click.echo(f"database schema up to date in {settings.database_url.split('@')[-1]}")
 
 
 @casebook.command("sink")
@@ -55,12 +56,12 @@ def casebook_migrate(ctx: click.Context) -> None:
 @click.pass_context
 def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     """Read situations, follow-ups and consents into the casebook until Ctrl-C."""
-    from services.casebook.db import open_store_engine
     from services.casebook.sink import CasebookSink
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     bootstrap = resolve_bootstrap(settings)
     sink = CasebookSink(settings, engine, bootstrap, group=group, batch_max=batch)
 
@@ -84,12 +85,12 @@ def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
 @click.pass_context
 def casebook_outbox(ctx: click.Context) -> None:
     """Publish the follow-ups still waiting in the outbox."""
-    from services.casebook.db import open_store_engine
     from services.casebook.followups import flush_outbox
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         sent = asyncio.run(flush_outbox(settings, engine, resolve_bootstrap(settings)))
     finally:
@@ -109,18 +110,18 @@ def casebook_outbox(ctx: click.Context) -> None:
 def worklist(ctx: click.Context, month: str, territory: str, fmt: str, out: Path, fund: str | None,
              user: str) -> None:
     """Write the month's worklist for the joint review (HTML, CSV, PDF or JSON)."""
-    from services.casebook.db import open_store_engine
     from services.casebook.model import Month, check_fund, check_territory
     from services.casebook.render import render, write_atomic
     from services.casebook.worklist import Labels, load_worklist
     from services.core.access import AccessEvent
+    from services.platform.db import open_engine
     from services.platform.runtime import paused_gc
 
     m = Month.parse(month)
     check_territory(territory)
     fund_code = check_fund(fund).value if fund else None
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         labels = Labels.for_rules(settings.taxonomy, settings.rules)
         with paused_gc():  # many small acyclic objects: services.platform.runtime
@@ -153,13 +154,13 @@ def followup() -> None:
 def followup_record(ctx: click.Context, case_number: str, fund: str, action: str, outcome: str,
                     user: str) -> None:
     """Record a fund's follow-up and publish it on help.followups.v1."""
-    from services.casebook.db import open_store_engine
     from services.casebook.followups import flush_outbox, record_followup
     from services.core.access import AccessEvent
     from services.platform.broker import resolve_bootstrap
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         event = record_followup(engine, settings.taxonomy, case_number=case_number, fund=fund, action=action,
                                 outcome=outcome, user=user)
@@ -212,11 +213,11 @@ def users_add(ctx: click.Context, user_id: str, role: str, territory: str, fund:
 def users_sign_ins(ctx: click.Context, user_id: str | None, limit: int) -> None:
     """Print the web view's sign-in log, newest first: when (UTC), identifier, client address,
     outcome (succes, echec, limite, verrouille, deconnexion)."""
-    from services.casebook.db import open_store_engine
     from services.casebook.sessions import sign_ins
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         rows = list(sign_ins(engine, user_id=user_id, limit=limit))
     finally:
@@ -257,12 +258,12 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve the web view of the monthly review (French, server-rendered)."""
     import uvicorn
 
-    from services.casebook.db import open_store_engine
     from services.casebook.web import create_app
+    from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
     wiring = _wiring(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     app = create_app(settings, engine=engine, audit=wiring.audit_sink(settings, engine),
                      extensions=wiring.web_extensions, host=host)
     if not app.state.authenticator.has_users() and not settings.casebook_oidc_issuer:

@@ -43,8 +43,8 @@ def meeting_record(ctx: click.Context, territory: str, held_on: str, participant
                    user: str) -> None:
     """Record a meeting held: the next worklist counts what changed since it."""
     from services.casebook.cli import _ctx_settings
-    from services.casebook.db import open_store_engine
     from services.casebook.records import record_meeting
+    from services.platform.db import open_engine
 
     try:
         day = dt.date.fromisoformat(held_on) if len(held_on) == 10 else None
@@ -53,7 +53,7 @@ def meeting_record(ctx: click.Context, territory: str, held_on: str, participant
     if day is None:
         raise InputError(f"date invalide : {held_on!r}", "format attendu AAAA-MM-JJ, par exemple 2026-11-25")
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         done = record_meeting(engine, territory=territory, held_at=dt.datetime.combine(day, dt.time(9), dt.UTC),
                               participants=_participants(participants), recorded_by=user)
@@ -69,13 +69,13 @@ def meeting_record(ctx: click.Context, territory: str, held_on: str, participant
 def meeting_list(ctx: click.Context, territory: str) -> None:
     """The latest meetings of a territory."""
     from services.casebook.cli import _ctx_settings
-    from services.casebook.db import open_store_engine
     from services.casebook.model import check_territory
     from services.casebook.records import meetings_before
+    from services.platform.db import open_engine
 
     check_territory(territory)
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         found = meetings_before(engine, territory, dt.datetime.now(dt.UTC) + dt.timedelta(days=2), limit=24)
     finally:
@@ -98,12 +98,12 @@ def stats(ctx: click.Context, month: str, territory: str, fmt: str, out: Path) -
 
     A month is published once ended, then frozen: the same figures every time after."""
     from services.casebook.cli import _ctx_settings
-    from services.casebook.db import open_store_engine
     from services.casebook.model import Month, check_territory
     from services.casebook.records import published_release
     from services.casebook.render import write_atomic
     from services.casebook.stats import render_csv, render_pdf
     from services.casebook.worklist import rule_titles
+    from services.platform.db import open_engine
 
     m = Month.parse(month)
     check_territory(territory)
@@ -112,7 +112,7 @@ def stats(ctx: click.Context, month: str, territory: str, fmt: str, out: Path) -
         raise InputError(f"le mois {m} n'est pas clos", "les statistiques d'un mois sont publiées à partir du "
                                                         "1er du mois suivant")
     settings = _ctx_settings(ctx)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     try:
         titles = rule_titles(settings.rules)
         releases = [r for r in (published_release(engine, settings.taxonomy, territory=territory, month=mm, now=now,

@@ -1,8 +1,9 @@
 """The casebook repository: idempotent effects of situation, follow-up and consent events,
-tracking records (consumed offsets), the follow-up outbox, and the reads of the review.
+the follow-up outbox, and the reads of the review.
 
-Every ``apply_*`` function takes a connection inside a transaction opened by the caller,
-so the sink writes effects *and* offsets atomically. Effects are idempotent:
+Every ``apply_*`` function takes a connection inside a transaction opened by the caller
+(the tracked consumer, :mod:`services.platform.tracking`), so effects and consumed
+offsets are written atomically. Effects are idempotent:
 
 - a situation is upserted by ``situation_id`` only if its ``version`` is higher than the
   stored one (replays and out-of-order versions change nothing); its case number is
@@ -351,31 +352,6 @@ def apply_tombstones(conn: sa.Connection, situation_ids: Iterable[str]) -> int:
         deleted += conn.execute(sa.delete(t.situations)
                                 .where(t.situations.c.situation_id.in_(chunk))).rowcount or 0
     return deleted
-
-
-# ------------------------------------------------------------------------------- offsets
-def load_offsets(conn: sa.Connection, consumer: str) -> dict[tuple[str, int], int]:
-    o = t.offsets
-    return {(topic, part): off for topic, part, off in conn.execute(
-        sa.select(o.c.topic, o.c.partition, o.c.offset).where(o.c.consumer == consumer))}
-
-
-def store_offsets(conn: sa.Connection, consumer: str, positions: dict[tuple[str, int], int]) -> None:
-    """Record the last applied offset per topic/partition (in the caller's transaction)."""
-    if not positions:
-        return
-    o = t.offsets
-    known = load_offsets(conn, consumer)
-    new = [{"consumer": consumer, "topic": tp, "partition": p, "offset": off}
-           for (tp, p), off in positions.items() if (tp, p) not in known]
-    changed = [{"b_topic": tp, "b_partition": p, "b_offset": off}
-               for (tp, p), off in positions.items() if (tp, p) in known and known[(tp, p)] < off]
-    if new:
-        conn.execute(sa.insert(o), new)
-    if changed:
-        conn.execute(sa.update(o).where(o.c.consumer == consumer, o.c.topic == sa.bindparam("b_topic"),
-                                        o.c.partition == sa.bindparam("b_partition"))
-                     .values(offset=sa.bindparam("b_offset")), changed)
 
 
 # ------------------------------------------------------------------------------- outbox

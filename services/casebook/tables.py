@@ -1,4 +1,4 @@
-"""The casebook's SQL tables (SQLAlchemy Core), one ``MetaData`` for Alembic.
+"""The casebook's SQL tables (SQLAlchemy Core); migrated by services/platform/migrations.
 
 Everything the monthly review needs, and nothing more: no NIR, no name, no clear file
 reference ever reaches these tables (the pseudonym and the sealed references come as they
@@ -86,17 +86,6 @@ case_keys = sa.Table(
     sa.Column("situation_id", sa.String(32), primary_key=True),
     sa.Column("key", sa.LargeBinary(32), nullable=False),
     sa.Column("created_at", TZ, nullable=False),
-)
-
-# Tracking records: the last offset applied, per consumer, topic and partition, written in
-# the same transaction as the effect. On restart the sink seeks to offset + 1.
-offsets = sa.Table(
-    "casebook_offsets",
-    metadata,
-    sa.Column("consumer", sa.String(64), primary_key=True),
-    sa.Column("topic", sa.String(128), primary_key=True),
-    sa.Column("partition", sa.Integer, primary_key=True),
-    sa.Column("offset", sa.BigInteger, nullable=False),
 )
 
 # Follow-ups recorded here, waiting to be published on help.followups.v1.

@@ -62,9 +62,8 @@ import datetime as dt
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
@@ -111,6 +110,7 @@ from services.platform.topics import (
     TopicSpec,
     receipt_topic,
 )
+from services.platform.tracking import Record as Record  # re-exported: the runtime builds them
 
 #: Internal topic where a record read from the wrong partition is re-keyed (see Engine), and
 #: where the retention purge sends its erasure commands (header ``H_ERASE``). Kept 7 days.
@@ -149,30 +149,17 @@ def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.d
                              cut_off=cut_off)
     return value.encode(), to_wire(command), partition_for(value, partitions)
 
-_NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
 
 #: Refusals whose dead letter keeps no payload: the person asked not to be processed.
 WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
 
 
-class Record(NamedTuple):
-    """A consumed record. (Records and outputs are named tuples, not frozen dataclasses:
-    several are made per signal, and a frozen dataclass costs more to build.)"""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Mapping[str, bytes] = _NO_HEADERS
-
-    def source(self) -> tuple[str, int, int]:
-        """The original position (a repartitioned record carries it in its headers)."""
-        if self.topic == REPARTITION_TOPIC and H_TOPIC in self.headers:
-            return (self.headers[H_TOPIC].decode(), int(self.headers[H_PARTITION]),
-                    int(self.headers[H_OFFSET]))
-        return self.topic, self.partition, self.offset
+def source_of(rec: Record) -> tuple[str, int, int]:
+    """The original position of ``rec`` (a repartitioned record carries it in its headers)."""
+    if rec.topic == REPARTITION_TOPIC and H_TOPIC in rec.headers:
+        return (rec.headers[H_TOPIC].decode(), int(rec.headers[H_PARTITION]),
+                int(rec.headers[H_OFFSET]))
+    return rec.topic, rec.partition, rec.offset
 
 
 class Output(NamedTuple):
@@ -357,7 +344,7 @@ class Engine:
 
     def _receipt(self, batch: Batch, rec: Record, fund: Fund, signal_id: str | None,
                  reason: Reason | None) -> None:
-        source = rec.source()
+        source = source_of(rec)
         topic, partition, offset = source
         value = self._receipts.wire(receipt_id_for(topic, partition, offset), fund, signal_id, reason,
                                     source, self._now)
@@ -366,7 +353,7 @@ class Engine:
 
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
                 reason: Reason, detail: str) -> None:
-        topic, partition, offset = rec.source()
+        topic, partition, offset = source_of(rec)
         raw = rec.value or b""
         if reason in WITHHELD:
             # About a person who objected or withdrew consent: nothing of the message is kept
@@ -445,7 +432,7 @@ class Engine:
             dirty[key] = partition
 
         records = list(records)
-        verdict = self.checks.start([(rec.value, rec.source()[0]) for rec in records])
+        verdict = self.checks.start([(rec.value, source_of(rec)[0]) for rec in records])
         one = self._one
         for i, rec in enumerate(records):
             one(batch, rec, verdict(i), get, put)
@@ -515,13 +502,13 @@ class Engine:
             return verdict
         if self._recheck is None:
             self._recheck = Checker(self.registry, self.partitions)
-        return self._recheck.check(rec.value, rec.source()[0])
+        return self._recheck.check(rec.value, source_of(rec)[0])
 
     def _route(self, batch: Batch, rec: Record, pseudonym_value: str, expected: int) -> int | None:
         """The person's partition (``expected``), or None after forwarding a misrouted record."""
         if rec.partition == expected:
             return expected
-        topic, partition, offset = rec.source()
+        topic, partition, offset = source_of(rec)
         batch.outputs.append(Output(
             REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, expected,
             ((H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
@@ -557,7 +544,7 @@ class Engine:
                 raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
-        topic, part, offset = rec.source()
+        topic, part, offset = source_of(rec)
         position = f"{topic}:{part}:{offset}"
         first = seen_source(state, sig.signal_id) if state is not None else None
         if state is not None and first == position:

@@ -39,10 +39,11 @@ not entered (the correlator rejects it too, and its rejection receipt is entered
 
 Exactly once, whatever crashes where: entry ids are derived from the records' own ids
 (:func:`~services.ledger.entries.entry_id_for`) and every field from the record (never
-the clock), so a replay appends nothing; and the consumed offsets are stored in
-``ledger_offsets`` in the same transaction as the entries (tracking records). On start the
-sink seeks every partition to its stored offset + 1 — Kafka's group offsets are not used
-(there is no group: one sink per ledger, since appends are serialised anyway).
+the clock), so a replay appends nothing; and the sink is a tracked consumer
+(:mod:`services.platform.tracking`, consumer ``help-audit-sink``): :func:`apply_records`
+runs in the transaction that stores the consumed positions, and on start or rebalance
+every partition resumes at its stored position. A receipt whose signal has not been read
+is *held*: its partition's position stays at it and it is read again.
 
 "Caught up" is an empty fetch, not a comparison with the end offsets: the embedded broker
 (Tansu 0.6) reports a partition's end wrongly (see :func:`services.producer.sdk.read_to_end`).
@@ -57,11 +58,10 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from services.core import signing
@@ -76,7 +76,6 @@ from services.core.messages import (
 )
 from services.core.registry import Registry, load_registry, registry_path
 from services.core.types import Fund, format_timestamp
-from services.errors import TransientError
 from services.ledger import tables as t
 from services.ledger.cases import CaseDirectory, NoCasebook
 from services.ledger.entries import (
@@ -89,7 +88,6 @@ from services.ledger.entries import (
     parse_entry,
 )
 from services.ledger.store import Ledger
-from services.platform import kafka
 from services.platform.settings import Settings
 from services.platform.topics import (
     CONSENTS_TOPIC,
@@ -103,6 +101,7 @@ from services.platform.topics import (
     receipt_topic,
     signal_topic,
 )
+from services.platform.tracking import Batch, Processed, Record, TrackedConsumer
 
 log = logging.getLogger("help_exchange.ledger.sink")
 
@@ -137,17 +136,6 @@ class Held(Exception):
     """A receipt whose signal (hence person) the sink has not read yet."""
 
 
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int = 0
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
 @dataclass
 class BatchResult:
     records: int = 0
@@ -157,6 +145,13 @@ class BatchResult:
     tree_size: int = 0
     #: receipt partitions waiting for a signal: (topic, partition) -> the held offset
     held: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def add(self, other: BatchResult) -> None:
+        self.records += other.records
+        self.appended += other.appended
+        self.already_present += other.already_present
+        self.skipped += other.skipped
+        self.tree_size = other.tree_size
 
 
 def _ledger_purpose(purpose: str) -> LedgerPurpose:
@@ -230,7 +225,7 @@ class EntryMaker:
         if r.topic == REVEALS_TOPIC:
             return self._reveal(r.value)
         if fund_of_signal_topic(r.topic) is not None:
-            return []  # a signal: only its person is kept, for its receipt (apply_batch)
+            return []  # a signal: only its person is kept, for its receipt (apply_records)
         return self._receipt(r.value)
 
     def receipt_without_person(self, r: Record) -> list[LedgerEntry]:
@@ -355,26 +350,21 @@ class EntryMaker:
 RECEIPT_ACTIONS = frozenset({Action.SIGNALEMENT_ACCEPTE, Action.SIGNALEMENT_REJETE})
 
 
-def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
-                consumer: str = CONSUMER) -> BatchResult:
-    """Append the entries of ``records`` and store their offsets, in one transaction."""
+def apply_records(conn: sa.Connection, records: Batch, ledger: Ledger,
+                  maker: EntryMaker) -> BatchResult:
+    """Append the entries of ``records`` in the caller's transaction (the tracked consumer
+    stores their positions in it); a receipt whose signal is not read yet is held."""
     result = BatchResult(records=len(records))
     entries: list[LedgerEntry] = []
-    positions: dict[tuple[str, int], int] = {}
     subjects: dict[str, Pseudonym] = {}
     for r in records:  # signals first: a receipt in the same batch finds its person
         if fund_of_signal_topic(r.topic) is not None:
-            positions[(r.topic, r.partition)] = max(positions.get((r.topic, r.partition), -1),
-                                                    r.offset)
             found = maker.signal_subject(r)
             if found is not None:
                 subjects[found[0]] = found[1]
     maker.used.clear()
     for r in records:
-        key = (r.topic, r.partition)
-        if fund_of_signal_topic(r.topic) is not None:
-            continue
-        if key in result.held:
+        if fund_of_signal_topic(r.topic) is not None or records.is_held(r):
             continue  # after a held receipt, its partition waits (offsets stay in order)
         try:
             entries.extend(maker.entries(r))
@@ -382,27 +372,29 @@ def apply_batch(ledger: Ledger, maker: EntryMaker, records: Sequence[Record],
             if maker.hold_expired(r):
                 entries.extend(maker.receipt_without_person(r))
             else:
-                result.held[key] = r.offset
-                continue
+                records.hold(r)
         except (ValidationError, ValueError, KeyError) as exc:
             result.skipped += 1
             log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, type(exc).__name__)
-        positions[key] = max(positions.get(key, -1), r.offset)
-    try:
-        with ledger.engine.begin() as conn:
-            _keep_subjects(conn, {k: v for k, v in subjects.items() if k not in maker.used})
-            if maker.used:
-                c = t.signal_subjects.c
-                conn.execute(sa.delete(t.signal_subjects)
-                             .where(c.signal_id.in_(sorted(maker.used))))
-            done = ledger.append(entries, connection=conn, first_time_wins=RECEIPT_ACTIONS)
-            store_offsets(conn, consumer, positions)
-    except sa.exc.OperationalError as exc:
-        raise TransientError(f"the ledger database refused a batch: {exc.orig}",
-                             "check that the database answers, then restart the audit sink") from exc
+    _keep_subjects(conn, {k: v for k, v in subjects.items() if k not in maker.used})
+    if maker.used:
+        c = t.signal_subjects.c
+        conn.execute(sa.delete(t.signal_subjects).where(c.signal_id.in_(sorted(maker.used))))
+    done = ledger.append(entries, connection=conn, first_time_wins=RECEIPT_ACTIONS)
     result.appended, result.already_present = done.appended, done.already_present
     result.tree_size = done.tree_size
+    result.held = dict(records.held)
     return result
+
+
+def audit_tracker(ledger: Ledger, maker: EntryMaker, name: str = CONSUMER, *,
+                  batch_max: int = 10_000) -> TrackedConsumer[BatchResult]:
+    """The audit sink's tracked consumer: :func:`apply_records` on every topic it reads."""
+
+    def apply(conn: sa.Connection, batch: Batch) -> BatchResult:
+        return apply_records(conn, batch, ledger, maker)
+
+    return TrackedConsumer(ledger.engine, name, sink_topics(), apply, batch_max=batch_max)
 
 
 def _keep_subjects(conn: sa.Connection, subjects: dict[str, Pseudonym]) -> None:
@@ -421,26 +413,6 @@ def _keep_subjects(conn: sa.Connection, subjects: dict[str, Pseudonym]) -> None:
             for i in ids if i not in present]
     if rows:
         conn.execute(sa.insert(t.signal_subjects), rows)
-
-
-def load_offsets(conn: sa.Connection, consumer: str) -> dict[tuple[str, int], int]:
-    o = t.offsets.c
-    return {(topic, int(p)): int(off) for topic, p, off in conn.execute(
-        sa.select(o.topic, o.partition, o.offset).where(o.consumer == consumer))}
-
-
-def store_offsets(conn: sa.Connection, consumer: str, positions: dict[tuple[str, int], int]) -> None:
-    if not positions:
-        return
-    o = t.offsets
-    known = load_offsets(conn, consumer)
-    for (topic, partition), offset in positions.items():
-        if (topic, partition) not in known:
-            conn.execute(sa.insert(o).values(consumer=consumer, topic=topic, partition=partition,
-                                             offset=offset))
-        elif known[(topic, partition)] < offset:
-            conn.execute(sa.update(o).where(o.c.consumer == consumer, o.c.topic == topic,
-                                            o.c.partition == partition).values(offset=offset))
 
 
 def _cut_off(header: bytes | None) -> dt.date | None:
@@ -471,43 +443,28 @@ class AuditSink:
                   on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
         path = registry_path(self.settings.key_dir)
         maker = EntryMaker(load_registry(path) if path.exists() else None, self.ledger, self.cases)
-        cons = kafka.consumer(self.settings, self.bootstrap, group_id=None,
-                              max_poll_records=self.batch_max, fetch_max_wait_ms=200)
-        await cons.start()
-        try:
-            await self._assign(cons)
-            idle_since = last_due = time.monotonic()
-            dirty = False
-            while stop is None or not stop.is_set():
-                batches = await cons.getmany(timeout_ms=300, max_records=self.batch_max)
-                records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp,
-                                  tuple(m.headers or ()))
-                           for tp, messages in batches.items() for m in messages]
-                if records:
-                    result = await asyncio.to_thread(apply_batch, self.ledger, maker, records,
-                                                     self.consumer_name)
-                    for (topic, partition), offset in result.held.items():
-                        cons.seek(TopicPartition(topic, partition), offset)  # read it again
-                    if result.held:
-                        await asyncio.sleep(0.05)
-                    self._add(result)
-                    dirty = dirty or result.appended > 0
-                    idle_since = time.monotonic()
-                    if on_batch is not None:
-                        on_batch(result)
-                    continue
-                if dirty:  # caught up: an empty fetch
-                    await asyncio.to_thread(self._checkpoint)
-                    dirty = False
-                elif time.monotonic() - last_due >= 1.0:
-                    # entries others appended (the casebook holds no key): covered within
-                    # HELP_LEDGER_CHECKPOINT_SECONDS (services.ledger.store.Ledger.checkpoint_if_due)
-                    last_due = time.monotonic()
-                    await asyncio.to_thread(self._checkpoint_if_due)
-                if until_idle is not None and time.monotonic() - idle_since >= until_idle:
-                    break
-        finally:
-            await cons.stop()
+        tracker = audit_tracker(self.ledger, maker, self.consumer_name, batch_max=self.batch_max)
+        dirty = False
+        last_due = time.monotonic()
+
+        async def after_poll(done: Processed[BatchResult] | None) -> None:
+            nonlocal dirty, last_due
+            if done is not None:
+                self.totals.add(done.result)
+                dirty = dirty or done.result.appended > 0
+                if on_batch is not None:
+                    on_batch(done.result)
+            elif dirty:  # caught up: an empty fetch
+                await asyncio.to_thread(self._checkpoint)
+                dirty = False
+            elif time.monotonic() - last_due >= 1.0:
+                # entries others appended (the casebook holds no key): covered within
+                # HELP_LEDGER_CHECKPOINT_SECONDS (services.ledger.store.Ledger.checkpoint_if_due)
+                last_due = time.monotonic()
+                await asyncio.to_thread(self._checkpoint_if_due)
+
+        await tracker.run(tracker.kafka_source(self.settings, self.bootstrap), stop=stop,
+                          until_idle=until_idle, after_poll=after_poll)
         return self.totals
 
     def _checkpoint(self) -> None:
@@ -531,28 +488,3 @@ class AuditSink:
     def _checkpoint_if_due(self) -> None:
         if self.ledger.signer is not None:
             self.ledger.checkpoint_if_due()
-
-    def _add(self, r: BatchResult) -> None:
-        self.totals.records += r.records
-        self.totals.appended += r.appended
-        self.totals.already_present += r.already_present
-        self.totals.skipped += r.skipped
-        self.totals.tree_size = r.tree_size
-
-    async def _assign(self, cons: AIOKafkaConsumer) -> None:
-        tps: list[TopicPartition] = []
-        for topic in sink_topics():
-            parts = cons.partitions_for_topic(topic)
-            if not parts:
-                await cons.force_metadata_update()
-                parts = cons.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        cons.assign(tps)
-        with self.ledger.engine.connect() as conn:
-            stored = load_offsets(conn, self.consumer_name)
-        for tp in tps:
-            last = stored.get((tp.topic, tp.partition))
-            if last is None:
-                await cons.seek_to_beginning(tp)
-            else:
-                cons.seek(tp, last + 1)

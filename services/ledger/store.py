@@ -48,15 +48,12 @@ import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     inspect,
@@ -73,6 +70,7 @@ from services.ledger.checkpoint import sign_checkpoint
 from services.ledger.entries import Action, LedgerEntry, canonical_bytes, new_entry, parse_entry
 from services.ledger.heads import LedgerSigner, SignedHead
 from services.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, root_of
+from services.platform.db import make_engine, migrate
 
 if TYPE_CHECKING:
     from services.platform.settings import Settings
@@ -256,35 +254,6 @@ def append_rows(entries: Sequence[LedgerEntry], datas: Sequence[bytes],
 _ACTION_TEXT = {action: action.value for action in Action}
 
 
-def engine_for(database_url: str) -> Engine:
-    """An engine for ``database_url``; for SQLite, the file's folder is created."""
-    if database_url.startswith("sqlite") and ":///" in database_url:
-        path = database_url.split(":///", 1)[1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(database_url, pool_pre_ping=True)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL (readers never block the appender) with ``synchronous=NORMAL``: a commit has
-    written its pages to the WAL file before it returns, so a committed append survives a
-    crash of the process; only an OS crash or power cut could lose the commits since the last
-    checkpoint, never the file's consistency. A checkpoint every 25,000 pages (100 MB of
-    WAL, not SQLite's default 4 MB): a page that many appends touch (the tail of the
-    entry-id index, of the auditor's index's buckets) is copied back once per checkpoint,
-    not once per batch, which at a million entries halves the time spent committing; the
-    WAL file is truncated back to 64 MB after a checkpoint. A page cache big enough for the
-    indexes of a few million entries."""
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-131072",
-                   "wal_autocheckpoint=25000", "journal_size_limit=67108864"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
 @dataclass(frozen=True)
 class AppendResult:
     """What an append did: ``indexes[i]`` is the leaf index of the i-th entry given."""
@@ -325,13 +294,12 @@ class Ledger:
         self._note_signer = signer.note_signer(origin) if signer is not None else None
 
     @classmethod
-    def open(cls, settings: Settings, *, sign: bool = True, create_tables: bool = True) -> Ledger:
-        """The ledger of ``settings.database_url``, signing with the key of ``settings.key_dir``
-        (created on first use). ``create_tables`` creates missing ``ledger_*`` tables, for
-        the embedded default; with Alembic migrations in charge, pass False."""
-        engine = engine_for(settings.database_url)
-        if create_tables:
-            ensure_tables(engine)
+    def open(cls, settings: Settings, *, sign: bool = True) -> Ledger:
+        """The ledger of ``settings.database_url`` (every table migrated, see
+        :func:`ensure_ready`), signing with the key of ``settings.key_dir`` (created on
+        first use)."""
+        engine = make_engine(settings.database_url)
+        ensure_ready(engine)
         signer = LedgerSigner.load(settings.key_dir, create=True) if sign else None
         if signer is not None:
             signer.export_vkey(settings.key_dir, settings.ledger_origin)
@@ -743,17 +711,18 @@ class Ledger:
 _LEGACY_LOOKUP = "ledger_lookup"
 
 
-def ensure_tables(engine: Engine) -> None:
-    """Create the missing ``ledger_*`` tables, and bring a ledger written by an earlier
-    version up to date: its deferred index (``ledger_lookup``) is dropped and the auditor's
-    index rebuilt from the entries. Entries, hashes and heads are never touched."""
-    had_tiles = t.tile_nodes.name in inspect(engine).get_table_names()
-    t.metadata.create_all(engine, checkfirst=True)
-    subjects = t.signal_subjects.name
-    if "seen_at" not in {c["name"] for c in inspect(engine).get_columns(subjects)}:
-        with engine.begin() as conn:  # a ledger from before the rows were dated (purge, docs/erasure.md)
-            conn.execute(text(f"ALTER TABLE {subjects} ADD COLUMN seen_at VARCHAR(27)"))
-    if not had_tiles:  # a ledger from before tiles: their hashes, from the stored leaves
+def ensure_ready(engine: Engine) -> None:
+    """Migrate the database (:func:`services.platform.db.migrate`: the ledger's tables are
+    under Alembic with the rest) and bring a ledger written by an earlier version up to
+    date, which needs the ledger's own hashing: a ledger from before tiles gets its tile
+    hashes from the stored leaves; one from before the auditor's index moved into the
+    append transaction has its deferred index (``ledger_lookup``) dropped and the index
+    rebuilt. Entries, hashes and heads are never touched."""
+    migrate(engine)
+    with engine.connect() as conn:
+        size = conn.execute(select(t.state.c.tree_size).where(t.state.c.id == 1)).scalar()
+        has_tiles = conn.execute(select(t.tile_nodes.c.level).limit(1)).first() is not None
+    if (size or 0) >= 256 and not has_tiles:  # a level-1 tile exists from 256 leaves on
         Ledger(engine).rebuild_tile_nodes()
     if _LEGACY_LOOKUP in inspect(engine).get_table_names():
         Ledger(engine).rebuild_index()

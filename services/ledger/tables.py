@@ -1,8 +1,7 @@
 """The ledger's SQL tables (SQLAlchemy Core), in the casebook database.
 
-``metadata`` is what the casebook's Alembic environment includes; tests and the embedded
-default create the tables with ``metadata.create_all``. Every table name starts with
-``ledger_``.
+Migrated with every other table of the database (services/platform/migrations, revision
+``0005_ledger_tables`` and later). Every table name starts with ``ledger_``.
 
 * ``ledger_entries``: one row per leaf, ``seq`` is the leaf index (0, 1, 2, …). ``entry`` holds
   the canonical bytes that are hashed; the other columns (time, actor, action, case,
@@ -100,17 +99,6 @@ lookup = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("fp", Integer, nullable=False),
     sqlite_with_rowid=False,
-)
-
-# Tracking records of the audit sink (services/ledger/sink.py): the last offset appended per
-# consumer, topic and partition, written in the same transaction as the entries.
-offsets = Table(
-    "ledger_offsets",
-    metadata,
-    Column("consumer", String(64), primary_key=True),
-    Column("topic", String(128), primary_key=True),
-    Column("partition", Integer, primary_key=True),
-    Column("offset", BigInteger, nullable=False),
 )
 
 # Checkpoints (C2SP tlog-checkpoint signed notes, services/ledger/checkpoint.py), signed by

@@ -25,7 +25,7 @@ from services.ledger.checkpoint import parse_note
 from services.ledger.entries import Action
 from services.ledger.export import display_row, flat_row, period_range
 from services.ledger.proofs import inclusion_document
-from services.ledger.store import Ledger, ensure_tables
+from services.ledger.store import Ledger, ensure_ready
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -41,7 +41,7 @@ def add_audit_routes(app: FastAPI, engine: sa.Engine, *,
     ``current`` gives the signed-in user (raises 401), ``page`` renders a template,
     ``record`` enters an access event (the casebook's audit hook), ``cases`` finds a case
     number's situation."""
-    ensure_tables(engine)
+    ensure_ready(engine)
     ledger = Ledger(engine)
 
     def auditor(request: Request) -> tuple[Any, str]:

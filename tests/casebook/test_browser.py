@@ -25,9 +25,9 @@ from pypdf import PdfReader
 
 from services.casebook import store
 from services.casebook.auth import UserFile
-from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.records import record_meeting
+from services.platform.db import open_engine
 from tests.security.server import SECRET
 from tests.support import situations as F
 from tests.support.local import free_port
@@ -47,7 +47,7 @@ def serving(tmp_path: Path, situations: list[Any], followups: list[Any] = (),  #
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install chromium")
     db = f"sqlite:///{tmp_path / 'casebook.db'}"
-    engine = open_store_engine(db)
+    engine = open_engine(db)
     with engine.begin() as conn:
         store.apply_situations(conn, situations)
         store.apply_followups(conn, list(followups))

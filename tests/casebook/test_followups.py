@@ -113,9 +113,9 @@ def test_a_case_closes_after_months_without_signal(sqlite_engine: sa.Engine, tax
 
 
 def test_cli_records_and_keeps_it_when_the_broker_is_down(tmp_path: Path) -> None:
-    from services.casebook.db import open_store_engine
+    from services.platform.db import open_engine
 
-    engine = open_store_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
     with engine.begin() as conn:
         store.apply_situations(conn, [F.situation(1)])
     code, output = run_cli(tmp_path, "followup", "record", "--case", "35-2026-11-0001", "--fund", "caf",

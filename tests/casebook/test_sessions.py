@@ -89,9 +89,9 @@ def test_the_guard_delays_locks_and_logs(engine: sa.Engine) -> None:
 def test_the_purge_removes_sign_ins_past_their_period(engine: sa.Engine) -> None:
     from services.app.purge import apply_purge
     from services.casebook.retention import plan_purge
-    from services.ledger.store import Ledger, ensure_tables
+    from services.ledger.store import Ledger, ensure_ready
 
-    ensure_tables(engine)
+    ensure_ready(engine)
     as_of = dt.datetime(2027, 6, 15, tzinfo=dt.UTC)
     with engine.begin() as conn:
         for at in (dt.datetime(2026, 6, 14, tzinfo=dt.UTC), dt.datetime(2026, 6, 16, tzinfo=dt.UTC)):

@@ -13,13 +13,14 @@ import sqlalchemy as sa
 
 from services.casebook import store
 from services.casebook import tables as t
-from services.casebook.db import open_store_engine
 from services.casebook.followups import record_followup
 from services.casebook.sink import CasebookSink
 from services.core.messages import SituationEvent, to_wire
 from services.platform import kafka
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, SITUATIONS_TOPIC
+from services.platform.tracking import load_positions
 from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def ours(engine: sa.Engine, ids: list[str]) -> dict[str, tuple[int, str]]:
 
 async def test_sink_killed_and_restarted_loses_nothing_and_doubles_nothing(
         settings: Settings, bootstrap: str, db_url: str) -> None:
-    engine = open_store_engine(db_url)
+    engine = open_engine(db_url)
     base = uuid.uuid4().int % 10**9  # this test's own situations on the shared topic
     first = [F.situation(base + i, occurred_at=dt.datetime(2026, 11, 1, tzinfo=UTC) + dt.timedelta(minutes=i))
              for i in range(300)]
@@ -93,8 +94,8 @@ async def test_sink_killed_and_restarted_loses_nothing_and_doubles_nothing(
     with engine.connect() as conn:
         fus = store.followups_of(conn, event.situation_id)
         assert [f.event_id for f in fus] == [event.event_id]
-        offsets = store.load_offsets(conn, group)
-    assert offsets[(SITUATIONS_TOPIC, 0)] >= 0 or len(offsets) > 1
+        offsets = load_positions(conn, group)
+    assert offsets[(SITUATIONS_TOPIC, 0)] >= 1 or len(offsets) > 1
     engine.dispose()
 
 

@@ -10,11 +10,12 @@ import sqlalchemy as sa
 
 from services.casebook import store
 from services.casebook import tables as t
-from services.casebook.db import migrate
-from services.casebook.sink import Record, apply_records
+from services.casebook.sink import SINK_TOPICS, BatchResult, apply_records
 from services.core.messages import to_wire
 from services.errors import TransientError
+from services.platform.db import migrate
 from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC
+from services.platform.tracking import Record, TrackedConsumer, load_positions
 from tests.support import situations as F
 
 pytestmark = pytest.mark.integration
@@ -108,22 +109,28 @@ def test_objection_erases_the_person_and_keeps_it_erased(engine: sa.Engine) -> N
 
 
 def _records(topic: str, events: list[object], partition: int = 0, start: int = 0) -> list[Record]:
-    return [Record(topic, partition, start + i, to_wire(e)) for i, e in enumerate(events)]  # type: ignore[arg-type]
+    return [Record(topic, partition, start + i, 0, None, to_wire(e))  # type: ignore[arg-type]
+            for i, e in enumerate(events)]
+
+
+def _apply(engine: sa.Engine, name: str, records: list[Record]) -> BatchResult:
+    """One poll of the casebook sink's tracked consumer."""
+    return TrackedConsumer(engine, name, SINK_TOPICS, apply_records).process(records).result
 
 
 def test_offsets_are_stored_with_the_effect(engine: sa.Engine) -> None:
     recs = (_records(SITUATIONS_TOPIC, [F.situation(i) for i in range(10)])
             + _records(FOLLOWUPS_TOPIC, [F.followup(1, "caf", "fsl")], partition=2, start=40)
             + _records(CONSENTS_TOPIC, [F.objection(5)], partition=1, start=7)
-            + [Record(SITUATIONS_TOPIC, 0, 10, b"{not json")])
-    result = apply_records(engine, "test", recs)
+            + [Record(SITUATIONS_TOPIC, 0, 10, 0, None, b"{not json")])
+    result = _apply(engine, "test", recs)
     assert (result.applied.situations, result.applied.followups, result.applied.erased, result.skipped) == \
         (10, 1, 1, 1)
     with engine.connect() as conn:
-        assert store.load_offsets(conn, "test") == {(SITUATIONS_TOPIC, 0): 10, (FOLLOWUPS_TOPIC, 2): 40,
-                                                    (CONSENTS_TOPIC, 1): 7}
+        assert load_positions(conn, "test") == {(SITUATIONS_TOPIC, 0): 11, (FOLLOWUPS_TOPIC, 2): 41,
+                                                (CONSENTS_TOPIC, 1): 8}
     state = snapshot(engine)
-    apply_records(engine, "test", recs)  # redelivered after a crash: nothing changes
+    _apply(engine, "test", recs)  # redelivered after a crash: nothing changes
     assert snapshot(engine) == state
 
 
@@ -140,7 +147,7 @@ def test_a_failed_batch_writes_neither_effect_nor_offset(engine: sa.Engine) -> N
                    updated_at=dt.datetime(2026, 1, 1, tzinfo=UTC))
         conn.execute(sa.insert(t.situations).values(row))
     with pytest.raises(TransientError):
-        apply_records(engine, "test", _records(SITUATIONS_TOPIC, [ok]))
+        _apply(engine, "test", _records(SITUATIONS_TOPIC, [ok]))
     with engine.connect() as conn:
-        assert store.load_offsets(conn, "test") == {}
+        assert load_positions(conn, "test") == {}
         assert store.situation_by_id(conn, ok.situation_id) is None

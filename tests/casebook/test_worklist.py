@@ -267,9 +267,9 @@ def test_csv_cells_cannot_become_formulas() -> None:
 
 # ------------------------------------------------------------------------------- CLI
 def test_cli_writes_every_format(tmp_path: Path, taxonomy: Taxonomy) -> None:
-    from services.casebook.db import open_store_engine
+    from services.platform.db import open_engine
 
-    engine = open_store_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
     with engine.begin() as conn:
         store.apply_situations(conn, [F.situation(i, occurred_at=at(2026, 11, i)) for i in range(1, 4)])
     engine.dispose()

@@ -19,13 +19,13 @@ from stdnum.fr import nir as stdnum_nir
 
 from services.app import purge
 from services.casebook import tables as ct
-from services.casebook.db import open_store_engine
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.sink import CasebookSink
 from services.core.messages import ConsentKind
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
@@ -121,8 +121,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     _, key = load_exchange_key(settings.key_dir, load_registry(registry_path(settings.key_dir)))
     people = {"objection": nir(8101), "withdrawal": nir(8102), "purge": nir(8103)}
     pseudo = {who: pseudonym_value(key, normalise(n)) for who, n in people.items()}
-    engine = open_store_engine(settings.database_url)
-    lt.metadata.create_all(engine)
+    engine = open_engine(settings.database_url)
     stop_sink = asyncio.Event()
     sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-probe",
                         outbox_every_s=1)

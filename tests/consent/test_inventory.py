@@ -1,6 +1,8 @@
 """docs/erasure.md lists every place personal data can live: every topic of the published
-contract, the correlator's internal topics, every casebook and ledger table; each row says
-what objection, withdrawal and purge do and what is left (a code the tests can read)."""
+contract, the correlator's internal topics, every table of the database (casebook, ledger,
+consumer positions, schema revision: tests/platform/test_migrations.py checks the migrated
+database holds exactly the declared tables); each row says what objection, withdrawal and
+purge do and what is left (a code the tests can read)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import yaml
 from services.casebook import tables as casebook_tables
 from services.correlator.engine import REPARTITION_TOPIC
 from services.ledger import tables as ledger_tables
+from services.platform import tracking
+from services.platform.db import VERSION_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "erasure.md"
@@ -34,7 +38,8 @@ def test_every_topic_and_table_is_in_the_inventory() -> None:
     spec = yaml.safe_load((ROOT / "schemas" / "asyncapi.yaml").read_text(encoding="utf-8"))
     addresses = {c["address"].replace("{fund}", "<fund>") for c in spec["channels"].values()}
     internal = {REPARTITION_TOPIC, "<app id>-persons-changelog"}
-    tables = set(casebook_tables.metadata.tables) | set(ledger_tables.metadata.tables)
+    tables = (set(casebook_tables.metadata.tables) | set(ledger_tables.metadata.tables)
+              | set(tracking.metadata.tables) | {VERSION_TABLE})
     missing = (addresses | internal | tables) - set(places)
     assert not missing, f"not in docs/erasure.md: {sorted(missing)}"
     assert len(addresses) >= 7 and len(tables) >= 10  # the scan found them

@@ -14,17 +14,17 @@ from stdnum.fr import nir as stdnum_nir
 
 from services.app.bootstrap import CASES
 from services.casebook import tables as ct
-from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.render import render
 from services.casebook.sink import CasebookSink
 from services.casebook.worklist import load_worklist
 from services.core.registry import load_registry
 from services.core.types import Fund
-from services.ledger import tables as lt
 from services.ledger.entries import Action, parse_entry
 from services.ledger.sink import AuditSink
 from services.ledger.store import Ledger
+from services.platform import tracking
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
@@ -61,8 +61,7 @@ async def test_objection_erases_everything_but_the_ledger(settings: Settings, co
     pseudo = pseudonym_value(key, normalise(person))
     today = dt.date.today()
 
-    engine = open_store_engine(settings.database_url)
-    lt.metadata.create_all(engine)
+    engine = open_engine(settings.database_url)
     stop_sink = asyncio.Event()
     sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-e2e",
                         outbox_every_s=60)
@@ -139,7 +138,7 @@ async def test_objection_erases_everything_but_the_ledger(settings: Settings, co
                for _, d in ledger.query(action=Action.EFFACEMENT.value))
     size, root = ledger.size(), ledger.root()
     with engine.begin() as conn:  # forget the offsets: everything is read again
-        conn.execute(sa.delete(lt.offsets))
+        conn.execute(sa.delete(tracking.offsets))
     again = await AuditSink(settings, ledger, settings.bootstrap_servers or "", cases=CASES,
                             consumer_name="audit-e2e").run(until_idle=2.0)
     assert again.appended == 0 and again.already_present > 0

@@ -15,14 +15,13 @@ from stdnum.fr import nir as stdnum_nir
 
 from services.app.purge import apply_purge, send_erasures
 from services.casebook import tables as ct
-from services.casebook.db import open_store_engine
 from services.casebook.retention import plan_purge
 from services.casebook.sink import CasebookSink
 from services.core.registry import load_registry
 from services.core.types import Fund
-from services.ledger import tables as lt
 from services.ledger.entries import parse_entry
 from services.ledger.store import Ledger
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
 from services.producer.nir import normalise
@@ -64,8 +63,7 @@ async def test_a_signal_after_a_purge_opens_a_case_with_only_the_new_signal(
     person = nir(5151)
     _, key = load_exchange_key(settings.key_dir, load_registry(registry_path(settings.key_dir)))
     pseudo = pseudonym_value(key, normalise(person))
-    engine = open_store_engine(settings.database_url)
-    lt.metadata.create_all(engine)
+    engine = open_engine(settings.database_url)
     collector = Collector(settings.bootstrap_servers or "")
     await collector.start()
     stop_sink = asyncio.Event()

@@ -15,9 +15,8 @@ from services.app.purge import apply_purge, count_subjects
 from services.casebook import store
 from services.casebook import tables as ct
 from services.casebook.audit import access_log
-from services.casebook.db import open_store_engine
 from services.casebook.retention import plan_purge
-from services.casebook.sink import Record, apply_records
+from services.casebook.sink import SINK_TOPICS, apply_records
 from services.core.access import AccessEvent
 from services.core.messages import ConsentEvent, Signal, parse
 from services.core.registry import load_registry
@@ -27,9 +26,10 @@ from services.errors import InputError
 from services.ledger import tables as lt
 from services.ledger.entries import Action, is_about, parse_entry
 from services.ledger.store import Ledger
-from services.ledger.tables import metadata as ledger_metadata
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import SITUATIONS_TOPIC
+from services.platform.tracking import Record, TrackedConsumer
 from services.producer.consent import consent_outbox_path, record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, registry_path
 from services.producer.outbox import Outbox
@@ -118,7 +118,7 @@ def test_objection_takes_effect_when_recorded_and_covers_every_purpose(offline_s
 
 
 def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
+    engine = open_engine(offline_settings.database_url)
     sit = factory.situation(1)
     with engine.begin() as conn:
         store.apply_situations(conn, [sit])
@@ -145,30 +145,31 @@ def test_casebook_access_goes_to_the_ledger_in_the_same_transaction(offline_sett
 
 
 def test_tombstone_deletes_the_situation_and_its_followups(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
+    engine = open_engine(offline_settings.database_url)
     sit = factory.situation(2)
     fu = factory.followup(2, "caf", "aide_financiere_individuelle")
     value = sit.model_dump_json().encode()
-    result = apply_records(engine, "t", [
-        Record(SITUATIONS_TOPIC, 0, 0, value, sit.situation_id.encode()),
-        Record("help.followups.v1", 0, 0, fu.model_dump_json().encode()),
-    ])
+    sink = TrackedConsumer(engine, "t", SINK_TOPICS, apply_records)
+    result = sink.process([
+        Record(SITUATIONS_TOPIC, 0, 0, 0, sit.situation_id.encode(), value),
+        Record("help.followups.v1", 0, 0, 0, None, fu.model_dump_json().encode()),
+    ]).result
     assert result.applied.situations == 1
-    result = apply_records(engine, "t", [Record(SITUATIONS_TOPIC, 0, 1, None, sit.situation_id.encode())])
+    result = sink.process([Record(SITUATIONS_TOPIC, 0, 1, 0, sit.situation_id.encode(), None)]).result
     assert result.applied.erased == 1 and result.skipped == 0
     with engine.connect() as conn:
         assert store.count_rows(conn, ct.situations) == 0
         assert store.count_rows(conn, ct.followups) == 0
     # Event then tombstone in one batch: the order of the topic is kept.
-    apply_records(engine, "t", [Record(SITUATIONS_TOPIC, 0, 2, value, sit.situation_id.encode()),
-                                Record(SITUATIONS_TOPIC, 0, 3, None, sit.situation_id.encode())])
+    sink.process([Record(SITUATIONS_TOPIC, 0, 2, 0, sit.situation_id.encode(), value),
+                  Record(SITUATIONS_TOPIC, 0, 3, 0, sit.situation_id.encode(), None)])
     with engine.connect() as conn:
         assert store.count_rows(conn, ct.situations) == 0
     engine.dispose()
 
 
 def test_objection_leaves_no_pseudonym_in_casebook_tables(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
+    engine = open_engine(offline_settings.database_url)
     sit = factory.situation(3, person="p3")
     with engine.begin() as conn:
         store.apply_situations(conn, [sit])
@@ -183,8 +184,7 @@ def test_objection_leaves_no_pseudonym_in_casebook_tables(offline_settings: Sett
 
 
 def test_purge_periods(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
-    ledger_metadata.create_all(engine)
+    engine = open_engine(offline_settings.database_url)
     as_of = dt.datetime(2028, 6, 1, tzinfo=UTC)
     t = dt.datetime
     sits = [
@@ -248,7 +248,7 @@ def test_erasure_leaves_no_followup_detail_in_outbox_or_access_log(offline_setti
     access log beyond the ledger's minimal form (who, when, which case)."""
     from services.casebook.followups import record_followup
 
-    engine = open_store_engine(offline_settings.database_url)
+    engine = open_engine(offline_settings.database_url)
     sits = [factory.situation(n, person=f"p{n}") for n in (4, 5)]
     with engine.begin() as conn:
         store.apply_situations(conn, sits)
@@ -283,7 +283,7 @@ def _case_numbers(engine: sa.Engine) -> list[tuple[str, str]]:
 
 
 def test_withdrawal_erases_only_the_cases_that_showed_its_purpose(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
+    engine = open_engine(offline_settings.database_url)
     sit = factory.situation(6, person="p6")  # purposes: acces_aux_droits
     other = factory.objection("p6", kind="consentement_retire", effective_at=dt.datetime(2026, 11, 25, tzinfo=UTC))
     other = other.model_copy(update={"purposes": [Purpose.PREVENTION_PERTE_AUTONOMIE]})
@@ -312,8 +312,7 @@ def test_markers_are_keyed_and_expire(offline_settings: Settings) -> None:
 
     markers = store.Markers(marker_key(offline_settings))
     assert marker_key(offline_settings) == markers.key and len(markers.key or b"") == 32
-    engine = open_store_engine(offline_settings.database_url)
-    ledger_metadata.create_all(engine)
+    engine = open_engine(offline_settings.database_url)
     sit = factory.situation(7, person="p7")
     with engine.begin() as conn:
         store.apply_situations(conn, [sit], markers)

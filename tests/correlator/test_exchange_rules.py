@@ -45,7 +45,6 @@ from services.core.types import Fund, format_timestamp
 from services.correlator.engine import Engine, Record
 from services.errors import Rejected
 from services.ledger.sink import EntryMaker
-from services.ledger.sink import Record as LedgerRecord
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
@@ -222,8 +221,8 @@ def _entered(value: bytes) -> list[Any] | None:
     """The audit sink's entries for a reveal event, None if it does not parse (skipped)."""
     maker = EntryMaker(FUNDS.registry())
     try:
-        return maker.entries(LedgerRecord(REVEALS_TOPIC, 0, 0, b"caf", value))
-    except ValueError:  # pydantic's ValidationError: apply_batch skips the record
+        return maker.entries(Record(REVEALS_TOPIC, 0, 0, 0, b"caf", value))
+    except ValueError:  # pydantic's ValidationError: apply_records skips the record
         return None
 
 

@@ -9,24 +9,14 @@ import pytest
 from sqlalchemy import Engine
 
 from services.ledger.heads import LedgerSigner
-from services.ledger.store import Ledger, engine_for
-from services.ledger.tables import metadata
+from services.ledger.store import Ledger
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'var' / 'casebook.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = engine_for(db_url)
-    metadata.drop_all(eng)
-    metadata.create_all(eng)
+    eng = open_engine(db_url)
     yield eng
     eng.dispose()
 
@@ -44,10 +34,7 @@ def ledger(engine: Engine, signer: LedgerSigner) -> Ledger:
 @pytest.fixture
 def ledger_settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings whose database is ``db_url`` (SQLite or PostgreSQL), with fresh tables."""
-    eng = engine_for(db_url)
-    metadata.drop_all(eng)
-    metadata.create_all(eng)
-    eng.dispose()
+    open_engine(db_url).dispose()
     return load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                          database_url=db_url)
 

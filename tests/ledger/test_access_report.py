@@ -25,7 +25,7 @@ from services.ledger import cli as ledger_cli
 from services.ledger import sink
 from services.ledger.casebook import entry_for
 from services.ledger.entries import Action, is_about, parse_entry
-from services.ledger.sink import EntryMaker, Record, apply_batch
+from services.ledger.sink import EntryMaker, audit_tracker
 from services.ledger.store import Ledger
 from services.ledger.witness import witness_round
 from services.platform.settings import Settings, load_settings
@@ -35,6 +35,7 @@ from services.platform.topics import (
     receipt_topic,
     signal_topic,
 )
+from services.platform.tracking import Record
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key
 from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
@@ -107,18 +108,18 @@ def test_the_report_lists_exactly_the_persons_events_each_proven(
         .model_copy(update={"pseudonym": person_a})
     sit_other = situation(2, occurred_at=T + dt.timedelta(hours=1))
     records = [
-        Record(receipt_topic(Fund.CAF), 0, 0, None, receipt(1, ids["CAF-0001"][0])),
-        Record(receipt_topic(Fund.CAF), 0, 1, None, receipt(2, ids["CAF-0002"][0])),
-        Record(receipt_topic(Fund.CAF), 0, 2, None, receipt(3, ids["CAF-0001"][1])),
-        Record(receipt_topic(Fund.CAF), 0, 3, None, receipt(4, "f" * 32)),  # someone else
-        Record(SITUATIONS_TOPIC, 0, 0, None, to_wire(sit_a)),
-        Record(SITUATIONS_TOPIC, 0, 1, None, to_wire(sit_other)),
-        Record(FOLLOWUPS_TOPIC, 0, 0, None, to_wire(followup(1, "caf", "fsl"))),
-        Record(FOLLOWUPS_TOPIC, 0, 1, None, to_wire(followup(2, "caf", "fsl"))),
+        Record(receipt_topic(Fund.CAF), 0, 0, 0, None, receipt(1, ids["CAF-0001"][0])),
+        Record(receipt_topic(Fund.CAF), 0, 1, 0, None, receipt(2, ids["CAF-0002"][0])),
+        Record(receipt_topic(Fund.CAF), 0, 2, 0, None, receipt(3, ids["CAF-0001"][1])),
+        Record(receipt_topic(Fund.CAF), 0, 3, 0, None, receipt(4, "f" * 32)),  # someone else
+        Record(SITUATIONS_TOPIC, 0, 0, 0, None, to_wire(sit_a)),
+        Record(SITUATIONS_TOPIC, 0, 1, 0, None, to_wire(sit_other)),
+        Record(FOLLOWUPS_TOPIC, 0, 0, 0, None, to_wire(followup(1, "caf", "fsl"))),
+        Record(FOLLOWUPS_TOPIC, 0, 1, 0, None, to_wire(followup(2, "caf", "fsl"))),
     ]
-    records[0:0] = [Record(signal_topic(Fund.CAF), 0, n, None, v) for n, v in enumerate(fund_side.signals)]
+    records[0:0] = [Record(signal_topic(Fund.CAF), 0, n, 0, None, v) for n, v in enumerate(fund_side.signals)]
     monkeypatch.setattr(sink, "HOLD_S", 0.0)  # the stranger's signal is not on the topic
-    apply_batch(ledger, maker, records)
+    audit_tracker(ledger, maker).process(records)
     receipts = [parse_entry(d) for _, d in ledger.query(action="signalement_accepte")]
     assert sorted(is_about(e, person_a) for e in receipts) == [False, False, True, True]
     for n, who in ((1, person_a), (2, sit_other.pseudonym)):  # a CPAM agent opens each case

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from services.app.bootstrap import web_app
 from services.casebook import store
 from services.casebook.auth import FileAuthenticator, UserFile
-from services.casebook.db import open_store_engine
 from services.core.signing import b64u_decode
 from services.ledger.checkpoint import parse_checkpoint_text, parse_note
 from services.ledger.heads import LedgerSigner
 from services.ledger.merkle import leaf_hash, verify_inclusion
-from services.ledger.store import Ledger, ensure_tables
+from services.ledger.store import Ledger, ensure_ready
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from tests.support import situations as F
 
@@ -29,7 +29,7 @@ SECRET = "un secret assez long"
 
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = open_store_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'casebook.db'}")
     yield engine
     engine.dispose()
 
@@ -42,7 +42,7 @@ def client(offline_settings: Settings, sqlite_engine: sa.Engine, tmp_path: Path
     users.add("auditeur.35", role="auditeur", territory="35", fund=None, secret=SECRET)
     with sqlite_engine.begin() as conn:
         store.apply_situations(conn, [F.situation(1), F.situation(2)])
-    ensure_tables(sqlite_engine)
+    ensure_ready(sqlite_engine)
     settings = load_settings(var_dir=offline_settings.var_dir, key_dir=offline_settings.key_dir,
                              database_url=offline_settings.database_url,
                              casebook_users_file=tmp_path / "users.json",

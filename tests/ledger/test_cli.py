@@ -17,7 +17,8 @@ from services.errors import InputError
 from services.ledger import tables
 from services.ledger.cli import register
 from services.ledger.entries import canonical_bytes
-from services.ledger.store import Ledger, chain_next, engine_for
+from services.ledger.store import Ledger, chain_next
+from services.platform.db import make_engine
 from services.platform.settings import Settings, load_settings
 from tests.ledger.rfc9162_verifier import (
     rfc_leaf_hash,
@@ -53,7 +54,7 @@ def filled(ledger_settings: Settings) -> Settings:
 
 
 def sql(settings: Settings, *statements: Any) -> None:
-    engine = engine_for(settings.database_url)
+    engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         for statement in statements:
             conn.execute(statement)
@@ -154,7 +155,7 @@ def test_the_last_entries_deleted_are_caught(filled: Settings) -> None:
 
 
 def test_a_forged_head_is_caught(filled: Settings) -> None:
-    engine = engine_for(filled.database_url)
+    engine = make_engine(filled.database_url)
     with engine.begin() as conn:
         head_id = conn.execute(select(tables.heads.c.head_id).order_by(tables.heads.c.head_id)
                                ).scalars().first()

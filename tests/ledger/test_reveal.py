@@ -24,7 +24,6 @@ from click.testing import CliRunner
 from services.app.bootstrap import CASES
 from services.app.cli import cli
 from services.casebook import tables as ct
-from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.render import render
 from services.casebook.store import apply_situations
@@ -43,10 +42,13 @@ from services.core.signing import verify
 from services.core.types import Fund, Purpose
 from services.ledger import tables as lt
 from services.ledger.entries import Action, LedgerLegalBasis, LedgerPurpose, entry_id_for, is_about, parse_entry
-from services.ledger.sink import AuditSink, EntryMaker, Record
-from services.ledger.store import Ledger, ensure_tables
+from services.ledger.sink import AuditSink, EntryMaker
+from services.ledger.store import Ledger, ensure_ready
+from services.platform import tracking
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import REVEALS_TOPIC
+from services.platform.tracking import Record
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets, registry_path
 from services.producer.reveal import RevealPublisher, reveal, reveal_events, reveal_file
 from services.producer.sdk import SignalBuilder, SignalInput
@@ -84,8 +86,8 @@ def casebook(keyed: Settings) -> Iterator[tuple[sa.Engine, list[SituationEvent]]
                 FundRef(fund=Fund.CPAM, sealed_ref=_seal(keyed, Fund.CPAM, f"CPAM-REF-{n}", rng))]
         events.append(situation(n, funds=("caf", "cpam"), occurred_at=NOW - dt.timedelta(days=5))
                       .model_copy(update={"refs": refs}))
-    engine = open_store_engine(keyed.database_url)
-    ensure_tables(engine)
+    engine = open_engine(keyed.database_url)
+    ensure_ready(engine)
     with engine.begin() as conn:
         apply_situations(conn, events)
     yield engine, events
@@ -167,7 +169,7 @@ def test_no_clear_copy_appears_if_the_record_cannot_be_kept(
 
 
 def _records(rows: list[bytes]) -> list[Record]:
-    return [Record(REVEALS_TOPIC, 0, i, b"caf", value) for i, value in enumerate(rows)]
+    return [Record(REVEALS_TOPIC, 0, i, 0, b"caf", value) for i, value in enumerate(rows)]
 
 
 def test_the_sink_enters_the_case_only_when_the_seal_proves_it(
@@ -238,8 +240,8 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
             FundRef(fund=Fund.CPAM, sealed_ref=_seal(settings, Fund.CPAM, "CPAM-DOS-0815", rng))]
     event = situation(41, funds=("caf", "cpam"), occurred_at=NOW - dt.timedelta(days=5),
                       person="reveal-e2e").model_copy(update={"refs": refs})
-    engine = open_store_engine(settings.database_url)
-    ensure_tables(engine)
+    engine = open_engine(settings.database_url)
+    ensure_ready(engine)
     with engine.begin() as conn:
         apply_situations(conn, [event])
     src = tmp_path / "liste-caf.csv"
@@ -281,7 +283,7 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
     # A replay of the topics appends nothing; a second reveal is a second access.
     size = ledger.size()
     with engine.begin() as conn:
-        conn.execute(sa.delete(lt.offsets).where(lt.offsets.c.consumer == "audit-reveal-e2e"))
+        conn.execute(sa.delete(tracking.offsets).where(tracking.offsets.c.consumer == "audit-reveal-e2e"))
     again = asyncio.run(AuditSink(settings, ledger, bootstrap, cases=CASES,
                                   consumer_name="audit-reveal-e2e").run(until_idle=2.0))
     assert again.appended == 0 and ledger.size() == size

@@ -246,13 +246,13 @@ def test_an_earlier_ledger_is_brought_up_to_date(ledger: Ledger, engine: Engine)
     index table is dropped and the auditor's index rebuilt from the entries."""
     from sqlalchemy import delete, inspect, text
 
-    from services.ledger.store import ensure_tables
+    from services.ledger.store import ensure_ready
 
     ledger.append([make_entry(i) for i in range(9)], sign=True)
     with engine.begin() as conn:
         conn.execute(delete(tables.lookup))
         conn.execute(text("CREATE TABLE ledger_lookup (lkey BIGINT, seq BIGINT)"))
-    ensure_tables(engine)
+    ensure_ready(engine)
     assert "ledger_lookup" not in inspect(engine).get_table_names()
     assert [i for i, _ in ledger.query(case_id=CASE)] == [0, 3, 6]
     report = verify_ledger(engine, {ledger.signer.key_id: ledger.signer.public_key}

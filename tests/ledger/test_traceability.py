@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from services.app.bootstrap import CASES
 from services.casebook import tables as ct
 from services.casebook.cases import CasebookCases
-from services.casebook.db import open_store_engine
 from services.casebook.store import apply_situations
 from services.core.access import AccessEvent
 from services.errors import InputError
 from services.ledger import cli as ledger_cli
 from services.ledger.casebook import LedgerAuditSink
 from services.ledger.entries import Action, is_about, parse_entry
-from services.ledger.store import Ledger, ensure_tables
+from services.ledger.store import Ledger, ensure_ready
+from services.platform.db import open_engine
 from services.platform.settings import Settings
 from tests.support.cli import wired_group
 from tests.support.situations import situation
@@ -29,8 +29,8 @@ group = wired_group(ledger_cli.register)
 
 
 def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
-    ensure_tables(engine)
+    engine = open_engine(offline_settings.database_url)
+    ensure_ready(engine)
     events = [situation(n) for n in (1, 2, 3)]
     with engine.begin() as conn:
         apply_situations(conn, events)
@@ -66,8 +66,8 @@ def test_a_list_export_enters_each_case_it_showed(offline_settings: Settings) ->
 
 def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
         offline_settings: Settings) -> None:
-    engine = open_store_engine(offline_settings.database_url)
-    ensure_tables(engine)
+    engine = open_engine(offline_settings.database_url)
+    ensure_ready(engine)
     with pytest.raises(InputError, match="does not hold"):
         LedgerAuditSink(Ledger(engine), CasebookCases()).record(AccessEvent(
             user_id="agent.caf-35.0042", role="agent", fund="caf", action="consultation_liste",
@@ -78,18 +78,19 @@ def test_a_list_naming_a_case_the_casebook_does_not_hold_is_refused(
 def test_a_follow_up_names_the_person_and_is_replayed_as_it_was(
         offline_settings: Settings) -> None:
     from services.core.messages import to_wire
-    from services.ledger.sink import EntryMaker, Record
+    from services.ledger.sink import EntryMaker
     from services.platform.topics import FOLLOWUPS_TOPIC
+    from services.platform.tracking import Record
     from tests.support.situations import followup
 
-    engine = open_store_engine(offline_settings.database_url)
-    ensure_tables(engine)
+    engine = open_engine(offline_settings.database_url)
+    ensure_ready(engine)
     sit = situation(1)
     with engine.begin() as conn:
         apply_situations(conn, [sit])
     ledger = Ledger(engine)
     maker = EntryMaker(None, ledger, CASES)
-    record = Record(FOLLOWUPS_TOPIC, 0, 0, None, to_wire(followup(1, "caf", "fsl")))
+    record = Record(FOLLOWUPS_TOPIC, 0, 0, 0, None, to_wire(followup(1, "caf", "fsl")))
     (entry,) = maker.entries(record)
     assert is_about(entry, sit.pseudonym) and entry.case_id == sit.situation_id
     assert entry.fund is not None and entry.fund.value == "caf"
@@ -118,12 +119,13 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     from services.core.messages import Receipt, SourcePosition, to_wire
     from services.core.types import Fund
     from services.ledger import tables as lt
-    from services.ledger.sink import EntryMaker, Record, apply_batch, load_offsets
+    from services.ledger.sink import EntryMaker, audit_tracker
     from services.platform.topics import receipt_topic, signal_topic
+    from services.platform.tracking import Record, load_positions
     from tests.support.situations import hex32, pseudonym
 
-    engine = open_store_engine(offline_settings.database_url)
-    ensure_tables(engine)
+    engine = open_engine(offline_settings.database_url)
+    ensure_ready(engine)
     ledger = Ledger(engine)
     maker = EntryMaker(None, ledger, CASES)
     person = pseudonym(7)
@@ -131,7 +133,7 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
     def signal(n: int) -> Record:
         value = json.dumps({"signal_id": hex32("signal", n),
                             "pseudonym": person.model_dump()}).encode()
-        return Record(signal_topic(Fund.CAF), 0, n, None, value)
+        return Record(signal_topic(Fund.CAF), 0, n, 0, None, value)
 
     def receipt(n: int) -> Record:
         value = to_wire(Receipt(
@@ -139,27 +141,28 @@ def test_a_receipt_names_the_person_of_its_signal_even_read_before_it(
             signal_id=hex32("signal", n), status="accepte", reason=None,
             processed_at=dt.datetime(2026, 11, 10, 9, n, tzinfo=dt.UTC),
             source=SourcePosition(topic=signal_topic(Fund.CAF), partition=0, offset=n)))
-        return Record(receipt_topic(Fund.CAF), 0, n, None, value)
+        return Record(receipt_topic(Fund.CAF), 0, n, 0, None, value)
 
     def rows() -> int:
         with engine.connect() as conn:
             return len(conn.execute(sa.select(lt.signal_subjects)).all())
 
-    first = apply_batch(ledger, maker, [signal(0), receipt(0), receipt(1)])
+    first = audit_tracker(ledger, maker).process([signal(0), receipt(0), receipt(1)]).result
     assert first.held == {(receipt_topic(Fund.CAF), 0): 1} and first.appended == 1
     with engine.connect() as conn:
-        assert load_offsets(conn, "help-audit-sink")[(receipt_topic(Fund.CAF), 0)] == 0
-    second = apply_batch(ledger, maker, [signal(1), receipt(1)])
+        # the next offset is the held receipt's
+        assert load_positions(conn, "help-audit-sink")[(receipt_topic(Fund.CAF), 0)] == 1
+    second = audit_tracker(ledger, maker).process([signal(1), receipt(1)]).result
     assert not second.held and second.appended == 1
     entries = [parse_entry(d) for _, d in ledger.query(action=Action.SIGNALEMENT_ACCEPTE.value)]
     assert len(entries) == 2 and all(is_about(e, person) for e in entries)
     assert all(e.fund is Fund.CAF for e in entries) and rows() == 0
 
     fresh = EntryMaker(None, ledger, CASES)  # a restart replays both topics
-    replay = apply_batch(ledger, fresh, [signal(0), signal(1), receipt(0), receipt(1)])
+    replay = audit_tracker(ledger, fresh).process([signal(0), signal(1), receipt(0), receipt(1)]).result
     assert replay.appended == 0 and rows() == 0
-    apply_batch(ledger, fresh, [signal(2)])
+    audit_tracker(ledger, fresh).process([signal(2)])
     assert rows() == 1  # kept for its receipt, in a later run
-    later = apply_batch(ledger, EntryMaker(None, ledger, CASES), [receipt(2)])
+    later = audit_tracker(ledger, EntryMaker(None, ledger, CASES)).process([receipt(2)]).result
     assert later.appended == 1 and rows() == 0
     engine.dispose()

@@ -18,7 +18,7 @@ import httpx
 
 from services.casebook import store
 from services.casebook.auth import UserFile
-from services.casebook.db import open_store_engine
+from services.platform.db import open_engine
 from tests.support import situations as F
 from tests.support.local import free_port
 from tests.support.processes import terminate
@@ -69,7 +69,7 @@ def running_server(root: Path, *, host: str = "127.0.0.1", extra_env: dict[str, 
     :data:`USERS`, and ``help-exchange serve`` on a free port until the block ends."""
     root.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{root / 'casebook.db'}"
-    engine = open_store_engine(db)
+    engine = open_engine(db)
     with engine.begin() as conn:
         store.apply_situations(conn, [F.situation(1, funds=("caf", "urssaf"), priority="rouge"),
                                       F.situation(2, funds=("cpam", "carsat"),

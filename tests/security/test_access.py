@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from services.casebook import store, tables
 from services.casebook.auth import UserFile
-from services.casebook.db import open_store_engine
+from services.platform.db import open_engine
 from tests.security.webapp import make_app, web_settings
 from tests.suite_summary import count
 from tests.support import situations as F
@@ -50,7 +50,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     users = UserFile(tmp / "users.json")
     for uid, (role, territory, fund) in USERS.items():
         users.add(uid, role=role, territory=territory, fund=fund, secret=SECRET)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     cats = [("impaye_loyer", "caf", ["caf", "cpam", "urssaf", "carsat"]),
             ("parent_incarcere", "caf", ["caf", "cpam"]),
             ("impaye_cotisations", "urssaf", ["urssaf", "caf", "cpam", "carsat"]),

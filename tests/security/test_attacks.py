@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 
 from services.casebook import store
 from services.casebook.auth import UserFile
-from services.casebook.db import open_store_engine
 from services.casebook.model import Month
 from services.casebook.render import render
 from services.casebook.worklist import load_worklist
 from services.core.types import Fund
+from services.platform.db import open_engine
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import DEADLETTER_TOPIC, receipt_topic, signal_topic
 from services.producer.keys import load_fund_secrets
@@ -202,7 +202,7 @@ def hostile_casebook(tmp_path: Path) -> Iterator[tuple[sa.Engine, Settings]]:
     """A casebook whose every free string holds markup or a formula: what a tampered database
     or a future field could bring; the contract's patterns normally forbid them."""
     settings = web_settings(tmp_path)
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     events = []
     for i, payload in enumerate(MARKUP + FORMULAS):
         ev = F.situation(500 + i, funds=("caf", "urssaf"), priority="rouge")
@@ -359,7 +359,7 @@ def test_no_output_file_name_is_built_from_message_data(tmp_path: Path) -> None:
         with pytest.raises(Exception):  # noqa: B017 - InputError, whatever the wording
             users.add("agent.x", role="agent", territory=evil, fund="caf", secret="un secret assez long")
     users.add("agent.caf35", role="agent", territory="35", fund="caf", secret="un secret assez long")
-    engine = open_store_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     app = make_app(settings, engine, tmp_path / "users.json")
     with TestClient(app, follow_redirects=False) as client:
         page = client.get("/login")

@@ -1,1 +1,0 @@
-"""Alembic migrations of the casebook (run by :func:`services.casebook.db.migrate`)."""
