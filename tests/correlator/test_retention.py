@@ -219,8 +219,8 @@ def test_purge_cut_off_travels_from_the_command_to_the_case_entry() -> None:
     (out,) = engine.process([rec], lambda k: None).outputs
     assert dict(out.headers) == {ORIGIN_HEADER: ORIGIN_PURGE, CUT_OFF_HEADER: cut_off.isoformat().encode()}
     written_at = dt.datetime.combine(TODAY, dt.time(13, 5), dt.UTC)
-    (entry,) = EntryMaker(None).entries(SinkRecord(SITUATIONS_TOPIC, 2, 40, out.key, None,
-                                                   int(written_at.timestamp() * 1000), out.headers))
+    (entry,) = EntryMaker(None).entries(SinkRecord(SITUATIONS_TOPIC, 2, 40, int(written_at.timestamp() * 1000),
+                                                   out.key, None, out.headers))
     assert (entry.action, entry.cut_off, entry.time, entry.count) == ("purge_conservation", cut_off, written_at, 1)
     assert entry.case_id == out.key.decode()  # type: ignore[union-attr]
 
