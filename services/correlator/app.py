@@ -13,8 +13,9 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
 - :mod:`.processing`: a batch, a rebalance, a retention tick, under one lock;
 - :mod:`.checkpoint`: state writes acknowledged, then outputs, then the commit;
 - :mod:`.sending`: outputs as one record batch per partition;
-- :mod:`.state`: the person state, rebuilt exactly from its changelog (not a Faust ``Table``:
-  Faust's recovery stops at the reported end offset, which the embedded broker reports short);
+- :mod:`.state`: the person state, on local disk behind a bounded cache, caught up or rebuilt
+  exactly from its changelog (not a Faust ``Table``: Faust's recovery stops at the reported
+  end offset, which the embedded broker reports short);
 - :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`).
 
 Bad input never raises (it becomes a receipt and a dead letter), so anything that escapes
@@ -44,7 +45,7 @@ from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
-from services.correlator.state import PersonStore
+from services.correlator.state import PersonStore, store_directory
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
@@ -138,7 +139,9 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-state-loader")
 
     processor = Processor(
-        engine, PersonStore(changelog_topic(settings.correlator_app_id)),
+        engine, PersonStore(changelog_topic(settings.correlator_app_id),
+                            store_directory(settings.var_dir, settings.correlator_app_id),
+                            partitions=settings.partitions, cache_persons=settings.correlator_state_cache),
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), faust_seam.commit(app)),
         HeapPolicy(settings.correlator_gc_full_every_s),

@@ -6,7 +6,9 @@ kept on a changelog topic:
 
 1. the person states the batch touched, written to the changelog and acknowledged: a
    situation event is only ever sent for a state already on the changelog, so version N of
-   a situation means one content forever;
+   a situation means one content forever; then (``written``) the same states to the local
+   store with the changelog offsets they reached (:meth:`~.state.PersonStore.applied`), so
+   the local file never holds a state the changelog does not;
 2. the outputs (receipts, dead letters, forwards, situation events), acknowledged;
 3. the next offsets of what the batch processed, committed.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +41,9 @@ log = logging.getLogger("help.correlator")
 #: The exit status of a worker that stops because a batch's effects failed.
 EXIT_FATAL = 75
 
-#: Send records and return once the broker has acknowledged every one.
-SendAll = Callable[[Sequence[Output]], Awaitable[None]]
+#: Send records and return once the broker has acknowledged every one; per topic partition,
+#: the offset after the last record acknowledged (None: not known, e.g. a test's fake).
+SendAll = Callable[[Sequence[Output]], Awaitable[Mapping[tuple[str, int], int] | None]]
 #: Commit next offsets (the consumer group's).
 Commit = Callable[[dict[TP, int]], Awaitable[None]]
 
@@ -52,11 +55,15 @@ class Checkpoint:
     writes: Sequence[Output] = ()
     outputs: Sequence[Output] = ()
     offsets: dict[TP, int] = field(default_factory=dict)
+    #: Told the next offsets the state writes reached, once acknowledged (the local store).
+    written: Callable[[Mapping[tuple[str, int], int]], None] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
-        """State writes acknowledged, then outputs acknowledged, then the offsets committed;
-        an exception from a step is raised before the next one starts."""
-        await send(self.writes)
+        """State writes acknowledged (and kept locally), then outputs acknowledged, then the
+        offsets committed; an exception from a step is raised before the next one starts."""
+        acked = await send(self.writes)
+        if self.written is not None:
+            self.written(acked or {})
         await send(self.outputs)
         if self.offsets:  # (a retention sweep's writes commit no offset)
             await commit(self.offsets)

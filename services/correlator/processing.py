@@ -68,15 +68,21 @@ class Processor:
             await asyncio.sleep(0)
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
-        await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets))
+        writes, written = self._keep(batch.writes)
+        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written))
         self.heap.after_batch()
 
-    def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]) -> list[Output]:
-        """Keep the touched states; their changelog records."""
+    def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]
+              ) -> tuple[list[Output], Callable[[Mapping[tuple[str, int], int]], None]]:
+        """Stage the touched states (the next batch reads them); their changelog records, and
+        what writes them to the local store once the changelog has acknowledged them."""
         store, changelog = self.store, self.store.changelog
-        for key, (partition, value) in writes.items():
-            store.put(key, partition, value)
-        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()]
+        number = store.stage(writes)
+
+        def written(acked: Mapping[tuple[str, int], int]) -> None:
+            store.applied(number, writes, {p: o for (t, p), o in acked.items() if t == changelog})
+
+        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()], written
 
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
@@ -84,7 +90,8 @@ class Processor:
         async with self.lock:
             writes = self.engine.sweep(self.store.sweep_page(page))
             if writes:
-                await self.checkpoints.submit(Checkpoint(self._keep(writes)))
+                outputs, written = self._keep(writes)
+                await self.checkpoints.submit(Checkpoint(outputs, written=written))
         return len(writes)
 
     async def revoked(self, tps: set[TP]) -> None:

@@ -38,20 +38,28 @@ class KeyPartitioner:
         return None if n is None else (murmur2(key) & 0x7FFFFFFF) % n
 
 
-async def send_batches(producer: Any, outputs: Sequence[Output]) -> None:
+#: Per topic partition, the offset after the last record a call acknowledged there.
+NextOffsets = dict[tuple[str, int], int]
+
+
+async def send_batches(producer: Any, outputs: Sequence[Output]) -> NextOffsets:
     """Send ``outputs`` with Faust's ``producer`` and wait until the broker has acknowledged
-    every one; within a topic partition, in the outputs' order."""
+    every one; within a topic partition, in the outputs' order. Returns, per topic partition
+    given by the outputs, the offset after the last record acknowledged (a record batch's
+    offsets follow each other from the base offset its acknowledgement carries)."""
     if not outputs:
-        return
+        return {}
     aio = aiokafka_producer(producer)
     partition_of = KeyPartitioner(aio)
     groups: dict[tuple[str, int], list[Output]] = {}
     pending = []
+    counted: list[tuple[tuple[str, int], int]] = []  # (topic partition, records) of pending[i]
     for out in outputs:
         partition = out.partition if out.partition is not None else partition_of(out.topic, out.key)
         if partition is None:
             pending.append(await aio.send(out.topic, out.value, key=out.key, timestamp_ms=out.timestamp_ms,
                                           headers=list(out.headers) or None))
+            counted.append(((out.topic, -1), 0))
         else:
             groups.setdefault((out.topic, partition), []).append(out)
     for (topic, partition), records in groups.items():
@@ -62,19 +70,27 @@ async def send_batches(producer: Any, outputs: Sequence[Output]) -> None:
                               headers=headers) is not None:
                 continue
             if builder.record_count():  # full: off it goes (closed), and a new one
+                counted.append(((topic, partition), builder.record_count()))
                 pending.append(await aio.send_batch(builder, topic, partition=partition))
                 builder = aio.create_batch()
                 if builder.append(key=out.key, value=out.value, timestamp=out.timestamp_ms,
                                   headers=headers) is not None:
                     continue
             # Larger than a batch can hold: on its own (aiokafka sizes a batch for it).
+            counted.append(((topic, partition), 1))
             pending.append(await aio.send(topic, out.value, key=out.key, partition=partition,
                                           timestamp_ms=out.timestamp_ms, headers=headers or None))
             builder = aio.create_batch()
         if builder.record_count():
             builder.close()  # complete: producer.send() must not add to it
+            counted.append(((topic, partition), builder.record_count()))
             pending.append(await aio.send_batch(builder, topic, partition=partition))
-    await asyncio.gather(*pending)
+    acks = await asyncio.gather(*pending)
+    after: NextOffsets = {}
+    for (tp, records), ack in zip(counted, acks, strict=True):
+        if records and ack is not None:
+            after[tp] = max(after.get(tp, 0), ack.offset + records)
+    return after
 
 
 async def send_one(producer: Any, topic: str, key: bytes, value: bytes | None, partition: int) -> int:

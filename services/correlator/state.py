@@ -1,4 +1,5 @@
-"""Person state for the correlator worker: in memory, one changelog topic, rebuilt exactly.
+"""Person state for the correlator worker: on local disk behind a bounded cache, one
+changelog topic as the source of truth, rebuilt or caught up exactly.
 
 Why not a Faust ``Table``: Faust's table recovery reads a changelog partition up to the
 *reported* end offset minus one and then declares the table ready. The embedded broker
@@ -12,23 +13,46 @@ heuristic; this store does not depend on end offsets at all:
 
 - to load a partition, write a *fence* record (a tombstone under a reserved key) to the
   changelog partition, wait for its acknowledgement, which gives its offset ``F``, and read
-  the partition from the beginning until the position is past ``F``. Every state write
-  acknowledged before the fence (every write of the previous owner of the partition: it
-  acknowledges them before it commits or gives the partition up) is at an offset below
-  ``F``, on Tansu as on Apache Kafka, whatever either reports as end offset;
+  the partition until the position is past ``F``. Every state write acknowledged before the
+  fence (every write of the previous owner of the partition: it acknowledges them before it
+  commits or gives the partition up) is at an offset below ``F``, on Tansu as on Apache
+  Kafka, whatever either reports as end offset;
 - a partition is loaded by the agent itself, before it processes the first record of that
   partition, and dropped when the partition is revoked, so a state is never read stale.
 
+Where the values live (docs/architecture.md, "Person state on disk"): a SQLite file under
+the worker's var dir (``persons-<slot>.sqlite3``, one slot per live worker process, held by
+an exclusive lock), with a bounded in-memory cache of the most recently used persons. The
+file also keeps, per changelog partition, the offset its rows reflect (every changelog record
+below it is applied). A batch's writes are visible to the next batch at once (kept in memory
+as *staged*) but reach the file only once the changelog has acknowledged them
+(:meth:`PersonStore.applied`, called by the checkpoint between its state writes and its
+outputs), with the new offsets in the same transaction: the file never holds a state the
+changelog does not. So a cold start reopens the file and reads each partition only from its
+offset to the fence; it reads from the beginning (a full rebuild) when the file is missing,
+unreadable, of another format, changelog or partition count, when an offset is past the
+fence (another broker's changelog) or older than :data:`MARK_MAX_AGE_S` (a compaction may
+have removed tombstones written since). A revoked partition's rows and offset are deleted.
+
 Values are the engine's JSON bytes, re-validated by the engine on every read. Fence records
 (key starting with NUL, value null) never collide with a person key (``key_id/value``, text)
-and are compacted away like any tombstone.
+and are compacted away like any tombstone. Deletes overwrite the freed bytes
+(``secure_delete``) and a transaction that deleted a person truncates the write-ahead log
+(docs/erasure.md says what stays).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -36,8 +60,28 @@ log = logging.getLogger("help.correlator.state")
 
 FENCE_KEY = b"\x00fence"
 
+#: The on-disk format; another one is rebuilt from the changelog.
+FORMAT = "persons-1"
+
+#: A partition's offset older than this is not trusted: the changelog's tombstones are kept
+#: ``delete.retention.ms`` after compaction (Kafka's default: a day), a tombstone written
+#: after the offset could be gone when the store is reopened much later.
+MARK_MAX_AGE_S = 12 * 3600.0
+
 #: Sends (topic, key, value, partition) and returns the offset the broker gave the record.
 SendAcked = Callable[[str, bytes, bytes | None, int], Awaitable[int]]
+
+#: The batch's changelog writes as staged: key -> (partition, value or None for a delete).
+Writes = Mapping[bytes, tuple[int, bytes | None]]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # (A rowid table: values of a kilobyte make a WITHOUT ROWID table's pages hold few rows.)
+    "CREATE TABLE IF NOT EXISTS persons (key BLOB PRIMARY KEY, part INTEGER NOT NULL, value BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS persons_part ON persons (part)",
+    "CREATE TABLE IF NOT EXISTS marks (part INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL,"
+    " marked_at REAL NOT NULL)",
+)
 
 
 class StoreLoadError(RuntimeError):
@@ -45,95 +89,289 @@ class StoreLoadError(RuntimeError):
 
 
 class PersonStore:
-    """Person key -> state JSON, for the changelog partitions this worker has loaded."""
+    """Person key -> state JSON, for the changelog partitions this worker has loaded.
 
-    def __init__(self, changelog: str) -> None:
+    ``directory`` None keeps the file in memory (tests); ``cache_persons`` bounds the
+    in-memory cache of values read or written (the file holds the rest)."""
+
+    def __init__(self, changelog: str, directory: Path | None = None, *, partitions: int = 0,
+                 cache_persons: int = 20_000) -> None:
         self.changelog = changelog
-        self._values: dict[bytes, bytes] = {}
-        self._partition_of: dict[bytes, int] = {}
+        self.partitions = partitions
+        self.cache_persons = cache_persons
         self.loaded: set[int] = set()
-        self._sweep: list[bytes] = []
-        self._sweep_done = False
+        self.path: Path | None = None
+        self._lock: IO[bytes] | None = None
+        self._cache: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
+        # Staged (not yet acknowledged on the changelog): key -> (partition, value, batch number).
+        self._staged: dict[bytes, tuple[int, bytes | None, int]] = {}
+        self._batches = 0
+        self._sweep_after: bytes | None = None
+        self._marks: dict[int, tuple[int, float]] = {}
+        self.db = self._open(directory)
 
+    # ------------------------------------------------------------------ the file
+    def _open(self, directory: Path | None) -> sqlite3.Connection:
+        if directory is None:
+            return self._connect(":memory:")
+        directory.mkdir(parents=True, exist_ok=True)
+        slot = 0
+        while True:  # one file per live worker process sharing this var dir
+            lock = (directory / f"persons-{slot}.lock").open("wb")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                lock.close()
+                slot += 1
+        self._lock = lock
+        self.path = directory / f"persons-{slot}.sqlite3"
+        try:
+            db = self._connect(str(self.path))
+            if self._owned(db):
+                self._marks = {p: (o, t) for p, o, t in db.execute("SELECT part, next_offset, marked_at FROM marks")}
+                return db
+            db.close()
+            log.warning("state: %s is of another format, changelog or partition count: rebuilt", self.path)
+        except sqlite3.DatabaseError as exc:
+            log.warning("state: %s unreadable (%s): rebuilt from the changelog", self.path, exc)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        return self._connect(str(self.path))
+
+    def _connect(self, where: str) -> sqlite3.Connection:
+        db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+        # The changelog is the source of truth: a file cut short by a crash is rebuilt (or
+        # caught up from the offsets it committed), so no fsync per transaction.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages; the OS caches the rest of the file
+        for statement in _SCHEMA:
+            db.execute(statement)
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("quick_check failed")
+        return db
+
+    def _identity(self) -> dict[str, str]:
+        return {"format": FORMAT, "changelog": self.changelog, "partitions": str(self.partitions)}
+
+    def _owned(self, db: sqlite3.Connection) -> bool:
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if meta == self._identity():
+            return True
+        if not meta and db.execute("SELECT count(*) FROM marks").fetchone()[0] == 0:
+            db.executemany("INSERT INTO meta VALUES (?, ?)", self._identity().items())
+            return True
+        return False
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    # ------------------------------------------------------------------ reads
     def get(self, key: bytes) -> bytes | None:
-        return self._values.get(key)
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged[1]
+        cache = self._cache
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit[1]
+        row = self.db.execute("SELECT part, value FROM persons WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        self._remember(key, row[0], row[1])
+        return bytes(row[1])
 
-    def put(self, key: bytes, partition: int, value: bytes | None) -> None:
-        if value is None:
-            self._values.pop(key, None)
-            self._partition_of.pop(key, None)
-        else:
-            self._values[key] = value
-            self._partition_of[key] = partition
-
-    def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions (revoked): reloaded from the changelog if they come back."""
-        gone = set(partitions) & self.loaded
-        if not gone:
-            return
-        for key in [k for k, p in self._partition_of.items() if p in gone]:
-            del self._values[key]
-            del self._partition_of[key]
-        self.loaded -= gone
+    def _remember(self, key: bytes, partition: int, value: bytes) -> None:
+        cache = self._cache
+        cache[key] = (partition, value)
+        cache.move_to_end(key)
+        while len(cache) > self.cache_persons:
+            cache.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._values)
+        on_disk = self.db.execute("SELECT count(*) FROM persons").fetchone()[0]
+        return int(on_disk) + sum(1 for v in self._staged.values() if v[1] is not None)
 
+    # ------------------------------------------------------------------ writes
+    def put(self, key: bytes, partition: int, value: bytes | None) -> None:
+        """Write one value (or delete it) at once: a value read from the changelog."""
+        self._write([(key, partition, value)], {})
+
+    def stage(self, writes: Writes) -> int:
+        """Keep a batch's writes, visible to :meth:`get` at once; returns the batch's number,
+        for :meth:`applied` once the changelog has acknowledged them."""
+        self._batches += 1
+        number = self._batches
+        for key, (partition, value) in writes.items():
+            self._staged[key] = (partition, value, number)
+        return number
+
+    def applied(self, number: int, writes: Writes, next_offsets: Mapping[int, int]) -> None:
+        """The batch ``number``'s writes are on the changelog, which now holds, per partition,
+        every record below ``next_offsets``: write them to the file with those offsets."""
+        self._write([(k, p, v) for k, (p, v) in writes.items()], next_offsets)
+        staged = self._staged
+        for key in writes:
+            entry = staged.get(key)
+            if entry is not None and entry[2] == number:  # (not overwritten by a later batch)
+                del staged[key]
+
+    def _write(self, rows: list[tuple[bytes, int, bytes | None]], next_offsets: Mapping[int, int]) -> None:
+        puts = [(k, p, v) for k, p, v in rows if v is not None]
+        deletes = [(k,) for k, _, v in rows if v is None]
+        now = time.time()
+        marks = [(p, o, now) for p, o in next_offsets.items() if p in self._marks or p in self.loaded]
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            if puts:
+                db.executemany("INSERT OR REPLACE INTO persons VALUES (?, ?, ?)", puts)
+            if deletes:
+                db.executemany("DELETE FROM persons WHERE key = ?", deletes)
+            if marks:
+                db.executemany("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", marks)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for p, o, t in marks:
+            self._marks[p] = (o, t)
+        cache = self._cache
+        for key, partition, value in rows:
+            if value is None:
+                cache.pop(key, None)
+            else:
+                self._remember(key, partition, value)
+        if deletes:
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        # The write-ahead log still holds the page images written before a delete; after a
+        # checkpoint into the file (where ``secure_delete`` zeroed the freed bytes) it is cut
+        # to nothing. (Busy only if a reader is open: none here, one connection.)
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions (revoked): their rows and offsets are deleted, so they are read
+        from the changelog again if they come back (another worker may have written since)."""
+        gone = set(partitions) & (self.loaded | set(self._marks))
+        if not gone:
+            return
+        db = self.db
+        db.execute("BEGIN")
+        for p in gone:
+            db.execute("DELETE FROM persons WHERE part = ?", (p,))
+            db.execute("DELETE FROM marks WHERE part = ?", (p,))
+        db.execute("COMMIT")
+        self._truncate_log()
+        for key in [k for k, (p, _) in self._cache.items() if p in gone]:
+            del self._cache[key]
+        for key in [k for k, (p, _, _) in self._staged.items() if p in gone]:
+            del self._staged[key]
+        for p in gone:
+            self._marks.pop(p, None)
+        self.loaded -= gone
+
+    # ------------------------------------------------------------------ the sweep
     def sweep_page(self, n: int) -> list[tuple[bytes, int, bytes]]:
-        """The next ``n`` persons of a pass over every state held (a snapshot of the keys
-        taken when a pass starts; keys gone since are skipped), as (key, partition, value).
+        """The next ``n`` persons of a pass over every state held, in key order (a person
+        written since the pass started is seen with its latest value if its key comes after
+        the pass's position, and in the next pass otherwise), as (key, partition, value).
         An empty list ends a pass; the next call starts another."""
-        if not self._sweep:
-            if self._sweep_done:
-                self._sweep_done = False
-                return []
-            self._sweep = list(self._values)
         page: list[tuple[bytes, int, bytes]] = []
-        while self._sweep and len(page) < n:
-            key = self._sweep.pop()
-            value = self._values.get(key)
-            if value is not None:
-                page.append((key, self._partition_of[key], value))
-        if not self._sweep:
-            self._sweep_done = True
+        while not page:
+            after = self._sweep_after or b""
+            rows = self.db.execute("SELECT key, part, value FROM persons WHERE key > ? ORDER BY key LIMIT ?",
+                                   (after, n)).fetchall()
+            if not rows:
+                self._sweep_after = None
+                return []
+            self._sweep_after = bytes(rows[-1][0])
+            for key, partition, value in rows:
+                key = bytes(key)
+                staged = self._staged.get(key)
+                if staged is not None:
+                    if staged[1] is not None:
+                        page.append((key, staged[0], staged[1]))
+                else:
+                    page.append((key, partition, bytes(value)))
         return page
+
+    # ------------------------------------------------------------------ loading
+    def _start_offset(self, partition: int, fence: int) -> int:
+        """Where to read ``partition`` from: its offset in the file, if that is to be trusted;
+        otherwise 0, after deleting its rows (a full rebuild)."""
+        mark = self._marks.get(partition)
+        if mark is not None:
+            offset, marked_at = mark
+            if offset <= fence and time.time() - marked_at <= MARK_MAX_AGE_S:
+                return offset
+            log.warning("state: changelog partition %d: offset %d not trusted (fence %d, %.0f s old): rebuilt",
+                        partition, offset, fence, time.time() - marked_at)
+        self.loaded.add(partition)  # (so drop() deletes it)
+        self.drop({partition})
+        return 0
 
     async def load(self, partitions: Iterable[int], send_acked: SendAcked,
                    make_consumer: Callable[[], AIOKafkaConsumer], *, limit_s: float = 300.0) -> int:
-        """Rebuild ``partitions`` from the changelog, exactly (see the module docstring).
+        """Bring ``partitions`` up to date with the changelog, exactly (see the module docstring):
+        from the offset the file reflects, or from the beginning.
 
         Returns the number of changelog records read."""
         wanted = sorted(set(partitions) - self.loaded)
         if not wanted:
             return 0
         fences = {p: await send_acked(self.changelog, FENCE_KEY, None, p) for p in wanted}
+        starts = {p: self._start_offset(p, f) for p, f in fences.items()}
         tps = {TopicPartition(self.changelog, p): f for p, f in fences.items()}
         consumer = make_consumer()
         await consumer.start()
         read = 0
         try:
             consumer.assign(list(tps))
-            await consumer.seek_to_beginning(*tps)
+            rebuilt = [tp for tp in tps if starts[tp.partition] == 0]
+            if rebuilt:  # (from the log's start, whatever compaction or retention removed)
+                await consumer.seek_to_beginning(*rebuilt)
+            for tp in tps:
+                if starts[tp.partition]:
+                    consumer.seek(tp, starts[tp.partition])
             loop = asyncio.get_running_loop()
             deadline = loop.time() + limit_s
             pending = dict(tps)
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=200, max_records=10_000)
-                for tp, records in batch.items():
-                    for r in records:
-                        read += 1
-                        if r.key is None or r.key.startswith(b"\x00"):
-                            continue
-                        self.put(r.key, tp.partition, r.value)
+                rows = [(r.key, tp.partition, r.value) for tp, records in batch.items() for r in records
+                        if r.key is not None and not r.key.startswith(b"\x00")]
+                read += sum(len(records) for records in batch.values())
+                done = {}
                 for tp, fence in list(pending.items()):
                     if await consumer.position(tp) > fence:
                         del pending[tp]
+                        done[tp.partition] = fence + 1
+                self.loaded.update(done)  # (so their offsets are written with their last rows)
+                self._write(rows, done)
                 if pending and loop.time() > deadline:
                     raise StoreLoadError(f"changelog {self.changelog} not read to its fence within "
                                          f"{limit_s:.0f} s: {sorted(tp.partition for tp in pending)}")
         finally:
             await consumer.stop()
         self.loaded.update(wanted)
-        log.info("state: loaded changelog partitions %s (%d records, %d persons held)",
-                 wanted, read, len(self))
+        log.info("state: loaded changelog partitions %s from offsets %s (%d records, %d persons held)",
+                 wanted, [starts[p] for p in wanted], read, len(self))
         return read
+
+
+def store_directory(var_dir: Path, app_id: str) -> Path:
+    """Where a worker keeps its person state: under its var dir, per application id."""
+    return var_dir / "correlator" / app_id / "state"
+
+
+def remove_store(directory: Path) -> None:
+    """Delete the local files (a reset): the next start rebuilds from the changelog."""
+    for path in directory.glob("persons-*"):
+        os.unlink(path)

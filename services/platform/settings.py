@@ -56,6 +56,7 @@ _HINTS = {
     "correlator_gc_full_every_s": "give a number of seconds between 0 (CPython's own schedule) and 86400",
     "correlator_sweep_every_s": "give a number of seconds between 0.1 and 3600",
     "correlator_sweep_page": "give a whole number of persons between 1 and 1000000",
+    "correlator_state_cache": "give a whole number of persons between 0 and 10000000, e.g. 20000",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
@@ -190,6 +191,9 @@ class Settings(BaseSettings):
     even if no further signal comes) runs a page at this interval…"""
     correlator_sweep_page: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     """…of this many persons."""
+    correlator_state_cache: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
+    """Person states kept in memory (the most recently used); the rest are read from the
+    local store under ``<var_dir>/correlator/<app id>/state`` (services/correlator/state.py)."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/casebook/retention.py, services/app/purge.py); months,
