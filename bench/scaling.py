@@ -1,19 +1,27 @@
-"""How the correlator's time and memory grow with the volume: 10,000 to 1,000,000 signals.
+"""How the correlator's time and memory grow with the volume: 10,000 to 1,000,000 people.
 
-For each size, on a fresh embedded broker: simulate Ille-et-Vilaine's month scaled to that
-many signals, publish every fund's extract through the producer, then start one correlator
-worker (the real ``help-exchange correlator`` process) and time it from its start until
-every published signal has its receipt. The worker's peak resident memory (VmHWM) is read
-from /proc before it stops. Memory per active person is the slope of peak memory against
-the number of people between the smallest and the largest run.
+For each size, on a fresh embedded broker: simulate Ille-et-Vilaine's month scaled to about
+that many people, publish every fund's extract through the producer, then start one
+correlator worker (the real ``help-exchange correlator`` process) and time it from its start
+until every published signal has its receipt. The worker's peak resident memory (VmHWM) is
+read from /proc; memory per active person is the slope of peak memory against the number of
+people between the smallest and the largest run.
 
-``BENCH_SCALING_SIZES`` (default ``10000,100000,1000000``) chooses the sizes.
+After the largest run the worker is killed (SIGKILL, a crash) and its person state is brought
+back as a restarted worker does (:meth:`services.correlator.state.PersonStore.load`, every
+changelog partition to its fence, against the same broker): once from the local store it
+left (the cold restart), once with the store deleted (the full rebuild from the changelog).
+
+``python -m bench.scaling --persons 10000,100000`` (or ``BENCH_SCALING_PERSONS``; default
+``10000,100000,1000000``) chooses the sizes.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +31,8 @@ from pathlib import Path
 from bench import emit
 from bench.correlator import children
 from services.core.types import Fund
+from services.correlator.app import changelog_topic
+from services.correlator.state import PersonStore, remove_store, store_directory
 from services.platform import kafka
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
@@ -35,6 +45,7 @@ from tests.support.local import free_port
 
 FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
 SIGNALS_AT_SCALE_1 = 3_160  # Ille-et-Vilaine's month at scale 1 (the demo's month)
+SIGNALS_PER_PERSON = 1.078  # the simulated month's ratio (982,104 signals for 911,076 people)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -68,7 +79,31 @@ async def count_receipts(settings: Settings, expect: int, proc: subprocess.Popen
     return seen, first, last
 
 
-def one_run(signals: int) -> dict[str, float]:
+async def restore_state(settings: Settings, bootstrap: str) -> tuple[float, int, int]:
+    """Bring every changelog partition's person state back as a restarted worker does:
+    seconds, changelog records read, persons held."""
+    store = PersonStore(changelog_topic(settings.correlator_app_id),
+                        store_directory(settings.var_dir, settings.correlator_app_id),
+                        partitions=settings.partitions, cache_persons=settings.correlator_state_cache)
+    producer = kafka.producer(settings, bootstrap)
+    await producer.start()
+
+    async def send_acked(topic: str, key: bytes, value: bytes | None, partition: int) -> int:
+        return int((await producer.send_and_wait(topic, value, key=key, partition=partition)).offset)
+
+    try:
+        t0 = time.monotonic()
+        read = await store.load(range(settings.partitions), send_acked,
+                                lambda: kafka.consumer(settings, bootstrap, client_id="bench-state-loader"))
+        seconds = time.monotonic() - t0
+        return seconds, read, len(store)
+    finally:
+        await producer.stop()
+        store.close()
+
+
+def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
+    signals = round(persons * SIGNALS_PER_PERSON)
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         root = Path(tmp)
         base = load_settings(var_dir=root, key_dir=root / "keys", broker_port=free_port(), session_timeout_ms=6000)
@@ -98,6 +133,7 @@ def one_run(signals: int) -> dict[str, float]:
                 worker = subprocess.Popen([sys.executable, "-m", "services.app.cli", "correlator"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
             t1 = time.monotonic()
+            helpers: list[int] = []
             try:
                 got, first, last = asyncio.run(count_receipts(settings, published, worker,
                                                               timeout=max(300.0, published / 200)))
@@ -105,12 +141,27 @@ def one_run(signals: int) -> dict[str, float]:
                 rss = peak_rss_mib(worker.pid)
                 # The check helpers hold no person state: their memory does not grow with the
                 # volume, but it is the worker's footprint too.
-                helpers_rss = sum(peak_rss_mib(pid) for pid in children(worker.pid))
+                helpers = children(worker.pid)
+                helpers_rss = sum(peak_rss_mib(pid) for pid in helpers)
             finally:
-                worker.terminate()
+                if restart:  # a crash: nothing closed, nothing flushed
+                    for pid in [worker.pid, *helpers]:
+                        os.kill(pid, signal.SIGKILL)
+                else:
+                    worker.terminate()
                 worker.wait(timeout=30)
             if got < published:
                 raise SystemExit(f"only {got} of {published} receipts: see {root / 'correlator.log'}")
+            figures: dict[str, float] = {}
+            if restart:
+                reopen_s, reopen_read, held = asyncio.run(restore_state(settings, broker.bootstrap))
+                remove_store(store_directory(settings.var_dir, settings.correlator_app_id))
+                rebuild_s, rebuild_read, rebuilt = asyncio.run(restore_state(settings, broker.bootstrap))
+                if rebuilt != held:
+                    raise SystemExit(f"the rebuilt state holds {rebuilt} persons, the reopened one {held}")
+                figures = {"restart_reopen_s": reopen_s, "restart_reopen_records": reopen_read,
+                           "restart_rebuild_s": rebuild_s, "restart_rebuild_records": rebuild_read,
+                           "restart_persons": held}
         finally:
             broker_proc.terminate()
             broker_proc.wait(timeout=10)
@@ -118,16 +169,19 @@ def one_run(signals: int) -> dict[str, float]:
     # group, loading partitions) is reported on its own, not spread over the signals.
     return {"signals": published, "persons": doc["personnes"], "publish_s": publish_s, "seconds": seconds,
             "startup_s": first - t1, "rate": published / max(last - first, 1e-3), "peak_rss_mib": rss,
-            "helpers_peak_rss_mib": helpers_rss}
+            "helpers_peak_rss_mib": helpers_rss, **figures}
 
 
 def main() -> int:
-    sizes = [int(x) for x in os.environ.get("BENCH_SCALING_SIZES", "10000,100000,1000000").split(",")]
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", default=os.environ.get("BENCH_SCALING_PERSONS", "10000,100000,1000000"),
+                        help="sizes in people, comma-separated (default: %(default)s)")
+    sizes = sorted(int(x) for x in parser.parse_args().persons.split(","))
     runs = []
     print(f"{'signals':>10} {'persons':>9} {'publish':>9} {'start-up':>9} {'correlate':>10} {'rate':>9} "
           f"{'peak RSS':>9} {'+ helpers':>9}")
     for size in sizes:
-        r = one_run(size)
+        r = one_run(size, restart=size == sizes[-1])
         runs.append(r)
         print(f"{r['signals']:>10,.0f} {r['persons']:>9,.0f} {r['publish_s']:>8.1f}s {r['startup_s']:>8.1f}s "
               f"{r['seconds']:>9.1f}s "
@@ -136,7 +190,24 @@ def main() -> int:
     per_person = ((large["peak_rss_mib"] - small["peak_rss_mib"]) * 1024 * 1024
                   / max(1.0, large["persons"] - small["persons"]))
     print(f"correlator memory per active person (slope of peak RSS): {per_person:,.0f} bytes")
-    emit("scaling", {"runs": runs, "bytes_per_person": per_person, "load_average": os.getloadavg()[0]})
+    figures: dict[str, object] = {"runs": runs, "bytes_per_person": per_person, "load_average": os.getloadavg()[0],
+                                  "peak_rss_mib_small": small["peak_rss_mib"], "persons_small": small["persons"],
+                                  "peak_rss_mib_large": large["peak_rss_mib"], "persons_large": large["persons"]}
+    if len(runs) > 1:
+        # The sizes before the largest: the one ten times smaller if there is one (100,000 for 1,000,000).
+        tenth = min(runs[:-1], key=lambda r: abs(r["persons"] * 10 - large["persons"]))
+        figures["peak_rss_ratio"] = large["peak_rss_mib"] / tenth["peak_rss_mib"]
+        figures["peak_rss_mib_tenth"] = tenth["peak_rss_mib"]
+        print(f"peak RSS {large['persons']:,.0f} persons / {tenth['persons']:,.0f} persons: "
+              f"{figures['peak_rss_ratio']:.2f}")
+    for key in ("restart_reopen_s", "restart_reopen_records", "restart_rebuild_s", "restart_rebuild_records",
+                "restart_persons"):
+        figures[key] = large[key]
+    print(f"state of {large['restart_persons']:,.0f} persons after a kill -9: reopened in "
+          f"{large['restart_reopen_s']:.1f} s ({large['restart_reopen_records']:,.0f} changelog records read), "
+          f"rebuilt from the changelog in {large['restart_rebuild_s']:.1f} s "
+          f"({large['restart_rebuild_records']:,.0f} records)")
+    emit("scaling", figures)
     return 0
 
 

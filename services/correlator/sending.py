@@ -87,9 +87,9 @@ async def send_batches(producer: Any, outputs: Sequence[Output]) -> NextOffsets:
             pending.append(await aio.send_batch(builder, topic, partition=partition))
     acks = await asyncio.gather(*pending)
     after: NextOffsets = {}
-    for (tp, records), ack in zip(counted, acks, strict=True):
-        if records and ack is not None:
-            after[tp] = max(after.get(tp, 0), ack.offset + records)
+    for (tp, count), ack in zip(counted, acks, strict=True):
+        if count and ack is not None:
+            after[tp] = max(after.get(tp, 0), ack.offset + count)
     return after
 
 

@@ -92,3 +92,15 @@ async def test_a_keyed_record_goes_where_the_default_partitioner_puts_it_and_a_f
     aio.acks[0].set_exception(ConnectionError("no ack"))
     with pytest.raises(ConnectionError):
         await sending
+
+
+async def test_the_offsets_after_each_partition_s_last_acknowledged_record_are_returned() -> None:
+    """A batch's acknowledgement carries its base offset; its records follow it (the local
+    state store keeps, per changelog partition, the offset its rows reflect)."""
+    aio = FakeAio(room=2)
+    sending = asyncio.create_task(send_batches(aio, [out("t", b"a", 0), out("t", b"b", 0), out("t", b"c", 0),
+                                                     out("t", b"d", 1)]))
+    await asyncio.sleep(0.01)
+    for ack, base in zip(aio.acks, (10, 12, 40), strict=True):  # t/0: [a, b] then [c]; t/1: [d]
+        ack.set_result(type("Ack", (), {"offset": base})())  # type: ignore[arg-type]
+    assert await sending == {("t", 0): 13, ("t", 1): 41}
