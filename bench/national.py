@@ -1,0 +1,218 @@
+"""A million in minutes: four funds' files published while the correlator and the casebook
+sink run, as at night, timed from the first line read to the last situation in the casebook.
+
+On a fresh embedded broker and casebook (SQLite): simulate Ille-et-Vilaine's month scaled to
+about ``--signals`` signals (four funds' extract files, ``services.simulator``), start one
+correlator worker and the casebook sink (the real ``help-exchange`` processes), then publish
+the four files one after another with ``help-exchange publish`` (the producer's CLI:
+pseudonymising, sealing, signing, outbox, acknowledgements). Publishing and correlating
+overlap. The clock starts when the first ``publish`` starts and stops when the casebook holds
+every situation at its latest version (the distinct situations on ``help.situations.v1``,
+read once everything is over; the casebook is polled meanwhile and the first poll that
+matched gives the time). Also printed: the producer's lines/s (its four runs end to end) and
+the correlator's signals/s (first to last receipt).
+
+``python -m bench.national --signals 100000`` for a smaller run (default 1,000,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench import emit
+from services.core.types import Fund
+from services.platform import kafka
+from services.platform.broker import EmbeddedBroker
+from services.platform.kafka import apply_topics
+from services.platform.settings import Settings, load_settings
+from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic
+from services.producer.keys import init_exchange_key, init_fund_keys
+from services.simulator.cli import simulate, today_paris
+from tests.support.local import free_port
+
+FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
+SIGNALS_AT_SCALE_1 = 3_160  # Ille-et-Vilaine's month at scale 1 (the demo's month)
+
+
+def data_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return max(0, sum(1 for _ in f) - 1)  # (the header)
+
+
+class Publisher(threading.Thread):
+    """The four funds' files, one after another, each with ``help-exchange publish``."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.root, self.env = root, env
+        self.started_at = self.ended_at = 0.0
+        self.rejected = 0
+        self.failed: str | None = None
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        for fund in FUNDS:
+            rejects = self.root / f"rejects-{fund.value}.csv"
+            done = subprocess.run([sys.executable, "-m", "services.app.cli", "publish", "--fund", fund.value,
+                                   "--input", str(self.root / "extracts" / f"{fund.value}.csv"),
+                                   "--reject-report", str(rejects)],
+                                  env=self.env, capture_output=True, text=True)
+            if done.returncode not in (0, 2):  # (2: some lines rejected, as the simulator means)
+                self.failed = f"publish {fund.value}: exit {done.returncode}: {done.stderr[-2000:]}"
+                return
+            if rejects.exists():
+                self.rejected += data_lines(rejects)
+        self.ended_at = time.monotonic()
+
+
+def casebook_counts(db: Path) -> tuple[int, int]:
+    """(situations, sum of their versions) in the casebook, (0, 0) before its tables exist."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            count, versions = conn.execute("SELECT count(*), coalesce(sum(version), 0) FROM casebook_situations"
+                                           ).fetchone()
+            return int(count), int(versions)
+    except sqlite3.OperationalError:
+        return 0, 0
+
+
+async def latest_situations(settings: Settings, bootstrap: str) -> tuple[int, int]:
+    """The distinct situations on the topic at their latest version: (count, sum of versions)."""
+    import json
+
+    consumer = kafka.consumer(settings, bootstrap, SITUATIONS_TOPIC, group_id=None, fetch_max_wait_ms=100)
+    await consumer.start()
+    latest: dict[bytes, int | None] = {}
+    empty = 0
+    try:
+        while empty < 10:  # (the topic is complete: the receipts of every signal came)
+            batch = await consumer.getmany(timeout_ms=300, max_records=50_000)
+            if not batch:
+                empty += 1
+                continue
+            empty = 0
+            for records in batch.values():
+                for r in records:
+                    latest[r.key] = None if r.value is None else int(json.loads(r.value)["version"])
+    finally:
+        await consumer.stop()
+    versions = [v for v in latest.values() if v is not None]
+    return len(versions), sum(versions)
+
+
+async def watch(settings: Settings, bootstrap: str, db: Path, publisher: Publisher,
+                workers: list[subprocess.Popen[bytes]], lines: int, timeout: float
+                ) -> tuple[int, float, float, list[tuple[float, int, int]]]:
+    """Receipts (count, first, last) and the casebook's counts over time, until every line has
+    a receipt or was rejected."""
+    consumer = kafka.consumer(settings, bootstrap, *[receipt_topic(f) for f in FUNDS], group_id=None,
+                              fetch_max_wait_ms=100)
+    await consumer.start()
+    seen = 0
+    first = last = 0.0
+    history: list[tuple[float, int, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if publisher.failed:
+                raise SystemExit(publisher.failed)
+            if any(w.poll() is not None for w in workers):
+                raise SystemExit("the correlator or the casebook sink stopped: see their logs")
+            if not publisher.is_alive() and seen >= lines - publisher.rejected:
+                break
+            batch = await consumer.getmany(timeout_ms=250, max_records=50_000)
+            got = sum(len(records) for records in batch.values())
+            now = time.monotonic()
+            if got:
+                last = now
+                first = first or now
+                seen += got
+            history.append((now, *casebook_counts(db)))
+    finally:
+        await consumer.stop()
+    return seen, first, last, history
+
+
+def run(signals: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-national-") as tmp:
+        root = Path(tmp)
+        base = load_settings(var_dir=root, key_dir=root / "keys", broker_port=free_port(), session_timeout_ms=6000)
+        broker, broker_proc = EmbeddedBroker(base).start(detach=False)
+        db = root / "casebook.db"
+        settings = load_settings(var_dir=root, key_dir=root / "keys", bootstrap_servers=broker.bootstrap,
+                                 session_timeout_ms=6000, database_url=f"sqlite:///{db}")
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
+            asyncio.run(apply_topics(settings, broker.bootstrap,
+                                     load_topic_specs(settings.schemas_dir / "asyncapi.yaml")))
+            for fund in FUNDS:
+                init_fund_keys(settings.key_dir, fund)
+            init_exchange_key(settings.key_dir)
+            today = today_paris()
+            doc = simulate("35", today.strftime("%Y-%m"), root / "extracts", seed=1, schemas=settings.schemas_dir,
+                           today=today, scale=signals / SIGNALS_AT_SCALE_1)
+            lines = sum(data_lines(root / "extracts" / f"{f.value}.csv") for f in FUNDS)
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
+                   "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
+                   "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
+                   "HELP_DATABASE_URL": settings.database_url, "HELP_TERRITORY": "35"}
+            for name, args in (("correlator", ["correlator"]), ("sink", ["casebook", "sink"])):
+                with (root / f"{name}.log").open("wb") as log:
+                    workers.append(subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=env,
+                                                    stdout=log, stderr=subprocess.STDOUT))
+            time.sleep(5)  # (both join their groups: the night's services are up before the files come)
+            publisher = Publisher(root, env)
+            publisher.start()
+            seen, first, last, history = asyncio.run(
+                watch(settings, broker.bootstrap, db, publisher, workers, lines, timeout=max(600.0, lines / 300)))
+            publisher.join()
+            expected = asyncio.run(latest_situations(settings, broker.bootstrap))
+            while casebook_counts(db) != expected and time.monotonic() < last + 300:
+                time.sleep(0.25)
+                history.append((time.monotonic(), *casebook_counts(db)))
+            done = next((t for t, *counts in history if tuple(counts) == expected), None)
+            if done is None:
+                raise SystemExit(f"the casebook holds {casebook_counts(db)} (situations, versions), "
+                                 f"expected {expected}: see {root / 'sink.log'}")
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(timeout=30)
+            broker_proc.terminate()
+            broker_proc.wait(timeout=10)
+    t0 = publisher.started_at
+    publish_s = publisher.ended_at - t0
+    return {"signals": seen, "lines": lines, "persons": doc["personnes"], "situations": expected[0],
+            "total_s": done - t0, "publish_s": publish_s, "producer_lines_per_s": lines / publish_s,
+            "correlator_signals_per_s": seen / max(last - first, 1e-3), "correlate_tail_s": last - publisher.ended_at,
+            "casebook_tail_s": done - last}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.national", description=__doc__.splitlines()[0])
+    parser.add_argument("--signals", type=int, default=int(os.environ.get("BENCH_NATIONAL_SIGNALS", "1000000")),
+                        help="about how many signals (default: %(default)s)")
+    r = run(parser.parse_args().signals)
+    print(f"{r['lines']:,.0f} lignes de quatre fonds, {r['persons']:,.0f} personnes, {r['situations']:,.0f} situations")
+    print(f"de la première ligne lue à la dernière situation au casebook : {r['total_s']:.1f} s "
+          f"(objectif ≤ 240 s pour 1 000 000)")
+    print(f"producteur : {r['producer_lines_per_s']:,.0f} lignes/s ({r['publish_s']:.1f} s pour les quatre fichiers)")
+    print(f"correlator : {r['correlator_signals_per_s']:,.0f} signaux/s pendant la publication ; "
+          f"dernier accusé {r['correlate_tail_s']:.1f} s après la fin de la publication, "
+          f"dernière situation au casebook {r['casebook_tail_s']:.1f} s après")
+    emit("national", {**r, "load_average": os.getloadavg()[0]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
