@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import MARKER
 
-ORDER = ("producer", "pseudonymiser", "correlator", "scaling", "worklist", "ledger")
+ORDER = ("producer", "pseudonymiser", "correlator", "scaling", "national", "worklist", "ledger")
 HERE = Path(__file__).parent
 
 # (bench, figure key, label, unit, target, "min" if the figure must reach the target, "max" if stay under)
@@ -60,6 +60,20 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("ledger", "verify_tiles_s", "Journal d'audit, vérification de 1 000 000 d'entrées depuis "
      "les tuiles seules (avant : 24 à 45 s depuis la base)", "s", 15, "max"),
     ("scaling", "bytes_per_person", "Correlator, mémoire par personne active", "octets", None, ""),
+    ("scaling", "peak_rss_mib_tenth", "Correlator, mémoire maximale du worker à 100 000 personnes", "Mio", None, ""),
+    ("scaling", "peak_rss_mib_large", "Correlator, mémoire maximale du worker à 1 000 000 de personnes", "Mio",
+     512, "max"),
+    ("scaling", "peak_rss_ratio", "Rapport mémoire maximale 1 000 000 / 100 000 personnes", "", 1.5, "max"),
+    ("scaling", "restart_reopen_s", "Reprise à froid après kill -9, état de 1 000 000 de personnes rouvert",
+     "s", 60, "max"),
+    ("scaling", "restart_rebuild_s", "État de 1 000 000 de personnes reconstruit depuis le changelog "
+     "(magasin local supprimé)", "s", 60, "max"),
+    ("national", "total_s", "1 000 000 de signaux de quatre fonds, de la première ligne lue à la dernière "
+     "situation au casebook (publication et corrélation simultanées)", "s", 240, "max"),
+    ("national", "producer_lines_per_s", "Producteur pendant cette nuit (quatre fichiers de bout en bout)",
+     "lignes/s", 15000, "min"),
+    ("national", "correlator_signals_per_s", "Correlator pendant cette nuit (du premier au dernier accusé)",
+     "signaux/s", None, ""),
 )
 
 
@@ -111,7 +125,7 @@ def write_report(results: dict[str, Any], path_md: Path, path_json: Path) -> Non
         lines.append(f"| {label} | {shown} | {unit} | {verdict(float(value), target, sense)} |")
     scaling = results["benches"].get("scaling", {}).get("figures") or {}
     if scaling.get("runs"):
-        lines += ["", "## Croissance du correlator de 10 000 à 1 000 000 de signaux", "",
+        lines += ["", "## Croissance du correlator de 10 000 à 1 000 000 de personnes", "",
                   "| signaux | personnes | démarrage du worker (s) | durée totale (s) | débit (signaux/s) "
                   "| mémoire max du worker (Mio) |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -85,6 +85,24 @@ def casebook_counts(db: Path) -> tuple[int, int]:
         return 0, 0
 
 
+class CasebookPoller(threading.Thread):
+    """The casebook's counts every quarter of a second, with the time, until stopped."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(daemon=True)
+        self.db = db
+        self.history: list[tuple[float, tuple[int, int]]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.history.append((time.monotonic(), casebook_counts(self.db)))
+            self.stop.wait(0.25)
+
+    def first_at(self, counts: tuple[int, int]) -> float | None:
+        return next((t for t, c in self.history if c == counts), None)
+
+
 async def latest_situations(settings: Settings, bootstrap: str) -> tuple[int, int]:
     """The distinct situations on the topic at their latest version: (count, sum of versions)."""
     import json
@@ -111,15 +129,13 @@ async def latest_situations(settings: Settings, bootstrap: str) -> tuple[int, in
 
 async def watch(settings: Settings, bootstrap: str, db: Path, publisher: Publisher,
                 workers: list[subprocess.Popen[bytes]], lines: int, timeout: float
-                ) -> tuple[int, float, float, list[tuple[float, int, int]]]:
-    """Receipts (count, first, last) and the casebook's counts over time, until every line has
-    a receipt or was rejected."""
+                ) -> tuple[int, float, float]:
+    """Receipts (count, first, last), until every line has a receipt or was rejected."""
     consumer = kafka.consumer(settings, bootstrap, *[receipt_topic(f) for f in FUNDS], group_id=None,
                               fetch_max_wait_ms=100)
     await consumer.start()
     seen = 0
     first = last = 0.0
-    history: list[tuple[float, int, int]] = []
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -136,10 +152,9 @@ async def watch(settings: Settings, bootstrap: str, db: Path, publisher: Publish
                 last = now
                 first = first or now
                 seen += got
-            history.append((now, *casebook_counts(db)))
     finally:
         await consumer.stop()
-    return seen, first, last, history
+    return seen, first, last
 
 
 def run(signals: int) -> dict[str, float]:
@@ -171,15 +186,17 @@ def run(signals: int) -> dict[str, float]:
                                                     stdout=log, stderr=subprocess.STDOUT))
             time.sleep(5)  # (both join their groups: the night's services are up before the files come)
             publisher = Publisher(root, env)
+            poller = CasebookPoller(db)
+            poller.start()
             publisher.start()
-            seen, first, last, history = asyncio.run(
+            seen, first, last = asyncio.run(
                 watch(settings, broker.bootstrap, db, publisher, workers, lines, timeout=max(600.0, lines / 300)))
             publisher.join()
             expected = asyncio.run(latest_situations(settings, broker.bootstrap))
-            while casebook_counts(db) != expected and time.monotonic() < last + 300:
+            while poller.first_at(expected) is None and time.monotonic() < last + 300:
                 time.sleep(0.25)
-                history.append((time.monotonic(), *casebook_counts(db)))
-            done = next((t for t, *counts in history if tuple(counts) == expected), None)
+            poller.stop.set()
+            done = poller.first_at(expected)
             if done is None:
                 raise SystemExit(f"the casebook holds {casebook_counts(db)} (situations, versions), "
                                  f"expected {expected}: see {root / 'sink.log'}")
