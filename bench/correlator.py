@@ -7,9 +7,10 @@
    same records, until it has processed ``BENCH_PLAIN_SIGNALS`` of them (the first it reads):
    its rate from its first to its last processed record (its own clock), per CPU-second of
    its process too, then it is stopped. The goal (issue 19) is a ratio correlator / plain
-   agent of 3 or more, and the correlator ahead of Quix Streams; measured in the same run, on the same broker, the ratio depends far less on how fast the
-   machine is that day than either rate. (The plain agent uses the correlator's group
-   timeouts, from the session timeout, not Faust's 60 s, which held its first join 30 s.)
+   agent of 3 or more, and the correlator ahead of Quix Streams; measured in the same run,
+   on the same broker, the ratio depends far less on how fast the machine is that day than
+   either rate. (The plain agent uses the correlator's group timeouts, from the session
+   timeout, not Faust's 60 s, which held its first join 30 s.)
 4. The Quix Streams peer (:mod:`bench.quix_peer`: the same job written with Quix Streams,
    its RocksDB state and its checkpoints) in its own consumer group over every record, with
    the processing guarantee the broker allows (:func:`transactions_verdict` probes whether
