@@ -57,14 +57,14 @@ class Checkpoint:
     outputs: Sequence[Output] = ()
     offsets: dict[TP, int] = field(default_factory=dict)
     #: Told the next offsets the state writes reached, once acknowledged (the local store).
-    written: Callable[[Mapping[tuple[str, int], int]], None] | None = None
+    written: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
         """State writes acknowledged (and kept locally), then outputs acknowledged, then the
         offsets committed; an exception from a step is raised before the next one starts."""
         acked = await send(self.writes)
         if self.written is not None:
-            self.written(acked or {})
+            await self.written(acked or {})
         await send(self.outputs)
         if self.offsets:  # (a retention sweep's writes commit no offset)
             await commit(self.offsets)

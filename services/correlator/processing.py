@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -80,14 +80,14 @@ class Processor:
         self.heap.after_batch()
 
     def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]
-              ) -> tuple[list[Output], Callable[[Mapping[tuple[str, int], int]], None]]:
+              ) -> tuple[list[Output], Callable[[Mapping[tuple[str, int], int]], Awaitable[None]]]:
         """Stage the touched states (the next batch reads them); their changelog records, and
         what writes them to the local store once the changelog has acknowledged them."""
         store, changelog = self.store, self.store.changelog
         number = store.stage(writes)
 
-        def written(acked: Mapping[tuple[str, int], int]) -> None:
-            store.applied(number, writes, {p: o for (t, p), o in acked.items() if t == changelog})
+        async def written(acked: Mapping[tuple[str, int], int]) -> None:
+            await store.apply(number, writes, {p: o for (t, p), o in acked.items() if t == changelog})
 
         return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()], written
 

@@ -48,6 +48,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -109,6 +110,11 @@ class PersonStore:
         self._sweep_after: bytes | None = None
         self._marks: dict[int, tuple[int, float]] = {}
         self.db = self._open(directory)
+        # Writes go through their own connection, in a thread (SQLite works without the GIL):
+        # the event loop computes the next batch meanwhile, reading through ``db`` (WAL: a
+        # reader sees the last committed transaction). In memory, one connection, no thread.
+        self._writer = self.db if self.path is None else self._connect(str(self.path), check=False)
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ the file
     def _open(self, directory: Path | None) -> sqlite3.Connection:
@@ -139,8 +145,9 @@ class PersonStore:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         return self._connect(str(self.path))
 
-    def _connect(self, where: str) -> sqlite3.Connection:
+    def _connect(self, where: str, *, check: bool = True) -> sqlite3.Connection:
         db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=10000")
         # The changelog is the source of truth: a file cut short by a crash is rebuilt (or
         # caught up from the offsets it committed), so no fsync per transaction.
         db.execute("PRAGMA journal_mode=WAL")
@@ -149,7 +156,7 @@ class PersonStore:
         db.execute("PRAGMA cache_size=-16384")  # 16 MiB of pages; the OS caches the rest of the file
         for statement in _SCHEMA:
             db.execute(statement)
-        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        if check and db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise sqlite3.DatabaseError("quick_check failed")
         return db
 
@@ -166,6 +173,9 @@ class PersonStore:
         return False
 
     def close(self) -> None:
+        with self._write_lock:
+            if self._writer is not self.db:
+                self._writer.close()
         self.db.close()
         if self._lock is not None:
             self._lock.close()
@@ -215,6 +225,14 @@ class PersonStore:
         """The batch ``number``'s writes are on the changelog, which now holds, per partition,
         every record below ``next_offsets``: write them to the file with those offsets."""
         self._write([(k, p, v) for k, (p, v) in writes.items()], next_offsets)
+        self._unstage(number, writes)
+
+    async def apply(self, number: int, writes: Writes, next_offsets: Mapping[int, int]) -> None:
+        """:meth:`applied`, the file written in a thread (the staged values are read meanwhile)."""
+        await self._write_async([(k, p, v) for k, (p, v) in writes.items()], next_offsets)
+        self._unstage(number, writes)
+
+    def _unstage(self, number: int, writes: Writes) -> None:
         staged = self._staged
         for key in writes:
             entry = staged.get(key)
@@ -222,23 +240,45 @@ class PersonStore:
                 del staged[key]
 
     def _write(self, rows: list[tuple[bytes, int, bytes | None]], next_offsets: Mapping[int, int]) -> None:
+        marks = self._new_marks(next_offsets)
+        self._commit(rows, marks)
+        self._written(rows, marks)
+
+    async def _write_async(self, rows: list[tuple[bytes, int, bytes | None]],
+                           next_offsets: Mapping[int, int]) -> None:
+        marks = self._new_marks(next_offsets)
+        if self._writer is self.db:
+            self._commit(rows, marks)
+        else:
+            await asyncio.to_thread(self._commit, rows, marks)
+        self._written(rows, marks)
+
+    def _new_marks(self, next_offsets: Mapping[int, int]) -> list[tuple[int, int, float]]:
+        now = time.time()
+        return [(p, o, now) for p, o in next_offsets.items() if p in self._marks or p in self.loaded]
+
+    def _commit(self, rows: list[tuple[bytes, int, bytes | None]], marks: list[tuple[int, int, float]]) -> None:
+        """One transaction on the writer connection (any thread)."""
         puts = [(k, p, v) for k, p, v in rows if v is not None]
         deletes = [(k,) for k, _, v in rows if v is None]
-        now = time.time()
-        marks = [(p, o, now) for p, o in next_offsets.items() if p in self._marks or p in self.loaded]
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            if puts:
-                db.executemany("INSERT OR REPLACE INTO persons VALUES (?, ?, ?)", puts)
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN")
+            try:
+                if puts:
+                    db.executemany("INSERT OR REPLACE INTO persons VALUES (?, ?, ?)", puts)
+                if deletes:
+                    db.executemany("DELETE FROM persons WHERE key = ?", deletes)
+                if marks:
+                    db.executemany("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", marks)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             if deletes:
-                db.executemany("DELETE FROM persons WHERE key = ?", deletes)
-            if marks:
-                db.executemany("INSERT OR REPLACE INTO marks VALUES (?, ?, ?)", marks)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                self._truncate_log()
+
+    def _written(self, rows: list[tuple[bytes, int, bytes | None]], marks: list[tuple[int, int, float]]) -> None:
         for p, o, t in marks:
             self._marks[p] = (o, t)
         cache = self._cache
@@ -247,14 +287,12 @@ class PersonStore:
                 cache.pop(key, None)
             else:
                 self._remember(key, partition, value)
-        if deletes:
-            self._truncate_log()
 
     def _truncate_log(self) -> None:
         # The write-ahead log still holds the page images written before a delete; after a
         # checkpoint into the file (where ``secure_delete`` zeroed the freed bytes) it is cut
-        # to nothing. (Busy only if a reader is open: none here, one connection.)
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # to nothing. (If the reader is in a statement just then, it waits up to busy_timeout.)
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions (revoked): their rows and offsets are deleted, so they are read
@@ -262,13 +300,14 @@ class PersonStore:
         gone = set(partitions) & (self.loaded | set(self._marks))
         if not gone:
             return
-        db = self.db
-        db.execute("BEGIN")
-        for p in gone:
-            db.execute("DELETE FROM persons WHERE part = ?", (p,))
-            db.execute("DELETE FROM marks WHERE part = ?", (p,))
-        db.execute("COMMIT")
-        self._truncate_log()
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN")
+            for p in gone:
+                db.execute("DELETE FROM persons WHERE part = ?", (p,))
+                db.execute("DELETE FROM marks WHERE part = ?", (p,))
+            db.execute("COMMIT")
+            self._truncate_log()
         for key in [k for k, (p, _) in self._cache.items() if p in gone]:
             del self._cache[key]
         for key in [k for k, (p, _, _) in self._staged.items() if p in gone]:
@@ -332,6 +371,7 @@ class PersonStore:
         consumer = make_consumer()
         await consumer.start()
         read = 0
+        writing: asyncio.Future[None] | None = None
         try:
             consumer.assign(list(tps))
             rebuilt = [tp for tp in tps if starts[tp.partition] == 0]
@@ -354,11 +394,18 @@ class PersonStore:
                         del pending[tp]
                         done[tp.partition] = fence + 1
                 self.loaded.update(done)  # (so their offsets are written with their last rows)
-                self._write(rows, done)
+                # (The file is written in a thread while the next records are fetched.)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self._write_async(rows, done))
                 if pending and loop.time() > deadline:
                     raise StoreLoadError(f"changelog {self.changelog} not read to its fence within "
                                          f"{limit_s:.0f} s: {sorted(tp.partition for tp in pending)}")
+            if writing is not None:
+                await writing
         finally:
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # (never two writes at once, even after a failure)
             await consumer.stop()
         self.loaded.update(wanted)
         log.info("state: loaded changelog partitions %s from offsets %s (%d records, %d persons held)",

@@ -6,6 +6,7 @@ revoked partition is forgotten, on disk too."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,17 @@ async def test_fences_are_not_states(tmp_path: Path) -> None:
     store = PersonStore(CHANGELOG, tmp_path, partitions=1)
     await log.load(store, {0})
     assert on_disk(store.path) == {b"k/a": b"a"}
+
+
+async def test_the_file_is_written_in_a_thread_while_the_staged_values_are_read(tmp_path: Path) -> None:
+    log = Changelog()
+    store = PersonStore(CHANGELOG, tmp_path, partitions=1, cache_persons=0)
+    await log.load(store, {0})
+    writes: dict[bytes, tuple[int, bytes | None]] = {f"k/{i}".encode(): (0, b"v" * 500) for i in range(5000)}
+    number = store.stage(writes)
+    applying = asyncio.ensure_future(store.apply(number, writes, {0: 5001}))
+    await asyncio.sleep(0)
+    assert all(store.get(k) == b"v" * 500 for k in list(writes)[::50])  # read meanwhile, whatever the file holds
+    await applying
+    assert store._staged == {} and len(on_disk(store.path)) == 5000 and store._marks[0][0] == 5001
+    assert store.get(b"k/4999") == b"v" * 500
