@@ -110,9 +110,9 @@ class PersonStore:
         self._sweep_after: bytes | None = None
         self._marks: dict[int, tuple[int, float]] = {}
         self.db = self._open(directory)
-        # Writes go through their own connection, in a thread (SQLite works without the GIL):
-        # the event loop computes the next batch meanwhile, reading through ``db`` (WAL: a
-        # reader sees the last committed transaction). In memory, one connection, no thread.
+        # Writes go through their own connection, those of a load in a thread (SQLite works
+        # without the GIL) while the next changelog records are fetched; reads through ``db``
+        # (WAL: a reader sees the last committed transaction). In memory, one connection.
         self._writer = self.db if self.path is None else self._connect(str(self.path), check=False)
         self._write_lock = threading.Lock()
 
@@ -228,9 +228,9 @@ class PersonStore:
         self._unstage(number, writes)
 
     async def apply(self, number: int, writes: Writes, next_offsets: Mapping[int, int]) -> None:
-        """:meth:`applied`, the file written in a thread (the staged values are read meanwhile)."""
-        await self._write_async([(k, p, v) for k, (p, v) in writes.items()], next_offsets)
-        self._unstage(number, writes)
+        """:meth:`applied`, for a checkpoint. (In the event loop's thread: written in a thread,
+        a batch's rows cost the worker more CPU, measured, than they saved in waiting.)"""
+        self.applied(number, writes, next_offsets)
 
     def _unstage(self, number: int, writes: Writes) -> None:
         staged = self._staged

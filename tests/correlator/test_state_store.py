@@ -218,7 +218,7 @@ async def test_fences_are_not_states(tmp_path: Path) -> None:
     assert on_disk(store.path) == {b"k/a": b"a"}
 
 
-async def test_the_file_is_written_in_a_thread_while_the_staged_values_are_read(tmp_path: Path) -> None:
+async def test_staged_values_are_read_until_the_file_has_them(tmp_path: Path) -> None:
     log = Changelog()
     store = PersonStore(CHANGELOG, tmp_path, partitions=1, cache_persons=0)
     await log.load(store, {0})
