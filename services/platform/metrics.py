@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -138,6 +140,14 @@ def forget_partitions(consumer: str, partitions: Iterable[tuple[str, int]]) -> N
 def exposition(registry: CollectorRegistry = REGISTRY) -> str:
     """The registry in the Prometheus text format (what ``/metrics`` answers)."""
     return generate_latest(registry).decode()
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def outbox_exposition(depths: Mapping[tuple[str, str], int]) -> str:
