@@ -31,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from services.errors import ConfigurationError
+from services.errors import ConfigurationError, InputError
 from services.platform.settings import Settings
 
 log = logging.getLogger("help.metrics")
@@ -144,10 +144,16 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> str:
 
 def write_textfile(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
+    try:
+        if not path.name:
+            raise ValueError("no file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.replace(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"the metrics file {str(path)!r} cannot be written: {exc}",
+                         "give a file path in a writable directory, e.g. textfile/help-outbox-caf.prom") from None
 
 
 def outbox_exposition(depths: Mapping[tuple[str, str], int]) -> str:
