@@ -23,7 +23,7 @@ from services.core.types import Fund
 from services.ledger import tables as ledger_tables
 from services.ledger.sink import CONSUMER, EntryMaker, audit_tracker
 from services.ledger.store import Ledger, ensure_ready
-from services.platform import tracking
+from services.platform import datakeys, tracking
 from services.platform.db import LEGACY_VERSION_TABLE, VERSION_TABLE, make_engine, migrate
 from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
 from services.platform.tracking import Processed, TrackedConsumer
@@ -48,7 +48,7 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 def declared() -> sa.MetaData:
     """Every table the code declares, in one MetaData."""
     everything = sa.MetaData()
-    for metadata in (casebook_tables.metadata, ledger_tables.metadata, tracking.metadata):
+    for metadata in (casebook_tables.metadata, ledger_tables.metadata, tracking.metadata, datakeys.metadata):
         for table in metadata.tables.values():
             table.to_metadata(everything)
     return everything
