@@ -25,6 +25,7 @@ committing. ``exactly_once`` is not used (docs/architecture.md, decision 4).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any, cast
@@ -45,7 +46,7 @@ from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore
-from services.platform.datakeys import KeyRing, KeyStore
+from services.platform.datakeys import KeyRing, KeyStore, changelog_key
 from services.platform.db import open_engine
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
@@ -147,7 +148,8 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-state-loader")
 
     processor = Processor(
-        engine, PersonStore(changelog_topic(settings.correlator_app_id)),
+        engine, PersonStore(changelog_topic(settings.correlator_app_id),
+                            functools.partial(changelog_key, keys.secret)),
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), faust_seam.commit(app)),
         HeapPolicy(settings.correlator_gc_full_every_s),

@@ -211,7 +211,7 @@ class Sealer(Protocol):
 
     def seal(self, pseudonym_value: bytes, topic: str, plaintext: bytes) -> bytes: ...
 
-    def open(self, pseudonym_value: bytes, topic: str, raw: bytes) -> bytes | None: ...
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None: ...
 
     def erase(self, pseudonym_value: bytes) -> None: ...
 
@@ -656,9 +656,12 @@ class Engine:
                                     headers=headers))
 
     def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
-        """The retention sweep over (person key, changelog partition, state bytes): the new
+        """The retention sweep over (key, changelog partition, state bytes): the new
         state bytes of every person who kept signals older than the correlation window
-        (:func:`~services.core.person.sweep_person`), to write to the changelog."""
+        (:func:`~services.core.person.sweep_person`), to write to the changelog. A sealed
+        state is written back under its person key (the pseudonym inside it: the key given
+        may be the changelog's digest); objection markers and values in clear of an
+        earlier version are left to the next signal when states are sealed."""
         today = self.clock().date()
         rules = self.ctx.rules
         writes: dict[bytes, tuple[int, bytes]] = {}
@@ -666,15 +669,16 @@ class Engine:
         for key, partition, raw in items:
             if key.startswith(MARKER_PREFIX):
                 continue
-            state = self.states.get(key, raw)
-            if state is None:
-                plain = raw
-                if sealer is not None and is_sealed(raw):
-                    opened = sealer.open(_value_of(key), state_topic, raw)
-                    if opened is None:  # erased meanwhile: nothing to sweep
-                        continue
-                    plain = opened
-                state = PersonState.model_validate_json(plain)
+            if sealer is not None:
+                if not is_sealed(raw):
+                    continue
+                opened = sealer.open(None, state_topic, raw)
+                if opened is None:  # erased meanwhile: nothing to sweep
+                    continue
+                state = PersonState.model_validate_json(opened)
+                key = person_key(state.pseudonym.key_id, state.pseudonym.value)
+            else:
+                state = self.states.get(key, raw) or PersonState.model_validate_json(raw)
             swept = sweep_person(state, today=today, window_days=rules.fenetre_correlation_jours,
                                  max_signals=rules.signalements_max_par_personne)
             if swept is not None:

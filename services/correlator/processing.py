@@ -84,7 +84,8 @@ class Processor:
         store, changelog = self.store, self.store.changelog
         for key, (partition, value) in writes.items():
             store.put(key, partition, value)
-        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()]
+        return [Output(changelog, store.changelog_key(key), value, partition)
+                for key, (partition, value) in writes.items()]
 
     async def _store_keys(self) -> Callable[[], Awaitable[None]] | None:
         """Insert the keys the batch made (before anything sealed under them is sent); the

@@ -65,6 +65,11 @@ _AAD = b"help-exchange/sealed/v1\x00"
 _CHUNK = 500
 
 
+def changelog_key(secret: bytes, key: bytes) -> bytes:
+    """A keyed digest of a correlator key: what the changelog's records are keyed by."""
+    return hmac.digest(secret, b"changelog\x00" + key, hashlib.sha256)[:16].hex().encode()
+
+
 def is_sealed(raw: bytes) -> bool:
     return raw.startswith(MAGIC)
 
@@ -208,11 +213,11 @@ class KeyRing:
         self._current[subject] = epoch
         return seal(keys[epoch], topic, subject, epoch, plaintext)
 
-    def open(self, pseudonym_value: bytes, topic: str, raw: bytes) -> bytes | None:
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None:
         """The plaintext; None if its key was destroyed (the value is erased) or it is not
-        this person's."""
+        this person's (``pseudonym_value`` None: whoever's it is, as its envelope says)."""
         subject, epoch = envelope(raw)
-        if subject != self.subject(pseudonym_value):
+        if pseudonym_value is not None and subject != self.subject(pseudonym_value):
             return None
         key = self._keys_of(subject).get(epoch)
         if key is None and subject not in self._retired and epoch >= self._next.get(subject, 1):

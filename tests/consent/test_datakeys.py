@@ -75,7 +75,7 @@ class World:
         self.store.destroy(self.ring.take_retired())  # 3. retired keys, before the commit
         return batch.outputs
 
-    def keys(self) -> list[tuple[str, int]]:
+    def stored_keys(self) -> list[tuple[str, int]]:
         with self.store.engine.connect() as conn:
             return [(s, e) for s, e in conn.execute(sa.select(data_keys.c.subject, data_keys.c.epoch))]
 
@@ -100,7 +100,7 @@ def test_state_is_sealed_on_the_changelog_and_read_back(store: KeyStore) -> None
     pkey = person_key(PSEUDO.key_id, FUNDS.pseudonym("p"))
     raw = w.table[pkey]
     assert is_sealed(raw) and FUNDS.pseudonym("p").encode() not in raw and b"impaye" not in raw
-    assert len(w.keys()) == 1 and FUNDS.pseudonym("p") not in repr(w.keys())  # a keyed digest
+    assert len(w.stored_keys()) == 1 and FUNDS.pseudonym("p") not in repr(w.stored_keys())  # a keyed digest
     # A fresh worker (restart): the sealed state opens, a duplicate is recognised.
     w.ring = KeyRing(store, SECRET)
     w.engine = Engine(context(), FUNDS.registry(), clock=lambda: NOW, marker_secret=SECRET,
@@ -114,7 +114,7 @@ def test_objection_destroys_every_key_of_the_person(store: KeyStore) -> None:
     _signals(w, 0)
     assert len(w.readable()) == 1
     w.run((CONSENTS_TOPIC, FUNDS.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
-    assert w.keys() == [] and w.readable() == []  # every copy on the log: unreadable
+    assert w.stored_keys() == [] and w.readable() == []  # every copy on the log: unreadable
     refused = w.run((signal_topic(Fund.CAF), FUNDS.signal("p", Fund.CAF, "separation", n=2)))
     assert any(b'"reason":"opposition"' in (o.value or b"") for o in refused)  # the marker still says so
 
@@ -128,12 +128,12 @@ def test_withdrawal_and_purge_rotate_the_key(store: KeyStore) -> None:
     # Only what was written after the withdrawal opens; the person's consent marks are in it.
     left = w.readable()
     assert len(left) == len([raw for raw in w.log if is_sealed(raw)]) - before and left and left[-1].marks
-    assert [e for _, e in w.keys()] == [2]
+    assert [e for _, e in w.stored_keys()] == [2]
 
     key, value, partition = erasure_command(PSEUDO.key_id, FUNDS.pseudonym("p"), w.engine.partitions,
                                             issued_at=NOW + dt.timedelta(hours=1))
     w.run(Record(REPARTITION_TOPIC, partition, 99, 0, key, value, {H_ERASE: ORIGIN_PURGE}))
-    assert [e for _, e in w.keys()] == [3] and len(w.readable()) == 1  # the state after the purge only
+    assert [e for _, e in w.stored_keys()] == [3] and len(w.readable()) == 1  # the state after the purge only
 
 
 def test_a_crash_before_the_keys_are_destroyed_is_redriven(store: KeyStore) -> None:
@@ -157,4 +157,4 @@ def test_a_crash_before_the_keys_are_destroyed_is_redriven(store: KeyStore) -> N
     restarted = World(store)
     restarted.table, restarted.log = crashed.table, crashed.log
     restarted.run(rec)  # read again
-    assert restarted.keys() == [] and restarted.readable() == []
+    assert restarted.stored_keys() == [] and restarted.readable() == []
