@@ -158,3 +158,27 @@ def test_a_crash_before_the_keys_are_destroyed_is_redriven(store: KeyStore) -> N
     restarted.table, restarted.log = crashed.table, crashed.log
     restarted.run(rec)  # read again
     assert restarted.stored_keys() == [] and restarted.readable() == []
+
+
+def test_the_sweep_rotates_the_key_of_a_person_it_trims(store: KeyStore) -> None:
+    """Signals past the correlation window leave the state: their earlier copies go too."""
+    from services.correlator.state import PersonStore
+    from services.platform.datakeys import changelog_key
+
+    w = World(store)
+    _signals(w, 0)
+    persons = PersonStore(TOPIC, lambda k: changelog_key(SECRET, k))
+    for key, value in w.table.items():
+        persons.put(key, 0, value)
+    (digest, _, raw), = persons.sweep_page(10)
+    assert FUNDS.pseudonym("p").encode() not in digest  # the changelog's key names no one
+    later = NOW + dt.timedelta(days=context().rules.fenetre_correlation_jours + 1)
+    w.engine.clock = lambda: later
+    writes = w.engine.sweep([(digest, 0, raw)])
+    (pkey, (_, value)), = writes.items()
+    assert pkey == person_key(PSEUDO.key_id, FUNDS.pseudonym("p"))  # written back under the person's key
+    w.store.insert(w.ring.take_new())
+    w.log.append(value)
+    w.store.destroy(w.ring.take_retired())
+    (left,) = w.readable()  # only the swept state opens now
+    assert left.signals == ()
