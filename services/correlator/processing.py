@@ -109,6 +109,8 @@ class Processor:
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
         processed at once); its writes are checkpointed as a batch's, with no offset."""
+        if self.keys is not None:  # destroyed keys out of SQLite's WAL too, in time
+            await asyncio.to_thread(self.keys.store.maybe_scrub)
         async with self.lock:
             writes = self.engine.sweep(self.store.sweep_page(page))
             if writes:

@@ -39,12 +39,15 @@ import hashlib
 import hmac
 import os
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.platform.db import scrub
 
 metadata = sa.MetaData()
 
@@ -105,10 +108,20 @@ def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
 
 
 class KeyStore:
-    """The ``exchange_data_keys`` table: read, insert, delete (each call one transaction)."""
+    """The ``exchange_data_keys`` table: read, insert, delete (each call one transaction).
 
-    def __init__(self, engine: sa.Engine) -> None:
+    SQLite zeroes a deleted row's page (``secure_delete``) but its WAL file keeps earlier
+    copies of the page until a checkpoint: :meth:`maybe_scrub` empties it (``db.scrub``) at
+    most every ``scrub_every_s`` after a deletion; the correlator calls it after each
+    deletion and from its sweep timer, so a destroyed key leaves the WAL within about that
+    long. Not at every deletion: a truncating checkpoint waits for the other writers of the
+    file (the sinks, the ledger's appends)."""
+
+    def __init__(self, engine: sa.Engine, *, scrub_every_s: float = 60.0) -> None:
         self.engine = engine
+        self.scrub_every_s = scrub_every_s
+        self._deleted = False
+        self._scrubbed_at = time.monotonic()
 
     def load(self, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
         ids = sorted({s.hex() for s in subjects})
@@ -137,6 +150,15 @@ class KeyStore:
         with self.engine.begin() as conn:
             for subject, epoch in todo:
                 conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch < epoch))
+        self._deleted = True
+        self.maybe_scrub()
+
+    def maybe_scrub(self) -> None:
+        """Empty SQLite's WAL if keys were deleted since the last time and it is time."""
+        if self._deleted and time.monotonic() - self._scrubbed_at >= self.scrub_every_s:
+            self._deleted = False
+            self._scrubbed_at = time.monotonic()
+            scrub(self.engine)
 
 
 class KeyRing:

@@ -25,7 +25,9 @@ from services.core.messages import ConsentKind
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.ledger import tables as lt
+from services.platform.datakeys import data_keys, subject_of
 from services.platform.db import open_engine
+from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
@@ -218,6 +220,14 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
             assert not hits, f"{topic} ({inventory[family][-1]}) still holds {who}'s data: {hits[0][:300]!r}"
 
     # 2. Every casebook table: nothing about the three people (the ledger keeps its minimal form).
+    # The correlator's data keys: none left for the objector; for the others, only keys made
+    # after their erasure (every key of their earlier states destroyed).
+    secret = marker_key(settings)
+    with engine.connect() as conn:
+        epochs = {who: [e for (e,) in conn.execute(sa.select(data_keys.c.epoch).where(
+            data_keys.c.subject == subject_of(secret, p.encode()).hex()))] for who, p in pseudo.items()}
+    assert epochs["objection"] == [] and len(epochs["withdrawal"]) == 1 and len(epochs["purge"]) == 1, epochs
+    assert min(epochs["withdrawal"] + epochs["purge"]) > 1, epochs
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ct.case_keys)).scalar_one() == 0
         for table in ct.metadata.sorted_tables:
