@@ -13,6 +13,7 @@ what was processed of it is committed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from faust.types import TP
 from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
 from services.correlator.engine import Batch, Engine, Output
+from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
 from services.platform.datakeys import KeyRing
@@ -37,7 +39,7 @@ class Processor:
     def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
                  checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
                  send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer],
-                 keys: KeyRing | None = None) -> None:
+                 gauges: WorkerGauges | None = None, keys: KeyRing | None = None) -> None:
         self.engine = engine
         #: The persons' data keys the engine seals states with (None: states in clear).
         self.keys = keys
@@ -48,6 +50,7 @@ class Processor:
         self.topics = topics
         self._send_one = send_one
         self._loader = loader
+        self.gauges = gauges
         self.lock = asyncio.Lock()
 
     async def batch(self, received: Sequence[Any]) -> None:
@@ -59,6 +62,7 @@ class Processor:
         messages = await self.positions.select(received)
         if not messages:
             return
+        started = time.perf_counter()
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
         records = [to_record(m) for m in messages]
@@ -77,6 +81,8 @@ class Processor:
         offsets = self.positions.offsets({m.tp for m in messages})
         destroy = await self._store_keys()
         await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets, destroy))
+        if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
+            self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
 
     def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]) -> list[Output]:
