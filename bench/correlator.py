@@ -485,11 +485,13 @@ async def measure(bench: Bench) -> None:
         if quix_ok:
             print(f"Quix Streams peer: {quix:,.0f} signals/s (signature, schema, policy, RocksDB state, one rule; "
                   f"{quix_cpu:,.0f} per CPU-second of its process)")
-            print(f"correlator / Quix Streams peer: {full / quix:.2f} (goal: above 1)")
+            print(f"correlator / Quix Streams peer: {full / quix:.2f} (goal: above 1); per CPU-second, "
+                  f"worker and check helpers against its process: {per_cpu_all / quix_cpu:.2f}")
         if plain_n > 1:
             print(f"plain per-message Faust agent: {plain:,.0f} signals/s (signature, validation, table write; "
                   f"{plain_cpu:,.0f} per CPU-second of its process)")
-            print(f"correlator / plain agent: {full / plain:.2f} (goal: 3 or more)")
+            print(f"correlator / plain agent: {full / plain:.2f} (goal: 3 or more); per CPU-second, "
+                  f"worker and check helpers against its process: {per_cpu_all / plain_cpu:.2f}")
         print(f"correlator per CPU-second: {per_cpu:,.0f} signals of the worker process (CPU {cpu1 - cpu0:.1f} s), "
               f"{per_cpu_all:,.0f} with its {len(helpers)} check helper(s) (+{hcpu1 - hcpu0:.1f} s); "
               f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} CPUs")
@@ -501,9 +503,11 @@ async def measure(bench: Bench) -> None:
 
         # The plain agent's figures only when it ran (the report says "non mesuré" otherwise).
         plain_figures = {"plain_rate": float(plain), "ratio_plain": float(full / plain),
-                         "plain_signals_per_cpu_second": float(plain_cpu)} if plain_n > 1 else {}
+                         "plain_signals_per_cpu_second": float(plain_cpu),
+                         "ratio_plain_per_cpu": float(per_cpu_all / plain_cpu)} if plain_n > 1 else {}
         quix_figures = {"quix_rate": float(quix), "ratio_quix": float(full / quix),
                         "quix_signals_per_cpu_second": float(quix_cpu),
+                        "ratio_quix_per_cpu": float(per_cpu_all / quix_cpu),
                         "situations": float(len(ours))} if quix_ok else {}
         emit("correlator", {"raw_rate": float(raw), "full_rate": float(full), "ratio": float(full / raw),
                             **plain_figures, **quix_figures,
