@@ -84,7 +84,7 @@ async def restore_state(settings: Settings, bootstrap: str) -> tuple[float, int,
     seconds (opening the file included), changelog records read, persons held."""
     t0 = time.monotonic()
     store = PersonStore(changelog_topic(settings.correlator_app_id),
-                        store_directory(settings.var_dir, settings.correlator_app_id),
+                        directory=store_directory(settings.var_dir, settings.correlator_app_id),
                         partitions=settings.partitions, cache_persons=settings.correlator_state_cache)
     producer = kafka.producer(settings, bootstrap)
     await producer.start()
@@ -128,7 +128,8 @@ def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
             publish_s = time.monotonic() - t0
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
-                   "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000"}
+                   "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
+                   "HELP_DATABASE_URL": f"sqlite:///{root / 'casebook.db'}"}
             with (root / "correlator.log").open("wb") as log:
                 worker = subprocess.Popen([sys.executable, "-m", "services.app.cli", "correlator"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)

@@ -10,7 +10,10 @@ kept on a changelog topic:
    store with the changelog offsets they reached (:meth:`~.state.PersonStore.applied`), so
    the local file never holds a state the changelog does not;
 2. the outputs (receipts, dead letters, forwards, situation events), acknowledged;
-3. the next offsets of what the batch processed, committed.
+3. the data keys the batch's erasures retired, destroyed (:mod:`services.platform.datakeys`:
+   the states written under the new keys are on the broker by then; a crash before this
+   step processes the records again, which destroys them then);
+4. the next offsets of what the batch processed, committed.
 
 A step that raises stops the sequence: nothing after it runs, so no offset is committed
 past an effect that is not on the broker. The records come again after a restart, and the
@@ -58,14 +61,19 @@ class Checkpoint:
     offsets: dict[TP, int] = field(default_factory=dict)
     #: Told the next offsets the state writes reached, once acknowledged (the local store).
     written: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
+    #: Destroys the data keys the batch retired (None: it retired none).
+    destroy: Callable[[], Awaitable[None]] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
         """State writes acknowledged (and kept locally), then outputs acknowledged, then the
-        offsets committed; an exception from a step is raised before the next one starts."""
+        retired keys destroyed, then the offsets committed; an exception from a step is
+        raised before the next one starts."""
         acked = await send(self.writes)
         if self.written is not None:
             await self.written(acked or {})
         await send(self.outputs)
+        if self.destroy is not None:
+            await self.destroy()
         if self.offsets:  # (a retention sweep's writes commit no offset)
             await commit(self.offsets)
 

@@ -26,6 +26,7 @@ from services.correlator.engine import Batch, Engine, Output
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
+from services.platform.datakeys import KeyRing
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
@@ -38,8 +39,10 @@ class Processor:
     def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
                  checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
                  send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer],
-                 gauges: WorkerGauges | None = None) -> None:
+                 gauges: WorkerGauges | None = None, keys: KeyRing | None = None) -> None:
         self.engine = engine
+        #: The persons' data keys the engine seals states with (None: states in clear).
+        self.keys = keys
         self.store = store
         self.positions = positions
         self.checkpoints = checkpoints
@@ -62,7 +65,10 @@ class Processor:
         started = time.perf_counter()
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
-        steps = self.engine.steps([to_record(m) for m in messages], store.get, every=STEP_RECORDS)
+        records = [to_record(m) for m in messages]
+        if self.keys is not None:  # the batch's keys in one lookup (records are keyed by pseudonym)
+            await asyncio.to_thread(self.keys.prefetch, {r.key for r in records if r.key})
+        steps = self.engine.steps(records, store.get, every=STEP_RECORDS)
         batch: Batch
         while True:  # the previous batch's checkpoint progresses between the steps
             try:
@@ -73,8 +79,9 @@ class Processor:
             await asyncio.sleep(0)
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
+        destroy = await self._store_keys()
         writes, written = self._keep(batch.writes)
-        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written))
+        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written, destroy=destroy))
         if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
             self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
@@ -84,21 +91,45 @@ class Processor:
         """Stage the touched states (the next batch reads them); their changelog records, and
         what writes them to the local store once the changelog has acknowledged them."""
         store, changelog = self.store, self.store.changelog
-        number = store.stage(writes)
+        # Staged under their changelog keys (a keyed digest of the person key, see state.py).
+        staged = {store.changelog_key(key): write for key, write in writes.items()}
+        number = store.stage(staged)
 
         async def written(acked: Mapping[tuple[str, int], int]) -> None:
-            await store.apply(number, writes, {p: o for (t, p), o in acked.items() if t == changelog})
+            await store.apply(number, staged, {p: o for (t, p), o in acked.items() if t == changelog})
 
-        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()], written
+        return [Output(changelog, key, value, partition) for key, (partition, value) in staged.items()], written
+
+    async def _store_keys(self) -> Callable[[], Awaitable[None]] | None:
+        """Insert the keys the batch made (before anything sealed under them is sent); the
+        step that destroys the keys it retired, for its checkpoint."""
+        keys = self.keys
+        if keys is None:
+            return None
+        new = keys.take_new()
+        if new:
+            await asyncio.to_thread(keys.store.insert, new)
+        retired = keys.take_retired()
+        if not retired:
+            return None
+        store = keys.store
+
+        async def destroy() -> None:
+            await asyncio.to_thread(store.destroy, retired)
+
+        return destroy
 
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
         processed at once); its writes are checkpointed as a batch's, with no offset."""
+        if self.keys is not None:  # destroyed keys out of SQLite's WAL too, in time
+            await asyncio.to_thread(self.keys.store.maybe_scrub)
         async with self.lock:
             writes = self.engine.sweep(self.store.sweep_page(page))
             if writes:
+                destroy = await self._store_keys()
                 outputs, written = self._keep(writes)
-                await self.checkpoints.submit(Checkpoint(outputs, written=written))
+                await self.checkpoints.submit(Checkpoint(outputs, written=written, destroy=destroy))
         return len(writes)
 
     async def revoked(self, tps: set[TP]) -> None:
@@ -109,6 +140,8 @@ class Processor:
             self.positions.revoke(ours)
             still = {tp.partition for tp in self.positions.assigned}
             self.store.drop({tp.partition for tp in ours} - still)
+            if self.keys is not None:  # another worker may rotate those persons' keys now
+                self.keys.clear()
 
     async def assigned(self, tps: set[TP]) -> None:
         async with self.lock:

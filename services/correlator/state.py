@@ -34,9 +34,17 @@ unreadable, of another format, changelog or partition count, when an offset is p
 fence (another broker's changelog) or older than :data:`MARK_MAX_AGE_S` (a compaction may
 have removed tombstones written since). A revoked partition's rows and offset are deleted.
 
-Values are the engine's JSON bytes, re-validated by the engine on every read. Fence records
-(key starting with NUL, value null) never collide with a person key (``key_id/value``, text)
-and are compacted away like any tombstone. Deletes overwrite the freed bytes
+Values are the engine's bytes (sealed under the person's data key when the worker has a
+key ring: :mod:`services.platform.datakeys`; the file keeps them sealed), re-validated by
+the engine on every read. Given ``key_of``, the changelog's keys are not the engine's person
+keys (``key_id/value``, the pseudonym) but ``key_of`` of them, a keyed digest: a record's key
+then names no one to a reader without the exchange's marker key, and the file is keyed the
+same way (:meth:`PersonStore.get` and :meth:`~PersonStore.put` take the engine's keys;
+:meth:`~PersonStore.stage`, :meth:`~PersonStore.applied` and :meth:`~PersonStore.sweep_page`
+the changelog's). Keys of an earlier version (they hold a ``/``) are mapped the same way when
+a partition is loaded, so their states are found; their records stay on the changelog until
+compaction. Fence records (key starting with NUL, value null) never collide with either and
+are compacted away like any tombstone. Deletes overwrite the freed bytes
 (``secure_delete``) and a transaction that deleted a person truncates the write-ahead log
 (docs/erasure.md says what stays).
 """
@@ -92,12 +100,14 @@ class StoreLoadError(RuntimeError):
 class PersonStore:
     """Person key -> state JSON, for the changelog partitions this worker has loaded.
 
-    ``directory`` None keeps the file in memory (tests); ``cache_persons`` bounds the
-    in-memory cache of values read or written (the file holds the rest)."""
+    ``key_of``: the changelog key of an engine's key (None: the same). ``directory`` None
+    keeps the file in memory (tests); ``cache_persons`` bounds the in-memory cache of values
+    read or written (the file holds the rest)."""
 
-    def __init__(self, changelog: str, directory: Path | None = None, *, partitions: int = 0,
-                 cache_persons: int = 20_000) -> None:
+    def __init__(self, changelog: str, key_of: Callable[[bytes], bytes] | None = None, *,
+                 directory: Path | None = None, partitions: int = 0, cache_persons: int = 20_000) -> None:
         self.changelog = changelog
+        self.key_of = key_of
         self.partitions = partitions
         self.cache_persons = cache_persons
         self.loaded: set[int] = set()
@@ -180,8 +190,14 @@ class PersonStore:
         if self._lock is not None:
             self._lock.close()
 
+    def changelog_key(self, key: bytes) -> bytes:
+        return key if self.key_of is None else self.key_of(key)
+
     # ------------------------------------------------------------------ reads
     def get(self, key: bytes) -> bytes | None:
+        """The state of the engine's ``key``."""
+        if self.key_of is not None:
+            key = self.key_of(key)
         staged = self._staged.get(key)
         if staged is not None:
             return staged[1]
@@ -209,8 +225,8 @@ class PersonStore:
 
     # ------------------------------------------------------------------ writes
     def put(self, key: bytes, partition: int, value: bytes | None) -> None:
-        """Write one value (or delete it) at once: a value read from the changelog."""
-        self._write([(key, partition, value)], {})
+        """Write the engine's ``key``'s value (None: delete it) to the file at once."""
+        self._write([(self.changelog_key(key), partition, value)], {})
 
     def stage(self, writes: Writes) -> int:
         """Keep a batch's writes, visible to :meth:`get` at once; returns the batch's number,
@@ -387,7 +403,10 @@ class PersonStore:
             pending = dict(tps)
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=200, max_records=10_000)
-                rows = [(r.key, tp.partition, r.value) for tp, records in batch.items() for r in records
+                key_of = self.key_of
+                rows = [(key_of(r.key) if key_of is not None and b"/" in r.key else r.key,  # (an earlier version's)
+                         tp.partition, r.value)
+                        for tp, records in batch.items() for r in records
                         if r.key is not None and not r.key.startswith(b"\x00")]
                 read += sum(len(records) for records in batch.values())
                 done = {}

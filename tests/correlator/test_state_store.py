@@ -93,7 +93,7 @@ def on_disk(path: Path | None) -> dict[bytes, bytes]:
 
 async def test_states_beyond_the_cache_are_read_back_from_disk(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=2, cache_persons=10)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=2, cache_persons=10)
     await log.load(store, {0, 1})
     for i in range(100):
         checkpoint(store, log, {f"k/{i}".encode(): (i % 2, f"state {i}".encode())})
@@ -106,7 +106,7 @@ async def test_states_beyond_the_cache_are_read_back_from_disk(tmp_path: Path) -
 
 async def test_staged_writes_are_read_at_once_but_reach_the_file_only_when_applied(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=1, cache_persons=0)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1, cache_persons=0)
     await log.load(store, {0})
     first = store.stage({b"p": (0, b"v1")})
     second = store.stage({b"p": (0, b"v2")})
@@ -119,7 +119,7 @@ async def test_staged_writes_are_read_at_once_but_reach_the_file_only_when_appli
 
 async def test_a_reopened_store_reads_the_changelog_only_from_its_offset(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=2)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=2)
     await log.load(store, {0, 1})
     for i in range(20):
         checkpoint(store, log, {f"k/{i}".encode(): (i % 2, b"a")})
@@ -128,7 +128,7 @@ async def test_a_reopened_store_reads_the_changelog_only_from_its_offset(tmp_pat
     # Another worker owned partition 1 meanwhile and wrote after our offset.
     log.append(1, b"k/1", b"theirs")
     log.append(1, b"k/new", b"new")
-    reopened = PersonStore(CHANGELOG, tmp_path, partitions=2)
+    reopened = PersonStore(CHANGELOG, directory=tmp_path, partitions=2)
     assert reopened.path == store.path
     read = await log.load(reopened, {0, 1})
     assert log.starts == marks  # from the offsets, not from the beginning
@@ -139,35 +139,35 @@ async def test_a_reopened_store_reads_the_changelog_only_from_its_offset(tmp_pat
 
 async def test_a_missing_corrupt_or_foreign_store_is_rebuilt_from_the_beginning(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await log.load(store, {0})
     checkpoint(store, log, {b"k/a": (0, b"a"), b"k/b": (0, b"b")})
     path = store.path
     store.close()
     assert path is not None
 
-    foreign = PersonStore(CHANGELOG, tmp_path, partitions=3)  # written for another partition count
+    foreign = PersonStore(CHANGELOG, directory=tmp_path, partitions=3)  # written for another partition count
     await log.load(foreign, {0})
     assert log.starts == {0: 0} and foreign.get(b"k/a") == b"a"
     foreign.close()
 
     path.write_bytes(b"not a database" * 100)  # corrupt
     Path(f"{path}-wal").unlink(missing_ok=True)
-    rebuilt = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    rebuilt = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await log.load(rebuilt, {0})
     assert log.starts == {0: 0} and rebuilt.get(b"k/b") == b"b"
     rebuilt.close()
 
     for p in tmp_path.glob("persons-*"):  # missing
         p.unlink()
-    again = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    again = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await log.load(again, {0})
     assert log.starts == {0: 0} and again.get(b"k/a") == b"a"
 
 
 async def test_an_offset_past_the_fence_or_too_old_is_not_trusted(tmp_path: Path, monkeypatch: Any) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await log.load(store, {0})
     checkpoint(store, log, {b"k/a": (0, b"a")})
     checkpoint(store, log, {b"k/stale": (0, b"x")})
@@ -175,21 +175,21 @@ async def test_an_offset_past_the_fence_or_too_old_is_not_trusted(tmp_path: Path
     # A new broker: its changelog is shorter than our offset.
     fresh = Changelog()
     fresh.append(0, b"k/a", b"fresh")
-    reopened = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    reopened = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await fresh.load(reopened, {0})
     assert fresh.starts == {0: 0} and reopened.get(b"k/a") == b"fresh" and reopened.get(b"k/stale") is None
     reopened.close()
     # An offset older than the changelog's tombstones are kept: rebuilt too.
     later = time.time() + state_module.MARK_MAX_AGE_S + 60
     monkeypatch.setattr(state_module.time, "time", lambda: later)
-    old = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    old = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await fresh.load(old, {0})
     assert fresh.starts == {0: 0}
 
 
 async def test_a_revoked_partition_is_forgotten_in_memory_and_on_disk(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=2)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=2)
     await log.load(store, {0, 1})
     checkpoint(store, log, {b"k/0": (0, b"zero"), b"k/1": (1, b"one")})
     store.drop({1})
@@ -201,11 +201,11 @@ async def test_a_revoked_partition_is_forgotten_in_memory_and_on_disk(tmp_path: 
 
 
 async def test_a_second_worker_on_the_same_var_dir_gets_its_own_file(tmp_path: Path) -> None:
-    one = PersonStore(CHANGELOG, tmp_path, partitions=1)
-    two = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    one = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
+    two = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     assert one.path != two.path
     one.close()
-    three = PersonStore(CHANGELOG, tmp_path, partitions=1)  # the first's file, free again
+    three = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)  # the first's file, free again
     assert three.path == one.path
 
 
@@ -213,14 +213,14 @@ async def test_fences_are_not_states(tmp_path: Path) -> None:
     log = Changelog()
     log.append(0, FENCE_KEY, None)
     log.append(0, b"k/a", b"a")
-    store = PersonStore(CHANGELOG, tmp_path, partitions=1)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1)
     await log.load(store, {0})
     assert on_disk(store.path) == {b"k/a": b"a"}
 
 
 async def test_staged_values_are_read_until_the_file_has_them(tmp_path: Path) -> None:
     log = Changelog()
-    store = PersonStore(CHANGELOG, tmp_path, partitions=1, cache_persons=0)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1, cache_persons=0)
     await log.load(store, {0})
     writes: dict[bytes, tuple[int, bytes | None]] = {f"k/{i}".encode(): (0, b"v" * 500) for i in range(5000)}
     number = store.stage(writes)
