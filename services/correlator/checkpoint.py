@@ -59,10 +59,10 @@ class Checkpoint:
     writes: Sequence[Output] = ()
     outputs: Sequence[Output] = ()
     offsets: dict[TP, int] = field(default_factory=dict)
-    #: Told the next offsets the state writes reached, once acknowledged (the local store).
-    written: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
     #: Destroys the data keys the batch retired (None: it retired none).
     destroy: Callable[[], Awaitable[None]] | None = None
+    #: Told the next offsets the state writes reached, once acknowledged (the local store).
+    written: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
         """State writes acknowledged (and kept locally), then outputs acknowledged, then the
