@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from services.platform.settings import Settings
 from services.producer.extract import Extract, Line, Rejection, RejectReport
 from services.producer.nir import mask
 from services.producer.outbox import Row
-from services.producer.sdk import Publisher, SignalBuilder, today_paris
+from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
 
 BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
@@ -159,7 +159,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
         today = today_paris()
         loop = asyncio.get_running_loop()
         # Each chunk in order, with the lines its parsing rejected: the report stays in line order.
-        in_flight: collections.deque[tuple[asyncio.Future[_Built], list[Rejection]]] = collections.deque()
+        in_flight: collections.deque[tuple[Awaitable[_Built], list[Rejection]]] = collections.deque()
         rows: list[Row] = []
 
         async def take_one(report: RejectReport) -> None:
@@ -187,8 +187,8 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
                     summary.read += len(chunk)
                     now = dt.datetime.now(dt.UTC)
                     if pool is not None:
-                        in_flight.append((loop.run_in_executor(pool, _build_in_worker, lines, today, now,
-                                                               publisher.partitions), early))
+                        in_flight.append((_unpacked(loop.run_in_executor(
+                            pool, _build_in_worker, _pack(lines), today, now, publisher.partitions)), early))
                         while len(in_flight) > 2 * workers:
                             await take_one(report)
                     else:
@@ -254,9 +254,33 @@ def _init_worker(settings: Settings, fund: Fund) -> None:
     _worker_builder = SignalBuilder(settings, fund)
 
 
-def _build_in_worker(lines: list[Line], today: dt.date, now: dt.datetime, partitions: int | None) -> _Built:
+# Between the processes, lines and rows travel as plain tuples: pickling the dataclasses
+# cost several times more, in the publishing process, which is the busiest.
+_PackedLine = tuple[int, str, str, "str | dt.date", str, str, "str | None", "str | None"]
+_PackedBuilt = tuple[list[tuple[str, str, bytes, bytes, "int | None"]], list[tuple[int, str, str, str]]]
+
+
+def _pack(lines: list[Line]) -> list[_PackedLine]:
+    return [(item.line, r.nir, r.category, r.observed_on, r.departement, r.reference, r.consent_ref, r.purpose)
+            for item in lines for r in (item.record,)]
+
+
+def _unpack(packed: list[_PackedLine]) -> list[Line]:
+    return [Line(p[0], SignalInput(*p[1:])) for p in packed]
+
+
+async def _unpacked(future: asyncio.Future[_PackedBuilt]) -> _Built:
+    rows, rejected = await future
+    return ([Row(*r) for r in rows],
+            [Rejection(line, name, Reason(reason), masked) for line, name, reason, masked in rejected])
+
+
+def _build_in_worker(packed: list[_PackedLine], today: dt.date, now: dt.datetime,
+                     partitions: int | None) -> _PackedBuilt:
     assert _worker_builder is not None
-    return _build_chunk(_worker_builder, lines, today, now, partitions)
+    rows, rejected = _build_chunk(_worker_builder, _unpack(packed), today, now, partitions)
+    return ([(r.signal_id, r.observed_on, r.key, r.value, r.partition) for r in rows],
+            [(r.line, r.field, r.reason.value, r.nir_masked) for r in rejected])
 
 
 def _pool(settings: Settings, fund: Fund, workers: int) -> ProcessPoolExecutor:
