@@ -36,7 +36,7 @@ import datetime as dt
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,7 +360,9 @@ class Publisher:
         #: the fund's other messages (consents, reveals) have none to wait for.
         self.keep_payload = topic is None or topic == signal_topic(fund)
         self.builder = builder or SignalBuilder(settings, fund)
-        self.outbox = Outbox(outbox_path) if outbox_path else Outbox.for_fund(settings.var_dir, fund)
+        keep = settings.outbox_keep_sent_days
+        self.outbox = (Outbox(outbox_path, keep_sent_days=keep) if outbox_path
+                       else Outbox.for_fund(settings.var_dir, fund, keep_sent_days=keep))
         self._producer: BatchProducer | None = None
         self._bootstrap: str | None = None
         self._recovered = False
@@ -409,10 +411,11 @@ class Publisher:
         """Write built signals to the outbox; returns how many were new."""
         return self.outbox.add(rows)
 
-    async def flush(self, *, batch: int = SEND_BATCH) -> int:
+    async def flush(self, *, batch: int = SEND_BATCH, progress: Callable[[int], None] | None = None) -> int:
         """Send every pending signal; returns how many the broker acknowledged.
 
-        Raises :class:`BrokerUnreachable` if sending fails: what was not acknowledged stays."""
+        ``progress`` is told how many were acknowledged after each batch. Raises
+        :class:`BrokerUnreachable` if sending fails: what was not acknowledged stays."""
         if self._producer is None:
             raise BrokerUnreachable(f"not connected to Kafka ({self.offline_reason or 'no broker'})",
                                     f"start the broker, then `help-exchange outbox flush --fund {self.fund.value}`")
@@ -424,6 +427,8 @@ class Publisher:
         while rows := self.outbox.pending(batch, after):
             after = rows[-1].seq
             sent += await self._send(rows)
+            if progress is not None:
+                progress(sent)
         return sent
 
     async def submit(self, rows: list[Row]) -> int:
@@ -552,6 +557,41 @@ class Publisher:
         result.already_known = built - result.staged
         result.sent = self.sent_total
         return result
+
+
+@dataclass
+class Resent:
+    """What :func:`resend_outbox` did: signals put back (``queued``), acknowledged again
+    (``sent``), still waiting, and why the broker failed (or None)."""
+
+    queued: int
+    sent: int
+    left: int
+    error: str | None
+
+
+async def resend_outbox(pub: Publisher, since: dt.datetime,
+                        progress: Callable[[int, int], None] | None = None) -> Resent:
+    """Send again what ``pub``'s outbox sent at or after ``since`` and still holds (see
+    :meth:`Outbox.resend_since`): for a broker that lost messages it had acknowledged.
+
+    Connects first, and puts nothing back when no broker answers (the rows stay as they
+    were: sent). ``progress(done, total)`` after each batch. Always closes the publisher."""
+    try:
+        if not await pub.connect():
+            return Resent(0, 0, pub.outbox.status().pending, pub.offline_reason)
+        # Before the first send, the publisher recovers from the topic's partition marks, which
+        # resend_since forgets (they named the lost broker's offsets): new ones are taken from
+        # the new broker's end.
+        queued = pub.outbox.resend_since(pub.topic, since)
+        total = pub.outbox.status().pending
+        try:
+            await pub.flush(progress=None if progress is None else (lambda done: progress(done, total)))
+        except BrokerError as exc:
+            return Resent(queued, pub.sent_total, pub.outbox.status().pending, exc.what)
+        return Resent(queued, pub.sent_total, pub.outbox.status().pending, None)
+    finally:
+        await pub.close()
 
 
 async def flush_outbox(pub: Publisher) -> tuple[int, int, str | None]:
