@@ -15,8 +15,10 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from services.core.oprf import OprfError, blind, finalize_batch, pseudonym_value_v2
+from services.core.oprf import Blinded, OprfError, blind, finalize_batch, pseudonym_value_v2
 from services.core.pseudonymisation import Refused, current_version, public_path, read_public
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
@@ -61,8 +63,21 @@ def http_transport(url: str, timeout: float) -> Transport:
     return send
 
 
+@dataclass
+class Asked:
+    """Batches sent to the service and not collected yet (:meth:`PseudonymClient.ask`): per
+    batch, the NIRs, their blinded states (kept here, never sent) and the answer to come."""
+
+    batches: list[tuple[list[str], list[Blinded], Future[dict[str, object]]]] = field(default_factory=list)
+
+
 class PseudonymClient:
-    """Pseudonyms v2 of one fund's people: ``{"key_id", "value"}`` members, batched and cached."""
+    """Pseudonyms v2 of one fund's people: ``{"key_id", "value"}`` members, batched and cached.
+
+    :meth:`ask` blinds and sends without waiting (the round trip runs in a thread of its
+    own, the service's evaluation in its process); :meth:`collect` waits, checks each batch's
+    proof and unblinds. So a caller can have the service work on the next batch while it
+    signs and sends the current one. Nothing enters the cache before its proof verified."""
 
     def __init__(self, fund: Fund, public_keys: dict[str, bytes], current: str, transport: Transport,
                  *, batch_limit: int = 4096, cache: PseudonymCache | None = None) -> None:
@@ -76,6 +91,7 @@ class PseudonymClient:
         #: Batches asked and elements evaluated (for the bench and the report).
         self.batches = 0
         self.evaluated = 0
+        self._sender: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, fund: Fund, transport: Transport | None = None) -> PseudonymClient:
@@ -88,20 +104,42 @@ class PseudonymClient:
                    batch_limit=settings.pseudonymiser_batch_limit, cache=cache)
 
     def prefetch(self, nirs: Iterable[str]) -> None:
-        """Ask the service for every normalised NIR of ``nirs`` not cached yet."""
+        """Ask the service for every normalised NIR of ``nirs`` not cached yet, and wait."""
+        self.collect(self.ask(nirs))
+
+    def ask(self, nirs: Iterable[str]) -> Asked:
+        """Blind every normalised NIR of ``nirs`` not cached yet (nor in the local cache file)
+        and send the batches, without waiting for the answers (:meth:`collect` them)."""
         todo = list(dict.fromkeys(n for n in nirs if n not in self._cache))
         if todo and self._stored is not None:
             known = self._stored.get_many(self.key_version, todo)
             for nir, value in known.items():
                 self._cache[nir] = {"key_id": self.key_version, "value": value}
             todo = [n for n in todo if n not in known]
+        asked = Asked()
+        if todo and self._sender is None:
+            # One thread: the round trips leave in order; the CPU work (blind, verify) stays here.
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudonymiser-client")
         for start in range(0, len(todo), self._limit):
             chunk = todo[start:start + self._limit]
-            got = dict(zip(chunk, self._evaluate(chunk), strict=True))
+            blinded = [blind(oprf_input(n)) for n in chunk]
+            request: dict[str, object] = {"fund": self.fund.value, "request_id": secrets.token_hex(16),
+                       "key_version": self.key_version, "blinded": [b64u(b.element) for b in blinded]}
+            assert self._sender is not None
+            asked.batches.append((chunk, blinded, self._sender.submit(self._send, request)))
+        return asked
+
+    def collect(self, asked: Asked) -> None:
+        """Wait for the answers of ``asked``, check each batch's proof, unblind, and cache.
+        Raises :class:`Refused` (``preuve_invalide``, or the service's refusal) and caches
+        nothing of a batch whose proof does not verify."""
+        for chunk, blinded, answer in asked.batches:
+            got = dict(zip(chunk, self._finalize(blinded, answer.result()), strict=True))
             for nir, value in got.items():
                 self._cache[nir] = {"key_id": self.key_version, "value": value}
             if self._stored is not None:
                 self._stored.put_many(self.key_version, got)
+        asked.batches.clear()
 
     def pseudonym(self, nir: str) -> dict[str, str]:
         """The ``pseudonym`` member of the normalised ``nir`` (asked alone if not prefetched)."""
@@ -111,10 +149,7 @@ class PseudonymClient:
             found = self._cache[nir]
         return found
 
-    def _evaluate(self, nirs: list[str]) -> list[str]:
-        blinded = [blind(oprf_input(n)) for n in nirs]
-        answer = self._send({"fund": self.fund.value, "request_id": secrets.token_hex(16),
-                             "key_version": self.key_version, "blinded": [b64u(b.element) for b in blinded]})
+    def _finalize(self, blinded: list[Blinded], answer: dict[str, object]) -> list[str]:
         version = answer.get("key_version")
         evaluated = answer.get("evaluated")
         key = self._keys.get(version) if isinstance(version, str) else None
@@ -127,5 +162,5 @@ class PseudonymClient:
             raise Refused(Reason.PREUVE_INVALIDE, "the service's proof does not verify under the pinned key",
                           "stop and warn the exchange operator: nothing was published") from None
         self.batches += 1
-        self.evaluated += len(nirs)
+        self.evaluated += len(blinded)
         return [pseudonym_value_v2(o) for o in outputs]

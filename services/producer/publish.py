@@ -32,8 +32,13 @@ from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_p
 BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
 CHUNK = 1000
+#: with pseudonyms from the service (scheme v2), lines per build job: asked of the service
+#: in batches of CHUNK, the next one asked before the current one is built
+REMOTE_CHUNK = 4000
 #: below this size, building in-process beats starting worker processes
 LARGE_FILE_BYTES = 2_000_000
+#: the same with pseudonyms from the service, where a line costs several times more CPU
+REMOTE_LARGE_FILE_BYTES = 500_000
 
 
 class RunOutcome:
@@ -148,8 +153,10 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
     summary = Summary(input=path, report=report_path)
     extract = Extract(path)
     publisher = Publisher(settings, fund)
+    remote = publisher.builder.remote_pseudonyms
     if workers is None:
-        workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > LARGE_FILE_BYTES else 0
+        large = REMOTE_LARGE_FILE_BYTES if remote else LARGE_FILE_BYTES
+        workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > large else 0
     # Forked before any Kafka client or thread exists in this process.
     pool = _pool(settings, fund, workers) if workers > 0 else None
     try:
@@ -176,7 +183,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
 
         try:
             with RejectReport(report_path) as report:
-                for chunk in _chunks(extract, CHUNK):
+                for chunk in _chunks(extract, REMOTE_CHUNK if remote else CHUNK):
                     lines: list[Line] = []
                     early: list[Rejection] = []
                     for item in chunk:
@@ -240,12 +247,20 @@ def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now:
                  partitions: int | None) -> _Built:
     rows: list[Row] = []
     rejected: list[Rejection] = []
-    builder.prefetch(item.record for item in lines)  # scheme v2: one batch to the service
-    for item in lines:
-        try:
-            rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
-        except Rejected as exc:
-            rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+    # Scheme v2: the pseudonyms of each part of CHUNK lines in one batch to the service, the
+    # next part's asked before this one is built, so the service's evaluation and the round
+    # trip overlap the signing here (v1: asking is a no-op).
+    parts = [lines[i:i + CHUNK] for i in range(0, len(lines), CHUNK)]
+    asked = builder.ask(item.record for item in parts[0]) if parts else None
+    for k, part in enumerate(parts):
+        ahead = builder.ask(item.record for item in parts[k + 1]) if k + 1 < len(parts) else None
+        builder.collect(asked)
+        for item in part:
+            try:
+                rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
+            except Rejected as exc:
+                rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+        asked = ahead
     return rows, rejected
 
 

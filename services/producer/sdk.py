@@ -137,6 +137,9 @@ class SignalBuilder:
         secrets = load_fund_secrets(settings.key_dir, fund)
         registry = load_registry(registry_path(settings.key_dir))
         self._pseudonyms = source_for(settings, fund, registry)
+        #: True when pseudonyms come from the pseudonymisation service (scheme v2): asking
+        #: costs a round trip and the fund's side of the VOPRF, worth overlapping.
+        self.remote_pseudonyms = settings.pseudonym_scheme == "v2"
         self._signing_key = secrets.signing_key
         self._sign = signing_function(secrets.signing_key)
         self.signing_key_id = secrets.signing_key_id
@@ -241,6 +244,14 @@ class SignalBuilder:
         """Ask for the pseudonyms of ``records`` in one go (scheme v2: one batch to the
         service per call; v1: nothing). Records whose NIR is invalid are left to :meth:`build`."""
         self._pseudonyms.prefetch(nirs.valid_normalised(rec.nir for rec in records))
+
+    def ask(self, records: Iterable[SignalInput]) -> Any:
+        """:meth:`prefetch` without waiting: the service works on these while the caller
+        builds others; :meth:`collect` (before building these) waits and checks the proofs."""
+        return self._pseudonyms.ask(nirs.valid_normalised(rec.nir for rec in records))
+
+    def collect(self, asked: Any) -> None:
+        self._pseudonyms.collect(asked)
 
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
