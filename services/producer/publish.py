@@ -37,8 +37,6 @@ CHUNK = 1000
 REMOTE_CHUNK = 4000
 #: below this size, building in-process beats starting worker processes
 LARGE_FILE_BYTES = 2_000_000
-#: the same with pseudonyms from the service, where a line costs several times more CPU
-REMOTE_LARGE_FILE_BYTES = 500_000
 
 
 class RunOutcome:
@@ -155,8 +153,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
     publisher = Publisher(settings, fund)
     remote = publisher.builder.remote_pseudonyms
     if workers is None:
-        large = REMOTE_LARGE_FILE_BYTES if remote else LARGE_FILE_BYTES
-        workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > large else 0
+        workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > LARGE_FILE_BYTES else 0
     # Forked before any Kafka client or thread exists in this process.
     pool = _pool(settings, fund, workers) if workers > 0 else None
     try:
