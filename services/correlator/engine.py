@@ -26,6 +26,18 @@ verifies is handed to the checks (:meth:`Checks.update`: the check helpers take 
 their next request). So a key registered or retired while the worker runs is taken without
 a restart; a registry whose signature does not verify is not (the last good one stays).
 
+Key rotation (contract §4.3): a signal whose ``pseudonym_previous`` this person's state has
+not followed yet moves the previous pseudonym's state to the new one — at once within a
+partition; across partitions by a hand-over on the repartition topic (``help-transfer``:
+``request`` to the previous pseudonym's partition, which leaves a pointer ``moved_to`` and
+answers with the state; ``answer`` back, where the records that came meanwhile were parked
+in the state and are then processed in order; ``done``, after which the pointer keeps
+nothing but where the person went). Records that reach a pointer are forwarded with the
+person key they now belong to (``help-rekey``). Every step is idempotent against a record
+read again after a crash between a batch's state writes and its outputs
+(``tests/correlator/test_rotation.py``). The situation keeps its id; erasure and objection
+reach both pseudonyms (:meth:`Engine._linked_erasures`).
+
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
 engine answers exactly as the first time (accepted receipt with the same id, the situation's
@@ -466,7 +478,9 @@ class Engine:
             dirty[key] = partition
 
         records = list(records)
-        verdict = self.checks.start([(rec.value, source_of(rec)[0]) for rec in records])
+        # The exchange's own commands on the repartition topic (erasures, hand-overs) are no
+        # fund's message: nothing to check (None: a trivial verdict the engine never reads).
+        verdict = self.checks.start([(None if _control(rec) else rec.value, source_of(rec)[0]) for rec in records])
         one = self._one
         for i, rec in enumerate(records):
             one(batch, rec, verdict(i), get, put)
@@ -874,6 +888,10 @@ class Engine:
             self._linked_erasures(batch, current, None)
         self._receipt(batch, rec, event.fund, None, None)
         batch.accepted += 1
+
+
+def _control(rec: Record) -> bool:
+    return rec.topic == REPARTITION_TOPIC and (H_ERASE in rec.headers or H_TRANSFER in rec.headers)
 
 
 def _parked(rec: Record) -> Parked:

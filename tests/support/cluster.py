@@ -31,9 +31,11 @@ class Cluster:
     next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Compacted situations topic: situation id -> latest event bytes.
     situations: dict[str, bytes] = field(default_factory=dict)
-    #: Every situation event ever sent (situation id, bytes), tombstones included (None).
-    history: list[tuple[str, bytes | None]] = field(default_factory=list)
+    #: Every receipt (unless ``keep_receipts`` is off: then the refusals only, and the counts).
     receipts: list[bytes] = field(default_factory=list)
+    keep_receipts: bool = True
+    accepted: int = 0
+    refused: int = 0
     deadletters: list[bytes] = field(default_factory=list)
     crashes: int = 0
     _crash_next: bool = False
@@ -94,7 +96,6 @@ class Cluster:
                              dict(out.headers))
             elif out.topic == SITUATIONS_TOPIC:
                 sid = (out.key or b"").decode()
-                self.history.append((sid, out.value))
                 if out.value is None:
                     self.situations.pop(sid, None)
                 else:
@@ -102,4 +103,9 @@ class Cluster:
             elif out.topic == DEADLETTER_TOPIC:
                 self.deadletters.append(out.value or b"")
             else:
-                self.receipts.append(out.value or b"")
+                value = out.value or b""
+                ok = b'"status":"accepte"' in value
+                self.accepted += ok
+                self.refused += not ok
+                if self.keep_receipts or not ok:
+                    self.receipts.append(value)
