@@ -38,14 +38,13 @@ from typing import Any
 
 from bench import emit
 from services.core import oprf
-from services.core.messages import Pseudonym
 from services.core.person import PersonState
 from services.core.policy import conditions_met, load_policy
 from services.core.registry import ExchangeKeyEntry, Registry
 from services.core.signing import b64u, b64u_decode
 from services.core.taxonomy import load_taxonomy
 from services.core.types import Fund, Purpose
-from services.correlator.engine import Engine, person_key
+from services.correlator.engine import Engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
 from services.platform.topics import signal_topic
