@@ -19,11 +19,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
-from services.core.registry import ExchangeKeyEntry
 from tests.support.signals import EXCHANGE_KEY, Funds, wire
 
 #: The newer exchange key of a rotation scenario (``run_scenario(rotation=True)``).
