@@ -7,6 +7,7 @@ import logging
 
 from services.correlator.app import changelog_topic, make_app
 from services.correlator.engine import repartition_spec
+from services.platform import metrics
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
 from services.platform.runtime import tune_for_streaming
@@ -28,6 +29,7 @@ def run_worker(settings: Settings) -> None:
 
     bootstrap = resolve_bootstrap(settings)
     ensure_internal_topics(settings, bootstrap)
+    metrics.serve(settings, "correlator")
     app = make_app(settings, bootstrap)
     # No per-message log records: WARNING and above only. Faust's spinner (on when stdout is
     # a terminal) sets the root logger to DEBUG, so every debug record of aiokafka and Faust
