@@ -4,9 +4,11 @@ A simulated population (``services.simulator``: Ille-et-Vilaine, scaled to ``--p
 publishes its month under pseudonym scheme v2. Its pseudonyms come from the
 pseudonymisation service (blind, a batch evaluated under one key version with one proof,
 the proof checked, finalised: :class:`~services.producer.pseudonym_v2.PseudonymClient` over
-an in-process :class:`~services.pseudonymiser.service.Pseudonymiser`); with
-``--direct-oprf`` they are the same values computed as ``Evaluate(skS, input)``, which skips
-the blinding and the proof (they cost most of the time at a million persons).
+an in-process :class:`~services.pseudonymiser.service.Pseudonymiser`); with ``--oprf direct``
+(the default above 100,000 persons) they are the same values computed as
+``Evaluate(skS, input)``, which skips the blinding, the proof and its check — at a million
+persons those would cost more than the rest of the run (the service's own cost is measured
+by ``bench/pseudonymiser.py``).
 
 Half-way through the month the service publishes a new key version: from then on each fund,
 on its own day (staggered: some still publish under the old version while others link),
@@ -19,7 +21,7 @@ its hand-overs crossing partitions on the repartition topic. Checked against the
 ground truth (:func:`services.simulator.truth.ground_truth`): every situation found exactly,
 none split, none doubled; every person seen under both versions ends in one state.
 
-    python -m bench.rotation [--persons 1000000] [--direct-oprf]
+    python -m bench.rotation [--persons 1000000] [--oprf auto|service|direct]
 """
 
 from __future__ import annotations
@@ -253,29 +255,40 @@ def run(persons: int, *, direct: bool, seed: int = 7, batch: int = 256) -> dict[
     }
 
 
+def n(value: int) -> str:
+    """12 345 (a comma would read as a decimal point to a French reader)."""
+    return f"{value:,}".replace(",", "\u202f")
+
+
+def d(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}".replace(".", ",")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=1_000_000)
-    parser.add_argument("--direct-oprf", action="store_true",
-                        help="pseudonyms as Evaluate(skS, input), not blinded through the service")
+    parser.add_argument("--oprf", choices=("auto", "service", "direct"), default="auto",
+                        help="pseudonyms blinded through the service, or as Evaluate(skS, input); "
+                             "auto: the service up to 100,000 persons")
     args = parser.parse_args(argv)
-    r = run(args.persons, direct=args.direct_oprf)
-    print(f"rotation de clé au milieu du mois : {r['persons']:,} personnes, {r['signals']:,} signalements, "
+    direct = args.oprf == "direct" or (args.oprf == "auto" and args.persons > 100_000)
+    r = run(args.persons, direct=direct)
+    print(f"rotation de clé au milieu du mois : {n(r['persons'])} personnes, {n(r['signals'])} signalements, "
           f"{r['refused']} refusés")
-    print(f"  pseudonymes v2 : {r['service_evaluations']:,} évaluations "
+    print(f"  pseudonymes v2 : {n(r['service_evaluations'])} évaluations "
           f"({'par le service, aveuglées, preuve vérifiée' if r['via_service'] else 'Evaluate direct'}) "
-          f"en {r['pseudonyms_s']:.1f} s")
-    print(f"  liens conservés : {r['links_kept']:,} / {r['linked_persons']:,} personnes vues sous les deux "
-          f"versions ({r['links_kept_pct']:.2f} %)")
-    print(f"  situations : {r['exact']:,} exactes sur {r['truth_situations']:,} attendues, "
+          f"en {d(r['pseudonyms_s'], 1)} s")
+    print(f"  liens conservés : {n(r['links_kept'])} / {n(r['linked_persons'])} personnes vues sous les deux "
+          f"versions ({d(r['links_kept_pct'], 2)} %)")
+    print(f"  situations : {n(r['exact'])} exactes sur {n(r['truth_situations'])} attendues, "
           f"{r['split']} scindées, {r['doubled']} en double")
     print(f"  fin de fenêtre : ancienne version détruite, {r['pointers_left']} pointeurs restants ; "
-          f"{r['old_states_left']:,} personnes non revues pendant la fenêtre (un demi-mois, plus court que la "
+          f"{n(r['old_states_left'])} personnes non revues pendant la fenêtre (un demi-mois, plus court que la "
           f"fenêtre de corrélation) gardent leur état sous l'ancienne clé ; ensuite refusés : "
           f"{', '.join(sorted(r['after_window']))}")
-    print(f"  durées : préparation {r['prep_s']:.1f} s, pseudonymes {r['pseudonyms_s']:.1f} s, signature "
-          f"{r['sign_s']:.1f} s, corrélation {r['correlate_s']:.1f} s ; total {r['total_s']:.1f} s ; "
-          f"mémoire max {r['peak_rss_mib']:.0f} Mio")
+    print(f"  durées : préparation {d(r['prep_s'], 1)} s, pseudonymes {d(r['pseudonyms_s'], 1)} s, signature "
+          f"{d(r['sign_s'], 1)} s, corrélation {d(r['correlate_s'], 1)} s ; total {d(r['total_s'], 1)} s ; "
+          f"mémoire max {d(r['peak_rss_mib'], 0)} Mio")
     emit("rotation", {k: v for k, v in r.items() if k != "after_window"})
     ok = (r["links_kept"] == r["linked_persons"] and r["split"] == 0 and r["doubled"] == 0
           and r["exact"] == r["truth_situations"] and r["refused"] == 0)
