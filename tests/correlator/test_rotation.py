@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from services.core.registry import ExchangeKeyEntry, Registry
 from services.core.signing import b64u
 from services.core.types import Fund
 from services.correlator.engine import REPARTITION_TOPIC, Engine, erasure_command, person_key
+from services.platform.datakeys import KeyRing, KeyStore, is_sealed
+from services.platform.db import open_engine
 from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
@@ -33,6 +36,7 @@ OLD, NEW = "pk-0000000a", "pk-0000000b"
 RETIRED = "pk-00000009"
 PARTITIONS = 8
 FUNDS = Funds(now=NOW)
+STATE_TOPIC = "corr-persons-changelog"
 
 
 def registry() -> Registry:
@@ -49,8 +53,9 @@ def pseudonym(person: str, key_id: str) -> dict[str, str]:
     return {"key_id": key_id, "value": b64u(hmac.digest(key_id.encode(), person.encode(), hashlib.sha256))}
 
 
-def engine() -> Engine:
-    return Engine(context(), registry(), partitions=PARTITIONS, clock=lambda: NOW)
+def engine(sealer: KeyRing | None = None) -> Engine:
+    return Engine(context(), registry(), partitions=PARTITIONS, clock=lambda: NOW, sealer=sealer,
+                  state_topic=STATE_TOPIC)
 
 
 def signal(person: str, fund: Fund, category: str, key_id: str, *, link: str | None = None,
@@ -71,7 +76,11 @@ def live_situations(cluster: Cluster) -> dict[str, dict[str, Any]]:
 
 
 def person_of(cluster: Cluster, key_id: str, person: str) -> PersonState | None:
-    raw = cluster.store.get(person_key(key_id, pseudonym(person, key_id)["value"]))
+    value = pseudonym(person, key_id)["value"]
+    raw = cluster.store.get(person_key(key_id, value))
+    sealer = cluster.engine.sealer
+    if raw is not None and sealer is not None:
+        raw = sealer.open(value.encode(), STATE_TOPIC, raw)
     return None if raw is None else PersonState.model_validate_json(raw)
 
 
@@ -164,6 +173,19 @@ def test_crashes_between_state_and_outputs_change_nothing(seed: int) -> None:
     assert content(crashed) == content(calm)
     by_id = {json.loads(r)["receipt_id"]: json.loads(r)["status"] for r in crashed.receipts}
     assert len(by_id) == 4 * persons and set(by_id.values()) == {"accepte"}
+
+
+def test_with_states_sealed_under_each_persons_key_the_links_hold(tmp_path: Path) -> None:
+    """The worker seals every person state under the person's data key (crypto-shredding):
+    the hand-over, the pointer and the crashes work the same."""
+    persons = 12
+    ring = KeyRing(KeyStore(open_engine(f"sqlite:///{tmp_path / 'keys.db'}")), b"m" * 32)
+    cluster = Cluster(engine(ring), rng=random.Random(3), batch=3)
+    for msg in scenario(OLD, persons):
+        publish(cluster, msg)
+    cluster.run(crash_every=3)
+    check_one_situation_per_person(cluster, OLD, persons)
+    assert all(is_sealed(v) for v in cluster.store.values())
 
 
 def test_erasure_of_the_new_pseudonym_reaches_the_previous_one() -> None:
