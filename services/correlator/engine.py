@@ -173,6 +173,9 @@ class Transfer(Frozen):
     previous: Pseudonym
     pseudonym: Pseudonym
     state: PersonState | None = None
+    #: Instead of ``state`` when person states are sealed: the state sealed under the previous
+    #: pseudonym's data key (base64), so that an erasure leaves this copy unreadable too.
+    sealed: str | None = None
 
 
 def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.datetime | None = None,
@@ -772,6 +775,10 @@ class Engine:
             if stays is not state:
                 put(key, part, stays)
             answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, state=moved)
+            if self.sealer is not None and moved is not None:
+                answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, sealed=base64.b64encode(
+                    self.sealer.seal(msg.previous.value.encode(), REPARTITION_TOPIC,
+                                     moved.model_dump_json().encode())).decode("ascii"))
             batch.outputs.append(Output(REPARTITION_TOPIC, msg.pseudonym.value.encode(), to_wire(answer),
                                         partition_for(msg.pseudonym.value, self.partitions),
                                         ((H_TRANSFER, b"answer"),)))
@@ -785,7 +792,13 @@ class Engine:
         if state.awaiting == msg.previous:
             released = state.parked
             base = state.model_copy(update={"awaiting": None, "parked": ()})
-            merged = self._merge(batch, key, part, msg.pseudonym, base, msg.state, msg.previous, put)
+            moved = msg.state
+            if msg.sealed is not None and self.sealer is not None:
+                opened = self.sealer.open(msg.previous.value.encode(), REPARTITION_TOPIC,
+                                          base64.b64decode(msg.sealed))
+                # None: its key was destroyed (the person was erased meanwhile): nothing moves
+                moved = None if opened is None else PersonState.model_validate_json(opened)
+            merged = self._merge(batch, key, part, msg.pseudonym, base, moved, msg.previous, put)
             put(key, part, merged.model_copy(update={"released": released}))
         elif msg.previous in state.merged_from and state.released:
             released = state.released  # the same answer read again: answer its records again
