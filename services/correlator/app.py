@@ -17,6 +17,10 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
   Faust's recovery stops at the reported end offset, which the embedded broker reports short);
 - :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`).
 
+A stop (SIGTERM, SIGINT) finishes the batch in progress and commits it, then Faust stops
+(:meth:`.processing.Processor.stop`, through :func:`.faust_seam.on_stopping`); past
+``Settings.drain_timeout_s`` the process exits 75 without committing more.
+
 Bad input never raises (it becomes a receipt and a dead letter), so anything that escapes
 a batch is a bug or a broker failure, and the process exits at once (``os._exit``) without
 committing. ``exactly_once`` is not used (docs/architecture.md, decision 4).
@@ -49,6 +53,7 @@ from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
 log = logging.getLogger("help.correlator")
@@ -121,8 +126,9 @@ def _stop(what: str) -> None:
     os._exit(EXIT_FATAL)
 
 
-def make_app(settings: Settings, bootstrap: str) -> faust.App:
-    """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
+def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = None) -> faust.App:
+    """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka).
+    ``deadline`` bounds a stop (armed at the stop signal, or here when the stop begins)."""
     engine = build_engine(settings)
     faust_seam.install(settings.correlator_fetch_wait_ms)
     app = _faust_app(settings, bootstrap)
@@ -153,6 +159,14 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
     # (mode's signal stubs do not accept a coroutine function with *args: cast.)
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
+
+    stop_bound = deadline or Deadline(settings.drain_timeout_s, "correlator")
+
+    async def drain() -> None:
+        stop_bound.arm()  # (already armed when a signal started the stop)
+        await processor.stop()
+
+    faust_seam.on_stopping(app, drain)
 
     inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=_inbox_size(settings))
     faust_seam.route_to_inbox(app, set(names), inbox_handler(inbox))
