@@ -15,7 +15,8 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
 - :mod:`.sending`: outputs as one record batch per partition;
 - :mod:`.state`: the person state, rebuilt exactly from its changelog (not a Faust ``Table``:
   Faust's recovery stops at the reported end offset, which the embedded broker reports short);
-- :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`).
+- :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`),
+  watched: one that exits is noticed at once, logged at ERROR and replaced between batches.
 
 A stop (SIGTERM, SIGINT) finishes the batch in progress and commits it, then Faust stops
 (:meth:`.processing.Processor.stop`, through :func:`.faust_seam.on_stopping`); past
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -41,7 +42,7 @@ from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator import faust_seam
 from services.correlator.checkpoint import EXIT_FATAL, Checkpoints
-from services.correlator.checkpool import CheckPool
+from services.correlator.checkpool import CheckPool, CheckPoolError, watch
 from services.correlator.delivery import inbox_handler, take_batches
 from services.correlator.engine import REPARTITION_TOPIC, Engine
 from services.correlator.positions import Positions
@@ -120,7 +121,7 @@ def _inbox_size(settings: Settings) -> int:
     return max(4096, settings.correlator_batch_max * 2)
 
 
-def _stop(what: str) -> None:
+def _stop(what: str) -> NoReturn:
     log.critical("correlator: %s, stopping without commit", what, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_FATAL)
@@ -178,6 +179,26 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
             _stop("retention sweep failed")
 
     cast(Any, app).timer(settings.correlator_sweep_every_s)(sweep)  # (faust's timer is untyped)
+
+    pool = engine.checks
+    if isinstance(pool, CheckPool):
+        async def replace_helpers(dead: list[int]) -> None:
+            log.error("correlator: check helper(s) %s exited while the worker ran; replacing them "
+                      "between batches", dead)
+            async with processor.lock:  # between batches: no verdict is owed
+                if processor.stopping:
+                    return
+                try:
+                    replaced = pool.replace_dead()
+                except CheckPoolError:
+                    _stop("check helpers cannot be replaced")
+                log.error("correlator: %d check helper(s) replaced (%d since the start)",
+                          replaced, pool.replacements)
+
+        async def watch_helpers() -> None:
+            await watch(pool, replace_helpers)
+
+        cast(Any, app).task(watch_helpers)  # (started with the app, cancelled when it stops)
 
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:

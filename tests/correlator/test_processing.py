@@ -188,7 +188,7 @@ async def test_a_sweep_writes_state_and_commits_no_offset() -> None:
 
 async def test_a_stop_finishes_the_batch_in_progress_and_starts_nothing_after() -> None:
     broker, failures = FakeBroker(), []
-    p, store = processor(broker, failures)
+    p, _ = processor(broker, failures)
     gate = asyncio.Event()
     send = broker.send
 

@@ -7,11 +7,15 @@ committed offset of its partition has its receipt, none at or after it has one (
 half done). A second worker started afterwards processes the rest: every record gets
 exactly one receipt in all (nothing processed twice, nothing lost), and no situation event
 is sent twice.
+
+A check helper killed while its worker is idle is noticed within a second (measured from
+the kill to the worker's ERROR line), replaced, and the next signals are processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -27,7 +31,7 @@ from services.core.types import Fund
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import signal_topic
-from tests.correlator.harness import CATEGORIES, Collector, publish, start_worker
+from tests.correlator.harness import CATEGORIES, Collector, check_helpers, publish, start_worker
 from tests.support.signals import Funds, wire
 
 pytestmark = pytest.mark.integration
@@ -134,4 +138,57 @@ async def test_a_stopped_worker_drains_its_batch_and_a_restart_doubles_nothing(
         if worker is not None and worker.poll() is None:
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
+        await collector.stop()
+
+
+async def test_an_idle_worker_notices_a_killed_check_helper_within_a_second(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    app_id = "corr-helper-idle"
+    funds = Funds()
+    funds.write_registry(settings.key_dir)
+    bootstrap = settings.bootstrap_servers or ""
+
+    def items(first: int, n: int) -> list[tuple[str, bytes, bytes, int]]:
+        out = []
+        for i in range(first, first + n):
+            m = funds.signal(f"{app_id}-{i}", Fund.CAF, "impaye_loyer", n=i)
+            value = m["pseudonym"]["value"]
+            out.append((signal_topic(Fund.CAF), value.encode(), wire(m), partition_for(value, PARTITIONS)))
+        return out
+
+    collector = Collector(bootstrap)
+    await collector.start()
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(settings, app_id, log_path)
+    try:
+        first = set(await publish(bootstrap, items(0, 50)))
+        await collector.until(lambda c: first <= c.receipted, timeout=120, alive=lambda: worker.poll() is None)
+        helpers = check_helpers(worker.pid)
+        assert len(helpers) == settings.correlator_check_processes
+        await asyncio.sleep(1.0)  # idle
+        killed_at = time.time()
+        os.kill(helpers[0], signal.SIGKILL)
+        noticed = None
+        deadline = time.monotonic() + 10
+        while noticed is None and time.monotonic() < deadline:
+            for line in log_path.read_text(errors="replace").splitlines():
+                if "exited while the worker ran" in line and "[ERROR]" in line:
+                    noticed = dt.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            await asyncio.sleep(0.05)
+        assert noticed is not None, log_path.read_text(errors="replace")[-3000:]
+        assert noticed - killed_at < 1.0, noticed - killed_at
+        # Replaced (a new helper), and the next signals are processed as before.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sorted(check_helpers(worker.pid)) in ([], sorted(helpers[1:])):
+            await asyncio.sleep(0.05)
+        now = check_helpers(worker.pid)
+        assert len(now) == len(helpers) and helpers[0] not in now
+        second = set(await publish(bootstrap, items(50, 50)))
+        await collector.until(lambda c: second <= c.receipted, timeout=60, alive=lambda: worker.poll() is None)
+        assert {r["status"] for r in collector.receipts.values()} == {"accepte"}
+        assert "replaced (1 since the start)" in log_path.read_text(errors="replace")
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGTERM)
+            assert await asyncio.to_thread(wait_exit, worker, 60) == 0
         await collector.stop()
