@@ -96,7 +96,10 @@ async def test_a_stopped_worker_drains_its_batch_and_a_restart_doubles_nothing(
         await collector.until(lambda c: len(c.receipted & wanted) >= 500, timeout=120,
                               alive=lambda: worker is not None and worker.poll() is None)
         assert len(collector.receipted) < len(wanted), "the worker finished before the stop"
-        os.kill(worker.pid, signum)
+        if signum == signal.SIGINT:  # as a Ctrl-C: to the whole process group, helpers included
+            os.killpg(worker.pid, signum)
+        else:
+            os.kill(worker.pid, signum)
         stopped_at = time.monotonic()
         code = await asyncio.to_thread(wait_exit, worker, 60)
         took = time.monotonic() - stopped_at
