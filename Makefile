@@ -33,6 +33,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The benchmarks' own venv, with the peers we measure against (Quix Streams, bench/quix_peer.py):
+# their pins (pydantic<2.14, confluent-kafka<2.13) are older than ours, so not in .venv.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
+	@touch $@
+
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -82,8 +93,8 @@ check: $(STAMP) $(NODE_STAMP) lint
 soak: $(STAMP) system-packages
 	$(BIN)/pytest -q tests/soak
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(STAMP) $(BENCH_STAMP)
+	BENCH_QUIX_PYTHON=$(abspath $(BENCH_VENV))/bin/python $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules $(AXE_DIR)/node_modules $(OIDC_DIR)/node_modules
+	rm -rf $(VENV) $(BENCH_VENV) var $(NODE_DIR)/node_modules $(INTEROP_NODE_DIR)/node_modules $(AXE_DIR)/node_modules $(OIDC_DIR)/node_modules

@@ -28,12 +28,19 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "raw_rate", "Consommation aiokafka brute des topics de signalements", "signaux/s", None, ""),
     ("correlator", "full_rate", "Correlator, tous contrôles actifs", "signaux/s", 6000, "min"),
     ("correlator", "ratio", "Rapport correlator / consommation brute", "", None, ""),
+    ("correlator", "quix_rate", "Quix Streams, même travail (signature, schéma, politique, état par personne "
+     "dans RocksDB, une règle), mêmes signaux, même exécution", "signaux/s", None, ""),
+    ("correlator", "quix_signals_per_cpu_second", "Quix Streams, signaux par seconde de CPU de son processus",
+     "signaux/s", None, ""),
+    ("correlator", "ratio_quix", "Rapport correlator / Quix Streams", "", 1, "min"),
+    ("correlator", "situations", "Situations ouvertes sur ces signaux, les mêmes pour le correlator et Quix Streams",
+     "situations", None, ""),
     ("correlator", "plain_rate", "Agent Faust simple, message par message (signature, validation, écriture "
      "de table), mêmes signaux, même exécution", "signaux/s", None, ""),
     ("correlator", "plain_signals_per_cpu_second", "Agent Faust simple, signaux par seconde de CPU de son processus",
      "signaux/s", None, ""),
-    ("correlator", "ratio_plain", "Rapport correlator / agent Faust simple (objectif de l'issue : "
-     "6 000 / 2 500 à 3 000 = 2,0 à 2,4)", "", None, ""),
+    ("correlator", "ratio_plain", "Rapport correlator / agent Faust simple (mesuré avant l'issue 19 : 2,2 à 2,9)",
+     "", 3, "min"),
     ("correlator", "signals_per_cpu_second", "Correlator, signaux par seconde de CPU du processus worker",
      "signaux/s", None, ""),
     ("correlator", "signals_per_cpu_second_with_helpers",

@@ -57,6 +57,7 @@ def casebook_migrate(ctx: click.Context) -> None:
 def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     """Read situations, follow-ups and consents into the casebook until Ctrl-C."""
     from services.casebook.sink import CasebookSink
+    from services.platform import metrics
     from services.platform.broker import resolve_bootstrap
     from services.platform.db import open_engine
 
@@ -64,6 +65,7 @@ def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     engine = open_engine(settings.database_url)
     bootstrap = resolve_bootstrap(settings)
     sink = CasebookSink(settings, engine, bootstrap, group=group, batch_max=batch)
+    metrics.serve(settings, "casebook sink")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -151,6 +151,7 @@ class CasebookSink:
 
         try:
             await self.tracker.run(self.tracker.kafka_source(self.settings, self.bootstrap),
-                                   stop=stop, after_poll=after_poll)
+                                   stop=stop, after_poll=after_poll,
+                                   monitor=self.tracker.monitor(self.settings, self.bootstrap))
         finally:
             await producer.stop()

@@ -15,6 +15,7 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
 - :mod:`.sending`: outputs as one record batch per partition;
 - :mod:`.state`: the person state, rebuilt exactly from its changelog (not a Faust ``Table``:
   Faust's recovery stops at the reported end offset, which the embedded broker reports short);
+- :mod:`.gauges`: lag per partition, the stall watchdog, batch and checkpoint metrics;
 - :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`),
   watched: one that exits is noticed at once, logged at ERROR and replaced between batches.
 
@@ -45,11 +46,13 @@ from services.correlator.checkpoint import EXIT_FATAL, Checkpoints
 from services.correlator.checkpool import CheckPool, CheckPoolError, watch
 from services.correlator.delivery import inbox_handler, take_batches
 from services.correlator.engine import REPARTITION_TOPIC, Engine
+from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore
+from services.platform import metrics
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
@@ -144,18 +147,26 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
     def loader() -> AIOKafkaConsumer:
         return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-state-loader")
 
+    def lag_probe() -> AIOKafkaConsumer:  # one batch per partition and measurement at most
+        return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-lag-probe",
+                              group_id=settings.correlator_app_id,  # to read its offsets, never joins
+                              max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
+
+    gauges = WorkerGauges(settings, assigned=lambda: processor.positions.assigned, make_consumer=lag_probe)
     processor = Processor(
         engine, PersonStore(changelog_topic(settings.correlator_app_id)),
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
-        Checkpoints(lambda outputs: send_batches(app.producer, outputs), faust_seam.commit(app)),
+        Checkpoints(lambda outputs: send_batches(app.producer, outputs), gauges.commit(faust_seam.commit(app)),
+                    timed=gauges.checkpoint_done),
         HeapPolicy(settings.correlator_gc_full_every_s),
-        topics=set(names), send_one=send_acked, loader=loader)
+        topics=set(names), send_one=send_acked, loader=loader, gauges=gauges)
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         await processor.revoked(args[0])
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         await processor.assigned(args[0])
+        gauges.assigned()
 
     # (mode's signal stubs do not accept a coroutine function with *args: cast.)
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
@@ -192,6 +203,7 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
                     replaced = pool.replace_dead()
                 except CheckPoolError:
                     _stop("check helpers cannot be replaced")
+                metrics.CHECK_HELPERS_REPLACED.inc(replaced)
                 log.error("correlator: %d check helper(s) replaced (%d since the start)",
                           replaced, pool.replacements)
 
@@ -199,6 +211,11 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
             await watch(pool, replace_helpers)
 
         cast(Any, app).task(watch_helpers)  # (started with the app, cancelled when it stops)
+
+    async def measure_lag() -> None:  # lag gauges and the stall watchdog, in their own thread
+        gauges.start()
+
+    cast(Any, app).task(measure_lag)
 
     @app.agent(source, concurrency=1)
     async def correlate(stream: Any) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,31 +72,38 @@ class Checkpoints:
     checkpoint never runs after a failed one."""
 
     def __init__(self, send: SendAll, commit: Commit,
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None,
+                 timed: Callable[[float], None] | None = None) -> None:
         self._send = send
         self._commit = commit
         self._last: asyncio.Task[None] | None = None
         self._on_failure = on_failure or stop_now
+        #: told how long each checkpoint took, from its start after its predecessor (metrics)
+        self._timed = timed
 
     async def submit(self, checkpoint: Checkpoint) -> None:
         """Start ``checkpoint`` after the previous one; return once the previous one is done."""
         effect = checkpoint.commit(self._send, self._commit)
         previous = self._last
-        task = asyncio.ensure_future(self._after(previous, effect))
+        task = asyncio.ensure_future(self._after(previous, effect, self._timed))
         task.add_done_callback(self._done)
         self._last = task
         if previous is not None:
             await asyncio.shield(previous)
 
     @staticmethod
-    async def _after(previous: asyncio.Task[None] | None, effect: Coroutine[Any, Any, None]) -> None:
+    async def _after(previous: asyncio.Task[None] | None, effect: Coroutine[Any, Any, None],
+                     timed: Callable[[float], None] | None = None) -> None:
         if previous is not None:
             try:
                 await asyncio.shield(previous)
             except BaseException:
                 effect.close()  # never run after a failed predecessor
                 raise
+        started = time.perf_counter()
         await effect
+        if timed is not None:
+            timed(time.perf_counter() - started)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:

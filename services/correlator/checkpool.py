@@ -169,8 +169,8 @@ class CheckPool:
         self._partitions = partitions
         self.helpers = [_Helper(self._registry_json, partitions) for _ in range(processes)]
         self.chunk = chunk
-        #: Helpers replaced since the start (a dead helper found between batches). The hook
-        #: for the worker's metrics: a counter that only grows.
+        #: Helpers replaced since the start (a dead helper found between batches); the worker
+        #: counts them in ``help_correlator_check_helpers_replaced`` too.
         self.replacements = 0
         self._recent: deque[float] = deque(maxlen=REPLACEMENTS_MAX)
 

@@ -178,6 +178,8 @@ class Batch:
     writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     accepted: int = 0
     rejected: int = 0
+    #: rejections by reason (the metrics' receipts by reason)
+    reasons: dict[Reason, int] = field(default_factory=dict)
 
 
 def person_key(key_id: str, value: str) -> bytes:
@@ -380,6 +382,7 @@ class Engine:
         if fund is not None:
             self._receipt(batch, rec, fund, signal_id, reason)
         batch.rejected += 1
+        batch.reasons[reason] = batch.reasons.get(reason, 0) + 1
 
     # ----------------------------------------------------------------------- batch
     def process(self, records: Iterable[Record],

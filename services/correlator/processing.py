@@ -16,6 +16,7 @@ committed: it is read again at the next start).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from faust.types import TP
 from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
 from services.correlator.engine import Batch, Engine, Output
+from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
 from services.platform.runtime import HeapPolicy
@@ -38,7 +40,8 @@ class Processor:
 
     def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
                  checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
-                 send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer]) -> None:
+                 send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer],
+                 gauges: WorkerGauges | None = None) -> None:
         self.engine = engine
         self.store = store
         self.positions = positions
@@ -47,6 +50,7 @@ class Processor:
         self.topics = topics
         self._send_one = send_one
         self._loader = loader
+        self.gauges = gauges
         self.lock = asyncio.Lock()
         #: Set by :meth:`stop`: nothing new starts.
         self.stopping = False
@@ -61,6 +65,7 @@ class Processor:
         messages = await self.positions.select(received)
         if not messages:
             return
+        started = time.perf_counter()
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
         steps = self.engine.steps([to_record(m) for m in messages], store.get, every=STEP_RECORDS)
@@ -75,6 +80,8 @@ class Processor:
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
         await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets))
+        if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
+            self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
 
     def _keep(self, writes: Mapping[bytes, tuple[int, bytes | None]]) -> list[Output]:

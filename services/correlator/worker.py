@@ -8,6 +8,7 @@ import logging
 from services.correlator import faust_seam
 from services.correlator.app import changelog_topic, make_app
 from services.correlator.engine import repartition_spec
+from services.platform import metrics
 from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
 from services.platform.runtime import tune_for_streaming
@@ -30,6 +31,7 @@ def run_worker(settings: Settings) -> None:
     the process exits 0, or 75 past ``settings.drain_timeout_s`` (services.platform.stopping)."""
     bootstrap = resolve_bootstrap(settings)
     ensure_internal_topics(settings, bootstrap)
+    metrics.serve(settings, "correlator")
     deadline = Deadline(settings.drain_timeout_s, "correlator")
     app = make_app(settings, bootstrap, deadline)
     # No per-message log records: WARNING and above only. Faust's spinner (on when stdout is

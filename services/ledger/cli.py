@@ -561,11 +561,13 @@ def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> 
     import asyncio
 
     from services.ledger.sink import AuditSink
+    from services.platform import metrics
     from services.platform.broker import resolve_bootstrap
 
     settings = _settings(ctx)
     sink = AuditSink(settings, _ledger(ctx, sign=True), resolve_bootstrap(settings),
                      cases=provided(ctx, LedgerWiring).cases, batch_max=batch_max)
+    metrics.serve(settings, "audit sink")
     try:
         totals = asyncio.run(sink.run(until_idle=until_idle))
     except KeyboardInterrupt:

@@ -464,7 +464,8 @@ class AuditSink:
                 await asyncio.to_thread(self._checkpoint_if_due)
 
         await tracker.run(tracker.kafka_source(self.settings, self.bootstrap), stop=stop,
-                          until_idle=until_idle, after_poll=after_poll)
+                          until_idle=until_idle, after_poll=after_poll,
+                          monitor=tracker.monitor(self.settings, self.bootstrap))
         return self.totals
 
     def _checkpoint(self) -> None:

@@ -57,6 +57,12 @@ _HINTS = {
     "correlator_gc_full_every_s": "give a number of seconds between 0 (CPython's own schedule) and 86400",
     "correlator_sweep_every_s": "give a number of seconds between 0.1 and 3600",
     "correlator_sweep_page": "give a whole number of persons between 1 and 1000000",
+    "metrics_port": "give a free TCP port between 1024 and 65535 (e.g. 9464), or 0 / leave it unset for no "
+                    "metrics endpoint",
+    "metrics_host": "give the address to listen on: 0.0.0.0 in a container, 127.0.0.1 on a shared host",
+    "lag_probe_every_s": "give a number of seconds between 0.5 and 300, e.g. 5",
+    "watchdog_stall_s": "give a number of seconds between 1 and 86400, e.g. 60",
+    "watchdog_exit": "use true (exit so that the supervisor restarts the worker) or false (report only)",
     "retention_signals_months": "give a whole number of months between 1 and 240",
     "retention_situations_months": "give a whole number of months between 1 and 240",
     "retention_closed_months": "give a whole number of months between 1 and 240",
@@ -196,6 +202,23 @@ class Settings(BaseSettings):
     even if no further signal comes) runs a page at this interval…"""
     correlator_sweep_page: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     """…of this many persons."""
+
+    # ------------------------------------------- metrics and watchdog (HELP_METRICS_*, HELP_WATCHDOG_*)
+    # services/platform/metrics.py; docs/operations.md lists every metric.
+    metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    """Port of the Prometheus metrics endpoint of a long-running command (correlator, sinks,
+    pseudonymisation service). Unset or 0: none. One setting for every service, read by each
+    process: in docker-compose every container listens on 9464; processes sharing a host need one
+    port each (set it per process)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint listens on."""
+    lag_probe_every_s: Annotated[float, Field(ge=0.5, le=300)] = 5.0
+    """How often a consumer measures its lag (true end offsets, oldest unprocessed record)."""
+    watchdog_stall_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    """A correlator partition that has messages but has not moved for this long is stalled."""
+    watchdog_exit: bool = False
+    """On a stalled partition the worker logs an ERROR and sets ``help_partition_stalled``; true:
+    it also exits (status 76) so that its supervisor restarts it."""
 
     # --------------------------------------------------------------- retention (HELP_RETENTION_*)
     # ``help-exchange purge`` (services/casebook/retention.py, services/app/purge.py); months,

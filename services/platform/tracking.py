@@ -24,11 +24,16 @@ a short pause (the audit sink waits so for a signal read after its receipt).
 
 The positions live in ``tracking_offsets`` (consumer, topic, partition → next offset),
 one table for every consumer of the database, migrated like every other table.
+
+Metrics (services/platform/metrics.py), labelled by the consumer's name: each batch's time
+and records; with a :meth:`TrackedConsumer.monitor`, the lag of every assigned partition
+from its stored position (:mod:`services.platform.lag`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -41,7 +46,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.exc import DBAPIError
 
 from services.errors import TransientError
-from services.platform import kafka
+from services.platform import kafka, metrics
+from services.platform.lag import LagMonitor
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.platform.tracking")
@@ -199,6 +205,8 @@ class TrackedConsumer(Generic[R]):
         #: held while a batch is applied: a revocation waits for it
         self._busy = asyncio.Lock()
         self._assigned_at: float | None = None
+        #: the partitions the group gave this consumer (for the lag)
+        self.assignment: set[TopicPartition] = set()
 
     def process(self, records: Sequence[Record]) -> Processed[R]:
         """Apply ``records`` and store the positions after them, in one transaction; a
@@ -222,24 +230,48 @@ class TrackedConsumer(Generic[R]):
         with self.engine.connect() as conn:
             return load_positions(conn, self.name)
 
+    def monitor(self, settings: Settings, bootstrap: str) -> LagMonitor:
+        """The lag of the assigned partitions, from their stored positions, every
+        ``HELP_LAG_PROBE_EVERY_S`` (hand it to :meth:`run`)."""
+
+        def probe() -> AIOKafkaConsumer:
+            return kafka.consumer(settings, bootstrap, client_id=f"{self.name}-lag-probe",
+                                  max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
+
+        async def stored(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+            assigned = set(self.assignment)
+            known = await asyncio.to_thread(self.positions)
+            found = {tp: known[(tp.topic, tp.partition)] for tp in assigned if (tp.topic, tp.partition) in known}
+            fresh = [tp for tp in assigned if tp not in found]  # nothing stored: read from the start
+            if fresh:
+                found.update(await consumer.beginning_offsets(fresh))
+            return found
+
+        return LagMonitor(self.name, probe, stored, every_s=settings.lag_probe_every_s)
+
     async def run(self, source: Source, *, stop: asyncio.Event | None = None,
                   until_idle: float | None = None,
                   after_poll: Callable[[Processed[R] | None], Awaitable[None]] | None = None,
-                  ) -> None:
+                  monitor: LagMonitor | None = None) -> None:
         """Consume until ``stop`` is set, or until ``until_idle`` seconds pass without a
         record (counted from the last record, or from the last assignment). ``after_poll``
         is awaited after each commit with what was processed, and after each empty fetch
-        (caught up) with None."""
+        (caught up) with None. ``monitor`` measures the lag meanwhile."""
         source.subscribe(self.topics, listener=_SeekToStored(self, source))
         await source.start()
         idle_since = time.monotonic()
+        batch_seconds, batch_records = metrics.BATCH_SECONDS.labels(self.name), metrics.RECORDS.labels(self.name)
+        measuring = asyncio.create_task(monitor.run()) if monitor is not None else None
         try:
             while stop is None or not stop.is_set():
                 fetched = await source.getmany(timeout_ms=300, max_records=self.batch_max)
                 records = [record_of(tp, m) for tp, messages in fetched.items() for m in messages]
                 if records:
+                    started = time.perf_counter()
                     async with self._busy:
                         done = await asyncio.to_thread(self.process, records)
+                    batch_seconds.observe(time.perf_counter() - started)
+                    batch_records.inc(len(records))
                     for (topic, partition), offset in done.held.items():
                         source.seek(TopicPartition(topic, partition), offset)  # read it again
                     if done.held:
@@ -255,6 +287,10 @@ class TrackedConsumer(Generic[R]):
                 if until_idle is not None and time.monotonic() - idle_since >= until_idle:
                     break
         finally:
+            if measuring is not None:
+                measuring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await measuring
             await source.stop()
 
     async def _assigned(self, source: Source, assigned: Sequence[TopicPartition]) -> None:
@@ -266,12 +302,13 @@ class TrackedConsumer(Generic[R]):
             else:
                 source.seek(tp, position)
         self._assigned_at = time.monotonic()
+        self.assignment = set(assigned)
         log.info("%s: %d partition(s) assigned, resumed at their stored positions",
                  self.name, len(assigned))
 
     async def _revoked(self) -> None:
         async with self._busy:  # the batch in flight commits first
-            pass
+            self.assignment = set()
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]

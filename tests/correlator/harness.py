@@ -29,11 +29,12 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
 
 
-def start_worker(settings: Settings, app_id: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ,
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
-           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms)}
+           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms), **(env or {})}
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.app.cli", "correlator", "--app-id", app_id, *extra],

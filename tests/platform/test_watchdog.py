@@ -1,0 +1,88 @@
+"""The stall watchdog, on a fake clock: 60 s by default; a partition with nothing to process
+never stalls however long it waits; one with records and no progress stalls after the window,
+is reported once, and recovers as soon as it moves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from services.platform import metrics
+from services.platform.lag import PartitionLag
+from services.platform.settings import load_settings
+from services.platform.watchdog import StallWatchdog
+
+TP = TopicPartition("help.signals.caf.v1", 3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stalled_gauge(name: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value("help_partition_stalled",
+                                             {"consumer": name, "topic": TP.topic, "partition": "3"})
+
+
+def test_the_default_window_is_sixty_seconds(tmp_path: Path) -> None:
+    settings = load_settings(var_dir=tmp_path)
+    assert settings.watchdog_stall_s == 60.0
+    assert settings.watchdog_exit is False
+
+
+def test_an_idle_partition_never_stalls() -> None:
+    clock = Clock()
+    dog = StallWatchdog("wd-idle", 60.0, clock=clock)
+    for _ in range(100):  # 100 minutes with nothing to process, position never moving
+        assert dog.observe({TP: PartitionLag(position=42, end=42, oldest_ms=None)}) == []
+        clock.now += 60
+    assert stalled_gauge("wd-idle") == 0
+
+
+def test_records_waiting_without_progress_stall_after_the_window(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    fired: list[float] = []
+    dog = StallWatchdog("wd-stall", 60.0, clock=clock, on_stall=lambda tp, lag, still: fired.append(still))
+    waiting = {TP: PartitionLag(position=42, end=50, oldest_ms=1)}
+    assert dog.observe({TP: PartitionLag(position=42, end=42, oldest_ms=None)}) == []  # idle so far
+    clock.now += 5  # records arrive
+    assert dog.observe(waiting) == []
+    clock.now += 54
+    assert dog.observe(waiting) == []  # 59 s: not yet
+    assert stalled_gauge("wd-stall") == 0
+    clock.now += 2
+    with caplog.at_level(logging.ERROR, logger="help.watchdog"):
+        assert dog.observe(waiting) == [TP]
+        clock.now += 10
+        assert dog.observe(waiting) == [TP]  # still stalled, reported once
+    assert stalled_gauge("wd-stall") == 1
+    assert fired == [61.0]
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "help.signals.caf.v1:3 stalled: 8 record(s) waiting" in record.getMessage()
+    # It moves: not stalled any more, and the window starts again.
+    clock.now += 1
+    assert dog.observe({TP: PartitionLag(position=43, end=50, oldest_ms=1)}) == []
+    assert stalled_gauge("wd-stall") == 0
+    clock.now += 30
+    assert dog.observe({TP: PartitionLag(position=43, end=50, oldest_ms=1)}) == []
+
+
+def test_a_partition_that_keeps_moving_never_stalls() -> None:
+    clock = Clock()
+    dog = StallWatchdog("wd-moving", 60.0, clock=clock)
+    for step in range(100):
+        assert dog.observe({TP: PartitionLag(position=step, end=step + 5000, oldest_ms=1)}) == []
+        clock.now += 59
+
+
+def test_lag_and_oldest_age() -> None:
+    assert PartitionLag(10, 17, 5_000).lag == 7
+    assert PartitionLag(10, 17, 5_000).oldest_age_s(now_s=12.5) == 7.5
+    assert PartitionLag(17, 17, None).oldest_age_s(now_s=12.5) == 0.0
