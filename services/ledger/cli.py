@@ -560,18 +560,25 @@ def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> 
     """
     import asyncio
 
-    from services.ledger.sink import AuditSink
+    from services.ledger.sink import AuditSink, BatchResult
     from services.platform import metrics
     from services.platform.broker import resolve_bootstrap
+    from services.platform.stopping import Deadline, stop_on_signals
 
     settings = _settings(ctx)
     sink = AuditSink(settings, _ledger(ctx, sign=True), resolve_bootstrap(settings),
                      cases=provided(ctx, LedgerWiring).cases, batch_max=batch_max)
     metrics.serve(settings, "audit sink")
-    try:
-        totals = asyncio.run(sink.run(until_idle=until_idle))
-    except KeyboardInterrupt:
-        totals = sink.totals
+
+    async def main() -> BatchResult:
+        # SIGTERM or SIGINT: the batch in flight commits, then the sink stops (exit 0), within
+        # HELP_DRAIN_TIMEOUT_S (services.platform.stopping).
+        stop = asyncio.Event()
+        stop_on_signals(stop, Deadline(settings.drain_timeout_s, "audit sink"))
+        click.echo(f"audit sink reading from {sink.bootstrap}; Ctrl-C stops it", err=True)
+        return await sink.run(until_idle=until_idle, stop=stop)
+
+    totals = asyncio.run(main())
     click.echo(f"audit sink: {totals.records} records read, {totals.appended} entries appended, "
                f"{totals.already_present} already present, {totals.skipped} unreadable; "
                f"ledger size {sink.ledger.size()}")
