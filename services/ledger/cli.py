@@ -25,6 +25,7 @@ from services.platform.cli import provided, settings_from
 from services.platform.clitypes import OutputFile
 from services.platform.serving import serve_until_interrupted
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 
 _ID = r"^[0-9a-f]{32}$"
 
@@ -215,7 +216,7 @@ def audit_serve(ctx: click.Context, host: str, port: int) -> None:
 
     server = tile_server(_ledger(ctx, sign=False), host, port)
     click.echo(f"serving the ledger's tiles on http://{host}:{port}/ (Ctrl-C stops)")
-    serve_until_interrupted(server)
+    serve_until_interrupted(server, Deadline(_settings(ctx).drain_timeout_s, "tile server"))
 
 
 @audit.command("verify-tiles")
@@ -331,7 +332,7 @@ def witness_serve(ctx: click.Context, fund: str, host: str, port: int) -> None:
 
     server = witness_server(Witness.load(_settings(ctx).key_dir, fund), host, port)
     click.echo(f"witness of {fund} on http://{host}:{port}/add-checkpoint (Ctrl-C stops)")
-    serve_until_interrupted(server)
+    serve_until_interrupted(server, Deadline(_settings(ctx).drain_timeout_s, "witness"))
 
 
 @witness.command("cosign")
