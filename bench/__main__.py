@@ -33,6 +33,8 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "quix_signals_per_cpu_second", "Quix Streams, signaux par seconde de CPU de son processus",
      "signaux/s", None, ""),
     ("correlator", "ratio_quix", "Rapport correlator / Quix Streams", "", 1, "min"),
+    ("correlator", "ratio_quix_per_cpu", "Rapport correlator / Quix Streams par seconde de CPU (worker et "
+     "processus de contrôle ensemble, contre le processus Quix)", "", None, ""),
     ("correlator", "situations", "Situations ouvertes sur ces signaux, les mêmes pour le correlator et Quix Streams",
      "situations", None, ""),
     ("correlator", "plain_rate", "Agent Faust simple, message par message (signature, validation, écriture "
@@ -41,6 +43,8 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "signaux/s", None, ""),
     ("correlator", "ratio_plain", "Rapport correlator / agent Faust simple (mesuré avant l'issue 19 : 2,2 à 2,9)",
      "", 3, "min"),
+    ("correlator", "ratio_plain_per_cpu", "Rapport correlator / agent Faust simple par seconde de CPU (worker et "
+     "processus de contrôle ensemble, contre le processus de l'agent)", "", None, ""),
     ("correlator", "signals_per_cpu_second", "Correlator, signaux par seconde de CPU du processus worker",
      "signaux/s", None, ""),
     ("correlator", "signals_per_cpu_second_with_helpers",

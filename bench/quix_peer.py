@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -117,7 +118,7 @@ def make_app(bootstrap: str, registry_path: Path, output: str, count: int, state
         use_changelog_topics=changelog,
         state_dir=str(state_dir),
         consumer_extra_config=consumer,
-        loglevel="WARNING",
+        loglevel=os.environ.get("BENCH_QUIX_LOGLEVEL", "WARNING"),
     )
     sources = [app.topic(signal_topic(f), key_deserializer="str", value_deserializer="bytes") for f in Fund]
     sdf = app.dataframe(sources[0])
