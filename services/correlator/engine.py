@@ -99,6 +99,7 @@ from services.core.types import Date, Fund, Timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
+from services.platform.datakeys import is_sealed
 from services.platform.partitioning import partition_for
 from services.platform.topics import (
     CONTRACT_PARTITIONS,
@@ -207,6 +208,21 @@ def _bare_objection(state: PersonState) -> bool:
             and not state.consents and not state.marks and state.situation is None)
 
 
+class Sealer(Protocol):
+    """Seals person states under the person's data key (:class:`services.platform.datakeys.KeyRing`)."""
+
+    def seal(self, pseudonym_value: bytes, topic: str, plaintext: bytes) -> bytes: ...
+
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None: ...
+
+    def erase(self, pseudonym_value: bytes) -> None: ...
+
+
+def _value_of(key: bytes) -> bytes:
+    """The pseudonym's value in a person key (``key_id/value``)."""
+    return key.partition(b"/")[2]
+
+
 class StateCache:
     """Decoded person states, each with the exact table bytes it was read from or written as.
 
@@ -304,8 +320,13 @@ class Engine:
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = CONTRACT_PARTITIONS,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
-                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
+                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None,
+                 sealer: Sealer | None = None, state_topic: str = "persons") -> None:
         self.ctx = ctx
+        #: Seals each state written under the person's data key (None: states in clear);
+        #: ``state_topic`` (the changelog's name) is bound to every sealed value.
+        self.sealer = sealer
+        self.state_topic = state_topic
         #: Key of the objection markers (None: an objection stays a state under the pseudonym).
         self.marker_secret = marker_secret
         self.registry = registry
@@ -410,10 +431,19 @@ class Engine:
         self._batch_generation = self._generation
 
         marked: set[bytes] = set()  # persons read from a marker
+        sealer, state_topic = self.sealer, self.state_topic
 
         def get(key: bytes) -> PersonState | None:
             if key not in states:
                 raw = load(key)
+                if raw and sealer is not None and is_sealed(raw) and cache.get(key, raw) is None:
+                    # Sealed: opened with the person's key; a key destroyed (an erasure)
+                    # leaves nothing, as if no state had been written.
+                    plain = sealer.open(_value_of(key), state_topic, raw)
+                    if plain is None:
+                        raw = None
+                    else:
+                        cache.put(key, raw, PersonState.model_validate_json(plain))
                 if not raw:
                     # No state: an objection may have left a marker (looked up only then).
                     state = self._from_marker(key, load) if self.marker_secret is not None else None
@@ -453,6 +483,8 @@ class Engine:
                 batch.writes[self.marker_key(key)] = (partition, marker.model_dump_json().encode())
                 continue
             value = st.model_dump_json().encode()
+            if sealer is not None:
+                value = sealer.seal(_value_of(key), state_topic, value)
             batch.writes[key] = (partition, value)
             cache.put(key, value, st)
             if key in marked:  # the objection lifted (a later consent): the marker goes
@@ -613,6 +645,8 @@ class Engine:
             return
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
+        if self.sealer is not None:  # every earlier copy of the state: unreadable
+            self.sealer.erase(pseudonym.value.encode())
         if state is not None:
             purged = purge_person(state, command.issued_at)
             put(pkey, expected, purged)
@@ -625,22 +659,36 @@ class Engine:
                                     headers=headers))
 
     def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
-        """The retention sweep over (person key, changelog partition, state bytes): the new
+        """The retention sweep over (key, changelog partition, state bytes): the new
         state bytes of every person who kept signals older than the correlation window
-        (:func:`~services.core.person.sweep_person`), to write to the changelog."""
+        (:func:`~services.core.person.sweep_person`), to write to the changelog. A sealed
+        state is written back under its person key (the pseudonym inside it: the key given
+        may be the changelog's digest); objection markers and values in clear of an
+        earlier version are left to the next signal when states are sealed."""
         today = self.clock().date()
         rules = self.ctx.rules
         writes: dict[bytes, tuple[int, bytes]] = {}
+        sealer, state_topic = self.sealer, self.state_topic
         for key, partition, raw in items:
             if key.startswith(MARKER_PREFIX):
                 continue
-            state = self.states.get(key, raw)
-            if state is None:
-                state = PersonState.model_validate_json(raw)
+            if sealer is not None:
+                if not is_sealed(raw):
+                    continue
+                opened = sealer.open(None, state_topic, raw)
+                if opened is None:  # erased meanwhile: nothing to sweep
+                    continue
+                state = PersonState.model_validate_json(opened)
+                key = person_key(state.pseudonym.key_id, state.pseudonym.value)
+            else:
+                state = self.states.get(key, raw) or PersonState.model_validate_json(raw)
             swept = sweep_person(state, today=today, window_days=rules.fenetre_correlation_jours,
                                  max_signals=rules.signalements_max_par_personne)
             if swept is not None:
                 value = swept.model_dump_json().encode()
+                if sealer is not None:  # signals past the window: their earlier copies too
+                    sealer.erase(_value_of(key))
+                    value = sealer.seal(_value_of(key), state_topic, value)
                 writes[key] = (partition, value)
                 self.states.put(key, value, swept)
         return writes
@@ -669,6 +717,9 @@ class Engine:
         pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
         state, erased = apply_consent(get(pkey), event)
         put(pkey, partition, state)
+        if event.kind != "consentement_donne" and self.sealer is not None:
+            # An objection or a withdrawal: the earlier states (signals now erased) go with their key.
+            self.sealer.erase(event.pseudonym.value.encode())
         if erased:
             # Compacted topic: the tombstone makes every consumer forget the situation.
             batch.outputs.append(Output(SITUATIONS_TOPIC,

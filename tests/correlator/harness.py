@@ -34,6 +34,7 @@ def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
     env = {**os.environ,
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
+           "HELP_DATABASE_URL": settings.database_url,
            "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms), **(env or {})}
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
