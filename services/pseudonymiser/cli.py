@@ -72,6 +72,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve POST /v1/evaluate and GET /v1/keys until stopped (Ctrl-C, SIGTERM: the requests
     in flight are answered first)."""
     from services.core.pseudonymisation import public_path
+    from services.platform import metrics
     from services.pseudonymiser.keystore import store_dir
     from services.pseudonymiser.server import make_server
     from services.pseudonymiser.service import build_service
@@ -87,6 +88,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
                                  "check --host, and choose a free port with --port") from None
     click.echo(f"pseudonymiser on http://{host}:{port}/ (key version {service.current_version}; Ctrl-C stops it)",
                err=True)
+    metrics.serve(settings, "pseudonymiser")
     # SIGTERM or SIGINT: no new connection; the requests in flight are answered (their ledger
     # rows written), within HELP_DRAIN_TIMEOUT_S (services.platform.stopping).
     serve_until_interrupted(server, Deadline(settings.drain_timeout_s, "pseudonymiser"))
