@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from services.pseudonymiser.keystore import KEY_INFO, init_key, load_evaluators,
 from services.pseudonymiser.server import make_server, serve_in_thread
 from services.pseudonymiser.service import build_service
 from tests.support.local import free_port
+from tests.support.processes import start_service, terminate
 
 NIRS = ["185057800608491", "253072A07300443", "185057800608491"]
 
@@ -50,6 +53,16 @@ def service_settings(tmp_path: Path) -> Iterator[Settings]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _counted(fund: str) -> tuple[float, float]:
+    """help_pseudonymiser_evaluations_total and the quota refusals of ``fund``, so far."""
+    from services.platform.metrics import REGISTRY
+
+    evaluated = REGISTRY.get_sample_value("help_pseudonymiser_evaluations_total", {"fund": fund}) or 0.0
+    refused = REGISTRY.get_sample_value("help_pseudonymiser_refusals_total",
+                                        {"fund": fund, "reason": "quota_depasse"}) or 0.0
+    return evaluated, refused
 
 
 def _post(settings: Settings, doc: dict[str, object]) -> tuple[int, dict[str, object]]:
@@ -125,6 +138,7 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
     client = PseudonymClient.from_settings(service_settings, Fund.CAF)
     got = 0
     refusals = 0
+    evaluated_before, refused_before = _counted("caf")
     for start in range(0, 500, 10):
         try:
             client.prefetch([f"1850578006{i:05d}" for i in range(start, start + 10)])
@@ -133,6 +147,8 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
             assert exc.reason is Reason.QUOTA_DEPASSE
             refusals += 1
     assert got == 50 and refusals == 45
+    evaluated, refused = _counted("caf")  # the metrics say the same
+    assert (evaluated - evaluated_before, refused - refused_before) == (50, 45)
     rows = _ledger_rows(service_settings)
     assert sum(c for a, f, c, r, _ in rows if a == "pseudonymes_calcules") == 50
     assert [r for a, f, c, r, _ in rows if a == "pseudonymisation_refusee"] == ["quota_depasse"] * 45
@@ -275,3 +291,25 @@ def test_the_local_cache_spares_the_service_and_holds_no_nir(service_settings: S
     data = b"".join(f.read_bytes() for f in files)
     assert files and first.pseudonym(NIRS[0])["value"].encode() in data
     assert not any(n.encode() in data for n in NIRS)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_service_command_stops_on_a_signal_and_exits_0(tmp_path: Path, signum: int) -> None:
+    settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+    init_fund_keys(settings.key_dir, Fund.CAF)
+    init_exchange_key(settings.key_dir)
+    init_key(settings)
+    port = free_port()
+    log = tmp_path / "pseudonymiser.log"
+    proc = start_service(settings, log, "pseudonymiser", "serve", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 60
+        while "pseudonymiser on http" not in log.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+    finally:
+        terminate(proc)
