@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import os
 import random
 import resource
 import sys
@@ -266,7 +267,8 @@ def d(value: float, decimals: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--persons", type=int, default=1_000_000)
+    # make bench runs this module without arguments: HELP_BENCH_ROTATION_PERSONS sets its scale there.
+    parser.add_argument("--persons", type=int, default=int(os.environ.get("HELP_BENCH_ROTATION_PERSONS", 1_000_000)))
     parser.add_argument("--oprf", choices=("auto", "service", "direct"), default="auto",
                         help="pseudonyms blinded through the service, or as Evaluate(skS, input); "
                              "auto: the service up to 100,000 persons")
