@@ -385,9 +385,16 @@ def check_helpers(pid: int) -> list[int]:
     return found
 
 
+def _replaced(pid: int, victim: int, count: int) -> bool:
+    now = check_helpers(pid)
+    return victim not in now and len(now) == count
+
+
 def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Script:
-    """One worker; a check helper of it is killed with SIGKILL at random moments: the worker
-    must stop by itself (exit 75, nothing committed past what it finished) and is restarted."""
+    """One worker; a check helper of it is killed with SIGKILL at random moments. Killed
+    during a batch, the worker must stop by itself (exit 75, nothing committed past what it
+    finished) and is restarted; killed between batches, it must be replaced (a new helper,
+    the worker going on)."""
     async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
         workers.start("a")
         for _ in range(kills):
@@ -401,10 +408,18 @@ def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Scrip
                 await collector.poll()
                 helpers = check_helpers(proc.pid)
             assert helpers, "the worker has no check helper"
-            os.kill(rnd.choice(helpers), signal.SIGKILL)
+            victim = rnd.choice(helpers)
+            os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
+
+            while (proc.poll() is None and not _replaced(proc.pid, victim, len(helpers))
+                   and time.monotonic() < deadline):
                 await collector.poll()
+            if proc.poll() is None:
+                assert _replaced(proc.pid, victim, len(helpers)), (
+                    "the dead helper was neither replaced nor did the worker stop", workers.logs())
+                workers.events.append("kill -9 of a check helper: replaced between batches")
+                continue
             assert proc.returncode == 75, (proc.returncode, workers.logs())
             workers.procs.pop("a")
             workers.events.append("kill -9 of a check helper: worker stopped itself (75)")
