@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from services.pseudonymiser.keystore import KEY_INFO, init_key, load_evaluators,
 from services.pseudonymiser.server import make_server, serve_in_thread
 from services.pseudonymiser.service import build_service
 from tests.support.local import free_port
+from tests.support.processes import start_service, terminate
 
 NIRS = ["185057800608491", "253072A07300443", "185057800608491"]
 
@@ -315,3 +318,25 @@ def test_the_local_cache_spares_the_service_and_holds_no_nir(service_settings: S
     data = b"".join(f.read_bytes() for f in files)
     assert files and first.pseudonym(NIRS[0])["value"].encode() in data
     assert not any(n.encode() in data for n in NIRS)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_service_command_stops_on_a_signal_and_exits_0(tmp_path: Path, signum: int) -> None:
+    settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+    init_fund_keys(settings.key_dir, Fund.CAF)
+    init_exchange_key(settings.key_dir)
+    init_key(settings)
+    port = free_port()
+    log = tmp_path / "pseudonymiser.log"
+    proc = start_service(settings, log, "pseudonymiser", "serve", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 60
+        while "pseudonymiser on http" not in log.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+    finally:
+        terminate(proc)
