@@ -76,6 +76,7 @@ from services.core.messages import (
     Frozen,
     Pseudonym,
     SealedRef,
+    SituationEvent,
     SourcePosition,
     parse,
     to_wire,
@@ -95,7 +96,8 @@ from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
-from services.core.types import Date, Fund, Timestamp
+from services.core.trusted import trusted
+from services.core.types import Date, Fund, Purpose, Timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
@@ -304,8 +306,10 @@ class Engine:
     def __init__(self, ctx: Context, registry: Registry, *, partitions: int = CONTRACT_PARTITIONS,
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
-                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None) -> None:
+                 registry_source: RegistrySource | None = None, marker_secret: bytes | None = None,
+                 fast: bool = True) -> None:
         self.ctx = ctx
+        self.fast = fast
         #: Key of the objection markers (None: an objection stays a state under the pseudonym).
         self.marker_secret = marker_secret
         self.registry = registry
@@ -324,6 +328,9 @@ class Engine:
         self._receipts = ReceiptWriter()
         self._now = self.clock()
         self._limits = limits_at(self._now)
+        self._received_s = int(self._now.timestamp())
+        #: The bytes of the situation events written in the batch, by the event's id.
+        self._event_bytes: dict[int, tuple[Any, bytes]] = {}
 
     # ----------------------------------------------------------------------- markers
     def marker_key(self, key: bytes) -> bytes:
@@ -401,11 +408,13 @@ class Engine:
         and returns the batch: an event loop can run between the pauses (the worker's sends
         and acknowledgements of the previous batch go on meanwhile)."""
         batch = Batch()
+        self._event_bytes = {}
         states: dict[bytes, PersonState | None] = {}
         dirty: dict[bytes, int] = {}
         cache = self.states
         self._now = self.clock()  # one time for the batch's receipts, dead letters and date rules
         self._limits = limits_at(self._now)
+        self._received_s = int(self._now.timestamp())
         self.refresh()
         self._batch_generation = self._generation
 
@@ -452,11 +461,12 @@ class Engine:
                 batch.writes[key] = (partition, None)
                 batch.writes[self.marker_key(key)] = (partition, marker.model_dump_json().encode())
                 continue
-            value = st.model_dump_json().encode()
+            value = self._state_bytes(st) if self.fast else st.model_dump_json().encode()
             batch.writes[key] = (partition, value)
             cache.put(key, value, st)
             if key in marked:  # the objection lifted (a later consent): the marker goes
                 batch.writes[self.marker_key(key)] = (partition, None)
+        self._event_bytes = {}
         return batch
 
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
@@ -576,14 +586,12 @@ class Engine:
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
         if state is not None and state.marks and state.withdrawn(sig.purpose):
             raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
-        entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
-                            purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
-                            sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
-                            source=position, received_s=int(self._now.timestamp()))
+        fast = self.fast and _trusted_signal(sig, position)
+        entry = _entry(sig, position, self._received_s, fast)
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
-            state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))
-        step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred)
+            state = _new_person(sig.pseudonym, fast)
+        step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred, fast=fast)
         put(pkey, partition, step.state)
         for event in step.events:
             self._situation(batch, event)
@@ -646,7 +654,33 @@ class Engine:
         return writes
 
     def _situation(self, batch: Batch, event: Any) -> None:
-        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))
+        if self.fast:
+            value = _EVENT_JSON(event)
+            # Kept for the state's bytes at the batch's end (see _state_bytes); the event is
+            # held too, so its id cannot be reused by another object meanwhile.
+            self._event_bytes[id(event)] = (event, value)
+        else:
+            value = _wire(event)
+        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), value))
+
+    def _state_bytes(self, state: PersonState) -> bytes:
+        """``state.model_dump_json().encode()``, taking the situation's last event as the bytes
+        already written for it this batch (:meth:`_situation`) instead of serialising it again.
+
+        pydantic-core writes a nested model as it writes it alone, and the situation is the
+        state's last field but one: its member goes before ``"version_floor"``, the last
+        member, whose value is an integer (``tests/correlator/test_fast_paths.py`` holds the
+        two forms together)."""
+        sit = state.situation
+        known = self._event_bytes.get(id(sit.last_event)) if sit is not None else None
+        if sit is None or known is None or known[0] is not sit.last_event:
+            return _STATE_JSON(state)
+        head = _STATE_JSON(state, exclude=_NO_SITUATION)
+        cut = head.rindex(b',"version_floor":')
+        closed = b"null" if sit.closed_on is None else b'"%s"' % sit.closed_on.isoformat().encode()
+        member = (b',"situation":{"situation_id":"%s","version":%d,"status":"%s","closed_on":%s,"last_event":%s}'
+                  % (sit.situation_id.encode(), sit.version, sit.status.encode(), closed, known[1]))
+        return head[:cut] + member + head[cut:]
 
     def _consent(self, batch: Batch, rec: Record, raw: bytes,
                  get: Callable[[bytes], PersonState | None],
@@ -679,3 +713,49 @@ class Engine:
 
 def _wire(event: Any) -> bytes:
     return bytes(to_wire(event))
+
+
+#: ``to_wire`` of a situation event and ``model_dump_json().encode()`` of a state, as the
+#: bytes pydantic-core writes (model_dump_json decodes them to a str, to_wire encodes it back).
+_EVENT_JSON = SituationEvent.__pydantic_serializer__.to_json
+_STATE_JSON = PersonState.__pydantic_serializer__.to_json
+_NO_SITUATION = {"situation"}
+
+
+_SOURCE_MAX = SignalEntry.model_fields["source"].metadata[0].max_length
+
+
+def _trusted_signal(sig: CheckedSignal, position: str) -> bool:
+    """Whether a signal entry of ``sig`` read at ``position`` may be built without validation:
+    its values are those of a validated :class:`~services.core.messages.Signal` (what a
+    :class:`CheckedSignal` holds, whether made here or in a check helper), the enums and the
+    date of their exact types, and the position within the entry's bound."""
+    return (type(sig.fund) is Fund and type(sig.purpose) is Purpose and type(sig.observed_on) is dt.date
+            and len(position) <= _SOURCE_MAX)
+
+
+def _entry(sig: CheckedSignal, position: str, received_s: int, fast: bool) -> SignalEntry:
+    """The state's entry of an accepted signal; ``fast``: see :func:`_trusted_signal`."""
+    if fast:
+        return trusted(SignalEntry, {
+            "signal_id": sig.signal_id, "fund": sig.fund, "category": sig.category,
+            "purpose": sig.purpose, "observed_on": sig.observed_on, "territory": sig.territory,
+            "sealed_ref": trusted(SealedRef, {"key_id": sig.sealed_ref[0], "value": sig.sealed_ref[1]}),
+            "source": position, "received_s": received_s})
+    return SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
+                       purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
+                       sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
+                       source=position, received_s=received_s)
+
+
+def _new_person(pseudonym: tuple[str, str], fast: bool) -> PersonState:
+    """A person's first state, under the (validated) pseudonym of a checked signal."""
+    if fast:
+        fields = {"pseudonym": trusted(Pseudonym, {"key_id": pseudonym[0], "value": pseudonym[1]})}
+        fields.update(_PERSON_DEFAULTS)
+        return trusted(PersonState, fields, ("pseudonym",))
+    return new_person(Pseudonym(key_id=pseudonym[0], value=pseudonym[1]))
+
+
+#: Every field of a person's state but the pseudonym, at its default (immutable values).
+_PERSON_DEFAULTS = {name: info.default for name, info in PersonState.model_fields.items() if name != "pseudonym"}
