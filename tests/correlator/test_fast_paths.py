@@ -219,8 +219,8 @@ def _same_model(a: Any, b: Any) -> None:
 def test_fast_step_equals_the_reference(steps: list[Any], floor: int) -> None:
     from services.core.person import new_person
     from services.core.rules import on_signal
-    from services.correlator.engine import _EVENT_JSON, _entry, _new_person, _trusted_signal
     from services.correlator.checks import CheckedSignal
+    from services.correlator.engine import _EVENT_JSON, _entry, _new_person, _trusted_signal
     from tests.correlator.core_fixtures import PSEUDO, TODAY
 
     ctx = context()
