@@ -53,6 +53,7 @@ def start(tree: Path, settings: Settings, app_id: str, log: Path) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(tree),
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
+           "HELP_DATABASE_URL": settings.database_url,
            "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms)}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", entrypoint(tree), "correlator", "--app-id", app_id],

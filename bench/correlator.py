@@ -340,7 +340,7 @@ async def published(prefix: str, signals: int) -> AsyncIterator[Bench]:
         bootstrap = f"{settings.broker_host}:{settings.broker_port}"
         await apply_topics(settings, bootstrap, load_topic_specs(settings.schemas_dir / "asyncapi.yaml"))
         settings = load_settings(var_dir=var, key_dir=var / "keys", bootstrap_servers=bootstrap,
-                                 session_timeout_ms=6000)
+                                 session_timeout_ms=6000, database_url=f"sqlite:///{var / 'casebook.db'}")
         funds = Funds()
         funds.write_registry(settings.key_dir)
         items = items_for(funds, prefix, signals // 2)

@@ -93,7 +93,8 @@ def one_run(signals: int) -> dict[str, float]:
             publish_s = time.monotonic() - t0
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
-                   "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000"}
+                   "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
+                   "HELP_DATABASE_URL": f"sqlite:///{root / 'casebook.db'}"}
             with (root / "correlator.log").open("wb") as log:
                 worker = subprocess.Popen([sys.executable, "-m", "services.app.cli", "correlator"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)

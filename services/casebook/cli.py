@@ -261,6 +261,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     import uvicorn
 
     from services.casebook.web import create_app
+    from services.platform import metrics
     from services.platform.db import open_engine
 
     settings = _ctx_settings(ctx)
@@ -272,4 +273,5 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
         raise InputError("aucun utilisateur n'est défini pour la vue web",
                          "ajoutez-en un : help-exchange users add --id ... --role ... --territory ...")
     click.echo(f"casebook web view on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
+    metrics.serve(settings, "web")  # (the process's own metrics: CPU, memory, files)
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False)

@@ -26,6 +26,7 @@ committing. ``exactly_once`` is not used (docs/architecture.md, decision 4).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any, cast
@@ -40,13 +41,15 @@ from services.correlator import faust_seam
 from services.correlator.checkpoint import EXIT_FATAL, Checkpoints
 from services.correlator.checkpool import CheckPool
 from services.correlator.delivery import inbox_handler, take_batches
-from services.correlator.engine import REPARTITION_TOPIC, Engine
+from services.correlator.engine import REPARTITION_TOPIC, Engine, Sealer
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore
+from services.platform.datakeys import KeyRing, KeyStore, changelog_key
+from services.platform.db import open_engine
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
@@ -68,7 +71,12 @@ def source_topics() -> list[str]:
     return [signal_topic(f) for f in Fund] + [CONSENTS_TOPIC, REPARTITION_TOPIC]
 
 
-def build_engine(settings: Settings) -> Engine:
+def key_ring(settings: Settings) -> KeyRing:
+    """The persons' data keys, in the exchange's database (``exchange_data_keys``)."""
+    return KeyRing(KeyStore(open_engine(settings.database_url)), marker_key(settings))
+
+
+def build_engine(settings: Settings, sealer: Sealer | None = None) -> Engine:
     rules = load_rules(settings.schemas_dir / "rules.yaml", settings.taxonomy)
     ctx = Context(rules=rules, taxonomy=settings.taxonomy, policy=settings.policy)
     # Verified against the pinned registry signer, re-read when it changes (docs/keys.md).
@@ -77,7 +85,8 @@ def build_engine(settings: Settings) -> Engine:
     helpers = settings.correlator_check_processes
     checks = CheckPool(registry, helpers, partitions=settings.partitions) if helpers > 0 else None
     return Engine(ctx, registry, partitions=settings.partitions, checks=checks, registry_source=source,
-                  marker_secret=marker_key(settings))
+                  marker_secret=marker_key(settings), sealer=sealer,
+                  state_topic=changelog_topic(settings.correlator_app_id))
 
 
 def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -125,7 +134,8 @@ def _stop(what: str) -> None:
 
 def make_app(settings: Settings, bootstrap: str) -> faust.App:
     """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
-    engine = build_engine(settings)
+    keys = key_ring(settings)
+    engine = build_engine(settings, keys)
     faust_seam.install(settings.correlator_fetch_wait_ms)
     app = _faust_app(settings, bootstrap)
     names = source_topics()
@@ -146,12 +156,13 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
 
     gauges = WorkerGauges(settings, assigned=lambda: processor.positions.assigned, make_consumer=lag_probe)
     processor = Processor(
-        engine, PersonStore(changelog_topic(settings.correlator_app_id)),
+        engine, PersonStore(changelog_topic(settings.correlator_app_id),
+                            functools.partial(changelog_key, keys.secret)),
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), gauges.commit(faust_seam.commit(app)),
                     timed=gauges.checkpoint_done),
         HeapPolicy(settings.correlator_gc_full_every_s),
-        topics=set(names), send_one=send_acked, loader=loader, gauges=gauges)
+        topics=set(names), send_one=send_acked, loader=loader, gauges=gauges, keys=keys)
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         await processor.revoked(args[0])

@@ -8,7 +8,10 @@ kept on a changelog topic:
    situation event is only ever sent for a state already on the changelog, so version N of
    a situation means one content forever;
 2. the outputs (receipts, dead letters, forwards, situation events), acknowledged;
-3. the next offsets of what the batch processed, committed.
+3. the data keys the batch's erasures retired, destroyed (:mod:`services.platform.datakeys`:
+   the states written under the new keys are on the broker by then; a crash before this
+   step processes the records again, which destroys them then);
+4. the next offsets of what the batch processed, committed.
 
 A step that raises stops the sequence: nothing after it runs, so no offset is committed
 past an effect that is not on the broker. The records come again after a restart, and the
@@ -53,12 +56,17 @@ class Checkpoint:
     writes: Sequence[Output] = ()
     outputs: Sequence[Output] = ()
     offsets: dict[TP, int] = field(default_factory=dict)
+    #: Destroys the data keys the batch retired (None: it retired none).
+    destroy: Callable[[], Awaitable[None]] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
-        """State writes acknowledged, then outputs acknowledged, then the offsets committed;
-        an exception from a step is raised before the next one starts."""
+        """State writes acknowledged, then outputs acknowledged, then the retired keys
+        destroyed, then the offsets committed; an exception from a step is raised before
+        the next one starts."""
         await send(self.writes)
         await send(self.outputs)
+        if self.destroy is not None:
+            await self.destroy()
         if self.offsets:  # (a retention sweep's writes commit no offset)
             await commit(self.offsets)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -26,6 +26,7 @@ from services.correlator.engine import Batch, Engine, Output
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
+from services.platform.datakeys import KeyRing
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
@@ -38,8 +39,10 @@ class Processor:
     def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
                  checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
                  send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer],
-                 gauges: WorkerGauges | None = None) -> None:
+                 gauges: WorkerGauges | None = None, keys: KeyRing | None = None) -> None:
         self.engine = engine
+        #: The persons' data keys the engine seals states with (None: states in clear).
+        self.keys = keys
         self.store = store
         self.positions = positions
         self.checkpoints = checkpoints
@@ -62,7 +65,10 @@ class Processor:
         started = time.perf_counter()
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
-        steps = self.engine.steps([to_record(m) for m in messages], store.get, every=STEP_RECORDS)
+        records = [to_record(m) for m in messages]
+        if self.keys is not None:  # the batch's keys in one lookup (records are keyed by pseudonym)
+            await asyncio.to_thread(self.keys.prefetch, {r.key for r in records if r.key})
+        steps = self.engine.steps(records, store.get, every=STEP_RECORDS)
         batch: Batch
         while True:  # the previous batch's checkpoint progresses between the steps
             try:
@@ -73,7 +79,8 @@ class Processor:
             await asyncio.sleep(0)
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
-        await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets))
+        destroy = await self._store_keys()
+        await self.checkpoints.submit(Checkpoint(self._keep(batch.writes), batch.outputs, offsets, destroy))
         if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
             self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
@@ -83,15 +90,38 @@ class Processor:
         store, changelog = self.store, self.store.changelog
         for key, (partition, value) in writes.items():
             store.put(key, partition, value)
-        return [Output(changelog, key, value, partition) for key, (partition, value) in writes.items()]
+        return [Output(changelog, store.changelog_key(key), value, partition)
+                for key, (partition, value) in writes.items()]
+
+    async def _store_keys(self) -> Callable[[], Awaitable[None]] | None:
+        """Insert the keys the batch made (before anything sealed under them is sent); the
+        step that destroys the keys it retired, for its checkpoint."""
+        keys = self.keys
+        if keys is None:
+            return None
+        new = keys.take_new()
+        if new:
+            await asyncio.to_thread(keys.store.insert, new)
+        retired = keys.take_retired()
+        if not retired:
+            return None
+        store = keys.store
+
+        async def destroy() -> None:
+            await asyncio.to_thread(store.destroy, retired)
+
+        return destroy
 
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
         processed at once); its writes are checkpointed as a batch's, with no offset."""
+        if self.keys is not None:  # destroyed keys out of SQLite's WAL too, in time
+            await asyncio.to_thread(self.keys.store.maybe_scrub)
         async with self.lock:
             writes = self.engine.sweep(self.store.sweep_page(page))
             if writes:
-                await self.checkpoints.submit(Checkpoint(self._keep(writes)))
+                destroy = await self._store_keys()
+                await self.checkpoints.submit(Checkpoint(self._keep(writes), destroy=destroy))
         return len(writes)
 
     async def revoked(self, tps: set[TP]) -> None:
@@ -102,6 +132,8 @@ class Processor:
             self.positions.revoke(ours)
             still = {tp.partition for tp in self.positions.assigned}
             self.store.drop({tp.partition for tp in ours} - still)
+            if self.keys is not None:  # another worker may rotate those persons' keys now
+                self.keys.clear()
 
     async def assigned(self, tps: set[TP]) -> None:
         async with self.lock:

@@ -19,9 +19,14 @@ heuristic; this store does not depend on end offsets at all:
 - a partition is loaded by the agent itself, before it processes the first record of that
   partition, and dropped when the partition is revoked, so a state is never read stale.
 
-Values are the engine's JSON bytes, re-validated by the engine on every read. Fence records
-(key starting with NUL, value null) never collide with a person key (``key_id/value``, text)
-and are compacted away like any tombstone.
+Values are the engine's bytes (sealed under the person's data key when the worker has a
+key ring: :mod:`services.platform.datakeys`), re-validated by the engine on every read.
+Given ``key_of``, the changelog's keys are not the engine's person keys (``key_id/value``,
+the pseudonym) but ``key_of`` of them, a keyed digest: a record's key then names no one to
+a reader without the exchange's marker key. Keys of an earlier version (they hold a ``/``)
+are mapped the same way when a partition is loaded, so their states are found; their
+records stay on the changelog until compaction. Fence records (key starting with NUL, value
+null) never collide with either and are compacted away like any tombstone.
 """
 
 from __future__ import annotations
@@ -47,18 +52,27 @@ class StoreLoadError(RuntimeError):
 class PersonStore:
     """Person key -> state JSON, for the changelog partitions this worker has loaded."""
 
-    def __init__(self, changelog: str) -> None:
+    def __init__(self, changelog: str, key_of: Callable[[bytes], bytes] | None = None) -> None:
         self.changelog = changelog
+        #: The changelog key of an engine's key (None: the same).
+        self.key_of = key_of
         self._values: dict[bytes, bytes] = {}
         self._partition_of: dict[bytes, int] = {}
         self.loaded: set[int] = set()
         self._sweep: list[bytes] = []
         self._sweep_done = False
 
+    def changelog_key(self, key: bytes) -> bytes:
+        return key if self.key_of is None else self.key_of(key)
+
     def get(self, key: bytes) -> bytes | None:
-        return self._values.get(key)
+        return self._values.get(key if self.key_of is None else self.key_of(key))
 
     def put(self, key: bytes, partition: int, value: bytes | None) -> None:
+        """Keep ``value`` for the engine's ``key`` (None: forget it)."""
+        self._put(key if self.key_of is None else self.key_of(key), partition, value)
+
+    def _put(self, key: bytes, partition: int, value: bytes | None) -> None:
         if value is None:
             self._values.pop(key, None)
             self._partition_of.pop(key, None)
@@ -81,7 +95,8 @@ class PersonStore:
 
     def sweep_page(self, n: int) -> list[tuple[bytes, int, bytes]]:
         """The next ``n`` persons of a pass over every state held (a snapshot of the keys
-        taken when a pass starts; keys gone since are skipped), as (key, partition, value).
+        taken when a pass starts; keys gone since are skipped), as (changelog key, partition,
+        value).
         An empty list ends a pass; the next call starts another."""
         if not self._sweep:
             if self._sweep_done:
@@ -124,7 +139,10 @@ class PersonStore:
                         read += 1
                         if r.key is None or r.key.startswith(b"\x00"):
                             continue
-                        self.put(r.key, tp.partition, r.value)
+                        key = r.key
+                        if self.key_of is not None and b"/" in key:  # an earlier version's key
+                            key = self.key_of(key)
+                        self._put(key, tp.partition, r.value)
                 for tp, fence in list(pending.items()):
                     if await consumer.position(tp) > fence:
                         del pending[tp]

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from services.errors import ConfigurationError
+from services.errors import ConfigurationError, InputError
 from services.platform.settings import Settings
 
 log = logging.getLogger("help.metrics")
@@ -138,6 +140,20 @@ def forget_partitions(consumer: str, partitions: Iterable[tuple[str, int]]) -> N
 def exposition(registry: CollectorRegistry = REGISTRY) -> str:
     """The registry in the Prometheus text format (what ``/metrics`` answers)."""
     return generate_latest(registry).decode()
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
+    try:
+        if not path.name:
+            raise ValueError("no file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.replace(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"the metrics file {str(path)!r} cannot be written: {exc}",
+                         "give a file path in a writable directory, e.g. textfile/help-outbox-caf.prom") from None
 
 
 def outbox_exposition(depths: Mapping[tuple[str, str], int]) -> str:

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     pseudonym_scheme: Literal["v1", "v2"] = "v1"
     """``v1``: HMAC under the exchange key every fund holds (docs/contract.md §4). ``v2``: RFC 9497
     VOPRF, asked of the pseudonymisation service; the fund holds no pseudonymisation key (§4.2)."""
+    pseudonym_migration: Literal["", "v1"] = ""
+    """``v1`` during a v1 → v2 migration window (with ``pseudonym_scheme`` ``v2``): each signal
+    also carries the person's v1 pseudonym as ``pseudonym_previous`` (contract §4.3), computed
+    with the v1 exchange key the fund holds until the window ends; empty: no v1 link."""
     pseudonymiser_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$")] = \
         "http://127.0.0.1:19480"
     """Where producers reach the pseudonymisation service (scheme v2)."""

@@ -227,14 +227,28 @@ def register(cli: click.Group) -> None:
 
     @outbox.command("status")
     @FUND
+    @click.option("--prometheus", is_flag=True,
+                  help="Print the outbox depth as Prometheus metrics (help_producer_outbox_rows) instead; exit 0.")
+    @click.option("--textfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Also write those metrics to this file, replaced atomically (node_exporter's textfile "
+                       "collector: a name ending in .prom in its directory).")
     @click.pass_context
-    def outbox_status(ctx: click.Context, fund: str) -> None:
+    def outbox_status(ctx: click.Context, fund: str, prometheus: bool, textfile: Path | None) -> None:
         """How many signals wait in the outbox (exit 1 if some do)."""
         from services.producer.outbox import Outbox
 
         settings = _settings(ctx)
         with Outbox.for_fund(settings.var_dir, Fund(fund)) as box:
             st = box.status()
+        if prometheus or textfile is not None:
+            from services.platform.metrics import outbox_exposition, write_textfile
+
+            text = outbox_exposition({(fund, "pending"): st.pending, (fund, "awaiting_receipt"): st.awaiting_receipt})
+            if textfile is not None:
+                write_textfile(textfile, text)
+            if prometheus:
+                click.echo(text, nl=False)
+                return
         click.echo(f"boîte d'envoi {fund} : {st.pending} en attente, {st.sent} déjà publiés"
                    + (f" (plus ancien en attente : {st.oldest_pending})" if st.oldest_pending else ""))
         click.echo(f"  accusés : {st.accepted} acceptés, {st.refused} refusés définitivement, "

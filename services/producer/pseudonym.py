@@ -42,6 +42,10 @@ class PseudonymSource(Protocol):
 
     def pseudonym(self, nir: str) -> dict[str, str]: ...
 
+    def previous(self, nir: str) -> dict[str, str] | None:
+        """The ``pseudonym_previous`` link (contract §4.3) in a rotation or migration window."""
+        ...
+
 
 class HmacSource:
     """Scheme v1: HMAC under the current exchange key, which the fund holds."""
@@ -55,6 +59,10 @@ class HmacSource:
 
     def pseudonym(self, nir: str) -> dict[str, str]:
         return pseudonym(self.key_id, self._key, nir)
+
+    def previous(self, nir: str) -> dict[str, str] | None:
+        """v1 keys rotate without a link (a v1 rotation moves every fund at once)."""
+        return None
 
 
 def source_for(settings: Settings, fund: Fund, registry: Registry | None = None) -> PseudonymSource:

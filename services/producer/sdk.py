@@ -270,6 +270,9 @@ class SignalBuilder:
             "legal_basis": basis,
             "purpose": purpose.value,
         }
+        link = self._pseudonyms.previous(nir)
+        if link is not None:  # a rotation or migration window (contract §4.3), signed with the rest
+            message["pseudonym_previous"] = link
         # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); the wire
         # form is that form with the signature member in its sorted place.
         unsigned = canonical(message)

@@ -70,6 +70,7 @@ def keys_cmd(ctx: click.Context) -> None:
 def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve POST /v1/evaluate and GET /v1/keys until stopped (Ctrl-C)."""
     from services.core.pseudonymisation import public_path
+    from services.platform import metrics
     from services.pseudonymiser.keystore import store_dir
     from services.pseudonymiser.server import make_server
     from services.pseudonymiser.service import build_service
@@ -85,4 +86,5 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
                                  "check --host, and choose a free port with --port") from None
     click.echo(f"pseudonymiser on http://{host}:{port}/ (key version {service.current_version}; Ctrl-C stops it)",
                err=True)
+    metrics.serve(settings, "pseudonymiser")
     serve_until_interrupted(server)

@@ -24,6 +24,7 @@ from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
+from services.platform import metrics
 from services.pseudonymiser.service import Pseudonymiser
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int)
             except ValueError:
                 length = -1
             if not 0 <= length <= max_body:
+                metrics.REFUSALS.labels("", Reason.LOT_TROP_VOLUMINEUX.value).inc()  # (fund not read)
                 self._send(400, {"reason": Reason.LOT_TROP_VOLUMINEUX.value,
                                  "message": "request too large or without a length",
                                  "hint": "split the request; send Content-Length"})
@@ -92,6 +94,11 @@ def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int)
             body = self.rfile.read(length)
             try:
                 fund, request_id, version, blinded = _parse(body)
+            except Refused as exc:  # (the service counts its own refusals)
+                metrics.REFUSALS.labels("", exc.reason.value).inc()
+                self._send(400, {"reason": exc.reason.value, "message": exc.detail, "hint": exc.hint})
+                return
+            try:
                 answer = service.evaluate(fund, request_id, blinded, version)
             except Refused as exc:
                 self._send(_STATUS.get(exc.reason, 400),

@@ -21,6 +21,7 @@ from services.core.oprf import Evaluator, OprfError
 from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.types import Fund
+from services.platform import metrics
 from services.platform.settings import Settings
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -126,6 +127,10 @@ class Pseudonymiser:
 
     def _enter(self, answered: bool, fund: Fund, request_id: str, count: int, version: str,
                now: dt.datetime, reason: Reason | None) -> None:
+        if answered:
+            metrics.EVALUATIONS.labels(fund.value).inc(count)
+        else:
+            metrics.REFUSALS.labels(fund.value, reason.value if reason else "").inc()
         if self._log is not None:
             self._log.batch(answered=answered, fund=fund, request_id=request_id, count=count,
                             version=version, at=now, reason=reason)

@@ -21,6 +21,8 @@ from services.casebook.retention import PurgePlan
 from services.core.registry import load_registry
 from services.core.types import Fund
 from services.correlator.engine import Engine
+from services.platform.datakeys import KeyRing, KeyStore, changelog_key, is_sealed
+from services.platform.db import open_engine
 from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.producer.consent import record_file
@@ -50,10 +52,12 @@ async def _signals(settings: Settings, people: list[str], tag: str, categories: 
             assert not result.rejected and result.sent == len(people), result
 
 
-async def _latest_states(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+async def _latest_states(bootstrap: str, topic: str) -> tuple[dict[bytes, bytes | None], list[bytes]]:
+    """The latest value per key, and every value ever written, from offset 0."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     latest: dict[bytes, bytes | None] = {}
+    every: list[bytes] = []
     try:
         tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -69,9 +73,11 @@ async def _latest_states(bootstrap: str, topic: str) -> dict[bytes, bytes | None
                 for r in records:
                     if r.key is not None and not r.key.startswith(b"\x00"):
                         latest[r.key] = r.value
+                        if r.value is not None:
+                            every.append(r.value)
     finally:
         await consumer.stop()
-    return latest
+    return latest, every
 
 
 @pytest.mark.parametrize("seed", [21, 5])  # kill after ~0.13 s and ~0.5 s
@@ -131,16 +137,25 @@ async def test_kill_9_while_erasing_leaves_no_copy(settings: Settings, tmp_path:
         stop(worker)
         await collector.stop()
 
-    # The changelog, latest state per person: nothing of the old signals anywhere.
-    states = await _latest_states(settings.bootstrap_servers or "", f"{APP_ID}-persons-changelog")
+    # The changelog, latest state per person: nothing of the old signals anywhere; and every
+    # value ever written, from offset 0: what still opens holds none of the old signals.
+    topic = f"{APP_ID}-persons-changelog"
+    states, every = await _latest_states(settings.bootstrap_servers or "", topic)
+    secret = marker_key(settings)
     marker_of = Engine(context(), load_registry(registry_path(settings.key_dir)),
-                       marker_secret=marker_key(settings)).marker_key
+                       marker_secret=secret).marker_key
+    ring = KeyRing(KeyStore(open_engine(settings.database_url)), secret)
     for p in objectors:
         person = f"{key_id}/{pseudo[p]}".encode()
-        assert states[person] is None  # the pseudonym's key: a tombstone
-        marker = states[marker_of(person)]
+        assert states[changelog_key(secret, person)] is None  # the person's key: a tombstone
+        marker = states[changelog_key(secret, marker_of(person))]
         assert marker is not None and pseudo[p].encode() not in marker
         assert json.loads(marker)["opposed_at"]
     for p in purged:
-        state = json.loads(states[f"{key_id}/{pseudo[p]}".encode()] or b"{}")
+        raw = states[changelog_key(secret, f"{key_id}/{pseudo[p]}".encode())] or b""
+        state = json.loads(ring.open(pseudo[p].encode(), topic, raw) or b"{}")
         assert {s["category"] for s in state["signals"]} == {"separation", "demande_action_sociale_urssaf"}
+    opened = [ring.open(None, topic, raw) for raw in every if is_sealed(raw)]
+    assert len(opened) > len(purged) and not any(is_sealed(raw) is False and b"signals" in raw for raw in every)
+    for plain in opened:
+        assert plain is None or not any(ref.encode() in plain for ref in old_refs), plain

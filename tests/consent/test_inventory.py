@@ -14,7 +14,7 @@ import yaml
 from services.casebook import tables as casebook_tables
 from services.correlator.engine import REPARTITION_TOPIC
 from services.ledger import tables as ledger_tables
-from services.platform import tracking
+from services.platform import datakeys, tracking
 from services.platform.db import VERSION_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_every_topic_and_table_is_in_the_inventory() -> None:
     addresses = {c["address"].replace("{fund}", "<fund>") for c in spec["channels"].values()}
     internal = {REPARTITION_TOPIC, "<app id>-persons-changelog"}
     tables = (set(casebook_tables.metadata.tables) | set(ledger_tables.metadata.tables)
-              | set(tracking.metadata.tables) | {VERSION_TABLE})
+              | set(tracking.metadata.tables) | set(datakeys.metadata.tables) | {VERSION_TABLE})
     missing = (addresses | internal | tables) - set(places)
     assert not missing, f"not in docs/erasure.md: {sorted(missing)}"
     assert len(addresses) >= 7 and len(tables) >= 10  # the scan found them

@@ -1,5 +1,6 @@
 """The AsyncAPI document is valid for the official AsyncAPI parser and agrees with the models;
-docker-compose.yml is valid against the Compose specification."""
+docker-compose.yml is valid against the Compose specification, and its Prometheus scrapes every
+long-running service on the port that service serves its metrics on."""
 
 from __future__ import annotations
 
@@ -98,3 +99,66 @@ def test_compose_services_run_the_project_cli() -> None:
     assert commands["topics"] == ["topics", "apply"]
     assert (REPO / "deploy" / "Dockerfile").is_file()
     assert 'ENTRYPOINT ["help-exchange"]' in (REPO / "deploy" / "Dockerfile").read_text()
+
+
+#: The commands that run until stopped, and so serve metrics (services/platform/metrics.py).
+LONG_RUNNING = (["correlator"], ["casebook", "sink"], ["audit", "sink"], ["serve"], ["pseudonymiser", "serve"])
+
+
+def _metrics_port(service: dict[str, object]) -> int | None:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict)
+    port = env.get("HELP_METRICS_PORT")
+    return int(port) if port not in (None, "", "0") else None
+
+
+def _scrape_targets(config: dict[str, object]) -> dict[str, set[tuple[str, int]]]:
+    """job -> (host, port) of its static and DNS targets."""
+    jobs: dict[str, set[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:  # type: ignore[attr-defined]
+        targets: set[tuple[str, int]] = set()
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", "compose names resolve to A records (no SRV)"
+            targets |= {(name, int(dns["port"])) for name in dns["names"]}
+        assert job["job_name"] not in jobs, f"job {job['job_name']} twice"
+        jobs[job["job_name"]] = targets
+    return jobs
+
+
+def test_prometheus_scrapes_every_long_running_service_on_its_metrics_port() -> None:
+    doc = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = doc["services"]
+    prometheus = services["prometheus"]
+    image = prometheus["image"]
+    assert image.startswith("prom/prometheus:v") and image.rsplit(":", 1)[1][1:2].isdigit(), image  # pinned
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"] if v.startswith("./")}
+    assert mounted["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    assert config["global"]["scrape_interval"].endswith("s")
+    targets = _scrape_targets(config)
+    scraped = {host: port for job in targets.values() for host, port in job}
+    # Every target is a service of the file, scraped on the port that service listens on.
+    for job, hosts in targets.items():
+        assert hosts, f"job {job} has no target"
+        for host, port in hosts:
+            assert host in services, f"job {job}: {host} is not a service of docker-compose.yml"
+            assert _metrics_port(services[host]) == port, f"job {job}: {host} serves metrics on " \
+                                                          f"{_metrics_port(services[host])}, not {port}"
+    # Every long-running service of the file is scraped.
+    running = {name for name, svc in services.items() if svc.get("build") and svc.get("command")
+               and any(svc["command"][:len(c)] == c for c in LONG_RUNNING)}
+    assert running >= {"correlator", "casebook-sink", "audit-sink", "web"}
+    assert running <= set(scraped), f"not scraped: {sorted(running - set(scraped))}"
+
+
+def test_the_scrape_check_refuses_a_target_that_is_not_a_service() -> None:
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    config["scrape_configs"][0]["dns_sd_configs"][0]["names"] = ["correlater"]
+    wrong = [host for hosts in _scrape_targets(config).values() for host, _ in hosts if host not in services]
+    assert wrong == ["correlater"]

@@ -19,11 +19,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
-from tests.support.signals import Funds, wire
+from tests.support.signals import EXCHANGE_KEY, Funds, wire
+
+#: The newer exchange key of a rotation scenario (``run_scenario(rotation=True)``).
+ROTATED_KEY = "xk-20260601-bbbb"
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
@@ -34,6 +38,7 @@ def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
     env = {**os.environ,
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
+           "HELP_DATABASE_URL": settings.database_url,
            "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms), **(env or {})}
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
@@ -252,17 +257,31 @@ class ScenarioResult:
 
 
 async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, people: int, rate: float,
-                       seed: int, app_id: str, wait_s: float = 150.0) -> ScenarioResult:
+                       seed: int, app_id: str, wait_s: float = 150.0, rotation: bool = False) -> ScenarioResult:
     """Publish ``people``'s signals at ``rate``/s (then ~20 genuine replays) while ``script``
     starts, kills and stops workers; then check, against the ground truth: every record got
     a receipt, every original accepted and every replay refused as ``doublon``; the latest
     version of each situation is exactly the expected one, none missing, none extra; one
-    situation per person; an event id always means the same bytes; no signal accepted twice."""
+    situation per person; an event id always means the same bytes; no signal accepted twice.
+
+    ``rotation``: the second half of the signals is published under a newer exchange key with
+    the link to the previous pseudonym (contract §4.3): each person's state must move to its
+    new pseudonym, across partitions, through the kills, with the same outcome."""
     started = time.monotonic()
-    funds = Funds()
+    funds = Funds(more_exchange_keys=(ExchangeKeyEntry(key_id=ROTATED_KEY, created_at="2026-06-01T00:00:00Z"),)
+                  if rotation else ())
     funds.write_registry(settings.key_dir)
     signals = plan(seed, people, f"{app_id}-")
-    messages = [funds.signal(p, f, c, n=n) for p, f, c, n in signals]
+    moved: set[str] = set()
+
+    def build(i: int, p: str, f: Fund, c: str, n: int) -> dict[str, Any]:
+        if not rotation or i < len(signals) // 2:
+            return funds.signal(p, f, c, n=n)
+        moved.add(p)
+        return funds.signal(p, f, c, n=n, pseudonym={"key_id": ROTATED_KEY, "value": funds.pseudonym("new/" + p)},
+                            pseudonym_previous={"key_id": EXCHANGE_KEY, "value": funds.pseudonym(p)})
+
+    messages = [build(i, *s) for i, s in enumerate(signals)]
     replays = [messages[i] for i in range(0, len(messages), max(1, len(messages) // 20))]
 
     def item(m: dict[str, Any]) -> tuple[str, bytes, bytes, int]:
@@ -319,7 +338,11 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
     assert all(len(where) == 1 for where in accepted_at.values())
     # Situations: the latest version of each equals the ground truth; none missing, none extra.
     truth = ground_truth(signals, funds)
-    mine = {funds.pseudonym(p) for p, *_ in signals}
+    person_of = {funds.pseudonym(p): p for p, *_ in signals}
+    if rotation:  # a moved person's situation names its new pseudonym
+        person_of.update({funds.pseudonym("new/" + p): p for p in moved})
+        truth = {(funds.pseudonym("new/" + person_of[k]) if person_of[k] in moved else k): v for k, v in truth.items()}
+    mine = set(person_of)
     ours = {v["pseudonym"]["value"]: v for v in collector.latest_situations().values()
             if v["pseudonym"]["value"] in mine}
     assert set(ours) == set(truth), (len(set(truth) - set(ours)), len(set(ours) - set(truth)))
@@ -338,7 +361,7 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
         assert by_id.setdefault(ev["event_id"], text) == text, ev["event_id"]
     per_person = defaultdict(set)
     for ev in collector.situations:
-        per_person[ev["pseudonym"]["value"]].add(ev["situation_id"])
+        per_person[person_of.get(ev["pseudonym"]["value"], ev["pseudonym"]["value"])].add(ev["situation_id"])
     assert all(len(ids) == 1 for ids in per_person.values())
     return ScenarioResult(len(messages), len(replays), time.monotonic() - started, workers.events)
 

@@ -57,6 +57,26 @@ async def test_a_failed_step_stops_the_sequence_and_nothing_is_committed(failing
         assert broker.log == []  # no output for a state not on the changelog
 
 
+@pytest.mark.parametrize("failing", [None, STATE.topic, RECEIPT.topic])
+async def test_retired_keys_are_destroyed_after_the_writes_and_before_the_commit(failing: str | None) -> None:
+    """The key deletion is the erasure's commit point: after the states written under the
+    new keys are on the broker, before the offsets; never after a failed step (the records
+    are read again and the deletion redone)."""
+    broker = FakeBroker(fail_topic=failing)
+
+    async def destroy() -> None:
+        broker.log.append(("destroyed", None))
+
+    checkpoint = Checkpoint([STATE], [RECEIPT], {TP0: 7}, destroy)
+    if failing is None:
+        await checkpoint.commit(broker.send, broker.commit)
+        assert broker.log == [("acked", b"{}"), ("acked", b"r"), ("destroyed", None), ("commit", {TP0: 7})]
+    else:
+        with pytest.raises(ConnectionError):
+            await checkpoint.commit(broker.send, broker.commit)
+        assert ("destroyed", None) not in broker.log
+
+
 async def test_a_sweep_commits_no_offset() -> None:
     broker = FakeBroker()
     await Checkpoint([STATE]).commit(broker.send, broker.commit)

@@ -30,6 +30,13 @@ async def test_kill_9_at_random_points_loses_and_doubles_nothing(settings: Setti
                        app_id="corr-crash-7")
 
 
+async def test_kill_9_during_a_key_rotation_keeps_every_link(settings: Settings, tmp_path: Path) -> None:
+    """Half the signals under a newer key with the link (contract §4.3): the hand-overs cross
+    partitions while the worker is killed; still one situation per person, exactly the truth."""
+    await run_scenario(settings, tmp_path, kill_9_script(kills=3), people=1200, rate=500, seed=11,
+                       app_id="corr-rotation-11", rotation=True)
+
+
 async def test_two_workers_one_stopped_mid_run_loses_and_doubles_nothing(settings: Settings,
                                                                          tmp_path: Path) -> None:
     result = await run_scenario(settings, tmp_path, rebalance_script(stop_after=5.0, restart_after=5.0),

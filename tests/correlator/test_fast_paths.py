@@ -226,8 +226,8 @@ def test_fast_step_equals_the_reference(steps: list[Any], floor: int) -> None:
     ctx = context()
     engine = Engine(ctx, Funds().registry(), clock=lambda: AT)
     ref = new_person(PSEUDO).model_copy(update={"version_floor": floor})
-    fast = _new_person((PSEUDO.key_id, PSEUDO.value), True).model_copy(update={"version_floor": floor})
-    _same_model(_new_person((PSEUDO.key_id, PSEUDO.value), True), new_person(PSEUDO))
+    fast = _new_person(PSEUDO, True).model_copy(update={"version_floor": floor})
+    _same_model(_new_person(PSEUDO, True), new_person(PSEUDO))
     day = 0
     for n, ((fund, code, purposes), tens, gap, last, seq) in enumerate(steps):
         day += gap // 3 if n % 4 else gap  # mostly close together, sometimes past a closure

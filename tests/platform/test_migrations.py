@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from aiokafka import TopicPartition
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from services.casebook import tables as casebook_tables
 from services.casebook.sink import GROUP, SINK_TOPICS, apply_records
@@ -23,8 +24,8 @@ from services.core.types import Fund
 from services.ledger import tables as ledger_tables
 from services.ledger.sink import CONSUMER, EntryMaker, audit_tracker
 from services.ledger.store import Ledger, ensure_ready
-from services.platform import tracking
-from services.platform.db import LEGACY_VERSION_TABLE, VERSION_TABLE, make_engine, migrate
+from services.platform import datakeys, tracking
+from services.platform.db import LEGACY_VERSION_TABLE, VERSION_TABLE, alembic_config, make_engine, migrate
 from services.platform.topics import FOLLOWUPS_TOPIC, SITUATIONS_TOPIC, receipt_topic
 from services.platform.tracking import Processed, TrackedConsumer
 from tests.support import situations as F
@@ -48,7 +49,7 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 def declared() -> sa.MetaData:
     """Every table the code declares, in one MetaData."""
     everything = sa.MetaData()
-    for metadata in (casebook_tables.metadata, ledger_tables.metadata, tracking.metadata):
+    for metadata in (casebook_tables.metadata, ledger_tables.metadata, tracking.metadata, datakeys.metadata):
         for table in metadata.tables.values():
             table.to_metadata(everything)
     return everything
@@ -121,7 +122,7 @@ async def test_a_database_of_the_previous_release_upgrades_in_place(engine: sa.E
     assert {"casebook_offsets", "ledger_offsets", LEGACY_VERSION_TABLE} & names == set()
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == \
-            "0006_tracking_offsets"
+            ScriptDirectory.from_config(alembic_config()).get_current_head()
         assert tracking.load_positions(conn, GROUP) == {k: v + 1 for k, v in CASEBOOK_LAST.items()}
         assert tracking.load_positions(conn, CONSUMER) == {k: v + 1 for k, v in LEDGER_LAST.items()}
     ledger = Ledger(engine)

@@ -66,6 +66,14 @@ def mine(bootstrap: str, fund: Fund, signing_key_id: str) -> list[tuple[bytes, b
     return out
 
 
+def outbox_depth(text: str) -> dict[tuple[str, str], float]:
+    """help_producer_outbox_rows, as the Prometheus client's parser reads the text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["fund"], s.labels["state"]): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "help_producer_outbox_rows"}
+
+
 def run_cli(settings: Settings, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), obj={"settings": settings}, catch_exceptions=False)
     return result.exit_code, result.output
@@ -198,11 +206,17 @@ def test_broker_down_rows_wait_then_flush_sends_once(settings: Settings, bootstr
     assert any("boîte d'envoi" in ln for ln in summary.lines())
     code, out = run_cli(settings, "outbox", "status", "--fund", "caf")
     assert code == 1 and "50 en attente" in out
+    code, out = run_cli(settings, "outbox", "status", "--fund", "caf", "--prometheus")
+    assert code == 0 and outbox_depth(out) == {("caf", "pending"): 50, ("caf", "awaiting_receipt"): 0}
     code, out = run_cli(down, "outbox", "flush", "--fund", "caf")
     assert code == 1 and "50 restant" in out
 
     code, out = run_cli(settings, "outbox", "flush", "--fund", "caf")
     assert code == 0 and "50 signalements publiés, 0 restant" in out, out
+    prom = tmp_path / "textfile" / "help-outbox-caf.prom"
+    code, out = run_cli(settings, "outbox", "status", "--fund", "caf", "--textfile", str(prom))
+    assert code == 0 and "0 en attente" in out  # (no receipt read yet: all 50 await theirs)
+    assert outbox_depth(prom.read_text()) == {("caf", "pending"): 0, ("caf", "awaiting_receipt"): 50}
     code, out = run_cli(settings, "outbox", "flush", "--fund", "caf")
     assert code == 0 and "0 signalements publiés" in out
     code, out = run_cli(settings, "publish", "--fund", "caf", "--input", str(path))

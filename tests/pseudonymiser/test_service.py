@@ -52,6 +52,16 @@ def service_settings(tmp_path: Path) -> Iterator[Settings]:
         server.server_close()
 
 
+def _counted(fund: str) -> tuple[float, float]:
+    """help_pseudonymiser_evaluations_total and the quota refusals of ``fund``, so far."""
+    from services.platform.metrics import REGISTRY
+
+    evaluated = REGISTRY.get_sample_value("help_pseudonymiser_evaluations_total", {"fund": fund}) or 0.0
+    refused = REGISTRY.get_sample_value("help_pseudonymiser_refusals_total",
+                                        {"fund": fund, "reason": "quota_depasse"}) or 0.0
+    return evaluated, refused
+
+
 def _post(settings: Settings, doc: dict[str, object]) -> tuple[int, dict[str, object]]:
     req = urllib.request.Request(settings.pseudonymiser_url + "/v1/evaluate", data=json.dumps(doc).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -125,6 +135,7 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
     client = PseudonymClient.from_settings(service_settings, Fund.CAF)
     got = 0
     refusals = 0
+    evaluated_before, refused_before = _counted("caf")
     for start in range(0, 500, 10):
         try:
             client.prefetch([f"1850578006{i:05d}" for i in range(start, start + 10)])
@@ -133,6 +144,8 @@ def test_enumeration_gets_at_most_the_quota_and_the_ledger_shows_the_refusals(se
             assert exc.reason is Reason.QUOTA_DEPASSE
             refusals += 1
     assert got == 50 and refusals == 45
+    evaluated, refused = _counted("caf")  # the metrics say the same
+    assert (evaluated - evaluated_before, refused - refused_before) == (50, 45)
     rows = _ledger_rows(service_settings)
     assert sum(c for a, f, c, r, _ in rows if a == "pseudonymes_calcules") == 50
     assert [r for a, f, c, r, _ in rows if a == "pseudonymisation_refusee"] == ["quota_depasse"] * 45
