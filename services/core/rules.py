@@ -162,6 +162,38 @@ class Context:
     #: files above, so computed once per Context (frozen models, shared by the events).
     shared: dict[tuple[Fund, str, frozenset[Purpose]], SharedCategory] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    #: The set of (fund, category, purpose) of a window -> its :class:`Profile` (fast path).
+    profiles: dict[frozenset[tuple[Fund, str, Purpose]], Profile] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the rules and a situation event take from a window of signals: a pure function of
+    the set of their (fund, category, purpose) and of the data files."""
+
+    fired: tuple[str, ...]
+    funds: tuple[Fund, ...]
+    categories: tuple[SharedCategory, ...]
+    purposes: tuple[Purpose, ...]
+    priority: Priority
+
+
+def profile_of(ctx: Context, signals: tuple[SignalEntry, ...]) -> Profile:
+    """:func:`fired_rules`, the sorted funds and purposes, :func:`_categories` and
+    :func:`priority_of` of ``signals``, remembered by the set they depend on (bounded)."""
+    key = frozenset([(s.fund, s.category, s.purpose) for s in signals])
+    memo = ctx.profiles
+    found = memo.get(key)
+    if found is None:
+        found = Profile(fired_rules(ctx, signals), tuple(sorted({s.fund for s in signals}, key=_fund_order)),
+                        tuple(_categories(ctx, signals)),
+                        tuple(sorted({s.purpose for s in signals}, key=_purpose_order)),
+                        priority_of(ctx, signals))
+        if len(memo) >= 10_000:  # the sets people's windows hold: few in practice; bounded anyway
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -235,6 +267,15 @@ def _snapshot(ctx: Context, state: PersonState, *, situation_id: str, version: i
     latest = max(signals, key=lambda s: (s.observed_on, s.signal_id))
     refs = sorted({(s.fund, s.sealed_ref.key_id, s.sealed_ref.value): s.sealed_ref for s in signals}.items(),
                   key=lambda kv: (_fund_order(kv[0][0]), kv[0][1], kv[0][2]))[:64]
+    if fast:
+        known = profile_of(ctx, signals)
+        funds, categories = list(known.funds), list(known.categories)
+        purposes, priority = list(known.purposes), known.priority
+    else:
+        funds = sorted({s.fund for s in signals}, key=_fund_order)
+        categories = _categories(ctx, signals)
+        purposes = sorted({s.purpose for s in signals}, key=_purpose_order)
+        priority = priority_of(ctx, signals)
     values: dict[str, Any] = {
         "schema_version": "1.0",
         "event_id": event_id_for(situation_id, version),
@@ -244,10 +285,10 @@ def _snapshot(ctx: Context, state: PersonState, *, situation_id: str, version: i
         "occurred_at": occurred_at,
         "territory": latest.territory,
         "pseudonym": state.pseudonym,
-        "funds": sorted({s.fund for s in signals}, key=_fund_order),
-        "categories": _categories(ctx, signals),
-        "purposes": sorted({s.purpose for s in signals}, key=_purpose_order),
-        "priority": priority_of(ctx, signals),
+        "funds": funds,
+        "categories": categories,
+        "purposes": purposes,
+        "priority": priority,
         "rules": list(rules),
         "first_signal_on": min(s.observed_on for s in signals),
         "last_signal_on": latest.observed_on,
@@ -337,7 +378,7 @@ def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt
                        max_signals=ctx.rules.signalements_max_par_personne, fast=fast)
     if not any(s.signal_id == entry.signal_id for s in state.signals):
         return Step(state, tuple(events))  # observed before the window: kept for dedup only
-    fired = fired_rules(ctx, state.signals)
+    fired = profile_of(ctx, state.signals).fired if fast else fired_rules(ctx, state.signals)
     sit = state.situation
     if sit is None or sit.status == "fermee":
         repeat = ctx.rules.repeat
