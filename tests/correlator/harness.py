@@ -4,6 +4,8 @@ and scenarios (kill -9, rebalance) checked against an independent ground truth."
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import os
 import random
@@ -21,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
+from services.platform.datakeys import KeyRing, KeyStore
+from services.platform.db import make_engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
@@ -31,6 +35,23 @@ ROTATED_KEY = "xk-20260601-bbbb"
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
+
+
+@functools.cache
+def _ring(database_url: str, key_dir: Path) -> KeyRing:
+    """The worker's data keys, read as the worker reads them (one per database)."""
+    return KeyRing(KeyStore(make_engine(database_url)), (key_dir / "markers" / "marker.key").read_bytes())
+
+
+def deadletter_payload(settings: Settings, letter: dict[str, Any]) -> bytes:
+    """A dead letter's payload as the worker received it: opened with the person's data key
+    when the worker sealed it (``;raw_sealed``: a signal refused after its checks)."""
+    raw = base64.b64decode(letter["raw"])
+    if not str(letter["detail"]).endswith(";raw_sealed"):
+        return raw
+    opened = _ring(settings.database_url, settings.key_dir).open(None, DEADLETTER_TOPIC, raw)
+    assert opened is not None, f"a sealed dead letter whose key is gone: {letter['deadletter_id']}"
+    return opened
 
 
 def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
@@ -385,9 +406,16 @@ def check_helpers(pid: int) -> list[int]:
     return found
 
 
+def _replaced(pid: int, victim: int, count: int) -> bool:
+    now = check_helpers(pid)
+    return victim not in now and len(now) == count
+
+
 def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Script:
-    """One worker; a check helper of it is killed with SIGKILL at random moments: the worker
-    must stop by itself (exit 75, nothing committed past what it finished) and is restarted."""
+    """One worker; a check helper of it is killed with SIGKILL at random moments. Killed
+    during a batch, the worker must stop by itself (exit 75, nothing committed past what it
+    finished) and is restarted; killed between batches, it must be replaced (a new helper,
+    the worker going on)."""
     async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
         workers.start("a")
         for _ in range(kills):
@@ -401,10 +429,18 @@ def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Scrip
                 await collector.poll()
                 helpers = check_helpers(proc.pid)
             assert helpers, "the worker has no check helper"
-            os.kill(rnd.choice(helpers), signal.SIGKILL)
+            victim = rnd.choice(helpers)
+            os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
+
+            while (proc.poll() is None and not _replaced(proc.pid, victim, len(helpers))
+                   and time.monotonic() < deadline):
                 await collector.poll()
+            if proc.poll() is None:
+                assert _replaced(proc.pid, victim, len(helpers)), (
+                    "the dead helper was neither replaced nor did the worker stop", workers.logs())
+                workers.events.append("kill -9 of a check helper: replaced between batches")
+                continue
             assert proc.returncode == 75, (proc.returncode, workers.logs())
             workers.procs.pop("a")
             workers.events.append("kill -9 of a check helper: worker stopped itself (75)")

@@ -88,3 +88,22 @@ def test_in_a_migration_window_the_link_is_the_v1_pseudonym(tmp_path: Path) -> N
     key_id, key = load_exchange_key(settings.key_dir)
     assert client.pseudonym(NIRS[0])["key_id"] == version
     assert client.previous(NIRS[0]) == v1_pseudonym(key_id, key, NIRS[0])
+
+
+def test_the_running_service_takes_a_new_version_and_drops_a_destroyed_one(tmp_path: Path) -> None:
+    """Announce and destroy without a restart: the service looks at public.json per batch."""
+    from services.pseudonymiser.keystore import destroy_key
+    from services.pseudonymiser.service import build_service
+
+    settings = _settings(tmp_path)
+    init_exchange_key(settings.key_dir)
+    old = init_key(settings, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    service = build_service(settings)
+    blinded = [oprf.blind(oprf_input(NIRS[0])).element]
+    new = init_key(settings, now=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    assert service.evaluate(Fund.CAF, "a" * 32, blinded, new).key_version == new
+    assert service.current_version == new
+    destroy_key(settings, old, lambda version, at: None)
+    with pytest.raises(Refused) as caught:
+        service.evaluate(Fund.CAF, "b" * 32, blinded, old)
+    assert caught.value.reason is Reason.VERSION_CLE_INCONNUE

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +94,20 @@ async def _publish(bootstrap: str, events: list[bytes], keys: list[bytes], stop_
         stop_at.set()
 
 
-async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int) -> CrashReport:
+def sigterm(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """SIGTERM the process and wait: it must drain and exit 0; True if it was alive."""
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=40)  # within HELP_DRAIN_TIMEOUT_S (30 s by default)
+    assert code == 0, (code, log.read_text()[-3000:])
+    return True
+
+
+async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int,
+                           stop: str = "kill -9") -> CrashReport:
+    """``stop``: how the sink is stopped each time, ``kill -9`` or ``SIGTERM`` (then it must
+    exit 0, after committing its batch in flight)."""
     rng = random.Random(seed)
     t0 = time.monotonic()
     events = make_events(situations, rng)
@@ -121,7 +137,7 @@ async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int)
         while n_kills < kills:
             proc = start_service(settings, log, "casebook", "sink", "--batch", str(rng.choice([7, 50, 500])))
             await asyncio.sleep(rng.uniform(1.0, 5.0))
-            if kill9(proc):
+            if (kill9(proc) if stop == "kill -9" else sigterm(proc, log)):
                 n_kills += 1
                 killed_with_rows.append(len(db_state(settings.database_url)))
             else:
