@@ -63,6 +63,11 @@ Speed (measured with ``bench/correlator.py`` and a profile; every check stays on
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
+- the step's models (signal entry, person state, situation event) are built from values
+  already valid rather than validated again (:mod:`services.core.trusted`), what the rules
+  take from a window is remembered by the set it depends on, and a state's bytes are written
+  around its situation event's bytes (:meth:`Engine._state_bytes`); ``fast=False`` keeps the
+  validating reference, equal byte for byte (``tests/correlator/test_fast_paths.py``);
 - the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
   (:func:`~services.platform.partitioning.murmur2`), equal to Kafka's.
 """
