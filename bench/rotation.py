@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import os
 import random
 import resource
 import sys
@@ -46,6 +47,7 @@ from services.core.registry import ExchangeKeyEntry, Registry
 from services.core.signing import b64u, b64u_decode
 from services.core.taxonomy import load_taxonomy
 from services.core.types import Fund, Purpose
+from services.correlator.checkpool import CheckPool
 from services.correlator.engine import Engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
@@ -117,7 +119,7 @@ def sealed(fund: str, reference: str) -> str:
     return b64u(hashlib.sha256(f"{fund}:{reference}".encode()).digest())
 
 
-def run(persons: int, *, direct: bool, seed: int = 7, batch: int = 256) -> dict[str, Any]:
+def run(persons: int, *, direct: bool, seed: int = 7, batch: int = 256, check_processes: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     territory = TERRITORIES["35"]
     scale = persons / sum(expected_volumes(territory).values())
@@ -149,7 +151,8 @@ def run(persons: int, *, direct: bool, seed: int = 7, batch: int = 256) -> dict[
         pseudonyms.fill(fund, version, nirs)
     t_pseudo = time.perf_counter()
 
-    engine = Engine(context(), registry(funds), partitions=PARTITIONS, clock=lambda: NOW)
+    pool = CheckPool(registry(funds), check_processes, partitions=PARTITIONS) if check_processes else None
+    engine = Engine(context(), registry(funds), partitions=PARTITIONS, clock=lambda: NOW, checks=pool)
     cluster = Cluster(engine, rng=random.Random(seed), batch=batch, keep_receipts=False)
     stamp = int(NOW.timestamp() * 1000)
     under: dict[int, set[str]] = defaultdict(set)  # person number -> versions its signals were under
@@ -241,6 +244,8 @@ def run(persons: int, *, direct: bool, seed: int = 7, batch: int = 256) -> dict[
         cluster.publish(signal_topic(Fund.CAF), partition_for(msg["pseudonym"]["value"], PARTITIONS), wire(msg), stamp)
     cluster.run()
     after = [json.loads(r)["reason"] for r in cluster.receipts[-2:]]
+    if pool is not None:
+        pool.close()
     assert cluster.refused == refused + 2
     return {
         "persons": len(month.persons), "signals": int(built), "refused": refused,
@@ -266,13 +271,16 @@ def d(value: float, decimals: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--persons", type=int, default=1_000_000)
+    # make bench runs this module without arguments: HELP_BENCH_ROTATION_PERSONS sets its scale there.
+    parser.add_argument("--persons", type=int, default=int(os.environ.get("HELP_BENCH_ROTATION_PERSONS", 1_000_000)))
     parser.add_argument("--oprf", choices=("auto", "service", "direct"), default="auto",
                         help="pseudonyms blinded through the service, or as Evaluate(skS, input); "
                              "auto: the service up to 100,000 persons")
+    parser.add_argument("--check-processes", type=int, default=1,
+                        help="the correlator's check helper processes, as HELP_CORRELATOR_CHECK_PROCESSES")
     args = parser.parse_args(argv)
     direct = args.oprf == "direct" or (args.oprf == "auto" and args.persons > 100_000)
-    r = run(args.persons, direct=direct)
+    r = run(args.persons, direct=direct, check_processes=args.check_processes)
     print(f"rotation de clé au milieu du mois : {n(r['persons'])} personnes, {n(r['signals'])} signalements, "
           f"{r['refused']} refusés")
     print(f"  pseudonymes v2 : {n(r['service_evaluations'])} évaluations "

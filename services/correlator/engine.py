@@ -423,7 +423,10 @@ class Engine:
         batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
-                reason: Reason, detail: str) -> None:
+                reason: Reason, detail: str, *, person: bytes | None = None) -> None:
+        """A receipt and a dead letter. ``person``: the pseudonym's value of a signal that
+        passed the checks (signature, schema): its payload is then sealed under the
+        person's data key (``;raw_sealed``), so the person's erasure reaches it too."""
         topic, partition, offset = source_of(rec)
         raw = rec.value or b""
         if reason in WITHHELD:
@@ -438,6 +441,8 @@ class Engine:
             detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
                       f"raw_truncated_to={MAX_MESSAGE_BYTES}")
             raw = raw[:MAX_MESSAGE_BYTES]
+        if person is not None and self.sealer is not None and raw:
+            raw, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
@@ -564,7 +569,8 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field,
+                         person=None if checked is None else checked.pseudonym[1].encode())
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:
