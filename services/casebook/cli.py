@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import click
@@ -60,6 +59,7 @@ def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     from services.platform import metrics
     from services.platform.broker import resolve_bootstrap
     from services.platform.db import open_engine
+    from services.platform.stopping import Deadline, stop_on_signals
 
     settings = _ctx_settings(ctx)
     engine = open_engine(settings.database_url)
@@ -68,10 +68,10 @@ def casebook_sink(ctx: click.Context, group: str, batch: int) -> None:
     metrics.serve(settings, "casebook sink")
 
     async def main() -> None:
+        # SIGTERM or SIGINT: the batch in flight commits, then the sink stops (exit 0), within
+        # HELP_DRAIN_TIMEOUT_S (services.platform.stopping).
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop, Deadline(settings.drain_timeout_s, "casebook sink"))
         click.echo(f"casebook sink reading from {bootstrap} (group {group}); Ctrl-C stops it", err=True)
         await sink.run(stop)
 

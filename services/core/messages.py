@@ -13,7 +13,16 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from services.core.reasons import Reason
 from services.core.signing import b64u
@@ -121,10 +130,27 @@ class Signal(FundMessage):
     emitted_at: Timestamp
     territory: Departement
     pseudonym: Pseudonym
+    #: During a rotation or migration window only: the same person under the previous key
+    #: version or scheme (contract §4.3). Absent otherwise; never ``null`` on the wire.
+    pseudonym_previous: Pseudonym | None = None
     sealed_ref: SealedRef
     legal_basis: LegalBasis
     purpose: Purpose
     signature: Signature
+
+    @field_validator("pseudonym_previous", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: object) -> object:
+        if value is None:  # only an explicit null gets here: the member is absent or an object
+            raise ValueError("pseudonym_previous is absent or an object, never null")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
+            del out["pseudonym_previous"]
+        return out
 
 
 class SourcePosition(Frozen):

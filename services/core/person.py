@@ -75,6 +75,25 @@ class ConsentMark(Frozen):
     at: Timestamp
 
 
+class Parked(Frozen):
+    """A record held back while the person's state comes from its previous pseudonym's
+    partition (a key rotation: contract §4.3); processed, in order, when it has come."""
+
+    #: The record's original position (its receipt and dead letter name it).
+    topic: Annotated[str, Field(max_length=200)]
+    partition: Annotated[Int, Field(ge=0)]
+    offset: Annotated[Int, Field(ge=0)]
+    timestamp_ms: Int
+    #: The record value, base64.
+    value: str
+    #: The person key it was re-keyed to, if it came forwarded from a moved pseudonym.
+    rekey: str | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
 class PersonState(Frozen):
     pseudonym: Pseudonym
     signals: tuple[SignalEntry, ...] = ()
@@ -87,6 +106,18 @@ class PersonState(Frozen):
     situation: SituationState | None = None
     #: Highest situation version ever published for this person (kept across an erasure).
     version_floor: Annotated[Int, Field(ge=0)] = 0
+    #: Key rotation (contract §4.3). ``moved_to``: the person now lives under this newer
+    #: pseudonym; what is kept here is what was handed over (answered again if asked again),
+    #: and records for this pseudonym are forwarded there.
+    moved_to: Pseudonym | None = None
+    #: The previous pseudonym whose state was asked for; records wait in ``parked`` meanwhile.
+    awaiting: Pseudonym | None = None
+    parked: tuple[Parked, ...] = ()
+    #: The records last released from ``parked``: answered again if the same hand-over is read
+    #: again (a crash after the state was written, before the outputs were).
+    released: tuple[Parked, ...] = ()
+    #: Previous pseudonyms whose state joined this one (a link to them is followed once).
+    merged_from: tuple[Pseudonym, ...] = ()
 
     @property
     def opposed(self) -> bool:
@@ -130,6 +161,61 @@ def seen_source(state: PersonState, signal_id: str) -> str | None:
         if s.signal_id == signal_id:
             return s.source
     return None
+
+
+def hand_over(old: PersonState | None, previous: Pseudonym,
+              pseudonym: Pseudonym) -> tuple[PersonState | None, PersonState]:
+    """The state under ``previous`` handed over to ``pseudonym``: (what moves, what stays).
+
+    What stays is a pointer (``moved_to``) keeping what was handed over, so that the same
+    request answered again gives the same answer. A state already handed over to another
+    pseudonym gives nothing (a person has one successor)."""
+    if old is None:
+        return None, new_person(previous).model_copy(update={"moved_to": pseudonym})
+    if old.moved_to is None:
+        return old, old.model_copy(update={"moved_to": pseudonym})
+    if old.moved_to == pseudonym:
+        return old.model_copy(update={"moved_to": None}), old
+    return None, old
+
+
+def merge_moved(current: PersonState | None, moved: PersonState | None,
+                pseudonym: Pseudonym) -> tuple[PersonState, str | None]:
+    """The person under ``pseudonym`` once the state of its previous pseudonym (``moved``)
+    has joined: one history, one situation (the previous one's, so the situation id, and
+    the case at the casebook, go on). Consent marks: the latest per purpose; an objection
+    on either side not lifted by a later consent erases both sides, as
+    :func:`apply_consent` would have. Returns the state and the id of a situation to
+    tombstone (erased by such an objection), or None."""
+    cur = current if current is not None else new_person(pseudonym)
+    if moved is None:
+        return cur, None
+    by_id = {s.signal_id: s for s in (*moved.signals, *cur.signals)}
+    signals = tuple(sorted(by_id.values(), key=lambda s: (s.observed_on, s.signal_id)))
+    seen_ids = {s.signal_id for s in cur.seen}
+    seen = (*(s for s in moved.seen if s.signal_id not in seen_ids), *cur.seen)[-SEEN_MAX:]
+    marks: dict[Purpose, ConsentMark] = {}
+    for m in (*moved.marks, *cur.marks):
+        held = marks.get(m.purpose)
+        if held is None or m.at > held.at or (m.at == held.at and not m.given):
+            marks[m.purpose] = m
+    consents = tuple(p for p in Purpose if (p in cur.consents or p in moved.consents)
+                     and (p not in marks or marks[p].given))
+    opposed = [t for t in (cur.opposed_at, moved.opposed_at) if t is not None]
+    opposed_at = max(opposed) if opposed else None
+    if opposed_at is not None and any(m.given and m.at > opposed_at for m in marks.values()):
+        opposed_at = None  # a consent recorded after the objection lifted it
+    sit = moved.situation if moved.situation is not None else cur.situation
+    floor = max(cur.version_floor, moved.version_floor)
+    if opposed_at is not None:
+        erased = sit.situation_id if sit is not None else None
+        floor = max(floor, sit.version if sit is not None else 0)
+        return PersonState(pseudonym=pseudonym, opposed_at=opposed_at, version_floor=floor,
+                           merged_from=cur.merged_from), erased
+    return cur.model_copy(update={
+        "signals": signals, "seen": seen, "consents": consents,
+        "marks": tuple(marks[p] for p in Purpose if p in marks), "opposed_at": None,
+        "situation": sit, "version_floor": floor}), None
 
 
 def consent_on_record(state: PersonState | None, purpose: Purpose) -> bool:

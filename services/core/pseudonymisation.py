@@ -61,6 +61,13 @@ def current_version(versions: list[PublicVersion]) -> PublicVersion:
     return max(active, key=lambda v: (v.created_at, v.key_version))
 
 
+def previous_version(versions: list[PublicVersion]) -> str | None:
+    """During an overlap window (two active versions or more): the newest active version
+    before the current one, which a signal's ``pseudonym_previous`` names (contract §4.3)."""
+    active = sorted((v for v in versions if v.status == "active"), key=lambda v: (v.created_at, v.key_version))
+    return active[-2].key_version if len(active) >= 2 else None
+
+
 class Refused(Rejected):
     """A batch refused: ``reason`` says why (``detail``, in words); nothing was evaluated.
 

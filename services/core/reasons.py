@@ -55,6 +55,8 @@ class Reason(WireEnum):
     VERSION_CLE_INCONNUE = "version_cle_inconnue"
     PREUVE_INVALIDE = "preuve_invalide"
     REQUETE_REJOUEE = "requete_rejouee"
+    LIEN_PSEUDONYME_INVALIDE = "lien_pseudonyme_invalide"
+    LIEN_PSEUDONYME_PERIME = "lien_pseudonyme_perime"
 
     @property
     def label(self) -> str:
@@ -102,4 +104,6 @@ _LABELS: dict[Reason, str] = {
     Reason.VERSION_CLE_INCONNUE: "Version de clé de pseudonymisation inconnue",
     Reason.PREUVE_INVALIDE: "Preuve de la réponse invalide",
     Reason.REQUETE_REJOUEE: "Requête déjà reçue (rejeu)",
+    Reason.LIEN_PSEUDONYME_INVALIDE: "Lien vers le pseudonyme précédent invalide",
+    Reason.LIEN_PSEUDONYME_PERIME: "Lien vers un pseudonyme d'une clé retirée ou détruite",
 }

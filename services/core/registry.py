@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic import StringConstraints as S
 
+from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode, load_private_key
 from services.core.types import TIMESTAMP_PATTERN, Fund, KeyId
 from services.errors import ConfigurationError
@@ -138,6 +139,26 @@ class Registry(_Model):
 
     def exchange_key_accepted(self, key_id: str) -> bool:
         return any(k.key_id == key_id and k.status == "active" for k in self.exchange_keys)
+
+    def link_refusal(self, key_id: str, value: str, previous_key_id: str,
+                     previous_value: str) -> tuple[Reason, str] | None:
+        """Why a signal's ``pseudonym_previous`` (contract §4.3) cannot be followed, or None.
+
+        The link must name another pseudonym under an *older* exchange key (a v1 ``xk-`` key
+        or an earlier ``pk-`` version) that the registry still lists active: a retired key
+        is a destroyed one, past its overlap window (``lien_pseudonyme_perime``)."""
+        if previous_key_id == key_id or previous_value == value:
+            return Reason.LIEN_PSEUDONYME_INVALIDE, "/pseudonym_previous:same_as_pseudonym"
+        entries = {k.key_id: k for k in self.exchange_keys}
+        old = entries.get(previous_key_id)
+        if old is None:
+            return Reason.LIEN_PSEUDONYME_INVALIDE, "/pseudonym_previous/key_id:unknown"
+        if old.status != "active":
+            return Reason.LIEN_PSEUDONYME_PERIME, "/pseudonym_previous/key_id:retired"
+        new = entries.get(key_id)
+        if new is not None and (old.created_at, old.key_id) >= (new.created_at, new.key_id):
+            return Reason.LIEN_PSEUDONYME_INVALIDE, "/pseudonym_previous/key_id:not_older_than_pseudonym"
+        return None
 
     def current_exchange_key_id(self) -> str | None:
         """The newest active **v1** exchange key (HMAC). ``pk-`` ids are key versions of the

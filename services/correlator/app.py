@@ -16,7 +16,12 @@ producer; the rest is ours, in named modules (docs/architecture.md, "Faust, as u
 - :mod:`.state`: the person state, rebuilt exactly from its changelog (not a Faust ``Table``:
   Faust's recovery stops at the reported end offset, which the embedded broker reports short);
 - :mod:`.gauges`: lag per partition, the stall watchdog, batch and checkpoint metrics;
-- :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`).
+- :mod:`.checkpool`: the check helpers (the collector's policy: :mod:`services.platform.runtime`),
+  watched: one that exits is noticed at once, logged at ERROR and replaced between batches.
+
+A stop (SIGTERM, SIGINT) finishes the batch in progress and commits it, then Faust stops
+(:meth:`.processing.Processor.stop`, through :func:`.faust_seam.on_stopping`); past
+``Settings.drain_timeout_s`` the process exits 75 without committing more.
 
 Bad input never raises (it becomes a receipt and a dead letter), so anything that escapes
 a batch is a bug or a broker failure, and the process exits at once (``os._exit``) without
@@ -29,7 +34,7 @@ import asyncio
 import functools
 import logging
 import os
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -39,7 +44,7 @@ from services.core.rules import Context, load_rules
 from services.core.types import Fund
 from services.correlator import faust_seam
 from services.correlator.checkpoint import EXIT_FATAL, Checkpoints
-from services.correlator.checkpool import CheckPool
+from services.correlator.checkpool import CheckPool, CheckPoolError, watch
 from services.correlator.delivery import inbox_handler, take_batches
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Sealer
 from services.correlator.gauges import WorkerGauges
@@ -48,6 +53,7 @@ from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore
+from services.platform import metrics
 from services.platform.datakeys import KeyRing, KeyStore, changelog_key
 from services.platform.db import open_engine
 from services.platform.kafka import consumer as plain_consumer
@@ -55,6 +61,7 @@ from services.platform.lag import PROBE_FETCH_BYTES
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 
 log = logging.getLogger("help.correlator")
@@ -127,14 +134,15 @@ def _inbox_size(settings: Settings) -> int:
     return max(4096, settings.correlator_batch_max * 2)
 
 
-def _stop(what: str) -> None:
+def _stop(what: str) -> NoReturn:
     log.critical("correlator: %s, stopping without commit", what, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_FATAL)
 
 
-def make_app(settings: Settings, bootstrap: str) -> faust.App:
-    """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka)."""
+def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = None) -> faust.App:
+    """The Faust app; ``bootstrap`` is resolved by the caller (embedded broker or Kafka).
+    ``deadline`` bounds a stop (armed at the stop signal, or here when the stop begins)."""
     keys = key_ring(settings)
     engine = build_engine(settings, keys)
     faust_seam.install(settings.correlator_fetch_wait_ms)
@@ -176,6 +184,14 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
 
+    stop_bound = deadline or Deadline(settings.drain_timeout_s, "correlator")
+
+    async def drain() -> None:
+        stop_bound.arm()  # (already armed when a signal started the stop)
+        await processor.stop()
+
+    faust_seam.on_stopping(app, drain)
+
     inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=_inbox_size(settings))
     faust_seam.route_to_inbox(app, set(names), inbox_handler(inbox))
 
@@ -186,6 +202,27 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
             _stop("retention sweep failed")
 
     cast(Any, app).timer(settings.correlator_sweep_every_s)(sweep)  # (faust's timer is untyped)
+
+    pool = engine.checks
+    if isinstance(pool, CheckPool):
+        async def replace_helpers(dead: list[int]) -> None:
+            log.error("correlator: check helper(s) %s exited while the worker ran; replacing them "
+                      "between batches", dead)
+            async with processor.lock:  # between batches: no verdict is owed
+                if processor.stopping:
+                    return
+                try:
+                    replaced = pool.replace_dead()
+                except CheckPoolError:
+                    _stop("check helpers cannot be replaced")
+                metrics.CHECK_HELPERS_REPLACED.inc(replaced)
+                log.error("correlator: %d check helper(s) replaced (%d since the start)",
+                          replaced, pool.replacements)
+
+        async def watch_helpers() -> None:
+            await watch(pool, replace_helpers)
+
+        cast(Any, app).task(watch_helpers)  # (started with the app, cancelled when it stops)
 
     async def measure_lag() -> None:  # lag gauges and the stall watchdog, in their own thread
         gauges.start()

@@ -37,11 +37,13 @@ from typing import Any
 from faust.types import TP
 
 from services.correlator.engine import Output
+from services.platform.stopping import EXIT_UNDRAINED
 
 log = logging.getLogger("help.correlator")
 
-#: The exit status of a worker that stops because a batch's effects failed.
-EXIT_FATAL = 75
+#: The exit status of a worker that stops because a batch's effects failed (the platform's
+#: status of a stop that left work uncommitted: services.platform.stopping).
+EXIT_FATAL = EXIT_UNDRAINED
 
 #: Send records and return once the broker has acknowledged every one.
 SendAll = Callable[[Sequence[Output]], Awaitable[None]]

@@ -17,20 +17,33 @@ helpers, written ahead within a bounded window, so the first verdicts come back 
 helpers are still checking the rest and the engine's own work overlaps theirs. The same
 :class:`~.checks.Checker` runs in the helper as inline, so the verdicts are the same.
 
-A helper that dies or answers nonsense raises :class:`CheckPoolError`: the worker stops
-without committing (the batch is read again after a restart). A helper whose worker dies
-reads the end of its stdin and exits.
+A helper that dies or answers nonsense during a batch raises :class:`CheckPoolError`: the
+worker stops without committing (the batch is read again after a restart). A helper that
+dies between batches (an idle worker) loses nothing: :func:`watch` notices it as it happens
+(the kernel's process descriptor, ``os.pidfd_open``, readable at the helper's exit; where
+there is none, a look every :data:`WATCH_POLL_S`), the worker logs it at ERROR and, between
+two batches, :meth:`CheckPool.replace_dead` starts a new helper with the current registry
+and counts it (:attr:`CheckPool.replacements`); helpers that keep dying
+(:data:`REPLACEMENTS_MAX` within :data:`REPLACEMENTS_WINDOW_S`) stop the worker instead.
+A helper whose worker dies reads the end of its stdin and exits; it ignores SIGINT and
+SIGTERM (a Ctrl-C reaches the whole process group): its worker stops it by closing its
+stdin once the batch in progress is done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
 
 from services.core.registry import Registry
@@ -48,6 +61,13 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
 _HEADER = struct.Struct("<I")
 #: First member of the frame that hands a helper a reloaded registry.
 REGISTRY_MESSAGE = "registry"
+#: Where the kernel gives no process descriptor: how often :func:`watch` looks at the helpers.
+WATCH_POLL_S = 0.2
+#: More replacements than this within the window stop the worker (something kills them).
+REPLACEMENTS_MAX = 5
+REPLACEMENTS_WINDOW_S = 60.0
+
+log = logging.getLogger("help.correlator")
 
 
 class CheckPoolError(HelpExchangeError):
@@ -134,6 +154,8 @@ class _Helper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:  # (through its file object, which owns the fd)
+            self.proc.stdout.close()
 
 
 class CheckPool:
@@ -143,15 +165,48 @@ class CheckPool:
                  chunk: int = CHUNK) -> None:
         if processes < 1:
             raise ValueError("a check pool needs at least one process")
-        registry_json = registry.model_dump_json().encode()
-        self.helpers = [_Helper(registry_json, partitions) for _ in range(processes)]
+        self._registry_json = registry.model_dump_json().encode()
+        self._partitions = partitions
+        self.helpers = [_Helper(self._registry_json, partitions) for _ in range(processes)]
         self.chunk = chunk
+        #: Helpers replaced since the start (a dead helper found between batches); the worker
+        #: counts them in ``help_correlator_check_helpers_replaced`` too.
+        self.replacements = 0
+        self._recent: deque[float] = deque(maxlen=REPLACEMENTS_MAX)
 
     def update(self, registry: Registry) -> None:
         """Check with ``registry`` from the next request on, in every helper."""
         registry_json = registry.model_dump_json().encode()
+        self._registry_json = registry_json
         for helper in self.helpers:
             helper.use_registry(registry_json)
+
+    def dead(self) -> list[int]:
+        """The index of every helper that has exited."""
+        return [i for i, helper in enumerate(self.helpers) if helper.proc.poll() is not None]
+
+    def replace_dead(self) -> int:
+        """Between batches: a new helper, with the current registry, for each one that has
+        exited; how many. Raises :class:`CheckPoolError` if a dead helper still owed
+        verdicts (a batch in progress: the batch fails instead) or if helpers keep dying."""
+        replaced = 0
+        for i in self.dead():
+            old = self.helpers[i]
+            if old.unanswered:
+                raise CheckPoolError("a checking helper died during a batch",
+                                     "see the worker's log; it restarts from the last commit")
+            now = time.monotonic()
+            if len(self._recent) == REPLACEMENTS_MAX and now - self._recent[0] < REPLACEMENTS_WINDOW_S:
+                raise CheckPoolError(f"checking helpers keep dying ({REPLACEMENTS_MAX} replaced within "
+                                     f"{REPLACEMENTS_WINDOW_S:.0f} s)",
+                                     "see the worker's log and the system's (out of memory?); "
+                                     "the worker restarts from the last commit")
+            old.close()
+            self.helpers[i] = _Helper(self._registry_json, self._partitions)
+            self._recent.append(now)
+            self.replacements += 1
+            replaced += 1
+        return replaced
 
     def start(self, items: Sequence[tuple[bytes | None, str]]) -> Callable[[int], Verdict]:
         chunk, helpers = self.chunk, self.helpers
@@ -191,6 +246,43 @@ class CheckPool:
             helper.close()
 
 
+async def watch(pool: CheckPool, on_death: Callable[[list[int]], Awaitable[None]]) -> None:
+    """Forever: wait until a helper of ``pool`` exits, then await ``on_death(indexes of the
+    dead helpers)`` (which replaces them, or stops the worker), and watch again."""
+    while True:
+        await _any_exit([helper.proc for helper in pool.helpers])
+        dead = pool.dead()
+        if dead:
+            await on_death(dead)
+
+
+async def _any_exit(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Return once one of ``procs`` has exited: at once through process descriptors, which
+    the kernel makes readable at the exit; without them, by looking every WATCH_POLL_S."""
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    fds: list[int] = []
+    try:
+        for proc in procs:
+            try:
+                fd = os.pidfd_open(proc.pid)
+            except ProcessLookupError:  # already exited and reaped
+                exited.set()
+                continue
+            fds.append(fd)
+            loop.add_reader(fd, exited.set)
+        if any(proc.poll() is not None for proc in procs):
+            return
+        await exited.wait()
+    except (AttributeError, NotImplementedError, OSError):  # no pidfd here (not Linux 5.3+)
+        while all(proc.poll() is None for proc in procs):
+            await asyncio.sleep(WATCH_POLL_S)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
 def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     """The helper's loop: the registry, then requests answered in order until end of input
     (and reloaded registries, taken between two requests)."""
@@ -214,5 +306,9 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
 
 
 if __name__ == "__main__":
+    # The worker decides when a helper stops (the end of its stdin): a Ctrl-C or a SIGTERM
+    # sent to the process group must not end a batch's checks before the worker has drained.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_for_streaming()  # as the worker (services.platform.runtime)
     sys.exit(serve())

@@ -83,6 +83,8 @@ class CheckedSignal(NamedTuple):
     partition: int
     #: For the date rules, which the engine applies against its clock (services.core.dates).
     emitted_at: dt.datetime
+    #: ``pseudonym_previous`` (key_id, value), checked against the registry; None: no link.
+    previous: tuple[str, str] | None = None
 
 
 def checked(signal: Signal, partitions: int) -> CheckedSignal:
@@ -92,7 +94,9 @@ def checked(signal: Signal, partitions: int) -> CheckedSignal:
         signal.territory, (signal.pseudonym.key_id, signal.pseudonym.value),
         (signal.sealed_ref.key_id, signal.sealed_ref.value), basis.code,
         tuple(basis.conditions) if isinstance(basis, LegalBasisLaw) else (),
-        partition_for(signal.pseudonym.value, partitions), signal.emitted_at)
+        partition_for(signal.pseudonym.value, partitions), signal.emitted_at,
+        None if signal.pseudonym_previous is None
+        else (signal.pseudonym_previous.key_id, signal.pseudonym_previous.value))
 
 
 class Verdict(NamedTuple):
@@ -195,6 +199,12 @@ class Checker:
         if not self.registry.exchange_key_accepted(signal.pseudonym.key_id):
             return Verdict(receipt_fund, signal_id, Reason.CLE_PSEUDONYME_REFUSEE,
                            "/pseudonym/key_id:not_accepted")
+        link = signal.pseudonym_previous
+        if link is not None:
+            refusal = self.registry.link_refusal(signal.pseudonym.key_id, signal.pseudonym.value,
+                                                 link.key_id, link.value)
+            if refusal is not None:
+                return Verdict(receipt_fund, signal_id, *refusal)
         return Verdict(receipt_fund, signal_id, None, "", checked(signal, self.partitions))
 
 
@@ -227,4 +237,4 @@ def from_plain(plain: WireVerdict) -> Verdict:
         return Verdict(receipt_fund, signal_id, code, detail)
     return Verdict(receipt_fund, signal_id, code, detail, CheckedSignal(
         signal_id, _FUNDS[plain[4]], plain[6], _PURPOSES[plain[5]], plain[7], plain[8], plain[9],
-        plain[10], plain[11], plain[12], plain[13], plain[14]))
+        plain[10], plain[11], plain[12], plain[13], plain[14], plain[15]))

@@ -33,7 +33,8 @@ def register(cli: click.Group) -> None:
         """Verify, apply the L115-2-1 policy and correlate signals into shared situations.
 
         Reads help.signals.<fund>.v1 and help.consents.v1; writes receipts, dead letters
-        and situation events. Ctrl-C (SIGTERM) stops it after committing what is done.
+        and situation events. Ctrl-C (SIGTERM) stops it after committing the batch in progress
+        (exit 0), within HELP_DRAIN_TIMEOUT_S (past it: exit 75, the rest read again at restart).
         """
         from services.correlator.worker import run_worker
         from services.platform.cli import settings_from

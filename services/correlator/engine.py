@@ -26,6 +26,18 @@ verifies is handed to the checks (:meth:`Checks.update`: the check helpers take 
 their next request). So a key registered or retired while the worker runs is taken without
 a restart; a registry whose signature does not verify is not (the last good one stays).
 
+Key rotation (contract §4.3): a signal whose ``pseudonym_previous`` this person's state has
+not followed yet moves the previous pseudonym's state to the new one — at once within a
+partition; across partitions by a hand-over on the repartition topic (``help-transfer``:
+``request`` to the previous pseudonym's partition, which leaves a pointer ``moved_to`` and
+answers with the state; ``answer`` back, where the records that came meanwhile were parked
+in the state and are then processed in order; ``done``, after which the pointer keeps
+nothing but where the person went). Records that reach a pointer are forwarded with the
+person key they now belong to (``help-rekey``). Every step is idempotent against a record
+read again after a crash between a batch's state writes and its outputs
+(``tests/correlator/test_rotation.py``). The situation keeps its id; erasure and objection
+reach both pseudonyms (:meth:`Engine._linked_erasures`).
+
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
 engine answers exactly as the first time (accepted receipt with the same id, the situation's
@@ -81,10 +93,13 @@ from services.core.messages import (
     to_wire,
 )
 from services.core.person import (
+    Parked,
     PersonState,
     SignalEntry,
     apply_consent,
     consent_on_record,
+    hand_over,
+    merge_moved,
     new_person,
     purge_person,
     seen_source,
@@ -128,6 +143,12 @@ H_TOPIC, H_PARTITION, H_OFFSET = "help-src-topic", "help-src-partition", "help-s
 #: (services.app.purge, through services.correlator.erasure) reached a person. See
 #: :meth:`Engine._erase` and :func:`erasure_command`.
 H_ERASE = "help-erase"
+#: Key rotation (contract §4.3, docs/keys.md): a hand-over of a person's state between the
+#: partitions of its previous and its new pseudonym, on the repartition topic like the
+#: erasure commands: ``request`` to the previous pseudonym's partition, ``answer`` back.
+H_TRANSFER = "help-transfer"
+#: On a record forwarded from a pseudonym whose state moved: the person key it now belongs to.
+H_REKEY = "help-rekey"
 
 
 class ErasureCommand(Frozen):
@@ -140,6 +161,21 @@ class ErasureCommand(Frozen):
     issued_at: Timestamp | None = None
     #: The purge's cut-off date (its ``--as-of``): carried by the tombstone to the ledger.
     cut_off: Date | None = None
+    #: Sent by the correlator itself to the other pseudonym of a re-keyed person (the one it
+    #: moved from, or to): not passed on further.
+    linked: bool = False
+
+
+class Transfer(Frozen):
+    """A hand-over between a person's previous pseudonym and its new one (key rotation):
+    a request names both; the answer carries what the previous pseudonym held (None: nothing)."""
+
+    previous: Pseudonym
+    pseudonym: Pseudonym
+    state: PersonState | None = None
+    #: Instead of ``state`` when person states are sealed: the state sealed under the previous
+    #: pseudonym's data key (base64), so that an erasure leaves this copy unreadable too.
+    sealed: str | None = None
 
 
 def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.datetime | None = None,
@@ -205,7 +241,17 @@ class ObjectionMarker(Frozen):
 def _bare_objection(state: PersonState) -> bool:
     """A state that says only "objected" (what an objection leaves): kept as a marker."""
     return (state.opposed_at is not None and not state.signals and not state.seen
-            and not state.consents and not state.marks and state.situation is None)
+            and not state.consents and not state.marks and state.situation is None
+            and state.moved_to is None and state.awaiting is None and not state.merged_from)
+
+
+def _pseudonym_of(person: bytes | str) -> Pseudonym:
+    key_id, _, value = (person.decode() if isinstance(person, bytes) else person).partition("/")
+    return Pseudonym(key_id=key_id, value=value)
+
+
+def _key_of(p: Pseudonym) -> bytes:
+    return person_key(p.key_id, p.value)
 
 
 class Sealer(Protocol):
@@ -345,6 +391,8 @@ class Engine:
         self._receipts = ReceiptWriter()
         self._now = self.clock()
         self._limits = limits_at(self._now)
+        #: Persons whose parked records were released in the batch being processed.
+        self._released_now: set[bytes] = set()
 
     # ----------------------------------------------------------------------- markers
     def marker_key(self, key: bytes) -> bytes:
@@ -375,7 +423,10 @@ class Engine:
         batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
-                reason: Reason, detail: str) -> None:
+                reason: Reason, detail: str, *, person: bytes | None = None) -> None:
+        """A receipt and a dead letter. ``person``: the pseudonym's value of a signal that
+        passed the checks (signature, schema): its payload is then sealed under the
+        person's data key (``;raw_sealed``), so the person's erasure reaches it too."""
         topic, partition, offset = source_of(rec)
         raw = rec.value or b""
         if reason in WITHHELD:
@@ -390,6 +441,8 @@ class Engine:
             detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
                       f"raw_truncated_to={MAX_MESSAGE_BYTES}")
             raw = raw[:MAX_MESSAGE_BYTES]
+        if person is not None and self.sealer is not None and raw:
+            raw, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
@@ -427,6 +480,7 @@ class Engine:
         cache = self.states
         self._now = self.clock()  # one time for the batch's receipts, dead letters and date rules
         self._limits = limits_at(self._now)
+        self._released_now = set()
         self.refresh()
         self._batch_generation = self._generation
 
@@ -465,7 +519,9 @@ class Engine:
             dirty[key] = partition
 
         records = list(records)
-        verdict = self.checks.start([(rec.value, source_of(rec)[0]) for rec in records])
+        # The exchange's own commands on the repartition topic (erasures, hand-overs) are no
+        # fund's message: nothing to check (None: a trivial verdict the engine never reads).
+        verdict = self.checks.start([(None if _control(rec) else rec.value, source_of(rec)[0]) for rec in records])
         one = self._one
         for i, rec in enumerate(records):
             one(batch, rec, verdict(i), get, put)
@@ -494,9 +550,14 @@ class Engine:
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
-        if rec.topic == REPARTITION_TOPIC and H_ERASE in rec.headers:
-            self._erase(batch, rec, get, put)
-            return
+        if rec.topic == REPARTITION_TOPIC:
+            if H_ERASE in rec.headers:
+                self._erase(batch, rec, get, put)
+                return
+            transfer = rec.headers.get(H_TRANSFER)
+            if transfer is not None:
+                self._transfer(batch, rec, transfer, get, put)
+                return
         if verdict.reason is Reason.CLE_SIGNATURE_INCONNUE and self.registry_source is not None:
             verdict = self._unknown_key(rec, verdict)
         receipt_fund, signal_id, reason, detail, checked = verdict
@@ -508,7 +569,8 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field,
+                         person=None if checked is None else checked.pseudonym[1].encode())
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:
@@ -543,14 +605,21 @@ class Engine:
         """The person's partition (``expected``), or None after forwarding a misrouted record."""
         if rec.partition == expected:
             return expected
-        topic, partition, offset = source_of(rec)
-        batch.outputs.append(Output(
-            REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, expected,
-            ((H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
-             (H_OFFSET, str(offset).encode())),
-            rec.timestamp_ms,
-        ))
+        self._forward(batch, rec, pseudonym_value, expected, rec.headers.get(H_REKEY))
         return None
+
+    def _forward(self, batch: Batch, rec: Record, pseudonym_value: str, partition: int,
+                 rekey: bytes | None) -> None:
+        """``rec`` to the repartition topic's ``partition``, with its original position (and the
+        person key it was re-keyed to, if any)."""
+        topic, source_partition, offset = source_of(rec)
+        headers: tuple[tuple[str, bytes], ...] = (
+            (H_TOPIC, topic.encode()), (H_PARTITION, str(source_partition).encode()),
+            (H_OFFSET, str(offset).encode()))
+        if rekey is not None:
+            headers += ((H_REKEY, rekey),)
+        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, partition,
+                                    headers, rec.timestamp_ms))
 
     def _policy(self, sig: CheckedSignal, consent: bool) -> Reason | None:
         """:func:`check_exchange` for this signal, remembered: a pure function of few values."""
@@ -568,11 +637,25 @@ class Engine:
     def _signal(self, batch: Batch, rec: Record, sig: CheckedSignal,
                 get: Callable[[bytes], PersonState | None],
                 put: Callable[[bytes, int, PersonState], None]) -> None:
-        partition = self._route(batch, rec, sig.pseudonym[1], sig.partition)
+        rekey = rec.headers.get(H_REKEY)
+        person = _pseudonym_of(rekey) if rekey is not None else Pseudonym(key_id=sig.pseudonym[0],
+                                                                            value=sig.pseudonym[1])
+        expected = sig.partition if rekey is None else partition_for(person.value, self.partitions)
+        partition = self._route(batch, rec, person.value, expected)
         if partition is None:
             return
-        pkey = person_key(*sig.pseudonym)
+        pkey = _key_of(person)
         state = get(pkey)
+        if state is not None and not self._here(batch, rec, pkey, partition, state, put):
+            return
+        if sig.previous is not None and rekey is None:
+            link = Pseudonym(key_id=sig.previous[0], value=sig.previous[1])
+            if state is None or (link not in state.merged_from and link != state.pseudonym):
+                state = self._follow(batch, rec, pkey, partition, person, state, link, get, put)
+                if state is None:
+                    return  # parked until the previous pseudonym's state comes
+        if state is not None and state.released and pkey not in self._released_now:
+            state = state.model_copy(update={"released": ()})
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
             if reason is Reason.CONSENTEMENT_ABSENT and state is not None and state.withdrawn(sig.purpose):
@@ -614,13 +697,141 @@ class Engine:
                             source=position, received_s=int(self._now.timestamp()))
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
-            state = new_person(Pseudonym(key_id=sig.pseudonym[0], value=sig.pseudonym[1]))
+            state = new_person(person)
         step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred)
         put(pkey, partition, step.state)
         for event in step.events:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    # ----------------------------------------------------------------------- key rotation
+    def _here(self, batch: Batch, rec: Record, pkey: bytes, partition: int, state: PersonState,
+              put: Callable[[bytes, int, PersonState], None]) -> bool:
+        """Whether ``rec`` is processed under ``pkey`` now: not if the person moved to a newer
+        pseudonym (forwarded there) or is waiting for its previous one's state (parked)."""
+        if state.moved_to is not None:
+            to = state.moved_to
+            self._forward(batch, rec, to.value, partition_for(to.value, self.partitions), _key_of(to))
+            return False
+        if state.awaiting is not None:
+            parked = _parked(rec)
+            if any(p.source == parked.source for p in state.parked):
+                self._request(batch, state.awaiting, state.pseudonym)  # read again: the request may be lost
+            else:
+                put(pkey, partition, state.model_copy(update={"parked": (*state.parked, parked)}))
+            return False
+        return True
+
+    def _follow(self, batch: Batch, rec: Record, pkey: bytes, partition: int, person: Pseudonym,
+                state: PersonState | None, link: Pseudonym, get: Callable[[bytes], PersonState | None],
+                put: Callable[[bytes, int, PersonState], None]) -> PersonState | None:
+        """A signal's ``pseudonym_previous`` seen for the first time: the previous pseudonym's
+        state joins this one — at once if both live in this partition, otherwise asked of the
+        previous one's partition while ``rec`` waits (None)."""
+        lpart = partition_for(link.value, self.partitions)
+        if lpart == partition:
+            lkey = _key_of(link)
+            moved, stays = hand_over(get(lkey), link, person)
+            put(lkey, partition, stays.model_copy(update={"signals": (), "seen": (), "situation": None})
+                if moved is not None else stays)
+            return self._merge(batch, pkey, partition, person, state, moved, link, put)
+        base = state if state is not None else new_person(person)
+        put(pkey, partition, base.model_copy(update={"awaiting": link, "parked": (_parked(rec),)}))
+        self._request(batch, link, person)
+        return None
+
+    def _merge(self, batch: Batch, pkey: bytes, partition: int, person: Pseudonym, state: PersonState | None,
+               moved: PersonState | None, link: Pseudonym,
+               put: Callable[[bytes, int, PersonState], None]) -> PersonState:
+        merged, erased = merge_moved(state, moved, person)
+        merged = merged.model_copy(update={"merged_from": (*merged.merged_from, link)[-8:]})
+        put(pkey, partition, merged)
+        if erased is not None:  # an objection on one side erased the other's situation
+            batch.outputs.append(Output(SITUATIONS_TOPIC, erased.encode(), None))
+        return merged
+
+    def _request(self, batch: Batch, link: Pseudonym, person: Pseudonym) -> None:
+        batch.outputs.append(Output(REPARTITION_TOPIC, link.value.encode(),
+                                    to_wire(Transfer(previous=link, pseudonym=person)),
+                                    partition_for(link.value, self.partitions), ((H_TRANSFER, b"request"),)))
+
+    def _transfer(self, batch: Batch, rec: Record, kind: bytes, get: Callable[[bytes], PersonState | None],
+                  put: Callable[[bytes, int, PersonState], None]) -> None:
+        """A hand-over message (no fund sent it, no receipt): ``request`` at the previous
+        pseudonym's partition (answer with its state, leave a pointer); ``answer`` at the new
+        one's (join the state, release the parked records in order); ``done`` back at the
+        previous one's (the pointer keeps nothing but where the person went)."""
+        try:
+            msg = parse(Transfer, rec.value or b"")
+            if kind not in (b"request", b"answer", b"done"):
+                raise ValueError(kind)
+        except (ValidationError, ValueError):
+            self._reject(batch, rec, None, None, Reason.SCHEMA_INVALIDE, "/:transfer_malformed")
+            return
+        at = msg.pseudonym if kind == b"answer" else msg.previous
+        part = partition_for(at.value, self.partitions)
+        if rec.partition != part:  # sent for another partition count: to the right one
+            batch.outputs.append(Output(REPARTITION_TOPIC, at.value.encode(), rec.value, part, ((H_TRANSFER, kind),)))
+            return
+        key = _key_of(at)
+        state = get(key)
+        if kind == b"request":
+            moved, stays = hand_over(state, msg.previous, msg.pseudonym)
+            if stays is not state:
+                put(key, part, stays)
+            answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, state=moved)
+            if self.sealer is not None and moved is not None:
+                answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, sealed=base64.b64encode(
+                    self.sealer.seal(msg.previous.value.encode(), REPARTITION_TOPIC,
+                                     moved.model_dump_json().encode())).decode("ascii"))
+            batch.outputs.append(Output(REPARTITION_TOPIC, msg.pseudonym.value.encode(), to_wire(answer),
+                                        partition_for(msg.pseudonym.value, self.partitions),
+                                        ((H_TRANSFER, b"answer"),)))
+            return
+        if kind == b"done":
+            if state is not None and state.moved_to == msg.pseudonym and (state.signals or state.situation):
+                put(key, part, new_person(msg.previous).model_copy(update={"moved_to": msg.pseudonym}))
+            return
+        if state is None:
+            return  # nothing waits for it (erased meanwhile)
+        if state.awaiting == msg.previous:
+            released = state.parked
+            base = state.model_copy(update={"awaiting": None, "parked": ()})
+            moved = msg.state
+            if msg.sealed is not None and self.sealer is not None:
+                opened = self.sealer.open(msg.previous.value.encode(), REPARTITION_TOPIC,
+                                          base64.b64decode(msg.sealed))
+                # None: its key was destroyed (the person was erased meanwhile): nothing moves
+                moved = None if opened is None else PersonState.model_validate_json(opened)
+            merged = self._merge(batch, key, part, msg.pseudonym, base, moved, msg.previous, put)
+            put(key, part, merged.model_copy(update={"released": released}))
+        elif msg.previous in state.merged_from and state.released:
+            released = state.released  # the same answer read again: answer its records again
+        else:
+            return
+        batch.outputs.append(Output(REPARTITION_TOPIC, msg.previous.value.encode(),
+                                    to_wire(Transfer(previous=msg.previous, pseudonym=msg.pseudonym)),
+                                    partition_for(msg.previous.value, self.partitions), ((H_TRANSFER, b"done"),)))
+        self._released_now.add(key)
+        if self._recheck is None:
+            self._recheck = Checker(self.registry, self.partitions)
+        for p in released:
+            headers = {H_TOPIC: p.topic.encode(), H_PARTITION: str(p.partition).encode(),
+                       H_OFFSET: str(p.offset).encode()}
+            if p.rekey is not None:
+                headers[H_REKEY] = p.rekey.encode()
+            value = base64.b64decode(p.value)
+            self._one(batch, Record(REPARTITION_TOPIC, part, p.offset, p.timestamp_ms, None, value, headers),
+                      self._recheck.check(value, p.topic), get, put)
+
+    def _linked_erasures(self, batch: Batch, state: PersonState, command: ErasureCommand | None) -> None:
+        """Erasure reaches the person's other pseudonyms of a rotation window (once: linked)."""
+        for other in {*state.merged_from, *(p for p in (state.moved_to, state.awaiting) if p is not None)}:
+            linked = ErasureCommand(pseudonym=other, issued_at=command.issued_at if command else None,
+                                    cut_off=command.cut_off if command else None, linked=True)
+            batch.outputs.append(Output(REPARTITION_TOPIC, other.value.encode(), to_wire(linked),
+                                        partition_for(other.value, self.partitions), ((H_ERASE, ORIGIN_PURGE),)))
 
     def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
                put: Callable[[bytes, int, PersonState], None]) -> None:
@@ -645,20 +856,30 @@ class Engine:
             return
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
+        situation_id = situation_id_for(pseudonym)
         if self.sealer is not None:  # every earlier copy of the state: unreadable
             self.sealer.erase(pseudonym.value.encode())
         if state is not None:
             purged = purge_person(state, command.issued_at)
+            if state.parked:  # records waiting for a hand-over are the person's too
+                purged = purged.model_copy(update={"parked": tuple(
+                    p for p in state.parked if command.issued_at is not None
+                    and p.timestamp_ms > command.issued_at.timestamp() * 1000)})
             put(pkey, expected, purged)
+            if not command.linked:
+                self._linked_erasures(batch, state, command)
+            if state.moved_to is not None:
+                return  # the situation lives on under the newer pseudonym, which decides
             if purged.situation is not None:
                 return  # built on signals received after the purge was issued: not erased
+            if state.situation is not None:  # a re-keyed person's situation keeps its first id
+                situation_id = state.situation.situation_id
         headers: tuple[tuple[str, bytes], ...] = ((ORIGIN_HEADER, ORIGIN_PURGE),)
         if command.cut_off is not None:
             headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
-        batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id_for(pseudonym).encode(), None,
-                                    headers=headers))
+        batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id.encode(), None, headers=headers))
 
-    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes | None]]:
         """The retention sweep over (key, changelog partition, state bytes): the new
         state bytes of every person who kept signals older than the correlation window
         (:func:`~services.core.person.sweep_person`), to write to the changelog. A sealed
@@ -667,7 +888,7 @@ class Engine:
         earlier version are left to the next signal when states are sealed."""
         today = self.clock().date()
         rules = self.ctx.rules
-        writes: dict[bytes, tuple[int, bytes]] = {}
+        writes: dict[bytes, tuple[int, bytes | None]] = {}
         sealer, state_topic = self.sealer, self.state_topic
         for key, partition, raw in items:
             if key.startswith(MARKER_PREFIX):
@@ -682,6 +903,11 @@ class Engine:
                 key = person_key(state.pseudonym.key_id, state.pseudonym.value)
             else:
                 state = self.states.get(key, raw) or PersonState.model_validate_json(raw)
+            if state.moved_to is not None and not self.registry.exchange_key_accepted(state.pseudonym.key_id):
+                writes[key] = (partition, None)  # a pointer past its key's window: nothing comes for it
+                if sealer is not None:
+                    sealer.erase(_value_of(key))
+                continue
             swept = sweep_person(state, today=today, window_days=rules.fenetre_correlation_jours,
                                  max_signals=rules.signalements_max_par_personne)
             if swept is not None:
@@ -705,8 +931,9 @@ class Engine:
             raise Rejected(Reason.SCHEMA_INVALIDE, schema_detail(exc)) from None
         if not self.registry.exchange_key_accepted(event.pseudonym.key_id):
             raise Rejected(Reason.CLE_PSEUDONYME_REFUSEE, "/pseudonym/key_id:not_accepted")
-        partition = self._route(batch, rec, event.pseudonym.value,
-                                partition_for(event.pseudonym.value, self.partitions))
+        rekey = rec.headers.get(H_REKEY)
+        person = _pseudonym_of(rekey) if rekey is not None else event.pseudonym
+        partition = self._route(batch, rec, person.value, partition_for(person.value, self.partitions))
         if partition is None:
             return
         # effective_at not in the future (services.core.dates): the bound only moves forward
@@ -714,18 +941,40 @@ class Engine:
         dates = consent_dates(event.effective_at, self._limits)
         if dates is not None:
             raise Rejected(*dates)
-        pkey = person_key(event.pseudonym.key_id, event.pseudonym.value)
-        state, erased = apply_consent(get(pkey), event)
+        pkey = _key_of(person)
+        current = get(pkey)
+        if current is not None and not self._here(batch, rec, pkey, partition, current, put):
+            return
+        state, erased = apply_consent(current, event if person == event.pseudonym
+                                      else event.model_copy(update={"pseudonym": person}))
         put(pkey, partition, state)
         if event.kind != "consentement_donne" and self.sealer is not None:
             # An objection or a withdrawal: the earlier states (signals now erased) go with their key.
-            self.sealer.erase(event.pseudonym.value.encode())
+            self.sealer.erase(person.value.encode())
         if erased:
-            # Compacted topic: the tombstone makes every consumer forget the situation.
-            batch.outputs.append(Output(SITUATIONS_TOPIC,
-                                        situation_id_for(event.pseudonym).encode(), None))
+            # Compacted topic: the tombstone makes every consumer forget the situation (a
+            # re-keyed person's situation keeps the id of its first pseudonym).
+            sit = current.situation if current is not None else None
+            ids = {sit.situation_id} if sit is not None else {
+                situation_id_for(p) for p in (person, *(current.merged_from if current else ()))}
+            for sid in sorted(ids):
+                batch.outputs.append(Output(SITUATIONS_TOPIC, sid.encode(), None))
+        if event.kind == "opposition" and current is not None:
+            self._linked_erasures(batch, current, None)
         self._receipt(batch, rec, event.fund, None, None)
         batch.accepted += 1
+
+
+def _control(rec: Record) -> bool:
+    return rec.topic == REPARTITION_TOPIC and (H_ERASE in rec.headers or H_TRANSFER in rec.headers)
+
+
+def _parked(rec: Record) -> Parked:
+    topic, partition, offset = source_of(rec)
+    rekey = rec.headers.get(H_REKEY)
+    return Parked(topic=topic, partition=partition, offset=offset, timestamp_ms=rec.timestamp_ms,
+                  value=base64.b64encode(rec.value or b"").decode("ascii"),
+                  rekey=None if rekey is None else rekey.decode())
 
 
 def _wire(event: Any) -> bytes:

@@ -29,6 +29,19 @@ Per-app changes:
   each fetched message goes to the agent's inbox as it is (see :mod:`.delivery`), not
   decoded into an Event and put on the agent's channel.
 
+Stopping (SIGTERM or SIGINT; the platform's rule: services.platform.stopping):
+
+- :func:`on_stopping`: a coroutine awaited through ``App.on_before_shutdown``, which
+  ``App.on_stop`` sends after it stopped the fetcher and before the app's children (the
+  agents, the consumer and its thread, the producer) are stopped — mode's ``Service.stop``
+  runs ``on_stop`` before ``_stop_children``: the last moment at which the batch in
+  progress can still be finished, its outputs sent and its offsets committed. Without it
+  the agent was cancelled in the middle of a batch and the checkpoint then found the
+  consumer's thread loop closed (exit 75, the batch read again).
+- :func:`worker`: Faust's ``Worker`` whose ``_schedule_shutdown`` (mode's, where both
+  signal handlers of the worker lead) first calls ``on_signal``: the stop's bound starts
+  counting when the signal comes, not when Faust reaches the drain.
+
 Private reads (no patch):
 
 - :func:`committed_offsets`: the consumer's aiokafka client (``Consumer._thread``,
@@ -46,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -141,6 +154,29 @@ def _stepping_first(original: Any) -> Any:
         return await original(self, *coros, timeout=timeout)
 
     return wait_first
+
+
+def on_stopping(app: faust.App, drain: Callable[[], Awaitable[None]]) -> None:
+    """Await ``drain()`` when the app stops, with the fetcher stopped and the consumer and
+    the producer still running."""
+
+    async def before_shutdown(sender: Any, *args: Any, **kwargs: Any) -> None:
+        await drain()
+
+    # (mode's signal stubs do not accept a coroutine function with *args: cast.)
+    app.on_before_shutdown.connect(cast(Any, before_shutdown))
+
+
+def worker(app: faust.App, on_signal: Callable[[], None], **options: Any) -> faust.Worker:
+    """Faust's worker for ``app`` (``options`` as ``faust.Worker``'s), calling ``on_signal()``
+    when a stop signal (SIGTERM, SIGINT) comes, before Faust begins stopping."""
+
+    class _Worker(faust.Worker):
+        def _schedule_shutdown(self, signal: Any) -> None:
+            on_signal()
+            super()._schedule_shutdown(signal)
+
+    return _Worker(app, **options)
 
 
 def route_to_inbox(app: faust.App, topics: set[str],

@@ -7,7 +7,10 @@ progresses meanwhile); keep the touched states; hand the batch's
 :class:`~.checkpoint.Checkpoint` (state writes, outputs, next offsets) to
 :class:`~.checkpoint.Checkpoints`. A revocation takes the same lock and waits for the
 checkpoints, so a partition is revoked between batches, never during one, and only once
-what was processed of it is committed.
+what was processed of it is committed. A stop (:meth:`Processor.stop`, on SIGTERM or SIGINT)
+takes the lock too: the batch in progress finishes, its checkpoint and every one before it
+complete, and no batch or sweep starts after it (what was fetched and not processed is not
+committed: it is read again at the next start).
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ class Processor:
         self._loader = loader
         self.gauges = gauges
         self.lock = asyncio.Lock()
+        #: Set by :meth:`stop`: nothing new starts.
+        self.stopping = False
 
     async def batch(self, received: Sequence[Any]) -> None:
         """Process a batch of fetched messages (after the one in progress)."""
         async with self.lock:
-            await self._batch(received)
+            if not self.stopping:
+                await self._batch(received)
 
     async def _batch(self, received: Sequence[Any]) -> None:
         messages = await self.positions.select(received)
@@ -118,11 +124,19 @@ class Processor:
         if self.keys is not None:  # destroyed keys out of SQLite's WAL too, in time
             await asyncio.to_thread(self.keys.store.maybe_scrub)
         async with self.lock:
+            if self.stopping:
+                return 0
             writes = self.engine.sweep(self.store.sweep_page(page))
             if writes:
                 destroy = await self._store_keys()
                 await self.checkpoints.submit(Checkpoint(self._keep(writes), destroy=destroy))
         return len(writes)
+
+    async def stop(self) -> None:
+        """After the batch in progress, with every checkpoint done; no batch starts after."""
+        self.stopping = True
+        async with self.lock:
+            await self.checkpoints.drain()
 
     async def revoked(self, tps: set[TP]) -> None:
         """After the batch in progress, with what was processed on the broker and committed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.correlator import faust_seam
 from services.correlator.app import changelog_topic, make_app
 from services.correlator.engine import repartition_spec
 from services.platform import metrics
@@ -12,6 +13,7 @@ from services.platform.broker import resolve_bootstrap
 from services.platform.kafka import apply_topics
 from services.platform.runtime import tune_for_streaming
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 from services.platform.topics import TopicSpec
 
 
@@ -25,16 +27,17 @@ def ensure_internal_topics(settings: Settings, bootstrap: str) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    import faust
-
+    """Run until SIGTERM or SIGINT: then the batch in progress is finished and committed and
+    the process exits 0, or 75 past ``settings.drain_timeout_s`` (services.platform.stopping)."""
     bootstrap = resolve_bootstrap(settings)
     ensure_internal_topics(settings, bootstrap)
     metrics.serve(settings, "correlator")
-    app = make_app(settings, bootstrap)
+    deadline = Deadline(settings.drain_timeout_s, "correlator")
+    app = make_app(settings, bootstrap, deadline)
     # No per-message log records: WARNING and above only. Faust's spinner (on when stdout is
     # a terminal) sets the root logger to DEBUG, so every debug record of aiokafka and Faust
     # was built per message: no spinner.
-    worker = faust.Worker(app, loglevel=logging.WARNING, quiet=True)
+    worker = faust_seam.worker(app, deadline.arm, loglevel=logging.WARNING, quiet=True)
     worker.spinner = None
     tune_for_streaming()  # the collector's policy: services.platform.runtime
     worker.execute_from_commandline()

@@ -25,6 +25,7 @@ from services.platform.cli import provided, settings_from
 from services.platform.clitypes import OutputFile
 from services.platform.serving import serve_until_interrupted
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 
 _ID = r"^[0-9a-f]{32}$"
 
@@ -215,7 +216,7 @@ def audit_serve(ctx: click.Context, host: str, port: int) -> None:
 
     server = tile_server(_ledger(ctx, sign=False), host, port)
     click.echo(f"serving the ledger's tiles on http://{host}:{port}/ (Ctrl-C stops)")
-    serve_until_interrupted(server)
+    serve_until_interrupted(server, Deadline(_settings(ctx).drain_timeout_s, "tile server"))
 
 
 @audit.command("verify-tiles")
@@ -331,7 +332,7 @@ def witness_serve(ctx: click.Context, fund: str, host: str, port: int) -> None:
 
     server = witness_server(Witness.load(_settings(ctx).key_dir, fund), host, port)
     click.echo(f"witness of {fund} on http://{host}:{port}/add-checkpoint (Ctrl-C stops)")
-    serve_until_interrupted(server)
+    serve_until_interrupted(server, Deadline(_settings(ctx).drain_timeout_s, "witness"))
 
 
 @witness.command("cosign")
@@ -560,18 +561,25 @@ def audit_sink(ctx: click.Context, until_idle: float | None, batch_max: int) -> 
     """
     import asyncio
 
-    from services.ledger.sink import AuditSink
+    from services.ledger.sink import AuditSink, BatchResult
     from services.platform import metrics
     from services.platform.broker import resolve_bootstrap
+    from services.platform.stopping import Deadline, stop_on_signals
 
     settings = _settings(ctx)
     sink = AuditSink(settings, _ledger(ctx, sign=True), resolve_bootstrap(settings),
                      cases=provided(ctx, LedgerWiring).cases, batch_max=batch_max)
     metrics.serve(settings, "audit sink")
-    try:
-        totals = asyncio.run(sink.run(until_idle=until_idle))
-    except KeyboardInterrupt:
-        totals = sink.totals
+
+    async def main() -> BatchResult:
+        # SIGTERM or SIGINT: the batch in flight commits, then the sink stops (exit 0), within
+        # HELP_DRAIN_TIMEOUT_S (services.platform.stopping).
+        stop = asyncio.Event()
+        stop_on_signals(stop, Deadline(settings.drain_timeout_s, "audit sink"))
+        click.echo(f"audit sink reading from {sink.bootstrap}; Ctrl-C stops it", err=True)
+        return await sink.run(until_idle=until_idle, stop=stop)
+
+    totals = asyncio.run(main())
     click.echo(f"audit sink: {totals.records} records read, {totals.appended} entries appended, "
                f"{totals.already_present} already present, {totals.skipped} unreadable; "
                f"ledger size {sink.ledger.size()}")

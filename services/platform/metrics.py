@@ -86,6 +86,11 @@ SIGNALS = Counter(
     "help_correlator_signals",
     "Source records the correlator processed (signals, consents, re-keyed forwards).",
     registry=REGISTRY)
+CHECK_HELPERS_REPLACED = Counter(
+    "help_correlator_check_helpers_replaced",
+    "Check helper processes found dead between batches and replaced (a death during a batch "
+    "stops the worker instead, exit 75).",
+    registry=REGISTRY)
 STALLED = Gauge(
     "help_partition_stalled",
     "1 while an assigned partition has records to process but its committed offset has not "

@@ -47,6 +47,7 @@ _HINTS = {
     "casebook_oidc_redirect_uri": "give this web view's address followed by /login/oidc/callback",
     "casebook_oidc_scopes": "give space-separated scopes starting with openid, e.g. 'openid email siret'",
     "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
+    "drain_timeout_s": "give a number of seconds between 1 and 600, e.g. 30",
     "correlator_app_id": "use letters, digits, '.', '_' or '-' (it names the consumer group and the state topic)",
     "correlator_batch_max": "give a whole number of records between 1 and 100000, e.g. 5000",
     "correlator_batch_wait_ms": "give a number of milliseconds between 0 and 1000, e.g. 2",
@@ -103,12 +104,25 @@ class Settings(BaseSettings):
     #: Kafka's idempotent producer; the embedded broker refuses its handshake, Apache Kafka takes it.
     enable_idempotence: bool = False
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
+    outbox_keep_sent_days: Annotated[int, Field(ge=0, le=90)] = 7
+    """How long a fund's outbox keeps the bytes of a signal the correlator accepted, counted
+    from its sending, so that ``outbox resend --since`` can send again what a lost broker had
+    acknowledged (docs/erasure.md: the fund's own file; 0 drops them on the accepted receipt)."""
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
+    drain_timeout_s: Annotated[float, Field(ge=1, le=600)] = 30.0
+    """How long a service stopped by SIGTERM or SIGINT (correlator worker, casebook and ledger
+    sinks, pseudonymisation service) may take to finish the work in progress and commit it.
+    Past it, the process exits at once without committing more (exit status 75): what was
+    not committed is read again at the next start (docs/architecture.md, "Stopping")."""
 
     # ------------------------------------------------ pseudonymisation (HELP_PSEUDONYM*), issue #20
     pseudonym_scheme: Literal["v1", "v2"] = "v1"
     """``v1``: HMAC under the exchange key every fund holds (docs/contract.md §4). ``v2``: RFC 9497
     VOPRF, asked of the pseudonymisation service; the fund holds no pseudonymisation key (§4.2)."""
+    pseudonym_migration: Literal["", "v1"] = ""
+    """``v1`` during a v1 → v2 migration window (with ``pseudonym_scheme`` ``v2``): each signal
+    also carries the person's v1 pseudonym as ``pseudonym_previous`` (contract §4.3), computed
+    with the v1 exchange key the fund holds until the window ends; empty: no v1 link."""
     pseudonymiser_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$")] = \
         "http://127.0.0.1:19480"
     """Where producers reach the pseudonymisation service (scheme v2)."""

@@ -254,7 +254,9 @@ class TrackedConsumer(Generic[R]):
                   after_poll: Callable[[Processed[R] | None], Awaitable[None]] | None = None,
                   monitor: LagMonitor | None = None) -> None:
         """Consume until ``stop`` is set, or until ``until_idle`` seconds pass without a
-        record (counted from the last record, or from the last assignment). ``after_poll``
+        record (counted from the last record, or from the last assignment). ``stop`` (set on
+        SIGTERM or SIGINT: :func:`services.platform.stopping.stop_on_signals`) lets the batch
+        being applied commit and its ``after_poll`` run; nothing fetched after it is applied. ``after_poll``
         is awaited after each commit with what was processed, and after each empty fetch
         (caught up) with None. ``monitor`` measures the lag meanwhile."""
         source.subscribe(self.topics, listener=_SeekToStored(self, source))
@@ -265,6 +267,8 @@ class TrackedConsumer(Generic[R]):
         try:
             while stop is None or not stop.is_set():
                 fetched = await source.getmany(timeout_ms=300, max_records=self.batch_max)
+                if stop is not None and stop.is_set():
+                    break  # asked to stop during the fetch: not applied, read again at the next start
                 records = [record_of(tp, m) for tp, messages in fetched.items() for m in messages]
                 if records:
                     started = time.perf_counter()

@@ -9,6 +9,7 @@ import click
 from services.platform.cli import provided, settings_from
 from services.platform.serving import serve_until_interrupted
 from services.platform.settings import Settings
+from services.platform.stopping import Deadline
 from services.pseudonymiser.wiring import PseudonymiserWiring
 
 
@@ -68,7 +69,8 @@ def keys_cmd(ctx: click.Context) -> None:
 @click.option("--port", default=19480, show_default=True, type=click.IntRange(1024, 65535))
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int) -> None:
-    """Serve POST /v1/evaluate and GET /v1/keys until stopped (Ctrl-C)."""
+    """Serve POST /v1/evaluate and GET /v1/keys until stopped (Ctrl-C, SIGTERM: the requests
+    in flight are answered first)."""
     from services.core.pseudonymisation import public_path
     from services.platform import metrics
     from services.pseudonymiser.keystore import store_dir
@@ -87,4 +89,6 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     click.echo(f"pseudonymiser on http://{host}:{port}/ (key version {service.current_version}; Ctrl-C stops it)",
                err=True)
     metrics.serve(settings, "pseudonymiser")
-    serve_until_interrupted(server)
+    # SIGTERM or SIGINT: no new connection; the requests in flight are answered (their ledger
+    # rows written), within HELP_DRAIN_TIMEOUT_S (services.platform.stopping).
+    serve_until_interrupted(server, Deadline(settings.drain_timeout_s, "pseudonymiser"))

@@ -56,8 +56,12 @@ class Pseudonymiser:
     """Quota, replay and limits per fund, then ``BlindEvaluateBatch`` under one key version."""
 
     def __init__(self, evaluators: dict[str, Evaluator], current: str, *, quota_per_day: int, batch_limit: int,
-                 log: ServiceLog | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 log: ServiceLog | None = None, clock: Callable[[], dt.datetime] | None = None,
+                 keys: Callable[[], tuple[dict[str, Evaluator], str] | None] | None = None) -> None:
         self.evaluators = evaluators
+        #: Gives the active versions again when the key store changed (None: unchanged): a
+        #: version created or destroyed while the service runs is taken at the next batch.
+        self._keys = keys
         #: The version a batch is answered under when it names none (the newest active one).
         self.current_version = current
         self.quota_per_day = quota_per_day
@@ -84,6 +88,10 @@ class Pseudonymiser:
                  ) -> Answer:
         """Answer the batch or raise :class:`Refused` (recorded either way)."""
         now = self._clock()
+        if self._keys is not None:
+            changed = self._keys()
+            if changed is not None:
+                self.evaluators, self.current_version = changed
         version = key_version or self.current_version
         try:
             with self._lock:
@@ -141,12 +149,32 @@ def build_service(settings: Settings, *, log: ServiceLog | None = None) -> Pseud
     its batches (``log``: the ledger, as :func:`services.app.bootstrap.pseudonymiser_log`
     builds it; None enters nothing)."""
     from services.core.pseudonymisation import current_version, public_path, read_public
+    from services.errors import ConfigurationError
     from services.pseudonymiser.keystore import load_evaluators, store_dir
 
+    path = public_path(store_dir(settings))
+    seen = [path.stat().st_mtime_ns]
+
+    def keys() -> tuple[dict[str, Evaluator], str] | None:
+        """The active versions again if ``public.json`` changed (a stat per batch): a new
+        version is answered under at once, a destroyed one refused at once."""
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if mtime == seen[0]:
+            return None
+        try:
+            found = load_evaluators(settings), current_version(read_public(path)).key_version
+        except ConfigurationError:  # caught between two writes: keep what we have, look again
+            return None
+        seen[0] = mtime
+        return found
+
     evaluators = load_evaluators(settings)
-    current = current_version(read_public(public_path(store_dir(settings)))).key_version
+    current = current_version(read_public(path)).key_version
     service = Pseudonymiser(evaluators, current, quota_per_day=settings.pseudonymiser_quota_per_day,
-                            batch_limit=settings.pseudonymiser_batch_limit, log=log)
+                            batch_limit=settings.pseudonymiser_batch_limit, log=log, keys=keys)
     if log is not None:
         service.restore(*log.today(dt.datetime.now(dt.UTC)))
     return service

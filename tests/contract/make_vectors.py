@@ -296,6 +296,70 @@ def pseudonym_v2_file() -> dict[str, Any]:
                                   for d in ("00", "5a" * 17)]}}
 
 
+#: A second v2 version, for the rotation case (a public label: tests only).
+V2_NEXT_SEED = hashlib.sha256(b"help-exchange test pseudonymiser seed v2 next").digest()
+V2_NEXT_KEY_VERSION = "pk-0e1f2a3b"
+ROTATION_RECORD_INDEX = 0  # the record of SIGNAL_RECORDS whose signal is built in a migration window
+
+
+class _WindowSource:
+    """The pseudonyms of a window as the fund gets them: fixed values (§4.3)."""
+
+    def __init__(self, pseudonym: dict[str, str], previous: dict[str, str]) -> None:
+        self._p, self._prev = pseudonym, previous
+
+    def prefetch(self, nirs: Any) -> None:
+        """Nothing to ask: the values are given."""
+
+    def pseudonym(self, nir: str) -> dict[str, str]:
+        return self._p
+
+    def previous(self, nir: str) -> dict[str, str] | None:
+        return self._prev
+
+
+def rotation_file(settings: Settings) -> dict[str, Any]:
+    from services.core import oprf
+    from services.producer.pseudonym import pseudonym as v1_pseudonym
+    from services.producer.pseudonym_v2 import oprf_input
+    from services.pseudonymiser.keystore import KEY_INFO
+
+    current = oprf.Evaluator.from_seed(V2_KEY_VERSION, V2_SEED, KEY_INFO)
+    following = oprf.Evaluator.from_seed(V2_NEXT_KEY_VERSION, V2_NEXT_SEED, KEY_INFO)
+    why, rec = SIGNAL_RECORDS[ROTATION_RECORD_INDEX]
+    nir = nirs.normalise(rec.nir)
+    v1 = v1_pseudonym(EXCHANGE_KEY_ID, EXCHANGE_KEY, nir)
+    out_current = current.evaluate(oprf_input(nir))
+    out_next = following.evaluate(oprf_input(nir))
+    v2 = {"key_id": V2_KEY_VERSION, "value": oprf.pseudonym_value_v2(out_current)}
+    v2_next = {"key_id": V2_NEXT_KEY_VERSION, "value": oprf.pseudonym_value_v2(out_next)}
+    b = builder(settings)
+    b._pseudonyms = _WindowSource(v2, v1)
+    row = b.build(rec, today=TODAY, now=NOW, partitions=PARTITIONS)
+    message = json.loads(row.value)
+    unsigned = {k: v for k, v in message.items() if k != "signature"}
+    return {"description": "Rotation and migration windows (docs/contract.md §4.3): a signal carries "
+                           "'pseudonym' under the newest key and 'pseudonym_previous', the same person under the "
+                           "previous one. migration: v1 (HMAC, exchange key of keys.json) -> v2 (test version of "
+                           "pseudonym_v2.json); rotation: that v2 version -> a newer one (its seed and info here; "
+                           "output = Evaluate(skS, prefix || NIR15), value = b64url(output[0:32])). signal: the "
+                           "signal of signals.json's first record built in a migration window (same keys, day, "
+                           "time and nonce as signals.json): the link is signed with the rest; the signal id is "
+                           "signals.json's, the seal binds 'pseudonym' (§6) and the record key is its value.",
+            "nir": nir, "key_info": KEY_INFO.decode(),
+            "versions": [{"key_version": V2_KEY_VERSION, "seed_hex": _hex(V2_SEED),
+                          "public_key_hex": _hex(current.public_key), "output_hex": _hex(out_current)},
+                         {"key_version": V2_NEXT_KEY_VERSION, "seed_hex": _hex(V2_NEXT_SEED),
+                          "public_key_hex": _hex(following.public_key), "output_hex": _hex(out_next)}],
+            "cases": [
+                {"note": "migration v1 -> v2", "pseudonym": v2, "pseudonym_previous": v1},
+                {"note": "rotation of the v2 key", "pseudonym": v2_next, "pseudonym_previous": v2}],
+            "signal": {"note": f"{why}, in a v1 -> v2 migration window", "input": _input_json(rec),
+                       "nonce_hex": _hex(nonce_for(ROTATION_RECORD_INDEX)), "signal_id": row.signal_id,
+                       "canonical_unsigned_text": canonical(unsigned).decode(), "wire_text": row.value.decode("utf-8"),
+                       "kafka_key_text": row.key.decode("ascii"), "partition": row.partition}}
+
+
 SIGNAL_ID_CASES = [
     ("DOS-2026-00042", "separation", dt.date(2026, 11, 2)),
     ("DOS-2026-00042", "separation", dt.date(2026, 11, 3)),
@@ -625,6 +689,16 @@ def bad_cases(settings: Settings) -> Iterator[tuple[str, str, list[tuple[str, by
     yield "cle_pseudonyme_refusee", "pseudonym under a retired exchange key", \
         [(sig, _text(w.signal(pseudonym={"key_id": RETIRED_EXCHANGE_KEY_ID, "value": good["pseudonym"]["value"]})),
           None)]
+    link = {"key_id": OLD_EXCHANGE_KEY_ID, "value": good["pseudonym"]["value"][::-1]}
+    yield "lien_pseudonyme_perime", "pseudonym_previous under a retired exchange key (its window is over)", \
+        [(sig, _text(w.signal(pseudonym_previous={**link, "key_id": RETIRED_EXCHANGE_KEY_ID})), None)]
+    yield "lien_pseudonyme_invalide", "pseudonym_previous under a key the registry does not know", \
+        [(sig, _text(w.signal(pseudonym_previous={**link, "key_id": "pk-00000000"})), None)]
+    yield "lien_pseudonyme_invalide_meme", "pseudonym_previous is the pseudonym itself", \
+        [(sig, _text(w.signal(pseudonym_previous=good["pseudonym"])), None)]
+    yield "lien_pseudonyme_invalide_plus_recent", "pseudonym_previous under a newer key than the pseudonym", \
+        [(sig, _text(w.signal(pseudonym={"key_id": OLD_EXCHANGE_KEY_ID, "value": good["pseudonym"]["value"]},
+                              pseudonym_previous={**link, "key_id": EXCHANGE_KEY_ID})), None)]
     yield "categorie_inconnue", "category not in the taxonomy", [(sig, _text(w.signal(category="inconnue_xyz")), None)]
     yield "categorie_autre_organisme", "a CPAM category from caf", \
         [(sig, _text(w.signal(category="non_recours_c2s_puma")), None)]
@@ -758,6 +832,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         "nir.json": nir_file(settings),
         "pseudonym.json": pseudonym_file(),
         "pseudonym_v2.json": pseudonym_v2_file(),
+        "rotation.json": rotation_file(settings),
         "signal_id.json": signal_id_file(),
         "sealed_ref.json": sealed_ref_file(),
         "signature.json": signature_file(),

@@ -4,6 +4,8 @@ and scenarios (kill -9, rebalance) checked against an independent ground truth."
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import os
 import random
@@ -19,14 +21,37 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
+from services.platform.datakeys import KeyRing, KeyStore
+from services.platform.db import make_engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
-from tests.support.signals import Funds, wire
+from tests.support.signals import EXCHANGE_KEY, Funds, wire
+
+#: The newer exchange key of a rotation scenario (``run_scenario(rotation=True)``).
+ROTATED_KEY = "xk-20260601-bbbb"
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
+
+
+@functools.cache
+def _ring(database_url: str, key_dir: Path) -> KeyRing:
+    """The worker's data keys, read as the worker reads them (one per database)."""
+    return KeyRing(KeyStore(make_engine(database_url)), (key_dir / "markers" / "marker.key").read_bytes())
+
+
+def deadletter_payload(settings: Settings, letter: dict[str, Any]) -> bytes:
+    """A dead letter's payload as the worker received it: opened with the person's data key
+    when the worker sealed it (``;raw_sealed``: a signal refused after its checks)."""
+    raw = base64.b64decode(letter["raw"])
+    if not str(letter["detail"]).endswith(";raw_sealed"):
+        return raw
+    opened = _ring(settings.database_url, settings.key_dir).open(None, DEADLETTER_TOPIC, raw)
+    assert opened is not None, f"a sealed dead letter whose key is gone: {letter['deadletter_id']}"
+    return opened
 
 
 def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
@@ -253,17 +278,31 @@ class ScenarioResult:
 
 
 async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, people: int, rate: float,
-                       seed: int, app_id: str, wait_s: float = 150.0) -> ScenarioResult:
+                       seed: int, app_id: str, wait_s: float = 150.0, rotation: bool = False) -> ScenarioResult:
     """Publish ``people``'s signals at ``rate``/s (then ~20 genuine replays) while ``script``
     starts, kills and stops workers; then check, against the ground truth: every record got
     a receipt, every original accepted and every replay refused as ``doublon``; the latest
     version of each situation is exactly the expected one, none missing, none extra; one
-    situation per person; an event id always means the same bytes; no signal accepted twice."""
+    situation per person; an event id always means the same bytes; no signal accepted twice.
+
+    ``rotation``: the second half of the signals is published under a newer exchange key with
+    the link to the previous pseudonym (contract §4.3): each person's state must move to its
+    new pseudonym, across partitions, through the kills, with the same outcome."""
     started = time.monotonic()
-    funds = Funds()
+    funds = Funds(more_exchange_keys=(ExchangeKeyEntry(key_id=ROTATED_KEY, created_at="2026-06-01T00:00:00Z"),)
+                  if rotation else ())
     funds.write_registry(settings.key_dir)
     signals = plan(seed, people, f"{app_id}-")
-    messages = [funds.signal(p, f, c, n=n) for p, f, c, n in signals]
+    moved: set[str] = set()
+
+    def build(i: int, p: str, f: Fund, c: str, n: int) -> dict[str, Any]:
+        if not rotation or i < len(signals) // 2:
+            return funds.signal(p, f, c, n=n)
+        moved.add(p)
+        return funds.signal(p, f, c, n=n, pseudonym={"key_id": ROTATED_KEY, "value": funds.pseudonym("new/" + p)},
+                            pseudonym_previous={"key_id": EXCHANGE_KEY, "value": funds.pseudonym(p)})
+
+    messages = [build(i, *s) for i, s in enumerate(signals)]
     replays = [messages[i] for i in range(0, len(messages), max(1, len(messages) // 20))]
 
     def item(m: dict[str, Any]) -> tuple[str, bytes, bytes, int]:
@@ -320,7 +359,11 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
     assert all(len(where) == 1 for where in accepted_at.values())
     # Situations: the latest version of each equals the ground truth; none missing, none extra.
     truth = ground_truth(signals, funds)
-    mine = {funds.pseudonym(p) for p, *_ in signals}
+    person_of = {funds.pseudonym(p): p for p, *_ in signals}
+    if rotation:  # a moved person's situation names its new pseudonym
+        person_of.update({funds.pseudonym("new/" + p): p for p in moved})
+        truth = {(funds.pseudonym("new/" + person_of[k]) if person_of[k] in moved else k): v for k, v in truth.items()}
+    mine = set(person_of)
     ours = {v["pseudonym"]["value"]: v for v in collector.latest_situations().values()
             if v["pseudonym"]["value"] in mine}
     assert set(ours) == set(truth), (len(set(truth) - set(ours)), len(set(ours) - set(truth)))
@@ -339,7 +382,7 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
         assert by_id.setdefault(ev["event_id"], text) == text, ev["event_id"]
     per_person = defaultdict(set)
     for ev in collector.situations:
-        per_person[ev["pseudonym"]["value"]].add(ev["situation_id"])
+        per_person[person_of.get(ev["pseudonym"]["value"], ev["pseudonym"]["value"])].add(ev["situation_id"])
     assert all(len(ids) == 1 for ids in per_person.values())
     return ScenarioResult(len(messages), len(replays), time.monotonic() - started, workers.events)
 
@@ -363,9 +406,16 @@ def check_helpers(pid: int) -> list[int]:
     return found
 
 
+def _replaced(pid: int, victim: int, count: int) -> bool:
+    now = check_helpers(pid)
+    return victim not in now and len(now) == count
+
+
 def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Script:
-    """One worker; a check helper of it is killed with SIGKILL at random moments: the worker
-    must stop by itself (exit 75, nothing committed past what it finished) and is restarted."""
+    """One worker; a check helper of it is killed with SIGKILL at random moments. Killed
+    during a batch, the worker must stop by itself (exit 75, nothing committed past what it
+    finished) and is restarted; killed between batches, it must be replaced (a new helper,
+    the worker going on)."""
     async def script(workers: Workers, collector: Collector, rnd: random.Random) -> None:
         workers.start("a")
         for _ in range(kills):
@@ -379,10 +429,18 @@ def kill_helper_script(kills: int, low: float = 4.0, high: float = 8.0) -> Scrip
                 await collector.poll()
                 helpers = check_helpers(proc.pid)
             assert helpers, "the worker has no check helper"
-            os.kill(rnd.choice(helpers), signal.SIGKILL)
+            victim = rnd.choice(helpers)
+            os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
+
+            while (proc.poll() is None and not _replaced(proc.pid, victim, len(helpers))
+                   and time.monotonic() < deadline):
                 await collector.poll()
+            if proc.poll() is None:
+                assert _replaced(proc.pid, victim, len(helpers)), (
+                    "the dead helper was neither replaced nor did the worker stop", workers.logs())
+                workers.events.append("kill -9 of a check helper: replaced between batches")
+                continue
             assert proc.returncode == 75, (proc.returncode, workers.logs())
             workers.procs.pop("a")
             workers.events.append("kill -9 of a check helper: worker stopped itself (75)")

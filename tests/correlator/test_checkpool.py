@@ -1,20 +1,24 @@
 """The checks in helper processes give exactly the verdicts, and the engine exactly the
-outputs, of the checks run inline; a helper that dies stops the batch instead of guessing."""
+outputs, of the checks run inline; a helper that dies stops the batch instead of guessing;
+one that dies between batches is noticed within a second and replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from services.core.types import Fund
-from services.correlator.checkpool import CheckPool, CheckPoolError
+from services.correlator.checkpool import REPLACEMENTS_MAX, CheckPool, CheckPoolError, watch
 from services.correlator.checks import Checker, from_plain, to_plain
 from services.correlator.engine import Engine, Record
 from services.platform.partitioning import partition_for
@@ -165,3 +169,78 @@ def test_a_dead_helper_stops_the_batch(funds: Funds) -> None:
             pool.start(items)(0)
     finally:
         pool.close()
+
+
+async def test_a_helper_killed_while_idle_is_noticed_within_a_second_and_replaced(funds: Funds,
+                                                                                   pool: CheckPool) -> None:
+    items = corpus(funds)
+    expected = [Checker(funds.registry(), 8).check(v, t) for v, t in items]
+    verdict = pool.start(items)
+    assert [verdict(i) for i in range(len(items))] == expected  # the helpers have started
+    noticed: asyncio.Queue[tuple[float, list[int]]] = asyncio.Queue()
+
+    async def on_death(dead: list[int]) -> None:
+        noticed.put_nowait((time.monotonic(), dead))
+        assert pool.replace_dead() == len(dead)
+
+    watching = asyncio.create_task(watch(pool, on_death))
+    try:
+        await asyncio.sleep(0.2)  # idle, watched
+        victim = pool.helpers[1].proc
+        killed_at = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        at, dead = await asyncio.wait_for(noticed.get(), timeout=5)
+        assert dead == [1] and at - killed_at < 1.0, at - killed_at
+        assert pool.replacements == 1 and pool.helpers[1].proc is not victim
+        assert pool.dead() == []
+        del victim
+        gc.collect()  # (the dead helper's pipes, once collected, must not close the new one's)
+        verdict = pool.start(items)  # the next batch, checked as before
+        assert [verdict(i) for i in range(len(items))] == expected
+        os.kill(pool.helpers[0].proc.pid, signal.SIGKILL)  # still watched after a replacement
+        _, dead = await asyncio.wait_for(noticed.get(), timeout=5)
+        assert dead == [0] and pool.replacements == 2
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+
+def test_a_helper_owing_verdicts_is_not_replaced_and_dying_helpers_stop_the_worker(funds: Funds) -> None:
+    pool = CheckPool(funds.registry(), 1, partitions=8, chunk=32)
+    try:
+        items = [(wire(funds.signal(f"r{i}", Fund.CAF, "impaye_loyer")), signal_topic(Fund.CAF))
+                 for i in range(100)]
+        verdict = pool.start(items)
+        assert verdict(0).reason is None
+        os.kill(pool.helpers[0].proc.pid, signal.SIGKILL)
+        pool.helpers[0].proc.wait(timeout=10)
+        with pytest.raises(CheckPoolError, match="during a batch"):
+            pool.replace_dead()  # its batch fails instead: the worker stops without commit
+    finally:
+        pool.close()
+    pool = CheckPool(funds.registry(), 1, partitions=8)
+    try:
+        for _ in range(REPLACEMENTS_MAX):
+            os.kill(pool.helpers[0].proc.pid, signal.SIGKILL)
+            pool.helpers[0].proc.wait(timeout=10)
+            assert pool.replace_dead() == 1
+        os.kill(pool.helpers[0].proc.pid, signal.SIGKILL)
+        pool.helpers[0].proc.wait(timeout=10)
+        with pytest.raises(CheckPoolError, match="keep dying"):
+            pool.replace_dead()
+    finally:
+        pool.close()
+
+
+def test_a_helper_ignores_the_stop_signals_of_its_process_group(funds: Funds, pool: CheckPool) -> None:
+    items = corpus(funds)
+    verdict = pool.start(items)
+    verdict(len(items) - 1)  # started and serving
+    for helper in pool.helpers:
+        os.kill(helper.proc.pid, signal.SIGINT)
+        os.kill(helper.proc.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    assert pool.dead() == []
+    verdict = pool.start(items)
+    assert verdict(len(items) - 1) == Checker(funds.registry(), 8).check(*items[-1])

@@ -195,6 +195,9 @@ CASES: dict[str, Case] = {
     "consent-on-record": Case(lambda: [signal_item(good(legal_basis={
         "code": "consentement", "consent_ref": "HELP-2026-000001"}))], "/legal_basis:consentement_absent"),
     "pseudonym-key": Case(lambda: [signal_item(good(key_id=RETIRED_KEY))], "/pseudonym/key_id"),
+    "pseudonym-link": Case(lambda: [signal_item(good(pseudonym_previous={"key_id": "xk-20991231-zzzz",
+                                                                        "value": "L" * 43}))],
+                           "/pseudonym_previous/key_id:unknown"),
     "duplicate": Case(lambda: [signal_item(m := good()), signal_item(m)], "/signal_id:already_accepted"),
     "objection": Case(lambda: [consent_item(FUNDS.consent("rules-p", "opposition", fund=Fund.CAF)),
                                signal_item(good())], "/pseudonym:objection_on_record"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -136,3 +137,46 @@ def test_the_patches_wrap_faust_once() -> None:
             faust_aiokafka.Consumer.wait_first) == patched  # not wrapped twice
     assert all(inspect.unwrap(fn) is not fn for fn in patched)  # ours, around Faust's
     assert asyncio.Event.wait.__code__ is faust_seam._FLOW_WAIT
+
+
+def test_the_app_still_drains_before_its_children_stop() -> None:
+    from faust.app import base
+
+    on_stop = source(base.App.on_stop)
+    require("await self._stop_consumer()" in on_stop and "await self.on_before_shutdown.send()" in on_stop
+            and on_stop.index("_stop_consumer()") < on_stop.index("on_before_shutdown.send()"),
+            "faust App.on_stop no longer sends on_before_shutdown after stopping the fetcher")
+    stop = source(Service.stop)
+    require("await self.on_stop()" in stop and "await self._stop_children()" in stop
+            and stop.index("self.on_stop()") < stop.index("self._stop_children()"),
+            "mode Service.stop no longer runs on_stop before stopping the children")
+
+
+def test_both_stop_signals_still_lead_to_schedule_shutdown() -> None:
+    from mode.worker import Worker as ModeWorker
+
+    require(params(ModeWorker._schedule_shutdown) == ["self", "signal"],
+            f"mode Worker._schedule_shutdown{inspect.signature(ModeWorker._schedule_shutdown)} "
+            "is not (self, signal)")
+    for name in ("_on_sigterm", "_on_sigint"):
+        require("self._schedule_shutdown(signal." in source(getattr(ModeWorker, name)),
+                f"mode Worker.{name} no longer calls _schedule_shutdown")
+        require(f"super().{name}()" in source(getattr(faust.Worker, name)),
+                f"faust Worker.{name} no longer calls mode's")
+
+
+async def test_on_stopping_and_the_worker_call_what_they_are_given() -> None:
+    app = faust.App("seam-stop", broker="memory://", store="memory://", web_enabled=False)
+    drained: list[str] = []
+
+    async def drain() -> None:
+        drained.append("drained")
+
+    faust_seam.on_stopping(app, drain)
+    await app.on_before_shutdown.send()
+    assert drained == ["drained"]
+    signalled: list[str] = []
+    worker = faust_seam.worker(app, lambda: signalled.append("signal"), quiet=True)
+    worker._signal_stop_time = 1.0  # (as if a stop were already scheduled: nothing is started)
+    worker._schedule_shutdown(signal.SIGTERM)
+    assert signalled == ["signal"]

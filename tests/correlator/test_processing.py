@@ -184,3 +184,28 @@ async def test_a_sweep_writes_state_and_commits_no_offset() -> None:
     assert await p.sweep(10) == 1
     await p.checkpoints.drain()
     assert broker.log == [(CHANGELOG, b"swept")] and store.get(b"p9") == b"swept"
+
+
+async def test_a_stop_finishes_the_batch_in_progress_and_starts_nothing_after() -> None:
+    broker, failures = FakeBroker(), []
+    p, _ = processor(broker, failures)
+    gate = asyncio.Event()
+    send = broker.send
+
+    async def slow_send(outputs: Sequence[Output]) -> None:
+        await gate.wait()
+        await send(outputs)
+
+    p.checkpoints._send = slow_send
+    await p.assigned({TP(SRC, 0)})
+    in_progress = asyncio.create_task(p.batch([Msg(SRC, 0, 0, b"p1", b"b")]))
+    await asyncio.sleep(0)  # the batch holds the lock
+    stopping = asyncio.create_task(p.stop())
+    later = asyncio.create_task(p.batch([Msg(SRC, 0, 1, b"p1", b"c")]))
+    await asyncio.sleep(0.01)
+    assert not stopping.done() and broker.log == []  # waits for the checkpoint
+    gate.set()
+    await asyncio.gather(in_progress, stopping, later)
+    assert broker.log[-1] == ("commit", {TP(SRC, 0): 1})  # the first batch, whole
+    assert all(value != b"receipt:c" for _, value in broker.log)  # the later one never ran
+    assert await p.sweep(10) == 0 and failures == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -224,3 +225,56 @@ def test_records_keep_key_value_headers_and_time() -> None:
     assert r == Record(TOPIC, 1, 5, message.timestamp, b"k", b"v", {"origin": b"purge"})
     bare = record_of(TopicPartition(TOPIC, 1), Message(6, b"w"))
     assert dict(bare.headers) == {} and bare.key is None
+
+
+async def test_a_stop_lets_the_batch_in_flight_commit_and_applies_nothing_after(engine: sa.Engine) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    applied: list[int] = []
+
+    def slow(conn: sa.Connection, batch: Batch) -> int:
+        loop.call_soon_threadsafe(entered.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        applied.append(len(batch))
+        return _record_effects(conn, batch)
+
+    source = FakeSource(_log(partitions=1, per_partition=9))
+    tracker = TrackedConsumer(engine, "c", [TOPIC], slow, batch_max=3)
+    stop = asyncio.Event()
+    after: list[Processed[int] | None] = []
+
+    async def after_poll(done: Processed[int] | None) -> None:
+        after.append(done)
+
+    task = asyncio.create_task(tracker.run(source, stop=stop, after_poll=after_poll))
+    await asyncio.wait_for(entered.wait(), 5)
+    stop.set()  # as the signal handler does, during the first batch
+    await asyncio.sleep(0.1)
+    assert not task.done()  # the batch in flight is not abandoned
+    release.set()
+    await asyncio.wait_for(task, 5)
+    assert applied == [3] and _positions(engine) == {(TOPIC, 0): 3}  # that batch, whole; no other
+    assert len(after) == 1 and after[0] is not None and after[0].records == 3
+    assert source.stopped
+
+
+async def test_records_fetched_as_the_stop_comes_are_not_applied(engine: sa.Engine) -> None:
+    source = FakeSource(_log(partitions=1, per_partition=9))
+    tracker = TrackedConsumer(engine, "c", [TOPIC], _record_effects, batch_max=3)
+    stop = asyncio.Event()
+    fetch = source.getmany
+    calls = 0
+
+    async def getmany(*tps: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        nonlocal calls
+        calls += 1
+        fetched = await fetch(*tps, timeout_ms=timeout_ms, max_records=max_records)
+        if calls == 2:
+            stop.set()  # the signal comes while the second fetch waits
+        return fetched
+
+    source.getmany = getmany  # type: ignore[method-assign]
+    await asyncio.wait_for(tracker.run(source, stop=stop), 5)
+    assert calls == 2 and _positions(engine) == {(TOPIC, 0): 3} and len(_effects(engine)) == 3

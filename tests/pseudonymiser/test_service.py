@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from services.pseudonymiser.keystore import KEY_INFO, init_key, load_evaluators,
 from services.pseudonymiser.server import make_server, serve_in_thread
 from services.pseudonymiser.service import build_service
 from tests.support.local import free_port
+from tests.support.processes import start_service, terminate
 
 NIRS = ["185057800608491", "253072A07300443", "185057800608491"]
 
@@ -180,6 +183,33 @@ def test_a_service_answering_with_another_key_publishes_nothing(service_settings
     assert client.evaluated == 0
 
 
+def test_asked_ahead_batches_enter_the_cache_only_once_their_proof_verified(service_settings: Settings) -> None:
+    """The producer asks the next batch before building the current one (``ask``), and
+    ``collect``s it later: the honest first batch is cached, the second, answered under
+    another key, is refused at collection and none of its pseudonyms is cached."""
+    rogue = oprf.Evaluator.from_seed("pk-00000000", secrets.token_bytes(32), KEY_INFO)
+    honest = PseudonymClient.from_settings(service_settings, Fund.CAF)
+    calls: list[int] = []
+
+    def second_is_rogue(doc: dict[str, object]) -> dict[str, object]:
+        calls.append(len(doc["blinded"]))  # type: ignore[arg-type]
+        if len(calls) == 1:
+            return http_transport(service_settings.pseudonymiser_url, 10)(doc)
+        blinded = [b64u_decode(x) for x in doc["blinded"]]  # type: ignore[attr-defined]
+        return {"key_version": honest.key_version, "evaluated": b64u(rogue.evaluate_batch(blinded))}
+
+    client = PseudonymClient(Fund.CAF, honest._keys, honest.key_version, second_is_rogue)
+    first = client.ask(["185057800608491"])
+    second = client.ask(["253072A07300443"])
+    assert client._cache == {}  # asked, not collected: nothing usable yet
+    client.collect(first)
+    assert set(client._cache) == {"185057800608491"}
+    with pytest.raises(Refused) as caught:
+        client.collect(second)
+    assert caught.value.reason is Reason.PREUVE_INVALIDE
+    assert set(client._cache) == {"185057800608491"} and client.evaluated == 1
+
+
 def test_http_transport_says_when_the_service_is_down(tmp_path: Path) -> None:
     from services.errors import ConfigurationError
 
@@ -288,3 +318,25 @@ def test_the_local_cache_spares_the_service_and_holds_no_nir(service_settings: S
     data = b"".join(f.read_bytes() for f in files)
     assert files and first.pseudonym(NIRS[0])["value"].encode() in data
     assert not any(n.encode() in data for n in NIRS)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_service_command_stops_on_a_signal_and_exits_0(tmp_path: Path, signum: int) -> None:
+    settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+    init_fund_keys(settings.key_dir, Fund.CAF)
+    init_exchange_key(settings.key_dir)
+    init_key(settings)
+    port = free_port()
+    log = tmp_path / "pseudonymiser.log"
+    proc = start_service(settings, log, "pseudonymiser", "serve", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 60
+        while "pseudonymiser on http" not in log.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+    finally:
+        terminate(proc)

@@ -47,6 +47,8 @@ class Funds:
     #: given, ``observed_on`` (its date in Paris), so that they pass the date rules of an
     #: engine whose clock is this moment (services.core.dates).
     now: dt.datetime | None = None
+    #: Exchange keys beyond the two every registry of these tests holds (a key rotation).
+    more_exchange_keys: tuple[ExchangeKeyEntry, ...] = ()
 
     def key_id(self, fund: Fund) -> str:
         return f"{fund.value}-sig-1"
@@ -59,7 +61,7 @@ class Funds:
                    for f, k in self.keys.items()},
             exchange_keys=(ExchangeKeyEntry(key_id=EXCHANGE_KEY, created_at="2026-01-01T00:00:00Z"),
                            ExchangeKeyEntry(key_id=RETIRED_KEY, status="retired",
-                                            created_at="2025-01-01T00:00:00Z")),
+                                            created_at="2025-01-01T00:00:00Z"), *self.more_exchange_keys),
         )
 
     def write_registry(self, key_dir: Path) -> Path:

@@ -367,7 +367,8 @@ export function buildSignal (fund, record, keys, opts = {}) {
   const territory = checkTerritory(record.territory)
   const reference = checkReference(record.reference)
   const policy = checkPolicy(fund, category, (record.purpose ?? '').trim(), (record.consent ?? '').trim(), nir, opts.today ?? todayParis())
-  const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
+  // §4.2: under scheme v2 the pseudonym comes from the pseudonymisation service (opts.pseudonym).
+  const pseudonym = opts.pseudonym ?? { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
   const message = {
     signal_id: signalId(keys.idRoot, fund, reference, category, observedOn),
     schema_version: SCHEMA_VERSION,
@@ -382,6 +383,8 @@ export function buildSignal (fund, record, keys, opts = {}) {
     legal_basis: policy.legal_basis,
     purpose: policy.purpose
   }
+  // §4.3: during a rotation or migration window, the same person under the previous key.
+  if (opts.pseudonymPrevious) message.pseudonym_previous = opts.pseudonymPrevious
   return sign(message, keys.signing.privateKey, keys.signing.keyId)
 }
 
@@ -460,7 +463,8 @@ export function buildConsent (fund, kind, line, keys, opts = {}) {
   const date = String(line.date ?? '').trim() ? parseDate(line.date) : today
   if (date > today) throw new Refused('date_future', 'date_effet: after today (Europe/Paris)')
   const territory = checkTerritory(line.departement)
-  const pseudonym = { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
+  // §4.2: under scheme v2 the pseudonym comes from the pseudonymisation service (opts.pseudonym).
+  const pseudonym = opts.pseudonym ?? { key_id: keys.exchange.keyId, value: pseudonymValue(keys.exchange.key, nir) }
   const message = {
     schema_version: SCHEMA_VERSION,
     event_id: consentId(keys.idRoot, fund, kind, pseudonym, consentRef, date),

@@ -101,6 +101,19 @@ export function predictExchange (records, { registry, partitions, now }) {
     if (!schemas()[isConsent ? 'consent' : 'signal'](msg)) return reject('schema_invalide')
     const activeExchange = (registry.exchange_keys ?? []).filter((k) => k.status === 'active').map((k) => k.key_id)
     if (!activeExchange.includes(msg.pseudonym.key_id)) return reject('cle_pseudonyme_refusee')
+    if (!isConsent && msg.pseudonym_previous) { // §4.3, step 10a
+      const link = msg.pseudonym_previous
+      if (link.key_id === msg.pseudonym.key_id || link.value === msg.pseudonym.value) return reject('lien_pseudonyme_invalide')
+      const entries = registry.exchange_keys ?? []
+      const old = entries.find((k) => k.key_id === link.key_id)
+      if (!old) return reject('lien_pseudonyme_invalide')
+      if ((old.status ?? 'active') !== 'active') return reject('lien_pseudonyme_perime')
+      const cur = entries.find((k) => k.key_id === msg.pseudonym.key_id)
+      const order = (k) => [k.created_at, k.key_id]
+      const [oc, ok] = order(old)
+      const [nc, nk] = order(cur)
+      if (oc > nc || (oc === nc && ok >= nk)) return reject('lien_pseudonyme_invalide')
+    }
     const home = c.partitionFor(msg.pseudonym.value, partitions)
     if (r.partition !== home) return { outcome: 'repartitionne', forwarded_to_partition: home, receipt_topic: null, dead_letter: false }
     const who = msg.pseudonym.value

@@ -195,6 +195,26 @@ for (const v of sg.rejected) {
   })
 }
 
+// ------------------------------------------------------------------------------- rotation.json
+// §4.3: the link to the previous pseudonym. The v2 values come from the service's output
+// (no OPRF here, as for pseudonym_v2.json); the v1 one is the HMAC of §4.
+const rot = load('rotation.json')
+const v2Of = (version) => ({ key_id: version.key_version, value: c.b64url(Buffer.from(version.output_hex, 'hex').subarray(0, 32)) })
+attempt('rotation: members', () => {
+  const [current, next] = rot.versions
+  const v1 = { key_id: keys.registry_json.current_exchange_key_id, value: c.pseudonymValue(exchangeKeys[keys.registry_json.current_exchange_key_id], rot.nir) }
+  same('rotation: migration v1 -> v2', { pseudonym: v2Of(current), pseudonym_previous: v1 }, { pseudonym: rot.cases[0].pseudonym, pseudonym_previous: rot.cases[0].pseudonym_previous })
+  same('rotation: v2 -> newer v2', { pseudonym: v2Of(next), pseudonym_previous: v2Of(current) }, { pseudonym: rot.cases[1].pseudonym, pseudonym_previous: rot.cases[1].pseudonym_previous })
+  const record = c.fromExtract(rot.signal.input)
+  same('rotation: NIR', c.normaliseNir(record.nir), rot.nir)
+  const msg = c.buildSignal(sg.fund, record, fundKeys, { today: sg.today, emittedAt: sg.now, nonce: Buffer.from(rot.signal.nonce_hex, 'hex'), pseudonym: v2Of(current), pseudonymPrevious: v1 })
+  same('rotation signal: signal id', msg.signal_id, rot.signal.signal_id)
+  same('rotation signal: canonical form without signature', c.canonicalBytes(msg).toString('utf8'), rot.signal.canonical_unsigned_text)
+  same('rotation signal: wire text', c.wire(msg).toString('utf8'), rot.signal.wire_text)
+  same('rotation signal: record key', msg.pseudonym.value, rot.signal.kafka_key_text)
+  same('rotation signal: partition', c.partitionFor(msg.pseudonym.value, sg.partitions), rot.signal.partition)
+})
+
 // ------------------------------------------------------------------------------- consents.json
 for (const v of load('consents.json').cases) {
   attempt(`consent (${v.note})`, () => {
@@ -224,7 +244,7 @@ for (const v of bad.cases) {
 
 // Every vector file must be read here: a new one that this check ignores is a difference.
 const KNOWN = ['keys.json', 'nir.json', 'pseudonym.json', 'pseudonym_v2.json', 'signal_id.json', 'sealed_ref.json', 'signature.json',
-  'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json']
+  'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json', 'rotation.json']
 for (const name of fs.readdirSync(DIR).filter((n) => n.endsWith('.json'))) {
   checks++
   if (!KNOWN.includes(name)) failures.push(`${name}: a vector file this check does not reproduce`)
