@@ -20,7 +20,8 @@ from typing import Any
 
 from bench import MARKER
 
-ORDER = ("producer", "pseudonymiser", "rotation", "correlator", "scaling", "national", "worklist", "ledger")
+ORDER = ("producer", "pseudonymiser", "rotation", "correlator", "engine_step", "scaling", "national", "worklist",
+         "ledger")
 HERE = Path(__file__).parent
 
 # (bench, figure key, label, unit, target, "min" if the figure must reach the target, "max" if stay under)
@@ -52,6 +53,10 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "broker_cpu_us_per_signal", "Broker embarqué, CPU par signal pendant la mesure", "µs", None, ""),
     ("correlator", "latency_p50_ms", "Latence publication → situation à 2 000 signaux/s, p50", "ms", None, ""),
     ("correlator", "latency_p99_ms", "Latence publication → situation à 2 000 signaux/s, p99", "ms", 500, "max"),
+    ("engine_step", "reference_us", "Étape du moteur seule (état, règles, événements, accusés), référence "
+     "(modèles validés)", "µs/signal", None, ""),
+    ("engine_step", "fast_us", "Étape du moteur seule, chemin rapide (mêmes octets en sortie)", "µs/signal", None, ""),
+    ("engine_step", "cpu_saved", "Étape du moteur seule, part de CPU économisée par le chemin rapide", "", None, ""),
     ("producer", "lines_per_s", "Producteur, fichier de 100 000 lignes de bout en bout", "lignes/s", 15000, "min"),
     ("producer", "cpu_us_per_line", "Producteur, CPU par ligne (processus d'envoi et ses ouvriers)", "µs", None, ""),
     ("producer", "peak_rss_mib", "Producteur, mémoire maximale", "Mio", None, ""),
