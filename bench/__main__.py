@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import MARKER
 
-ORDER = ("producer", "pseudonymiser", "rotation", "correlator", "scaling", "worklist", "ledger")
+ORDER = ("producer", "pseudonymiser", "rotation", "correlator", "engine_step", "scaling", "worklist", "ledger")
 HERE = Path(__file__).parent
 
 # (bench, figure key, label, unit, target, "min" if the figure must reach the target, "max" if stay under)
@@ -52,7 +52,12 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
     ("correlator", "broker_cpu_us_per_signal", "Broker embarqué, CPU par signal pendant la mesure", "µs", None, ""),
     ("correlator", "latency_p50_ms", "Latence publication → situation à 2 000 signaux/s, p50", "ms", None, ""),
     ("correlator", "latency_p99_ms", "Latence publication → situation à 2 000 signaux/s, p99", "ms", 500, "max"),
-    ("producer", "lines_per_s", "Producteur, fichier de 100 000 lignes de bout en bout", "lignes/s", 5000, "min"),
+    ("engine_step", "reference_us", "Étape du moteur seule (état, règles, événements, accusés), référence "
+     "(modèles validés)", "µs/signal", None, ""),
+    ("engine_step", "fast_us", "Étape du moteur seule, chemin rapide (mêmes octets en sortie)", "µs/signal", None, ""),
+    ("engine_step", "cpu_saved", "Étape du moteur seule, part de CPU économisée par le chemin rapide", "", None, ""),
+    ("producer", "lines_per_s", "Producteur, fichier de 100 000 lignes de bout en bout", "lignes/s", 15000, "min"),
+    ("producer", "cpu_us_per_line", "Producteur, CPU par ligne (processus d'envoi et ses ouvriers)", "µs", None, ""),
     ("producer", "peak_rss_mib", "Producteur, mémoire maximale", "Mio", None, ""),
     ("pseudonymiser", "service_evals_per_cpu_s", "Service de pseudonymisation (v2), lots de 4 096, un cœur",
      "évaluations/s", 5000, "min"),
@@ -62,6 +67,10 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "(cache local du fonds)", "lignes/s", 5000, "min"),
     ("pseudonymiser", "v2_total_us", "CPU supplémentaire par nouvelle personne (v2 : aveuglement, évaluation, "
      "preuve, finalisation)", "µs", None, ""),
+    ("pseudonymiser", "publisher_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU par ligne "
+     "(processus d'envoi et ses ouvriers)", "µs", None, ""),
+    ("pseudonymiser", "service_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU du service par ligne",
+     "µs", None, ""),
     ("rotation", "persons", "Rotation de clé v2 au milieu du mois : personnes simulées", "personnes", None, ""),
     ("rotation", "links_kept_pct", "Rotation de clé : liens conservés (personnes vues sous les deux versions)",
      "%", 100, "min"),

@@ -88,13 +88,16 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=10)
     print(output.rstrip())
+    cpu = usage.ru_utime + usage.ru_stime
     print(f"bench.producer: {args.lines} lines in {elapsed:.2f} s (process start included) = "
           f"{args.lines / elapsed:,.0f} lines/s; peak memory of the publishing process "
-          f"{usage.ru_maxrss / 1024:.1f} MiB; exit status {code}")
+          f"{usage.ru_maxrss / 1024:.1f} MiB; CPU of the publishing process and its workers "
+          f"{cpu:.2f} s ({cpu / args.lines * 1e6:.0f} µs a line); exit status {code}")
     from bench import emit
 
     emit("producer", {"lines": args.lines, "seconds": elapsed, "lines_per_s": args.lines / elapsed,
-                      "peak_rss_mib": usage.ru_maxrss / 1024, "load_average": os.getloadavg()[0]})
+                      "peak_rss_mib": usage.ru_maxrss / 1024,
+                      "cpu_us_per_line": cpu / args.lines * 1e6, "load_average": os.getloadavg()[0]})
     return 0 if code == 0 else 1
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -82,8 +83,15 @@ def per_person_cpu(n: int = 20_000) -> dict[str, float]:
             "v2_total_us": blind_us + final_us + eval_us, "v1_hmac_us": hmac_us}
 
 
-def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str]:
-    """(lines/s for new people, lines/s for people already seen, exit status, output)."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str, dict[str, float]]:
+    """(lines/s for new people, lines/s for people already seen, exit status, output, CPU µs a
+    line of the publishing process (its workers included) and of the service, new people)."""
     from services.platform.broker import EmbeddedBroker
     from services.platform.kafka import apply_topics
     from services.platform.settings import load_settings
@@ -123,14 +131,22 @@ def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str]:
         rates = []
         codes = []
         outputs = []
+        cpu: dict[str, float] = {}
         for path in (extract, later):
+            service_cpu = _cpu_s(service.pid)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
             done = subprocess.run([*exe, "publish", "--fund", "caf", "--input", str(path)], env=env,
                                   capture_output=True, text=True)
             rates.append(lines / (time.monotonic() - t0))
             codes.append(done.returncode)
             outputs.append((done.stdout + done.stderr).strip())
-        return rates[0], rates[1], max(codes), "\n".join(outputs)
+            if not cpu:  # the first file: every person new
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                cpu = {"publisher_cpu_us_per_line": used / lines * 1e6,
+                       "service_cpu_us_per_line": (_cpu_s(service.pid) - service_cpu) / lines * 1e6}
+        return rates[0], rates[1], max(codes), "\n".join(outputs), cpu
     finally:
         if service is not None:
             service.terminate()
@@ -152,16 +168,18 @@ def main() -> int:
         print("bench.pseudonymiser: extra CPU per new person (µs): fund blind {fund_blind_us:.1f} + finalise "
               "(proof checked) {fund_finalize_us:.1f} + service {service_eval_us:.1f} = {v2_total_us:.1f} "
               "(v1 HMAC: {v1_hmac_us:.2f})".format(**cost))
-        rate, cached, code, output = producer_rate(args.lines, Path(tmp))
+        rate, cached, code, output, cpu = producer_rate(args.lines, Path(tmp))
         print(output[-2500:])
         print(f"bench.pseudonymiser: producer with the service on, {args.lines} lines end to end (process start "
               f"included): {rate:,.0f} lines/s with every person new, {cached:,.0f} lines/s with the same people "
               f"again (local cache) (target ≥ 5,000); exit status {code}")
+        print("bench.pseudonymiser: CPU a line, every person new: publishing process and its workers "
+              "{publisher_cpu_us_per_line:.0f} µs + service {service_cpu_us_per_line:.0f} µs".format(**cpu))
     from bench import emit
 
     emit("pseudonymiser", {"service_evals_per_cpu_s": cpu_rate, "service_evals_per_s": wall_rate,
                            "producer_lines_per_s": rate, "producer_cached_lines_per_s": cached,
-                           "lines": args.lines, **cost,
+                           "lines": args.lines, **cost, **cpu,
                            "load_average": os.getloadavg()[0]})
     return 0 if code == 0 else 1
 

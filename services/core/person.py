@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from services.core.messages import ConsentEvent, Frozen, Pseudonym, SealedRef, SituationEvent
+from services.core.trusted import replace, trusted
 from services.core.types import Code, Date, Departement, Fund, Int, Purpose, SignalId, Timestamp
 
 #: How many accepted signal ids a person remembers for dedup, beyond the window itself.
@@ -223,12 +224,20 @@ def consent_on_record(state: PersonState | None, purpose: Purpose) -> bool:
 
 
 def add_signal(state: PersonState, entry: SignalEntry, *, today: dt.date, window_days: int,
-               max_signals: int) -> PersonState:
-    """Record an accepted signal, then age the window out and keep it bounded (newest kept)."""
-    seen = (*state.seen, Seen(signal_id=entry.signal_id, source=entry.source))[-SEEN_MAX:]
+               max_signals: int, fast: bool = False) -> PersonState:
+    """Record an accepted signal, then age the window out and keep it bounded (newest kept).
+
+    ``fast``: the same state built without validating again what ``entry`` holds
+    (:mod:`services.core.trusted`)."""
+    if fast:
+        mark = trusted(Seen, {"signal_id": entry.signal_id, "source": entry.source})
+    else:
+        mark = Seen(signal_id=entry.signal_id, source=entry.source)
+    seen = (*state.seen, mark)[-SEEN_MAX:]
     signals = age_out((*state.signals, entry), today=today, window_days=window_days,
                       max_signals=max_signals)
-    return state.model_copy(update={"signals": signals, "seen": seen})
+    update = {"signals": signals, "seen": seen}
+    return replace(state, update) if fast else state.model_copy(update=update)
 
 
 def age_out(signals: tuple[SignalEntry, ...], *, today: dt.date, window_days: int,

@@ -13,6 +13,7 @@ byte-identical events that consumers drop by ``event_id``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from services.core import glossary
 from services.core.datafile import parse_data, read_yaml
 from services.core.messages import (
     FundRef,
+    Pseudonym,
     SharedCategory,
     SituationEvent,
 )
@@ -36,7 +38,8 @@ from services.core.person import (
 )
 from services.core.policy import Policy, recipients
 from services.core.taxonomy import Taxonomy
-from services.core.types import Code, Fund, Priority, Purpose
+from services.core.trusted import replace, trusted
+from services.core.types import EVENT_ID_PATTERN, Code, Fund, Priority, Purpose
 from services.errors import ConfigurationError
 
 
@@ -159,6 +162,38 @@ class Context:
     #: files above, so computed once per Context (frozen models, shared by the events).
     shared: dict[tuple[Fund, str, frozenset[Purpose]], SharedCategory] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    #: The set of (fund, category, purpose) of a window -> its :class:`Profile` (fast path).
+    profiles: dict[frozenset[tuple[Fund, str, Purpose]], Profile] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the rules and a situation event take from a window of signals: a pure function of
+    the set of their (fund, category, purpose) and of the data files."""
+
+    fired: tuple[str, ...]
+    funds: tuple[Fund, ...]
+    categories: tuple[SharedCategory, ...]
+    purposes: tuple[Purpose, ...]
+    priority: Priority
+
+
+def profile_of(ctx: Context, signals: tuple[SignalEntry, ...]) -> Profile:
+    """:func:`fired_rules`, the sorted funds and purposes, :func:`_categories` and
+    :func:`priority_of` of ``signals``, remembered by the set they depend on (bounded)."""
+    key = frozenset([(s.fund, s.category, s.purpose) for s in signals])
+    memo = ctx.profiles
+    found = memo.get(key)
+    if found is None:
+        found = Profile(fired_rules(ctx, signals), tuple(sorted({s.fund for s in signals}, key=_fund_order)),
+                        tuple(_categories(ctx, signals)),
+                        tuple(sorted({s.purpose for s in signals}, key=_purpose_order)),
+                        priority_of(ctx, signals))
+        if len(memo) >= 10_000:  # the sets people's windows hold: few in practice; bounded anyway
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -227,29 +262,61 @@ def _categories(ctx: Context, signals: tuple[SignalEntry, ...]) -> list[SharedCa
 
 def _snapshot(ctx: Context, state: PersonState, *, situation_id: str, version: int,
               kind: Literal["ouverte", "mise_a_jour", "fermee", "rouverte"],
-              rules: tuple[str, ...], occurred_at: dt.datetime) -> SituationEvent:
+              rules: tuple[str, ...], occurred_at: dt.datetime, fast: bool = False) -> SituationEvent:
     signals = state.signals
     latest = max(signals, key=lambda s: (s.observed_on, s.signal_id))
     refs = sorted({(s.fund, s.sealed_ref.key_id, s.sealed_ref.value): s.sealed_ref for s in signals}.items(),
-                  key=lambda kv: (_fund_order(kv[0][0]), kv[0][1], kv[0][2]))
-    return SituationEvent(
-        schema_version="1.0",
-        event_id=event_id_for(situation_id, version),
-        situation_id=situation_id,
-        version=version,
-        kind=kind,
-        occurred_at=occurred_at,
-        territory=latest.territory,
-        pseudonym=state.pseudonym,
-        funds=sorted({s.fund for s in signals}, key=_fund_order),
-        categories=_categories(ctx, signals),
-        purposes=sorted({s.purpose for s in signals}, key=_purpose_order),
-        priority=priority_of(ctx, signals),
-        rules=list(rules),
-        first_signal_on=min(s.observed_on for s in signals),
-        last_signal_on=latest.observed_on,
-        refs=[FundRef(fund=key[0], sealed_ref=ref) for key, ref in refs][:64],
-    )
+                  key=lambda kv: (_fund_order(kv[0][0]), kv[0][1], kv[0][2]))[:64]
+    if fast:
+        known = profile_of(ctx, signals)
+        funds, categories = list(known.funds), list(known.categories)
+        purposes, priority = list(known.purposes), known.priority
+    else:
+        funds = sorted({s.fund for s in signals}, key=_fund_order)
+        categories = _categories(ctx, signals)
+        purposes = sorted({s.purpose for s in signals}, key=_purpose_order)
+        priority = priority_of(ctx, signals)
+    values: dict[str, Any] = {
+        "schema_version": "1.0",
+        "event_id": event_id_for(situation_id, version),
+        "situation_id": situation_id,
+        "version": version,
+        "kind": kind,
+        "occurred_at": occurred_at,
+        "territory": latest.territory,
+        "pseudonym": state.pseudonym,
+        "funds": funds,
+        "categories": categories,
+        "purposes": purposes,
+        "priority": priority,
+        "rules": list(rules),
+        "first_signal_on": min(s.observed_on for s in signals),
+        "last_signal_on": latest.observed_on,
+    }
+    if fast and _valid_as_built(values):
+        values["refs"] = [trusted(FundRef, {"fund": key[0], "sealed_ref": ref}) for key, ref in refs]
+        return trusted(SituationEvent, values)
+    values["refs"] = [FundRef(fund=key[0], sealed_ref=ref) for key, ref in refs]
+    return SituationEvent(**values)
+
+
+_HEX32 = re.compile(EVENT_ID_PATTERN)
+_UTC = dt.timedelta(0)
+
+
+def _valid_as_built(values: dict[str, Any]) -> bool:
+    """Whether the event values :func:`_snapshot` built satisfy what :class:`SituationEvent`
+    checks beyond what they hold by construction (ids from SHA-256 hex digests, territory,
+    pseudonym, categories and references from validated models, rule codes from the rules
+    file): the bounds that depend on the signals and the clock. If not, the model decides."""
+    occurred = values["occurred_at"]
+    version = values["version"]
+    return (type(occurred) is dt.datetime and occurred.utcoffset() == _UTC
+            and type(version) is int and version >= 1
+            and _HEX32.match(values["situation_id"]) is not None
+            and type(values["pseudonym"]) is Pseudonym
+            and 1 <= len(values["funds"]) <= 5 and 1 <= len(values["categories"]) <= 64
+            and 1 <= len(values["purposes"]) <= 2 and len(values["rules"]) <= 16)
 
 
 _CONTENT_EXCLUDE = {"event_id", "version", "kind", "occurred_at"}
@@ -257,6 +324,17 @@ _CONTENT_EXCLUDE = {"event_id", "version", "kind", "occurred_at"}
 
 def _same_content(a: SituationEvent, b: SituationEvent) -> bool:
     return a.model_dump(exclude=_CONTENT_EXCLUDE) == b.model_dump(exclude=_CONTENT_EXCLUDE)
+
+
+#: The fields :func:`_same_content` compares.
+_CONTENT_FIELDS = tuple(f for f in SituationEvent.model_fields if f not in _CONTENT_EXCLUDE)
+
+
+def _same_content_fast(a: SituationEvent, b: SituationEvent) -> bool:
+    """:func:`_same_content` without dumping: nested models compare field by field as their
+    dumps do (same classes, no extra or private attributes)."""
+    da, db = a.__dict__, b.__dict__
+    return all(da[f] == db[f] for f in _CONTENT_FIELDS)
 
 
 def closure_date(ctx: Context, last_signal_on: dt.date) -> dt.date:
@@ -287,19 +365,20 @@ def close_idle(ctx: Context, state: PersonState, today: dt.date) -> Step:
 
 
 def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt.date,
-              occurred_at: dt.datetime) -> Step:
+              occurred_at: dt.datetime, fast: bool = False) -> Step:
     """Add an accepted signal to the person's state and say which situation events follow.
 
     ``today`` anchors the window and the closure; ``occurred_at`` stamps the events (the
-    worker passes the message's broker timestamp, identical on a replay)."""
+    worker passes the message's broker timestamp, identical on a replay). ``fast``: the same
+    step, its models built from values already valid (:mod:`services.core.trusted`)."""
     closing = close_idle(ctx, state, today)
     events = list(closing.events)
     state = add_signal(closing.state, entry, today=today,
                        window_days=ctx.rules.fenetre_correlation_jours,
-                       max_signals=ctx.rules.signalements_max_par_personne)
+                       max_signals=ctx.rules.signalements_max_par_personne, fast=fast)
     if not any(s.signal_id == entry.signal_id for s in state.signals):
         return Step(state, tuple(events))  # observed before the window: kept for dedup only
-    fired = fired_rules(ctx, state.signals)
+    fired = profile_of(ctx, state.signals).fired if fast else fired_rules(ctx, state.signals)
     sit = state.situation
     if sit is None or sit.status == "fermee":
         repeat = ctx.rules.repeat
@@ -313,20 +392,30 @@ def on_signal(ctx: Context, state: PersonState, entry: SignalEntry, *, today: dt
         version = previous + 1
         kind: Literal["ouverte", "rouverte"] = "rouverte" if sit is not None else "ouverte"
         event = _snapshot(ctx, state, situation_id=situation_id, version=version, kind=kind,
-                          rules=fired, occurred_at=occurred_at)
-        new_sit = SituationState(situation_id=situation_id, version=version, status="ouverte",
-                                 last_event=event)
+                          rules=fired, occurred_at=occurred_at, fast=fast)
         events.append(event)
-        return Step(state.model_copy(update={"situation": new_sit}), tuple(events))
+        return Step(_with_situation(state, situation_id, event, fast), tuple(events))
     # An open situation: publish an update only if what the funds see has changed.
     situation_id = sit.situation_id
     repeat_code = ctx.rules.repeat[0] if ctx.rules.repeat else None
     keep_repeat = tuple(r for r in sit.last_event.rules if r == repeat_code and r not in fired)
     candidate = _snapshot(ctx, state, situation_id=situation_id, version=sit.version + 1,
-                          kind="mise_a_jour", rules=(*fired, *keep_repeat), occurred_at=occurred_at)
-    if _same_content(candidate, sit.last_event):
+                          kind="mise_a_jour", rules=(*fired, *keep_repeat), occurred_at=occurred_at,
+                          fast=fast)
+    if (_same_content_fast if fast else _same_content)(candidate, sit.last_event):
         return Step(state, tuple(events))
-    new_sit = SituationState(situation_id=situation_id, version=candidate.version, status="ouverte",
-                             last_event=candidate)
     events.append(candidate)
-    return Step(state.model_copy(update={"situation": new_sit}), tuple(events))
+    return Step(_with_situation(state, situation_id, candidate, fast), tuple(events))
+
+
+def _with_situation(state: PersonState, situation_id: str, event: SituationEvent, fast: bool) -> PersonState:
+    """``state`` with its situation open at ``event`` (whose version it takes)."""
+    if fast:
+        # The event's situation id and version passed its own checks (or the model's).
+        new_sit = trusted(SituationState, {"situation_id": situation_id, "version": event.version,
+                                           "status": "ouverte", "closed_on": None, "last_event": event},
+                          ("situation_id", "version", "status", "last_event"))
+        return replace(state, {"situation": new_sit})
+    new_sit = SituationState(situation_id=situation_id, version=event.version, status="ouverte",
+                             last_event=event)
+    return state.model_copy(update={"situation": new_sit})

@@ -38,14 +38,20 @@ from services.core.codec import canonical
 from services.errors import ConfigurationError
 
 _sodium_open: Callable[[bytes, bytes], bytes] | None
+_sodium_sign: Callable[[bytes, bytes], bytes] | None
+_sodium_keypair: Callable[[bytes], tuple[bytes, bytes]] | None
 _SodiumError: type[Exception]
-try:  # libsodium: the fast path of VerifyingKey (see the module docstring)
+try:  # libsodium: the fast path of VerifyingKey and of signing_function (see the module docstring)
+    from nacl.bindings import crypto_sign as _nacl_sign
     from nacl.bindings import crypto_sign_open as _nacl_open
+    from nacl.bindings import crypto_sign_seed_keypair as _nacl_keypair
     from nacl.exceptions import CryptoError as _NaclError
 
     _sodium_open, _SodiumError = _nacl_open, _NaclError
+    _sodium_sign, _sodium_keypair = _nacl_sign, _nacl_keypair
 except ImportError:  # pragma: no cover - without PyNaCl, cryptography alone (same answers)
     _sodium_open, _SodiumError = None, Exception
+    _sodium_sign = _sodium_keypair = None
 
 ALG = "Ed25519"
 
@@ -70,6 +76,25 @@ def sign(message: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> dict[s
     """Return ``message`` with its ``signature`` member set."""
     value = key.sign(signing_input(message))
     return {**message, "signature": {"key_id": key_id, "alg": ALG, "value": b64u(value)}}
+
+
+def signing_function(key: Ed25519PrivateKey) -> Callable[[bytes], bytes]:
+    """The 64-byte Ed25519 signature of some bytes under ``key``: libsodium's when PyNaCl is
+    installed (it signs faster than OpenSSL here, and releases the GIL), else ``key.sign``.
+
+    Ed25519 signing is deterministic (RFC 8032 §5.1.6: the nonce is a hash of the key and the
+    message), so both give the same bytes; ``tests/core/test_signing_function.py`` checks it."""
+    if _sodium_sign is None or _sodium_keypair is None:  # pragma: no cover - PyNaCl is a dependency
+        return key.sign
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    _, secret = _sodium_keypair(seed)
+    sodium_sign = _sodium_sign
+
+    def sign_bytes(data: bytes) -> bytes:
+        return sodium_sign(data, secret)[:64]  # libsodium returns signature || message
+
+    return sign_bytes
 
 
 def load_private_key(path: Path, what: str, hint: str) -> Ed25519PrivateKey:

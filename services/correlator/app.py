@@ -57,6 +57,7 @@ from services.platform import metrics
 from services.platform.datakeys import KeyRing, KeyStore, changelog_key
 from services.platform.db import open_engine
 from services.platform.kafka import consumer as plain_consumer
+from services.platform.lag import PROBE_FETCH_BYTES
 from services.platform.markers import marker_key
 from services.platform.runtime import HeapPolicy
 from services.platform.settings import Settings
@@ -160,7 +161,7 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
     def lag_probe() -> AIOKafkaConsumer:  # one batch per partition and measurement at most
         return plain_consumer(settings, bootstrap, client_id=f"{settings.correlator_app_id}-lag-probe",
                               group_id=settings.correlator_app_id,  # to read its offsets, never joins
-                              max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
+                              max_partition_fetch_bytes=PROBE_FETCH_BYTES, fetch_max_wait_ms=100)
 
     gauges = WorkerGauges(settings, assigned=lambda: processor.positions.assigned, make_consumer=lag_probe)
     processor = Processor(

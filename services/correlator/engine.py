@@ -63,6 +63,11 @@ Speed (measured with ``bench/correlator.py`` and a profile; every check stays on
   exact bytes they were read from or written as: a later read of the *same bytes* from the
   table reuses the model instead of re-validating it, any other bytes (a rebalance restored
   another worker's value, a restart) are validated as before; so no invalidation is needed;
+- the step's models (signal entry, person state, situation event) are built from values
+  already valid rather than validated again (:mod:`services.core.trusted`), what the rules
+  take from a window is remembered by the set it depends on, and a state's bytes are written
+  around its situation event's bytes (:meth:`Engine._state_bytes`); ``fast=False`` keeps the
+  validating reference, equal byte for byte (``tests/correlator/test_fast_paths.py``);
 - the partitioner's murmur2 is the ``murmurhash2`` package's (Rust)
   (:func:`~services.platform.partitioning.murmur2`), equal to Kafka's.
 """
@@ -88,6 +93,7 @@ from services.core.messages import (
     Frozen,
     Pseudonym,
     SealedRef,
+    SituationEvent,
     SourcePosition,
     parse,
     to_wire,
@@ -110,7 +116,8 @@ from services.core.policy import check_exchange
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
-from services.core.types import Date, Fund, Timestamp
+from services.core.trusted import trusted
+from services.core.types import Date, Fund, Purpose, Timestamp
 from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
@@ -367,8 +374,10 @@ class Engine:
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None,
-                 sealer: Sealer | None = None, state_topic: str = "persons") -> None:
+                 sealer: Sealer | None = None, state_topic: str = "persons", fast: bool = True) -> None:
         self.ctx = ctx
+        #: The step's fast path (services.core.trusted; False: the validating reference).
+        self.fast = fast
         #: Seals each state written under the person's data key (None: states in clear);
         #: ``state_topic`` (the changelog's name) is bound to every sealed value.
         self.sealer = sealer
@@ -391,6 +400,9 @@ class Engine:
         self._receipts = ReceiptWriter()
         self._now = self.clock()
         self._limits = limits_at(self._now)
+        self._received_s = int(self._now.timestamp())
+        #: The bytes of the situation events written in the batch, by the event's id.
+        self._event_bytes: dict[int, tuple[Any, bytes]] = {}
         #: Persons whose parked records were released in the batch being processed.
         self._released_now: set[bytes] = set()
 
@@ -423,7 +435,10 @@ class Engine:
         batch.outputs.append(Output(_RECEIPT_TOPICS.get(fund) or receipt_topic(fund), key, value))
 
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
-                reason: Reason, detail: str) -> None:
+                reason: Reason, detail: str, *, person: bytes | None = None) -> None:
+        """A receipt and a dead letter. ``person``: the pseudonym's value of a signal that
+        passed the checks (signature, schema): its payload is then sealed under the
+        person's data key (``;raw_sealed``), so the person's erasure reaches it too."""
         topic, partition, offset = source_of(rec)
         raw = rec.value or b""
         if reason in WITHHELD:
@@ -438,6 +453,8 @@ class Engine:
             detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
                       f"raw_truncated_to={MAX_MESSAGE_BYTES}")
             raw = raw[:MAX_MESSAGE_BYTES]
+        if person is not None and self.sealer is not None and raw:
+            raw, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
@@ -470,11 +487,13 @@ class Engine:
         and returns the batch: an event loop can run between the pauses (the worker's sends
         and acknowledgements of the previous batch go on meanwhile)."""
         batch = Batch()
+        self._event_bytes = {}
         states: dict[bytes, PersonState | None] = {}
         dirty: dict[bytes, int] = {}
         cache = self.states
         self._now = self.clock()  # one time for the batch's receipts, dead letters and date rules
         self._limits = limits_at(self._now)
+        self._received_s = int(self._now.timestamp())
         self._released_now = set()
         self.refresh()
         self._batch_generation = self._generation
@@ -533,13 +552,14 @@ class Engine:
                 batch.writes[key] = (partition, None)
                 batch.writes[self.marker_key(key)] = (partition, marker.model_dump_json().encode())
                 continue
-            value = st.model_dump_json().encode()
+            value = self._state_bytes(st) if self.fast else st.model_dump_json().encode()
             if sealer is not None:
                 value = sealer.seal(_value_of(key), state_topic, value)
             batch.writes[key] = (partition, value)
             cache.put(key, value, st)
             if key in marked:  # the objection lifted (a later consent): the marker goes
                 batch.writes[self.marker_key(key)] = (partition, None)
+        self._event_bytes = {}
         return batch
 
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
@@ -564,7 +584,8 @@ class Engine:
             else:  # a consent (every signal that passes the checks comes with its values)
                 self._consent(batch, rec, rec.value or b"", get, put)
         except Rejected as r:
-            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field)
+            self._reject(batch, rec, receipt_fund, signal_id, r.reason, r.field,
+                         person=None if checked is None else checked.pseudonym[1].encode())
 
     # ----------------------------------------------------------------------- registry
     def refresh(self) -> bool:
@@ -685,14 +706,12 @@ class Engine:
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
         if state is not None and state.marks and state.withdrawn(sig.purpose):
             raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
-        entry = SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
-                            purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
-                            sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
-                            source=position, received_s=int(self._now.timestamp()))
+        fast = self.fast and _trusted_signal(sig, position)
+        entry = _entry(sig, position, self._received_s, fast)
         occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
         if state is None:
-            state = new_person(person)
-        step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred)
+            state = _new_person(person, fast)
+        step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred, fast=fast)
         put(pkey, partition, step.state)
         for event in step.events:
             self._situation(batch, event)
@@ -914,7 +933,33 @@ class Engine:
         return writes
 
     def _situation(self, batch: Batch, event: Any) -> None:
-        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), _wire(event)))
+        if self.fast:
+            value = _EVENT_JSON(event)
+            # Kept for the state's bytes at the batch's end (see _state_bytes); the event is
+            # held too, so its id cannot be reused by another object meanwhile.
+            self._event_bytes[id(event)] = (event, value)
+        else:
+            value = _wire(event)
+        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), value))
+
+    def _state_bytes(self, state: PersonState) -> bytes:
+        """``state.model_dump_json().encode()``, taking the situation's last event as the bytes
+        already written for it this batch (:meth:`_situation`) instead of serialising it again.
+
+        pydantic-core writes a nested model as it writes it alone, and the situation is the
+        state's last field but one: its member goes before ``"version_floor"``, the last
+        member, whose value is an integer (``tests/correlator/test_fast_paths.py`` holds the
+        two forms together)."""
+        sit = state.situation
+        known = self._event_bytes.get(id(sit.last_event)) if sit is not None else None
+        if sit is None or known is None or known[0] is not sit.last_event:
+            return _STATE_JSON(state)
+        head = _STATE_JSON(state, exclude=_NO_SITUATION)
+        cut = head.rindex(b',"version_floor":')
+        closed = b"null" if sit.closed_on is None else b'"%s"' % sit.closed_on.isoformat().encode()
+        member = (b',"situation":{"situation_id":"%s","version":%d,"status":"%s","closed_on":%s,"last_event":%s}'
+                  % (sit.situation_id.encode(), sit.version, sit.status.encode(), closed, known[1]))
+        return head[:cut] + member + head[cut:]
 
     def _consent(self, batch: Batch, rec: Record, raw: bytes,
                  get: Callable[[bytes], PersonState | None],
@@ -973,3 +1018,49 @@ def _parked(rec: Record) -> Parked:
 
 def _wire(event: Any) -> bytes:
     return bytes(to_wire(event))
+
+
+#: ``to_wire`` of a situation event and ``model_dump_json().encode()`` of a state, as the
+#: bytes pydantic-core writes (model_dump_json decodes them to a str, to_wire encodes it back).
+_EVENT_JSON = SituationEvent.__pydantic_serializer__.to_json
+_STATE_JSON = PersonState.__pydantic_serializer__.to_json
+_NO_SITUATION = {"situation"}
+
+
+_SOURCE_MAX = SignalEntry.model_fields["source"].metadata[0].max_length
+
+
+def _trusted_signal(sig: CheckedSignal, position: str) -> bool:
+    """Whether a signal entry of ``sig`` read at ``position`` may be built without validation:
+    its values are those of a validated :class:`~services.core.messages.Signal` (what a
+    :class:`CheckedSignal` holds, whether made here or in a check helper), the enums and the
+    date of their exact types, and the position within the entry's bound."""
+    return (type(sig.fund) is Fund and type(sig.purpose) is Purpose and type(sig.observed_on) is dt.date
+            and len(position) <= _SOURCE_MAX)
+
+
+def _entry(sig: CheckedSignal, position: str, received_s: int, fast: bool) -> SignalEntry:
+    """The state's entry of an accepted signal; ``fast``: see :func:`_trusted_signal`."""
+    if fast:
+        return trusted(SignalEntry, {
+            "signal_id": sig.signal_id, "fund": sig.fund, "category": sig.category,
+            "purpose": sig.purpose, "observed_on": sig.observed_on, "territory": sig.territory,
+            "sealed_ref": trusted(SealedRef, {"key_id": sig.sealed_ref[0], "value": sig.sealed_ref[1]}),
+            "source": position, "received_s": received_s})
+    return SignalEntry(signal_id=sig.signal_id, fund=sig.fund, category=sig.category,
+                       purpose=sig.purpose, observed_on=sig.observed_on, territory=sig.territory,
+                       sealed_ref=SealedRef(key_id=sig.sealed_ref[0], value=sig.sealed_ref[1]),
+                       source=position, received_s=received_s)
+
+
+def _new_person(pseudonym: Pseudonym, fast: bool) -> PersonState:
+    """:func:`~services.core.person.new_person` of a (validated) pseudonym; ``fast``: built
+    from its values, every other field at its default."""
+    if fast:
+        return trusted(PersonState, {"pseudonym": pseudonym, **_PERSON_DEFAULTS}, ("pseudonym",))
+    return new_person(pseudonym)
+
+
+#: Every field of a person's state but the pseudonym, at its default (immutable values).
+_PERSON_DEFAULTS = {name: info.default for name, info in PersonState.model_fields.items()
+                    if name != "pseudonym"}

@@ -13,8 +13,10 @@ from the consumer's committed position, with a consumer of its own (no group):
 - the first record returned is the oldest one not processed: its broker timestamp gives the
   age of the backlog.
 
-One fetch per partition and per measurement, of at most one record batch (the broker returns
-a whole batch even when it is larger than the fetch limit), whatever the backlog.
+One fetch per partition and per measurement, of one record batch at most whatever the backlog:
+the consumer asks for 1 KiB a partition (:data:`PROBE_FETCH_BYTES`), the broker returns one whole
+batch even when it is larger than that, and only its first record is decoded; the consumer is
+paused between measurements (no fetching in the background).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.platform import metrics
 
 log = logging.getLogger("help.lag")
+
+#: What a measurement's fetches ask for, per partition: one batch comes back.
+PROBE_FETCH_BYTES = 1024
 
 #: The committed position of each partition a consumer holds (the next offset to process),
 #: given the monitor's own consumer (to ask the broker what it needs).
@@ -73,7 +78,8 @@ async def measure(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while pending and loop.time() < deadline:
-        fetched = await consumer.getmany(*pending, timeout_ms=100)
+        # One record each is all a measurement needs (the rest of a batch is not decoded).
+        fetched = await consumer.getmany(*pending, timeout_ms=100, max_records=len(pending))
         for tp, records in fetched.items():
             wanted = [r for r in records if r.offset >= positions[tp]]
             if wanted:
@@ -85,6 +91,7 @@ async def measure(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition,
                 continue
             if high <= positions[tp] or tp in first_ms:
                 pending.discard(tp)
+    consumer.pause(*tps)  # no fetching in the background until the next measurement
     found: dict[TopicPartition, PartitionLag] = {}
     for tp in tps:
         high = consumer.highwater(tp)

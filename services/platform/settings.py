@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     #: Kafka's idempotent producer; the embedded broker refuses its handshake, Apache Kafka takes it.
     enable_idempotence: bool = False
     request_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 15_000
+    outbox_keep_sent_days: Annotated[int, Field(ge=0, le=90)] = 7
+    """How long a fund's outbox keeps the bytes of a signal the correlator accepted, counted
+    from its sending, so that ``outbox resend --since`` can send again what a lost broker had
+    acknowledged (docs/erasure.md: the fund's own file; 0 drops them on the accepted receipt)."""
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
     drain_timeout_s: Annotated[float, Field(ge=1, le=600)] = 30.0
     """How long a service stopped by SIGTERM or SIGINT (correlator worker, casebook and ledger

@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.errors import TransientError
 from services.platform import kafka, metrics
-from services.platform.lag import LagMonitor
+from services.platform.lag import PROBE_FETCH_BYTES, LagMonitor
 from services.platform.settings import Settings
 
 log = logging.getLogger("help_exchange.platform.tracking")
@@ -236,7 +236,7 @@ class TrackedConsumer(Generic[R]):
 
         def probe() -> AIOKafkaConsumer:
             return kafka.consumer(settings, bootstrap, client_id=f"{self.name}-lag-probe",
-                                  max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
+                                  max_partition_fetch_bytes=PROBE_FETCH_BYTES, fetch_max_wait_ms=100)
 
         async def stored(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
             assigned = set(self.assignment)

@@ -7,16 +7,55 @@ operators are in French; errors go through the shared error tree (one line + a h
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from services.core.dates import PARIS as PARIS_TZ
 from services.core.types import Fund, Purpose
 from services.platform.settings import Settings
 
 FUND = click.option("--fund", required=True, type=click.Choice([f.value for f in Fund]),
                     help="The emitting fund (organisme): urssaf, cpam, caf, carsat or msa.")
+
+
+def _parse_since(text: str) -> dt.datetime | None:
+    """An ISO 8601 time or date; without an offset, Paris time (the funds' clock)."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=PARIS_TZ)
+
+
+class _ResendProgress:
+    """A rich progress bar (re-sent / to re-send), or nothing when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]renvoi"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("signalements"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
+            self._bar.start()
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task("resend", total=max(total, 1))
+        self._bar.update(self._task, completed=done, total=max(total, 1))
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -273,6 +312,57 @@ def register(cli: click.Group) -> None:
         if error:
             click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)
         ctx.exit(1 if left else 0)
+
+    @outbox.command("resend")
+    @FUND
+    @click.option("--since", "since", required=True, metavar="HORODATAGE",
+                  help="ISO 8601 time (2026-12-07T14:30, 2026-12-07T13:30Z, or a date for its midnight); "
+                       "without an offset, Paris time.")
+    @click.pass_context
+    def outbox_resend(ctx: click.Context, fund: str, since: str) -> None:
+        """Send again the signals sent since a time, after a broker lost what it had acknowledged.
+
+        \b
+        For a broker (or a whole cluster) that lost messages after acknowledging them: a
+        disk wiped, a topic re-created, an embedded broker restarted without its data.
+        Every signal of the fund sent at or after --since whose bytes the outbox still
+        keeps goes back to the queue and is sent to the broker now answering, with the
+        same signal id. The outbox keeps an accepted signal's bytes
+        HELP_OUTBOX_KEEP_SENT_DAYS days after its sending (default 7); older ones cannot
+        be re-sent from here (publish the extract file again into an empty outbox).
+        Signals refused for their content are not re-sent.
+
+        \b
+        The correlator builds nothing twice: a signal id it had already accepted is
+        answered "doublon" (receipts count it as accepted) and changes no situation.
+
+        \b
+        Exit status: 0 all re-sent; 1 the broker did not answer (nothing was put back),
+                     or some signals still wait in the outbox (`outbox flush` sends them);
+                     2 the time is not understood.
+        """
+        from services.producer.sdk import Publisher, resend_outbox
+
+        settings = _settings(ctx)
+        moment = _parse_since(since)
+        if moment is None:
+            click.echo(f"--since : horodatage illisible « {since} » ; attendu par exemple 2026-12-07T14:30 "
+                       "(heure de Paris), 2026-12-07T13:30Z ou 2026-12-07", err=True)
+            ctx.exit(2)
+            return
+        bar = _ResendProgress(enabled=sys.stderr.isatty())
+        try:
+            result = asyncio.run(resend_outbox(Publisher(settings, Fund(fund)), moment, progress=bar.update))
+        finally:
+            bar.stop()
+        click.echo(f"boîte d'envoi {fund} : {result.queued} signalements envoyés depuis le "
+                   f"{moment.astimezone(PARIS_TZ).strftime('%d/%m/%Y %H:%M')} (heure de Paris) remis en file, "
+                   f"{result.sent} renvoyés et acquittés, {result.left} restant en attente")
+        if result.error:
+            click.echo(f"Le courtier Kafka ne répond pas : {result.error}", err=True)
+            if not result.queued:
+                click.echo("Rien n'a été remis en file : relancez la commande quand le courtier répond.", err=True)
+        ctx.exit(1 if result.error or result.left else 0)
 
     @cli.command("receipts")
     @FUND

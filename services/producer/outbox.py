@@ -8,7 +8,10 @@ Rows are unique by ``signal_id`` (deterministic, see :mod:`services.producer.sea
 sent rows are kept so that a re-run of the same file inserts nothing and therefore sends
 nothing again. A sent row keeps its payload, and the position the broker gave it, until the
 correlator's receipt for *that* position is reconciled (``receipts --fund``,
-:mod:`services.producer.receipts`): accepted, the payload is dropped (only the id stays);
+:mod:`services.producer.receipts`): accepted, the payload is kept ``keep_sent_days`` more
+(counted from its sending; ``HELP_OUTBOX_KEEP_SENT_DAYS``), so that a broker that loses what
+it had acknowledged can be given it again (:meth:`Outbox.resend_since`, ``outbox resend
+--since``), then dropped (only the id stays);
 refused for its signing key (unknown to the exchange, or retired), the row goes back to
 pending — re-signed with the current key if the key was retired — and leaves with the next
 ``outbox flush`` or ``publish``; refused for anything else, the reason is kept (the content
@@ -60,6 +63,8 @@ _ADDED_COLUMNS = {"sent_partition": "INTEGER", "sent_offset": "INTEGER", "accept
 
 #: sent ids are kept this long past their observation date (acceptance window + margin)
 KEEP_SENT_DAYS = 2 * 366 + 31
+#: default of ``Settings.outbox_keep_sent_days``: an accepted signal's bytes, kept for a resend
+KEEP_SENT_PAYLOAD_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -110,16 +115,22 @@ def outbox_path(var_dir: Path, fund: Fund) -> Path:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _stamp(dt.datetime.now(dt.UTC))
+
+
+def _stamp(moment: dt.datetime) -> str:
+    """The outbox's time stamps: UTC, fixed width, so that text order is time order."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Outbox:
     """One fund's outbox. Not thread-safe; one per process is enough (SQLite locks between
     processes, so two publishers of the same fund may share the file)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep_sent_days: int = KEEP_SENT_PAYLOAD_DAYS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.keep_sent_days = keep_sent_days
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives the process being killed (kill -9, OOM), not
@@ -134,8 +145,8 @@ class Outbox:
                 self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     @classmethod
-    def for_fund(cls, var_dir: Path, fund: Fund) -> Outbox:
-        return cls(outbox_path(var_dir, fund))
+    def for_fund(cls, var_dir: Path, fund: Fund, *, keep_sent_days: int = KEEP_SENT_PAYLOAD_DAYS) -> Outbox:
+        return cls(outbox_path(var_dir, fund), keep_sent_days=keep_sent_days)
 
     def close(self) -> None:
         self._db.close()
@@ -220,17 +231,50 @@ class Outbox:
 
     def settle(self, *, accepted: Sequence[str] = (), refused: Sequence[tuple[str, str]] = (),
                requeue: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Apply reconciled receipts, atomically: ``accepted`` ids drop their payload;
-        ``refused`` (id, reason code) keep the reason; ``requeue`` (id, payload to send, the
-        same or re-signed) go back to pending."""
+        """Apply reconciled receipts, atomically: ``accepted`` ids keep their payload until
+        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`); ``refused`` (id,
+        reason code) keep the reason; ``requeue`` (id, payload to send, the same or
+        re-signed) go back to pending."""
         now = _now()
         with self._transaction() as db:
-            db.executemany("UPDATE outbox SET accepted_at = ?, msg_value = NULL WHERE signal_id = ?",
+            db.executemany("UPDATE outbox SET accepted_at = ? WHERE signal_id = ?",
                            [(now, s) for s in accepted])
             db.executemany("UPDATE outbox SET refused = ? WHERE signal_id = ?",
                            [(reason, s) for s, reason in refused])
             db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
                            "msg_value = ? WHERE signal_id = ?", [(v, s) for s, v in requeue])
+        self.drop_old_payloads()
+
+    def drop_old_payloads(self, now: dt.datetime | None = None) -> int:
+        """Drop the bytes of accepted signals sent more than ``keep_sent_days`` ago (their id
+        stays); returns how many."""
+        limit = _stamp((now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self.keep_sent_days))
+        with self._transaction() as db:
+            cur = db.execute("UPDATE outbox SET msg_value = NULL WHERE accepted_at IS NOT NULL "
+                             "AND msg_value IS NOT NULL AND sent_at < ?", (limit,))
+            return int(cur.rowcount)
+
+    # -- resending what a lost broker had acknowledged
+    def resendable(self, since: dt.datetime) -> int:
+        """How many signals sent at or after ``since`` still hold their bytes (and were not
+        refused for their content): what :meth:`resend_since` would put back."""
+        (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE sent_at >= ? AND msg_value IS NOT NULL "
+                                "AND refused IS NULL", (_stamp(since),)).fetchone()
+        return int(n)
+
+    def resend_since(self, topic: str, since: dt.datetime) -> int:
+        """Put back to pending every signal sent at or after ``since`` that still holds its
+        bytes (refused ones excepted: sending them again would be refused again), and forget
+        ``topic``'s partition marks (they name offsets of the lost broker; the next send
+        takes the new broker's end instead). Returns how many. The signals keep their ids:
+        the correlator answers a copy of one it had accepted with ``doublon`` (accepted,
+        for :mod:`.receipts`) and builds nothing from it."""
+        with self._transaction() as db:
+            cur = db.execute("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
+                             "accepted_at = NULL WHERE sent_at >= ? AND msg_value IS NOT NULL AND refused IS NULL",
+                             (_stamp(since),))
+            db.execute("DELETE FROM partition_marks WHERE topic = ?", (topic,))
+            return int(cur.rowcount)
 
     # -- housekeeping
     def status(self) -> Status:

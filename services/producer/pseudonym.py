@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.core.signing import b64u
 
@@ -40,6 +40,11 @@ class PseudonymSource(Protocol):
 
     def prefetch(self, nirs: Iterable[str]) -> None: ...
 
+    def ask(self, nirs: Iterable[str]) -> Any:
+        """Start what :meth:`prefetch` does, without waiting; :meth:`collect` finishes it."""
+
+    def collect(self, asked: Any) -> None: ...
+
     def pseudonym(self, nir: str) -> dict[str, str]: ...
 
     def previous(self, nir: str) -> dict[str, str] | None:
@@ -56,6 +61,12 @@ class HmacSource:
 
     def prefetch(self, nirs: Iterable[str]) -> None:
         """Nothing to ask: v1 is computed locally."""
+
+    def ask(self, nirs: Iterable[str]) -> None:
+        """Nothing to ask: v1 is computed locally."""
+
+    def collect(self, asked: None) -> None:
+        """Nothing was asked."""
 
     def pseudonym(self, nir: str) -> dict[str, str]:
         return pseudonym(self.key_id, self._key, nir)

@@ -15,8 +15,10 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from services.core.oprf import OprfError, blind, finalize_batch, pseudonym_value_v2
+from services.core.oprf import Blinded, OprfError, blind, finalize_batch, pseudonym_value_v2
 from services.core.pseudonymisation import Refused, current_version, previous_version, public_path, read_public
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
@@ -62,8 +64,23 @@ def http_transport(url: str, timeout: float) -> Transport:
     return send
 
 
+@dataclass
+class Asked:
+    """Batches sent to the service and not collected yet (:meth:`PseudonymClient.ask`): per
+    batch, the memo it fills, its key version, the NIRs, their blinded states (kept here,
+    never sent) and the answer to come."""
+
+    batches: list[tuple[dict[str, dict[str, str]], str, list[str], list[Blinded], Future[dict[str, object]]]] = \
+        field(default_factory=list)
+
+
 class PseudonymClient:
     """Pseudonyms v2 of one fund's people: ``{"key_id", "value"}`` members, batched and cached.
+
+    :meth:`ask` blinds and sends without waiting (the round trip runs in a thread of its
+    own, the service's evaluation in its process); :meth:`collect` waits, checks each batch's
+    proof and unblinds. So a caller can have the service work on the next batch while it
+    signs and sends the current one. Nothing enters the cache before its proof verified.
 
     During a rotation's overlap window (the pinned ``public.json`` lists two active versions
     or more) every person is also asked under the previous version, and :meth:`previous`
@@ -88,6 +105,7 @@ class PseudonymClient:
         #: Batches asked and elements evaluated (for the bench and the report).
         self.batches = 0
         self.evaluated = 0
+        self._sender: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, fund: Fund, transport: Transport | None = None) -> PseudonymClient:
@@ -109,26 +127,49 @@ class PseudonymClient:
 
     def prefetch(self, nirs: Iterable[str]) -> None:
         """Ask the service for every normalised NIR of ``nirs`` not cached yet (and, in an
-        overlap window, under the previous version too)."""
-        wanted = list(dict.fromkeys(nirs))
-        self._fill(self._cache, self.key_version, wanted)
-        if self.previous_version is not None:
-            self._fill(self._previous, self.previous_version, wanted)
+        overlap window, under the previous version too), and wait."""
+        self.collect(self.ask(nirs))
 
-    def _fill(self, memo: dict[str, dict[str, str]], version: str, nirs: list[str]) -> None:
+    def ask(self, nirs: Iterable[str]) -> Asked:
+        """Blind every normalised NIR of ``nirs`` not cached yet (nor in the local cache file),
+        under the current version and, in an overlap window, the previous one, and send the
+        batches without waiting for the answers (:meth:`collect` them)."""
+        wanted = list(dict.fromkeys(nirs))
+        asked = Asked()
+        self._ask(asked, self._cache, self.key_version, wanted)
+        if self.previous_version is not None:
+            self._ask(asked, self._previous, self.previous_version, wanted)
+        return asked
+
+    def _ask(self, asked: Asked, memo: dict[str, dict[str, str]], version: str, nirs: list[str]) -> None:
         todo = [n for n in nirs if n not in memo]
         if todo and self._stored is not None:
             known = self._stored.get_many(version, todo)
             for nir, value in known.items():
                 memo[nir] = {"key_id": version, "value": value}
             todo = [n for n in todo if n not in known]
+        if todo and self._sender is None:
+            # One thread: the round trips leave in order; the CPU work (blind, verify) stays here.
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudonymiser-client")
         for start in range(0, len(todo), self._limit):
             chunk = todo[start:start + self._limit]
-            got = dict(zip(chunk, self._evaluate(chunk, version), strict=True))
+            blinded = [blind(oprf_input(n)) for n in chunk]
+            request: dict[str, object] = {"fund": self.fund.value, "request_id": secrets.token_hex(16),
+                                          "key_version": version, "blinded": [b64u(b.element) for b in blinded]}
+            assert self._sender is not None
+            asked.batches.append((memo, version, chunk, blinded, self._sender.submit(self._send, request)))
+
+    def collect(self, asked: Asked) -> None:
+        """Wait for the answers of ``asked``, check each batch's proof, unblind, and cache.
+        Raises :class:`Refused` (``preuve_invalide``, or the service's refusal) and caches
+        nothing of a batch whose proof does not verify."""
+        for memo, version, chunk, blinded, answer in asked.batches:
+            got = dict(zip(chunk, self._finalize(blinded, version, answer.result()), strict=True))
             for nir, value in got.items():
                 memo[nir] = {"key_id": version, "value": value}
             if self._stored is not None:
                 self._stored.put_many(version, got)
+        asked.batches.clear()
 
     def pseudonym(self, nir: str) -> dict[str, str]:
         """The ``pseudonym`` member of the normalised ``nir`` (asked alone if not prefetched)."""
@@ -148,10 +189,7 @@ class PseudonymClient:
             found = self._previous[nir]
         return found
 
-    def _evaluate(self, nirs: list[str], version: str) -> list[str]:
-        blinded = [blind(oprf_input(n)) for n in nirs]
-        answer = self._send({"fund": self.fund.value, "request_id": secrets.token_hex(16),
-                             "key_version": version, "blinded": [b64u(b.element) for b in blinded]})
+    def _finalize(self, blinded: list[Blinded], version: str, answer: dict[str, object]) -> list[str]:
         answered = answer.get("key_version")
         evaluated = answer.get("evaluated")
         key = self._keys.get(answered) if isinstance(answered, str) else None
@@ -164,5 +202,5 @@ class PseudonymClient:
             raise Refused(Reason.PREUVE_INVALIDE, "the service's proof does not verify under the pinned key",
                           "stop and warn the exchange operator: nothing was published") from None
         self.batches += 1
-        self.evaluated += len(nirs)
+        self.evaluated += len(blinded)
         return [pseudonym_value_v2(o) for o in outputs]

@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,14 @@ from services.platform.settings import Settings
 from services.producer.extract import Extract, Line, Rejection, RejectReport
 from services.producer.nir import mask
 from services.producer.outbox import Row
-from services.producer.sdk import Publisher, SignalBuilder, today_paris
+from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
 
 BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
 CHUNK = 1000
+#: with pseudonyms from the service (scheme v2), lines per build job: asked of the service
+#: in batches of CHUNK, the next one asked before the current one is built
+REMOTE_CHUNK = 4000
 #: below this size, building in-process beats starting worker processes
 LARGE_FILE_BYTES = 2_000_000
 
@@ -148,6 +151,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
     summary = Summary(input=path, report=report_path)
     extract = Extract(path)
     publisher = Publisher(settings, fund)
+    remote = publisher.builder.remote_pseudonyms
     if workers is None:
         workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > LARGE_FILE_BYTES else 0
     # Forked before any Kafka client or thread exists in this process.
@@ -159,7 +163,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
         today = today_paris()
         loop = asyncio.get_running_loop()
         # Each chunk in order, with the lines its parsing rejected: the report stays in line order.
-        in_flight: collections.deque[tuple[asyncio.Future[_Built], list[Rejection]]] = collections.deque()
+        in_flight: collections.deque[tuple[Awaitable[_Built], list[Rejection]]] = collections.deque()
         rows: list[Row] = []
 
         async def take_one(report: RejectReport) -> None:
@@ -176,7 +180,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
 
         try:
             with RejectReport(report_path) as report:
-                for chunk in _chunks(extract, CHUNK):
+                for chunk in _chunks(extract, REMOTE_CHUNK if remote else CHUNK):
                     lines: list[Line] = []
                     early: list[Rejection] = []
                     for item in chunk:
@@ -187,8 +191,8 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
                     summary.read += len(chunk)
                     now = dt.datetime.now(dt.UTC)
                     if pool is not None:
-                        in_flight.append((loop.run_in_executor(pool, _build_in_worker, lines, today, now,
-                                                               publisher.partitions), early))
+                        in_flight.append((_unpacked(loop.run_in_executor(
+                            pool, _build_in_worker, _pack(lines), today, now, publisher.partitions)), early))
                         while len(in_flight) > 2 * workers:
                             await take_one(report)
                     else:
@@ -240,12 +244,20 @@ def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now:
                  partitions: int | None) -> _Built:
     rows: list[Row] = []
     rejected: list[Rejection] = []
-    builder.prefetch(item.record for item in lines)  # scheme v2: one batch to the service
-    for item in lines:
-        try:
-            rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
-        except Rejected as exc:
-            rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+    # Scheme v2: the pseudonyms of each part of CHUNK lines in one batch to the service, the
+    # next part's asked before this one is built, so the service's evaluation and the round
+    # trip overlap the signing here (v1: asking is a no-op).
+    parts = [lines[i:i + CHUNK] for i in range(0, len(lines), CHUNK)]
+    asked = builder.ask(item.record for item in parts[0]) if parts else None
+    for k, part in enumerate(parts):
+        ahead = builder.ask(item.record for item in parts[k + 1]) if k + 1 < len(parts) else None
+        builder.collect(asked)
+        for item in part:
+            try:
+                rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
+            except Rejected as exc:
+                rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+        asked = ahead
     return rows, rejected
 
 
@@ -254,9 +266,33 @@ def _init_worker(settings: Settings, fund: Fund) -> None:
     _worker_builder = SignalBuilder(settings, fund)
 
 
-def _build_in_worker(lines: list[Line], today: dt.date, now: dt.datetime, partitions: int | None) -> _Built:
+# Between the processes, lines and rows travel as plain tuples: pickling the dataclasses
+# cost several times more, in the publishing process, which is the busiest.
+_PackedLine = tuple[int, str, str, "str | dt.date", str, str, "str | None", "str | None"]
+_PackedBuilt = tuple[list[tuple[str, str, bytes, bytes, "int | None"]], list[tuple[int, str, str, str]]]
+
+
+def _pack(lines: list[Line]) -> list[_PackedLine]:
+    return [(item.line, r.nir, r.category, r.observed_on, r.departement, r.reference, r.consent_ref, r.purpose)
+            for item in lines for r in (item.record,)]
+
+
+def _unpack(packed: list[_PackedLine]) -> list[Line]:
+    return [Line(p[0], SignalInput(*p[1:])) for p in packed]
+
+
+async def _unpacked(future: asyncio.Future[_PackedBuilt]) -> _Built:
+    rows, rejected = await future
+    return ([Row(*r) for r in rows],
+            [Rejection(line, name, Reason(reason), masked) for line, name, reason, masked in rejected])
+
+
+def _build_in_worker(packed: list[_PackedLine], today: dt.date, now: dt.datetime,
+                     partitions: int | None) -> _PackedBuilt:
     assert _worker_builder is not None
-    return _build_chunk(_worker_builder, lines, today, now, partitions)
+    rows, rejected = _build_chunk(_worker_builder, _unpack(packed), today, now, partitions)
+    return ([(r.signal_id, r.observed_on, r.key, r.value, r.partition) for r in rows],
+            [(r.line, r.field, r.reason.value, r.nir_masked) for r in rejected])
 
 
 def _pool(settings: Settings, fund: Fund, workers: int) -> ProcessPoolExecutor:

@@ -36,13 +36,12 @@ import datetime as dt
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from services.core.codec import canonical, splice_signature
@@ -52,7 +51,7 @@ from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
 from services.core.policy import check_signal, conditions_met
 from services.core.reasons import Reason
 from services.core.registry import load_registry
-from services.core.signing import ALG, b64u
+from services.core.signing import ALG, b64u, signing_function
 from services.core.types import (
     CONSENT_REF_PATTERN,
     DEPARTEMENT_PATTERN,
@@ -61,6 +60,7 @@ from services.core.types import (
     format_timestamp,
 )
 from services.errors import BrokerError, BrokerUnreachable, HelpExchangeError, Rejected
+from services.platform.batch_producer import BatchProducer, Delivered
 from services.platform.partitioning import murmur2
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
@@ -137,7 +137,11 @@ class SignalBuilder:
         secrets = load_fund_secrets(settings.key_dir, fund)
         registry = load_registry(registry_path(settings.key_dir))
         self._pseudonyms = source_for(settings, fund, registry)
+        #: True when pseudonyms come from the pseudonymisation service (scheme v2): asking
+        #: costs a round trip and the fund's side of the VOPRF, worth overlapping.
+        self.remote_pseudonyms = settings.pseudonym_scheme == "v2"
         self._signing_key = secrets.signing_key
+        self._sign = signing_function(secrets.signing_key)
         self.signing_key_id = secrets.signing_key_id
         #: Why the exchange would refuse what this key signs, per the local registry copy
         #: (not listed, or retired); None when it is active there.
@@ -241,18 +245,44 @@ class SignalBuilder:
         service per call; v1: nothing). Records whose NIR is invalid are left to :meth:`build`."""
         self._pseudonyms.prefetch(nirs.valid_normalised(rec.nir for rec in records))
 
+    def ask(self, records: Iterable[SignalInput]) -> Any:
+        """:meth:`prefetch` without waiting: the service works on these while the caller
+        builds others; :meth:`collect` (before building these) waits and checks the proofs."""
+        return self._pseudonyms.ask(nirs.valid_normalised(rec.nir for rec in records))
+
+    def collect(self, asked: Any) -> None:
+        self._pseudonyms.collect(asked)
+
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
         """The outbox row of ``rec`` (signed signal bytes), or :class:`Rejected`.
 
         ``partitions``: the topic's partition count, to compute the partition here exactly as
         Kafka's default partitioner does (murmur2 of the key, equal to aiokafka's);
-        this part can run in worker processes."""
+        this part can run in worker processes.
+
+        The fast path of :meth:`build_reference`, byte for byte (``tests/producer/
+        test_build_fast_path.py``): every member is a string :meth:`check` has proved ASCII
+        (or a code of the taxonomy, the policy or the contract), so the message is plain JSON
+        and its canonical form is orjson's; libsodium signs; and the final bytes are not parsed
+        back into the contract model, which the reference does and the property test proves
+        they would pass."""
+        return self._build(rec, today, now, partitions, reference=False)
+
+    def build_reference(self, rec: SignalInput, *, today: dt.date | None = None,
+                        now: dt.datetime | None = None, partitions: int | None = None) -> Row:
+        """:meth:`build` the obviously-right way: the plainness of the message checked,
+        ``cryptography``'s Ed25519, and the final bytes validated against the contract model
+        (:class:`Rejected` ``schema_invalide`` — a bug, never bad input — if they do not pass)."""
+        return self._build(rec, today, now, partitions, reference=True)
+
+    def _build(self, rec: SignalInput, today: dt.date | None, now: dt.datetime | None,
+               partitions: int | None, *, reference: bool) -> Row:
         today = today or today_paris()
         nir, code, observed, dept, purpose, basis = self.check(rec, today)
-        reference = rec.reference.strip()
+        reference_text = rec.reference.strip()
         pseudo = self._pseudonyms.pseudonym(nir)
-        signal_id = self._ids.signal_id(reference, code, observed)
+        signal_id = self._ids.signal_id(reference_text, code, observed)
         now = now or dt.datetime.now(dt.UTC)
         if now != self._stamp[0]:
             self._stamp = (now, format_timestamp(now))
@@ -266,7 +296,7 @@ class SignalBuilder:
             "emitted_at": self._stamp[1],
             "territory": dept,
             "pseudonym": pseudo,
-            "sealed_ref": self._sealer.seal(reference, pseudo),
+            "sealed_ref": self._sealer.seal(reference_text, pseudo),
             "legal_basis": basis,
             "purpose": purpose.value,
         }
@@ -275,16 +305,21 @@ class SignalBuilder:
             message["pseudonym_previous"] = link
         # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); the wire
         # form is that form with the signature member in its sorted place.
-        unsigned = canonical(message)
-        signature = b64u(self._signing_key.sign(unsigned))
+        if reference:
+            unsigned = canonical(message)
+            signature = b64u(self._signing_key.sign(unsigned))
+        else:
+            unsigned = canonical(message, plain=True)
+            signature = b64u(self._sign(unsigned))
         try:
             value = splice_signature(unsigned, ALG, self.signing_key_id, signature)
         except ValueError:  # pragma: no cover - every signal has a territory
             raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
-        try:
-            Signal.model_validate_json(value)
-        except ValidationError:  # a bug here, not bad input: never send it
-            raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
+        if reference:
+            try:
+                Signal.model_validate_json(value)
+            except ValidationError:  # a bug here, not bad input: never send it
+                raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         key = pseudo["value"].encode("ascii")
         partition = (murmur2(key) & 0x7FFFFFFF) % partitions if partitions else None
         return Row(signal_id, observed.isoformat(), key, value, partition)
@@ -339,8 +374,10 @@ class Publisher:
         #: the fund's other messages (consents, reveals) have none to wait for.
         self.keep_payload = topic is None or topic == signal_topic(fund)
         self.builder = builder or SignalBuilder(settings, fund)
-        self.outbox = Outbox(outbox_path) if outbox_path else Outbox.for_fund(settings.var_dir, fund)
-        self._producer: AIOKafkaProducer | None = None
+        keep = settings.outbox_keep_sent_days
+        self.outbox = (Outbox(outbox_path, keep_sent_days=keep) if outbox_path
+                       else Outbox.for_fund(settings.var_dir, fund, keep_sent_days=keep))
+        self._producer: BatchProducer | None = None
         self._bootstrap: str | None = None
         self._recovered = False
         self._inflight: asyncio.Task[int] | None = None
@@ -363,21 +400,16 @@ class Publisher:
 
     async def connect(self) -> bool:
         from services.platform.broker import resolve_bootstrap
-        from services.platform.kafka import UNREACHABLE, kafka_errors, producer
 
         try:
             self._bootstrap = await asyncio.to_thread(resolve_bootstrap, self.settings, announce=True)
-            prod = producer(self.settings, self._bootstrap, linger_ms=10, max_batch_size=MAX_BATCH_BYTES)
-            with kafka_errors("{error}", "signals wait in the outbox", UNREACHABLE):
-                await prod.start()
+            prod = BatchProducer(self.settings, self._bootstrap, linger_ms=10, max_batch_bytes=MAX_BATCH_BYTES)
+            await prod.start()
         except (HelpExchangeError, OSError) as exc:
             self.offline_reason = exc.what if isinstance(exc, HelpExchangeError) else str(exc)
             return False
         self._producer = prod
-        try:
-            self.partitions = len(await prod.partitions_for(self.topic)) or None
-        except KafkaError:
-            self.partitions = None
+        self.partitions = await prod.partitions_for(self.topic)
         return True
 
     async def close(self) -> None:
@@ -386,18 +418,18 @@ class Publisher:
                 await self.drain()
         if self._producer is not None:
             prod, self._producer = self._producer, None
-            with contextlib.suppress(KafkaError, TimeoutError, OSError):
-                await asyncio.wait_for(prod.stop(), timeout=10)
+            await prod.stop(timeout_s=10)
         self.outbox.close()
 
     def stage(self, rows: list[Row]) -> int:
         """Write built signals to the outbox; returns how many were new."""
         return self.outbox.add(rows)
 
-    async def flush(self, *, batch: int = SEND_BATCH) -> int:
+    async def flush(self, *, batch: int = SEND_BATCH, progress: Callable[[int], None] | None = None) -> int:
         """Send every pending signal; returns how many the broker acknowledged.
 
-        Raises :class:`BrokerUnreachable` if sending fails: what was not acknowledged stays."""
+        ``progress`` is told how many were acknowledged after each batch. Raises
+        :class:`BrokerUnreachable` if sending fails: what was not acknowledged stays."""
         if self._producer is None:
             raise BrokerUnreachable(f"not connected to Kafka ({self.offline_reason or 'no broker'})",
                                     f"start the broker, then `help-exchange outbox flush --fund {self.fund.value}`")
@@ -409,6 +441,8 @@ class Publisher:
         while rows := self.outbox.pending(batch, after):
             after = rows[-1].seq
             sent += await self._send(rows)
+            if progress is not None:
+                progress(sent)
         return sent
 
     async def submit(self, rows: list[Row]) -> int:
@@ -444,20 +478,13 @@ class Publisher:
 
     async def _send(self, rows: Sequence[Row | Pending]) -> int:
         assert self._producer is not None
-        prod = self._producer
-        try:
-            futures = [await prod.send(self.topic, value=r.value, key=r.key, partition=r.partition) for r in rows]
-        except KafkaError as exc:
-            futures = []
-            error: BaseException | None = exc
-        else:
-            error = None
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await self._producer.send(self.topic, rows)
+        error: BaseException | None = None
         ok: list[str] = []
         where: list[tuple[int, int]] = []
         marks: dict[int, int] = {}
-        for row, res in zip(rows, results, strict=False):
-            if isinstance(res, BaseException):
+        for row, res in zip(rows, results, strict=True):
+            if not isinstance(res, Delivered):
                 error = error or res
                 continue
             ok.append(row.signal_id)
@@ -544,6 +571,41 @@ class Publisher:
         result.already_known = built - result.staged
         result.sent = self.sent_total
         return result
+
+
+@dataclass
+class Resent:
+    """What :func:`resend_outbox` did: signals put back (``queued``), acknowledged again
+    (``sent``), still waiting, and why the broker failed (or None)."""
+
+    queued: int
+    sent: int
+    left: int
+    error: str | None
+
+
+async def resend_outbox(pub: Publisher, since: dt.datetime,
+                        progress: Callable[[int, int], None] | None = None) -> Resent:
+    """Send again what ``pub``'s outbox sent at or after ``since`` and still holds (see
+    :meth:`Outbox.resend_since`): for a broker that lost messages it had acknowledged.
+
+    Connects first, and puts nothing back when no broker answers (the rows stay as they
+    were: sent). ``progress(done, total)`` after each batch. Always closes the publisher."""
+    try:
+        if not await pub.connect():
+            return Resent(0, 0, pub.outbox.status().pending, pub.offline_reason)
+        # Before the first send, the publisher recovers from the topic's partition marks, which
+        # resend_since forgets (they named the lost broker's offsets): new ones are taken from
+        # the new broker's end.
+        queued = pub.outbox.resend_since(pub.topic, since)
+        total = pub.outbox.status().pending
+        try:
+            await pub.flush(progress=None if progress is None else (lambda done: progress(done, total)))
+        except BrokerError as exc:
+            return Resent(queued, pub.sent_total, pub.outbox.status().pending, exc.what)
+        return Resent(queued, pub.sent_total, pub.outbox.status().pending, None)
+    finally:
+        await pub.close()
 
 
 async def flush_outbox(pub: Publisher) -> tuple[int, int, str | None]:

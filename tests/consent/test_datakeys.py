@@ -182,3 +182,29 @@ def test_the_sweep_rotates_the_key_of_a_person_it_trims(store: KeyStore) -> None
     w.store.destroy(w.ring.take_retired())
     (left,) = w.readable()  # only the swept state opens now
     assert left.signals == ()
+
+
+def test_a_dead_letter_of_a_checked_signal_is_sealed_and_erased_with_the_person(store: KeyStore) -> None:
+    """A signal refused after the checks (here a replay, ``doublon``) keeps its payload in
+    the dead letter, sealed under the person's key: readable until the person objects."""
+    import base64
+
+    from services.core.messages import DeadLetter, parse
+    from services.platform.topics import DEADLETTER_TOPIC
+
+    w = World(store)
+    signal = (signal_topic(Fund.CAF), FUNDS.signal("p", Fund.CAF, "impaye_loyer", n=0))
+    w.run(signal)
+    outputs = w.run(signal)  # the replay, at another position
+    (letter,) = [parse(DeadLetter, o.value) for o in outputs if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
+    assert letter.reason.value == "doublon" and letter.detail.endswith(";raw_sealed")
+    sealed = base64.b64decode(letter.raw)
+    assert is_sealed(sealed) and FUNDS.pseudonym("p").encode() not in sealed
+    fresh = KeyRing(store, SECRET)
+    assert fresh.open(None, DEADLETTER_TOPIC, sealed) == json.dumps(signal[1]).encode()
+    w.run((CONSENTS_TOPIC, FUNDS.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
+    assert KeyRing(store, SECRET).open(None, DEADLETTER_TOPIC, sealed) is None
+    # Refused before the checks (not JSON): no person to seal it for, kept as sent.
+    bad = w.run(Record(signal_topic(Fund.CAF), 0, 999, 0, None, b'{"signal_id": '))
+    (kept,) = [parse(DeadLetter, o.value) for o in bad if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
+    assert base64.b64decode(kept.raw) == b'{"signal_id": ' and "raw_sealed" not in kept.detail

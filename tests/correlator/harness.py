@@ -4,6 +4,8 @@ and scenarios (kill -9, rebalance) checked against an independent ground truth."
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import os
 import random
@@ -21,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
+from services.platform.datakeys import KeyRing, KeyStore
+from services.platform.db import make_engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
@@ -31,6 +35,23 @@ ROTATED_KEY = "xk-20260601-bbbb"
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_TOPICS = [SITUATIONS_TOPIC, DEADLETTER_TOPIC, *(receipt_topic(f) for f in Fund)]
+
+
+@functools.cache
+def _ring(database_url: str, key_dir: Path) -> KeyRing:
+    """The worker's data keys, read as the worker reads them (one per database)."""
+    return KeyRing(KeyStore(make_engine(database_url)), (key_dir / "markers" / "marker.key").read_bytes())
+
+
+def deadletter_payload(settings: Settings, letter: dict[str, Any]) -> bytes:
+    """A dead letter's payload as the worker received it: opened with the person's data key
+    when the worker sealed it (``;raw_sealed``: a signal refused after its checks)."""
+    raw = base64.b64decode(letter["raw"])
+    if not str(letter["detail"]).endswith(";raw_sealed"):
+        return raw
+    opened = _ring(settings.database_url, settings.key_dir).open(None, DEADLETTER_TOPIC, raw)
+    assert opened is not None, f"a sealed dead letter whose key is gone: {letter['deadletter_id']}"
+    return opened
 
 
 def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,

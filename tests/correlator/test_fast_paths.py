@@ -194,3 +194,122 @@ def test_signal_id_with_a_final_newline_is_rejected_not_a_crash() -> None:
     receipts = [json.loads(o.value or b"") for o in batch.outputs if o.topic.startswith("help.receipts")]
     assert receipts[0]["signal_id"] is None and receipts[0]["reason"] == Reason.SIGNATURE_INVALIDE.value
 
+
+
+# ---------------------------------------------------------------------- the step's fast path
+# services.core.trusted: the step's models built from values already valid, the situation
+# contents compared field by field, a state's bytes written around its event's bytes. The
+# reference (fast=False) validates every model; both must give the same models and bytes.
+_CATEGORIES = [(c.fund, c.code, c.purposes) for c in context().taxonomy.categories if c.exchangeable]
+_steps_st = st.lists(
+    st.tuples(st.sampled_from(_CATEGORIES), st.integers(0, 3), st.integers(0, 450), st.booleans(),
+              st.integers(0, 3)),
+    min_size=1, max_size=30,
+)
+
+
+def _same_model(a: Any, b: Any) -> None:
+    assert a == b
+    assert a.model_dump_json() == b.model_dump_json()
+    assert a.__pydantic_fields_set__ == b.__pydantic_fields_set__
+
+
+@settings(max_examples=200, deadline=None)
+@given(_steps_st, st.integers(0, 5))
+def test_fast_step_equals_the_reference(steps: list[Any], floor: int) -> None:
+    from services.core.person import new_person
+    from services.core.rules import on_signal
+    from services.correlator.checks import CheckedSignal
+    from services.correlator.engine import _EVENT_JSON, _entry, _new_person, _trusted_signal
+    from tests.correlator.core_fixtures import PSEUDO, TODAY
+
+    ctx = context()
+    engine = Engine(ctx, Funds().registry(), clock=lambda: AT)
+    ref = new_person(PSEUDO).model_copy(update={"version_floor": floor})
+    fast = _new_person(PSEUDO, True).model_copy(update={"version_floor": floor})
+    _same_model(_new_person(PSEUDO, True), new_person(PSEUDO))
+    day = 0
+    for n, ((fund, code, purposes), tens, gap, last, seq) in enumerate(steps):
+        day += gap // 3 if n % 4 else gap  # mostly close together, sometimes past a closure
+        on = TODAY + dt.timedelta(days=day)
+        sig = CheckedSignal(f"{n:02d}{seq}".ljust(32, "a"), fund, code,
+                            purposes[-1] if last and len(purposes) > 1 else purposes[0], on,
+                            f"{51 + tens}", (PSEUDO.key_id, PSEUDO.value),
+                            (f"{fund.value}-seal-1", "S" * (40 + n)), "L115-2-1", (), 0, AT)
+        position = f"{signal_topic(fund)}:0:{n}"
+        assert _trusted_signal(sig, position)
+        entry_ref, entry_fast = _entry(sig, position, 1_780_000_000 + n, False), \
+            _entry(sig, position, 1_780_000_000 + n, True)
+        _same_model(entry_fast, entry_ref)
+        occurred = dt.datetime.combine(on, dt.time(12, n % 60), tzinfo=dt.UTC)
+        a = on_signal(ctx, ref, entry_ref, today=on, occurred_at=occurred)
+        b = on_signal(ctx, fast, entry_fast, today=on, occurred_at=occurred, fast=True)
+        _same_model(b.state, a.state)
+        if a.state.situation is not None:
+            assert b.state.situation is not None
+            _same_model(b.state.situation, a.state.situation)
+            _same_model(b.state.situation.last_event, a.state.situation.last_event)
+        assert len(a.events) == len(b.events)
+        for x, y in zip(a.events, b.events, strict=True):
+            _same_model(y, x)
+            engine._event_bytes[id(y)] = (y, _EVENT_JSON(y))
+        # The state's bytes written around its event's bytes, as the reference dumps it.
+        assert engine._state_bytes(b.state) == a.state.model_dump_json().encode()
+        ref, fast = a.state, b.state
+
+
+def test_state_bytes_around_a_closed_situation_equal_the_dump() -> None:
+    from services.core.person import new_person
+    from services.core.rules import close_idle, on_signal
+    from services.correlator.engine import _EVENT_JSON
+    from tests.correlator.core_fixtures import PSEUDO, TODAY, entry
+
+    ctx = context()
+    state = new_person(PSEUDO)
+    for e in (entry(Fund.CAF, "impaye_loyer"), entry(Fund.URSSAF, "impaye_cotisations")):
+        state = on_signal(ctx, state, e, today=TODAY, occurred_at=AT, fast=True).state
+    closed = close_idle(ctx, state, TODAY + dt.timedelta(days=400))
+    assert closed.state.situation is not None and closed.state.situation.closed_on is not None
+    engine = Engine(ctx, Funds().registry(), clock=lambda: AT)
+    (event,) = closed.events
+    engine._event_bytes[id(event)] = (event, _EVENT_JSON(event))
+    assert engine._state_bytes(closed.state) == closed.state.model_dump_json().encode()
+    # An event object not written in this batch (or another with the same id): the full dump.
+    engine._event_bytes = {id(event): (object(), b"{}")}
+    assert engine._state_bytes(closed.state) == closed.state.model_dump_json().encode()
+
+
+def test_fast_step_refuses_what_the_reference_refuses() -> None:
+    """Values the guards cannot show valid take the models, which raise as before."""
+    from services.core.person import new_person
+    from services.core.rules import on_signal
+    from tests.correlator.core_fixtures import PSEUDO, TODAY, entry
+
+    ctx = context()
+    state = on_signal(ctx, new_person(PSEUDO), entry(Fund.CAF, "impaye_loyer"), today=TODAY,
+                      occurred_at=AT).state
+    local = dt.datetime(2026, 6, 1, 14, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    for fast in (False, True):
+        with pytest.raises(ValidationError, match="UTC"):
+            on_signal(ctx, state, entry(Fund.URSSAF, "impaye_cotisations"), today=TODAY,
+                      occurred_at=local, fast=fast)
+
+
+def test_engine_fast_and_reference_give_the_same_bytes() -> None:
+    """The whole engine, both ways, over signals, a third fund, replays, a misrouted record,
+    a consent and an objection: the same outputs and state writes, batch after batch."""
+    funds = Funds(now=AT)
+    records = _records(funds, 10)
+    replays = [r._replace(offset=r.offset + 1000) for r in records[:3]]
+    misrouted = records[4]._replace(partition=(records[4].partition + 1) % 8, offset=5000)
+    consents = []
+    for i, kind in enumerate(("consentement_donne", "opposition")):
+        c = funds.consent(f"p{i + 1}", kind, n=i)
+        v = c["pseudonym"]["value"]
+        consents.append(Record("help.consents.v1", partition_for(v, 8), 100 + i,
+                               int(AT.timestamp() * 1000), v.encode(), wire(c)))
+    stream = records + replays + [misrouted] + consents + records[:2]
+    fast = _run(Engine(context(), funds.registry(), clock=lambda: AT), stream, {}, 7)
+    reference = _run(Engine(context(), funds.registry(), clock=lambda: AT, fast=False), stream, {}, 7)
+    assert fast == reference
+    assert sum(x[3] for x in fast) >= len(replays)  # the replays were refused, not accepted

@@ -313,3 +313,42 @@ def test_reveal_opens_only_own_tokens(offline_settings: Settings, tmp_path: Path
     assert token(other.key_id, other.value) in revealed and "CPAM-REF-9" not in revealed
     assert token(own.key_id, forged_value) in revealed
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_batch_producer_places_keys_as_kafka_and_reports_positions(settings: Settings, bootstrap: str) -> None:
+    """librdkafka with ``murmur2_random`` puts a keyed message where Kafka's default
+    partitioner (ours, aiokafka's, Java's) does, and reports each message's position."""
+    from services.platform.batch_producer import BatchProducer, Delivered
+    from services.platform.partitioning import partition_for
+    from services.producer.outbox import Row
+
+    topic = signal_topic(Fund.CAF)
+    rows = [Row(os.urandom(16).hex(), "2026-01-01", os.urandom(16).hex().encode(), b"{}") for _ in range(200)]
+
+    async def go() -> tuple[int | None, list[object]]:
+        prod = BatchProducer(settings, bootstrap)
+        await prod.start()
+        try:
+            return await prod.partitions_for(topic), await prod.send(topic, rows)
+        finally:
+            await prod.stop()
+
+    partitions, results = asyncio.run(go())
+    assert partitions and partitions > 1
+    assert all(isinstance(r, Delivered) for r in results)
+    positions = {(r.partition, r.offset) for r in results}  # type: ignore[union-attr]
+    assert len(positions) == len(rows)  # one position each
+    assert [r.partition for r in results] == [  # type: ignore[union-attr]
+        partition_for(row.key.decode(), partitions) for row in rows]
+    found = {(k, v) for k, v in read_topic(bootstrap, topic) if k in {r.key for r in rows}}
+    assert found == {(r.key, r.value) for r in rows}
+
+
+def test_batch_producer_without_broker_is_unreachable(settings: Settings) -> None:
+    from services.errors import BrokerUnreachable
+    from services.platform.batch_producer import BatchProducer
+
+    quiet = load_settings(var_dir=settings.var_dir, key_dir=settings.key_dir, request_timeout_ms=1500)
+    prod = BatchProducer(quiet, f"127.0.0.1:{free_port()}")
+    with pytest.raises(BrokerUnreachable):
+        asyncio.run(prod.start())

@@ -183,6 +183,33 @@ def test_a_service_answering_with_another_key_publishes_nothing(service_settings
     assert client.evaluated == 0
 
 
+def test_asked_ahead_batches_enter_the_cache_only_once_their_proof_verified(service_settings: Settings) -> None:
+    """The producer asks the next batch before building the current one (``ask``), and
+    ``collect``s it later: the honest first batch is cached, the second, answered under
+    another key, is refused at collection and none of its pseudonyms is cached."""
+    rogue = oprf.Evaluator.from_seed("pk-00000000", secrets.token_bytes(32), KEY_INFO)
+    honest = PseudonymClient.from_settings(service_settings, Fund.CAF)
+    calls: list[int] = []
+
+    def second_is_rogue(doc: dict[str, object]) -> dict[str, object]:
+        calls.append(len(doc["blinded"]))  # type: ignore[arg-type]
+        if len(calls) == 1:
+            return http_transport(service_settings.pseudonymiser_url, 10)(doc)
+        blinded = [b64u_decode(x) for x in doc["blinded"]]  # type: ignore[attr-defined]
+        return {"key_version": honest.key_version, "evaluated": b64u(rogue.evaluate_batch(blinded))}
+
+    client = PseudonymClient(Fund.CAF, honest._keys, honest.key_version, second_is_rogue)
+    first = client.ask(["185057800608491"])
+    second = client.ask(["253072A07300443"])
+    assert client._cache == {}  # asked, not collected: nothing usable yet
+    client.collect(first)
+    assert set(client._cache) == {"185057800608491"}
+    with pytest.raises(Refused) as caught:
+        client.collect(second)
+    assert caught.value.reason is Reason.PREUVE_INVALIDE
+    assert set(client._cache) == {"185057800608491"} and client.evaluated == 1
+
+
 def test_http_transport_says_when_the_service_is_down(tmp_path: Path) -> None:
     from services.errors import ConfigurationError
 

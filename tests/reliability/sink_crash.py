@@ -104,6 +104,11 @@ def sigterm(proc: subprocess.Popen[bytes], log: Path) -> bool:
     return True
 
 
+def _starts(log: Path) -> int:
+    """How many times the sink said it started consuming, in its log."""
+    return log.read_text(errors="replace").count("casebook sink reading from") if log.exists() else 0
+
+
 async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int,
                            stop: str = "kill -9") -> CrashReport:
     """``stop``: how the sink is stopped each time, ``kill -9`` or ``SIGTERM`` (then it must
@@ -128,20 +133,29 @@ async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int,
         done = asyncio.Event()
         # Spread the stream over about the time of the kills (≈ 3 s a restart).
         pause = min(0.25, 3.0 * kills / max(1, len(wires) / 10))
-        publisher = asyncio.create_task(_publish(b.listener, wires, keys, done, pause))
+        publisher: asyncio.Task[None] | None = None
         killed_with_rows: list[int] = []
         n_kills = 0
         log = tmp / "sink.log"
         # Kill at random points while events stream in, and more after the stream ends
         # (then the kills land in the catch-up), until `kills` kills are done.
         while n_kills < kills:
+            started = _starts(log)
             proc = start_service(settings, log, "casebook", "sink", "--batch", str(rng.choice([7, 50, 500])))
-            await asyncio.sleep(rng.uniform(1.0, 5.0))
+            # From the moment it consumes: on a loaded machine the command alone takes seconds
+            # to start, and kills timed from its launch all landed before its first batch.
+            deadline = time.monotonic() + 60
+            while _starts(log) == started and proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if publisher is None:  # the stream starts once the first sink consumes
+                publisher = asyncio.create_task(_publish(b.listener, wires, keys, done, pause))
+            await asyncio.sleep(rng.uniform(0.5, 4.0))
             if (kill9(proc) if stop == "kill -9" else sigterm(proc, log)):
                 n_kills += 1
                 killed_with_rows.append(len(db_state(settings.database_url)))
             else:
                 raise AssertionError(f"the sink stopped by itself: {log.read_text()[-3000:]}")
+        assert publisher is not None
         await publisher
         proc = start_service(settings, log, "casebook", "sink")
         try:

@@ -6,7 +6,6 @@ with a reason code, and a receipt to the fund that owns the topic it came on; no
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import hashlib
 import json
@@ -25,6 +24,7 @@ from services.correlator.checks import MAX_MESSAGE_BYTES
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, fund_of_signal_topic, receipt_topic, signal_topic
 from services.producer.sdk import SignalInput
+from tests.correlator.harness import deadletter_payload
 from tests.reliability.pipeline import FUNDS, init_keys, simulate_month
 from tests.security.fuzz import Case, Signer, hypothesis_messages, mutations
 from tests.suite_summary import count
@@ -151,7 +151,7 @@ async def fuzz_the_correlator(tmp_path: Path, *, n_hyp: int, n_mut: int, seed: i
             accepted.append(f"{case.kind} (no dead letter): {receipts[pos]} {case.value[:600]!r}")
             continue
         reason = Reason(letter["reason"])
-        kept = base64.b64decode(letter["raw"])
+        kept = deadletter_payload(settings, letter)
         if len(case.value) > MAX_MESSAGE_BYTES:  # oversize: a bounded prefix and its proof
             assert kept == case.value[:MAX_MESSAGE_BYTES], pos
             assert f"sha256={hashlib.sha256(case.value).hexdigest()}" in letter["detail"], pos
