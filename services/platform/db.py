@@ -13,6 +13,9 @@ one migration history (``services/platform/migrations``, see docs/architecture.m
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,13 +99,39 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
 
     config = alembic_config()
     try:
-        with engine.begin() as conn:
+        with _one_migrator(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             _adopt_legacy_version_table(conn)
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
     except OperationalError as exc:
         raise TransientError(f"cannot migrate the database: {exc.orig}",
                              "check HELP_DATABASE_URL and that the database answers") from exc
+
+
+#: PostgreSQL advisory lock held by the transaction that migrates (any constant, ours alone).
+MIGRATION_LOCK_ID = 0x48454C50
+
+
+@contextlib.contextmanager
+def _one_migrator(engine: sa.Engine) -> Iterator[None]:
+    """Processes starting together (two correlator workers, a sink and the web view) would
+    each find the version table missing and each create it: the second fails with "table
+    alembic_version already exists". On PostgreSQL the migrating transaction takes an
+    advisory lock; SQLite has none, and its write lock is taken only at the first write,
+    after the version table was read, so a file lock beside the database serialises them.
+    The second migrator then finds the schema at head and does nothing."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _adopt_legacy_version_table(conn: sa.Connection) -> None:

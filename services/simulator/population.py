@@ -145,6 +145,7 @@ def generate(territory: str, month: str, *, seed: int, today: dt.date, scale: fl
         return SimSignal(fund, category, observed, _reference(fund, t.code, serial[fund]), purpose)
 
     number = 0
+    drawn: set[str] = set()
     for profile, fund in PRIMARY_FUND.items():
         for _ in range(round(volumes[fund] * scale)):
             number += 1
@@ -152,11 +153,15 @@ def generate(territory: str, month: str, *, seed: int, today: dt.date, scale: fl
             age = rng.randint(62, 92) if old else rng.randint(19, 58)
             birth_year = today.year - age - 1  # born before this year's birthday: never reads older
             birth_dept = t.code if rng.random() < 0.7 else rng.choice(("2A", "2B", "75", "29", "22", "56", "44"))
+            # A NIR names one person: at a million persons a few hundred random draws collide,
+            # and the ground truth would count two people where the exchange rightly sees one.
+            while (nir := synthetic_nir(rng, sex=rng.randint(1, 2), birth_year=birth_year,
+                                        birth_month=rng.randint(1, 12), departement=birth_dept)) in drawn:
+                pass
+            drawn.add(nir)
             person = Person(
                 number=number, profile=profile, fragility=rng.betavariate(1.2, 6.0),
-                nir=synthetic_nir(rng, sex=rng.randint(1, 2), birth_year=birth_year,
-                                  birth_month=rng.randint(1, 12), departement=birth_dept),
-                age=age, departement=t.code,
+                nir=nir, age=age, departement=t.code,
             )
             person.signals.append(new_signal(person, fund))
             # Fragility brings other funds in: the correlator's job is to find these people.

@@ -150,3 +150,19 @@ async def test_a_database_of_the_previous_release_upgrades_in_place(engine: sa.E
     assert dict(source.seeks) == {TopicPartition(SITUATIONS_TOPIC, 0): 40,
                                   TopicPartition(receipt_topic(Fund.CAF), 0): 12}
     assert ledger.size() == 3
+
+
+def test_processes_starting_together_migrate_one_after_the_other(db_url: str) -> None:
+    """Two correlator workers, the sinks and the web view start together on a fresh database:
+    each must find the schema at head, none fail on a version table another just created."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from services.platform.db import make_engine, migrate; "
+              "migrate(make_engine(sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, db_url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    failures = [err for proc in procs if (err := proc.communicate(timeout=120)[1]) and proc.returncode]
+    assert failures == []
+    with make_engine(db_url).connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1

@@ -101,3 +101,22 @@ def test_ground_truth_rules_on_hand_made_people() -> None:
 def test_bad_months_are_refused_with_a_reason(tmp_path: Path, month: str, why: str) -> None:
     with pytest.raises(InputError, match=why):
         simulate("35", month, tmp_path, seed=1, schemas=SCHEMAS, today=TODAY)
+
+
+def test_a_nir_drawn_twice_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a million persons some random draws collide; the truth must not count two persons
+    behind one NIR (the exchange sees one). Forced here: every third draw repeats the first."""
+    from services.simulator import population
+
+    draws: list[str] = []
+
+    def colliding(rng: random.Random, **person: object) -> str:
+        nir = draws[0] if draws and len(draws) % 3 == 0 else synthetic_nir(rng, **person)  # type: ignore[arg-type]
+        draws.append(nir)
+        return nir
+
+    monkeypatch.setattr(population, "synthetic_nir", colliding)
+    month = generate("61", "2026-11", seed=3, today=TODAY, scale=0.05)
+    nirs = [person.nir for person in month.persons]
+    assert len(draws) > len(nirs)  # collisions happened and were drawn again
+    assert len(set(nirs)) == len(nirs)
