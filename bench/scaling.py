@@ -126,7 +126,9 @@ def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
                                                    root / f"rejects-{fund.value}.csv"))
                 published += summary.sent
             publish_s = time.monotonic() - t0
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
+            # The worker's own knobs (HELP_CORRELATOR_*) pass through: to measure another setting.
+            env = {**{k: v for k, v in os.environ.items()
+                      if not k.startswith("HELP_") or k.startswith("HELP_CORRELATOR_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
                    "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
                    "HELP_DATABASE_URL": f"sqlite:///{root / 'casebook.db'}"}

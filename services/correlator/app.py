@@ -81,8 +81,10 @@ def source_topics() -> list[str]:
 
 
 def key_ring(settings: Settings) -> KeyRing:
-    """The persons' data keys, in the exchange's database (``exchange_data_keys``)."""
-    return KeyRing(KeyStore(open_engine(settings.database_url)), marker_key(settings))
+    """The persons' data keys, in the exchange's database (``exchange_data_keys``), those of
+    as many persons held as person states are (at least four batches' worth)."""
+    return KeyRing(KeyStore(open_engine(settings.database_url)), marker_key(settings),
+                   max_subjects=max(settings.correlator_state_cache, 4 * settings.correlator_batch_max))
 
 
 def build_engine(settings: Settings, sealer: Sealer | None = None) -> Engine:
@@ -123,6 +125,8 @@ def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_rebalance_timeout=max(10.0, session_s * 2),
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=2000,
+        # The per-partition bound (a broker that honours it); the response's: faust_seam.
+        consumer_max_fetch_size=settings.correlator_fetch_max_bytes,
         stream_buffer_maxsize=_inbox_size(settings),
         # Revocation waits on the processor's lock, not on Faust's count of unacked messages.
         stream_wait_empty=False,
@@ -146,7 +150,7 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
     ``deadline`` bounds a stop (armed at the stop signal, or here when the stop begins)."""
     keys = key_ring(settings)
     engine = build_engine(settings, keys)
-    faust_seam.install(settings.correlator_fetch_wait_ms)
+    faust_seam.install(settings.correlator_fetch_wait_ms, settings.correlator_fetch_max_bytes)
     app = _faust_app(settings, bootstrap)
     names = source_topics()
     # acks=False: Faust never commits these topics; the checkpoints commit what was processed.

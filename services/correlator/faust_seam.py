@@ -11,8 +11,14 @@ gives Faust's original):
 
 - ``AIOKafkaConsumerThread._create_worker_consumer``: faust-streaming builds the worker's
   aiokafka consumer with ``fetch_max_wait_ms=1500`` written in the code, which sets the
-  latency of a signal reaching an idle worker. The consumer it returns gets ours instead
-  (aiokafka's ``AIOKafkaConsumer._fetch_max_wait_ms``, read at each fetch).
+  latency of a signal reaching an idle worker, and without ``fetch_max_bytes``, so aiokafka's
+  default of 50 MiB per fetch response applies; the embedded broker does not honour the
+  per-partition limit (``max_partition_fetch_bytes``), only this one, and aiokafka keeps a
+  response's records until they are consumed, one response per partition: before a backlog,
+  the worker held up to the whole backlog in its consumer thread (its memory grew with the
+  volume: docs/architecture.md, "Memory"). The consumer it returns gets our wait and our
+  byte bound instead (aiokafka's ``AIOKafkaConsumer._fetch_max_wait_ms`` and
+  ``_fetch_max_bytes``, handed to its fetcher by ``start``).
 - ``faust.transport.drivers.aiokafka.Consumer.wait_first``: Faust's fetch loop
   (``Consumer._drain_messages``) delivers each message with
   ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
@@ -72,13 +78,16 @@ from mode.services import WaitResults
 PINNED = {"faust-streaming": ">=0.15.3,<0.16", "mode-streaming": ">=0.7.1,<0.8", "aiokafka": ">=0.12,<0.15"}
 
 _FETCH_WAIT_MS: list[int] = [1500]
+_FETCH_MAX_BYTES: list[int] = [52_428_800]  # aiokafka's default
 _PATCHED = "_help_patched"
 
 
-def install(fetch_wait_ms: int) -> None:
-    """Install the process-wide patches (once) and set the worker consumer's fetch wait."""
+def install(fetch_wait_ms: int, fetch_max_bytes: int = 1_048_576) -> None:
+    """Install the process-wide patches (once) and set the worker consumer's fetch wait and
+    the bytes one fetch response brings at most."""
     _FETCH_WAIT_MS[0] = fetch_wait_ms
-    _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", _with_fetch_wait)
+    _FETCH_MAX_BYTES[0] = fetch_max_bytes
+    _wrap(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", _with_fetch_limits)
     _wrap(faust_aiokafka.Consumer, "wait_first", _stepping_first)
 
 
@@ -92,10 +101,11 @@ def _wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> None:
     setattr(cls, _PATCHED + name, True)
 
 
-def _with_fetch_wait(original: Any) -> Any:
+def _with_fetch_limits(original: Any) -> Any:
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _FETCH_WAIT_MS[0]
+        consumer._fetch_max_bytes = _FETCH_MAX_BYTES[0]
         return consumer
 
     return create

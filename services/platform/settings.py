@@ -52,6 +52,7 @@ _HINTS = {
     "correlator_batch_max": "give a whole number of records between 1 and 100000, e.g. 5000",
     "correlator_batch_wait_ms": "give a number of milliseconds between 0 and 1000, e.g. 2",
     "correlator_fetch_wait_ms": "give a whole number of milliseconds between 10 and 10000, e.g. 100",
+    "correlator_fetch_max_bytes": "give a whole number of bytes between 65536 and 52428800, e.g. 1048576",
     "correlator_linger_ms": "give a whole number of milliseconds between 0 and 1000, e.g. 5",
     "correlator_check_processes": "give a whole number of helper processes between 0 and 64 (about one per spare core)",
     "correlator_gc_full_every_s": "give a number of seconds between 0 (CPython's own schedule) and 86400",
@@ -198,6 +199,12 @@ class Settings(BaseSettings):
     """Longest wait of a fetch that finds nothing (faust-streaming's own: 1500 ms). It bounds the
     latency of a signal reaching an idle worker; a fetch answers as soon as records come. Not
     less: every idle fetch costs the embedded broker CPU that the worker then lacks."""
+    correlator_fetch_max_bytes: Annotated[int, Field(ge=65_536, le=52_428_800)] = 1_048_576
+    """Bytes one fetch response brings at most (and one partition's share of it). The consumer
+    keeps a response's records until the worker has taken them, one response per partition at
+    most, so this bounds what a backlog costs in memory: partitions x this. aiokafka's default,
+    50 MiB, held a backlog of a million signals whole (docs/architecture.md, "Memory"); a MiB
+    is about a thousand signals, several batches' worth of fetches a second."""
     correlator_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
     """The producer's linger: outputs of one batch leave together."""
     correlator_check_processes: Annotated[int, Field(ge=0, le=64)] = 2

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from services.core.person import PersonState
 from services.core.types import Fund
 from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, Engine, Record, erasure_command, person_key
-from services.platform.datakeys import KeyRing, KeyStore, data_keys, envelope, is_sealed, seal, unseal
+from services.platform.datakeys import CIPHERS_MAX, KeyRing, KeyStore, data_keys, envelope, is_sealed, seal, unseal
 from services.platform.db import open_engine
 from services.platform.topics import CONSENTS_TOPIC, ORIGIN_PURGE, signal_topic
 from tests.correlator.core_fixtures import PSEUDO, context
@@ -208,3 +208,20 @@ def test_a_dead_letter_of_a_checked_signal_is_sealed_and_erased_with_the_person(
     bad = w.run(Record(signal_topic(Fund.CAF), 0, 999, 0, None, b'{"signal_id": '))
     (kept,) = [parse(DeadLetter, o.value) for o in bad if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
     assert base64.b64decode(kept.raw) == b'{"signal_id": ' and "raw_sealed" not in kept.detail
+
+
+def test_the_ring_stays_bounded_and_reloads_what_it_forgot(store: KeyStore) -> None:
+    """Its memory must not grow with the persons: keys held for ``max_subjects`` persons,
+    ciphers for at most CIPHERS_MAX keys; a forgotten person's key is read back from the table."""
+    ring = KeyRing(store, SECRET, max_subjects=50)
+    persons = [f"pseudo-{i}".encode() for i in range(CIPHERS_MAX + 10)]
+    sealed = []
+    for start in range(0, len(persons), 40):  # batches of 40 persons, their keys stored between
+        batch = persons[start:start + 40]
+        ring.prefetch(batch)
+        sealed += [ring.seal(p, TOPIC, b"state of " + p) for p in batch]
+        store.insert(ring.take_new())
+    assert len(ring._keys) <= 50 and len(ring._subjects) <= 51
+    assert 0 < len(ring._ciphers) <= CIPHERS_MAX
+    assert ring.open(persons[0], TOPIC, sealed[0]) == b"state of " + persons[0]  # evicted, reloaded
+    assert ring.open(persons[-1], TOPIC, sealed[-1]) == b"state of " + persons[-1]

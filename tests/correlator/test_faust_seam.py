@@ -69,6 +69,13 @@ def test_the_worker_consumer_is_still_built_with_a_fixed_fetch_wait() -> None:
             "aiokafka AIOKafkaConsumer.__init__ no longer keeps _fetch_max_wait_ms")
     require("fetch_max_wait_ms=self._fetch_max_wait_ms" in source(aiokafka.AIOKafkaConsumer.start),
             "aiokafka AIOKafkaConsumer.start no longer hands _fetch_max_wait_ms to its fetcher")
+    require("fetch_max_bytes" not in source(create),
+            "AIOKafkaConsumerThread._create_worker_consumer sets fetch_max_bytes now: "
+            "maybe it is a setting (use it instead of the patch)")
+    require("self._fetch_max_bytes = fetch_max_bytes" in source(aiokafka.AIOKafkaConsumer.__init__),
+            "aiokafka AIOKafkaConsumer.__init__ no longer keeps _fetch_max_bytes")
+    require("fetch_max_bytes=self._fetch_max_bytes" in source(aiokafka.AIOKafkaConsumer.start),
+            "aiokafka AIOKafkaConsumer.start no longer hands _fetch_max_bytes to its fetcher")
 
 
 def test_the_fetch_loop_still_delivers_through_wait_first_racing_the_flow() -> None:
@@ -136,6 +143,7 @@ def test_the_patches_wrap_faust_once() -> None:
     assert (faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer,
             faust_aiokafka.Consumer.wait_first) == patched  # not wrapped twice
     assert all(inspect.unwrap(fn) is not fn for fn in patched)  # ours, around Faust's
+    assert faust_seam._FETCH_WAIT_MS[0] == 250 and faust_seam._FETCH_MAX_BYTES[0] == 1_048_576
     assert asyncio.Event.wait.__code__ is faust_seam._FLOW_WAIT
 
 
