@@ -90,7 +90,7 @@ def _family(topic: str) -> str:
 
 def _read_every_topic_now(bootstrap: str, timeout: float = 60.0) -> dict[str, list[bytes]]:
     """Every record (key NUL value) of every topic from offset 0, with librdkafka
-    (confluent-kafka): a client independent of the aiokafka the services use, no commits."""
+    (confluent-kafka's consumer): not the aiokafka consumers the services read with, no commits."""
     import random
     import time
 

@@ -77,12 +77,16 @@ def db_state(url: str) -> dict[str, tuple[int, str, str]]:
 
 
 async def _publish(bootstrap: str, events: list[bytes], keys: list[bytes], stop_at: asyncio.Event,
-                   pause: float) -> None:
+                   pause: float, hold_at: int = 0, resume: asyncio.Event | None = None) -> None:
+    """Publish ``events`` in tens; once ``hold_at`` are out, wait for ``resume`` (the first
+    stop has landed) before the rest."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
         i = 0
         while i < len(events):
+            if resume is not None and i >= hold_at:
+                await resume.wait()
             size = 10
             futures = [await producer.send(SITUATIONS_TOPIC, events[j], key=keys[j])
                        for j in range(i, min(i + size, len(events)))]
@@ -134,6 +138,7 @@ async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int,
         # Spread the stream over about the time of the kills (≈ 3 s a restart).
         pause = min(0.25, 3.0 * kills / max(1, len(wires) / 10))
         publisher: asyncio.Task[None] | None = None
+        first_stop = asyncio.Event()
         killed_with_rows: list[int] = []
         n_kills = 0
         log = tmp / "sink.log"
@@ -148,11 +153,21 @@ async def run_sink_crashes(tmp: Path, *, situations: int, kills: int, seed: int,
             while _starts(log) == started and proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             if publisher is None:  # the stream starts once the first sink consumes
-                publisher = asyncio.create_task(_publish(b.listener, wires, keys, done, pause))
-            await asyncio.sleep(rng.uniform(0.5, 4.0))
+                publisher = asyncio.create_task(_publish(b.listener, wires, keys, done, pause,
+                                                         hold_at=len(wires) // 2, resume=first_stop))
+                # The first stop lands mid-stream whatever the machine's load: once the sink has
+                # applied rows from the first half, with the second half held back until then.
+                # (Timed stops alone all landed before the first batch, or after the stream.)
+                deadline = time.monotonic() + 120
+                while not db_state(settings.database_url) and proc.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+            else:
+                await asyncio.sleep(rng.uniform(0.5, 4.0))
             if (kill9(proc) if stop == "kill -9" else sigterm(proc, log)):
                 n_kills += 1
                 killed_with_rows.append(len(db_state(settings.database_url)))
+                first_stop.set()
             else:
                 raise AssertionError(f"the sink stopped by itself: {log.read_text()[-3000:]}")
         assert publisher is not None

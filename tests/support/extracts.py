@@ -1,5 +1,6 @@
 """Helpers for the producer tests: synthetic NIRs, extract files, reading a topic back with
-an independent client (confluent-kafka, librdkafka: not the aiokafka the producer uses)."""
+a client of its own (confluent-kafka's consumer, librdkafka: not the aiokafka consumers the
+services read with; the producer sends through librdkafka too, but never reads)."""
 
 from __future__ import annotations
 
