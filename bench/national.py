@@ -29,18 +29,12 @@ import time
 from pathlib import Path
 
 from bench import emit
-from services.core.types import Fund
+from bench.month import FUNDS, prepare_month
 from services.platform import kafka
 from services.platform.broker import EmbeddedBroker
-from services.platform.kafka import apply_topics
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import SITUATIONS_TOPIC, load_topic_specs, receipt_topic
-from services.producer.keys import init_exchange_key, init_fund_keys
-from services.simulator.cli import simulate, today_paris
+from services.platform.topics import SITUATIONS_TOPIC, receipt_topic
 from tests.support.local import free_port
-
-FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
-SIGNALS_AT_SCALE_1 = 3_160  # Ille-et-Vilaine's month at scale 1 (the demo's month)
 
 
 def data_lines(path: Path) -> int:
@@ -167,14 +161,7 @@ def run(signals: int) -> dict[str, float]:
                                  session_timeout_ms=6000, database_url=f"sqlite:///{db}")
         workers: list[subprocess.Popen[bytes]] = []
         try:
-            asyncio.run(apply_topics(settings, broker.bootstrap,
-                                     load_topic_specs(settings.schemas_dir / "asyncapi.yaml")))
-            for fund in FUNDS:
-                init_fund_keys(settings.key_dir, fund)
-            init_exchange_key(settings.key_dir)
-            today = today_paris()
-            doc = simulate("35", today.strftime("%Y-%m"), root / "extracts", seed=1, schemas=settings.schemas_dir,
-                           today=today, scale=signals / SIGNALS_AT_SCALE_1)
+            doc = prepare_month(settings, broker.bootstrap, root / "extracts", signals)
             lines = sum(data_lines(root / "extracts" / f"{f.value}.csv") for f in FUNDS)
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),

@@ -30,21 +30,16 @@ from pathlib import Path
 
 from bench import emit
 from bench.correlator import children
-from services.core.types import Fund
+from bench.month import FUNDS, prepare_month
 from services.correlator.app import changelog_topic
 from services.correlator.state import PersonStore, remove_store, store_directory
 from services.platform import kafka
 from services.platform.broker import EmbeddedBroker
-from services.platform.kafka import apply_topics
 from services.platform.settings import Settings, load_settings
-from services.platform.topics import load_topic_specs, receipt_topic
-from services.producer.keys import init_exchange_key, init_fund_keys
+from services.platform.topics import receipt_topic
 from services.producer.publish import publish_file
-from services.simulator.cli import simulate, today_paris
 from tests.support.local import free_port
 
-FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
-SIGNALS_AT_SCALE_1 = 3_160  # Ille-et-Vilaine's month at scale 1 (the demo's month)
 SIGNALS_PER_PERSON = 1.078  # the simulated month's ratio (982,104 signals for 911,076 people)
 
 
@@ -111,14 +106,7 @@ def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
         settings = load_settings(var_dir=root, key_dir=root / "keys", bootstrap_servers=broker.bootstrap,
                                  session_timeout_ms=6000)
         try:
-            asyncio.run(apply_topics(settings, broker.bootstrap,
-                                     load_topic_specs(settings.schemas_dir / "asyncapi.yaml")))
-            for fund in FUNDS:
-                init_fund_keys(settings.key_dir, fund)
-            init_exchange_key(settings.key_dir)
-            today = today_paris()
-            doc = simulate("35", today.strftime("%Y-%m"), root / "extracts", seed=1, schemas=settings.schemas_dir,
-                           today=today, scale=signals / SIGNALS_AT_SCALE_1)
+            doc = prepare_month(settings, broker.bootstrap, root / "extracts", signals)
             t0 = time.monotonic()
             published = 0
             for fund in FUNDS:

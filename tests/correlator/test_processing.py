@@ -154,8 +154,9 @@ async def test_a_failed_send_commits_nothing() -> None:
     assert [type(e) for e in failures] == [ConnectionError]
 
 
-async def test_a_revocation_waits_for_the_checkpoint_and_forgets_the_partition() -> None:
-    broker, failures = FakeBroker(), []
+async def gated_processor() -> tuple[Processor, PersonStore, FakeBroker, asyncio.Event, list[BaseException]]:
+    """A processor assigned partition 0 whose outputs wait for the returned gate."""
+    broker, failures = FakeBroker(), list[BaseException]()
     p, store = processor(broker, failures)
     gate = asyncio.Event()
     send = broker.send
@@ -166,6 +167,11 @@ async def test_a_revocation_waits_for_the_checkpoint_and_forgets_the_partition()
 
     p.checkpoints._send = slow_send
     await p.assigned({TP(SRC, 0)})
+    return p, store, broker, gate, failures
+
+
+async def test_a_revocation_waits_for_the_checkpoint_and_forgets_the_partition() -> None:
+    p, store, broker, gate, _ = await gated_processor()
     await p.batch([Msg(SRC, 0, 0, b"p1", b"b")])
     revoking = asyncio.create_task(p.revoked({TP(SRC, 0)}))
     await asyncio.sleep(0.01)
@@ -187,17 +193,7 @@ async def test_a_sweep_writes_state_and_commits_no_offset() -> None:
 
 
 async def test_a_stop_finishes_the_batch_in_progress_and_starts_nothing_after() -> None:
-    broker, failures = FakeBroker(), []
-    p, _ = processor(broker, failures)
-    gate = asyncio.Event()
-    send = broker.send
-
-    async def slow_send(outputs: Sequence[Output]) -> None:
-        await gate.wait()
-        await send(outputs)
-
-    p.checkpoints._send = slow_send
-    await p.assigned({TP(SRC, 0)})
+    p, _, broker, gate, failures = await gated_processor()
     in_progress = asyncio.create_task(p.batch([Msg(SRC, 0, 0, b"p1", b"b")]))
     await asyncio.sleep(0)  # the batch holds the lock
     stopping = asyncio.create_task(p.stop())
