@@ -89,7 +89,8 @@ def test_a_member_moved_or_altered_does_not_open_and_nothing_is_kept(store: KeyS
     other_fund = seal_message(fund_key(b"x" * 32, "urssaf"), signal_topic(Fund.CAF), subject, epoch, unsigned)
     other_topic = seal_message(key, signal_topic(Fund.URSSAF), subject, epoch, unsigned)
     other_subject = seal_message(key, signal_topic(Fund.CAF), b"\x07" * 16, epoch, unsigned)
-    receipts, dead = w.run(*((signal_topic(Fund.CAF), FUNDS.resign(m)) for m in (other_fund, other_topic, other_subject)))
+    moved = (other_fund, other_topic, other_subject)
+    receipts, dead = w.run(*((signal_topic(Fund.CAF), FUNDS.resign(m)) for m in moved))
     assert _reasons(receipts) == ["scelle_illisible"] * 3
     assert all(d.raw == "" and d.detail.endswith(";raw_withheld") for d in dead) and len(dead) == 3
 

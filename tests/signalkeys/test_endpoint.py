@@ -123,7 +123,7 @@ def test_get_or_create_gives_one_key_to_concurrent_requests(settings: Settings) 
     def ask(i: int) -> None:
         try:
             answers[i] = [(k.epoch, k.key) for k in services[i].keys(Fund.CAF, people)]
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(services))]
@@ -141,7 +141,7 @@ def test_quota_limits_and_bad_requests_are_refused_and_entered(settings: Setting
     assert _ask(url, {"fund": "caf", "pseudonyms": []})[1]["reason"] == "lot_trop_volumineux"
     assert _ask(url, {"fund": "caf", "pseudonyms": ["not a pseudonym"]})[1]["reason"] == "schema_invalide"
     assert _ask(url, {"fund": "nobody", "pseudonyms": people[:1]})[0] == 400
-    for i in range(2):
+    for _ in range(2):
         assert _ask(url, {"fund": "caf", "pseudonyms": people[:4]})[0] == 200
     status, doc = _ask(url, {"fund": "caf", "pseudonyms": people[:4]})
     assert status == 429 and doc["reason"] == "quota_depasse"
