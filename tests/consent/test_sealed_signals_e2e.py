@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
 from stdnum.fr import nir as stdnum_nir
 
-from services.app.bootstrap import signal_keys_log
 from services.core.types import Fund
-from services.platform.datakeys import KeyStore
-from services.platform.db import open_engine
 from services.platform.kafka import consumer
-from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys
 from services.producer.receipts import Seen, collect, read_receipts, reconcile
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, flush_outbox, read_to_end
-from services.signalkeys.server import make_server, serve_in_thread
-from services.signalkeys.service import SignalKeyService
 from tests.correlator.harness import Collector, start_worker, stop
-from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,25 +31,6 @@ pytestmark = pytest.mark.integration
 def nir(serial: int) -> str:
     body = f"14505350{serial:05d}"  # born 1945: either purpose
     return body + stdnum_nir.calc_check_digits(body)
-
-
-@pytest.fixture
-def sealing(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with sealing required, and the key endpoint serving the exchange's table."""
-    port = free_port()
-    sealed = settings.model_copy(update={"signal_sealing": "required",
-                                         "signal_keys_url": f"http://127.0.0.1:{port}"})
-    init_exchange_key(sealed.key_dir)
-    init_fund_keys(sealed.key_dir, Fund.CAF)
-    service = SignalKeyService(KeyStore(open_engine(sealed.database_url)), marker_key(sealed),
-                               quota_per_day=1000, batch_limit=100, log=signal_keys_log(sealed))
-    server = make_server(service, "127.0.0.1", port)
-    serve_in_thread(server)
-    try:
-        yield sealed
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def _consent(settings: Settings, collector: Collector, tmp_path: Path, kind: str, person: str,
@@ -102,6 +75,8 @@ async def _topic_values(settings: Settings, topic: str) -> list[bytes]:
 
 async def test_a_key_replaced_between_fetch_and_send_is_sealed_again(sealing: Settings, tmp_path: Path) -> None:
     settings = sealing
+    init_exchange_key(settings.key_dir)
+    init_fund_keys(settings.key_dir, Fund.CAF)
     (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
     person = nir(4242)
     collector = Collector(settings.bootstrap_servers or "")
