@@ -37,6 +37,7 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ class SignalBuilder:
         #: the exchange's key endpoint); None: signals in clear (HELP_SIGNAL_SEALING=accepted).
         self.signal_keys: SignalKeyClient | None = (
             SignalKeyClient.from_settings(settings, fund) if settings.signal_sealing == "required" else None)
+        self._key_thread: ThreadPoolExecutor | None = None
 
     def check(self, rec: SignalInput, today: dt.date) -> tuple[str, Any, dt.date, str, Purpose, dict[str, Any]]:
         """Validate ``rec``: (nir, category, date, departement, purpose, legal basis), or raise."""
@@ -256,15 +258,26 @@ class SignalBuilder:
         self._prefetch_keys(valid)
 
     def ask(self, records: Iterable[SignalInput]) -> Any:
-        """:meth:`prefetch` without waiting: the service works on these while the caller
-        builds others; :meth:`collect` (before building these) waits and checks the proofs."""
+        """:meth:`prefetch` without waiting: the services work on these while the caller
+        builds others; :meth:`collect` (before building these) waits and checks the proofs.
+        With pseudonyms made here (scheme v1), the sealing keys are asked at once too, in a
+        thread of their own; under v2 once the pseudonyms are known, in :meth:`collect`."""
         valid = list(nirs.valid_normalised(rec.nir for rec in records))
-        return self._pseudonyms.ask(valid), valid
+        keys: Future[None] | None = None
+        if self.signal_keys is not None and valid and not self.remote_pseudonyms:
+            if self._key_thread is None:
+                self._key_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signal-keys")
+            values = [self._pseudonyms.pseudonym(n)["value"] for n in valid]
+            keys = self._key_thread.submit(self.signal_keys.prefetch, values)
+        return self._pseudonyms.ask(valid), valid, keys
 
     def collect(self, asked: Any) -> None:
-        pending, valid = asked
+        pending, valid, keys = asked
         self._pseudonyms.collect(pending)
-        self._prefetch_keys(valid)
+        if keys is not None:
+            keys.result()
+        else:
+            self._prefetch_keys(valid)
 
     def _prefetch_keys(self, valid_nirs: list[str]) -> None:
         if self.signal_keys is not None and valid_nirs:
