@@ -33,8 +33,9 @@ BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
 CHUNK = 1000
 #: with pseudonyms from the service (scheme v2), lines per build job: asked of the service
-#: in batches of CHUNK, the next one asked before the current one is built
-REMOTE_CHUNK = 4000
+#: in batches (FIRST_PART, then CHUNK), the next one asked before the current one is built;
+#: small enough that at the end of a file no worker builds a long last job alone
+REMOTE_CHUNK = 2000
 #: the first part of a build job, asked alone: a small batch whose answer is back while the
 #: next part is blinded, so a worker starting a job hardly waits for the service (the workers
 #: start their jobs together, and the service answers one batch at a time)
