@@ -123,6 +123,7 @@ from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
 from services.platform.datakeys import is_sealed
 from services.platform.partitioning import partition_for
+from services.platform.sealed_situations import sealed_wire
 from services.platform.topics import (
     CONTRACT_PARTITIONS,
     CUT_OFF_HEADER,
@@ -405,6 +406,9 @@ class Engine:
         self._event_bytes: dict[int, tuple[Any, bytes]] = {}
         #: Persons whose parked records were released in the batch being processed.
         self._released_now: set[bytes] = set()
+        #: Pseudonym values whose data key this batch rotated -> whether their situation's
+        #: event was sealed since (under the new key); see :meth:`_rotate`.
+        self._rotated: dict[bytes, bool] = {}
 
     # ----------------------------------------------------------------------- markers
     def marker_key(self, key: bytes) -> bytes:
@@ -495,6 +499,7 @@ class Engine:
         self._limits = limits_at(self._now)
         self._received_s = int(self._now.timestamp())
         self._released_now = set()
+        self._rotated = {}
         self.refresh()
         self._batch_generation = self._generation
 
@@ -544,6 +549,9 @@ class Engine:
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
+            if self._rotated.get(_value_of(key)) is False and st.situation is not None and st.moved_to is None:
+                # Its earlier events become unreadable with the key: the latest again, under the new one.
+                self._situation(batch, st.situation.last_event)
             if self.marker_secret is not None and _bare_objection(st):
                 # The pseudonym leaves the changelog (a tombstone under its key); what stays
                 # is the marker, under a key only the exchange can compute.
@@ -870,8 +878,7 @@ class Engine:
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
         situation_id = situation_id_for(pseudonym)
-        if self.sealer is not None:  # every earlier copy of the state: unreadable
-            self.sealer.erase(pseudonym.value.encode())
+        self._rotate(pseudonym.value.encode())  # every earlier copy of the state: unreadable
         if state is not None:
             purged = purge_person(state, command.issued_at)
             if state.parked:  # records waiting for a hand-over are the person's too
@@ -892,13 +899,16 @@ class Engine:
             headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id.encode(), None, headers=headers))
 
-    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes | None]]:
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]], outputs: list[Output] | None = None,
+              ) -> dict[bytes, tuple[int, bytes | None]]:
         """The retention sweep over (key, changelog partition, state bytes): the new
         state bytes of every person who kept signals older than the correlation window
         (:func:`~services.core.person.sweep_person`), to write to the changelog. A sealed
         state is written back under its person key (the pseudonym inside it: the key given
         may be the changelog's digest); objection markers and values in clear of an
-        earlier version are left to the next signal when states are sealed."""
+        earlier version are left to the next signal when states are sealed. The sweep
+        rotates a sealed person's key: the situation that remains is published again
+        under the new one, appended to ``outputs`` (to send after the writes)."""
         today = self.clock().date()
         rules = self.ctx.rules
         writes: dict[bytes, tuple[int, bytes | None]] = {}
@@ -928,6 +938,10 @@ class Engine:
                 if sealer is not None:  # signals past the window: their earlier copies too
                     sealer.erase(_value_of(key))
                     value = sealer.seal(_value_of(key), state_topic, value)
+                    if outputs is not None and swept.situation is not None and swept.moved_to is None:
+                        event = swept.situation.last_event
+                        outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(),
+                                              self._sealed_event(event, _wire(event))))
                 writes[key] = (partition, value)
                 self.states.put(key, value, swept)
         return writes
@@ -940,7 +954,27 @@ class Engine:
             self._event_bytes[id(event)] = (event, value)
         else:
             value = _wire(event)
-        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), value))
+        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), self._sealed_event(event, value)))
+
+    def _sealed_event(self, event: Any, value: bytes) -> bytes:
+        """The event as the topic carries it: its person members sealed under the person's
+        data key (:mod:`services.platform.sealed_situations`), or in clear without a sealer."""
+        sealer = self.sealer
+        if sealer is None:
+            return value
+        person = event.pseudonym.value.encode()
+        if person in self._rotated:
+            self._rotated[person] = True  # sealed under the new key: no need to publish it again
+        return sealed_wire(event.event_id, event.situation_id, event.version,
+                           sealer.seal(person, SITUATIONS_TOPIC, value))
+
+    def _rotate(self, pseudonym_value: bytes) -> None:
+        """The person's data key changes (every earlier copy sealed under it becomes
+        unreadable): noted, so that a situation that remains is published again under the
+        new key at the batch's end (a sink behind could no longer open its earlier events)."""
+        if self.sealer is not None:
+            self.sealer.erase(pseudonym_value)
+            self._rotated[pseudonym_value] = False
 
     def _state_bytes(self, state: PersonState) -> bytes:
         """``state.model_dump_json().encode()``, taking the situation's last event as the bytes
@@ -987,9 +1021,9 @@ class Engine:
         state, erased = apply_consent(current, event if person == event.pseudonym
                                       else event.model_copy(update={"pseudonym": person}))
         put(pkey, partition, state)
-        if event.kind != "consentement_donne" and self.sealer is not None:
+        if event.kind != "consentement_donne":
             # An objection or a withdrawal: the earlier states (signals now erased) go with their key.
-            self.sealer.erase(person.value.encode())
+            self._rotate(person.value.encode())
         if erased:
             # Compacted topic: the tombstone makes every consumer forget the situation (a
             # re-keyed person's situation keeps the id of its first pseudonym).
