@@ -132,6 +132,7 @@ from services.platform.topics import (
     ORIGIN_PURGE,
     SITUATIONS_TOPIC,
     TopicSpec,
+    fund_of_signal_topic,
     receipt_topic,
 )
 from services.platform.tracking import Record as Record  # re-exported: the runtime builds them
@@ -157,6 +158,9 @@ H_ERASE = "help-erase"
 H_TRANSFER = "help-transfer"
 #: On a record forwarded from a pseudonym whose state moved: the person key it now belongs to.
 H_REKEY = "help-rekey"
+#: Set by the engine itself (never read from the broker): a forward whose sealed value no
+#: longer opens, its person's key destroyed since it was forwarded.
+H_ERASED = "help-forward-erased"
 
 
 class ErasureCommand(Frozen):
@@ -195,8 +199,9 @@ def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.d
     return value.encode(), to_wire(command), partition_for(value, partitions)
 
 
-#: Refusals whose dead letter keeps no payload: the person asked not to be processed.
-WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
+#: Refusals whose dead letter keeps no payload: the person asked not to be processed, or
+#: was erased while the record was forwarded (its sealed copy no longer opens).
+WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE, Reason.DONNEES_EFFACEES})
 
 
 def source_of(rec: Record) -> tuple[str, int, int]:
@@ -537,7 +542,7 @@ class Engine:
             states[key] = state
             dirty[key] = partition
 
-        records = list(records)
+        records = self._opened_forwards(list(records))
         # The exchange's own commands on the repartition topic (erasures, hand-overs) are no
         # fund's message: nothing to check (None: a trivial verdict the engine never reads).
         verdict = self.checks.start([(None if _control(rec) else rec.value, source_of(rec)[0]) for rec in records])
@@ -570,10 +575,34 @@ class Engine:
         self._event_bytes = {}
         return batch
 
+    def _opened_forwards(self, records: list[Record]) -> list[Record]:
+        """The batch's records, a forward read back from the repartition topic opened with its
+        person's data key (:meth:`_forward` sealed it); one whose key is gone (the person was
+        erased meanwhile) keeps no value and the header :data:`H_ERASED`."""
+        sealer = self.sealer
+        if sealer is None:
+            return records
+        out = records
+        for i, rec in enumerate(records):
+            if rec.topic != REPARTITION_TOPIC or not rec.value or not is_sealed(rec.value):
+                continue
+            if out is records:
+                out = list(records)
+            opened = sealer.open(None, REPARTITION_TOPIC, rec.value)
+            out[i] = (rec._replace(value=opened) if opened is not None
+                      else rec._replace(value=b"", headers={**rec.headers, H_ERASED: b"1"}))
+        return out
+
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
         if rec.topic == REPARTITION_TOPIC:
+            if H_ERASED in rec.headers:
+                # Sealed when forwarded, its key destroyed since: nothing of it can be read,
+                # and nothing is kept of it; the fund is told (it may send it again if due).
+                self._reject(batch, rec, fund_of_signal_topic(source_of(rec)[0]), None,
+                             Reason.DONNEES_EFFACEES, "/:forward_erased")
+                return
             if H_ERASE in rec.headers:
                 self._erase(batch, rec, get, put)
                 return
@@ -641,7 +670,12 @@ class Engine:
             (H_OFFSET, str(offset).encode()))
         if rekey is not None:
             headers += ((H_REKEY, rekey),)
-        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, partition,
+        value = rec.value
+        if self.sealer is not None and value:
+            # Kept 7 days on the repartition topic: sealed under the person's key (the one it
+            # goes to), so that the person's erasure reaches this copy too.
+            value = self.sealer.seal(pseudonym_value.encode(), REPARTITION_TOPIC, value)
+        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), value, partition,
                                     headers, rec.timestamp_ms))
 
     def _policy(self, sig: CheckedSignal, consent: bool) -> Reason | None:

@@ -19,13 +19,16 @@ version), so a reader behind it still gets the current situation.
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from services.core.messages import SealedSituationEvent, SituationEvent, parse, parse_situation
+from services.core.messages import SealedSituationEvent, SituationEvent, parse, parse_situation, to_wire
 from services.platform.datakeys import envelope, load_keys, unseal
 from services.platform.topics import SITUATIONS_TOPIC
 
@@ -113,3 +116,21 @@ def read_situations(engine: sa.Engine, values: Sequence[bytes]) -> list[Situatio
     with engine.connect() as conn:
         opened = iter(open_situations(conn, present))
     return [None if p is None else next(opened) for p in parsed]
+
+
+@functools.lru_cache(maxsize=4)
+def _key_table(database_url: str) -> sa.Engine:
+    from services.platform.db import make_engine
+
+    return make_engine(database_url)
+
+
+def situation_docs(database_url: str, values: Sequence[bytes]) -> list[dict[str, Any] | None]:
+    """Situation records as the JSON objects of their events in clear (the demo's and the
+    tests' readers); a sealed one opened with the key table of ``database_url`` (the
+    correlator's, which made it), None if its key is gone. Records in clear are taken as
+    they are, without the database."""
+    if not any(b'"sealed"' in v for v in values):
+        return [json.loads(v) for v in values]
+    return [None if e is None else json.loads(to_wire(e))
+            for e in read_situations(_key_table(database_url), values)]

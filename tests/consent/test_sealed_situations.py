@@ -7,19 +7,29 @@ table in SQLite, the order of a checkpoint (tests/consent/test_datakeys.py's Wor
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 
 from services.casebook import tables as ct
 from services.casebook.sink import apply_records
-from services.core.messages import SealedSituationEvent, SituationEvent, parse, parse_situation, to_wire
+from services.core.messages import (
+    DeadLetter,
+    SealedSituationEvent,
+    SituationEvent,
+    parse,
+    parse_situation,
+    to_wire,
+)
+from services.core.reasons import Reason
 from services.core.types import Fund
 from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, Output, Record, erasure_command
 from services.platform.datakeys import KeyStore, envelope, is_sealed
 from services.platform.db import migrate, open_engine
+from services.platform.partitioning import partition_for
 from services.platform.sealed_situations import open_situations, sealed_bytes, sealed_wire
-from services.platform.topics import CONSENTS_TOPIC, ORIGIN_PURGE, SITUATIONS_TOPIC, signal_topic
+from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, ORIGIN_PURGE, SITUATIONS_TOPIC, signal_topic
 from tests.consent.test_datakeys import World
 from tests.correlator.core_fixtures import PSEUDO
 from tests.correlator.test_exchange_rules import FUNDS, NOW
@@ -112,3 +122,37 @@ def test_the_casebook_sink_takes_what_opens_and_skips_an_erased_persons_event(st
         result = apply_records(conn, [record])
         assert result.applied.situations == 0 and result.skipped == 1
         assert conn.execute(ct.situations.select()).all() == []
+
+
+def _forward(w: World, msg: dict[str, object], offset: int) -> Output:
+    """``msg`` read from the wrong partition: the engine forwards it to its person's."""
+    value = json.dumps(msg).encode()
+    right = partition_for(PERSON, w.engine.partitions)
+    out = w.run(Record(signal_topic(Fund.CAF), (right + 1) % w.engine.partitions, offset, int(NOW.timestamp() * 1000),
+                       PERSON.encode(), value))
+    (forward,) = [o for o in out if isinstance(o, Output) and o.topic == REPARTITION_TOPIC]
+    assert forward.partition == right and forward.value is not None and is_sealed(forward.value)
+    for clear in (PERSON.encode(), b"impaye", b"separation", b"sealed_ref"):
+        assert clear not in forward.value, clear
+    return forward
+
+
+def _read_back(w: World, forward: Output, offset: int) -> list[object]:
+    assert forward.partition is not None and forward.value is not None
+    return w.run(Record(REPARTITION_TOPIC, forward.partition, offset, forward.timestamp_ms or 0,
+                        forward.key, forward.value, dict(forward.headers)))
+
+
+def test_a_forwarded_signal_is_sealed_and_refused_with_nothing_kept_once_erased(store: KeyStore) -> None:
+    w = World(store)
+    first = _forward(w, FUNDS.signal("p", Fund.CAF, "impaye_loyer", n=0), 500)
+    out = _read_back(w, first, 0)
+    assert any(b'"status":"accepte"' in (o.value or b"") for o in out)  # type: ignore[attr-defined]
+    second = _forward(w, FUNDS.signal("p", Fund.CAF, "separation", n=1), 501)
+    w.run((CONSENTS_TOPIC, FUNDS.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
+    out = _read_back(w, second, 1)
+    (letter,) = [parse(DeadLetter, o.value) for o in out if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
+    assert letter.reason is Reason.DONNEES_EFFACEES and letter.raw == "" and letter.detail.endswith(";raw_withheld")
+    assert letter.source.topic == signal_topic(Fund.CAF) and letter.source.offset == 501
+    (receipt,) = [o for o in out if o.topic == "help.receipts.caf.v1"]  # type: ignore[attr-defined]
+    assert b'"reason":"donnees_effacees"' in receipt.value  # type: ignore[attr-defined]

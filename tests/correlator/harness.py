@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.core.messages import to_wire
 from services.core.registry import ExchangeKeyEntry
 from services.core.types import Fund
 from services.platform.datakeys import KeyRing, KeyStore
 from services.platform.db import make_engine
 from services.platform.partitioning import partition_for
-from services.platform.sealed_situations import read_situations
+from services.platform.sealed_situations import situation_docs
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
 from tests.support.signals import EXCHANGE_KEY, Funds, wire
@@ -96,19 +94,12 @@ async def publish(bootstrap: str, items: Iterable[tuple[str, bytes | None, bytes
         await producer.stop()
 
 
-@functools.cache
-def _database(database_url: str) -> sa.Engine:
-    return make_engine(database_url)
-
-
 def open_situation_values(database_url: str | None, values: list[bytes]) -> list[dict[str, Any] | None]:
     """Situation records as dicts, a sealed one opened with its person's data key in the
     worker's database (None: its key is gone, an erased person's)."""
-    if not any(b'"sealed"' in v for v in values):
-        return [json.loads(v) for v in values]
-    assert database_url is not None, "sealed situation events: give the collector the worker's database"
-    return [None if e is None else json.loads(to_wire(e))
-            for e in read_situations(_database(database_url), values)]
+    if any(b'"sealed"' in v for v in values):
+        assert database_url is not None, "sealed situation events: give the collector the worker's database"
+    return situation_docs(database_url or "", values)
 
 
 @dataclass

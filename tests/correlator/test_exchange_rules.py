@@ -42,9 +42,10 @@ from services.core.registry import FundKeys, Registry, load_registry
 from services.core.rules import Context
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
-from services.correlator.engine import Engine, Record
+from services.correlator.engine import H_OFFSET, H_PARTITION, H_TOPIC, REPARTITION_TOPIC, Engine, Record, Sealer
 from services.errors import Rejected
 from services.ledger.sink import EntryMaker
+from services.platform.datakeys import seal
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
@@ -73,7 +74,8 @@ def _partition(value: bytes) -> int:
 
 def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason | None, str]]:
     """(reason, dead-letter detail) of each item, processed in one batch; (None, "") if accepted."""
-    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value)
+    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value,
+                      _forwarded_from(CAF, offset) if topic == REPARTITION_TOPIC else {})
                for offset, (topic, value) in enumerate(items)]
     batch = engine.process(records, {}.get)
     letters = {json.loads(o.value or b"")["source"]["offset"]: json.loads(o.value or b"")
@@ -87,6 +89,11 @@ def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason
 
 
 FUNDS = Funds(now=NOW)
+
+
+def _forwarded_from(topic: str, offset: int) -> dict[str, bytes]:
+    """The headers of a record the engine forwarded to the repartition topic (its source)."""
+    return {H_TOPIC: topic.encode(), H_PARTITION: b"0", H_OFFSET: str(offset).encode()}
 
 
 def engine_at(now: dt.datetime, ctx: Context | None = None, funds: Funds | None = None,
@@ -141,6 +148,27 @@ class Case:
     ctx: Callable[[], Context] = context
     #: the registry the exchange trusts for this case (default: every fund's key active)
     registry: Callable[[], Registry] = FUNDS.registry
+    #: the engine's data keys (default: none, states and outputs in clear)
+    sealer: Callable[[], Sealer | None] = lambda: None
+
+
+class KeysGone:
+    """A key table where every key was destroyed: nothing sealed opens (what
+    :class:`~services.platform.datakeys.KeyRing` answers then, tests/consent)."""
+
+    def seal(self, pseudonym_value: bytes, topic: str, plaintext: bytes) -> bytes:
+        return seal(b"k" * 32, topic, b"s" * 16, 1, plaintext)
+
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None:
+        return None
+
+    def erase(self, pseudonym_value: bytes) -> None:
+        pass
+
+
+def _forward_sealed_then_erased() -> list[tuple[str, bytes]]:
+    """A signal forwarded to its person's partition, sealed, read back after the key went."""
+    return [(REPARTITION_TOPIC, KeysGone().seal(b"", REPARTITION_TOPIC, wire(good())))]
 
 
 def _duplicate_member() -> list[tuple[str, bytes]]:
@@ -199,6 +227,7 @@ CASES: dict[str, Case] = {
                                                                         "value": "L" * 43}))],
                            "/pseudonym_previous/key_id:unknown"),
     "duplicate": Case(lambda: [signal_item(m := good()), signal_item(m)], "/signal_id:already_accepted"),
+    "forward-erased": Case(_forward_sealed_then_erased, "/:forward_erased", sealer=KeysGone),
     "objection": Case(lambda: [consent_item(FUNDS.consent("rules-p", "opposition", fund=Fund.CAF)),
                                signal_item(good())], "/pseudonym:objection_on_record"),
     "consent-withdrawn": Case(lambda: [consent_item(FUNDS.consent("rules-p", "consentement_retire", fund=Fund.CAF)),
@@ -418,6 +447,7 @@ def _rows() -> Iterator[Row]:
 def test_a_hand_built_message_is_refused_with_the_tables_code(row: Row) -> None:
     case = CASES[row.id]
     engine = engine_at(NOW, case.ctx(), registry=case.registry())
+    engine.sealer = case.sealer()
     *before, (reason, detail) = answers(engine, case.items())
     assert all(r is None for r, _ in before), before  # the set-up messages are accepted
     assert reason is not None and reason.value == row.exchange_codes[0], (row.id, reason, detail)
