@@ -261,12 +261,12 @@ class SealedFollowupEvent(Frozen):
 
 class SealedSituation(Frozen):
     """A situation event's person members sealed under the person's data key: ``value`` is
-    b64url of the sealed value of :mod:`services.platform.datakeys` (magic, subject, epoch,
+    the base64 (RFC 4648 §4, padded) of the sealed value of :mod:`services.platform.datakeys` (magic, subject, epoch,
     nonce, AES-256-GCM ciphertext and tag) whose plaintext is the whole
     :class:`SituationEvent`; associated data: the topic, the subject and the epoch."""
 
     alg: Literal["A256GCM"]
-    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", min_length=80, max_length=65536)]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]+={0,2}$", min_length=80, max_length=65536)]
 
 
 class SealedSituationEvent(Frozen):

@@ -41,8 +41,14 @@ reach both pseudonyms (:meth:`Engine._linked_erasures`).
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
 engine answers exactly as the first time (accepted receipt with the same id, the situation's
-latest event re-sent byte for byte). The same signal id at another position is a replay:
-rejected as ``doublon``.
+latest event re-sent: the same event, sealed again under a fresh nonce when events are
+sealed). The same signal id at another position is a replay: rejected as ``doublon``.
+
+Sealing (given a :class:`Sealer`, the worker's key ring): besides the person states, the
+situation events (:mod:`services.platform.sealed_situations`) and the records forwarded
+to the repartition topic are sealed under the person's data key, so that an erasure, which
+rotates it, leaves every earlier copy unreadable; a rotation that leaves a situation
+publishes its latest event again under the new key (:meth:`Engine._rotate`).
 
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 

@@ -18,7 +18,7 @@ version), so a reader behind it still gets the current situation.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import json
 import logging
@@ -41,15 +41,13 @@ _WIRE = (b'{"schema_version":"1.0","event_id":"%s","situation_id":"%s","version"
 def sealed_wire(event_id: str, situation_id: str, version: int, sealed: bytes) -> bytes:
     """``to_wire(SealedSituationEvent(...))`` of an event sealed as ``sealed`` (the value of
     :func:`services.platform.datakeys.seal`), written from a template: the ids are
-    lower-case hex, the value base64url (``tests/correlator/test_sealed_situations.py``)."""
-    return _WIRE % (event_id.encode(), situation_id.encode(), version,
-                    base64.urlsafe_b64encode(sealed).rstrip(b"="))
+    lower-case hex, the value base64 (``tests/consent/test_sealed_situations.py``)."""
+    return _WIRE % (event_id.encode(), situation_id.encode(), version, binascii.b2a_base64(sealed, newline=False))
 
 
 def sealed_bytes(event: SealedSituationEvent) -> bytes:
-    """The sealed value an event carries (its base64url decoded)."""
-    value = event.sealed.value
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    """The sealed value an event carries (its base64 decoded)."""
+    return binascii.a2b_base64(event.sealed.value)
 
 
 def _opened(event: SealedSituationEvent, key: bytes | None) -> SituationEvent | None:

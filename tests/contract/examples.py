@@ -68,7 +68,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     ],
     "sealed_situation": [
         {"schema_version": "1.0", "event_id": "d" * 32, "situation_id": "e" * 32, "version": 2,
-         "sealed": {"alg": "A256GCM", "value": "SFhTMQ" + "A" * 120}}
+         "sealed": {"alg": "A256GCM", "value": "SFhTMQ" + "A/+" * 40 + "Ag=="}}
     ],
     "followup": [
         {"schema_version": "1.0", "event_id": "f" * 32, "situation_id": "e" * 32, "territory": "35",
