@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.registry import ExchangeKeyEntry
@@ -97,9 +98,15 @@ async def publish(bootstrap: str, items: Iterable[tuple[str, bytes | None, bytes
 def open_situation_values(database_url: str | None, values: list[bytes]) -> list[dict[str, Any] | None]:
     """Situation records as dicts, a sealed one opened with its person's data key in the
     worker's database (None: its key is gone, an erased person's)."""
-    if any(b'"sealed"' in v for v in values):
-        assert database_url is not None, "sealed situation events: give the collector the worker's database"
-    return situation_docs(database_url or "", values)
+    if not any(b'"sealed"' in v for v in values):
+        return situation_docs("", values)
+    assert database_url is not None, "sealed situation events: give the collector the worker's database"
+    try:
+        return situation_docs(database_url, values)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # No key table yet: these are another test's events (a worker of an earlier test on
+        # the shared broker, still publishing), sealed under keys this database never held.
+        return [json.loads(v) if b'"sealed"' not in v else None for v in values]
 
 
 @dataclass
