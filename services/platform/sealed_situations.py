@@ -51,7 +51,7 @@ def sealed_bytes(event: SealedSituationEvent) -> bytes:
 
 
 def _opened(event: SealedSituationEvent, key: bytes | None) -> SituationEvent | None:
-    if key is None:
+    if not key:  # destroyed (a tombstone's empty key, or no row): an erased person's
         return None
     plain = unseal(key, SITUATIONS_TOPIC, sealed_bytes(event))
     if plain is None:

@@ -281,7 +281,8 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # The signal topics: every record sealed, and none of the three people's opens with any
     # key the exchange still holds (each derived for the record's fund), nor with any other.
     signal_records = {t: r for t, r in topics.items() if _family(t) == "help.signals.<fund>.v1"}
-    assert sum(len(r) for r in signal_records.values()) == 2 * 2 * len(people) - 2  # no "after" for the purge
+    # two a person, two "after" each for the objection and the withdrawal, the three copies
+    assert sum(len(r) for r in signal_records.values()) == 2 * len(people) + 2 * 2 + len(people)
     for topic, records in signal_records.items():
         fund = topic.split(".")[2]
         for record in records:
