@@ -15,6 +15,7 @@ import pytest
 
 from services.platform.settings import Settings, load_settings
 from tests.support.local import embedded_broker, free_port
+from tests.support.signalkeys import key_endpoint
 
 #: Fixtures that start a broker or a database (or use one that does), or build an outside
 #: program (Go's verifier).
@@ -48,22 +49,26 @@ def private_bootstrap(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, bootstrap: str) -> Settings:
-    """Settings pointing at the session broker, with a fresh var/ (keys, outbox, SQLite)."""
-    return load_settings(
+def settings(tmp_path: Path, bootstrap: str) -> Iterator[Settings]:
+    """Settings pointing at the session broker, with a fresh var/ (keys, outbox, SQLite), and
+    the defaults' sealed signals: a key endpoint over that database (``signal_keys_url``), so
+    producers seal and a worker started with them opens what they send."""
+    with key_endpoint(load_settings(
         bootstrap_servers=bootstrap,
         var_dir=tmp_path / "var",
         key_dir=tmp_path / "var" / "keys",
         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
         session_timeout_ms=6000,
-    )
+    )) as sealed:
+        yield sealed
 
 
 @pytest.fixture
-def offline_settings(tmp_path: Path) -> Settings:
-    """Settings for tests that need no broker."""
-    return load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
-                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
+def offline_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings for tests that need no broker (a key endpoint as in ``settings``)."""
+    with key_endpoint(load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
+                                    database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")) as sealed:
+        yield sealed
 
 
 def _pg_bin() -> Path:

@@ -35,8 +35,12 @@ def test_demo_exits_0_with_perfect_precision_and_recall(demo_run: DemoRun) -> No
     done, root = demo_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "précision 1.000  rappel 1.000" in done.stdout
-    match = re.search(r"(\d+)/(\d+) accusés", done.stdout)
+    match = re.search(r"(\d+)/(\d+) accusés \((\d+) acceptés\)", done.stdout)
     assert match and match.group(1) == match.group(2) and int(match.group(1)) > 2000
+    # Sealed signals by default: the correlator refused every signal in clear
+    # (signal_non_scelle), and took them all.
+    assert "chaque signalement scellé (exigé : oui)" in done.stdout
+    assert match.group(3) == match.group(1), done.stdout[-2000:]
     for fmt in ("html", "csv", "pdf"):
         assert list((root / "revue").glob(f"*.{fmt}")), fmt
     assert "0 fuite(s)" in done.stdout

@@ -70,6 +70,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "HELP_PSEUDONYM_SCHEME": settings.pseudonym_scheme,
         "HELP_PSEUDONYMISER_URL": settings.pseudonymiser_url,
+        "HELP_SIGNAL_SEALING": settings.signal_sealing,
+        "HELP_SIGNAL_KEYS_URL": settings.signal_keys_url,
     })
     if settings.pseudonymiser_key_dir is not None:
         env["HELP_PSEUDONYMISER_KEY_DIR"] = str(settings.pseudonymiser_key_dir)
@@ -138,20 +140,25 @@ def _idle_wait(read: Callable[[], dict[str, dict[str, Any]]], settle: float = 3.
     return last
 
 
-def _wait_pseudonymiser(settings: Settings, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def _wait_answering(settings: Settings, proc: subprocess.Popen[bytes], url: str, name: str,
+                    timeout: float = 20.0) -> None:
+    """Until the service started as ``proc`` answers HTTP at ``url`` (any status: it is up)."""
+    import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise HelpExchangeError(f"the pseudonymisation service stopped with status {proc.returncode}",
+            raise HelpExchangeError(f"{name} stopped with status {proc.returncode}",
                                     f"read its log under {settings.var_dir}")
         try:
-            with urllib.request.urlopen(settings.pseudonymiser_url + "/v1/keys", timeout=2):
+            with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             time.sleep(0.2)
-    raise HelpExchangeError("the pseudonymisation service did not answer", f"read its log under {settings.var_dir}")
+    raise HelpExchangeError(f"{name} did not answer", f"read its log under {settings.var_dir}")
 
 
 def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
@@ -175,8 +182,12 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
     if v2:  # the service has a key store of its own, outside the funds' key folder
         scheme.update(pseudonymiser_url=f"http://127.0.0.1:{_free_port()}",
                       pseudonymiser_key_dir=root / "pseudonymiser")
+    # Sealed signals (contract §2.1), as by default: the exchange's key endpoint runs while
+    # the funds publish, and the correlator takes only sealed signals (unless told otherwise).
     settings = load_settings(var_dir=root, key_dir=root / "keys", database_url=f"sqlite:///{root / 'casebook.db'}",
-                             broker_port=port, session_timeout_ms=6000, schemas_dir=base.schemas_dir, **scheme)
+                             broker_port=port, session_timeout_ms=6000, schemas_dir=base.schemas_dir,
+                             signal_sealing=base.signal_sealing, signal_keys_url=f"http://127.0.0.1:{_free_port()}",
+                             **scheme)
 
     report.stage("1. Broker embarqué et topics")
     embedded = EmbeddedBroker(settings)
@@ -212,8 +223,14 @@ def run_demo(base: Settings, *, month: str | None, seed: int) -> int:
                 port_v2 = settings.pseudonymiser_url.rsplit(":", 1)[1]
                 service = stack.enter_context(_service(settings, root / "pseudonymiser.log", "pseudonymiser",
                                                        "serve", "--port", port_v2))
-                _wait_pseudonymiser(settings, service)
+                _wait_answering(settings, service, settings.pseudonymiser_url + "/v1/keys",
+                                "the pseudonymisation service")
                 report.say(f"service de pseudonymisation sur {settings.pseudonymiser_url} (VOPRF RFC 9497)")
+            keys = stack.enter_context(_service(settings, root / "signal-keys.log", "signal-keys", "serve",
+                                                "--port", settings.signal_keys_url.rsplit(":", 1)[1]))
+            _wait_answering(settings, keys, settings.signal_keys_url, "the key endpoint")
+            report.say(f"service de clés de l'échange sur {settings.signal_keys_url} : chaque signalement scellé "
+                       f"(exigé : {'oui' if settings.signal_sealing == 'required' else 'non'})")
             published = _publish_all(settings, root, extracts, report)
 
         report.stage("5. Corrélation (worker Faust) et casebook (puits SQL)")

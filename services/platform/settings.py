@@ -49,7 +49,7 @@ _HINTS = {
     "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
     "drain_timeout_s": "give a number of seconds between 1 and 600, e.g. 30",
     "signal_sealing": "use required (only sealed signals) or accepted (signals in clear too)",
-    "signal_keys_url": "give the key endpoint's address, e.g. http://127.0.0.1:19490",
+    "signal_keys_url": "give the key endpoint's address, e.g. http://127.0.0.1:19490 (empty: none)",
     "signal_keys_quota_per_day": "give a whole number of keys between 1 and 100000000",
     "signal_keys_batch_limit": "give a whole number of pseudonyms between 1 and 65535, e.g. 4096",
     "signal_keys_timeout_s": "give a number of seconds above 0, at most 120, e.g. 10",
@@ -146,13 +146,17 @@ class Settings(BaseSettings):
     (indexed by a keyed MAC of the NIR, never the NIR), so a person seen before is not asked again."""
 
     # ------------------------------------------- sealed signals (HELP_SIGNAL_*), issue #21
-    signal_sealing: Literal["required", "accepted"] = "accepted"
-    """``required``: the correlator takes only sealed signals (contract §2.1) and refuses one
-    in clear (``signal_non_scelle``); ``accepted``: it also takes signals in clear (a fund
-    that does not seal yet). What erasure promises for the signal topics needs ``required``."""
-    signal_keys_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$")] = \
-        "http://127.0.0.1:19490"
-    """Where producers reach the exchange's key endpoint (``help-exchange signal-keys serve``)."""
+    signal_sealing: Literal["required", "accepted"] = "required"
+    """``required`` (the default): the correlator takes only sealed signals (contract §2.1)
+    and refuses one in clear (``signal_non_scelle``), and our producers refuse to start
+    without a key endpoint (``signal_keys_url``); ``accepted``: the correlator also takes
+    signals in clear (a fund that does not seal yet). What erasure promises for the signal
+    topics (docs/erasure.md) needs ``required``."""
+    signal_keys_url: Annotated[str, Field(pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+(/.*)?)?$")] = ""
+    """Where producers reach the exchange's key endpoint (``help-exchange signal-keys serve``,
+    e.g. ``http://127.0.0.1:19490``). Set: every signal is sealed (contract §2.1). Empty: no
+    endpoint, so signals go in clear, which only ``signal_sealing`` ``accepted`` allows (with
+    ``required`` the producers refuse to start, :func:`services.producer.signal_keys.sealing_client`)."""
     signal_keys_quota_per_day: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
     """Keys a fund may ask per UTC day; over it the batch is refused (``quota_depasse``)."""
     signal_keys_batch_limit: Annotated[int, Field(ge=1, le=65_535)] = 4096

@@ -29,12 +29,13 @@ from services.core.reasons import Reason
 from services.core.registry import Registry, load_registry, registry_path
 from services.core.signing import sign
 from services.core.types import Fund
+from services.errors import ConfigurationError
 from services.platform.kafka import UNREACHABLE, consumer, kafka_errors
 from services.platform.settings import Settings
 from services.platform.topics import receipt_topic, signal_topic
 from services.producer.outbox import Outbox, Sent
 from services.producer.sdk import read_to_end
-from services.producer.signal_keys import SignalKeyClient
+from services.producer.signal_keys import SignalKeyClient, sealing_client
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -270,7 +271,12 @@ def reseal_rows(settings: Settings, fund: Fund, rows: list[Sent], result: Reconc
 
     topic = signal_topic(fund)
     secrets = load_fund_secrets(settings.key_dir, fund)
-    client = client or SignalKeyClient.from_settings(settings, fund)
+    client = client or sealing_client(settings, fund)
+    if client is None:
+        raise ConfigurationError(f"{len(rows)} sealed signals were refused for a replaced key and no key "
+                                 "endpoint is set to seal them again",
+                                 "set HELP_SIGNAL_KEYS_URL to the exchange's key endpoint and run again: "
+                                 "the signals stay in the outbox")
     opened: list[tuple[str, dict[str, Any]]] = []
     for row in rows:
         assert row.value is not None and row.seal is not None

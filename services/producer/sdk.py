@@ -72,7 +72,7 @@ from services.producer.nir import F_NIR
 from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import source_for
 from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
-from services.producer.signal_keys import SignalKeyClient
+from services.producer.signal_keys import SignalKeyClient, sealing_client
 
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
@@ -132,7 +132,9 @@ def is_free_text(value: str) -> bool:
 class SignalBuilder:
     """Validates records and builds signed signal bytes for one fund (pure CPU, no I/O)."""
 
-    def __init__(self, settings: Settings, fund: Fund) -> None:
+    def __init__(self, settings: Settings, fund: Fund, *, seals: bool = True) -> None:
+        """``seals`` False: a builder for the fund's other messages (a consent or reveal
+        publisher's), which asks the key endpoint nothing and so needs none."""
         self.fund = fund
         self._fund = fund.value
         self.taxonomy = settings.taxonomy
@@ -157,9 +159,9 @@ class SignalBuilder:
         self._limits: DateLimits | None = None
         self._topic = signal_topic(fund)
         #: Where the keys that seal each signal's person members come from (contract §2.1,
-        #: the exchange's key endpoint); None: signals in clear (HELP_SIGNAL_SEALING=accepted).
-        self.signal_keys: SignalKeyClient | None = (
-            SignalKeyClient.from_settings(settings, fund) if settings.signal_sealing == "required" else None)
+        #: the exchange's key endpoint); None: signals in clear (no endpoint, and
+        #: HELP_SIGNAL_SEALING=accepted). Refuses to build without one under ``required``.
+        self.signal_keys: SignalKeyClient | None = sealing_client(settings, fund) if seals else None
         self._key_thread: ThreadPoolExecutor | None = None
 
     def check(self, rec: SignalInput, today: dt.date) -> tuple[str, Any, dt.date, str, Purpose, dict[str, Any]]:
@@ -415,7 +417,7 @@ class Publisher:
         #: Signals keep their bytes after sending, until their receipt (``receipts`` reconciles);
         #: the fund's other messages (consents, reveals) have none to wait for.
         self.keep_payload = topic is None or topic == signal_topic(fund)
-        self.builder = builder or SignalBuilder(settings, fund)
+        self.builder = builder or SignalBuilder(settings, fund, seals=self.keep_payload)
         keep = settings.outbox_keep_sent_days
         self.outbox = (Outbox(outbox_path, keep_sent_days=keep) if outbox_path
                        else Outbox.for_fund(settings.var_dir, fund, keep_sent_days=keep))

@@ -74,6 +74,25 @@ def http_transport(url: str, timeout: float) -> Transport:
     return send
 
 
+def sealing_client(settings: Settings, fund: Fund) -> SignalKeyClient | None:
+    """The client of the key endpoint a producer seals with, or None (signals in clear).
+
+    Sealing follows the endpoint: set ``HELP_SIGNAL_KEYS_URL`` and every signal is sealed,
+    whatever ``HELP_SIGNAL_SEALING`` says. Without one, signals can only go in clear, which
+    ``required`` (the default) forbids: the producer refuses to start rather than send
+    signals the exchange would refuse (``signal_non_scelle``)."""
+    if settings.signal_keys_url:
+        return SignalKeyClient.from_settings(settings, fund)
+    if settings.signal_sealing == "required":
+        raise ConfigurationError(
+            "HELP_SIGNAL_SEALING is required (the default) but no key endpoint is set: "
+            "signals cannot be sealed (contract §2.1)",
+            "set HELP_SIGNAL_KEYS_URL to the exchange's key endpoint (`help-exchange signal-keys serve`, "
+            "e.g. http://127.0.0.1:19490), or HELP_SIGNAL_SEALING=accepted only if the exchange takes "
+            "signals in clear")
+    return None
+
+
 class SignalKeyClient:
     """One fund's keys, by pseudonym value: asked in batches, cached (bounded)."""
 

@@ -14,15 +14,17 @@ import pytest
 
 from services.platform.settings import Settings, load_settings
 from tests.correlator.harness import Collector
-from tests.support.local import free_port
+from tests.support.signalkeys import key_endpoint
 
 
 @pytest.fixture
-def settings(private_bootstrap: str, tmp_path: Path) -> Settings:
-    return load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
-                         key_dir=tmp_path / "var" / "keys",
-                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
-                         session_timeout_ms=6000)
+def settings(private_bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
+    """Sealed signals as by default: a key endpoint over the test's database."""
+    with key_endpoint(load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
+                                    key_dir=tmp_path / "var" / "keys",
+                                    database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
+                                    session_timeout_ms=6000)) as sealed:
+        yield sealed
 
 
 @pytest.fixture
@@ -35,26 +37,8 @@ async def collector(private_bootstrap: str, settings: Settings) -> AsyncIterator
 
 
 @pytest.fixture
-def sealing(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with sealed signals required (contract §2.1), and the exchange's key
-    endpoint serving its key table (the worker must be started with
-    ``HELP_SIGNAL_SEALING=required`` too)."""
-    from services.app.bootstrap import signal_keys_log
-    from services.platform.datakeys import KeyStore
-    from services.platform.db import open_engine
-    from services.platform.markers import marker_key
-    from services.signalkeys.server import make_server, serve_in_thread
-    from services.signalkeys.service import SignalKeyService
-
-    port = free_port()
-    sealed = settings.model_copy(update={"signal_sealing": "required",
-                                         "signal_keys_url": f"http://127.0.0.1:{port}"})
-    service = SignalKeyService(KeyStore(open_engine(sealed.database_url)), marker_key(sealed),
-                               quota_per_day=100_000, batch_limit=4096, log=signal_keys_log(sealed))
-    server = make_server(service, "127.0.0.1", port)
-    serve_in_thread(server)
-    try:
-        yield sealed
-    finally:
-        server.shutdown()
-        server.server_close()
+def sealing(settings: Settings) -> Settings:
+    """``settings``, named for the tests about sealed signals: sealing required (the
+    default) and the exchange's key endpoint serving the test's key table."""
+    assert settings.signal_sealing == "required" and settings.signal_keys_url
+    return settings

@@ -869,7 +869,8 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
     """Every vector file by name, computed now (keys written under ``tmp``)."""
     key_dir = tmp / "keys"
     write_key_dir(key_dir, registry())
-    settings = load_settings(var_dir=tmp / "var", key_dir=key_dir)
+    # The clear form (§2); the sealed form's vectors are made from the keys alone (§2.1).
+    settings = load_settings(var_dir=tmp / "var", key_dir=key_dir, signal_sealing="accepted")
     signals = signals_file(settings)
     return {
         "keys.json": keys_file(),

@@ -30,6 +30,7 @@ from services.platform.partitioning import partition_for
 from services.platform.sealed_situations import situation_docs
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
+from tests.support.signalkeys import local_keys
 from tests.support.signals import EXCHANGE_KEY, Funds, wire
 
 #: The newer exchange key of a rotation scenario (``run_scenario(rotation=True)``).
@@ -62,7 +63,9 @@ def start_worker(settings: Settings, app_id: str, log: Path, *extra: str,
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
            "HELP_DATABASE_URL": settings.database_url,
-           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms), **(env or {})}
+           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+           "HELP_SIGNAL_SEALING": settings.signal_sealing, "HELP_SIGNAL_KEYS_URL": settings.signal_keys_url,
+           **(env or {})}
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.app.cli", "correlator", "--app-id", app_id, *extra],
@@ -311,7 +314,7 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
     new pseudonym, across partitions, through the kills, with the same outcome."""
     started = time.monotonic()
     funds = Funds(more_exchange_keys=(ExchangeKeyEntry(key_id=ROTATED_KEY, created_at="2026-06-01T00:00:00Z"),)
-                  if rotation else ())
+                  if rotation else (), sealing=local_keys(settings))
     funds.write_registry(settings.key_dir)
     signals = plan(seed, people, f"{app_id}-")
     moved: set[str] = set()

@@ -18,6 +18,7 @@ from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from tests.correlator.harness import Collector, deadletter_payload, publish, start_worker, stop
+from tests.support.signalkeys import local_keys
 from tests.support.signals import RETIRED_KEY, Funds, wire
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def _key(msg: dict[str, object]) -> bytes:
 
 async def test_every_bad_input_class_is_dead_lettered_with_its_reason(
         settings: Settings, collector: Collector, tmp_path: Path) -> None:
-    funds = Funds()
+    funds = Funds(sealing=local_keys(settings))
     funds.write_registry(settings.key_dir)
     caf, urssaf = signal_topic(Fund.CAF), signal_topic(Fund.URSSAF)
     good = funds.signal("bad-p0", Fund.CAF, "impaye_loyer")

@@ -17,6 +17,7 @@ from services.platform.partitioning import partition_for
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, signal_topic
 from tests.correlator.harness import Collector, publish, start_worker, stop
+from tests.support.signalkeys import local_keys
 from tests.support.signals import Funds, wire
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ async def collector(bootstrap: str, settings: Settings) -> AsyncIterator[Collect
 
 async def test_hand_built_dates_are_refused_by_a_real_worker(
         settings: Settings, collector: Collector, tmp_path: Path) -> None:
-    funds = Funds()  # real clock: the worker judges against its own
+    funds = Funds(sealing=local_keys(settings))  # real clock: the worker judges against its own
     funds.write_registry(settings.key_dir)
     today = today_paris()
     year_ahead = format_timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(days=365))

@@ -531,7 +531,10 @@ def producer_side(tmp_path_factory: pytest.TempPathFactory) -> tuple[SignalBuild
     from services.platform.settings import load_settings
 
     var = tmp_path_factory.mktemp("rules-sdk")
-    keyed: Settings = load_settings(var_dir=var, key_dir=var / "keys", database_url=f"sqlite:///{var / 'c.db'}")
+    # Signals in clear, to an engine that takes them: the date rules, not the sealed form,
+    # are under test (the sealed form's: tests/correlator/test_sealed_signals.py).
+    keyed: Settings = load_settings(var_dir=var, key_dir=var / "keys", database_url=f"sqlite:///{var / 'c.db'}",
+                                    signal_sealing="accepted")
     init_fund_keys(keyed.key_dir, Fund.CAF)
     init_exchange_key(keyed.key_dir)
     clock = [NOW]

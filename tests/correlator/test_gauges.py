@@ -30,6 +30,7 @@ from services.platform.topics import signal_topic
 from services.platform.watchdog import EXIT_STALLED
 from tests.correlator.harness import Collector, check_helpers, publish, start_worker, stop
 from tests.support.local import free_port
+from tests.support.signalkeys import local_keys
 from tests.support.signals import Funds, wire
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,8 @@ Series = dict[tuple[str, int], float]
 def own_settings(tmp_path: Path, private_bootstrap: str) -> Settings:
     """A broker of the test's own: its topics hold only this test's signals."""
     return load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
-                         key_dir=tmp_path / "var" / "keys", session_timeout_ms=6000)
+                         key_dir=tmp_path / "var" / "keys", session_timeout_ms=6000,
+                         database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}")
 
 
 def scrape(port: int) -> dict[str, Series]:
@@ -120,7 +122,7 @@ async def reported_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[Topic
 async def test_lag_is_published_minus_processed_and_the_watchdog_reports_a_stall(
         own_settings: Settings, tmp_path: Path, helpers: list[int]) -> None:
     bootstrap = own_settings.bootstrap_servers or ""
-    funds = Funds()
+    funds = Funds(sealing=local_keys(own_settings))
     funds.write_registry(own_settings.key_dir)
     port = free_port()
     env = {"HELP_METRICS_PORT": str(port), "HELP_METRICS_HOST": "127.0.0.1",
@@ -187,7 +189,7 @@ async def test_lag_is_published_minus_processed_and_the_watchdog_reports_a_stall
 async def test_the_watchdog_exits_for_a_restart_when_configured(
         own_settings: Settings, tmp_path: Path, helpers: list[int]) -> None:
     bootstrap = own_settings.bootstrap_servers or ""
-    funds = Funds()
+    funds = Funds(sealing=local_keys(own_settings))
     funds.write_registry(own_settings.key_dir)
     env = {"HELP_LAG_PROBE_EVERY_S": "0.5", "HELP_WATCHDOG_STALL_S": "2", "HELP_WATCHDOG_EXIT": "true"}
     log = tmp_path / "worker.log"

@@ -32,6 +32,7 @@ from services.platform.partitioning import partition_for
 from services.platform.settings import Settings, load_settings
 from services.platform.topics import signal_topic
 from tests.correlator.harness import CATEGORIES, Collector, check_helpers, publish, start_worker
+from tests.support.signalkeys import local_keys
 from tests.support.signals import Funds, wire
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 async def test_a_stopped_worker_drains_its_batch_and_a_restart_doubles_nothing(
         settings: Settings, tmp_path: Path, signum: int) -> None:
     app_id = f"corr-stop-{signum}"
-    funds = Funds()
+    funds = Funds(sealing=local_keys(settings))
     funds.write_registry(settings.key_dir)
     funds_cycle = list(CATEGORIES)
     messages = []
@@ -147,7 +148,7 @@ async def test_a_stopped_worker_drains_its_batch_and_a_restart_doubles_nothing(
 async def test_an_idle_worker_notices_a_killed_check_helper_within_a_second(settings: Settings,
                                                                             tmp_path: Path) -> None:
     app_id = "corr-helper-idle"
-    funds = Funds()
+    funds = Funds(sealing=local_keys(settings))
     funds.write_registry(settings.key_dir)
     bootstrap = settings.bootstrap_servers or ""
 

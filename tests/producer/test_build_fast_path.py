@@ -34,7 +34,10 @@ def builder(tmp_path_factory: pytest.TempPathFactory) -> SignalBuilder:
     from services.platform.settings import load_settings
 
     base = tmp_path_factory.mktemp("fast-path")
-    settings: Settings = load_settings(var_dir=base / "var", key_dir=base / "var" / "keys")
+    # Signals in clear: the two paths compared on the clear form (the sealed one is
+    # tests/producer/test_signal_sealing.py's).
+    settings: Settings = load_settings(var_dir=base / "var", key_dir=base / "var" / "keys",
+                                       signal_sealing="accepted")
     init_fund_keys(settings.key_dir, Fund.CAF)
     init_exchange_key(settings.key_dir)
     built = SignalBuilder(settings, Fund.CAF)

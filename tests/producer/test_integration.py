@@ -22,7 +22,7 @@ import rfc8785
 from click.testing import CliRunner
 
 from services.app.cli import cli
-from services.core.messages import Receipt, Signal, SourcePosition, parse, to_wire
+from services.core.messages import Receipt, SourcePosition, to_wire
 from services.core.reasons import Reason
 from services.core.registry import load_registry
 from services.core.signing import b64u_decode
@@ -37,6 +37,7 @@ from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_p
 from services.producer.seal import token
 from tests.support.extracts import make_nir, nirs_in, read_topic, write_csv, wrong_key
 from tests.support.local import REPO, free_port
+from tests.support.signalkeys import open_signal
 
 pytestmark = pytest.mark.integration
 TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC
@@ -131,12 +132,12 @@ def test_publish_file_end_to_end(settings: Settings, bootstrap: str, tmp_path: P
     for r in [*refs, "BAD-1", "CAF35"]:
         assert r.encode() not in everything
     for key, value in messages:
-        signal = parse(Signal, value)
+        signal = open_signal(settings, value)
         assert key == signal.pseudonym.value.encode()
         message = json.loads(value)
         unsigned = {k: v for k, v in message.items() if k != "signature"}
         verify_key.verify(rfc8785.dumps(unsigned), b64u_decode(message["signature"]["value"]))
-    assert {parse(Signal, v).territory for _, v in messages} == {"35"}
+    assert {open_signal(settings, v).territory for _, v in messages} == {"35"}
 
     # The same file again: nothing new on the topic.
     code, out = run_cli(settings, "publish", "--fund", "caf", "--input", str(path), "--reject-report", str(report))
@@ -157,7 +158,8 @@ def test_whole_file_errors_exit_1(settings: Settings, tmp_path: Path) -> None:
 
 def _env(settings: Settings, bootstrap: str) -> dict[str, str]:
     return {**os.environ, "HELP_BOOTSTRAP_SERVERS": bootstrap, "HELP_VAR_DIR": str(settings.var_dir),
-            "HELP_KEY_DIR": str(settings.key_dir), "PYTHONPATH": str(REPO)}
+            "HELP_KEY_DIR": str(settings.key_dir), "HELP_SIGNAL_KEYS_URL": settings.signal_keys_url,
+            "PYTHONPATH": str(REPO)}
 
 
 def test_kill_9_mid_file_then_rerun_publishes_each_line_once(settings: Settings, bootstrap: str,
@@ -200,7 +202,8 @@ def test_broker_down_rows_wait_then_flush_sends_once(settings: Settings, bootstr
     d = (TODAY - dt.timedelta(days=5)).isoformat()
     path = write_csv(tmp_path / "x.csv", [f"{make_nir(rng)};ouverture_rsa;{d};35;R-{i}" for i in range(50)])
     down = load_settings(bootstrap_servers=f"127.0.0.1:{free_port()}", var_dir=settings.var_dir,
-                         key_dir=settings.key_dir, request_timeout_ms=2000)
+                         key_dir=settings.key_dir, request_timeout_ms=2000,
+                         signal_keys_url=settings.signal_keys_url)
     summary = asyncio.run(publish_file(down, Fund.CAF, path, tmp_path / "r.csv"))
     assert summary.exit_code == 1 and summary.left == 50 and summary.sent == 0 and summary.broker_error
     assert any("boîte d'envoi" in ln for ln in summary.lines())
@@ -291,8 +294,9 @@ def test_reveal_opens_only_own_tokens(offline_settings: Settings, tmp_path: Path
     d = TODAY - dt.timedelta(days=2)
     caf = SignalBuilder(offline_settings, Fund.CAF)
     cpam = SignalBuilder(offline_settings, Fund.CPAM)
-    own = parse(Signal, caf.build(SignalInput(make_nir(rng), "separation", d, "35", "CAF-REF-1")).value).sealed_ref
-    other = parse(Signal, cpam.build(SignalInput(make_nir(rng), "non_recours_c2s_puma", d, "35",
+    own = open_signal(offline_settings,
+                      caf.build(SignalInput(make_nir(rng), "separation", d, "35", "CAF-REF-1")).value).sealed_ref
+    other = open_signal(offline_settings, cpam.build(SignalInput(make_nir(rng), "non_recours_c2s_puma", d, "35",
                                                  "CPAM-REF-9")).value).sealed_ref
     forged_value = own.value[:-4] + ("AAAA" if not own.value.endswith("AAAA") else "BBBB")
     export = tmp_path / "liste.csv"

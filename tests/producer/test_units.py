@@ -15,7 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from services.core.codec import canonical
-from services.core.messages import Signal, parse
+from services.core.messages import Signal
 from services.core.reasons import Reason
 from services.core.registry import load_registry
 from services.core.signing import verify
@@ -36,6 +36,7 @@ from services.producer.pseudonym import pseudonym, pseudonym_value
 from services.producer.sdk import SignalBuilder, SignalInput, parse_date, today_paris
 from services.producer.seal import TOKEN_RE, Sealer, SignalIds, open_sealed, token
 from tests.support.extracts import make_nir, write_csv, wrong_key
+from tests.support.signalkeys import open_signal
 
 RNG = random.Random(3)
 TODAY = today_paris()  # the day the producer judges dates by (Europe/Paris), not UTC
@@ -191,7 +192,7 @@ def rec(**kw: object) -> SignalInput:
 def test_builder_makes_a_valid_signed_signal(keyed: Settings) -> None:
     b = SignalBuilder(keyed, Fund.CAF)
     row = b.build(rec(departement="2a", observed_on=(TODAY - dt.timedelta(days=3)).strftime("%d/%m/%Y")))
-    signal = parse(Signal, row.value)
+    signal = open_signal(keyed, row.value)
     assert signal.emitter == "caf-2a" and signal.territory == "2A" and signal.purpose == "acces_aux_droits"
     assert signal.legal_basis.code == "L115-2-1"
     assert row.key == signal.pseudonym.value.encode()
@@ -222,12 +223,12 @@ def test_builder_legal_basis(keyed: Settings) -> None:
     old += f"{97 - int(old) % 97:02d}"
     young = "2" + "99" + "01" + "35" + "123456"
     young += f"{97 - int(young) % 97:02d}"
-    s = parse(Signal, b.build(rec(nir=old, category="deces_conjoint", purpose="prevention_perte_autonomie")).value)
+    s = open_signal(keyed, b.build(rec(nir=old, category="deces_conjoint", purpose="prevention_perte_autonomie")).value)
     assert s.legal_basis.model_dump() == {"code": "L115-2-1", "conditions": ["age_55_plus"]}
     with pytest.raises(Rejected) as exc:
         b.build(rec(nir=young, category="deces_conjoint", purpose="prevention_perte_autonomie"))
     assert exc.value.reason is Reason.CONDITION_NON_REMPLIE
-    s = parse(Signal, b.build(rec(nir=young, category="deces_conjoint", purpose="prevention_perte_autonomie",
+    s = open_signal(keyed, b.build(rec(nir=young, category="deces_conjoint", purpose="prevention_perte_autonomie",
                                   consent_ref="HELP-2026-000123")).value)
     assert s.legal_basis.model_dump() == {"code": "consentement", "consent_ref": "HELP-2026-000123"}
 
@@ -360,3 +361,37 @@ def test_extract_never_crashes_on_garbage(tmp_path_factory: pytest.TempPathFacto
     write_csv(path, [";".join(cells), "\x00;;;;", ";".join(cells[::-1])])
     for item in Extract(path):
         assert isinstance(item, Line | Rejection)
+
+
+# --------------------------------------------------------------------------- sealing follows the endpoint
+def test_builder_refuses_to_start_without_a_key_endpoint_when_sealing_is_required(keyed: Settings) -> None:
+    from services.errors import ConfigurationError
+
+    bare = keyed.model_copy(update={"signal_keys_url": ""})
+    assert bare.signal_sealing == "required"  # the default
+    with pytest.raises(ConfigurationError) as exc:
+        SignalBuilder(bare, Fund.CAF)
+    assert "HELP_SIGNAL_KEYS_URL" in exc.value.hint and "signal-keys serve" in exc.value.hint
+
+
+def test_builder_seals_whenever_a_key_endpoint_is_set(keyed: Settings) -> None:
+    accepted = keyed.model_copy(update={"signal_sealing": "accepted"})
+    message = json.loads(SignalBuilder(accepted, Fund.CAF).build(rec()).value)
+    assert "sealed" in message and "category" not in message
+    clear = accepted.model_copy(update={"signal_keys_url": ""})
+    message = json.loads(SignalBuilder(clear, Fund.CAF).build(rec()).value)
+    assert "sealed" not in message and message["category"] == "separation"
+
+
+def test_only_the_signal_publisher_needs_a_key_endpoint(keyed: Settings) -> None:
+    from services.errors import ConfigurationError
+    from services.producer.consent import ConsentPublisher
+    from services.producer.reveal import RevealPublisher
+    from services.producer.sdk import Publisher
+
+    bare = keyed.model_copy(update={"signal_keys_url": ""})
+    for other in (ConsentPublisher(bare, Fund.CAF), RevealPublisher(bare, Fund.CAF)):
+        assert other.builder.signal_keys is None
+        other.outbox.close()
+    with pytest.raises(ConfigurationError):
+        Publisher(bare, Fund.CAF)  # `publish`, `outbox flush`: refused before anything is sent

@@ -114,10 +114,15 @@ def broker(log_dir: Path, **kw: Any) -> Iterator[Broker]:
 
 
 def settings_for(root: Path, bootstrap: str, **extra: Any) -> Settings:
+    """Settings under ``root`` with the defaults' sealed signals: unless ``signal_keys_url``
+    is given, a key endpoint over ``root``'s database, served until the tests end."""
+    from tests.support.signalkeys import serve_keys
+
     root.mkdir(parents=True, exist_ok=True)
-    return load_settings(bootstrap_servers=bootstrap, var_dir=root, key_dir=root / "keys",
-                         database_url=f"sqlite:///{root / 'casebook.db'}",
-                         session_timeout_ms=extra.pop("session_timeout_ms", 6000), **extra)
+    settings = load_settings(bootstrap_servers=bootstrap, var_dir=root, key_dir=root / "keys",
+                             database_url=f"sqlite:///{root / 'casebook.db'}",
+                             session_timeout_ms=extra.pop("session_timeout_ms", 6000), **extra)
+    return settings if "signal_keys_url" in extra else serve_keys(settings)
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
@@ -131,6 +136,8 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "HELP_TERRITORY": settings.territory,
         "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "HELP_REQUEST_TIMEOUT_MS": str(settings.request_timeout_ms),
+        "HELP_SIGNAL_SEALING": settings.signal_sealing,
+        "HELP_SIGNAL_KEYS_URL": settings.signal_keys_url,
     })
     return env
 
