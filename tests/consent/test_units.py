@@ -18,7 +18,7 @@ from services.casebook.audit import access_log
 from services.casebook.retention import plan_purge
 from services.casebook.sink import SINK_TOPICS, apply_records
 from services.core.access import AccessEvent
-from services.core.messages import ConsentEvent, Signal, parse
+from services.core.messages import ConsentEvent, parse
 from services.core.registry import load_registry
 from services.core.signing import verify
 from services.core.types import Fund, Purpose
@@ -35,6 +35,7 @@ from services.producer.keys import init_exchange_key, init_fund_keys, registry_p
 from services.producer.outbox import Outbox
 from services.producer.sdk import SignalBuilder, SignalInput
 from tests.support import situations as factory
+from tests.support.signalkeys import open_signal
 
 UTC = dt.UTC
 NIR = "1 55 05 35 006 084 36"  # born 1955 (not a real person's: a synthetic, valid key)
@@ -91,7 +92,7 @@ def test_consent_file_is_pseudonymised_signed_and_reported(offline_settings: Set
     row = SignalBuilder(offline_settings, Fund.CAF).build(SignalInput(
         nir=nir, category="impaye_loyer", observed_on=dt.date.today() - dt.timedelta(days=3),
         departement="35", reference="DOS-1"))
-    assert parse(Signal, row.value).pseudonym == event.pseudonym
+    assert open_signal(offline_settings, row.value).pseudonym == event.pseudonym
     assert pending[0].key == event.pseudonym.value.encode()
 
     # A re-run adds nothing (deterministic ids).
