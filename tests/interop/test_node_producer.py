@@ -35,6 +35,7 @@ from services.platform.settings import Settings, load_settings
 from services.producer.sdk import today_paris
 from tests.correlator.harness import Collector, start_worker, stop
 from tests.support.local import REPO, embedded_broker
+from tests.support.signalkeys import key_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -112,8 +113,10 @@ class Exchange:
 
     def node_publish(self, name: str, rows: list[Row], *flags: str, ok: tuple[int, ...] = (0,)) -> list[dict[str, Any]]:
         path = extract(self.tmp / f"{name}.csv", rows)
+        # Sealed, as the exchange requires by default (contract §2.1), with its key endpoint.
+        sealing = () if "--signal-keys" in flags else ("--signal-keys", self.settings.signal_keys_url)
         return self.node_run("publish", "--fund", "carsat", "--input", str(path), "--key-dir",
-                             str(self.settings.key_dir), "--bootstrap", self.bootstrap, *flags, ok=ok)
+                             str(self.settings.key_dir), "--bootstrap", self.bootstrap, *sealing, *flags, ok=ok)
 
     def alive(self) -> bool:
         return self.worker is not None and self.worker.poll() is None
@@ -127,13 +130,13 @@ class Exchange:
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     node = node_binary()
     tmp = tmp_path_factory.mktemp("node-interop")
-    with embedded_broker(tmp / "broker") as bootstrap:
-        settings = load_settings(bootstrap_servers=bootstrap, var_dir=tmp / "var", key_dir=tmp / "var" / "keys",
-                                 database_url=f"sqlite:///{tmp / 'var' / 'casebook.db'}", session_timeout_ms=6000)
+    with embedded_broker(tmp / "broker") as bootstrap, key_endpoint(load_settings(
+            bootstrap_servers=bootstrap, var_dir=tmp / "var", key_dir=tmp / "var" / "keys",
+            database_url=f"sqlite:///{tmp / 'var' / 'casebook.db'}", session_timeout_ms=6000)) as settings:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELP_")}
         env.update(HELP_BOOTSTRAP_SERVERS=bootstrap, HELP_KEY_DIR=str(settings.key_dir),
                    HELP_VAR_DIR=str(settings.var_dir), HELP_DATABASE_URL=settings.database_url,
-                   HELP_TERRITORY="35")
+                   HELP_TERRITORY="35", HELP_SIGNAL_KEYS_URL=settings.signal_keys_url)
         ex = Exchange(settings, tmp, env, node, carsat_key="")
         # The exchange operator makes the exchange key; CAF and Urssaf use the Python tools.
         ex.cli("keys", "init-exchange")
@@ -384,20 +387,6 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
     key endpoint, seals the person members, signs; the worker opens them and correlates the
     signal with a CAF one of the same person (a situation opens); the topic holds no
     category, date, département or sealed reference in clear."""
-    from services.app.bootstrap import signal_keys_log
-    from services.platform.datakeys import KeyStore
-    from services.platform.db import open_engine
-    from services.platform.markers import marker_key
-    from services.signalkeys.server import make_server, serve_in_thread
-    from services.signalkeys.service import SignalKeyService
-    from tests.support.local import free_port
-
-    settings = exchange.settings
-    port = free_port()
-    server = make_server(SignalKeyService(KeyStore(open_engine(settings.database_url)), marker_key(settings),
-                                          quota_per_day=1000, batch_limit=100, log=signal_keys_log(settings)),
-                         "127.0.0.1", port)
-    serve_in_thread(server)
     d = (today_paris() - dt.timedelta(days=3)).isoformat()
     person = nir(611)
     collector = Collector(exchange.bootstrap, exchange.settings.database_url)
@@ -407,7 +396,7 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
                      str(extract(exchange.tmp / "caf-sealed.csv", [(person, "separation", d, "35", "CAF-SEALED")])))
         results = await asyncio.to_thread(exchange.node_publish, "sealed", [(person, "veuvage_pension_reversion", d,
                                                                             "35", "CARSAT/SEALED")],
-                                          "--signal-keys", f"http://127.0.0.1:{port}")
+                                          "--signal-keys", exchange.settings.signal_keys_url)
         (result,) = results
         assert result["status"] == "envoye" and result["sealed"] is True, result
         position = (result["topic"], result["partition"], result["offset"])
@@ -418,8 +407,6 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
         assert receipt is not None and receipt["status"] == "accepte", receipt
     finally:
         await collector.stop()
-        server.shutdown()
-        server.server_close()
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": exchange.bootstrap, "group.id": "sealed-probe",
