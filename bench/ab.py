@@ -56,7 +56,8 @@ def start(tree: Path, settings: Settings, app_id: str, log: Path) -> subprocess.
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
            "HELP_DATABASE_URL": settings.database_url,
-           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms)}
+           "HELP_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+           "HELP_SIGNAL_SEALING": settings.signal_sealing}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", entrypoint(tree), "correlator", "--app-id", app_id],
                                 cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

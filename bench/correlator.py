@@ -340,8 +340,11 @@ async def published(prefix: str, signals: int) -> AsyncIterator[Bench]:
     try:
         bootstrap = f"{settings.broker_host}:{settings.broker_port}"
         await apply_topics(settings, bootstrap, load_topic_specs(settings.schemas_dir / "asyncapi.yaml"))
+        # Signals in clear to a worker that takes them (HELP_SIGNAL_SEALING=accepted): the
+        # figures compare with the peers' on the same clear signals.
         settings = load_settings(var_dir=var, key_dir=var / "keys", bootstrap_servers=bootstrap,
-                                 session_timeout_ms=6000, database_url=f"sqlite:///{var / 'casebook.db'}")
+                                 session_timeout_ms=6000, database_url=f"sqlite:///{var / 'casebook.db'}",
+                                 signal_sealing="accepted")
         funds = Funds()
         funds.write_registry(settings.key_dir)
         items = items_for(funds, prefix, signals // 2)

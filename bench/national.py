@@ -157,8 +157,9 @@ def run(signals: int) -> dict[str, float]:
         base = load_settings(var_dir=root, key_dir=root / "keys", broker_port=free_port(), session_timeout_ms=6000)
         broker, broker_proc = EmbeddedBroker(base).start(detach=False)
         db = root / "casebook.db"
+        # Signals in clear (HELP_SIGNAL_SEALING=accepted), as the figures were first measured.
         settings = load_settings(var_dir=root, key_dir=root / "keys", bootstrap_servers=broker.bootstrap,
-                                 session_timeout_ms=6000, database_url=f"sqlite:///{db}")
+                                 session_timeout_ms=6000, database_url=f"sqlite:///{db}", signal_sealing="accepted")
         workers: list[subprocess.Popen[bytes]] = []
         try:
             doc = prepare_month(settings, broker.bootstrap, root / "extracts", signals)
@@ -166,7 +167,8 @@ def run(signals: int) -> dict[str, float]:
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
                    "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
-                   "HELP_DATABASE_URL": settings.database_url, "HELP_TERRITORY": "35"}
+                   "HELP_DATABASE_URL": settings.database_url, "HELP_TERRITORY": "35",
+                   "HELP_SIGNAL_SEALING": "accepted"}
             for name, args in (("correlator", ["correlator"]), ("sink", ["casebook", "sink"])):
                 with (root / f"{name}.log").open("wb") as log:
                     workers.append(subprocess.Popen([sys.executable, "-m", "services.app.cli", *args], env=env,

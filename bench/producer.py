@@ -88,7 +88,7 @@ def main() -> int:
             extract = base / "extrait.csv"
             write_extract(extract, args.lines)
             env = {**os.environ, "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(base / "var"),
-                   "HELP_KEY_DIR": str(base / "var" / "keys")}
+                   "HELP_KEY_DIR": str(base / "var" / "keys"), "HELP_SIGNAL_SEALING": args.sealing}
             exe = [sys.executable, "-m", "services.app.cli"]
             for cmd in (["keys", "init", "--fund", "caf"], ["keys", "init-exchange"]):
                 subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)

@@ -114,7 +114,8 @@ def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str, dict[
                "HELP_KEY_DIR": str(base / "var" / "keys"), "HELP_PSEUDONYM_SCHEME": "v2",
                "HELP_PSEUDONYMISER_URL": f"http://127.0.0.1:{port}",
                "HELP_PSEUDONYMISER_KEY_DIR": str(base / "service-keys"),
-               "HELP_DATABASE_URL": f"sqlite:///{base / 'var' / 'ledger.db'}"}
+               "HELP_DATABASE_URL": f"sqlite:///{base / 'var' / 'ledger.db'}",
+               "HELP_SIGNAL_SEALING": "accepted"}  # the pseudonyms' cost alone, signals in clear
         exe = [sys.executable, "-m", "services.app.cli"]
         for cmd in (["keys", "init", "--fund", "caf"], ["pseudonymiser", "init-key"]):
             subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)

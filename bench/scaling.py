@@ -103,8 +103,9 @@ def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
         root = Path(tmp)
         base = load_settings(var_dir=root, key_dir=root / "keys", broker_port=free_port(), session_timeout_ms=6000)
         broker, broker_proc = EmbeddedBroker(base).start(detach=False)
+        # Signals in clear (HELP_SIGNAL_SEALING=accepted), as the figures were first measured.
         settings = load_settings(var_dir=root, key_dir=root / "keys", bootstrap_servers=broker.bootstrap,
-                                 session_timeout_ms=6000)
+                                 session_timeout_ms=6000, signal_sealing="accepted")
         try:
             doc = prepare_month(settings, broker.bootstrap, root / "extracts", signals)
             t0 = time.monotonic()
@@ -119,7 +120,7 @@ def one_run(persons: int, *, restart: bool = False) -> dict[str, float]:
                       if not k.startswith("HELP_") or k.startswith("HELP_CORRELATOR_")},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
                    "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
-                   "HELP_DATABASE_URL": f"sqlite:///{root / 'casebook.db'}"}
+                   "HELP_DATABASE_URL": f"sqlite:///{root / 'casebook.db'}", "HELP_SIGNAL_SEALING": "accepted"}
             with (root / "correlator.log").open("wb") as log:
                 worker = subprocess.Popen([sys.executable, "-m", "services.app.cli", "correlator"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
