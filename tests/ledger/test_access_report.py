@@ -59,7 +59,8 @@ def fund_side(tmp_path: Path) -> FundSide:
     and the NIR per reference (the ground truth)."""
     settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "keys",
                              database_url=f"sqlite:///{tmp_path / 'exchange.db'}",
-                             ledger_origin="help-exchange.test/ledger/35")
+                             ledger_origin="help-exchange.test/ledger/35",
+                             signal_sealing="accepted")  # signals in clear, as the ledger's entries first were
     init_exchange_key(settings.key_dir)
     init_fund_keys(settings.key_dir, Fund.CAF)
     rng = random.Random(16)

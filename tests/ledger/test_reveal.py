@@ -32,7 +32,6 @@ from services.core.messages import (
     FundRef,
     RevealEvent,
     SealedRef,
-    Signal,
     SituationEvent,
     parse,
     sealed_digest,
@@ -54,6 +53,7 @@ from services.producer.reveal import RevealPublisher, reveal, reveal_events, rev
 from services.producer.sdk import SignalBuilder, SignalInput
 from services.producer.seal import token
 from tests.support.extracts import make_nir
+from tests.support.signalkeys import open_signal, serve_keys
 from tests.support.situations import situation
 
 ACTOR = "agent.caf-35.0042"
@@ -65,7 +65,7 @@ def _seal(settings: Settings, fund: Fund, reference: str, rng: random.Random) ->
     built = SignalBuilder(settings, fund).build(SignalInput(
         make_nir(rng), "separation" if fund is Fund.CAF else "non_recours_c2s_puma",
         dt.date.today() - dt.timedelta(days=2), "35", reference))
-    return parse(Signal, built.value).sealed_ref
+    return open_signal(settings, built.value).sealed_ref
 
 
 @pytest.fixture
@@ -228,10 +228,10 @@ def test_reveal_end_to_end_appears_in_audit_query_by_case(private_bootstrap: str
     own: the audit sink reads every receipt topic, and the shared broker holds other tests'
     receipts for the same positions (workers of other groups, other registries)."""
     bootstrap = private_bootstrap
-    settings = load_settings(bootstrap_servers=bootstrap, var_dir=tmp_path / "var",
-                             key_dir=tmp_path / "var" / "keys",
-                             database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
-                             session_timeout_ms=6000)
+    settings = serve_keys(load_settings(bootstrap_servers=bootstrap, var_dir=tmp_path / "var",
+                                        key_dir=tmp_path / "var" / "keys",
+                                        database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
+                                        session_timeout_ms=6000))
     init_exchange_key(settings.key_dir)
     for fund in (Fund.CAF, Fund.CPAM):
         init_fund_keys(settings.key_dir, fund)

@@ -41,7 +41,8 @@ def service_settings(tmp_path: Path) -> Iterator[Settings]:
     settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
                              database_url=f"sqlite:///{tmp_path / 'var' / 'casebook.db'}",
                              pseudonymiser_url=f"http://127.0.0.1:{port}", pseudonymiser_quota_per_day=50,
-                             pseudonymiser_batch_limit=20)
+                             pseudonymiser_batch_limit=20,
+                             signal_sealing="accepted")  # the pseudonyms under test, signals in clear
     init_fund_keys(settings.key_dir, Fund.CAF)
     init_exchange_key(settings.key_dir)
     init_key(settings)
@@ -300,7 +301,8 @@ def test_publish_v2_needs_no_exchange_key_and_stops_cleanly_when_refused(service
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELP_")}
     env.update({"HELP_VAR_DIR": str(v2.var_dir), "HELP_KEY_DIR": str(v2.key_dir), "HELP_PSEUDONYM_SCHEME": "v2",
                 "HELP_PSEUDONYMISER_URL": v2.pseudonymiser_url, "HELP_DATABASE_URL": v2.database_url,
-                "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HELP_PSEUDONYMISER_BATCH_LIMIT": "20"})
+                "HELP_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HELP_PSEUDONYMISER_BATCH_LIMIT": "20",
+                "HELP_SIGNAL_SEALING": "accepted"})
     done = subprocess.run([sys.executable, "-m", "services.app.cli", "publish", "--fund", "caf", "--input",
                            str(extract)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
