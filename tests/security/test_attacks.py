@@ -140,7 +140,12 @@ def _rejected(ex: Exchange, topic: str, raw: bytes, key: bytes, reason: str) -> 
 
 def test_forged_signature(exchange: Exchange) -> None:
     msg = exchange.valid(Fund.CAF, 0)
-    msg["category"] = "separation" if msg["category"] != "separation" else "impaye_loyer"  # altered after signing
+    # altered after signing: a person member if it travels in clear, else the sealed value
+    if "category" in msg:
+        msg["category"] = "separation" if msg["category"] != "separation" else "impaye_loyer"
+    else:
+        value = msg["sealed"]["value"]
+        msg["sealed"]["value"] = ("B" if value[0] == "A" else "A") + value[1:]
     _rejected(exchange, signal_topic(Fund.CAF), _wire(msg), _key(msg), "signature_invalide")
 
 
@@ -297,7 +302,8 @@ def test_csv_formula_injection_in_the_audit_export(tmp_path: Path) -> None:
 
 def test_csv_formula_injection_in_the_reject_report(tmp_path: Path) -> None:
     settings = load_settings(var_dir=tmp_path / "var", key_dir=tmp_path / "var" / "keys",
-                             bootstrap_servers="127.0.0.1:9")
+                             bootstrap_servers="127.0.0.1:9",
+                             signal_sealing="accepted")  # the reject report under test: nothing is sent
     init_keys(settings)
     extract = tmp_path / "extrait.csv"
     lines = ["nir;categorie;date_observation;departement;reference_dossier"]
