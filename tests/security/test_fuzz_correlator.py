@@ -127,7 +127,9 @@ async def fuzz_the_correlator(tmp_path: Path, *, n_hyp: int, n_mut: int, seed: i
     """Publish the corpus, run a worker, check every answer; returns how many were fuzzed."""
     t0 = time.monotonic()
     with broker(tmp_path / "broker") as b:
-        settings = settings_for(tmp_path / "var", b.listener)
+        # The mutations work on the clear form's members: signals in clear, to a worker that
+        # takes them (the sealed form's refusals: tests/correlator/test_sealed_signals.py).
+        settings = settings_for(tmp_path / "var", b.listener, signal_sealing="accepted", signal_keys_url="")
         init_keys(settings)
         extracts = tmp_path / "extraits"
         simulate_month(settings, extracts, scale=0.2, seed=4)
