@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,13 @@ def test_processes_starting_together_migrate_one_after_the_other(db_url: str) ->
     assert failures == []
     with make_engine(db_url).connect() as conn:
         assert conn.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1
+
+
+def test_a_smaller_sqlite_page_cache_on_request(tmp_path: Path) -> None:
+    # (the correlator's key table: random point reads, a cache as large as the table grew the worker)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with make_engine(url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -131072
+    with make_engine(url, sqlite_cache_kib=2048).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -2048
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
