@@ -29,7 +29,7 @@ from services.correlator.engine import Batch, Engine, Output
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
-from services.platform.datakeys import KeyRing
+from services.platform.datakeys import KeyRing, envelope, is_sealed
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
@@ -133,7 +133,11 @@ class Processor:
         async with self.lock:
             if self.stopping:
                 return 0
-            writes = self.engine.sweep(self.store.sweep_page(page))
+            items = self.store.sweep_page(page)
+            if self.keys is not None:  # the page's keys in one lookup, not one per person
+                subjects = [envelope(raw)[0] for _, _, raw in items if is_sealed(raw)]
+                await asyncio.to_thread(self.keys.prefetch_subjects, subjects)
+            writes = self.engine.sweep(items)
             if writes:
                 destroy = await self._store_keys()
                 outputs, written = self._keep(writes)

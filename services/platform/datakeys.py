@@ -223,7 +223,11 @@ class KeyRing:
 
     def prefetch(self, pseudonym_values: Iterable[bytes]) -> None:
         """Load the keys of these persons that are not cached (one query per 500)."""
-        missing = {s for v in pseudonym_values if (s := self.subject(v)) not in self._keys}
+        self.prefetch_subjects(self.subject(v) for v in pseudonym_values)
+
+    def prefetch_subjects(self, subjects: Iterable[bytes]) -> None:
+        """:meth:`prefetch`, by subject (what a sealed value's envelope names: the sweep's)."""
+        missing = {s for s in subjects if s not in self._keys}
         if missing:
             self._fill(missing)
 
