@@ -241,8 +241,8 @@ class KeyRing:
         self._keys[subject] = keys
         self._keys.move_to_end(subject)
         self._next[subject] = max(self._next.get(subject, 1), max(keys, default=0) + 1)
-        # (A batch touches far fewer persons than the bound: what it made is stored before
-        # the next batch's lookups can push it out.)
+        # (A batch touches far fewer persons than the bound: what it made is stored, by its
+        # checkpoint's first step, before the batch after the next one looks anything up.)
         while len(self._keys) > self.max_subjects:
             old, _ = self._keys.popitem(last=False)
             self._next.pop(old, None)
