@@ -153,6 +153,59 @@ class Signal(FundMessage):
         return out
 
 
+class SignalContent(Frozen):
+    """What a sealed signal's ``sealed`` member holds once opened: the person members of a
+    signal (:mod:`services.core.signal_seal` says how it is sealed)."""
+
+    category: Code
+    observed_on: Date
+    territory: Departement
+    sealed_ref: SealedRef
+
+
+class SealedMembers(Frozen):
+    """A signal's person members sealed (AES-256-GCM) under the fund's key for that person:
+    ``subject`` and ``epoch`` name the person's data key the fund's key is derived from,
+    ``value`` = b64url(nonce 12 ‖ ciphertext ‖ tag 16) (contract §2.1)."""
+
+    alg: Literal["A256GCM"]
+    subject: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    epoch: Annotated[Int, Field(ge=1, le=4_294_967_295)]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{80,600}$")]
+
+
+class SealedSignal(FundMessage):
+    """A signal whose person members (category, observed_on, territory, sealed_ref) travel
+    sealed in ``sealed``, on ``help.signals.<fund>.v1``: once the person's data keys are
+    destroyed (objection, withdrawal, purge), no copy of it can be read again."""
+
+    signal_id: SignalId
+    schema_version: SchemaVersion
+    fund: Fund
+    emitter: Emitter
+    emitted_at: Timestamp
+    pseudonym: Pseudonym
+    pseudonym_previous: Pseudonym | None = None
+    legal_basis: LegalBasis
+    purpose: Purpose
+    sealed: SealedMembers
+    signature: Signature
+
+    @field_validator("pseudonym_previous", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("pseudonym_previous is absent or an object, never null")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
+            del out["pseudonym_previous"]
+        return out
+
+
 class SourcePosition(Frozen):
     """Where a consumed message was read."""
 
@@ -344,6 +397,7 @@ def to_wire(message: Frozen) -> bytes:
 #: Every contract model, by the name of its JSON Schema file (``schemas/<name>.schema.json``).
 MODELS: dict[str, type[Frozen]] = {
     "signal": Signal,
+    "sealed_signal": SealedSignal,
     "receipt": Receipt,
     "situation": SituationEvent,
     "followup": FollowupEvent,

@@ -57,6 +57,10 @@ class Reason(WireEnum):
     REQUETE_REJOUEE = "requete_rejouee"
     LIEN_PSEUDONYME_INVALIDE = "lien_pseudonyme_invalide"
     LIEN_PSEUDONYME_PERIME = "lien_pseudonyme_perime"
+    # the signal's person members, sealed by the fund (contract §2.1)
+    SIGNAL_NON_SCELLE = "signal_non_scelle"
+    CLE_SIGNAL_REMPLACEE = "cle_signal_remplacee"
+    SCELLE_ILLISIBLE = "scelle_illisible"
 
     @property
     def label(self) -> str:
@@ -106,4 +110,7 @@ _LABELS: dict[Reason, str] = {
     Reason.REQUETE_REJOUEE: "Requête déjà reçue (rejeu)",
     Reason.LIEN_PSEUDONYME_INVALIDE: "Lien vers le pseudonyme précédent invalide",
     Reason.LIEN_PSEUDONYME_PERIME: "Lien vers un pseudonyme d'une clé retirée ou détruite",
+    Reason.SIGNAL_NON_SCELLE: "Signalement non scellé : scellez-le sous la clé du service de clés",
+    Reason.CLE_SIGNAL_REMPLACEE: "Clé de la personne remplacée : redemandez la clé, scellez et envoyez à nouveau",
+    Reason.SCELLE_ILLISIBLE: "Données scellées illisibles avec la clé de la personne",
 }

@@ -85,6 +85,7 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
+from services.core import signal_seal
 from services.core.codec import ReceiptWriter
 from services.core.dates import consent_dates, limits_at, signal_dates
 from services.core.messages import (
@@ -195,7 +196,10 @@ def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.d
 
 
 #: Refusals whose dead letter keeps no payload: the person asked not to be processed.
-WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
+WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE,
+                      # a sealed signal that does not open: nothing readable to keep, and
+                      # under a replaced key, the record of a person just erased
+                      Reason.CLE_SIGNAL_REMPLACEE, Reason.SCELLE_ILLISIBLE})
 
 
 def source_of(rec: Record) -> tuple[str, int, int]:
@@ -269,6 +273,10 @@ class Sealer(Protocol):
     def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None: ...
 
     def erase(self, pseudonym_value: bytes) -> None: ...
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None: ...
+
+    def subject(self, pseudonym_value: bytes) -> bytes: ...
 
 
 def _value_of(key: bytes) -> bytes:
@@ -374,8 +382,12 @@ class Engine:
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None,
-                 sealer: Sealer | None = None, state_topic: str = "persons", fast: bool = True) -> None:
+                 sealer: Sealer | None = None, state_topic: str = "persons", fast: bool = True,
+                 accept_clear: bool = True) -> None:
         self.ctx = ctx
+        #: Whether a signal in clear is taken (``HELP_SIGNAL_SEALING=accepted``); else it is
+        #: refused ``signal_non_scelle`` and only sealed signals (contract §2.1) are.
+        self.accept_clear = accept_clear
         #: The step's fast path (services.core.trusted; False: the validating reference).
         self.fast = fast
         #: Seals each state written under the person's data key (None: states in clear);
@@ -659,6 +671,7 @@ class Engine:
         partition = self._route(batch, rec, person.value, expected)
         if partition is None:
             return
+        sig = self._opened(rec, sig)
         pkey = _key_of(person)
         state = get(pkey)
         if state is not None and not self._here(batch, rec, pkey, partition, state, put):
@@ -717,6 +730,28 @@ class Engine:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    def _opened(self, rec: Record, sig: CheckedSignal) -> CheckedSignal:
+        """``sig`` with its sealed person members opened (contract §2.1, check 11a), under
+        the key the person's data key ``sealed.epoch`` gives the fund; a signal in clear as
+        it is, if clear signals are accepted."""
+        if sig.sealed is None:
+            if not self.accept_clear:
+                raise Rejected(Reason.SIGNAL_NON_SCELLE, "/sealed:missing")
+            return sig
+        subject_hex, epoch, _ = sig.sealed
+        subject = bytes.fromhex(subject_hex)
+        data_key = None if self.sealer is None else self.sealer.data_key(sig.pseudonym[1].encode(), subject, epoch)
+        if data_key is None:
+            if self.sealer is None or subject != self.sealer.subject(sig.pseudonym[1].encode()):
+                raise Rejected(Reason.SCELLE_ILLISIBLE, "/sealed/subject:not_the_person")
+            raise Rejected(Reason.CLE_SIGNAL_REMPLACEE, "/sealed/epoch:key_replaced")
+        content = signal_seal.open_sealed(data_key, sig.fund, source_of(rec)[0], sig.signal_id, sig.sealed)
+        if content is None:
+            raise Rejected(Reason.SCELLE_ILLISIBLE, "/sealed/value:does_not_open")
+        return sig._replace(category=content.category, observed_on=content.observed_on,
+                            territory=content.territory,
+                            sealed_ref=(content.sealed_ref.key_id, content.sealed_ref.value))
 
     # ----------------------------------------------------------------------- key rotation
     def _here(self, batch: Batch, rec: Record, pkey: bytes, partition: int, state: PersonState,
