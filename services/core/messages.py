@@ -312,6 +312,40 @@ class SealedFollowupEvent(Frozen):
     sealed: SealedDetail
 
 
+class SealedSituation(Frozen):
+    """A situation event's person members sealed under the person's data key: ``value`` is
+    the base64 (RFC 4648 §4, padded) of the sealed value of :mod:`services.platform.datakeys` (magic, subject, epoch,
+    nonce, AES-256-GCM ciphertext and tag) whose plaintext is the whole
+    :class:`SituationEvent`; associated data: the topic, the subject and the epoch."""
+
+    alg: Literal["A256GCM"]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]+={0,2}$", min_length=80, max_length=65536)]
+
+
+class SealedSituationEvent(Frozen):
+    """A situation event as ``help.situations.v1`` carries it when the correlator seals person
+    data: everything about the person (pseudonym, categories, funds, sealed references, dates,
+    priority, rules, purposes) in ``sealed``, under the person's current data key, which every
+    erasure destroys; what names the event (its id, the situation's id, the version: the key
+    of the compacted record and what the ledger names) stays readable."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    situation_id: EventId
+    version: Annotated[Int, Field(ge=1)]
+    sealed: SealedSituation
+
+
+def parse_situation(value: bytes) -> SituationEvent | SealedSituationEvent:
+    """A record of ``help.situations.v1``: sealed (what the correlator publishes) or, written
+    by an earlier version or a worker without a key table, in clear. Raises as :func:`parse`."""
+    try:
+        sealed = "sealed" in json.loads(value)
+    except (ValueError, TypeError):  # not JSON, or not an object: the model says why
+        sealed = False
+    return parse(SealedSituationEvent, value) if sealed else parse(SituationEvent, value)
+
+
 def parse_followup(value: bytes) -> FollowupEvent | SealedFollowupEvent:
     """A record of ``help.followups.v1``: sealed (what the exchange publishes) or, written
     by an earlier version, in clear. Raises as :func:`parse`."""
@@ -402,6 +436,7 @@ MODELS: dict[str, type[Frozen]] = {
     "situation": SituationEvent,
     "followup": FollowupEvent,
     "sealed_followup": SealedFollowupEvent,
+    "sealed_situation": SealedSituationEvent,
     "consent": ConsentEvent,
     "reveal": RevealEvent,
     "deadletter": DeadLetter,

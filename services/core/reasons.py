@@ -34,6 +34,7 @@ class Reason(WireEnum):
     CONSENTEMENT_ABSENT = "consentement_absent"
     OPPOSITION = "opposition"
     CONSENTEMENT_RETIRE = "consentement_retire"
+    DONNEES_EFFACEES = "donnees_effacees"
     # -- Extract files (producer side) ----------------------------------------------------
     NIR_INVALIDE = "nir_invalide"
     CLE_NIR_INVALIDE = "cle_nir_invalide"
@@ -89,6 +90,7 @@ _LABELS: dict[Reason, str] = {
     Reason.CONSENTEMENT_ABSENT: "Aucun consentement enregistré pour cette personne et cette finalité",
     Reason.OPPOSITION: "La personne s'est opposée à l'échange",
     Reason.CONSENTEMENT_RETIRE: "La personne a retiré son consentement pour cette finalité",
+    Reason.DONNEES_EFFACEES: "Données de la personne effacées pendant l'acheminement : renvoyez si c'est encore dû",
     Reason.NIR_INVALIDE: "NIR invalide",
     Reason.CLE_NIR_INVALIDE: "Clé de contrôle du NIR incorrecte",
     Reason.DATE_INVALIDE: "Date illisible (format attendu AAAA-MM-JJ ou JJ/MM/AAAA)",

@@ -138,11 +138,13 @@ class Processor:
             if self.keys is not None:  # the page's keys in one lookup, not one per person
                 subjects = [envelope(raw)[0] for _, _, raw in items if is_sealed(raw)]
                 await asyncio.to_thread(self.keys.prefetch_subjects, subjects)
-            writes = self.engine.sweep(items)
+            events: list[Output] = []  # the situations of rotated persons, published again
+            writes = self.engine.sweep(items, events)
             if writes:
                 made, destroy = self._store_keys()
                 outputs, written = self._keep(writes)
-                await self.checkpoints.submit(Checkpoint(outputs, written=written, destroy=destroy, made=made))
+                await self.checkpoints.submit(Checkpoint(outputs, events, written=written, destroy=destroy,
+                                                         made=made))
         return len(writes)
 
     async def stop(self) -> None:

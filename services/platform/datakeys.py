@@ -109,6 +109,21 @@ def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
         return None
 
 
+def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
+    """Every key of these subjects, read in ``conn`` (through the driver, 500 a statement)."""
+    ids = sorted({s.hex() for s in subjects})
+    found: dict[bytes, dict[int, bytes]] = {}
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        rows = conn.exec_driver_sql(
+            f"SELECT subject, epoch, key FROM {data_keys.name} "
+            f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
+        for subject, epoch, key in rows:
+            found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
+    return found
+
+
 class KeyStore:
     """The ``exchange_data_keys`` table: read, insert, delete (each call one transaction).
 
@@ -127,18 +142,8 @@ class KeyStore:
 
     def load(self, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
         """Every key of these subjects (through the driver, 500 a statement)."""
-        ids = sorted({s.hex() for s in subjects})
-        found: dict[bytes, dict[int, bytes]] = {}
         with self.engine.connect() as conn:
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i:i + _CHUNK]
-                rows = conn.exec_driver_sql(
-                    f"SELECT subject, epoch, key FROM {data_keys.name} "
-                    f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
-                for subject, epoch, key in rows:
-                    found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
-        return found
+            return load_keys(conn, subjects)
 
     def insert(self, keys: Iterable[tuple[bytes, int, bytes]]) -> None:
         """One statement for the batch's new keys, through the driver: a batch of new

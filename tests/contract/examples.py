@@ -84,6 +84,10 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "refs": [{"fund": "caf", "sealed_ref": SEALED}],
         }
     ],
+    "sealed_situation": [
+        {"schema_version": "1.0", "event_id": "d" * 32, "situation_id": "e" * 32, "version": 2,
+         "sealed": {"alg": "A256GCM", "value": "SFhTMQ" + "A/+" * 40 + "Ag=="}}
+    ],
     "followup": [
         {"schema_version": "1.0", "event_id": "f" * 32, "situation_id": "e" * 32, "territory": "35",
          "fund": "caf", "action": "fsl", "outcome": "accorde", "recorded_at": "2026-11-20T14:00:00Z",

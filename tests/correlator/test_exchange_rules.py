@@ -44,10 +44,10 @@ from services.core.rules import Context
 from services.core.signal_seal import seal_message
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
-from services.correlator.engine import Engine, Record
+from services.correlator.engine import H_OFFSET, H_PARTITION, H_TOPIC, REPARTITION_TOPIC, Engine, Record
 from services.errors import Rejected
 from services.ledger.sink import EntryMaker
-from services.platform.datakeys import KeyRing, KeyStore
+from services.platform.datakeys import KeyRing, KeyStore, seal
 from services.platform.db import open_engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
@@ -78,7 +78,8 @@ def _partition(value: bytes) -> int:
 
 def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason | None, str]]:
     """(reason, dead-letter detail) of each item, processed in one batch; (None, "") if accepted."""
-    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value)
+    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value,
+                      _forwarded_from(CAF, offset) if topic == REPARTITION_TOPIC else {})
                for offset, (topic, value) in enumerate(items)]
     batch = engine.process(records, {}.get)
     letters = {json.loads(o.value or b"")["source"]["offset"]: json.loads(o.value or b"")
@@ -92,6 +93,11 @@ def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason
 
 
 FUNDS = Funds(now=NOW)
+
+
+def _forwarded_from(topic: str, offset: int) -> dict[str, bytes]:
+    """The headers of a record the engine forwarded to the repartition topic (its source)."""
+    return {H_TOPIC: topic.encode(), H_PARTITION: b"0", H_OFFSET: str(offset).encode()}
 
 
 def engine_at(now: dt.datetime, ctx: Context | None = None, funds: Funds | None = None,
@@ -148,6 +154,31 @@ class Case:
     registry: Callable[[], Registry] = FUNDS.registry
     #: more of the engine's options (sealing)
     options: Callable[[], dict[str, Any]] = dict
+
+
+class KeysGone:
+    """A key table where every key was destroyed: nothing sealed opens (what
+    :class:`~services.platform.datakeys.KeyRing` answers then, tests/consent)."""
+
+    def seal(self, pseudonym_value: bytes, topic: str, plaintext: bytes) -> bytes:
+        return seal(b"k" * 32, topic, b"s" * 16, 1, plaintext)
+
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None:
+        return None
+
+    def erase(self, pseudonym_value: bytes) -> None:
+        pass
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None:
+        return None
+
+    def subject(self, pseudonym_value: bytes) -> bytes:
+        return b"s" * 16
+
+
+def _forward_sealed_then_erased() -> list[tuple[str, bytes]]:
+    """A signal forwarded to its person's partition, sealed, read back after the key went."""
+    return [(REPARTITION_TOPIC, KeysGone().seal(b"", REPARTITION_TOPIC, wire(good())))]
 
 
 @cache
@@ -223,6 +254,7 @@ CASES: dict[str, Case] = {
                                                                         "value": "L" * 43}))],
                            "/pseudonym_previous/key_id:unknown"),
     "duplicate": Case(lambda: [signal_item(m := good()), signal_item(m)], "/signal_id:already_accepted"),
+    "forward-erased": Case(_forward_sealed_then_erased, "/:forward_erased", options=lambda: {"sealer": KeysGone()}),
     "sealed-form": Case(lambda: [signal_item(good())], "/sealed:missing", options=lambda: {"accept_clear": False}),
     "sealed-opens": Case(_sealed_elsewhere, "/sealed/value:does_not_open",
                          options=lambda: {"sealer": _key_table()[0]}),
