@@ -280,7 +280,8 @@ def _init_worker(settings: Settings, fund: Fund) -> None:
 # Between the processes, lines and rows travel as plain tuples: pickling the dataclasses
 # cost several times more, in the publishing process, which is the busiest.
 _PackedLine = tuple[int, str, str, "str | dt.date", str, str, "str | None", "str | None"]
-_PackedBuilt = tuple[list[tuple[str, str, bytes, bytes, "int | None"]], list[tuple[int, str, str, str]]]
+_PackedBuilt = tuple[list[tuple[str, str, bytes, bytes, "int | None", "bytes | None"]],
+                     list[tuple[int, str, str, str]]]
 
 
 def _pack(lines: list[Line]) -> list[_PackedLine]:
@@ -302,7 +303,7 @@ def _build_in_worker(packed: list[_PackedLine], today: dt.date, now: dt.datetime
                      partitions: int | None) -> _PackedBuilt:
     assert _worker_builder is not None
     rows, rejected = _build_chunk(_worker_builder, _unpack(packed), today, now, partitions)
-    return ([(r.signal_id, r.observed_on, r.key, r.value, r.partition) for r in rows],
+    return ([(r.signal_id, r.observed_on, r.key, r.value, r.partition, r.seal) for r in rows],
             [(r.line, r.field, r.reason.value, r.nir_masked) for r in rejected])
 
 
