@@ -211,6 +211,10 @@ class Outbox:
                 "ON CONFLICT(topic, partition) DO UPDATE SET offset = max(offset, excluded.offset)",
                 [(topic, p, o) for p, o in offsets.items()])
 
+    def has_pending(self) -> bool:
+        """Whether any row waits to be sent (or was sent and not yet marked: a killed run)."""
+        return self._db.execute("SELECT 1 FROM outbox WHERE sent_at IS NULL LIMIT 1").fetchone() is not None
+
     def partition_marks(self, topic: str) -> dict[int, int]:
         """The highest acknowledged offset per partition (or the baseline set before sending)."""
         return dict(self._db.execute("SELECT partition, offset FROM partition_marks WHERE topic = ?", (topic,)))

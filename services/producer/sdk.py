@@ -503,11 +503,20 @@ class Publisher:
 
     async def _recover(self) -> None:
         """Mark as sent what a killed run had sent but not yet marked (see :mod:`.outbox`),
-        and set the partition marks of this topic to its current end."""
+        and set the partition marks of this topic to its current end.
+
+        The topic is read only when the outbox holds pending rows (a run killed mid-send,
+        a broker that stopped answering); otherwise the partitions without a mark get the
+        broker's end offsets as their baseline, without reading a record."""
         from services.platform.kafka import UNREACHABLE, consumer, kafka_errors
 
         assert self._bootstrap is not None
         marks = self.outbox.partition_marks(self.topic)
+        # Only a pending row can have been sent without its mark: with none, there is nothing
+        # to look for on the topic, and a partition that has a mark needs nothing either.
+        settled = not self.outbox.has_pending()
+        if settled and self.partitions is not None and all(p in marks for p in range(self.partitions)):
+            return
         cons = consumer(self.settings, self._bootstrap, group_id=None, enable_auto_commit=False)
         try:
             with kafka_errors(f"cannot read {self.topic} to resume: {{error!r}}",
@@ -521,6 +530,13 @@ class Publisher:
                 if not tps:
                     return
                 ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
+                if settled:
+                    # The baseline of the partitions without a mark: the end the broker reports
+                    # (a floor on the embedded broker: a later recovery then reads a little more,
+                    # never less than it must).
+                    self.outbox.set_baseline(self.topic, {tp.partition: end for tp, end in ends.items()
+                                                          if tp.partition not in marks})
+                    return
                 # Start after our mark; without one (first run), at the last record the broker
                 # reports, so that the new mark lands on the true end.
                 start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
