@@ -22,6 +22,9 @@ The one remaining duplicate window — killed after the broker acked a batch but
 the "sent" mark was committed — is closed by :meth:`Outbox.partition_marks`: the highest
 acknowledged offset per partition is committed with every batch, and before sending again
 the publisher reads the topic from those marks and marks as sent what is already there.
+Such a row is still pending, so an outbox with no pending row (:meth:`Outbox.has_pending`)
+has nothing to look for: the publisher then only gives the partitions without a mark the
+topic's end as their baseline, without reading it.
 """
 
 from __future__ import annotations
