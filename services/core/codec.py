@@ -230,6 +230,15 @@ def splice_signature(unsigned: bytes, alg: str, key_id: str, value: str) -> byte
     return head + member.encode("ascii") + sep + tail
 
 
+def append_signature(unsigned: bytes, alg: str, key_id: str, value: str) -> bytes:
+    """:func:`splice_signature` for messages whose members all sort before "signature" (a
+    sealed signal: its last member is ``signal_id``): the member goes last."""
+    if not unsigned.endswith(b"}") or len(unsigned) < 3:
+        raise ValueError("not a canonical JSON object")
+    member = f',"signature":{{"alg":"{alg}","key_id":"{key_id}","value":"{value}"}}}}'
+    return unsigned[:-1] + member.encode("ascii")
+
+
 _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)
 _RECEIPT_TEMPLATE = ('{{"schema_version":"1.0","receipt_id":"{}","fund":"{}","signal_id":{},'

@@ -97,7 +97,8 @@ def build_engine(settings: Settings, sealer: Sealer | None = None) -> Engine:
     checks = CheckPool(registry, helpers, partitions=settings.partitions) if helpers > 0 else None
     return Engine(ctx, registry, partitions=settings.partitions, checks=checks, registry_source=source,
                   marker_secret=marker_key(settings), sealer=sealer,
-                  state_topic=changelog_topic(settings.correlator_app_id))
+                  state_topic=changelog_topic(settings.correlator_app_id),
+                  accept_clear=settings.signal_sealing == "accepted")
 
 
 def _faust_app(settings: Settings, bootstrap: str) -> faust.App:

@@ -133,11 +133,12 @@ class Processor:
         async with self.lock:
             if self.stopping:
                 return 0
-            writes = self.engine.sweep(self.store.sweep_page(page))
+            events: list[Output] = []  # the situations of rotated persons, published again
+            writes = self.engine.sweep(self.store.sweep_page(page), events)
             if writes:
                 destroy = await self._store_keys()
                 outputs, written = self._keep(writes)
-                await self.checkpoints.submit(Checkpoint(outputs, written=written, destroy=destroy))
+                await self.checkpoints.submit(Checkpoint(outputs, events, written=written, destroy=destroy))
         return len(writes)
 
     async def stop(self) -> None:

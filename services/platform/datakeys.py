@@ -109,6 +109,21 @@ def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
         return None
 
 
+def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
+    """Every key of these subjects, read in ``conn`` (through the driver, 500 a statement)."""
+    ids = sorted({s.hex() for s in subjects})
+    found: dict[bytes, dict[int, bytes]] = {}
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        rows = conn.exec_driver_sql(
+            f"SELECT subject, epoch, key FROM {data_keys.name} "
+            f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
+        for subject, epoch, key in rows:
+            found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
+    return found
+
+
 class KeyStore:
     """The ``exchange_data_keys`` table: read, insert, delete (each call one transaction).
 
@@ -127,18 +142,8 @@ class KeyStore:
 
     def load(self, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
         """Every key of these subjects (through the driver, 500 a statement)."""
-        ids = sorted({s.hex() for s in subjects})
-        found: dict[bytes, dict[int, bytes]] = {}
         with self.engine.connect() as conn:
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i:i + _CHUNK]
-                rows = conn.exec_driver_sql(
-                    f"SELECT subject, epoch, key FROM {data_keys.name} "
-                    f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
-                for subject, epoch, key in rows:
-                    found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
-        return found
+            return load_keys(conn, subjects)
 
     def insert(self, keys: Iterable[tuple[bytes, int, bytes]]) -> None:
         """One statement for the batch's new keys, through the driver: a batch of new
@@ -158,6 +163,37 @@ class KeyStore:
                 f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
                 f"VALUES ({mark}, {mark}, {mark}, {mark})",
                 [(s.hex(), e, k, now) for s, e, k in todo])
+
+    def current(self, subjects: Iterable[bytes], *, first_epoch: int) -> dict[bytes, tuple[int, bytes]]:
+        """Each subject's current key ``(epoch, key)``, made where the subject has none
+        (the key endpoint, for a person the correlator has not seen yet). Get-or-create: a
+        key the correlator (or another request) inserted meanwhile wins, this one is
+        dropped (``ON CONFLICT DO NOTHING`` on the unique (subject, epoch)), and the row in
+        the table is the answer. ``first_epoch``: the epoch a made key takes (the key
+        endpoint takes the clock's seconds: a person whose every key was destroyed gets a
+        key under an epoch never used before, so a signal sealed under a destroyed key is
+        told apart from one that does not open)."""
+        wanted = set(subjects)
+        found = self.load(wanted)
+        missing = [s for s in wanted if not found.get(s)]
+        if missing:
+            with self.engine.begin() as conn:
+                dialect = conn.dialect
+                stamp = data_keys.c.created_at.type.bind_processor(dialect)
+                now: object = dt.datetime.now(dt.UTC)
+                if stamp is not None:
+                    now = stamp(now)
+                mark = "?" if dialect.paramstyle == "qmark" else "%s"
+                conn.exec_driver_sql(
+                    f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
+                    f"VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
+                    [(s.hex(), first_epoch, AESGCM.generate_key(bit_length=256), now) for s in missing])
+            found.update(self.load(missing))
+        out: dict[bytes, tuple[int, bytes]] = {}
+        for subject, keys in found.items():
+            epoch = max(keys)
+            out[subject] = (epoch, keys[epoch])
+        return out
 
     def destroy(self, below: Iterable[tuple[bytes, int]]) -> None:
         """Delete every key of each subject with an epoch below the one given."""
@@ -283,6 +319,19 @@ class KeyRing:
             self._fill({subject})  # a key another worker made since this one cached the person
             key = self._keys[subject].get(epoch)
         return None if key is None else unseal(key, topic, raw)
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None:
+        """The person's data key ``epoch`` (a fund's sealed signal names it), or None if the
+        subject is not this person's or the key is gone (destroyed by an erasure). A key
+        made since the person was cached (by the key endpoint, or another worker) is looked
+        up."""
+        if subject != self.subject(pseudonym_value):
+            return None
+        key = self._keys_of(subject).get(epoch)
+        if key is None and subject not in self._retired and epoch >= self._next.get(subject, 1):
+            self._fill({subject})
+            key = self._keys[subject].get(epoch)
+        return key
 
     def erase(self, pseudonym_value: bytes) -> None:
         """The person's earlier values are to become unreadable: what is sealed from now on

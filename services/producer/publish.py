@@ -34,8 +34,13 @@ BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
 CHUNK = 1000
 #: with pseudonyms from the service (scheme v2), lines per build job: asked of the service
-#: in batches of CHUNK, the next one asked before the current one is built
-REMOTE_CHUNK = 4000
+#: in batches (FIRST_PART, then CHUNK), the next one asked before the current one is built;
+#: small enough that at the end of a file no worker builds a long last job alone
+REMOTE_CHUNK = 2000
+#: the first part of a build job, asked alone: a small batch whose answer is back while the
+#: next part is blinded, so a worker starting a job hardly waits for the service (the workers
+#: start their jobs together, and the service answers one batch at a time)
+FIRST_PART = 250
 #: below this size, building in-process beats starting worker processes
 LARGE_FILE_BYTES = 2_000_000
 
@@ -265,10 +270,10 @@ def _build_chunk(builder: SignalBuilder, records: list[tuple[int, SignalInput]],
                  now: dt.datetime, partitions: int | None) -> tuple[list[Row], list[Rejection]]:
     rows: list[Row] = []
     rejected: list[Rejection] = []
-    # Scheme v2: the pseudonyms of each part of CHUNK lines in one batch to the service, the
-    # next part's asked before this one is built, so the service's evaluation and the round
-    # trip overlap the signing here (v1: asking is a no-op).
-    parts = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
+    # Scheme v2: the pseudonyms of each part in one batch to the service, the next part's
+    # asked before this one is built, so the service's evaluation and the round trip overlap
+    # the signing here (v1: asking is a no-op).
+    parts = _parts(records)
     asked = builder.ask(rec for _, rec in parts[0]) if parts else None
     build = builder.build
     for k, part in enumerate(parts):
@@ -281,6 +286,12 @@ def _build_chunk(builder: SignalBuilder, records: list[tuple[int, SignalInput]],
                 rejected.append(Rejection(number, exc.field, exc.reason, mask(rec.nir)))
         asked = ahead
     return rows, rejected
+
+
+def _parts(lines: list[_T]) -> list[list[_T]]:
+    """``lines`` in order, in parts of CHUNK lines after a first one of FIRST_PART."""
+    head, rest = lines[:FIRST_PART], lines[FIRST_PART:]
+    return [part for part in (head, *(rest[i:i + CHUNK] for i in range(0, len(rest), CHUNK))) if part]
 
 
 def _init_worker(settings: Settings, fund: Fund) -> None:

@@ -25,9 +25,9 @@ def settings(private_bootstrap: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def collector(private_bootstrap: str) -> AsyncIterator[Collector]:
+async def collector(private_bootstrap: str, settings: Settings) -> AsyncIterator[Collector]:
     """The worker's outputs from their current end (started before anything is published)."""
-    c = Collector(private_bootstrap)
+    c = Collector(private_bootstrap, settings.database_url)
     await c.start()
     yield c
     await c.stop()

@@ -205,7 +205,7 @@ def correlated(exchange: Exchange) -> Correlated:
                             for p, (cat, purpose) in node_side.items()]
 
     async def run() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        collector = Collector(exchange.bootstrap)
+        collector = Collector(exchange.bootstrap, exchange.settings.database_url)
         await collector.start()
         try:
             results = exchange.node_publish("carsat", node_rows)
@@ -297,7 +297,7 @@ async def test_every_bad_input_class_from_the_node_producer_is_answered_and_noth
     exchange.cli("keys", "retire", "--fund", "carsat", "--key-id", retired["signing"])
     unknown = exchange.node_run("keygen", "--fund", "carsat", "--key-dir", str(exchange.settings.key_dir))[0]
 
-    collector = Collector(exchange.bootstrap)
+    collector = Collector(exchange.bootstrap, exchange.settings.database_url)
     await collector.start()
     alive = exchange.alive
     try:
