@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from services.core.reasons import Reason
 from services.core.spreadsheet import safe_cell
@@ -62,8 +62,9 @@ class Rejection:
     nir_masked: str
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
+    """A record and its line number (a pair: what the build jobs take)."""
+
     line: int
     record: SignalInput
 

@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,7 +266,7 @@ def _build_lines(builder: SignalBuilder, parser: LineParser, lines: list[tuple[i
     return read, rows, rejected + refused
 
 
-def _build_chunk(builder: SignalBuilder, records: list[tuple[int, SignalInput]], today: dt.date,
+def _build_chunk(builder: SignalBuilder, records: Sequence[tuple[int, SignalInput]], today: dt.date,
                  now: dt.datetime, partitions: int | None) -> tuple[list[Row], list[Rejection]]:
     rows: list[Row] = []
     rejected: list[Rejection] = []
@@ -288,7 +288,7 @@ def _build_chunk(builder: SignalBuilder, records: list[tuple[int, SignalInput]],
     return rows, rejected
 
 
-def _parts(lines: list[_T]) -> list[list[_T]]:
+def _parts(lines: Sequence[_T]) -> list[Sequence[_T]]:
     """``lines`` in order, in parts of CHUNK lines after a first one of FIRST_PART."""
     head, rest = lines[:FIRST_PART], lines[FIRST_PART:]
     return [part for part in (head, *(rest[i:i + CHUNK] for i in range(0, len(rest), CHUNK))) if part]
