@@ -735,6 +735,7 @@ class Engine:
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
             if reason is Reason.CONSENTEMENT_ABSENT and state is not None and state.withdrawn(sig.purpose):
+                self._shred(sig, pkey, partition, state, put)
                 raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
@@ -764,8 +765,10 @@ class Engine:
         if first is not None:
             raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
         if state is not None and state.opposed:
+            self._shred(sig, pkey, partition, state, put)
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
         if state is not None and state.marks and state.withdrawn(sig.purpose):
+            self._shred(sig, pkey, partition, state, put)
             raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
         fast = self.fast and _trusted_signal(sig, position)
         entry = _entry(sig, position, self._received_s, fast)
@@ -800,6 +803,17 @@ class Engine:
         return sig._replace(category=content.category, observed_on=content.observed_on,
                             territory=content.territory,
                             sealed_ref=(content.sealed_ref.key_id, content.sealed_ref.value))
+
+    def _shred(self, sig: CheckedSignal, pkey: bytes, partition: int, state: PersonState,
+               put: Callable[[bytes, int, PersonState], None]) -> None:
+        """A sealed signal refused for the person's objection or withdrawal: the key it was
+        sealed under (which the fund asked after the erasure) is replaced at once, as the
+        erasure's was, so its copy on the signal topic is unreadable too; what the person's
+        state keeps is written again under the new key (:meth:`_consent` does the same)."""
+        if sig.sealed is None or self.sealer is None:
+            return
+        put(pkey, partition, state)
+        self.sealer.erase(sig.pseudonym[1].encode())
 
     # ----------------------------------------------------------------------- key rotation
     def _here(self, batch: Batch, rec: Record, pkey: bytes, partition: int, state: PersonState,

@@ -164,19 +164,19 @@ class KeyStore:
                 f"VALUES ({mark}, {mark}, {mark}, {mark})",
                 [(s.hex(), e, k, now) for s, e, k in todo])
 
-    def current(self, subjects: Iterable[bytes], *, first_epoch: int) -> dict[bytes, tuple[int, bytes]]:
+    def current(self, subjects: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]:
         """Each subject's current key ``(epoch, key)``, made where the subject has none
-        (the key endpoint, for a person the correlator has not seen yet). Get-or-create: a
-        key the correlator (or another request) inserted meanwhile wins, this one is
-        dropped (``ON CONFLICT DO NOTHING`` on the unique (subject, epoch)), and the row in
-        the table is the answer. ``first_epoch``: the epoch a made key takes (the key
-        endpoint takes the clock's seconds: a person whose every key was destroyed gets a
-        key under an epoch never used before, so a signal sealed under a destroyed key is
-        told apart from one that does not open)."""
+        (the key endpoint, for a person the correlator has not seen yet, or whose keys an
+        erasure destroyed: the epoch after its tombstone). Get-or-create: a key the
+        correlator (or another request) inserted meanwhile wins, this one is dropped (``ON
+        CONFLICT DO NOTHING`` on the unique (subject, epoch)), and the row in the table is
+        the answer."""
         wanted = set(subjects)
         found = self.load(wanted)
-        missing = [s for s in wanted if not found.get(s)]
-        if missing:
+        missing = [s for s in wanted if not (found.get(s) and found[s][max(found[s])])]
+        for _ in range(3):  # a tombstone written meanwhile moves the epoch: ask again
+            if not missing:
+                break
             with self.engine.begin() as conn:
                 dialect = conn.dialect
                 stamp = data_keys.c.created_at.type.bind_processor(dialect)
@@ -187,8 +187,12 @@ class KeyStore:
                 conn.exec_driver_sql(
                     f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
                     f"VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
-                    [(s.hex(), first_epoch, AESGCM.generate_key(bit_length=256), now) for s in missing])
+                    [(s.hex(), max(found.get(s, {}), default=0) + 1, AESGCM.generate_key(bit_length=256), now)
+                     for s in missing])
             found.update(self.load(missing))
+            missing = [s for s in missing if not (found.get(s) and found[s][max(found[s])])]
+        if missing:
+            raise RuntimeError("the key table kept changing: ask again")
         out: dict[bytes, tuple[int, bytes]] = {}
         for subject, keys in found.items():
             epoch = max(keys)
@@ -196,14 +200,22 @@ class KeyStore:
         return out
 
     def destroy(self, below: Iterable[tuple[bytes, int]]) -> None:
-        """Delete every key of each subject with an epoch below the one given."""
+        """Delete every key of each subject with an epoch below the one given, and leave the
+        epoch just below as a *tombstone* (an empty key): no later key of the person may take
+        an epoch already used, so a fund's signal sealed under a destroyed key is told apart
+        (``cle_signal_remplacee``) from one that does not open."""
         todo = list(below)
         if not todo:
             return
         c = data_keys.c
+        now = dt.datetime.now(dt.UTC)
         with self.engine.begin() as conn:
             for subject, epoch in todo:
-                conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch < epoch))
+                conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch < epoch - 1))
+                if epoch > 1:
+                    conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch == epoch - 1))
+                    conn.execute(sa.insert(data_keys).values(subject=subject.hex(), epoch=epoch - 1, key=b"",
+                                                             created_at=now))
         self._deleted = True
         self.maybe_scrub()
 
@@ -270,7 +282,8 @@ class KeyRing:
             self._remember(s, found.get(s, {}))
 
     def _remember(self, subject: bytes, keys: dict[int, bytes]) -> None:
-        self._keys[subject] = keys
+        # (A tombstone, an empty key, only says which epochs were used.)
+        self._keys[subject] = {e: k for e, k in keys.items() if k}
         self._keys.move_to_end(subject)
         self._next[subject] = max(self._next.get(subject, 1), max(keys, default=0) + 1)
         # (A batch touches far fewer persons than the bound: what it made is stored before

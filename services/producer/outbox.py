@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_partition INTEGER,
     sent_offset    INTEGER,
     accepted_at    TEXT,
-    refused        TEXT
+    refused        TEXT,
+    seal_key       BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_at IS NULL;
 CREATE TABLE IF NOT EXISTS partition_marks (
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS partition_marks (
 
 #: Columns added since the first outboxes (added to an older file when it is opened).
 _ADDED_COLUMNS = {"sent_partition": "INTEGER", "sent_offset": "INTEGER", "accepted_at": "TEXT",
-                  "refused": "TEXT"}
+                  "refused": "TEXT", "seal_key": "BLOB"}
 
 #: sent ids are kept this long past their observation date (acceptance window + margin)
 KEEP_SENT_DAYS = 2 * 366 + 31
@@ -81,6 +82,9 @@ class Row(NamedTuple):
     value: bytes
     #: the partition, when computed ahead (not stored: the outbox lets the producer compute it)
     partition: int | None = None
+    #: a sealed signal's key (:class:`~services.producer.signal_keys.FundKey` packed): kept
+    #: until the signal's receipt, to seal it again if the exchange replaced the key
+    seal: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Sent:
     partition: int | None
     offset: int | None
     value: bytes | None
+    #: the key a sealed signal was sealed with (None: a signal in clear)
+    seal: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -175,9 +181,9 @@ class Outbox:
         with self._transaction() as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(r.signal_id, r.observed_on, r.key, r.value, now) for r in rows],
+                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at, seal_key) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.signal_id, r.observed_on, r.key, r.value, now, r.seal) for r in rows],
             )
             return db.total_changes - before
 
@@ -238,24 +244,28 @@ class Outbox:
     def awaiting_receipt(self) -> list[Sent]:
         """Sent rows whose receipt has not been reconciled (neither accepted nor refused)."""
         cur = self._db.execute(
-            "SELECT signal_id, sent_partition, sent_offset, msg_value FROM outbox "
+            "SELECT signal_id, sent_partition, sent_offset, msg_value, seal_key FROM outbox "
             "WHERE sent_at IS NOT NULL AND accepted_at IS NULL AND refused IS NULL ORDER BY seq")
-        return [Sent(sid, p, o, None if v is None else bytes(v)) for sid, p, o, v in cur]
+        return [Sent(sid, p, o, None if v is None else bytes(v), None if k is None else bytes(k))
+                for sid, p, o, v, k in cur]
 
     def settle(self, *, accepted: Sequence[str] = (), refused: Sequence[tuple[str, str]] = (),
-               requeue: Sequence[tuple[str, bytes]] = ()) -> None:
+               requeue: Sequence[tuple[str, bytes]] = (), resealed: Sequence[tuple[str, bytes, bytes]] = ()) -> None:
         """Apply reconciled receipts, atomically: ``accepted`` ids keep their payload until
-        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`); ``refused`` (id,
-        reason code) keep the reason; ``requeue`` (id, payload to send, the same or
-        re-signed) go back to pending."""
+        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`), and forget their
+        sealing key; ``refused`` (id, reason code) keep the reason, and forget the key;
+        ``requeue`` (id, payload to send, the same or re-signed) go back to pending;
+        ``resealed`` (id, payload sealed again, its new key) too."""
         now = _now()
         with self._transaction() as db:
-            db.executemany("UPDATE outbox SET accepted_at = ? WHERE signal_id = ?",
+            db.executemany("UPDATE outbox SET accepted_at = ?, seal_key = NULL WHERE signal_id = ?",
                            [(now, s) for s in accepted])
-            db.executemany("UPDATE outbox SET refused = ? WHERE signal_id = ?",
+            db.executemany("UPDATE outbox SET refused = ?, seal_key = NULL WHERE signal_id = ?",
                            [(reason, s) for s, reason in refused])
             db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
                            "msg_value = ? WHERE signal_id = ?", [(v, s) for s, v in requeue])
+            db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
+                           "msg_value = ?, seal_key = ? WHERE signal_id = ?", [(v, k, s) for s, v, k in resealed])
         self.drop_old_payloads()
 
     def drop_old_payloads(self, now: dt.datetime | None = None) -> int:

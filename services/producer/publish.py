@@ -302,7 +302,8 @@ def _init_worker(settings: Settings, fund: Fund) -> None:
 # Back from the worker processes, rows and rejections travel as plain tuples: pickling
 # named tuples or dataclasses cost several times more, in the publishing process, which is
 # the busiest.
-_PackedBuilt = tuple[int, list[tuple[str, str, bytes, bytes, "int | None"]], list[tuple[int, str, str, str]]]
+_PackedBuilt = tuple[int, list[tuple[str, str, bytes, bytes, "int | None", "bytes | None"]],
+                     list[tuple[int, str, str, str]]]
 
 
 async def _unpacked(future: asyncio.Future[_PackedBuilt]) -> _Built:

@@ -37,6 +37,7 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,13 +45,14 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from services.core.codec import canonical, splice_signature
+from services.core.codec import append_signature, canonical, splice_signature
 from services.core.dates import DateLimits, date_reason, limits_on
 from services.core.dates import today_paris as today_paris  # re-exported: callers judge by the SDK's day
-from services.core.messages import LegalBasisConsent, LegalBasisLaw, Signal
+from services.core.messages import LegalBasisConsent, LegalBasisLaw, SealedSignal, Signal
 from services.core.policy import check_signal, conditions_met
 from services.core.reasons import Reason
 from services.core.registry import load_registry
+from services.core.signal_seal import seal_message
 from services.core.signing import ALG, b64u, signing_function
 from services.core.types import (
     CONSENT_REF_PATTERN,
@@ -70,6 +72,7 @@ from services.producer.nir import F_NIR
 from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import source_for
 from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
+from services.producer.signal_keys import SignalKeyClient
 
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
@@ -157,6 +160,12 @@ class SignalBuilder:
         self._policy_cache: dict[tuple[str, Purpose, tuple[str, ...] | None], Reason | None] = {}
         self._stamp: tuple[dt.datetime | None, str] = (None, "")
         self._limits: DateLimits | None = None
+        self._topic = signal_topic(fund)
+        #: Where the keys that seal each signal's person members come from (contract §2.1,
+        #: the exchange's key endpoint); None: signals in clear (HELP_SIGNAL_SEALING=accepted).
+        self.signal_keys: SignalKeyClient | None = (
+            SignalKeyClient.from_settings(settings, fund) if settings.signal_sealing == "required" else None)
+        self._key_thread: ThreadPoolExecutor | None = None
 
     def check(self, rec: SignalInput, today: dt.date) -> tuple[str, Any, dt.date, str, Purpose, dict[str, Any]]:
         """Validate ``rec``: (nir, category, date, departement, purpose, legal basis), or raise."""
@@ -247,16 +256,37 @@ class SignalBuilder:
 
     def prefetch(self, records: Iterable[SignalInput]) -> None:
         """Ask for the pseudonyms of ``records`` in one go (scheme v2: one batch to the
-        service per call; v1: nothing). Records whose NIR is invalid are left to :meth:`build`."""
-        self._pseudonyms.prefetch(nirs.valid_normalised(rec.nir for rec in records))
+        service per call; v1: nothing), then for their sealing keys (one batch to the key
+        endpoint). Records whose NIR is invalid are left to :meth:`build`."""
+        valid = list(nirs.valid_normalised(rec.nir for rec in records))
+        self._pseudonyms.prefetch(valid)
+        self._prefetch_keys(valid)
 
     def ask(self, records: Iterable[SignalInput]) -> Any:
-        """:meth:`prefetch` without waiting: the service works on these while the caller
-        builds others; :meth:`collect` (before building these) waits and checks the proofs."""
-        return self._pseudonyms.ask(nirs.valid_normalised(rec.nir for rec in records))
+        """:meth:`prefetch` without waiting: the services work on these while the caller
+        builds others; :meth:`collect` (before building these) waits and checks the proofs.
+        With pseudonyms made here (scheme v1), the sealing keys are asked at once too, in a
+        thread of their own; under v2 once the pseudonyms are known, in :meth:`collect`."""
+        valid = list(nirs.valid_normalised(rec.nir for rec in records))
+        keys: Future[None] | None = None
+        if self.signal_keys is not None and valid and not self.remote_pseudonyms:
+            if self._key_thread is None:
+                self._key_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signal-keys")
+            values = [self._pseudonyms.pseudonym(n)["value"] for n in valid]
+            keys = self._key_thread.submit(self.signal_keys.prefetch, values)
+        return self._pseudonyms.ask(valid), valid, keys
 
     def collect(self, asked: Any) -> None:
-        self._pseudonyms.collect(asked)
+        pending, valid, keys = asked
+        self._pseudonyms.collect(pending)
+        if keys is not None:
+            keys.result()
+        else:
+            self._prefetch_keys(valid)
+
+    def _prefetch_keys(self, valid_nirs: list[str]) -> None:
+        if self.signal_keys is not None and valid_nirs:
+            self.signal_keys.prefetch(self._pseudonyms.pseudonym(n)["value"] for n in valid_nirs)
 
     def build(self, rec: SignalInput, *, today: dt.date | None = None,
               now: dt.datetime | None = None, partitions: int | None = None) -> Row:
@@ -308,8 +338,22 @@ class SignalBuilder:
         link = self._pseudonyms.previous(nir)
         if link is not None:  # a rotation or migration window (contract §4.3), signed with the rest
             message["pseudonym_previous"] = link
-        # Ed25519 over the RFC 8785 form (what services.core.signing.sign signs); the wire
-        # form is that form with the signature member in its sorted place.
+        packed: bytes | None = None
+        if self.signal_keys is not None:  # the person members sealed (contract §2.1), then signed
+            fund_key = self.signal_keys.key(pseudo["value"])
+            message = seal_message(fund_key.key, self._topic, fund_key.subject, fund_key.epoch, message)
+            packed = fund_key.pack()
+        value = self.signed(message, reference=reference)
+        key = pseudo["value"].encode("ascii")
+        partition = (murmur2(key) & 0x7FFFFFFF) % partitions if partitions else None
+        return Row(signal_id, observed.isoformat(), key, value, partition, packed)
+
+    def signed(self, message: dict[str, Any], *, reference: bool = False) -> bytes:
+        """The wire bytes of ``message`` (a signal, clear or sealed, without its signature):
+        Ed25519 over the RFC 8785 form (what services.core.signing.sign signs), and the wire
+        form is that form with the signature member in its sorted place (last in a sealed
+        signal, before ``territory`` in a clear one)."""
+        sealed = "sealed" in message
         if reference:
             unsigned = canonical(message)
             signature = b64u(self._signing_key.sign(unsigned))
@@ -317,17 +361,15 @@ class SignalBuilder:
             unsigned = canonical(message, plain=True)
             signature = b64u(self._sign(unsigned))
         try:
-            value = splice_signature(unsigned, ALG, self.signing_key_id, signature)
-        except ValueError:  # pragma: no cover - every signal has a territory
+            value = (append_signature if sealed else splice_signature)(unsigned, ALG, self.signing_key_id, signature)
+        except ValueError:  # pragma: no cover - every signal has a territory or is sealed
             raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
         if reference:
             try:
-                Signal.model_validate_json(value)
+                (SealedSignal if sealed else Signal).model_validate_json(value)
             except ValidationError:  # a bug here, not bad input: never send it
                 raise Rejected(Reason.SCHEMA_INVALIDE, "signal") from None
-        key = pseudo["value"].encode("ascii")
-        partition = (murmur2(key) & 0x7FFFFFFF) % partitions if partitions else None
-        return Row(signal_id, observed.isoformat(), key, value, partition)
+        return value
 
 
 async def read_to_end(cons: AIOKafkaConsumer, ends: dict[TopicPartition, int],

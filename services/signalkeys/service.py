@@ -79,8 +79,7 @@ class SignalKeyService:
                 self._admit(fund, pseudonyms, now.date())
             try:
                 subjects = {v: subject_of(self.secret, v.encode("ascii")) for v in pseudonyms}
-                # A made key takes the clock's seconds as its epoch (see KeyStore.current).
-                current = self.store.current(set(subjects.values()), first_epoch=max(1, int(now.timestamp())))
+                current = self.store.current(set(subjects.values()))
             except BaseException:
                 with self._lock:  # not answered: give the quota back
                     self._used[(fund.value, now.date())] -= len(pseudonyms)

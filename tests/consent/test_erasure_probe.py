@@ -23,8 +23,9 @@ from services.app import purge
 from services.casebook import tables as ct
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.sink import CasebookSink
-from services.core.messages import ConsentKind
+from services.core.messages import ConsentKind, SealedMembers
 from services.core.registry import load_registry
+from services.core.signal_seal import fund_key, open_members
 from services.core.types import Fund
 from services.correlator.engine import REPARTITION_TOPIC
 from services.ledger import tables as lt
@@ -158,7 +159,8 @@ def _nothing_opens(settings: Settings, engine: sa.Engine, topics: dict[str, list
 
 
 async def test_what_is_left_after_objection_withdrawal_and_purge(
-        settings: Settings, collector: Collector, tmp_path: Path) -> None:
+        sealing: Settings, collector: Collector, tmp_path: Path) -> None:
+    settings = sealing  # signals sealed by the funds, and only sealed ones taken
     (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
     init_exchange_key(settings.key_dir)
     for fund in (Fund.CAF, Fund.URSSAF):
@@ -171,7 +173,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-probe",
                         outbox_every_s=1)
     sink_task = asyncio.create_task(sink.run(stop_sink))
-    worker = start_worker(settings, APP_ID, tmp_path / "worker.log")
+    worker = start_worker(settings, APP_ID, tmp_path / "worker.log", env={"HELP_SIGNAL_SEALING": "required"})
 
     def case(who: str) -> tuple[str, str] | None:
         with engine.connect() as conn:
@@ -230,14 +232,17 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
         # Signals after: refused for the objection and the withdrawal (dead letters: no payload).
         await _signals(settings, people["objection"], "after-o")
         await _signals(settings, people["withdrawal"], "after-w")
-        await collector.until(lambda c: sum(1 for d in c.deadletters.values()
-                                            if d["reason"] in ("opposition", "consentement_retire")) == 4)
+        # (The second fund's may meet the key the first one's refusal just replaced: refused
+        # for that key, with no payload kept either.)
+        await collector.until(lambda c: sum(1 for d in c.deadletters.values() if d["reason"] in (
+            "opposition", "consentement_retire", "cle_signal_remplacee")) == 4)
     finally:
         stop(worker)
         stop_sink.set()
         await sink_task
 
     inventory = rows()
+    assert inventory["help.signals.<fund>.v1"][-1].startswith("minimal")
     may_remain = {place for place, cells in inventory.items() if not cells[-1].startswith("erased")}
 
     # 1. Every topic from offset 0, with a client of the test's own.
@@ -267,10 +272,26 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # after their erasure (every key of their earlier states destroyed).
     secret = marker_key(settings)
     with engine.connect() as conn:
-        epochs = {who: [e for (e,) in conn.execute(sa.select(data_keys.c.epoch).where(
-            data_keys.c.subject == subject_of(secret, p.encode()).hex()))] for who, p in pseudo.items()}
+        keys = {who: {e: bytes(k) for e, k in conn.execute(sa.select(data_keys.c.epoch, data_keys.c.key).where(
+            data_keys.c.subject == subject_of(secret, p.encode()).hex()))} for who, p in pseudo.items()}
+    # (a destroyed epoch stays as a tombstone: an empty key)
+    epochs = {who: [e for e, k in found.items() if k] for who, found in keys.items()}
     assert epochs["objection"] == [] and len(epochs["withdrawal"]) == 1 and len(epochs["purge"]) == 1, epochs
     assert min(epochs["withdrawal"] + epochs["purge"]) > 1, epochs
+    # The signal topics: every record sealed, and none of the three people's opens with any
+    # key the exchange still holds (each derived for the record's fund), nor with any other.
+    signal_records = {t: r for t, r in topics.items() if _family(t) == "help.signals.<fund>.v1"}
+    assert sum(len(r) for r in signal_records.values()) == 2 * 2 * len(people) - 2  # no "after" for the purge
+    for topic, records in signal_records.items():
+        fund = topic.split(".")[2]
+        for record in records:
+            msg = json.loads(record.partition(b"\x00")[2])
+            assert "sealed" in msg and not {"category", "observed_on", "territory", "sealed_ref"} & set(msg), msg
+            who = next(w for w, p in pseudo.items() if msg["pseudonym"]["value"] == p)
+            sealed = SealedMembers.model_validate(msg["sealed"])
+            for data_key in [k for found in keys.values() for k in found.values() if k]:
+                opened = open_members(fund_key(data_key, fund), topic, msg["signal_id"], sealed)
+                assert opened is None, f"{topic}: {who}'s signal {msg['signal_id']} still opens"
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ct.case_keys)).scalar_one() == 0
         for table in ct.metadata.sorted_tables:

@@ -119,3 +119,20 @@ def test_a_signal_in_clear_is_refused_where_sealing_is_required(store: KeyStore)
     accepting = World(store)
     receipts, _ = accepting.run((signal_topic(Fund.CAF), FUNDS.signal("r", Fund.CAF, "impaye_loyer")))
     assert _reasons(receipts) == [None]
+
+
+def test_a_signal_refused_for_an_objection_leaves_no_readable_copy(store: KeyStore) -> None:
+    w = World(store)
+    w.run((signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=1)))
+    w.run((CONSENTS_TOPIC, w.funds.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
+    # the fund, which does not know, asks a key (a new one: the earlier ones are destroyed)
+    late = w.funds.signal("p", Fund.CAF, "impaye_loyer", n=2)
+    value = late["pseudonym"]["value"]
+    subject, epoch = bytes.fromhex(late["sealed"]["subject"]), late["sealed"]["epoch"]
+    keys = store.load([subject])[subject]
+    assert keys[epoch] and not any(keys[e] for e in keys if e < epoch)  # the earlier: tombstone only
+    receipts, dead = w.run((signal_topic(Fund.CAF), late))
+    assert _reasons(receipts) == ["opposition"] and dead[0].raw == ""
+    # that key is gone too: the copy on the topic opens for no one
+    assert not any(store.load([subject])[subject].values())
+    assert KeyRing(store, SECRET).data_key(value.encode(), subject, epoch) is None

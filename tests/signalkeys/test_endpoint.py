@@ -161,3 +161,22 @@ def test_quota_limits_and_bad_requests_are_refused_and_entered(settings: Setting
     again = SignalKeyService(KeyStore(open_engine(settings.database_url)), marker_key(settings), quota_per_day=10,
                              batch_limit=4, log=signal_keys_log(settings))
     assert again.used(Fund.CAF, dt.datetime.now(dt.UTC).date()) == 8
+
+
+def test_get_or_create_and_tombstones_on_both_databases(db_url: str) -> None:
+    """SQLite and PostgreSQL alike: a made key is kept (ON CONFLICT DO NOTHING), a destroyed
+    epoch stays as a tombstone, and the next key takes the epoch after it."""
+    (Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+     if db_url.startswith("sqlite") else None)
+    store = KeyStore(open_engine(db_url))
+    subject = b"\x05" * 16
+    (epoch, key), = store.current([subject]).values()
+    assert epoch == 1 and len(key) == 32 and store.current([subject])[subject] == (1, key)
+    store.destroy([(subject, 2)])
+    assert store.load([subject]) == {subject: {1: b""}}  # the tombstone: the epoch, no key
+    (epoch, again), = store.current([subject]).values()
+    assert epoch == 2 and again != key
+    ring = KeyRing(store, b"m" * 32)
+    ring._fill({subject})
+    assert ring._keys[subject] == {2: again} and ring._next[subject] == 3
+    store.engine.dispose()
