@@ -83,7 +83,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +93,7 @@ from pydantic import ValidationError
 from services.core import signal_seal
 from services.core.codec import ReceiptWriter
 from services.core.dates import consent_dates, limits_at, signal_dates
+from services.core.keyed_digest import KeyedDigest
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
@@ -408,6 +408,7 @@ class Engine:
         self.state_topic = state_topic
         #: Key of the objection markers (None: an objection stays a state under the pseudonym).
         self.marker_secret = marker_secret
+        self._marker_digest = None if marker_secret is None else KeyedDigest(marker_secret).digest
         self.registry = registry
         #: Where a changed registry comes from (None: ``registry`` for good). See :meth:`refresh`.
         self.registry_source = registry_source
@@ -427,6 +428,7 @@ class Engine:
         self._received_s = int(self._now.timestamp())
         #: The bytes of the situation events written in the batch, by the event's id.
         self._event_bytes: dict[int, tuple[Any, bytes]] = {}
+        self._last_occurred: tuple[int | None, dt.datetime] = (None, dt.datetime.fromtimestamp(0, dt.UTC))
         #: Persons whose parked records were released in the batch being processed.
         self._released_now: set[bytes] = set()
         #: Pseudonym values whose data key this batch rotated -> whether their situation's
@@ -437,8 +439,8 @@ class Engine:
     def marker_key(self, key: bytes) -> bytes:
         """The changelog key of a person's objection marker: a keyed digest of the person key
         that only the exchange (holding the marker key) can compute."""
-        assert self.marker_secret is not None
-        return MARKER_PREFIX + hmac.digest(self.marker_secret, key, hashlib.sha256)[:16].hex().encode()
+        assert self._marker_digest is not None  # hmac.digest(marker_secret, key, sha256), set up once
+        return MARKER_PREFIX + self._marker_digest(key)[:16].hex().encode()
 
     def _from_marker(self, key: bytes, load: Callable[[bytes], bytes | None]) -> PersonState | None:
         """The objection state a marker stands for (the pseudonym is the person key's own)."""
@@ -713,8 +715,14 @@ class Engine:
                 get: Callable[[bytes], PersonState | None],
                 put: Callable[[bytes, int, PersonState], None]) -> None:
         rekey = rec.headers.get(H_REKEY)
-        person = _pseudonym_of(rekey) if rekey is not None else Pseudonym(key_id=sig.pseudonym[0],
-                                                                            value=sig.pseudonym[1])
+        if rekey is not None:
+            person = _pseudonym_of(rekey)
+        else:
+            key_id, value = sig.pseudonym
+            # (A checked signal's pseudonym passed the Signal model's checks: see _trusted_signal.)
+            person = (trusted(Pseudonym, {"key_id": key_id, "value": value})
+                      if self.fast and type(key_id) is str and type(value) is str
+                      else Pseudonym(key_id=key_id, value=value))
         expected = sig.partition if rekey is None else partition_for(person.value, self.partitions)
         partition = self._route(batch, rec, person.value, expected)
         if partition is None:
@@ -772,7 +780,7 @@ class Engine:
             raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
         fast = self.fast and _trusted_signal(sig, position)
         entry = _entry(sig, position, self._received_s, fast)
-        occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
+        occurred = self._occurred(rec.timestamp_ms)
         if state is None:
             state = _new_person(person, fast)
         step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred, fast=fast)
@@ -781,6 +789,14 @@ class Engine:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    def _occurred(self, timestamp_ms: int) -> dt.datetime:
+        """The broker timestamp as a UTC datetime; the last one's again for the same
+        millisecond (a producer's batch often stamps its records alike)."""
+        last = self._last_occurred
+        if last[0] != timestamp_ms:
+            last = self._last_occurred = (timestamp_ms, dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC))
+        return last[1]
 
     def _opened(self, rec: Record, sig: CheckedSignal) -> CheckedSignal:
         """``sig`` with its sealed person members opened (contract §2.1, check 11a), under

@@ -41,12 +41,13 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.core.keyed_digest import KeyedDigest
 from services.platform.db import scrub
 
 metadata = sa.MetaData()
@@ -71,6 +72,17 @@ _CHUNK = 500
 def changelog_key(secret: bytes, key: bytes) -> bytes:
     """A keyed digest of a correlator key: what the changelog's records are keyed by."""
     return hmac.digest(secret, b"changelog\x00" + key, hashlib.sha256)[:16].hex().encode()
+
+
+def changelog_keys(secret: bytes) -> Callable[[bytes], bytes]:
+    """:func:`changelog_key` under ``secret``, as a function of the key alone (the secret's
+    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`)."""
+    digest = KeyedDigest(secret).digest
+
+    def of(key: bytes) -> bytes:
+        return digest(b"changelog\x00" + key)[:16].hex().encode()
+
+    return of
 
 
 def is_sealed(raw: bytes) -> bool:
@@ -258,6 +270,7 @@ class KeyRing:
         self._new: list[tuple[bytes, int, bytes]] = []
         self._retired: dict[bytes, int] = {}
         self._subjects: dict[bytes, bytes] = {}
+        self._keyed = KeyedDigest(secret)  # subject_of under ``secret``, set up once
         self._ciphers: dict[bytes, AESGCM] = {}
         self.lookups = 0
 
@@ -266,7 +279,9 @@ class KeyRing:
         if found is None:
             if len(self._subjects) > self.max_subjects:
                 self._subjects.clear()
-            found = self._subjects[pseudonym_value] = subject_of(self.secret, pseudonym_value)
+            # (subject_of, with the secret's HMAC set up once)
+            found = self._keyed.digest(b"datakey\x00" + pseudonym_value)[:SUBJECT_BYTES]
+            self._subjects[pseudonym_value] = found
         return found
 
     def prefetch(self, pseudonym_values: Iterable[bytes]) -> None:
