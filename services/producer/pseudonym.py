@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.core.keyed_hash import HmacSha256
+from services.core.keyed_digest import KeyedDigest
 from services.core.signing import b64u
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class HmacSource:
     def __init__(self, key_id: str, key: bytes) -> None:
         self.key_id = key_id
         self._key = key
-        self._mac = HmacSha256(key)  # pseudonym_value's HMAC, the key set up once
+        self._mac = KeyedDigest(key)  # pseudonym_value's HMAC, the key set up once
 
     def prefetch(self, nirs: Iterable[str]) -> None:
         """Nothing to ask: v1 is computed locally."""
