@@ -113,7 +113,10 @@ def envelope(raw: bytes) -> tuple[bytes, int]:
 
 
 def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
-    """The plaintext, or None if ``key`` does not open ``raw`` (another key, altered)."""
+    """The plaintext, or None if ``key`` does not open ``raw`` (another key, altered, or a
+    tombstone's empty key)."""
+    if len(key) != 32:
+        return None
     aad = _AAD + topic.encode() + b"\x00" + raw[len(MAGIC):_HEADER]
     try:
         return AESGCM(key).decrypt(raw[_HEADER:_HEADER + NONCE_BYTES], raw[_HEADER + NONCE_BYTES:], aad)
@@ -122,7 +125,8 @@ def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
 
 
 def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
-    """Every key of these subjects, read in ``conn`` (through the driver, 500 a statement)."""
+    """Every key of these subjects, read in ``conn`` (through the driver, 500 a statement).
+    A destroyed epoch may be there as a tombstone, an empty key: it opens nothing."""
     ids = sorted({s.hex() for s in subjects})
     found: dict[bytes, dict[int, bytes]] = {}
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"

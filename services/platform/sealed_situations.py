@@ -51,7 +51,9 @@ def sealed_bytes(event: SealedSituationEvent) -> bytes:
 
 
 def _opened(event: SealedSituationEvent, key: bytes | None) -> SituationEvent | None:
-    if key is None:
+    # No key, or an empty one (the tombstone of a destroyed epoch, datakeys.KeyStore.destroy):
+    # an erased person's event.
+    if not key:
         return None
     plain = unseal(key, SITUATIONS_TOPIC, sealed_bytes(event))
     if plain is None:

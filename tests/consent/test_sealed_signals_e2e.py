@@ -79,7 +79,7 @@ async def test_a_key_replaced_between_fetch_and_send_is_sealed_again(sealing: Se
     init_fund_keys(settings.key_dir, Fund.CAF)
     (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
     person = nir(4242)
-    collector = Collector(settings.bootstrap_servers or "")
+    collector = Collector(settings.bootstrap_servers or "", settings.database_url)
     await collector.start()
     worker = start_worker(settings, "corr-sealed", tmp_path / "worker.log", env={"HELP_SIGNAL_SEALING": "required"})
     try:

@@ -400,7 +400,7 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
     serve_in_thread(server)
     d = (today_paris() - dt.timedelta(days=3)).isoformat()
     person = nir(611)
-    collector = Collector(exchange.bootstrap)
+    collector = Collector(exchange.bootstrap, exchange.settings.database_url)
     await collector.start()
     try:
         exchange.cli("publish", "--fund", "caf", "--input",
