@@ -166,3 +166,31 @@ def test_processes_starting_together_migrate_one_after_the_other(db_url: str) ->
     assert failures == []
     with make_engine(db_url).connect() as conn:
         assert conn.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1
+
+
+def test_a_migration_that_fails_half_way_leaves_nothing_behind(db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    """A process killed (or failing) in the middle of the first migration: the tables it had
+    made are rolled back with it, so the next start migrates from scratch instead of failing on
+    "table ... already exists"."""
+    from alembic import op
+
+    made: list[str] = []
+    real_create_table = op.create_table
+
+    def create_then_fail(name: str, *args: Any, **kwargs: Any) -> Any:
+        if len(made) == 2:
+            raise RuntimeError("killed half-way")
+        made.append(name)
+        return real_create_table(name, *args, **kwargs)
+
+    monkeypatch.setattr(op, "create_table", create_then_fail)
+    engine = make_engine(db_url)
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        migrate(engine)
+    assert len(made) == 2
+    assert not set(made) & set(sa.inspect(engine).get_table_names())
+    monkeypatch.undo()
+    migrate(engine)
+    assert set(made) <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()
