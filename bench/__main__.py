@@ -68,10 +68,16 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "(cache local du fonds)", "lignes/s", 5000, "min"),
     ("pseudonymiser", "v2_total_us", "CPU supplémentaire par nouvelle personne (v2 : aveuglement, évaluation, "
      "preuve, finalisation)", "µs", None, ""),
+    ("pseudonymiser", "extra_cpu_us_per_new_person", "CPU supplémentaire par nouvelle personne de bout en bout "
+     "(producteur, service et courtier : nouvelles personnes moins personnes connues)", "µs", None, ""),
     ("pseudonymiser", "publisher_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU par ligne "
      "(processus d'envoi et ses ouvriers)", "µs", None, ""),
     ("pseudonymiser", "service_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU du service par ligne",
      "µs", None, ""),
+    ("pseudonymiser", "broker_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU du courtier par ligne",
+     "µs", None, ""),
+    ("pseudonymiser", "total_cpu_us_per_line", "Producteur v2, nouvelles personnes : CPU total par ligne "
+     "(producteur, service, courtier ; 2 cœurs ÷ 5 000 lignes/s = 400 µs)", "µs", 400, "max"),
     ("rotation", "persons", "Rotation de clé v2 au milieu du mois : personnes simulées", "personnes", None, ""),
     ("rotation", "links_kept_pct", "Rotation de clé : liens conservés (personnes vues sous les deux versions)",
      "%", 100, "min"),
@@ -101,6 +107,7 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "lignes/s", 15000, "min"),
     ("national", "correlator_signals_per_s", "Correlator pendant cette nuit (du premier au dernier accusé)",
      "signaux/s", None, ""),
+    ("national", "stalls", "Partitions signalées bloquées par le chien de garde pendant cette nuit", "", 0, "max"),
 )
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -55,6 +54,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.core.messages import Pseudonym
+from services.core.person import situation_id_for
 from services.core.types import Fund
 from services.platform.broker import EmbeddedBroker
 from services.platform.kafka import apply_topics
@@ -69,7 +70,7 @@ from services.platform.topics import (
 )
 from tests.correlator.harness import REPO, publish, start_worker, stop
 from tests.support.local import free_port
-from tests.support.signals import Funds, wire
+from tests.support.signals import EXCHANGE_KEY, Funds, wire
 
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
 PLAIN_N = int(os.environ.get("BENCH_PLAIN_SIGNALS", "10000"))
@@ -436,6 +437,10 @@ async def measure(bench: Bench) -> None:
                     ours.update(r.key for r in recs if r.key is not None and r.value is not None)
         # Latency at a steady 2,000 signals/s.
         lat_items = items_for(funds, "lat", RATE * LAT_SECONDS // 2)
+        # The events are sealed (the pseudonym inside): matched by the situation id, the
+        # record's key, which the pseudonym derives.
+        situation_of = {k: situation_id_for(Pseudonym(key_id=EXCHANGE_KEY, value=k.decode()))
+                        for _, k, _, _ in lat_items}
         sent: dict[str, float] = {}
         lat: list[float] = []
 
@@ -446,7 +451,7 @@ async def measure(bench: Bench) -> None:
                 chunk = lat_items[i:i + step]
                 now = time.perf_counter()
                 for _, key, _, _ in chunk:
-                    sent[key.decode()] = now
+                    sent[situation_of[key]] = now
                 await publish_fast(chunk)
                 await asyncio.sleep(max(0.0, t0 + (k + 1) / 20 - time.perf_counter()))
 
@@ -466,9 +471,9 @@ async def measure(bench: Bench) -> None:
                 if tp.topic == SITUATIONS_TOPIC:
                     now = time.perf_counter()
                     for r in recs:
-                        pv = json.loads(r.value)["pseudonym"]["value"]
-                        if pv in sent:
-                            lat.append(now - sent[pv])
+                        sid = r.key.decode() if r.key is not None and r.value is not None else ""
+                        if sid in sent:
+                            lat.append(now - sent[sid])
         await pacer
         await prod.stop()
         await out.stop()

@@ -53,9 +53,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the key endpoint stopped (exit {proc.returncode})")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit("the key endpoint did not listen in time")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--sealing", choices=("accepted", "required"), default="accepted",
+                        help="required: each signal's person members sealed under a key of the exchange's "
+                             "key endpoint (started here), as HELP_SIGNAL_SEALING=required does")
     args = parser.parse_args()
 
     from services.platform.broker import EmbeddedBroker
@@ -77,6 +92,14 @@ def main() -> int:
             exe = [sys.executable, "-m", "services.app.cli"]
             for cmd in (["keys", "init", "--fund", "caf"], ["keys", "init-exchange"]):
                 subprocess.run([*exe, *cmd], env=env, check=True, capture_output=True)
+            endpoint = None
+            if args.sealing == "required":
+                port = free_port()
+                env = {**env, "HELP_SIGNAL_SEALING": "required", "HELP_SIGNAL_KEYS_URL": f"http://127.0.0.1:{port}",
+                       "HELP_DATABASE_URL": f"sqlite:///{base / 'var' / 'exchange.db'}"}
+                endpoint = subprocess.Popen([*exe, "signal-keys", "serve", "--port", str(port)], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                _wait_for_port(port, endpoint)
             t0 = time.monotonic()
             child = subprocess.Popen([*exe, "publish", "--fund", "caf", "--input", str(extract)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -84,12 +107,15 @@ def main() -> int:
             elapsed = time.monotonic() - t0
             output = child.stdout.read().decode() if child.stdout else ""
             code = os.waitstatus_to_exitcode(status)
+            if endpoint is not None:
+                endpoint.terminate()
+                endpoint.wait(timeout=10)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
     print(output.rstrip())
     cpu = usage.ru_utime + usage.ru_stime
-    print(f"bench.producer: {args.lines} lines in {elapsed:.2f} s (process start included) = "
+    print(f"bench.producer (sealing {args.sealing}): {args.lines} lines in {elapsed:.2f} s (process start included) = "
           f"{args.lines / elapsed:,.0f} lines/s; peak memory of the publishing process "
           f"{usage.ru_maxrss / 1024:.1f} MiB; CPU of the publishing process and its workers "
           f"{cpu:.2f} s ({cpu / args.lines * 1e6:.0f} µs a line); exit status {code}")
@@ -97,7 +123,8 @@ def main() -> int:
 
     emit("producer", {"lines": args.lines, "seconds": elapsed, "lines_per_s": args.lines / elapsed,
                       "peak_rss_mib": usage.ru_maxrss / 1024,
-                      "cpu_us_per_line": cpu / args.lines * 1e6, "load_average": os.getloadavg()[0]})
+                      "cpu_us_per_line": cpu / args.lines * 1e6, "load_average": os.getloadavg()[0],
+                      "sealing": args.sealing})
     return 0 if code == 0 else 1
 
 

@@ -9,7 +9,11 @@
 3. the producer end to end with the service on: a fresh embedded broker, the service as its
    own process, ``help-exchange publish`` of an N-line extract with ``HELP_PSEUDONYM_SCHEME=v2``
    and no exchange key at the fund (lines/s, process start included), every person new; then a
-   second file of the same people (the fund's local cache answers).
+   second file of the same people (the fund's local cache answers);
+4. the CPU a line of each process of that run (the publishing process and its workers, the
+   service, the broker), for each file: their sum for new people is what the machine's cores
+   share (the ceiling it sets: cores / CPU a line), and the difference between the two files
+   is the extra CPU a new person costs end to end.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ def _cpu_s(pid: int) -> float:
 
 def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str, dict[str, float]]:
     """(lines/s for new people, lines/s for people already seen, exit status, output, CPU µs a
-    line of the publishing process (its workers included) and of the service, new people)."""
+    line of the publishing process (its workers included), of the service and of the broker,
+    for each file)."""
     from services.platform.broker import EmbeddedBroker
     from services.platform.kafka import apply_topics
     from services.platform.settings import load_settings
@@ -132,8 +137,8 @@ def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str, dict[
         codes = []
         outputs = []
         cpu: dict[str, float] = {}
-        for path in (extract, later):
-            service_cpu = _cpu_s(service.pid)
+        for path, suffix in ((extract, ""), (later, "_cached")):
+            service_cpu, broker_cpu = _cpu_s(service.pid), _cpu_s(proc.pid)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
             done = subprocess.run([*exe, "publish", "--fund", "caf", "--input", str(path)], env=env,
@@ -141,11 +146,16 @@ def producer_rate(lines: int, base: Path) -> tuple[float, float, int, str, dict[
             rates.append(lines / (time.monotonic() - t0))
             codes.append(done.returncode)
             outputs.append((done.stdout + done.stderr).strip())
-            if not cpu:  # the first file: every person new
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-                cpu = {"publisher_cpu_us_per_line": used / lines * 1e6,
-                       "service_cpu_us_per_line": (_cpu_s(service.pid) - service_cpu) / lines * 1e6}
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            cpu[f"publisher_cpu_us_per_line{suffix}"] = used / lines * 1e6
+            cpu[f"service_cpu_us_per_line{suffix}"] = (_cpu_s(service.pid) - service_cpu) / lines * 1e6
+            cpu[f"broker_cpu_us_per_line{suffix}"] = (_cpu_s(proc.pid) - broker_cpu) / lines * 1e6
+        for suffix in ("", "_cached"):
+            cpu[f"total_cpu_us_per_line{suffix}"] = sum(
+                cpu[f"{part}_cpu_us_per_line{suffix}"] for part in ("publisher", "service", "broker"))
+        cpu["extra_cpu_us_per_new_person"] = cpu["total_cpu_us_per_line"] - cpu["total_cpu_us_per_line_cached"]
+        cpu["cpu_ceiling_lines_per_s"] = (os.cpu_count() or 1) * 1e6 / cpu["total_cpu_us_per_line"]
         return rates[0], rates[1], max(codes), "\n".join(outputs), cpu
     finally:
         if service is not None:
@@ -173,8 +183,16 @@ def main() -> int:
         print(f"bench.pseudonymiser: producer with the service on, {args.lines} lines end to end (process start "
               f"included): {rate:,.0f} lines/s with every person new, {cached:,.0f} lines/s with the same people "
               f"again (local cache) (target ≥ 5,000); exit status {code}")
-        print("bench.pseudonymiser: CPU a line, every person new: publishing process and its workers "
-              "{publisher_cpu_us_per_line:.0f} µs + service {service_cpu_us_per_line:.0f} µs".format(**cpu))
+        for suffix, who in (("", "every person new"), ("_cached", "the same people again")):
+            part = {name: cpu[f"{name}_cpu_us_per_line{suffix}"]
+                    for name in ("publisher", "service", "broker", "total")}
+            print(f"bench.pseudonymiser: CPU a line, {who}: publishing process and its workers "
+                  f"{part['publisher']:.0f} µs + service {part['service']:.0f} µs + broker {part['broker']:.0f} µs "
+                  f"= {part['total']:.0f} µs")
+        print(f"bench.pseudonymiser: extra CPU per new person end to end (new minus cached, all three processes): "
+              f"{cpu['extra_cpu_us_per_new_person']:.0f} µs; the {os.cpu_count()} cores of this machine at "
+              f"{cpu['total_cpu_us_per_line']:.0f} µs a line cap the run at {cpu['cpu_ceiling_lines_per_s']:,.0f} "
+              f"lines/s (5,000 lines/s on 2 cores leaves 400 µs a line)")
     from bench import emit
 
     emit("pseudonymiser", {"service_evals_per_cpu_s": cpu_rate, "service_evals_per_s": wall_rate,

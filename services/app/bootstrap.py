@@ -9,6 +9,7 @@ record) and never imports another service; this module fills each port:
   number or of a reveal (:class:`~services.casebook.cases.CasebookCases`);
 * the web view with the ledger's auditor pages mounted (:func:`web_app`);
 * the pseudonymisation service's log: the ledger (:func:`pseudonymiser_log`).
+* the key endpoint's log: the ledger (:func:`signal_keys_log`).
 
 :func:`collaborators` hands them to the command line (:mod:`services.app.cli`).
 """
@@ -25,6 +26,7 @@ from services.casebook.wiring import CasebookWiring
 from services.ledger.wiring import LedgerWiring
 from services.platform.settings import Settings
 from services.pseudonymiser.wiring import PseudonymiserWiring
+from services.signalkeys.wiring import SignalKeysWiring
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from services.casebook.auth import Authenticator
     from services.casebook.web import WebExtension
     from services.pseudonymiser.service import ServiceLog
+    from services.signalkeys.service import KeysLog
 
 CASES = CasebookCases()
 
@@ -76,10 +79,19 @@ def pseudonymiser_log(settings: Settings) -> ServiceLog:
     return PseudonymiserLog(Ledger.open(settings, sign=False))
 
 
+def signal_keys_log(settings: Settings) -> KeysLog:
+    """The key endpoint's batches, entered in the ledger."""
+    from services.ledger.signalkeys import SignalKeysLog
+    from services.ledger.store import Ledger
+
+    return SignalKeysLog(Ledger.open(settings, sign=False))
+
+
 def collaborators() -> dict[type[Any], Any]:
     """What the commands get, by the wiring record each service declares."""
     return {
         CasebookWiring: CasebookWiring(audit_sink=audit_sink, web_extensions=WEB_EXTENSIONS),
         LedgerWiring: LedgerWiring(cases=CASES),
         PseudonymiserWiring: PseudonymiserWiring(log=pseudonymiser_log),
+        SignalKeysWiring: SignalKeysWiring(log=signal_keys_log),
     }

@@ -28,6 +28,7 @@ from services.platform.clitypes import OutputFile
 from services.producer import cli as producer_cli
 from services.producer import consent_cli
 from services.pseudonymiser import cli as pseudonymiser_cli
+from services.signalkeys import cli as signalkeys_cli
 from services.simulator import cli as simulator_cli
 
 
@@ -90,7 +91,8 @@ def cli(ctx: click.Context) -> None:
 def _register() -> None:
     for register in (platform_cli.register, producer_cli.register, consent_cli.register,
                      correlator_cli.register, casebook_cli.register, meeting_cli.register,
-                     ledger_cli.register, pseudonymiser_cli.register, simulator_cli.register,
+                     ledger_cli.register, pseudonymiser_cli.register, signalkeys_cli.register,
+                     simulator_cli.register,
                      demo.register, purge.register, access_report.register):
         register(cli)
     _check_output_files(cli)

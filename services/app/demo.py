@@ -31,7 +31,9 @@ import click
 
 from services.core.types import Fund
 from services.errors import HelpExchangeError
+from services.platform.sealed_situations import situation_docs
 from services.platform.settings import Settings, load_settings
+from services.platform.topics import SITUATIONS_TOPIC
 
 FUNDS = (Fund.URSSAF, Fund.CAF, Fund.CPAM, Fund.CARSAT)
 TERRITORY = "35"
@@ -107,11 +109,13 @@ async def read_latest(settings: Settings, topics: list[str], *, expect: int, key
                 raise HelpExchangeError(f"a service stopped with status {proc.returncode}",
                                         f"read its log under {settings.var_dir}")
             batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    doc = json.loads(record.value)
+            for tp, records in batch.items():
+                values = [r.value for r in records if r.value is not None]
+                if tp.topic == SITUATIONS_TOPIC:  # sealed under each person's data key: opened
+                    docs = [d for d in situation_docs(settings.database_url, values) if d is not None]
+                else:
+                    docs = [json.loads(v) for v in values]
+                for doc in docs:
                     previous = seen.get(doc[key])
                     if previous is None or doc.get("version", 0) >= previous.get("version", 0):
                         seen[doc[key]] = doc

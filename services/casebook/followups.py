@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import secrets
 import uuid
 
 import sqlalchemy as sa
@@ -93,9 +94,15 @@ def record_followup(engine: sa.Engine, taxonomy: Taxonomy, *, case_number: str, 
 
 
 async def publish_outbox(engine: sa.Engine, producer: AIOKafkaProducer) -> int:
-    """Publish what waits in the outbox; returns how many went out. Broker errors keep them."""
-    with engine.connect() as conn:
-        pending = store.pending_outbox(conn)
+    """Publish what waits in the outbox; returns how many went out. Broker errors keep them.
+
+    The rows are claimed first (``store.claim_outbox``): the sink's timer and a CLI flush
+    running together send each row once, not both. A sender killed after sending and before
+    marking leaves its claim to expire (``store.OUTBOX_LEASE``): the row is then sent again,
+    under the same event id, which the readers take idempotently."""
+    claimant = secrets.token_hex(16)
+    with engine.begin() as conn:
+        pending = store.claim_outbox(conn, claimant, dt.datetime.now(dt.UTC))
     if not pending:
         return 0
     done: list[int] = []
@@ -105,9 +112,11 @@ async def publish_outbox(engine: sa.Engine, producer: AIOKafkaProducer) -> int:
             done.append(row_id)
     except KafkaError as exc:
         log.warning("follow-up outbox: %d kept for later (%s)", len(pending) - len(done), exc)
-    if done:
+    finally:
         with engine.begin() as conn:
-            store.mark_published(conn, done, dt.datetime.now(dt.UTC))
+            if done:
+                store.mark_published(conn, done, dt.datetime.now(dt.UTC))
+            store.release_outbox(conn, claimant)
     return len(done)
 
 

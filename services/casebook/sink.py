@@ -30,12 +30,15 @@ from services.core.messages import (
     ConsentEvent,
     FollowupEvent,
     SealedFollowupEvent,
+    SealedSituationEvent,
     SituationEvent,
     parse,
     parse_followup,
+    parse_situation,
 )
 from services.platform import kafka
 from services.platform.db import scrub
+from services.platform.sealed_situations import open_situations
 from services.platform.settings import Settings
 from services.platform.topics import CONSENTS_TOPIC, FOLLOWUPS_TOPIC, SITUATIONS_TOPIC
 from services.platform.tracking import Processed, Record, TrackedConsumer
@@ -57,12 +60,12 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
                   markers: store.Markers = store.UNKEYED) -> BatchResult:
     """Apply one batch of consumed records in the caller's transaction (the tracked
     consumer stores their positions in it)."""
-    situations: list[SituationEvent] = []
+    situations: list[SituationEvent | SealedSituationEvent] = []
     followups: list[FollowupEvent | SealedFollowupEvent] = []
     consents: list[ConsentEvent] = []
     # In topic order per partition: a tombstone after an event of its key deletes it, an
     # event after a tombstone brings it back; applied in that order below.
-    steps: list[tuple[str, list[SituationEvent] | list[str]]] = []
+    steps: list[tuple[str, list[SituationEvent | SealedSituationEvent] | list[str]]] = []
     skipped = 0
     for r in records:
         if r.value is None:
@@ -76,7 +79,7 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
             continue
         try:
             if r.topic == SITUATIONS_TOPIC:
-                situations.append(parse(SituationEvent, r.value))
+                situations.append(parse_situation(r.value))
             elif r.topic == FOLLOWUPS_TOPIC:
                 followups.append(parse_followup(r.value))
             elif r.topic == CONSENTS_TOPIC:
@@ -90,7 +93,11 @@ def apply_records(conn: sa.Connection, records: Sequence[Record],
         steps.append(("situations", situations))
     for kind, items in steps:
         if kind == "situations":
-            applied.situations += store.apply_situations(conn, items, markers)  # type: ignore[arg-type]
+            # Sealed events opened with their person's key; one whose key is gone is an
+            # erased person's: nothing of it is taken.
+            opened = [e for e in open_situations(conn, items) if e is not None]  # type: ignore[arg-type]
+            skipped += len(items) - len(opened)
+            applied.situations += store.apply_situations(conn, opened, markers)
         else:
             applied.erased += store.apply_tombstones(conn, items)  # type: ignore[arg-type]
     applied.followups = store.apply_followups(conn, open_followups(conn, followups), markers)

@@ -363,6 +363,11 @@ def add_to_outbox(conn: sa.Connection, topic: str, key: str, event: FollowupEven
                                             payload=to_wire(sealed).decode(), created_at=now))
 
 
+#: How long a sender's claim on outbox rows holds: past it, the sender is taken for dead
+#: and another sends them (a send takes well under a second; a broker down keeps none).
+OUTBOX_LEASE = dt.timedelta(minutes=2)
+
+
 def pending_outbox(conn: sa.Connection, limit: int = 500) -> list[tuple[int, str, str, str]]:
     ob = t.outbox
     rows = conn.execute(sa.select(ob.c.id, ob.c.topic, ob.c.key, ob.c.payload)
@@ -370,12 +375,35 @@ def pending_outbox(conn: sa.Connection, limit: int = 500) -> list[tuple[int, str
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def claim_outbox(conn: sa.Connection, claimant: str, now: dt.datetime,
+                 limit: int = 500) -> list[tuple[int, str, str, str]]:
+    """The rows waiting to be published that no other sender holds, claimed for
+    ``claimant`` (one UPDATE: on PostgreSQL a concurrent claim waits for this one's rows and
+    then finds them taken; SQLite runs one writer at a time)."""
+    ob = t.outbox
+    free = sa.or_(ob.c.claimed_by.is_(None), ob.c.claimed_at < now - OUTBOX_LEASE)
+    waiting = (sa.select(ob.c.id).where(ob.c.published_at.is_(None), free)
+               .order_by(ob.c.id).limit(limit).scalar_subquery())
+    conn.execute(sa.update(ob).where(ob.c.id.in_(waiting), ob.c.published_at.is_(None), free)
+                 .values(claimed_by=claimant, claimed_at=now))
+    rows = conn.execute(sa.select(ob.c.id, ob.c.topic, ob.c.key, ob.c.payload)
+                        .where(ob.c.claimed_by == claimant, ob.c.published_at.is_(None)).order_by(ob.c.id))
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def release_outbox(conn: sa.Connection, claimant: str) -> None:
+    """Give back the rows ``claimant`` holds and did not publish (the broker failed)."""
+    ob = t.outbox
+    conn.execute(sa.update(ob).where(ob.c.claimed_by == claimant, ob.c.published_at.is_(None))
+                 .values(claimed_by=None, claimed_at=None))
+
+
 def mark_published(conn: sa.Connection, ids: Sequence[int], now: dt.datetime) -> None:
     """Published: the row keeps its ids and times, not the payload (it is on the topic now,
     and what the casebook keeps of a follow-up is in ``casebook_followups``, erased with it)."""
     for chunk in _chunks(list(ids)):
         conn.execute(sa.update(t.outbox).where(t.outbox.c.id.in_(chunk))
-                     .values(published_at=now, payload=""))
+                     .values(published_at=now, payload="", claimed_by=None, claimed_at=None))
 
 
 def _forget_cases(conn: sa.Connection, situation_ids: Sequence[str]) -> None:

@@ -99,6 +99,11 @@ outbox = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("published_at", TZ, nullable=True),
+    # The sender sending the row now (a random token) and since when: a row is claimed by
+    # one sender at a time (the sink's timer and a CLI flush may run together); a claim
+    # older than the lease is a sender that died, and the row is taken again.
+    sa.Column("claimed_by", sa.String(32), nullable=True),
+    sa.Column("claimed_at", TZ, nullable=True),
 )
 
 # The default audit sink (see audit.py): who looked at or did what, for which purpose.

@@ -153,6 +153,59 @@ class Signal(FundMessage):
         return out
 
 
+class SignalContent(Frozen):
+    """What a sealed signal's ``sealed`` member holds once opened: the person members of a
+    signal (:mod:`services.core.signal_seal` says how it is sealed)."""
+
+    category: Code
+    observed_on: Date
+    territory: Departement
+    sealed_ref: SealedRef
+
+
+class SealedMembers(Frozen):
+    """A signal's person members sealed (AES-256-GCM) under the fund's key for that person:
+    ``subject`` and ``epoch`` name the person's data key the fund's key is derived from,
+    ``value`` = b64url(nonce 12 ‖ ciphertext ‖ tag 16) (contract §2.1)."""
+
+    alg: Literal["A256GCM"]
+    subject: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    epoch: Annotated[Int, Field(ge=1, le=4_294_967_295)]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{80,600}$")]
+
+
+class SealedSignal(FundMessage):
+    """A signal whose person members (category, observed_on, territory, sealed_ref) travel
+    sealed in ``sealed``, on ``help.signals.<fund>.v1``: once the person's data keys are
+    destroyed (objection, withdrawal, purge), no copy of it can be read again."""
+
+    signal_id: SignalId
+    schema_version: SchemaVersion
+    fund: Fund
+    emitter: Emitter
+    emitted_at: Timestamp
+    pseudonym: Pseudonym
+    pseudonym_previous: Pseudonym | None = None
+    legal_basis: LegalBasis
+    purpose: Purpose
+    sealed: SealedMembers
+    signature: Signature
+
+    @field_validator("pseudonym_previous", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("pseudonym_previous is absent or an object, never null")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
+            del out["pseudonym_previous"]
+        return out
+
+
 class SourcePosition(Frozen):
     """Where a consumed message was read."""
 
@@ -259,6 +312,40 @@ class SealedFollowupEvent(Frozen):
     sealed: SealedDetail
 
 
+class SealedSituation(Frozen):
+    """A situation event's person members sealed under the person's data key: ``value`` is
+    the base64 (RFC 4648 §4, padded) of the sealed value of :mod:`services.platform.datakeys` (magic, subject, epoch,
+    nonce, AES-256-GCM ciphertext and tag) whose plaintext is the whole
+    :class:`SituationEvent`; associated data: the topic, the subject and the epoch."""
+
+    alg: Literal["A256GCM"]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]+={0,2}$", min_length=80, max_length=65536)]
+
+
+class SealedSituationEvent(Frozen):
+    """A situation event as ``help.situations.v1`` carries it when the correlator seals person
+    data: everything about the person (pseudonym, categories, funds, sealed references, dates,
+    priority, rules, purposes) in ``sealed``, under the person's current data key, which every
+    erasure destroys; what names the event (its id, the situation's id, the version: the key
+    of the compacted record and what the ledger names) stays readable."""
+
+    schema_version: SchemaVersion
+    event_id: EventId
+    situation_id: EventId
+    version: Annotated[Int, Field(ge=1)]
+    sealed: SealedSituation
+
+
+def parse_situation(value: bytes) -> SituationEvent | SealedSituationEvent:
+    """A record of ``help.situations.v1``: sealed (what the correlator publishes) or, written
+    by an earlier version or a worker without a key table, in clear. Raises as :func:`parse`."""
+    try:
+        sealed = "sealed" in json.loads(value)
+    except (ValueError, TypeError):  # not JSON, or not an object: the model says why
+        sealed = False
+    return parse(SealedSituationEvent, value) if sealed else parse(SituationEvent, value)
+
+
 def parse_followup(value: bytes) -> FollowupEvent | SealedFollowupEvent:
     """A record of ``help.followups.v1``: sealed (what the exchange publishes) or, written
     by an earlier version, in clear. Raises as :func:`parse`."""
@@ -344,10 +431,12 @@ def to_wire(message: Frozen) -> bytes:
 #: Every contract model, by the name of its JSON Schema file (``schemas/<name>.schema.json``).
 MODELS: dict[str, type[Frozen]] = {
     "signal": Signal,
+    "sealed_signal": SealedSignal,
     "receipt": Receipt,
     "situation": SituationEvent,
     "followup": FollowupEvent,
     "sealed_followup": SealedFollowupEvent,
+    "sealed_situation": SealedSituationEvent,
     "consent": ConsentEvent,
     "reveal": RevealEvent,
     "deadletter": DeadLetter,

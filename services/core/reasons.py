@@ -34,6 +34,7 @@ class Reason(WireEnum):
     CONSENTEMENT_ABSENT = "consentement_absent"
     OPPOSITION = "opposition"
     CONSENTEMENT_RETIRE = "consentement_retire"
+    DONNEES_EFFACEES = "donnees_effacees"
     # -- Extract files (producer side) ----------------------------------------------------
     NIR_INVALIDE = "nir_invalide"
     CLE_NIR_INVALIDE = "cle_nir_invalide"
@@ -57,6 +58,10 @@ class Reason(WireEnum):
     REQUETE_REJOUEE = "requete_rejouee"
     LIEN_PSEUDONYME_INVALIDE = "lien_pseudonyme_invalide"
     LIEN_PSEUDONYME_PERIME = "lien_pseudonyme_perime"
+    # the signal's person members, sealed by the fund (contract §2.1)
+    SIGNAL_NON_SCELLE = "signal_non_scelle"
+    CLE_SIGNAL_REMPLACEE = "cle_signal_remplacee"
+    SCELLE_ILLISIBLE = "scelle_illisible"
 
     @property
     def label(self) -> str:
@@ -85,6 +90,7 @@ _LABELS: dict[Reason, str] = {
     Reason.CONSENTEMENT_ABSENT: "Aucun consentement enregistré pour cette personne et cette finalité",
     Reason.OPPOSITION: "La personne s'est opposée à l'échange",
     Reason.CONSENTEMENT_RETIRE: "La personne a retiré son consentement pour cette finalité",
+    Reason.DONNEES_EFFACEES: "Données de la personne effacées pendant l'acheminement : renvoyez si c'est encore dû",
     Reason.NIR_INVALIDE: "NIR invalide",
     Reason.CLE_NIR_INVALIDE: "Clé de contrôle du NIR incorrecte",
     Reason.DATE_INVALIDE: "Date illisible (format attendu AAAA-MM-JJ ou JJ/MM/AAAA)",
@@ -106,4 +112,7 @@ _LABELS: dict[Reason, str] = {
     Reason.REQUETE_REJOUEE: "Requête déjà reçue (rejeu)",
     Reason.LIEN_PSEUDONYME_INVALIDE: "Lien vers le pseudonyme précédent invalide",
     Reason.LIEN_PSEUDONYME_PERIME: "Lien vers un pseudonyme d'une clé retirée ou détruite",
+    Reason.SIGNAL_NON_SCELLE: "Signalement non scellé : scellez-le sous la clé du service de clés",
+    Reason.CLE_SIGNAL_REMPLACEE: "Clé de la personne remplacée : redemandez la clé, scellez et envoyez à nouveau",
+    Reason.SCELLE_ILLISIBLE: "Données scellées illisibles avec la clé de la personne",
 }

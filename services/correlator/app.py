@@ -32,7 +32,6 @@ committing. ``exactly_once`` is not used (docs/architecture.md, decision 4).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from typing import Any, NoReturn, cast
@@ -55,7 +54,7 @@ from services.correlator.registry_source import RegistrySource
 from services.correlator.sending import send_batches, send_one
 from services.correlator.state import PersonStore, store_directory
 from services.platform import metrics
-from services.platform.datakeys import KeyRing, KeyStore, changelog_key
+from services.platform.datakeys import KeyRing, KeyStore, changelog_keys
 from services.platform.db import open_engine
 from services.platform.kafka import consumer as plain_consumer
 from services.platform.lag import PROBE_FETCH_BYTES
@@ -103,7 +102,8 @@ def build_engine(settings: Settings, sealer: Sealer | None = None) -> Engine:
     checks = CheckPool(registry, helpers, partitions=settings.partitions) if helpers > 0 else None
     return Engine(ctx, registry, partitions=settings.partitions, checks=checks, registry_source=source,
                   marker_secret=marker_key(settings), sealer=sealer,
-                  state_topic=changelog_topic(settings.correlator_app_id))
+                  state_topic=changelog_topic(settings.correlator_app_id),
+                  accept_clear=settings.signal_sealing == "accepted")
 
 
 def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -177,7 +177,7 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
     gauges = WorkerGauges(settings, assigned=lambda: processor.positions.assigned, make_consumer=lag_probe)
     processor = Processor(
         engine, PersonStore(changelog_topic(settings.correlator_app_id),
-                            functools.partial(changelog_key, keys.secret),
+                            changelog_keys(keys.secret),
                             directory=store_directory(settings.var_dir, settings.correlator_app_id),
                             partitions=settings.partitions, cache_persons=settings.correlator_state_cache),
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),

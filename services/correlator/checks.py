@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from services.core import signing
 from services.core.codec import DuplicateMember, load_json
-from services.core.messages import SCHEMA_VERSION, ConsentEvent, LegalBasisLaw, Signal, parse
+from services.core.messages import SCHEMA_VERSION, ConsentEvent, LegalBasisLaw, SealedSignal, Signal, parse
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.types import SIGNAL_ID_PATTERN, Fund, Purpose
@@ -42,8 +42,8 @@ _SIGNAL_ID = re.compile(SIGNAL_ID_PATTERN)
 
 # Field names of the contract: the only words a dead letter's detail may echo.
 _KNOWN_FIELDS = frozenset(
-    name for model in (Signal, ConsentEvent) for name in model.model_fields
-) | {"key_id", "value", "alg", "code", "conditions", "consent_ref"}
+    name for model in (Signal, SealedSignal, ConsentEvent) for name in model.model_fields
+) | {"key_id", "value", "alg", "code", "conditions", "consent_ref", "subject", "epoch"}
 
 
 def _pointer(loc: Iterable[object]) -> str:
@@ -85,6 +85,27 @@ class CheckedSignal(NamedTuple):
     emitted_at: dt.datetime
     #: ``pseudonym_previous`` (key_id, value), checked against the registry; None: no link.
     previous: tuple[str, str] | None = None
+    #: A sealed signal's ``sealed`` member (subject, epoch, value): the engine opens it with
+    #: the person's key and fills ``category``, ``observed_on``, ``territory`` and
+    #: ``sealed_ref`` (empty until then); None: a signal in clear.
+    sealed: tuple[str, int, str] | None = None
+
+
+#: What a sealed signal's person members are until the engine opens them.
+UNOPENED_DATE = dt.date(1, 1, 1)
+
+
+def checked_sealed(signal: SealedSignal, partitions: int) -> CheckedSignal:
+    basis = signal.legal_basis
+    sealed = signal.sealed
+    return CheckedSignal(
+        signal.signal_id, signal.fund, "", signal.purpose, UNOPENED_DATE, "",
+        (signal.pseudonym.key_id, signal.pseudonym.value), ("", ""), basis.code,
+        tuple(basis.conditions) if isinstance(basis, LegalBasisLaw) else (),
+        partition_for(signal.pseudonym.value, partitions), signal.emitted_at,
+        None if signal.pseudonym_previous is None
+        else (signal.pseudonym_previous.key_id, signal.pseudonym_previous.value),
+        (sealed.subject, sealed.epoch, sealed.value))
 
 
 def checked(signal: Signal, partitions: int) -> CheckedSignal:
@@ -193,7 +214,7 @@ class Checker:
         if is_consent:
             return Verdict(receipt_fund, signal_id, None)
         try:
-            signal = parse(Signal, raw)
+            signal: Signal | SealedSignal = parse(SealedSignal, raw) if "sealed" in obj else parse(Signal, raw)
         except ValidationError as exc:
             return Verdict(receipt_fund, signal_id, Reason.SCHEMA_INVALIDE, schema_detail(exc))
         if not self.registry.exchange_key_accepted(signal.pseudonym.key_id):
@@ -205,7 +226,9 @@ class Checker:
                                                  link.key_id, link.value)
             if refusal is not None:
                 return Verdict(receipt_fund, signal_id, *refusal)
-        return Verdict(receipt_fund, signal_id, None, "", checked(signal, self.partitions))
+        values = (checked_sealed(signal, self.partitions) if isinstance(signal, SealedSignal)
+                  else checked(signal, self.partitions))
+        return Verdict(receipt_fund, signal_id, None, "", values)
 
 
 # ------------------------------------------------------------------ verdicts between processes
@@ -237,4 +260,4 @@ def from_plain(plain: WireVerdict) -> Verdict:
         return Verdict(receipt_fund, signal_id, code, detail)
     return Verdict(receipt_fund, signal_id, code, detail, CheckedSignal(
         signal_id, _FUNDS[plain[4]], plain[6], _PURPOSES[plain[5]], plain[7], plain[8], plain[9],
-        plain[10], plain[11], plain[12], plain[13], plain[14], plain[15]))
+        plain[10], plain[11], plain[12], plain[13], plain[14], plain[15], plain[16]))

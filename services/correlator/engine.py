@@ -41,8 +41,14 @@ reach both pseudonyms (:meth:`Engine._linked_erasures`).
 Redelivery versus replay: a signal id already accepted *at the same source position* is a
 redelivery after a crash that happened between the state write and the offset commit; the
 engine answers exactly as the first time (accepted receipt with the same id, the situation's
-latest event re-sent byte for byte). The same signal id at another position is a replay:
-rejected as ``doublon``.
+latest event re-sent: the same event, sealed again under a fresh nonce when events are
+sealed). The same signal id at another position is a replay: rejected as ``doublon``.
+
+Sealing (given a :class:`Sealer`, the worker's key ring): besides the person states, the
+situation events (:mod:`services.platform.sealed_situations`) and the records forwarded
+to the repartition topic are sealed under the person's data key, so that an erasure, which
+rotates it, leaves every earlier copy unreadable; a rotation that leaves a situation
+publishes its latest event again under the new key (:meth:`Engine._rotate`).
 
 Speed (measured with ``bench/correlator.py`` and a profile; every check stays on):
 
@@ -77,7 +83,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,8 +90,10 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
+from services.core import signal_seal
 from services.core.codec import ReceiptWriter
 from services.core.dates import consent_dates, limits_at, signal_dates
+from services.core.keyed_digest import KeyedDigest
 from services.core.messages import (
     ConsentEvent,
     DeadLetter,
@@ -123,6 +130,7 @@ from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
 from services.platform.datakeys import is_sealed
 from services.platform.partitioning import partition_for
+from services.platform.sealed_situations import sealed_wire
 from services.platform.topics import (
     CONTRACT_PARTITIONS,
     CUT_OFF_HEADER,
@@ -131,6 +139,7 @@ from services.platform.topics import (
     ORIGIN_PURGE,
     SITUATIONS_TOPIC,
     TopicSpec,
+    fund_of_signal_topic,
     receipt_topic,
 )
 from services.platform.tracking import Record as Record  # re-exported: the runtime builds them
@@ -156,6 +165,9 @@ H_ERASE = "help-erase"
 H_TRANSFER = "help-transfer"
 #: On a record forwarded from a pseudonym whose state moved: the person key it now belongs to.
 H_REKEY = "help-rekey"
+#: Set by the engine itself (never read from the broker): a forward whose sealed value no
+#: longer opens, its person's key destroyed since it was forwarded.
+H_ERASED = "help-forward-erased"
 
 
 class ErasureCommand(Frozen):
@@ -194,8 +206,12 @@ def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.d
     return value.encode(), to_wire(command), partition_for(value, partitions)
 
 
-#: Refusals whose dead letter keeps no payload: the person asked not to be processed.
-WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE})
+#: Refusals whose dead letter keeps no payload: the person asked not to be processed, or
+#: was erased while the record was forwarded (its sealed copy no longer opens).
+WITHHELD = frozenset({Reason.OPPOSITION, Reason.CONSENTEMENT_RETIRE, Reason.DONNEES_EFFACEES,
+                      # a sealed signal that does not open: nothing readable to keep, and
+                      # under a replaced key, the record of a person just erased
+                      Reason.CLE_SIGNAL_REMPLACEE, Reason.SCELLE_ILLISIBLE})
 
 
 def source_of(rec: Record) -> tuple[str, int, int]:
@@ -269,6 +285,10 @@ class Sealer(Protocol):
     def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None: ...
 
     def erase(self, pseudonym_value: bytes) -> None: ...
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None: ...
+
+    def subject(self, pseudonym_value: bytes) -> bytes: ...
 
 
 def _value_of(key: bytes) -> bytes:
@@ -374,8 +394,12 @@ class Engine:
                  clock: Callable[[], dt.datetime] | None = None,
                  state_cache: StateCache | None = None, checks: Checks | None = None,
                  registry_source: RegistrySource | None = None, marker_secret: bytes | None = None,
-                 sealer: Sealer | None = None, state_topic: str = "persons", fast: bool = True) -> None:
+                 sealer: Sealer | None = None, state_topic: str = "persons", fast: bool = True,
+                 accept_clear: bool = True) -> None:
         self.ctx = ctx
+        #: Whether a signal in clear is taken (``HELP_SIGNAL_SEALING=accepted``); else it is
+        #: refused ``signal_non_scelle`` and only sealed signals (contract §2.1) are.
+        self.accept_clear = accept_clear
         #: The step's fast path (services.core.trusted; False: the validating reference).
         self.fast = fast
         #: Seals each state written under the person's data key (None: states in clear);
@@ -384,6 +408,7 @@ class Engine:
         self.state_topic = state_topic
         #: Key of the objection markers (None: an objection stays a state under the pseudonym).
         self.marker_secret = marker_secret
+        self._marker_digest = None if marker_secret is None else KeyedDigest(marker_secret).digest
         self.registry = registry
         #: Where a changed registry comes from (None: ``registry`` for good). See :meth:`refresh`.
         self.registry_source = registry_source
@@ -403,15 +428,19 @@ class Engine:
         self._received_s = int(self._now.timestamp())
         #: The bytes of the situation events written in the batch, by the event's id.
         self._event_bytes: dict[int, tuple[Any, bytes]] = {}
+        self._last_occurred: tuple[int | None, dt.datetime] = (None, dt.datetime.fromtimestamp(0, dt.UTC))
         #: Persons whose parked records were released in the batch being processed.
         self._released_now: set[bytes] = set()
+        #: Pseudonym values whose data key this batch rotated -> whether their situation's
+        #: event was sealed since (under the new key); see :meth:`_rotate`.
+        self._rotated: dict[bytes, bool] = {}
 
     # ----------------------------------------------------------------------- markers
     def marker_key(self, key: bytes) -> bytes:
         """The changelog key of a person's objection marker: a keyed digest of the person key
         that only the exchange (holding the marker key) can compute."""
-        assert self.marker_secret is not None
-        return MARKER_PREFIX + hmac.digest(self.marker_secret, key, hashlib.sha256)[:16].hex().encode()
+        assert self._marker_digest is not None  # hmac.digest(marker_secret, key, sha256), set up once
+        return MARKER_PREFIX + self._marker_digest(key)[:16].hex().encode()
 
     def _from_marker(self, key: bytes, load: Callable[[bytes], bytes | None]) -> PersonState | None:
         """The objection state a marker stands for (the pseudonym is the person key's own)."""
@@ -495,6 +524,7 @@ class Engine:
         self._limits = limits_at(self._now)
         self._received_s = int(self._now.timestamp())
         self._released_now = set()
+        self._rotated = {}
         self.refresh()
         self._batch_generation = self._generation
 
@@ -532,7 +562,7 @@ class Engine:
             states[key] = state
             dirty[key] = partition
 
-        records = list(records)
+        records = self._opened_forwards(list(records))
         # The exchange's own commands on the repartition topic (erasures, hand-overs) are no
         # fund's message: nothing to check (None: a trivial verdict the engine never reads).
         verdict = self.checks.start([(None if _control(rec) else rec.value, source_of(rec)[0]) for rec in records])
@@ -544,6 +574,9 @@ class Engine:
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
+            if self._rotated.get(_value_of(key)) is False and st.situation is not None and st.moved_to is None:
+                # Its earlier events become unreadable with the key: the latest again, under the new one.
+                self._situation(batch, st.situation.last_event)
             if self.marker_secret is not None and _bare_objection(st):
                 # The pseudonym leaves the changelog (a tombstone under its key); what stays
                 # is the marker, under a key only the exchange can compute.
@@ -562,10 +595,34 @@ class Engine:
         self._event_bytes = {}
         return batch
 
+    def _opened_forwards(self, records: list[Record]) -> list[Record]:
+        """The batch's records, a forward read back from the repartition topic opened with its
+        person's data key (:meth:`_forward` sealed it); one whose key is gone (the person was
+        erased meanwhile) keeps no value and the header :data:`H_ERASED`."""
+        sealer = self.sealer
+        if sealer is None:
+            return records
+        out = records
+        for i, rec in enumerate(records):
+            if rec.topic != REPARTITION_TOPIC or not rec.value or not is_sealed(rec.value):
+                continue
+            if out is records:
+                out = list(records)
+            opened = sealer.open(None, REPARTITION_TOPIC, rec.value)
+            out[i] = (rec._replace(value=opened) if opened is not None
+                      else rec._replace(value=b"", headers={**rec.headers, H_ERASED: b"1"}))
+        return out
+
     def _one(self, batch: Batch, rec: Record, verdict: Verdict,
              get: Callable[[bytes], PersonState | None],
              put: Callable[[bytes, int, PersonState], None]) -> None:
         if rec.topic == REPARTITION_TOPIC:
+            if H_ERASED in rec.headers:
+                # Sealed when forwarded, its key destroyed since: nothing of it can be read,
+                # and nothing is kept of it; the fund is told (it may send it again if due).
+                self._reject(batch, rec, fund_of_signal_topic(source_of(rec)[0]), None,
+                             Reason.DONNEES_EFFACEES, "/:forward_erased")
+                return
             if H_ERASE in rec.headers:
                 self._erase(batch, rec, get, put)
                 return
@@ -633,7 +690,12 @@ class Engine:
             (H_OFFSET, str(offset).encode()))
         if rekey is not None:
             headers += ((H_REKEY, rekey),)
-        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), rec.value, partition,
+        value = rec.value
+        if self.sealer is not None and value:
+            # Kept 7 days on the repartition topic: sealed under the person's key (the one it
+            # goes to), so that the person's erasure reaches this copy too.
+            value = self.sealer.seal(pseudonym_value.encode(), REPARTITION_TOPIC, value)
+        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), value, partition,
                                     headers, rec.timestamp_ms))
 
     def _policy(self, sig: CheckedSignal, consent: bool) -> Reason | None:
@@ -653,12 +715,19 @@ class Engine:
                 get: Callable[[bytes], PersonState | None],
                 put: Callable[[bytes, int, PersonState], None]) -> None:
         rekey = rec.headers.get(H_REKEY)
-        person = _pseudonym_of(rekey) if rekey is not None else Pseudonym(key_id=sig.pseudonym[0],
-                                                                            value=sig.pseudonym[1])
+        if rekey is not None:
+            person = _pseudonym_of(rekey)
+        else:
+            key_id, value = sig.pseudonym
+            # (A checked signal's pseudonym passed the Signal model's checks: see _trusted_signal.)
+            person = (trusted(Pseudonym, {"key_id": key_id, "value": value})
+                      if self.fast and type(key_id) is str and type(value) is str
+                      else Pseudonym(key_id=key_id, value=value))
         expected = sig.partition if rekey is None else partition_for(person.value, self.partitions)
         partition = self._route(batch, rec, person.value, expected)
         if partition is None:
             return
+        sig = self._opened(rec, sig)
         pkey = _key_of(person)
         state = get(pkey)
         if state is not None and not self._here(batch, rec, pkey, partition, state, put):
@@ -674,6 +743,7 @@ class Engine:
         reason = self._policy(sig, consent_on_record(state, sig.purpose))
         if reason is not None:
             if reason is Reason.CONSENTEMENT_ABSENT and state is not None and state.withdrawn(sig.purpose):
+                self._shred(sig, pkey, partition, state, put)
                 raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
             raise Rejected(reason, f"/category:{reason.value}" if reason.name.startswith("CATEG")
                            else f"/legal_basis:{reason.value}")
@@ -703,12 +773,14 @@ class Engine:
         if first is not None:
             raise Rejected(Reason.DOUBLON, "/signal_id:already_accepted")
         if state is not None and state.opposed:
+            self._shred(sig, pkey, partition, state, put)
             raise Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
         if state is not None and state.marks and state.withdrawn(sig.purpose):
+            self._shred(sig, pkey, partition, state, put)
             raise Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
         fast = self.fast and _trusted_signal(sig, position)
         entry = _entry(sig, position, self._received_s, fast)
-        occurred = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, dt.UTC)
+        occurred = self._occurred(rec.timestamp_ms)
         if state is None:
             state = _new_person(person, fast)
         step = on_signal(self.ctx, state, entry, today=occurred.date(), occurred_at=occurred, fast=fast)
@@ -717,6 +789,47 @@ class Engine:
             self._situation(batch, event)
         self._receipt(batch, rec, sig.fund, sig.signal_id, None)
         batch.accepted += 1
+
+    def _occurred(self, timestamp_ms: int) -> dt.datetime:
+        """The broker timestamp as a UTC datetime; the last one's again for the same
+        millisecond (a producer's batch often stamps its records alike)."""
+        last = self._last_occurred
+        if last[0] != timestamp_ms:
+            last = self._last_occurred = (timestamp_ms, dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC))
+        return last[1]
+
+    def _opened(self, rec: Record, sig: CheckedSignal) -> CheckedSignal:
+        """``sig`` with its sealed person members opened (contract §2.1, check 11a), under
+        the key the person's data key ``sealed.epoch`` gives the fund; a signal in clear as
+        it is, if clear signals are accepted."""
+        if sig.sealed is None:
+            if not self.accept_clear:
+                raise Rejected(Reason.SIGNAL_NON_SCELLE, "/sealed:missing")
+            return sig
+        subject_hex, epoch, _ = sig.sealed
+        subject = bytes.fromhex(subject_hex)
+        data_key = None if self.sealer is None else self.sealer.data_key(sig.pseudonym[1].encode(), subject, epoch)
+        if data_key is None:
+            if self.sealer is None or subject != self.sealer.subject(sig.pseudonym[1].encode()):
+                raise Rejected(Reason.SCELLE_ILLISIBLE, "/sealed/subject:not_the_person")
+            raise Rejected(Reason.CLE_SIGNAL_REMPLACEE, "/sealed/epoch:key_replaced")
+        content = signal_seal.open_sealed(data_key, sig.fund, source_of(rec)[0], sig.signal_id, sig.sealed)
+        if content is None:
+            raise Rejected(Reason.SCELLE_ILLISIBLE, "/sealed/value:does_not_open")
+        return sig._replace(category=content.category, observed_on=content.observed_on,
+                            territory=content.territory,
+                            sealed_ref=(content.sealed_ref.key_id, content.sealed_ref.value))
+
+    def _shred(self, sig: CheckedSignal, pkey: bytes, partition: int, state: PersonState,
+               put: Callable[[bytes, int, PersonState], None]) -> None:
+        """A sealed signal refused for the person's objection or withdrawal: the key it was
+        sealed under (which the fund asked after the erasure) is replaced at once, as the
+        erasure's was, so its copy on the signal topic is unreadable too; what the person's
+        state keeps is written again under the new key (:meth:`_consent` does the same)."""
+        if sig.sealed is None or self.sealer is None:
+            return
+        put(pkey, partition, state)
+        self.sealer.erase(sig.pseudonym[1].encode())
 
     # ----------------------------------------------------------------------- key rotation
     def _here(self, batch: Batch, rec: Record, pkey: bytes, partition: int, state: PersonState,
@@ -870,8 +983,7 @@ class Engine:
         pkey = person_key(pseudonym.key_id, pseudonym.value)
         state = get(pkey)
         situation_id = situation_id_for(pseudonym)
-        if self.sealer is not None:  # every earlier copy of the state: unreadable
-            self.sealer.erase(pseudonym.value.encode())
+        self._rotate(pseudonym.value.encode())  # every earlier copy of the state: unreadable
         if state is not None:
             purged = purge_person(state, command.issued_at)
             if state.parked:  # records waiting for a hand-over are the person's too
@@ -892,13 +1004,16 @@ class Engine:
             headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id.encode(), None, headers=headers))
 
-    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes | None]]:
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]], outputs: list[Output] | None = None,
+              ) -> dict[bytes, tuple[int, bytes | None]]:
         """The retention sweep over (key, changelog partition, state bytes): the new
         state bytes of every person who kept signals older than the correlation window
         (:func:`~services.core.person.sweep_person`), to write to the changelog. A sealed
         state is written back under its person key (the pseudonym inside it: the key given
         may be the changelog's digest); objection markers and values in clear of an
-        earlier version are left to the next signal when states are sealed."""
+        earlier version are left to the next signal when states are sealed. The sweep
+        rotates a sealed person's key: the situation that remains is published again
+        under the new one, appended to ``outputs`` (to send after the writes)."""
         today = self.clock().date()
         rules = self.ctx.rules
         writes: dict[bytes, tuple[int, bytes | None]] = {}
@@ -928,6 +1043,10 @@ class Engine:
                 if sealer is not None:  # signals past the window: their earlier copies too
                     sealer.erase(_value_of(key))
                     value = sealer.seal(_value_of(key), state_topic, value)
+                    if outputs is not None and swept.situation is not None and swept.moved_to is None:
+                        event = swept.situation.last_event
+                        outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(),
+                                              self._sealed_event(event, _wire(event))))
                 writes[key] = (partition, value)
                 self.states.put(key, value, swept)
         return writes
@@ -940,7 +1059,27 @@ class Engine:
             self._event_bytes[id(event)] = (event, value)
         else:
             value = _wire(event)
-        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), value))
+        batch.outputs.append(Output(SITUATIONS_TOPIC, event.situation_id.encode(), self._sealed_event(event, value)))
+
+    def _sealed_event(self, event: Any, value: bytes) -> bytes:
+        """The event as the topic carries it: its person members sealed under the person's
+        data key (:mod:`services.platform.sealed_situations`), or in clear without a sealer."""
+        sealer = self.sealer
+        if sealer is None:
+            return value
+        person = event.pseudonym.value.encode()
+        if person in self._rotated:
+            self._rotated[person] = True  # sealed under the new key: no need to publish it again
+        return sealed_wire(event.event_id, event.situation_id, event.version,
+                           sealer.seal(person, SITUATIONS_TOPIC, value))
+
+    def _rotate(self, pseudonym_value: bytes) -> None:
+        """The person's data key changes (every earlier copy sealed under it becomes
+        unreadable): noted, so that a situation that remains is published again under the
+        new key at the batch's end (a sink behind could no longer open its earlier events)."""
+        if self.sealer is not None:
+            self.sealer.erase(pseudonym_value)
+            self._rotated[pseudonym_value] = False
 
     def _state_bytes(self, state: PersonState) -> bytes:
         """``state.model_dump_json().encode()``, taking the situation's last event as the bytes
@@ -987,9 +1126,9 @@ class Engine:
         state, erased = apply_consent(current, event if person == event.pseudonym
                                       else event.model_copy(update={"pseudonym": person}))
         put(pkey, partition, state)
-        if event.kind != "consentement_donne" and self.sealer is not None:
+        if event.kind != "consentement_donne":
             # An objection or a withdrawal: the earlier states (signals now erased) go with their key.
-            self.sealer.erase(person.value.encode())
+            self._rotate(person.value.encode())
         if erased:
             # Compacted topic: the tombstone makes every consumer forget the situation (a
             # re-keyed person's situation keeps the id of its first pseudonym).

@@ -74,6 +74,8 @@ class Action(StrEnum):
     PURGE_CONSERVATION = "purge_conservation"
     PSEUDONYMES_CALCULES = "pseudonymes_calcules"  # a batch answered by the pseudonymisation service
     PSEUDONYMISATION_REFUSEE = "pseudonymisation_refusee"  # a batch it refused (reason)
+    CLES_SIGNAL_REMISES = "cles_signal_remises"  # a batch of signal keys handed to a fund
+    CLES_SIGNAL_REFUSEES = "cles_signal_refusees"  # a batch the key endpoint refused (reason)
 
     @property
     def label(self) -> str:
@@ -101,6 +103,8 @@ _ACTION_LABELS: dict[Action, str] = {
     Action.PURGE_CONSERVATION: "Purge (durée de conservation)",
     Action.PSEUDONYMES_CALCULES: "Pseudonymes calculés (lot)",
     Action.PSEUDONYMISATION_REFUSEE: "Pseudonymisation refusée",
+    Action.CLES_SIGNAL_REMISES: "Clés de scellement remises (lot)",
+    Action.CLES_SIGNAL_REFUSEES: "Clés de scellement refusées",
 }
 
 

@@ -73,6 +73,7 @@ from services.core.messages import (
     SituationEvent,
     parse,
     parse_followup,
+    parse_situation,
 )
 from services.core.registry import Registry, load_registry, registry_path
 from services.core.types import Fund, format_timestamp
@@ -88,6 +89,7 @@ from services.ledger.entries import (
     parse_entry,
 )
 from services.ledger.store import Ledger
+from services.platform.sealed_situations import open_situations
 from services.platform.settings import Settings
 from services.platform.topics import (
     CONSENTS_TOPIC,
@@ -215,7 +217,7 @@ class EntryMaker:
         """The entries of one record (empty if it is not one the ledger keeps); raises
         ``ValueError`` (pydantic's ``ValidationError``) for a record that does not parse."""
         if r.topic == SITUATIONS_TOPIC:
-            return [self._tombstone(r)] if r.value is None else [self._situation(r.value)]
+            return [self._tombstone(r)] if r.value is None else self._situation(r.value)
         if r.value is None:
             return []
         if r.topic == FOLLOWUPS_TOPIC:
@@ -280,12 +282,24 @@ class EntryMaker:
                           natural_key=(f.event_id,), case_id=f.situation_id, ref=f.event_id,
                           fund=f.fund, person=person)]
 
-    def _situation(self, value: bytes) -> LedgerEntry:
-        s = parse(SituationEvent, value)
-        return new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
+    def _situation(self, value: bytes) -> list[LedgerEntry]:
+        """A situation event; a sealed one is opened with its person's data key (in the
+        ledger's database): none whose key is gone (an erased person's: nothing of it is
+        readable any more, the erasure is entered from its tombstone or consent)."""
+        parsed = parse_situation(value)
+        if isinstance(parsed, SituationEvent):
+            s: SituationEvent | None = parsed
+        elif self.ledger is None:
+            return []
+        else:
+            with self.ledger.engine.connect() as conn:
+                s = open_situations(conn, [parsed])[0]
+        if s is None:
+            return []
+        return [new_entry(action=_SITUATION_ACTIONS[s.kind], actor="correlator",
                          purpose=_ledger_purpose(s.purposes[0].value), legal_basis=LedgerLegalBasis.L115_2_1,
                          time=s.occurred_at, natural_key=(s.event_id,), case_id=s.situation_id,
-                         person=s.pseudonym, ref=s.event_id)
+                         person=s.pseudonym, ref=s.event_id)]
 
     def _tombstone(self, r: Record) -> LedgerEntry:
         case_id = (r.key or b"").decode("ascii", "replace")

@@ -32,6 +32,7 @@ Hooks for the other services (what each should append; ids from
 * key management — ``rotation_cle`` after :meth:`LedgerSigner.rotate`, and when the
   pseudonymisation service destroys a key version (``actor`` ``pseudonymiseur.<version>``);
 * pseudonymisation service (scheme v2) — ``pseudonymes_calcules`` / ``pseudonymisation_refusee``
+* key endpoint (sealed signals) — ``cles_signal_remises`` / ``cles_signal_refusees``
   per batch: ``fund``, ``count``, ``actor`` ``pseudonymiseur.<key version>``, ``ref`` = the
   request id, ``reason`` on a refusal; never an input.
 

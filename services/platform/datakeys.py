@@ -41,12 +41,13 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.core.keyed_digest import KeyedDigest
 from services.platform.db import scrub
 
 metadata = sa.MetaData()
@@ -71,6 +72,17 @@ _CHUNK = 500
 def changelog_key(secret: bytes, key: bytes) -> bytes:
     """A keyed digest of a correlator key: what the changelog's records are keyed by."""
     return hmac.digest(secret, b"changelog\x00" + key, hashlib.sha256)[:16].hex().encode()
+
+
+def changelog_keys(secret: bytes) -> Callable[[bytes], bytes]:
+    """:func:`changelog_key` under ``secret``, as a function of the key alone (the secret's
+    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`)."""
+    digest = KeyedDigest(secret).digest
+
+    def of(key: bytes) -> bytes:
+        return digest(b"changelog\x00" + key)[:16].hex().encode()
+
+    return of
 
 
 def is_sealed(raw: bytes) -> bool:
@@ -101,12 +113,31 @@ def envelope(raw: bytes) -> tuple[bytes, int]:
 
 
 def unseal(key: bytes, topic: str, raw: bytes) -> bytes | None:
-    """The plaintext, or None if ``key`` does not open ``raw`` (another key, altered)."""
+    """The plaintext, or None if ``key`` does not open ``raw`` (another key, altered, or a
+    tombstone's empty key)."""
+    if len(key) != 32:
+        return None
     aad = _AAD + topic.encode() + b"\x00" + raw[len(MAGIC):_HEADER]
     try:
         return AESGCM(key).decrypt(raw[_HEADER:_HEADER + NONCE_BYTES], raw[_HEADER + NONCE_BYTES:], aad)
     except InvalidTag:
         return None
+
+
+def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
+    """Every key of these subjects, read in ``conn`` (through the driver, 500 a statement).
+    A destroyed epoch may be there as a tombstone, an empty key: it opens nothing."""
+    ids = sorted({s.hex() for s in subjects})
+    found: dict[bytes, dict[int, bytes]] = {}
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        rows = conn.exec_driver_sql(
+            f"SELECT subject, epoch, key FROM {data_keys.name} "
+            f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
+        for subject, epoch, key in rows:
+            found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
+    return found
 
 
 class KeyStore:
@@ -127,18 +158,8 @@ class KeyStore:
 
     def load(self, subjects: Iterable[bytes]) -> dict[bytes, dict[int, bytes]]:
         """Every key of these subjects (through the driver, 500 a statement)."""
-        ids = sorted({s.hex() for s in subjects})
-        found: dict[bytes, dict[int, bytes]] = {}
         with self.engine.connect() as conn:
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i:i + _CHUNK]
-                rows = conn.exec_driver_sql(
-                    f"SELECT subject, epoch, key FROM {data_keys.name} "
-                    f"WHERE subject IN ({', '.join([mark] * len(chunk))})", tuple(chunk))
-                for subject, epoch, key in rows:
-                    found.setdefault(bytes.fromhex(subject), {})[int(epoch)] = bytes(key)
-        return found
+            return load_keys(conn, subjects)
 
     def insert(self, keys: Iterable[tuple[bytes, int, bytes]]) -> None:
         """One statement for the batch's new keys, through the driver: a batch of new
@@ -159,15 +180,58 @@ class KeyStore:
                 f"VALUES ({mark}, {mark}, {mark}, {mark})",
                 [(s.hex(), e, k, now) for s, e, k in todo])
 
+    def current(self, subjects: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]:
+        """Each subject's current key ``(epoch, key)``, made where the subject has none
+        (the key endpoint, for a person the correlator has not seen yet, or whose keys an
+        erasure destroyed: the epoch after its tombstone). Get-or-create: a key the
+        correlator (or another request) inserted meanwhile wins, this one is dropped (``ON
+        CONFLICT DO NOTHING`` on the unique (subject, epoch)), and the row in the table is
+        the answer."""
+        wanted = set(subjects)
+        found = self.load(wanted)
+        missing = [s for s in wanted if not (found.get(s) and found[s][max(found[s])])]
+        for _ in range(3):  # a tombstone written meanwhile moves the epoch: ask again
+            if not missing:
+                break
+            with self.engine.begin() as conn:
+                dialect = conn.dialect
+                stamp = data_keys.c.created_at.type.bind_processor(dialect)
+                now: object = dt.datetime.now(dt.UTC)
+                if stamp is not None:
+                    now = stamp(now)
+                mark = "?" if dialect.paramstyle == "qmark" else "%s"
+                conn.exec_driver_sql(
+                    f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
+                    f"VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
+                    [(s.hex(), max(found.get(s, {}), default=0) + 1, AESGCM.generate_key(bit_length=256), now)
+                     for s in missing])
+            found.update(self.load(missing))
+            missing = [s for s in missing if not (found.get(s) and found[s][max(found[s])])]
+        if missing:
+            raise RuntimeError("the key table kept changing: ask again")
+        out: dict[bytes, tuple[int, bytes]] = {}
+        for subject, keys in found.items():
+            epoch = max(keys)
+            out[subject] = (epoch, keys[epoch])
+        return out
+
     def destroy(self, below: Iterable[tuple[bytes, int]]) -> None:
-        """Delete every key of each subject with an epoch below the one given."""
+        """Delete every key of each subject with an epoch below the one given, and leave the
+        epoch just below as a *tombstone* (an empty key): no later key of the person may take
+        an epoch already used, so a fund's signal sealed under a destroyed key is told apart
+        (``cle_signal_remplacee``) from one that does not open."""
         todo = list(below)
         if not todo:
             return
         c = data_keys.c
+        now = dt.datetime.now(dt.UTC)
         with self.engine.begin() as conn:
             for subject, epoch in todo:
-                conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch < epoch))
+                conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch < epoch - 1))
+                if epoch > 1:
+                    conn.execute(sa.delete(data_keys).where(c.subject == subject.hex(), c.epoch == epoch - 1))
+                    conn.execute(sa.insert(data_keys).values(subject=subject.hex(), epoch=epoch - 1, key=b"",
+                                                             created_at=now))
         self._deleted = True
         self.maybe_scrub()
 
@@ -210,6 +274,7 @@ class KeyRing:
         self._new: list[tuple[bytes, int, bytes]] = []
         self._retired: dict[bytes, int] = {}
         self._subjects: dict[bytes, bytes] = {}
+        self._keyed = KeyedDigest(secret)  # subject_of under ``secret``, set up once
         self._ciphers: dict[bytes, AESGCM] = {}
         self.lookups = 0
 
@@ -218,12 +283,18 @@ class KeyRing:
         if found is None:
             if len(self._subjects) > self.max_subjects:
                 self._subjects.clear()
-            found = self._subjects[pseudonym_value] = subject_of(self.secret, pseudonym_value)
+            # (subject_of, with the secret's HMAC set up once)
+            found = self._keyed.digest(b"datakey\x00" + pseudonym_value)[:SUBJECT_BYTES]
+            self._subjects[pseudonym_value] = found
         return found
 
     def prefetch(self, pseudonym_values: Iterable[bytes]) -> None:
         """Load the keys of these persons that are not cached (one query per 500)."""
-        missing = {s for v in pseudonym_values if (s := self.subject(v)) not in self._keys}
+        self.prefetch_subjects(self.subject(v) for v in pseudonym_values)
+
+    def prefetch_subjects(self, subjects: Iterable[bytes]) -> None:
+        """:meth:`prefetch`, by subject (what a sealed value's envelope names: the sweep's)."""
+        missing = {s for s in subjects if s not in self._keys}
         if missing:
             self._fill(missing)
 
@@ -234,11 +305,12 @@ class KeyRing:
             self._remember(s, found.get(s, {}))
 
     def _remember(self, subject: bytes, keys: dict[int, bytes]) -> None:
-        self._keys[subject] = keys
+        # (A tombstone, an empty key, only says which epochs were used.)
+        self._keys[subject] = {e: k for e, k in keys.items() if k}
         self._keys.move_to_end(subject)
         self._next[subject] = max(self._next.get(subject, 1), max(keys, default=0) + 1)
-        # (A batch touches far fewer persons than the bound: what it made is stored before
-        # the next batch's lookups can push it out.)
+        # (A batch touches far fewer persons than the bound: what it made is stored, by its
+        # checkpoint's first step, before the batch after the next one looks anything up.)
         while len(self._keys) > self.max_subjects:
             old, _ = self._keys.popitem(last=False)
             self._next.pop(old, None)
@@ -283,6 +355,19 @@ class KeyRing:
             self._fill({subject})  # a key another worker made since this one cached the person
             key = self._keys[subject].get(epoch)
         return None if key is None else unseal(key, topic, raw)
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None:
+        """The person's data key ``epoch`` (a fund's sealed signal names it), or None if the
+        subject is not this person's or the key is gone (destroyed by an erasure). A key
+        made since the person was cached (by the key endpoint, or another worker) is looked
+        up."""
+        if subject != self.subject(pseudonym_value):
+            return None
+        key = self._keys_of(subject).get(epoch)
+        if key is None and subject not in self._retired and epoch >= self._next.get(subject, 1):
+            self._fill({subject})
+            key = self._keys[subject].get(epoch)
+        return key
 
     def erase(self, pseudonym_value: bytes) -> None:
         """The person's earlier values are to become unreadable: what is sealed from now on

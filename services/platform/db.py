@@ -114,6 +114,12 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
         with _one_migrator(engine), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            elif conn.dialect.name == "sqlite":
+                # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE: each
+                # CREATE TABLE would otherwise commit alone, and a process killed mid-migration
+                # would leave tables without their version row ("table ... already exists" at
+                # the next start). SQLite's DDL is transactional once a BEGIN is issued.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             _adopt_legacy_version_table(conn)
             config.attributes["connection"] = conn
             command.upgrade(config, revision)

@@ -48,6 +48,11 @@ _HINTS = {
     "casebook_oidc_scopes": "give space-separated scopes starting with openid, e.g. 'openid email siret'",
     "casebook_oidc_mapping": "give the path of the claims mapping file (YAML, see services/casebook/oidc.py)",
     "drain_timeout_s": "give a number of seconds between 1 and 600, e.g. 30",
+    "signal_sealing": "use required (only sealed signals) or accepted (signals in clear too)",
+    "signal_keys_url": "give the key endpoint's address, e.g. http://127.0.0.1:19490",
+    "signal_keys_quota_per_day": "give a whole number of keys between 1 and 100000000",
+    "signal_keys_batch_limit": "give a whole number of pseudonyms between 1 and 65535, e.g. 4096",
+    "signal_keys_timeout_s": "give a number of seconds above 0, at most 120, e.g. 10",
     "correlator_app_id": "use letters, digits, '.', '_' or '-' (it names the consumer group and the state topic)",
     "correlator_batch_max": "give a whole number of records between 1 and 100000, e.g. 5000",
     "correlator_batch_wait_ms": "give a number of milliseconds between 0 and 1000, e.g. 2",
@@ -140,6 +145,20 @@ class Settings(BaseSettings):
     pseudonymiser_cache: bool = True
     """Keep the fund's own people's v2 pseudonyms in ``<var_dir>/pseudonym-cache-<fund>.db``
     (indexed by a keyed MAC of the NIR, never the NIR), so a person seen before is not asked again."""
+
+    # ------------------------------------------- sealed signals (HELP_SIGNAL_*), issue #21
+    signal_sealing: Literal["required", "accepted"] = "accepted"
+    """``required``: the correlator takes only sealed signals (contract §2.1) and refuses one
+    in clear (``signal_non_scelle``); ``accepted``: it also takes signals in clear (a fund
+    that does not seal yet). What erasure promises for the signal topics needs ``required``."""
+    signal_keys_url: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/.*)?$")] = \
+        "http://127.0.0.1:19490"
+    """Where producers reach the exchange's key endpoint (``help-exchange signal-keys serve``)."""
+    signal_keys_quota_per_day: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
+    """Keys a fund may ask per UTC day; over it the batch is refused (``quota_depasse``)."""
+    signal_keys_batch_limit: Annotated[int, Field(ge=1, le=65_535)] = 4096
+    """Most pseudonyms in one request (``lot_trop_volumineux`` above it)."""
+    signal_keys_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 
     # ----------------------------------------------------------------- casebook (HELP_CASEBOOK_*)
     # They tune the monthly review and its web view (services/casebook/).

@@ -22,6 +22,9 @@ The one remaining duplicate window — killed after the broker acked a batch but
 the "sent" mark was committed — is closed by :meth:`Outbox.partition_marks`: the highest
 acknowledged offset per partition is committed with every batch, and before sending again
 the publisher reads the topic from those marks and marks as sent what is already there.
+Such a row is still pending, so an outbox with no pending row (:meth:`Outbox.has_pending`)
+has nothing to look for: the publisher then only gives the partitions without a mark the
+topic's end as their baseline, without reading it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from services.core.types import Fund
 
@@ -46,7 +50,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_partition INTEGER,
     sent_offset    INTEGER,
     accepted_at    TEXT,
-    refused        TEXT
+    refused        TEXT,
+    seal_key       BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_at IS NULL;
 CREATE TABLE IF NOT EXISTS partition_marks (
@@ -59,7 +64,7 @@ CREATE TABLE IF NOT EXISTS partition_marks (
 
 #: Columns added since the first outboxes (added to an older file when it is opened).
 _ADDED_COLUMNS = {"sent_partition": "INTEGER", "sent_offset": "INTEGER", "accepted_at": "TEXT",
-                  "refused": "TEXT"}
+                  "refused": "TEXT", "seal_key": "BLOB"}
 
 #: sent ids are kept this long past their observation date (acceptance window + margin)
 KEEP_SENT_DAYS = 2 * 366 + 31
@@ -67,14 +72,19 @@ KEEP_SENT_DAYS = 2 * 366 + 31
 KEEP_SENT_PAYLOAD_DAYS = 7
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """A signal ready for the outbox. (A named tuple: one per line of a file, made from the
+    plain tuples the worker processes send back.)"""
+
     signal_id: str
     observed_on: str
     key: bytes
     value: bytes
     #: the partition, when computed ahead (not stored: the outbox lets the producer compute it)
     partition: int | None = None
+    #: a sealed signal's key (:class:`~services.producer.signal_keys.FundKey` packed): kept
+    #: until the signal's receipt, to seal it again if the exchange replaced the key
+    seal: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class Sent:
     partition: int | None
     offset: int | None
     value: bytes | None
+    #: the key a sealed signal was sealed with (None: a signal in clear)
+    seal: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,9 @@ class Outbox:
         # extract file by the next run (same deterministic ids) or a "sent" mark, whose
         # resend the correlator drops as a duplicate. FULL costs an fsync per batch.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The signal ids' index takes ids in random order: with SQLite's default 2 MiB page
+        # cache, a file of 100,000 lines re-reads its pages from the OS at every batch.
+        self._db.execute("PRAGMA cache_size=-16384")
         self._db.executescript(_SCHEMA)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         for name, kind in _ADDED_COLUMNS.items():
@@ -166,9 +181,9 @@ class Outbox:
         with self._transaction() as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(r.signal_id, r.observed_on, r.key, r.value, now) for r in rows],
+                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at, seal_key) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.signal_id, r.observed_on, r.key, r.value, now, r.seal) for r in rows],
             )
             return db.total_changes - before
 
@@ -211,6 +226,10 @@ class Outbox:
                 "ON CONFLICT(topic, partition) DO UPDATE SET offset = max(offset, excluded.offset)",
                 [(topic, p, o) for p, o in offsets.items()])
 
+    def has_pending(self) -> bool:
+        """Whether any row waits to be sent (or was sent and not yet marked: a killed run)."""
+        return self._db.execute("SELECT 1 FROM outbox WHERE sent_at IS NULL LIMIT 1").fetchone() is not None
+
     def partition_marks(self, topic: str) -> dict[int, int]:
         """The highest acknowledged offset per partition (or the baseline set before sending)."""
         return dict(self._db.execute("SELECT partition, offset FROM partition_marks WHERE topic = ?", (topic,)))
@@ -225,24 +244,28 @@ class Outbox:
     def awaiting_receipt(self) -> list[Sent]:
         """Sent rows whose receipt has not been reconciled (neither accepted nor refused)."""
         cur = self._db.execute(
-            "SELECT signal_id, sent_partition, sent_offset, msg_value FROM outbox "
+            "SELECT signal_id, sent_partition, sent_offset, msg_value, seal_key FROM outbox "
             "WHERE sent_at IS NOT NULL AND accepted_at IS NULL AND refused IS NULL ORDER BY seq")
-        return [Sent(sid, p, o, None if v is None else bytes(v)) for sid, p, o, v in cur]
+        return [Sent(sid, p, o, None if v is None else bytes(v), None if k is None else bytes(k))
+                for sid, p, o, v, k in cur]
 
     def settle(self, *, accepted: Sequence[str] = (), refused: Sequence[tuple[str, str]] = (),
-               requeue: Sequence[tuple[str, bytes]] = ()) -> None:
+               requeue: Sequence[tuple[str, bytes]] = (), resealed: Sequence[tuple[str, bytes, bytes]] = ()) -> None:
         """Apply reconciled receipts, atomically: ``accepted`` ids keep their payload until
-        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`); ``refused`` (id,
-        reason code) keep the reason; ``requeue`` (id, payload to send, the same or
-        re-signed) go back to pending."""
+        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`), and forget their
+        sealing key; ``refused`` (id, reason code) keep the reason, and forget the key;
+        ``requeue`` (id, payload to send, the same or re-signed) go back to pending;
+        ``resealed`` (id, payload sealed again, its new key) too."""
         now = _now()
         with self._transaction() as db:
-            db.executemany("UPDATE outbox SET accepted_at = ? WHERE signal_id = ?",
+            db.executemany("UPDATE outbox SET accepted_at = ?, seal_key = NULL WHERE signal_id = ?",
                            [(now, s) for s in accepted])
-            db.executemany("UPDATE outbox SET refused = ? WHERE signal_id = ?",
+            db.executemany("UPDATE outbox SET refused = ?, seal_key = NULL WHERE signal_id = ?",
                            [(reason, s) for s, reason in refused])
             db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
                            "msg_value = ? WHERE signal_id = ?", [(v, s) for s, v in requeue])
+            db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
+                           "msg_value = ?, seal_key = ? WHERE signal_id = ?", [(v, k, s) for s, v, k in resealed])
         self.drop_old_payloads()
 
     def drop_old_payloads(self, now: dt.datetime | None = None) -> int:
@@ -277,6 +300,12 @@ class Outbox:
             return int(cur.rowcount)
 
     # -- housekeeping
+    def pending_count(self) -> int:
+        """How many rows wait to be sent: :meth:`status`'s ``pending`` from the pending index
+        alone (``status`` reads every row for its other counts)."""
+        (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        return int(n)
+
     def status(self) -> Status:
         pending, oldest = self._db.execute(
             "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()

@@ -20,6 +20,8 @@ from pathlib import Path
 from services.core.registry import fund_dir, write_secret
 from services.core.types import Fund
 
+#: NIRs looked up and not stored yet whose MACs are kept (a few batches' worth)
+_MISSED_MAX = 100_000
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS pseudonyms (key_version TEXT NOT NULL, nir_mac BLOB NOT NULL, "
            "value TEXT NOT NULL, PRIMARY KEY (key_version, nir_mac)) WITHOUT ROWID")
 
@@ -28,6 +30,9 @@ class PseudonymCache:
     def __init__(self, path: Path, key: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._key = key
+        #: The MACs of NIRs that :meth:`get_many` did not find, for :meth:`put_many` to reuse
+        #: (a new person's NIR is looked up, then stored: one HMAC instead of two).
+        self._missed: dict[str, bytes] = {}
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
@@ -52,10 +57,14 @@ class PseudonymCache:
                 f"SELECT nir_mac, value FROM pseudonyms WHERE key_version = ? AND nir_mac IN "
                 f"({','.join('?' * len(chunk))})", (version, *chunk)).fetchall()
             found.update((macs[bytes(mac)], value) for mac, value in rows)
+        if len(self._missed) > _MISSED_MAX:  # asked and never stored (a refused batch): forget
+            self._missed.clear()
+        self._missed.update((n, mac) for mac, n in macs.items() if n not in found)
         return found
 
     def put_many(self, version: str, values: dict[str, str]) -> None:
+        missed = self._missed
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO pseudonyms VALUES (?, ?, ?)",
-                             [(version, self._mac(n), v) for n, v in values.items()])
+                             [(version, missed.pop(n, None) or self._mac(n), v) for n, v in values.items()])
         self._db.execute("COMMIT")

@@ -34,6 +34,7 @@ from services.platform.settings import Settings
 from services.platform.topics import receipt_topic, signal_topic
 from services.producer.outbox import Outbox, Sent
 from services.producer.sdk import read_to_end
+from services.producer.signal_keys import SignalKeyClient
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -143,10 +144,13 @@ class Reconciliation:
     #: sent, no receipt for that sending yet
     awaiting: int = 0
     current_key: str = ""
+    #: refused because the exchange replaced the person's key (an erasure) since it was
+    #: sealed: sealed again under the key the endpoint gives now, and back to pending
+    resealed: int = 0
 
     @property
     def requeued(self) -> int:
-        return sum(self.unknown.values()) + sum(self.resigned.values())
+        return sum(self.unknown.values()) + sum(self.resigned.values()) + self.resealed
 
     def lines(self) -> list[str]:
         """The French summary, each refusal with what to do."""
@@ -164,6 +168,9 @@ class Reconciliation:
             out.append(f"  {n} signalements refusés : clé de signature {key_id} retirée, et c'est encore la clé "
                        f"en vigueur ici — créez-en une nouvelle (help-exchange keys init --fund {f} --rotate), "
                        f"faites-la enregistrer, puis relancez `help-exchange receipts --fund {f}`")
+        if self.resealed:
+            out.append(f"  {self.resealed} signalements refusés : clé de la personne remplacée à l'échange depuis leur "
+                       f"scellement — scellés à nouveau sous la clé actuelle et remis en file d'envoi, {flush}")
         for code, n in self.refused.most_common():
             label = Reason(code).label if code in Reason._value2member_map_ else code
             out.append(f"  {n} signalements refusés définitivement : {label} ({code}) — à corriger dans le "
@@ -208,6 +215,7 @@ def reconcile(settings: Settings, fund: Fund, receipts: dict[str, list[Seen]]) -
     accepted: list[str] = []
     refused: list[tuple[str, str]] = []
     requeue: list[tuple[str, bytes]] = []
+    replaced: list[Sent] = []
     secrets: FundSecrets | None = None
     current_refused = False
     with Outbox.for_fund(settings.var_dir, fund) as box:
@@ -217,6 +225,8 @@ def reconcile(settings: Settings, fund: Fund, receipts: dict[str, list[Seen]]) -
                 result.awaiting += 1
             elif verdict == "":
                 accepted.append(row.signal_id)
+            elif verdict == Reason.CLE_SIGNAL_REMPLACEE.value and row.value is not None and row.seal is not None:
+                replaced.append(row)
             elif verdict in _KEY_REASONS:
                 if row.value is None:
                     result.without_payload += 1
@@ -241,9 +251,45 @@ def reconcile(settings: Settings, fund: Fund, receipts: dict[str, list[Seen]]) -
             else:
                 result.refused[verdict] += 1
                 refused.append((row.signal_id, verdict))
-        box.settle(accepted=accepted, refused=refused, requeue=requeue)
+        resealed = reseal_rows(settings, fund, replaced, result) if replaced else []
+        box.settle(accepted=accepted, refused=refused, requeue=requeue, resealed=resealed)
     result.accepted = len(accepted)
     return result
+
+
+def reseal_rows(settings: Settings, fund: Fund, rows: list[Sent], result: Reconciliation,
+                client: SignalKeyClient | None = None) -> list[tuple[str, bytes, bytes]]:
+    """(id, payload, key) of ``rows`` sealed again: each opened with the key it was sealed
+    with (kept in the outbox), sealed under the person's current key (asked again of the key
+    endpoint, in one batch), signed again with the fund's current signing key. A row that
+    does not open with its own key (the outbox altered) is left refused."""
+    from services.core.messages import SealedSignal
+    from services.core.signal_seal import open_members, seal_message
+    from services.producer.keys import load_fund_secrets
+    from services.producer.signal_keys import FundKey
+
+    topic = signal_topic(fund)
+    secrets = load_fund_secrets(settings.key_dir, fund)
+    client = client or SignalKeyClient.from_settings(settings, fund)
+    opened: list[tuple[str, dict[str, Any]]] = []
+    for row in rows:
+        assert row.value is not None and row.seal is not None
+        sealed = parse(SealedSignal, row.value)
+        content = open_members(FundKey.unpack(row.seal).key, topic, sealed.signal_id, sealed.sealed)
+        if content is None:
+            result.refused[Reason.SCELLE_ILLISIBLE.value] += 1
+            continue
+        clear = {**sealed.model_dump(mode="json", exclude={"sealed", "signature"}), **content.model_dump(mode="json")}
+        opened.append((row.signal_id, clear))
+    client.forget(m["pseudonym"]["value"] for _, m in opened)
+    client.prefetch(m["pseudonym"]["value"] for _, m in opened)
+    out = []
+    for signal_id, clear in opened:
+        new = client.key(clear["pseudonym"]["value"])
+        message = seal_message(new.key, topic, new.subject, new.epoch, clear)
+        out.append((signal_id, canonical(sign(message, secrets.signing_key, secrets.signing_key_id)), new.pack()))
+    result.resealed += len(out)
+    return out
 
 
 _KEY_REASONS = frozenset({Reason.CLE_SIGNATURE_INCONNUE.value, Reason.CLE_SIGNATURE_RETIREE.value})

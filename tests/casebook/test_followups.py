@@ -131,3 +131,67 @@ def test_cli_records_and_keeps_it_when_the_broker_is_down(tmp_path: Path) -> Non
         log = list(conn.execute(sa.select(t.access_log.c.action, t.access_log.c.case_number)))
     engine.dispose()
     assert log == [("suite_enregistree", "35-2026-11-0001")]
+
+
+class _SlowProducer:
+    """Sends after a pause (the broker's round trip), keeping what it was given."""
+
+    def __init__(self, sent: list[bytes], fail_after: int | None = None) -> None:
+        self.sent = sent
+        self.fail_after = fail_after
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+        import asyncio
+
+        from aiokafka.errors import KafkaConnectionError
+
+        await asyncio.sleep(0.01)
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise KafkaConnectionError("broker gone")
+        self.sent.append(value)
+
+
+def _three_followups(engine: sa.Engine, taxonomy: Taxonomy, case: str) -> None:
+    for i, action in enumerate(("fsl", "aide_financiere_individuelle", "fsl")):
+        record_followup(engine, taxonomy, case_number=case, fund="caf", action=action, outcome="accorde",
+                        user="agent.caf35", now=dt.datetime(2026, 11, 20, 10, i, tzinfo=UTC))
+
+
+@pytest.mark.integration
+async def test_the_timer_and_a_flush_together_send_each_outbox_row_once(
+        engine: sa.Engine, taxonomy: Taxonomy, one_case: str) -> None:
+    """The sink's timer and a CLI flush may publish the outbox at the same moment: each row
+    is claimed by one of them, so the topic gets each follow-up once."""
+    import asyncio
+
+    from services.casebook.followups import publish_outbox
+
+    _three_followups(engine, taxonomy, one_case)
+    sent: list[bytes] = []
+    counts = await asyncio.gather(*(publish_outbox(engine, _SlowProducer(sent))  # type: ignore[arg-type]
+                                    for _ in range(2)))
+    assert sorted(counts) == [0, 3] and len(sent) == len(set(sent)) == 3
+    with engine.connect() as conn:
+        assert store.pending_outbox(conn) == []
+
+
+@pytest.mark.integration
+async def test_a_failed_or_dead_sender_leaves_its_rows_to_the_next(
+        engine: sa.Engine, taxonomy: Taxonomy, one_case: str) -> None:
+    from services.casebook.followups import publish_outbox
+
+    _three_followups(engine, taxonomy, one_case)
+    sent: list[bytes] = []
+    assert await publish_outbox(engine, _SlowProducer(sent, fail_after=1)) == 1  # type: ignore[arg-type]
+    assert await publish_outbox(engine, _SlowProducer(sent)) == 2  # type: ignore[arg-type]  # released at once
+    assert len(set(sent)) == 3
+    # A sender killed while holding a row: its claim holds for the lease, then expires.
+    record_followup(engine, taxonomy, case_number=one_case, fund="caf", action="fsl", outcome="accorde",
+                    user="agent.caf35", now=dt.datetime(2026, 11, 21, tzinfo=UTC))
+    now = dt.datetime.now(UTC)
+    with engine.begin() as conn:
+        assert len(store.claim_outbox(conn, "dead", now)) == 1
+    assert await publish_outbox(engine, _SlowProducer(sent)) == 0  # still held
+    with engine.begin() as conn:
+        conn.execute(t.outbox.update().values(claimed_at=now - store.OUTBOX_LEASE - dt.timedelta(seconds=1)))
+    assert await publish_outbox(engine, _SlowProducer(sent)) == 1

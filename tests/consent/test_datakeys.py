@@ -77,7 +77,9 @@ class World:
 
     def stored_keys(self) -> list[tuple[str, int]]:
         with self.store.engine.connect() as conn:
-            return [(s, e) for s, e in conn.execute(sa.select(data_keys.c.subject, data_keys.c.epoch))]
+            # (keys only: a tombstone, an empty key, keeps the epoch used and nothing else)
+            return [(s, e) for s, e in conn.execute(sa.select(data_keys.c.subject, data_keys.c.epoch)
+                                                    .where(sa.func.length(data_keys.c.key) > 0))]
 
     def readable(self) -> list[PersonState]:
         """What a fresh reader holding the key table opens of every value ever written."""

@@ -91,7 +91,7 @@ async def test_kill_9_while_erasing_leaves_no_copy(settings: Settings, tmp_path:
     people = [nir(9000 + i) for i in range(PEOPLE)]
     pseudo = {p: pseudonym_value(key, normalise(p)) for p in people}
     objectors, purged = people[: PEOPLE // 2], people[PEOPLE // 2:]
-    collector = Collector(settings.bootstrap_servers or "")
+    collector = Collector(settings.bootstrap_servers or "", settings.database_url)
     await collector.start()
     log = tmp_path / "worker.log"
     worker = start_worker(settings, APP_ID, log)

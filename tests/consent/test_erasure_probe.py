@@ -3,7 +3,9 @@ objects, one who withdraws consent for a purpose, one whose case the retention p
 removes; then every topic read from offset 0 with a Kafka client of the test's own (librdkafka),
 every table, every file under the data directory. What is left about each person must be
 what docs/erasure.md allows, place by place (``after erasure`` column): nothing where it
-says *erased*."""
+says *erased*. "Readable" includes what the exchange itself could still open: every value
+sealed under a person's data key (situation events, forwarded records, dead letters) is
+tried with the key table, as an insider holding the database would."""
 
 from __future__ import annotations
 
@@ -21,21 +23,26 @@ from services.app import purge
 from services.casebook import tables as ct
 from services.casebook.followups import flush_outbox, record_followup
 from services.casebook.sink import CasebookSink
-from services.core.messages import ConsentKind
+from services.core.messages import ConsentKind, SealedMembers
 from services.core.registry import load_registry
+from services.core.signal_seal import fund_key, open_members
 from services.core.types import Fund
+from services.correlator.engine import REPARTITION_TOPIC
 from services.ledger import tables as lt
-from services.platform.datakeys import data_keys, subject_of
+from services.platform.datakeys import KeyRing, KeyStore, data_keys, is_sealed, subject_of
 from services.platform.db import open_engine
 from services.platform.markers import marker_key
+from services.platform.partitioning import partition_for
+from services.platform.sealed_situations import read_situations
 from services.platform.settings import Settings
+from services.platform.topics import signal_topic
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys, load_exchange_key, registry_path
 from services.producer.nir import normalise
 from services.producer.pseudonym import pseudonym_value
 from services.producer.sdk import Publisher, SignalInput
 from tests.consent.test_inventory import rows
-from tests.correlator.harness import Collector, start_worker, stop
+from tests.correlator.harness import Collector, publish, start_worker, stop
 from tests.support.cli import wired_group
 
 pytestmark = pytest.mark.integration
@@ -127,8 +134,33 @@ async def _read_every_topic(bootstrap: str) -> dict[str, list[bytes]]:
     return await asyncio.to_thread(_read_every_topic_now, bootstrap)
 
 
+def _nothing_opens(settings: Settings, engine: sa.Engine, topics: dict[str, list[bytes]],
+                   pseudo: dict[str, str], refs: dict[str, set[str]]) -> None:
+    """The situation events and the forwarded records, opened with the exchange's own key
+    table: nothing of the three people opens any more; and in clear, no forwarded record
+    says anything of them (the purge's commands name the pseudonym: the inventory's
+    *remains*, 7 days)."""
+    ring = KeyRing(KeyStore(engine), marker_key(settings))
+    situations = [r.partition(b"\x00")[2] for r in topics["help.situations.v1"]]
+    events = [v for v in situations if v]
+    assert len(events) >= 3 and all(b'"sealed"' in v for v in events), events[:1]
+    opened = read_situations(engine, events)
+    people = set(pseudo.values())
+    left = [e for e in opened if e is not None and e.pseudonym.value in people]
+    assert not left, f"help.situations.v1: {len(left)} events of the three people still open"
+    forwards = [r.partition(b"\x00")[2] for r in topics[REPARTITION_TOPIC]]
+    sealed = [v for v in forwards if is_sealed(v)]
+    assert len(sealed) >= 3, "the misrouted copies were forwarded sealed"
+    assert [v for v in sealed if ring.open(None, REPARTITION_TOPIC, v) is not None] == []
+    for who in pseudo:
+        hits = [v for v in forwards if any(x.encode() in v for x in refs[who])
+                or b'"category"' in v or b'"signature"' in v]
+        assert not hits, f"{REPARTITION_TOPIC} holds {who}'s signal in clear: {hits[0][:300]!r}"
+
+
 async def test_what_is_left_after_objection_withdrawal_and_purge(
-        settings: Settings, collector: Collector, tmp_path: Path) -> None:
+        sealing: Settings, collector: Collector, tmp_path: Path) -> None:
+    settings = sealing  # signals sealed by the funds, and only sealed ones taken
     (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
     init_exchange_key(settings.key_dir)
     for fund in (Fund.CAF, Fund.URSSAF):
@@ -141,7 +173,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-probe",
                         outbox_every_s=1)
     sink_task = asyncio.create_task(sink.run(stop_sink))
-    worker = start_worker(settings, APP_ID, tmp_path / "worker.log")
+    worker = start_worker(settings, APP_ID, tmp_path / "worker.log", env={"HELP_SIGNAL_SEALING": "required"})
 
     def case(who: str) -> tuple[str, str] | None:
         with engine.connect() as conn:
@@ -162,6 +194,18 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
                     refs.setdefault(who, set()).update(r["sealed_ref"]["value"] for r in s["refs"])
         await _until(lambda: all(case(who) for who in people))
         cases = {who: case(who) for who in people}
+        # Each person's CAF signal read again from another partition (a producer with another
+        # partitioner): forwarded to the person's partition on the repartition topic, then
+        # refused there as a replay (`doublon`, at another position).
+        sent = await _read_every_topic(settings.bootstrap_servers or "")
+        copies = []
+        for p in pseudo.values():
+            (raw,) = [r.partition(b"\x00")[2] for r in sent[signal_topic(Fund.CAF)]
+                      if r.partition(b"\x00")[0] == p.encode()]
+            wrong = (partition_for(p, settings.partitions) + 1) % settings.partitions
+            copies.append((signal_topic(Fund.CAF), p.encode(), raw, wrong))
+        await publish(settings.bootstrap_servers or "", copies)
+        await collector.until(lambda c: sum(d["reason"] == "doublon" for d in c.deadletters.values()) == 3)
         # A follow-up on each case, published (the outbox keeps it until then).
         for who in people:
             c = cases[who]
@@ -169,7 +213,14 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
             record_followup(engine, settings.taxonomy, case_number=c[1], fund="caf",
                             action="aide_financiere_individuelle", outcome="accorde",
                             user="agent.caf-35.0042")
-        assert await flush_outbox(settings, engine, settings.bootstrap_servers or "") == 3
+        # The flush or the sink's own timer publishes them (each row claimed by one sender).
+        await flush_outbox(settings, engine, settings.bootstrap_servers or "")
+
+        def published() -> int:
+            with engine.connect() as conn:
+                return conn.execute(sa.select(sa.func.count()).select_from(ct.outbox).where(
+                    ct.outbox.c.published_at.is_not(None))).scalar_one()
+        await _until(lambda: published() == 3)
 
         # The three rights.
         await _consent(settings, collector, tmp_path, "opposition", people["objection"], "", 2)
@@ -188,25 +239,29 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
         # Signals after: refused for the objection and the withdrawal (dead letters: no payload).
         await _signals(settings, people["objection"], "after-o")
         await _signals(settings, people["withdrawal"], "after-w")
-        await collector.until(lambda c: sum(1 for d in c.deadletters.values()
-                                            if d["reason"] in ("opposition", "consentement_retire")) == 4)
+        # (The second fund's may meet the key the first one's refusal just replaced: refused
+        # for that key, with no payload kept either.)
+        await collector.until(lambda c: sum(1 for d in c.deadletters.values() if d["reason"] in (
+            "opposition", "consentement_retire", "cle_signal_remplacee")) == 4)
     finally:
         stop(worker)
         stop_sink.set()
         await sink_task
 
     inventory = rows()
+    assert inventory["help.signals.<fund>.v1"][-1].startswith("minimal")
     may_remain = {place for place, cells in inventory.items() if not cells[-1].startswith("erased")}
 
     # 1. Every topic from offset 0, with a client of the test's own.
     topics = await _read_every_topic(settings.bootstrap_servers or "")
-    assert {"help.situations.v1", "help.deadletter.v1", f"{APP_ID}-persons-changelog"} <= set(topics)
+    assert {"help.situations.v1", "help.deadletter.v1", f"{APP_ID}-persons-changelog",
+            REPARTITION_TOPIC} <= set(topics)
+    _nothing_opens(settings, engine, topics, pseudo, refs)
     followups = topics.get("help.followups.v1", [])
-    # Three follow-ups; the outbox is published at least once, by the sink's own timer and
-    # by flush_outbox alike (neither claims the rows: two may send the same ones), so the
-    # topic may hold a follow-up twice, under the same event id.
+    # Three follow-ups, each once: the sink's own timer and flush_outbox both publish the
+    # outbox, each row claimed by one of them.
     event_ids = {json.loads(r.partition(b"\x00")[2])["event_id"] for r in followups}
-    assert len(event_ids) == 3 and all(b'"sealed"' in r for r in followups), followups[:1]
+    assert len(event_ids) == len(followups) == 3 and all(b'"sealed"' in r for r in followups), followups[:1]
     for topic, records in topics.items():
         family = _family(topic)
         assert family in inventory, f"{topic}: not in docs/erasure.md"
@@ -224,10 +279,27 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # after their erasure (every key of their earlier states destroyed).
     secret = marker_key(settings)
     with engine.connect() as conn:
-        epochs = {who: [e for (e,) in conn.execute(sa.select(data_keys.c.epoch).where(
-            data_keys.c.subject == subject_of(secret, p.encode()).hex()))] for who, p in pseudo.items()}
+        keys = {who: {e: bytes(k) for e, k in conn.execute(sa.select(data_keys.c.epoch, data_keys.c.key).where(
+            data_keys.c.subject == subject_of(secret, p.encode()).hex()))} for who, p in pseudo.items()}
+    # (a destroyed epoch stays as a tombstone: an empty key)
+    epochs = {who: [e for e, k in found.items() if k] for who, found in keys.items()}
     assert epochs["objection"] == [] and len(epochs["withdrawal"]) == 1 and len(epochs["purge"]) == 1, epochs
     assert min(epochs["withdrawal"] + epochs["purge"]) > 1, epochs
+    # The signal topics: every record sealed, and none of the three people's opens with any
+    # key the exchange still holds (each derived for the record's fund), nor with any other.
+    signal_records = {t: r for t, r in topics.items() if _family(t) == "help.signals.<fund>.v1"}
+    # (no "after" for the purge; each person's misrouted CAF copy is a record of its own)
+    assert sum(len(r) for r in signal_records.values()) == 2 * 2 * len(people) - 2 + len(copies)
+    for topic, records in signal_records.items():
+        fund = topic.split(".")[2]
+        for record in records:
+            msg = json.loads(record.partition(b"\x00")[2])
+            assert "sealed" in msg and not {"category", "observed_on", "territory", "sealed_ref"} & set(msg), msg
+            who = next(w for w, p in pseudo.items() if msg["pseudonym"]["value"] == p)
+            sealed = SealedMembers.model_validate(msg["sealed"])
+            for data_key in [k for found in keys.values() for k in found.values() if k]:
+                opened = open_members(fund_key(data_key, fund), topic, msg["signal_id"], sealed)
+                assert opened is None, f"{topic}: {who}'s signal {msg['signal_id']} still opens"
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ct.case_keys)).scalar_one() == 0
         for table in ct.metadata.sorted_tables:

@@ -85,6 +85,11 @@ async def test_objection_erases_everything_but_the_ledger(settings: Settings, co
                 return len(conn.execute(sa.select(ct.situations.c.situation_id)
                                         .where(ct.situations.c.pseudonym == pseudo)).all())
         await _until(lambda: stored() == 1)
+        # The audit sink enters the situation while it can read it (as it does running beside
+        # the correlator): once the person objected, the event's key is gone and a sink
+        # reading it only then would enter nothing of it (docs/erasure.md).
+        await AuditSink(settings, Ledger.open(settings), settings.bootstrap_servers or "", cases=CASES,
+                        consumer_name="audit-e2e").run(until_idle=2.0)
 
         # The objection, from the fund's file.
         path = tmp_path / "oppositions.csv"

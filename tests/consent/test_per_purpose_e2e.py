@@ -68,7 +68,7 @@ async def test_withdrawal_per_purpose_and_same_day_consent(settings: Settings, t
     init_exchange_key(settings.key_dir)
     init_fund_keys(settings.key_dir, Fund.CAF)
     person = nir(7171)
-    collector = Collector(settings.bootstrap_servers or "")
+    collector = Collector(settings.bootstrap_servers or "", settings.database_url)
     await collector.start()
     worker = start_worker(settings, "corr-consent-purposes", tmp_path / "worker.log")
     try:

@@ -64,7 +64,7 @@ async def test_a_signal_after_a_purge_opens_a_case_with_only_the_new_signal(
     _, key = load_exchange_key(settings.key_dir, load_registry(registry_path(settings.key_dir)))
     pseudo = pseudonym_value(key, normalise(person))
     engine = open_engine(settings.database_url)
-    collector = Collector(settings.bootstrap_servers or "")
+    collector = Collector(settings.bootstrap_servers or "", settings.database_url)
     await collector.start()
     stop_sink = asyncio.Event()
     sink = CasebookSink(settings, engine, settings.bootstrap_servers or "", group="cb-purge-e2e",

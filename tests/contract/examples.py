@@ -42,6 +42,24 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "signature": {**SIG, "key_id": "carsat-sig-1"},
         },
     ],
+    "sealed_signal": [
+        {
+            "signal_id": "0123456789abcdef0123456789abcdef", "schema_version": "1.0", "fund": "caf",
+            "emitter": "caf-35", "emitted_at": "2026-11-06T02:14:07.123456Z", "pseudonym": PSEUDO,
+            "legal_basis": {"code": "L115-2-1", "conditions": []}, "purpose": "acces_aux_droits",
+            "sealed": {"alg": "A256GCM", "subject": "0f" * 16, "epoch": 1, "value": "A" * 200},
+            "signature": SIG,
+        },
+        {
+            "signal_id": "fedcba9876543210fedcba9876543210", "schema_version": "1.0", "fund": "carsat",
+            "emitter": "carsat-ne", "emitted_at": "2026-11-06T02:14:07Z", "pseudonym": PSEUDO,
+            "pseudonym_previous": {**PSEUDO, "key_id": "xk-20251123-a1b2"},
+            "legal_basis": {"code": "consentement", "consent_ref": "HELP-2026-000123"},
+            "purpose": "prevention_perte_autonomie",
+            "sealed": {"alg": "A256GCM", "subject": "a0" * 16, "epoch": 4_294_967_295, "value": "-_" * 150},
+            "signature": SIG,
+        },
+    ],
     "receipt": [
         {"schema_version": "1.0", "receipt_id": "a" * 32, "fund": "caf", "signal_id": "b" * 32,
          "status": "accepte", "reason": None, "source": SOURCE, "processed_at": "2026-11-06T02:14:08Z"},
@@ -65,6 +83,10 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "first_signal_on": "2026-10-01", "last_signal_on": "2026-11-05",
             "refs": [{"fund": "caf", "sealed_ref": SEALED}],
         }
+    ],
+    "sealed_situation": [
+        {"schema_version": "1.0", "event_id": "d" * 32, "situation_id": "e" * 32, "version": 2,
+         "sealed": {"alg": "A256GCM", "value": "SFhTMQ" + "A/+" * 40 + "Ag=="}}
     ],
     "followup": [
         {"schema_version": "1.0", "event_id": "f" * 32, "situation_id": "e" * 32, "territory": "35",

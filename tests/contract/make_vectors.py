@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.core.codec import canonical
+from services.core.codec import append_signature, canonical
 from services.core.messages import SCHEMA_VERSION, sealed_digest
 from services.core.registry import Registry, save_registry
 from services.core.signing import b64u, sign, signing_input
@@ -548,6 +548,49 @@ def signals_file(settings: Settings) -> dict[str, Any]:
             "partitions": PARTITIONS, "cases": cases, "rejected": rejects}
 
 
+def sealed_signal_file(signals: dict[str, Any]) -> dict[str, Any]:
+    from services.core.signal_seal import KEY_INFO, associated_data, fund_key, plaintext, seal_message
+
+    key = signing_key()
+    cases = []
+    epochs = [1, 1_764_000_000, 4_294_967_295]
+    for n, case in enumerate(signals["cases"]):
+        wire = json.loads(case["wire_text"])
+        unsigned = {k: v for k, v in wire.items() if k != "signature"}
+        data_key = _secret(f"person data key {n}")
+        subject = _secret(f"person subject {n}")[:16]
+        epoch = epochs[n % len(epochs)]
+        derived = fund_key(data_key, FUND)
+        nonce = nonce_for(200 + n)
+        topic = case["topic"]
+        sealed = seal_message(derived, topic, subject, epoch, unsigned, nonce=nonce)
+        raw = base64.urlsafe_b64decode(str(sealed["sealed"]["value"]) + "==")  # type: ignore[index]
+        text = canonical(sealed)
+        value = append_signature(text, "Ed25519", SIGNING_KEY_ID, b64u(key.sign(text)))
+        assert value == canonical(sign(sealed, key, SIGNING_KEY_ID))
+        cases.append({
+            "note": case["note"], "signal": case["wire_text"], "topic": topic,
+            "data_key_hex": _hex(data_key), "subject_hex": _hex(subject), "epoch": epoch,
+            "hkdf_info_hex": _hex(KEY_INFO + FUND.value.encode()), "fund_key_hex": _hex(derived),
+            "key_endpoint_answer": {"pseudonym": wire["pseudonym"]["value"], "subject": subject.hex(),
+                                    "epoch": epoch, "key": b64u(derived)},
+            "plaintext_text": plaintext(unsigned).decode(), "nonce_hex": _hex(nonce),
+            "associated_data_hex": _hex(associated_data(topic, wire["signal_id"], subject, epoch)),
+            "ciphertext_and_tag_hex": _hex(raw[12:]), "sealed": sealed["sealed"],
+            "canonical_unsigned_text": text.decode(), "wire_text": value.decode(),
+        })
+    return {"description": "Sealed signals (docs/contract.md §2.1): each signal of signals.json with its person "
+                           "members (category, observed_on, sealed_ref, territory) sealed under the key the key "
+                           "endpoint (§4.4) hands fund caf for the person: HKDF-SHA256(ikm = the person's data key, "
+                           "salt = none, info = hkdf_info_hex, 32 bytes); plaintext = RFC 8785 form of the four "
+                           "members; associated data = 'help-exchange/signal/v1' 0x00 topic 0x00 signal_id 0x00 "
+                           "subject (16 bytes) epoch (4 bytes, big endian); value = b64url(nonce || ciphertext || "
+                           "tag); then signed (§7) with caf's key of keys.json. Data keys and subjects are derived "
+                           "from public labels (the exchange's are random); nonces are FIXED here to make the "
+                           "vectors reproducible: a real seal takes 12 fresh random bytes.",
+            "fund": FUND.value, "cases": cases}
+
+
 CONSENT_LINES: list[tuple[str, str, dict[str, str]]] = [
     ("consent given: takes effect when recorded (now), like every kind; its date enters the id", "consentement_donne",
      {"nir": "1 55 03 75 123 045 79", "consent_ref": "HELP-2026-000123", "purposes": "acces_aux_droits",
@@ -827,6 +870,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
     key_dir = tmp / "keys"
     write_key_dir(key_dir, registry())
     settings = load_settings(var_dir=tmp / "var", key_dir=key_dir)
+    signals = signals_file(settings)
     return {
         "keys.json": keys_file(),
         "nir.json": nir_file(settings),
@@ -836,7 +880,8 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         "signal_id.json": signal_id_file(),
         "sealed_ref.json": sealed_ref_file(),
         "signature.json": signature_file(),
-        "signals.json": signals_file(settings),
+        "signals.json": signals,
+        "sealed_signal.json": sealed_signal_file(signals),
         "consents.json": consents_file(settings),
         "murmur2.json": murmur2_file(settings),
         "bad_messages.json": bad_messages_file(settings),

@@ -102,7 +102,8 @@ def test_compose_services_run_the_project_cli() -> None:
 
 
 #: The commands that run until stopped, and so serve metrics (services/platform/metrics.py).
-LONG_RUNNING = (["correlator"], ["casebook", "sink"], ["audit", "sink"], ["serve"], ["pseudonymiser", "serve"])
+LONG_RUNNING = (["correlator"], ["casebook", "sink"], ["audit", "sink"], ["serve"], ["pseudonymiser", "serve"],
+                ["signal-keys", "serve"])
 
 
 def _metrics_port(service: dict[str, object]) -> int | None:
@@ -152,7 +153,7 @@ def test_prometheus_scrapes_every_long_running_service_on_its_metrics_port() -> 
     # Every long-running service of the file is scraped.
     running = {name for name, svc in services.items() if svc.get("build") and svc.get("command")
                and any(svc["command"][:len(c)] == c for c in LONG_RUNNING)}
-    assert running >= {"correlator", "casebook-sink", "audit-sink", "web"}
+    assert running >= {"correlator", "casebook-sink", "audit-sink", "web", "signal-keys"}
     assert running <= set(scraped), f"not scraped: {sorted(running - set(scraped))}"
 
 

@@ -392,3 +392,54 @@ def test_bad_messages_get_their_reason_from_the_engine_and_the_checker() -> None
             if verdict.reason is not None:  # a stateless refusal: the checker alone says it
                 assert verdict.reason.value == r["expect"]["reason"], case["name"]
     assert covered - {None} == set(v["reasons_covered"])
+
+
+# ------------------------------------------------------------------ sealed signals (§2.1, §4.4)
+def doc_fund_key(data_key: bytes, fund: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"help-exchange/signal-key/v1\x00" + fund.encode()).derive(data_key)
+
+
+def test_sealed_signals_from_the_document_and_from_our_code() -> None:
+    from services.core.messages import SealedSignal
+    from services.core.signal_seal import fund_key, open_members, seal_message
+
+    v = vectors("sealed_signal.json")
+    k = keys()
+    private = serialization.load_pem_private_key(k["signing_key"]["private_pem"].encode(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    for case in v["cases"]:
+        signal = json.loads(case["signal"])
+        derived = doc_fund_key(bytes.fromhex(case["data_key_hex"]), v["fund"])
+        ours_key = fund_key(bytes.fromhex(case["data_key_hex"]), Fund(v["fund"]))
+        assert derived == bytes.fromhex(case["fund_key_hex"]) == ours_key
+        assert case["key_endpoint_answer"]["key"] == _b64u(derived)
+        plain = rfc8785.dumps({m: signal[m] for m in ("category", "observed_on", "territory", "sealed_ref")})
+        assert plain == case["plaintext_text"].encode()
+        subject = bytes.fromhex(case["subject_hex"])
+        aad = (b"help-exchange/signal/v1\x00" + case["topic"].encode() + b"\x00" + signal["signal_id"].encode()
+               + b"\x00" + subject + case["epoch"].to_bytes(4, "big"))
+        assert aad.hex() == case["associated_data_hex"]
+        nonce = bytes.fromhex(case["nonce_hex"])
+        sealed_value = AESGCM(derived).encrypt(nonce, plain, aad)
+        assert sealed_value.hex() == case["ciphertext_and_tag_hex"]
+        assert case["sealed"] == {"alg": "A256GCM", "subject": subject.hex(), "epoch": case["epoch"],
+                                  "value": _b64u(nonce + sealed_value)}
+        unsigned = {m: x for m, x in signal.items() if m not in ("category", "observed_on", "territory",
+                                                                  "sealed_ref", "signature")}
+        unsigned["sealed"] = case["sealed"]
+        assert rfc8785.dumps(unsigned) == case["canonical_unsigned_text"].encode()
+        assert rfc8785.dumps(sign(unsigned, private, k["signing_key"]["key_id"])) == case["wire_text"].encode()
+        # our code: the same sealed member, and it opens back to the four members
+        ours = seal_message(derived, case["topic"], subject, case["epoch"],
+                            {m: x for m, x in signal.items() if m != "signature"}, nonce=nonce)
+        assert ours["sealed"] == case["sealed"]
+        assert validator("sealed_signal").is_valid(json.loads(case["wire_text"]))
+        wire = parse(SealedSignal, case["wire_text"])
+        opened = open_members(derived, case["topic"], signal["signal_id"], wire.sealed)
+        assert opened is not None and opened.model_dump(mode="json") == {
+            m: signal[m] for m in ("category", "observed_on", "territory", "sealed_ref")}
+        assert open_members(derived, "help.signals.urssaf.v1", signal["signal_id"], wire.sealed) is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core.registry import ExchangeKeyEntry
@@ -26,6 +27,7 @@ from services.core.types import Fund
 from services.platform.datakeys import KeyRing, KeyStore
 from services.platform.db import make_engine
 from services.platform.partitioning import partition_for
+from services.platform.sealed_situations import situation_docs
 from services.platform.settings import Settings
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC, receipt_topic, signal_topic
 from tests.support.signals import EXCHANGE_KEY, Funds, wire
@@ -93,11 +95,27 @@ async def publish(bootstrap: str, items: Iterable[tuple[str, bytes | None, bytes
         await producer.stop()
 
 
+def open_situation_values(database_url: str | None, values: list[bytes]) -> list[dict[str, Any] | None]:
+    """Situation records as dicts, a sealed one opened with its person's data key in the
+    worker's database (None: its key is gone, an erased person's)."""
+    if not any(b'"sealed"' in v for v in values):
+        return situation_docs("", values)
+    assert database_url is not None, "sealed situation events: give the collector the worker's database"
+    try:
+        return situation_docs(database_url, values)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # No key table yet: these are another test's events (a worker of an earlier test on
+        # the shared broker, still publishing), sealed under keys this database never held.
+        return [json.loads(v) if b'"sealed"' not in v else None for v in values]
+
+
 @dataclass
 class Collector:
-    """Reads the correlator's output topics from their current end (no consumer group)."""
+    """Reads the correlator's output topics from their current end (no consumer group);
+    ``database_url``: the worker's, whose data keys open the sealed situation events."""
 
     bootstrap: str
+    database_url: str | None = None
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by receipt_id
     receipt_count: int = 0
     #: (topic, partition, offset) of every source record that got a receipt.
@@ -105,6 +123,8 @@ class Collector:
     deadletters: dict[str, dict[str, Any]] = field(default_factory=dict)
     situations: list[dict[str, Any]] = field(default_factory=list)
     tombstones: list[str] = field(default_factory=list)
+    #: Situation events read after their key was destroyed (an erased person's).
+    unreadable: int = 0
     consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -131,13 +151,14 @@ class Collector:
         assert self.consumer is not None
         batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
         for tp, records in batches.items():
+            if tp.topic == SITUATIONS_TOPIC:
+                self.tombstones += [r.key.decode() for r in records if r.value is None]
+                events = open_situation_values(self.database_url, [r.value for r in records if r.value is not None])
+                self.situations += [e for e in events if e is not None]
+                self.unreadable += sum(e is None for e in events)
+                continue
             for r in records:
-                if tp.topic == SITUATIONS_TOPIC:
-                    if r.value is None:
-                        self.tombstones.append(r.key.decode())
-                    else:
-                        self.situations.append(json.loads(r.value))
-                elif tp.topic == DEADLETTER_TOPIC:
+                if tp.topic == DEADLETTER_TOPIC:
                     d = json.loads(r.value)
                     self.deadletters[d["deadletter_id"]] = d
                 else:
@@ -321,7 +342,7 @@ async def run_scenario(settings: Settings, tmp_path: Path, script: Script, *, pe
             await asyncio.sleep(0.1)
         replay_positions.extend(await publish(bootstrap, [item(m) for m in replays]))
 
-    collector = Collector(bootstrap)
+    collector = Collector(bootstrap, settings.database_url)
     await collector.start()
     workers = Workers(settings, app_id, tmp_path)
     publishing = asyncio.create_task(producer())

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def collector(bootstrap: str) -> AsyncIterator[Collector]:
-    c = Collector(bootstrap)
+async def collector(bootstrap: str, settings: Settings) -> AsyncIterator[Collector]:
+    c = Collector(bootstrap, settings.database_url)
     await c.start()
     yield c
     await c.stop()

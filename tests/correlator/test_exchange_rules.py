@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import random
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -40,11 +41,14 @@ from services.core.policy import parse_policy
 from services.core.reasons import Reason
 from services.core.registry import FundKeys, Registry, load_registry
 from services.core.rules import Context
+from services.core.signal_seal import seal_message
 from services.core.signing import sign
 from services.core.types import Fund, format_timestamp
-from services.correlator.engine import Engine, Record
+from services.correlator.engine import H_OFFSET, H_PARTITION, H_TOPIC, REPARTITION_TOPIC, Engine, Record
 from services.errors import Rejected
 from services.ledger.sink import EntryMaker
+from services.platform.datakeys import KeyRing, KeyStore, seal
+from services.platform.db import open_engine
 from services.platform.partitioning import partition_for
 from services.platform.settings import DEFAULT_SCHEMAS_DIR, Settings
 from services.platform.topics import CONSENTS_TOPIC, DEADLETTER_TOPIC, REVEALS_TOPIC, signal_topic
@@ -52,6 +56,7 @@ from services.producer.keys import init_exchange_key, init_fund_keys, registry_p
 from services.producer.sdk import F_DATE, SignalBuilder, SignalInput
 from tests.correlator.core_fixtures import context
 from tests.support.extracts import make_nir
+from tests.support.signalkeys import LocalKeys
 from tests.support.signals import RETIRED_KEY, Funds, wire
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +78,8 @@ def _partition(value: bytes) -> int:
 
 def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason | None, str]]:
     """(reason, dead-letter detail) of each item, processed in one batch; (None, "") if accepted."""
-    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value)
+    records = [Record(topic, _partition(value), offset, int(NOW.timestamp() * 1000), None, value,
+                      _forwarded_from(CAF, offset) if topic == REPARTITION_TOPIC else {})
                for offset, (topic, value) in enumerate(items)]
     batch = engine.process(records, {}.get)
     letters = {json.loads(o.value or b"")["source"]["offset"]: json.loads(o.value or b"")
@@ -89,9 +95,14 @@ def answers(engine: Engine, items: list[tuple[str, bytes]]) -> list[tuple[Reason
 FUNDS = Funds(now=NOW)
 
 
+def _forwarded_from(topic: str, offset: int) -> dict[str, bytes]:
+    """The headers of a record the engine forwarded to the repartition topic (its source)."""
+    return {H_TOPIC: topic.encode(), H_PARTITION: b"0", H_OFFSET: str(offset).encode()}
+
+
 def engine_at(now: dt.datetime, ctx: Context | None = None, funds: Funds | None = None,
-              registry: Registry | None = None) -> Engine:
-    return Engine(ctx or context(), registry or (funds or FUNDS).registry(), clock=lambda: now)
+              registry: Registry | None = None, **options: Any) -> Engine:
+    return Engine(ctx or context(), registry or (funds or FUNDS).registry(), clock=lambda: now, **options)
 
 
 def caf_key_retired() -> Registry:
@@ -141,6 +152,50 @@ class Case:
     ctx: Callable[[], Context] = context
     #: the registry the exchange trusts for this case (default: every fund's key active)
     registry: Callable[[], Registry] = FUNDS.registry
+    #: more of the engine's options (sealing)
+    options: Callable[[], dict[str, Any]] = dict
+
+
+class KeysGone:
+    """A key table where every key was destroyed: nothing sealed opens (what
+    :class:`~services.platform.datakeys.KeyRing` answers then, tests/consent)."""
+
+    def seal(self, pseudonym_value: bytes, topic: str, plaintext: bytes) -> bytes:
+        return seal(b"k" * 32, topic, b"s" * 16, 1, plaintext)
+
+    def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None:
+        return None
+
+    def erase(self, pseudonym_value: bytes) -> None:
+        pass
+
+    def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None:
+        return None
+
+    def subject(self, pseudonym_value: bytes) -> bytes:
+        return b"s" * 16
+
+
+def _forward_sealed_then_erased() -> list[tuple[str, bytes]]:
+    """A signal forwarded to its person's partition, sealed, read back after the key went."""
+    return [(REPARTITION_TOPIC, KeysGone().seal(b"", REPARTITION_TOPIC, wire(good())))]
+
+
+@cache
+def _key_table() -> tuple[KeyRing, LocalKeys]:
+    """A key table (SQLite, in a temporary folder) and the key endpoint over it."""
+    folder = Path(tempfile.mkdtemp(prefix="rules-keys-"))
+    store = KeyStore(open_engine(f"sqlite:///{folder / 'keys.db'}"))
+    return KeyRing(store, b"m" * 32), LocalKeys(store, b"m" * 32)
+
+
+def _sealed_elsewhere() -> list[tuple[str, bytes]]:
+    """A signal sealed with the person's right key, but for the topic of another fund."""
+    _, keys = _key_table()
+    msg = good()
+    subject, epoch, key = keys(Fund.CAF, msg["pseudonym"]["value"])
+    unsigned = {k: v for k, v in msg.items() if k != "signature"}
+    return [signal_item(FUNDS.resign(seal_message(key, URSSAF, subject, epoch, unsigned)))]
 
 
 def _duplicate_member() -> list[tuple[str, bytes]]:
@@ -199,6 +254,10 @@ CASES: dict[str, Case] = {
                                                                         "value": "L" * 43}))],
                            "/pseudonym_previous/key_id:unknown"),
     "duplicate": Case(lambda: [signal_item(m := good()), signal_item(m)], "/signal_id:already_accepted"),
+    "forward-erased": Case(_forward_sealed_then_erased, "/:forward_erased", options=lambda: {"sealer": KeysGone()}),
+    "sealed-form": Case(lambda: [signal_item(good())], "/sealed:missing", options=lambda: {"accept_clear": False}),
+    "sealed-opens": Case(_sealed_elsewhere, "/sealed/value:does_not_open",
+                         options=lambda: {"sealer": _key_table()[0]}),
     "objection": Case(lambda: [consent_item(FUNDS.consent("rules-p", "opposition", fund=Fund.CAF)),
                                signal_item(good())], "/pseudonym:objection_on_record"),
     "consent-withdrawn": Case(lambda: [consent_item(FUNDS.consent("rules-p", "consentement_retire", fund=Fund.CAF)),
@@ -417,7 +476,7 @@ def _rows() -> Iterator[Row]:
 @pytest.mark.parametrize("row", [r for r in _rows() if r.id in CASES], ids=lambda r: r.id)
 def test_a_hand_built_message_is_refused_with_the_tables_code(row: Row) -> None:
     case = CASES[row.id]
-    engine = engine_at(NOW, case.ctx(), registry=case.registry())
+    engine = engine_at(NOW, case.ctx(), registry=case.registry(), **case.options())
     *before, (reason, detail) = answers(engine, case.items())
     assert all(r is None for r, _ in before), before  # the set-up messages are accepted
     assert reason is not None and reason.value == row.exchange_codes[0], (row.id, reason, detail)

@@ -126,7 +126,7 @@ async def test_lag_is_published_minus_processed_and_the_watchdog_reports_a_stall
     env = {"HELP_METRICS_PORT": str(port), "HELP_METRICS_HOST": "127.0.0.1",
            "HELP_LAG_PROBE_EVERY_S": "0.5", "HELP_WATCHDOG_STALL_S": "3"}
     log = tmp_path / "worker.log"
-    collector = Collector(bootstrap)
+    collector = Collector(bootstrap, own_settings.database_url)
     await collector.start()
     proc = start_worker(own_settings, "corr-gauges", log, env=env)
     try:
@@ -191,7 +191,7 @@ async def test_the_watchdog_exits_for_a_restart_when_configured(
     funds.write_registry(own_settings.key_dir)
     env = {"HELP_LAG_PROBE_EVERY_S": "0.5", "HELP_WATCHDOG_STALL_S": "2", "HELP_WATCHDOG_EXIT": "true"}
     log = tmp_path / "worker.log"
-    collector = Collector(bootstrap)
+    collector = Collector(bootstrap, own_settings.database_url)
     await collector.start()
     proc = start_worker(own_settings, "corr-watchdog-exit", log, env=env)
     try:

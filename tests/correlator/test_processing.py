@@ -107,7 +107,8 @@ class FakeEngine:
             yield
         return batch
 
-    def sweep(self, items: Iterable[tuple[bytes, int, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+    def sweep(self, items: Iterable[tuple[bytes, int, bytes]], outputs: list[Output] | None = None,
+              ) -> dict[bytes, tuple[int, bytes]]:
         return {key: (partition, b"swept") for key, partition, _ in items}
 
 

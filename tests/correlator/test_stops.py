@@ -86,7 +86,7 @@ async def test_a_stopped_worker_drains_its_batch_and_a_restart_doubles_nothing(
         items.append((signal_topic(Fund(m["fund"])), value.encode(), wire(m),
                       partition_for(value, PARTITIONS)))
     bootstrap = settings.bootstrap_servers or ""
-    collector = Collector(bootstrap)
+    collector = Collector(bootstrap, settings.database_url)
     await collector.start()
     worker = None
     try:
@@ -159,7 +159,7 @@ async def test_an_idle_worker_notices_a_killed_check_helper_within_a_second(sett
             out.append((signal_topic(Fund.CAF), value.encode(), wire(m), partition_for(value, PARTITIONS)))
         return out
 
-    collector = Collector(bootstrap)
+    collector = Collector(bootstrap, settings.database_url)
     await collector.start()
     log_path = tmp_path / "worker.log"
     worker = start_worker(settings, app_id, log_path)

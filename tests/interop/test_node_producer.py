@@ -205,7 +205,7 @@ def correlated(exchange: Exchange) -> Correlated:
                             for p, (cat, purpose) in node_side.items()]
 
     async def run() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        collector = Collector(exchange.bootstrap)
+        collector = Collector(exchange.bootstrap, exchange.settings.database_url)
         await collector.start()
         try:
             results = exchange.node_publish("carsat", node_rows)
@@ -297,7 +297,7 @@ async def test_every_bad_input_class_from_the_node_producer_is_answered_and_noth
     exchange.cli("keys", "retire", "--fund", "carsat", "--key-id", retired["signing"])
     unknown = exchange.node_run("keygen", "--fund", "carsat", "--key-dir", str(exchange.settings.key_dir))[0]
 
-    collector = Collector(exchange.bootstrap)
+    collector = Collector(exchange.bootstrap, exchange.settings.database_url)
     await collector.start()
     alive = exchange.alive
     try:
@@ -376,3 +376,62 @@ async def test_every_bad_input_class_from_the_node_producer_is_answered_and_noth
         raise AssertionError(f"{exc}\n{exchange.calls}\n{exchange.worker_log()}") from None
     finally:
         await collector.stop()
+
+
+# ----------------------------------------------------------------------------- sealed signals
+async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_opens(exchange: Exchange) -> None:
+    """Contract §2.1 and §4.4 from the documents alone: the Node producer asks the exchange's
+    key endpoint, seals the person members, signs; the worker opens them and correlates the
+    signal with a CAF one of the same person (a situation opens); the topic holds no
+    category, date, département or sealed reference in clear."""
+    from services.app.bootstrap import signal_keys_log
+    from services.platform.datakeys import KeyStore
+    from services.platform.db import open_engine
+    from services.platform.markers import marker_key
+    from services.signalkeys.server import make_server, serve_in_thread
+    from services.signalkeys.service import SignalKeyService
+    from tests.support.local import free_port
+
+    settings = exchange.settings
+    port = free_port()
+    server = make_server(SignalKeyService(KeyStore(open_engine(settings.database_url)), marker_key(settings),
+                                          quota_per_day=1000, batch_limit=100, log=signal_keys_log(settings)),
+                         "127.0.0.1", port)
+    serve_in_thread(server)
+    d = (today_paris() - dt.timedelta(days=3)).isoformat()
+    person = nir(611)
+    collector = Collector(exchange.bootstrap, exchange.settings.database_url)
+    await collector.start()
+    try:
+        exchange.cli("publish", "--fund", "caf", "--input",
+                     str(extract(exchange.tmp / "caf-sealed.csv", [(person, "separation", d, "35", "CAF-SEALED")])))
+        results = await asyncio.to_thread(exchange.node_publish, "sealed", [(person, "veuvage_pension_reversion", d,
+                                                                            "35", "CARSAT/SEALED")],
+                                          "--signal-keys", f"http://127.0.0.1:{port}")
+        (result,) = results
+        assert result["status"] == "envoye" and result["sealed"] is True, result
+        position = (result["topic"], result["partition"], result["offset"])
+        await collector.until(lambda c: position in c.receipted and any(
+            s["pseudonym"]["value"] == result["pseudonym"] for s in c.latest_situations().values()),
+            timeout=90, alive=exchange.alive)
+        receipt = collector.receipt_for(*position)
+        assert receipt is not None and receipt["status"] == "accepte", receipt
+    finally:
+        await collector.stop()
+        server.shutdown()
+        server.server_close()
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": exchange.bootstrap, "group.id": "sealed-probe",
+                         "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(position[0], position[1], position[2])])
+        msg = consumer.poll(10)
+        assert msg is not None and not msg.error()
+        raw = msg.value() or b""
+    finally:
+        consumer.close()
+    wire = json.loads(raw)
+    assert wire["signal_id"] == result["signal_id"] and "sealed" in wire
+    assert not {"category", "observed_on", "territory", "sealed_ref"} & set(wire)
+    assert b"veuvage" not in raw and b"CARSAT" not in raw

@@ -340,3 +340,47 @@ def test_the_service_command_stops_on_a_signal_and_exits_0(tmp_path: Path, signu
         assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
     finally:
         terminate(proc)
+
+
+def test_a_build_job_asks_part_by_part_and_builds_what_each_line_alone_builds(
+        service_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's build job asks the service a small first part, then parts of CHUNK lines,
+    each asked before the previous one is built; the signals are those of each line built
+    alone, each pseudonym the key holder's, and a bad NIR is refused in its place."""
+    import random
+
+    from services.producer import publish
+    from services.producer.extract import Line
+    from services.producer.sdk import SignalBuilder, SignalInput
+    from tests.support.extracts import make_nir
+
+    monkeypatch.setattr(publish, "FIRST_PART", 2)
+    monkeypatch.setattr(publish, "CHUNK", 5)
+    assert publish._parts([]) == []
+    v2 = load_settings(**{**service_settings.model_dump(), "pseudonym_scheme": "v2", "pseudonymiser_cache": False})
+    rng = random.Random(20)
+    day = dt.date.today() - dt.timedelta(days=3)
+    nirs = [make_nir(rng) for _ in range(13)]
+    nirs[6] = "185057800608400"  # a wrong control key: refused, never asked
+    lines = [Line(i + 2, SignalInput(n, "separation", day, "35", f"DOS-{i:05d}")) for i, n in enumerate(nirs)]
+    assert [len(p) for p in publish._parts(lines)] == [2, 5, 5, 1]
+    now = dt.datetime.now(dt.UTC)
+    builder = SignalBuilder(v2, Fund.CAF)
+    rows, rejected = publish._build_chunk(builder, lines, day + dt.timedelta(days=3), now, 6)
+    assert builder._pseudonyms.batches == 4 and builder._pseudonyms.evaluated == 12
+
+    alone = SignalBuilder(v2, Fund.CAF)
+    (version, ev), = load_evaluators(v2).items()
+
+    def comparable(value: bytes) -> dict[str, object]:
+        doc = json.loads(value)
+        return {k: v for k, v in doc.items() if k not in ("sealed_ref", "signature")}  # random nonce
+
+    expected = [alone.build(line.record, today=day + dt.timedelta(days=3), now=now, partitions=6)
+                for line in lines if line.line != 8]
+    assert [(r.signal_id, r.key, r.partition, comparable(r.value)) for r in rows] == [
+        (r.signal_id, r.key, r.partition, comparable(r.value)) for r in expected]
+    assert [json.loads(r.value)["pseudonym"] for r in rows] == [
+        {"key_id": version, "value": oprf.pseudonym_value_v2(ev.evaluate(oprf_input(n)))}
+        for n in nirs if n != nirs[6]]
+    assert [(r.line, r.reason) for r in rejected] == [(8, Reason.CLE_NIR_INVALIDE)]

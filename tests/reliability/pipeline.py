@@ -14,6 +14,7 @@ from typing import Any
 from services.app import demo
 from services.app.demo import read_latest, wait_for_casebook
 from services.core.types import Fund
+from services.platform.sealed_situations import situation_docs
 from services.platform.settings import Settings
 from services.platform.topics import SITUATIONS_TOPIC, receipt_topic
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
@@ -69,11 +70,14 @@ def _settled_situations(settings: Settings, settle: float = 3.0, timeout: float 
     while time.monotonic() < deadline:
         records = asyncio.run(read_topics(settings.bootstrap_servers, [SITUATIONS_TOPIC]))
         now: dict[str, dict[str, Any]] = {}
+        docs = iter(situation_docs(settings.database_url, [r.value for r in records if r.value is not None]))
         for r in records:
             if r.value is None:
                 now.pop((r.key or b"").decode(), None)
                 continue
-            doc = json.loads(r.value)
+            doc = next(docs)
+            if doc is None:  # an erased person's (its key is gone)
+                continue
             if doc["situation_id"] not in now or doc["version"] >= now[doc["situation_id"]]["version"]:
                 now[doc["situation_id"]] = doc
         if now and now == last:

@@ -17,7 +17,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from services.core.messages import SituationEvent, parse_situation
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Output, Record
+from services.platform.sealed_situations import sealed_bytes
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC
 
 
@@ -88,6 +90,17 @@ class Cluster:
             steps += 1
         raise AssertionError("the cluster did not settle")
 
+    def _opened(self, value: bytes) -> bytes:
+        """A situation event in clear: a sealed one opened with the engine's key ring."""
+        event = parse_situation(value)
+        if isinstance(event, SituationEvent):
+            return value
+        sealer = self.engine.sealer
+        assert sealer is not None, "a sealed situation event from an engine without a sealer"
+        opened = sealer.open(None, SITUATIONS_TOPIC, sealed_bytes(event))
+        assert opened is not None, f"situation {event.situation_id} sealed under a key already gone"
+        return opened
+
     def _route(self, outputs: Iterable[Output]) -> None:
         for out in outputs:
             if out.topic == REPARTITION_TOPIC:
@@ -99,7 +112,7 @@ class Cluster:
                 if out.value is None:
                     self.situations.pop(sid, None)
                 else:
-                    self.situations[sid] = out.value
+                    self.situations[sid] = self._opened(out.value)
             elif out.topic == DEADLETTER_TOPIC:
                 self.deadletters.append(out.value or b"")
             else:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.core.dates import today_paris
 from services.core.registry import ExchangeKeyEntry, FundKeys, PublicKeyEntry, Registry, save_registry
+from services.core.signal_seal import seal_message
 from services.core.signing import b64u, sign
 from services.core.types import Fund, format_timestamp
 
@@ -49,6 +51,10 @@ class Funds:
     now: dt.datetime | None = None
     #: Exchange keys beyond the two every registry of these tests holds (a key rotation).
     more_exchange_keys: tuple[ExchangeKeyEntry, ...] = ()
+    #: Where signals get the key they are sealed with (contract §2.1): (fund, pseudonym
+    #: value) -> (subject, epoch, the fund's key), as the key endpoint answers. None:
+    #: signals in clear (an engine that accepts them, or a test of the clear form).
+    sealing: Callable[[Fund, str], tuple[bytes, int, bytes]] | None = None
 
     def key_id(self, fund: Fund) -> str:
         return f"{fund.value}-sig-1"
@@ -92,7 +98,11 @@ class Funds:
             "legal_basis": legal_basis or {"code": "L115-2-1", "conditions": []},
             "purpose": purpose,
         }
+        clear = overrides.pop("clear", False)
         msg.update(overrides)
+        if self.sealing is not None and not clear:
+            subject, epoch, key = self.sealing(fund, msg["pseudonym"]["value"])
+            msg = seal_message(key, f"help.signals.{fund.value}.v1", subject, epoch, msg)
         who = signer or fund
         return sign(msg, self.keys[who], self.key_id(who))
 

@@ -112,6 +112,57 @@ export function openSeal (sealKey, sealKeyId, fund, value, pseudonym = null) {
 
 export const token = (sealed) => `scelle:${sealed.key_id}:${sealed.value}`
 
+// ------------------------------------------------------------------------------- §2.1 sealed form
+export const SIGNAL_KEY_INFO = 'help-exchange/signal-key/v1'
+export const SIGNAL_AAD_LABEL = 'help-exchange/signal/v1'
+export const SEALED_MEMBERS = ['category', 'observed_on', 'territory', 'sealed_ref']
+
+/** The fund's key for a person: HKDF-SHA256 of the person's data key (the exchange does this; the endpoint answers it). */
+export function fundKey (dataKey, fund) {
+  const info = Buffer.concat([ascii(SIGNAL_KEY_INFO), Buffer.from([0]), ascii(fund)])
+  return Buffer.from(crypto.hkdfSync('sha256', dataKey, Buffer.alloc(0), info, 32))
+}
+
+export function signalAad (topic, signalId, subject, epoch) {
+  const e = Buffer.alloc(4)
+  e.writeUInt32BE(epoch)
+  return Buffer.concat([ascii(SIGNAL_AAD_LABEL), Buffer.from([0]), ascii(topic), Buffer.from([0]), ascii(signalId),
+    Buffer.from([0]), subject, e])
+}
+
+export function sealedPlaintext (message) {
+  return Buffer.from(canonicalize(Object.fromEntries(SEALED_MEMBERS.map((k) => [k, message[k]]))), 'utf8')
+}
+
+/**
+ * The unsigned signal with its person members sealed (§2.1) under `key` (the key endpoint's
+ * answer for the pseudonym: {subject (hex), epoch, key (32 bytes)}); `nonce` only for the vectors.
+ */
+export function sealSignal (message, topic, answer, nonce = crypto.randomBytes(12)) {
+  const subject = Buffer.from(answer.subject, 'hex')
+  const cipher = crypto.createCipheriv('aes-256-gcm', answer.key, nonce, { authTagLength: 16 })
+  cipher.setAAD(signalAad(topic, message.signal_id, subject, answer.epoch))
+  const ct = Buffer.concat([cipher.update(sealedPlaintext(message)), cipher.final()])
+  const out = Object.fromEntries(Object.entries(message).filter(([k]) => !SEALED_MEMBERS.includes(k) && k !== 'signature'))
+  out.sealed = { alg: 'A256GCM', subject: answer.subject, epoch: answer.epoch, value: b64url(Buffer.concat([nonce, ct, cipher.getAuthTag()])) }
+  return out
+}
+
+/** Asks the key endpoint (§4.4) for the keys of these pseudonyms: Map value -> {subject, epoch, key}. */
+export async function signalKeys (url, fund, pseudonyms) {
+  const found = new Map()
+  for (let i = 0; i < pseudonyms.length; i += 4096) {
+    const res = await fetch(`${url.replace(/\/$/, '')}/v1/signal-keys`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ fund, pseudonyms: pseudonyms.slice(i, i + 4096) })
+    })
+    const doc = await res.json()
+    if (res.status !== 200) throw new Error(`key endpoint: ${doc.reason}: ${doc.message}`)
+    for (const k of doc.keys) found.set(k.pseudonym, { subject: k.subject, epoch: k.epoch, key: b64urlDecode(k.key) })
+  }
+  return found
+}
+
 // ------------------------------------------------------------------------------- §7 signature
 export function canonicalBytes (message) {
   const { signature, ...rest } = message

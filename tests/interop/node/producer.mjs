@@ -9,6 +9,7 @@
 //   node producer.mjs make-current --fund F --key-dir DIR --signing-key-id ID
 //   node producer.mjs publish --fund F --input FILE --key-dir DIR --bootstrap HOST:PORT
 //       [--signing-key-id ID (default: current.json's)] [--out RESULTS.jsonl]
+//       [--signal-keys URL (the exchange's key endpoint: each signal sealed, contract §2.1)]
 //       builds, signs and sends one signal per record of FILE (CSV ';' with the extract header,
 //       a JSON array, or JSONL); prints one JSON line per record: sent (with its position) or
 //       rejected at the fund (with its reason). Exit 0 all sent, 2 some rejected, 1 failure.
@@ -27,7 +28,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { Consumer, Producer, ProduceAcks, stringDeserializers } from '@platformatic/kafka'
-import { KeyDir, Refused, buildSignal, fromExtract, partitionFor, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
+import { KeyDir, Refused, buildSignal, fromExtract, partitionFor, sealSignal, sign, signalKeys, wire, FUNDS, MAX_MESSAGE_BYTES } from './contract.mjs'
 
 const REQUIRED = ['nir', 'categorie', 'date_observation', 'departement', 'reference_dossier']
 
@@ -79,17 +80,23 @@ async function publish (args) {
   const topic = `help.signals.${args['topic-fund'] ?? fund}.v1`
   const results = []
   const outgoing = []
+  const built = []
   readRecords(args.input).forEach((record, i) => {
     const line = i + 2 // 1 = the header line, as a reject report counts
     if (record.__reason) { results.push({ line, status: 'rejete', reason: record.__reason }); return }
-    let message
     try {
-      message = buildSignal(fund, record, keys, { uncheckedDates: args['unchecked-dates'], emittedAt: args['emitted-at'] })
+      built.push({ line, message: buildSignal(fund, record, keys, { uncheckedDates: args['unchecked-dates'], emittedAt: args['emitted-at'] }) })
     } catch (err) {
       if (!(err instanceof Refused)) throw err
       results.push({ line, status: 'rejete', reason: err.reason, detail: err.detail })
-      return
     }
+  })
+  // §2.1: with --signal-keys URL, each signal's person members sealed under the key the
+  // exchange's key endpoint (§4.4) answers for its pseudonym, then signed again.
+  const sealing = args['signal-keys'] ? await signalKeys(args['signal-keys'], fund, [...new Set(built.map((b) => b.message.pseudonym.value))]) : null
+  for (const { line, message: clear } of built) {
+    let message = clear
+    if (sealing) message = sign(sealSignal(clear, topic, sealing.get(clear.pseudonym.value)), keys.signing.privateKey, keys.signing.keyId)
     if (args['forge-signature']) {
       const sig = Buffer.from(message.signature.value, 'base64url')
       sig[0] ^= 1
@@ -99,10 +106,11 @@ async function publish (args) {
     if (args['pad-bytes']) value = Buffer.concat([Buffer.alloc(Number(args['pad-bytes']), ' '), value])
     const key = message.pseudonym.value
     const partition = args.partition != null ? Number(args.partition) : partitionFor(key)
-    const result = { line, status: 'envoye', signal_id: message.signal_id, pseudonym: key, sealed_ref: message.sealed_ref, topic, partition, bytes: value.length }
+    const result = { line, status: 'envoye', signal_id: message.signal_id, pseudonym: key, sealed_ref: clear.sealed_ref, topic, partition, bytes: value.length }
+    if (sealing) result.sealed = true
     if (value.length > MAX_MESSAGE_BYTES) result.oversize = true
     for (let n = 0; n < Number(args.repeat ?? 1); n++) outgoing.push({ result: n ? { ...result } : result, record: { topic, key, value, partition } })
-  })
+  }
   if (args['dry-run']) {
     results.push(...outgoing.map(({ result }) => ({ ...result, status: 'prepare' })))
   } else if (outgoing.length) {
@@ -247,6 +255,7 @@ const OPTIONS = {
   'emitted-at': { type: 'string' },
   repeat: { type: 'string' },
   'dry-run': { type: 'boolean' },
+  'signal-keys': { type: 'string' },
   'until-accepted': { type: 'boolean' }
 }
 

@@ -195,6 +195,26 @@ for (const v of sg.rejected) {
   })
 }
 
+// ------------------------------------------------------------------------------- sealed_signal.json
+const ss = load('sealed_signal.json')
+for (const v of ss.cases) {
+  attempt(`sealed signal (${v.note})`, () => {
+    const signal = JSON.parse(v.signal)
+    const key = c.fundKey(Buffer.from(v.data_key_hex, 'hex'), ss.fund)
+    same(`sealed signal (${v.note}): fund key`, key, Buffer.from(v.fund_key_hex, 'hex'))
+    same(`sealed signal (${v.note}): endpoint answer`, c.b64url(key), v.key_endpoint_answer.key)
+    same(`sealed signal (${v.note}): plaintext`, c.sealedPlaintext(signal).toString('utf8'), v.plaintext_text)
+    same(`sealed signal (${v.note}): associated data`, c.signalAad(v.topic, signal.signal_id, Buffer.from(v.subject_hex, 'hex'), v.epoch),
+      Buffer.from(v.associated_data_hex, 'hex'))
+    const answer = { subject: v.key_endpoint_answer.subject, epoch: v.key_endpoint_answer.epoch, key: c.b64urlDecode(v.key_endpoint_answer.key) }
+    const sealed = c.sealSignal(signal, v.topic, answer, Buffer.from(v.nonce_hex, 'hex'))
+    same(`sealed signal (${v.note}): sealed member`, sealed.sealed, v.sealed)
+    const msg = c.sign(sealed, privateKey, signingKeyId)
+    same(`sealed signal (${v.note}): canonical form without signature`, c.canonicalBytes(msg).toString('utf8'), v.canonical_unsigned_text)
+    same(`sealed signal (${v.note}): wire text`, c.wire(msg).toString('utf8'), v.wire_text)
+  })
+}
+
 // ------------------------------------------------------------------------------- rotation.json
 // §4.3: the link to the previous pseudonym. The v2 values come from the service's output
 // (no OPRF here, as for pseudonym_v2.json); the v1 one is the HMAC of §4.
@@ -244,7 +264,7 @@ for (const v of bad.cases) {
 
 // Every vector file must be read here: a new one that this check ignores is a difference.
 const KNOWN = ['keys.json', 'nir.json', 'pseudonym.json', 'pseudonym_v2.json', 'signal_id.json', 'sealed_ref.json', 'signature.json',
-  'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json', 'rotation.json']
+  'murmur2.json', 'signals.json', 'consents.json', 'bad_messages.json', 'rotation.json', 'sealed_signal.json']
 for (const name of fs.readdirSync(DIR).filter((n) => n.endsWith('.json'))) {
   checks++
   if (!KNOWN.includes(name)) failures.push(`${name}: a vector file this check does not reproduce`)

@@ -1,0 +1,130 @@
+"""Sealed signals end to end (contract §2.1, §4.4), on the real broker: the fund's SDK asks
+the key endpoint, seals, signs and sends; a correlator worker that requires sealing opens
+them. A key fetched, then replaced by a withdrawal before the signal is sent: the receipt
+says ``cle_signal_remplacee``, the reconciliation seals it again under the person's new key
+and the next flush sends it: accepted, nothing lost. The signal topic never holds the
+person members in clear."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+from stdnum.fr import nir as stdnum_nir
+
+from services.core.types import Fund
+from services.platform.kafka import consumer
+from services.platform.settings import Settings
+from services.platform.topics import signal_topic
+from services.producer.consent import record_file
+from services.producer.keys import init_exchange_key, init_fund_keys
+from services.producer.receipts import Seen, collect, read_receipts, reconcile
+from services.producer.sdk import Publisher, SignalBuilder, SignalInput, flush_outbox, read_to_end
+from tests.correlator.harness import Collector, start_worker, stop
+
+pytestmark = pytest.mark.integration
+
+
+def nir(serial: int) -> str:
+    body = f"14505350{serial:05d}"  # born 1945: either purpose
+    return body + stdnum_nir.calc_check_digits(body)
+
+
+async def _consent(settings: Settings, collector: Collector, tmp_path: Path, kind: str, person: str,
+                   purposes: str, n: int) -> None:
+    before = set(collector.receipts)
+    path = tmp_path / f"consent-{n}.csv"
+    path.write_text("nir;reference_consentement;finalites;date_effet\n"
+                    f"{person};HELP-2026-{n:06d};{purposes};\n", encoding="utf-8")
+    summary = await record_file(settings, Fund.CAF, kind, path, tmp_path / f"r{n}.csv")  # type: ignore[arg-type]
+    assert summary.exit_code == 0 and summary.sent == 1, summary.lines()
+    await collector.until(lambda c: any(k not in before and r["signal_id"] is None
+                                        for k, r in c.receipts.items()), timeout=90)
+
+
+def _record(person: str, category: str, reference: str, purpose: str) -> SignalInput:
+    return SignalInput(nir=person, category=category, observed_on=dt.date.today() - dt.timedelta(days=2),
+                       departement="35", reference=reference, purpose=purpose)
+
+
+async def _receipt_of(collector: Collector, signal_id: str, count: int) -> dict[str, object]:
+    await collector.until(lambda c: sum(r["signal_id"] == signal_id for r in c.receipts.values()) >= count,
+                          timeout=90)
+    return [r for r in collector.receipts.values() if r["signal_id"] == signal_id][-1]
+
+
+async def _topic_values(settings: Settings, topic: str) -> list[bytes]:
+    cons = consumer(settings, settings.bootstrap_servers or "", group_id=None, enable_auto_commit=False)
+    await cons.start()
+    try:
+        await cons.topics()  # the metadata, with the topic's partitions
+        tps = [TopicPartition(topic, p) for p in sorted(cons.partitions_for_topic(topic) or ())]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        ends = await cons.end_offsets(tps)
+        values: list[bytes] = []
+        async for records in read_to_end(cons, ends):
+            values += [r.value or b"" for r in records]
+        return values
+    finally:
+        await cons.stop()
+
+
+async def test_a_key_replaced_between_fetch_and_send_is_sealed_again(sealing: Settings, tmp_path: Path) -> None:
+    settings = sealing
+    init_exchange_key(settings.key_dir)
+    init_fund_keys(settings.key_dir, Fund.CAF)
+    (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
+    person = nir(4242)
+    collector = Collector(settings.bootstrap_servers or "", settings.database_url)
+    await collector.start()
+    worker = start_worker(settings, "corr-sealed", tmp_path / "worker.log", env={"HELP_SIGNAL_SEALING": "required"})
+    try:
+        await _consent(settings, collector, tmp_path, "consentement_donne", person,
+                       "acces_aux_droits,prevention_perte_autonomie", 1)
+        async with Publisher(settings, Fund.CAF) as pub:
+            first = await pub.publish([_record(person, "separation", "DOS-1", "acces_aux_droits")])
+        assert first.sent == 1 and not first.rejected
+        (sent_first,) = await _topic_values(settings, signal_topic(Fund.CAF))
+        first_id = json.loads(sent_first)["signal_id"]
+        assert (await _receipt_of(collector, first_id, 1))["status"] == "accepte"
+
+        # The key fetched and the signal sealed now ...
+        builder = SignalBuilder(settings, Fund.CAF)
+        rec = _record(person, "deces_conjoint", "DOS-2", "acces_aux_droits")
+        builder.prefetch([rec])
+        row = builder.build(rec)
+        # ... a withdrawal (of the other purpose) replaces the person's key ...
+        await _consent(settings, collector, tmp_path, "consentement_retire", person, "prevention_perte_autonomie", 2)
+        # ... then it is sent: refused for its key, nothing of it kept
+        async with Publisher(settings, Fund.CAF, builder=builder) as pub:
+            assert await pub.submit([row]) == 1
+            await pub.drain()
+        refused = await _receipt_of(collector, row.signal_id, 1)
+        assert (refused["status"], refused["reason"]) == ("rejete", "cle_signal_remplacee"), refused
+        letter = next(d for d in collector.deadletters.values() if d["signal_id"] == row.signal_id)
+        assert letter["raw"] == ""
+
+        # The reconciliation seals it again under the new key; the flush sends it: accepted.
+        seen: dict[str, list[Seen]] = {}
+        await read_receipts(settings, settings.bootstrap_servers or "", Fund.CAF, collect(seen))
+        result = reconcile(settings, Fund.CAF, seen)
+        assert result.resealed == 1 and result.requeued == 1, result.lines()
+        sent, left, error = await flush_outbox(Publisher(settings, Fund.CAF))
+        assert (sent, left, error) == (1, 0, None)
+        again = await _receipt_of(collector, row.signal_id, 2)
+        assert again["status"] == "accepte", again
+
+        # Every record of the signal topic: sealed, the person members nowhere in clear.
+        values = await _topic_values(settings, signal_topic(Fund.CAF))
+        assert len(values) == 3
+        for raw in values:
+            msg = json.loads(raw)
+            assert "sealed" in msg and not {"category", "observed_on", "territory", "sealed_ref"} & set(msg)
+            assert b"deces_conjoint" not in raw and b"separation" not in raw and b"DOS-" not in raw
+    finally:
+        stop(worker)
+        await collector.stop()
