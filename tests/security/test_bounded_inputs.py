@@ -67,7 +67,7 @@ BY_NAME: dict[str, list[str]] = {
 #: Commands that keep running when their arguments are good: driven through parsing only.
 LONG_RUNNING = {("broker",), ("broker", "start"), ("correlator",), ("serve",), ("demo",), ("receipts",),
                 ("casebook", "sink"), ("audit", "sink"), ("audit", "serve"), ("witness", "serve"),
-                ("pseudonymiser", "serve")}
+                ("pseudonymiser", "serve"), ("signal-keys", "serve")}
 EXAMPLES_PER_COMMAND = 12
 STDIN = ["", "\n", "x\nx\n", "Tr0mbone-Cheval-Pile!\n" * 2]
 
