@@ -107,6 +107,7 @@ ROWS: tuple[tuple[str, str, str, str, float | None, str], ...] = (
      "lignes/s", 15000, "min"),
     ("national", "correlator_signals_per_s", "Correlator pendant cette nuit (du premier au dernier accusé)",
      "signaux/s", None, ""),
+    ("national", "stalls", "Partitions signalées bloquées par le chien de garde pendant cette nuit", "", 0, "max"),
 )
 
 

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import emit
 from bench.month import FUNDS, prepare_month
@@ -66,6 +67,12 @@ class Publisher(threading.Thread):
             if rejects.exists():
                 self.rejected += data_lines(rejects)
         self.ended_at = time.monotonic()
+
+
+def stall_reports(log: Path) -> list[str]:
+    """The stall watchdog's reports in the worker's log (services/platform/watchdog.py)."""
+    with log.open(encoding="utf-8", errors="replace") as f:
+        return [line.strip() for line in f if "stalled:" in line]
 
 
 def casebook_counts(db: Path) -> tuple[int, int]:
@@ -151,7 +158,7 @@ async def watch(settings: Settings, bootstrap: str, db: Path, publisher: Publish
     return seen, first, last
 
 
-def run(signals: int) -> dict[str, float]:
+def run(signals: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-national-") as tmp:
         root = Path(tmp)
         base = load_settings(var_dir=root, key_dir=root / "keys", broker_port=free_port(), session_timeout_ms=6000)
@@ -164,7 +171,9 @@ def run(signals: int) -> dict[str, float]:
         try:
             doc = prepare_month(settings, broker.bootstrap, root / "extracts", signals)
             lines = sum(data_lines(root / "extracts" / f"{f.value}.csv") for f in FUNDS)
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("HELP_")},
+            # The worker's own knobs (HELP_CORRELATOR_*, HELP_WATCHDOG_*) pass through: to measure another setting.
+            env = {**{k: v for k, v in os.environ.items()
+                      if not k.startswith("HELP_") or k.startswith(("HELP_CORRELATOR_", "HELP_WATCHDOG_"))},
                    "HELP_BOOTSTRAP_SERVERS": broker.bootstrap, "HELP_VAR_DIR": str(root),
                    "HELP_KEY_DIR": str(root / "keys"), "HELP_SESSION_TIMEOUT_MS": "6000",
                    "HELP_DATABASE_URL": settings.database_url, "HELP_TERRITORY": "35",
@@ -186,6 +195,7 @@ def run(signals: int) -> dict[str, float]:
                 time.sleep(0.25)
             poller.stop.set()
             done = poller.first_at(expected)
+            stalls = stall_reports(root / "correlator.log")
             if done is None:
                 raise SystemExit(f"the casebook holds {casebook_counts(db)} (situations, versions), "
                                  f"expected {expected}: see {root / 'sink.log'}")
@@ -201,7 +211,7 @@ def run(signals: int) -> dict[str, float]:
     return {"signals": seen, "lines": lines, "persons": doc["personnes"], "situations": expected[0],
             "total_s": done - t0, "publish_s": publish_s, "producer_lines_per_s": lines / publish_s,
             "correlator_signals_per_s": seen / max(last - first, 1e-3), "correlate_tail_s": last - publisher.ended_at,
-            "casebook_tail_s": done - last}
+            "casebook_tail_s": done - last, "stalls": len(stalls), "stall_lines": stalls[:5]}
 
 
 def main() -> int:
@@ -216,7 +226,10 @@ def main() -> int:
     print(f"correlator : {r['correlator_signals_per_s']:,.0f} signaux/s pendant la publication ; "
           f"dernier accusé {r['correlate_tail_s']:.1f} s après la fin de la publication, "
           f"dernière situation au casebook {r['casebook_tail_s']:.1f} s après")
-    emit("national", {**r, "load_average": os.getloadavg()[0]})
+    print(f"partitions signalées bloquées par le chien de garde : {r['stalls']}")
+    for line in r["stall_lines"]:
+        print(f"  {line}")
+    emit("national", {**{k: v for k, v in r.items() if k != "stall_lines"}, "load_average": os.getloadavg()[0]})
     return 0
 
 

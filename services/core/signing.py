@@ -25,6 +25,7 @@ mutations of them and the small-order / non-canonical vectors. Without PyNaCl in
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,14 @@ except ImportError:  # pragma: no cover - without PyNaCl, cryptography alone (sa
 ALG = "Ed25519"
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64u(data: bytes) -> str:
-    """base64url without padding, as every binary value of the contract."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """base64url without padding, as every binary value of the contract.
+
+    (``base64.urlsafe_b64encode`` with one call less: a producer makes three a line.)"""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def b64u_decode(text: str) -> bytes:

@@ -79,10 +79,16 @@ def source_topics() -> list[str]:
     return [signal_topic(f) for f in Fund] + [CONSENTS_TOPIC, REPARTITION_TOPIC]
 
 
+#: SQLite page cache of the worker's connections to the key table, in KiB (SQLite's default
+#: size): a batch's lookups are random points in a table that grows with the persons.
+KEY_TABLE_CACHE_KIB = 2048
+
+
 def key_ring(settings: Settings) -> KeyRing:
     """The persons' data keys, in the exchange's database (``exchange_data_keys``), those of
     as many persons held as person states are (at least four batches' worth)."""
-    return KeyRing(KeyStore(open_engine(settings.database_url)), marker_key(settings),
+    engine = open_engine(settings.database_url, sqlite_cache_kib=KEY_TABLE_CACHE_KIB)
+    return KeyRing(KeyStore(engine), marker_key(settings),
                    max_subjects=max(settings.correlator_state_cache, 4 * settings.correlator_batch_max))
 
 
@@ -177,7 +183,7 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
         Positions(faust_seam.committed_offsets(app), faust_seam.seek(app)),
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), gauges.commit(faust_seam.commit(app)),
                     timed=gauges.checkpoint_done),
-        HeapPolicy(settings.correlator_gc_full_every_s),
+        HeapPolicy(settings.correlator_gc_full_every_s, trim_every_s=settings.correlator_trim_every_s),
         topics=set(names), send_one=send_acked, loader=loader, gauges=gauges, keys=keys)
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -29,7 +29,7 @@ from services.correlator.engine import Batch, Engine, Output
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
-from services.platform.datakeys import KeyRing
+from services.platform.datakeys import KeyRing, envelope, is_sealed
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
@@ -85,9 +85,10 @@ class Processor:
             await asyncio.sleep(0)
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
-        destroy = await self._store_keys()
+        made, destroy = self._store_keys()
         writes, written = self._keep(batch.writes)
-        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written, destroy=destroy))
+        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written, destroy=destroy,
+                                                 made=made))
         if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
             self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
@@ -106,24 +107,24 @@ class Processor:
 
         return [Output(changelog, key, value, partition) for key, (partition, value) in staged.items()], written
 
-    async def _store_keys(self) -> Callable[[], Awaitable[None]] | None:
-        """Insert the keys the batch made (before anything sealed under them is sent); the
-        step that destroys the keys it retired, for its checkpoint."""
+    def _store_keys(self) -> tuple[Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[None]] | None]:
+        """The checkpoint's steps that insert the keys the batch made (its first step: before
+        anything sealed under them is sent) and destroy the keys it retired. (The ring keeps
+        the keys made until then: the next batch, computed meanwhile, reads them there.)"""
         keys = self.keys
         if keys is None:
-            return None
-        new = keys.take_new()
-        if new:
-            await asyncio.to_thread(keys.store.insert, new)
-        retired = keys.take_retired()
-        if not retired:
-            return None
+            return None, None
         store = keys.store
+        new = keys.take_new()
+        retired = keys.take_retired()
+
+        async def made() -> None:
+            await asyncio.to_thread(store.insert, new)
 
         async def destroy() -> None:
             await asyncio.to_thread(store.destroy, retired)
 
-        return destroy
+        return (made if new else None), (destroy if retired else None)
 
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
@@ -133,12 +134,17 @@ class Processor:
         async with self.lock:
             if self.stopping:
                 return 0
+            items = self.store.sweep_page(page)
+            if self.keys is not None:  # the page's keys in one lookup, not one per person
+                subjects = [envelope(raw)[0] for _, _, raw in items if is_sealed(raw)]
+                await asyncio.to_thread(self.keys.prefetch_subjects, subjects)
             events: list[Output] = []  # the situations of rotated persons, published again
-            writes = self.engine.sweep(self.store.sweep_page(page), events)
+            writes = self.engine.sweep(items, events)
             if writes:
-                destroy = await self._store_keys()
+                made, destroy = self._store_keys()
                 outputs, written = self._keep(writes)
-                await self.checkpoints.submit(Checkpoint(outputs, events, written=written, destroy=destroy))
+                await self.checkpoints.submit(Checkpoint(outputs, events, written=written, destroy=destroy,
+                                                         made=made))
         return len(writes)
 
     async def stop(self) -> None:

@@ -22,7 +22,8 @@ heuristic; this store does not depend on end offsets at all:
 
 Where the values live (docs/architecture.md, "Person state on disk"): a SQLite file under
 the worker's var dir (``persons-<slot>.sqlite3``, one slot per live worker process, held by
-an exclusive lock), with a bounded in-memory cache of the most recently used persons. The
+an exclusive lock), with a bounded in-memory cache of the most recently used persons and a
+filter of the keys the file holds (:mod:`.key_filter`: an absent key costs no read). The
 file also keeps, per changelog partition, the offset its rows reflect (every changelog record
 below it is applied). A batch's writes are visible to the next batch at once (kept in memory
 as *staged*) but reach the file only once the changelog has acknowledged them
@@ -64,6 +65,8 @@ from pathlib import Path
 from typing import IO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.correlator.key_filter import KeyFilter
 
 log = logging.getLogger("help.correlator.state")
 
@@ -119,7 +122,10 @@ class PersonStore:
         self._batches = 0
         self._sweep_after: bytes | None = None
         self._marks: dict[int, tuple[int, float]] = {}
+        #: Every key the file holds is in it (a key it says is absent is not read for).
+        self._filter = KeyFilter()
         self.db = self._open(directory)
+        self._filter = self._keys_held(self.db)
         # Writes go through their own connection, those of a load in a thread (SQLite works
         # without the GIL) while the next changelog records are fetched; reads through ``db``
         # (WAL: a reader sees the last committed transaction). In memory, one connection.
@@ -182,6 +188,14 @@ class PersonStore:
             return True
         return False
 
+    @staticmethod
+    def _keys_held(db: sqlite3.Connection, extra: int = 0) -> KeyFilter:
+        """A filter of every key in the file, sized for twice as many (and ``extra``)."""
+        held = db.execute("SELECT count(*) FROM persons").fetchone()[0]
+        found = KeyFilter(2 * (int(held) + extra))
+        found.update(bytes(k) for (k,) in db.execute("SELECT key FROM persons"))
+        return found
+
     def close(self) -> None:
         with self._write_lock:
             if self._writer is not self.db:
@@ -206,6 +220,8 @@ class PersonStore:
         if hit is not None:
             cache.move_to_end(key)
             return hit[1]
+        if not self._filter.may_hold(key):  # (most persons of a month are new: no read for them)
+            return None
         row = self.db.execute("SELECT part, value FROM persons WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -275,10 +291,20 @@ class PersonStore:
 
     def _commit(self, rows: list[tuple[bytes, int, bytes | None]], marks: list[tuple[int, int, float]]) -> None:
         """One transaction on the writer connection (any thread)."""
-        puts = [(k, p, v) for k, p, v in rows if v is not None]
-        deletes = [(k,) for k, _, v in rows if v is None]
+        # A key's last row wins (a changelog read may bring a key's delete and then its new
+        # value); in key order, each insert lands beside the previous one in the key index,
+        # on pages just read (measured: a sixth less CPU per row than in arrival order).
+        last = {k: (p, v) for k, p, v in rows}
+        puts = [(k, p, v) for k, (p, v) in sorted(last.items()) if v is not None]
+        deletes = [(k,) for k, (_, v) in last.items() if v is None]
         with self._write_lock:
             db = self._writer
+            if puts:  # (in the filter before the file: a key read is never missed)
+                self._filter.update(k for k, _, _ in puts)
+                if self._filter.full():
+                    grown = self._keys_held(db, len(puts))
+                    grown.update(k for k, _, _ in puts)
+                    self._filter = grown
             db.execute("BEGIN")
             try:
                 if puts:  # (an upsert rewrites the row in place; REPLACE deleted and re-inserted

@@ -21,8 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -49,8 +48,9 @@ class Outgoing(Protocol):
     def partition(self) -> int | None: ...
 
 
-@dataclass(frozen=True)
-class Delivered:
+class Delivered(NamedTuple):
+    """Where the broker put a message. (A named tuple: one per message sent.)"""
+
     partition: int
     offset: int
 

@@ -140,6 +140,21 @@ def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dic
     return found
 
 
+def _insert_rows(conn: sa.Connection, rows: list[tuple[bytes, int, bytes]], *, if_absent: bool = False) -> None:
+    """``(subject, epoch, key)`` rows in one statement, through the driver (``if_absent``: a
+    row already there for the subject and epoch wins, ``ON CONFLICT DO NOTHING``)."""
+    dialect = conn.dialect
+    stamp = data_keys.c.created_at.type.bind_processor(dialect)
+    now: object = dt.datetime.now(dt.UTC)
+    if stamp is not None:
+        now = stamp(now)
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}){' ON CONFLICT DO NOTHING' if if_absent else ''}",
+        [(s.hex(), e, k, now) for s, e, k in rows])
+
+
 class KeyStore:
     """The ``exchange_data_keys`` table: read, insert, delete (each call one transaction).
 
@@ -169,16 +184,7 @@ class KeyStore:
         if not todo:
             return
         with self.engine.begin() as conn:
-            dialect = conn.dialect
-            stamp = data_keys.c.created_at.type.bind_processor(dialect)
-            now: object = dt.datetime.now(dt.UTC)
-            if stamp is not None:
-                now = stamp(now)
-            mark = "?" if dialect.paramstyle == "qmark" else "%s"
-            conn.exec_driver_sql(
-                f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
-                f"VALUES ({mark}, {mark}, {mark}, {mark})",
-                [(s.hex(), e, k, now) for s, e, k in todo])
+            _insert_rows(conn, todo)
 
     def current(self, subjects: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]:
         """Each subject's current key ``(epoch, key)``, made where the subject has none
@@ -194,17 +200,8 @@ class KeyStore:
             if not missing:
                 break
             with self.engine.begin() as conn:
-                dialect = conn.dialect
-                stamp = data_keys.c.created_at.type.bind_processor(dialect)
-                now: object = dt.datetime.now(dt.UTC)
-                if stamp is not None:
-                    now = stamp(now)
-                mark = "?" if dialect.paramstyle == "qmark" else "%s"
-                conn.exec_driver_sql(
-                    f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
-                    f"VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
-                    [(s.hex(), max(found.get(s, {}), default=0) + 1, AESGCM.generate_key(bit_length=256), now)
-                     for s in missing])
+                _insert_rows(conn, [(s, max(found.get(s, {}), default=0) + 1, AESGCM.generate_key(bit_length=256))
+                                    for s in missing], if_absent=True)
             found.update(self.load(missing))
             missing = [s for s in missing if not (found.get(s) and found[s][max(found[s])])]
         if missing:
@@ -290,7 +287,11 @@ class KeyRing:
 
     def prefetch(self, pseudonym_values: Iterable[bytes]) -> None:
         """Load the keys of these persons that are not cached (one query per 500)."""
-        missing = {s for v in pseudonym_values if (s := self.subject(v)) not in self._keys}
+        self.prefetch_subjects(self.subject(v) for v in pseudonym_values)
+
+    def prefetch_subjects(self, subjects: Iterable[bytes]) -> None:
+        """:meth:`prefetch`, by subject (what a sealed value's envelope names: the sweep's)."""
+        missing = {s for s in subjects if s not in self._keys}
         if missing:
             self._fill(missing)
 
@@ -305,8 +306,8 @@ class KeyRing:
         self._keys[subject] = {e: k for e, k in keys.items() if k}
         self._keys.move_to_end(subject)
         self._next[subject] = max(self._next.get(subject, 1), max(keys, default=0) + 1)
-        # (A batch touches far fewer persons than the bound: what it made is stored before
-        # the next batch's lookups can push it out.)
+        # (A batch touches far fewer persons than the bound: what it made is stored, by its
+        # checkpoint's first step, before the batch after the next one looks anything up.)
         while len(self._keys) > self.max_subjects:
             old, _ = self._keys.popitem(last=False)
             self._next.pop(old, None)

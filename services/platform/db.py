@@ -63,21 +63,33 @@ SQLITE_PRAGMAS = (
 )
 
 
-def make_engine(url: str) -> sa.Engine:
-    """An engine for ``url``, without touching the schema (see :func:`open_engine`)."""
+def make_engine(url: str, *, sqlite_cache_kib: int | None = None) -> sa.Engine:
+    """An engine for ``url``, without touching the schema (see :func:`open_engine`).
+
+    ``sqlite_cache_kib``: on SQLite, each connection's page cache in KiB instead of
+    :data:`SQLITE_PRAGMAS`'s (sized for the ledger's appends). A long-running process that
+    reads one table at random points (the correlator's data keys) gives a small one: the
+    operating system caches the file anyway, and a cache as large as the table grew the
+    process with the number of rows (docs/architecture.md, "Memory")."""
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     path = sa.make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
-    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    pragmas = SQLITE_PRAGMAS if sqlite_cache_kib is None else (
+        *(p for p in SQLITE_PRAGMAS if not p.startswith("cache_size=")), f"cache_size=-{int(sqlite_cache_kib)}")
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_pragmas(dbapi_connection, pragmas)
+
+    sa.event.listen(engine, "connect", on_connect)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> None:
     cursor = dbapi_connection.cursor()
-    for pragma in SQLITE_PRAGMAS:
+    for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -102,6 +114,12 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
         with _one_migrator(engine), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            elif conn.dialect.name == "sqlite":
+                # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE: each
+                # CREATE TABLE would otherwise commit alone, and a process killed mid-migration
+                # would leave tables without their version row ("table ... already exists" at
+                # the next start). SQLite's DDL is transactional once a BEGIN is issued.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             _adopt_legacy_version_table(conn)
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
@@ -145,9 +163,10 @@ def _adopt_legacy_version_table(conn: sa.Connection) -> None:
     conn.exec_driver_sql(f"DROP TABLE {LEGACY_VERSION_TABLE}")
 
 
-def open_engine(url: str) -> sa.Engine:
-    """An engine for ``url`` with every table at the latest revision."""
-    engine = make_engine(url)
+def open_engine(url: str, *, sqlite_cache_kib: int | None = None) -> sa.Engine:
+    """An engine for ``url`` with every table at the latest revision (``sqlite_cache_kib``:
+    see :func:`make_engine`)."""
+    engine = make_engine(url, sqlite_cache_kib=sqlite_cache_kib)
     migrate(engine)
     return engine
 

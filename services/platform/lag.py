@@ -17,6 +17,12 @@ One fetch per partition and per measurement, of one record batch at most whateve
 the consumer asks for 1 KiB a partition (:data:`PROBE_FETCH_BYTES`), the broker returns one whole
 batch even when it is larger than that, and only its first record is decoded; the consumer is
 paused between measurements (no fetching in the background).
+
+The rest of each batch is freed when the measurement ends (:func:`release_fetched`), not left
+to the garbage collector: aiokafka's fetched batch and its record iterator refer to each other,
+and the correlator freezes what survives each of its batches (services/platform/runtime.py),
+so a batch left half read waited for the next full collection, minutes later: the worker's
+memory grew with the time it ran (docs/architecture.md, "Memory").
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ async def measure(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition,
     if not positions:
         return {}
     tps = list(positions)
+    release_fetched(consumer)  # (what came back while paused: the assignment drops it)
     consumer.assign(tps)  # fresh fetch states: no high watermark from an earlier measurement
     for tp in tps:
         consumer.seek(tp, positions[tp])
@@ -91,6 +98,7 @@ async def measure(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition,
                 continue
             if high <= positions[tp] or tp in first_ms:
                 pending.discard(tp)
+    release_fetched(consumer)
     consumer.pause(*tps)  # no fetching in the background until the next measurement
     found: dict[TopicPartition, PartitionLag] = {}
     for tp in tps:
@@ -100,6 +108,23 @@ async def measure(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition,
         end = max(high, last.get(tp, -1) + 1, positions[tp])
         found[tp] = PartitionLag(positions[tp], end, first_ms.get(tp) if end > positions[tp] else None)
     return found
+
+
+def release_fetched(consumer: AIOKafkaConsumer) -> None:
+    """Free at once the records ``consumer`` fetched and did not hand out.
+
+    aiokafka keeps a partition's fetched batch in a ``PartitionRecords`` whose record
+    generator refers back to it (``_records_iterator``): a reference cycle, broken only when
+    the last record is read. A batch dropped before that (a pause, an assignment, a seek:
+    every measurement) is freed by the cyclic garbage collector alone. Closing the generator
+    breaks the cycle; the batch then goes as soon as aiokafka drops it. (Private attributes
+    of aiokafka, read where they are: a release that moved them is checked by
+    tests/platform/test_lag_probe.py.)"""
+    fetcher = getattr(consumer, "_fetcher", None)
+    for result in list(getattr(fetcher, "_records", {}).values()):
+        iterator = getattr(getattr(result, "_partition_records", None), "_records_iterator", None)
+        if iterator is not None:
+            iterator.close()
 
 
 class LagMonitor:

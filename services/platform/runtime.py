@@ -11,7 +11,8 @@ often than that needs (``bench/correlator.py``, ``bench/worklist.py``). Three to
 - :class:`HeapPolicy` — for the correlator worker's batch loop: after every batch, what
   survived is frozen (:func:`gc.freeze`, constant time), so the collector only walks what
   later batches allocate; a full collection every ``full_every_s`` seconds reclaims what a
-  frozen cycle held;
+  frozen cycle held; every ``trim_every_s`` seconds, the C allocator's free pages are given
+  back to the system (:func:`release_free_pages`);
 - :func:`paused_gc` — for a command or a request that builds one big result of acyclic
   objects (the month's worklist and its renderings): the collector paused meanwhile.
 """
@@ -19,6 +20,7 @@ often than that needs (``bench/correlator.py``, ``bench/worklist.py``). Three to
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import time
 from collections.abc import Callable, Iterator
@@ -32,26 +34,62 @@ def tune_for_streaming() -> None:
     gc.set_threshold(*STREAMING_THRESHOLDS)
 
 
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_pages() -> bool:
+    """Give the pages the C allocator holds free back to the system; False where it cannot.
+
+    glibc returns memory on ``free`` only from the top of its heaps: a batch's large
+    transient buffers (fetched records, values over 512 bytes, which Python's own allocator
+    leaves to ``malloc``) freed between longer-lived ones stay resident, and the process's
+    memory crept up with the time it ran. ``malloc_trim`` releases every whole free page
+    (a few milliseconds); the next batch gets fresh zeroed pages instead."""
+    if _TRIM is None:
+        return False
+    _TRIM()
+    return True
+
+
 class HeapPolicy:
     """Freeze after every batch; unfreeze and collect everything every ``full_every_s``
-    (0 or less: off, the collector as configured)."""
+    (0 or less: off, the collector as configured); free pages released every
+    ``trim_every_s`` (0 or less: never)."""
 
-    def __init__(self, full_every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, full_every_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 trim_every_s: float = 0.0) -> None:
         self.full_every_s = full_every_s
+        self.trim_every_s = trim_every_s
         self.clock = clock
         self.next_full = clock() + full_every_s
+        self.next_trim = clock() + trim_every_s
         self.full_collections = 0
+        self.trims = 0
 
     def after_batch(self) -> None:
-        if self.full_every_s <= 0:
-            return
         now = self.clock()
-        if now >= self.next_full:
-            gc.unfreeze()
-            gc.collect()
-            self.full_collections += 1
-            self.next_full = now + self.full_every_s
-        gc.freeze()
+        if self.full_every_s > 0:
+            if now >= self.next_full:
+                gc.unfreeze()
+                gc.collect()
+                self.full_collections += 1
+                self.next_full = now + self.full_every_s
+            gc.freeze()
+        if self.trim_every_s > 0 and now >= self.next_trim:
+            self.next_trim = now + self.trim_every_s
+            if release_free_pages():
+                self.trims += 1
 
 
 @contextlib.contextmanager

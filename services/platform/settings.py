@@ -61,6 +61,7 @@ _HINTS = {
     "correlator_linger_ms": "give a whole number of milliseconds between 0 and 1000, e.g. 5",
     "correlator_check_processes": "give a whole number of helper processes between 0 and 64 (about one per spare core)",
     "correlator_gc_full_every_s": "give a number of seconds between 0 (CPython's own schedule) and 86400",
+    "correlator_trim_every_s": "give a number of seconds between 0 (never) and 3600, e.g. 2",
     "correlator_sweep_every_s": "give a number of seconds between 0.1 and 3600",
     "correlator_sweep_page": "give a whole number of persons between 1 and 1000000",
     "correlator_state_cache": "give a whole number of persons between 0 and 10000000, e.g. 20000",
@@ -236,6 +237,10 @@ class Settings(BaseSettings):
     correlator_gc_full_every_s: Annotated[float, Field(ge=0, le=86_400)] = 600.0
     """Seconds between full garbage collections; between them what survives a batch is frozen
     (services/platform/runtime.py). 0: CPython's own schedule."""
+    correlator_trim_every_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    """Seconds between two releases of the C allocator's free pages to the system, after a
+    batch (services/platform/runtime.py): without them freed buffers stayed resident and the
+    worker's memory crept up with the time it ran. 0: never."""
     correlator_sweep_every_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     """The retention sweep (signals older than the correlation window leave the person state
     even if no further signal comes) runs a page at this interval…"""

@@ -7,7 +7,15 @@ has been waiting: the committed position unchanged *and* records behind it. An i
 (lag 0) never waits, however long nothing comes; a partition that moves starts again from
 zero. Past ``stall_s`` the partition is stalled: an ERROR line with the partition and its lag,
 ``help_partition_stalled`` at 1, and ``on_stall`` (the correlator exits for a restart when
-``HELP_WATCHDOG_EXIT`` is true).
+``HELP_WATCHDOG_EXIT`` is true) — unless it is only waiting its turn.
+
+Waiting its turn: behind a backlog (a night's files published at once), a worker takes its
+partitions' records a fetch at a time, and a partition may stand still for longer than
+``stall_s`` while the worker works through the records fetched before its own: a long wait,
+not a stall. So a partition that stood still for ``stall_s`` is stalled only if the worker
+moved no partition at all for ``stall_s`` (it is stuck), or if since the partition started
+waiting the worker has processed, in its other partitions, at least as many records as all
+its partitions had waiting then (any fair order would have reached this one: it is skipped).
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ EXIT_STALLED = 76
 class _Waiting:
     position: int
     since: float
+    #: records waiting in all the measured partitions when this one started waiting
+    ahead: int
+    #: the records processed so far (:attr:`StallWatchdog.processed`) when it started waiting
+    processed: int
     reported: bool = False
 
 
@@ -46,11 +58,23 @@ class StallWatchdog:
         self._on_stall = on_stall
         self._clock = clock
         self._waiting: dict[TopicPartition, _Waiting] = {}
+        #: records processed (committed positions advanced), summed over the measurements
+        self.processed = 0
+        self._positions: dict[TopicPartition, int] = {}
+        #: when a partition last moved (or the first measurement)
+        self._moved_at: float | None = None
 
     def observe(self, found: Mapping[TopicPartition, PartitionLag]) -> list[TopicPartition]:
         """Take a measurement; returns the partitions stalled now."""
         now = self._clock()
         stalled: list[TopicPartition] = []
+        advanced = sum(max(0, lag.position - self._positions[tp]) for tp, lag in found.items()
+                       if tp in self._positions)
+        self._positions = {tp: lag.position for tp, lag in found.items()}
+        if advanced or self._moved_at is None:
+            self.processed += advanced
+            self._moved_at = now
+        backlog = sum(lag.lag for lag in found.values())
         for tp in set(self._waiting) - set(found):  # no longer held (or not measured): forgotten
             del self._waiting[tp]
         for tp, lag in found.items():
@@ -58,18 +82,22 @@ class StallWatchdog:
             waiting = self._waiting.get(tp)
             if lag.lag == 0 or waiting is None or waiting.position != lag.position:
                 # caught up, or moved: waiting starts now (if anything is behind)
-                self._waiting[tp] = _Waiting(lag.position, now)
+                self._waiting[tp] = _Waiting(lag.position, now, backlog, self.processed)
                 metrics.STALLED.labels(*labels).set(0)
                 continue
             still = now - waiting.since
             if still < self.stall_s:
                 continue
+            if now - self._moved_at < self.stall_s and self.processed - waiting.processed < waiting.ahead:
+                continue  # waiting its turn: the worker is working through what was there before
             stalled.append(tp)
             metrics.STALLED.labels(*labels).set(1)
             if not waiting.reported:
                 waiting.reported = True
                 log.error("%s: partition %s:%d stalled: %d record(s) waiting, position %d unchanged "
-                          "for %.0f s", self.name, tp.topic, tp.partition, lag.lag, lag.position, still)
+                          "for %.0f s (%d record(s) processed meanwhile in the other partitions)",
+                          self.name, tp.topic, tp.partition, lag.lag, lag.position, still,
+                          self.processed - waiting.processed)
                 if self._on_stall is not None:
                     self._on_stall(tp, lag, still)
         return stalled

@@ -312,7 +312,7 @@ async def record_file(settings: Settings, fund: Fund, kind: ConsentKind, path: P
                 summary.broker_error = exc.what
         summary.already = len(rows) - summary.new
         summary.sent = publisher.sent_total
-        summary.left = publisher.outbox.status().pending
+        summary.left = publisher.outbox.pending_count()
     finally:
         await publisher.close()
     summary.seconds = time.monotonic() - t0

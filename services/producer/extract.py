@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from services.core.reasons import Reason
 from services.core.spreadsheet import safe_cell
@@ -61,8 +62,9 @@ class Rejection:
     nir_masked: str
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
+    """A record and its line number (a pair: what the build jobs take)."""
+
     line: int
     record: SignalInput
 
@@ -95,30 +97,55 @@ def _raw_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
 
 
 class Extract:
-    """Iterate over a file's lines as :class:`Line` (to build) or :class:`Rejection`."""
+    """Iterate over a file's lines as :class:`Line` (to build) or :class:`Rejection`.
+
+    :meth:`raw` gives the same lines unparsed, for :attr:`parser` to parse elsewhere (the
+    worker processes of ``publish``): parsing is per line, so it can be spread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.format: Format = "csv"
         self.ignored_columns: tuple[str, ...] = ()
-        self.bytes_read = 0
+        self._bytes_read = 0
+        self._file: IO[bytes] | None = None
+        #: how to parse the lines of :meth:`raw`: set once the header has been read
+        self.parser: LineParser | None = None
         try:
             self.size = path.stat().st_size
         except OSError as exc:
             raise ExtractFileError(Reason.FICHIER_VIDE, f"cannot read {path}: {exc.strerror}",
                                    "check the path given to --input") from exc
 
+    @property
+    def bytes_read(self) -> int:
+        """How far the reading has gone, in bytes (for a progress bar)."""
+        f = self._file
+        if f is not None and not f.closed:
+            self._bytes_read = f.tell()
+        return self._bytes_read
+
     def __iter__(self) -> Iterator[Line | Rejection]:
+        for number, raw in self.raw():
+            assert self.parser is not None
+            item = self.parser.parse(number, raw)
+            if item is None:
+                continue
+            yield item if isinstance(item, Rejection) else Line(number, item)
+
+    def raw(self) -> Iterator[tuple[int, bytes | None]]:
+        """The data lines: (line number, bytes without the line end, or None for a line over
+        the limit). Reads the header first (whole-file problems raise
+        :class:`ExtractFileError` here) and sets :attr:`parser`."""
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - closed below, generator-scoped
         except OSError as exc:
             raise ExtractFileError(Reason.FICHIER_VIDE, f"cannot read {self.path}: {exc.strerror}",
                                    "check the path given to --input") from exc
+        self._file = f
         with f:
             lines = _raw_lines(f)
             header: tuple[int, bytes | None] | None = None
             for number, raw in lines:
-                self.bytes_read = f.tell()
                 if raw is None or raw.lstrip(BOM).strip():
                     header = (number, raw.lstrip(BOM) if raw is not None and number == 1 else raw)
                     break
@@ -127,14 +154,16 @@ class Extract:
                                        "check the back-office export: the file has no line at all")
             self.format = detect_format(self.path, header[1] or b"")
             if self.format == "csv":
-                yield from self._csv(header, lines, f)
+                self.parser = self._csv_header(header)
             else:
-                yield from self._jsonl(header, lines, f)
+                self.parser = LineParser("jsonl")
+                lines = _jsonl_lines(_chain(header, lines))
+            yield from lines
+            self._bytes_read = f.tell()
 
     # -- CSV
-    def _csv(self, header: tuple[int, bytes | None], lines: Iterator[tuple[int, bytes | None]],
-             f: IO[bytes]) -> Iterator[Line | Rejection]:
-        number, raw = header
+    def _csv_header(self, header: tuple[int, bytes | None]) -> LineParser:
+        _, raw = header
         if raw is None:
             raise ExtractFileError(Reason.LIGNE_TROP_LONGUE, f"{self.path.name}: the header line is too long",
                                    "the first line must be the column names")
@@ -157,82 +186,115 @@ class Extract:
             )
         index = {n: i for i, n in enumerate(names) if n in REQUIRED + OPTIONAL}
         self.ignored_columns = tuple(n for n in names if n not in index and n)
-        width = len(names)
-        nir_at = index[F_NIR]
-        reader_input: list[str] = [""]
-        for number, raw in lines:
-            self.bytes_read = f.tell()
-            if raw is None:
-                yield Rejection(number, "ligne", Reason.LIGNE_TROP_LONGUE, "")
-                continue
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                loose = raw.decode("utf-8", "replace").split(";")
-                masked = mask(loose[nir_at]) if nir_at < len(loose) else ""
-                yield Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE, masked)
-                continue
-            reader_input[0] = text
-            try:
-                fields = next(csv.reader(reader_input, delimiter=";", strict=True))
-            except csv.Error:
-                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
-                continue
-            if len(fields) != width and not (len(fields) > width and not "".join(fields[width:]).strip()):
-                masked = mask(fields[nir_at]) if nir_at < len(fields) else ""
-                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, masked)
-                continue
-            yield Line(number, self._record({n: fields[i] for n, i in index.items()}))
+        nir, category, date, dept, ref = (index[n] for n in REQUIRED)
+        return LineParser("csv", len(names), (nir, category, date, dept, ref), index.get(F_CONSENT),
+                          index.get(F_PURPOSE))
+
+
+def _jsonl_lines(lines: Iterator[tuple[int, bytes | None]]) -> Iterator[tuple[int, bytes | None]]:
+    """A JSONL file's lines, the byte order mark off the first one read."""
+    for number, raw in lines:
+        if raw is None:
+            yield number, raw
+            continue
+        yield number, raw.lstrip(BOM)
+        break
+    for number, raw in lines:
+        yield number, raw
+
+
+#: characters that only the csv module reads right (quoting; line ends and NUL, which it refuses)
+_CSV_SPECIAL = re.compile('["\r\n\x00]')
+
+
+@dataclass(frozen=True)
+class LineParser:
+    """Parses one line of an extract, once its header is known (picklable: worker processes
+    parse with it). For CSV: how many columns the header names, where each of
+    :data:`REQUIRED` is, and each of :data:`OPTIONAL` (None: no such column)."""
+
+    format: Format
+    width: int = 0
+    required: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    consent: int | None = None
+    purpose: int | None = None
+
+    def parse(self, number: int, raw: bytes | None) -> SignalInput | Rejection | None:
+        """The record of the line, or why it is rejected; None for a blank line."""
+        if raw is None:
+            return Rejection(number, "ligne", Reason.LIGNE_TROP_LONGUE, "")
+        if self.format == "csv":
+            return self._csv(number, raw)
+        return self._jsonl(number, raw)
+
+    def _csv(self, number: int, raw: bytes) -> SignalInput | Rejection | None:
+        nir_at, category, date, dept, ref = self.required
+        if not raw.strip():
+            return None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            loose = raw.decode("utf-8", "replace").split(";")
+            return Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE,
+                             mask(loose[nir_at]) if nir_at < len(loose) else "")
+        try:
+            fields = split_fields(text)
+        except csv.Error:
+            return Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+        width = self.width
+        if len(fields) != width and not (len(fields) > width and not "".join(fields[width:]).strip()):
+            return Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE,
+                             mask(fields[nir_at]) if nir_at < len(fields) else "")
+        consent, purpose = self.consent, self.purpose
+        return SignalInput(fields[nir_at], fields[category], fields[date], fields[dept], fields[ref],
+                           None if consent is None else fields[consent] or None,
+                           None if purpose is None else fields[purpose] or None)
 
     @staticmethod
-    def _record(v: dict[str, str]) -> SignalInput:
-        return SignalInput(nir=v[F_NIR], category=v[F_CATEGORY], observed_on=v[F_DATE],
-                           departement=v[F_DEPT], reference=v[F_REF],
-                           consent_ref=v.get(F_CONSENT) or None, purpose=v.get(F_PURPOSE) or None)
+    def _jsonl(number: int, raw: bytes) -> SignalInput | Rejection | None:
+        if not raw.strip():
+            return None
+        try:
+            obj: Any = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE, "")
+        except ValueError:
+            return Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+        if not isinstance(obj, dict):
+            return Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
+        values: dict[str, str] = {}
+        bad: tuple[str, Reason] | None = None
+        for name in REQUIRED + OPTIONAL:
+            value = obj.get(name)
+            if value is None:
+                if name in REQUIRED:
+                    bad = bad or (name, Reason.COLONNE_MANQUANTE)
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                bad = bad or (name, Reason.LIGNE_MAL_FORMEE)
+                continue
+            values[name] = str(value)
+        if bad is not None:
+            nir = obj.get(F_NIR)
+            return Rejection(number, bad[0], bad[1], mask(nir) if isinstance(nir, str) else "")
+        return SignalInput(nir=values[F_NIR], category=values[F_CATEGORY], observed_on=values[F_DATE],
+                           departement=values[F_DEPT], reference=values[F_REF],
+                           consent_ref=values.get(F_CONSENT) or None, purpose=values.get(F_PURPOSE) or None)
 
-    # -- JSONL
-    def _jsonl(self, header: tuple[int, bytes | None], lines: Iterator[tuple[int, bytes | None]],
-               f: IO[bytes]) -> Iterator[Line | Rejection]:
-        first = True
-        for number, raw in _chain(header, lines):
-            self.bytes_read = f.tell()
-            if raw is None:
-                yield Rejection(number, "ligne", Reason.LIGNE_TROP_LONGUE, "")
-                continue
-            if first:
-                raw, first = raw.lstrip(BOM), False
-            if not raw.strip():
-                continue
-            try:
-                obj: Any = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield Rejection(number, "ligne", Reason.ENCODAGE_INVALIDE, "")
-                continue
-            except ValueError:
-                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
-                continue
-            if not isinstance(obj, dict):
-                yield Rejection(number, "ligne", Reason.LIGNE_MAL_FORMEE, "")
-                continue
-            values: dict[str, str] = {}
-            bad: tuple[str, Reason] | None = None
-            for name in REQUIRED + OPTIONAL:
-                value = obj.get(name)
-                if value is None:
-                    if name in REQUIRED:
-                        bad = bad or (name, Reason.COLONNE_MANQUANTE)
-                    continue
-                if isinstance(value, bool) or not isinstance(value, str | int):
-                    bad = bad or (name, Reason.LIGNE_MAL_FORMEE)
-                    continue
-                values[name] = str(value)
-            if bad is not None:
-                nir = obj.get(F_NIR)
-                yield Rejection(number, bad[0], bad[1], mask(nir) if isinstance(nir, str) else "")
-                continue
-            yield Line(number, self._record(values))
+
+def split_fields(text: str) -> list[str]:
+    """The fields of one CSV line: :func:`split_fields_reference`'s answer, without the csv
+    module when the line holds no quote, line end or NUL (then it is the plain split;
+    ``tests/producer/test_extract_fast_path.py`` proves the two equal)."""
+    if text and _CSV_SPECIAL.search(text) is None:
+        return text.split(";")
+    return split_fields_reference(text)
+
+
+def split_fields_reference(text: str) -> list[str]:
+    """The fields of one CSV line as the csv module reads them (``;``, strict quoting).
+    Raises ``csv.Error`` for a badly quoted line."""
+    return next(csv.reader([text], delimiter=";", strict=True))
 
 
 def _chain(head: tuple[int, bytes | None],

@@ -15,16 +15,17 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from services.core.reasons import Reason
 from services.core.types import Fund
 from services.errors import BrokerError, Rejected
 from services.platform.settings import Settings
-from services.producer.extract import Extract, Line, Rejection, RejectReport
+from services.producer.extract import Extract, LineParser, Rejection, RejectReport
 from services.producer.nir import mask
 from services.producer.outbox import Row
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
@@ -159,24 +160,27 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
     remote = publisher.builder.remote_pseudonyms
     if workers is None:
         workers = min(2, max((os.cpu_count() or 1), 1)) if extract.size > LARGE_FILE_BYTES else 0
+    today = today_paris()
+    # What earlier runs sent long ago, before this run's rows make the table larger (none of
+    # them could go: a line observed that long ago is refused).
+    publisher.outbox.purge_sent(today)
     # Forked before any Kafka client or thread exists in this process.
     pool = _pool(settings, fund, workers) if workers > 0 else None
     try:
         if connect and not await publisher.connect():
             summary.broker_error = publisher.offline_reason
         bar = _Progress(extract.size, progress)
-        today = today_paris()
         loop = asyncio.get_running_loop()
-        # Each chunk in order, with the lines its parsing rejected: the report stays in line order.
-        in_flight: collections.deque[tuple[Awaitable[_Built], list[Rejection]]] = collections.deque()
+        # Each chunk in order: the report stays in line order.
+        in_flight: collections.deque[Awaitable[_Built]] = collections.deque()
         rows: list[Row] = []
 
         async def take_one(report: RejectReport) -> None:
             nonlocal rows
-            future, early = in_flight.popleft()
-            built, rejected = await future
-            for r in sorted(early + rejected, key=lambda r: r.line):
+            read, built, rejected = await in_flight.popleft()
+            for r in sorted(rejected, key=lambda r: r.line):
                 report.write(r)
+            summary.read += read
             rows.extend(built)
             if len(rows) >= BATCH:
                 await _stage_and_send(publisher, rows, summary)
@@ -185,25 +189,21 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
 
         try:
             with RejectReport(report_path) as report:
-                for chunk in _chunks(extract, REMOTE_CHUNK if remote else CHUNK):
-                    lines: list[Line] = []
-                    early: list[Rejection] = []
-                    for item in chunk:
-                        if isinstance(item, Rejection):
-                            early.append(item)
-                        else:
-                            lines.append(item)
-                    summary.read += len(chunk)
+                # Lines go unparsed to whoever builds them: parsing is per line work too.
+                for chunk in _chunks(extract.raw(), REMOTE_CHUNK if remote else CHUNK):
+                    parser = extract.parser
+                    assert parser is not None  # set once the header is read
                     now = dt.datetime.now(dt.UTC)
                     if pool is not None:
-                        in_flight.append((_unpacked(loop.run_in_executor(
-                            pool, _build_in_worker, _pack(lines), today, now, publisher.partitions)), early))
+                        in_flight.append(_unpacked(loop.run_in_executor(
+                            pool, _build_in_worker, parser, chunk, today, now, publisher.partitions)))
                         while len(in_flight) > 2 * workers:
                             await take_one(report)
                     else:
                         fut: asyncio.Future[_Built] = loop.create_future()
-                        fut.set_result(_build_chunk(publisher.builder, lines, today, now, publisher.partitions))
-                        in_flight.append((fut, early))
+                        fut.set_result(_build_lines(publisher.builder, parser, chunk, today, now,
+                                                    publisher.partitions))
+                        in_flight.append(fut)
                         await take_one(report)
                         await asyncio.sleep(0)  # let the batch in flight be sent meanwhile
                 while in_flight:
@@ -220,8 +220,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
         if publisher.online and summary.broker_error is None:
             # nothing new but a previous run left rows waiting: send them too
             await _send(publisher, summary)
-        summary.left = publisher.outbox.status().pending
-        publisher.outbox.purge_sent(today)
+        summary.left = publisher.outbox.pending_count()
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -230,12 +229,14 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
     return summary
 
 
-_Built = tuple[list[Row], list[Rejection]]
+#: (lines read, not counting blank ones; rows built; lines rejected)
+_Built = tuple[int, list[Row], list[Rejection]]
 _worker_builder: SignalBuilder | None = None
+_T = TypeVar("_T")
 
 
-def _chunks(items: Iterable[Line | Rejection], size: int) -> Iterator[list[Line | Rejection]]:
-    chunk: list[Line | Rejection] = []
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) >= size:
@@ -245,28 +246,49 @@ def _chunks(items: Iterable[Line | Rejection], size: int) -> Iterator[list[Line 
         yield chunk
 
 
-def _build_chunk(builder: SignalBuilder, lines: list[Line], today: dt.date, now: dt.datetime,
-                 partitions: int | None) -> _Built:
+def _build_lines(builder: SignalBuilder, parser: LineParser, lines: list[tuple[int, bytes | None]],
+                 today: dt.date, now: dt.datetime, partitions: int | None) -> _Built:
+    """Parse and build ``lines`` (numbered, as :meth:`Extract.raw` gives them)."""
+    records: list[tuple[int, SignalInput]] = []
+    rejected: list[Rejection] = []
+    parse = parser.parse
+    read = 0
+    for number, raw in lines:
+        item = parse(number, raw)
+        if item is None:
+            continue
+        read += 1
+        if isinstance(item, Rejection):
+            rejected.append(item)
+        else:
+            records.append((number, item))
+    rows, refused = _build_chunk(builder, records, today, now, partitions)
+    return read, rows, rejected + refused
+
+
+def _build_chunk(builder: SignalBuilder, records: Sequence[tuple[int, SignalInput]], today: dt.date,
+                 now: dt.datetime, partitions: int | None) -> tuple[list[Row], list[Rejection]]:
     rows: list[Row] = []
     rejected: list[Rejection] = []
     # Scheme v2: the pseudonyms of each part in one batch to the service, the next part's
     # asked before this one is built, so the service's evaluation and the round trip overlap
     # the signing here (v1: asking is a no-op).
-    parts = _parts(lines)
-    asked = builder.ask(item.record for item in parts[0]) if parts else None
+    parts = _parts(records)
+    asked = builder.ask(rec for _, rec in parts[0]) if parts else None
+    build = builder.build
     for k, part in enumerate(parts):
-        ahead = builder.ask(item.record for item in parts[k + 1]) if k + 1 < len(parts) else None
+        ahead = builder.ask(rec for _, rec in parts[k + 1]) if k + 1 < len(parts) else None
         builder.collect(asked)
-        for item in part:
+        for number, rec in part:
             try:
-                rows.append(builder.build(item.record, today=today, now=now, partitions=partitions))
+                rows.append(build(rec, today=today, now=now, partitions=partitions))
             except Rejected as exc:
-                rejected.append(Rejection(item.line, exc.field, exc.reason, mask(item.record.nir)))
+                rejected.append(Rejection(number, exc.field, exc.reason, mask(rec.nir)))
         asked = ahead
     return rows, rejected
 
 
-def _parts(lines: list[Line]) -> list[list[Line]]:
+def _parts(lines: Sequence[_T]) -> list[Sequence[_T]]:
     """``lines`` in order, in parts of CHUNK lines after a first one of FIRST_PART."""
     head, rest = lines[:FIRST_PART], lines[FIRST_PART:]
     return [part for part in (head, *(rest[i:i + CHUNK] for i in range(0, len(rest), CHUNK))) if part]
@@ -277,33 +299,24 @@ def _init_worker(settings: Settings, fund: Fund) -> None:
     _worker_builder = SignalBuilder(settings, fund)
 
 
-# Between the processes, lines and rows travel as plain tuples: pickling the dataclasses
-# cost several times more, in the publishing process, which is the busiest.
-_PackedLine = tuple[int, str, str, "str | dt.date", str, str, "str | None", "str | None"]
-_PackedBuilt = tuple[list[tuple[str, str, bytes, bytes, "int | None", "bytes | None"]],
+# Back from the worker processes, rows and rejections travel as plain tuples: pickling
+# named tuples or dataclasses cost several times more, in the publishing process, which is
+# the busiest.
+_PackedBuilt = tuple[int, list[tuple[str, str, bytes, bytes, "int | None", "bytes | None"]],
                      list[tuple[int, str, str, str]]]
 
 
-def _pack(lines: list[Line]) -> list[_PackedLine]:
-    return [(item.line, r.nir, r.category, r.observed_on, r.departement, r.reference, r.consent_ref, r.purpose)
-            for item in lines for r in (item.record,)]
-
-
-def _unpack(packed: list[_PackedLine]) -> list[Line]:
-    return [Line(p[0], SignalInput(*p[1:])) for p in packed]
-
-
 async def _unpacked(future: asyncio.Future[_PackedBuilt]) -> _Built:
-    rows, rejected = await future
-    return ([Row(*r) for r in rows],
+    read, rows, rejected = await future
+    return (read, list(map(Row._make, rows)),
             [Rejection(line, name, Reason(reason), masked) for line, name, reason, masked in rejected])
 
 
-def _build_in_worker(packed: list[_PackedLine], today: dt.date, now: dt.datetime,
-                     partitions: int | None) -> _PackedBuilt:
+def _build_in_worker(parser: LineParser, lines: list[tuple[int, bytes | None]], today: dt.date,
+                     now: dt.datetime, partitions: int | None) -> _PackedBuilt:
     assert _worker_builder is not None
-    rows, rejected = _build_chunk(_worker_builder, _unpack(packed), today, now, partitions)
-    return ([(r.signal_id, r.observed_on, r.key, r.value, r.partition, r.seal) for r in rows],
+    read, rows, rejected = _build_lines(_worker_builder, parser, lines, today, now, partitions)
+    return (read, [tuple(r) for r in rows],  # type: ignore[misc]
             [(r.line, r.field, r.reason.value, r.nir_masked) for r in rejected])
 
 

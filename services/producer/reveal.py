@@ -201,6 +201,6 @@ async def reveal(settings: Settings, fund: Fund, src: Path, dst: Path, *, actor:
     if connect:
         summary.sent, summary.left, summary.broker_error = await flush_outbox(publisher)
     else:
-        summary.left = publisher.outbox.status().pending
+        summary.left = publisher.outbox.pending_count()
         await publisher.close()
     return summary

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.core.keyed_digest import KeyedDigest
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import KEY_ID_PATTERN, SEALED_VALUE_PATTERN, Fund
@@ -132,8 +133,8 @@ class SignalIds:
 
     def __init__(self, fund: Fund, id_root: bytes) -> None:
         self._prefix = fund.value.encode() + b"\x00"
-        self._key = hmac.digest(id_root, _ID_LABEL, hashlib.sha256)
+        self._mac = KeyedDigest(hmac.digest(id_root, _ID_LABEL, hashlib.sha256))
 
     def signal_id(self, reference: str, category: str, observed_on: dt.date) -> str:
         msg = self._prefix + f"{reference}\x00{category}\x00{observed_on.isoformat()}".encode()
-        return hmac.digest(self._key, msg, hashlib.sha256)[:16].hex()
+        return self._mac.digest(msg)[:16].hex()

@@ -283,3 +283,11 @@ def test_wire_enums_write_their_code_as_a_plain_enum_does(enum: type[WireEnum]) 
          "keyed": {m.value: i for i, m in enumerate(members)}, "maybe": None}, separators=(",", ":")).encode()
     assert carrier.model_dump()["one"] is members[0]  # Python-mode dumps keep the member
     assert model.model_validate_json(carrier.model_dump_json()) == carrier
+
+
+@given(data=st.binary(max_size=300))
+def test_b64u_is_unpadded_urlsafe_base64(data: bytes) -> None:
+    import base64
+
+    assert signing.b64u(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    assert signing.b64u_decode(signing.b64u(data)) == data

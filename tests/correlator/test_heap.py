@@ -56,3 +56,27 @@ def test_zero_leaves_the_collector_alone() -> None:
     before = gc.get_freeze_count()
     heap.after_batch()
     assert gc.get_freeze_count() == before
+
+
+def test_free_pages_are_released_on_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.platform import runtime
+
+    calls: list[int] = []
+    monkeypatch.setattr(runtime, "_TRIM", lambda: calls.append(1))
+    now = [0.0]
+    heap = HeapPolicy(0.0, clock=lambda: now[0], trim_every_s=2.0)
+    heap.after_batch()
+    assert calls == []
+    now[0] = 2.0
+    heap.after_batch()
+    heap.after_batch()
+    assert len(calls) == 1 and heap.trims == 1
+    now[0] = 4.5
+    heap.after_batch()
+    assert heap.trims == 2
+
+
+def test_release_free_pages_calls_the_c_library_where_it_has_one() -> None:
+    from services.platform.runtime import _TRIM, release_free_pages
+
+    assert release_free_pages() is (_TRIM is not None)

@@ -230,3 +230,36 @@ async def test_staged_values_are_read_until_the_file_has_them(tmp_path: Path) ->
     await applying
     assert store._staged == {} and len(on_disk(store.path)) == 5000 and store._marks[0][0] == 5001
     assert store.get(b"k/4999") == b"v" * 500
+
+
+async def test_a_key_deleted_then_written_again_in_one_read_keeps_its_last_value(tmp_path: Path) -> None:
+    log = Changelog()
+    for value in (b"v1", None, b"v2"):  # (one fetch of the fake consumer: three records)
+        log.append(0, b"k/a", value)
+    log.append(0, b"k/b", b"b")
+    log.append(0, b"k/b", None)
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1, cache_persons=0)
+    await log.load(store, {0})
+    assert on_disk(store.path) == {b"k/a": b"v2"}
+    assert store.get(b"k/a") == b"v2" and store.get(b"k/b") is None
+
+
+async def test_every_key_on_disk_is_found_whatever_the_absent_key_filter_holds(tmp_path: Path,
+                                                                                monkeypatch: Any) -> None:
+    from services.correlator import key_filter
+
+    monkeypatch.setattr(key_filter, "MIN_CAPACITY", 8)  # a tiny filter: it is rebuilt larger as keys come
+    log = Changelog()
+    store = PersonStore(CHANGELOG, directory=tmp_path, partitions=1, cache_persons=0)
+    await log.load(store, {0})
+    first = store._filter
+    for i in range(300):
+        checkpoint(store, log, {f"k/{i}".encode(): (0, f"state {i}".encode())})
+    assert store._filter is not first and store._filter.capacity >= 300  # rebuilt larger from the file
+    assert all(store.get(f"k/{i}".encode()) == f"state {i}".encode() for i in range(300))
+    absent = [f"n/{i}".encode() for i in range(2000)]
+    assert sum(store._filter.may_hold(k) for k in absent) < 200  # most absent keys cost no read
+    assert all(store.get(k) is None for k in absent)
+    store.close()
+    reopened = PersonStore(CHANGELOG, directory=tmp_path, partitions=1, cache_persons=0)  # built from the file
+    assert all(reopened.get(f"k/{i}".encode()) == f"state {i}".encode() for i in range(300))

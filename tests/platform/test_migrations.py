@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,41 @@ def test_processes_starting_together_migrate_one_after_the_other(db_url: str) ->
     assert failures == []
     with make_engine(db_url).connect() as conn:
         assert conn.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1
+
+
+def test_a_smaller_sqlite_page_cache_on_request(tmp_path: Path) -> None:
+    # (the correlator's key table: random point reads, a cache as large as the table grew the worker)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with make_engine(url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -131072
+    with make_engine(url, sqlite_cache_kib=2048).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -2048
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_migration_that_fails_half_way_leaves_nothing_behind(db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                ) -> None:
+    """A process killed (or failing) in the middle of the first migration: the tables it had
+    made are rolled back with it, so the next start migrates from scratch instead of failing on
+    "table ... already exists"."""
+    from alembic import op
+
+    made: list[str] = []
+    real_create_table = op.create_table
+
+    def create_then_fail(name: str, *args: Any, **kwargs: Any) -> Any:
+        if len(made) == 2:
+            raise RuntimeError("killed half-way")
+        made.append(name)
+        return real_create_table(name, *args, **kwargs)
+
+    monkeypatch.setattr(op, "create_table", create_then_fail)
+    engine = make_engine(db_url)
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        migrate(engine)
+    assert len(made) == 2
+    assert not set(made) & set(sa.inspect(engine).get_table_names())
+    monkeypatch.undo()
+    migrate(engine)
+    assert set(made) <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()

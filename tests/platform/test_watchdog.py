@@ -1,6 +1,8 @@
 """The stall watchdog, on a fake clock: 60 s by default; a partition with nothing to process
 never stalls however long it waits; one with records and no progress stalls after the window,
-is reported once, and recovers as soon as it moves."""
+is reported once, and recovers as soon as it moves; one that waits its turn behind a backlog
+the worker is working through does not stall, until the worker has processed as much as was
+waiting when it started to wait (it is skipped) or stops moving altogether (it is stuck)."""
 
 from __future__ import annotations
 
@@ -80,6 +82,39 @@ def test_a_partition_that_keeps_moving_never_stalls() -> None:
     for step in range(100):
         assert dog.observe({TP: PartitionLag(position=step, end=step + 5000, oldest_ms=1)}) == []
         clock.now += 59
+
+
+OTHER = TopicPartition("help.signals.urssaf.v1", 0)
+
+
+def test_a_partition_waiting_its_turn_behind_a_backlog_is_not_stalled_until_it_is_skipped() -> None:
+    clock = Clock()
+    dog = StallWatchdog("wd-turn", 60.0, clock=clock)
+    # A night's backlog: 30,000 records in another partition, 5,000 in this one; more keep coming.
+    assert dog.observe({OTHER: PartitionLag(0, 30_000, 1), TP: PartitionLag(0, 5_000, 1)}) == []
+    done, fired_at = 0, None
+    for _ in range(60):  # the worker takes 1,000 records every 10 s, all from the other partition
+        clock.now += 10
+        done += 1_000
+        if dog.observe({OTHER: PartitionLag(done, 100_000, 1), TP: PartitionLag(0, 5_000, 1)}):
+            fired_at = done
+            break
+        assert stalled_gauge("wd-turn") == 0  # 340 s without moving, yet only waiting its turn
+    # Reported once the worker has processed as much as was waiting when it started to wait.
+    assert fired_at == 35_000 and stalled_gauge("wd-turn") == 1
+
+
+def test_behind_a_backlog_a_worker_that_stops_moving_stalls_after_the_window() -> None:
+    clock = Clock()
+    dog = StallWatchdog("wd-stuck", 60.0, clock=clock)
+    assert dog.observe({OTHER: PartitionLag(0, 30_000, 1), TP: PartitionLag(0, 5_000, 1)}) == []
+    clock.now += 10
+    assert dog.observe({OTHER: PartitionLag(1_000, 30_000, 1), TP: PartitionLag(0, 5_000, 1)}) == []
+    clock.now += 55  # 65 s for this partition, but the worker moved 55 s ago
+    assert dog.observe({OTHER: PartitionLag(1_000, 30_000, 1), TP: PartitionLag(0, 5_000, 1)}) == []
+    clock.now += 5  # nothing moved for 60 s: both are stalled
+    assert sorted(dog.observe({OTHER: PartitionLag(1_000, 30_000, 1), TP: PartitionLag(0, 5_000, 1)})) == [
+        TP, OTHER]
 
 
 def test_lag_and_oldest_age() -> None:

@@ -21,6 +21,7 @@ from services.core.types import Fund, Purpose
 from services.errors import Rejected
 from services.platform.settings import Settings
 from services.producer.keys import init_exchange_key, init_fund_keys, load_fund_secrets
+from services.producer.outbox import Row
 from services.producer.sdk import SignalBuilder, SignalInput, today_paris
 from services.producer.seal import Sealer
 from tests.support.extracts import make_nir, wrong_key
@@ -81,9 +82,9 @@ def _outcome(build: object, rec: SignalInput) -> object:
 def test_fast_build_equals_reference(builder: SignalBuilder, rec: SignalInput) -> None:
     fast, reference = _outcome(builder.build, rec), _outcome(builder.build_reference, rec)
     assert fast == reference
-    event("built" if not isinstance(fast, tuple) else f"refused {fast[0].value}")
-    if not isinstance(fast, tuple):  # built: the bytes pass the contract model
-        Signal.model_validate_json(fast.value)  # type: ignore[attr-defined]
+    event("built" if isinstance(fast, Row) else f"refused {fast[0].value}")  # type: ignore[index]
+    if isinstance(fast, Row):  # built: the bytes pass the contract model
+        Signal.model_validate_json(fast.value)
 
 
 def test_some_records_are_built_and_some_refused(builder: SignalBuilder) -> None:

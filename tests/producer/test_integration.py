@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -226,6 +227,42 @@ def test_broker_down_rows_wait_then_flush_sends_once(settings: Settings, bootstr
     assert code == 0 and "déjà connus (relance, ignorés) : 50" in out
     ids = collections.Counter(json.loads(v)["signal_id"] for _, v in mine(bootstrap, Fund.CAF, sig_id))
     assert len(ids) == 50 and set(ids.values()) == {1}
+
+
+def test_recovery_reads_the_topic_only_when_rows_are_pending(settings: Settings, bootstrap: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a pending row can have been sent without its mark: a run that starts with none
+    sets the partitions' baseline from the end offsets and reads nothing; one that finds
+    rows left pending (here by a run that had no broker) reads the topic from the marks."""
+    from services.producer import sdk
+    from services.producer.outbox import Outbox
+
+    keyed(settings)
+    reads: list[int] = []
+    real = sdk.read_to_end
+
+    def counted(cons: Any, ends: Any, **kwargs: Any) -> Any:
+        reads.append(len(ends))
+        return real(cons, ends, **kwargs)
+
+    monkeypatch.setattr(sdk, "read_to_end", counted)
+    rng = random.Random(31)
+    d = (TODAY - dt.timedelta(days=2)).isoformat()
+    first = write_csv(tmp_path / "a.csv", [f"{make_nir(rng)};separation;{d};35;RA-{i}" for i in range(30)])
+    summary = asyncio.run(publish_file(settings, Fund.CAF, first, tmp_path / "ra.csv", workers=0))
+    assert summary.exit_code == 0 and summary.sent == 30
+    assert reads == []
+    with Outbox.for_fund(settings.var_dir, Fund.CAF) as box:
+        marks = box.partition_marks(signal_topic(Fund.CAF))
+    assert len(marks) > 1 and sorted(marks) == list(range(len(marks)))  # every partition has its mark
+
+    down = load_settings(bootstrap_servers=f"127.0.0.1:{free_port()}", var_dir=settings.var_dir,
+                         key_dir=settings.key_dir, request_timeout_ms=2000)
+    second = write_csv(tmp_path / "b.csv", [f"{make_nir(rng)};separation;{d};35;RB-{i}" for i in range(20)])
+    assert asyncio.run(publish_file(down, Fund.CAF, second, tmp_path / "rb.csv", workers=0)).left == 20
+    code, out = run_cli(settings, "outbox", "flush", "--fund", "caf")
+    assert code == 0 and "20 signalements publiés, 0 restant" in out, out
+    assert reads == [len(marks)]
 
 
 def test_worker_processes_publish_the_same(settings: Settings, bootstrap: str, tmp_path: Path) -> None:

@@ -70,3 +70,21 @@ def test_resend_command_refuses_an_unreadable_time(tmp_path: Path) -> None:
     assert "horodatage illisible" in result.output
     helped = CliRunner().invoke(cli, ["outbox", "resend", "--help"], env=env)
     assert helped.exit_code == 0 and "--since" in helped.output and "doublon" in helped.output
+
+
+def test_purge_drops_only_sent_ids_past_the_acceptance_window(tmp_path: Path) -> None:
+    """``publish`` purges before it adds its rows: what goes is sent and observed before the
+    window (no line of a run can be), what waits is never dropped."""
+    from services.producer.outbox import KEEP_SENT_DAYS
+
+    today = dt.date(2026, 12, 7)
+    old = (today - dt.timedelta(days=KEEP_SENT_DAYS + 1)).isoformat()
+    with Outbox(tmp_path / "o.db") as box:
+        sent_old = [Row(f"{i:032x}", old, b"k", b"{}") for i in range(3)]
+        _sent(box, sent_old)
+        box.add([Row("f" * 32, old, b"k", b"{}")])  # old but still waiting: kept
+        _sent(box, _rows(2, start=100), offset=3)  # recent: kept
+        assert box.purge_sent(today) == 3
+        assert box.known([r.signal_id for r in sent_old] + ["f" * 32]) == {"f" * 32}
+        assert box.pending_count() == 1 and box.has_pending()
+        assert box.status().sent == 2
