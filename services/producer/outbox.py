@@ -287,16 +287,28 @@ class Outbox:
 
     def resend_since(self, topic: str, since: dt.datetime) -> int:
         """Put back to pending every signal sent at or after ``since`` that still holds its
-        bytes (refused ones excepted: sending them again would be refused again), and forget
-        ``topic``'s partition marks (they name offsets of the lost broker; the next send
-        takes the new broker's end instead). Returns how many. The signals keep their ids:
-        the correlator answers a copy of one it had accepted with ``doublon`` (accepted,
-        for :mod:`.receipts`) and builds nothing from it."""
+        bytes (refused ones excepted: sending them again would be refused again). Returns how
+        many. The signals keep their ids: the correlator answers a copy of one it had
+        accepted with ``doublon`` (accepted, for :mod:`.receipts`) and builds nothing from it.
+
+        ``topic``'s partition marks name offsets of a broker that may be gone, and the broker
+        now answering may already hold any of these signals anywhere (an earlier resend to
+        it, or a broker that lost nothing): every partition the outbox has a mark for, or
+        sent one of them to, gets the mark -1, so that the next send first reads it from its
+        first record and marks as sent what it finds there (the publisher's recovery). The
+        topic's end would not do: only a first send has nothing of its own before it."""
+        stamp = _stamp(since)
         with self._transaction() as db:
+            parts = {p for (p,) in db.execute("SELECT partition FROM partition_marks WHERE topic = ?", (topic,))}
+            parts.update(p for (p,) in db.execute(
+                "SELECT DISTINCT sent_partition FROM outbox WHERE sent_at >= ? AND msg_value IS NOT NULL "
+                "AND refused IS NULL AND sent_partition IS NOT NULL", (stamp,)))
             cur = db.execute("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
                              "accepted_at = NULL WHERE sent_at >= ? AND msg_value IS NOT NULL AND refused IS NULL",
-                             (_stamp(since),))
+                             (stamp,))
             db.execute("DELETE FROM partition_marks WHERE topic = ?", (topic,))
+            db.executemany("INSERT INTO partition_marks(topic, partition, offset) VALUES (?, ?, -1)",
+                           [(topic, p) for p in sorted(parts)])
             return int(cur.rowcount)
 
     # -- housekeeping

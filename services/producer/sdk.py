@@ -586,13 +586,17 @@ class Publisher:
                     self.outbox.set_baseline(self.topic, {tp.partition: end for tp, end in ends.items()
                                                           if tp.partition not in marks})
                     return
-                # Start after our mark; without one (first run), at the last record the broker
-                # reports, so that the new mark lands on the true end.
+                # Start after our mark (-1, set by a resend: from the first record); without
+                # one (first run), at the last record the broker reports, so that the new mark
+                # lands on the true end.
                 start = {tp: marks[tp.partition] + 1 if tp.partition in marks else max(ends[tp] - 1, 0)
                          for tp in tps}
                 cons.assign(tps)
                 for tp in tps:
-                    cons.seek(tp, start[tp])
+                    if start[tp] == 0:
+                        await cons.seek_to_beginning(tp)  # the first record kept, wherever retention left it
+                    else:
+                        cons.seek(tp, start[tp])
                 found: dict[str, tuple[int, int]] = {}
                 last = {tp: start[tp] - 1 for tp in tps}
                 async for records in read_to_end(cons, ends):
@@ -660,8 +664,8 @@ async def resend_outbox(pub: Publisher, since: dt.datetime,
         if not await pub.connect():
             return Resent(0, 0, pub.outbox.pending_count(), pub.offline_reason)
         # Before the first send, the publisher recovers from the topic's partition marks, which
-        # resend_since forgets (they named the lost broker's offsets): new ones are taken from
-        # the new broker's end.
+        # resend_since sets to -1 (they named the lost broker's offsets): it reads the broker
+        # now answering from its first records and marks as sent what is already there.
         queued = pub.outbox.resend_since(pub.topic, since)
         total = pub.outbox.pending_count()
         try:

@@ -257,12 +257,34 @@ def test_recovery_reads_the_topic_only_when_rows_are_pending(settings: Settings,
     assert len(marks) > 1 and sorted(marks) == list(range(len(marks)))  # every partition has its mark
 
     down = load_settings(bootstrap_servers=f"127.0.0.1:{free_port()}", var_dir=settings.var_dir,
-                         key_dir=settings.key_dir, request_timeout_ms=2000)
+                         key_dir=settings.key_dir, request_timeout_ms=2000, signal_keys_url=settings.signal_keys_url)
     second = write_csv(tmp_path / "b.csv", [f"{make_nir(rng)};separation;{d};35;RB-{i}" for i in range(20)])
     assert asyncio.run(publish_file(down, Fund.CAF, second, tmp_path / "rb.csv", workers=0)).left == 20
     code, out = run_cli(settings, "outbox", "flush", "--fund", "caf")
     assert code == 0 and "20 signalements publiés, 0 restant" in out, out
     assert reads == [len(marks)]
+
+
+def test_resend_to_a_broker_that_has_them_sends_none_again(settings: Settings, bootstrap: str, tmp_path: Path) -> None:
+    """``outbox resend --since`` when the broker answering already holds the signals (it lost
+    nothing, or an earlier resend reached it): the recovery reads each partition from its
+    first record, so a signal in any record batch is found, not only those of the last
+    batch (from which the embedded broker's end offset would start) or the last record
+    (Apache Kafka's). Four runs put the signals in several record batches per partition."""
+    from services.producer.sdk import resend_outbox
+
+    sig_id = keyed(settings)
+    rng = random.Random(41)
+    d = (TODAY - dt.timedelta(days=3)).isoformat()
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    for run in range(4):
+        lines = [f"{make_nir(rng)};separation;{d};35;RS{run}-{i}" for i in range(40)]
+        path = write_csv(tmp_path / f"r{run}.csv", lines)
+        assert asyncio.run(publish_file(settings, Fund.CAF, path, tmp_path / f"r{run}.rej", workers=0)).sent == 40
+    result = asyncio.run(resend_outbox(Publisher(settings, Fund.CAF), since))
+    assert (result.queued, result.sent, result.left, result.error) == (160, 0, 0, None)
+    ids = collections.Counter(json.loads(v)["signal_id"] for _, v in mine(bootstrap, Fund.CAF, sig_id))
+    assert len(ids) == 160 and set(ids.values()) == {1}
 
 
 def test_worker_processes_publish_the_same(settings: Settings, bootstrap: str, tmp_path: Path) -> None:
