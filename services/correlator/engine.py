@@ -727,8 +727,13 @@ class Engine:
         partition = self._route(batch, rec, person.value, expected)
         if partition is None:
             return
-        sig = self._opened(rec, sig)
         pkey = _key_of(person)
+        try:
+            sig = self._opened(rec, sig)
+        except Rejected as exc:
+            if exc.reason is Reason.CLE_SIGNAL_REMPLACEE:
+                raise self._replaced(sig, get(pkey)) from None
+            raise
         state = get(pkey)
         if state is not None and not self._here(batch, rec, pkey, partition, state, put):
             return
@@ -819,6 +824,20 @@ class Engine:
         return sig._replace(category=content.category, observed_on=content.observed_on,
                             territory=content.territory,
                             sealed_ref=(content.sealed_ref.key_id, content.sealed_ref.value))
+
+    def _replaced(self, sig: CheckedSignal, state: PersonState | None) -> Rejected:
+        """Why a signal sealed under a key of the person that no longer exists is refused.
+        Sealing it again (what ``cle_signal_remplacee`` asks of the fund) would only have it
+        refused after, if the erasure that replaced the key was the person's objection, or a
+        withdrawal of the signal's purpose (clear members): the fund is told that reason at
+        once, for good. A signal the person's state has seen (a copy of one accepted) is
+        sent back to be sealed again, to be answered ``doublon`` as any copy."""
+        if state is not None and seen_source(state, sig.signal_id) is None:
+            if state.opposed:
+                return Rejected(Reason.OPPOSITION, "/pseudonym:objection_on_record")
+            if state.marks and state.withdrawn(sig.purpose):
+                return Rejected(Reason.CONSENTEMENT_RETIRE, "/purpose:consent_withdrawn")
+        return Rejected(Reason.CLE_SIGNAL_REMPLACEE, "/sealed/epoch:key_replaced")
 
     def _shred(self, sig: CheckedSignal, pkey: bytes, partition: int, state: PersonState,
                put: Callable[[bytes, int, PersonState], None]) -> None:

@@ -99,14 +99,34 @@ def test_a_key_replaced_by_an_erasure_is_told_to_the_fund(store: KeyStore) -> No
     w = World(store)
     w.run((signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=1)))
     stale = w.funds.signal("p", Fund.CAF, "impaye_loyer", n=2)  # sealed before the withdrawal
-    w.run((CONSENTS_TOPIC, w.funds.consent("p", "consentement_retire", effective_at="2026-11-20T09:00:00Z")))
-    receipts, dead = w.run((signal_topic(Fund.CAF), stale))
-    assert _reasons(receipts) == ["cle_signal_remplacee"]
+    copy = w.funds.signal("p", Fund.CAF, "impaye_loyer", n=1)   # a copy of the accepted one, likewise
+    # a withdrawal of the other purpose: the keys replaced, the signals' purpose still open
+    w.run((CONSENTS_TOPIC, w.funds.consent("p", "consentement_retire", purposes=("prevention_perte_autonomie",),
+                                           effective_at="2026-11-20T09:00:00Z")))
+    receipts, dead = w.run((signal_topic(Fund.CAF), stale), (signal_topic(Fund.CAF), copy))
+    assert _reasons(receipts) == ["cle_signal_remplacee"] * 2
     assert dead[0].raw == "" and base64.b64decode(dead[0].raw) == b""
-    # sealed again under the key the endpoint gives now: it opens, and is judged (the
-    # withdrawal, for that purpose, whatever the basis: contract §12 check 17)
-    receipts, _ = w.run((signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=2)))
-    assert _reasons(receipts) == ["consentement_retire"]
+    # sealed again under the key the endpoint gives now: each opens and is judged
+    receipts, _ = w.run((signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=2)),
+                        (signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=1)))
+    assert _reasons(receipts) == [None, "doublon"]
+
+
+@pytest.mark.parametrize("erasure", ["withdrawal", "objection"])
+def test_a_key_replaced_by_an_erasure_that_settles_the_signal_says_why_at_once(store: KeyStore,
+                                                                                erasure: str) -> None:
+    """Sealing again would only have the signal refused after: the fund is told the reason
+    that stands (its purpose withdrawn, whatever the basis: contract §12 check 17; the
+    person's objection), not asked to seal it again."""
+    w = World(store)
+    w.run((signal_topic(Fund.CAF), w.funds.signal("p", Fund.CAF, "impaye_loyer", n=1)))
+    stale = w.funds.signal("p", Fund.CAF, "impaye_loyer", n=2)  # sealed before the erasure
+    kind, reason = (("consentement_retire", "consentement_retire") if erasure == "withdrawal"
+                    else ("opposition", "opposition"))
+    w.run((CONSENTS_TOPIC, w.funds.consent("p", kind, effective_at="2026-11-20T09:00:00Z")))
+    receipts, dead = w.run((signal_topic(Fund.CAF), stale))
+    assert _reasons(receipts) == [reason]
+    assert dead[0].raw == "" and dead[0].detail.endswith(";raw_withheld")
 
 
 def test_a_signal_in_clear_is_refused_where_sealing_is_required(store: KeyStore) -> None:
