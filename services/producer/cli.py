@@ -309,6 +309,10 @@ def register(cli: click.Group) -> None:
         sent, left, error = asyncio.run(flush_outbox(publisher))
         what = "révélations" if reveals else "signalements"
         click.echo(f"boîte d'envoi {fund} : {sent} {what} publiés, {left} restant en attente")
+        settled = publisher.reconciled
+        if settled is not None and (settled.accepted or settled.anything):
+            for line in settled.lines():
+                click.echo(line)
         if error:
             click.echo(f"Le courtier Kafka ne répond pas : {error}", err=True)
         ctx.exit(1 if left else 0)

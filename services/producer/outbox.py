@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     seal_key       BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_awaiting ON outbox(sent_at)
+    WHERE sent_at IS NOT NULL AND accepted_at IS NULL AND refused IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_kept ON outbox(sent_at) WHERE accepted_at IS NOT NULL AND msg_value IS NOT NULL;
 CREATE TABLE IF NOT EXISTS partition_marks (
     topic     TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -249,13 +252,37 @@ class Outbox:
         return [Sent(sid, p, o, None if v is None else bytes(v), None if k is None else bytes(k))
                 for sid, p, o, v, k in cur]
 
+    def awaiting_for(self, signal_ids: Sequence[str]) -> list[Sent]:
+        """:meth:`awaiting_receipt`, of these ids only (at most 500 at a time)."""
+        if not signal_ids:
+            return []
+        marks = ",".join("?" * len(signal_ids))
+        cur = self._db.execute(
+            "SELECT signal_id, sent_partition, sent_offset, msg_value, seal_key FROM outbox "
+            f"WHERE signal_id IN ({marks}) AND sent_at IS NOT NULL AND accepted_at IS NULL AND refused IS NULL "
+            "ORDER BY seq", list(signal_ids))
+        return [Sent(sid, p, o, None if v is None else bytes(v), None if k is None else bytes(k))
+                for sid, p, o, v, k in cur]
+
+    def awaiting_since(self, not_before: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """(how many sent rows await a receipt, when the oldest of them sent at or after
+        ``not_before`` was sent, or None): from the index of those rows, not the table (a
+        flush and a publish ask at every run)."""
+        (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL AND accepted_at IS NULL "
+                                "AND refused IS NULL").fetchone()
+        (oldest,) = self._db.execute("SELECT min(sent_at) FROM outbox WHERE sent_at >= ? AND accepted_at IS NULL "
+                                     "AND refused IS NULL", (_stamp(not_before),)).fetchone()
+        when = None if oldest is None else dt.datetime.strptime(oldest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        return int(n), when
+
     def settle(self, *, accepted: Sequence[str] = (), refused: Sequence[tuple[str, str]] = (),
-               requeue: Sequence[tuple[str, bytes]] = (), resealed: Sequence[tuple[str, bytes, bytes]] = ()) -> None:
+               requeue: Sequence[tuple[str, bytes]] = (), resealed: Sequence[tuple[str, bytes, bytes]] = (),
+               drop: bool = True) -> None:
         """Apply reconciled receipts, atomically: ``accepted`` ids keep their payload until
-        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`), and forget their
-        sealing key; ``refused`` (id, reason code) keep the reason, and forget the key;
-        ``requeue`` (id, payload to send, the same or re-signed) go back to pending;
-        ``resealed`` (id, payload sealed again, its new key) too."""
+        ``keep_sent_days`` after their sending (:meth:`drop_old_payloads`, run here unless
+        ``drop`` is False), and forget their sealing key; ``refused`` (id, reason code) keep
+        the reason, and forget the key; ``requeue`` (id, payload to send, the same or
+        re-signed) go back to pending; ``resealed`` (id, payload sealed again, its new key) too."""
         now = _now()
         with self._transaction() as db:
             db.executemany("UPDATE outbox SET accepted_at = ?, seal_key = NULL WHERE signal_id = ?",
@@ -266,11 +293,13 @@ class Outbox:
                            "msg_value = ? WHERE signal_id = ?", [(v, s) for s, v in requeue])
             db.executemany("UPDATE outbox SET sent_at = NULL, sent_partition = NULL, sent_offset = NULL, "
                            "msg_value = ?, seal_key = ? WHERE signal_id = ?", [(v, k, s) for s, v, k in resealed])
-        self.drop_old_payloads()
+        if drop:
+            self.drop_old_payloads()
 
     def drop_old_payloads(self, now: dt.datetime | None = None) -> int:
         """Drop the bytes of accepted signals sent more than ``keep_sent_days`` ago (their id
-        stays); returns how many."""
+        stays); returns how many. (Every flush and publish asks: from the index of the
+        accepted rows that keep their bytes, not the table.)"""
         limit = _stamp((now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self.keep_sent_days))
         with self._transaction() as db:
             cur = db.execute("UPDATE outbox SET msg_value = NULL WHERE accepted_at IS NOT NULL "

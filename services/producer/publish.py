@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from services.core.reasons import Reason
 from services.core.types import Fund
@@ -29,6 +29,9 @@ from services.producer.extract import Extract, LineParser, Rejection, RejectRepo
 from services.producer.nir import mask
 from services.producer.outbox import Row
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, today_paris
+
+if TYPE_CHECKING:
+    from services.producer.receipts import Reconciliation
 
 BATCH = 4000
 #: lines per build job (one pickle round trip to a worker process)
@@ -82,6 +85,8 @@ class Summary(RunOutcome):
     report: Path | None = None
     #: the signing key is not active in the local registry copy (see SignalBuilder.key_warning)
     key_warning: str | None = None
+    #: the receipts of earlier runs, settled before this run sent (Publisher.reconciled)
+    reconciled: Reconciliation | None = None
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +117,8 @@ class Summary(RunOutcome):
         if self.left:
             out.append("Les signalements en attente partiront au prochain envoi : "
                        "help-exchange outbox flush --fund <organisme>")
+        if self.reconciled is not None and (self.reconciled.accepted or self.reconciled.anything):
+            out += self.reconciled.lines()
         if self.key_warning:
             out.append(f"ATTENTION : {self.key_warning}.")
             out.append("  Faites enregistrer la clé par l'opérateur de l'échange (help-exchange keys register), "
@@ -221,6 +228,7 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
             # nothing new but a previous run left rows waiting: send them too
             await _send(publisher, summary)
         summary.left = publisher.outbox.pending_count()
+        summary.reconciled = publisher.reconciled
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ slow). Without ``follow`` it stops at the end offsets it saw when it started.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from services.core.codec import canonical
 from services.core.messages import Receipt, parse
+from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.registry import Registry, load_registry, registry_path
 from services.core.signing import sign
@@ -61,8 +63,9 @@ class ReceiptCounts:
 
 async def read_receipts(settings: Settings, bootstrap: str, fund: Fund,
                         on_receipt: Callable[[Receipt | None, bytes], None], *, follow: bool = False,
-                        stop: asyncio.Event | None = None) -> ReceiptCounts:
-    """Call ``on_receipt`` for every receipt of ``fund`` (None for an unreadable message)."""
+                        stop: asyncio.Event | None = None, since: dt.datetime | None = None) -> ReceiptCounts:
+    """Call ``on_receipt`` for every receipt of ``fund`` (None for an unreadable message),
+    or only for those the broker timestamped at or after ``since``."""
     topic = receipt_topic(fund)
     counts = ReceiptCounts(reasons=Counter())
     cons = consumer(settings, bootstrap, group_id=None)
@@ -78,6 +81,17 @@ async def read_receipts(settings: Settings, bootstrap: str, fund: Fund,
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             cons.assign(tps)
             await cons.seek_to_beginning(*tps)
+            if since is not None:
+                # The first receipt at or after ``since`` per partition; none (Kafka): nothing
+                # to read there. (The embedded broker answers offset 0 instead of none: the
+                # partition is read whole, more than needed, never less.)
+                firsts = await cons.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+                for tp in tps:
+                    first = firsts.get(tp)
+                    if first is None:
+                        await cons.seek_to_end(tp)
+                    else:
+                        cons.seek(tp, first.offset)
             ends: dict[TopicPartition, int] = await cons.end_offsets(tps)
             source = _follow(cons, stop) if follow else read_to_end(cons, ends)
             async for records in source:
@@ -148,20 +162,39 @@ class Reconciliation:
     #: refused because the exchange replaced the person's key (an erasure) since it was
     #: sealed: sealed again under the key the endpoint gives now, and back to pending
     resealed: int = 0
+    #: the run that reconciled sends what it put back (a flush, a publish), not an operator
+    sends_now: bool = False
+    #: refused for a key the exchange does not know, left waiting (``sends_now``: sending
+    #: them before the key is registered would only have them refused again), by key id
+    unknown_waiting: Counter[str] = field(default_factory=Counter)
+    #: refused for a replaced key, not sealed again: why (the key endpoint failed), and how many
+    reseal_error: str | None = None
+    reseal_waiting: int = 0
 
     @property
     def requeued(self) -> int:
         return sum(self.unknown.values()) + sum(self.resigned.values()) + self.resealed
 
+    @property
+    def anything(self) -> bool:
+        """Whether there is something to tell beyond the accepted ones."""
+        return bool(self.requeued or self.retired_current or self.refused or self.without_payload
+                    or self.unknown_waiting or self.reseal_waiting)
+
     def lines(self) -> list[str]:
         """The French summary, each refusal with what to do."""
         f = self.fund.value
-        flush = f"relancez `help-exchange outbox flush --fund {f}`"
+        flush = ("renvoyés par cet envoi" if self.sends_now
+                 else f"relancez `help-exchange outbox flush --fund {f}`")
         out = [f"rapprochement avec la boîte d'envoi {f} : {self.accepted} acceptés"]
         for key_id, n in sorted(self.unknown.items()):
             out.append(f"  {n} signalements refusés : clé de signature {key_id} inconnue de l'échange — faites "
                        f"enregistrer la clé (help-exchange keys register --fund {f} --public-key …, par "
                        f"l'opérateur de l'échange) ; ils ont été remis en file d'envoi, {flush}")
+        for key_id, n in sorted(self.unknown_waiting.items()):
+            out.append(f"  {n} signalements refusés : clé de signature {key_id} inconnue de l'échange — faites "
+                       f"enregistrer la clé (help-exchange keys register --fund {f} --public-key …, par "
+                       f"l'opérateur de l'échange), puis `help-exchange receipts --fund {f}` les remet en file")
         for key_id, n in sorted(self.resigned.items()):
             out.append(f"  {n} signalements refusés : clé de signature {key_id} retirée — re-signés avec la clé "
                        f"en vigueur {self.current_key} et remis en file d'envoi, {flush}")
@@ -172,6 +205,10 @@ class Reconciliation:
         if self.resealed:
             out.append(f"  {self.resealed} signalements refusés : clé de la personne remplacée à l'échange depuis leur "
                        f"scellement — scellés à nouveau sous la clé actuelle et remis en file d'envoi, {flush}")
+        if self.reseal_waiting:
+            out.append(f"  {self.reseal_waiting} signalements refusés : clé de la personne remplacée à l'échange, "
+                       f"non scellés à nouveau ({self.reseal_error}) — ils attendent dans la boîte d'envoi ; le "
+                       f"prochain envoi (publish, outbox flush) ou `help-exchange receipts --fund {f}` les reprend")
         for code, n in self.refused.most_common():
             label = Reason(code).label if code in Reason._value2member_map_ else code
             out.append(f"  {n} signalements refusés définitivement : {label} ({code}) — à corriger dans le "
@@ -207,24 +244,64 @@ def resign(value: bytes, key: Ed25519PrivateKey, key_id: str) -> bytes:
 def reconcile(settings: Settings, fund: Fund, receipts: dict[str, list[Seen]]) -> Reconciliation:
     """Settle the fund's sent outbox rows against ``receipts`` (by signal id, see
     :func:`collect`): accepted → payload dropped; refused for the signing key → back to
-    pending (re-signed with the current key when the key was retired); refused otherwise →
-    kept with its reason; no receipt for the last sending → left as it is."""
-    from services.producer.keys import load_fund_secrets, signing_key_warning
-
-    result = Reconciliation(fund)
-    topic = signal_topic(fund)
-    accepted: list[str] = []
-    refused: list[tuple[str, str]] = []
-    requeue: list[tuple[str, bytes]] = []
-    replaced: list[Sent] = []
-    secrets: FundSecrets | None = None
-    current_refused = False
+    pending (re-signed with the current key when the key was retired); refused for the
+    person's replaced key → sealed again, back to pending; refused otherwise → kept with its
+    reason; no receipt for the last sending → left as it is."""
     with Outbox.for_fund(settings.var_dir, fund) as box:
-        for row in box.awaiting_receipt():
-            verdict = _verdict(row, receipts.get(row.signal_id, []), topic)
+        settler = Settler(settings, fund, box)
+        settler.apply(receipts)
+        return settler.finish()
+
+
+class Settler:
+    """Settles the sent rows of one fund's outbox against receipts, a chunk of signal ids at
+    a time (:meth:`apply`), so that neither the receipts nor the rows are held all at once.
+
+    ``sends_now`` (a flush or a publish reconciling before it sends): rows refused for a
+    signing key the exchange does not know stay waiting instead of going back to pending
+    (the run would send them at once, to be refused again until the key is registered);
+    ``receipts --fund`` puts them back. ``client``: the key endpoint's client to seal again
+    with (default: one from the settings)."""
+
+    CHUNK = 500
+
+    def __init__(self, settings: Settings, fund: Fund, box: Outbox, *, sends_now: bool = False,
+                 client: SignalKeyClient | None = None) -> None:
+        self.settings = settings
+        self.fund = fund
+        self.box = box
+        self.topic = signal_topic(fund)
+        self.result = Reconciliation(fund, sends_now=sends_now)
+        self._client = client
+        self._secrets: FundSecrets | None = None
+        self._current_refused = False
+
+    def apply(self, receipts: dict[str, list[Seen]]) -> None:
+        ids = list(receipts)
+        for i in range(0, len(ids), self.CHUNK):
+            self._apply(self.box.awaiting_for(ids[i:i + self.CHUNK]), receipts)
+
+    def finish(self) -> Reconciliation:
+        """Drop the bytes past their window, count what still awaits a receipt."""
+        self.box.drop_old_payloads()
+        awaiting, _ = self.box.awaiting_since(dt.datetime.min.replace(tzinfo=dt.UTC))
+        r = self.result
+        r.awaiting = awaiting - sum(r.retired_current.values()) - sum(r.unknown_waiting.values()) - r.reseal_waiting
+        return r
+
+    def _apply(self, rows: list[Sent], receipts: dict[str, list[Seen]]) -> None:
+        from services.producer.keys import load_fund_secrets, signing_key_warning
+
+        result = self.result
+        accepted: list[str] = []
+        refused: list[tuple[str, str]] = []
+        requeue: list[tuple[str, bytes]] = []
+        replaced: list[Sent] = []
+        for row in rows:
+            verdict = _verdict(row, receipts.get(row.signal_id, []), self.topic)
             if verdict is None:
-                result.awaiting += 1
-            elif verdict == "":
+                continue
+            if verdict == "":
                 accepted.append(row.signal_id)
             elif verdict == Reason.CLE_SIGNAL_REMPLACEE.value and row.value is not None and row.seal is not None:
                 replaced.append(row)
@@ -235,35 +312,84 @@ def reconcile(settings: Settings, fund: Fund, receipts: dict[str, list[Seen]]) -
                     continue
                 old_key = _key_id_of(row.value)
                 if verdict == Reason.CLE_SIGNATURE_INCONNUE.value:
-                    result.unknown[old_key] += 1
-                    requeue.append((row.signal_id, row.value))
+                    if result.sends_now:
+                        result.unknown_waiting[old_key] += 1
+                    else:
+                        result.unknown[old_key] += 1
+                        requeue.append((row.signal_id, row.value))
                     continue
-                if secrets is None:
-                    secrets = load_fund_secrets(settings.key_dir, fund)
-                    result.current_key = secrets.signing_key_id
-                    registry = _local_registry(settings)
-                    current_refused = registry is not None and signing_key_warning(
-                        registry, fund, secrets.signing_key_id) is not None
-                if secrets.signing_key_id == old_key or current_refused:
+                if self._secrets is None:
+                    self._secrets = load_fund_secrets(self.settings.key_dir, self.fund)
+                    result.current_key = self._secrets.signing_key_id
+                    registry = _local_registry(self.settings)
+                    self._current_refused = registry is not None and signing_key_warning(
+                        registry, self.fund, self._secrets.signing_key_id) is not None
+                if self._secrets.signing_key_id == old_key or self._current_refused:
                     result.retired_current[old_key] += 1  # re-signing would be refused again
                     continue
                 result.resigned[old_key] += 1
-                requeue.append((row.signal_id, resign(row.value, secrets.signing_key, secrets.signing_key_id)))
+                requeue.append((row.signal_id, resign(row.value, self._secrets.signing_key,
+                                                      self._secrets.signing_key_id)))
             else:
                 result.refused[verdict] += 1
                 refused.append((row.signal_id, verdict))
-        resealed = reseal_rows(settings, fund, replaced, result) if replaced else []
-        box.settle(accepted=accepted, refused=refused, requeue=requeue, resealed=resealed)
-    result.accepted = len(accepted)
-    return result
+        resealed: list[tuple[str, bytes, bytes]] = []
+        if replaced:
+            unreadable = len(refused)
+            try:
+                if self._client is None:
+                    self._client = sealing_client(self.settings, self.fund)
+                resealed = reseal_rows(self.settings, self.fund, replaced, result, self._client, refused)
+            except (ConfigurationError, Refused) as exc:
+                # The endpoint did not answer (or refused the batch): they stay as they are,
+                # awaiting, and the next reconciliation seals them again.
+                result.reseal_error = exc.what
+                result.reseal_waiting += len(replaced) - (len(refused) - unreadable)
+        self.box.settle(accepted=accepted, refused=refused, requeue=requeue, resealed=resealed, drop=False)
+        result.accepted += len(accepted)
+
+
+#: how long before the oldest signal awaiting its receipt the receipts are read from: the
+#: receipt's time is the correlator's clock, the sending's the fund's
+CLOCK_MARGIN = dt.timedelta(hours=1)
+#: how long receipts stay on ``help.receipts.<fund>.v1`` (``retention.ms`` in
+#: schemas/asyncapi.yaml): a signal sent before has no receipt left to read
+RECEIPTS_KEPT = dt.timedelta(days=90)
+
+
+async def settle_receipts(settings: Settings, bootstrap: str, fund: Fund, box: Outbox, *,
+                          client: SignalKeyClient | None = None) -> Reconciliation:
+    """What a flush or a publish does before it sends: read the fund's receipts from a little
+    before the oldest signal still awaiting one (none awaiting: nothing read) and settle
+    them as ``receipts --fund`` does (:class:`Settler`, ``sends_now``), so that a signal
+    refused for the person's replaced key is sealed again and leaves with this run."""
+    now = dt.datetime.now(dt.UTC)
+    settler = Settler(settings, fund, box, sends_now=True, client=client)
+    _, oldest = box.awaiting_since(now - RECEIPTS_KEPT)
+    if oldest is None:
+        return settler.finish()
+    seen: dict[str, list[Seen]] = {}
+    keep = collect(seen)
+
+    def on_receipt(receipt: Receipt | None, raw: bytes) -> None:
+        keep(receipt, raw)
+        if len(seen) >= Settler.CHUNK:
+            settler.apply(seen)
+            seen.clear()
+
+    await read_receipts(settings, bootstrap, fund, on_receipt, since=oldest - CLOCK_MARGIN)
+    settler.apply(seen)
+    return settler.finish()
 
 
 def reseal_rows(settings: Settings, fund: Fund, rows: list[Sent], result: Reconciliation,
-                client: SignalKeyClient | None = None) -> list[tuple[str, bytes, bytes]]:
+                client: SignalKeyClient | None = None,
+                refused: list[tuple[str, str]] | None = None) -> list[tuple[str, bytes, bytes]]:
     """(id, payload, key) of ``rows`` sealed again: each opened with the key it was sealed
     with (kept in the outbox), sealed under the person's current key (asked again of the key
     endpoint, in one batch), signed again with the fund's current signing key. A row that
-    does not open with its own key (the outbox altered) is left refused."""
+    does not open with its own key (the outbox altered) is refused ``scelle_illisible``
+    (added to ``refused``)."""
     from services.core.messages import SealedSignal
     from services.core.signal_seal import open_members, seal_message
     from services.producer.keys import load_fund_secrets
@@ -284,6 +410,8 @@ def reseal_rows(settings: Settings, fund: Fund, rows: list[Sent], result: Reconc
         content = open_members(FundKey.unpack(row.seal).key, topic, sealed.signal_id, sealed.sealed)
         if content is None:
             result.refused[Reason.SCELLE_ILLISIBLE.value] += 1
+            if refused is not None:
+                refused.append((row.signal_id, Reason.SCELLE_ILLISIBLE.value))
             continue
         clear = {**sealed.model_dump(mode="json", exclude={"sealed", "signature"}), **content.model_dump(mode="json")}
         opened.append((row.signal_id, clear))

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
@@ -73,6 +73,9 @@ from services.producer.outbox import Outbox, Pending, Row
 from services.producer.pseudonym import source_for
 from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
 from services.producer.signal_keys import SignalKeyClient, sealing_client
+
+if TYPE_CHECKING:
+    from services.producer.receipts import Reconciliation
 
 SEND_BATCH = 2000
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
@@ -434,6 +437,8 @@ class Publisher:
         self.partitions: int | None = None
         #: signals acknowledged by the broker since this publisher was made
         self.sent_total = 0
+        #: the receipts of earlier sends, settled before this publisher's first send (signals only)
+        self.reconciled: Reconciliation | None = None
         self.offline_reason: str | None = None
 
     async def __aenter__(self) -> Publisher:
@@ -484,6 +489,8 @@ class Publisher:
                                     f"start the broker, then `help-exchange outbox flush --fund {self.fund.value}`")
         if not self._recovered:
             await self._recover()
+            if self.keep_payload:
+                await self._settle_receipts()
             self._recovered = True
         sent = 0
         after = 0
@@ -611,6 +618,17 @@ class Publisher:
                                       keep_payload=self.keep_payload)
         finally:
             await cons.stop()
+
+    async def _settle_receipts(self) -> None:
+        """Before the first send: the receipts of what earlier runs sent, settled as
+        ``receipts --fund`` would (:func:`services.producer.receipts.settle_receipts`); a
+        signal refused for the person's replaced key is sealed again and leaves with this
+        run's sends (:attr:`reconciled` says what was done)."""
+        from services.producer.receipts import settle_receipts
+
+        assert self._bootstrap is not None
+        self.reconciled = await settle_receipts(self.settings, self._bootstrap, self.fund, self.outbox,
+                                                client=self.builder.signal_keys)
 
     async def publish(self, records: Iterable[SignalInput]) -> PublishResult:
         """Build, stage and (if connected) send ``records``; rejected ones are returned.

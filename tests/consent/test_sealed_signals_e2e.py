@@ -1,9 +1,11 @@
 """Sealed signals end to end (contract §2.1, §4.4), on the real broker: the fund's SDK asks
 the key endpoint, seals, signs and sends; a correlator worker that requires sealing opens
 them. A key fetched, then replaced by a withdrawal before the signal is sent: the receipt
-says ``cle_signal_remplacee``, the reconciliation seals it again under the person's new key
-and the next flush sends it: accepted, nothing lost. The signal topic never holds the
-person members in clear."""
+says ``cle_signal_remplacee``, and the fund's next normal run (a publish; a flush alike)
+reads it, seals the signal again under the person's new key and sends it: accepted, nothing
+lost, nothing for an operator to do. A key fetched, then destroyed by the person's objection:
+the receipt says ``opposition`` at once, and the signal is not sent again (its outbox row
+says why). The signal topic never holds the person members in clear."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from services.platform.settings import Settings
 from services.platform.topics import signal_topic
 from services.producer.consent import record_file
 from services.producer.keys import init_exchange_key, init_fund_keys
-from services.producer.receipts import Seen, collect, read_receipts, reconcile
+from services.producer.outbox import Outbox
 from services.producer.sdk import Publisher, SignalBuilder, SignalInput, flush_outbox, read_to_end
 from tests.correlator.harness import Collector, start_worker, stop
 
@@ -78,7 +80,7 @@ async def test_a_key_replaced_between_fetch_and_send_is_sealed_again(sealing: Se
     init_exchange_key(settings.key_dir)
     init_fund_keys(settings.key_dir, Fund.CAF)
     (settings.var_dir / "correlator").mkdir(parents=True, exist_ok=True)
-    person = nir(4242)
+    person, objector = nir(4242), nir(4343)
     collector = Collector(settings.bootstrap_servers or "", settings.database_url)
     await collector.start()
     worker = start_worker(settings, "corr-sealed", tmp_path / "worker.log", env={"HELP_SIGNAL_SEALING": "required"})
@@ -92,35 +94,54 @@ async def test_a_key_replaced_between_fetch_and_send_is_sealed_again(sealing: Se
         first_id = json.loads(sent_first)["signal_id"]
         assert (await _receipt_of(collector, first_id, 1))["status"] == "accepte"
 
-        # The key fetched and the signal sealed now ...
+        # Two keys fetched and two signals sealed now ...
         builder = SignalBuilder(settings, Fund.CAF)
         rec = _record(person, "deces_conjoint", "DOS-2", "acces_aux_droits")
-        builder.prefetch([rec])
-        row = builder.build(rec)
-        # ... a withdrawal (of the other purpose) replaces the person's key ...
+        late = _record(objector, "impaye_loyer", "DOS-3", "acces_aux_droits")
+        builder.prefetch([rec, late])
+        row, late_row = builder.build(rec), builder.build(late)
+        # ... a withdrawal (of the other purpose) replaces the first person's key, the other
+        # person objects (every key destroyed) ...
         await _consent(settings, collector, tmp_path, "consentement_retire", person, "prevention_perte_autonomie", 2)
-        # ... then it is sent: refused for its key, nothing of it kept
+        await _consent(settings, collector, tmp_path, "opposition", objector, "", 3)
+        # ... then they are sent: refused, nothing of them kept
         async with Publisher(settings, Fund.CAF, builder=builder) as pub:
-            assert await pub.submit([row]) == 1
+            assert await pub.submit([row, late_row]) == 2
             await pub.drain()
+            # (before it sent, that run settled the first signal's receipt: accepted)
+            assert pub.reconciled is not None and pub.reconciled.accepted == 1 and not pub.reconciled.anything
         refused = await _receipt_of(collector, row.signal_id, 1)
         assert (refused["status"], refused["reason"]) == ("rejete", "cle_signal_remplacee"), refused
-        letter = next(d for d in collector.deadletters.values() if d["signal_id"] == row.signal_id)
-        assert letter["raw"] == ""
+        opposed = await _receipt_of(collector, late_row.signal_id, 1)
+        assert (opposed["status"], opposed["reason"]) == ("rejete", "opposition"), opposed
+        letters = [d for d in collector.deadletters.values() if d["signal_id"] in (row.signal_id, late_row.signal_id)]
+        assert len(letters) == 2 and all(d["raw"] == "" for d in letters)
 
-        # The reconciliation seals it again under the new key; the flush sends it: accepted.
-        seen: dict[str, list[Seen]] = {}
-        await read_receipts(settings, settings.bootstrap_servers or "", Fund.CAF, collect(seen))
-        result = reconcile(settings, Fund.CAF, seen)
-        assert result.resealed == 1 and result.requeued == 1, result.lines()
-        sent, left, error = await flush_outbox(Publisher(settings, Fund.CAF))
-        assert (sent, left, error) == (1, 0, None)
+        # The fund's next run (a publish of its next lines) settles those receipts before it
+        # sends: the first signal sealed again under the new key and sent with the run's own;
+        # the objector's refused for good, not sent again.
+        nxt = _record(person, "impaye_loyer", "DOS-4", "acces_aux_droits")
+        async with Publisher(settings, Fund.CAF) as pub:
+            result = await pub.publish([nxt])
+            settled = pub.reconciled
+        assert settled is not None and settled.resealed == 1 and settled.refused == {"opposition": 1}, settled
+        assert result.sent == 2 and result.staged == 1
+        assert any("scellés à nouveau" in line and "renvoyés par cet envoi" in line for line in settled.lines())
         again = await _receipt_of(collector, row.signal_id, 2)
         assert again["status"] == "accepte", again
+        with Outbox.for_fund(settings.var_dir, Fund.CAF) as box:
+            reason = box._db.execute("SELECT refused, seal_key FROM outbox WHERE signal_id = ?",
+                                     (late_row.signal_id,)).fetchone()
+        assert reason == ("opposition", None)  # the row says why; its key forgotten
+        # a flush afterwards: nothing more to send, the objector's signal not among it
+        sent, left, error = await flush_outbox(Publisher(settings, Fund.CAF))
+        assert (sent, left, error) == (0, 0, None)
 
-        # Every record of the signal topic: sealed, the person members nowhere in clear.
+        # Every record of the signal topic: sealed, the person members nowhere in clear; the
+        # objector's signal there once, the re-sealed one twice (refused, then accepted).
         values = await _topic_values(settings, signal_topic(Fund.CAF))
-        assert len(values) == 3
+        ids = [json.loads(raw)["signal_id"] for raw in values]
+        assert len(values) == 5 and ids.count(late_row.signal_id) == 1 and ids.count(row.signal_id) == 2
         for raw in values:
             msg = json.loads(raw)
             assert "sealed" in msg and not {"category", "observed_on", "territory", "sealed_ref"} & set(msg)
