@@ -300,7 +300,13 @@ def register(cli: click.Group) -> None:
                   help="The fund's reveal records (`reveal`) instead of its signals.")
     @click.pass_context
     def outbox_flush(ctx: click.Context, fund: str, reveals: bool) -> None:
-        """Send every signal waiting in the outbox (exit 1 if some could not be sent)."""
+        """Send every signal waiting in the outbox (exit 1 if some could not be sent).
+
+        \b
+        Before it sends, the receipts of earlier sends are read and settled as `receipts`
+        does (docs/keys.md): a signal refused because the exchange replaced the person's
+        key since it was sealed is sealed again under the current key and sent now; one
+        refused for good (objection, withdrawal) keeps its reason and is not sent again."""
         from services.producer.reveal import RevealPublisher
         from services.producer.sdk import Publisher, flush_outbox
 
