@@ -33,7 +33,11 @@ partition; across partitions by a hand-over on the repartition topic (``help-tra
 answers with the state; ``answer`` back, where the records that came meanwhile were parked
 in the state and are then processed in order; ``done``, after which the pointer keeps
 nothing but where the person went). Records that reach a pointer are forwarded with the
-person key they now belong to (``help-rekey``). Every step is idempotent against a record
+person key they now belong to (``help-rekey``). A chain (the previous pseudonym itself still
+waiting for an older one) resolves in order: the waiting state keeps the request
+(``successor``) and answers it once its own answer has come. What the parked records add up
+to is noted per partition (:attr:`Engine.holds`): the worker pauses the partitions that hold
+them past a bound (:mod:`services.correlator.holds`). Every step is idempotent against a record
 read again after a crash between a batch's state writes and its outputs
 (``tests/correlator/test_rotation.py``). The situation keeps its id; erasure and objection
 reach both pseudonyms (:meth:`Engine._linked_erasures`).
