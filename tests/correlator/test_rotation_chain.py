@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from services.core.messages import Pseudonym
 from services.core.person import situation_id_for
 from services.core.types import Fund
 from services.correlator.engine import REPARTITION_TOPIC
+from services.platform.datakeys import KeyRing, KeyStore, is_sealed
+from services.platform.db import open_engine
 from services.platform.partitioning import partition_for
 from tests.correlator.test_rotation import NEW, OLD, PARTITIONS, V1, engine, person_of, pseudonym, publish, signal
 from tests.support.cluster import Cluster
@@ -131,3 +134,25 @@ def test_a_signal_under_a_moved_pseudonym_links_an_older_one_that_never_joined()
         publish(cluster, signal(p, Fund.MSA, "difficulte_msa", OLD, link=V1))
     cluster.run()
     check_one_situation(cluster, people, {"caf", "urssaf", "cpam", "carsat", "msa"})
+
+
+def test_with_states_sealed_the_chain_resolves_through_crashes(tmp_path: Path) -> None:
+    """The answers of a chain are sealed under each previous pseudonym's key, as a single
+    hand-over's are."""
+    ring = KeyRing(KeyStore(open_engine(f"sqlite:///{tmp_path / 'keys.db'}")), b"m" * 32)
+    people = persons(same=True, count=3) + persons(same=False, count=3)
+    cluster = Cluster(engine(ring), rng=random.Random(7), batch=3)
+    for p in people:
+        for msg in first_two(p):
+            publish(cluster, msg)
+    cluster.run()
+    cluster.blocked = {(REPARTITION_TOPIC, part(p, V1)) for p in people}
+    for p in people:
+        publish(cluster, signal(p, Fund.CPAM, "non_recours_c2s_puma", OLD, link=V1))
+        publish(cluster, signal(p, Fund.CARSAT, "passage_retraite_rupture_ressources", NEW, link=OLD))
+        publish(cluster, signal(p, Fund.MSA, "difficulte_msa", OLD))
+    cluster.run()
+    cluster.blocked = set()
+    cluster.run(crash_every=3)
+    check_one_situation(cluster, people, {"caf", "urssaf", "cpam", "carsat", "msa"})
+    assert all(is_sealed(v) for v in cluster.store.values())
