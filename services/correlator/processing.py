@@ -169,10 +169,8 @@ class Processor:
             self.positions.revoke(ours)
             still = {tp.partition for tp in self.positions.assigned}
             self.store.drop({tp.partition for tp in ours} - still)
-            if self.backpressure is not None:
+            if self.backpressure is not None:  # their holds are another worker's now
                 self.backpressure.revoked({tp.partition for tp in ours} - still)
-            else:
-                self.engine.holds.drop({tp.partition for tp in ours} - still)
             if self.keys is not None:  # another worker may rotate those persons' keys now
                 self.keys.clear()
 
