@@ -89,8 +89,10 @@ def linked(person: str, fund: Fund, category: str, key_id: str, link: str | None
 
 async def test_a_delayed_answer_pauses_the_holder_and_a_kill_9_while_holding_loses_nothing(
         tmp_path: Path, private_bootstrap: str) -> None:
+    # (signals in clear, the rotation under test: a worker that takes them)
     settings: Settings = load_settings(bootstrap_servers=private_bootstrap, var_dir=tmp_path / "var",
-                                       key_dir=tmp_path / "var" / "keys", session_timeout_ms=30_000)
+                                       key_dir=tmp_path / "var" / "keys", session_timeout_ms=30_000,
+                                       signal_sealing="accepted")
     FUNDS.write_registry(settings.key_dir)
     ports = {"a": free_port(), "b": free_port()}
 
