@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import re
@@ -40,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
@@ -75,6 +76,7 @@ from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
 from services.producer.signal_keys import SignalKeyClient
 
 SEND_BATCH = 2000
+_R = TypeVar("_R")
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
 #: (signals, consents, reveals) in ``schemas/asyncapi.yaml``, which in Kafka bounds a whole
 #: batch, not one message; a bigger batch would be refused by Apache Kafka
@@ -432,7 +434,13 @@ class Publisher:
         self.partitions: int | None = None
         #: signals acknowledged by the broker since this publisher was made
         self.sent_total = 0
+        #: rows this publisher wrote to the outbox that were new there
+        self.staged_total = 0
         self.offline_reason: str | None = None
+        #: The outbox's writes while sending (staging a batch, marking one sent), one at a
+        #: time in a thread of their own: SQLite lets go of the GIL while it writes, so the
+        #: event loop meanwhile takes built signals and serves delivery reports.
+        self._writer: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> Publisher:
         await self.connect()
@@ -466,11 +474,22 @@ class Publisher:
         if self._producer is not None:
             prod, self._producer = self._producer, None
             await prod.stop(timeout_s=10)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.outbox.close()
 
     def stage(self, rows: list[Row]) -> int:
         """Write built signals to the outbox; returns how many were new."""
-        return self.outbox.add(rows)
+        new = self.outbox.add(rows)
+        self.staged_total += new
+        return new
+
+    async def _write(self, fn: Callable[..., _R], *args: Any) -> _R:
+        """``fn(*args)`` (an outbox write) in the publisher's writing thread."""
+        if self._writer is None:  # made at the first send: `publish` forks its workers before
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     async def flush(self, *, batch: int = SEND_BATCH, progress: Callable[[int], None] | None = None) -> int:
         """Send every pending signal; returns how many the broker acknowledged.
@@ -495,24 +514,23 @@ class Publisher:
     async def submit(self, rows: list[Row]) -> int:
         """Stage ``rows`` in the outbox and start sending the new ones in the background.
 
-        Returns how many were new. At most one batch is in flight: this first waits for the
-        previous one (and raises :class:`BrokerUnreachable` if it failed), so batches are
-        marked sent in order — which the crash recovery relies on. Call :meth:`drain` at the
-        end. Offline, rows are only staged."""
-        await self.drain()
-        if not rows:
-            return 0
-        if not self.online:
-            return self.stage(rows)
+        Returns how many were new. At most one batch is in flight: the new rows are staged
+        while the previous batch is still being sent, and they leave once it is acknowledged
+        and marked sent (this raises :class:`BrokerUnreachable` if it failed; ``rows`` are
+        staged all the same), so batches are marked sent in order — which the crash recovery
+        relies on. Call :meth:`drain` at the end. Offline, rows are only staged."""
+        if not rows or not self.online:
+            await self.drain()
+            return self.stage(rows) if rows else 0
         if not self._recovered:
+            await self.drain()
             await self.flush()  # recover, and send what earlier runs left waiting
-        known = self.outbox.known(r.signal_id for r in rows)
-        fresh: list[Row] = []
-        for r in rows:
-            if r.signal_id not in known:
-                known.add(r.signal_id)  # the same id twice in one batch: once is enough
-                fresh.append(r)
-        self.stage(fresh)
+        staging = asyncio.ensure_future(self._write(self.outbox.add_new, rows))
+        try:
+            await self.drain()
+        finally:
+            fresh = await staging
+            self.staged_total += len(fresh)
         if fresh:
             self._inflight = asyncio.create_task(self._send(fresh))
         return len(fresh)
@@ -539,7 +557,8 @@ class Publisher:
             if res.offset > marks.get(res.partition, -1):
                 marks[res.partition] = res.offset
         if ok:
-            self.outbox.mark_sent(ok, self.topic, marks, where, keep_payload=self.keep_payload)
+            await self._write(functools.partial(self.outbox.mark_sent, ok, self.topic, marks, where,
+                                                keep_payload=self.keep_payload))
             self.sent_total += len(ok)
         if error is not None:
             raise BrokerUnreachable(
