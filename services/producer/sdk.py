@@ -430,6 +430,8 @@ class Publisher:
         self._bootstrap: str | None = None
         self._recovered = False
         self._inflight: asyncio.Task[int] | None = None
+        #: "sent" marks handed to the writing thread and not yet committed, in sending order
+        self._marks: list[asyncio.Future[None]] = []
         #: partitions of the fund's topic once connected (signals can then be built with theirs)
         self.partitions: int | None = None
         #: signals acknowledged by the broker since this publisher was made
@@ -468,7 +470,7 @@ class Publisher:
         return True
 
     async def close(self) -> None:
-        if self._inflight is not None:
+        if self._inflight is not None or self._marks:
             with contextlib.suppress(BrokerUnreachable):
                 await self.drain()
         if self._producer is not None:
@@ -516,9 +518,10 @@ class Publisher:
 
         Returns how many were new. At most one batch is in flight: the new rows are staged
         while the previous batch is still being sent, and they leave once it is acknowledged
-        and marked sent (this raises :class:`BrokerUnreachable` if it failed; ``rows`` are
-        staged all the same), so batches are marked sent in order — which the crash recovery
-        relies on. Call :meth:`drain` at the end. Offline, rows are only staged."""
+        (this raises :class:`BrokerUnreachable` if it failed; ``rows`` are staged all the
+        same). The batches' "sent" marks are committed in sending order, one thread writing
+        them in turn — which the crash recovery relies on — while the next batch goes out.
+        Call :meth:`drain` at the end. Offline, rows are only staged."""
         if not rows or not self.online:
             await self.drain()
             return self.stage(rows) if rows else 0
@@ -527,21 +530,41 @@ class Publisher:
             await self.flush()  # recover, and send what earlier runs left waiting
         staging = asyncio.ensure_future(self._write(self.outbox.add_new, rows))
         try:
-            await self.drain()
-        finally:
-            fresh = await staging
-            self.staged_total += len(fresh)
+            await self._acknowledged()
+        except BaseException:
+            # The outbox idle before the caller touches it again (it stages what failed).
+            staged, _ = await asyncio.gather(staging, self._marked(), return_exceptions=True)
+            if isinstance(staged, list):
+                self.staged_total += len(staged)
+            raise
+        fresh = await staging
+        self.staged_total += len(fresh)
         if fresh:
-            self._inflight = asyncio.create_task(self._send(fresh))
+            self._inflight = asyncio.create_task(self._send(fresh, wait_mark=False))
         return len(fresh)
 
     async def drain(self) -> None:
-        """Wait for the batch in flight, if any (raises if it could not be sent)."""
+        """Wait for the batch in flight, if any (raises if it could not be sent), and for
+        every "sent" mark to be committed."""
+        try:
+            await self._acknowledged()
+        finally:
+            await self._marked()
+
+    async def _acknowledged(self) -> None:
         task, self._inflight = self._inflight, None
         if task is not None:
             await task
 
-    async def _send(self, rows: Sequence[Row | Pending]) -> int:
+    async def _marked(self) -> None:
+        marks, self._marks = self._marks, []
+        for outcome in await asyncio.gather(*marks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _send(self, rows: Sequence[Row | Pending], *, wait_mark: bool = True) -> int:
+        """Send ``rows``; mark the acknowledged ones sent (``wait_mark`` False: the mark is
+        only handed to the writing thread, :meth:`drain` waits for it)."""
         assert self._producer is not None
         results = await self._producer.send(self.topic, rows)
         error: BaseException | None = None
@@ -557,9 +580,11 @@ class Publisher:
             if res.offset > marks.get(res.partition, -1):
                 marks[res.partition] = res.offset
         if ok:
-            await self._write(functools.partial(self.outbox.mark_sent, ok, self.topic, marks, where,
-                                                keep_payload=self.keep_payload))
+            self._marks.append(asyncio.ensure_future(self._write(functools.partial(
+                self.outbox.mark_sent, ok, self.topic, marks, where, keep_payload=self.keep_payload))))
             self.sent_total += len(ok)
+            if wait_mark:
+                await self._marked()
         if error is not None:
             raise BrokerUnreachable(
                 f"the broker did not acknowledge {len(rows) - len(ok)} signals: {error!r}",
