@@ -103,7 +103,7 @@ def test_a_batch_is_cut_in_a_ramp_of_requests_then_whole_chunks(n: int) -> None:
     bounds = _chunks(n, 128)
     assert [i for a, b in bounds for i in range(a, b)] == list(range(n))  # each record once, in order
     sizes, full = [b - a for a, b in bounds], [16, 32, 64, *[128] * n]
-    assert sizes == full[:len(sizes) - 1] + [n - sum(full[:len(sizes) - 1])] if sizes else n == 0
+    assert sizes == [*full[:len(sizes) - 1], n - sum(full[:len(sizes) - 1])] if sizes else n == 0
     assert all(b > a for a, b in _chunks(n, 1))
 
 
