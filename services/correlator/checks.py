@@ -260,7 +260,7 @@ class Checker:
             return None
         fund = _FUNDS[found["fund"]]
         key = self.signing_key(fund, found["signature_key"]) if fund is owner else None
-        if key is None or not found["emitter"].startswith(f"{fund.value}-"):
+        if key is None or not found["emitter"].startswith(found["fund"] + "-"):
             return None
         sealed = found.re is canonical_signal.SEALED
         try:
@@ -305,12 +305,13 @@ _PURPOSES = {p.value: p for p in Purpose}
 
 
 def to_plain(verdict: Verdict) -> WireVerdict:
+    # ``_value_``, the member's value itself: ``.value`` is a property written in Python.
     fund, signal_id, reason, detail, signal = verdict
-    head = (None if fund is None else fund.value, signal_id,
-            None if reason is None else reason.value, detail)
+    head = (None if fund is None else fund._value_, signal_id,
+            None if reason is None else reason._value_, detail)
     if signal is None:
         return head
-    return (*head, signal.fund.value, signal.purpose.value, *signal[2:3], *signal[4:])
+    return (*head, signal.fund._value_, signal.purpose._value_, *signal[2:3], *signal[4:])
 
 
 def from_plain(plain: WireVerdict) -> Verdict:
