@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import os
 import struct
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -103,45 +102,10 @@ def subject_of(secret: bytes, pseudonym_value: bytes) -> bytes:
     return hmac.digest(secret, b"datakey\x00" + pseudonym_value, hashlib.sha256)[:SUBJECT_BYTES]
 
 
-class Nonces:
-    """Fresh random nonces, drawn from the operating system's generator a block at a time:
-    the same bytes ``os.urandom`` would give one call per nonce, for one system call per
-    ``block`` nonces (the call cost as much as the encryption of a person's state). Only
-    nonces come from here, never keys: a nonce is public and each is handed out once (a
-    lock between threads; a forked child draws a block of its own)."""
-
-    def __init__(self, block: int = 1024) -> None:
-        self.size = NONCE_BYTES * block
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def take(self) -> bytes:
-        with self._lock:
-            at = self._at
-            if at >= len(self._pool):
-                self._pool, at = os.urandom(self.size), 0
-            self._at = at + NONCE_BYTES
-            return self._pool[at:at + NONCE_BYTES]
-
-
-#: The process's nonce source (the key ring's seals).
-NONCES = Nonces()
-os.register_at_fork(after_in_child=NONCES.reset)
-
-
-def seal(key: bytes | AESGCM, topic: str, subject: bytes, epoch: int, plaintext: bytes,
-         nonce: bytes | None = None) -> bytes:
-    """``key``: the 32 bytes, or the cipher made of them (made once per key by the ring);
-    ``nonce``: a fresh random one (:data:`NONCES`), or one drawn here (``os.urandom``)."""
+def seal(key: bytes | AESGCM, topic: str, subject: bytes, epoch: int, plaintext: bytes) -> bytes:
+    """``key``: the 32 bytes, or the cipher made of them (made once per key by the ring)."""
     header = MAGIC + subject + struct.pack(">I", epoch)
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    elif len(nonce) != NONCE_BYTES:
-        raise ValueError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
+    nonce = os.urandom(NONCE_BYTES)
     aad = _AAD + topic.encode() + b"\x00" + header[len(MAGIC):]
     cipher = AESGCM(key) if isinstance(key, bytes) else key
     return header + nonce + cipher.encrypt(nonce, plaintext, aad)
@@ -383,7 +347,7 @@ class KeyRing:
             if len(self._ciphers) >= CIPHERS_MAX:
                 self._ciphers.clear()
             cipher = self._ciphers[key] = AESGCM(key)
-        return seal(cipher, topic, subject, epoch, plaintext, NONCES.take())
+        return seal(cipher, topic, subject, epoch, plaintext)
 
     def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None:
         """The plaintext; None if its key was destroyed (the value is erased) or it is not

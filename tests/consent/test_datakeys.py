@@ -14,18 +14,7 @@ import sqlalchemy as sa
 from services.core.person import PersonState
 from services.core.types import Fund
 from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, Engine, Record, erasure_command, person_key
-from services.platform.datakeys import (
-    CIPHERS_MAX,
-    NONCE_BYTES,
-    KeyRing,
-    KeyStore,
-    Nonces,
-    data_keys,
-    envelope,
-    is_sealed,
-    seal,
-    unseal,
-)
+from services.platform.datakeys import CIPHERS_MAX, KeyRing, KeyStore, data_keys, envelope, is_sealed, seal, unseal
 from services.platform.db import open_engine
 from services.platform.topics import CONSENTS_TOPIC, ORIGIN_PURGE, signal_topic
 from tests.correlator.core_fixtures import PSEUDO, context
@@ -49,50 +38,6 @@ def test_a_sealed_value_opens_only_with_its_key_topic_and_person() -> None:
     assert unseal(key, "another-topic", raw) is None  # the topic is bound
     moved = raw[:4] + b"t" * 16 + raw[20:]
     assert unseal(key, TOPIC, moved) is None  # and the person and epoch
-
-
-def test_a_nonce_drawn_beforehand_seals_as_one_drawn_at_sealing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The ring's nonces come from a pool: sealing with one of them is sealing with the same
-    # bytes drawn by seal itself (os.urandom), byte for byte.
-    key, nonce = b"k" * 32, bytes(range(NONCE_BYTES))
-    given = seal(key, TOPIC, b"s" * 16, 3, b'{"a":1}', nonce)
-    monkeypatch.setattr("services.platform.datakeys.os.urandom", lambda n: nonce[:n])
-    assert given == seal(key, TOPIC, b"s" * 16, 3, b'{"a":1}')
-    assert given[24:36] == nonce and unseal(key, TOPIC, given) == b'{"a":1}'
-    with pytest.raises(ValueError, match="a nonce is 12 bytes"):
-        seal(key, TOPIC, b"s" * 16, 3, b"{}", b"short")
-
-
-def test_pooled_nonces_are_each_given_once_across_blocks_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
-    drawn: list[int] = []
-    real = __import__("os").urandom
-    monkeypatch.setattr("services.platform.datakeys.os.urandom", lambda n: drawn.append(n) or real(n))
-    nonces = Nonces(block=8)
-    got: list[bytes] = []
-
-    def take(n: int) -> None:
-        mine = [nonces.take() for _ in range(n)]
-        got.extend(mine)
-
-    threads = [threading.Thread(target=take, args=(100,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(got) == 400 and len(set(got)) == 400 and {len(n) for n in got} == {NONCE_BYTES}
-    assert drawn == [8 * NONCE_BYTES] * 50  # one draw per block of 8, no byte left unused or reused
-    nonces.reset()  # (what a forked child does: its own draw, not its parent's pool)
-    assert nonces.take() not in got and len(drawn) == 51
-
-
-def test_the_ring_seals_under_fresh_nonces(store: KeyStore) -> None:
-    ring = KeyRing(store, SECRET)
-    values = [ring.seal(b"p", TOPIC, b"{}") for _ in range(3000)]  # one key: its first seal made it
-    ((_, _, key),) = ring.take_new()
-    assert len({v[24:36] for v in values}) == 3000
-    assert all(unseal(key, TOPIC, v) == b"{}" for v in values)
 
 
 class World:
