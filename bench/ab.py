@@ -76,6 +76,10 @@ async def run_once(tree: Path, settings: Settings, app_id: str, total: int,
     while any((await out.getmany(timeout_ms=1000, max_records=10000)).values()):
         pass
     log = settings.var_dir / f"{app_id}.log"
+    # A database of its own for each run: the two trees' migrations differ (a base behind a
+    # revision cannot open a database the new tree upgraded), and each run makes every
+    # person's data key, as the first one did.
+    settings = settings.model_copy(update={"database_url": f"sqlite:///{settings.var_dir / app_id}.db"})
     worker = start(tree, settings, app_id, log, extra_env)
     try:
         seen, first, last, cpu0, hcpu0 = 0, 0.0, 0.0, float("nan"), float("nan")
