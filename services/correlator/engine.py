@@ -125,7 +125,8 @@ from services.core.registry import Registry
 from services.core.rules import Context, on_signal
 from services.core.trusted import trusted
 from services.core.types import Date, Fund, Purpose, Timestamp
-from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
+from services.correlator import deadletters
+from services.correlator.checks import CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
 from services.platform.datakeys import is_sealed
@@ -466,31 +467,27 @@ class Engine:
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
                 reason: Reason, detail: str, *, person: bytes | None = None) -> None:
         """A receipt and a dead letter. ``person``: the pseudonym's value of a signal that
-        passed the checks (signature, schema): its payload is then sealed under the
-        person's data key (``;raw_sealed``), so the person's erasure reaches it too."""
+        passed the checks (signature, schema): its payload is then kept, sealed under the
+        person's data key (``;raw_sealed``), so the person's erasure reaches it too. Any
+        other refusal keeps no payload (``;raw_withheld``): the size and digest of its bytes
+        and its envelope's non-personal members (:mod:`services.correlator.deadletters`)."""
         topic, partition, offset = source_of(rec)
         raw = rec.value or b""
-        if reason in WITHHELD:
-            # About a person who objected or withdrew consent: nothing of the message is kept
-            # (no pseudonym, category or sealed reference on a topic kept 90 days); the source
-            # position and the reason say what was refused, the fund holds the message.
-            raw, detail = b"", f"{detail};raw_withheld"
-        elif len(raw) > MAX_MESSAGE_BYTES:
-            # Kept whole, a megabyte message would exceed the producer's request size and the
-            # dead letter could never be written: the worker would stop on it at every restart.
-            # The prefix, the size and the digest are enough to find and prove what was sent.
-            detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
-                      f"raw_truncated_to={MAX_MESSAGE_BYTES}")
-            raw = raw[:MAX_MESSAGE_BYTES]
-        if person is not None and self.sealer is not None and raw:
-            raw, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
+        size, sha256 = deadletters.digest(raw)
+        if person is not None and self.sealer is not None and raw and reason not in WITHHELD:
+            kept, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
+        else:
+            # Refused before its checks, or about a person who objected, withdrew consent or
+            # was erased: nothing of the message is kept (no pseudonym, category or sealed
+            # reference on a topic kept 90 days that no erasure reaches); the fund holds it.
+            kept, detail = b"", f"{detail};raw_withheld"
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
             source=SourcePosition(topic=topic, partition=partition, offset=offset),
             fund=fund, signal_id=signal_id, reason=reason, detail=detail,
-            raw=base64.b64encode(raw).decode("ascii"),
-            received_at=self._now,
+            raw=base64.b64encode(kept).decode("ascii"), raw_size=size, raw_sha256=sha256,
+            envelope=deadletters.envelope_of(raw), received_at=self._now,
         )
         batch.outputs.append(Output(DEADLETTER_TOPIC, f"{topic}:{partition}:{offset}".encode(),
                                     to_wire(dl)))

@@ -5,6 +5,7 @@ its key. No broker: the engine, a key table in SQLite, the order of a checkpoint
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -206,10 +207,12 @@ def test_a_dead_letter_of_a_checked_signal_is_sealed_and_erased_with_the_person(
     assert fresh.open(None, DEADLETTER_TOPIC, sealed) == json.dumps(signal[1]).encode()
     w.run((CONSENTS_TOPIC, FUNDS.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
     assert KeyRing(store, SECRET).open(None, DEADLETTER_TOPIC, sealed) is None
-    # Refused before the checks (not JSON): no person to seal it for, kept as sent.
+    # Refused before the checks (not JSON): no person to seal it for, nothing of it kept
+    # but its size and digest.
     bad = w.run(Record(signal_topic(Fund.CAF), 0, 999, 0, None, b'{"signal_id": '))
     (kept,) = [parse(DeadLetter, o.value) for o in bad if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
-    assert base64.b64decode(kept.raw) == b'{"signal_id": ' and "raw_sealed" not in kept.detail
+    assert kept.raw == "" and kept.detail.endswith(";raw_withheld") and kept.envelope is None
+    assert (kept.raw_size, kept.raw_sha256) == (14, hashlib.sha256(b'{"signal_id": ').hexdigest())
 
 
 def test_the_ring_stays_bounded_and_reloads_what_it_forgot(store: KeyStore) -> None:
