@@ -26,11 +26,11 @@ from faust.types import TP
 
 from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
-from services.correlator.engine import Batch, Engine, Output
+from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.gauges import WorkerGauges
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
-from services.platform.datakeys import KeyRing, envelope, is_sealed
+from services.platform.datakeys import SUBJECT_BYTES, KeyRing, envelope, is_sealed
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
@@ -78,8 +78,8 @@ class Processor:
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
         records = [to_record(m) for m in messages]
-        if self.keys is not None:  # the batch's keys in one lookup (records are keyed by pseudonym)
-            await asyncio.to_thread(self.keys.prefetch, {r.key for r in records if r.key})
+        if self.keys is not None:  # the batch's keys in one lookup
+            await asyncio.to_thread(self._prefetch, records)
         for attempt in range(KEY_RACES):
             steps = self.engine.steps(records, store.get, every=STEP_RECORDS)
             batch: Batch
@@ -114,6 +114,25 @@ class Processor:
             await store.apply(number, staged, {p: o for (t, p), o in acked.items() if t == changelog})
 
         return [Output(changelog, key, value, partition) for key, (partition, value) in staged.items()], written
+
+    def _prefetch(self, records: Sequence[Record]) -> None:
+        """Look up the data keys of the batch's persons at once: a fund's record is keyed by
+        the pseudonym's value, one on the repartition topic by the person's subject (an
+        earlier version's, for the topic's 7 days, by the pseudonym's value)."""
+        assert self.keys is not None
+        values: set[bytes] = set()
+        subjects: set[bytes] = set()
+        for r in records:
+            if not r.key:
+                continue
+            if r.topic == REPARTITION_TOPIC and len(r.key) == 2 * SUBJECT_BYTES:
+                try:
+                    subjects.add(bytes.fromhex(r.key.decode("ascii")))
+                    continue
+                except ValueError:
+                    pass
+            values.add(r.key)
+        self.keys.prefetch_subjects(subjects | {self.keys.subject(v) for v in values})
 
     async def _store_new_keys(self, attempt: int) -> bool:
         """Insert the keys the batch made, before anything sealed under them is handed to

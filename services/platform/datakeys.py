@@ -74,12 +74,20 @@ def changelog_key(secret: bytes, key: bytes) -> bytes:
     return hmac.digest(secret, b"changelog\x00" + key, hashlib.sha256)[:16].hex().encode()
 
 
+#: Before a changelog key (hex) given where a correlator key is expected: the state stored
+#: under it (what an erasure command names: no pseudonym, :class:`~services.correlator.engine.ErasureCommand`).
+DIGESTED = b"="
+
+
 def changelog_keys(secret: bytes) -> Callable[[bytes], bytes]:
     """:func:`changelog_key` under ``secret``, as a function of the key alone (the secret's
-    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`)."""
+    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`); a key that is one
+    already (:data:`DIGESTED`) as it is."""
     digest = KeyedDigest(secret).digest
 
     def of(key: bytes) -> bytes:
+        if key.startswith(DIGESTED):
+            return key[len(DIGESTED):]
         return digest(b"changelog\x00" + key)[:16].hex().encode()
 
     return of
@@ -387,7 +395,10 @@ class KeyRing:
         """The person's earlier values are to become unreadable: what is sealed from now on
         takes a new key, and every earlier key is destroyed once the batch's writes are on
         the broker (:meth:`take_retired`)."""
-        subject = self.subject(pseudonym_value)
+        self.erase_subject(self.subject(pseudonym_value))
+
+    def erase_subject(self, subject: bytes) -> None:
+        """:meth:`erase`, by subject (what an erasure command names)."""
         self._keys_of(subject)
         self._retired[subject] = self._next[subject]
         self._current.pop(subject, None)
