@@ -119,6 +119,11 @@ class PersonState(Frozen):
     released: tuple[Parked, ...] = ()
     #: Previous pseudonyms whose state joined this one (a link to them is followed once).
     merged_from: tuple[Pseudonym, ...] = ()
+    #: A chained hand-over (two rotations inside a window, or a rotation during a migration):
+    #: the newer pseudonym that asked for this state while it was itself ``awaiting`` its
+    #: previous one's. It is answered once that has come and the records held here are
+    #: processed, so the chain resolves in order (contract §4.3).
+    successor: Pseudonym | None = None
 
     @property
     def opposed(self) -> bool:

@@ -48,6 +48,7 @@ from services.correlator.checkpool import CheckPool, CheckPoolError, watch
 from services.correlator.delivery import inbox_handler, take_batches
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Sealer
 from services.correlator.gauges import WorkerGauges
+from services.correlator.holds import Backpressure
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.registry_source import RegistrySource
@@ -184,7 +185,13 @@ def make_app(settings: Settings, bootstrap: str, deadline: Deadline | None = Non
         Checkpoints(lambda outputs: send_batches(app.producer, outputs), gauges.commit(faust_seam.commit(app)),
                     timed=gauges.checkpoint_done),
         HeapPolicy(settings.correlator_gc_full_every_s, trim_every_s=settings.correlator_trim_every_s),
-        topics=set(names), send_one=send_acked, loader=loader, gauges=gauges, keys=keys)
+        topics=set(names), send_one=send_acked, loader=loader, gauges=gauges, keys=keys,
+        backpressure=Backpressure(
+            engine.holds, settings.correlator_hold_max, settings.correlator_hold_warn_s,
+            topics={n for n in names if n != REPARTITION_TOPIC},  # the answers come there: never paused
+            pause=lambda tps: app.consumer.pause_partitions(tps),
+            resume=lambda tps: app.consumer.resume_partitions(tps),
+            paused_now=gauges.paused, report=gauges.holds))
 
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         await processor.revoked(args[0])

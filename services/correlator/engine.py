@@ -33,7 +33,11 @@ partition; across partitions by a hand-over on the repartition topic (``help-tra
 answers with the state; ``answer`` back, where the records that came meanwhile were parked
 in the state and are then processed in order; ``done``, after which the pointer keeps
 nothing but where the person went). Records that reach a pointer are forwarded with the
-person key they now belong to (``help-rekey``). Every step is idempotent against a record
+person key they now belong to (``help-rekey``). A chain (the previous pseudonym itself still
+waiting for an older one) resolves in order: the waiting state keeps the request
+(``successor``) and answers it once its own answer has come. What the parked records add up
+to is noted per partition (:attr:`Engine.holds`): the worker pauses the partitions that hold
+them past a bound (:mod:`services.correlator.holds`). Every step is idempotent against a record
 read again after a crash between a batch's state writes and its outputs
 (``tests/correlator/test_rotation.py``). The situation keeps its id; erasure and objection
 reach both pseudonyms (:meth:`Engine._linked_erasures`).
@@ -127,6 +131,7 @@ from services.core.trusted import trusted
 from services.core.types import Date, EventId, Fund, Purpose, Timestamp
 from services.correlator import deadletters
 from services.correlator.checks import CheckedSignal, Checker, Verdict, schema_detail
+from services.correlator.holds import Holds
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
 from services.platform.datakeys import DIGESTED, SUBJECT_BYTES, envelope, is_sealed
@@ -296,7 +301,8 @@ def _bare_objection(state: PersonState) -> bool:
     """A state that says only "objected" (what an objection leaves): kept as a marker."""
     return (state.opposed_at is not None and not state.signals and not state.seen
             and not state.consents and not state.marks and state.situation is None
-            and state.moved_to is None and state.awaiting is None and not state.merged_from)
+            and state.moved_to is None and state.awaiting is None and not state.merged_from
+            and state.successor is None)
 
 
 def _pseudonym_of(person: bytes | str) -> Pseudonym:
@@ -469,6 +475,9 @@ class Engine:
         self._rotated: dict[bytes, bool] = {}
         #: The batch's state reader (see :meth:`_held`).
         self._load: Callable[[bytes], bytes | None] = lambda key: None
+        #: Records held back by persons waiting for a hand-over, per partition (the worker's
+        #: backpressure: services/correlator/holds.py); noted at the end of every batch.
+        self.holds = Holds()
 
     # ----------------------------------------------------------------------- markers
     def marker_key(self, key: bytes) -> bytes:
@@ -613,9 +622,14 @@ class Engine:
             one(batch, rec, verdict(i), get, put)
             if every and i % every == every - 1:
                 yield
+        holds = self.holds
         for key, partition in dirty.items():
             st = states[key]
             assert st is not None
+            if st.awaiting is not None:
+                holds.note(key, partition, len(st.parked), partition_for(st.awaiting.value, self.partitions))
+            elif key in holds:
+                holds.note(key, partition, 0)
             if self._rotated.get(_value_of(key)) is False and st.situation is not None and st.moved_to is None:
                 # Its earlier events become unreadable with the key: the latest again, under the new one.
                 self._situation(batch, st.situation.last_event)
@@ -774,9 +788,11 @@ class Engine:
         state = get(pkey)
         if state is not None and not self._here(batch, rec, pkey, partition, state, put):
             return
-        if sig.previous is not None and rekey is None:
+        if sig.previous is not None:
+            # (Followed for a forwarded record too: a signal under a pseudonym that has moved
+            # on may link it to an older one that never joined: a chain, contract §4.3.)
             link = Pseudonym(key_id=sig.previous[0], value=sig.previous[1])
-            if state is None or (link not in state.merged_from and link != state.pseudonym):
+            if link != person and (state is None or (link not in state.merged_from and link != state.pseudonym)):
                 state = self._follow(batch, rec, pkey, partition, person, state, link, get, put)
                 if state is None:
                     return  # parked until the previous pseudonym's state comes
@@ -898,12 +914,15 @@ class Engine:
         state joins this one — at once if both live in this partition, otherwise asked of the
         previous one's partition while ``rec`` waits (None)."""
         lpart = partition_for(link.value, self.partitions)
-        if lpart == partition:
-            lkey = _key_of(link)
+        lkey = _key_of(link)
+        if lpart == partition and not _waiting(get(lkey)):
             moved, stays = hand_over(get(lkey), link, person)
             put(lkey, partition, stays.model_copy(update={"signals": (), "seen": (), "situation": None})
                 if moved is not None else stays)
             return self._merge(batch, pkey, partition, person, state, moved, link, put)
+        # Across partitions — or within one when the previous pseudonym is itself still
+        # waiting for its own previous one (a chain): asked by a request, which that state
+        # answers once its own hand-over is done (see _transfer).
         base = state if state is not None else new_person(person)
         put(pkey, partition, base.model_copy(update={"awaiting": link, "parked": (_parked(rec),)}))
         self._request(batch, link, person)
@@ -913,10 +932,18 @@ class Engine:
                moved: PersonState | None, link: Pseudonym,
                put: Callable[[bytes, int, PersonState], None]) -> PersonState:
         merged, erased = merge_moved(state, moved, person)
-        merged = merged.model_copy(update={"merged_from": (*merged.merged_from, link)[-8:]})
+        # The previous pseudonym's own predecessors too: a link to one of them is then known.
+        before = () if moved is None else tuple(p for p in moved.merged_from if p not in merged.merged_from)
+        merged = merged.model_copy(update={"merged_from": (*merged.merged_from, *before, link)[-8:]})
         put(pkey, partition, merged)
         if erased is not None:  # an objection on one side erased the other's situation
             batch.outputs.append(Output(SITUATIONS_TOPIC, erased.encode(), None))
+        elif (moved is not None and moved.situation is not None and state is not None and state.situation is not None
+              and state.situation.situation_id != moved.situation.situation_id):
+            # Both pseudonyms had a situation before any link joined them (a chain whose
+            # oldest link came last): one goes on — the previous one's, as merge_moved keeps
+            # it — and the other is withdrawn, so that the person is never counted twice.
+            batch.outputs.append(Output(SITUATIONS_TOPIC, state.situation.situation_id.encode(), None))
         return merged
 
     def _request(self, batch: Batch, link: Pseudonym, person: Pseudonym) -> None:
@@ -946,17 +973,20 @@ class Engine:
         key = _key_of(at)
         state = get(key)
         if kind == b"request":
+            if _waiting(state):
+                assert state is not None
+                # A chain: this state is itself waiting for its previous pseudonym's. It answers
+                # once that has come and its held records are processed (a person has one
+                # successor: another one asking meanwhile is answered "nothing", as hand_over does).
+                if state.successor is None:
+                    put(key, part, state.model_copy(update={"successor": msg.pseudonym}))
+                elif state.successor != msg.pseudonym:
+                    self._answer(batch, None, msg.previous, msg.pseudonym)
+                return
             moved, stays = hand_over(state, msg.previous, msg.pseudonym)
             if stays is not state:
                 put(key, part, stays)
-            answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, state=moved)
-            if self.sealer is not None and moved is not None:
-                answer = Transfer(previous=msg.previous, pseudonym=msg.pseudonym, sealed=base64.b64encode(
-                    self.sealer.seal(msg.previous.value.encode(), REPARTITION_TOPIC,
-                                     moved.model_dump_json().encode())).decode("ascii"))
-            batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(msg.pseudonym.value), to_wire(answer),
-                                        partition_for(msg.pseudonym.value, self.partitions),
-                                        ((H_TRANSFER, b"answer"),)))
+            self._answer(batch, moved, msg.previous, msg.pseudonym)
             return
         if kind == b"done":
             if state is not None and state.moved_to == msg.pseudonym and (state.signals or state.situation):
@@ -977,6 +1007,8 @@ class Engine:
             put(key, part, merged.model_copy(update={"released": released}))
         elif msg.previous in state.merged_from and state.released:
             released = state.released  # the same answer read again: answer its records again
+            if state.moved_to is not None:  # and its successor's answer (a chain), lost with the outputs
+                self._answer(batch, state.model_copy(update={"moved_to": None}), at, state.moved_to)
         else:
             return
         batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(msg.previous.value),
@@ -993,10 +1025,30 @@ class Engine:
             value = base64.b64decode(p.value)
             self._one(batch, Record(REPARTITION_TOPIC, part, p.offset, p.timestamp_ms, None, value, headers),
                       self._recheck.check(value, p.topic), get, put)
+        after = get(key)
+        if after is not None and after.successor is not None and after.awaiting is None:
+            # A chain: the newer pseudonym asked while this one waited; answered now, in order.
+            successor = after.successor
+            moved, stays = hand_over(after.model_copy(update={"successor": None}), at, successor)
+            put(key, part, stays)
+            self._answer(batch, moved, at, successor)
+
+    def _answer(self, batch: Batch, moved: PersonState | None, previous: Pseudonym, pseudonym: Pseudonym) -> None:
+        """The answer to a hand-over request: what ``previous`` held (sealed under its key when
+        states are sealed), to ``pseudonym``'s partition."""
+        answer = Transfer(previous=previous, pseudonym=pseudonym, state=moved)
+        if self.sealer is not None and moved is not None:
+            answer = Transfer(previous=previous, pseudonym=pseudonym, sealed=base64.b64encode(
+                self.sealer.seal(previous.value.encode(), REPARTITION_TOPIC,
+                                 moved.model_dump_json().encode())).decode("ascii"))
+        batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(pseudonym.value), to_wire(answer),
+                                    partition_for(pseudonym.value, self.partitions),
+                                    ((H_TRANSFER, b"answer"),)))
 
     def _linked_erasures(self, batch: Batch, state: PersonState, command: ErasureCommand | None) -> None:
         """Erasure reaches the person's other pseudonyms of a rotation window (once: linked)."""
-        for other in {*state.merged_from, *(p for p in (state.moved_to, state.awaiting) if p is not None)}:
+        others = (state.moved_to, state.awaiting, state.successor)
+        for other in {*state.merged_from, *(p for p in others if p is not None)}:
             linked = erasure_names(self._marker_digest, other, issued_at=command.issued_at if command else None,
                                    cut_off=command.cut_off if command else None, linked=True)
             batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(other.value), to_wire(linked),
@@ -1214,6 +1266,11 @@ class Engine:
             self._linked_erasures(batch, current, None)
         self._receipt(batch, rec, event.fund, None, None)
         batch.accepted += 1
+
+
+def _waiting(state: PersonState | None) -> bool:
+    """Whether ``state`` is itself waiting for its previous pseudonym's (a hand-over not done)."""
+    return state is not None and state.awaiting is not None and state.moved_to is None
 
 
 def _control(rec: Record) -> bool:

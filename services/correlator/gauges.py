@@ -57,6 +57,8 @@ class WorkerGauges:
         self._batch_seconds = metrics.BATCH_SECONDS.labels(self.name)
         self._records = metrics.RECORDS.labels(self.name)
         self._accepted = metrics.RECEIPTS.labels("accepte", "")
+        self._held = metrics.HELD_RECORDS.labels(self.name)
+        self._oldest_hold = metrics.OLDEST_HOLD.labels(self.name)
 
     def commit(self, commit: Commit) -> Commit:
         """``commit``, keeping the offsets it committed."""
@@ -107,6 +109,16 @@ class WorkerGauges:
             self._accepted.inc(accepted)
         for reason, count in rejected.items():
             metrics.RECEIPTS.labels("rejete", reason.value).inc(count)
+
+    def paused(self, tps: frozenset[tuple[str, int]]) -> None:
+        """The partitions the worker paused on purpose (backpressure): the watchdog does not
+        report them as stalled (services/platform/watchdog.py)."""
+        self.watchdog.paused = tps
+
+    def holds(self, records: int, oldest_s: float) -> None:
+        """What the worker holds back for hand-overs (services/correlator/holds.py)."""
+        self._held.set(records)
+        self._oldest_hold.set(oldest_s)
 
     @staticmethod
     def checkpoint_done(seconds: float) -> None:

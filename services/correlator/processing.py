@@ -28,6 +28,7 @@ from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
 from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.gauges import WorkerGauges
+from services.correlator.holds import Backpressure
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
 from services.platform.datakeys import SUBJECT_BYTES, KeyRing, envelope, is_sealed
@@ -48,8 +49,11 @@ class Processor:
     def __init__(self, engine: Engine, store: PersonStore, positions: Positions,
                  checkpoints: Checkpoints, heap: HeapPolicy, *, topics: set[str],
                  send_one: SendAcked, loader: Callable[[], AIOKafkaConsumer],
-                 gauges: WorkerGauges | None = None, keys: KeyRing | None = None) -> None:
+                 gauges: WorkerGauges | None = None, keys: KeyRing | None = None,
+                 backpressure: Backpressure | None = None) -> None:
         self.engine = engine
+        #: Pauses the partitions holding too many records for hand-overs (None: never).
+        self.backpressure = backpressure
         #: The persons' data keys the engine seals states with (None: states in clear).
         self.keys = keys
         self.store = store
@@ -97,6 +101,8 @@ class Processor:
         writes, written = self._keep(batch.writes)
         await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written,
                                                  destroy=self._destroy_keys()))
+        if self.backpressure is not None:
+            self.backpressure.after_batch(self.positions.assigned)
         if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
             self.gauges.batch_done(time.perf_counter() - started, len(messages), batch.accepted, batch.reasons)
         self.heap.after_batch()
@@ -175,6 +181,8 @@ class Processor:
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
         processed at once); its writes are checkpointed as a batch's, with no offset."""
+        if self.backpressure is not None:  # holds age while nothing comes: reported all the same
+            self.backpressure.after_batch(self.positions.assigned)
         if self.keys is not None:  # destroyed keys out of SQLite's WAL too, in time
             await asyncio.to_thread(self.keys.store.maybe_scrub)
         async with self.lock:
@@ -209,6 +217,8 @@ class Processor:
             self.positions.revoke(ours)
             still = {tp.partition for tp in self.positions.assigned}
             self.store.drop({tp.partition for tp in ours} - still)
+            if self.backpressure is not None:  # their holds are another worker's now
+                self.backpressure.revoked({tp.partition for tp in ours} - still)
             if self.keys is not None:  # another worker may rotate those persons' keys now
                 self.keys.clear()
 

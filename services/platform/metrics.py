@@ -96,6 +96,21 @@ STALLED = Gauge(
     "1 while an assigned partition has records to process but its committed offset has not "
     "moved for HELP_WATCHDOG_STALL_S seconds; else 0.",
     _PARTITION, registry=REGISTRY)
+PAUSED = Gauge(
+    "help_partition_paused",
+    "1 while the correlator has paused the fetching of an assigned partition on purpose: it "
+    "holds HELP_CORRELATOR_HOLD_MAX records back for hand-overs whose answers have not come "
+    "(not a stall: the watchdog does not report it); else 0.",
+    _PARTITION, registry=REGISTRY)
+HELD_RECORDS = Gauge(
+    "help_correlator_held_records",
+    "Records the worker holds back for persons waiting for a cross-partition hand-over (key "
+    "rotation), processed in order when the answer comes.",
+    ("consumer",), registry=REGISTRY)
+OLDEST_HOLD = Gauge(
+    "help_correlator_oldest_hold_seconds",
+    "Seconds since the worker's oldest hand-over still waiting began to hold records; 0: none.",
+    ("consumer",), registry=REGISTRY)
 
 # ------------------------------------------------------------------ pseudonymisation service
 EVALUATIONS = Counter(
@@ -137,7 +152,7 @@ def forget_partitions(consumer: str, partitions: Iterable[tuple[str, int]]) -> N
     """Remove the per-partition series of partitions no longer assigned to ``consumer``."""
     for topic, partition in partitions:
         labels = (consumer, topic, str(partition))
-        for gauge in (CONSUMER_LAG, OLDEST_AGE, STALLED):
+        for gauge in (CONSUMER_LAG, OLDEST_AGE, STALLED, PAUSED):
             with contextlib.suppress(KeyError):  # (never set for this partition)
                 gauge.remove(*labels)
 

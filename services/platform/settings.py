@@ -65,6 +65,8 @@ _HINTS = {
     "correlator_sweep_every_s": "give a number of seconds between 0.1 and 3600",
     "correlator_sweep_page": "give a whole number of persons between 1 and 1000000",
     "correlator_state_cache": "give a whole number of persons between 0 and 10000000, e.g. 20000",
+    "correlator_hold_max": "give a whole number of records between 1 and 1000000, e.g. 10000",
+    "correlator_hold_warn_s": "give a number of seconds between 1 and 86400, e.g. 300",
     "metrics_port": "give a free TCP port between 1024 and 65535 (e.g. 9464), or 0 / leave it unset for no "
                     "metrics endpoint",
     "metrics_host": "give the address to listen on: 0.0.0.0 in a container, 127.0.0.1 on a shared host",
@@ -245,6 +247,12 @@ class Settings(BaseSettings):
     correlator_state_cache: Annotated[int, Field(ge=0, le=10_000_000)] = 20_000
     """Person states kept in memory (the most recently used); the rest are read from the
     local store under ``<var_dir>/correlator/<app id>/state`` (services/correlator/state.py)."""
+    correlator_hold_max: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Records a worker may hold back for persons waiting for a cross-partition hand-over (key
+    rotation, contract §4.3) before it pauses the fetching of the partitions that hold them,
+    until the answers come (services/correlator/holds.py): nothing is dropped."""
+    correlator_hold_warn_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    """A hand-over that has held records back this long gives a WARNING line (once)."""
 
     # ------------------------------------------- metrics and watchdog (HELP_METRICS_*, HELP_WATCHDOG_*)
     # services/platform/metrics.py; docs/operations.md lists every metric.

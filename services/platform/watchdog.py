@@ -16,6 +16,13 @@ not a stall. So a partition that stood still for ``stall_s`` is stalled only if 
 moved no partition at all for ``stall_s`` (it is stuck), or if since the partition started
 waiting the worker has processed, in its other partitions, at least as many records as all
 its partitions had waiting then (any fair order would have reached this one: it is skipped).
+
+Paused on purpose: the correlator pauses the fetching of a partition whose persons hold too
+many records back for key-rotation hand-overs (services/correlator/holds.py). Such a
+partition has records waiting and does not move, by design: it is not stalled. While it is
+in :attr:`StallWatchdog.paused` its waiting is not counted (it starts again when it resumes)
+and ``help_partition_paused`` says why it stands still; the fault, if any, is the partition
+that does not answer, which its own worker's watchdog reports.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class StallWatchdog:
         self._positions: dict[TopicPartition, int] = {}
         #: when a partition last moved (or the first measurement)
         self._moved_at: float | None = None
+        #: (topic, partition) paused on purpose now (replaced whole by the worker's thread)
+        self.paused: frozenset[tuple[str, int]] = frozenset()
+        self._shown_paused: set[tuple[str, str, str]] = set()
 
     def observe(self, found: Mapping[TopicPartition, PartitionLag]) -> list[TopicPartition]:
         """Take a measurement; returns the partitions stalled now."""
@@ -77,9 +87,20 @@ class StallWatchdog:
         backlog = sum(lag.lag for lag in found.values())
         for tp in set(self._waiting) - set(found):  # no longer held (or not measured): forgotten
             del self._waiting[tp]
+        paused = self.paused
         for tp, lag in found.items():
             labels = (self.name, tp.topic, str(tp.partition))
             waiting = self._waiting.get(tp)
+            if (tp.topic, tp.partition) in paused:
+                # Paused on purpose (backpressure): standing still is what it should do.
+                self._waiting.pop(tp, None)
+                metrics.STALLED.labels(*labels).set(0)
+                metrics.PAUSED.labels(*labels).set(1)
+                self._shown_paused.add(labels)
+                continue
+            if labels in self._shown_paused:
+                self._shown_paused.discard(labels)
+                metrics.PAUSED.labels(*labels).set(0)
             if lag.lag == 0 or waiting is None or waiting.position != lag.position:
                 # caught up, or moved: waiting starts now (if anything is behind)
                 self._waiting[tp] = _Waiting(lag.position, now, backlog, self.processed)

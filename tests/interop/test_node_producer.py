@@ -435,3 +435,69 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
     assert wire["signal_id"] == result["signal_id"] and "sealed" in wire
     assert not {"category", "observed_on", "territory", "sealed_ref"} & set(wire)
     assert b"veuvage" not in raw and b"CARSAT" not in raw
+
+
+# ----------------------------------------------------------------------------- key rotation
+def test_a_rotation_through_the_node_producer_keeps_the_link(exchange: Exchange) -> None:
+    """Contract §4.3 from the documents alone: CAF and Urssaf (Python CLI) open a situation
+    under the current exchange key; the operator adds a newer one; Carsat's Node producer,
+    given the previous key (``--previous-key-id``), sends the person under the new key with
+    the link. The correlator moves the person's state: one situation, which keeps its id and
+    now names the new pseudonym, with all three funds. (Runs last in the module: it leaves a
+    newer exchange key current.)"""
+    from services.producer.pseudonym import pseudonym_value
+
+    registry = json.loads((exchange.settings.key_dir / "registry.json").read_text())
+    active = sorted((k for k in registry["exchange_keys"] if k.get("status", "active") == "active"),
+                    key=lambda k: (k["created_at"], k["key_id"]))
+    old_id = active[-1]["key_id"]
+    old_key = (exchange.settings.key_dir / "exchange" / f"{old_id}.key").read_bytes()
+    d = (today_paris() - dt.timedelta(days=3)).isoformat()
+    person = nir(733)
+    old_value = pseudonym_value(old_key, person)
+
+    async def run() -> dict[str, Any]:
+        collector = Collector(exchange.bootstrap, exchange.settings.database_url)
+        await collector.start()
+        try:
+            for fund, cat in (("caf", "separation"), ("urssaf", "impaye_cotisations")):
+                exchange.cli("publish", "--fund", fund, "--input", str(extract(
+                    exchange.tmp / f"{fund}-rotation.csv", [(person, cat, d, "35", f"{fund.upper()}-ROT")])))
+            await collector.until(lambda c: any(s["pseudonym"]["value"] == old_value
+                                                for s in c.latest_situations().values()),
+                                  timeout=90, alive=exchange.alive)
+            (before,) = [s for s in collector.latest_situations().values() if s["pseudonym"]["value"] == old_value]
+            exchange.cli("keys", "init-exchange")  # the operator announces a newer key: both active
+            refused = exchange.node_run("publish", "--fund", "carsat", "--input", str(extract(
+                exchange.tmp / "carsat-rotation-bad.csv", [(person, "exoneration_csg", d, "35", "CARSAT/ROT")])),
+                "--key-dir", str(exchange.settings.key_dir), "--bootstrap", exchange.bootstrap,
+                "--previous-key-id", "xk-20000101-0000", ok=(1,))
+            assert refused == []  # a link the exchange would refuse: nothing sent
+            (result,) = await asyncio.to_thread(
+                exchange.node_publish, "carsat-rotation", [(person, "exoneration_csg", d, "35", "CARSAT/ROT")],
+                "--previous-key-id", old_id)
+            assert result["status"] == "envoye" and result["pseudonym_previous"] == old_value, result
+            assert result["pseudonym"] != old_value
+            position = (result["topic"], result["partition"], result["offset"])
+            await collector.until(lambda c: position in c.receipted and any(
+                s["pseudonym"]["value"] == result["pseudonym"] for s in c.latest_situations().values()),
+                timeout=90, alive=exchange.alive)
+            receipt = collector.receipt_for(*position)
+            assert receipt is not None and receipt["status"] == "accepte", receipt
+            await asyncio.sleep(2.0)  # anything extra would arrive now
+            await collector.poll()
+            mine = [s for s in collector.latest_situations().values()
+                    if s["pseudonym"]["value"] in (old_value, result["pseudonym"])]
+            assert len(mine) == 1, mine  # one situation: none split, none doubled
+            (after,) = mine
+            assert after["situation_id"] == before["situation_id"] and after["version"] > before["version"]
+            assert after["pseudonym"]["value"] == result["pseudonym"]
+            assert set(after["funds"]) == {"caf", "urssaf", "carsat"}
+            return after
+        finally:
+            await collector.stop()
+
+    try:
+        asyncio.run(run())
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{exchange.calls}\n{exchange.worker_log()}") from None

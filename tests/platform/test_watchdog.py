@@ -121,3 +121,30 @@ def test_lag_and_oldest_age() -> None:
     assert PartitionLag(10, 17, 5_000).lag == 7
     assert PartitionLag(10, 17, 5_000).oldest_age_s(now_s=12.5) == 7.5
     assert PartitionLag(17, 17, None).oldest_age_s(now_s=12.5) == 0.0
+
+
+def paused_gauge(name: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value("help_partition_paused",
+                                             {"consumer": name, "topic": TP.topic, "partition": "3"})
+
+
+def test_a_partition_paused_on_purpose_is_not_stalled_and_counts_again_from_its_resumption() -> None:
+    """The correlator pauses a partition whose persons hold too many records for hand-overs
+    (services/correlator/holds.py): it stands still with records waiting, by design."""
+    clock = Clock()
+    fired: list[float] = []
+    dog = StallWatchdog("wd-paused", 60.0, clock=clock, on_stall=lambda tp, lag, still: fired.append(still))
+    waiting = {TP: PartitionLag(position=42, end=500, oldest_ms=1)}
+    dog.paused = frozenset({(TP.topic, TP.partition)})
+    for _ in range(30):  # half an hour paused, records waiting, position unchanged
+        assert dog.observe(waiting) == []
+        clock.now += 60
+    assert fired == [] and stalled_gauge("wd-paused") == 0 and paused_gauge("wd-paused") == 1
+    dog.paused = frozenset()  # resumed: the window starts now, not when the pause began
+    assert dog.observe(waiting) == []
+    assert paused_gauge("wd-paused") == 0
+    clock.now += 59
+    assert dog.observe(waiting) == []
+    clock.now += 2
+    assert dog.observe(waiting) == [TP]  # resumed and still not moving: a stall
+    assert len(fired) == 1

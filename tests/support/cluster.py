@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from services.core.messages import SituationEvent, parse_situation
 from services.correlator.engine import REPARTITION_TOPIC, Engine, Output, Record
+from services.correlator.holds import Holds
 from services.platform.sealed_situations import sealed_bytes
 from services.platform.topics import DEADLETTER_TOPIC, SITUATIONS_TOPIC
 
@@ -40,6 +41,13 @@ class Cluster:
     refused: int = 0
     deadletters: list[bytes] = field(default_factory=list)
     crashes: int = 0
+    #: Queues not served for now (a partition whose worker is down or far behind).
+    blocked: set[tuple[str, int]] = field(default_factory=set)
+    #: Backpressure as the worker applies it (services/correlator/holds.py): while the engine
+    #: holds this many records or more, the fund topics' partitions holding some are not served.
+    hold_max: int = 0
+    #: The most records the engine held at once.
+    most_held: int = 0
     _crash_next: bool = False
 
     def publish(self, topic: str, partition: int, value: bytes, timestamp_ms: int = 0,
@@ -57,14 +65,17 @@ class Cluster:
         return sum(len(q) for q in self.queues.values())
 
     def step(self) -> bool:
-        """One batch from one non-empty queue; False when every queue is empty."""
-        live = [tp for tp, q in self.queues.items() if q]
+        """One batch from one non-empty queue (neither blocked nor paused); False when there is none."""
+        paused = self.engine.holds.to_pause(self.hold_max) if self.hold_max else set()
+        live = [tp for tp, q in self.queues.items() if q and tp not in self.blocked
+                and not (tp[0] != REPARTITION_TOPIC and tp[1] in paused)]
         if not live:
             return False
         tp = self.rng.choice(live)
         queue = self.queues[tp]
         records = [queue[i] for i in range(min(self.batch, len(queue)))]
         result = self.engine.process(records, self.store.get)
+        self.most_held = max(self.most_held, self.engine.holds.total)
         for key, (_, value) in result.writes.items():  # 1. the changelog
             if value is None:
                 self.store.pop(key, None)
@@ -74,6 +85,7 @@ class Cluster:
             self._crash_next = False
             self.crashes += 1
             self.engine.states.clear()
+            self.engine.holds = Holds()  # (the worker's count is in memory: a restart starts it again)
             return True
         self._route(result.outputs)  # 2. the outputs
         for _ in records:  # 3. the offsets

@@ -258,6 +258,21 @@ export class KeyDir {
     return { keyId, key: this.#raw32(path.join(this.dir, 'exchange', `${keyId}.key`)) }
   }
 
+  /** §4.3: the exchange key of a `pseudonym_previous` link during a window. It must be an
+   * active exchange key of the registry, older than the current one (greater created_at,
+   * ties by key_id, as §4 orders them) — what the exchange checks at step 10a, checked here
+   * first so that nothing it would refuse is sent — and its file must be in the key folder. */
+  previousExchangeKey (keyId, current = this.currentExchangeKey()) {
+    const keys = this.registry().exchange_keys ?? []
+    const entry = keys.find((k) => k.key_id === keyId)
+    if (!entry) throw new Refused('lien_pseudonyme_invalide', `/pseudonym_previous/key_id:unknown (${keyId} is not an exchange key of the registry)`)
+    if (entry.status === 'retired') throw new Refused('lien_pseudonyme_perime', `/pseudonym_previous/key_id:retired (${keyId}: the window is over, send no link)`)
+    const currentEntry = keys.find((k) => k.key_id === current.keyId)
+    const older = entry.created_at === currentEntry.created_at ? cmp(entry.key_id, current.keyId) < 0 : cmp(entry.created_at, currentEntry.created_at) < 0
+    if (keyId === current.keyId || !older) throw new Refused('lien_pseudonyme_invalide', `/pseudonym_previous/key_id:not_older_than_pseudonym (${keyId} is not older than the current key ${current.keyId})`)
+    return { keyId, key: this.#raw32(path.join(this.dir, 'exchange', `${keyId}.key`)) }
+  }
+
   fundCurrent (fund) {
     return JSON.parse(fs.readFileSync(path.join(this.dir, 'funds', fund, 'current.json'), 'utf8'))
   }
@@ -436,6 +451,7 @@ export function buildSignal (fund, record, keys, opts = {}) {
   }
   // §4.3: during a rotation or migration window, the same person under the previous key.
   if (opts.pseudonymPrevious) message.pseudonym_previous = opts.pseudonymPrevious
+  else if (keys.previous) message.pseudonym_previous = { key_id: keys.previous.keyId, value: pseudonymValue(keys.previous.key, nir) }
   return sign(message, keys.signing.privateKey, keys.signing.keyId)
 }
 

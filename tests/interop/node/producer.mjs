@@ -10,6 +10,9 @@
 //   node producer.mjs publish --fund F --input FILE --key-dir DIR --bootstrap HOST:PORT
 //       [--signing-key-id ID (default: current.json's)] [--out RESULTS.jsonl]
 //       [--signal-keys URL (the exchange's key endpoint: each signal sealed, contract §2.1)]
+//       [--previous-key-id XK (a rotation window, contract §4.3: each signal also carries
+//        pseudonym_previous, the person's pseudonym under that older active exchange key of
+//        the key folder, so that the exchange moves what it holds of the person)]
 //       builds, signs and sends one signal per record of FILE (CSV ';' with the extract header,
 //       a JSON array, or JSONL); prints one JSON line per record: sent (with its position) or
 //       rejected at the fund (with its reason). Exit 0 all sent, 2 some rejected, 1 failure.
@@ -62,8 +65,20 @@ function loadKeys (args) {
   const fund = args.fund
   const keyId = args['signing-key-id'] ?? dir.fundCurrent(fund).signing
   const privatePem = fs.readFileSync(path.join(args['key-dir'], 'funds', fund, `${keyId}.pem`), 'utf8')
+  const exchange = dir.currentExchangeKey()
+  let previous = null
+  if (args['previous-key-id']) {
+    try {
+      previous = dir.previousExchangeKey(args['previous-key-id'], exchange)
+    } catch (err) {
+      if (!(err instanceof Refused)) throw err
+      fail(`--previous-key-id ${args['previous-key-id']}: ${err.detail} (${err.reason})`,
+        'name an active exchange key older than the current one (help-exchange keys list), or leave the option out outside a rotation window')
+    }
+  }
   return {
-    exchange: dir.currentExchangeKey(),
+    exchange,
+    previous,
     sealing: dir.sealingKey(fund),
     idRoot: dir.idRoot(fund),
     signing: { keyId, privateKey: crypto.createPrivateKey(privatePem) }
@@ -107,6 +122,7 @@ async function publish (args) {
     const key = message.pseudonym.value
     const partition = args.partition != null ? Number(args.partition) : partitionFor(key)
     const result = { line, status: 'envoye', signal_id: message.signal_id, pseudonym: key, sealed_ref: clear.sealed_ref, topic, partition, bytes: value.length }
+    if (message.pseudonym_previous) result.pseudonym_previous = message.pseudonym_previous.value
     if (sealing) result.sealed = true
     if (value.length > MAX_MESSAGE_BYTES) result.oversize = true
     for (let n = 0; n < Number(args.repeat ?? 1); n++) outgoing.push({ result: n ? { ...result } : result, record: { topic, key, value, partition } })
@@ -256,6 +272,7 @@ const OPTIONS = {
   repeat: { type: 'string' },
   'dry-run': { type: 'boolean' },
   'signal-keys': { type: 'string' },
+  'previous-key-id': { type: 'string' },
   'until-accepted': { type: 'boolean' }
 }
 
