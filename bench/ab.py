@@ -12,7 +12,9 @@ CPU-second: the worker process alone, and with its check helpers (their CPU coun
 share the machine's cores with it and the broker).
 
 The base worker runs the base tree's code (its ``services/`` and ``schemas/``, first on the
-path from its working directory) with this environment's packages.
+path from its working directory) with this environment's packages. ``--new-env NAME=VALUE``
+gives this tree's worker a setting the base's does not get: with ``--base HEAD`` it compares
+two settings of the same code (one check helper against two, say).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def entrypoint(tree: Path) -> str:
     return "services.app.cli" if (tree / "services" / "app" / "cli.py").exists() else "services.platform.cli"
 
 
-def start(tree: Path, settings: Settings, app_id: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(tree),
+def start(tree: Path, settings: Settings, app_id: str, log: Path,
+          extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(tree),
            "HELP_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
            "HELP_KEY_DIR": str(settings.key_dir), "HELP_VAR_DIR": str(settings.var_dir),
            "HELP_DATABASE_URL": settings.database_url,
@@ -62,7 +65,8 @@ def start(tree: Path, settings: Settings, app_id: str, log: Path) -> subprocess.
                                 cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def run_once(tree: Path, settings: Settings, app_id: str, total: int) -> tuple[float, float, float]:
+async def run_once(tree: Path, settings: Settings, app_id: str, total: int,
+                   extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """One worker over every signal: its full-work rate, signals per CPU-second of its
     process, and per CPU-second of its process and its check helpers together."""
     out = await outputs(settings.bootstrap_servers or "")
@@ -72,7 +76,11 @@ async def run_once(tree: Path, settings: Settings, app_id: str, total: int) -> t
     while any((await out.getmany(timeout_ms=1000, max_records=10000)).values()):
         pass
     log = settings.var_dir / f"{app_id}.log"
-    worker = start(tree, settings, app_id, log)
+    # A database of its own for each run: the two trees' migrations differ (a base behind a
+    # revision cannot open a database the new tree upgraded), and each run makes every
+    # person's data key, as the first one did.
+    settings = settings.model_copy(update={"database_url": f"sqlite:///{settings.var_dir / app_id}.db"})
+    worker = start(tree, settings, app_id, log, extra_env)
     try:
         seen, first, last, cpu0, hcpu0 = 0, 0.0, 0.0, float("nan"), float("nan")
         helpers: list[int] = []
@@ -98,29 +106,32 @@ async def run_once(tree: Path, settings: Settings, app_id: str, total: int) -> t
         stop(worker)
 
 
-async def main(base_rev: str, rounds: int) -> None:
+async def main(base_rev: str, rounds: int, new_env: dict[str, str] | None = None) -> None:
     base = worktree(base_rev)
     try:
         async with published("ab", N) as bench:
-            await compare(base_rev, base, bench.settings, len(bench.items), rounds)
+            await compare(base_rev, base, bench.settings, len(bench.items), rounds, new_env)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], capture_output=True)
 
 
-async def compare(base_rev: str, base: Path, settings: Settings, total: int, rounds: int) -> None:
+async def compare(base_rev: str, base: Path, settings: Settings, total: int, rounds: int,
+                  new_env: dict[str, str] | None = None) -> None:
     trees = {"base": base, "new": REPO}
     rates: dict[str, list[float]] = {"base": [], "new": []}
     per_cpu: dict[str, list[float]] = {"base": [], "new": []}
     per_all: dict[str, list[float]] = {"base": [], "new": []}
-    print(f"A/B: base {base_rev} ({_head(base)}) against this tree ({_head(REPO)}), "
-          f"{total} signals, {rounds} rounds", flush=True)
+    print(f"A/B: base {base_rev} ({_head(base)}) against this tree ({_head(REPO)})"
+          + "".join(f" with {k}={v}" for k, v in (new_env or {}).items())
+          + f", {total} signals, {rounds} rounds", flush=True)
     # A first run of the whole session was faster than any later one (a fresh broker):
     # one warm-up run, not counted, so that every counted run meets a used broker.
-    await run_once(REPO, settings, "ab-warmup", total)
+    await run_once(REPO, settings, "ab-warmup", total, new_env)
     for r in range(rounds):
         order = ("base", "new") if r % 2 == 0 else ("new", "base")
         for name in order:
-            rate, cpu_rate, all_rate = await run_once(trees[name], settings, f"ab-{name}-{r}", total)
+            rate, cpu_rate, all_rate = await run_once(trees[name], settings, f"ab-{name}-{r}", total,
+                                                      new_env if name == "new" else None)
             rates[name].append(rate)
             per_cpu[name].append(cpu_rate)
             per_all[name].append(all_rate)
@@ -153,5 +164,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="main", help="the revision to compare against (default: main)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of one run each, interleaved")
+    parser.add_argument("--new-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for this tree's worker only (e.g. HELP_CORRELATOR_CHECK_PROCESSES=1 "
+                             "with --base HEAD: one setting against another on the same code); repeatable")
     args = parser.parse_args()
-    asyncio.run(main(args.base, args.rounds))
+    pairs = [a.partition("=") for a in args.new_env]
+    if any(not sep or not name for name, sep, _ in pairs):
+        parser.error("--new-env takes NAME=VALUE")
+    asyncio.run(main(args.base, args.rounds, {name: value for name, _, value in pairs}))

@@ -1,6 +1,7 @@
 """Correlator benchmark, in one run on one embedded broker (``python -m bench.correlator``).
 
-1. Publishes N signed signals (pairs of funds per person) on the signal topics.
+1. Publishes N signed signals (pairs of funds per person) on the signal topics, in the form
+   the producers write them (the canonical form of the signed message, RFC 8785).
 2. Raw aiokafka consumption rate of those topics (no work at all).
 3. The reference point: a plain per-message Faust agent (:mod:`bench.plain_agent`: signature
    check, validation and a table write, Faust's defaults) in its own consumer group, on the
@@ -54,6 +55,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.core.codec import canonical
 from services.core.messages import Pseudonym
 from services.core.person import situation_id_for
 from services.core.types import Fund
@@ -70,7 +72,7 @@ from services.platform.topics import (
 )
 from tests.correlator.harness import REPO, publish, start_worker, stop
 from tests.support.local import free_port
-from tests.support.signals import EXCHANGE_KEY, Funds, wire
+from tests.support.signals import EXCHANGE_KEY, Funds
 
 N = int(os.environ.get("BENCH_SIGNALS", "30000"))
 PLAIN_N = int(os.environ.get("BENCH_PLAIN_SIGNALS", "10000"))
@@ -109,7 +111,8 @@ def items_for(funds: Funds, prefix: str, people: int) -> list[tuple[str, bytes, 
         for fund, cat in ((Fund.CAF, "impaye_loyer"), (Fund.URSSAF, "impaye_cotisations")):
             m = funds.signal(f"{prefix}{i}", fund, cat)
             v = m["pseudonym"]["value"]
-            out.append((signal_topic(fund), v.encode(), wire(m), partition_for(v, CONTRACT_PARTITIONS)))
+            # As the producers write it (services/producer/sdk.py, the Node one too).
+            out.append((signal_topic(fund), v.encode(), canonical(m), partition_for(v, CONTRACT_PARTITIONS)))
     return out
 
 

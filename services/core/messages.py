@@ -118,7 +118,31 @@ class FundMessage(Frozen):
         return self
 
 
-class Signal(FundMessage):
+class LinkedMessage(FundMessage):
+    """A message that may link its person to the previous key version or scheme: the
+    ``pseudonym_previous`` member, during a rotation or migration window only (contract §4.3),
+    is absent otherwise, never ``null`` on the wire. The subclasses declare the field, each in
+    its contract's order."""
+
+    if TYPE_CHECKING:
+        pseudonym_previous: Pseudonym | None
+
+    @field_validator("pseudonym_previous", mode="before", check_fields=False)
+    @classmethod
+    def _absent_not_null(cls, value: object) -> object:
+        if value is None:  # only an explicit null gets here: the member is absent or an object
+            raise ValueError("pseudonym_previous is absent or an object, never null")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
+            del out["pseudonym_previous"]
+        return out
+
+
+class Signal(LinkedMessage):
     """A pseudonymised fragility signal, published by a fund on ``help.signals.<fund>.v1``."""
 
     signal_id: SignalId
@@ -137,20 +161,6 @@ class Signal(FundMessage):
     legal_basis: LegalBasis
     purpose: Purpose
     signature: Signature
-
-    @field_validator("pseudonym_previous", mode="before")
-    @classmethod
-    def _absent_not_null(cls, value: object) -> object:
-        if value is None:  # only an explicit null gets here: the member is absent or an object
-            raise ValueError("pseudonym_previous is absent or an object, never null")
-        return value
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
-        out = handler(self)
-        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
-            del out["pseudonym_previous"]
-        return out
 
 
 class SignalContent(Frozen):
@@ -174,7 +184,7 @@ class SealedMembers(Frozen):
     value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{80,600}$")]
 
 
-class SealedSignal(FundMessage):
+class SealedSignal(LinkedMessage):
     """A signal whose person members (category, observed_on, territory, sealed_ref) travel
     sealed in ``sealed``, on ``help.signals.<fund>.v1``: once the person's data keys are
     destroyed (objection, withdrawal, purge), no copy of it can be read again."""
@@ -190,20 +200,6 @@ class SealedSignal(FundMessage):
     purpose: Purpose
     sealed: SealedMembers
     signature: Signature
-
-    @field_validator("pseudonym_previous", mode="before")
-    @classmethod
-    def _absent_not_null(cls, value: object) -> object:
-        if value is None:
-            raise ValueError("pseudonym_previous is absent or an object, never null")
-        return value
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_link(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
-        out = handler(self)
-        if isinstance(out, dict) and out.get("pseudonym_previous", 0) is None:
-            del out["pseudonym_previous"]
-        return out
 
 
 class SourcePosition(Frozen):

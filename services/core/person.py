@@ -22,7 +22,9 @@ Time and ids are inputs; nothing here reads a clock, a broker or a database.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import operator
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -247,10 +249,22 @@ def add_signal(state: PersonState, entry: SignalEntry, *, today: dt.date, window
 
 def age_out(signals: tuple[SignalEntry, ...], *, today: dt.date, window_days: int,
             max_signals: int) -> tuple[SignalEntry, ...]:
-    oldest = today - dt.timedelta(days=window_days)
-    kept = sorted((s for s in signals if s.observed_on >= oldest),
-                  key=lambda s: (s.observed_on, s.signal_id))
+    """The signals observed within the window, oldest first (by date, then id), the newest
+    ``max_signals`` of them."""
+    oldest = _window_start(today, window_days)
+    kept = [s for s in signals if s.observed_on >= oldest]
+    kept.sort(key=_SIGNAL_ORDER)
     return tuple(kept[-max_signals:]) if max_signals > 0 else ()
+
+
+#: A signal's place in a person's window: ``(observed_on, signal_id)``.
+_SIGNAL_ORDER = operator.attrgetter("observed_on", "signal_id")
+
+
+@functools.lru_cache(maxsize=64)
+def _window_start(today: dt.date, window_days: int) -> dt.date:
+    # (every signal of a batch asks for the same day's)
+    return today - dt.timedelta(days=window_days)
 
 
 def sweep_person(state: PersonState, *, today: dt.date, window_days: int,

@@ -138,7 +138,12 @@ class Registry(_Model):
         return sum(e.status == "active" for keys in self.funds.values() for e in keys.signing_keys)
 
     def exchange_key_accepted(self, key_id: str) -> bool:
-        return any(k.key_id == key_id and k.status == "active" for k in self.exchange_keys)
+        return key_id in self.accepted_exchange_keys()
+
+    def accepted_exchange_keys(self) -> frozenset[str]:
+        """The exchange key ids a pseudonym may be made under (the active ones): a set, for
+        the correlator's checks, which ask for every signal."""
+        return frozenset(k.key_id for k in self.exchange_keys if k.status == "active")
 
     def link_refusal(self, key_id: str, value: str, previous_key_id: str,
                      previous_value: str) -> tuple[Reason, str] | None:

@@ -13,8 +13,9 @@ pickle: first the registry (its JSON) and the partition count, then requests —
 between requests, a new registry when the worker reloaded it — a tuple ``("registry",
 JSON)``, not answered — which applies to every request after it (:meth:`CheckPool.update`). The
 engine asks for the verdicts in record order; a batch is cut in chunks spread over the
-helpers, written ahead within a bounded window, so the first verdicts come back while the
-helpers are still checking the rest and the engine's own work overlaps theirs. The same
+helpers (the first ones smaller: the engine starts after a few records' checks), written
+ahead within a bounded window, so the first verdicts come back while the helpers are still
+checking the rest and the engine's own work overlaps theirs. The same
 :class:`~.checks.Checker` runs in the helper as inline, so the verdicts are the same.
 
 A helper that dies or answers nonsense during a batch raises :class:`CheckPoolError`: the
@@ -158,6 +159,19 @@ class _Helper:
             self.proc.stdout.close()
 
 
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    """The requests of a batch of ``n`` records: ``chunk`` records each, after a ramp of
+    smaller ones (an eighth, a quarter, a half): the engine waits for its first verdicts
+    the time of a few records' checks, not of a whole chunk's."""
+    sizes = [max(1, chunk // 8), max(1, chunk // 4), max(1, chunk // 2)]
+    bounds, start = [], 0
+    while start < n:
+        end = min(n, start + (sizes.pop(0) if sizes else chunk))
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 class CheckPool:
     """``processes`` helpers running the checks for one engine (one batch at a time)."""
 
@@ -214,9 +228,9 @@ class CheckPool:
             if helper.unanswered:
                 raise CheckPoolError("a check pool was given a batch before the last was read",
                                      "report it as a bug")
-        requests = [pickle.dumps(list(items[i:i + chunk]), protocol=pickle.HIGHEST_PROTOCOL)
-                    for i in range(0, len(items), chunk)]
-        written = 0
+        requests = [pickle.dumps(list(items[start:end]), protocol=pickle.HIGHEST_PROTOCOL)
+                    for start, end in _chunks(len(items), chunk)]
+        written = received = 0
 
         def write_ahead() -> None:
             nonlocal written
@@ -231,11 +245,12 @@ class CheckPool:
         answers: list[Verdict] = []
 
         def verdict(i: int) -> Verdict:
+            nonlocal received
             while i >= len(answers):
-                k = len(answers) // chunk
-                if k >= written:
+                if received >= written:
                     write_ahead()
-                answers.extend(from_plain(v) for v in helpers[k % len(helpers)].receive())
+                answers.extend(from_plain(v) for v in helpers[received % len(helpers)].receive())
+                received += 1
                 write_ahead()
             return answers[i]
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from cryptography.exceptions import InvalidSignature
 from pydantic import ValidationError
 
 from services.core import signing
@@ -31,6 +32,7 @@ from services.core.messages import SCHEMA_VERSION, ConsentEvent, LegalBasisLaw, 
 from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.types import SIGNAL_ID_PATTERN, Fund, Purpose
+from services.correlator import canonical_signal
 from services.platform.partitioning import partition_for
 from services.platform.topics import CONSENTS_TOPIC, CONTRACT_PARTITIONS, fund_of_signal_topic
 
@@ -93,6 +95,8 @@ class CheckedSignal(NamedTuple):
 
 #: What a sealed signal's person members are until the engine opens them.
 UNOPENED_DATE = dt.date(1, 1, 1)
+#: The largest epoch of a signal's sealing key (``SealedMembers.epoch``).
+EPOCH_MAX = 4_294_967_295
 
 
 def checked_sealed(signal: SealedSignal, partitions: int) -> CheckedSignal:
@@ -138,16 +142,21 @@ class Verdict(NamedTuple):
 class Checker:
     """Applies the checks with the keys of one registry (keys decoded once, then cached)."""
 
-    def __init__(self, registry: Registry, partitions: int = CONTRACT_PARTITIONS) -> None:
+    def __init__(self, registry: Registry, partitions: int = CONTRACT_PARTITIONS, *, fast: bool = True) -> None:
         self.registry = registry
         self.partitions = partitions
+        #: False: every message through the general checks, never the fast path for signals
+        #: in canonical form (:meth:`_canonical`), which must give the same verdicts.
+        self.fast = fast
         self._keys: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}
         self._owners: dict[str, Fund | None] = {}
+        self._accepted = registry.accepted_exchange_keys()
 
     def use(self, registry: Registry) -> None:
         """Check with ``registry`` from now on (a reloaded registry: the key cache is emptied)."""
         self.registry = registry
         self._keys = {}
+        self._accepted = registry.accepted_exchange_keys()
 
     def signing_key(self, fund: Fund, key_id: str) -> signing.VerifyingKey | None:
         k = (fund, key_id)
@@ -173,6 +182,10 @@ class Checker:
         raw = value or b""
         if len(raw) > MAX_MESSAGE_BYTES:
             return Verdict(owner, None, Reason.MESSAGE_TROP_VOLUMINEUX, f"/:size_over_{MAX_MESSAGE_BYTES}")
+        if self.fast and not is_consent and owner is not None:
+            verdict = self._canonical(raw, owner)
+            if verdict is not None:
+                return verdict
         try:
             obj, plain = load_json(raw)
         except DuplicateMember:
@@ -217,18 +230,68 @@ class Checker:
             signal: Signal | SealedSignal = parse(SealedSignal, raw) if "sealed" in obj else parse(Signal, raw)
         except ValidationError as exc:
             return Verdict(receipt_fund, signal_id, Reason.SCHEMA_INVALIDE, schema_detail(exc))
-        if not self.registry.exchange_key_accepted(signal.pseudonym.key_id):
-            return Verdict(receipt_fund, signal_id, Reason.CLE_PSEUDONYME_REFUSEE,
-                           "/pseudonym/key_id:not_accepted")
-        link = signal.pseudonym_previous
-        if link is not None:
-            refusal = self.registry.link_refusal(signal.pseudonym.key_id, signal.pseudonym.value,
-                                                 link.key_id, link.value)
-            if refusal is not None:
-                return Verdict(receipt_fund, signal_id, *refusal)
         values = (checked_sealed(signal, self.partitions) if isinstance(signal, SealedSignal)
                   else checked(signal, self.partitions))
+        return self._pseudonym_checks(receipt_fund, signal_id, values)
+
+    def _pseudonym_checks(self, receipt_fund: Fund | None, signal_id: str | None,
+                          values: CheckedSignal) -> Verdict:
+        """The last checks of a signal valid against its schema: its pseudonym's key, its link."""
+        key_id, value = values.pseudonym
+        if key_id not in self._accepted:
+            return Verdict(receipt_fund, signal_id, Reason.CLE_PSEUDONYME_REFUSEE,
+                           "/pseudonym/key_id:not_accepted")
+        link = values.previous
+        if link is not None:
+            refusal = self.registry.link_refusal(key_id, value, *link)
+            if refusal is not None:
+                return Verdict(receipt_fund, signal_id, *refusal)
         return Verdict(receipt_fund, signal_id, None, "", values)
+
+    def _canonical(self, raw: bytes, owner: Fund) -> Verdict | None:
+        """The verdict on a signal in canonical form, read by one pattern
+        (:mod:`.canonical_signal`); None when the general checks must decide: the pattern
+        does not match, or any check before the signature's would not pass (they then
+        say why), or the schema's last tests (a real day, the emitter's fund, the epoch)."""
+        if not raw.isascii():
+            return None
+        found = canonical_signal.match(raw.decode("ascii"))
+        if found is None:
+            return None
+        fund = _FUNDS[found["fund"]]
+        key = self.signing_key(fund, found["signature_key"]) if fund is owner else None
+        if key is None or not found["emitter"].startswith(found["fund"] + "-"):
+            return None
+        sealed = found.re is canonical_signal.SEALED
+        try:
+            emitted_at = dt.datetime.fromisoformat(found["emitted_at"])
+            observed_on = UNOPENED_DATE if sealed else dt.date.fromisoformat(found["observed_on"])
+        except ValueError:  # a day the month has not: the model says so
+            return None
+        epoch = int(found["epoch"]) if sealed else 0
+        if epoch > EPOCH_MAX:
+            return None
+        signal_id = found["signal_id"]
+        try:
+            key.verify(signing.b64u_decode(found["signature_value"]), canonical_signal.unsigned(raw, found))
+        except (InvalidSignature, ValueError):
+            return Verdict(owner, signal_id, Reason.SIGNATURE_INVALIDE, "/signature/value:verify_failed")
+        pseudonym = (found["pseudonym_key"], found["pseudonym_value"])
+        previous = None if found["previous_key"] is None else (found["previous_key"], found["previous_value"])
+        basis = "L115-2-1" if found["law"] is not None else "consentement"
+        purpose = _PURPOSES[found["purpose"]]
+        partition = partition_for(pseudonym[1], self.partitions)
+        if not sealed:
+            values = CheckedSignal(
+                signal_id, fund, found["category"], purpose, observed_on, found["territory"], pseudonym,
+                (found["ref_key"], found["ref_value"]), basis, canonical_signal.conditions(found), partition,
+                emitted_at, previous)
+        else:
+            values = CheckedSignal(
+                signal_id, fund, "", purpose, UNOPENED_DATE, "", pseudonym, ("", ""), basis,
+                canonical_signal.conditions(found), partition, emitted_at, previous,
+                (found["subject"], epoch, found["sealed_value"]))
+        return self._pseudonym_checks(owner, signal_id, values)
 
 
 # ------------------------------------------------------------------ verdicts between processes
@@ -242,12 +305,13 @@ _PURPOSES = {p.value: p for p in Purpose}
 
 
 def to_plain(verdict: Verdict) -> WireVerdict:
+    # ``_value_``, the member's value itself: ``.value`` is a property written in Python.
     fund, signal_id, reason, detail, signal = verdict
-    head = (None if fund is None else fund.value, signal_id,
-            None if reason is None else reason.value, detail)
+    head = (None if fund is None else fund._value_, signal_id,
+            None if reason is None else reason._value_, detail)
     if signal is None:
         return head
-    return (*head, signal.fund.value, signal.purpose.value, *signal[2:3], *signal[4:])
+    return (*head, signal.fund._value_, signal.purpose._value_, *signal[2:3], *signal[4:])
 
 
 def from_plain(plain: WireVerdict) -> Verdict:

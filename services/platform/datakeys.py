@@ -79,16 +79,24 @@ def changelog_key(secret: bytes, key: bytes) -> bytes:
 DIGESTED = b"="
 
 
-def changelog_keys(secret: bytes) -> Callable[[bytes], bytes]:
+def changelog_keys(secret: bytes, *, remember: int = 8192) -> Callable[[bytes], bytes]:
     """:func:`changelog_key` under ``secret``, as a function of the key alone (the secret's
     HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`); a key that is one
-    already (:data:`DIGESTED`) as it is."""
+    already (:data:`DIGESTED`) as it is. The last ``remember`` keys' digests are kept: the
+    worker asks for a person's twice a batch (its state read, then its write), and a batch
+    touches far fewer persons than that."""
     digest = KeyedDigest(secret).digest
+    known: dict[bytes, bytes] = {}
 
     def of(key: bytes) -> bytes:
-        if key.startswith(DIGESTED):
-            return key[len(DIGESTED):]
-        return digest(b"changelog\x00" + key)[:16].hex().encode()
+        found = known.get(key)
+        if found is None:
+            if key.startswith(DIGESTED):
+                return key[len(DIGESTED):]
+            if len(known) >= remember:  # (bounded; another thread may race this: it only forgets)
+                known.clear()
+            found = known[key] = digest(b"changelog\x00" + key)[:16].hex().encode()
+        return found
 
     return of
 

@@ -10,20 +10,18 @@ for the run and, unless ``HELP_PSEUDONYMISER_CACHE=false``, in a local file
 
 from __future__ import annotations
 
-import json
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.core.oprf import Blinded, OprfError, blind, finalize_batch, pseudonym_value_v2
 from services.core.pseudonymisation import Refused, current_version, previous_version, public_path, read_public
 from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
-from services.errors import ConfigurationError
+from services.platform.json_http import JsonService
 from services.platform.settings import Settings
 from services.producer.pseudonym import PseudonymSource
 from services.producer.pseudonym_cache import PseudonymCache
@@ -39,29 +37,20 @@ def oprf_input(nir: str) -> bytes:
 
 
 def http_transport(url: str, timeout: float) -> Transport:
-    endpoint = url.rstrip("/") + "/v1/evaluate"
+    service = JsonService("the pseudonymisation service", url, "/v1/evaluate", timeout,
+                          unclear_hint="check HELP_PSEUDONYMISER_URL",
+                          down_hint="start it (`help-exchange pseudonymiser serve`) or fix HELP_PSEUDONYMISER_URL")
 
     def send(request: dict[str, object]) -> dict[str, object]:
-        data = json.dumps(request).encode()
-        req = urllib.request.Request(endpoint, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                doc: dict[str, object] = json.loads(resp.read())
-                return doc
-        except urllib.error.HTTPError as exc:
-            try:
-                refusal = json.loads(exc.read())
-                reason = Reason(refusal["reason"])
-            except (ValueError, KeyError, TypeError):
-                raise ConfigurationError(f"the pseudonymisation service answered HTTP {exc.code}",
-                                         "check HELP_PSEUDONYMISER_URL") from None
-            raise Refused(reason, str(refusal.get("message", "")), str(refusal.get("hint", ""))) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConfigurationError(f"the pseudonymisation service at {url} does not answer: {exc}",
-                                     "start it (`help-exchange pseudonymiser serve`) or fix "
-                                     "HELP_PSEUDONYMISER_URL") from None
+        return service.post(request, _object)
 
     return send
+
+
+def _object(answer: Any) -> dict[str, object]:
+    if not isinstance(answer, dict):
+        raise TypeError("the answer is not a JSON object")
+    return answer
 
 
 @dataclass

@@ -9,19 +9,15 @@ receipt says so (:meth:`SignalKeyClient.forget`), and asked again.
 
 from __future__ import annotations
 
-import json
 import struct
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from services.core.pseudonymisation import Refused
-from services.core.reasons import Reason
 from services.core.signing import b64u_decode
 from services.core.types import Fund
 from services.errors import ConfigurationError
+from services.platform.json_http import JsonService
 from services.platform.settings import Settings
 
 #: (fund, pseudonym values) -> the endpoint's answers, in order.
@@ -49,29 +45,20 @@ class FundKey(NamedTuple):
 
 
 def http_transport(url: str, timeout: float) -> Transport:
-    endpoint = url.rstrip("/") + "/v1/signal-keys"
+    endpoint = JsonService("the key endpoint", url, "/v1/signal-keys", timeout,
+                           unclear_hint="check HELP_SIGNAL_KEYS_URL, or try again in a moment",
+                           down_hint="start it (`help-exchange signal-keys serve`) or fix HELP_SIGNAL_KEYS_URL; "
+                                     "the lines are not lost: publish the file again")
 
     def send(fund: Fund, pseudonyms: list[str]) -> list[dict[str, object]]:
-        data = json.dumps({"fund": fund.value, "pseudonyms": pseudonyms}).encode()
-        req = urllib.request.Request(endpoint, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                keys: list[dict[str, object]] = json.loads(resp.read())["keys"]
-                return keys
-        except urllib.error.HTTPError as exc:
-            try:
-                refusal = json.loads(exc.read())
-                reason = Reason(refusal["reason"])
-            except (ValueError, KeyError, TypeError):
-                raise ConfigurationError(f"the key endpoint answered HTTP {exc.code}",
-                                         "check HELP_SIGNAL_KEYS_URL, or try again in a moment") from None
-            raise Refused(reason, str(refusal.get("message", "")), str(refusal.get("hint", ""))) from None
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-            raise ConfigurationError(f"the key endpoint at {url} does not answer: {exc}",
-                                     "start it (`help-exchange signal-keys serve`) or fix HELP_SIGNAL_KEYS_URL; "
-                                     "the lines are not lost: publish the file again") from None
+        return endpoint.post({"fund": fund.value, "pseudonyms": pseudonyms}, _keys)
 
     return send
+
+
+def _keys(answer: Any) -> list[dict[str, object]]:
+    keys: list[dict[str, object]] = answer["keys"]
+    return keys
 
 
 class SignalKeyClient:

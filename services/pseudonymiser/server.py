@@ -13,11 +13,9 @@ terminates mutual TLS and passes the fund); this embedded server takes it from t
 from __future__ import annotations
 
 import json
-import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from services.core.oprf import MAX_BATCH
 from services.core.pseudonymisation import Refused
@@ -25,10 +23,8 @@ from services.core.reasons import Reason
 from services.core.signing import b64u, b64u_decode
 from services.core.types import Fund
 from services.platform import metrics
+from services.platform.json_http import JsonHandler, body_bound
 from services.pseudonymiser.service import Pseudonymiser
-
-log = logging.getLogger(__name__)
-_STATUS = {Reason.QUOTA_DEPASSE: 429, Reason.REQUETE_REJOUEE: 409}
 
 
 def _parse(body: bytes) -> tuple[Fund, str, str | None, list[bytes]]:
@@ -54,57 +50,39 @@ def _parse(body: bytes) -> tuple[Fund, str, str | None, list[bytes]]:
 def make_server(service: Pseudonymiser, public_json: Path, host: str, port: int) -> ThreadingHTTPServer:
     # Room for the RFC's largest batch, so that a batch over this service's own limit is
     # refused by the service, with its reason, and recorded; larger bodies are not read.
-    max_body = 64 * MAX_BATCH + 4096
+    bound = body_bound(MAX_BATCH)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         server_version = "help-exchange-pseudonymiser"
-        sys_version = ""
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-        def _send(self, status: int, doc: dict[str, Any] | bytes) -> None:
-            data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def do_GET(self) -> None:
             if self.path != "/v1/keys":
-                self._send(404, {"reason": "introuvable", "message": "GET /v1/keys only"})
+                self.only("GET /v1/keys")
                 return
-            self._send(200, public_json.read_bytes())
+            self.send_json(200, public_json.read_bytes())
 
         def do_POST(self) -> None:
             if self.path != "/v1/evaluate":
-                self._send(404, {"reason": "introuvable", "message": "POST /v1/evaluate only"})
+                self.only("POST /v1/evaluate")
                 return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= max_body:
-                metrics.REFUSALS.labels("", Reason.LOT_TROP_VOLUMINEUX.value).inc()  # (fund not read)
-                self._send(400, {"reason": Reason.LOT_TROP_VOLUMINEUX.value,
-                                 "message": "request too large or without a length",
-                                 "hint": "split the request; send Content-Length"})
+            body = self.read_body(bound)
+            if body is None:
                 return
-            body = self.rfile.read(length)
             try:
                 fund, request_id, version, blinded = _parse(body)
             except Refused as exc:  # (the service counts its own refusals)
                 metrics.REFUSALS.labels("", exc.reason.value).inc()
-                self._send(400, {"reason": exc.reason.value, "message": exc.detail, "hint": exc.hint})
+                self.refuse(exc)
                 return
             try:
                 answer = service.evaluate(fund, request_id, blinded, version)
             except Refused as exc:
-                self._send(_STATUS.get(exc.reason, 400),
-                           {"reason": exc.reason.value, "message": exc.detail, "hint": exc.hint})
+                self.refuse(exc)
                 return
-            self._send(200, {"key_version": answer.key_version, "evaluated": b64u(answer.evaluated)})
+            self.send_json(200, {"key_version": answer.key_version, "evaluated": b64u(answer.evaluated)})
+
+        def body_refused(self) -> None:
+            metrics.REFUSALS.labels("", Reason.LOT_TROP_VOLUMINEUX.value).inc()  # (fund not read)
 
     return ThreadingHTTPServer((host, port), Handler)
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from services.core.oprf import Evaluator, OprfError
 from services.core.pseudonymisation import Refused
+from services.core.quota import DailyQuota
 from services.core.reasons import Reason
 from services.core.types import Fund
 from services.platform import metrics
@@ -64,11 +65,10 @@ class Pseudonymiser:
         self._keys = keys
         #: The version a batch is answered under when it names none (the newest active one).
         self.current_version = current
-        self.quota_per_day = quota_per_day
+        self.quota = DailyQuota(quota_per_day, unit="evaluations", setting="HELP_PSEUDONYMISER_QUOTA_PER_DAY")
         self.batch_limit = batch_limit
         self._log = log
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self._used: dict[tuple[str, dt.date], int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -76,13 +76,12 @@ class Pseudonymiser:
         """Take back what the ledger says was already used and answered (after a restart:
         a restart must not give a fund a fresh quota, nor accept a replay)."""
         with self._lock:
-            for key, count in used.items():
-                self._used[key] = self._used.get(key, 0) + count
+            self.quota.restore(used)
             for request_id in seen:
                 self._seen[request_id] = None
 
     def used(self, fund: Fund, day: dt.date) -> int:
-        return self._used.get((fund.value, day), 0)
+        return self.quota.used(fund, day)
 
     def evaluate(self, fund: Fund, request_id: str, blinded: Sequence[bytes], key_version: str | None = None,
                  ) -> Answer:
@@ -101,7 +100,7 @@ class Pseudonymiser:
                 out = evaluator.evaluate_batch(blinded)
             except OprfError:
                 with self._lock:  # not evaluated: give the quota back
-                    self._used[(fund.value, now.date())] -= len(blinded)
+                    self.quota.give_back(fund, now.date(), len(blinded))
                 raise Refused(Reason.ELEMENT_INVALIDE, "a blinded element is malformed or the identity",
                               "blind every input afresh (RFC 9497 Blind) and send the serialised elements") from None
         except Refused as exc:
@@ -123,12 +122,7 @@ class Pseudonymiser:
         if not 1 <= count <= self.batch_limit:
             raise Refused(Reason.LOT_TROP_VOLUMINEUX, f"a batch holds 1 to {self.batch_limit} elements, not {count}",
                           "split the request")
-        used = self._used.get((fund.value, day), 0)
-        if used + count > self.quota_per_day:
-            raise Refused(Reason.QUOTA_DEPASSE,
-                          f"{fund.value}: {used} of {self.quota_per_day} evaluations used today, {count} more asked",
-                          "wait for tomorrow (UTC) or have the operator raise HELP_PSEUDONYMISER_QUOTA_PER_DAY")
-        self._used[(fund.value, day)] = used + count
+        self.quota.take(fund, day, count)
         self._seen[request_id] = None
         if len(self._seen) > REPLAY_MEMORY:
             self._seen.popitem(last=False)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 import sqlalchemy.exc
 
@@ -24,6 +23,7 @@ from services.core.pseudonymisation import Refused
 from services.core.reasons import Reason
 from services.core.signing import b64u
 from services.core.types import Fund
+from services.platform.json_http import JsonHandler, body_bound
 from services.signalkeys.service import SignalKeyService
 
 log = logging.getLogger(__name__)
@@ -44,56 +44,35 @@ def _parse(body: bytes) -> tuple[Fund, list[str]]:
 
 
 def make_server(service: SignalKeyService, host: str, port: int) -> ThreadingHTTPServer:
-    max_body = 64 * service.batch_limit + 4096
+    bound = body_bound(service.batch_limit)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         server_version = "help-exchange-signal-keys"
-        sys_version = ""
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-        def _send(self, status: int, doc: dict[str, Any]) -> None:
-            data = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _refuse(self, status: int, exc: Refused) -> None:
-            self._send(status, {"reason": exc.reason.value, "message": exc.detail, "hint": exc.hint})
+        cache_control = "no-store"
 
         def do_GET(self) -> None:
-            self._send(404, {"reason": "introuvable", "message": f"POST {PATH} only"})
+            self.only(f"POST {PATH}")
 
         def do_POST(self) -> None:
             if self.path != PATH:
-                self._send(404, {"reason": "introuvable", "message": f"POST {PATH} only"})
+                self.only(f"POST {PATH}")
+                return
+            body = self.read_body(bound)
+            if body is None:
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= max_body:
-                self._send(400, {"reason": Reason.LOT_TROP_VOLUMINEUX.value,
-                                 "message": "request too large or without a length",
-                                 "hint": "split the request; send Content-Length"})
-                return
-            try:
-                fund, pseudonyms = _parse(self.rfile.read(length))
+                fund, pseudonyms = _parse(body)
                 keys = service.keys(fund, pseudonyms)
             except Refused as exc:
-                self._refuse(429 if exc.reason is Reason.QUOTA_DEPASSE else 400, exc)
+                self.refuse(exc)
                 return
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 log.error("key table unavailable: %s", type(exc).__name__)
-                self._send(503, {"reason": "indisponible", "message": "the key table cannot be reached",
-                                 "hint": "try again in a moment"})
+                self.send_json(503, {"reason": "indisponible", "message": "the key table cannot be reached",
+                                     "hint": "try again in a moment"})
                 return
-            self._send(200, {"keys": [{"pseudonym": k.pseudonym, "subject": k.subject.hex(), "epoch": k.epoch,
-                                       "key": b64u(k.key)} for k in keys]})
+            self.send_json(200, {"keys": [{"pseudonym": k.pseudonym, "subject": k.subject.hex(), "epoch": k.epoch,
+                                           "key": b64u(k.key)} for k in keys]})
 
     return ThreadingHTTPServer((host, port), Handler)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.core.pseudonymisation import Refused
+from services.core.quota import DailyQuota
 from services.core.reasons import Reason
 from services.core.signal_seal import fund_key
 from services.core.types import PSEUDONYM_VALUE_PATTERN, Fund
@@ -57,17 +58,16 @@ class SignalKeyService:
                  log: KeysLog | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.store = store
         self.secret = secret
-        self.quota_per_day = quota_per_day
+        self.quota = DailyQuota(quota_per_day, unit="keys", setting="HELP_SIGNAL_KEYS_QUOTA_PER_DAY")
         self.batch_limit = batch_limit
         self._log = log
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self._used: dict[tuple[str, dt.date], int] = {}
         self._lock = threading.Lock()
         if log is not None:
-            self._used.update(log.today(self._clock()))
+            self.quota.restore(log.today(self._clock()))
 
     def used(self, fund: Fund, day: dt.date) -> int:
-        return self._used.get((fund.value, day), 0)
+        return self.quota.used(fund, day)
 
     def keys(self, fund: Fund, pseudonyms: Sequence[str]) -> list[FundKey]:
         """The fund's key for each pseudonym (in order), or raise :class:`Refused` (recorded
@@ -82,7 +82,7 @@ class SignalKeyService:
                 current = self.store.current(set(subjects.values()))
             except BaseException:
                 with self._lock:  # not answered: give the quota back
-                    self._used[(fund.value, now.date())] -= len(pseudonyms)
+                    self.quota.give_back(fund, now.date(), len(pseudonyms))
                 raise
         except Refused as exc:
             self._enter(False, fund, request_id, len(pseudonyms), now, exc.reason)
@@ -106,12 +106,7 @@ class SignalKeyService:
         if not all(isinstance(v, str) and _PSEUDONYM.fullmatch(v) for v in pseudonyms):
             raise Refused(Reason.SCHEMA_INVALIDE, "a pseudonym is not 43 base64url characters",
                           "send the `value` of each signal's pseudonym (contract §4)")
-        used = self._used.get((fund.value, day), 0)
-        if used + count > self.quota_per_day:
-            raise Refused(Reason.QUOTA_DEPASSE,
-                          f"{fund.value}: {used} of {self.quota_per_day} keys used today, {count} more asked",
-                          "wait for tomorrow (UTC) or have the operator raise HELP_SIGNAL_KEYS_QUOTA_PER_DAY")
-        self._used[(fund.value, day)] = used + count
+        self.quota.take(fund, day, count)
 
     def _enter(self, answered: bool, fund: Fund, request_id: str, count: int, now: dt.datetime,
                reason: Reason | None) -> None:

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 from referencing import Registry, Resource
 
-from services.core.messages import MODELS, parse
+from services.core.messages import MODELS, parse, to_wire
 from tests.contract.examples import EXAMPLES
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -200,3 +200,17 @@ def test_reason_codes_are_the_schema_enum_and_each_has_a_label() -> None:
     assert enum == [r.value for r in Reason]
     assert "cle_signature_retiree" in enum
     assert all(r.label and r.label[0].isupper() for r in Reason)
+
+
+@pytest.mark.parametrize("name", ["signal", "sealed_signal"])
+def test_the_previous_pseudonym_is_absent_or_an_object_never_null(name: str) -> None:
+    """Both signal models share the rule (``LinkedMessage``): a null link is refused, an absent
+    one stays absent on the wire, a present one goes back as it came."""
+    example = {k: v for k, v in EXAMPLES[name][0].items() if k != "pseudonym_previous"}
+    link = {**example["pseudonym"], "key_id": "xk-20251123-a1b2"}
+    model = MODELS[name]
+    with pytest.raises(ValidationError, match="absent or an object, never null"):
+        parse(model, json.dumps({**example, "pseudonym_previous": None}))
+    assert "pseudonym_previous" not in json.loads(to_wire(parse(model, json.dumps(example))))
+    assert json.loads(to_wire(parse(model, json.dumps({**example, "pseudonym_previous": link}))))[
+        "pseudonym_previous"] == link

@@ -37,6 +37,15 @@ def test_changelog_keys_and_subjects(secret: bytes, key: bytes) -> None:
     assert ring.subject(key) == subject_of(secret, key)
 
 
+@settings(max_examples=50, deadline=None)
+@given(secret=st.binary(min_size=32, max_size=32),
+       keys=st.lists(st.binary(max_size=40), min_size=1, max_size=60))
+def test_remembered_changelog_keys_past_their_bound(secret: bytes, keys: list[bytes]) -> None:
+    # Asked again (a person's read, then its write), and past the bound (forgotten, made again).
+    of = changelog_keys(secret, remember=7)
+    for key in keys + keys[::-1] + keys:
+        assert of(key) == changelog_key(secret, key)
+
 
 @settings(max_examples=100, deadline=None)
 @given(secret=st.binary(min_size=32, max_size=32), key=st.binary(max_size=120))

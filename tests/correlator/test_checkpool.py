@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from services.core.codec import canonical
 from services.core.types import Fund
 from services.correlator.checkpool import REPLACEMENTS_MAX, CheckPool, CheckPoolError, watch
 from services.correlator.checks import Checker, from_plain, to_plain
@@ -39,9 +40,12 @@ def corpus(funds: Funds) -> list[tuple[bytes | None, str]]:
                Fund.CARSAT: "veuvage_pension_reversion"}[fund]
         good = funds.signal(f"p{i}", fund, cat, n=i)
         items.append((wire(good), signal_topic(fund)))
+        # As the producers write it: the checks' fast path (services.correlator.canonical_signal).
+        items.append((canonical(funds.signal(f"q{i}", fund, cat, n=i)), signal_topic(fund)))
         variant = i % 10
         if variant == 0:
             items.append((wire({**good, "territory": "52"}), signal_topic(fund)))  # tampered
+            items.append((canonical({**good, "territory": "52"}), signal_topic(fund)))
         elif variant == 1:
             items.append((wire(good), signal_topic(Fund.MSA)))  # another fund's topic
         elif variant == 2:
@@ -82,12 +86,25 @@ def test_helpers_answer_as_the_inline_checker(funds: Funds, pool: CheckPool) -> 
     items = corpus(funds)
     inline = Checker(funds.registry(), 8)
     expected = [inline.check(v, t) for v, t in items]
+    reference = Checker(funds.registry(), 8, fast=False)
+    assert [reference.check(v, t) for v, t in items] == expected
     for _ in range(2):  # a second batch on the same helpers
         verdict = pool.start(items)
         assert [verdict(i) for i in range(len(items))] == expected
     reasons = {v.reason for v in expected}
     assert None in reasons and len(reasons) >= 8, reasons  # the corpus exercises the checks
     assert any(v.signal is not None for v in expected)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 111, 112, 113, 1000])
+def test_a_batch_is_cut_in_a_ramp_of_requests_then_whole_chunks(n: int) -> None:
+    from services.correlator.checkpool import _chunks
+
+    bounds = _chunks(n, 128)
+    assert [i for a, b in bounds for i in range(a, b)] == list(range(n))  # each record once, in order
+    sizes, full = [b - a for a, b in bounds], [16, 32, 64, *[128] * n]
+    assert sizes == [*full[:len(sizes) - 1], n - sum(full[:len(sizes) - 1])] if sizes else n == 0
+    assert all(b > a for a, b in _chunks(n, 1))
 
 
 def test_verdicts_survive_the_trip_between_processes(funds: Funds) -> None:

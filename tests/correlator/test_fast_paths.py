@@ -4,7 +4,9 @@
 - the person-state cache: a state and the bytes it is stored as round-trip, the engine gives
   the same outputs and writes with or without the cache, and bytes changed behind its back
   are re-validated;
-- bad input the fast paths must not turn into a crash (deep nesting, an id ending in "\\n").
+- bad input the fast paths must not turn into a crash (deep nesting, an id ending in "\\n");
+- the checks of a signal in canonical form (:mod:`services.correlator.canonical_signal`)
+  against the general ones: the same verdict for generated signals and mutations of them.
 
 The codec's own fast paths (canonical form, JSON loading, receipts) are proved in
 ``tests/core/test_codec.py``.
@@ -13,6 +15,7 @@ The codec's own fast paths (canonical form, JSON loading, receipts) are proved i
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from typing import Any
@@ -24,6 +27,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.core import signing
+from services.core.codec import canonical
 from services.core.person import PersonState
 from services.core.reasons import Reason
 from services.core.types import Fund, Purpose
@@ -32,7 +36,7 @@ from services.correlator.engine import Engine, Record, StateCache
 from services.platform.partitioning import murmur2, partition_for
 from services.platform.topics import DEADLETTER_TOPIC, signal_topic
 from tests.correlator.core_fixtures import context
-from tests.support.signals import Funds, wire
+from tests.support.signals import EXCHANGE_KEY, RETIRED_KEY, Funds, wire
 
 
 def test_verify_is_false_not_a_crash_on_absurd_nesting() -> None:
@@ -313,3 +317,124 @@ def test_engine_fast_and_reference_give_the_same_bytes() -> None:
     reference = _run(Engine(context(), funds.registry(), clock=lambda: AT, fast=False), stream, {}, 7)
     assert fast == reference
     assert sum(x[3] for x in fast) >= len(replays)  # the replays were refused, not accepted
+
+
+# ---------------------------------------------------------------------- canonical signals
+# services.correlator.canonical_signal: a signal in canonical form read by one pattern. The
+# reference (Checker(fast=False)) parses, proves plain, writes the canonical form and
+# validates with the model; both must give the same verdict, whatever the bytes.
+def _sealing(fund: Fund, pseudonym_value: str) -> tuple[bytes, int, bytes]:
+    return hashlib.sha256(pseudonym_value.encode()).digest()[:16], 7, b"k" * 32
+
+
+_CANON_FUNDS = Funds(sealing=_sealing)
+_CANON_CHECKERS = (Checker(_CANON_FUNDS.registry()), Checker(_CANON_FUNDS.registry(), fast=False))
+_PREVIOUS = st.one_of(
+    st.none(), st.none(), st.none(),
+    st.just({"key_id": RETIRED_KEY, "value": "B" * 43}),
+    st.just({"key_id": "xk-20240101-gone", "value": "C" * 43}),
+    st.just({"key_id": EXCHANGE_KEY, "value": "D" * 43}),
+)
+_BASES = st.one_of(
+    st.lists(st.sampled_from(["cumul_fragilites", "accord_oral", "abc", "x", "A_b"]), max_size=9).map(
+        lambda c: {"code": "L115-2-1", "conditions": c}),
+    st.just({"code": "L115-2-1"}),
+    st.sampled_from(["HELP-2026-000123", "help-1", "AB-1-2-3-4-5"]).map(
+        lambda r: {"code": "consentement", "consent_ref": r}),
+)
+#: At most one member changed (after signing, then signed again): mostly none.
+_OVERRIDES = st.one_of(st.just({}), st.just({}), st.just({}), st.sampled_from([
+    {"observed_on": v} for v in ("2026-02-29", "2024-02-29", "2026-04-31", "2026-13-01", "0000-01-01")] + [
+    {"emitted_at": v} for v in ("2026-02-30T10:00:00Z", "2026-06-01T10:00:00.123Z", "2026-06-01T10:00:00+00:00",
+                                "0001-01-01T00:00:00Z", "2026-06-01T10:00:00Z\n")] + [
+    {"emitter": v} for v in ("urssaf-ca", "caf-zz", "caf-", "msa-0001")] + [
+    {"territory": v} for v in ("2A", "00", "976", "99")] + [
+    {"purpose": v} for v in ("prevention_perte_autonomie", "autre")] + [
+    {"schema_version": "1.1"}, {"schema_version": 1}, {"extra": "x"}, {"signal_id": "A" * 32}]))
+
+
+@st.composite
+def _canonical_signals(draw: st.DrawFn) -> tuple[bytes, str]:
+    fund = draw(st.sampled_from([Fund.CAF, Fund.URSSAF, Fund.MSA]))
+    msg = _CANON_FUNDS.signal(
+        f"p{draw(st.integers(0, 9))}", fund,
+        draw(st.sampled_from(["impaye_loyer", "impaye_cotisations", "x", "a" * 48])),
+        legal_basis=draw(_BASES), key_id=draw(st.sampled_from([EXCHANGE_KEY, RETIRED_KEY])),
+        signer=(signer := draw(st.sampled_from([None, None, None, Fund.CPAM]))), clear=draw(st.booleans()))
+    changes = draw(_OVERRIDES)  # (after sealing: a sealed signal's person members become extra ones)
+    previous = draw(_PREVIOUS)
+    if previous is not None:
+        changes["pseudonym_previous"] = previous
+    epoch = draw(st.sampled_from([None, None, None, 0, 4_294_967_295, 4_294_967_296, 10**12]))
+    if epoch is not None and "sealed" in msg:
+        changes["sealed"] = {**msg["sealed"], "epoch": epoch}
+    if changes:
+        msg = _CANON_FUNDS.resign({**msg, **changes}, signer)
+    raw = canonical(msg)
+    mutation = draw(st.sampled_from(["none", "none", "none", "byte", "space", "signature"]))
+    if mutation == "byte":
+        at = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:at] + bytes([draw(st.integers(0, 255))]) + raw[at + 1:]
+    elif mutation == "space":
+        at = draw(st.integers(0, len(raw)))
+        raw = raw[:at] + b" " + raw[at:]
+    elif mutation == "signature":  # a valid-looking signature of other bytes
+        value = msg["signature"]["value"]
+        raw = raw.replace(value.encode(), (("A" if value[0] != "A" else "B") + value[1:]).encode())
+    topic = signal_topic(draw(st.sampled_from([fund, fund, fund, Fund.CPAM])))
+    return raw, topic
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_canonical_signals())
+def test_canonical_signals_get_the_references_verdict(case: tuple[bytes, str]) -> None:
+    raw, topic = case
+    fast, reference = (checker.check(raw, topic) for checker in _CANON_CHECKERS)
+    assert fast == reference
+    if reference.signal is not None:
+        assert fast.signal is not None and fast.signal.emitted_at.tzinfo is reference.signal.emitted_at.tzinfo
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([Fund.CAF, Fund.URSSAF, Fund.MSA, Fund.CPAM]), st.integers(0, 10**6),
+       st.sampled_from(["impaye_loyer", "impaye_cotisations", "a" * 48, "abc"]),
+       st.lists(st.sampled_from(["cumul_fragilites", "accord_oral", "abc"]), max_size=8),
+       st.sampled_from(["HELP-2026-000123", "AB-1-2-3-4", ""]), st.booleans(), st.booleans(),
+       st.datetimes(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31), timezones=st.just(dt.UTC)))
+def test_well_formed_canonical_signals_take_the_fast_path(
+        fund: Fund, person: int, category: str, conditions: list[str], consent: str, sealed: bool,
+        linked: bool, at: dt.datetime) -> None:
+    from services.correlator import canonical_signal
+
+    basis = {"code": "consentement", "consent_ref": consent} if consent else {"code": "L115-2-1",
+                                                                             "conditions": conditions}
+    msg = Funds(keys=_CANON_FUNDS.keys, now=at, sealing=_sealing).signal(
+        f"p{person}", fund, category, legal_basis=basis, clear=not sealed)
+    if linked:
+        msg = _CANON_FUNDS.resign({**msg, "pseudonym_previous": {"key_id": RETIRED_KEY, "value": "B" * 43}})
+    raw = canonical(msg)
+    assert canonical_signal.match(raw.decode()) is not None
+    fast, reference = (checker.check(raw, signal_topic(fund)) for checker in _CANON_CHECKERS)
+    assert fast == reference
+    assert reference.reason is (Reason.LIEN_PSEUDONYME_PERIME if linked else None)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+@pytest.mark.parametrize("variant", ["law", "conditions", "consent", "previous"])
+def test_the_producers_form_takes_the_fast_path(sealed: bool, variant: str) -> None:
+    # The fast path is no dead code: what the producers write (the canonical form) matches.
+    from services.correlator import canonical_signal
+
+    bases = {"conditions": {"code": "L115-2-1", "conditions": ["cumul_fragilites", "accord_oral"]},
+             "consent": {"code": "consentement", "consent_ref": "HELP-2026-000123"}}
+    msg = _CANON_FUNDS.signal("p", Fund.CAF, "impaye_loyer", legal_basis=bases.get(variant), clear=not sealed)
+    if variant == "previous":
+        msg = _CANON_FUNDS.resign({**msg, "pseudonym_previous": {"key_id": RETIRED_KEY, "value": "B" * 43}})
+    raw = canonical(msg)
+    found = canonical_signal.match(raw.decode())
+    assert found is not None and (found.re is canonical_signal.SEALED) is sealed
+    assert canonical_signal.unsigned(raw, found) == signing.signing_input(msg)
+    assert canonical_signal.conditions(found) == tuple(msg["legal_basis"].get("conditions", ()))
+    # and not what the pattern cannot vouch for: another member order, whitespace
+    assert canonical_signal.match(wire(msg).decode()) is None
+    assert canonical_signal.match(raw.decode().replace(",", ", ", 1)) is None
