@@ -148,7 +148,7 @@ class Checker:
         #: False: every message through the general checks, never the fast path for signals
         #: in canonical form (:meth:`_canonical`), which must give the same verdicts.
         self.fast = fast
-        self._keys: dict[tuple[Fund, str], signing.VerifyingKey | None] = {}
+        self._keys: dict[tuple[Fund, str], signing.VerifyingKey] = {}
         self._owners: dict[str, Fund | None] = {}
         self._accepted = registry.accepted_exchange_keys()
 
@@ -160,10 +160,15 @@ class Checker:
 
     def signing_key(self, fund: Fund, key_id: str) -> signing.VerifyingKey | None:
         k = (fund, key_id)
-        if k not in self._keys:
+        cached = self._keys.get(k)
+        if cached is None:
             key = self.registry.signing_key(fund, key_id)
-            self._keys[k] = signing.VerifyingKey(key) if key is not None else None
-        return self._keys[k]
+            if key is None:
+                # Not cached: key ids come from the records, so caching the misses would let
+                # anyone who can write a topic grow the worker's memory with made-up ids.
+                return None
+            cached = self._keys[k] = signing.VerifyingKey(key)
+        return cached
 
     def owner(self, topic: str) -> Fund | None:
         if topic not in self._owners:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from services.core.datafile import load_yaml
 from services.core.types import Fund
 from services.errors import ConfigurationError
 from services.platform.settings import DEFAULT_SCHEMAS_DIR
@@ -35,7 +36,7 @@ _PARAM = re.compile(r"\{(\w+)\}")
 def load_topic_specs(asyncapi_path: Path) -> list[TopicSpec]:
     """Expand every channel of the AsyncAPI document into concrete topics."""
     try:
-        doc: dict[str, Any] = yaml.safe_load(asyncapi_path.read_text(encoding="utf-8"))
+        doc: dict[str, Any] = load_yaml(asyncapi_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read {asyncapi_path}: {exc}", "check HELP_SCHEMAS_DIR") from exc
     specs: list[TopicSpec] = []

@@ -136,14 +136,15 @@ def _stamp(moment: dt.datetime) -> str:
 
 
 class Outbox:
-    """One fund's outbox. Not thread-safe; one per process is enough (SQLite locks between
-    processes, so two publishers of the same fund may share the file)."""
+    """One fund's outbox. Used by one thread at a time, not necessarily the one that opened
+    it (the publisher writes from a thread of its own); one per process is enough (SQLite
+    locks between processes, so two publishers of the same fund may share the file)."""
 
     def __init__(self, path: Path, *, keep_sent_days: int = KEEP_SENT_PAYLOAD_DAYS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.keep_sent_days = keep_sent_days
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives the process being killed (kill -9, OOM), not
         # a power cut. Enough here: what a power cut could lose is either rebuilt from the
@@ -186,6 +187,35 @@ class Outbox:
                 [(r.signal_id, r.observed_on, r.key, r.value, now, r.seal) for r in rows],
             )
             return db.total_changes - before
+
+    def add_new(self, rows: Sequence[Row]) -> list[Row]:
+        """Insert a batch in one transaction, like :meth:`add`; returns the rows that were new,
+        in order (an id twice in ``rows``: its first row).
+
+        Without asking first which ids are known: a run's rows are nearly always all new, so
+        the insert's count says it, and only a batch that met known ids reads back which rows
+        this transaction added (the ones past the highest ``seq`` before it: AUTOINCREMENT
+        never reuses one, and no other writer runs inside BEGIN IMMEDIATE)."""
+        if not rows:
+            return []
+        now = _now()
+        with self._transaction() as db:
+            (top,) = db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox(signal_id, observed_on, msg_key, msg_value, created_at, seal_key) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.signal_id, r.observed_on, r.key, r.value, now, r.seal) for r in rows],
+            )
+            if db.total_changes - before == len(rows):
+                return list(rows)
+            added = {sid for (sid,) in db.execute("SELECT signal_id FROM outbox WHERE seq > ?", (top,))}
+        fresh: list[Row] = []
+        for r in rows:
+            if r.signal_id in added:
+                added.discard(r.signal_id)
+                fresh.append(r)
+        return fresh
 
     def known(self, signal_ids: Iterable[str]) -> set[str]:
         """Which of ``signal_ids`` are already in the outbox (pending or sent)."""

@@ -41,6 +41,9 @@ REMOTE_CHUNK = 2000
 #: next part is blinded, so a worker starting a job hardly waits for the service (the workers
 #: start their jobs together, and the service answers one batch at a time)
 FIRST_PART = 250
+#: lines the workers may build ahead of the batch being staged and sent: while a batch waits
+#: for its acknowledgements, the next one's jobs keep both cores busy
+AHEAD = 3 * BATCH
 #: below this size, building in-process beats starting worker processes
 LARGE_FILE_BYTES = 2_000_000
 
@@ -190,14 +193,16 @@ async def publish_file(settings: Settings, fund: Fund, path: Path, report_path: 
         try:
             with RejectReport(report_path) as report:
                 # Lines go unparsed to whoever builds them: parsing is per line work too.
-                for chunk in _chunks(extract.raw(), REMOTE_CHUNK if remote else CHUNK):
+                size = REMOTE_CHUNK if remote else CHUNK
+                window = max(2 * workers, AHEAD // size)
+                for chunk in _chunks(extract.raw(), size):
                     parser = extract.parser
                     assert parser is not None  # set once the header is read
                     now = dt.datetime.now(dt.UTC)
                     if pool is not None:
                         in_flight.append(_unpacked(loop.run_in_executor(
                             pool, _build_in_worker, parser, chunk, today, now, publisher.partitions)))
-                        while len(in_flight) > 2 * workers:
+                        while len(in_flight) > window:
                             await take_one(report)
                     else:
                         fut: asyncio.Future[_Built] = loop.create_future()
@@ -331,15 +336,17 @@ def _pool(settings: Settings, fund: Fund, workers: int) -> ProcessPoolExecutor:
 
 
 async def _stage_and_send(publisher: Publisher, rows: list[Row], summary: Summary) -> None:
+    before = publisher.staged_total
     if summary.broker_error is not None:  # the broker failed during this run: only keep
-        new = publisher.stage(rows)
+        publisher.stage(rows)
     else:
         try:
-            new = await publisher.submit(rows)
-        except BrokerError as exc:
+            await publisher.submit(rows)
+        except BrokerError as exc:  # rows are staged, or else staged here
             summary.broker_error = exc.what
-            new = publisher.stage(rows)
+            publisher.stage(rows)
         summary.sent = publisher.sent_total
+    new = publisher.staged_total - before
     summary.new += new
     summary.already += len(rows) - new
 

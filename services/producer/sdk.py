@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import re
@@ -40,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
@@ -75,6 +76,7 @@ from services.producer.seal import F_REF, REFERENCE_PATTERN, Sealer, SignalIds
 from services.producer.signal_keys import SignalKeyClient
 
 SEND_BATCH = 2000
+_R = TypeVar("_R")
 #: Largest record batch the producer sends: the ``max.message.bytes`` of the funds' topics
 #: (signals, consents, reveals) in ``schemas/asyncapi.yaml``, which in Kafka bounds a whole
 #: batch, not one message; a bigger batch would be refused by Apache Kafka
@@ -428,11 +430,19 @@ class Publisher:
         self._bootstrap: str | None = None
         self._recovered = False
         self._inflight: asyncio.Task[int] | None = None
+        #: "sent" marks handed to the writing thread and not yet committed, in sending order
+        self._marks: list[asyncio.Future[None]] = []
         #: partitions of the fund's topic once connected (signals can then be built with theirs)
         self.partitions: int | None = None
         #: signals acknowledged by the broker since this publisher was made
         self.sent_total = 0
+        #: rows this publisher wrote to the outbox that were new there
+        self.staged_total = 0
         self.offline_reason: str | None = None
+        #: The outbox's writes while sending (staging a batch, marking one sent), one at a
+        #: time in a thread of their own: SQLite lets go of the GIL while it writes, so the
+        #: event loop meanwhile takes built signals and serves delivery reports.
+        self._writer: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> Publisher:
         await self.connect()
@@ -460,17 +470,28 @@ class Publisher:
         return True
 
     async def close(self) -> None:
-        if self._inflight is not None:
+        if self._inflight is not None or self._marks:
             with contextlib.suppress(BrokerUnreachable):
                 await self.drain()
         if self._producer is not None:
             prod, self._producer = self._producer, None
             await prod.stop(timeout_s=10)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.outbox.close()
 
     def stage(self, rows: list[Row]) -> int:
         """Write built signals to the outbox; returns how many were new."""
-        return self.outbox.add(rows)
+        new = self.outbox.add(rows)
+        self.staged_total += new
+        return new
+
+    async def _write(self, fn: Callable[..., _R], *args: Any) -> _R:
+        """``fn(*args)`` (an outbox write) in the publisher's writing thread."""
+        if self._writer is None:  # made at the first send: `publish` forks its workers before
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     async def flush(self, *, batch: int = SEND_BATCH, progress: Callable[[int], None] | None = None) -> int:
         """Send every pending signal; returns how many the broker acknowledged.
@@ -495,35 +516,55 @@ class Publisher:
     async def submit(self, rows: list[Row]) -> int:
         """Stage ``rows`` in the outbox and start sending the new ones in the background.
 
-        Returns how many were new. At most one batch is in flight: this first waits for the
-        previous one (and raises :class:`BrokerUnreachable` if it failed), so batches are
-        marked sent in order — which the crash recovery relies on. Call :meth:`drain` at the
-        end. Offline, rows are only staged."""
-        await self.drain()
-        if not rows:
-            return 0
-        if not self.online:
-            return self.stage(rows)
+        Returns how many were new. At most one batch is in flight: the new rows are staged
+        while the previous batch is still being sent, and they leave once it is acknowledged
+        (this raises :class:`BrokerUnreachable` if it failed; ``rows`` are staged all the
+        same). The batches' "sent" marks are committed in sending order, one thread writing
+        them in turn — which the crash recovery relies on — while the next batch goes out.
+        Call :meth:`drain` at the end. Offline, rows are only staged."""
+        if not rows or not self.online:
+            await self.drain()
+            return self.stage(rows) if rows else 0
         if not self._recovered:
+            await self.drain()
             await self.flush()  # recover, and send what earlier runs left waiting
-        known = self.outbox.known(r.signal_id for r in rows)
-        fresh: list[Row] = []
-        for r in rows:
-            if r.signal_id not in known:
-                known.add(r.signal_id)  # the same id twice in one batch: once is enough
-                fresh.append(r)
-        self.stage(fresh)
+        staging = asyncio.ensure_future(self._write(self.outbox.add_new, rows))
+        try:
+            await self._acknowledged()
+        except BaseException:
+            # The outbox idle before the caller touches it again (it stages what failed).
+            staged, _ = await asyncio.gather(staging, self._marked(), return_exceptions=True)
+            if isinstance(staged, list):
+                self.staged_total += len(staged)
+            raise
+        fresh = await staging
+        self.staged_total += len(fresh)
         if fresh:
-            self._inflight = asyncio.create_task(self._send(fresh))
+            self._inflight = asyncio.create_task(self._send(fresh, wait_mark=False))
         return len(fresh)
 
     async def drain(self) -> None:
-        """Wait for the batch in flight, if any (raises if it could not be sent)."""
+        """Wait for the batch in flight, if any (raises if it could not be sent), and for
+        every "sent" mark to be committed."""
+        try:
+            await self._acknowledged()
+        finally:
+            await self._marked()
+
+    async def _acknowledged(self) -> None:
         task, self._inflight = self._inflight, None
         if task is not None:
             await task
 
-    async def _send(self, rows: Sequence[Row | Pending]) -> int:
+    async def _marked(self) -> None:
+        marks, self._marks = self._marks, []
+        for outcome in await asyncio.gather(*marks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _send(self, rows: Sequence[Row | Pending], *, wait_mark: bool = True) -> int:
+        """Send ``rows``; mark the acknowledged ones sent (``wait_mark`` False: the mark is
+        only handed to the writing thread, :meth:`drain` waits for it)."""
         assert self._producer is not None
         results = await self._producer.send(self.topic, rows)
         error: BaseException | None = None
@@ -539,8 +580,11 @@ class Publisher:
             if res.offset > marks.get(res.partition, -1):
                 marks[res.partition] = res.offset
         if ok:
-            self.outbox.mark_sent(ok, self.topic, marks, where, keep_payload=self.keep_payload)
+            self._marks.append(asyncio.ensure_future(self._write(functools.partial(
+                self.outbox.mark_sent, ok, self.topic, marks, where, keep_payload=self.keep_payload))))
             self.sent_total += len(ok)
+            if wait_mark:
+                await self._marked()
         if error is not None:
             raise BrokerUnreachable(
                 f"the broker did not acknowledge {len(rows) - len(ok)} signals: {error!r}",

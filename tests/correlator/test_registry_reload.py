@@ -70,6 +70,19 @@ def test_checker_tells_unknown_from_retired(funds: Funds) -> None:
     assert checker.check(value, topic).reason is None
 
 
+def test_made_up_key_ids_do_not_grow_the_checkers_memory(funds: Funds) -> None:
+    """Key ids come from the records: a writer of a topic must not fill the key cache at will."""
+    (value, topic), = caf_items(funds, 1)
+    checker = Checker(funds.registry())
+    assert checker.check(value, topic).reason is None
+    for i in range(500):
+        forged = json.loads(value)
+        forged["signature"]["key_id"] = f"made-up-{i}"
+        verdict = checker.check(json.dumps(forged).encode(), topic)
+        assert verdict.reason is Reason.CLE_SIGNATURE_INCONNUE
+    assert len(checker._keys) == 1  # the one real key, none of the 500 made-up ids
+
+
 @pytest.fixture
 def pool(funds: Funds) -> Iterator[CheckPool]:
     p = CheckPool(without(funds.registry(), Fund.CAF), 2, partitions=8, chunk=3)
