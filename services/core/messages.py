@@ -396,8 +396,22 @@ def sealed_digest(value: str) -> str:
     return b64u(hashlib.sha256(value.encode("ascii")).digest())
 
 
+class DeadLetterEnvelope(Frozen):
+    """The members of a refused message that say what kind of message it was and who sent
+    it, never about whom: each one only if the message holds it in its contract form (None
+    otherwise: nothing the sender wrote is echoed)."""
+
+    #: The message's ``schema_version`` if it looks like a version number (``1.0``, ``2.1``).
+    schema_version: Annotated[str, Field(pattern=r"^[0-9]{1,3}\.[0-9]{1,3}$")] | None
+    fund: Fund | None
+    emitter: Emitter | None
+    emitted_at: Timestamp | None
+
+
 class DeadLetter(Frozen):
-    """A message the correlator could not accept, kept whole on ``help.deadletter.v1``."""
+    """A message the correlator could not accept, on ``help.deadletter.v1``: where it was
+    read, why it was refused, the size and digest of its bytes; its payload only sealed
+    under a verified person's data key (contract §11)."""
 
     schema_version: SchemaVersion
     deadletter_id: EventId
@@ -407,7 +421,12 @@ class DeadLetter(Frozen):
     reason: Reason
     # Machine-made: a JSON pointer and an error kind, never a value copied from the input.
     detail: Annotated[str, Field(max_length=300, pattern=r"^[\x20-\x7e]*$")]
+    #: Base64 of the payload sealed under the person's data key (``;raw_sealed``), else empty.
     raw: Annotated[str, Field(max_length=1_400_000, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+    #: Size and SHA-256 (hex) of the bytes received, whether kept or not.
+    raw_size: Annotated[Int, Field(ge=0)]
+    raw_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    envelope: DeadLetterEnvelope | None
     received_at: Timestamp
 
 

@@ -4,9 +4,9 @@ On the pattern of Quix Streams' ``Checkpoint.commit`` (produce, wait for every d
 then commit the consumed offsets, and nothing after a step that failed), adapted to a state
 kept on a changelog topic:
 
-0. the data keys the batch made for its persons, inserted (:mod:`services.platform.datakeys`:
-   before anything sealed under them reaches the broker; here rather than before the batch's
-   checkpoint is handed over, so the next batch is computed meanwhile);
+(The data keys the batch made for its persons are in the key table before its checkpoint
+is handed over: :meth:`~.processing.Processor._store_new_keys`.)
+
 1. the person states the batch touched, written to the changelog and acknowledged: a
    situation event is only ever sent for a state already on the changelog, so version N of
    a situation means one content forever; then (``written``) the same states to the local
@@ -68,15 +68,11 @@ class Checkpoint:
     destroy: Callable[[], Awaitable[None]] | None = None
     #: Told the next offsets the state writes reached, once acknowledged (the local store).
     written: Callable[[Mapping[tuple[str, int], int]], Awaitable[None]] | None = None
-    #: Inserts the data keys the batch made (None: it made none).
-    made: Callable[[], Awaitable[None]] | None = None
 
     async def commit(self, send: SendAll, commit: Commit) -> None:
-        """The new data keys stored, then state writes acknowledged (and kept locally), then
-        outputs acknowledged, then the retired keys destroyed, then the offsets committed; an
-        exception from a step is raised before the next one starts."""
-        if self.made is not None:
-            await self.made()
+        """State writes acknowledged (and kept locally), then outputs acknowledged, then the
+        retired keys destroyed, then the offsets committed; an exception from a step is raised
+        before the next one starts."""
         acked = await send(self.writes)
         if self.written is not None:
             await self.written(acked or {})

@@ -92,7 +92,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from services.core import signal_seal
 from services.core.codec import ReceiptWriter
@@ -128,12 +128,13 @@ from services.core.reasons import Reason
 from services.core.registry import Registry
 from services.core.rules import Context, on_signal
 from services.core.trusted import trusted
-from services.core.types import Date, Fund, Purpose, Timestamp
-from services.correlator.checks import MAX_MESSAGE_BYTES, CheckedSignal, Checker, Verdict, schema_detail
+from services.core.types import Date, EventId, Fund, Purpose, Timestamp
+from services.correlator import deadletters
+from services.correlator.checks import CheckedSignal, Checker, Verdict, schema_detail
 from services.correlator.holds import Holds
 from services.correlator.registry_source import RegistrySource
 from services.errors import Rejected
-from services.platform.datakeys import is_sealed
+from services.platform.datakeys import DIGESTED, SUBJECT_BYTES, envelope, is_sealed
 from services.platform.partitioning import partition_for
 from services.platform.sealed_situations import sealed_wire
 from services.platform.topics import (
@@ -179,15 +180,40 @@ class ErasureCommand(Frozen):
     """The value of an erasure command: whom it is about (the exchange writes it, no fund),
     and when the purge was issued: what the exchange received after that is not erased, so
     a command read again after a restart cannot erase signals that came after it (None, a
-    command of an earlier version: everything)."""
+    command of an earlier version: everything).
 
-    pseudonym: Pseudonym
+    Whom, by keyed digests only the exchange can compute (the marker key), never the
+    pseudonym: ``subject`` names the person's data keys, ``state`` is the changelog key of
+    their state (which holds the pseudonym, sealed), ``situation_id`` the situation to
+    tombstone if no state is held. A command of an earlier version names ``pseudonym``
+    instead; it is still read (the topic keeps it 7 days)."""
+
+    pseudonym: Pseudonym | None = None
+    subject: EventId | None = None
+    state: EventId | None = None
+    situation_id: EventId | None = None
     issued_at: Timestamp | None = None
     #: The purge's cut-off date (its ``--as-of``): carried by the tombstone to the ledger.
     cut_off: Date | None = None
     #: Sent by the correlator itself to the other pseudonym of a re-keyed person (the one it
     #: moved from, or to): not passed on further.
     linked: bool = False
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> ErasureCommand:
+        if self.pseudonym is None and None in (self.subject, self.state, self.situation_id):
+            raise ValueError("an erasure command names a pseudonym, or a subject, a state and a situation")
+        return self
+
+
+def erasure_names(digest: Callable[[bytes], bytes] | None, pseudonym: Pseudonym, **fields: Any) -> ErasureCommand:
+    """The erasure command for ``pseudonym``: by its keyed digests under ``digest`` (the
+    marker key's HMAC), or by the pseudonym itself without one (tests without a marker key)."""
+    if digest is None:
+        return ErasureCommand(pseudonym=pseudonym, **fields)
+    return ErasureCommand(subject=digest(b"datakey\x00" + pseudonym.value.encode())[:SUBJECT_BYTES].hex(),
+                          state=digest(b"changelog\x00" + _key_of(pseudonym))[:16].hex(),
+                          situation_id=situation_id_for(pseudonym), **fields)
 
 
 class Transfer(Frozen):
@@ -202,13 +228,18 @@ class Transfer(Frozen):
     sealed: str | None = None
 
 
-def erasure_command(key_id: str, value: str, partitions: int, *, issued_at: dt.datetime | None = None,
-                    cut_off: dt.date | None = None) -> tuple[bytes, bytes, int]:
+def erasure_command(key_id: str, value: str, partitions: int, *, secret: bytes | None = None,
+                    issued_at: dt.datetime | None = None, cut_off: dt.date | None = None
+                    ) -> tuple[bytes, bytes, int]:
     """(key, value, partition) of the erasure command for a pseudonym, on the repartition
-    topic with header ``H_ERASE: purge``: in the partition of the person's state."""
-    command = ErasureCommand(pseudonym=Pseudonym(key_id=key_id, value=value), issued_at=issued_at,
-                             cut_off=cut_off)
-    return value.encode(), to_wire(command), partition_for(value, partitions)
+    topic with header ``H_ERASE: purge``: in the partition of the person's state, keyed by
+    the person's subject and naming them by keyed digests under ``secret`` (the marker key;
+    None: by the pseudonym, as an earlier version did)."""
+    digest = None if secret is None else KeyedDigest(secret).digest
+    pseudonym = Pseudonym(key_id=key_id, value=value)
+    command = erasure_names(digest, pseudonym, issued_at=issued_at, cut_off=cut_off)
+    key = value.encode() if command.subject is None else command.subject.encode()
+    return key, to_wire(command), partition_for(value, partitions)
 
 
 #: Refusals whose dead letter keeps no payload: the person asked not to be processed, or
@@ -291,6 +322,8 @@ class Sealer(Protocol):
     def open(self, pseudonym_value: bytes | None, topic: str, raw: bytes) -> bytes | None: ...
 
     def erase(self, pseudonym_value: bytes) -> None: ...
+
+    def erase_subject(self, subject: bytes) -> None: ...
 
     def data_key(self, pseudonym_value: bytes, subject: bytes, epoch: int) -> bytes | None: ...
 
@@ -440,6 +473,8 @@ class Engine:
         #: Pseudonym values whose data key this batch rotated -> whether their situation's
         #: event was sealed since (under the new key); see :meth:`_rotate`.
         self._rotated: dict[bytes, bool] = {}
+        #: The batch's state reader (see :meth:`_held`).
+        self._load: Callable[[bytes], bytes | None] = lambda key: None
         #: Records held back by persons waiting for a hand-over, per partition (the worker's
         #: backpressure: services/correlator/holds.py); noted at the end of every batch.
         self.holds = Holds()
@@ -450,6 +485,16 @@ class Engine:
         that only the exchange (holding the marker key) can compute."""
         assert self._marker_digest is not None  # hmac.digest(marker_secret, key, sha256), set up once
         return MARKER_PREFIX + self._marker_digest(key)[:16].hex().encode()
+
+    def record_key(self, pseudonym_value: str) -> bytes:
+        """A person's record key on the repartition topic: their subject (the keyed digest
+        naming their data keys, hex), not the pseudonym; the partition is chosen explicitly
+        (the pseudonym's murmur2), so the key only has to be the same for the same person.
+        Without the marker key (tests), the pseudonym's value."""
+        digest = self._marker_digest
+        if digest is None:
+            return pseudonym_value.encode()
+        return digest(b"datakey\x00" + pseudonym_value.encode())[:SUBJECT_BYTES].hex().encode()
 
     def _from_marker(self, key: bytes, load: Callable[[bytes], bytes | None]) -> PersonState | None:
         """The objection state a marker stands for (the pseudonym is the person key's own)."""
@@ -475,31 +520,27 @@ class Engine:
     def _reject(self, batch: Batch, rec: Record, fund: Fund | None, signal_id: str | None,
                 reason: Reason, detail: str, *, person: bytes | None = None) -> None:
         """A receipt and a dead letter. ``person``: the pseudonym's value of a signal that
-        passed the checks (signature, schema): its payload is then sealed under the
-        person's data key (``;raw_sealed``), so the person's erasure reaches it too."""
+        passed the checks (signature, schema): its payload is then kept, sealed under the
+        person's data key (``;raw_sealed``), so the person's erasure reaches it too. Any
+        other refusal keeps no payload (``;raw_withheld``): the size and digest of its bytes
+        and its envelope's non-personal members (:mod:`services.correlator.deadletters`)."""
         topic, partition, offset = source_of(rec)
         raw = rec.value or b""
-        if reason in WITHHELD:
-            # About a person who objected or withdrew consent: nothing of the message is kept
-            # (no pseudonym, category or sealed reference on a topic kept 90 days); the source
-            # position and the reason say what was refused, the fund holds the message.
-            raw, detail = b"", f"{detail};raw_withheld"
-        elif len(raw) > MAX_MESSAGE_BYTES:
-            # Kept whole, a megabyte message would exceed the producer's request size and the
-            # dead letter could never be written: the worker would stop on it at every restart.
-            # The prefix, the size and the digest are enough to find and prove what was sent.
-            detail = (f"{detail};bytes={len(raw)};sha256={hashlib.sha256(raw).hexdigest()};"
-                      f"raw_truncated_to={MAX_MESSAGE_BYTES}")
-            raw = raw[:MAX_MESSAGE_BYTES]
-        if person is not None and self.sealer is not None and raw:
-            raw, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
+        size, sha256 = deadletters.digest(raw)
+        if person is not None and self.sealer is not None and raw and reason not in WITHHELD:
+            kept, detail = self.sealer.seal(person, DEADLETTER_TOPIC, raw), f"{detail};raw_sealed"
+        else:
+            # Refused before its checks, or about a person who objected, withdrew consent or
+            # was erased: nothing of the message is kept (no pseudonym, category or sealed
+            # reference on a topic kept 90 days that no erasure reaches); the fund holds it.
+            kept, detail = b"", f"{detail};raw_withheld"
         dl = DeadLetter(
             schema_version="1.0",
             deadletter_id=_hex32("deadletter", topic, partition, offset),
             source=SourcePosition(topic=topic, partition=partition, offset=offset),
             fund=fund, signal_id=signal_id, reason=reason, detail=detail,
-            raw=base64.b64encode(raw).decode("ascii"),
-            received_at=self._now,
+            raw=base64.b64encode(kept).decode("ascii"), raw_size=size, raw_sha256=sha256,
+            envelope=deadletters.envelope_of(raw), received_at=self._now,
         )
         batch.outputs.append(Output(DEADLETTER_TOPIC, f"{topic}:{partition}:{offset}".encode(),
                                     to_wire(dl)))
@@ -539,6 +580,7 @@ class Engine:
 
         marked: set[bytes] = set()  # persons read from a marker
         sealer, state_topic = self.sealer, self.state_topic
+        self._load = load
 
         def get(key: bytes) -> PersonState | None:
             if key not in states:
@@ -709,7 +751,7 @@ class Engine:
             # Kept 7 days on the repartition topic: sealed under the person's key (the one it
             # goes to), so that the person's erasure reaches this copy too.
             value = self.sealer.seal(pseudonym_value.encode(), REPARTITION_TOPIC, value)
-        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym_value.encode(), value, partition,
+        batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(pseudonym_value), value, partition,
                                     headers, rec.timestamp_ms))
 
     def _policy(self, sig: CheckedSignal, consent: bool) -> Reason | None:
@@ -924,7 +966,7 @@ class Engine:
         return merged
 
     def _request(self, batch: Batch, link: Pseudonym, person: Pseudonym) -> None:
-        batch.outputs.append(Output(REPARTITION_TOPIC, link.value.encode(),
+        batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(link.value),
                                     to_wire(Transfer(previous=link, pseudonym=person)),
                                     partition_for(link.value, self.partitions), ((H_TRANSFER, b"request"),)))
 
@@ -944,7 +986,8 @@ class Engine:
         at = msg.pseudonym if kind == b"answer" else msg.previous
         part = partition_for(at.value, self.partitions)
         if rec.partition != part:  # sent for another partition count: to the right one
-            batch.outputs.append(Output(REPARTITION_TOPIC, at.value.encode(), rec.value, part, ((H_TRANSFER, kind),)))
+            batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(at.value), rec.value, part,
+                                        ((H_TRANSFER, kind),)))
             return
         key = _key_of(at)
         state = get(key)
@@ -987,7 +1030,7 @@ class Engine:
                 self._answer(batch, state.model_copy(update={"moved_to": None}), at, state.moved_to)
         else:
             return
-        batch.outputs.append(Output(REPARTITION_TOPIC, msg.previous.value.encode(),
+        batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(msg.previous.value),
                                     to_wire(Transfer(previous=msg.previous, pseudonym=msg.pseudonym)),
                                     partition_for(msg.previous.value, self.partitions), ((H_TRANSFER, b"done"),)))
         self._released_now.add(key)
@@ -1017,7 +1060,7 @@ class Engine:
             answer = Transfer(previous=previous, pseudonym=pseudonym, sealed=base64.b64encode(
                 self.sealer.seal(previous.value.encode(), REPARTITION_TOPIC,
                                  moved.model_dump_json().encode())).decode("ascii"))
-        batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym.value.encode(), to_wire(answer),
+        batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(pseudonym.value), to_wire(answer),
                                     partition_for(pseudonym.value, self.partitions),
                                     ((H_TRANSFER, b"answer"),)))
 
@@ -1025,9 +1068,9 @@ class Engine:
         """Erasure reaches the person's other pseudonyms of a rotation window (once: linked)."""
         others = (state.moved_to, state.awaiting, state.successor)
         for other in {*state.merged_from, *(p for p in others if p is not None)}:
-            linked = ErasureCommand(pseudonym=other, issued_at=command.issued_at if command else None,
-                                    cut_off=command.cut_off if command else None, linked=True)
-            batch.outputs.append(Output(REPARTITION_TOPIC, other.value.encode(), to_wire(linked),
+            linked = erasure_names(self._marker_digest, other, issued_at=command.issued_at if command else None,
+                                   cut_off=command.cut_off if command else None, linked=True)
+            batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(other.value), to_wire(linked),
                                         partition_for(other.value, self.partitions), ((H_ERASE, ORIGIN_PURGE),)))
 
     def _erase(self, batch: Batch, rec: Record, get: Callable[[bytes], PersonState | None],
@@ -1045,10 +1088,18 @@ class Engine:
         except ValidationError as exc:
             self._reject(batch, rec, None, None, Reason.SCHEMA_INVALIDE, schema_detail(exc))
             return
-        pseudonym = command.pseudonym
+        pseudonym = command.pseudonym if command.pseudonym is not None else self._held(command)
+        if pseudonym is None:
+            # No state of the person here: their keys destroyed all the same (what a signal
+            # topic or a forward still holds of them), and the situation's copies tombstoned.
+            assert command.subject is not None and command.situation_id is not None
+            if self.sealer is not None:
+                self.sealer.erase_subject(bytes.fromhex(command.subject))
+            self._purge_tombstone(batch, command, command.situation_id)
+            return
         expected = partition_for(pseudonym.value, self.partitions)
         if rec.partition != expected:  # sent for another partition count: to the right one
-            batch.outputs.append(Output(REPARTITION_TOPIC, pseudonym.value.encode(), rec.value,
+            batch.outputs.append(Output(REPARTITION_TOPIC, self.record_key(pseudonym.value), rec.value,
                                         expected, ((H_ERASE, ORIGIN_PURGE),)))
             return
         pkey = person_key(pseudonym.key_id, pseudonym.value)
@@ -1070,10 +1121,32 @@ class Engine:
                 return  # built on signals received after the purge was issued: not erased
             if state.situation is not None:  # a re-keyed person's situation keeps its first id
                 situation_id = state.situation.situation_id
+        self._purge_tombstone(batch, command, situation_id)
+
+    def _purge_tombstone(self, batch: Batch, command: ErasureCommand, situation_id: str) -> None:
         headers: tuple[tuple[str, bytes], ...] = ((ORIGIN_HEADER, ORIGIN_PURGE),)
         if command.cut_off is not None:
             headers += ((CUT_OFF_HEADER, command.cut_off.isoformat().encode()),)
         batch.outputs.append(Output(SITUATIONS_TOPIC, situation_id.encode(), None, headers=headers))
+
+    def _held(self, command: ErasureCommand) -> Pseudonym | None:
+        """The pseudonym of the person an erasure command names by digests: read from their
+        state, stored under the command's changelog key (None: no state held, or not the
+        subject's). The stored state is enough to know whom: a state the batch changed was
+        stored before it under the same key. (A state the batch itself made, of a person first
+        seen by the correlator in the very batch its command is read in, is not found: the
+        person's keys are destroyed and their situation tombstoned, the state written again
+        under a new key.)"""
+        assert command.state is not None and command.subject is not None
+        raw = self._load(DIGESTED + command.state.encode())
+        if not raw:
+            return None
+        if is_sealed(raw):
+            opened = None if self.sealer is None else self.sealer.open(None, self.state_topic, raw)
+            if opened is None or envelope(raw)[0].hex() != command.subject:
+                return None  # erased already (its key destroyed), or not this person's
+            raw = opened
+        return PersonState.model_validate_json(raw).pseudonym
 
     def sweep(self, items: Iterable[tuple[bytes, int, bytes]], outputs: list[Output] | None = None,
               ) -> dict[bytes, tuple[int, bytes | None]]:

@@ -1,7 +1,8 @@
 """Erasure commands to the correlator: forget a person's signals and situation.
 
 One command per person, on the internal topic ``help-correlator-repartition`` (header
-``help-erase``), in the partition of the person's state (:func:`~services.correlator.engine.erasure_command`).
+``help-erase``), in the partition of the person's state, keyed by the person's subject and
+naming them by keyed digests, not by the pseudonym (:func:`~services.correlator.engine.erasure_command`).
 The correlator forgets the person and publishes the situation's tombstone itself, after its
 state is erased, so that a signal read meanwhile cannot publish a version after it. Used by
 ``help-exchange purge`` (:mod:`services.app.purge`).
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, erasure_command, repartition_spec
 from services.errors import BrokerError
 from services.platform import kafka
+from services.platform.markers import marker_key
 from services.platform.settings import Settings
 from services.platform.topics import ORIGIN_PURGE
 
@@ -41,9 +43,10 @@ async def send_erasures(settings: Settings, bootstrap: str, persons: Iterable[tu
             await producer.start()
             futures = []
             issued_at = dt.datetime.now(dt.UTC)
+            secret = marker_key(settings)  # the commands name the persons by keyed digests
             for key_id, value in todo:
-                key, command, partition = erasure_command(key_id, value, settings.partitions, issued_at=issued_at,
-                                                          cut_off=cut_off)
+                key, command, partition = erasure_command(key_id, value, settings.partitions, secret=secret,
+                                                          issued_at=issued_at, cut_off=cut_off)
                 futures.append(await producer.send(REPARTITION_TOPIC, command, key=key, partition=partition,
                                                    headers=[(H_ERASE, ORIGIN_PURGE)]))
             for future in futures:

@@ -16,6 +16,7 @@ committed: it is read again at the next start).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -25,16 +26,21 @@ from faust.types import TP
 
 from services.correlator.checkpoint import Checkpoint, Checkpoints
 from services.correlator.delivery import to_record
-from services.correlator.engine import Batch, Engine, Output
+from services.correlator.engine import REPARTITION_TOPIC, Batch, Engine, Output, Record
 from services.correlator.gauges import WorkerGauges
 from services.correlator.holds import Backpressure
 from services.correlator.positions import Positions
 from services.correlator.state import PersonStore, SendAcked
-from services.platform.datakeys import KeyRing, envelope, is_sealed
+from services.platform.datakeys import SUBJECT_BYTES, KeyRing, envelope, is_sealed
 from services.platform.runtime import HeapPolicy
 
 #: The engine lets the event loop run after every so many records of a batch.
 STEP_RECORDS = 256
+#: Times a batch is computed at most when its new keys lose their insert to another writer
+#: (each time the ring takes the keys that won; a third loss in a row stops the worker).
+KEY_RACES = 3
+
+log = logging.getLogger("help.correlator")
 
 
 class Processor:
@@ -76,23 +82,25 @@ class Processor:
         store = self.store
         await store.load({m.partition for m in messages}, self._send_one, self._loader)
         records = [to_record(m) for m in messages]
-        if self.keys is not None:  # the batch's keys in one lookup (records are keyed by pseudonym)
-            await asyncio.to_thread(self.keys.prefetch, {r.key for r in records if r.key})
-        steps = self.engine.steps(records, store.get, every=STEP_RECORDS)
-        batch: Batch
-        while True:  # the previous batch's checkpoint progresses between the steps
-            try:
-                next(steps)
-            except StopIteration as end:
-                batch = end.value
+        if self.keys is not None:  # the batch's keys in one lookup
+            await asyncio.to_thread(self._prefetch, records)
+        for attempt in range(KEY_RACES):
+            steps = self.engine.steps(records, store.get, every=STEP_RECORDS)
+            batch: Batch
+            while True:  # the previous batch's checkpoint progresses between the steps
+                try:
+                    next(steps)
+                except StopIteration as end:
+                    batch = end.value
+                    break
+                await asyncio.sleep(0)
+            if not await self._store_new_keys(attempt):
                 break
-            await asyncio.sleep(0)
         # The offsets now: the next batch advances the positions before this one commits.
         offsets = self.positions.offsets({m.tp for m in messages})
-        made, destroy = self._store_keys()
         writes, written = self._keep(batch.writes)
-        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written, destroy=destroy,
-                                                 made=made))
+        await self.checkpoints.submit(Checkpoint(writes, batch.outputs, offsets, written=written,
+                                                 destroy=self._destroy_keys()))
         if self.backpressure is not None:
             self.backpressure.after_batch(self.positions.assigned)
         if self.gauges is not None:  # (once per batch: the time includes waiting for the previous checkpoint)
@@ -113,24 +121,62 @@ class Processor:
 
         return [Output(changelog, key, value, partition) for key, (partition, value) in staged.items()], written
 
-    def _store_keys(self) -> tuple[Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[None]] | None]:
-        """The checkpoint's steps that insert the keys the batch made (its first step: before
-        anything sealed under them is sent) and destroy the keys it retired. (The ring keeps
-        the keys made until then: the next batch, computed meanwhile, reads them there.)"""
+    def _prefetch(self, records: Sequence[Record]) -> None:
+        """Look up the data keys of the batch's persons at once: a fund's record is keyed by
+        the pseudonym's value, one on the repartition topic by the person's subject (an
+        earlier version's, for the topic's 7 days, by the pseudonym's value)."""
+        assert self.keys is not None
+        values: set[bytes] = set()
+        subjects: set[bytes] = set()
+        for r in records:
+            if not r.key:
+                continue
+            if r.topic == REPARTITION_TOPIC and len(r.key) == 2 * SUBJECT_BYTES:
+                try:
+                    subjects.add(bytes.fromhex(r.key.decode("ascii")))
+                    continue
+                except ValueError:
+                    pass
+            values.add(r.key)
+        self.keys.prefetch_subjects(subjects | {self.keys.subject(v) for v in values})
+
+    async def _store_new_keys(self, attempt: int) -> bool:
+        """Insert the keys the batch made, before anything sealed under them is handed to
+        the checkpoint; True if some were made meanwhile by another writer (the key endpoint
+        handing a fund the person's first key): the ring takes those, and the batch must be
+        computed again, its values sealed under them (a race of the first keys, rare).
+
+        (Inserted here, not in the checkpoint while the next batch is computed: a key that
+        loses its insert must be known before any value sealed under it is on its way.)"""
         keys = self.keys
         if keys is None:
-            return None, None
-        store = keys.store
+            return False
         new = keys.take_new()
-        retired = keys.take_retired()
+        if not new:
+            return False
+        taken = await asyncio.to_thread(keys.store.insert, new)
+        if not taken:
+            return False
+        if attempt == KEY_RACES - 1:
+            raise RuntimeError(f"the key table kept changing under {len(taken)} persons' new keys")
+        keys.adopt(taken)
+        log.warning("correlator: %d persons' new keys made meanwhile by another writer (the key endpoint): "
+                    "the batch is computed again with theirs", len(taken))
+        return True
 
-        async def made() -> None:
-            await asyncio.to_thread(store.insert, new)
+    def _destroy_keys(self) -> Callable[[], Awaitable[None]] | None:
+        """The checkpoint's step that destroys the keys the batch retired (after its writes
+        and outputs are on the broker)."""
+        keys = self.keys
+        if keys is None:
+            return None
+        store = keys.store
+        retired = keys.take_retired()
 
         async def destroy() -> None:
             await asyncio.to_thread(store.destroy, retired)
 
-        return (made if new else None), (destroy if retired else None)
+        return destroy if retired else None
 
     async def sweep(self, page: int) -> int:
         """One page of the retention sweep, between batches (a state is never swept and
@@ -146,13 +192,15 @@ class Processor:
             if self.keys is not None:  # the page's keys in one lookup, not one per person
                 subjects = [envelope(raw)[0] for _, _, raw in items if is_sealed(raw)]
                 await asyncio.to_thread(self.keys.prefetch_subjects, subjects)
-            events: list[Output] = []  # the situations of rotated persons, published again
-            writes = self.engine.sweep(items, events)
+            for attempt in range(KEY_RACES):
+                events: list[Output] = []  # the situations of rotated persons, published again
+                writes = self.engine.sweep(items, events)
+                if not await self._store_new_keys(attempt):
+                    break
             if writes:
-                made, destroy = self._store_keys()
                 outputs, written = self._keep(writes)
-                await self.checkpoints.submit(Checkpoint(outputs, events, written=written, destroy=destroy,
-                                                         made=made))
+                await self.checkpoints.submit(Checkpoint(outputs, events, written=written,
+                                                         destroy=self._destroy_keys()))
         return len(writes)
 
     async def stop(self) -> None:

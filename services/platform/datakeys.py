@@ -74,17 +74,25 @@ def changelog_key(secret: bytes, key: bytes) -> bytes:
     return hmac.digest(secret, b"changelog\x00" + key, hashlib.sha256)[:16].hex().encode()
 
 
+#: Before a changelog key (hex) given where a correlator key is expected: the state stored
+#: under it (what an erasure command names: no pseudonym, :class:`~services.correlator.engine.ErasureCommand`).
+DIGESTED = b"="
+
+
 def changelog_keys(secret: bytes, *, remember: int = 8192) -> Callable[[bytes], bytes]:
     """:func:`changelog_key` under ``secret``, as a function of the key alone (the secret's
-    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`). The last
-    ``remember`` keys' digests are kept: the worker asks for a person's twice a batch (its
-    state read, then its write), and a batch touches far fewer persons than that."""
+    HMAC set up once: :class:`~services.core.keyed_digest.KeyedDigest`); a key that is one
+    already (:data:`DIGESTED`) as it is. The last ``remember`` keys' digests are kept: the
+    worker asks for a person's twice a batch (its state read, then its write), and a batch
+    touches far fewer persons than that."""
     digest = KeyedDigest(secret).digest
     known: dict[bytes, bytes] = {}
 
     def of(key: bytes) -> bytes:
         found = known.get(key)
         if found is None:
+            if key.startswith(DIGESTED):
+                return key[len(DIGESTED):]
             if len(known) >= remember:  # (bounded; another thread may race this: it only forgets)
                 known.clear()
             found = known[key] = digest(b"changelog\x00" + key)[:16].hex().encode()
@@ -148,19 +156,21 @@ def load_keys(conn: sa.Connection, subjects: Iterable[bytes]) -> dict[bytes, dic
     return found
 
 
-def _insert_rows(conn: sa.Connection, rows: list[tuple[bytes, int, bytes]], *, if_absent: bool = False) -> None:
+def _insert_rows(conn: sa.Connection, rows: list[tuple[bytes, int, bytes]], *, if_absent: bool = False) -> int:
     """``(subject, epoch, key)`` rows in one statement, through the driver (``if_absent``: a
-    row already there for the subject and epoch wins, ``ON CONFLICT DO NOTHING``)."""
+    row already there for the subject and epoch wins, ``ON CONFLICT DO NOTHING``); the rows
+    inserted, as the driver counts them (-1: not known)."""
     dialect = conn.dialect
     stamp = data_keys.c.created_at.type.bind_processor(dialect)
     now: object = dt.datetime.now(dt.UTC)
     if stamp is not None:
         now = stamp(now)
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(
+    result = conn.exec_driver_sql(
         f"INSERT INTO {data_keys.name} (subject, epoch, key, created_at) "
         f"VALUES ({mark}, {mark}, {mark}, {mark}){' ON CONFLICT DO NOTHING' if if_absent else ''}",
         [(s.hex(), e, k, now) for s, e, k in rows])
+    return int(result.rowcount)
 
 
 class KeyStore:
@@ -184,15 +194,30 @@ class KeyStore:
         with self.engine.connect() as conn:
             return load_keys(conn, subjects)
 
-    def insert(self, keys: Iterable[tuple[bytes, int, bytes]]) -> None:
-        """One statement for the batch's new keys, through the driver: a batch of new
-        persons inserts thousands of rows, and the ORM-free Core still processed each
-        row's parameters one by one (half the cost of a person's first sight)."""
+    def insert(self, keys: Iterable[tuple[bytes, int, bytes]]) -> dict[tuple[bytes, int], bytes]:
+        """The correlator's side of get-or-create: its new keys inserted where the subject
+        and epoch are free, and the rows another writer made first (the key endpoint, handing
+        a fund the person's first key at the same moment) read back: ``(subject, epoch) ->``
+        the key in the table, which wins (``b""``: a tombstone). Empty: every key went in.
+
+        One statement for the batch's new keys, through the driver: a batch of new persons
+        inserts thousands of rows, and the ORM-free Core still processed each row's
+        parameters one by one (half the cost of a person's first sight). The read-back runs
+        only when the driver counts fewer rows inserted than given (or cannot count)."""
         todo = list(keys)
         if not todo:
-            return
+            return {}
         with self.engine.begin() as conn:
-            _insert_rows(conn, todo)
+            if _insert_rows(conn, todo, if_absent=True) == len(todo):
+                return {}
+            # (PostgreSQL, read committed: this statement sees the row that won, committed)
+            found = load_keys(conn, {s for s, _, _ in todo})
+        taken: dict[tuple[bytes, int], bytes] = {}
+        for subject, epoch, key in todo:
+            there = found.get(subject, {}).get(epoch)
+            if there != key:
+                taken[(subject, epoch)] = b"" if there is None else there
+        return taken
 
     def current(self, subjects: Iterable[bytes]) -> dict[bytes, tuple[int, bytes]]:
         """Each subject's current key ``(epoch, key)``, made where the subject has none
@@ -378,7 +403,10 @@ class KeyRing:
         """The person's earlier values are to become unreadable: what is sealed from now on
         takes a new key, and every earlier key is destroyed once the batch's writes are on
         the broker (:meth:`take_retired`)."""
-        subject = self.subject(pseudonym_value)
+        self.erase_subject(self.subject(pseudonym_value))
+
+    def erase_subject(self, subject: bytes) -> None:
+        """:meth:`erase`, by subject (what an erasure command names)."""
         self._keys_of(subject)
         self._retired[subject] = self._next[subject]
         self._current.pop(subject, None)
@@ -388,6 +416,24 @@ class KeyRing:
         is written."""
         new, self._new = self._new, []
         return new
+
+    def adopt(self, taken: dict[tuple[bytes, int], bytes]) -> None:
+        """Keys this ring made that lost their insert (:meth:`KeyStore.insert`): the key in
+        the table replaces each one, so that what is sealed again under its epoch opens with
+        the key the table (and the fund it was handed to) holds; an epoch found destroyed
+        meanwhile (or missing) is given up, the next seal takes a later one."""
+        for (subject, epoch), key in taken.items():
+            keys = self._keys.get(subject)
+            if keys is None:  # forgotten since: read from the table when next needed
+                continue
+            lost = keys.pop(epoch, None)
+            if lost is not None:
+                self._ciphers.pop(lost, None)
+            if key:
+                keys[epoch] = key
+            elif self._current.get(subject) == epoch:
+                self._current.pop(subject)
+            self._next[subject] = max(self._next.get(subject, 1), epoch + 1)
 
     def take_retired(self) -> list[tuple[bytes, int]]:
         """(subject, epoch): delete the subject's keys below the epoch, after the writes.

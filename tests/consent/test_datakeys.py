@@ -5,18 +5,32 @@ its key. No broker: the engine, a key table in SQLite, the order of a checkpoint
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from services.core.person import PersonState
+from services.core.messages import Pseudonym
+from services.core.person import PersonState, situation_id_for
 from services.core.types import Fund
 from services.correlator.engine import H_ERASE, REPARTITION_TOPIC, Engine, Record, erasure_command, person_key
-from services.platform.datakeys import CIPHERS_MAX, KeyRing, KeyStore, data_keys, envelope, is_sealed, seal, unseal
+from services.platform.datakeys import (
+    CIPHERS_MAX,
+    DIGESTED,
+    KeyRing,
+    KeyStore,
+    changelog_keys,
+    data_keys,
+    envelope,
+    is_sealed,
+    seal,
+    subject_of,
+    unseal,
+)
 from services.platform.db import open_engine
-from services.platform.topics import CONSENTS_TOPIC, ORIGIN_PURGE, signal_topic
+from services.platform.topics import CONSENTS_TOPIC, ORIGIN_PURGE, SITUATIONS_TOPIC, signal_topic
 from tests.correlator.core_fixtures import PSEUDO, context
 from tests.correlator.test_exchange_rules import FUNDS, NOW, _partition
 
@@ -63,8 +77,8 @@ class World:
             self.offset += 1
             records.append(Record(topic, _partition(value), self.offset, int(NOW.timestamp() * 1000),
                                   FUNDS.pseudonym("p").encode(), value))
-        self.ring.prefetch(r.key for r in records if r.key)
-        batch = self.engine.process(records, self.table.get)
+        self.ring.prefetch(r.key for r in records if r.key and r.topic != REPARTITION_TOPIC)
+        batch = self.engine.process(records, self.load)
         self.store.insert(self.ring.take_new())  # 1. new keys, before the writes
         for key, (_, value) in batch.writes.items():  # 2. the writes
             if value is None:
@@ -74,6 +88,14 @@ class World:
                 self.log.append(value)
         self.store.destroy(self.ring.take_retired())  # 3. retired keys, before the commit
         return batch.outputs
+
+    def load(self, key: bytes) -> bytes | None:
+        """The state under an engine key, or under a changelog key (``DIGESTED``), as the
+        worker's store answers (this table is keyed by person keys)."""
+        if key.startswith(DIGESTED):
+            digest = changelog_keys(SECRET)
+            key = next((k for k in self.table if digest(k) == key[len(DIGESTED):]), key)
+        return self.table.get(key)
 
     def stored_keys(self) -> list[tuple[str, int]]:
         with self.store.engine.connect() as conn:
@@ -121,7 +143,8 @@ def test_objection_destroys_every_key_of_the_person(store: KeyStore) -> None:
     assert any(b'"reason":"opposition"' in (o.value or b"") for o in refused)  # the marker still says so
 
 
-def test_withdrawal_and_purge_rotate_the_key(store: KeyStore) -> None:
+@pytest.mark.parametrize("named", ["by digests", "by pseudonym (an earlier version's command)"])
+def test_withdrawal_and_purge_rotate_the_key(store: KeyStore, named: str) -> None:
     w = World(store)
     w.run((CONSENTS_TOPIC, FUNDS.consent("p", "consentement_donne", effective_at="2026-11-01T09:00:00Z")))
     _signals(w, 0)
@@ -133,9 +156,33 @@ def test_withdrawal_and_purge_rotate_the_key(store: KeyStore) -> None:
     assert [e for _, e in w.stored_keys()] == [2]
 
     key, value, partition = erasure_command(PSEUDO.key_id, FUNDS.pseudonym("p"), w.engine.partitions,
+                                            secret=SECRET if named == "by digests" else None,
                                             issued_at=NOW + dt.timedelta(hours=1))
-    w.run(Record(REPARTITION_TOPIC, partition, 99, 0, key, value, {H_ERASE: ORIGIN_PURGE}))
+    if named == "by digests":  # the command and its record key name no one without the marker key
+        assert FUNDS.pseudonym("p").encode() not in key + value and key == subject_of(SECRET, FUNDS.pseudonym(
+            "p").encode()).hex().encode()
+    out = w.run(Record(REPARTITION_TOPIC, partition, 99, 0, key, value, {H_ERASE: ORIGIN_PURGE}))
     assert [e for _, e in w.stored_keys()] == [3] and len(w.readable()) == 1  # the state after the purge only
+    assert [o.key for o in out if o.topic == SITUATIONS_TOPIC and o.value is None] == [  # type: ignore[attr-defined]
+        situation_id_for(Pseudonym(key_id=PSEUDO.key_id, value=FUNDS.pseudonym("p"))).encode()]
+
+
+def test_a_purge_of_a_person_with_no_state_destroys_the_keys_a_fund_was_handed(store: KeyStore) -> None:
+    """The key endpoint handed a fund the person's key, the correlator holds no state of
+    them: a command naming the person by digests destroys the key all the same, and
+    tombstones the situation it names."""
+    w = World(store)
+    person = FUNDS.pseudonym("nobody-held")
+    store.current([subject_of(SECRET, person.encode())])
+    key, value, partition = erasure_command(PSEUDO.key_id, person, w.engine.partitions, secret=SECRET,
+                                            issued_at=NOW)
+    out = w.run(Record(REPARTITION_TOPIC, partition, 7, 0, key, value, {H_ERASE: ORIGIN_PURGE}))
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(data_keys.c.epoch, data_keys.c.key).where(
+            data_keys.c.subject == subject_of(SECRET, person.encode()).hex())).all()
+    assert [(e, bytes(k)) for e, k in rows] == [(1, b"")]  # a tombstone: the epoch stays used
+    assert [o.key for o in out if o.topic == SITUATIONS_TOPIC] == [  # type: ignore[attr-defined]
+        situation_id_for(Pseudonym(key_id=PSEUDO.key_id, value=person)).encode()]
 
 
 def test_a_crash_before_the_keys_are_destroyed_is_redriven(store: KeyStore) -> None:
@@ -206,10 +253,12 @@ def test_a_dead_letter_of_a_checked_signal_is_sealed_and_erased_with_the_person(
     assert fresh.open(None, DEADLETTER_TOPIC, sealed) == json.dumps(signal[1]).encode()
     w.run((CONSENTS_TOPIC, FUNDS.consent("p", "opposition", effective_at="2026-11-20T09:00:00Z")))
     assert KeyRing(store, SECRET).open(None, DEADLETTER_TOPIC, sealed) is None
-    # Refused before the checks (not JSON): no person to seal it for, kept as sent.
+    # Refused before the checks (not JSON): no person to seal it for, nothing of it kept
+    # but its size and digest.
     bad = w.run(Record(signal_topic(Fund.CAF), 0, 999, 0, None, b'{"signal_id": '))
     (kept,) = [parse(DeadLetter, o.value) for o in bad if o.topic == DEADLETTER_TOPIC]  # type: ignore[attr-defined]
-    assert base64.b64decode(kept.raw) == b'{"signal_id": ' and "raw_sealed" not in kept.detail
+    assert kept.raw == "" and kept.detail.endswith(";raw_withheld") and kept.envelope is None
+    assert (kept.raw_size, kept.raw_sha256) == (14, hashlib.sha256(b'{"signal_id": ').hexdigest())
 
 
 def test_the_ring_stays_bounded_and_reloads_what_it_forgot(store: KeyStore) -> None:

@@ -182,6 +182,7 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
         return None if row is None else (row[0], row[1])
 
     refs: dict[str, set[str]] = {}
+    broken: list[tuple[str, bytes, bytes, int]] = []
     try:
         await _consent(settings, collector, tmp_path, "consentement_donne", people["withdrawal"],
                        "acces_aux_droits", 1)
@@ -206,6 +207,17 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
             copies.append((signal_topic(Fund.CAF), p.encode(), raw, wrong))
         await publish(settings.bootstrap_servers or "", copies)
         await collector.until(lambda c: sum(d["reason"] == "doublon" for d in c.deadletters.values()) == 3)
+        # And each one refused before its checks, twice: cut short (not JSON) and with its
+        # signature altered: no verified person, so its dead letter keeps no payload.
+        for topic, key, raw, _ in copies:
+            msg = json.loads(raw)
+            value = msg["signature"]["value"]
+            msg["signature"]["value"] = ("B" if value[0] == "A" else "A") + value[1:]
+            part = partition_for(key.decode(), settings.partitions)
+            broken += [(topic, key, raw[:-2], part), (topic, key, json.dumps(msg).encode(), part)]
+        await publish(settings.bootstrap_servers or "", broken)
+        await collector.until(lambda c: sum(d["reason"] in ("json_invalide", "signature_invalide")
+                                            for d in c.deadletters.values()) == 6)
         # A follow-up on each case, published (the outbox keeps it until then).
         for who in people:
             c = cases[who]
@@ -288,11 +300,14 @@ async def test_what_is_left_after_objection_withdrawal_and_purge(
     # The signal topics: every record sealed, and none of the three people's opens with any
     # key the exchange still holds (each derived for the record's fund), nor with any other.
     signal_records = {t: r for t, r in topics.items() if _family(t) == "help.signals.<fund>.v1"}
-    # (no "after" for the purge; each person's misrouted CAF copy is a record of its own)
-    assert sum(len(r) for r in signal_records.values()) == 2 * 2 * len(people) - 2 + len(copies)
+    # (no "after" for the purge; each person's misrouted CAF copy is a record of its own, and
+    # so is each of its two broken copies)
+    assert sum(len(r) for r in signal_records.values()) == 2 * 2 * len(people) - 2 + len(copies) + len(broken)
     for topic, records in signal_records.items():
         fund = topic.split(".")[2]
         for record in records:
+            if any(record.partition(b"\x00")[2] == value for _, _, value, _ in broken):
+                continue
             msg = json.loads(record.partition(b"\x00")[2])
             assert "sealed" in msg and not {"category", "observed_on", "territory", "sealed_ref"} & set(msg), msg
             who = next(w for w, p in pseudo.items() if msg["pseudonym"]["value"] == p)

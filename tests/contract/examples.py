@@ -113,7 +113,18 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     ],
     "deadletter": [
         {"schema_version": "1.0", "deadletter_id": "2" * 32, "source": SOURCE, "fund": None, "signal_id": None,
-         "reason": "json_invalide", "detail": "/: expecting value", "raw": "eyJub3QganNvbg==",
-         "received_at": "2026-11-06T02:14:08Z"}
+         "reason": "json_invalide", "detail": "/:json_syntax;raw_withheld", "raw": "", "raw_size": 10,
+         "raw_sha256": "a" * 64, "envelope": None, "received_at": "2026-11-06T02:14:08Z"},
+        {"schema_version": "1.0", "deadletter_id": "5" * 32, "source": SOURCE, "fund": "caf",
+         "signal_id": "0" * 32, "reason": "doublon", "detail": "/signal_id:already_accepted;raw_sealed",
+         "raw": "SFhTMQ==", "raw_size": 812, "raw_sha256": "0123456789abcdef" * 4,
+         "envelope": {"schema_version": "1.0", "fund": "caf", "emitter": "caf-35",
+                      "emitted_at": "2026-11-06T02:14:08.5Z"},
+         "received_at": "2026-11-06T02:14:09Z"},
+        {"schema_version": "1.0", "deadletter_id": "6" * 32, "source": SOURCE, "fund": "caf",
+         "signal_id": None, "reason": "version_schema_inconnue", "detail": "/schema_version:unsupported;raw_withheld",
+         "raw": "", "raw_size": 40, "raw_sha256": "f" * 64,
+         "envelope": {"schema_version": "2.0", "fund": None, "emitter": None, "emitted_at": None},
+         "received_at": "2026-11-06T02:14:09Z"}
     ],
 }

@@ -32,6 +32,10 @@ async def collector(bootstrap: str, settings: Settings) -> AsyncIterator[Collect
     await c.stop()
 
 
+#: Refusals decided once signature and schema are verified: the payload is kept, sealed.
+AFTER_CHECKS = {"doublon", "categorie_medicale"}
+
+
 def _key(msg: dict[str, object]) -> bytes:
     return str(msg["pseudonym"]["value"]).encode()  # type: ignore[index]
 
@@ -87,14 +91,24 @@ async def test_every_bad_input_class_is_dead_lettered_with_its_reason(
             letters = [d for d in collector.deadletters.values()
                        if (d["source"]["topic"], d["source"]["partition"], d["source"]["offset"]) == pos]
             assert len(letters) == 1 and letters[0]["reason"] == expected
-            kept = deadletter_payload(settings, letters[0])
-            if len(raw) > MAX_MESSAGE_BYTES:  # a bounded prefix, with what proves the rest
-                assert kept == raw[:MAX_MESSAGE_BYTES]
-                assert f"bytes={len(raw)}" in letters[0]["detail"]
-                assert f"sha256={hashlib.sha256(raw).hexdigest()}" in letters[0]["detail"]
-            else:
-                assert kept == raw
-            assert "bad-p" not in letters[0]["detail"] and "pole-emploi" not in letters[0]["detail"]
+            letter = letters[0]
+            kept = deadletter_payload(settings, letter)
+            # What proves which message it was, kept or not.
+            assert (letter["raw_size"], letter["raw_sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
+            if expected in AFTER_CHECKS:  # a verified person's: sealed under their data key
+                assert letter["detail"].endswith(";raw_sealed") and kept == raw, pos
+            else:  # refused before its checks: nothing of it kept
+                assert letter["detail"].endswith(";raw_withheld") and kept == b"", pos
+            assert "bad-p" not in letter["detail"] and "pole-emploi" not in letter["detail"]
+            envelope = letter["envelope"]
+            if len(raw) > MAX_MESSAGE_BYTES or expected == "json_invalide":
+                assert envelope is None, pos
+            else:  # who sent what kind of message, never about whom
+                msg = json.loads(raw)
+                assert envelope == {"schema_version": msg["schema_version"],
+                                    "fund": None if msg["fund"] == "pole-emploi" else msg["fund"],
+                                    "emitter": msg["emitter"], "emitted_at": msg["emitted_at"]}, pos
+                assert msg["pseudonym"]["value"] not in json.dumps(letter)
         # The worker kept going: two funds for one person -> a shared situation opens.
         pair = [funds.signal("bad-ok", Fund.CAF, "impaye_loyer"),
                 funds.signal("bad-ok", Fund.URSSAF, "impaye_cotisations")]

@@ -77,27 +77,6 @@ async def test_retired_keys_are_destroyed_after_the_writes_and_before_the_commit
         assert ("destroyed", None) not in broker.log
 
 
-@pytest.mark.parametrize("fails", [False, True])
-async def test_new_data_keys_are_stored_before_anything_is_sent(fails: bool) -> None:
-    """Nothing sealed under a key reaches the broker before the key is in the key table; a
-    failed insert sends nothing and commits nothing (the records are read again)."""
-    broker = FakeBroker()
-
-    async def made() -> None:
-        if fails:
-            raise ConnectionError("database locked")
-        broker.log.append(("keys stored", None))
-
-    checkpoint = Checkpoint([STATE], [RECEIPT], {TP0: 7}, made=made)
-    if not fails:
-        await checkpoint.commit(broker.send, broker.commit)
-        assert broker.log == [("keys stored", None), ("acked", b"{}"), ("acked", b"r"), ("commit", {TP0: 7})]
-    else:
-        with pytest.raises(ConnectionError):
-            await checkpoint.commit(broker.send, broker.commit)
-        assert broker.log == []
-
-
 async def test_a_sweep_commits_no_offset() -> None:
     broker = FakeBroker()
     await Checkpoint([STATE]).commit(broker.send, broker.commit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from services.correlator.engine import Batch, Output, Record
 from services.correlator.positions import Positions
 from services.correlator.processing import Processor
 from services.correlator.state import FENCE_KEY, PersonStore
+from services.platform.datakeys import KeyRing, KeyStore, envelope, subject_of, unseal
+from services.platform.db import open_engine
 from services.platform.runtime import HeapPolicy
 
 SRC = "help.signals.caf.v1"
@@ -206,3 +209,53 @@ async def test_a_stop_finishes_the_batch_in_progress_and_starts_nothing_after() 
     assert broker.log[-1] == ("commit", {TP(SRC, 0): 1})  # the first batch, whole
     assert all(value != b"receipt:c" for _, value in broker.log)  # the later one never ran
     assert await p.sweep(10) == 0 and failures == []
+
+
+class SealingEngine:
+    """Writes each record's value as its person's state, sealed under the person's data key
+    (the record key: the pseudonym's value); ``race`` runs as its first batch starts, after
+    the worker looked the batch's keys up."""
+
+    def __init__(self, ring: KeyRing, race: Callable[[], None]) -> None:
+        self.ring, self.race, self.runs = ring, race, 0
+
+    def steps(self, records: Iterable[Record], load: Callable[[bytes], bytes | None], *,
+              every: int = 0) -> Generator[None, None, Batch]:
+        self.runs += 1
+        if self.runs == 1:
+            self.race()
+        batch = Batch()
+        for r in records:
+            batch.writes[r.key] = (r.partition, self.ring.seal(r.key, CHANGELOG, r.value))
+            yield
+        return batch
+
+
+async def test_a_first_key_the_key_endpoint_made_meanwhile_is_the_one_the_batch_seals_under(
+        db_url: str, tmp_path: Path) -> None:
+    """The key endpoint hands a fund a person's first key while the worker computes a batch
+    that makes one too: the worker's insert loses (insert-or-ignore, read back), the batch
+    is computed again under the endpoint's key, and nothing sealed under the lost one is sent."""
+    (tmp_path / "var").mkdir(exist_ok=True)
+    secret = bytes(range(32))
+    ring = KeyRing(KeyStore(open_engine(db_url)), secret)
+    endpoint = KeyStore(open_engine(db_url))  # its own connections, as in its own process
+    handed: dict[bytes, tuple[int, bytes]] = {}
+
+    def race() -> None:
+        handed.update(endpoint.current([subject_of(secret, b"p1")]))
+
+    engine = SealingEngine(ring, race)
+    broker, failures = FakeBroker(), list[BaseException]()
+    p, _ = processor(broker, failures)
+    p.engine, p.keys = engine, ring  # type: ignore[assignment]
+    await p.assigned({TP(SRC, 0)})
+    await p.batch([Msg(SRC, 0, 0, b"p1", b"x"), Msg(SRC, 0, 1, b"p2", b"y")])
+    await p.checkpoints.drain()
+    assert failures == [] and engine.runs == 2
+    ((epoch, key),) = handed.values()
+    states = [value for topic, value in broker.log if topic == CHANGELOG]
+    assert len(states) == 2 and unseal(key, CHANGELOG, states[0]) == b"x" and envelope(states[0])[1] == epoch
+    table = KeyStore(open_engine(db_url)).load([subject_of(secret, b"p1"), subject_of(secret, b"p2")])
+    assert table[subject_of(secret, b"p1")] == {epoch: key}
+    assert unseal(table[subject_of(secret, b"p2")][1], CHANGELOG, states[1]) == b"y"

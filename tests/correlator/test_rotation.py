@@ -240,7 +240,7 @@ def test_a_bad_link_is_refused_with_its_reason_and_publishes_nothing(link: str, 
     cluster.run()
     receipt = next(r for r in map(json.loads, cluster.receipts) if r["signal_id"] == msg["signal_id"])
     assert receipt["status"] == "rejete" and receipt["reason"] == reason
-    assert json.loads(cluster.deadletters[-1])["detail"] == detail
+    assert json.loads(cluster.deadletters[-1])["detail"] == detail + ";raw_withheld"
     assert cluster.situations == {}
     assert all(not (st := PersonState.model_validate_json(v)).moved_to and not st.awaiting
                for v in cluster.store.values())

@@ -57,6 +57,40 @@ def build_corpus(settings: Settings, extracts: Path, seed: int, n_hyp: int, n_mu
     return cases
 
 
+#: A message's members a dead letter may show (its envelope, the receipt's keys).
+_SHOWN = {"schema_version", "fund", "emitter", "emitted_at", "signal_id"}
+
+
+def _values(raw: bytes) -> set[str]:
+    """The long strings a message holds (member values, names of members the sender chose,
+    and the envelope's members excepted): what a dead letter must not echo."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return set()
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return set()
+    found: set[str] = set()
+
+    def walk(node: Any, top: bool) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if not (top and name in _SHOWN):
+                    walk(name, False)
+                    walk(value, False)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, False)
+        elif isinstance(node, str) and len(node) >= 12:
+            found.add(node)
+
+    try:
+        walk(obj, True)
+    except RecursionError:
+        return set()
+    return found
+
+
 async def publish_cases(bootstrap: str, cases: list[Case]) -> list[tuple[str, int, int]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                                 max_request_size=2 * 1024 * 1024, max_batch_size=1024 * 1024)
@@ -154,11 +188,14 @@ async def fuzz_the_correlator(tmp_path: Path, *, n_hyp: int, n_mut: int, seed: i
             continue
         reason = Reason(letter["reason"])
         kept = deadletter_payload(settings, letter)
-        if len(case.value) > MAX_MESSAGE_BYTES:  # oversize: a bounded prefix and its proof
-            assert kept == case.value[:MAX_MESSAGE_BYTES], pos
-            assert f"sha256={hashlib.sha256(case.value).hexdigest()}" in letter["detail"], pos
-        else:
+        assert (letter["raw_size"], letter["raw_sha256"]) == (len(case.value), hashlib.sha256(case.value).hexdigest())
+        if letter["detail"].endswith(";raw_sealed"):  # a verified signal's, under its person's key
             assert kept == case.value, pos
+        else:  # refused before its checks: nothing of it kept...
+            assert kept == b"" and letter["detail"].endswith(";raw_withheld"), pos
+        # ...and nothing it holds echoed elsewhere (the envelope's members aside)
+        echoed = [v for v in _values(case.value) if v in json.dumps({**letter, "envelope": None})]
+        assert not echoed, (pos, echoed, letter)
         owner = fund_of_signal_topic(case.topic)
         got = receipts[pos]
         assert {r["fund"] for r in got} == {owner.value if owner else None}, pos
