@@ -35,7 +35,7 @@ from services.producer.keys import (
 from services.producer.pseudonym import pseudonym, pseudonym_value
 from services.producer.sdk import SignalBuilder, SignalInput, parse_date, today_paris
 from services.producer.seal import TOKEN_RE, Sealer, SignalIds, open_sealed, token
-from tests.support.extracts import make_nir, write_csv, wrong_key
+from tests.support.extracts import make_nir, nirs_in, write_csv, wrong_key
 from tests.support.signalkeys import open_signal
 
 RNG = random.Random(3)
@@ -244,7 +244,7 @@ def test_builder_legal_basis(keyed: Settings) -> None:
     ({"category": "Séparation"}, Reason.TEXTE_LIBRE, "categorie"),
     ({"observed_on": "2026-13-45"}, Reason.DATE_INVALIDE, "date_observation"),
     ({"observed_on": "hier"}, Reason.DATE_INVALIDE, "date_observation"),
-    ({"observed_on": (TODAY + dt.timedelta(days=1)).isoformat()}, Reason.DATE_FUTURE, "date_observation"),
+    ({"observed_on": "<demain>"}, Reason.DATE_FUTURE, "date_observation"),
     ({"observed_on": (TODAY - dt.timedelta(days=800)).isoformat()}, Reason.DATE_TROP_ANCIENNE, "date_observation"),
     ({"departement": "99"}, Reason.DEPARTEMENT_INVALIDE, "departement"),
     ({"reference": "DOS 1"}, Reason.REFERENCE_INVALIDE, "reference_dossier"),
@@ -257,6 +257,10 @@ def test_builder_legal_basis(keyed: Settings) -> None:
 def test_builder_refuses_each_bad_input(keyed: Settings, kw: dict[str, str], reason: Reason, field: str) -> None:
     if kw.get("nir") == "wrongkey":
         kw = {"nir": wrong_key(make_nir(RNG))}
+    if kw.get("observed_on") == "<demain>":
+        # Tomorrow when the test runs, not when the module was imported: a run that crosses
+        # midnight in Paris would otherwise offer today's date as the future one.
+        kw = {"observed_on": (today_paris() + dt.timedelta(days=1)).isoformat()}
     with pytest.raises(Rejected) as exc:
         SignalBuilder(keyed, Fund.CAF).build(rec(**kw))
     assert (exc.value.reason, exc.value.field) == (reason, field)
@@ -395,3 +399,11 @@ def test_only_the_signal_publisher_needs_a_key_endpoint(keyed: Settings) -> None
         other.outbox.close()
     with pytest.raises(ConfigurationError):
         Publisher(bare, Fund.CAF)  # `publish`, `outbox flush`: refused before anything is sent
+
+
+def test_the_nir_scan_finds_planted_nirs_and_ignores_hex_ids() -> None:
+    nir = make_nir(random.Random(7), dept="35")
+    assert nirs_in(f'{{"ref":"x{nir}y"}}'.encode()) == [nir]
+    assert nirs_in(f"abc{nir}def".encode()) == [nir]  # beside a short hex run: still found
+    hex_id = ("ab" + nir + "cdef0123456789abcdef")[:40]
+    assert len(hex_id) >= 32 and nirs_in(f'{{"signal_id":"{hex_id}"}}'.encode()) == []
