@@ -155,6 +155,19 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
             stop(ex.worker)
 
 
+async def accepted_with_its_situation(collector: Collector, exchange: Exchange,
+                                     result: dict[str, Any]) -> Position:
+    """Wait until the Node producer's signal ``result`` has its receipt and a situation names its
+    pseudonym; the receipt must say accepted. Its position on the topic."""
+    position = (result["topic"], result["partition"], result["offset"])
+    await collector.until(lambda c: position in c.receipted and any(
+        s["pseudonym"]["value"] == result["pseudonym"] for s in c.latest_situations().values()),
+        timeout=90, alive=exchange.alive)
+    receipt = collector.receipt_for(*position)
+    assert receipt is not None and receipt["status"] == "accepte", receipt
+    return position
+
+
 def sent(results: list[dict[str, Any]]) -> list[Position]:
     return [(r["topic"], r["partition"], r["offset"]) for r in results if r["status"] == "envoye"]
 
@@ -399,12 +412,7 @@ async def test_the_node_producer_seals_with_the_key_endpoint_and_the_correlator_
                                           "--signal-keys", exchange.settings.signal_keys_url)
         (result,) = results
         assert result["status"] == "envoye" and result["sealed"] is True, result
-        position = (result["topic"], result["partition"], result["offset"])
-        await collector.until(lambda c: position in c.receipted and any(
-            s["pseudonym"]["value"] == result["pseudonym"] for s in c.latest_situations().values()),
-            timeout=90, alive=exchange.alive)
-        receipt = collector.receipt_for(*position)
-        assert receipt is not None and receipt["status"] == "accepte", receipt
+        position = await accepted_with_its_situation(collector, exchange, result)
     finally:
         await collector.stop()
     from confluent_kafka import Consumer, TopicPartition
@@ -465,12 +473,7 @@ def test_a_rotation_through_the_node_producer_keeps_the_link(exchange: Exchange)
                 "--previous-key-id", old_id)
             assert result["status"] == "envoye" and result["pseudonym_previous"] == old_value, result
             assert result["pseudonym"] != old_value
-            position = (result["topic"], result["partition"], result["offset"])
-            await collector.until(lambda c: position in c.receipted and any(
-                s["pseudonym"]["value"] == result["pseudonym"] for s in c.latest_situations().values()),
-                timeout=90, alive=exchange.alive)
-            receipt = collector.receipt_for(*position)
-            assert receipt is not None and receipt["status"] == "accepte", receipt
+            await accepted_with_its_situation(collector, exchange, result)
             await asyncio.sleep(2.0)  # anything extra would arrive now
             await collector.poll()
             mine = [s for s in collector.latest_situations().values()
